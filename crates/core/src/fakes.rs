@@ -1,0 +1,267 @@
+//! Hand-written fakes of the ports, for tests in this and other crates (`test-util` feature).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::Timestamp;
+use crate::directory::{
+    Candidate, Health, Matches, Page, Registration, ServiceDirectory, ServiceStatus, ServiceView, is_eligible,
+    match_score, rank,
+};
+use crate::error::{Error, Result};
+use crate::ids::ServiceId;
+use crate::ports::{Clock, EventSink, HealthProbe, ProbeResult, ProbeTarget};
+use crate::requirements::ServiceRequirements;
+use crate::service::ServiceSpec;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic in another test thread must not hide this test's own failure.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A clock that moves only when told to.
+#[derive(Debug, Clone)]
+pub struct FakeClock {
+    now: Arc<Mutex<Timestamp>>,
+}
+
+impl Default for FakeClock {
+    fn default() -> Self {
+        Self::at(chrono::DateTime::from_timestamp(1_800_000_000, 0).expect("valid timestamp"))
+    }
+}
+
+impl FakeClock {
+    /// A clock reading `now`.
+    pub fn at(now: Timestamp) -> Self {
+        Self { now: Arc::new(Mutex::new(now)) }
+    }
+
+    /// Moves time forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        let mut now = lock(&self.now);
+        *now += chrono::Duration::from_std(by).expect("duration fits");
+    }
+}
+
+impl Clock for FakeClock {
+    fn now(&self) -> Timestamp {
+        *lock(&self.now)
+    }
+}
+
+/// A health probe that answers from a script per service, records every call, and can hang.
+#[derive(Debug, Clone, Default)]
+pub struct ScriptedProbe {
+    state: Arc<Mutex<ScriptState>>,
+}
+
+#[derive(Debug, Default)]
+struct ScriptState {
+    scripts: HashMap<ServiceId, VecDeque<ProbeResult>>,
+    fallback: HashMap<ServiceId, ProbeResult>,
+    hanging: HashMap<ServiceId, bool>,
+    calls: Vec<ServiceId>,
+}
+
+impl ScriptedProbe {
+    /// Queues `results` for `service`; once used up, the last one repeats.
+    pub fn script(&self, service: &ServiceId, results: impl IntoIterator<Item = ProbeResult>) {
+        let mut state = lock(&self.state);
+        let queue = state.scripts.entry(service.clone()).or_default();
+        queue.extend(results);
+    }
+
+    /// Makes every probe of `service` hang until cancelled (or stop hanging).
+    pub fn hang(&self, service: &ServiceId, hang: bool) {
+        lock(&self.state).hanging.insert(service.clone(), hang);
+    }
+
+    /// The services probed so far, in call order.
+    pub fn calls(&self) -> Vec<ServiceId> {
+        lock(&self.state).calls.clone()
+    }
+}
+
+impl HealthProbe for ScriptedProbe {
+    async fn probe(&self, target: &ProbeTarget) -> ProbeResult {
+        let (result, hang) = {
+            let mut state = lock(&self.state);
+            state.calls.push(target.service.clone());
+            let hang = state.hanging.get(&target.service).copied().unwrap_or(false);
+            let next = state.scripts.get_mut(&target.service).and_then(VecDeque::pop_front);
+            let result = match next {
+                Some(result) => {
+                    state.fallback.insert(target.service.clone(), result.clone());
+                    result
+                }
+                None => state.fallback.get(&target.service).cloned().unwrap_or_else(|| Ok("ok".to_owned())),
+            };
+            (result, hang)
+        };
+        if hang {
+            std::future::pending::<()>().await;
+        }
+        result
+    }
+}
+
+/// An event sink that keeps everything it is given.
+#[derive(Debug)]
+pub struct RecordingSink<E> {
+    events: Arc<Mutex<Vec<E>>>,
+}
+
+impl<E> Default for RecordingSink<E> {
+    fn default() -> Self {
+        Self { events: Arc::default() }
+    }
+}
+
+impl<E> Clone for RecordingSink<E> {
+    fn clone(&self) -> Self {
+        Self { events: Arc::clone(&self.events) }
+    }
+}
+
+impl<E: Clone> RecordingSink<E> {
+    /// Everything published so far.
+    pub fn events(&self) -> Vec<E> {
+        lock(&self.events).clone()
+    }
+
+    /// Empties the record and returns what it held.
+    pub fn take(&self) -> Vec<E> {
+        std::mem::take(&mut *lock(&self.events))
+    }
+}
+
+impl<E: Send + 'static> EventSink<E> for RecordingSink<E> {
+    fn publish(&self, event: E) {
+        lock(&self.events).push(event);
+    }
+}
+
+/// A directory that scans every service on every call: slow, simple, obviously right.
+/// Also the reference the real registry is tested against.
+#[derive(Debug, Default)]
+pub struct InMemoryDirectory {
+    services: Mutex<BTreeMap<ServiceId, ServiceView>>,
+    clock: FakeClock,
+}
+
+impl InMemoryDirectory {
+    /// Overwrites a service's live state.
+    pub fn set_status(&self, id: &ServiceId, status: ServiceStatus) -> Result<()> {
+        let mut services = lock(&self.services);
+        let view = services.get_mut(id).ok_or_else(|| Error::UnknownService(id.clone()))?;
+        view.status = status;
+        Ok(())
+    }
+}
+
+/// The linear-scan find over `views`: every service checked against `requirements`.
+pub fn linear_find<'a>(
+    views: impl IntoIterator<Item = &'a ServiceView>,
+    requirements: &ServiceRequirements,
+    limit: usize,
+) -> Matches {
+    let mut candidates: Vec<Candidate> = views
+        .into_iter()
+        .filter(|v| requirements.matches(&v.spec) && is_eligible(&v.spec, &v.status))
+        .map(|v| Candidate { score: match_score(&v.spec, &v.status, requirements), service: v.clone() })
+        .collect();
+    let total = candidates.len();
+    rank(&mut candidates);
+    candidates.truncate(limit);
+    Matches { candidates, total }
+}
+
+impl ServiceDirectory for InMemoryDirectory {
+    fn register(&self, spec: ServiceSpec) -> Result<Registration> {
+        let now = self.clock.now();
+        let status = ServiceStatus {
+            health: Health::Passing,
+            in_flight: 0,
+            success_rate: 1.0,
+            registered_at: now,
+            last_heartbeat: None,
+            last_check_output: String::new(),
+        };
+        let view = ServiceView { spec: Arc::new(spec), status };
+        let previous = lock(&self.services).insert(view.spec.id().clone(), view);
+        Ok(if previous.is_some() { Registration::Updated } else { Registration::Created })
+    }
+
+    fn deregister(&self, id: &ServiceId) -> Result<()> {
+        lock(&self.services).remove(id).map(drop).ok_or_else(|| Error::UnknownService(id.clone()))
+    }
+
+    fn heartbeat(&self, id: &ServiceId) -> Result<ServiceStatus> {
+        let now = self.clock.now();
+        let mut services = lock(&self.services);
+        let view = services.get_mut(id).ok_or_else(|| Error::UnknownService(id.clone()))?;
+        view.status.last_heartbeat = Some(now);
+        view.status.health = Health::Passing;
+        Ok(view.status.clone())
+    }
+
+    fn get(&self, id: &ServiceId) -> Result<ServiceView> {
+        lock(&self.services).get(id).cloned().ok_or_else(|| Error::UnknownService(id.clone()))
+    }
+
+    fn list(&self, after: Option<&ServiceId>, limit: usize) -> Page {
+        let services = lock(&self.services);
+        let start = match after {
+            Some(after) => std::ops::Bound::Excluded(after.clone()),
+            None => std::ops::Bound::Unbounded,
+        };
+        let mut page: Vec<ServiceView> = services
+            .range((start, std::ops::Bound::Unbounded))
+            .take(limit.saturating_add(1))
+            .map(|(_, v)| v.clone())
+            .collect();
+        let more = page.len() > limit;
+        page.truncate(limit);
+        let next_after = if more { page.last().map(|v| v.spec.id().clone()) } else { None };
+        Page { services: page, next_after }
+    }
+
+    fn find(&self, requirements: &ServiceRequirements, limit: usize) -> Result<Matches> {
+        requirements.validate()?;
+        Ok(linear_find(lock(&self.services).values(), requirements, limit))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(id: &str, capability: &str, p99: f64) -> ServiceSpec {
+        ServiceSpec::from_json(&format!(
+            r#"{{"id":"{id}","endpoint":{{"protocol":"http","url":"http://127.0.0.1:1/"}},
+                "capabilities":["{capability}"],"qos":{{"latency_p50_ms":1,"latency_p99_ms":{p99}}}}}"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_fake_directory_ranks_pages_and_rejects() {
+        let dir = InMemoryDirectory::default();
+        assert_eq!(dir.register(spec("a", "x", 50.0)).unwrap(), Registration::Created);
+        assert_eq!(dir.register(spec("b", "x", 10.0)).unwrap(), Registration::Created);
+        assert_eq!(dir.register(spec("c", "y", 10.0)).unwrap(), Registration::Created);
+        assert_eq!(dir.register(spec("a", "x", 40.0)).unwrap(), Registration::Updated);
+        let found = dir.find(&ServiceRequirements::capability("x"), 16).unwrap();
+        let ids: Vec<_> = found.candidates.iter().map(|c| c.service.spec.id().as_str()).collect();
+        assert_eq!((ids, found.total), (vec!["b", "a"], 2));
+        let page = dir.list(None, 2);
+        assert_eq!(page.services.len(), 2);
+        let rest = dir.list(page.next_after.as_ref(), 2);
+        assert_eq!((rest.services.len(), rest.next_after), (1, None));
+        let ghost = ServiceId::new("ghost").unwrap();
+        assert_eq!(dir.deregister(&ghost).unwrap_err(), Error::UnknownService(ghost));
+        assert!(dir.find(&ServiceRequirements::default(), 16).is_err());
+    }
+}

@@ -1,0 +1,215 @@
+//! Identifiers: validated names for services, workflows and steps, UUIDv7 for executions.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The longest name accepted: 128 bytes.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Checks the name rule `[a-z0-9][a-z0-9._-]{0,127}`, naming `field` on failure.
+pub fn validate_name(field: &str, value: &str) -> Result<()> {
+    let reason = if value.is_empty() {
+        Some("must not be empty".to_owned())
+    } else if value.len() > MAX_NAME_LEN {
+        Some(format!("is {} bytes long, the limit is {MAX_NAME_LEN}", value.len()))
+    } else if !value.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit()) {
+        Some("must start with a lowercase letter or a digit".to_owned())
+    } else {
+        value
+            .chars()
+            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')))
+            .map(|c| format!("has {c:?}; only a-z, 0-9, '.', '_' and '-' are allowed"))
+    };
+    match reason {
+        Some(reason) => Err(Error::invalid(field, value, reason)),
+        None => Ok(()),
+    }
+}
+
+macro_rules! name_type {
+    ($(#[$doc:meta])* $name:ident, $field:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(Box<str>);
+
+        impl $name {
+            /// Validates `value` against the name rule.
+            pub fn new(value: &str) -> Result<Self> {
+                validate_name($field, value)?;
+                Ok(Self(value.into()))
+            }
+
+            /// The name as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&*self.0, f)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = Error;
+            fn from_str(s: &str) -> Result<Self> {
+                Self::new(s)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = Error;
+            fn try_from(s: String) -> Result<Self> {
+                validate_name($field, &s)?;
+                Ok(Self(s.into_boxed_str()))
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(name: $name) -> String {
+                name.0.into_string()
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+name_type!(
+    /// A registered service's id, unique in a registry: `[a-z0-9][a-z0-9._-]{0,127}`.
+    ServiceId,
+    "id"
+);
+name_type!(
+    /// A workflow definition's name: `[a-z0-9][a-z0-9._-]{0,127}`.
+    WorkflowName,
+    "workflow"
+);
+name_type!(
+    /// A step's id, unique within its workflow definition: `[a-z0-9][a-z0-9._-]{0,127}`.
+    StepId,
+    "step"
+);
+
+/// An execution's id: a UUIDv7, so ids sort by creation time.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ExecutionId(uuid::Uuid);
+
+impl ExecutionId {
+    /// A fresh id for the current time.
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::now_v7())
+    }
+
+    /// Wraps `uuid` when it is a version 7 UUID.
+    pub fn from_uuid(uuid: uuid::Uuid) -> Result<Self> {
+        if uuid.get_version_num() == 7 {
+            Ok(Self(uuid))
+        } else {
+            Err(Error::invalid("execution_id", uuid, "must be a UUIDv7"))
+        }
+    }
+
+    /// The underlying UUID.
+    pub fn as_uuid(&self) -> &uuid::Uuid {
+        &self.0
+    }
+}
+
+impl fmt::Display for ExecutionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Debug for ExecutionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ExecutionId({})", self.0)
+    }
+}
+
+impl FromStr for ExecutionId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let uuid = uuid::Uuid::parse_str(s).map_err(|e| Error::invalid("execution_id", s, e.to_string()))?;
+        Self::from_uuid(uuid)
+    }
+}
+
+impl TryFrom<String> for ExecutionId {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}
+
+impl From<ExecutionId> for String {
+    fn from(id: ExecutionId) -> String {
+        id.0.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(input: &str, expected: Option<&str>) {
+        let got = ServiceId::new(input).err().map(|e| e.to_string());
+        assert_eq!(got.as_deref(), expected, "input {input:?}");
+    }
+
+    #[test]
+    fn names_follow_the_rule() {
+        check("a", None);
+        check("0pay.v2_eu-west", None);
+        check(&"a".repeat(128), None);
+        check("", Some(r#"invalid id "": must not be empty"#));
+        check("Pay", Some(r#"invalid id "Pay": must start with a lowercase letter or a digit"#));
+        check("-pay", Some(r#"invalid id "-pay": must start with a lowercase letter or a digit"#));
+        check("pay me", Some(r#"invalid id "pay me": has ' '; only a-z, 0-9, '.', '_' and '-' are allowed"#));
+        check("paY", Some(r#"invalid id "paY": has 'Y'; only a-z, 0-9, '.', '_' and '-' are allowed"#));
+        assert!(ServiceId::new(&"a".repeat(129)).unwrap_err().to_string().contains("129 bytes"));
+    }
+
+    #[test]
+    fn names_deserialize_through_validation() {
+        let ok: ServiceId = serde_json::from_str(r#""billing""#).unwrap();
+        assert_eq!(ok.as_str(), "billing");
+        let err = serde_json::from_str::<ServiceId>(r#""Billing""#).unwrap_err();
+        assert!(err.to_string().contains("invalid id \"Billing\""), "{err}");
+    }
+
+    #[test]
+    fn execution_ids_are_v7_and_sort_by_time() {
+        let a = ExecutionId::generate();
+        let b = ExecutionId::generate();
+        assert!(a < b);
+        assert_eq!(a.to_string().parse::<ExecutionId>().unwrap(), a);
+        let v4 = "6f1c1b9e-3f0a-4c5e-9d2b-1a2b3c4d5e6f";
+        assert!(v4.parse::<ExecutionId>().unwrap_err().to_string().contains("must be a UUIDv7"));
+        assert!("nope".parse::<ExecutionId>().is_err());
+    }
+}

@@ -1,0 +1,66 @@
+//! Baton's domain model, ports and errors. No I/O.
+//!
+//! What it is for: the vocabulary every other Baton crate speaks. Services and what they can
+//! do ([`ServiceSpec`], built only from a valid [`ServiceDefinition`]), what callers ask of them
+//! ([`ServiceRequirements`], [`Goal`]), concept taxonomies with subsumption ([`Taxonomy`]),
+//! workflow definitions ([`WorkflowDefinition`]), plans ([`Plan`]), executions and their state
+//! machine ([`Execution`]), journal events ([`Event`]), ids, and the ports (traits) through
+//! which the crates reach time, health probes, event consumers and the service directory.
+//!
+//! What it is not for: anything that touches a network, a disk or a runtime. Those live in
+//! the crates that implement the ports. Fakes of the ports are in [`fakes`] behind the
+//! `test-util` feature.
+//!
+//! Every type users write (services, requirements, goals, workflows) reads from JSON and
+//! YAML through serde and rejects unknown fields; validation errors name the field and value:
+//!
+//! ```
+//! use baton_core::ServiceSpec;
+//!
+//! let err = ServiceSpec::from_json(r#"{
+//!     "id": "pay",
+//!     "endpoint": {"protocol": "http", "url": "http://127.0.0.1:8080/charge"},
+//!     "capabilities": ["payment.charge"],
+//!     "qos": {"availability": 1.5}
+//! }"#).unwrap_err();
+//! assert_eq!(err.to_string(), r#"invalid qos.availability "1.5": must be in [0, 1]"#);
+//! ```
+
+pub mod directory;
+pub mod duration;
+pub mod error;
+pub mod event;
+pub mod execution;
+#[cfg(any(test, feature = "test-util"))]
+pub mod fakes;
+pub mod goal;
+pub mod ids;
+pub mod plan;
+pub mod ports;
+pub mod requirements;
+pub mod service;
+pub mod taxonomy;
+pub mod workflow;
+
+pub use directory::{
+    Candidate, DEFAULT_FIND_LIMIT, Health, Matches, Page, Registration, ServiceDirectory, ServiceStatus, ServiceView,
+};
+pub use error::{Error, Result};
+pub use event::{Event, EventKind};
+pub use execution::{Execution, ExecutionState, TaskState, TaskStatus};
+pub use goal::{Constraints, Goal, Objective, Weights};
+pub use ids::{ExecutionId, ServiceId, StepId, WorkflowName};
+pub use plan::{DataFlow, Plan, PlanTask, PredictedQos};
+pub use ports::{
+    Clock, DeregisterReason, EventSink, HealthProbe, ProbeResult, ProbeTarget, RegistryEvent, SystemClock,
+};
+pub use requirements::{SecurityRequirements, ServiceRequirements};
+pub use service::{
+    AuthScheme, CheckKind, Encryption, Endpoint, HealthCheck, Protocol, Qos, SecurityProfile, ServiceDefinition,
+    ServiceSpec,
+};
+pub use taxonomy::{ConceptId, Taxonomy, TaxonomyBuilder};
+pub use workflow::{ErrorPolicy, RetryPolicy, Step, StepDefaults, StepTarget, WorkflowDefinition};
+
+/// A point in time, UTC.
+pub type Timestamp = chrono::DateTime<chrono::Utc>;
