@@ -105,8 +105,8 @@ pub trait ServiceDirectory: Send + Sync + 'static {
 }
 
 /// True when a matching service may take traffic: passing health and capacity left.
-pub fn is_eligible(spec: &ServiceSpec, status: &ServiceStatus) -> bool {
-    status.health == Health::Passing && status.in_flight < spec.capacity()
+pub fn is_eligible(spec: &ServiceSpec, health: Health, in_flight: u32) -> bool {
+    health == Health::Passing && in_flight < spec.capacity()
 }
 
 /// The match score of an eligible service, in `[0, 1]`, higher is better:
@@ -119,7 +119,7 @@ pub fn is_eligible(spec: &ServiceSpec, status: &ServiceStatus) -> bool {
 /// - `success_rate` is the recent probe and heartbeat success rate (health history).
 ///
 /// Ties are broken by service id, so rankings are deterministic.
-pub fn match_score(spec: &ServiceSpec, status: &ServiceStatus, requirements: &ServiceRequirements) -> f64 {
+pub fn match_score(spec: &ServiceSpec, in_flight: u32, success_rate: f64, requirements: &ServiceRequirements) -> f64 {
     let qos = spec.qos();
     let latency_fit = match requirements.max_latency_p99_ms {
         Some(bound) if bound > 0.0 => 1.0 - qos.latency_p99_ms / bound,
@@ -130,8 +130,8 @@ pub fn match_score(spec: &ServiceSpec, status: &ServiceStatus, requirements: &Se
         _ => 1.0 / (1.0 + qos.cost),
     };
     let qos_fit = (latency_fit.clamp(0.0, 1.0) + cost_fit.clamp(0.0, 1.0) + qos.availability) / 3.0;
-    let headroom = 1.0 - f64::from(status.in_flight.min(spec.capacity())) / f64::from(spec.capacity());
-    0.5 * qos_fit + 0.3 * headroom + 0.2 * status.success_rate.clamp(0.0, 1.0)
+    let headroom = 1.0 - f64::from(in_flight.min(spec.capacity())) / f64::from(spec.capacity());
+    0.5 * qos_fit + 0.3 * headroom + 0.2 * success_rate.clamp(0.0, 1.0)
 }
 
 /// Orders candidates best first: score descending, then id ascending.

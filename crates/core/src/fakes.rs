@@ -169,8 +169,11 @@ pub fn linear_find<'a>(
 ) -> Matches {
     let mut candidates: Vec<Candidate> = views
         .into_iter()
-        .filter(|v| requirements.matches(&v.spec) && is_eligible(&v.spec, &v.status))
-        .map(|v| Candidate { score: match_score(&v.spec, &v.status, requirements), service: v.clone() })
+        .filter(|v| requirements.matches(&v.spec) && is_eligible(&v.spec, v.status.health, v.status.in_flight))
+        .map(|v| Candidate {
+            score: match_score(&v.spec, v.status.in_flight, v.status.success_rate, requirements),
+            service: v.clone(),
+        })
         .collect();
     let total = candidates.len();
     rank(&mut candidates);
