@@ -9,7 +9,7 @@ use crate::Timestamp;
 use crate::error::Result;
 use crate::ids::ServiceId;
 use crate::requirements::ServiceRequirements;
-use crate::service::ServiceSpec;
+use crate::service::{Qos, ServiceSpec};
 
 /// A service's health as the registry believes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -120,7 +120,17 @@ pub fn is_eligible(spec: &ServiceSpec, health: Health, in_flight: u32) -> bool {
 ///
 /// Ties are broken by service id, so rankings are deterministic.
 pub fn match_score(spec: &ServiceSpec, in_flight: u32, success_rate: f64, requirements: &ServiceRequirements) -> f64 {
-    let qos = spec.qos();
+    score_parts(spec.qos(), spec.capacity(), in_flight, success_rate, requirements)
+}
+
+/// [`match_score`] from the figures it reads, for callers that keep them apart from the spec.
+pub fn score_parts(
+    qos: &Qos,
+    capacity: u32,
+    in_flight: u32,
+    success_rate: f64,
+    requirements: &ServiceRequirements,
+) -> f64 {
     let latency_fit = match requirements.max_latency_p99_ms {
         Some(bound) if bound > 0.0 => 1.0 - qos.latency_p99_ms / bound,
         _ => 100.0 / (100.0 + qos.latency_p99_ms),
@@ -130,7 +140,7 @@ pub fn match_score(spec: &ServiceSpec, in_flight: u32, success_rate: f64, requir
         _ => 1.0 / (1.0 + qos.cost),
     };
     let qos_fit = (latency_fit.clamp(0.0, 1.0) + cost_fit.clamp(0.0, 1.0) + qos.availability) / 3.0;
-    let headroom = 1.0 - f64::from(in_flight.min(spec.capacity())) / f64::from(spec.capacity());
+    let headroom = 1.0 - f64::from(in_flight.min(capacity)) / f64::from(capacity.max(1));
     0.5 * qos_fit + 0.3 * headroom + 0.2 * success_rate.clamp(0.0, 1.0)
 }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::service::{AuthScheme, Encryption, Protocol, ServiceSpec, check_term};
+use crate::service::{AuthScheme, Encryption, Protocol, Qos, ServiceSpec, check_term};
 
 /// Security a caller requires.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,17 +128,21 @@ impl ServiceRequirements {
         Ok(())
     }
 
-    /// True when `spec` meets every condition. This is the linear-scan definition of a match;
-    /// the registry's indexes must agree with it exactly.
-    pub fn matches(&self, spec: &ServiceSpec) -> bool {
-        let qos = spec.qos();
-        self.capabilities.iter().all(|c| spec.capabilities().binary_search(c).is_ok())
-            && (self.protocols.is_empty() || self.protocols.contains(&spec.protocol()))
-            && self.formats.iter().all(|f| spec.formats().binary_search(f).is_ok())
-            && self.max_latency_p99_ms.is_none_or(|max| qos.latency_p99_ms <= max)
+    /// True when `qos` meets every QoS bound (the conditions an index may only approximate).
+    pub fn qos_within_bounds(&self, qos: &Qos) -> bool {
+        self.max_latency_p99_ms.is_none_or(|max| qos.latency_p99_ms <= max)
             && self.min_throughput_rps.is_none_or(|min| qos.throughput_rps >= min)
             && self.max_cost.is_none_or(|max| qos.cost <= max)
             && self.min_availability.is_none_or(|min| qos.availability >= min)
+    }
+
+    /// True when `spec` meets every condition. This is the linear-scan definition of a match;
+    /// the registry's indexes must agree with it exactly.
+    pub fn matches(&self, spec: &ServiceSpec) -> bool {
+        self.capabilities.iter().all(|c| spec.capabilities().binary_search(c).is_ok())
+            && (self.protocols.is_empty() || self.protocols.contains(&spec.protocol()))
+            && self.formats.iter().all(|f| spec.formats().binary_search(f).is_ok())
+            && self.qos_within_bounds(spec.qos())
             && self.security.satisfied_by(spec)
             && self.labels.iter().all(|(k, v)| spec.labels().get(k) == Some(v))
     }

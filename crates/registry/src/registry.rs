@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 
-use baton_core::directory::{is_eligible, match_score, rank};
+use baton_core::directory::score_parts;
 use baton_core::ports::DiscardEvents;
 use baton_core::{
-    Candidate, CheckKind, Clock, DeregisterReason, EventSink, Health, Matches, Page, Registration, RegistryEvent,
+    Candidate, CheckKind, Clock, DeregisterReason, EventSink, Health, Matches, Page, Qos, Registration, RegistryEvent,
     ServiceDirectory, ServiceId, ServiceRequirements, ServiceSpec, ServiceStatus, ServiceView, SystemClock, Timestamp,
 };
 use parking_lot::{Mutex, RwLock};
@@ -73,8 +73,32 @@ struct Inner {
 struct State {
     by_id: BTreeMap<ServiceId, u32>,
     slots: Vec<Option<Entry>>,
+    /// What a find reads of each candidate, by slot, packed so the scan walks memory in
+    /// order instead of chasing every spec. Stale for free slots, which the index never yields.
+    hot: Vec<Hot>,
     free: Vec<u32>,
     index: Index,
+}
+
+/// The figures a find needs of one service.
+struct Hot {
+    qos: Qos,
+    capacity: u32,
+    live: Arc<Live>,
+}
+
+impl State {
+    fn put(&mut self, slot: u32, entry: Entry) {
+        let hot = Hot { qos: *entry.spec.qos(), capacity: entry.spec.capacity(), live: Arc::clone(&entry.live) };
+        let i = slot as usize;
+        if i == self.slots.len() {
+            self.slots.push(Some(entry));
+            self.hot.push(hot);
+        } else {
+            self.slots[i] = Some(entry);
+            self.hot[i] = hot;
+        }
+    }
 }
 
 /// One registered service: its immutable spec and its live state. An update swaps the spec
@@ -225,7 +249,7 @@ impl Registry {
                 checks.next_probe_at = now;
             }
             old.live.checks.lock().registered_at = now;
-            state.slots[slot as usize] = Some(Entry { spec, live: old.live });
+            state.put(slot, Entry { spec, live: old.live });
             Registration::Updated
         } else {
             if state.by_id.len() >= self.inner.config.max_services {
@@ -237,12 +261,7 @@ impl Registry {
                 None => u32::try_from(state.slots.len()).map_err(|_| Error::Full { max: u32::MAX as usize })?,
             };
             state.index.set(slot, &spec, true);
-            let entry = Some(Entry { spec, live });
-            if slot as usize == state.slots.len() {
-                state.slots.push(entry);
-            } else {
-                state.slots[slot as usize] = entry;
-            }
+            state.put(slot, Entry { spec, live });
             state.by_id.insert(id.clone(), slot);
             Registration::Created
         };
@@ -286,6 +305,38 @@ impl Registry {
 
     pub(crate) fn clock(&self) -> &dyn Clock {
         &*self.inner.clock
+    }
+
+    /// True while `entry` is still what its id maps to: not deregistered, not replaced by a
+    /// new spec since it was read.
+    pub(crate) fn is_current(&self, entry: &Entry) -> bool {
+        let state = self.inner.state.read();
+        Self::current_in(&state, entry)
+    }
+
+    fn current_in(state: &State, entry: &Entry) -> bool {
+        state
+            .by_id
+            .get(entry.spec.id())
+            .and_then(|&slot| state.slots[slot as usize].as_ref())
+            .is_some_and(|current| Arc::ptr_eq(&current.spec, &entry.spec))
+    }
+
+    /// Removes `entry`'s service if `entry` is still current; checked and removed under one
+    /// write lock, so a service registered again meanwhile is left alone.
+    pub(crate) fn remove_if_current(&self, entry: &Entry, reason: DeregisterReason) -> bool {
+        let mut state = self.inner.state.write();
+        if !Self::current_in(&state, entry) {
+            return false;
+        }
+        let id = entry.spec.id().clone();
+        let slot = state.by_id.remove(&id).expect("a current entry is indexed");
+        let removed = state.slots[slot as usize].take().expect("indexed slot holds an entry");
+        state.index.set(slot, &removed.spec, false);
+        state.free.push(slot);
+        drop(state);
+        self.inner.events.publish(RegistryEvent::Deregistered { id, reason });
+        true
     }
 
     /// Records a heartbeat: a passing check that also restarts the TTL.
@@ -379,36 +430,42 @@ impl Registry {
     /// [`baton_core::directory::match_score`].
     pub fn find(&self, requirements: &ServiceRequirements, limit: usize) -> Result<Matches> {
         requirements.validate()?;
-        let mut scored: Vec<(f64, Entry)> = Vec::new();
-        {
-            let state = self.inner.state.read();
-            let survivors = match state.index.postings(requirements) {
-                Postings::Empty => return Ok(Matches::default()),
-                Postings::Intersect(lists) => intersect(lists, state.index.all()),
-            };
-            for slot in &survivors {
-                let entry = state.slots[slot as usize].as_ref().expect("indexed slot holds an entry");
-                let (health, in_flight) = (entry.live.health(), entry.live.in_flight());
-                if is_eligible(&entry.spec, health, in_flight) && requirements.matches(&entry.spec) {
-                    let score = match_score(&entry.spec, in_flight, entry.live.success_rate(), requirements);
-                    scored.push((score, entry.clone()));
-                }
+        let state = self.inner.state.read();
+        let survivors = match state.index.postings(requirements) {
+            Postings::Empty => return Ok(Matches::default()),
+            Postings::Intersect(lists) => intersect(lists, state.index.all()),
+        };
+        let mut scored: Vec<(f64, u32)> = Vec::new();
+        for slot in &survivors {
+            let hot = &state.hot[slot as usize];
+            // The index is exact but for QoS bounds, which it rounds to a threshold.
+            if !requirements.qos_within_bounds(&hot.qos) {
+                continue;
             }
+            let in_flight = hot.live.in_flight();
+            if hot.live.health() != Health::Passing || in_flight >= hot.capacity {
+                continue;
+            }
+            let score = score_parts(&hot.qos, hot.capacity, in_flight, hot.live.success_rate(), requirements);
+            scored.push((score, slot));
         }
         let total = scored.len();
-        let better =
-            |a: &(f64, Entry), b: &(f64, Entry)| b.0.total_cmp(&a.0).then_with(|| a.1.spec.id().cmp(b.1.spec.id()));
+        let id = |slot: u32| state.slots[slot as usize].as_ref().expect("indexed slot holds an entry").spec.id();
+        let better = |a: &(f64, u32), b: &(f64, u32)| b.0.total_cmp(&a.0).then_with(|| id(a.1).cmp(id(b.1)));
         if limit < scored.len() {
             if limit > 0 {
                 scored.select_nth_unstable_by(limit - 1, better);
             }
             scored.truncate(limit);
         }
-        let mut candidates: Vec<Candidate> = scored
+        scored.sort_unstable_by(better);
+        let candidates = scored
             .into_iter()
-            .map(|(score, e)| Candidate { score, service: ServiceView { status: e.live.status(), spec: e.spec } })
+            .map(|(score, slot)| {
+                let entry = state.slots[slot as usize].as_ref().expect("indexed slot holds an entry");
+                Candidate { score, service: ServiceView { status: entry.live.status(), spec: Arc::clone(&entry.spec) } }
+            })
             .collect();
-        rank(&mut candidates);
         Ok(Matches { candidates, total })
     }
 

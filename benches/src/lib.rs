@@ -1,0 +1,206 @@
+//! Workloads for Baton's criterion benches, and the baselines they are compared with.
+//!
+//! What it is for: building realistic registries (skewed capability popularity, several
+//! protocols and formats, QoS drawn from the WS-DREAM measurements in `../shared/data/wsdream`)
+//! and query mixes, deterministically from a seed, so every run measures the same thing.
+//! What it is not for: assertions; figures are read by `cargo xtask bench`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use baton_core::{ServiceDefinition, ServiceRequirements, ServiceSpec};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+/// The project root, from this crate's manifest directory.
+pub fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("benches/ sits in the project root").to_path_buf()
+}
+
+/// Mean response time (ms) and throughput of each WS-DREAM service that has observations.
+#[derive(Debug, Clone)]
+pub struct QosPool {
+    samples: Vec<(f64, f64)>,
+}
+
+impl QosPool {
+    /// Reads the per-(user, service) mean matrices and averages each service over its users.
+    pub fn load() -> std::io::Result<Self> {
+        let dir = project_root().join("../shared/data/wsdream/derived-imsld");
+        let rt = column_means(&std::fs::read_to_string(dir.join("rt_mean_matrix.txt"))?);
+        let tp = column_means(&std::fs::read_to_string(dir.join("tp_mean_matrix.txt"))?);
+        let samples: Vec<(f64, f64)> = rt
+            .into_iter()
+            .zip(tp)
+            .filter_map(|(rt, tp)| Some((rt? * 1000.0, tp?)))
+            .filter(|&(rt, tp)| rt > 0.0 && tp > 0.0)
+            .collect();
+        if samples.is_empty() {
+            return Err(std::io::Error::other("no WS-DREAM observations found"));
+        }
+        Ok(Self { samples })
+    }
+
+    /// Number of services with observations.
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    /// True when there are no samples.
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
+    fn draw(&self, rng: &mut SmallRng) -> (f64, f64) {
+        self.samples[rng.random_range(0..self.samples.len())]
+    }
+}
+
+/// Mean of the non-zero cells of each column (zero means no observation).
+fn column_means(text: &str) -> Vec<Option<f64>> {
+    let mut sums: Vec<(f64, u32)> = Vec::new();
+    for line in text.lines() {
+        for (i, cell) in line.split_ascii_whitespace().enumerate() {
+            if sums.len() <= i {
+                sums.resize(i + 1, (0.0, 0));
+            }
+            let value: f64 = cell.parse().unwrap_or(0.0);
+            if value > 0.0 {
+                sums[i].0 += value;
+                sums[i].1 += 1;
+            }
+        }
+    }
+    sums.into_iter().map(|(sum, n)| (n > 0).then(|| sum / f64::from(n))).collect()
+}
+
+/// A Zipf-like sampler over `n` ranks: rank `i` has weight `1 / (i + 1)^s`.
+#[derive(Debug, Clone)]
+struct Zipf {
+    cumulative: Vec<f64>,
+}
+
+impl Zipf {
+    fn new(n: usize, s: f64) -> Self {
+        let mut total = 0.0;
+        let cumulative = (0..n)
+            .map(|i| {
+                total += 1.0 / ((i + 1) as f64).powf(s);
+                total
+            })
+            .collect();
+        Self { cumulative }
+    }
+
+    fn draw(&self, rng: &mut SmallRng) -> usize {
+        let x = rng.random::<f64>() * self.cumulative.last().copied().unwrap_or(0.0);
+        self.cumulative.partition_point(|&c| c < x).min(self.cumulative.len() - 1)
+    }
+}
+
+/// Capability names in the synthetic registry.
+pub const CAPABILITIES: usize = 400;
+const FORMATS: &[&str] = &["json", "protobuf", "xml", "csv", "avro", "msgpack", "png", "pdf"];
+const COMPLIANCE: &[&str] = &["pci-dss", "hipaa", "gdpr", "soc2"];
+const REGIONS: &[&str] = &["eu-west", "eu-central", "us-east", "us-west", "ap-south"];
+
+/// Generates registries and queries from one seed.
+#[derive(Debug)]
+pub struct Workload {
+    rng: SmallRng,
+    capabilities: Zipf,
+    qos: QosPool,
+}
+
+impl Workload {
+    /// A workload seeded with `seed`, drawing QoS from `qos`.
+    pub fn new(seed: u64, qos: QosPool) -> Self {
+        Self { rng: SmallRng::seed_from_u64(seed), capabilities: Zipf::new(CAPABILITIES, 1.07), qos }
+    }
+
+    fn capability(&mut self) -> String {
+        format!("cap-{:03}", self.capabilities.draw(&mut self.rng))
+    }
+
+    /// The `n`-th service: 1 to 3 capabilities, a protocol (60% HTTP, 30% gRPC, 10% worker),
+    /// 1 to 3 formats, WS-DREAM QoS, a security profile and a region label.
+    pub fn service(&mut self, n: usize) -> ServiceSpec {
+        let count = self.rng.random_range(1..=3);
+        let caps: Vec<String> = (0..count).map(|_| self.capability()).collect();
+        let rng = &mut self.rng;
+        let endpoint = match rng.random_range(0..10) {
+            0..6 => {
+                serde_json::json!({"protocol": "http", "url": format!("http://10.0.{}.{}:8080/run", n / 250 % 250, n % 250)})
+            }
+            6..9 => {
+                serde_json::json!({"protocol": "grpc", "url": format!("http://10.1.{}.{}:9000", n / 250 % 250, n % 250)})
+            }
+            _ => serde_json::json!({"protocol": "worker", "queue": format!("queue-{}", n % 50)}),
+        };
+        let formats: Vec<&str> =
+            (0..rng.random_range(1..=3)).map(|_| FORMATS[rng.random_range(0..FORMATS.len())]).collect();
+        let (rt_ms, tp) = self.qos.draw(rng);
+        let p50 = rt_ms * rng.random_range(0.5..0.9);
+        let auth = ["none", "api_key", "bearer", "mtls", "oauth2"][rng.random_range(0..5)];
+        let encryption = ["none", "tls", "tls", "mtls"][rng.random_range(0..4)];
+        let compliance: Vec<&str> = COMPLIANCE.iter().copied().filter(|_| rng.random_range(0..10) == 0).collect();
+        let doc = serde_json::json!({
+            "id": format!("svc-{n:07}"),
+            "version": "1.0.0",
+            "endpoint": endpoint,
+            "capabilities": caps,
+            "formats": formats,
+            "qos": {
+                "latency_p50_ms": p50,
+                "latency_p99_ms": rt_ms,
+                // WS-DREAM throughput is in kbps; at ~10 KiB a call this is calls per second.
+                "throughput_rps": tp * 10.0,
+                "cost": (rng.random::<f64>() * 4.0).exp() / 1000.0,
+                "availability": 1.0 - 10f64.powf(-rng.random_range(1.0..5.0)),
+            },
+            "security": {"auth_schemes": [auth], "encryption": encryption, "compliance": compliance},
+            "capacity": rng.random_range(1..=256),
+            "health_check": {"kind": "ttl", "ttl": "30s"},
+            "labels": {"region": REGIONS[rng.random_range(0..REGIONS.len())]},
+        });
+        let definition: ServiceDefinition = serde_json::from_value(doc).expect("generated definition has the schema");
+        ServiceSpec::new(definition).expect("generated definition is valid")
+    }
+
+    /// A query with `constraints` conditions (1 to 4): a capability, then a protocol, a p99
+    /// latency bound, and a data format.
+    pub fn query(&mut self, constraints: usize) -> ServiceRequirements {
+        let mut req = ServiceRequirements::capability(&self.capability());
+        let rng = &mut self.rng;
+        if constraints >= 2 {
+            req.protocols = vec![[baton_core::Protocol::Http, baton_core::Protocol::Grpc][rng.random_range(0..2)]];
+        }
+        if constraints >= 3 {
+            req.max_latency_p99_ms = Some([500.0, 1000.0, 2000.0][rng.random_range(0..3)]);
+        }
+        if constraints >= 4 {
+            req.formats = vec![FORMATS[rng.random_range(0..3)].to_owned()];
+        }
+        req
+    }
+}
+
+/// Appends one figure for `cargo xtask bench` to `target/bench-figures.jsonl`.
+pub fn report_figure(bench: &str, name: &str, value: f64, unit: &str, baseline: Option<f64>, target: Option<&str>) {
+    let path = project_root().join("target/bench-figures.jsonl");
+    let line = serde_json::json!({
+        "bench": bench, "name": name, "value": value, "unit": unit, "baseline": baseline, "target": target,
+    });
+    let written =
+        std::fs::OpenOptions::new().create(true).append(true).open(&path).and_then(|mut f| writeln!(f, "{line}"));
+    if let Err(e) = written {
+        eprintln!("could not record figure in {}: {e}", path.display());
+    }
+}
+
+/// Resident memory of this process in bytes, from `/proc/self/statm` (Linux).
+pub fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
