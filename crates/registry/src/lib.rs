@@ -43,8 +43,17 @@
 //! ```
 
 mod error;
+mod health;
 mod index;
+mod probe;
 mod registry;
 
 pub use error::{Error, Result};
+pub use health::{Supervisor, SupervisorConfig, SupervisorHandle};
+pub use probe::NetworkProbe;
 pub use registry::{Config, Permit, Registry};
+
+// The README's Rust example is a doc test of this crate, so it cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeExample;

@@ -88,6 +88,15 @@ struct Hot {
 }
 
 impl State {
+    /// Unindexes `id` and frees its slot; false when it is not registered.
+    fn remove(&mut self, id: &ServiceId) -> bool {
+        let Some(slot) = self.by_id.remove(id) else { return false };
+        let entry = self.slots[slot as usize].take().expect("indexed slot holds an entry");
+        self.index.set(slot, &entry.spec, false);
+        self.free.push(slot);
+        true
+    }
+
     fn put(&mut self, slot: u32, entry: Entry) {
         let hot = Hot { qos: *entry.spec.qos(), capacity: entry.spec.capacity(), live: Arc::clone(&entry.live) };
         let i = slot as usize;
@@ -280,10 +289,9 @@ impl Registry {
 
     pub(crate) fn remove(&self, id: &ServiceId, reason: DeregisterReason) -> Result<()> {
         let mut state = self.inner.state.write();
-        let slot = state.by_id.remove(id).ok_or_else(|| Error::UnknownService(id.clone()))?;
-        let entry = state.slots[slot as usize].take().expect("indexed slot holds an entry");
-        state.index.set(slot, &entry.spec, false);
-        state.free.push(slot);
+        if !state.remove(id) {
+            return Err(Error::UnknownService(id.clone()));
+        }
         drop(state);
         self.inner.events.publish(RegistryEvent::Deregistered { id: id.clone(), reason });
         Ok(())
@@ -329,13 +337,9 @@ impl Registry {
         if !Self::current_in(&state, entry) {
             return false;
         }
-        let id = entry.spec.id().clone();
-        let slot = state.by_id.remove(&id).expect("a current entry is indexed");
-        let removed = state.slots[slot as usize].take().expect("indexed slot holds an entry");
-        state.index.set(slot, &removed.spec, false);
-        state.free.push(slot);
+        state.remove(entry.spec.id());
         drop(state);
-        self.inner.events.publish(RegistryEvent::Deregistered { id, reason });
+        self.inner.events.publish(RegistryEvent::Deregistered { id: entry.spec.id().clone(), reason });
         true
     }
 

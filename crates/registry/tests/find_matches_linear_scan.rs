@@ -97,7 +97,7 @@ fn requirements() -> impl Strategy<Value = ServiceRequirements> {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Register(ServiceSpec),
+    Register(Box<ServiceSpec>),
     Deregister(usize),
     /// Hold a permit, so capacity and load take part in eligibility and score.
     Acquire(usize),
@@ -107,7 +107,7 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
     let op = (0..24usize, 0..10u8).prop_flat_map(|(id, kind)| match kind {
         0 => Just(Op::Deregister(id)).boxed(),
         1 => Just(Op::Acquire(id)).boxed(),
-        _ => spec(id).prop_map(Op::Register).boxed(),
+        _ => spec(id).prop_map(|s| Op::Register(Box::new(s))).boxed(),
     });
     proptest::collection::vec(op, 1..80)
 }
@@ -122,7 +122,7 @@ proptest! {
         for op in ops {
             let id = |i: usize| ServiceId::new(&format!("s{i:02}")).unwrap();
             match op {
-                Op::Register(spec) => drop(registry.register(spec).unwrap()),
+                Op::Register(spec) => drop(registry.register(*spec).unwrap()),
                 Op::Deregister(i) => drop(registry.deregister(&id(i))),
                 Op::Acquire(i) => permits.extend(registry.acquire(&id(i)).ok()),
             }
