@@ -414,8 +414,11 @@ pub struct ServiceDefinition {
     pub labels: BTreeMap<String, String>,
 }
 
+/// The capacity of a definition that does not state one.
+pub const DEFAULT_CAPACITY: u32 = 64;
+
 fn default_capacity() -> u32 {
-    64
+    DEFAULT_CAPACITY
 }
 
 /// Longest capability, concept, format, compliance tag or label accepted, in bytes.

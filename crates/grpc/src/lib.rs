@@ -1,14 +1,23 @@
 //! Baton's gRPC API: the code generated from `proto/baton/v1/*.proto` (messages, tonic clients
-//! and servers) and, next, the proto <-> domain conversions and the tonic services.
+//! and servers), the proto <-> domain conversions ([`convert`]), and the tonic services.
 //!
 //! This crate is the only place that knows prost types and maps domain errors to
-//! [`tonic::Status`] codes. It is not where behaviour lives: its services will call an
-//! `Orchestrator`-shaped trait from `baton-core`, so they know no concrete crate and test with a
-//! fake.
+//! [`tonic::Status`] codes. It is not where behaviour lives: its services call ports from
+//! `baton-core` (the registry service calls a [`baton_core::ServiceDirectory`]), so they know
+//! no concrete crate.
 //!
-//! Next (the lead engineer adds them): `convert` (proto <-> `baton-core` types, rejecting
-//! malformed input with `INVALID_ARGUMENT`) and `service` (one tonic service per proto service,
-//! plus `grpc.health.v1` and reflection from [`pb::FILE_DESCRIPTOR_SET`]).
+//! Served now: `baton.v1.RegistryService` ([`RegistryApi`]), `grpc.health.v1.Health` and server
+//! reflection, with explicit [`Limits`] (4 MiB messages, capped pages), by [`Config::serve`]. The
+//! other services of the API are defined in `pb` and come with the crates that implement them.
+
+pub mod convert;
+mod error;
+mod registry;
+mod server;
+
+pub use error::{Error, Result};
+pub use registry::RegistryApi;
+pub use server::{Config, Limits};
 
 /// Messages, clients and servers generated from package `baton.v1`.
 #[allow(missing_docs, reason = "generated code: documented only where the proto has comments")]

@@ -1,0 +1,393 @@
+//! Conversions between proto messages and `baton-core` types. Every conversion of client
+//! input is checked: bad data becomes `INVALID_ARGUMENT` naming the field, never a panic.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use baton_core::directory::{Candidate, ServiceStatus, ServiceView};
+use baton_core::service::DEFAULT_CAPACITY;
+use baton_core::{
+    AuthScheme, CheckKind, Encryption, Endpoint, Health, HealthCheck, Protocol, Qos, SecurityProfile,
+    SecurityRequirements, ServiceDefinition, ServiceId, ServiceRequirements, ServiceSpec, Timestamp,
+};
+use tonic::Status;
+
+use crate::pb;
+
+/// `INVALID_ARGUMENT` for `field`, saying why.
+pub(crate) fn invalid(field: &str, reason: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("{field}: {reason}"))
+}
+
+/// Maps a domain error to the status code a client can act on.
+pub fn status_of(error: baton_core::Error) -> Status {
+    use baton_core::Error;
+    match error {
+        Error::Invalid { .. } => Status::invalid_argument(error.to_string()),
+        Error::UnknownService(_) => Status::not_found(error.to_string()),
+        Error::InvalidTransition { .. } => Status::failed_precondition(error.to_string()),
+        Error::Unavailable(_) => Status::unavailable(error.to_string()),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+/// A service id from a request field.
+pub(crate) fn service_id(field: &str, text: &str) -> Result<ServiceId, Status> {
+    ServiceId::new(text).map_err(|e| invalid(field, e))
+}
+
+fn enum_value<E: TryFrom<i32>>(field: &str, value: i32) -> Result<E, Status> {
+    E::try_from(value).map_err(|_| invalid(field, format!("unknown enum value {value}")))
+}
+
+fn protocol(field: &str, value: i32) -> Result<Protocol, Status> {
+    match enum_value::<pb::Protocol>(field, value)? {
+        pb::Protocol::Http => Ok(Protocol::Http),
+        pb::Protocol::Grpc => Ok(Protocol::Grpc),
+        pb::Protocol::Worker => Ok(Protocol::Worker),
+        pb::Protocol::Unspecified => Err(invalid(field, "must be specified")),
+    }
+}
+
+fn auth_scheme(field: &str, value: i32) -> Result<AuthScheme, Status> {
+    match enum_value::<pb::AuthScheme>(field, value)? {
+        pb::AuthScheme::None => Ok(AuthScheme::None),
+        pb::AuthScheme::ApiKey => Ok(AuthScheme::ApiKey),
+        pb::AuthScheme::Bearer => Ok(AuthScheme::Bearer),
+        pb::AuthScheme::Mtls => Ok(AuthScheme::Mtls),
+        pb::AuthScheme::Oauth2 => Ok(AuthScheme::Oauth2),
+        pb::AuthScheme::Unspecified => Err(invalid(field, "must be specified")),
+    }
+}
+
+/// An encryption level; unspecified reads as none, as the proto documents.
+fn encryption(field: &str, value: i32) -> Result<Encryption, Status> {
+    Ok(match enum_value::<pb::Encryption>(field, value)? {
+        pb::Encryption::Unspecified | pb::Encryption::None => Encryption::None,
+        pb::Encryption::Tls => Encryption::Tls,
+        pb::Encryption::Mtls => Encryption::Mtls,
+    })
+}
+
+fn duration(field: &str, value: Option<prost_types::Duration>) -> Result<Option<Duration>, Status> {
+    value.map(|d| Duration::try_from(d).map_err(|e| invalid(field, format!("{e}")))).transpose()
+}
+
+fn list<T>(field: &str, values: Vec<i32>, convert: fn(&str, i32) -> Result<T, Status>) -> Result<Vec<T>, Status> {
+    values.into_iter().enumerate().map(|(i, v)| convert(&format!("{field}[{i}]"), v)).collect()
+}
+
+/// Checks a proto spec into a domain spec.
+pub fn spec_from_proto(spec: pb::ServiceSpec) -> Result<ServiceSpec, Status> {
+    let endpoint = match spec.endpoint.and_then(|e| e.kind) {
+        Some(pb::endpoint::Kind::Http(h)) => Endpoint::Http { url: h.url },
+        Some(pb::endpoint::Kind::Grpc(g)) => Endpoint::Grpc { url: g.url },
+        Some(pb::endpoint::Kind::Worker(w)) => Endpoint::Worker { queue: w.queue },
+        None => return Err(invalid("spec.endpoint", "must be set to http, grpc or worker")),
+    };
+    let qos = spec.qos.map_or_else(Qos::default, |q| Qos {
+        latency_p50_ms: q.latency_p50_ms,
+        latency_p99_ms: q.latency_p99_ms,
+        throughput_rps: q.throughput_rps,
+        cost: q.cost,
+        availability: q.availability.unwrap_or(1.0),
+    });
+    let security = match spec.security {
+        None => SecurityProfile::default(),
+        Some(s) => SecurityProfile {
+            auth_schemes: list("spec.security.auth_schemes", s.auth_schemes, auth_scheme)?,
+            encryption: encryption("spec.security.encryption", s.encryption)?,
+            compliance: s.compliance,
+        },
+    };
+    let health_check = match spec.health_check {
+        None => HealthCheck::default(),
+        Some(h) => health_check_from_proto(h)?,
+    };
+    let mut definition = ServiceDefinition {
+        id: spec.id,
+        name: spec.name,
+        version: spec.version,
+        endpoint,
+        capabilities: spec.capabilities,
+        inputs: spec.inputs,
+        outputs: spec.outputs,
+        formats: spec.formats,
+        qos,
+        security,
+        capacity: spec.capacity,
+        health_check,
+        labels: spec.labels.into_iter().collect(),
+    };
+    if definition.capacity == 0 {
+        definition.capacity = DEFAULT_CAPACITY;
+    }
+    ServiceSpec::new(definition).map_err(|e| Status::invalid_argument(format!("spec: {e}")))
+}
+
+fn health_check_from_proto(h: pb::HealthCheck) -> Result<HealthCheck, Status> {
+    let defaults = HealthCheck::default();
+    let kind = match h.kind {
+        None | Some(pb::health_check::Kind::None(_)) => CheckKind::None,
+        Some(pb::health_check::Kind::Ttl(t)) => CheckKind::Ttl {
+            ttl: duration("spec.health_check.ttl.ttl", t.ttl)?
+                .ok_or_else(|| invalid("spec.health_check.ttl.ttl", "must be set"))?,
+        },
+        Some(pb::health_check::Kind::Http(x)) => CheckKind::Http { url: x.url },
+        Some(pb::health_check::Kind::Grpc(g)) => CheckKind::Grpc { url: g.url, service: g.service },
+    };
+    let nonzero = |v: u32, default: u32| if v == 0 { default } else { v };
+    Ok(HealthCheck {
+        kind,
+        interval: duration("spec.health_check.interval", h.interval)?.unwrap_or(defaults.interval),
+        timeout: duration("spec.health_check.timeout", h.timeout)?.unwrap_or(defaults.timeout),
+        healthy_threshold: nonzero(h.healthy_threshold, defaults.healthy_threshold),
+        unhealthy_threshold: nonzero(h.unhealthy_threshold, defaults.unhealthy_threshold),
+        deregister_after: duration("spec.health_check.deregister_after", h.deregister_after)?,
+    })
+}
+
+fn proto_duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration::try_from(d).unwrap_or(prost_types::Duration { seconds: i64::MAX, nanos: 999_999_999 })
+}
+
+fn proto_protocol(p: Protocol) -> pb::Protocol {
+    match p {
+        Protocol::Http => pb::Protocol::Http,
+        Protocol::Grpc => pb::Protocol::Grpc,
+        Protocol::Worker => pb::Protocol::Worker,
+    }
+}
+
+fn proto_auth(a: AuthScheme) -> pb::AuthScheme {
+    match a {
+        AuthScheme::None => pb::AuthScheme::None,
+        AuthScheme::ApiKey => pb::AuthScheme::ApiKey,
+        AuthScheme::Bearer => pb::AuthScheme::Bearer,
+        AuthScheme::Mtls => pb::AuthScheme::Mtls,
+        AuthScheme::Oauth2 => pb::AuthScheme::Oauth2,
+    }
+}
+
+fn proto_encryption(e: Encryption) -> pb::Encryption {
+    match e {
+        Encryption::None => pb::Encryption::None,
+        Encryption::Tls => pb::Encryption::Tls,
+        Encryption::Mtls => pb::Encryption::Mtls,
+    }
+}
+
+/// A domain spec as proto.
+pub fn spec_to_proto(spec: &ServiceSpec) -> pb::ServiceSpec {
+    let endpoint = match spec.endpoint() {
+        Endpoint::Http { url } => pb::endpoint::Kind::Http(pb::endpoint::Http { url: url.clone() }),
+        Endpoint::Grpc { url } => pb::endpoint::Kind::Grpc(pb::endpoint::Grpc { url: url.clone() }),
+        Endpoint::Worker { queue } => pb::endpoint::Kind::Worker(pb::endpoint::Worker { queue: queue.clone() }),
+    };
+    let qos = spec.qos();
+    let check = spec.health_check();
+    let kind = match &check.kind {
+        CheckKind::None => pb::health_check::Kind::None(pb::health_check::NoCheck {}),
+        CheckKind::Ttl { ttl } => {
+            pb::health_check::Kind::Ttl(pb::health_check::Ttl { ttl: Some(proto_duration(*ttl)) })
+        }
+        CheckKind::Http { url } => pb::health_check::Kind::Http(pb::health_check::Http { url: url.clone() }),
+        CheckKind::Grpc { url, service } => {
+            pb::health_check::Kind::Grpc(pb::health_check::Grpc { url: url.clone(), service: service.clone() })
+        }
+    };
+    pb::ServiceSpec {
+        id: spec.id().to_string(),
+        name: spec.name().to_owned(),
+        version: spec.version().to_owned(),
+        endpoint: Some(pb::Endpoint { kind: Some(endpoint) }),
+        capabilities: spec.capabilities().to_vec(),
+        inputs: spec.inputs().to_vec(),
+        outputs: spec.outputs().to_vec(),
+        formats: spec.formats().to_vec(),
+        qos: Some(pb::Qos {
+            latency_p50_ms: qos.latency_p50_ms,
+            latency_p99_ms: qos.latency_p99_ms,
+            throughput_rps: qos.throughput_rps,
+            cost: qos.cost,
+            availability: Some(qos.availability),
+        }),
+        security: Some(pb::SecurityProfile {
+            auth_schemes: spec.security().auth_schemes.iter().map(|&a| proto_auth(a) as i32).collect(),
+            encryption: proto_encryption(spec.security().encryption) as i32,
+            compliance: spec.security().compliance.clone(),
+        }),
+        capacity: spec.capacity(),
+        health_check: Some(pb::HealthCheck {
+            kind: Some(kind),
+            interval: Some(proto_duration(check.interval)),
+            timeout: Some(proto_duration(check.timeout)),
+            healthy_threshold: check.healthy_threshold,
+            unhealthy_threshold: check.unhealthy_threshold,
+            deregister_after: check.deregister_after.map(proto_duration),
+        }),
+        labels: spec.labels().iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    }
+}
+
+fn timestamp(t: Timestamp) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos().min(999_999_999) as i32 }
+}
+
+/// A live status as proto.
+pub fn status_to_proto(status: &ServiceStatus) -> pb::ServiceStatus {
+    let health = match status.health {
+        Health::Unknown => pb::Health::Unknown,
+        Health::Passing => pb::Health::Passing,
+        Health::Critical => pb::Health::Critical,
+    };
+    pb::ServiceStatus {
+        health: health as i32,
+        in_flight: status.in_flight,
+        success_rate: status.success_rate,
+        registered_at: Some(timestamp(status.registered_at)),
+        last_heartbeat: status.last_heartbeat.map(timestamp),
+        last_check_output: status.last_check_output.clone(),
+    }
+}
+
+/// A service with its status as proto.
+pub fn view_to_proto(view: &ServiceView) -> pb::ServiceView {
+    pb::ServiceView { spec: Some(spec_to_proto(&view.spec)), status: Some(status_to_proto(&view.status)) }
+}
+
+/// A ranked candidate as proto.
+pub fn candidate_to_proto(candidate: &Candidate) -> pb::Candidate {
+    pb::Candidate { service: Some(view_to_proto(&candidate.service)), score: candidate.score }
+}
+
+/// Checks proto requirements into domain requirements (their own rules are checked by the
+/// directory, which names the field).
+pub fn requirements_from_proto(req: pb::ServiceRequirements) -> Result<ServiceRequirements, Status> {
+    let security = match req.security {
+        None => SecurityRequirements::default(),
+        Some(s) => SecurityRequirements {
+            auth_schemes: list("requirements.security.auth_schemes", s.auth_schemes, auth_scheme)?,
+            min_encryption: s
+                .min_encryption
+                .map(|e| encryption("requirements.security.min_encryption", e))
+                .transpose()?,
+            compliance: s.compliance,
+        },
+    };
+    Ok(ServiceRequirements {
+        capabilities: req.capabilities,
+        protocols: list("requirements.protocols", req.protocols, protocol)?,
+        formats: req.formats,
+        max_latency_p99_ms: req.max_latency_p99_ms,
+        min_throughput_rps: req.min_throughput_rps,
+        max_cost: req.max_cost,
+        min_availability: req.min_availability,
+        security,
+        labels: req.labels.into_iter().collect::<BTreeMap<_, _>>(),
+    })
+}
+
+/// Domain requirements as proto (for clients).
+pub fn requirements_to_proto(req: &ServiceRequirements) -> pb::ServiceRequirements {
+    pb::ServiceRequirements {
+        capabilities: req.capabilities.clone(),
+        protocols: req.protocols.iter().map(|&p| proto_protocol(p) as i32).collect(),
+        formats: req.formats.clone(),
+        max_latency_p99_ms: req.max_latency_p99_ms,
+        min_throughput_rps: req.min_throughput_rps,
+        max_cost: req.max_cost,
+        min_availability: req.min_availability,
+        security: Some(pb::SecurityRequirements {
+            auth_schemes: req.security.auth_schemes.iter().map(|&a| proto_auth(a) as i32).collect(),
+            min_encryption: req.security.min_encryption.map(|e| proto_encryption(e) as i32),
+            compliance: req.security.compliance.clone(),
+        }),
+        labels: req.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> ServiceSpec {
+        ServiceSpec::from_json(
+            r#"{"id":"pay","version":"2.1","endpoint":{"protocol":"grpc","url":"http://127.0.0.1:9000"},
+                "capabilities":["charge"],"inputs":["card"],"outputs":["receipt"],"formats":["json"],
+                "qos":{"latency_p50_ms":5,"latency_p99_ms":20,"throughput_rps":100,"cost":0.5,"availability":0.99},
+                "security":{"auth_schemes":["bearer","mtls"],"encryption":"tls","compliance":["pci-dss"]},
+                "capacity":7,
+                "health_check":{"kind":"grpc","url":"http://127.0.0.1:9000","service":"pay","deregister_after":"5m"},
+                "labels":{"team":"payments"}}"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn specs_and_requirements_round_trip() {
+        let spec = spec();
+        assert_eq!(spec_from_proto(spec_to_proto(&spec)).unwrap(), spec);
+        let req: ServiceRequirements = serde_json::from_str(
+            r#"{"capabilities":["charge"],"protocols":["grpc"],"max_latency_p99_ms":30,
+                "security":{"auth_schemes":["mtls"],"min_encryption":"tls","compliance":["pci-dss"]},
+                "labels":{"team":"payments"}}"#,
+        )
+        .unwrap();
+        assert_eq!(requirements_from_proto(requirements_to_proto(&req)).unwrap(), req);
+    }
+
+    fn check(patch: impl FnOnce(&mut pb::ServiceSpec), expected: &str) {
+        let mut proto = spec_to_proto(&spec());
+        patch(&mut proto);
+        let status = spec_from_proto(proto).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains(expected), "{:?} should contain {expected:?}", status.message());
+    }
+
+    #[test]
+    fn bad_specs_are_invalid_arguments_naming_the_field() {
+        check(|s| s.endpoint = None, "spec.endpoint: must be set");
+        check(|s| s.id = "Pay".into(), r#"invalid id "Pay""#);
+        check(|s| s.qos.as_mut().unwrap().availability = Some(2.0), "qos.availability");
+        check(|s| s.qos.as_mut().unwrap().latency_p50_ms = f64::NAN, "qos.latency_p50_ms");
+        check(
+            |s| s.security.as_mut().unwrap().auth_schemes = vec![99],
+            "spec.security.auth_schemes[0]: unknown enum value 99",
+        );
+        check(
+            |s| s.security.as_mut().unwrap().auth_schemes = vec![0],
+            "spec.security.auth_schemes[0]: must be specified",
+        );
+        check(
+            |s| s.health_check.as_mut().unwrap().interval = Some(prost_types::Duration { seconds: -1, nanos: 0 }),
+            "spec.health_check.interval",
+        );
+        check(
+            |s| {
+                s.health_check.as_mut().unwrap().kind =
+                    Some(pb::health_check::Kind::Ttl(pb::health_check::Ttl { ttl: None }))
+            },
+            "spec.health_check.ttl.ttl: must be set",
+        );
+        check(|s| s.capabilities = vec!["a b".into()], "capabilities[0]");
+    }
+
+    #[test]
+    fn proto_defaults_read_as_the_domain_defaults() {
+        let proto = pb::ServiceSpec {
+            id: "x".into(),
+            endpoint: Some(pb::Endpoint {
+                kind: Some(pb::endpoint::Kind::Worker(pb::endpoint::Worker { queue: "q".into() })),
+            }),
+            outputs: vec!["thing".into()],
+            ..Default::default()
+        };
+        let spec = spec_from_proto(proto).unwrap();
+        assert_eq!(spec.capacity(), 64);
+        assert_eq!(spec.qos().availability, 1.0);
+        assert_eq!(spec.health_check(), &HealthCheck::default());
+        let bad = pb::ServiceRequirements { protocols: vec![0], ..Default::default() };
+        assert!(requirements_from_proto(bad).unwrap_err().message().contains("requirements.protocols[0]"));
+    }
+}
