@@ -30,6 +30,9 @@ pub enum Error {
         /// The state it was asked to reach.
         to: crate::execution::ExecutionState,
     },
+    /// The request is well formed but cannot be done as asked, e.g. a goal no plan meets.
+    #[error("{0}")]
+    Precondition(String),
     /// A backing component could not serve the call right now.
     #[error("unavailable: {0}")]
     Unavailable(String),

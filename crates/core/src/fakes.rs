@@ -11,6 +11,7 @@ use crate::directory::{
 };
 use crate::error::{Error, Result};
 use crate::ids::ServiceId;
+use crate::planning::ServiceCatalog;
 use crate::ports::{Clock, EventSink, HealthProbe, ProbeResult, ProbeTarget};
 use crate::requirements::ServiceRequirements;
 use crate::service::ServiceSpec;
@@ -237,6 +238,48 @@ impl ServiceDirectory for InMemoryDirectory {
     }
 }
 
+/// A catalog of healthy services that changes only when told to. Its generation moves only on
+/// [`bump`](Self::bump), so a test can change the services behind a consumer's back and see
+/// that the consumer keeps what it cached until the generation moves.
+#[derive(Debug, Default)]
+pub struct FixedCatalog {
+    state: Mutex<(u64, Vec<Arc<ServiceSpec>>)>,
+}
+
+impl FixedCatalog {
+    /// A catalog of `services` at generation 0.
+    pub fn new(services: impl IntoIterator<Item = ServiceSpec>) -> Self {
+        Self { state: Mutex::new((0, services.into_iter().map(Arc::new).collect())) }
+    }
+
+    /// Adds a service without moving the generation.
+    pub fn push(&self, spec: ServiceSpec) {
+        lock(&self.state).1.push(Arc::new(spec));
+    }
+
+    /// Replaces every service without moving the generation.
+    pub fn set(&self, services: impl IntoIterator<Item = ServiceSpec>) {
+        lock(&self.state).1 = services.into_iter().map(Arc::new).collect();
+    }
+
+    /// Moves the generation on and returns the new one.
+    pub fn bump(&self) -> u64 {
+        let mut state = lock(&self.state);
+        state.0 += 1;
+        state.0
+    }
+}
+
+impl ServiceCatalog for FixedCatalog {
+    fn generation(&self) -> u64 {
+        lock(&self.state).0
+    }
+
+    fn healthy_services(&self) -> Vec<Arc<ServiceSpec>> {
+        lock(&self.state).1.clone()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,5 +309,18 @@ mod tests {
         let ghost = ServiceId::new("ghost").unwrap();
         assert_eq!(dir.deregister(&ghost).unwrap_err(), Error::UnknownService(ghost));
         assert!(dir.find(&ServiceRequirements::default(), 16).is_err());
+    }
+
+    #[test]
+    fn the_fixed_catalog_moves_its_generation_only_when_bumped() {
+        let catalog = FixedCatalog::new([spec("a", "x", 1.0)]);
+        assert_eq!(catalog.generation(), 0);
+        catalog.push(spec("b", "x", 1.0));
+        assert_eq!(catalog.generation(), 0);
+        let ids = |c: &FixedCatalog| c.healthy_services().iter().map(|s| s.id().to_string()).collect::<Vec<_>>();
+        assert_eq!(ids(&catalog), ["a", "b"]);
+        assert_eq!(catalog.bump(), 1);
+        catalog.set([spec("c", "x", 1.0)]);
+        assert_eq!((catalog.generation(), ids(&catalog)), (1, vec!["c".to_owned()]));
     }
 }

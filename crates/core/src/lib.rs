@@ -5,7 +5,8 @@
 //! ([`ServiceRequirements`], [`Goal`]), concept taxonomies with subsumption ([`Taxonomy`]),
 //! workflow definitions ([`WorkflowDefinition`]), plans ([`Plan`]), executions and their state
 //! machine ([`Execution`]), journal events ([`Event`]), ids, and the ports (traits) through
-//! which the crates reach time, health probes, event consumers and the service directory.
+//! which the crates reach time, health probes, event consumers, the service directory and the
+//! planner.
 //!
 //! What it is not for: anything that touches a network, a disk or a runtime. Those live in
 //! the crates that implement the ports. Fakes of the ports are in [`fakes`] behind the
@@ -36,6 +37,7 @@ pub mod fakes;
 pub mod goal;
 pub mod ids;
 pub mod plan;
+pub mod planning;
 pub mod ports;
 pub mod requirements;
 pub mod service;
@@ -51,6 +53,7 @@ pub use execution::{Execution, ExecutionState, TaskState, TaskStatus};
 pub use goal::{Constraints, Goal, Objective, Weights};
 pub use ids::{ExecutionId, ServiceId, StepId, WorkflowName};
 pub use plan::{DataFlow, Plan, PlanTask, PredictedQos};
+pub use planning::{Planning, ServiceCatalog};
 pub use ports::{
     Clock, DeregisterReason, EventSink, HealthProbe, ProbeResult, ProbeTarget, RegistryEvent, SystemClock,
 };

@@ -117,6 +117,11 @@ impl Taxonomy {
         self.index.get(name).map(|&i| ConceptId(i))
     }
 
+    /// The concept with dense index `index` (see [`ConceptId::index`]), if there is one.
+    pub fn concept(&self, index: usize) -> Option<ConceptId> {
+        (index < self.names.len()).then_some(ConceptId(index as u32))
+    }
+
     /// The name of `id`.
     pub fn name(&self, id: ConceptId) -> &str {
         &self.names[id.index()]

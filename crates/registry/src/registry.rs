@@ -3,13 +3,14 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 use baton_core::directory::score_parts;
 use baton_core::ports::DiscardEvents;
 use baton_core::{
     Candidate, CheckKind, Clock, DeregisterReason, EventSink, Health, Matches, Page, Qos, Registration, RegistryEvent,
-    ServiceDirectory, ServiceId, ServiceRequirements, ServiceSpec, ServiceStatus, ServiceView, SystemClock, Timestamp,
+    ServiceCatalog, ServiceDirectory, ServiceId, ServiceRequirements, ServiceSpec, ServiceStatus, ServiceView,
+    SystemClock, Timestamp,
 };
 use parking_lot::{Mutex, RwLock};
 
@@ -39,7 +40,8 @@ impl Config {
 
     /// A registry on `clock` that reports its events to `events`.
     pub fn build_with(self, clock: Arc<dyn Clock>, events: Arc<dyn EventSink<RegistryEvent>>) -> Registry {
-        Registry { inner: Arc::new(Inner { config: self, state: RwLock::new(State::default()), clock, events }) }
+        let state = RwLock::new(State::default());
+        Registry { inner: Arc::new(Inner { config: self, state, clock, events, generation: AtomicU64::new(0) }) }
     }
 }
 
@@ -67,6 +69,9 @@ struct Inner {
     state: RwLock<State>,
     clock: Arc<dyn Clock>,
     events: Arc<dyn EventSink<RegistryEvent>>,
+    /// Moves after every change that may change the healthy services or their specs; see
+    /// [`ServiceCatalog::generation`].
+    generation: AtomicU64,
 }
 
 #[derive(Default)]
@@ -274,6 +279,7 @@ impl Registry {
             state.by_id.insert(id.clone(), slot);
             Registration::Created
         };
+        self.changed();
         drop(state);
         self.inner.events.publish(match registration {
             Registration::Created => RegistryEvent::Registered { id },
@@ -292,6 +298,7 @@ impl Registry {
         if !state.remove(id) {
             return Err(Error::UnknownService(id.clone()));
         }
+        self.changed();
         drop(state);
         self.inner.events.publish(RegistryEvent::Deregistered { id: id.clone(), reason });
         Ok(())
@@ -309,6 +316,12 @@ impl Registry {
     /// Every registered service, for the health supervisor.
     pub(crate) fn entries(&self) -> Vec<Entry> {
         self.inner.state.read().slots.iter().flatten().cloned().collect()
+    }
+
+    /// Moves the generation on. Called after the change is made, so that whoever reads the
+    /// new generation (acquire) then sees the change.
+    fn changed(&self) {
+        self.inner.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     pub(crate) fn clock(&self) -> &dyn Clock {
@@ -338,6 +351,7 @@ impl Registry {
             return false;
         }
         state.remove(entry.spec.id());
+        self.changed();
         drop(state);
         self.inner.events.publish(RegistryEvent::Deregistered { id: entry.spec.id().clone(), reason });
         true
@@ -391,6 +405,7 @@ impl Registry {
         }
         checks.critical_since = (to == Health::Critical).then_some(now);
         live.health.store(health_code(to), Ordering::Release);
+        self.changed();
         drop(checks);
         self.inner.events.publish(RegistryEvent::HealthChanged {
             id: entry.spec.id().clone(),
@@ -514,6 +529,25 @@ impl ServiceDirectory for Registry {
     }
     fn find(&self, requirements: &ServiceRequirements, limit: usize) -> baton_core::Result<Matches> {
         Ok(Registry::find(self, requirements, limit)?)
+    }
+}
+
+/// The planner's view: the services with passing health, whatever their load (capacity
+/// matters when a task is dispatched, not when a plan is composed).
+impl ServiceCatalog for Registry {
+    fn generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::Acquire)
+    }
+
+    fn healthy_services(&self) -> Vec<Arc<ServiceSpec>> {
+        let state = self.inner.state.read();
+        state
+            .slots
+            .iter()
+            .flatten()
+            .filter(|entry| entry.live.health() == Health::Passing)
+            .map(|entry| Arc::clone(&entry.spec))
+            .collect()
     }
 }
 

@@ -176,3 +176,54 @@ fn concurrent_updates_are_atomic_to_readers() {
     assert_eq!(found(&registry, "x"), ["flip"]);
     assert!(found(&registry, "y").is_empty());
 }
+
+#[test]
+fn the_catalog_generation_moves_on_every_change_planners_care_about() {
+    let registry = Registry::default();
+    let healthy = |r: &Registry| {
+        let mut ids: Vec<String> = r.healthy_services().iter().map(|s| s.id().to_string()).collect();
+        ids.sort();
+        ids
+    };
+    let mut last = registry.generation();
+    let mut moved = |r: &Registry, what: &str, expected: bool| {
+        let now = r.generation();
+        assert_eq!(now != last, expected, "generation after {what}: {last} -> {now}");
+        last = now;
+    };
+    registry.register(spec("a", &["x"], 10.0, 4)).unwrap();
+    moved(&registry, "a register", true);
+    registry.register(spec("b", &["x"], 10.0, 1)).unwrap();
+    moved(&registry, "a second register", true);
+    registry.register(spec("b", &["x"], 20.0, 1)).unwrap();
+    moved(&registry, "an update", true);
+    // Load is not health: a service at capacity is still one a plan may use.
+    let _permit = registry.acquire(&id("b")).unwrap();
+    moved(&registry, "a permit", false);
+    assert_eq!(healthy(&registry), ["a", "b"]);
+
+    let a = registry.entry(&id("a")).unwrap();
+    let now = registry.clock().now();
+    registry.record(&a, Verdict::Expired, "ttl expired", now);
+    moved(&registry, "turning critical", true);
+    assert_eq!(healthy(&registry), ["b"]);
+    registry.record(&a, Verdict::Fail, "still down", now);
+    moved(&registry, "a failure of a critical service", false);
+    registry.record(&a, Verdict::Pass, "up", now);
+    moved(&registry, "one pass of two needed", false);
+    assert_eq!(healthy(&registry), ["b"]);
+    registry.record(&a, Verdict::Pass, "up", now);
+    moved(&registry, "turning passing again", true);
+    registry.heartbeat(&id("a")).unwrap();
+    moved(&registry, "a heartbeat of a passing service", false);
+    assert_eq!(healthy(&registry), ["a", "b"]);
+
+    registry.deregister(&id("a")).unwrap();
+    moved(&registry, "a deregister", true);
+    assert!(registry.deregister(&id("a")).is_err());
+    moved(&registry, "a refused deregister", false);
+    let b = registry.entry(&id("b")).unwrap();
+    assert!(registry.remove_if_current(&b, DeregisterReason::CriticalTooLong));
+    moved(&registry, "a removal by the supervisor", true);
+    assert!(healthy(&registry).is_empty());
+}
