@@ -7,8 +7,9 @@ use std::time::Duration;
 use baton_core::directory::{Candidate, ServiceStatus, ServiceView};
 use baton_core::service::DEFAULT_CAPACITY;
 use baton_core::{
-    AuthScheme, CheckKind, Encryption, Endpoint, Health, HealthCheck, Protocol, Qos, SecurityProfile,
-    SecurityRequirements, ServiceDefinition, ServiceId, ServiceRequirements, ServiceSpec, Timestamp,
+    AuthScheme, CheckKind, Constraints, DataFlow, Encryption, Endpoint, Goal, Health, HealthCheck, Objective, Plan,
+    PlanTask, PredictedQos, Protocol, Qos, SecurityProfile, SecurityRequirements, ServiceDefinition, ServiceId,
+    ServiceRequirements, ServiceSpec, Timestamp, Weights,
 };
 use tonic::Status;
 
@@ -25,7 +26,7 @@ pub fn status_of(error: baton_core::Error) -> Status {
     match error {
         Error::Invalid { .. } => Status::invalid_argument(error.to_string()),
         Error::UnknownService(_) => Status::not_found(error.to_string()),
-        Error::InvalidTransition { .. } => Status::failed_precondition(error.to_string()),
+        Error::InvalidTransition { .. } | Error::Precondition(_) => Status::failed_precondition(error.to_string()),
         Error::Unavailable(_) => Status::unavailable(error.to_string()),
         other => Status::internal(other.to_string()),
     }
@@ -264,17 +265,7 @@ pub fn candidate_to_proto(candidate: &Candidate) -> pb::Candidate {
 /// Checks proto requirements into domain requirements (their own rules are checked by the
 /// directory, which names the field).
 pub fn requirements_from_proto(req: pb::ServiceRequirements) -> Result<ServiceRequirements, Status> {
-    let security = match req.security {
-        None => SecurityRequirements::default(),
-        Some(s) => SecurityRequirements {
-            auth_schemes: list("requirements.security.auth_schemes", s.auth_schemes, auth_scheme)?,
-            min_encryption: s
-                .min_encryption
-                .map(|e| encryption("requirements.security.min_encryption", e))
-                .transpose()?,
-            compliance: s.compliance,
-        },
-    };
+    let security = security_requirements_from_proto("requirements.security", req.security)?;
     Ok(ServiceRequirements {
         capabilities: req.capabilities,
         protocols: list("requirements.protocols", req.protocols, protocol)?,
@@ -298,12 +289,165 @@ pub fn requirements_to_proto(req: &ServiceRequirements) -> pb::ServiceRequiremen
         min_throughput_rps: req.min_throughput_rps,
         max_cost: req.max_cost,
         min_availability: req.min_availability,
-        security: Some(pb::SecurityRequirements {
-            auth_schemes: req.security.auth_schemes.iter().map(|&a| proto_auth(a) as i32).collect(),
-            min_encryption: req.security.min_encryption.map(|e| proto_encryption(e) as i32),
-            compliance: req.security.compliance.clone(),
-        }),
+        security: Some(security_requirements_to_proto(&req.security)),
         labels: req.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    }
+}
+
+/// Security requirements from the proto at `field`; absent reads as none.
+fn security_requirements_from_proto(
+    field: &str,
+    security: Option<pb::SecurityRequirements>,
+) -> Result<SecurityRequirements, Status> {
+    let Some(s) = security else { return Ok(SecurityRequirements::default()) };
+    Ok(SecurityRequirements {
+        auth_schemes: list(&format!("{field}.auth_schemes"), s.auth_schemes, auth_scheme)?,
+        min_encryption: s.min_encryption.map(|e| encryption(&format!("{field}.min_encryption"), e)).transpose()?,
+        compliance: s.compliance,
+    })
+}
+
+fn security_requirements_to_proto(security: &SecurityRequirements) -> pb::SecurityRequirements {
+    pb::SecurityRequirements {
+        auth_schemes: security.auth_schemes.iter().map(|&a| proto_auth(a) as i32).collect(),
+        min_encryption: security.min_encryption.map(|e| proto_encryption(e) as i32),
+        compliance: security.compliance.clone(),
+    }
+}
+
+fn service_ids(field: &str, ids: Vec<String>) -> Result<Vec<ServiceId>, Status> {
+    ids.iter().enumerate().map(|(i, id)| service_id(&format!("{field}[{i}]"), id)).collect()
+}
+
+/// An objective; unspecified reads as latency, as the proto documents.
+fn objective(field: &str, value: i32) -> Result<Objective, Status> {
+    Ok(match enum_value::<pb::Objective>(field, value)? {
+        pb::Objective::Unspecified | pb::Objective::Latency => Objective::Latency,
+        pb::Objective::Throughput => Objective::Throughput,
+        pb::Objective::Cost => Objective::Cost,
+        pb::Objective::Weighted => Objective::Weighted,
+    })
+}
+
+/// Checks a proto goal (the `goal` field of a request) into a domain goal. The planner checks
+/// the rest of its rules (a wanted concept, bounds in range) and names the field.
+pub fn goal_from_proto(goal: pb::Goal) -> Result<Goal, Status> {
+    let constraints = match goal.constraints {
+        None => Constraints::default(),
+        Some(c) => Constraints {
+            max_latency_ms: c.max_latency_ms,
+            max_cost: c.max_cost,
+            min_availability: c.min_availability,
+            security: security_requirements_from_proto("goal.constraints.security", c.security)?,
+            include_services: service_ids("goal.constraints.include_services", c.include_services)?,
+            exclude_services: service_ids("goal.constraints.exclude_services", c.exclude_services)?,
+            protocols: list("goal.constraints.protocols", c.protocols, protocol)?,
+            max_services: c.max_services,
+        },
+    };
+    let weights = match goal.weights {
+        None => Weights::default(),
+        Some(w) => {
+            let weights =
+                Weights { latency: w.latency, throughput: w.throughput, cost: w.cost, availability: w.availability };
+            for (name, value) in [
+                ("latency", w.latency),
+                ("throughput", w.throughput),
+                ("cost", w.cost),
+                ("availability", w.availability),
+            ] {
+                if !value.is_finite() || value < 0.0 {
+                    return Err(invalid(
+                        &format!("goal.weights.{name}"),
+                        format!("{value} is not a finite number >= 0"),
+                    ));
+                }
+            }
+            weights
+        }
+    };
+    Ok(Goal {
+        provided: goal.provided,
+        wanted: goal.wanted,
+        constraints,
+        objective: objective("goal.objective", goal.objective)?,
+        weights,
+    })
+}
+
+/// A domain goal as proto (for clients).
+pub fn goal_to_proto(goal: &Goal) -> pb::Goal {
+    let c = &goal.constraints;
+    let objective = match goal.objective {
+        Objective::Latency => pb::Objective::Latency,
+        Objective::Throughput => pb::Objective::Throughput,
+        Objective::Cost => pb::Objective::Cost,
+        Objective::Weighted => pb::Objective::Weighted,
+    };
+    let w = goal.weights;
+    pb::Goal {
+        provided: goal.provided.clone(),
+        wanted: goal.wanted.clone(),
+        constraints: Some(pb::Constraints {
+            max_latency_ms: c.max_latency_ms,
+            max_cost: c.max_cost,
+            min_availability: c.min_availability,
+            security: Some(security_requirements_to_proto(&c.security)),
+            include_services: c.include_services.iter().map(ToString::to_string).collect(),
+            exclude_services: c.exclude_services.iter().map(ToString::to_string).collect(),
+            protocols: c.protocols.iter().map(|&p| proto_protocol(p) as i32).collect(),
+            max_services: c.max_services,
+        }),
+        objective: objective as i32,
+        weights: Some(pb::Weights {
+            latency: w.latency,
+            throughput: w.throughput,
+            cost: w.cost,
+            availability: w.availability,
+        }),
+    }
+}
+
+fn task_to_proto(task: &PlanTask) -> pb::PlanTask {
+    pb::PlanTask {
+        id: task.id.to_string(),
+        service: task.service.to_string(),
+        alternatives: task.alternatives.iter().map(ToString::to_string).collect(),
+        inputs: task.inputs.clone(),
+        outputs: task.outputs.clone(),
+        depends_on: task.depends_on.iter().map(ToString::to_string).collect(),
+    }
+}
+
+fn data_flow_to_proto(edge: &DataFlow) -> pb::DataFlow {
+    pb::DataFlow {
+        from_task: edge.from.as_ref().map(ToString::to_string).unwrap_or_default(),
+        from_concept: edge.from_concept.clone(),
+        to_task: edge.to.to_string(),
+        to_concept: edge.to_concept.clone(),
+    }
+}
+
+fn predicted_to_proto(p: &PredictedQos) -> pb::PredictedQos {
+    pb::PredictedQos {
+        latency_ms: p.latency_ms,
+        throughput_rps: p.throughput_rps,
+        cost: p.cost,
+        availability: p.availability,
+    }
+}
+
+/// A plan as proto.
+pub fn plan_to_proto(plan: &Plan) -> pb::Plan {
+    pb::Plan {
+        tasks: plan.tasks.iter().map(task_to_proto).collect(),
+        data_flow: plan.data_flow.iter().map(data_flow_to_proto).collect(),
+        levels: plan
+            .levels
+            .iter()
+            .map(|level| pb::Level { tasks: level.iter().map(ToString::to_string).collect() })
+            .collect(),
+        predicted: Some(predicted_to_proto(&plan.predicted)),
     }
 }
 
@@ -389,5 +533,81 @@ mod tests {
         assert_eq!(spec.health_check(), &HealthCheck::default());
         let bad = pb::ServiceRequirements { protocols: vec![0], ..Default::default() };
         assert!(requirements_from_proto(bad).unwrap_err().message().contains("requirements.protocols[0]"));
+    }
+
+    #[test]
+    fn goals_round_trip_and_defaults_read_as_the_domain_defaults() {
+        let goal: Goal = serde_json::from_str(
+            r#"{"provided":["order"],"wanted":["receipt"],"objective":"weighted",
+                "weights":{"latency":1,"throughput":0.5,"cost":2,"availability":0},
+                "constraints":{"max_latency_ms":100,"min_availability":0.9,"max_services":3,
+                  "security":{"auth_schemes":["mtls"],"min_encryption":"tls","compliance":["pci-dss"]},
+                  "include_services":["pay"],"exclude_services":["slow"],"protocols":["grpc","worker"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(goal_from_proto(goal_to_proto(&goal)).unwrap(), goal);
+        let bare = pb::Goal { wanted: vec!["receipt".into()], ..Default::default() };
+        let expected = Goal { wanted: vec!["receipt".into()], ..Goal::default() };
+        assert_eq!(goal_from_proto(bare).unwrap(), expected);
+    }
+
+    fn check_goal(patch: impl FnOnce(&mut pb::Goal), expected: &str) {
+        let mut proto = pb::Goal {
+            wanted: vec!["receipt".into()],
+            constraints: Some(pb::Constraints::default()),
+            weights: Some(pb::Weights::default()),
+            ..Default::default()
+        };
+        patch(&mut proto);
+        let status = goal_from_proto(proto).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains(expected), "{:?} should contain {expected:?}", status.message());
+    }
+
+    #[test]
+    fn bad_goals_are_invalid_arguments_naming_the_field() {
+        check_goal(|g| g.objective = 9, "goal.objective: unknown enum value 9");
+        check_goal(|g| g.constraints.as_mut().unwrap().protocols = vec![1, 0], "goal.constraints.protocols[1]");
+        check_goal(
+            |g| g.constraints.as_mut().unwrap().include_services = vec!["Pay".into()],
+            "goal.constraints.include_services[0]",
+        );
+        check_goal(
+            |g| g.constraints.as_mut().unwrap().exclude_services = vec!["ok".into(), String::new()],
+            "goal.constraints.exclude_services[1]",
+        );
+        check_goal(
+            |g| {
+                g.constraints.as_mut().unwrap().security =
+                    Some(pb::SecurityRequirements { min_encryption: Some(7), ..Default::default() })
+            },
+            "goal.constraints.security.min_encryption",
+        );
+        check_goal(|g| g.weights.as_mut().unwrap().cost = f64::NAN, "goal.weights.cost");
+        check_goal(|g| g.weights.as_mut().unwrap().latency = -1.0, "goal.weights.latency");
+    }
+
+    #[test]
+    fn plans_convert_field_by_field() {
+        let plan: Plan = serde_json::from_str(
+            r#"{"tasks":[
+                  {"id":"bill","service":"bill","alternatives":["bill-2"],"inputs":["order"],"outputs":["invoice"]},
+                  {"id":"file","service":"file","inputs":["document"],"outputs":["receipt"],"depends_on":["bill"]}],
+                "data_flow":[
+                  {"from":null,"from_concept":"order","to":"bill","to_concept":"order"},
+                  {"from":"bill","from_concept":"invoice","to":"file","to_concept":"document"}],
+                "levels":[["bill"],["file"]],
+                "predicted":{"latency_ms":30,"throughput_rps":50,"cost":2,"availability":0.98}}"#,
+        )
+        .unwrap();
+        let proto = plan_to_proto(&plan);
+        assert_eq!(proto.tasks[0].alternatives, ["bill-2"]);
+        assert_eq!(proto.tasks[1].depends_on, ["bill"]);
+        assert_eq!((proto.data_flow[0].from_task.as_str(), proto.data_flow[1].from_task.as_str()), ("", "bill"));
+        assert_eq!(proto.data_flow[1].to_concept, "document");
+        let levels: Vec<&[String]> = proto.levels.iter().map(|l| l.tasks.as_slice()).collect();
+        assert_eq!(levels, [["bill"], ["file"]]);
+        let predicted = proto.predicted.unwrap();
+        assert_eq!((predicted.latency_ms, predicted.throughput_rps, predicted.availability), (30.0, 50.0, 0.98));
     }
 }

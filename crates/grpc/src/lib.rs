@@ -3,21 +3,24 @@
 //!
 //! This crate is the only place that knows prost types and maps domain errors to
 //! [`tonic::Status`] codes. It is not where behaviour lives: its services call ports from
-//! `baton-core` (the registry service calls a [`baton_core::ServiceDirectory`]), so they know
-//! no concrete crate.
+//! `baton-core` (the registry service calls a [`baton_core::ServiceDirectory`], the planner
+//! service a [`baton_core::Planning`]), so they know no concrete crate.
 //!
-//! Served now: `baton.v1.RegistryService` ([`RegistryApi`]), `grpc.health.v1.Health` and server
-//! reflection, with explicit [`Limits`] (4 MiB messages, capped pages), by [`Config::serve`]. The
+//! Served now: `baton.v1.RegistryService` ([`RegistryApi`]), `baton.v1.PlannerService`
+//! ([`PlannerApi`]), `grpc.health.v1.Health` and server reflection, with explicit [`Limits`]
+//! (4 MiB messages, capped pages), by [`Config::serve`] over the [`Backends`] it is given. The
 //! other services of the API are defined in `pb` and come with the crates that implement them.
 
 pub mod convert;
 mod error;
+mod planner;
 mod registry;
 mod server;
 
 pub use error::{Error, Result};
+pub use planner::PlannerApi;
 pub use registry::RegistryApi;
-pub use server::{Config, Limits};
+pub use server::{Backends, Config, Limits};
 
 /// Messages, clients and servers generated from package `baton.v1`.
 #[allow(missing_docs, reason = "generated code: documented only where the proto has comments")]

@@ -3,11 +3,12 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use baton_core::ServiceDirectory;
+use baton_core::{Planning, ServiceDirectory};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::pb;
+use crate::planner::PlannerApi;
 use crate::registry::RegistryApi;
 
 /// Bounds on what one request may ask for.
@@ -38,6 +39,21 @@ impl Default for Limits {
     }
 }
 
+/// What the services call: one port per service.
+#[derive(Clone)]
+pub struct Backends {
+    /// Behind `RegistryService`.
+    pub directory: Arc<dyn ServiceDirectory>,
+    /// Behind `PlannerService`.
+    pub planner: Arc<dyn Planning>,
+}
+
+impl std::fmt::Debug for Backends {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backends").finish_non_exhaustive()
+    }
+}
+
 /// How the gRPC server is set up.
 #[derive(Debug, Clone, Default)]
 pub struct Config {
@@ -46,19 +62,25 @@ pub struct Config {
 }
 
 impl Config {
-    /// Serves the registry API, health and reflection on `listener` until `shutdown` resolves.
+    /// Serves the registry and planner APIs, health and reflection on `listener` until
+    /// `shutdown` resolves.
     pub async fn serve(
         self,
-        directory: Arc<dyn ServiceDirectory>,
+        backends: Backends,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), crate::Error> {
         let limits = self.limits;
+        let Backends { directory, planner } = backends;
         let registry = pb::registry_service_server::RegistryServiceServer::new(RegistryApi::new(directory, limits))
+            .max_decoding_message_size(limits.max_message_bytes)
+            .max_encoding_message_size(limits.max_message_bytes);
+        let planner = pb::planner_service_server::PlannerServiceServer::new(PlannerApi::new(planner))
             .max_decoding_message_size(limits.max_message_bytes)
             .max_encoding_message_size(limits.max_message_bytes);
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<pb::registry_service_server::RegistryServiceServer<RegistryApi>>().await;
+        health.set_serving::<pb::planner_service_server::PlannerServiceServer<PlannerApi>>().await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -67,6 +89,7 @@ impl Config {
             .add_service(health_service)
             .add_service(reflection)
             .add_service(registry)
+            .add_service(planner)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
             .await?;
         Ok(())

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use baton_grpc::pb::registry_service_client::RegistryServiceClient;
-use baton_grpc::{Config, pb};
+use baton_grpc::{Backends, Config, pb};
 use baton_registry::Registry;
 use tokio::sync::oneshot;
 use tonic::Code;
@@ -21,8 +21,11 @@ async fn start() -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    let directory: Arc<dyn baton_core::ServiceDirectory> = Arc::new(Registry::default());
-    let task = tokio::spawn(Config::default().serve(directory, listener, async {
+    let registry = Registry::default();
+    let taxonomy = Arc::new(baton_core::Taxonomy::default());
+    let planner = Arc::new(baton_planner::LivePlanner::new(taxonomy, Arc::new(registry.clone())));
+    let backends = Backends { directory: Arc::new(registry), planner };
+    let task = tokio::spawn(Config::default().serve(backends, listener, async {
         let _ = stopped.await;
     }));
     let channel = Channel::from_shared(format!("http://{address}")).unwrap().connect().await.unwrap();
