@@ -1,12 +1,17 @@
-//! Loaders for the Web Services Challenge data sets (WSC'08 and WSC'09, XML form).
+//! Loaders for the Web Services Challenge data sets: the XML form of WSC'08 and WSC'09
+//! (`services.xml`, `taxonomy.xml`, `problem.xml`) and the original WSC'09 form
+//! (`Services.wsdl`, `Taxonomy.owl`, `Challenge.wsdl`, `Servicelevelagreements.wsla`).
 //!
 //! In these sets, services, the request's provided and wanted values are *instances*; an
-//! instance belongs to the concept that encloses it in `taxonomy.xml`. The loader maps every
-//! instance to its concept, so the planner reasons over concepts only.
+//! instance belongs to the concept that encloses it in `taxonomy.xml` (or whose `rdf:type` it
+//! has in `Taxonomy.owl`). The loader maps every instance to its concept, so the planner
+//! reasons over concepts only.
 //!
-//! QoS (`services-output.xml`): `Res` (response time, ms) becomes `latency_p50_ms` and
-//! `latency_p99_ms`; `Pri` becomes `cost`; `Ava` (a fraction) becomes `availability`.
-//! Throughput is not in these files; it is left at 0.
+//! QoS, XML form (`services-output.xml`): `Res` (response time, ms) becomes `latency_p50_ms`
+//! and `latency_p99_ms`; `Pri` becomes `cost`; `Ava` (a fraction) becomes `availability`;
+//! throughput is not in these files and stays 0. WSLA form: the response-time objective (ms)
+//! becomes the latencies and the throughput objective (invocations per minute) becomes
+//! `throughput_rps` (divided by 60).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -67,9 +72,13 @@ fn format_error(path: &Path, reason: impl Into<String>) -> Error {
     Error::Format { path: path.to_owned(), reason: reason.into() }
 }
 
-/// Loads a set directory in the XML form: `taxonomy.xml`, `problem.xml`, and
-/// `services-output.xml` (with QoS) when present, else `services.xml` or `services-original.xml`.
+/// Loads a set directory: the original WSC'09 form when `Services.wsdl` is there, else the
+/// XML form: `taxonomy.xml`, `problem.xml`, and `services-output.xml` (with QoS) when present,
+/// else `services.xml` or `services-original.xml`.
 pub fn load_dir(dir: &Path) -> Result<WscProblem, Error> {
+    if dir.join("Services.wsdl").exists() {
+        return load_wsdl(dir);
+    }
     let services = ["services-output.xml", "services.xml", "services-original.xml"]
         .iter()
         .map(|name| dir.join(name))
@@ -211,6 +220,147 @@ fn load_problem(path: &Path, concept_of: &ConceptOf<'_>) -> Result<(Goal, Option
     Ok((Goal { provided, wanted, ..Goal::default() }, known_solution))
 }
 
+/// The value of the attribute with local name `name`, whatever its namespace.
+fn attribute<'a>(node: roxmltree::Node<'a, '_>, name: &str) -> Option<&'a str> {
+    node.attributes().find(|a| a.name() == name).map(|a| a.value())
+}
+
+/// The part after `#` of an RDF reference (`#con1` or `http://...#inst2`).
+fn fragment(reference: &str) -> &str {
+    reference.rsplit_once('#').map_or(reference, |(_, name)| name)
+}
+
+/// Loads the original WSC'09 form from `dir`.
+pub fn load_wsdl(dir: &Path) -> Result<WscProblem, Error> {
+    let owl = dir.join("Taxonomy.owl");
+    let text = read(&owl)?;
+    let doc = parse(&owl, &text)?;
+    let mut builder = TaxonomyBuilder::default();
+    let mut instance_of = HashMap::new();
+    let mut classes = Vec::new();
+    for node in doc.root_element().children().filter(|n| n.is_element()) {
+        let Some(id) = attribute(node, "ID") else { continue };
+        let reference = |tag: &str| {
+            node.children().find(|c| c.tag_name().name() == tag).and_then(|c| attribute(c, "resource")).map(fragment)
+        };
+        match node.tag_name().name() {
+            "Class" => classes.push((id, reference("subClassOf"))),
+            _ => {
+                let concept = reference("type")
+                    .ok_or_else(|| format_error(&owl, format!("individual {id:?} has no rdf:type")))?;
+                instance_of.insert(id.to_owned(), concept.to_owned());
+            }
+        }
+    }
+    // Parents may come after their children in the file; the builder resolves them at build.
+    for (id, parent) in classes {
+        builder.add(id, parent).map_err(|e| format_error(&owl, e.to_string()))?;
+    }
+    let taxonomy = builder.build().map_err(|e| format_error(&owl, e.to_string()))?;
+    let concept_of = |path: &Path, instance: &str| -> Result<String, Error> {
+        instance_of
+            .get(instance)
+            .cloned()
+            .or_else(|| taxonomy.id(instance).map(|_| instance.to_owned()))
+            .ok_or_else(|| format_error(path, format!("instance {instance:?} is not in Taxonomy.owl")))
+    };
+
+    let wsla = dir.join("Servicelevelagreements.wsla");
+    let qos = if wsla.exists() { load_wsla(&wsla)? } else { HashMap::new() };
+    let services_path = dir.join("Services.wsdl");
+    let messages = load_messages(&services_path, &concept_of)?;
+    let mut services = Vec::new();
+    for (name, (inputs, outputs)) in messages {
+        let definition = ServiceDefinition {
+            id: name.clone(),
+            name: name.clone(),
+            version: String::new(),
+            endpoint: Endpoint::Worker { queue: "wsc".to_owned() },
+            capabilities: Vec::new(),
+            inputs,
+            outputs,
+            formats: Vec::new(),
+            qos: qos.get(&name).copied().unwrap_or_default(),
+            security: Default::default(),
+            capacity: baton_core::service::DEFAULT_CAPACITY,
+            health_check: Default::default(),
+            labels: Default::default(),
+        };
+        services.push(
+            ServiceSpec::new(definition).map_err(|e| format_error(&services_path, format!("service {name:?}: {e}")))?,
+        );
+    }
+    let challenge = dir.join("Challenge.wsdl");
+    let mut task = load_messages(&challenge, &concept_of)?;
+    let (provided, wanted) = match task.len() {
+        1 => task.pop_first().map(|(_, io)| io).unwrap_or_default(),
+        n => return Err(format_error(&challenge, format!("describes {n} tasks, expected one"))),
+    };
+    Ok(WscProblem { taxonomy, services, goal: Goal { provided, wanted, ..Goal::default() }, known_solution: None })
+}
+
+/// Input and output concepts by service name.
+type Messages = std::collections::BTreeMap<String, (Vec<String>, Vec<String>)>;
+
+/// The inputs and outputs of each service of a WSDL file, from its MECE semantic extension:
+/// `<semMessageExt id="{service}RequestMessage">` lists the inputs' ontology references and
+/// `...ResponseMessage` the outputs'.
+fn load_messages(path: &Path, concept_of: &ConceptOf<'_>) -> Result<Messages, Error> {
+    let text = read(path)?;
+    let doc = parse(path, &text)?;
+    let mut services = Messages::new();
+    for message in doc.descendants().filter(|n| n.tag_name().name() == "semMessageExt") {
+        let id = attribute(message, "id").ok_or_else(|| format_error(path, "<semMessageExt> without an id"))?;
+        let (service, is_input) = if let Some(service) = id.strip_suffix("RequestMessage") {
+            (service, true)
+        } else if let Some(service) = id.strip_suffix("ResponseMessage") {
+            (service, false)
+        } else {
+            return Err(format_error(path, format!("message {id:?} is neither a request nor a response")));
+        };
+        let entry = services.entry(service.to_owned()).or_default();
+        for reference in message.descendants().filter(|n| n.tag_name().name() == "ontologyRef") {
+            let instance = fragment(reference.text().unwrap_or_default().trim());
+            let concept = concept_of(path, instance)?;
+            if is_input { entry.0.push(concept) } else { entry.1.push(concept) }
+        }
+    }
+    if services.is_empty() {
+        return Err(format_error(path, "no <semExt messages>: expected <semMessageExt> elements"));
+    }
+    Ok(services)
+}
+
+/// Response time and throughput per service from a WSLA file's service level objectives
+/// (`ServiceLevelObjectiveResponsetime{service}`, `ServiceLevelObjectiveThroughput{service}`).
+fn load_wsla(path: &Path) -> Result<HashMap<String, Qos>, Error> {
+    let text = read(path)?;
+    let doc = parse(path, &text)?;
+    let mut qos: HashMap<String, Qos> = HashMap::new();
+    for objective in doc.descendants().filter(|n| n.tag_name().name() == "ServiceLevelObjective") {
+        let Some(name) = objective.attribute("name") else { continue };
+        let value = || -> Result<f64, Error> {
+            let text = objective
+                .descendants()
+                .find(|n| n.tag_name().name() == "Value")
+                .and_then(|n| n.text())
+                .ok_or_else(|| format_error(path, format!("objective {name:?} has no <Value>")))?;
+            text.trim()
+                .parse()
+                .map_err(|_| format_error(path, format!("objective {name:?}: value {text:?} is not a number")))
+        };
+        if let Some(service) = name.strip_prefix("ServiceLevelObjectiveResponsetime") {
+            let ms = value()?;
+            let q = qos.entry(service.to_owned()).or_default();
+            q.latency_p50_ms = ms;
+            q.latency_p99_ms = ms;
+        } else if let Some(service) = name.strip_prefix("ServiceLevelObjectiveThroughput") {
+            qos.entry(service.to_owned()).or_default().throughput_rps = value()? / 60.0;
+        }
+    }
+    Ok(qos)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,5 +429,24 @@ mod tests {
         }
         std::fs::remove_file(dir.join("services.xml")).unwrap();
         assert!(load_dir(&dir).unwrap_err().to_string().contains("holds none of"));
+    }
+
+    #[test]
+    fn the_wsdl_form_reports_what_is_wrong() {
+        let dir = temp_dir("wsdl");
+        write(&dir, "Services.wsdl", "<definitions/>");
+        assert!(load_dir(&dir).unwrap_err().to_string().contains("Taxonomy.owl"));
+        let owl = r##"<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#" xmlns:owl="http://www.w3.org/2002/07/owl#">
+            <owl:Class rdf:ID="thing"/><owl:Thing rdf:ID="i0"/></rdf:RDF>"##;
+        write(&dir, "Taxonomy.owl", owl);
+        assert!(load_dir(&dir).unwrap_err().to_string().contains(r#"individual "i0" has no rdf:type"#));
+        let owl = r##"<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#" xmlns:owl="http://www.w3.org/2002/07/owl#">
+            <owl:Class rdf:ID="thing"/><owl:Thing rdf:ID="i0"><rdf:type rdf:resource="#thing"/></owl:Thing></rdf:RDF>"##;
+        write(&dir, "Taxonomy.owl", owl);
+        assert!(load_dir(&dir).unwrap_err().to_string().contains("no <semExt"));
+        let wsdl = r#"<definitions xmlns:mece="m"><mece:semMessageExt id="s1RequestMessage"><mece:semExt id="1">
+            <mece:ontologyRef>http://x#ghost</mece:ontologyRef></mece:semExt></mece:semMessageExt></definitions>"#;
+        write(&dir, "Services.wsdl", wsdl);
+        assert!(load_dir(&dir).unwrap_err().to_string().contains(r#"instance "ghost" is not in Taxonomy.owl"#));
     }
 }
