@@ -90,16 +90,44 @@ pub fn load_dir(dir: &Path) -> Result<WscProblem, Error> {
 /// Loads a problem from its three XML files.
 pub fn load_xml(services: &Path, taxonomy: &Path, problem: &Path) -> Result<WscProblem, Error> {
     let (taxonomy, instance_of) = load_taxonomy(taxonomy)?;
-    let concept_of = |path: &Path, instance: &str| -> Result<String, Error> {
-        instance_of
-            .get(instance)
-            .cloned()
-            .or_else(|| taxonomy.id(instance).map(|_| instance.to_owned()))
-            .ok_or_else(|| format_error(path, format!("instance {instance:?} is not in the taxonomy")))
-    };
+    let concept_of = |path: &Path, instance: &str| concept(&taxonomy, &instance_of, path, instance);
     let services = load_services(services, &concept_of)?;
     let (goal, known_solution) = load_problem(problem, &concept_of)?;
     Ok(WscProblem { taxonomy, services, goal, known_solution })
+}
+
+/// The concept of `instance` (or `instance` itself when it names a concept).
+fn concept(
+    taxonomy: &Taxonomy,
+    instance_of: &HashMap<String, String>,
+    path: &Path,
+    instance: &str,
+) -> Result<String, Error> {
+    instance_of
+        .get(instance)
+        .cloned()
+        .or_else(|| taxonomy.id(instance).map(|_| instance.to_owned()))
+        .ok_or_else(|| format_error(path, format!("instance {instance:?} is not in the taxonomy")))
+}
+
+/// A challenge service: a worker with concept inputs and outputs, named `name`.
+fn service(path: &Path, name: &str, inputs: Vec<String>, outputs: Vec<String>, qos: Qos) -> Result<ServiceSpec, Error> {
+    let definition = ServiceDefinition {
+        id: name.to_owned(),
+        name: name.to_owned(),
+        version: String::new(),
+        endpoint: Endpoint::Worker { queue: "wsc".to_owned() },
+        capabilities: Vec::new(),
+        inputs,
+        outputs,
+        formats: Vec::new(),
+        qos,
+        security: Default::default(),
+        capacity: baton_core::service::DEFAULT_CAPACITY,
+        health_check: Default::default(),
+        labels: Default::default(),
+    };
+    ServiceSpec::new(definition).map_err(|e| format_error(path, format!("service {name:?}: {e}")))
 }
 
 fn parse<'a>(path: &Path, text: &'a str) -> Result<roxmltree::Document<'a>, Error> {
@@ -184,22 +212,9 @@ fn load_services(path: &Path, concept_of: &ConceptOf<'_>) -> Result<Vec<ServiceS
         if let Some(availability) = number(path, name, node, "Ava")? {
             qos.availability = availability;
         }
-        let definition = ServiceDefinition {
-            id: name.to_owned(),
-            name: name.to_owned(),
-            version: String::new(),
-            endpoint: Endpoint::Worker { queue: "wsc".to_owned() },
-            capabilities: Vec::new(),
-            inputs: instances(path, child(node, "inputs"), concept_of)?,
-            outputs: instances(path, child(node, "outputs"), concept_of)?,
-            formats: Vec::new(),
-            qos,
-            security: Default::default(),
-            capacity: baton_core::service::DEFAULT_CAPACITY,
-            health_check: Default::default(),
-            labels: Default::default(),
-        };
-        services.push(ServiceSpec::new(definition).map_err(|e| format_error(path, format!("service {name:?}: {e}")))?);
+        let inputs = instances(path, child(node, "inputs"), concept_of)?;
+        let outputs = instances(path, child(node, "outputs"), concept_of)?;
+        services.push(service(path, name, inputs, outputs, qos)?);
     }
     Ok(services)
 }
@@ -257,13 +272,7 @@ pub fn load_wsdl(dir: &Path) -> Result<WscProblem, Error> {
         builder.add(id, parent).map_err(|e| format_error(&owl, e.to_string()))?;
     }
     let taxonomy = builder.build().map_err(|e| format_error(&owl, e.to_string()))?;
-    let concept_of = |path: &Path, instance: &str| -> Result<String, Error> {
-        instance_of
-            .get(instance)
-            .cloned()
-            .or_else(|| taxonomy.id(instance).map(|_| instance.to_owned()))
-            .ok_or_else(|| format_error(path, format!("instance {instance:?} is not in Taxonomy.owl")))
-    };
+    let concept_of = |path: &Path, instance: &str| concept(&taxonomy, &instance_of, path, instance);
 
     let wsla = dir.join("Servicelevelagreements.wsla");
     let qos = if wsla.exists() { load_wsla(&wsla)? } else { HashMap::new() };
@@ -271,24 +280,8 @@ pub fn load_wsdl(dir: &Path) -> Result<WscProblem, Error> {
     let messages = load_messages(&services_path, &concept_of)?;
     let mut services = Vec::new();
     for (name, (inputs, outputs)) in messages {
-        let definition = ServiceDefinition {
-            id: name.clone(),
-            name: name.clone(),
-            version: String::new(),
-            endpoint: Endpoint::Worker { queue: "wsc".to_owned() },
-            capabilities: Vec::new(),
-            inputs,
-            outputs,
-            formats: Vec::new(),
-            qos: qos.get(&name).copied().unwrap_or_default(),
-            security: Default::default(),
-            capacity: baton_core::service::DEFAULT_CAPACITY,
-            health_check: Default::default(),
-            labels: Default::default(),
-        };
-        services.push(
-            ServiceSpec::new(definition).map_err(|e| format_error(&services_path, format!("service {name:?}: {e}")))?,
-        );
+        let qos = qos.get(&name).copied().unwrap_or_default();
+        services.push(service(&services_path, &name, inputs, outputs, qos)?);
     }
     let challenge = dir.join("Challenge.wsdl");
     let mut task = load_messages(&challenge, &concept_of)?;
@@ -447,6 +440,6 @@ mod tests {
         let wsdl = r#"<definitions xmlns:mece="m"><mece:semMessageExt id="s1RequestMessage"><mece:semExt id="1">
             <mece:ontologyRef>http://x#ghost</mece:ontologyRef></mece:semExt></mece:semMessageExt></definitions>"#;
         write(&dir, "Services.wsdl", wsdl);
-        assert!(load_dir(&dir).unwrap_err().to_string().contains(r#"instance "ghost" is not in Taxonomy.owl"#));
+        assert!(load_dir(&dir).unwrap_err().to_string().contains(r#"instance "ghost" is not in the taxonomy"#));
     }
 }
