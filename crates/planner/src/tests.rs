@@ -348,3 +348,17 @@ fn plans_become_runnable_workflows() {
     let json = serde_json::to_string(&plan).unwrap();
     assert_eq!(serde_json::from_str::<Plan>(&json).unwrap(), plan);
 }
+
+#[test]
+fn a_service_covering_more_is_not_taken_when_it_would_add_a_layer() {
+    // `both` covers both wanted concepts but needs `x` first: two layers. Two direct
+    // services reach the goal in one.
+    let services = [
+        plain("direct-b", &["a"], &["b"]),
+        plain("direct-c", &["a"], &["c"]),
+        plain("make-x", &["a"], &["d"]),
+        plain("both", &["d"], &["b", "c"]),
+    ];
+    let g = Goal { objective: Objective::Cost, ..goal(&["a"], &["b", "c"]) };
+    check(&services, &g, &[&["direct-b", "direct-c"]]);
+}

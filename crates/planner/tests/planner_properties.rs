@@ -102,7 +102,7 @@ fn reachable_by_brute_force(problem: &WscProblem) -> bool {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
 
     #[test]
     fn plans_pass_the_independent_validator(problem in problem()) {
