@@ -32,6 +32,7 @@ pub mod duration;
 pub mod error;
 pub mod event;
 pub mod execution;
+pub mod expr;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fakes;
 pub mod goal;
@@ -50,6 +51,7 @@ pub use directory::{
 pub use error::{Error, Result};
 pub use event::{Event, EventKind};
 pub use execution::{Execution, ExecutionState, TaskState, TaskStatus};
+pub use expr::{EvalError, Expression, Template};
 pub use goal::{Constraints, Goal, Objective, Weights};
 pub use ids::{ExecutionId, ServiceId, StepId, WorkflowName};
 pub use plan::{DataFlow, Plan, PlanTask, PredictedQos};

@@ -1,0 +1,382 @@
+//! Expressions: jq programs (run by the jaq crates) written `${ ... }` inside the strings of a
+//! JSON template, as in a step's input mapping or a workflow's output mapping.
+//!
+//! A string that is one expression and nothing else (`"${ .input.amount }"`) becomes the
+//! expression's value, of any JSON type. A string that mixes text and expressions
+//! (`"order ${ .input.id } of ${ .input.shop }"`) becomes a string, each expression's value
+//! spliced in (strings as they are, other values as JSON). Everything else passes through.
+//!
+//! An expression runs against a context; the workflow engine's is
+//! `{"input": <run input>, "steps": {"<step>": {"output": <its output>}}}`. It must produce
+//! exactly one value.
+//!
+//! Evaluation has no step limit: a template from an untrusted source should run with a
+//! deadline, off the async executor.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use jaq_core::load::{Arena, File, Loader};
+use jaq_core::{Compiler, Ctx, Vars, data, unwrap_valr};
+use jaq_json::Val;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+type Filter = jaq_core::compile::Filter<jaq_core::Native<data::JustLut<Val>>>;
+
+/// One compiled `${ ... }` expression.
+#[derive(Clone)]
+pub struct Expression {
+    source: String,
+    filter: std::sync::Arc<Filter>,
+}
+
+impl fmt::Debug for Expression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Expression({:?})", self.source)
+    }
+}
+
+/// Why an expression failed to run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expression `{expression}` {reason}")]
+pub struct EvalError {
+    /// The expression's source.
+    pub expression: String,
+    /// What went wrong.
+    pub reason: String,
+}
+
+/// Byte offset of `part` within `whole`, when `part` is a slice of it.
+fn offset(whole: &str, part: &str) -> Option<usize> {
+    let start = whole.as_ptr() as usize;
+    let at = part.as_ptr() as usize;
+    (at >= start && at <= start + whole.len()).then(|| at - start)
+}
+
+impl Expression {
+    /// Compiles `source`, naming `field` on failure.
+    pub fn compile(field: &str, source: &str) -> Result<Self> {
+        let bad = |reason: String| Error::invalid(field, source, reason);
+        let defs = jaq_core::defs().chain(jaq_std::defs()).chain(jaq_json::defs());
+        let funs = jaq_core::funs().chain(jaq_std::funs()).chain(jaq_json::funs());
+        let arena = Arena::default();
+        let modules = Loader::new(defs).load(&arena, File { code: source, path: () }).map_err(|errors| {
+            let reasons: Vec<String> = errors
+                .into_iter()
+                .flat_map(|(_, error)| match error {
+                    jaq_core::load::Error::Io(io) => io.into_iter().map(|(_, e)| e).collect::<Vec<_>>(),
+                    jaq_core::load::Error::Lex(lex) => {
+                        lex.into_iter().map(|(expected, at)| describe(source, expected.as_str(), at)).collect()
+                    }
+                    jaq_core::load::Error::Parse(parse) => {
+                        parse.into_iter().map(|(expected, at)| describe(source, expected.as_str(), at)).collect()
+                    }
+                })
+                .collect();
+            bad(format!("does not parse: {}", reasons.join("; ")))
+        })?;
+        let filter = Compiler::default().with_funs(funs).compile(modules).map_err(|errors| {
+            let names: Vec<String> = errors
+                .into_iter()
+                .flat_map(|(_, undefined)| undefined.into_iter().map(|(name, kind)| format!("{name} ({kind:?})")))
+                .collect();
+            bad(format!("uses undefined {}", names.join(", ")))
+        })?;
+        Ok(Self { source: source.to_owned(), filter: std::sync::Arc::new(filter) })
+    }
+
+    /// The expression's source.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Runs the expression against `context`; it must produce exactly one value.
+    pub fn eval(&self, context: &Value) -> Result<Value, EvalError> {
+        let fail = |reason: String| EvalError { expression: self.source.clone(), reason };
+        let input = Val::deserialize(context).map_err(|e| fail(format!("cannot read its context: {e}")))?;
+        let ctx = Ctx::<data::JustLut<Val>>::new(&self.filter.lut, Vars::new([]));
+        // Two outputs are enough to know there is more than one; do not run the rest.
+        let mut outputs = self.filter.id.run((ctx, input)).map(unwrap_valr).take(2);
+        let value = match (outputs.next(), outputs.next()) {
+            (None, _) => return Err(fail("produced no value".to_owned())),
+            (Some(_), Some(_)) => return Err(fail("produced more than one value".to_owned())),
+            (Some(Err(e)), None) => return Err(fail(format!("failed: {e}"))),
+            (Some(Ok(value)), None) => value,
+        };
+        // jaq writes values as JSON text; reading that back is the conversion it offers.
+        serde_json::from_str(&value.to_string()).map_err(|e| fail(format!("produced a value that is not JSON: {e}")))
+    }
+
+    /// Step ids this expression reads as `.steps.<id>` or `.steps["<id>"]`. Dynamic access
+    /// (`.steps[$name]`) cannot be seen here.
+    pub fn referenced_steps(&self) -> BTreeSet<String> {
+        let mut steps = BTreeSet::new();
+        let mut rest = self.source.as_str();
+        while let Some(at) = rest.find(".steps") {
+            rest = &rest[at + ".steps".len()..];
+            let name = if let Some(after) = rest.strip_prefix('.') {
+                let end = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len());
+                &after[..end]
+            } else if let Some(after) = rest.strip_prefix("[\"").or_else(|| rest.strip_prefix(".\"")) {
+                after.find('"').map_or("", |end| &after[..end])
+            } else {
+                ""
+            };
+            if !name.is_empty() {
+                steps.insert(name.to_owned());
+            }
+        }
+        steps
+    }
+}
+
+fn describe(source: &str, expected: &str, at: &str) -> String {
+    match offset(source, at) {
+        Some(offset) if at.is_empty() => format!("expected {expected} at the end (offset {offset})"),
+        Some(offset) => format!("expected {expected} at offset {offset}"),
+        None => format!("expected {expected} near {at:?}"),
+    }
+}
+
+/// A piece of a template string.
+#[derive(Debug, Clone)]
+enum Part {
+    Text(String),
+    Expr(Expression),
+}
+
+/// A JSON value whose strings may hold `${ ... }` expressions, compiled once.
+#[derive(Debug, Clone)]
+pub struct Template {
+    node: Node,
+}
+
+#[derive(Debug, Clone)]
+enum Node {
+    Literal(Value),
+    /// A string that is exactly one expression: its value, any type.
+    Whole(Expression),
+    /// Text with expressions spliced in.
+    Spliced(Vec<Part>),
+    Array(Vec<Node>),
+    Object(Vec<(String, Node)>),
+}
+
+impl Template {
+    /// Compiles every expression in `value`; errors name the field path, e.g.
+    /// `steps.charge.input.amount`.
+    pub fn compile(field: &str, value: &Value) -> Result<Self> {
+        Ok(Self { node: Node::compile(field, value)? })
+    }
+
+    /// Renders the template against `context`.
+    pub fn render(&self, context: &Value) -> Result<Value, EvalError> {
+        self.node.render(context)
+    }
+
+    /// Every expression in the template.
+    pub fn expressions(&self) -> Vec<&Expression> {
+        let mut found = Vec::new();
+        self.node.collect(&mut found);
+        found
+    }
+
+    /// Step ids the template's expressions read (see [`Expression::referenced_steps`]).
+    pub fn referenced_steps(&self) -> BTreeSet<String> {
+        self.expressions().into_iter().flat_map(Expression::referenced_steps).collect()
+    }
+}
+
+impl Node {
+    fn compile(field: &str, value: &Value) -> Result<Self> {
+        Ok(match value {
+            Value::String(text) => {
+                let parts = split(field, text)?;
+                match parts.as_slice() {
+                    [] => Node::Literal(value.clone()),
+                    [Part::Expr(e)] => Node::Whole(e.clone()),
+                    // Text only, with any `$${` already read as `${`.
+                    [Part::Text(t)] => Node::Literal(Value::String(t.clone())),
+                    _ => Node::Spliced(parts),
+                }
+            }
+            Value::Array(items) => Node::Array(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| Node::compile(&format!("{field}[{i}]"), v))
+                    .collect::<Result<_>>()?,
+            ),
+            Value::Object(map) => Node::Object(
+                map.iter()
+                    .map(|(k, v)| Ok((k.clone(), Node::compile(&format!("{field}.{k}"), v)?)))
+                    .collect::<Result<_>>()?,
+            ),
+            other => Node::Literal(other.clone()),
+        })
+    }
+
+    fn render(&self, context: &Value) -> Result<Value, EvalError> {
+        Ok(match self {
+            Node::Literal(value) => value.clone(),
+            Node::Whole(e) => e.eval(context)?,
+            Node::Spliced(parts) => {
+                let mut text = String::new();
+                for part in parts {
+                    match part {
+                        Part::Text(t) => text.push_str(t),
+                        Part::Expr(e) => match e.eval(context)? {
+                            Value::String(s) => text.push_str(&s),
+                            other => text.push_str(&other.to_string()),
+                        },
+                    }
+                }
+                Value::String(text)
+            }
+            Node::Array(items) => Value::Array(items.iter().map(|n| n.render(context)).collect::<Result<_, _>>()?),
+            Node::Object(entries) => Value::Object(
+                entries.iter().map(|(k, n)| Ok((k.clone(), n.render(context)?))).collect::<Result<_, EvalError>>()?,
+            ),
+        })
+    }
+
+    fn collect<'a>(&'a self, found: &mut Vec<&'a Expression>) {
+        match self {
+            Node::Literal(_) => {}
+            Node::Whole(e) => found.push(e),
+            Node::Spliced(parts) => found.extend(parts.iter().filter_map(|p| match p {
+                Part::Expr(e) => Some(e),
+                Part::Text(_) => None,
+            })),
+            Node::Array(items) => items.iter().for_each(|n| n.collect(found)),
+            Node::Object(entries) => entries.iter().for_each(|(_, n)| n.collect(found)),
+        }
+    }
+}
+
+/// Splits a template string into text and compiled expressions. `$${` is a literal `${`.
+fn split(field: &str, text: &str) -> Result<Vec<Part>> {
+    let mut parts = Vec::new();
+    let mut literal = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("${") {
+        if rest[..at].ends_with('$') {
+            literal.push_str(&rest[..at - 1]);
+            literal.push_str("${");
+            rest = &rest[at + 2..];
+            continue;
+        }
+        literal.push_str(&rest[..at]);
+        let body = &rest[at + 2..];
+        let end = closing_brace(body).ok_or_else(|| Error::invalid(field, text, "has `${` without its closing `}`"))?;
+        if !literal.is_empty() {
+            parts.push(Part::Text(std::mem::take(&mut literal)));
+        }
+        let source = body[..end].trim();
+        if source.is_empty() {
+            return Err(Error::invalid(field, text, "has an empty `${ }`"));
+        }
+        parts.push(Part::Expr(Expression::compile(field, source)?));
+        rest = &body[end + 1..];
+    }
+    literal.push_str(rest);
+    if !literal.is_empty() {
+        parts.push(Part::Text(literal));
+    }
+    Ok(parts)
+}
+
+/// The index of the `}` that closes an expression, skipping braces and strings inside it.
+fn closing_brace(body: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for (i, c) in body.char_indices() {
+        if in_string {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => in_string = true,
+            '{' => depth += 1,
+            '}' if depth == 0 => return Some(i),
+            '}' => depth -= 1,
+            _ => {}
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn context() -> Value {
+        json!({"input": {"amount": 42, "id": "o-7", "items": [1, 2, 3]},
+               "steps": {"charge": {"output": {"receipt": "r-1", "ok": true}}}})
+    }
+
+    fn check(template: Value, expected: std::result::Result<Value, &str>) {
+        let got = Template::compile("input", &template)
+            .map_err(|e| e.to_string())
+            .and_then(|t| t.render(&context()).map_err(|e| e.to_string()));
+        match (got, expected) {
+            (Ok(got), Ok(want)) => assert_eq!(got, want, "{template}"),
+            (Err(got), Err(want)) => assert!(got.contains(want), "{got:?} should contain {want:?}"),
+            (got, want) => panic!("{template}: got {got:?}, want {want:?}"),
+        }
+    }
+
+    #[test]
+    fn templates_render_values_strings_and_literals() {
+        check(json!("${ .input.amount }"), Ok(json!(42)));
+        check(json!({"total": "${ .input.amount * 2 }", "fixed": 1}), Ok(json!({"total": 84, "fixed": 1})));
+        check(json!("${ .steps.charge.output }"), Ok(json!({"receipt": "r-1", "ok": true})));
+        check(json!("order ${ .input.id }: ${ .input.items }"), Ok(json!("order o-7: [1,2,3]")));
+        check(json!(["${ .input.items | length }", "plain"]), Ok(json!([3, "plain"])));
+        check(json!("${ {a: .input.id} }"), Ok(json!({"a": "o-7"})));
+        check(json!("${ \"}\" }"), Ok(json!("}")));
+        check(json!("cost $${ not an expression }"), Ok(json!("cost ${ not an expression }")));
+        check(json!("${ .input.missing }"), Ok(json!(null)));
+    }
+
+    #[test]
+    fn bad_expressions_are_named() {
+        check(json!({"a": "${ .input. }"}), Err(r#"invalid input.a ".input.""#));
+        check(json!("${ .input[ }"), Err("does not parse: expected"));
+        check(json!("${ nosuch(1) }"), Err("uses undefined nosuch"));
+        check(json!("${ .input.id"), Err("without its closing `}`"));
+        check(json!("${  }"), Err("has an empty `${ }`"));
+        check(json!("${ .input.items[] }"), Err("expression `.input.items[]` produced more than one value"));
+        check(json!("${ empty }"), Err("produced no value"));
+        check(json!("${ error(\"boom\") }"), Err("failed"));
+        check(json!("${ .input.id + 1 }"), Err("expression `.input.id + 1` failed"));
+    }
+
+    #[test]
+    fn referenced_steps_are_found() {
+        let template = Template::compile(
+            "input",
+            &json!({"a": "${ .steps.charge.output.x }", "b": "${ .steps[\"ship-it\"].output }", "c": "${ .input }"}),
+        )
+        .unwrap();
+        let steps: Vec<String> = template.referenced_steps().into_iter().collect();
+        assert_eq!(steps, ["charge", "ship-it"]);
+    }
+
+    #[test]
+    fn compiled_templates_are_shared_across_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Template>();
+    }
+}
