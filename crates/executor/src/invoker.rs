@@ -1,0 +1,158 @@
+//! The `Invoker` port: call one service with a JSON payload and an idempotency key.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use baton_core::{ExecutionId, ServiceId, StepId};
+use serde_json::Value;
+
+/// One call of one attempt of a task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Call {
+    /// The run.
+    pub execution: ExecutionId,
+    /// The task.
+    pub step: StepId,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    /// The service called.
+    pub service: ServiceId,
+    /// The rendered input.
+    pub payload: Value,
+    /// Stable per (execution, step): the same on every retry and failover, so a service can
+    /// recognise a repeated call.
+    pub idempotency_key: String,
+}
+
+/// Why a call failed, classified for the retry policy.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{class}: {message}")]
+pub struct Failure {
+    /// Whether another attempt may succeed.
+    pub retryable: bool,
+    /// A short class, matched by `RetryPolicy::non_retryable`, e.g. `http_400`, `timeout`.
+    pub class: String,
+    /// What happened.
+    pub message: String,
+}
+
+impl Failure {
+    /// A failure another attempt may fix.
+    pub fn retryable(class: &str, message: impl Into<String>) -> Self {
+        Self { retryable: true, class: class.to_owned(), message: message.into() }
+    }
+
+    /// A failure no retry will fix.
+    pub fn permanent(class: &str, message: impl Into<String>) -> Self {
+        Self { retryable: false, class: class.to_owned(), message: message.into() }
+    }
+}
+
+/// Calls services. Implementations must be cancel-safe: a dropped call is abandoned.
+pub trait Invoker: Send + Sync + 'static {
+    /// Makes one call.
+    fn invoke(&self, call: Call) -> impl Future<Output = Result<Value, Failure>> + Send;
+}
+
+type Handler = Arc<dyn Fn(Call) -> Pin<Box<dyn Future<Output = Result<Value, Failure>> + Send>> + Send + Sync>;
+
+/// Runs registered async Rust functions in process, by service id: for embedding and benches.
+#[derive(Clone, Default)]
+pub struct InProcessInvoker {
+    handlers: HashMap<ServiceId, Handler>,
+}
+
+impl std::fmt::Debug for InProcessInvoker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InProcessInvoker").field("services", &self.handlers.keys().collect::<Vec<_>>()).finish()
+    }
+}
+
+impl InProcessInvoker {
+    /// Registers `handler` as service `id`.
+    pub fn register<F, Fut>(&mut self, id: ServiceId, handler: F)
+    where
+        F: Fn(Call) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Value, Failure>> + Send + 'static,
+    {
+        self.handlers.insert(id, Arc::new(move |call| Box::pin(handler(call))));
+    }
+}
+
+impl Invoker for InProcessInvoker {
+    async fn invoke(&self, call: Call) -> Result<Value, Failure> {
+        match self.handlers.get(&call.service) {
+            Some(handler) => handler(call).await,
+            None => Err(Failure::permanent("unknown_service", format!("no in-process service {}", call.service))),
+        }
+    }
+}
+
+/// What a scripted service does on one call.
+#[cfg(any(test, feature = "test-util"))]
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// Answers after `delay` with `output`.
+    Ok(std::time::Duration, Value),
+    /// Fails after `delay`.
+    Fail(std::time::Duration, Failure),
+    /// Never answers.
+    Hang,
+}
+
+/// An invoker whose services follow scripts, and which records every call (test-util).
+#[cfg(any(test, feature = "test-util"))]
+#[derive(Debug, Clone, Default)]
+pub struct ScriptedInvoker {
+    state: Arc<std::sync::Mutex<ScriptState>>,
+}
+
+#[cfg(any(test, feature = "test-util"))]
+#[derive(Debug, Default)]
+struct ScriptState {
+    scripts: HashMap<ServiceId, std::collections::VecDeque<Step>>,
+    calls: Vec<Call>,
+}
+
+#[cfg(any(test, feature = "test-util"))]
+impl ScriptedInvoker {
+    /// Queues `steps` for `service`; once they run out, it echoes its payload at once.
+    pub fn script(&self, service: &str, steps: impl IntoIterator<Item = Step>) {
+        let id = ServiceId::new(service).expect("a valid service id");
+        self.lock().scripts.entry(id).or_default().extend(steps);
+    }
+
+    /// Every call so far, in order.
+    pub fn calls(&self) -> Vec<Call> {
+        self.lock().calls.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ScriptState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(any(test, feature = "test-util"))]
+impl Invoker for ScriptedInvoker {
+    async fn invoke(&self, call: Call) -> Result<Value, Failure> {
+        let step = {
+            let mut state = self.lock();
+            state.calls.push(call.clone());
+            state.scripts.get_mut(&call.service).and_then(std::collections::VecDeque::pop_front)
+        };
+        match step {
+            None => Ok(call.payload),
+            Some(Step::Ok(delay, output)) => {
+                tokio::time::sleep(delay).await;
+                Ok(output)
+            }
+            Some(Step::Fail(delay, failure)) => {
+                tokio::time::sleep(delay).await;
+                Err(failure)
+            }
+            Some(Step::Hang) => std::future::pending().await,
+        }
+    }
+}
