@@ -4,15 +4,19 @@
 //! What it is for: ready-queue scheduling (a task is dispatched the moment its last
 //! dependency succeeds, not level by level), inputs rendered from `${ jq }` templates, retries
 //! with exponential backoff and full jitter, per-attempt, per-task and per-run timeouts,
-//! failover to the next alternative, error policies (fail, continue, fall back), per-run and
+//! failover to the next alternative whose circuit breaker is closed, error policies (fail, continue, fall back), per-run and
 //! global in-flight limits, pause/resume/cancel, and resumption from completed tasks.
 //!
 //! What it is not for: persistence (the workflow engine journals the events it emits) or
-//! choosing services (the registry and planner do). This first slice has the in-process
-//! invoker; HTTP and worker-queue invokers, circuit breakers and per-service limits come next.
+//! choosing services (the registry and planner do). Circuit breakers (per service, shared by
+//! all runs) take a service out of selection after repeated failures; per-service limits
+//! come from registered capacity. Worker-queue invokers come next.
 
+mod breaker;
 mod invoker;
 mod run;
+
+pub use breaker::BreakerState;
 
 pub use invoker::{Call, Failure, InProcessInvoker, Invoker};
 #[cfg(any(test, feature = "test-util"))]

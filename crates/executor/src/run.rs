@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
+use crate::breaker::{BreakerState, Breakers};
 use crate::invoker::{Call, Failure, Invoker};
 
 /// One task of a run.
@@ -155,11 +156,21 @@ pub struct Config {
     /// Seed of the backoff jitter, for reproducible runs in tests; `None` seeds from the
     /// execution id.
     pub jitter_seed: Option<u64>,
+    /// Retryable failures in a row that open a service's circuit breaker.
+    pub breaker_threshold: u32,
+    /// How long an open breaker keeps its service out before one probe call is let through.
+    pub breaker_cool_down: Duration,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { max_in_flight_per_run: 64, max_in_flight: 1024, jitter_seed: None }
+        Self {
+            max_in_flight_per_run: 64,
+            max_in_flight: 1024,
+            jitter_seed: None,
+            breaker_threshold: 5,
+            breaker_cool_down: Duration::from_secs(30),
+        }
     }
 }
 
@@ -172,7 +183,8 @@ impl Config {
         clock: Arc<dyn Clock>,
     ) -> Executor<I> {
         let global = Arc::new(Semaphore::new(self.max_in_flight));
-        Executor { config: self, invoker, events, clock, global }
+        let breakers = Arc::new(Breakers::new(self.breaker_threshold, self.breaker_cool_down));
+        Executor { config: self, invoker, events, clock, global, breakers, service_limits: Arc::default() }
     }
 }
 
@@ -183,7 +195,12 @@ pub struct Executor<I> {
     events: Arc<dyn EventSink<Event>>,
     clock: Arc<dyn Clock>,
     global: Arc<Semaphore>,
+    breakers: Arc<Breakers>,
+    service_limits: ServiceLimits,
 }
+
+/// Per-service in-flight limits (from registered capacity), FIFO when waiting.
+type ServiceLimits = Arc<std::sync::Mutex<HashMap<ServiceId, Arc<Semaphore>>>>;
 
 impl<I> Clone for Executor<I> {
     fn clone(&self) -> Self {
@@ -193,6 +210,8 @@ impl<I> Clone for Executor<I> {
             events: Arc::clone(&self.events),
             clock: Arc::clone(&self.clock),
             global: Arc::clone(&self.global),
+            breakers: Arc::clone(&self.breakers),
+            service_limits: Arc::clone(&self.service_limits),
         }
     }
 }
@@ -260,6 +279,8 @@ struct Shared<I> {
     sequence: AtomicU64,
     control: watch::Receiver<Control>,
     jitter: parking::Mutex<SmallRng>,
+    breakers: Arc<Breakers>,
+    service_limits: ServiceLimits,
 }
 
 /// A tiny poison-free mutex for the jitter RNG.
@@ -305,6 +326,17 @@ impl<I> Shared<I> {
 }
 
 impl<I: Invoker> Executor<I> {
+    /// Caps the calls in flight to `service` across all runs (its registered capacity).
+    pub fn limit_service(&self, service: &ServiceId, max_in_flight: usize) {
+        let mut limits = self.service_limits.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        limits.insert(service.clone(), Arc::new(Semaphore::new(max_in_flight.max(1))));
+    }
+
+    /// The state of `service`'s circuit breaker.
+    pub fn breaker_state(&self, service: &ServiceId) -> BreakerState {
+        self.breakers.state(service)
+    }
+
     /// Starts `spec` with `input`; tasks in `completed` (with their outputs) are not run again.
     pub fn start(&self, spec: RunSpec, input: Value, completed: BTreeMap<StepId, Value>) -> RunHandle {
         let (control, receiver) = watch::channel(Control::Running);
@@ -324,6 +356,8 @@ impl<I: Invoker> Executor<I> {
             sequence: AtomicU64::new(0),
             control: receiver,
             jitter: parking::Mutex::new(rng),
+            breakers: Arc::clone(&self.breakers),
+            service_limits: Arc::clone(&self.service_limits),
         });
         let (limit, global) = (self.config.max_in_flight_per_run.max(1), Arc::clone(&self.global));
         let done = tokio::spawn(async move {
@@ -540,13 +574,39 @@ async fn run_task<I: Invoker>(shared: &Shared<I>, task: &TaskSpec, payload: Valu
             if !shared.wait_unless_paused().await {
                 return Err("cancelled".to_owned());
             }
-            let service = task.services[candidate % task.services.len()].clone();
+            // Failover order, skipping services whose breaker is open.
+            let count = task.services.len();
+            let Some((pick, admission)) = (0..count)
+                .map(|k| (candidate + k) % count)
+                .find_map(|k| shared.breakers.admit(&task.services[k]).map(|a| (k, a)))
+            else {
+                let failure = Failure::retryable("circuit_open", "every candidate service's circuit breaker is open");
+                shared.emit(EventKind::TaskFailed {
+                    step: task.id.clone(),
+                    attempt,
+                    error: failure.to_string(),
+                    retryable: true,
+                });
+                last = failure.to_string();
+                if attempt < max {
+                    tokio::time::sleep(shared.backoff(&task.retry, attempt)).await;
+                }
+                continue;
+            };
+            candidate = pick;
+            let service = task.services[pick].clone();
+            let limit =
+                shared.service_limits.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&service).cloned();
+            let _service_permit = match limit {
+                Some(limit) => Some(limit.acquire_owned().await.expect("service semaphores are never closed")),
+                None => None,
+            };
             shared.emit(EventKind::TaskScheduled { step: task.id.clone(), attempt, service: service.clone() });
             let call = Call {
                 execution: shared.execution,
                 step: task.id.clone(),
                 attempt,
-                service,
+                service: service.clone(),
                 payload: payload.clone(),
                 idempotency_key: format!("{}/{}", shared.execution, task.id),
             };
@@ -559,6 +619,8 @@ async fn run_task<I: Invoker>(shared: &Shared<I>, task: &TaskSpec, payload: Valu
                 }),
                 None => shared.invoker.invoke(call).await,
             };
+            // Only failures that say something about the service's health count against it.
+            admission.record(result.as_ref().map_or_else(|f| !f.retryable, |_| true));
             match result {
                 Ok(output) => {
                     shared.emit(EventKind::TaskSucceeded { step: task.id.clone(), attempt, output: output.clone() });

@@ -331,3 +331,59 @@ fn bad_specs_are_refused() {
     assert!(matches!(make(vec![t("a", &["b"]), t("b", &["a"])]), Err(SpecError::Cycle(_))));
     assert!(matches!(make(vec![task("a", &[], &[], json!({}))]), Err(SpecError::NoService(_))));
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_open_breaker_takes_a_service_out_of_selection() {
+    let h = harness(Config { breaker_threshold: 2, breaker_cool_down: Duration::from_secs(60), ..Config::default() });
+    let down = || Step::Fail(MS, Failure::retryable("http_503", "down"));
+    h.invoker.script("main", [down(), down()]);
+    let bad = ServiceId::new("main").unwrap();
+    let mut t = task("a", &["main"], &[], json!({}));
+    t.retry = RetryPolicy { max_attempts: 2, initial_backoff: MS, ..RetryPolicy::default() };
+    let outcome = h.executor.start(spec(vec![t], json!(null)), json!({}), BTreeMap::new()).outcome().await;
+    assert!(matches!(outcome, Outcome::Failed(_)));
+    assert_eq!(h.executor.breaker_state(&bad), baton_executor::BreakerState::Open);
+    // The next run goes straight to the alternative: `main` is not called again.
+    let outcome = h
+        .executor
+        .start(
+            spec(vec![task("b", &["main", "spare"], &[], json!("x"))], json!("${ .steps.b.output }")),
+            json!({}),
+            BTreeMap::new(),
+        )
+        .outcome()
+        .await;
+    assert_eq!(outcome, Outcome::Completed(json!("x")));
+    let services: Vec<String> = h.invoker.calls().iter().map(|c| c.service.to_string()).collect();
+    assert_eq!(services, ["main", "main", "spare"]);
+    // After the cool-down one probe goes to `main` again; its success closes the breaker.
+    tokio::time::advance(Duration::from_secs(60)).await;
+    let outcome = h
+        .executor
+        .start(spec(vec![task("c", &["main"], &[], json!(1))], json!(null)), json!({}), BTreeMap::new())
+        .outcome()
+        .await;
+    assert_eq!(outcome, Outcome::Completed(json!(null)));
+    assert_eq!(h.executor.breaker_state(&bad), baton_executor::BreakerState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_service_limit_holds_across_runs() {
+    let h = harness(Config::default());
+    h.executor.limit_service(&ServiceId::new("shared").unwrap(), 1);
+    h.invoker.script("shared", [ok(100, json!(1)), ok(100, json!(2)), ok(100, json!(3))]);
+    let started = Instant::now();
+    let runs: Vec<_> = (0..3)
+        .map(|i| {
+            h.executor.start(
+                spec(vec![task(&format!("t{i}"), &["shared"], &[], json!({}))], json!(null)),
+                json!({}),
+                BTreeMap::new(),
+            )
+        })
+        .collect();
+    for run in runs {
+        assert_eq!(run.outcome().await, Outcome::Completed(json!(null)));
+    }
+    assert_eq!(started.elapsed(), MS * 300, "one call at a time");
+}
