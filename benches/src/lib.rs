@@ -5,6 +5,7 @@
 //! and query mixes, deterministically from a seed, so every run measures the same thing.
 //! What it is not for: assertions; figures are read by `cargo xtask bench`.
 
+pub mod dags;
 pub mod naive_planner;
 
 use std::io::Write;
