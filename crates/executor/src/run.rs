@@ -456,6 +456,8 @@ async fn drive<I: Invoker>(
     }
     ready.retain(|i| !outputs.contains_key(i));
 
+    // Shared with the task futures, so a dispatch clones a pointer, not the task.
+    let tasks: Vec<Arc<TaskSpec>> = spec.tasks.iter().cloned().map(Arc::new).collect();
     let mut running: JoinSet<(usize, Result<Value, String>)> = JoinSet::new();
     let mut control = shared.control.clone();
     let mut paused = false;
@@ -463,8 +465,14 @@ async fn drive<I: Invoker>(
         // Dispatch while running and under the run's limit; the global limit queues FIFO.
         while !paused && running.len() < limit {
             let Some(i) = ready.pop_front() else { break };
-            let task = spec.tasks[i].clone();
-            let payload = match task.input.render(&context(&input, &outputs, &spec, &reads[i])) {
+            let task = Arc::clone(&tasks[i]);
+            // A template without expressions needs no context: skip building one.
+            let context = if reads[i].is_empty() && task.input.expressions().is_empty() {
+                Value::Null
+            } else {
+                context(&input, &outputs, &spec, &reads[i])
+            };
+            let payload = match task.input.render(&context) {
                 Ok(payload) => payload,
                 Err(e) => {
                     let error = format!("step {} input: {e}", task.id);
@@ -477,12 +485,17 @@ async fn drive<I: Invoker>(
                     return Outcome::Failed(error);
                 }
             };
-            let permit = tokio::select! {
-                permit = Arc::clone(&global).acquire_owned() => permit.expect("the global semaphore is never closed"),
-                _ = control.changed() => {
-                    ready.push_front(i);
-                    break;
-                }
+            // Fast path without a select when a permit is free; else wait in FIFO order, unless
+            // the run is paused or cancelled meanwhile.
+            let permit = match Arc::clone(&global).try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => tokio::select! {
+                    permit = Arc::clone(&global).acquire_owned() => permit.expect("the global semaphore is never closed"),
+                    _ = control.changed() => {
+                        ready.push_front(i);
+                        break;
+                    }
+                },
             };
             let shared = Arc::clone(&shared);
             running.spawn(async move {
