@@ -10,14 +10,18 @@
 //! What it is not for: persistence (the workflow engine journals the events it emits) or
 //! choosing services (the registry and planner do). Circuit breakers (per service, shared by
 //! all runs) take a service out of selection after repeated failures; per-service limits
-//! come from registered capacity. Worker-queue invokers come next.
+//! come from registered capacity.
+//!
+//! Invokers: [`InProcessInvoker`] (registered async functions, for embedding and benches) and
+//! [`HttpInvoker`] (a JSON POST over a pooled hyper client with a stable `Idempotency-Key`).
 
 mod breaker;
+mod http;
 mod invoker;
 mod run;
 
+pub use self::http::{HttpConfig, HttpInvoker, Resolve};
 pub use breaker::BreakerState;
-
 pub use invoker::{Call, Failure, InProcessInvoker, Invoker};
 #[cfg(any(test, feature = "test-util"))]
 pub use invoker::{ScriptedInvoker, Step};

@@ -1,0 +1,264 @@
+//! Runs calling real HTTP services on loopback through the HTTP invoker.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use baton_core::fakes::{FakeClock, RecordingSink};
+use baton_core::{ErrorPolicy, Event, EventKind, ExecutionId, RetryPolicy, ServiceId, StepId, Template};
+use baton_executor::{Call, Config, Executor, HttpConfig, HttpInvoker, Invoker, Outcome, RunSpec, TaskSpec};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+/// What a test service does with one request.
+enum Reply {
+    /// Answers with this status and body.
+    With(u16, String),
+    /// Never answers; tells the test when the request is abandoned.
+    Hang(oneshot::Sender<()>),
+}
+
+/// A test service: answers by its script, then echoes the request body; records every
+/// request's headers.
+#[derive(Clone, Default)]
+struct Service {
+    script: Arc<Mutex<VecDeque<Reply>>>,
+    seen: Arc<Mutex<Vec<HeaderMap>>>,
+}
+
+/// Sends on drop: the handler's future is dropped when the client abandons the request.
+struct DropSignal(Option<oneshot::Sender<()>>);
+
+impl Drop for DropSignal {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Service {
+    fn new(script: impl IntoIterator<Item = Reply>) -> Self {
+        Self { script: Arc::new(Mutex::new(script.into_iter().collect())), seen: Arc::default() }
+    }
+
+    /// Serves on a fresh loopback port; returns its URL.
+    async fn serve(&self) -> String {
+        let this = self.clone();
+        let router = Router::new().route(
+            "/call",
+            post(move |headers: HeaderMap, body: Bytes| {
+                let this = this.clone();
+                async move { this.handle(headers, body).await }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        format!("http://{addr}/call")
+    }
+
+    async fn handle(&self, headers: HeaderMap, body: Bytes) -> Response {
+        self.seen.lock().unwrap().push(headers);
+        let reply = self.script.lock().unwrap().pop_front();
+        match reply {
+            None => (StatusCode::OK, body).into_response(),
+            Some(Reply::With(status, body)) => (StatusCode::from_u16(status).unwrap(), body).into_response(),
+            Some(Reply::Hang(tx)) => {
+                let _signal = DropSignal(Some(tx));
+                std::future::pending().await
+            }
+        }
+    }
+
+    fn seen(&self) -> Vec<HeaderMap> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
+    headers.get(name).unwrap_or_else(|| panic!("no {name} header")).to_str().unwrap()
+}
+
+fn reply(status: u16, body: &str) -> Reply {
+    Reply::With(status, body.to_owned())
+}
+
+fn invoker(urls: &[(&str, &str)]) -> HttpInvoker {
+    invoker_with(HttpConfig::default(), urls)
+}
+
+fn invoker_with(config: HttpConfig, urls: &[(&str, &str)]) -> HttpInvoker {
+    let urls: HashMap<ServiceId, String> =
+        urls.iter().map(|(id, url)| (ServiceId::new(id).unwrap(), (*url).to_owned())).collect();
+    config.build(Arc::new(move |id: &ServiceId| urls.get(id).cloned()))
+}
+
+fn executor(invoker: HttpInvoker) -> (Executor<HttpInvoker>, RecordingSink<Event>) {
+    let events = RecordingSink::default();
+    let executor = Config { jitter_seed: Some(7), ..Config::default() }.build(
+        Arc::new(invoker),
+        Arc::new(events.clone()),
+        Arc::new(FakeClock::default()),
+    );
+    (executor, events)
+}
+
+/// One task "a" calling `services` in failover order with `max_attempts` and 1 ms backoffs.
+fn one_task(execution: ExecutionId, services: &[&str], max_attempts: u32, timeout: Option<Duration>) -> RunSpec {
+    let task = TaskSpec {
+        id: StepId::new("a").unwrap(),
+        services: services.iter().map(|s| ServiceId::new(s).unwrap()).collect(),
+        input: Template::compile("input", &json!({"x": "${ .input.x }"})).unwrap(),
+        depends_on: Vec::new(),
+        retry: RetryPolicy {
+            max_attempts,
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(5),
+            ..RetryPolicy::default()
+        },
+        timeout,
+        task_timeout: None,
+        on_error: ErrorPolicy::Fail,
+    };
+    let output = Template::compile("output", &json!("${ .steps.a.output }")).unwrap();
+    RunSpec::new(execution, vec![task], output, None).unwrap()
+}
+
+async fn run(executor: &Executor<HttpInvoker>, spec: RunSpec) -> Outcome {
+    executor.start(spec, json!({"x": 5}), BTreeMap::new()).outcome().await
+}
+
+fn failures(events: &RecordingSink<Event>) -> Vec<String> {
+    events
+        .events()
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            EventKind::TaskFailed { error, .. } => Some(error),
+            _ => None,
+        })
+        .collect()
+}
+
+fn failed_with(outcome: &Outcome, needle: &str) {
+    match outcome {
+        Outcome::Failed(error) => assert!(error.contains(needle), "{error:?} lacks {needle:?}"),
+        other => panic!("expected a failure naming {needle:?}, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successful_call_returns_the_services_json_with_baton_headers() {
+    let service = Service::default();
+    let url = service.serve().await;
+    let (executor, _) = executor(invoker(&[("echo", &url)]));
+    let execution = ExecutionId::generate();
+    let outcome = run(&executor, one_task(execution, &["echo"], 1, None)).await;
+    assert_eq!(outcome, Outcome::Completed(json!({"x": 5})));
+    let seen = service.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(header(&seen[0], "idempotency-key"), format!("{execution}/a"));
+    assert_eq!(header(&seen[0], "content-type"), "application/json");
+    assert_eq!(header(&seen[0], "x-baton-execution"), execution.to_string());
+    assert_eq!(header(&seen[0], "x-baton-step"), "a");
+    assert_eq!(header(&seen[0], "x-baton-attempt"), "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_500_is_retried_with_the_same_idempotency_key() {
+    let service = Service::new([reply(500, "boom")]);
+    let url = service.serve().await;
+    let (executor, events) = executor(invoker(&[("flaky", &url)]));
+    let outcome = run(&executor, one_task(ExecutionId::generate(), &["flaky"], 3, None)).await;
+    assert_eq!(outcome, Outcome::Completed(json!({"x": 5})));
+    let seen = service.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(header(&seen[0], "idempotency-key"), header(&seen[1], "idempotency-key"));
+    let attempts: Vec<&str> = seen.iter().map(|h| header(h, "x-baton-attempt")).collect();
+    assert_eq!(attempts, ["1", "2"]);
+    assert_eq!(failures(&events), ["http_500: boom"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_400_is_not_retried() {
+    let service = Service::new([reply(400, "bad input")]);
+    let url = service.serve().await;
+    let (executor, _) = executor(invoker(&[("strict", &url)]));
+    let outcome = run(&executor, one_task(ExecutionId::generate(), &["strict"], 3, None)).await;
+    failed_with(&outcome, "http_400: bad input");
+    assert_eq!(service.seen().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_service_times_out_and_its_request_is_abandoned() {
+    let (abandoned_tx, abandoned) = oneshot::channel();
+    let service = Service::new([Reply::Hang(abandoned_tx)]);
+    let url = service.serve().await;
+    let (executor, _) = executor(invoker(&[("stuck", &url)]));
+    let outcome =
+        run(&executor, one_task(ExecutionId::generate(), &["stuck"], 1, Some(Duration::from_millis(200)))).await;
+    failed_with(&outcome, "timeout: attempt timed out after 200ms");
+    // Dropping the call closes its connection, so the server drops the handler.
+    tokio::time::timeout(Duration::from_secs(10), abandoned)
+        .await
+        .expect("the server saw the request abandoned")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_refused_fails_over_to_the_alternative() {
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/call", listener.local_addr().unwrap())
+    };
+    let service = Service::default();
+    let url = service.serve().await;
+    let (executor, events) = executor(invoker(&[("primary", &closed), ("backup", &url)]));
+    let outcome = run(&executor, one_task(ExecutionId::generate(), &["primary", "backup"], 2, None)).await;
+    assert_eq!(outcome, Outcome::Completed(json!({"x": 5})));
+    assert_eq!(service.seen().len(), 1);
+    let failures = failures(&events);
+    assert_eq!(failures.len(), 1);
+    assert!(failures[0].starts_with("connect: ") && failures[0].contains("refused"), "{failures:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_json_success_is_a_permanent_invalid_json_failure() {
+    let service = Service::new([reply(200, "<html>oops</html>")]);
+    let url = service.serve().await;
+    let (executor, _) = executor(invoker(&[("html", &url)]));
+    let outcome = run(&executor, one_task(ExecutionId::generate(), &["html"], 3, None)).await;
+    failed_with(&outcome, "invalid_json");
+    failed_with(&outcome, "<html>oops</html>");
+    assert_eq!(service.seen().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_over_the_limit_are_refused_unless_they_are_errors() {
+    let big = format!("\"{}\"", "z".repeat(2000));
+    let service = Service::new([reply(200, &big), reply(503, &big)]);
+    let url = service.serve().await;
+    let config = HttpConfig { max_response_bytes: 1024, ..HttpConfig::default() };
+    let invoker = invoker_with(config, &[("big", &url)]);
+    let call = Call {
+        execution: ExecutionId::generate(),
+        step: StepId::new("a").unwrap(),
+        attempt: 1,
+        service: ServiceId::new("big").unwrap(),
+        payload: Value::Null,
+        idempotency_key: "k".to_owned(),
+    };
+    let failure = invoker.invoke(call.clone()).await.unwrap_err();
+    assert_eq!((failure.retryable, failure.class.as_str()), (false, "response_too_large"));
+    // An oversized error body is still classified by its status, quoting its start.
+    let failure = invoker.invoke(call.clone()).await.unwrap_err();
+    assert_eq!((failure.retryable, failure.class.as_str()), (true, "http_503"));
+    assert_eq!(failure.message.len(), 200);
+    // Within the limit, the same connection pool keeps working.
+    assert_eq!(invoker.invoke(call).await, Ok(Value::Null));
+}
