@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -35,7 +36,8 @@ macro_rules! name_type {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
-        pub struct $name(Box<str>);
+        // Shared text: ids are cloned into every event and call, so a clone must not allocate.
+        pub struct $name(Arc<str>);
 
         impl $name {
             /// Validates `value` against the name rule.
@@ -73,13 +75,13 @@ macro_rules! name_type {
             type Error = Error;
             fn try_from(s: String) -> Result<Self> {
                 validate_name($field, &s)?;
-                Ok(Self(s.into_boxed_str()))
+                Ok(Self(s.into()))
             }
         }
 
         impl From<$name> for String {
             fn from(name: $name) -> String {
-                name.0.into_string()
+                name.0.to_string()
             }
         }
 

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use baton_core::ServiceId;
@@ -35,7 +36,7 @@ enum State {
 #[derive(Debug)]
 pub(crate) struct Admission<'a> {
     breakers: &'a Breakers,
-    service: ServiceId,
+    service: &'a ServiceId,
     reported: bool,
 }
 
@@ -43,14 +44,14 @@ impl Admission<'_> {
     /// Records how the call went.
     pub(crate) fn record(mut self, success: bool) {
         self.reported = true;
-        self.breakers.record(&self.service, success);
+        self.breakers.record(self.service, success);
     }
 }
 
 impl Drop for Admission<'_> {
     fn drop(&mut self) {
         if !self.reported {
-            self.breakers.release(&self.service);
+            self.breakers.release(self.service);
         }
     }
 }
@@ -61,11 +62,14 @@ pub(crate) struct Breakers {
     threshold: u32,
     cool_down: Duration,
     states: Mutex<HashMap<ServiceId, State>>,
+    /// How many services have an entry (not closed with no failures), kept under the lock:
+    /// while it is zero, admitting and recording a success need no lock at all.
+    tracked: AtomicUsize,
 }
 
 impl Breakers {
     pub(crate) fn new(threshold: u32, cool_down: Duration) -> Self {
-        Self { threshold: threshold.max(1), cool_down, states: Mutex::default() }
+        Self { threshold: threshold.max(1), cool_down, states: Mutex::default(), tracked: AtomicUsize::new(0) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ServiceId, State>> {
@@ -75,8 +79,14 @@ impl Breakers {
     /// Asks to call `service` now: true when its breaker lets the call through (a half-open
     /// breaker lets exactly one probe through).
     fn try_acquire(&self, service: &ServiceId) -> bool {
+        // A failure recorded concurrently may be missed: the call then goes as if it had come
+        // a moment earlier.
+        if self.tracked.load(Ordering::Acquire) == 0 {
+            return true;
+        }
         let mut states = self.lock();
-        let state = states.entry(service.clone()).or_insert(State::Closed { failures: 0 });
+        // A service without an entry is closed with no failures: the common case stays a lookup.
+        let Some(state) = states.get_mut(service) else { return true };
         match *state {
             State::Closed { .. } => true,
             State::Open { until } if Instant::now() >= until => {
@@ -93,13 +103,22 @@ impl Breakers {
     }
 
     /// Admits a call to `service` when its breaker lets it through.
-    pub(crate) fn admit(&self, service: &ServiceId) -> Option<Admission<'_>> {
-        self.try_acquire(service).then(|| Admission { breakers: self, service: service.clone(), reported: false })
+    pub(crate) fn admit<'a>(&'a self, service: &'a ServiceId) -> Option<Admission<'a>> {
+        self.try_acquire(service).then_some(Admission { breakers: self, service, reported: false })
     }
 
     /// Records how a call went.
     fn record(&self, service: &ServiceId, success: bool) {
+        if success && self.tracked.load(Ordering::Acquire) == 0 {
+            return;
+        }
         let mut states = self.lock();
+        if success {
+            // Closed with no failures is the absent entry.
+            states.remove(service);
+            self.tracked.store(states.len(), Ordering::Release);
+            return;
+        }
         let state = states.entry(service.clone()).or_insert(State::Closed { failures: 0 });
         *state = match (*state, success) {
             (_, true) => State::Closed { failures: 0 },
@@ -108,6 +127,7 @@ impl Breakers {
             }
             (_, false) => State::Open { until: Instant::now() + self.cool_down },
         };
+        self.tracked.store(states.len(), Ordering::Release);
     }
 
     /// Gives back a half-open probe slot that was taken but not used (the call never went).

@@ -105,7 +105,7 @@ fn request(url: &str, call: &Call) -> Result<Request<Full<Bytes>>, Failure> {
         .method(Method::POST)
         .uri(uri)
         .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-        .header("idempotency-key", call.idempotency_key.as_str())
+        .header("idempotency-key", call.idempotency_key())
         .header("x-baton-execution", call.execution.to_string())
         .header("x-baton-step", call.step.as_str())
         .header("x-baton-attempt", call.attempt.to_string())
@@ -219,7 +219,6 @@ mod tests {
             attempt: 1,
             service: ServiceId::new("nowhere").unwrap(),
             payload: Value::Null,
-            idempotency_key: "k".to_owned(),
         };
         let failure = invoker.invoke(call).await.unwrap_err();
         assert_eq!((failure.retryable, failure.class.as_str()), (false, "unknown_service"));

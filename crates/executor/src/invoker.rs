@@ -21,9 +21,14 @@ pub struct Call {
     pub service: ServiceId,
     /// The rendered input.
     pub payload: Value,
-    /// Stable per (execution, step): the same on every retry and failover, so a service can
-    /// recognise a repeated call.
-    pub idempotency_key: String,
+}
+
+impl Call {
+    /// `<execution>/<step>`: stable per (execution, step), the same on every retry, failover
+    /// and recovery, so a service can recognise a repeated call.
+    pub fn idempotency_key(&self) -> String {
+        format!("{}/{}", self.execution, self.step)
+    }
 }
 
 /// Why a call failed, classified for the retry policy.

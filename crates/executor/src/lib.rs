@@ -4,21 +4,32 @@
 //! What it is for: ready-queue scheduling (a task is dispatched the moment its last
 //! dependency succeeds, not level by level), inputs rendered from `${ jq }` templates, retries
 //! with exponential backoff and full jitter, per-attempt, per-task and per-run timeouts,
-//! failover to the next alternative whose circuit breaker is closed, error policies (fail, continue, fall back), per-run and
-//! global in-flight limits, pause/resume/cancel, and resumption from completed tasks.
+//! failover to the next alternative whose circuit breaker is closed, error policies (fail,
+//! continue, fall back), per-run and global in-flight limits, pause/resume/cancel, and
+//! resumption from completed tasks.
 //!
 //! What it is not for: persistence (the workflow engine journals the events it emits) or
 //! choosing services (the registry and planner do). Circuit breakers (per service, shared by
 //! all runs) take a service out of selection after repeated failures; per-service limits
 //! come from registered capacity.
 //!
-//! Invokers: [`InProcessInvoker`] (registered async functions, for embedding and benches) and
-//! [`HttpInvoker`] (a JSON POST over a pooled hyper client with a stable `Idempotency-Key`).
+//! How it is fast: a run is one tokio task polling its own calls (no spawn per task; a call
+//! finished on its first poll is settled inline), scheduling tables are computed once per
+//! checked DAG and shared by every execution of it ([`RunSpec::for_execution`]), event
+//! timestamps are read once per turn of the run, and breakers and per-service limits cost no
+//! lock while no service is failing or limited.
+//!
+//! Invokers: [`InProcessInvoker`] (registered async functions, for embedding and benches),
+//! [`HttpInvoker`] (a JSON POST over a pooled hyper client with a stable `Idempotency-Key`) and
+//! [`WorkerQueues`] (for `Worker { queue }` services: each call waits as a task on a FIFO queue
+//! until a worker polls it under a lease and completes or fails it; an expired lease puts the
+//! task back at the front with a new fencing token, and a dropped call withdraws its task).
 
 mod breaker;
 mod http;
 mod invoker;
 mod run;
+mod worker;
 
 pub use self::http::{HttpConfig, HttpInvoker, Resolve};
 pub use breaker::BreakerState;
@@ -26,3 +37,4 @@ pub use invoker::{Call, Failure, InProcessInvoker, Invoker};
 #[cfg(any(test, feature = "test-util"))]
 pub use invoker::{ScriptedInvoker, Step};
 pub use run::{Config, Executor, Outcome, RunHandle, RunSpec, SpecError, TaskSpec};
+pub use worker::{LeaseError, LeaseToken, LeasedTask, QueueStats, ResolveQueue, TaskId, WorkerConfig, WorkerQueues};

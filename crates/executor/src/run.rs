@@ -1,19 +1,20 @@
 //! One run of a DAG: ready-queue dispatch, retries with backoff, timeouts, failover, error
 //! policies, pause/resume/cancel, resumption from completed tasks.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use baton_core::{
-    Clock, ErrorPolicy, Event, EventKind, EventSink, ExecutionId, RetryPolicy, ServiceId, StepId, Template,
+    Clock, ErrorPolicy, Event, EventKind, EventSink, ExecutionId, RetryPolicy, ServiceId, StepId, Template, Timestamp,
 };
+use futures_util::FutureExt;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Map, Value};
-use tokio::sync::{Semaphore, watch};
-use tokio::task::JoinSet;
+use tokio::sync::{Semaphore, SemaphorePermit, watch};
 
 use crate::breaker::{BreakerState, Breakers};
 use crate::invoker::{Call, Failure, Invoker};
@@ -39,14 +40,32 @@ pub struct TaskSpec {
     pub on_error: ErrorPolicy,
 }
 
-/// A checked DAG of tasks with the run's output template.
+/// A checked DAG of tasks with the run's output template, for one execution.
+///
+/// The checked DAG is shared: [`RunSpec::for_execution`] gives another execution of the same
+/// DAG without checking or copying it again, as when many executions start from one version
+/// of a workflow definition.
 #[derive(Debug, Clone)]
 pub struct RunSpec {
     execution: ExecutionId,
+    dag: Arc<Dag>,
+}
+
+/// The checked DAG and what scheduling needs of it, worked out once.
+#[derive(Debug)]
+struct Dag {
     tasks: Vec<TaskSpec>,
     output: Template,
     deadline: Option<Duration>,
     index: HashMap<StepId, usize>,
+    /// What scheduling needs, worked out once here rather than on every run.
+    dependents: Vec<Vec<usize>>,
+    /// The steps each task's input reads: its dependencies and whatever its expressions name.
+    reads: Vec<Vec<usize>>,
+    /// Tasks that only run in place of a failed step.
+    fallback_only: Vec<bool>,
+    /// The inputs of tasks whose input has no expression, rendered once here.
+    static_input: Vec<Option<Value>>,
 }
 
 /// Why a run spec was refused.
@@ -116,12 +135,49 @@ impl RunSpec {
             let stuck = (0..tasks.len()).find(|&i| indegree[i] > 0).expect("an unvisited task");
             return Err(SpecError::Cycle(tasks[stuck].id.clone()));
         }
-        Ok(Self { execution, tasks, output, deadline, index })
+        let reads = tasks
+            .iter()
+            .map(|t| {
+                let mut reads: Vec<usize> = t.depends_on.iter().map(|d| index[d]).collect();
+                reads.extend(
+                    t.input
+                        .referenced_steps()
+                        .iter()
+                        .filter_map(|s| s.parse::<StepId>().ok())
+                        .filter_map(|s| index.get(&s).copied()),
+                );
+                reads.sort_unstable();
+                reads.dedup();
+                reads
+            })
+            .collect();
+        let mut fallback_only = vec![false; tasks.len()];
+        for t in &tasks {
+            if let ErrorPolicy::Fallback(f) = &t.on_error {
+                fallback_only[index[f]] = true;
+            }
+        }
+        let static_input = tasks
+            .iter()
+            .map(|t| if t.input.expressions().is_empty() { t.input.render(&Value::Null).ok() } else { None })
+            .collect();
+        let dag = Dag { tasks, output, deadline, index, dependents, reads, fallback_only, static_input };
+        Ok(Self { execution, dag: Arc::new(dag) })
+    }
+
+    /// The same checked DAG for another execution.
+    pub fn for_execution(&self, execution: ExecutionId) -> Self {
+        Self { execution, dag: Arc::clone(&self.dag) }
+    }
+
+    /// The execution this spec runs.
+    pub fn execution(&self) -> ExecutionId {
+        self.execution
     }
 
     /// The tasks.
     pub fn tasks(&self) -> &[TaskSpec] {
-        &self.tasks
+        &self.dag.tasks
     }
 }
 
@@ -200,7 +256,28 @@ pub struct Executor<I> {
 }
 
 /// Per-service in-flight limits (from registered capacity), FIFO when waiting.
-type ServiceLimits = Arc<std::sync::Mutex<HashMap<ServiceId, Arc<Semaphore>>>>;
+type ServiceLimits = Arc<Limits>;
+
+#[derive(Debug, Default)]
+struct Limits {
+    semaphores: Mutex<HashMap<ServiceId, Arc<Semaphore>>>,
+    /// Whether any service is limited: until one is, no call looks in the map.
+    any: std::sync::atomic::AtomicBool,
+}
+
+impl Limits {
+    fn set(&self, service: &ServiceId, max_in_flight: usize) {
+        self.semaphores.lock().insert(service.clone(), Arc::new(Semaphore::new(max_in_flight.max(1))));
+        self.any.store(true, Ordering::Release);
+    }
+
+    fn get(&self, service: &ServiceId) -> Option<Arc<Semaphore>> {
+        if !self.any.load(Ordering::Acquire) {
+            return None;
+        }
+        self.semaphores.lock().get(service).cloned()
+    }
+}
 
 impl<I> Clone for Executor<I> {
     fn clone(&self) -> Self {
@@ -277,33 +354,36 @@ struct Shared<I> {
     events: Arc<dyn EventSink<Event>>,
     clock: Arc<dyn Clock>,
     sequence: AtomicU64,
+    /// The time events are stamped with, read from the clock once per turn of the run rather
+    /// than once per event: a clock read costs as much as dispatching a task.
+    now: Mutex<Timestamp>,
     control: watch::Receiver<Control>,
-    jitter: parking::Mutex<SmallRng>,
+    jitter: Mutex<SmallRng>,
     breakers: Arc<Breakers>,
     service_limits: ServiceLimits,
-}
-
-/// A tiny poison-free mutex for the jitter RNG.
-mod parking {
-    pub(crate) struct Mutex<T>(std::sync::Mutex<T>);
-    impl<T> Mutex<T> {
-        pub(crate) fn new(value: T) -> Self {
-            Self(std::sync::Mutex::new(value))
-        }
-        pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, T> {
-            self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-        }
-    }
+    global: Arc<Semaphore>,
 }
 
 impl<I> Shared<I> {
     fn emit(&self, kind: EventKind) {
         let sequence = self.sequence.fetch_add(1, Ordering::AcqRel) + 1;
-        self.events.publish(Event { execution: self.execution, sequence, at: self.clock.now(), kind });
+        let at = *self.now.lock();
+        self.events.publish(Event { execution: self.execution, sequence, at, kind });
+    }
+
+    /// Reads the clock for the events that follow.
+    fn tick(&self) {
+        *self.now.lock() = self.clock.now();
     }
 
     /// Waits while paused; false once cancelled.
     async fn wait_unless_paused(&self) -> bool {
+        // The common case, running, is one read of the control cell.
+        match &*self.control.borrow() {
+            Control::Running => return true,
+            Control::Cancelled(_) => return false,
+            Control::Paused => {}
+        }
         let mut control = self.control.clone();
         loop {
             match &*control.borrow_and_update() {
@@ -317,6 +397,25 @@ impl<I> Shared<I> {
         }
     }
 
+    /// A permit of the global limit, waited for in FIFO order; given up while the run is
+    /// paused (so a paused run holds no permit it is not using), `None` once cancelled.
+    async fn global_permit(&self) -> Option<SemaphorePermit<'_>> {
+        if let Ok(permit) = self.global.try_acquire() {
+            return Some(permit);
+        }
+        let mut control = self.control.clone();
+        loop {
+            if !self.wait_unless_paused().await {
+                return None;
+            }
+            control.borrow_and_update();
+            tokio::select! {
+                permit = self.global.acquire() => return Some(permit.expect("the global semaphore is never closed")),
+                _ = control.changed() => {}
+            }
+        }
+    }
+
     /// Full jitter: uniform in `[0, min(max, initial * multiplier^(attempt - 1))]`.
     fn backoff(&self, retry: &RetryPolicy, attempt: u32) -> Duration {
         let cap = retry.initial_backoff.as_secs_f64() * retry.multiplier.max(1.0).powi(attempt as i32 - 1);
@@ -325,11 +424,24 @@ impl<I> Shared<I> {
     }
 }
 
+/// A poison-free mutex: no lock here is held across code that can panic half-way.
+#[derive(Debug, Default)]
+struct Mutex<T>(std::sync::Mutex<T>);
+
+impl<T> Mutex<T> {
+    fn new(value: T) -> Self {
+        Self(std::sync::Mutex::new(value))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, T> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 impl<I: Invoker> Executor<I> {
     /// Caps the calls in flight to `service` across all runs (its registered capacity).
     pub fn limit_service(&self, service: &ServiceId, max_in_flight: usize) {
-        let mut limits = self.service_limits.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        limits.insert(service.clone(), Arc::new(Semaphore::new(max_in_flight.max(1))));
+        self.service_limits.set(service, max_in_flight);
     }
 
     /// The state of `service`'s circuit breaker.
@@ -338,6 +450,10 @@ impl<I: Invoker> Executor<I> {
     }
 
     /// Starts `spec` with `input`; tasks in `completed` (with their outputs) are not run again.
+    ///
+    /// A run is one tokio task: its calls are futures it polls itself, so dispatching a task
+    /// costs no spawn. An in-process handler that computes for long should move that work to
+    /// `spawn_blocking` or its own task; runs themselves spread over the runtime's threads.
     pub fn start(&self, spec: RunSpec, input: Value, completed: BTreeMap<StepId, Value>) -> RunHandle {
         let (control, receiver) = watch::channel(Control::Running);
         let rng = match self.config.jitter_seed {
@@ -348,27 +464,29 @@ impl<I: Invoker> Executor<I> {
                 SmallRng::seed_from_u64(high ^ low)
             }
         };
-        let shared = Arc::new(Shared {
+        let shared = Shared {
             execution: spec.execution,
             invoker: Arc::clone(&self.invoker),
             events: Arc::clone(&self.events),
             clock: Arc::clone(&self.clock),
             sequence: AtomicU64::new(0),
+            now: Mutex::new(self.clock.now()),
             control: receiver,
-            jitter: parking::Mutex::new(rng),
+            jitter: Mutex::new(rng),
             breakers: Arc::clone(&self.breakers),
             service_limits: Arc::clone(&self.service_limits),
-        });
-        let (limit, global) = (self.config.max_in_flight_per_run.max(1), Arc::clone(&self.global));
+            global: Arc::clone(&self.global),
+        };
+        let limit = self.config.max_in_flight_per_run.max(1);
         let done = tokio::spawn(async move {
-            let deadline = spec.deadline;
-            let run = drive(Arc::clone(&shared), spec, input, completed, limit, global);
-            let outcome = match deadline {
+            let run = drive(&shared, &spec.dag, input, completed, limit);
+            let outcome = match spec.dag.deadline {
                 Some(d) => tokio::time::timeout(d, run).await.unwrap_or_else(|_| {
                     Outcome::Failed(format!("run deadline of {} exceeded", baton_core::duration::format(d)))
                 }),
                 None => run.await,
             };
+            shared.tick();
             shared.emit(match &outcome {
                 Outcome::Completed(output) => EventKind::Completed { output: output.clone() },
                 Outcome::Failed(error) => EventKind::Failed { error: error.clone() },
@@ -380,200 +498,241 @@ impl<I: Invoker> Executor<I> {
     }
 }
 
-fn context(input: &Value, outputs: &HashMap<usize, Value>, spec: &RunSpec, reads: &[usize]) -> Value {
+fn context(input: &Value, outputs: &[Option<Value>], spec: &Dag, reads: &[usize]) -> Value {
     let steps: Map<String, Value> = reads
         .iter()
-        .filter_map(|r| outputs.get(r).map(|o| (spec.tasks[*r].id.to_string(), serde_json::json!({"output": o}))))
+        .filter_map(|&r| {
+            outputs[r].as_ref().map(|o| (spec.tasks[r].id.to_string(), serde_json::json!({ "output": o })))
+        })
         .collect();
     serde_json::json!({"input": input, "steps": steps})
 }
 
+/// The scheduling state of one run.
+struct Schedule<'a> {
+    spec: &'a Dag,
+    /// Unfinished dependencies per task.
+    waiting: Vec<usize>,
+    outputs: Vec<Option<Value>>,
+    skipped: Vec<bool>,
+    ready: VecDeque<usize>,
+    /// Which primary a running fallback stands in for.
+    standing_in: HashMap<usize, usize>,
+}
+
+impl<'a> Schedule<'a> {
+    fn new(spec: &'a Dag, completed: BTreeMap<StepId, Value>) -> Self {
+        let n = spec.tasks.len();
+        let mut schedule = Self {
+            spec,
+            waiting: spec.tasks.iter().map(|t| t.depends_on.len()).collect(),
+            outputs: vec![None; n],
+            skipped: vec![false; n],
+            ready: VecDeque::new(),
+            standing_in: HashMap::new(),
+        };
+        let mut done_before = Vec::new();
+        for (id, output) in completed {
+            if let Some(&i) = spec.index.get(&id) {
+                schedule.outputs[i] = Some(output);
+                done_before.push(i);
+            }
+        }
+        for i in 0..n {
+            if schedule.waiting[i] == 0 && schedule.outputs[i].is_none() && !spec.fallback_only[i] {
+                schedule.ready.push_back(i);
+            }
+        }
+        for i in done_before {
+            schedule.release_dependents(i);
+        }
+        let outputs = &schedule.outputs;
+        schedule.ready.retain(|&i| outputs[i].is_none());
+        schedule
+    }
+
+    /// Counts `i` done for its dependents; those with nothing left to wait for become ready.
+    fn release_dependents(&mut self, i: usize) {
+        for &d in &self.spec.dependents[i] {
+            self.waiting[d] -= 1;
+            if self.waiting[d] == 0 && !self.skipped[d] && !self.spec.fallback_only[d] {
+                self.ready.push_back(d);
+            }
+        }
+    }
+
+    /// Marks every task downstream of `failed` skipped, with an event each.
+    fn skip_dependents<I>(&mut self, shared: &Shared<I>, failed: usize) {
+        let mut stack = self.spec.dependents[failed].clone();
+        while let Some(d) = stack.pop() {
+            if !std::mem::replace(&mut self.skipped[d], true) {
+                let reason = format!("needs {}, which failed", self.spec.tasks[failed].id);
+                shared.emit(EventKind::TaskSkipped { step: self.spec.tasks[d].id.clone(), reason });
+                stack.extend(self.spec.dependents[d].iter().copied());
+            }
+        }
+    }
+
+    /// The rendered input of task `i`, or the run's failure naming the step.
+    fn payload<I>(&self, shared: &Shared<I>, input: &Value, i: usize) -> Result<Value, Outcome> {
+        let task = &self.spec.tasks[i];
+        let rendered = if let Some(payload) = &self.spec.static_input[i] {
+            Ok(payload.clone())
+        } else {
+            task.input.render(&context(input, &self.outputs, self.spec, &self.spec.reads[i]))
+        };
+        rendered.map_err(|e| {
+            let error = format!("step {} input: {e}", task.id);
+            shared.emit(EventKind::TaskFailed {
+                step: task.id.clone(),
+                attempt: 0,
+                error: error.clone(),
+                retryable: false,
+            });
+            Outcome::Failed(error)
+        })
+    }
+
+    /// Takes in how task `i` ended; `Some` when that ends the run.
+    fn settle<I>(&mut self, shared: &Shared<I>, i: usize, result: Result<Value, String>) -> Option<Outcome> {
+        let primary = self.standing_in.remove(&i).unwrap_or(i);
+        match result {
+            Ok(output) => {
+                self.outputs[primary] = Some(output);
+                self.release_dependents(primary);
+            }
+            Err(error) => match &self.spec.tasks[i].on_error {
+                ErrorPolicy::Fail => {
+                    return Some(Outcome::Failed(format!("step {} failed: {error}", self.spec.tasks[i].id)));
+                }
+                ErrorPolicy::Continue => self.skip_dependents(shared, primary),
+                ErrorPolicy::Fallback(f) => {
+                    let f = self.spec.index[f];
+                    self.standing_in.insert(f, primary);
+                    self.ready.push_front(f);
+                }
+            },
+        }
+        None
+    }
+}
+
+/// Tasks settled on their first poll between two yields of a run to the runtime.
+const INLINE_BUDGET: u64 = 256;
+/// Tasks settled on their first poll between two clock reads.
+const CLOCK_EVERY: u64 = 16;
+
 async fn drive<I: Invoker>(
-    shared: Arc<Shared<I>>,
-    spec: RunSpec,
+    shared: &Shared<I>,
+    spec: &Dag,
     input: Value,
     completed: BTreeMap<StepId, Value>,
     limit: usize,
-    global: Arc<Semaphore>,
 ) -> Outcome {
-    let n = spec.tasks.len();
-    let dependents = dependents(&spec.tasks, &spec.index);
-    let mut waiting: Vec<usize> = spec.tasks.iter().map(|t| t.depends_on.len()).collect();
-    // The steps each task's input reads: its dependencies and whatever its expressions name.
-    let reads: Vec<Vec<usize>> = spec
-        .tasks
-        .iter()
-        .map(|t| {
-            let mut reads: HashSet<usize> = t.depends_on.iter().map(|d| spec.index[d]).collect();
-            reads.extend(
-                t.input
-                    .referenced_steps()
-                    .iter()
-                    .filter_map(|s| s.parse::<StepId>().ok())
-                    .filter_map(|s| spec.index.get(&s).copied()),
-            );
-            reads.into_iter().collect()
-        })
-        .collect();
-    let fallback_only: HashSet<usize> = spec
-        .tasks
-        .iter()
-        .filter_map(|t| match &t.on_error {
-            ErrorPolicy::Fallback(f) => Some(spec.index[f]),
-            _ => None,
-        })
-        .collect();
-    let mut outputs: HashMap<usize, Value> = HashMap::new();
-    let mut ready: VecDeque<usize> = VecDeque::new();
-    let mut skipped: HashSet<usize> = HashSet::new();
-    // Which primary a running fallback stands in for.
-    let mut standing_in: HashMap<usize, usize> = HashMap::new();
-
     if completed.is_empty() {
+        shared.tick();
         shared.emit(EventKind::Started { input: input.clone() });
     }
-    let finish = |i: usize, waiting: &mut Vec<usize>, ready: &mut VecDeque<usize>, skipped: &HashSet<usize>| {
-        for &d in &dependents[i] {
-            waiting[d] -= 1;
-            if waiting[d] == 0 && !skipped.contains(&d) && !fallback_only.contains(&d) {
-                ready.push_back(d);
-            }
-        }
-    };
-    for (id, output) in completed {
-        if let Some(&i) = spec.index.get(&id) {
-            outputs.insert(i, output);
-        }
-    }
-    let done_before: Vec<usize> = outputs.keys().copied().collect();
-    for (i, &deps) in waiting.iter().enumerate() {
-        if deps == 0 && !outputs.contains_key(&i) && !fallback_only.contains(&i) {
-            ready.push_back(i);
-        }
-    }
-    for i in done_before {
-        finish(i, &mut waiting, &mut ready, &skipped);
-    }
-    ready.retain(|i| !outputs.contains_key(i));
-
-    // Shared with the task futures, so a dispatch clones a pointer, not the task.
-    let tasks: Vec<Arc<TaskSpec>> = spec.tasks.iter().cloned().map(Arc::new).collect();
-    let mut running: JoinSet<(usize, Result<Value, String>)> = JoinSet::new();
+    let mut schedule = Schedule::new(spec, completed);
+    // In-flight tasks; dropping the set (on failure or cancel) abandons their calls.
+    let mut running = FuturesUnordered::new();
     let mut control = shared.control.clone();
     let mut paused = false;
-    loop {
-        // Dispatch while running and under the run's limit; the global limit queues FIFO.
-        while !paused && running.len() < limit {
-            let Some(i) = ready.pop_front() else { break };
-            let task = Arc::clone(&tasks[i]);
-            // A template without expressions needs no context: skip building one.
-            let context = if reads[i].is_empty() && task.input.expressions().is_empty() {
-                Value::Null
-            } else {
-                context(&input, &outputs, &spec, &reads[i])
-            };
-            let payload = match task.input.render(&context) {
-                Ok(payload) => payload,
-                Err(e) => {
-                    let error = format!("step {} input: {e}", task.id);
-                    shared.emit(EventKind::TaskFailed {
-                        step: task.id.clone(),
-                        attempt: 0,
-                        error: error.clone(),
-                        retryable: false,
-                    });
-                    return Outcome::Failed(error);
-                }
-            };
-            // Fast path without a select when a permit is free; else wait in FIFO order, unless
-            // the run is paused or cancelled meanwhile.
-            let permit = match Arc::clone(&global).try_acquire_owned() {
-                Ok(permit) => permit,
-                Err(_) => tokio::select! {
-                    permit = Arc::clone(&global).acquire_owned() => permit.expect("the global semaphore is never closed"),
-                    _ = control.changed() => {
-                        ready.push_front(i);
-                        break;
-                    }
-                },
-            };
-            let shared = Arc::clone(&shared);
-            running.spawn(async move {
-                let result = run_task(&shared, &task, payload).await;
-                drop(permit);
-                (i, result)
-            });
+    let mut settled_inline: u64 = 0;
+    'turn: loop {
+        // The control cell is read on every turn, so a busy run still sees pause and cancel.
+        match &*control.borrow_and_update() {
+            Control::Cancelled(reason) => return Outcome::Cancelled(reason.clone()),
+            Control::Paused if !paused => {
+                paused = true;
+                shared.emit(EventKind::Paused);
+            }
+            Control::Running if paused => {
+                paused = false;
+                shared.emit(EventKind::Resumed);
+            }
+            _ => {}
         }
-        if let Control::Cancelled(reason) = &*control.borrow() {
-            running.abort_all();
-            return Outcome::Cancelled(reason.clone());
+        // Dispatch while running and under the run's limit; the global limit queues FIFO
+        // inside each task's future.
+        while !paused && running.len() < limit {
+            let Some(i) = schedule.ready.pop_front() else { break };
+            if settled_inline.is_multiple_of(CLOCK_EVERY) {
+                shared.tick();
+            }
+            let payload = match schedule.payload(shared, &input, i) {
+                Ok(payload) => payload,
+                Err(outcome) => return outcome,
+            };
+            // A call that finishes on its first poll (in-process work, a cached answer) is
+            // settled on the spot; only a pending one joins the set. The set polls it again
+            // with its own waker, and a future only wakes the waker of its latest poll.
+            let mut task = Box::pin(dispatch(shared, i, &spec.tasks[i], payload));
+            match task.as_mut().now_or_never() {
+                Some((i, result)) => {
+                    if let Some(outcome) = schedule.settle(shared, i, result) {
+                        return outcome;
+                    }
+                    settled_inline += 1;
+                    // Let the thread's other tasks in now and then, and look at the control cell.
+                    if settled_inline.is_multiple_of(INLINE_BUDGET) {
+                        tokio::task::yield_now().await;
+                        continue 'turn;
+                    }
+                }
+                None => running.push(task),
+            }
         }
         // Done when nothing runs and nothing can be dispatched; a paused run waits instead.
-        if running.is_empty() && ready.is_empty() && !paused {
+        if running.is_empty() && schedule.ready.is_empty() && !paused {
             break;
         }
         tokio::select! {
-            joined = running.join_next(), if !running.is_empty() => {
-                let Some(Ok((i, result))) = joined else { continue };
-                let primary = standing_in.remove(&i).unwrap_or(i);
-                match result {
-                    Ok(output) => {
-                        outputs.insert(primary, output);
-                        finish(primary, &mut waiting, &mut ready, &skipped);
+            biased;
+            // Every poll of the set reads the clock first: its tasks may have waited long.
+            next = std::future::poll_fn(|cx| {
+                shared.tick();
+                running.poll_next_unpin(cx)
+            }), if !running.is_empty() => {
+                // Settle every task that has finished before turning to dispatch again.
+                let mut next = next;
+                while let Some((i, result)) = next {
+                    if let Some(outcome) = schedule.settle(shared, i, result) {
+                        return outcome;
                     }
-                    Err(error) => match &spec.tasks[i].on_error {
-                        ErrorPolicy::Fail => {
-                            running.abort_all();
-                            return Outcome::Failed(format!("step {} failed: {error}", spec.tasks[i].id));
-                        }
-                        ErrorPolicy::Continue => {
-                            skip_dependents(&shared, &spec, &dependents, primary, &mut skipped);
-                        }
-                        ErrorPolicy::Fallback(f) => {
-                            let f = spec.index[f];
-                            standing_in.insert(f, primary);
-                            ready.push_front(f);
-                        }
-                    },
+                    shared.tick();
+                    next = running.next().now_or_never().flatten();
                 }
             }
             changed = control.changed() => {
                 if changed.is_err() {
-                    running.abort_all();
                     return Outcome::Cancelled("the run's handle was dropped".to_owned());
-                }
-                let now = control.borrow().clone();
-                match now {
-                    Control::Paused if !paused => { paused = true; shared.emit(EventKind::Paused); }
-                    Control::Running if paused => { paused = false; shared.emit(EventKind::Resumed); }
-                    _ => {}
                 }
             }
         }
     }
-    let all: Vec<usize> = (0..n).collect();
-    match spec.output.render(&context(&input, &outputs, &spec, &all)) {
+    if spec.output.expressions().is_empty() {
+        return match spec.output.render(&Value::Null) {
+            Ok(output) => Outcome::Completed(output),
+            Err(e) => Outcome::Failed(format!("run output: {e}")),
+        };
+    }
+    let all: Vec<usize> = (0..spec.tasks.len()).collect();
+    match spec.output.render(&context(&input, &schedule.outputs, spec, &all)) {
         Ok(output) => Outcome::Completed(output),
         Err(e) => Outcome::Failed(format!("run output: {e}")),
     }
 }
 
-/// Marks every task downstream of `failed` skipped, with an event each.
-fn skip_dependents<I>(
-    shared: &Shared<I>,
-    spec: &RunSpec,
-    dependents: &[Vec<usize>],
-    failed: usize,
-    skipped: &mut HashSet<usize>,
-) {
-    let mut stack = dependents[failed].clone();
-    while let Some(d) = stack.pop() {
-        if skipped.insert(d) {
-            let reason = format!("needs {}, which failed", spec.tasks[failed].id);
-            shared.emit(EventKind::TaskSkipped { step: spec.tasks[d].id.clone(), reason });
-            stack.extend(dependents[d].iter().copied());
-        }
-    }
+/// Task `index` from the global limit's permit to its result.
+async fn dispatch<'a, I: Invoker>(
+    shared: &'a Shared<I>,
+    index: usize,
+    task: &'a TaskSpec,
+    payload: Value,
+) -> (usize, Result<Value, String>) {
+    let Some(_permit) = shared.global_permit().await else { return (index, Err("cancelled".to_owned())) };
+    (index, run_task(shared, task, payload).await)
 }
 
 /// Attempts one task: each attempt goes to the current candidate service; any failure moves
@@ -607,9 +766,8 @@ async fn run_task<I: Invoker>(shared: &Shared<I>, task: &TaskSpec, payload: Valu
                 continue;
             };
             candidate = pick;
-            let service = task.services[pick].clone();
-            let limit =
-                shared.service_limits.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&service).cloned();
+            let service = &task.services[pick];
+            let limit = shared.service_limits.get(service);
             let _service_permit = match limit {
                 Some(limit) => Some(limit.acquire_owned().await.expect("service semaphores are never closed")),
                 None => None,
@@ -621,7 +779,6 @@ async fn run_task<I: Invoker>(shared: &Shared<I>, task: &TaskSpec, payload: Valu
                 attempt,
                 service: service.clone(),
                 payload: payload.clone(),
-                idempotency_key: format!("{}/{}", shared.execution, task.id),
             };
             let result = match task.timeout {
                 Some(limit) => tokio::time::timeout(limit, shared.invoker.invoke(call)).await.unwrap_or_else(|_| {

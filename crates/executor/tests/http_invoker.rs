@@ -251,7 +251,6 @@ async fn bodies_over_the_limit_are_refused_unless_they_are_errors() {
         attempt: 1,
         service: ServiceId::new("big").unwrap(),
         payload: Value::Null,
-        idempotency_key: "k".to_owned(),
     };
     let failure = invoker.invoke(call.clone()).await.unwrap_err();
     assert_eq!((failure.retryable, failure.class.as_str()), (false, "response_too_large"));

@@ -118,7 +118,7 @@ async fn retries_back_off_with_the_same_idempotency_key() {
     assert_eq!(outcome, Outcome::Completed(json!("done")));
     let calls = h.invoker.calls();
     assert_eq!(calls.len(), 3);
-    assert!(calls.iter().all(|c| c.idempotency_key == calls[0].idempotency_key));
+    assert!(calls.iter().all(|c| c.idempotency_key() == calls[0].idempotency_key()));
     assert_eq!(calls.iter().map(|c| c.attempt).collect::<Vec<_>>(), [1, 2, 3]);
     // Three 1 ms calls plus two full-jitter backoffs of at most 100 and 150 ms.
     assert!(started.elapsed() <= MS * 253, "{:?}", started.elapsed());
