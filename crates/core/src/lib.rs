@@ -5,8 +5,8 @@
 //! ([`ServiceRequirements`], [`Goal`]), concept taxonomies with subsumption ([`Taxonomy`]),
 //! workflow definitions ([`WorkflowDefinition`]), plans ([`Plan`]), executions and their state
 //! machine ([`Execution`]), journal events ([`Event`]), ids, and the ports (traits) through
-//! which the crates reach time, health probes, event consumers, the service directory and the
-//! planner.
+//! which the crates reach time, health probes, event consumers, the service directory, the
+//! planner and durable storage ([`Store`]).
 //!
 //! What it is not for: anything that touches a network, a disk or a runtime. Those live in
 //! the crates that implement the ports. Fakes of the ports are in [`fakes`] behind the
@@ -42,6 +42,7 @@ pub mod planning;
 pub mod ports;
 pub mod requirements;
 pub mod service;
+pub mod store;
 pub mod taxonomy;
 pub mod workflow;
 
@@ -63,6 +64,10 @@ pub use requirements::{SecurityRequirements, ServiceRequirements};
 pub use service::{
     AuthScheme, CheckKind, Encryption, Endpoint, HealthCheck, Protocol, Qos, SecurityProfile, ServiceDefinition,
     ServiceSpec,
+};
+pub use store::{
+    CreatedExecution, ExecutionFilter, ExecutionPage, ExecutionUpdate, IdempotencyKey, NewDefinition, Order,
+    PageRequest, PageToken, PutDefinition, Record, Store, StoreError, StoreResult, StoredDefinition,
 };
 pub use taxonomy::{ConceptId, Taxonomy, TaxonomyBuilder};
 pub use workflow::{ErrorPolicy, RetryPolicy, Step, StepDefaults, StepTarget, WorkflowDefinition};

@@ -1,0 +1,134 @@
+//! Implementations of Baton's [`Store`] port: where definitions, executions and their
+//! journals live.
+//!
+//! What it is for: three stores that keep the same contract (stated on the port in
+//! [`baton_core::store`] and checked by one conformance suite):
+//!
+//! - [`MemoryStore`]: a mutex-guarded map, for tests and throwaway runs;
+//! - [`RedbStore`]: the embedded default, one redb file under the data directory;
+//! - [`PostgresStore`]: for several nodes sharing one database, in SQL portable to CockroachDB
+//!   and YugabyteDB, with a versioned schema applied on start.
+//!
+//! Both durable stores commit journal appends in groups: appends from many executions that
+//! arrive together share one transaction and one fsync, and each caller is answered once that
+//! transaction is durable. [`AnyStore`] picks one of the three at run time.
+//!
+//! What it is not for: deciding what to store. The workflow engine (`baton-workflow`) owns the
+//! lifecycle of executions and what goes into their journals; this crate only keeps them.
+//!
+//! With the `test-util` feature, [`conformance`] holds the suite every store passes and
+//! [`testing`] the harnesses, including [`testing::PgCluster`], a throwaway PostgreSQL cluster.
+//!
+//! ```
+//! use baton_core::{NewDefinition, Store, Timestamp, WorkflowName};
+//! use baton_store::MemoryStore;
+//!
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! let store = MemoryStore::default();
+//! let definition = NewDefinition {
+//!     name: WorkflowName::new("checkout").unwrap(),
+//!     content_hash: "sha256:1f2e".to_owned(),
+//!     body: serde_json::json!({"name": "checkout", "steps": []}),
+//!     created_at: Timestamp::from_timestamp(1_800_000_000, 0).unwrap(),
+//! };
+//! let first = store.put_definition(definition.clone()).await.unwrap();
+//! let again = store.put_definition(definition).await.unwrap();
+//! assert_eq!((first.version, first.created), (1, true));
+//! assert_eq!((again.version, again.created), (1, false));
+//! # });
+//! ```
+
+#[cfg(any(test, feature = "test-util"))]
+pub mod conformance;
+pub mod memory;
+pub mod postgres;
+pub mod redb;
+mod shared;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
+
+use baton_core::{
+    CreatedExecution, Event, Execution, ExecutionFilter, ExecutionId, ExecutionPage, ExecutionUpdate, IdempotencyKey,
+    NewDefinition, PageRequest, PutDefinition, Store, StoreResult, StoredDefinition, WorkflowName,
+};
+
+pub use crate::memory::MemoryStore;
+pub use crate::postgres::PostgresStore;
+pub use crate::redb::RedbStore;
+
+/// What a durable store's group commit did so far: writes answered after a commit, and the
+/// transactions they took. `writes / transactions` is the mean batch size.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Committed transactions.
+    pub transactions: u64,
+    /// Writes in them (for PostgreSQL, journal appends only).
+    pub writes: u64,
+}
+
+/// One of the stores, chosen at run time (e.g. from configuration).
+#[derive(Debug, Clone)]
+pub enum AnyStore {
+    /// In memory.
+    Memory(MemoryStore),
+    /// A redb file.
+    Redb(RedbStore),
+    /// A PostgreSQL database.
+    Postgres(PostgresStore),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $store:ident => $call:expr) => {
+        match $self {
+            AnyStore::Memory($store) => $call.await,
+            AnyStore::Redb($store) => $call.await,
+            AnyStore::Postgres($store) => $call.await,
+        }
+    };
+}
+
+impl Store for AnyStore {
+    async fn put_definition(&self, definition: NewDefinition) -> StoreResult<PutDefinition> {
+        dispatch!(self, s => s.put_definition(definition))
+    }
+
+    async fn get_definition(&self, name: &WorkflowName, version: Option<u32>) -> StoreResult<StoredDefinition> {
+        dispatch!(self, s => s.get_definition(name, version))
+    }
+
+    async fn list_definitions(&self) -> StoreResult<Vec<StoredDefinition>> {
+        dispatch!(self, s => s.list_definitions())
+    }
+
+    async fn create_execution(
+        &self,
+        execution: Execution,
+        idempotency_key: Option<IdempotencyKey>,
+    ) -> StoreResult<CreatedExecution> {
+        dispatch!(self, s => s.create_execution(execution, idempotency_key))
+    }
+
+    async fn get_execution(&self, id: ExecutionId) -> StoreResult<Execution> {
+        dispatch!(self, s => s.get_execution(id))
+    }
+
+    async fn update_execution(&self, update: ExecutionUpdate) -> StoreResult<Execution> {
+        dispatch!(self, s => s.update_execution(update))
+    }
+
+    async fn list_executions(&self, filter: &ExecutionFilter, page: &PageRequest) -> StoreResult<ExecutionPage> {
+        dispatch!(self, s => s.list_executions(filter, page))
+    }
+
+    async fn unfinished_executions(&self) -> StoreResult<Vec<ExecutionId>> {
+        dispatch!(self, s => s.unfinished_executions())
+    }
+
+    async fn append(&self, events: Vec<Event>) -> StoreResult<()> {
+        dispatch!(self, s => s.append(events))
+    }
+
+    async fn read_journal(&self, execution: ExecutionId, from_sequence: u64) -> StoreResult<Vec<Event>> {
+        dispatch!(self, s => s.read_journal(execution, from_sequence))
+    }
+}
