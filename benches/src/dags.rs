@@ -22,6 +22,11 @@ impl Dag {
         Self { deps: (0..n).map(|i| if i == 0 { vec![] } else { vec![i - 1] }).collect() }
     }
 
+    /// `n` tasks without dependencies.
+    pub fn independent(n: usize) -> Self {
+        Self { deps: vec![Vec::new(); n] }
+    }
+
     /// One root, `n - 2` tasks on it, one task joining them all.
     pub fn fan_out_in(n: usize) -> Self {
         let mut deps = vec![vec![]];

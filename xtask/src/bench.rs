@@ -2,9 +2,10 @@
 //! baseline and target.
 //!
 //! Conventions the benches follow: a criterion group per bench, with benchmark ids
-//! `baton/<case>` and `baseline/<case>`, so the two can be paired; figures criterion cannot
-//! time (rates, sizes) go to `target/bench-figures.jsonl`, one JSON object a line:
-//! `{"bench", "name", "value", "unit", "baseline"?, "target"?}`.
+//! `baton/<case>` and `baseline/<case>`, so the two can be paired (a baseline that is another
+//! project, such as `dagrs/<case>`, goes by its name, listed in [`NAMED_BASELINES`]); figures
+//! criterion cannot time (rates, sizes) go to `target/bench-figures.jsonl`, one JSON object a
+//! line: `{"bench", "name", "value", "unit", "baseline"?, "target"?}`.
 //!
 //! Criterion 0.8 stores each benchmark under `<criterion dir>/<group>/<function>[/<value>]/new/`,
 //! where `/` inside a function id becomes `_` (`baton/4_constraints` -> `baton_4_constraints`).
@@ -35,6 +36,10 @@ const TARGETS: &[(&str, &str)] = &[
     ("planner_wsc08/set07", "<= 20 ms"),
     ("planner_wsc08/set08", "<= 20 ms"),
 ];
+
+/// Benchmark id prefixes that name another project measured as the baseline, paired with
+/// `baton/<case>` like `baseline/<case>` and shown with their name.
+const NAMED_BASELINES: &[&str] = &["dagrs"];
 
 /// Runs `cargo bench -p baton-benches [--bench FILTER]` and prints the figures it produced.
 pub(crate) fn run(root: &Path, filter: Option<&str>) -> Result<()> {
@@ -157,26 +162,33 @@ fn read_json(path: &Path) -> Result<Value> {
     serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
 }
 
+/// A baseline's median, with its name when it is another project (`dagrs`).
+type Baseline<'a> = (f64, Option<&'a str>);
+
 /// The criterion table: one row per case, Baton's median beside the baseline's.
 fn render_estimates(estimates: &[Estimate], targets: &[(&str, &str)]) -> String {
-    let mut cases: BTreeMap<String, (Option<f64>, Option<f64>)> = BTreeMap::new();
+    // Per case: Baton's median, and the baseline's.
+    let mut cases: BTreeMap<String, (Option<f64>, Option<Baseline<'_>>)> = BTreeMap::new();
     for e in estimates {
         // Ids outside the convention count as Baton's own figure, under their whole id.
         let (side, case) = match e.id.split_once('/') {
-            Some((side @ ("baton" | "baseline"), case)) => (side, case),
+            Some((side, case)) if side == "baton" || side == "baseline" || NAMED_BASELINES.contains(&side) => {
+                (side, case)
+            }
             _ => ("baton", e.id.as_str()),
         };
         let key = if case.is_empty() { e.group.clone() } else { format!("{}/{case}", e.group) };
         let entry = cases.entry(key).or_default();
-        if side == "baseline" {
-            entry.1 = Some(e.median_ns);
-        } else {
-            entry.0 = Some(e.median_ns);
+        match side {
+            "baton" => entry.0 = Some(e.median_ns),
+            "baseline" => entry.1 = Some((e.median_ns, None)),
+            name => entry.1 = Some((e.median_ns, Some(name))),
         }
     }
     let rows: Vec<Vec<String>> = cases
         .into_iter()
-        .map(|(case, (baton, baseline))| {
+        .map(|(case, (baton, named_baseline))| {
+            let baseline = named_baseline.map(|(ns, _)| ns);
             let speedup = baton.zip(baseline).filter(|(b, _)| *b > 0.0).map(|(b, base)| base / b);
             let target = targets.iter().find(|(c, _)| *c == case).map(|(_, t)| *t);
             let met = match (target, baton) {
@@ -186,7 +198,11 @@ fn render_estimates(estimates: &[Estimate], targets: &[(&str, &str)]) -> String 
             vec![
                 case,
                 baton.map_or_else(|| "-".to_owned(), format_ns),
-                baseline.map_or_else(|| "-".to_owned(), format_ns),
+                match named_baseline {
+                    None => "-".to_owned(),
+                    Some((ns, None)) => format_ns(ns),
+                    Some((ns, Some(name))) => format!("{name} {}", format_ns(ns)),
+                },
                 speedup.map_or_else(|| "-".to_owned(), |s| format!("{}x", sig3(s))),
                 target.unwrap_or("").to_owned(),
                 result(target.is_some(), met),
@@ -394,6 +410,8 @@ mod tests {
             estimate("registry_find", "baton/1_constraint", 800.0),
             estimate("registry_find", "baseline/1_constraint", 40_000.0),
             estimate("registry_register", "baton/insert_1000_into_100k", 3_210_000.0),
+            estimate("executor_overhead", "dagrs/chain_1000", 10_000_000.0),
+            estimate("executor_overhead", "baton/chain_1000", 2_000_000.0),
             estimate("solo", "", 5.0),
         ];
         let targets =
@@ -401,6 +419,7 @@ mod tests {
         let expected = "\
 case                                     baton (median)  baseline (median)  speed-up  target                result
 ---------------------------------------  --------------  -----------------  --------  --------------------  ------
+executor_overhead/chain_1000                    2.00 ms      dagrs 10.0 ms     5.00x
 registry_find/1_constraint                       800 ns            40.0 µs     50.0x  <= 500 ns             MISSED
 registry_find/4_constraints                     12.5 µs            2.50 ms      200x  <= 20 us and >= 100x  met
 registry_register/insert_1000_into_100k         3.21 ms                  -         -
