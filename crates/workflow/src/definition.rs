@@ -1,0 +1,301 @@
+//! Workflow definitions: parsed from YAML or JSON, checked, and hashed over a canonical form.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt::Write as _;
+
+use baton_core::{ErrorPolicy, StepId, Template, WorkflowDefinition, WorkflowName};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// The most steps a definition may have.
+pub const MAX_STEPS: usize = 10_000;
+/// The largest definition text accepted, in bytes.
+pub const MAX_DEFINITION_BYTES: usize = 1024 * 1024;
+
+/// A definition that passed every check, with its compiled templates, a topological order of
+/// its steps and the hash of its canonical form. Only [`CheckedDefinition::parse`] and
+/// [`CheckedDefinition::check`] make one.
+#[derive(Debug, Clone)]
+pub struct CheckedDefinition {
+    definition: WorkflowDefinition,
+    inputs: Vec<Template>,
+    output: Template,
+    order: Vec<usize>,
+    canonical: Value,
+    content_hash: String,
+}
+
+impl CheckedDefinition {
+    /// Parses `text` (JSON when it starts with `{`, else YAML) and checks it.
+    pub fn parse(text: &str) -> Result<Self> {
+        if text.len() > MAX_DEFINITION_BYTES {
+            return Err(Error::TooLarge { size: text.len(), limit: MAX_DEFINITION_BYTES });
+        }
+        let definition: WorkflowDefinition = if text.trim_start().starts_with('{') {
+            serde_json::from_str(text).map_err(|e| Error::Parse { format: "json", message: e.to_string() })?
+        } else {
+            serde_yaml::from_str(text).map_err(|e| Error::Parse { format: "yaml", message: e.to_string() })?
+        };
+        Self::check(definition)
+    }
+
+    /// Reads a stored body (the canonical JSON form) back and checks it again.
+    pub fn from_body(body: &Value) -> Result<Self> {
+        let definition: WorkflowDefinition = serde_json::from_value(body.clone())
+            .map_err(|e| Error::Parse { format: "json", message: e.to_string() })?;
+        Self::check(definition)
+    }
+
+    /// Checks a definition built in code: step limits, unique ids, known dependencies and
+    /// fallbacks, no cycle, retry policies, and expressions that compile and read only
+    /// upstream steps (the output mapping may read any step).
+    pub fn check(definition: WorkflowDefinition) -> Result<Self> {
+        let steps = &definition.steps;
+        if steps.len() > MAX_STEPS {
+            return Err(Error::TooManySteps { count: steps.len(), limit: MAX_STEPS });
+        }
+        let mut index: HashMap<&StepId, usize> = HashMap::with_capacity(steps.len());
+        for (i, step) in steps.iter().enumerate() {
+            if index.insert(&step.id, i).is_some() {
+                return Err(Error::DuplicateStep(step.id.clone()));
+            }
+        }
+        for step in steps {
+            if let Some(unknown) = step.depends_on.iter().find(|d| !index.contains_key(d)) {
+                return Err(Error::UnknownDependency { step: step.id.clone(), unknown: unknown.clone() });
+            }
+            if let ErrorPolicy::Fallback(fallback) = &step.on_error
+                && (!index.contains_key(fallback) || *fallback == step.id)
+            {
+                return Err(Error::UnknownFallback { step: step.id.clone(), fallback: fallback.clone() });
+            }
+        }
+        for (place, retry) in std::iter::once(("defaults.retry".to_owned(), &definition.defaults.retry))
+            .chain(steps.iter().filter_map(|s| s.retry.as_ref().map(|r| (format!("steps.{}.retry", s.id), r))))
+        {
+            if retry.max_attempts == 0 {
+                return Err(baton_core::Error::invalid(format!("{place}.max_attempts"), 0, "must be at least 1").into());
+            }
+            if !retry.multiplier.is_finite() || retry.multiplier < 1.0 {
+                let reason = "must be a finite number of at least 1";
+                return Err(baton_core::Error::invalid(format!("{place}.multiplier"), retry.multiplier, reason).into());
+            }
+        }
+        let order = topological_order(&definition, &index)?;
+        // Upstream sets in topological order: a step's upstream is its dependencies and theirs.
+        let mut upstream: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); steps.len()];
+        for &i in &order {
+            let mut set = BTreeSet::new();
+            for d in &steps[i].depends_on {
+                let d = index[d];
+                set.insert(d);
+                set.extend(upstream[d].iter().copied());
+            }
+            upstream[i] = set;
+        }
+        let mut inputs = Vec::with_capacity(steps.len());
+        for (i, step) in steps.iter().enumerate() {
+            let place = format!("steps.{}.input", step.id);
+            let template = Template::compile(&place, &step.input)?;
+            for name in template.referenced_steps() {
+                let known = name.parse::<StepId>().ok().and_then(|id| index.get(&id).copied());
+                if !known.is_some_and(|r| upstream[i].contains(&r)) {
+                    return Err(Error::NotUpstream { place, step: name });
+                }
+            }
+            inputs.push(template);
+        }
+        let output = Template::compile("output", &definition.output)?;
+        for name in output.referenced_steps() {
+            if !name.parse::<StepId>().ok().is_some_and(|id| index.contains_key(&id)) {
+                return Err(Error::NotUpstream { place: "output".to_owned(), step: name });
+            }
+        }
+        let canonical = canonical(
+            serde_json::to_value(&definition)
+                .map_err(|e| Error::Parse { format: "json", message: format!("cannot write the definition: {e}") })?,
+        );
+        let bytes = serde_json::to_vec(&canonical)
+            .map_err(|e| Error::Parse { format: "json", message: format!("cannot write the definition: {e}") })?;
+        let mut content_hash = String::from("sha256:");
+        for byte in Sha256::digest(&bytes) {
+            let _ = write!(content_hash, "{byte:02x}");
+        }
+        Ok(Self { definition, inputs, output, order, canonical, content_hash })
+    }
+
+    /// The definition.
+    pub fn definition(&self) -> &WorkflowDefinition {
+        &self.definition
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &WorkflowName {
+        &self.definition.name
+    }
+
+    /// The compiled input template of each step, in the order of `definition().steps`.
+    pub fn inputs(&self) -> &[Template] {
+        &self.inputs
+    }
+
+    /// The compiled output template.
+    pub fn output(&self) -> &Template {
+        &self.output
+    }
+
+    /// Step indexes (into `definition().steps`) in an order where every step comes after its
+    /// dependencies.
+    pub fn order(&self) -> &[usize] {
+        &self.order
+    }
+
+    /// The canonical JSON form: what is stored, and what the hash is over.
+    pub fn canonical(&self) -> &Value {
+        &self.canonical
+    }
+
+    /// `sha256:<hex>` of the canonical form's JSON text.
+    pub fn content_hash(&self) -> &str {
+        &self.content_hash
+    }
+}
+
+/// Kahn's algorithm; when steps are left over, a depth-first walk names one cycle.
+fn topological_order(definition: &WorkflowDefinition, index: &HashMap<&StepId, usize>) -> Result<Vec<usize>> {
+    let steps = &definition.steps;
+    let mut dependents = vec![Vec::new(); steps.len()];
+    let mut indegree = vec![0usize; steps.len()];
+    for (i, step) in steps.iter().enumerate() {
+        let deps: BTreeSet<usize> = step.depends_on.iter().map(|d| index[d]).collect();
+        indegree[i] = deps.len();
+        for d in deps {
+            dependents[d].push(i);
+        }
+    }
+    let mut ready: Vec<usize> = (0..steps.len()).filter(|&i| indegree[i] == 0).rev().collect();
+    let mut order = Vec::with_capacity(steps.len());
+    while let Some(i) = ready.pop() {
+        order.push(i);
+        for &d in &dependents[i] {
+            indegree[d] -= 1;
+            if indegree[d] == 0 {
+                ready.push(d);
+            }
+        }
+    }
+    if order.len() == steps.len() {
+        return Ok(order);
+    }
+    // Every leftover step has a leftover dependency; walking them must revisit one.
+    let start = (0..steps.len()).find(|&i| indegree[i] > 0).expect("a step left over");
+    let mut path = vec![start];
+    let mut on_path = HashMap::from([(start, 0usize)]);
+    let mut at = start;
+    loop {
+        let next =
+            steps[at].depends_on.iter().map(|d| index[d]).find(|&d| indegree[d] > 0).expect("a leftover dependency");
+        if let Some(&from) = on_path.get(&next) {
+            // Written in run order (each step before the ones that depend on it), starting
+            // from the step defined first.
+            let mut members: Vec<usize> = path[from..].iter().rev().copied().collect();
+            let first = (0..members.len()).min_by_key(|&i| members[i]).expect("a cycle has steps");
+            members.rotate_left(first);
+            let mut cycle: Vec<StepId> = members.iter().map(|&i| steps[i].id.clone()).collect();
+            cycle.push(cycle[0].clone());
+            return Err(Error::Cycle(cycle));
+        }
+        on_path.insert(next, path.len());
+        path.push(next);
+        at = next;
+    }
+}
+
+/// Sorts object keys recursively, so equal content has equal text whatever the input order.
+fn canonical(value: Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(String, Value)> = map.into_iter().map(|(k, v)| (k, canonical(v))).collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(entries.into_iter().collect())
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(canonical).collect()),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str, expected: &str) {
+        match CheckedDefinition::parse(text) {
+            Ok(_) => panic!("{text}: accepted, wanted an error containing {expected:?}"),
+            Err(e) => assert!(e.to_string().contains(expected), "{text}: {e} should contain {expected:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_definitions_are_rejected_naming_the_place() {
+        check("name: w\nsteps: []\ncolour: red\n", "unknown field `colour`");
+        check(r#"{"name": "w", "steps": [], "colour": 1}"#, "unknown field `colour`");
+        check("name: w\nsteps:\n  - {id: a, service: s, retries: 3}\n", "unknown field `retries`");
+        check("name: W\nsteps: []\n", r#"invalid workflow "W""#);
+        check("name: w\nsteps:\n  - {id: a, service: s}\n  - {id: a, service: t}\n", r#"step "a" appears twice"#);
+        check("name: w\nsteps:\n  - {id: a, service: s, depends_on: [b]}\n", r#"step "a" depends on unknown step "b""#);
+        check(
+            "name: w\nsteps:\n  - {id: a, service: s, on_error: fallback, fallback: z}\n",
+            r#"step "a" falls back to unknown step "z""#,
+        );
+        check(
+            "name: w\nsteps:\n  - {id: a, service: s, depends_on: [c]}\n  - {id: b, service: s, depends_on: [a]}\n  \
+             - {id: c, service: s, depends_on: [b]}\n  - {id: d, service: s}\n",
+            "steps form a cycle: ",
+        );
+        check("name: w\nsteps:\n  - {id: a, service: s, input: {x: \"${ .input. }\"}}\n", "invalid steps.a.input.x");
+        check(
+            "name: w\nsteps:\n  - {id: a, service: s}\n  - {id: b, service: s, input: \"${ .steps.a.output }\"}\n",
+            r#"steps.b.input refers to step "a", which is not upstream"#,
+        );
+        check("name: w\nsteps:\n  - {id: a, service: s}\noutput: \"${ .steps.zz.output }\"\n", r#"step "zz""#);
+        check(
+            "name: w\nsteps:\n  - {id: a, service: s, timeout: 5 parsecs}\n",
+            r#"steps[0]: invalid duration "5 parsecs""#,
+        );
+        check("name: w\nsteps:\n  - {id: a, service: s, retry: {max_attempts: 0}}\n", "steps.a.retry.max_attempts");
+        check("name: w\nsteps:\n  - {id: a, service: s, retry: {multiplier: 0.5}}\n", "steps.a.retry.multiplier");
+        let big = format!("name: w\ndescription: \"{}\"\nsteps: []\n", "x".repeat(MAX_DEFINITION_BYTES));
+        check(&big, "bytes, the limit is 1048576");
+        let many: String = (0..=MAX_STEPS).map(|i| format!("  - {{id: s{i}, service: s}}\n")).collect();
+        check(&format!("name: w\nsteps:\n{many}"), "10001 steps, the limit is 10000");
+    }
+
+    #[test]
+    fn a_cycle_is_named_step_by_step() {
+        let text = "name: w\nsteps:\n  - {id: a, service: s, depends_on: [c]}\n  - {id: b, service: s, depends_on: [a]}\n  \
+                    - {id: c, service: s, depends_on: [b]}\n  - {id: d, service: s}\n";
+        let Err(Error::Cycle(cycle)) = CheckedDefinition::parse(text) else { panic!("wanted a cycle") };
+        let names: Vec<&str> = cycle.iter().map(StepId::as_str).collect();
+        // b depends on a, c on b, a on c: in run order a -> b -> c -> a; d is not on it.
+        assert_eq!(names, ["a", "b", "c", "a"]);
+    }
+
+    #[test]
+    fn equal_content_hashes_equal_whatever_the_format() {
+        let yaml = "name: w\nsteps:\n  - id: a\n    service: s\n    input: {y: 1, x: 2}\n  \
+                    - {id: b, service: s, depends_on: [a], input: \"${ .steps.a.output }\"}\n";
+        let json = r#"{"steps": [{"service": "s", "id": "a", "input": {"x": 2, "y": 1}},
+                     {"id": "b", "service": "s", "depends_on": ["a"], "input": "${ .steps.a.output }"}], "name": "w"}"#;
+        let a = CheckedDefinition::parse(yaml).unwrap();
+        let b = CheckedDefinition::parse(json).unwrap();
+        assert_eq!(a.content_hash(), b.content_hash());
+        assert!(a.content_hash().starts_with("sha256:") && a.content_hash().len() == 7 + 64);
+        assert_eq!(a.order(), [0, 1]);
+        let again = CheckedDefinition::from_body(a.canonical()).unwrap();
+        assert_eq!(again.content_hash(), a.content_hash());
+        let changed = CheckedDefinition::parse(&yaml.replace("x: 2", "x: 3")).unwrap();
+        assert_ne!(changed.content_hash(), a.content_hash());
+    }
+}

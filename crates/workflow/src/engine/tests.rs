@@ -1,0 +1,364 @@
+use std::time::Duration;
+
+use baton_core::{ExecutionFilter, ExecutionState, IdempotencyKey, Order, PageRequest, TaskState, WorkflowName};
+use baton_store::MemoryStore;
+use futures_util::StreamExt;
+use serde_json::json;
+
+use super::*;
+use crate::FakeRunner;
+
+const CHAIN: &str = r#"
+name: chain
+steps:
+  - {id: a, service: s, input: "${ .input.n }"}
+  - {id: b, service: s, depends_on: [a], input: "${ .steps.a.output.input + 1 }"}
+  - {id: c, service: s, depends_on: [b], input: "${ .steps.b.output.input + 1 }"}
+output: "${ .steps.c.output.input }"
+"#;
+
+type TestEngine = Engine<MemoryStore, FakeRunner>;
+
+async fn engine(store: &MemoryStore, runner: &FakeRunner, config: Config) -> TestEngine {
+    let engine = Engine::open(config, store.clone(), runner.clone()).await.unwrap();
+    engine.apply(CHAIN).await.unwrap();
+    engine
+}
+
+fn chain() -> WorkflowName {
+    WorkflowName::new("chain").unwrap()
+}
+
+/// Collects the events of `id` from `from` until `stop` says so or the stream ends, within a
+/// deadline.
+async fn events_until(engine: &TestEngine, id: ExecutionId, from: u64, stop: impl Fn(&[Event]) -> bool) -> Vec<Event> {
+    let mut stream = Box::pin(engine.watch(id, from).await.unwrap());
+    let mut seen = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(event) = stream.next().await {
+            seen.push(event.unwrap());
+            if stop(&seen) {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("events in time");
+    seen
+}
+
+async fn finish(engine: &TestEngine, id: ExecutionId) -> Execution {
+    events_until(engine, id, 0, |_| false).await;
+    engine.get(id).await.unwrap()
+}
+
+fn succeeded(events: &[Event]) -> usize {
+    events.iter().filter(|e| matches!(e.kind, EventKind::TaskSucceeded { .. })).count()
+}
+
+fn kinds(events: &[Event]) -> Vec<&'static str> {
+    events
+        .iter()
+        .map(|e| match e.kind {
+            EventKind::Started { .. } => "started",
+            EventKind::TaskScheduled { .. } => "scheduled",
+            EventKind::TaskSucceeded { .. } => "succeeded",
+            EventKind::TaskFailed { .. } => "failed_task",
+            EventKind::TaskSkipped { .. } => "skipped",
+            EventKind::Paused => "paused",
+            EventKind::Resumed => "resumed",
+            EventKind::Cancelled { .. } => "cancelled",
+            EventKind::Completed { .. } => "completed",
+            EventKind::Failed { .. } => "failed",
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn apply_versions_only_changed_content() {
+    let store = MemoryStore::default();
+    let engine = Engine::open(Config::default(), store.clone(), FakeRunner::free()).await.unwrap();
+    let first = engine.apply(CHAIN).await.unwrap();
+    assert_eq!((first.version, first.created), (1, true));
+    let again = engine.apply(CHAIN).await.unwrap();
+    assert_eq!((again.version, again.created), (1, false));
+    // The same content as JSON, keys in another order, is the same version.
+    let json = r#"{"steps": [{"service": "s", "id": "a", "input": "${ .input.n }"},
+        {"input": "${ .steps.a.output.input + 1 }", "id": "b", "service": "s", "depends_on": ["a"]},
+        {"id": "c", "service": "s", "depends_on": ["b"], "input": "${ .steps.b.output.input + 1 }"}],
+        "output": "${ .steps.c.output.input }", "name": "chain"}"#;
+    assert_eq!(engine.apply(json).await.unwrap(), Applied { name: chain(), version: 1, created: false });
+    let changed =
+        engine.apply(&CHAIN.replace("service: s, depends_on: [a]", "service: t, depends_on: [a]")).await.unwrap();
+    assert_eq!((changed.version, changed.created), (2, true));
+    let (version, latest) = engine.definition(&chain(), None).await.unwrap();
+    assert_eq!(version, 2);
+    assert!(
+        matches!(&latest.definition().steps[1].target, baton_core::StepTarget::Service { id, .. } if id.as_str() == "t")
+    );
+    // Executions pin the version they start with.
+    let pinned = engine.start(&chain(), Some(1), json!({"n": 1}), None).await.unwrap();
+    assert_eq!(engine.get(pinned).await.unwrap().version, 1);
+    let latest = engine.start(&chain(), None, json!({"n": 1}), None).await.unwrap();
+    assert_eq!(engine.get(latest).await.unwrap().version, 2);
+    let missing = engine.start(&chain(), Some(9), json!({}), None).await.unwrap_err();
+    assert_eq!(missing.to_string(), r#"definition "chain" version 9 not found"#);
+    // A refused definition stores nothing.
+    let err = engine.apply("name: other\nsteps:\n  - {id: a, service: s, depends_on: [a]}\n").await.unwrap_err();
+    assert_eq!(err.to_string(), "steps form a cycle: a -> a");
+    let names: Vec<String> = engine.definitions().await.unwrap().into_iter().map(|d| d.name.to_string()).collect();
+    assert_eq!(names, ["chain"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execution_pauses_resumes_and_completes_with_legal_transitions_only() {
+    let (store, runner) = (MemoryStore::default(), FakeRunner::gated());
+    let engine = engine(&store, &runner, Config::default()).await;
+    let id = engine.start(&chain(), None, json!({"n": 1}), None).await.unwrap();
+    assert_eq!(engine.get(id).await.unwrap().state, ExecutionState::Running);
+    runner.release(1);
+    events_until(&engine, id, 0, |e| succeeded(e) == 1).await;
+    engine.pause(id).await.unwrap();
+    assert_eq!(engine.get(id).await.unwrap().state, ExecutionState::Paused);
+    let err = engine.pause(id).await.unwrap_err();
+    assert_eq!(
+        err,
+        Error::InvalidTransition { execution: id, from: ExecutionState::Paused, to: ExecutionState::Paused }
+    );
+    // Paused: released permits are not used.
+    runner.release(2);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(runner.dispatched().len(), 1, "a paused run dispatches nothing");
+    engine.resume(id).await.unwrap();
+    let err = engine.resume(id).await;
+    assert!(matches!(err, Ok(()) | Err(Error::InvalidTransition { .. })), "{err:?}");
+    let execution = finish(&engine, id).await;
+    assert_eq!(execution.state, ExecutionState::Completed);
+    assert_eq!(execution.output, Some(json!(3)));
+    assert!(execution.tasks.values().all(|t| t.state == TaskState::Succeeded && t.attempts == 1), "{execution:?}");
+    let journal = store.read_journal(id, 1).await.unwrap();
+    assert_eq!(
+        kinds(&journal),
+        [
+            "started",
+            "scheduled",
+            "succeeded",
+            "paused",
+            "resumed",
+            "scheduled",
+            "succeeded",
+            "scheduled",
+            "succeeded",
+            "completed"
+        ]
+    );
+    assert!(journal.iter().enumerate().all(|(i, e)| e.sequence == i as u64 + 1));
+    for (call, to) in
+        [("pause", ExecutionState::Paused), ("resume", ExecutionState::Running), ("cancel", ExecutionState::Cancelled)]
+    {
+        let result = match call {
+            "pause" => engine.pause(id).await,
+            "resume" => engine.resume(id).await,
+            _ => engine.cancel(id, "late").await,
+        };
+        assert_eq!(
+            result.unwrap_err(),
+            Error::InvalidTransition { execution: id, from: ExecutionState::Completed, to }
+        );
+    }
+    let unknown = ExecutionId::generate();
+    assert!(matches!(engine.pause(unknown).await, Err(Error::Store(baton_core::StoreError::NotFound(_)))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_a_paused_execution() {
+    let (store, runner) = (MemoryStore::default(), FakeRunner::gated());
+    let engine = engine(&store, &runner, Config::default()).await;
+    let id = engine.start(&chain(), None, json!({"n": 1}), None).await.unwrap();
+    engine.pause(id).await.unwrap();
+    engine.cancel(id, "not needed").await.unwrap();
+    let execution = engine.get(id).await.unwrap();
+    assert_eq!((execution.state, execution.error.as_deref()), (ExecutionState::Cancelled, Some("not needed")));
+    runner.release(3);
+    let journal = events_until(&engine, id, 0, |_| false).await;
+    assert_eq!(kinds(&journal).last(), Some(&"cancelled"));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(runner.dispatched().is_empty(), "a cancelled run dispatches nothing");
+    assert_eq!(store.read_journal(id, 1).await.unwrap().len(), journal.len(), "nothing journaled after the end");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_starts_with_one_key_make_one_execution() {
+    let (store, runner) = (MemoryStore::default(), FakeRunner::free());
+    let engine = engine(&store, &runner, Config::default()).await;
+    let key = IdempotencyKey::new("order-7").unwrap();
+    let starts: Vec<_> = (0..100)
+        .map(|n| {
+            let (engine, key) = (engine.clone(), key.clone());
+            tokio::spawn(async move { engine.start(&chain(), None, json!({"n": n}), Some(key)).await.unwrap() })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for start in starts {
+        ids.push(start.await.unwrap());
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    finish(&engine, ids[0]).await;
+    let page = engine.list(&ExecutionFilter::default(), &PageRequest::default()).await.unwrap();
+    assert_eq!(page.executions.len(), 1);
+    let runs: std::collections::BTreeSet<_> = runner.dispatched().into_iter().map(|(e, _)| e).collect();
+    assert_eq!(runs.len(), 1, "one run");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_filters_and_pages() {
+    let (store, runner) = (MemoryStore::default(), FakeRunner::free());
+    let engine = engine(&store, &runner, Config::default()).await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let id = engine.start(&chain(), None, json!({"n": n}), None).await.unwrap();
+        finish(&engine, id).await;
+        ids.push(id);
+    }
+    let filter = ExecutionFilter { state: Some(ExecutionState::Completed), ..ExecutionFilter::default() };
+    let mut page = PageRequest { limit: 2, order: Order::OldestFirst, token: None };
+    let mut listed = Vec::new();
+    loop {
+        let got = engine.list(&filter, &page).await.unwrap();
+        assert!(got.executions.len() <= 2);
+        listed.extend(got.executions.iter().map(|e| e.id));
+        match got.next {
+            Some(token) => page.token = Some(token),
+            None => break,
+        }
+    }
+    assert_eq!(listed, ids);
+    let running = ExecutionFilter { state: Some(ExecutionState::Running), ..ExecutionFilter::default() };
+    assert!(engine.list(&running, &PageRequest::default()).await.unwrap().executions.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_get_the_journal_then_live_events() {
+    let (store, runner) = (MemoryStore::default(), FakeRunner::gated());
+    let engine = engine(&store, &runner, Config::default()).await;
+    let id = engine.start(&chain(), None, json!({"n": 1}), None).await.unwrap();
+    runner.release(1);
+    let early = events_until(&engine, id, 0, |e| succeeded(e) == 1).await;
+    assert_eq!(kinds(&early), ["started", "scheduled", "succeeded"]);
+    let from_zero = tokio::spawn({
+        let engine = engine.clone();
+        async move { events_until(&engine, id, 0, |_| false).await }
+    });
+    let from_three = tokio::spawn({
+        let engine = engine.clone();
+        async move { events_until(&engine, id, 3, |_| false).await }
+    });
+    runner.release(2);
+    let all = from_zero.await.unwrap();
+    assert_eq!(all, store.read_journal(id, 1).await.unwrap());
+    assert_eq!(kinds(&all).last(), Some(&"completed"));
+    assert_eq!(from_three.await.unwrap(), all[2..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_output_fails_its_step() {
+    let (store, runner) = (MemoryStore::default(), FakeRunner::free());
+    runner.set_output(&StepId::new("b").unwrap(), json!("x".repeat(200)));
+    let engine = engine(&store, &runner, Config { max_output_bytes: 100, ..Config::default() }).await;
+    let id = engine.start(&chain(), None, json!({"n": 1}), None).await.unwrap();
+    let execution = finish(&engine, id).await;
+    assert_eq!(execution.state, ExecutionState::Failed);
+    let error = execution.error.unwrap();
+    assert_eq!(error, r#"step "b" failed: output of step "b" is 202 bytes, the limit is 100"#);
+    assert_eq!(execution.tasks[&StepId::new("b").unwrap()].state, TaskState::Failed);
+    let journal = store.read_journal(id, 1).await.unwrap();
+    assert_eq!(kinds(&journal), ["started", "scheduled", "succeeded", "scheduled", "failed_task", "failed"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_resumes_running_keeps_paused_and_fails_corrupt() {
+    let (store, stuck) = (MemoryStore::default(), FakeRunner::gated());
+    let first = engine(&store, &stuck, Config::default()).await;
+    let running = first.start(&chain(), None, json!({"n": 10}), None).await.unwrap();
+    stuck.release(1);
+    events_until(&first, running, 0, |e| succeeded(e) == 1).await;
+    let paused = first.start(&chain(), None, json!({"n": 20}), None).await.unwrap();
+    first.pause(paused).await.unwrap();
+    let corrupt = first.start(&chain(), None, json!({"n": 30}), None).await.unwrap();
+    let finished = first.start(&chain(), None, json!({"n": 40}), None).await.unwrap();
+    events_until(&first, finished, 0, |e| !e.is_empty()).await;
+    first.pause(corrupt).await.unwrap();
+    first.resume(corrupt).await.unwrap();
+    // A crash after the terminal event was journaled but before the record said so.
+    store
+        .append(vec![Event {
+            execution: finished,
+            sequence: 2,
+            at: baton_core::SystemClock.now(),
+            kind: EventKind::Cancelled { reason: "crash test".to_owned() },
+        }])
+        .await
+        .unwrap();
+    assert!(store.remove_event(corrupt, 2));
+    // The first engine's runs stay stuck (no permits), like a crashed process's.
+    let runner = FakeRunner::free();
+    let second = Engine::open(Config::default(), store.clone(), runner.clone()).await.unwrap();
+    let recovery = second.recovery();
+    assert_eq!(recovery.resumed, [running]);
+    assert_eq!(recovery.paused, [paused]);
+    assert_eq!(recovery.finished, [finished]);
+    assert_eq!(recovery.failed.len(), 1);
+    assert_eq!(recovery.failed[0].0, corrupt);
+    let execution = second.get(corrupt).await.unwrap();
+    assert_eq!(execution.state, ExecutionState::Failed);
+    assert!(execution.error.as_deref().unwrap().starts_with("recovery failed: corrupt journal"), "{execution:?}");
+    assert_eq!(second.get(finished).await.unwrap().state, ExecutionState::Cancelled);
+    let mut watch = Box::pin(second.watch(corrupt, 0).await.unwrap());
+    let first_item = watch.next().await.unwrap();
+    assert!(matches!(first_item, Err(Error::Store(baton_core::StoreError::Corrupt { .. }))), "{first_item:?}");
+    assert!(watch.next().await.is_none());
+
+    let execution = finish(&second, running).await;
+    assert_eq!((execution.state, execution.output), (ExecutionState::Completed, Some(json!(12))));
+    let steps: Vec<String> =
+        runner.dispatched().iter().filter(|(e, _)| *e == running).map(|(_, s)| s.to_string()).collect();
+    assert_eq!(steps, ["b", "c"], "the completed step is not run again");
+    let journal = store.read_journal(running, 1).await.unwrap();
+    assert_eq!(kinds(&journal).iter().filter(|k| **k == "started").count(), 1);
+
+    assert_eq!(second.get(paused).await.unwrap().state, ExecutionState::Paused);
+    assert!(!runner.dispatched().iter().any(|(e, _)| *e == paused), "paused stays paused");
+    second.resume(paused).await.unwrap();
+    let execution = finish(&second, paused).await;
+    assert_eq!((execution.state, execution.output), (ExecutionState::Completed, Some(json!(22))));
+}
+
+/// A runner that cannot run anything.
+#[derive(Debug)]
+struct Refusing;
+
+impl Runner for Refusing {
+    type Handle = crate::FakeHandle;
+
+    fn start(&self, _: RunRequest, _: Arc<dyn EventSink<Event>>) -> Result<crate::FakeHandle, String> {
+        Err("no capacity".to_owned())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_that_refuses_fails_the_execution() {
+    let store = MemoryStore::default();
+    let engine = Engine::open(Config::default(), store.clone(), Refusing).await.unwrap();
+    engine.apply(CHAIN).await.unwrap();
+    let id = engine.start(&chain(), None, json!({"n": 1}), None).await.unwrap();
+    let mut events = Box::pin(engine.watch(id, 0).await.unwrap());
+    let mut seen = Vec::new();
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(10), events.next()).await.unwrap() {
+        seen.push(event.unwrap());
+    }
+    assert_eq!(kinds(&seen), ["started", "failed"]);
+    let execution = engine.get(id).await.unwrap();
+    assert_eq!(execution.state, ExecutionState::Failed);
+    assert_eq!(execution.error, Some(format!("runner cannot start execution {id}: no capacity")));
+}

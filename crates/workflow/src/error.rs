@@ -1,0 +1,94 @@
+//! The errors of the workflow engine.
+
+use baton_core::{ExecutionId, ExecutionState, StepId, StoreError};
+
+/// A `Result` whose error is [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a definition was refused or an engine call failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The text is not a definition: bad syntax, an unknown field, a bad name or duration.
+    #[error("definition does not parse as {format}: {message}")]
+    Parse {
+        /// `json` or `yaml`.
+        format: &'static str,
+        /// The parser's message, with the place it names.
+        message: String,
+    },
+    /// The text is over the size limit.
+    #[error("definition is {size} bytes, the limit is {limit}")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The definition has too many steps.
+    #[error("definition has {count} steps, the limit is {limit}")]
+    TooManySteps {
+        /// Its steps.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Two steps share an id.
+    #[error("step {0:?} appears twice")]
+    DuplicateStep(StepId),
+    /// A step depends on a step that does not exist.
+    #[error("step {step:?} depends on unknown step {unknown:?}")]
+    UnknownDependency {
+        /// The step.
+        step: StepId,
+        /// The missing dependency.
+        unknown: StepId,
+    },
+    /// A step falls back to a step that does not exist (or to itself).
+    #[error("step {step:?} falls back to unknown step {fallback:?}")]
+    UnknownFallback {
+        /// The step.
+        step: StepId,
+        /// The fallback named.
+        fallback: StepId,
+    },
+    /// The dependencies loop; the steps of one cycle, the first repeated at the end.
+    #[error("steps form a cycle: {}", .0.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" -> "))]
+    Cycle(Vec<StepId>),
+    /// An expression reads a step that does not run before it.
+    #[error("{place} refers to step {step:?}, which is not upstream")]
+    NotUpstream {
+        /// The mapping, e.g. `steps.charge.input`.
+        place: String,
+        /// The step it reads.
+        step: String,
+    },
+    /// A value breaks a rule of the domain model (an expression that does not compile, a retry
+    /// policy, an idempotency key).
+    #[error(transparent)]
+    Invalid(#[from] baton_core::Error),
+    /// The execution is not in a state the call can move it from.
+    #[error("execution {execution} cannot go from {from} to {to}")]
+    InvalidTransition {
+        /// The execution.
+        execution: ExecutionId,
+        /// Where it is.
+        from: ExecutionState,
+        /// Where the call wanted it.
+        to: ExecutionState,
+    },
+    /// The runner refused to start a run.
+    #[error("runner cannot start execution {execution}: {reason}")]
+    Runner {
+        /// The execution.
+        execution: ExecutionId,
+        /// Why.
+        reason: String,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The engine is shutting down.
+    #[error("the workflow engine stopped")]
+    Stopped,
+}
