@@ -273,6 +273,15 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_is_valid() {
+        let text = include_str!("../../../examples/workflows/checkout.yaml");
+        let checked = CheckedDefinition::parse(text).expect("examples/workflows/checkout.yaml is valid");
+        assert_eq!(checked.name().as_str(), "checkout");
+        assert_eq!(checked.definition().steps.len(), 4);
+        check(&text.replace("    fallback: charge-later\n", ""), "fallback");
+    }
+
+    #[test]
     fn a_cycle_is_named_step_by_step() {
         let text = "name: w\nsteps:\n  - {id: a, service: s, depends_on: [c]}\n  - {id: b, service: s, depends_on: [a]}\n  \
                     - {id: c, service: s, depends_on: [b]}\n  - {id: d, service: s}\n";
