@@ -56,14 +56,16 @@ pub(crate) fn run(root: &Path, filter: Option<&str>) -> Result<()> {
     // The slack covers file systems with coarse timestamps.
     let since = SystemTime::now() - Duration::from_secs(2);
 
+    let criterion_dir = criterion_dir(root)?;
     let mut cmd = crate::cargo(root);
     cmd.args(["bench", "-p", "baton-benches"]);
+    // Criterion writes under the bench's working directory (benches/) unless told where.
+    cmd.env("CRITERION_HOME", &criterion_dir);
     if let Some(name) = filter {
         cmd.args(["--bench", name]);
     }
     crate::run(&mut cmd)?;
 
-    let criterion_dir = criterion_dir(root)?;
     let estimates = collect(&criterion_dir, since)?;
     println!();
     if estimates.is_empty() {
