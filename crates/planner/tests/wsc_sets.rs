@@ -101,40 +101,6 @@ fn minimum_response_time(problem: &WscProblem) -> f64 {
 }
 
 #[test]
-fn the_loaders_read_every_set_whole() {
-    let sets = [
-        ("wsc08/TESTSET/Set01MetaData", 158, 1540),
-        ("wsc08/TESTSET/Set02MetaData", 558, 1565),
-        ("wsc08/TESTSET/Set03MetaData", 604, 3089),
-        ("wsc08/TESTSET/Set04MetaData", 1041, 3135),
-        ("wsc08/TESTSET/Set05MetaData", 1090, 3067),
-        ("wsc08/TESTSET/Set06MetaData", 2198, 12468),
-        ("wsc08/TESTSET/Set07MetaData", 4113, 3075),
-        ("wsc08/TESTSET/Set08MetaData", 8119, 12337),
-        ("wsc09/Testset01", 572, 1578),
-        ("wsc09/Testset02", 4129, 12388),
-        ("wsc09/example-wsla", 53, 310),
-    ];
-    for (dir, services, concepts) in sets {
-        let problem = wsc::load_dir(&common::repo_data(dir)).unwrap_or_else(|e| panic!("{dir}: {e}"));
-        assert_eq!((problem.services.len(), problem.taxonomy.len()), (services, concepts), "{dir}");
-        assert!(!problem.goal.provided.is_empty() && !problem.goal.wanted.is_empty(), "{dir}");
-    }
-    // The WSC'08 sets with the synthetic QoS attributes of vuw-qos.
-    let set = common::repo_data("wsc08/TESTSET/Set01MetaData");
-    let with_qos = wsc::load_xml(
-        &common::repo_data("wsc08/vuw-qos/Set01MetaData/services-output.xml"),
-        &set.join("taxonomy.xml"),
-        &set.join("problem.xml"),
-    )
-    .unwrap();
-    assert!(with_qos.services.iter().all(|s| s.qos().latency_p50_ms > 0.0));
-    // The WSLA form carries throughput (invocations per minute, read per second).
-    let wsla = wsc::load_dir(&common::repo_data("wsc09/example-wsla")).unwrap();
-    assert!(wsla.services.iter().all(|s| s.qos().throughput_rps > 0.0 && s.qos().latency_p50_ms > 0.0));
-}
-
-#[test]
 fn wsc09_sets_reach_the_minimum_response_time() {
     for set in ["Testset01", "Testset02", "example-wsla"] {
         let problem = wsc::load_dir(&common::repo_data(&format!("wsc09/{set}"))).unwrap();

@@ -456,18 +456,7 @@ pub async fn concurrent_appenders<H: Harness>(h: &H) {
     for i in 0..writers {
         ids.push(create(&store, execution("load", at(i))).await.id);
     }
-    let mut tasks = Vec::new();
-    for id in ids.iter().copied() {
-        let store = store.clone();
-        tasks.push(tokio::spawn(async move {
-            for sequence in 1..=per_writer {
-                store.append(vec![event(id, sequence)]).await.unwrap();
-            }
-        }));
-    }
-    for task in tasks {
-        task.await.unwrap();
-    }
+    append_concurrently(&store, &ids, per_writer).await;
     for id in &ids {
         assert_eq!(store.read_journal(*id, 1).await.unwrap(), events(*id, 1..=per_writer));
     }
