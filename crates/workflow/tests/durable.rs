@@ -1,11 +1,11 @@
 //! The engine over the real store and executor: 200 executions of a 5-step workflow, the
 //! engine aborted mid-run (its tokio runtime dropped without a shutdown), then reopened on the
-//! same redb file. Every execution completes, none is lost, and every step's effect happens
+//! same redb file, or the same PostgreSQL database. Every execution completes, none is lost, and every step's effect happens
 //! once per (execution, step) idempotency key; a step completed before the crash is not
 //! called again.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::path::Path;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,7 +14,8 @@ use baton_core::{
     StepTarget, Store, SystemClock, WorkflowName,
 };
 use baton_executor::{Call, Executor, InProcessInvoker, RunSpec, TaskSpec};
-use baton_store::RedbStore;
+use baton_store::testing::PgCluster;
+use baton_store::{PostgresStore, RedbStore};
 use baton_workflow::{Config, Engine, Outcome, RunHandle, RunRequest, Runner};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -154,7 +155,7 @@ fn key(i: usize) -> Option<IdempotencyKey> {
     Some(IdempotencyKey::new(&format!("run-{i}")).unwrap())
 }
 
-async fn start_all(engine: &Engine<RedbStore, ExecutorRunner>) -> Vec<ExecutionId> {
+async fn start_all<S: Store>(engine: &Engine<S, ExecutorRunner>) -> Vec<ExecutionId> {
     let name = WorkflowName::new("five").unwrap();
     let mut ids = Vec::with_capacity(EXECUTIONS);
     for i in 0..EXECUTIONS {
@@ -164,7 +165,7 @@ async fn start_all(engine: &Engine<RedbStore, ExecutorRunner>) -> Vec<ExecutionI
 }
 
 /// The steps whose success the journal holds, per execution.
-async fn completed_steps(store: &RedbStore, ids: &[ExecutionId]) -> BTreeMap<ExecutionId, BTreeSet<String>> {
+async fn completed_steps<S: Store>(store: &S, ids: &[ExecutionId]) -> BTreeMap<ExecutionId, BTreeSet<String>> {
     let mut done = BTreeMap::new();
     for &id in ids {
         let journal = store.read_journal(id, 1).await.unwrap();
@@ -177,10 +178,15 @@ async fn completed_steps(store: &RedbStore, ids: &[ExecutionId]) -> BTreeMap<Exe
     done
 }
 
-fn crash_mid_run(dir: &Path, ledger: &Arc<Mutex<Ledger>>) -> Vec<ExecutionId> {
+fn crash_mid_run<S, F, Fut>(open: &F, ledger: &Arc<Mutex<Ledger>>) -> Vec<ExecutionId>
+where
+    S: Store + Clone,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
     let rt = runtime();
     let ids = rt.block_on(async {
-        let store = RedbStore::open(dir).await.unwrap();
+        let store = open().await;
         let engine = Engine::open(Config::default(), store, runner(ledger)).await.unwrap();
         engine.apply(WORKFLOW).await.unwrap();
         let ids = start_all(&engine).await;
@@ -198,15 +204,33 @@ fn crash_mid_run(dir: &Path, ledger: &Arc<Mutex<Ledger>>) -> Vec<ExecutionId> {
 }
 
 #[test]
-fn executions_survive_an_engine_crash_and_run_each_step_once() {
+fn executions_survive_an_engine_crash_and_run_each_step_once_on_redb() {
     let dir = tempfile::tempdir().unwrap();
+    survive_a_crash(&|| async { RedbStore::open(dir.path()).await.unwrap() });
+}
+
+#[test]
+fn executions_survive_an_engine_crash_and_run_each_step_once_on_postgres() {
+    let cluster = PgCluster::start();
+    let url = runtime().block_on(cluster.create_database());
+    let config = baton_store::postgres::Config::new(url);
+    survive_a_crash(&|| async { PostgresStore::connect(&config).await.unwrap() });
+}
+
+/// Crashes the engine mid-run over the store `open` gives, reopens it, and checks the outcome.
+fn survive_a_crash<S, F, Fut>(open: &F)
+where
+    S: Store + Clone,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
     let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let ids = crash_mid_run(dir.path(), &ledger);
+    let ids = crash_mid_run(open, &ledger);
     assert_eq!(ids.iter().collect::<HashSet<_>>().len(), EXECUTIONS);
 
     let rt = runtime();
     rt.block_on(async {
-        let store = RedbStore::open(dir.path()).await.unwrap();
+        let store = open().await;
         let before = completed_steps(&store, &ids).await;
         let completed_before: usize = before.values().map(BTreeSet::len).sum();
         assert!(
