@@ -184,6 +184,7 @@ impl<S: Store, R: Runner> Engine<S, R> {
         input: Value,
         idempotency_key: Option<IdempotencyKey>,
     ) -> Result<ExecutionId> {
+        let version_requested = version;
         let (version, definition) = self.definition(name, version).await?;
         let now = self.inner.config.clock.now();
         let execution = Execution {
@@ -198,9 +199,18 @@ impl<S: Store, R: Runner> Engine<S, R> {
             created_at: now,
             updated_at: now,
         };
+        // A repeated start must be the same request: a key reused for another one is a
+        // caller's bug that would otherwise pass silently (as Stripe's idempotency keys refuse).
+        let requested = idempotency_key.as_ref().map(|key| (key.clone(), execution.input.clone()));
         let created = self.inner.store.create_execution(execution, idempotency_key).await?;
         let mut execution = created.execution;
         if !created.created {
+            if let Some((key, input)) = requested {
+                let same_version = version_requested.is_none_or(|v| v == execution.version);
+                if execution.workflow != *name || execution.input != input || !same_version {
+                    return Err(Error::IdempotencyConflict { key, execution: execution.id });
+                }
+            }
             return Ok(execution.id);
         }
         execution.state = ExecutionState::Running;

@@ -91,4 +91,12 @@ pub enum Error {
     /// The engine is shutting down.
     #[error("the workflow engine stopped")]
     Stopped,
+    /// An idempotency key already started an execution of another workflow, version or input.
+    #[error("idempotency key {key:?} already started execution {execution} with a different request")]
+    IdempotencyConflict {
+        /// The key.
+        key: baton_core::IdempotencyKey,
+        /// The execution it started.
+        execution: baton_core::ExecutionId,
+    },
 }

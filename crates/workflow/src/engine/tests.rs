@@ -192,10 +192,11 @@ async fn racing_starts_with_one_key_make_one_execution() {
     let (store, runner) = (MemoryStore::default(), FakeRunner::free());
     let engine = engine(&store, &runner, Config::default()).await;
     let key = IdempotencyKey::new("order-7").unwrap();
+    // The same request 100 times at once, as a client retrying over a flaky network would.
     let starts: Vec<_> = (0..100)
-        .map(|n| {
+        .map(|_| {
             let (engine, key) = (engine.clone(), key.clone());
-            tokio::spawn(async move { engine.start(&chain(), None, json!({"n": n}), Some(key)).await.unwrap() })
+            tokio::spawn(async move { engine.start(&chain(), None, json!({"n": 7}), Some(key)).await.unwrap() })
         })
         .collect();
     let mut ids = Vec::new();
@@ -209,6 +210,20 @@ async fn racing_starts_with_one_key_make_one_execution() {
     assert_eq!(page.executions.len(), 1);
     let runs: std::collections::BTreeSet<_> = runner.dispatched().into_iter().map(|(e, _)| e).collect();
     assert_eq!(runs.len(), 1, "one run");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_reused_for_another_request_is_refused() {
+    let (store, runner) = (MemoryStore::default(), FakeRunner::free());
+    let engine = engine(&store, &runner, Config::default()).await;
+    let key = IdempotencyKey::new("order-8").unwrap();
+    let id = engine.start(&chain(), None, json!({"n": 1}), Some(key.clone())).await.unwrap();
+    assert_eq!(engine.start(&chain(), None, json!({"n": 1}), Some(key.clone())).await.unwrap(), id);
+    match engine.start(&chain(), None, json!({"n": 2}), Some(key.clone())).await {
+        Err(Error::IdempotencyConflict { key: k, execution }) => assert_eq!((k, execution), (key, id)),
+        other => panic!("wanted an idempotency conflict, got {other:?}"),
+    }
+    finish(&engine, id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
