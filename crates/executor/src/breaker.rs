@@ -5,11 +5,11 @@
 //! through; its success closes the breaker, its failure opens it again.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use baton_core::ServiceId;
+use parking_lot::{Mutex, MutexGuard};
 use tokio::time::Instant;
 
 /// The state of one breaker, as callers see it.
@@ -72,8 +72,8 @@ impl Breakers {
         Self { threshold: threshold.max(1), cool_down, states: Mutex::default(), tracked: AtomicUsize::new(0) }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ServiceId, State>> {
-        self.states.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, HashMap<ServiceId, State>> {
+        self.states.lock()
     }
 
     /// Asks to call `service` now: true when its breaker lets the call through (a half-open

@@ -111,7 +111,7 @@ pub enum Step {
 #[cfg(any(test, feature = "test-util"))]
 #[derive(Debug, Clone, Default)]
 pub struct ScriptedInvoker {
-    state: Arc<std::sync::Mutex<ScriptState>>,
+    state: Arc<parking_lot::Mutex<ScriptState>>,
 }
 
 #[cfg(any(test, feature = "test-util"))]
@@ -134,8 +134,8 @@ impl ScriptedInvoker {
         self.lock().calls.clone()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, ScriptState> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> parking_lot::MutexGuard<'_, ScriptState> {
+        self.state.lock()
     }
 }
 

@@ -11,6 +11,7 @@ use baton_core::{
 };
 use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use parking_lot::Mutex;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Map, Value};
@@ -421,20 +422,6 @@ impl<I> Shared<I> {
         let cap = retry.initial_backoff.as_secs_f64() * retry.multiplier.max(1.0).powi(attempt as i32 - 1);
         let cap = cap.min(retry.max_backoff.as_secs_f64());
         Duration::from_secs_f64(self.jitter.lock().random_range(0.0..=cap.max(0.0)))
-    }
-}
-
-/// A poison-free mutex: no lock here is held across code that can panic half-way.
-#[derive(Debug, Default)]
-struct Mutex<T>(std::sync::Mutex<T>);
-
-impl<T> Mutex<T> {
-    fn new(value: T) -> Self {
-        Self(std::sync::Mutex::new(value))
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, T> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

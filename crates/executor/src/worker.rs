@@ -14,10 +14,11 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::num::ParseIntError;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use baton_core::{ExecutionId, ServiceId};
+use parking_lot::{Mutex, MutexGuard};
 use serde_json::Value;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
@@ -204,10 +205,8 @@ struct Inner {
 }
 
 impl Inner {
-    /// The state; no code holding the lock can leave it half-updated by a panic except a
-    /// broken invariant, so a poisoned lock is taken as is.
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.lock()
     }
 }
 
