@@ -3,6 +3,8 @@
 
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -52,6 +54,65 @@ pub trait HealthProbe: Send + Sync + 'static {
 pub trait EventSink<E>: Send + Sync + 'static {
     /// Hands over one event.
     fn publish(&self, event: E);
+
+    /// Hands over an event whose effects must wait until the sink has kept it (a durable
+    /// journal acknowledges after its write is on disk): the producer awaits the answer
+    /// before acting on the event, and treats a refusal as a failure with the sink's reason.
+    /// By default the event is published and kept at once.
+    fn record(&self, event: E) -> Recorded {
+        self.publish(event);
+        Recorded::kept()
+    }
+}
+
+/// The sink's answer to [`EventSink::record`]: resolves to `Ok` once the event is kept, or to
+/// `Err` with why it was refused. Answers known at once cost no allocation.
+#[must_use = "the event's effects must wait for this answer"]
+pub struct Recorded(RecordedState);
+
+enum RecordedState {
+    Ready(Option<Result<(), String>>),
+    Pending(Pin<Box<dyn Future<Output = Result<(), String>> + Send>>),
+}
+
+impl Recorded {
+    /// Kept already.
+    pub fn kept() -> Self {
+        Self(RecordedState::Ready(Some(Ok(()))))
+    }
+
+    /// Refused, with why.
+    pub fn refused(reason: impl Into<String>) -> Self {
+        Self(RecordedState::Ready(Some(Err(reason.into()))))
+    }
+
+    /// Answered by `answer` later.
+    pub fn later(answer: impl Future<Output = Result<(), String>> + Send + 'static) -> Self {
+        Self(RecordedState::Pending(Box::pin(answer)))
+    }
+}
+
+impl Future for Recorded {
+    type Output = Result<(), String>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.get_mut().0 {
+            RecordedState::Ready(answer) => Poll::Ready(answer.take().unwrap_or(Ok(()))),
+            RecordedState::Pending(answer) => answer.as_mut().poll(cx),
+        }
+    }
+}
+
+impl fmt::Debug for Recorded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.0 {
+            RecordedState::Ready(Some(Ok(()))) => "kept",
+            RecordedState::Ready(Some(Err(_))) => "refused",
+            RecordedState::Ready(None) => "answered",
+            RecordedState::Pending(_) => "pending",
+        };
+        f.debug_tuple("Recorded").field(&state).finish()
+    }
 }
 
 /// An [`EventSink`] that drops everything.

@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use baton_core::{
-    Clock, ErrorPolicy, Event, EventKind, EventSink, ExecutionId, RetryPolicy, ServiceId, StepId, Template, Timestamp,
+    Clock, ErrorPolicy, Event, EventKind, EventSink, ExecutionId, Recorded, RetryPolicy, ServiceId, StepId, Template,
+    Timestamp,
 };
 use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -367,9 +368,18 @@ struct Shared<I> {
 
 impl<I> Shared<I> {
     fn emit(&self, kind: EventKind) {
+        self.events.publish(self.event(kind));
+    }
+
+    /// Hands over an event whose effects wait for the sink to keep it.
+    fn record(&self, kind: EventKind) -> Recorded {
+        self.events.record(self.event(kind))
+    }
+
+    fn event(&self, kind: EventKind) -> Event {
         let sequence = self.sequence.fetch_add(1, Ordering::AcqRel) + 1;
         let at = *self.now.lock();
-        self.events.publish(Event { execution: self.execution, sequence, at, kind });
+        Event { execution: self.execution, sequence, at, kind }
     }
 
     /// Reads the clock for the events that follow.
@@ -755,7 +765,7 @@ async fn run_task<I: Invoker>(shared: &Shared<I>, task: &TaskSpec, payload: Valu
             candidate = pick;
             let service = &task.services[pick];
             let limit = shared.service_limits.get(service);
-            let _service_permit = match limit {
+            let service_permit = match limit {
                 Some(limit) => Some(limit.acquire_owned().await.expect("service semaphores are never closed")),
                 None => None,
             };
@@ -780,10 +790,30 @@ async fn run_task<I: Invoker>(shared: &Shared<I>, task: &TaskSpec, payload: Valu
             admission.record(result.as_ref().map_or_else(|f| !f.retryable, |_| true));
             match result {
                 Ok(output) => {
-                    shared.emit(EventKind::TaskSucceeded { step: task.id.clone(), attempt, output: output.clone() });
-                    return Ok(output);
+                    drop(service_permit);
+                    // Dependants start only once the sink has kept the completion (a durable
+                    // journal: on disk), so a crash never loses an output something used.
+                    let kept = shared.record(EventKind::TaskSucceeded {
+                        step: task.id.clone(),
+                        attempt,
+                        output: output.clone(),
+                    });
+                    return match kept.await {
+                        Ok(()) => Ok(output),
+                        Err(reason) => {
+                            shared.emit(EventKind::TaskFailed {
+                                step: task.id.clone(),
+                                attempt,
+                                error: reason.clone(),
+                                retryable: false,
+                            });
+                            Err(reason)
+                        }
+                    };
                 }
                 Err(failure) => {
+                    // The service's slot is not held through the backoff.
+                    drop(service_permit);
                     let retryable = failure.retryable && !task.retry.non_retryable.contains(&failure.class);
                     shared.emit(EventKind::TaskFailed {
                         step: task.id.clone(),

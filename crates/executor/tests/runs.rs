@@ -387,3 +387,72 @@ async fn a_service_limit_holds_across_runs() {
     }
     assert_eq!(started.elapsed(), MS * 300, "one call at a time");
 }
+
+/// A sink like a durable journal: each completion is kept after `delay`, and the completion
+/// of `refuse` is refused. Records when every event arrived.
+#[derive(Clone, Default)]
+struct SlowJournal {
+    delay: Duration,
+    refuse: Option<&'static str>,
+    seen: Arc<std::sync::Mutex<Vec<(Instant, Event)>>>,
+}
+
+impl baton_core::EventSink<Event> for SlowJournal {
+    fn publish(&self, event: Event) {
+        self.seen.lock().unwrap().push((Instant::now(), event));
+    }
+
+    fn record(&self, event: Event) -> baton_core::Recorded {
+        let refused =
+            matches!(&event.kind, EventKind::TaskSucceeded { step, .. } if Some(step.as_str()) == self.refuse);
+        self.publish(event);
+        if refused {
+            return baton_core::Recorded::refused("the journal refused it");
+        }
+        let delay = self.delay;
+        baton_core::Recorded::later(async move {
+            tokio::time::sleep(delay).await;
+            Ok(())
+        })
+    }
+}
+
+fn journaled(journal: &SlowJournal) -> Executor<ScriptedInvoker> {
+    let invoker = ScriptedInvoker::default();
+    invoker.script("a", [ok(10, json!("a"))]);
+    invoker.script("b", [ok(10, json!("b"))]);
+    Config { jitter_seed: Some(7), ..Config::default() }.build(
+        Arc::new(invoker),
+        Arc::new(journal.clone()),
+        Arc::new(FakeClock::default()),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dependant_starts_only_once_the_completion_is_kept() {
+    let journal = SlowJournal { delay: MS * 50, ..SlowJournal::default() };
+    let executor = journaled(&journal);
+    let started = Instant::now();
+    let tasks = vec![task("a", &["a"], &[], json!(null)), task("b", &["b"], &["a"], json!(null))];
+    let outcome = executor.start(spec(tasks, json!(null)), json!(null), BTreeMap::new()).outcome().await;
+    assert!(matches!(outcome, Outcome::Completed(_)), "{outcome:?}");
+    let seen = journal.seen.lock().unwrap().clone();
+    let at = |wanted: &str| {
+        let (when, _) = seen.iter().find(|(_, e)| kinds(std::slice::from_ref(e))[0] == wanted).expect(wanted);
+        *when - started
+    };
+    // a takes 10 ms and its completion 50 ms more to be kept: b cannot be scheduled earlier.
+    assert_eq!(at("succeeded a"), MS * 10);
+    assert_eq!(at("scheduled b#1@b"), MS * 60);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_completion_fails_its_step_and_releases_nothing() {
+    let journal = SlowJournal { refuse: Some("a"), ..SlowJournal::default() };
+    let executor = journaled(&journal);
+    let tasks = vec![task("a", &["a"], &[], json!(null)), task("b", &["b"], &["a"], json!(null))];
+    let outcome = executor.start(spec(tasks, json!(null)), json!(null), BTreeMap::new()).outcome().await;
+    assert_eq!(outcome, Outcome::Failed("step a failed: the journal refused it".to_owned()));
+    let seen: Vec<Event> = journal.seen.lock().unwrap().iter().map(|(_, e)| e.clone()).collect();
+    assert_eq!(kinds(&seen), ["started", "scheduled a#1@a", "succeeded a", "failed a#1 retryable=false", "failed"]);
+}

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use baton_core::{
     Clock, Event, EventKind, EventSink, Execution, ExecutionFilter, ExecutionId, ExecutionPage, ExecutionState,
-    ExecutionUpdate, IdempotencyKey, NewDefinition, PageRequest, StepId, Store, StoredDefinition, SystemClock,
-    TaskState, TaskStatus, WorkflowName,
+    ExecutionUpdate, IdempotencyKey, NewDefinition, PageRequest, Recorded, StepId, Store, StoredDefinition,
+    SystemClock, TaskState, TaskStatus, WorkflowName,
 };
 use futures_util::Stream;
 use serde_json::Value;
@@ -454,13 +454,38 @@ fn apply(execution: &mut Execution, completed: &mut BTreeMap<StepId, Value>, eve
     Ok(())
 }
 
+/// A runner's event on its way to the driver, with where to answer when the runner waits
+/// for it to be journaled.
+struct Delivery {
+    event: Event,
+    kept: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+/// Tells a waiting runner whether its event was journaled.
+fn answer(kept: Option<oneshot::Sender<Result<(), String>>>, answer: Result<(), String>) {
+    if let Some(kept) = kept {
+        // A runner that stopped waiting has moved on; nothing to tell it.
+        let _ = kept.send(answer);
+    }
+}
+
 /// Hands a run's events to its driver.
-struct ChannelSink(mpsc::UnboundedSender<Event>);
+struct ChannelSink(mpsc::UnboundedSender<Delivery>);
 
 impl EventSink<Event> for ChannelSink {
     fn publish(&self, event: Event) {
         // A closed channel means the driver is done with the execution; later events are moot.
-        let _ = self.0.send(event);
+        let _ = self.0.send(Delivery { event, kept: None });
+    }
+
+    fn record(&self, event: Event) -> Recorded {
+        let (kept, answer) = oneshot::channel();
+        if self.0.send(Delivery { event, kept: Some(kept) }).is_err() {
+            return Recorded::refused("the execution has ended");
+        }
+        Recorded::later(async move {
+            answer.await.unwrap_or_else(|_| Err("the execution ended before the event was journaled".to_owned()))
+        })
     }
 }
 
@@ -479,7 +504,7 @@ struct Driver<S, R: Runner> {
     completed: BTreeMap<StepId, Value>,
     handle: Option<R::Handle>,
     commands: Option<mpsc::UnboundedReceiver<Command>>,
-    events: Option<mpsc::UnboundedReceiver<Event>>,
+    events: Option<mpsc::UnboundedReceiver<Delivery>>,
 }
 
 impl<S: Store, R: Runner> Driver<S, R> {
@@ -625,27 +650,37 @@ impl<S: Store, R: Runner> Driver<S, R> {
         }
     }
 
-    async fn runner_events(&mut self, batch: Vec<Event>) {
+    async fn runner_events(&mut self, batch: Vec<Delivery>) {
         let limit = self.inner.config.max_output_bytes;
         let mut kinds = Vec::with_capacity(batch.len());
+        let mut waiting = Vec::new();
         let mut ended_by_runner = false;
-        for event in batch {
+        for Delivery { event, kept } in batch {
             let kind = match event.kind {
-                EventKind::Started { .. } => continue,
-                // Pause and resume are the engine's: journaled when asked for, not when the
-                // runner gets round to them.
-                EventKind::Paused | EventKind::Resumed => continue,
+                // The engine journals `Started` itself; pause and resume are the engine's too:
+                // journaled when asked for, not when the runner gets round to them.
+                EventKind::Started { .. } | EventKind::Paused | EventKind::Resumed => {
+                    answer(kept, Ok(()));
+                    continue;
+                }
                 EventKind::TaskSucceeded { step, attempt, output } => {
                     let size = serde_json::to_vec(&output).map_or(usize::MAX, |text| text.len());
                     if size > limit {
                         let error = format!("output of step {step:?} is {size} bytes, the limit is {limit}");
-                        let failed = EventKind::TaskFailed {
+                        if kept.is_some() {
+                            // The runner waits for this answer before releasing dependants: it
+                            // fails the step itself, under the step's error policy.
+                            answer(kept, Err(error));
+                            continue;
+                        }
+                        // A runner that does not wait has dispatched dependants already: the
+                        // whole execution fails.
+                        kinds.push(EventKind::TaskFailed {
                             step: step.clone(),
                             attempt,
                             error: error.clone(),
                             retryable: false,
-                        };
-                        kinds.push(failed);
+                        });
                         kinds.push(EventKind::Failed { error: format!("step {step:?} failed: {error}") });
                         break;
                     }
@@ -655,13 +690,16 @@ impl<S: Store, R: Runner> Driver<S, R> {
             };
             let end = is_terminal(&kind);
             kinds.push(kind);
+            waiting.push(kept);
             if end {
                 ended_by_runner = true;
                 break;
             }
         }
-        if !kinds.is_empty() {
-            let _ = self.record(kinds).await;
+        let result = if kinds.is_empty() { Ok(()) } else { self.record(kinds).await };
+        let result = result.map_err(|error| error.to_string());
+        for kept in waiting {
+            answer(kept, result.clone());
         }
         if ended_by_runner {
             // The run is over on its own; nothing to cancel.
@@ -716,7 +754,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
     }
 }
 
-async fn next_event(events: &mut Option<mpsc::UnboundedReceiver<Event>>) -> Option<Event> {
+async fn next_event(events: &mut Option<mpsc::UnboundedReceiver<Delivery>>) -> Option<Delivery> {
     match events {
         Some(events) => events.recv().await,
         None => std::future::pending().await,

@@ -76,7 +76,9 @@ mod fake {
     /// A runner for tests: runs steps one at a time in topological order, each after taking
     /// one permit (none needed when built with [`FakeRunner::free`]), with the output
     /// `{"step": <id>, "input": <rendered input>}` unless [`FakeRunner::set_output`] says
-    /// otherwise. Records every dispatch.
+    /// otherwise. Like the executor, it waits for each completion to be kept
+    /// ([`EventSink::record`]) before the next step and fails the step when it is refused.
+    /// Records every dispatch.
     #[derive(Debug, Clone)]
     pub struct FakeRunner {
         permits: Option<Arc<Semaphore>>,
@@ -159,12 +161,12 @@ mod fake {
             let runner = self.clone();
             let done = tokio::spawn(async move {
                 let mut sequence = 0;
-                let mut emit = |kind: EventKind| {
+                let mut event = |kind: EventKind| {
                     sequence += 1;
-                    events.publish(Event { execution: request.execution, sequence, at: chrono_now(), kind });
+                    Event { execution: request.execution, sequence, at: chrono_now(), kind }
                 };
                 if request.completed.is_empty() {
-                    emit(EventKind::Started { input: request.input.clone() });
+                    events.publish(event(EventKind::Started { input: request.input.clone() }));
                 }
                 let definition = &request.definition;
                 let mut outputs: BTreeMap<StepId, Value> = request.completed.clone();
@@ -208,7 +210,7 @@ mod fake {
                             StepTarget::Query(_) => ServiceId::new("query").expect("a valid id"),
                         };
                         runner.dispatched.lock().expect("dispatched lock").push((request.execution, step.id.clone()));
-                        emit(EventKind::TaskScheduled { step: step.id.clone(), attempt: 1, service });
+                        events.publish(event(EventKind::TaskScheduled { step: step.id.clone(), attempt: 1, service }));
                         let steps: serde_json::Map<String, Value> =
                             outputs.iter().map(|(k, v)| (k.to_string(), json!({ "output": v }))).collect();
                         let context = json!({"input": request.input, "steps": steps});
@@ -218,23 +220,29 @@ mod fake {
                                 .render(&context)
                                 .map(|input| json!({"step": step.id.as_str(), "input": input})),
                         };
-                        match output {
-                            Ok(output) => {
-                                emit(EventKind::TaskSucceeded {
+                        // Like the executor, the next step waits until the completion is kept.
+                        let output = match output {
+                            Ok(output) => events
+                                .record(event(EventKind::TaskSucceeded {
                                     step: step.id.clone(),
                                     attempt: 1,
                                     output: output.clone(),
-                                });
+                                }))
+                                .await
+                                .map(|()| output),
+                            Err(e) => Err(e.to_string()),
+                        };
+                        match output {
+                            Ok(output) => {
                                 outputs.insert(step.id.clone(), output);
                             }
-                            Err(e) => {
-                                let error = e.to_string();
-                                emit(EventKind::TaskFailed {
+                            Err(error) => {
+                                events.publish(event(EventKind::TaskFailed {
                                     step: step.id.clone(),
                                     attempt: 1,
                                     error: error.clone(),
                                     retryable: false,
-                                });
+                                }));
                                 break 'run Outcome::Failed(format!("step {} failed: {error}", step.id));
                             }
                         }
@@ -246,11 +254,11 @@ mod fake {
                         Err(e) => Outcome::Failed(e.to_string()),
                     }
                 };
-                emit(match &outcome {
+                events.publish(event(match &outcome {
                     Outcome::Completed(output) => EventKind::Completed { output: output.clone() },
                     Outcome::Failed(error) => EventKind::Failed { error: error.clone() },
                     Outcome::Cancelled(reason) => EventKind::Cancelled { reason: reason.clone() },
-                });
+                }));
                 outcome
             });
             Ok(FakeHandle { control, done })

@@ -285,10 +285,13 @@ async fn an_oversized_output_fails_its_step() {
     let execution = finish(&engine, id).await;
     assert_eq!(execution.state, ExecutionState::Failed);
     let error = execution.error.unwrap();
-    assert_eq!(error, r#"step "b" failed: output of step "b" is 202 bytes, the limit is 100"#);
+    assert_eq!(error, r#"step b failed: output of step "b" is 202 bytes, the limit is 100"#);
     assert_eq!(execution.tasks[&StepId::new("b").unwrap()].state, TaskState::Failed);
     let journal = store.read_journal(id, 1).await.unwrap();
     assert_eq!(kinds(&journal), ["started", "scheduled", "succeeded", "scheduled", "failed_task", "failed"]);
+    // The refusal reached the runner before it released anything downstream of `b`.
+    let dispatched: Vec<_> = runner.dispatched().into_iter().map(|(_, step)| step.to_string()).collect();
+    assert_eq!(dispatched, ["a", "b"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
