@@ -88,6 +88,8 @@ struct Inner<S, R: Runner> {
     definitions: Mutex<HashMap<(WorkflowName, u32), Arc<CheckedDefinition>>>,
     events: broadcast::Sender<Event>,
     recovery: Mutex<Recovery>,
+    /// Callers of [`Engine::wait`] on live executions.
+    waiters: Mutex<HashMap<ExecutionId, Vec<oneshot::Sender<Execution>>>>,
 }
 
 /// A poison-free lock: no lock here is held across code that can panic half-way.
@@ -113,6 +115,7 @@ impl<S: Store, R: Runner> Engine<S, R> {
                 store,
                 runner,
                 live: Mutex::default(),
+                waiters: Mutex::default(),
                 definitions: Mutex::default(),
                 events,
                 recovery: Mutex::default(),
@@ -223,6 +226,31 @@ impl<S: Store, R: Runner> Engine<S, R> {
     /// One execution.
     pub async fn get(&self, id: ExecutionId) -> Result<Execution> {
         Ok(self.inner.store.get_execution(id).await?)
+    }
+
+    /// The execution once it has finished (completed, failed or cancelled); a paused one
+    /// is waited for through its resumption.
+    pub async fn wait(&self, id: ExecutionId) -> Result<Execution> {
+        let (waiter, finished) = oneshot::channel();
+        let live = {
+            // Under the waiters' lock, so a driver cannot end between the check and the insert
+            // without seeing this waiter.
+            let mut waiters = lock(&self.inner.waiters);
+            let live = lock(&self.inner.live).contains_key(&id);
+            if live {
+                waiters.entry(id).or_default().push(waiter);
+            }
+            live
+        };
+        if live && let Ok(execution) = finished.await {
+            return Ok(execution);
+        }
+        // Not running here: the record has the final state (or says why there is none).
+        let execution = self.inner.store.get_execution(id).await?;
+        if execution.state.is_terminal() {
+            return Ok(execution);
+        }
+        Err(Error::NotRunning { execution: id, state: execution.state })
     }
 
     /// One page of the executions matching `filter`.
@@ -557,6 +585,9 @@ impl<S: Store, R: Runner> Driver<S, R> {
             }
         }
         lock(&self.inner.live).remove(&self.execution.id);
+        for waiter in lock(&self.inner.waiters).remove(&self.execution.id).unwrap_or_default() {
+            let _ = waiter.send(self.execution.clone());
+        }
         // Commands that raced with the end are answered from the final state.
         commands.close();
         while let Ok(command) = commands.try_recv() {

@@ -77,6 +77,15 @@ pub enum Error {
         /// Where the call wanted it.
         to: ExecutionState,
     },
+    /// The execution has not finished and nothing runs it in this engine, so waiting for it
+    /// would never end (its last journal write failed; the next open recovers it).
+    #[error("execution {execution} is {state} and not running in this engine")]
+    NotRunning {
+        /// The execution.
+        execution: ExecutionId,
+        /// The state its record says.
+        state: ExecutionState,
+    },
     /// The runner refused to start a run.
     #[error("runner cannot start execution {execution}: {reason}")]
     Runner {

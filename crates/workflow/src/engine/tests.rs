@@ -380,3 +380,23 @@ async fn a_runner_that_refuses_fails_the_execution() {
     assert_eq!(execution.state, ExecutionState::Failed);
     assert_eq!(execution.error, Some(format!("runner cannot start execution {id}: no capacity")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_answers_with_the_finished_execution_before_and_after_the_end() {
+    let (store, runner) = (MemoryStore::default(), FakeRunner::gated());
+    let engine = engine(&store, &runner, Config::default()).await;
+    let id = engine.start(&chain(), None, json!({"n": 1}), None).await.unwrap();
+    let waiting = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.wait(id).await }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!waiting.is_finished(), "the execution has not finished yet");
+    runner.release(10);
+    let finished = tokio::time::timeout(Duration::from_secs(10), waiting).await.unwrap().unwrap().unwrap();
+    assert_eq!(finished.state, ExecutionState::Completed);
+    // After the end the record answers.
+    assert_eq!(engine.wait(id).await.unwrap().state, ExecutionState::Completed);
+    let unknown = engine.wait(ExecutionId::generate()).await.unwrap_err();
+    assert!(matches!(unknown, Error::Store(_)), "{unknown:?}");
+}

@@ -1,0 +1,138 @@
+//! `workflow_throughput`: executions per second of a 5-step workflow whose steps are
+//! in-process no-ops, durable on redb, and each execution's start-to-completion latency at
+//! p50 and p99.
+//!
+//! The whole path is the production one but for the network: the workflow engine journals
+//! every event to redb (group commit, fsync per batch) and gives each step's completion to the
+//! executor only once it is on disk, so a chain of five steps costs five durable appends in
+//! sequence plus `Started` and `Completed`. Clients run closed loops: start an execution, wait
+//! for it to finish, start the next.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use baton::{ExecutorRunner, Queries, Router};
+use baton_benches::report_figure;
+use baton_core::{Event, EventSink, ExecutionState, ServiceId, SystemClock, WorkflowName};
+use baton_executor::{Call, InProcessInvoker};
+use baton_store::RedbStore;
+use baton_workflow::{Config, Engine};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use serde_json::json;
+
+const WORKFLOW: &str = r#"
+name: five
+steps:
+  - {id: s1, service: noop, input: "${ .input.n }"}
+  - {id: s2, service: noop, depends_on: [s1], input: "${ .steps.s1.output }"}
+  - {id: s3, service: noop, depends_on: [s2], input: "${ .steps.s2.output }"}
+  - {id: s4, service: noop, depends_on: [s3], input: "${ .steps.s3.output }"}
+  - {id: s5, service: noop, depends_on: [s4], input: "${ .steps.s4.output }"}
+output: "${ .steps.s5.output }"
+"#;
+
+/// Executions per criterion iteration.
+const PER_ITERATION: usize = 1_000;
+/// Executions of each direct measurement for the figures.
+const MEASURED: usize = 6_000;
+
+type BenchEngine = Engine<RedbStore, ExecutorRunner<InProcessInvoker>>;
+
+async fn engine(dir: &std::path::Path) -> BenchEngine {
+    let mut invoker = InProcessInvoker::default();
+    invoker.register(ServiceId::new("noop").expect("a valid id"), |call: Call| async move { Ok(call.payload) });
+    let router = Arc::new(Router::default());
+    let executor = baton_executor::Config::default().build(
+        Arc::new(invoker),
+        Arc::clone(&router) as Arc<dyn EventSink<Event>>,
+        Arc::new(SystemClock),
+    );
+    let runner = ExecutorRunner::new(executor, router, Arc::new(Queries::default()));
+    let store = RedbStore::open(dir).await.expect("the redb store opens");
+    let engine = Engine::open(Config::default(), store, runner).await.expect("the engine opens");
+    engine.apply(WORKFLOW).await.expect("the workflow applies");
+    engine
+}
+
+/// Runs `executions` executions from `clients` closed-loop clients; the wall time and every
+/// execution's start-to-completion latency.
+async fn drive(engine: &BenchEngine, executions: usize, clients: usize) -> (Duration, Vec<Duration>) {
+    let name = WorkflowName::new("five").expect("a valid name");
+    let next = Arc::new(AtomicUsize::new(0));
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(executions)));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let (engine, name, next, latencies) =
+                (engine.clone(), name.clone(), Arc::clone(&next), Arc::clone(&latencies));
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                while next.fetch_add(1, Ordering::Relaxed) < executions {
+                    let begun = Instant::now();
+                    let id = engine.start(&name, None, json!({"n": 1}), None).await.expect("starts");
+                    let finished = engine.wait(id).await.expect("finishes");
+                    assert_eq!(finished.state, ExecutionState::Completed, "{:?}", finished.error);
+                    mine.push(begun.elapsed());
+                }
+                latencies.lock().unwrap_or_else(PoisonError::into_inner).extend(mine);
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("a client runs to the end");
+    }
+    let elapsed = started.elapsed();
+    let latencies = std::mem::take(&mut *latencies.lock().unwrap_or_else(PoisonError::into_inner));
+    (elapsed, latencies)
+}
+
+/// The `q` quantile (0 to 1) of sorted `values`, nearest rank.
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn workflow_throughput(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let engine = rt.block_on(engine(dir.path()));
+
+    let mut group = c.benchmark_group("workflow_throughput");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(PER_ITERATION as u64));
+    for clients in [64, 256] {
+        group.bench_function(format!("baton/five_steps_redb_{clients}_clients"), |b| {
+            b.iter_custom(|iters| (0..iters).map(|_| rt.block_on(drive(&engine, PER_ITERATION, clients)).0).sum())
+        });
+    }
+    group.finish();
+
+    for clients in [64, 256] {
+        let (elapsed, mut latencies) = rt.block_on(drive(&engine, MEASURED, clients));
+        assert_eq!(latencies.len(), MEASURED, "one latency per execution");
+        latencies.sort_unstable();
+        let name = format!("5-step workflow on redb, {clients} clients");
+        report_figure(
+            "workflow_throughput",
+            &format!("{name}: executions per second"),
+            MEASURED as f64 / elapsed.as_secs_f64(),
+            "1/s",
+            None,
+            Some(">= 2000"),
+        );
+        for (label, q) in [("p50", 0.5), ("p99", 0.99)] {
+            report_figure(
+                "workflow_throughput",
+                &format!("{name}: start-to-completion {label}"),
+                quantile(&latencies, q).as_secs_f64() * 1e3,
+                "ms",
+                None,
+                None,
+            );
+        }
+    }
+}
+
+criterion_group!(benches, workflow_throughput);
+criterion_main!(benches);

@@ -1,0 +1,3 @@
+//! The `baton` binary: the server and the CLI.
+
+fn main() {}
