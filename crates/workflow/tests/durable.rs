@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use baton_core::{
-    Event, EventKind, EventSink, ExecutionFilter, ExecutionId, ExecutionState, IdempotencyKey, PageRequest, ServiceId,
-    StepTarget, Store, SystemClock, WorkflowName,
+    Event, EventKind, EventSink, ExecutionFilter, ExecutionId, ExecutionState, IdempotencyKey, PageRequest, Recorded,
+    ServiceId, StepTarget, Store, SystemClock, WorkflowName,
 };
 use baton_executor::{Call, Executor, InProcessInvoker, RunSpec, TaskSpec};
 use baton_store::testing::PgCluster;
@@ -40,16 +40,27 @@ struct Router {
     sinks: Mutex<HashMap<ExecutionId, Arc<dyn EventSink<Event>>>>,
 }
 
-impl EventSink<Event> for Router {
-    fn publish(&self, event: Event) {
+impl Router {
+    fn sink(&self, event: &Event) -> Option<Arc<dyn EventSink<Event>>> {
         let last =
             matches!(event.kind, EventKind::Completed { .. } | EventKind::Failed { .. } | EventKind::Cancelled { .. });
-        let sink = {
-            let mut sinks = self.sinks.lock().unwrap();
-            if last { sinks.remove(&event.execution) } else { sinks.get(&event.execution).cloned() }
-        };
-        if let Some(sink) = sink {
+        let mut sinks = self.sinks.lock().unwrap();
+        if last { sinks.remove(&event.execution) } else { sinks.get(&event.execution).cloned() }
+    }
+}
+
+impl EventSink<Event> for Router {
+    fn publish(&self, event: Event) {
+        if let Some(sink) = self.sink(&event) {
             sink.publish(event);
+        }
+    }
+
+    /// Completions wait for the engine's journal, as in the orchestrator's router.
+    fn record(&self, event: Event) -> Recorded {
+        match self.sink(&event) {
+            Some(sink) => sink.record(event),
+            None => Recorded::refused("the run has ended"),
         }
     }
 }
