@@ -1,12 +1,17 @@
 //! Baton's `ServiceOrchestrator`: the one place where the concrete crates meet.
 //!
+//! - [`orchestrator`]: [`ServiceOrchestrator`] assembles the registry and its health
+//!   supervisor, the planner, the executor and the workflow engine over one store, and
+//!   implements the seed's `orchestrate_services` ([`ServiceOrchestrator::orchestrate`]).
 //! - [`runner`]: the executor behind the workflow engine's runner port, with the event router
 //!   that gives each run's completions to the engine's durable journal before dependants start.
 //! - [`dispatch`]: the invoker that resolves each call against the live registry (capability
 //!   queries at dispatch, capacity permits, failover) and calls HTTP endpoints or worker queues.
 
 pub mod dispatch;
+pub mod orchestrator;
 pub mod runner;
 
 pub use dispatch::Dispatcher;
+pub use orchestrator::{Error, Options, Orchestrated, OrchestratorEngine, ServiceOrchestrator, StoreChoice};
 pub use runner::{ExecutorHandle, ExecutorRunner, Queries, Router};

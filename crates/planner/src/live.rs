@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use baton_core::{Goal, Plan, Planning, ServiceCatalog, Taxonomy};
+use baton_core::{Goal, Plan, Planning, ServiceCatalog, Taxonomy, WorkflowDefinition, WorkflowName};
 
 use crate::catalog::Catalog;
 use crate::planner::OrchestrationPlanner;
@@ -29,6 +29,15 @@ impl LivePlanner {
     /// Plans over `services`, reading their concepts in `taxonomy`.
     pub fn new(taxonomy: Arc<Taxonomy>, services: Arc<dyn ServiceCatalog>) -> Self {
         Self { taxonomy, services, cached: Mutex::new(None) }
+    }
+
+    /// A validated plan for `goal` and the workflow that runs it, named `name`, both from one
+    /// view of the services.
+    pub fn plan_workflow(&self, goal: &Goal, name: WorkflowName) -> crate::Result<(Plan, WorkflowDefinition)> {
+        let catalog = self.catalog();
+        let plan = OrchestrationPlanner.plan(&catalog, goal)?;
+        let workflow = crate::to_workflow(&catalog, goal, &plan, name);
+        Ok((plan, workflow))
     }
 
     /// The catalog of the current generation, built now if the generation moved.
@@ -117,6 +126,20 @@ mod tests {
         catalog.bump();
         let err = planner.plan(&want_receipt).unwrap_err();
         assert!(matches!(&err, baton_core::Error::Precondition(m) if m.contains("receipt")), "{err:?}");
+    }
+
+    #[test]
+    fn plan_workflow_names_the_workflow_and_binds_the_planned_services() {
+        let catalog = Arc::new(FixedCatalog::new([
+            service("billing", &["order"], &["invoice"], 10.0),
+            service("archive", &["document"], &["receipt"], 10.0),
+        ]));
+        let (plan, workflow) = planner(&catalog)
+            .plan_workflow(&goal(&["order"], &["receipt"]), WorkflowName::new("goal-1").unwrap())
+            .unwrap();
+        assert_eq!(services(&plan), ["billing", "archive"]);
+        assert_eq!(workflow.name.as_str(), "goal-1");
+        assert_eq!(workflow.steps.len(), 2);
     }
 
     #[test]

@@ -1,0 +1,238 @@
+//! The seed's `ServiceOrchestrator`: the registry, its health supervisor, the planner, the
+//! executor and the workflow engine over one store, assembled and run together.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton_core::{ExecutionId, Goal, Plan, Taxonomy, TaxonomyBuilder, WorkflowName};
+use baton_executor::{HttpConfig, WorkerConfig, WorkerQueues};
+use baton_planner::LivePlanner;
+use baton_registry::{NetworkProbe, Registry, SupervisorConfig, SupervisorHandle};
+use baton_store::{AnyStore, MemoryStore, PostgresStore, RedbStore};
+use baton_workflow::Engine;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::sync::Mutex;
+
+use crate::dispatch::Dispatcher;
+use crate::runner::{ExecutorRunner, Queries, Router};
+
+/// Where the orchestrator keeps workflows, executions and journals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreChoice {
+    /// In memory: gone with the process (tests, demos).
+    Memory,
+    /// A redb file in this data directory (the embedded default).
+    Redb(PathBuf),
+    /// A PostgreSQL database at this URL (several nodes sharing work).
+    Postgres(String),
+}
+
+/// How a [`ServiceOrchestrator`] is assembled.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The store.
+    pub store: StoreChoice,
+    /// The workflow engine's settings (output size limit, watch buffer).
+    pub engine: baton_workflow::Config,
+    /// The executor's settings (limits, breakers).
+    pub executor: baton_executor::Config,
+    /// How HTTP services are called.
+    pub http: HttpConfig,
+    /// How worker queues lease tasks.
+    pub workers: WorkerConfig,
+    /// The registry's settings.
+    pub registry: baton_registry::Config,
+    /// Active health probes of HTTP and gRPC checks; `None` runs none (heartbeat TTLs still
+    /// expire on reads).
+    pub supervisor: Option<SupervisorConfig>,
+    /// The concepts the planner reasons over; names it lacks become roots.
+    pub taxonomy: Arc<Taxonomy>,
+    /// How many services one call to a capability tries before it gives up.
+    pub max_candidates: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            store: StoreChoice::Memory,
+            engine: baton_workflow::Config::default(),
+            executor: baton_executor::Config::default(),
+            http: HttpConfig::default(),
+            workers: WorkerConfig::default(),
+            registry: baton_registry::Config::default(),
+            supervisor: Some(SupervisorConfig::default()),
+            taxonomy: Arc::new(TaxonomyBuilder::default().build().expect("an empty taxonomy is valid")),
+            max_candidates: 3,
+        }
+    }
+}
+
+/// The engine as the orchestrator assembles it.
+pub type OrchestratorEngine = Engine<AnyStore, ExecutorRunner<Dispatcher>>;
+
+/// Why the orchestrator could not open or do what was asked.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The store would not open.
+    #[error("store: {0}")]
+    Store(#[from] baton_core::StoreError),
+    /// The workflow engine refused.
+    #[error(transparent)]
+    Workflow(#[from] baton_workflow::Error),
+    /// No plan meets the goal, or the goal is malformed.
+    #[error(transparent)]
+    Planning(#[from] baton_planner::Error),
+    /// The execution did not finish within the time the caller would wait.
+    #[error("execution {execution} did not finish within {waited:?}")]
+    WaitTimedOut {
+        /// The execution, still running.
+        execution: ExecutionId,
+        /// How long the caller waited.
+        waited: Duration,
+    },
+}
+
+/// What [`ServiceOrchestrator::orchestrate`] did.
+#[derive(Debug, Clone)]
+pub struct Orchestrated {
+    /// The plan.
+    pub plan: Plan,
+    /// The workflow that runs it (named after the goal) and its version.
+    pub workflow: WorkflowName,
+    /// Its version.
+    pub version: u32,
+    /// The execution started.
+    pub execution: ExecutionId,
+    /// The finished execution, when the caller waited for it.
+    pub finished: Option<baton_core::Execution>,
+}
+
+/// The seed's `ServiceOrchestrator`: a cheap-to-clone handle on everything assembled.
+#[derive(Clone)]
+pub struct ServiceOrchestrator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    planner: Arc<LivePlanner>,
+    dispatcher: Dispatcher,
+    engine: OrchestratorEngine,
+    store: AnyStore,
+    supervisor: Mutex<Option<SupervisorHandle>>,
+}
+
+impl std::fmt::Debug for ServiceOrchestrator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceOrchestrator")
+            .field("services", &self.inner.registry.len())
+            .field("engine", &self.inner.engine)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServiceOrchestrator {
+    /// Opens the store, recovers unfinished executions, and starts the health supervisor.
+    pub async fn open(options: Options) -> Result<Self, Error> {
+        let store = match &options.store {
+            StoreChoice::Memory => AnyStore::Memory(MemoryStore::default()),
+            StoreChoice::Redb(dir) => AnyStore::Redb(RedbStore::open(dir).await?),
+            StoreChoice::Postgres(url) => {
+                AnyStore::Postgres(PostgresStore::connect(&baton_store::postgres::Config::new(url.clone())).await?)
+            }
+        };
+        let registry = options.registry.clone().build();
+        let queries = Arc::new(Queries::default());
+        let dispatcher = Dispatcher::new(
+            registry.clone(),
+            Arc::clone(&queries),
+            options.http.clone(),
+            options.workers.clone(),
+            options.max_candidates,
+        );
+        let router = Arc::new(Router::default());
+        let executor = options.executor.clone().build(
+            Arc::new(dispatcher.clone()),
+            Arc::clone(&router) as Arc<dyn baton_core::EventSink<baton_core::Event>>,
+            Arc::clone(&options.engine.clock),
+        );
+        let runner = ExecutorRunner::new(executor, router, queries);
+        let engine = Engine::open(options.engine.clone(), store.clone(), runner).await?;
+        let planner = Arc::new(LivePlanner::new(Arc::clone(&options.taxonomy), Arc::new(registry.clone())));
+        let supervisor = options
+            .supervisor
+            .clone()
+            .map(|config| config.build(registry.clone(), Arc::new(NetworkProbe::default())).spawn());
+        Ok(Self {
+            inner: Arc::new(Inner { registry, planner, dispatcher, engine, store, supervisor: Mutex::new(supervisor) }),
+        })
+    }
+
+    /// The service registry.
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    /// The planner over the registry's healthy services.
+    pub fn planner(&self) -> &Arc<LivePlanner> {
+        &self.inner.planner
+    }
+
+    /// The workflow engine.
+    pub fn engine(&self) -> &OrchestratorEngine {
+        &self.inner.engine
+    }
+
+    /// The worker queues behind `Worker` endpoints.
+    pub fn workers(&self) -> &WorkerQueues {
+        self.inner.dispatcher.workers()
+    }
+
+    /// The dispatcher, for its failover count.
+    pub fn dispatcher(&self) -> &Dispatcher {
+        &self.inner.dispatcher
+    }
+
+    /// The store.
+    pub fn store(&self) -> &AnyStore {
+        &self.inner.store
+    }
+
+    /// The seed's `orchestrate_services`: plans `goal` over the healthy services, stores the
+    /// plan as workflow `goal-<hash of the goal>` (a new version only when the plan changed),
+    /// starts it on `input`, and when `wait` is given waits that long for it to finish.
+    pub async fn orchestrate(&self, goal: &Goal, input: Value, wait: Option<Duration>) -> Result<Orchestrated, Error> {
+        let name = goal_workflow_name(goal);
+        let (plan, workflow) = self.inner.planner.plan_workflow(goal, name.clone())?;
+        let text = serde_json::to_string(&workflow).expect("a workflow serializes");
+        let applied = self.inner.engine.apply(&text).await?;
+        let execution = self.inner.engine.start(&name, Some(applied.version), input, None).await?;
+        let finished = match wait {
+            None => None,
+            Some(waited) => match tokio::time::timeout(waited, self.inner.engine.wait(execution)).await {
+                Ok(finished) => Some(finished?),
+                Err(_) => return Err(Error::WaitTimedOut { execution, waited }),
+            },
+        };
+        Ok(Orchestrated { plan, workflow: name, version: applied.version, execution, finished })
+    }
+
+    /// Stops the health supervisor. Executions are journaled as they go, so nothing else
+    /// needs flushing: what is running resumes on the next open.
+    pub async fn shutdown(&self) {
+        if let Some(supervisor) = self.inner.supervisor.lock().await.take() {
+            supervisor.shutdown().await;
+        }
+    }
+}
+
+/// `goal-` and the first 12 hex digits of the SHA-256 of the goal's JSON: the same goal maps
+/// to the same workflow, whose versions follow the plans made for it.
+fn goal_workflow_name(goal: &Goal) -> WorkflowName {
+    let digest = Sha256::digest(serde_json::to_vec(goal).expect("a goal serializes"));
+    let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    WorkflowName::new(&format!("goal-{hex}")).expect("a valid workflow name")
+}
