@@ -30,11 +30,33 @@ pub struct Config {
     pub watch_capacity: usize,
     /// Time for records and events.
     pub clock: Arc<dyn Clock>,
+    /// Told of every batch of events once it is journaled (metrics, audit).
+    pub observer: Arc<dyn Observer>,
+}
+
+/// Sees every batch of events right after it is journaled, in journal order per execution.
+/// Called on the execution's driver task: it must be quick and must not block.
+pub trait Observer: Send + Sync + std::fmt::Debug + 'static {
+    /// `events` of an execution of `workflow` are durable.
+    fn journaled(&self, workflow: &WorkflowName, events: &[Event]);
+}
+
+/// An [`Observer`] that looks away.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoObserver;
+
+impl Observer for NoObserver {
+    fn journaled(&self, _workflow: &WorkflowName, _events: &[Event]) {}
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES, watch_capacity: 4096, clock: Arc::new(SystemClock) }
+        Self {
+            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+            watch_capacity: 4096,
+            clock: Arc::new(SystemClock),
+            observer: Arc::new(NoObserver),
+        }
     }
 }
 
@@ -776,6 +798,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
             // journal stays the truth for recovery.
             let _ = apply(&mut self.execution, &mut self.completed, event);
         }
+        self.inner.config.observer.journaled(&self.execution.workflow, &events);
         // The record is a view of the journal; when it cannot be written, recovery rebuilds it.
         let _ = self.inner.store.update_execution(ExecutionUpdate::from(&self.execution)).await;
         for event in events {

@@ -43,7 +43,7 @@ mod error;
 mod runner;
 
 pub use definition::{CheckedDefinition, MAX_DEFINITION_BYTES, MAX_STEPS};
-pub use engine::{Applied, Config, DEFAULT_MAX_OUTPUT_BYTES, Engine, Recovery};
+pub use engine::{Applied, Config, DEFAULT_MAX_OUTPUT_BYTES, Engine, NoObserver, Observer, Recovery};
 pub use error::{Error, Result};
 #[cfg(any(test, feature = "test-util"))]
 pub use runner::{FakeHandle, FakeRunner};

@@ -400,3 +400,28 @@ async fn wait_answers_with_the_finished_execution_before_and_after_the_end() {
     let unknown = engine.wait(ExecutionId::generate()).await.unwrap_err();
     assert!(matches!(unknown, Error::Store(_)), "{unknown:?}");
 }
+
+/// Counts what it is shown, by workflow.
+#[derive(Debug, Default)]
+struct Counting(std::sync::Mutex<Vec<(String, u64)>>);
+
+impl crate::Observer for Counting {
+    fn journaled(&self, workflow: &WorkflowName, events: &[Event]) {
+        let mut seen = self.0.lock().unwrap();
+        seen.extend(events.iter().map(|e| (workflow.to_string(), e.sequence)));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_observer_sees_every_journaled_event_in_order() {
+    let (store, runner) = (MemoryStore::default(), FakeRunner::free());
+    let observer = Arc::new(Counting::default());
+    let config = Config { observer: Arc::clone(&observer) as Arc<dyn crate::Observer>, ..Config::default() };
+    let engine = engine(&store, &runner, config).await;
+    let id = engine.start(&chain(), None, json!({"n": 1}), None).await.unwrap();
+    engine.wait(id).await.unwrap();
+    let journal = store.read_journal(id, 1).await.unwrap();
+    let seen = observer.0.lock().unwrap().clone();
+    let expected: Vec<(String, u64)> = journal.iter().map(|e| ("chain".to_owned(), e.sequence)).collect();
+    assert_eq!(seen, expected);
+}
