@@ -8,9 +8,11 @@
 //! - [`dispatch`]: the invoker that resolves each call against the live registry (capability
 //!   queries at dispatch, capacity permits, failover) and calls HTTP endpoints or worker queues.
 
+pub mod config;
 pub mod dispatch;
 pub mod orchestrator;
 pub mod runner;
+pub mod serve;
 
 pub use dispatch::Dispatcher;
 pub use orchestrator::{Error, Options, Orchestrated, OrchestratorEngine, ServiceOrchestrator, StoreChoice};

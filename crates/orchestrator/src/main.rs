@@ -1,3 +1,75 @@
-//! The `baton` binary: the server and the CLI.
+//! The `baton` binary: `baton serve` runs the server; the other commands are its clients.
 
-fn main() {}
+use std::process::ExitCode;
+
+use baton::config::{LogFormat, ServeArgs, ServeConfig};
+use baton::serve::{Server, shutdown_signal};
+use clap::{Parser, Subcommand};
+
+/// Baton: service orchestration with automatic composition.
+#[derive(Debug, Parser)]
+#[command(name = "baton", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs the server: gRPC API, metrics, the workflow engine and the registry.
+    Serve(ServeArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("baton: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Serve(args) => {
+            let config = match args.resolve() {
+                Ok(config) => config,
+                Err(error) => {
+                    eprintln!("baton serve: {error}");
+                    return ExitCode::from(2);
+                }
+            };
+            runtime.block_on(serve(config))
+        }
+    }
+}
+
+async fn serve(config: ServeConfig) -> ExitCode {
+    init_logs(config.log_format, &config.log_level);
+    for line in config.describe() {
+        tracing::info!("config: {line}");
+    }
+    let server = match Server::bind(config).await {
+        Ok(server) => server,
+        Err(error) => {
+            tracing::error!(%error, "cannot start");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(grpc = %server.grpc_addr(), metrics = %server.metrics_addr(), "serving");
+    match server.serve(shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "server failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logs(format: LogFormat, level: &str) {
+    let level: tracing::Level = level.parse().unwrap_or(tracing::Level::INFO);
+    let builder = tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

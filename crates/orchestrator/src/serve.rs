@@ -1,0 +1,139 @@
+//! `baton serve`: the orchestrator behind the gRPC API, with metrics, until a signal stops it.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use baton_grpc::Backends;
+use tokio::net::TcpListener;
+
+use crate::config::ServeConfig;
+use crate::orchestrator::{Options, ServiceOrchestrator, StoreChoice};
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// An address could not be bound.
+    #[error("cannot listen on {addr}: {error}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The orchestrator would not open (the store, recovery).
+    #[error(transparent)]
+    Open(#[from] crate::orchestrator::Error),
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] baton_grpc::Error),
+}
+
+/// A server bound to its addresses, not yet serving: tests bind to port 0 and read the
+/// addresses before they connect.
+#[derive(Debug)]
+pub struct Server {
+    config: ServeConfig,
+    orchestrator: ServiceOrchestrator,
+    grpc: TcpListener,
+    metrics: TcpListener,
+}
+
+impl Server {
+    /// Opens the orchestrator (recovering unfinished executions) and binds both addresses.
+    pub async fn bind(config: ServeConfig) -> Result<Self, ServeError> {
+        let grpc = bind(config.listen).await?;
+        let metrics = bind(config.metrics_listen).await?;
+        let store = match &config.store {
+            Some(url) => StoreChoice::Postgres(url.clone()),
+            None => StoreChoice::Redb(config.data_dir.clone()),
+        };
+        let orchestrator = ServiceOrchestrator::open(Options { store, ..Options::default() }).await?;
+        let recovery = orchestrator.engine().recovery();
+        tracing::info!(
+            resumed = recovery.resumed.len(),
+            paused = recovery.paused.len(),
+            finished = recovery.finished.len(),
+            failed = recovery.failed.len(),
+            "recovered executions"
+        );
+        for (execution, reason) in &recovery.failed {
+            tracing::warn!(%execution, reason, "execution could not be recovered and is marked failed");
+        }
+        Ok(Self { config, orchestrator, grpc, metrics })
+    }
+
+    /// The gRPC address bound.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc.local_addr().expect("a bound listener has an address")
+    }
+
+    /// The metrics address bound.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics.local_addr().expect("a bound listener has an address")
+    }
+
+    /// The orchestrator served.
+    pub fn orchestrator(&self) -> &ServiceOrchestrator {
+        &self.orchestrator
+    }
+
+    /// Serves until `shutdown` resolves; then stops accepting, gives in-flight requests the
+    /// grace period to finish, and stops the health supervisor. Every journal write is
+    /// durable when acknowledged, so nothing else needs flushing: executions still running
+    /// resume on the next start, their in-flight calls repeated with the same idempotency keys.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+        let Self { config, orchestrator, grpc, metrics: _metrics } = self;
+        let backends = Backends {
+            directory: Arc::new(orchestrator.registry().clone()),
+            planner: Arc::clone(orchestrator.planner()) as Arc<dyn baton_core::Planning>,
+        };
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new requests; in-flight ones have the grace period");
+            let _ = stop.send(true);
+        };
+        let grpc_config = baton_grpc::Config::default();
+        let server = tokio::spawn(grpc_config.serve(backends, grpc, signal));
+        let mut stopped = stopped;
+        let _ = stopped.wait_for(|stop| *stop).await;
+        match tokio::time::timeout(config.shutdown_grace, server).await {
+            Ok(Ok(result)) => result?,
+            Ok(Err(join)) => tracing::error!(%join, "the gRPC server task ended abnormally"),
+            Err(_) => {
+                tracing::warn!(grace = ?config.shutdown_grace, "requests still open after the grace period were cut")
+            }
+        }
+        orchestrator.shutdown().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr).await.map_err(|error| ServeError::Bind { addr, error })
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
