@@ -1,0 +1,241 @@
+//! The HTTP side: one POST endpoint per service that performs its effect once per
+//! `Idempotency-Key`, plus `GET /stats`, `GET /stats/keys` and `GET /health`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use parking_lot::Mutex;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::{OnceCell, watch};
+
+use crate::shop::{self, Kind};
+
+/// Counters of one service since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    /// POSTs received, whatever became of them.
+    pub requests: u64,
+    /// Effects performed: reservations made, charges taken, parcels shipped.
+    pub effects: u64,
+    /// Requests answered with the stored response of an earlier effect under the same key.
+    pub duplicates: u64,
+    /// Requests answered with an error: bad input (400), injected failures and lost
+    /// responses (503), a killed service (503).
+    pub failures: u64,
+}
+
+/// Where a service is in its life; handlers stop performing effects once it is killed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Running,
+    /// Shutting down gracefully: deregister, then finish in-flight requests.
+    Stopping,
+    /// Stopping at once, as if the process died: no deregistration, no more effects.
+    Killed,
+}
+
+/// What the handlers share.
+pub(crate) struct Shared {
+    pub(crate) kind: Kind,
+    pub(crate) id: String,
+    pub(crate) latency: Duration,
+    pub(crate) fail_rate: f64,
+    pub(crate) lose_rate: f64,
+    pub(crate) mode: watch::Receiver<Mode>,
+    rng: Mutex<SmallRng>,
+    /// The stored response per idempotency key; a cell is empty until an effect succeeds, so
+    /// a failed attempt leaves it for the retry and concurrent requests wait for the first.
+    responses: Mutex<HashMap<String, Arc<OnceCell<Value>>>>,
+    /// Effects performed per key (at most 1 here; summed across instances by tests).
+    key_effects: Mutex<BTreeMap<String, u64>>,
+    requests: AtomicU64,
+    effects: AtomicU64,
+    duplicates: AtomicU64,
+    failures: AtomicU64,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("kind", &self.kind).field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    pub(crate) fn new(
+        kind: Kind,
+        id: String,
+        latency: Duration,
+        (fail_rate, lose_rate): (f64, f64),
+        seed: u64,
+        mode: watch::Receiver<Mode>,
+    ) -> Self {
+        Self {
+            kind,
+            id,
+            latency,
+            fail_rate,
+            lose_rate,
+            mode,
+            rng: Mutex::new(SmallRng::seed_from_u64(seed)),
+            responses: Mutex::default(),
+            key_effects: Mutex::default(),
+            requests: AtomicU64::new(0),
+            effects: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        Stats {
+            requests: self.requests.load(Ordering::Relaxed),
+            effects: self.effects.load(Ordering::Relaxed),
+            duplicates: self.duplicates.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn key_effects(&self) -> BTreeMap<String, u64> {
+        self.key_effects.lock().clone()
+    }
+
+    /// True with probability `rate`.
+    fn roll(&self, rate: f64) -> bool {
+        rate > 0.0 && self.rng.lock().random_bool(rate.min(1.0))
+    }
+
+    fn killed(&self) -> bool {
+        *self.mode.borrow() == Mode::Killed
+    }
+
+    /// Waits out the latency, then performs the effect unless the service was killed or a
+    /// failure is injected. Errors are answers to send.
+    async fn perform(&self, key: Option<&str>, order: &shop::Order) -> Result<Value, Response> {
+        if !self.latency.is_zero() {
+            let mut mode = self.mode.clone();
+            tokio::select! {
+                () = tokio::time::sleep(self.latency) => {}
+                _ = mode.wait_for(|m| *m == Mode::Killed) => {}
+            }
+        }
+        if self.killed() {
+            return Err(error(StatusCode::SERVICE_UNAVAILABLE, format!("service {} was killed", self.id)));
+        }
+        if self.roll(self.fail_rate) {
+            return Err(error(StatusCode::SERVICE_UNAVAILABLE, format!("injected failure in service {}", self.id)));
+        }
+        let sequence = self.effects.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(key) = key {
+            *self.key_effects.lock().entry(key.to_owned()).or_default() += 1;
+        }
+        Ok(shop::answer(self.kind, &self.id, sequence, order))
+    }
+}
+
+/// The service's routes over `shared`.
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route(shared.kind.path(), post(effect))
+        .route("/stats", get(stats))
+        .route("/stats/keys", get(keys))
+        .route("/health", get(health))
+        .with_state(shared)
+}
+
+fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
+    let text = serde_json::to_string(body).unwrap_or_else(|_| "null".to_owned());
+    (status, [(CONTENT_TYPE, "application/json")], text).into_response()
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    json_response(status, &json!({"error": message}))
+}
+
+async fn effect(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    shared.requests.fetch_add(1, Ordering::Relaxed);
+    let answer = answer(&shared, &headers, &body).await;
+    if !answer.status().is_success() {
+        shared.failures.fetch_add(1, Ordering::Relaxed);
+    }
+    answer
+}
+
+async fn answer(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Response {
+    let payload: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else {
+        match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")),
+        }
+    };
+    let order = match shop::parse(shared.kind, &payload) {
+        Ok(order) => order,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(key)) if !key.is_empty() => Some(key.to_owned()),
+        Some(_) => return error(StatusCode::BAD_REQUEST, "header Idempotency-Key must be non-empty text".to_owned()),
+    };
+    let Some(key) = key else {
+        // Without a key every request is a new effect, as with any non-idempotent API.
+        return match shared.perform(None, &order).await {
+            Ok(answer) => json_response(StatusCode::OK, &answer),
+            Err(response) => response,
+        };
+    };
+    let cell = shared.responses.lock().entry(key.clone()).or_default().clone();
+    let performed = AtomicBool::new(false);
+    let stored = cell
+        .get_or_try_init(|| async {
+            performed.store(true, Ordering::Relaxed);
+            shared.perform(Some(&key), &order).await
+        })
+        .await;
+    match stored {
+        Ok(answer) if performed.load(Ordering::Relaxed) => {
+            if shared.roll(shared.lose_rate) {
+                // The effect happened and its response is stored, but the caller never hears:
+                // its retry must get the stored response rather than a second effect.
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("injected failure after the effect in service {} (response lost)", shared.id),
+                );
+            }
+            json_response(StatusCode::OK, answer)
+        }
+        Ok(answer) => {
+            shared.duplicates.fetch_add(1, Ordering::Relaxed);
+            json_response(StatusCode::OK, answer)
+        }
+        Err(response) => response,
+    }
+}
+
+async fn stats(State(shared): State<Arc<Shared>>) -> Response {
+    json_response(StatusCode::OK, &shared.stats())
+}
+
+async fn keys(State(shared): State<Arc<Shared>>) -> Response {
+    json_response(StatusCode::OK, &shared.key_effects())
+}
+
+async fn health(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.killed() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, format!("service {} was killed", shared.id));
+    }
+    json_response(StatusCode::OK, &json!({"status": "ok", "id": shared.id, "kind": shared.kind.name()}))
+}
