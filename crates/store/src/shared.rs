@@ -24,9 +24,18 @@ pub(crate) fn group_by_execution(events: Vec<Event>) -> Vec<(ExecutionId, Vec<Ev
 
 /// Checks that `events` continue a journal whose last sequence number is `last` (0 when empty).
 pub(crate) fn check_continues(execution: ExecutionId, last: u64, events: &[Event]) -> StoreResult<()> {
-    for (expected, event) in (last + 1..).zip(events) {
-        if event.sequence != expected {
-            return Err(StoreError::SequenceConflict { execution, expected, got: event.sequence });
+    check_sequences(execution, last, events.iter().map(|event| event.sequence))
+}
+
+/// [`check_continues`] over the sequence numbers alone, for events already encoded.
+pub(crate) fn check_sequences(
+    execution: ExecutionId,
+    last: u64,
+    sequences: impl IntoIterator<Item = u64>,
+) -> StoreResult<()> {
+    for (expected, got) in (last + 1..).zip(sequences) {
+        if got != expected {
+            return Err(StoreError::SequenceConflict { execution, expected, got });
         }
     }
     Ok(())

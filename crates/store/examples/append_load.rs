@@ -1,0 +1,109 @@
+//! Drives a store with concurrent journal appenders, for profiling the group commit path:
+//! `cargo run --release -p baton-store --example append_load -- redb 256 5` (store, writers,
+//! seconds). With `update` as a fourth argument every append is followed by an
+//! `update_execution`, as the workflow engine does. `APPEND_CONNECTIONS` sets PostgreSQL's
+//! append connections.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use baton_core::{
+    Event, EventKind, Execution, ExecutionId, ExecutionState, ExecutionUpdate, StepId, Store, Timestamp, WorkflowName,
+};
+use baton_store::{AnyStore, RedbStore};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let kind = args.get(1).map_or("redb", String::as_str).to_owned();
+    let writers: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(256);
+    let seconds: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(5);
+    let update = args.get(4).is_some_and(|a| a == "update");
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let dir = tempfile::tempdir_in(std::env::var_os("BATON_BENCH_DIR").unwrap_or_else(|| "/tmp".into())).expect("dir");
+    let mut _cluster = None;
+    runtime.block_on(async {
+        let store = match kind.as_str() {
+            "redb" => AnyStore::Redb(RedbStore::open(dir.path()).await.expect("opens")),
+            _ => {
+                let cluster = baton_store::testing::PgCluster::start_in(dir.path());
+                let url = cluster.create_database().await;
+                _cluster = Some(cluster);
+                let mut config = baton_store::postgres::Config::new(url);
+                if let Some(connections) = std::env::var("APPEND_CONNECTIONS").ok().and_then(|c| c.parse().ok()) {
+                    config.append_connections = connections;
+                }
+                AnyStore::Postgres(baton_store::PostgresStore::connect(&config).await.expect("connects"))
+            }
+        };
+        let mut ids = Vec::new();
+        for _ in 0..writers {
+            ids.push(store.create_execution(execution(), None).await.expect("creates").execution.id);
+        }
+        let done = Arc::new(AtomicU64::new(0));
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for id in ids {
+            let (store, done) = (store.clone(), Arc::clone(&done));
+            tasks.push(tokio::spawn(async move {
+                let mut sequence = 1;
+                while Instant::now() < deadline {
+                    store.append(vec![event(id, sequence)]).await.expect("appends");
+                    if update {
+                        let update = ExecutionUpdate {
+                            id,
+                            state: ExecutionState::Running,
+                            output: None,
+                            error: None,
+                            tasks: Default::default(),
+                            updated_at: Timestamp::from_timestamp(1_800_000_001, 0).expect("in range"),
+                        };
+                        store.update_execution(update).await.expect("updates");
+                    }
+                    sequence += 1;
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.expect("writer");
+        }
+        let rate = done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+        let stats = match &store {
+            AnyStore::Redb(s) => s.commit_stats(),
+            AnyStore::Postgres(s) => s.commit_stats(),
+            AnyStore::Memory(_) => Default::default(),
+        };
+        eprintln!("{kind} {writers} writers: {rate:.0} appends/s, {stats:?}");
+    });
+}
+
+fn execution() -> Execution {
+    let at = Timestamp::from_timestamp(1_800_000_000, 0).expect("in range");
+    Execution {
+        id: ExecutionId::generate(),
+        workflow: WorkflowName::new("bench").expect("valid name"),
+        version: 1,
+        state: ExecutionState::Running,
+        input: serde_json::json!({"order": 42}),
+        output: None,
+        error: None,
+        tasks: Default::default(),
+        created_at: at,
+        updated_at: at,
+    }
+}
+
+fn event(execution: ExecutionId, sequence: u64) -> Event {
+    Event {
+        execution,
+        sequence,
+        at: Timestamp::from_timestamp(1_800_000_000, 0).expect("in range"),
+        kind: EventKind::TaskSucceeded {
+            step: StepId::new("charge").expect("valid step"),
+            attempt: 1,
+            output: serde_json::json!({"receipt": "r-0001", "amount": 1999, "currency": "EUR"}),
+        },
+    }
+}
