@@ -123,6 +123,8 @@ enum Command {
     Pause(oneshot::Sender<Result<()>>),
     Resume(oneshot::Sender<Result<()>>),
     Cancel(String, oneshot::Sender<Result<()>>),
+    /// The driver's current view, fresher than the record between state changes.
+    Snapshot(oneshot::Sender<Execution>),
 }
 
 impl<S: Store, R: Runner> Engine<S, R> {
@@ -247,6 +249,17 @@ impl<S: Store, R: Runner> Engine<S, R> {
 
     /// One execution.
     pub async fn get(&self, id: ExecutionId) -> Result<Execution> {
+        // A live execution's record is written on state changes only; its driver knows every
+        // step's progress.
+        let driver = lock(&self.inner.live).get(&id).cloned();
+        if let Some(driver) = driver {
+            let (reply, answer) = oneshot::channel();
+            if driver.send(Command::Snapshot(reply)).is_ok()
+                && let Ok(execution) = answer.await
+            {
+                return Ok(execution);
+            }
+        }
         Ok(self.inner.store.get_execution(id).await?)
     }
 
@@ -617,6 +630,10 @@ impl<S: Store, R: Runner> Driver<S, R> {
                 Command::Pause(reply) => (reply, ExecutionState::Paused),
                 Command::Resume(reply) => (reply, ExecutionState::Running),
                 Command::Cancel(_, reply) => (reply, ExecutionState::Cancelled),
+                Command::Snapshot(reply) => {
+                    let _ = reply.send(self.execution.clone());
+                    continue;
+                }
             };
             let _ = reply.send(Err(self.illegal(to)));
         }
@@ -661,6 +678,9 @@ impl<S: Store, R: Runner> Driver<S, R> {
     async fn command(&mut self, command: Command) {
         let state = self.execution.state;
         match command {
+            Command::Snapshot(reply) => {
+                let _ = reply.send(self.execution.clone());
+            }
             Command::Pause(reply) => {
                 if state != ExecutionState::Running {
                     let _ = reply.send(Err(self.illegal(ExecutionState::Paused)));
@@ -799,8 +819,22 @@ impl<S: Store, R: Runner> Driver<S, R> {
             let _ = apply(&mut self.execution, &mut self.completed, event);
         }
         self.inner.config.observer.journaled(&self.execution.workflow, &events);
-        // The record is a view of the journal; when it cannot be written, recovery rebuilds it.
-        let _ = self.inner.store.update_execution(ExecutionUpdate::from(&self.execution)).await;
+        // The record is a view of the journal, written when the state changes: listings filter
+        // on it. Step progress in between is the driver's to tell (`get` asks it), so a step
+        // costs one durable write, not two. When the record cannot be written, recovery
+        // rebuilds it from the journal.
+        let changes_state = events.iter().any(|e| {
+            !matches!(
+                e.kind,
+                EventKind::TaskScheduled { .. }
+                    | EventKind::TaskSucceeded { .. }
+                    | EventKind::TaskFailed { .. }
+                    | EventKind::TaskSkipped { .. }
+            )
+        });
+        if changes_state {
+            let _ = self.inner.store.update_execution(ExecutionUpdate::from(&self.execution)).await;
+        }
         for event in events {
             let _ = self.inner.events.send(event);
         }

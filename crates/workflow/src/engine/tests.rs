@@ -425,3 +425,21 @@ async fn the_observer_sees_every_journaled_event_in_order() {
     let expected: Vec<(String, u64)> = journal.iter().map(|e| ("chain".to_owned(), e.sequence)).collect();
     assert_eq!(seen, expected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_shows_live_step_progress_between_state_changes() {
+    let (store, runner) = (MemoryStore::default(), FakeRunner::gated());
+    let engine = engine(&store, &runner, Config::default()).await;
+    let id = engine.start(&chain(), None, json!({"n": 1}), None).await.unwrap();
+    runner.release(1);
+    events_until(&engine, id, 0, |e| succeeded(e) == 1).await;
+    let live = engine.get(id).await.unwrap();
+    assert_eq!(live.state, ExecutionState::Running);
+    assert_eq!(live.tasks[&StepId::new("a").unwrap()].state, TaskState::Succeeded);
+    assert_eq!(live.tasks[&StepId::new("b").unwrap()].state, TaskState::Pending);
+    runner.release(10);
+    let finished = engine.wait(id).await.unwrap();
+    // The final record has every step.
+    assert_eq!(store.get_execution(id).await.unwrap(), finished);
+    assert!(finished.tasks.values().all(|t| t.state == TaskState::Succeeded));
+}
