@@ -220,9 +220,14 @@ def demo(args, pb) -> None:
         started.append(execution.id)
         print(f"   {execution.id} {state_name(pb, execution.state).lower()} {order}")
 
+    problems = []
     print(f"5. watch {started[0]} to its end")
+    last = None
     for response in executions.WatchExecution(pb.execution.WatchExecutionRequest(id=started[0]), timeout=args.timeout):
         print(describe(pb, response.event))
+        last = response.event
+    if last is None or last.WhichOneof("kind") not in ("completed", "failed", "cancelled"):
+        problems.append(f"the watch of {started[0]} ended without a terminal event")
 
     print("6. pause and resume one")
     order = {"sku": "pause-me", "quantity": 1, "amount": 5.0}
@@ -239,9 +244,15 @@ def demo(args, pb) -> None:
         print(f"   after 0.5s: {state_name(pb, still.state).lower()}")
         resumed = executions.ResumeExecution(pb.execution.ResumeExecutionRequest(id=paused_id)).execution
         print(f"   resumed: {state_name(pb, resumed.state).lower()}")
+        if (state_name(pb, paused.state), state_name(pb, still.state)) != ("PAUSED", "PAUSED"):
+            problems.append(f"{paused_id} did not stay paused")
+        if state_name(pb, resumed.state) not in ("RUNNING", "COMPLETED"):
+            problems.append(f"{paused_id} did not resume")
     except grpc.RpcError as error:
         # It may have finished before the pause arrived: services on loopback are quick.
         print(f"   {error.code().name}: {error.details()}")
+        if args.check:
+            problems.append(f"pause/resume of {paused_id}: {error.code().name}: {error.details()}")
 
     print("7. outputs")
     deadline = time.monotonic() + args.timeout
@@ -255,9 +266,20 @@ def demo(args, pb) -> None:
             time.sleep(0.1)
         result = execution.output_json if execution.HasField("output_json") else execution.error
         print(f"   {execution_id} {state.lower()}: {result}")
+        if state != "COMPLETED":
+            problems.append(f"{execution_id} ended {state.lower()}: {result}")
+        elif not isinstance(json.loads(execution.output_json), dict) or not json.loads(execution.output_json):
+            problems.append(f"{execution_id} completed without an output")
         for task in execution.tasks:
             task_state = pb.execution.TaskState.Name(task.state).removeprefix("TASK_STATE_").lower()
             print(f"      {task.step:<8} {task_state:<9} attempts {task.attempts} via {task.service}")
+    if problems:
+        print("problems:")
+        for problem in problems:
+            print(f"   {problem}")
+        if args.check:
+            sys.exit(1)
+
 
 
 def main() -> None:
@@ -276,6 +298,9 @@ def main() -> None:
     )
     run.add_argument("--runs", type=int, default=3, help="executions to start (default: %(default)s)")
     run.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for anything (default: %(default)s)")
+    run.add_argument(
+        "--check", action="store_true", help="exit 1 unless every run completed with an output and pause held"
+    )
     args = parser.parse_args()
     if args.command == "gen":
         generate(args.gen_dir)

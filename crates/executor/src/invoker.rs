@@ -41,17 +41,25 @@ pub struct Failure {
     pub class: String,
     /// What happened.
     pub message: String,
+    /// The call reached no service (none registered, healthy or with capacity): it says
+    /// nothing about a service's health, so circuit breakers do not count it.
+    pub unreached: bool,
 }
 
 impl Failure {
     /// A failure another attempt may fix.
     pub fn retryable(class: &str, message: impl Into<String>) -> Self {
-        Self { retryable: true, class: class.to_owned(), message: message.into() }
+        Self { retryable: true, class: class.to_owned(), message: message.into(), unreached: false }
+    }
+
+    /// A call that reached no service; another attempt may find one.
+    pub fn unreached(class: &str, message: impl Into<String>) -> Self {
+        Self { retryable: true, class: class.to_owned(), message: message.into(), unreached: true }
     }
 
     /// A failure no retry will fix.
     pub fn permanent(class: &str, message: impl Into<String>) -> Self {
-        Self { retryable: false, class: class.to_owned(), message: message.into() }
+        Self { retryable: false, class: class.to_owned(), message: message.into(), unreached: false }
     }
 }
 

@@ -787,7 +787,11 @@ async fn run_task<I: Invoker>(shared: &Shared<I>, task: &TaskSpec, payload: Valu
                 None => shared.invoker.invoke(call).await,
             };
             // Only failures that say something about the service's health count against it.
-            admission.record(result.as_ref().map_or_else(|f| !f.retryable, |_| true));
+            match &result {
+                // Dropped unrecorded: a half-open probe slot is given back.
+                Err(failure) if failure.unreached => drop(admission),
+                result => admission.record(result.as_ref().map_or_else(|f| !f.retryable, |_| true)),
+            }
             match result {
                 Ok(output) => {
                     drop(service_permit);

@@ -4,13 +4,16 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use baton_core::api::{DefinitionFormat, DefinitionSummary, LeasedTask};
 use baton_core::directory::{Candidate, ServiceStatus, ServiceView};
 use baton_core::service::DEFAULT_CAPACITY;
 use baton_core::{
-    AuthScheme, CheckKind, Constraints, DataFlow, Encryption, Endpoint, Goal, Health, HealthCheck, Objective, Plan,
-    PlanTask, PredictedQos, Protocol, Qos, SecurityProfile, SecurityRequirements, ServiceDefinition, ServiceId,
-    ServiceRequirements, ServiceSpec, Timestamp, Weights,
+    AuthScheme, CheckKind, Constraints, DataFlow, Encryption, Endpoint, Event, EventKind, Execution, ExecutionId,
+    ExecutionState, Goal, Health, HealthCheck, Objective, Plan, PlanTask, PredictedQos, Protocol, Qos, SecurityProfile,
+    SecurityRequirements, ServiceDefinition, ServiceId, ServiceRequirements, ServiceSpec, StepId, TaskState,
+    TaskStatus, Timestamp, Weights, WorkflowName,
 };
+use serde_json::Value;
 use tonic::Status;
 
 use crate::pb;
@@ -449,6 +452,200 @@ pub fn plan_to_proto(plan: &Plan) -> pb::Plan {
             .collect(),
         predicted: Some(predicted_to_proto(&plan.predicted)),
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Workflows, executions, events and worker tasks.
+
+/// An execution id from a request field.
+pub(crate) fn execution_id(field: &str, text: &str) -> Result<ExecutionId, Status> {
+    if text.is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    text.parse::<ExecutionId>().map_err(|e| invalid(field, e))
+}
+
+/// A workflow name from a request field.
+pub(crate) fn workflow_name(field: &str, text: &str) -> Result<WorkflowName, Status> {
+    WorkflowName::new(text).map_err(|e| invalid(field, e))
+}
+
+/// JSON text from a request field; empty text reads as `empty`.
+pub(crate) fn json_field(field: &str, text: &str, empty: Value) -> Result<Value, Status> {
+    if text.trim().is_empty() {
+        return Ok(empty);
+    }
+    serde_json::from_str(text).map_err(|e| invalid(field, format!("not valid JSON: {e}")))
+}
+
+/// A point in time from a request field.
+pub(crate) fn timestamp_from_proto(field: &str, t: prost_types::Timestamp) -> Result<Timestamp, Status> {
+    u32::try_from(t.nanos)
+        .ok()
+        .and_then(|nanos| Timestamp::from_timestamp(t.seconds, nanos))
+        .ok_or_else(|| invalid(field, format!("{}s {}ns is not a valid time", t.seconds, t.nanos)))
+}
+
+/// An execution state as proto.
+pub fn execution_state_to_proto(state: ExecutionState) -> pb::ExecutionState {
+    match state {
+        ExecutionState::Created => pb::ExecutionState::Created,
+        ExecutionState::Running => pb::ExecutionState::Running,
+        ExecutionState::Paused => pb::ExecutionState::Paused,
+        ExecutionState::Completed => pb::ExecutionState::Completed,
+        ExecutionState::Failed => pb::ExecutionState::Failed,
+        ExecutionState::Cancelled => pb::ExecutionState::Cancelled,
+    }
+}
+
+/// An execution state from a request field; unspecified is refused.
+pub fn execution_state_from_proto(field: &str, value: i32) -> Result<ExecutionState, Status> {
+    Ok(match enum_value::<pb::ExecutionState>(field, value)? {
+        pb::ExecutionState::Created => ExecutionState::Created,
+        pb::ExecutionState::Running => ExecutionState::Running,
+        pb::ExecutionState::Paused => ExecutionState::Paused,
+        pb::ExecutionState::Completed => ExecutionState::Completed,
+        pb::ExecutionState::Failed => ExecutionState::Failed,
+        pb::ExecutionState::Cancelled => ExecutionState::Cancelled,
+        pb::ExecutionState::Unspecified => return Err(invalid(field, "must be specified")),
+    })
+}
+
+fn task_state_to_proto(state: TaskState) -> pb::TaskState {
+    match state {
+        TaskState::Pending => pb::TaskState::Pending,
+        TaskState::Scheduled => pb::TaskState::Scheduled,
+        TaskState::Running => pb::TaskState::Running,
+        TaskState::Succeeded => pb::TaskState::Succeeded,
+        TaskState::Failed => pb::TaskState::Failed,
+        TaskState::Skipped => pb::TaskState::Skipped,
+        TaskState::Cancelled => pb::TaskState::Cancelled,
+    }
+}
+
+fn task_status_to_proto(step: &StepId, status: &TaskStatus) -> pb::TaskStatus {
+    pb::TaskStatus {
+        step: step.to_string(),
+        state: task_state_to_proto(status.state) as i32,
+        attempts: status.attempts,
+        service: status.service.as_ref().map(ToString::to_string),
+        error: status.error.clone(),
+        started_at: status.started_at.map(timestamp),
+        finished_at: status.finished_at.map(timestamp),
+    }
+}
+
+/// An execution as proto, with its tasks ordered by step id.
+pub fn execution_to_proto(execution: &Execution) -> pb::Execution {
+    pb::Execution {
+        tasks: execution.tasks.iter().map(|(step, status)| task_status_to_proto(step, status)).collect(),
+        ..execution_summary_to_proto(execution)
+    }
+}
+
+/// An execution as proto without its tasks, as listings return it.
+pub fn execution_summary_to_proto(execution: &Execution) -> pb::Execution {
+    pb::Execution {
+        id: execution.id.to_string(),
+        workflow: execution.workflow.to_string(),
+        version: execution.version,
+        state: execution_state_to_proto(execution.state) as i32,
+        input_json: execution.input.to_string(),
+        output_json: execution.output.as_ref().map(ToString::to_string),
+        error: execution.error.clone(),
+        created_at: Some(timestamp(execution.created_at)),
+        updated_at: Some(timestamp(execution.updated_at)),
+        tasks: Vec::new(),
+    }
+}
+
+/// A journal event as proto.
+pub fn event_to_proto(event: &Event) -> pb::Event {
+    use pb::event;
+    let kind = match &event.kind {
+        EventKind::Started { input } => event::Kind::Started(event::Started { input_json: input.to_string() }),
+        EventKind::TaskScheduled { step, attempt, service } => event::Kind::TaskScheduled(event::TaskScheduled {
+            step: step.to_string(),
+            attempt: *attempt,
+            service: service.to_string(),
+        }),
+        EventKind::TaskSucceeded { step, attempt, output } => event::Kind::TaskSucceeded(event::TaskSucceeded {
+            step: step.to_string(),
+            attempt: *attempt,
+            output_json: output.to_string(),
+        }),
+        EventKind::TaskFailed { step, attempt, error, retryable } => event::Kind::TaskFailed(event::TaskFailed {
+            step: step.to_string(),
+            attempt: *attempt,
+            error: error.clone(),
+            retryable: *retryable,
+        }),
+        EventKind::TaskSkipped { step, reason } => {
+            event::Kind::TaskSkipped(event::TaskSkipped { step: step.to_string(), reason: reason.clone() })
+        }
+        EventKind::Paused => event::Kind::Paused(event::Paused {}),
+        EventKind::Resumed => event::Kind::Resumed(event::Resumed {}),
+        EventKind::Cancelled { reason } => event::Kind::Cancelled(event::Cancelled { reason: reason.clone() }),
+        EventKind::Completed { output } => event::Kind::Completed(event::Completed { output_json: output.to_string() }),
+        EventKind::Failed { error } => event::Kind::Failed(event::Failed { error: error.clone() }),
+    };
+    pb::Event {
+        execution_id: event.execution.to_string(),
+        sequence: event.sequence,
+        at: Some(timestamp(event.at)),
+        kind: Some(kind),
+    }
+}
+
+/// A definition format from a request field; unspecified reads as detect.
+pub fn definition_format_from_proto(field: &str, value: i32) -> Result<DefinitionFormat, Status> {
+    Ok(match enum_value::<pb::DefinitionFormat>(field, value)? {
+        pb::DefinitionFormat::Unspecified => DefinitionFormat::Auto,
+        pb::DefinitionFormat::Yaml => DefinitionFormat::Yaml,
+        pb::DefinitionFormat::Json => DefinitionFormat::Json,
+    })
+}
+
+/// A definition format as proto (detect is never returned: it reads as unspecified).
+pub fn definition_format_to_proto(format: DefinitionFormat) -> pb::DefinitionFormat {
+    match format {
+        DefinitionFormat::Auto => pb::DefinitionFormat::Unspecified,
+        DefinitionFormat::Yaml => pb::DefinitionFormat::Yaml,
+        DefinitionFormat::Json => pb::DefinitionFormat::Json,
+    }
+}
+
+/// A definition version's summary as proto.
+pub fn definition_summary_to_proto(summary: &DefinitionSummary) -> pb::DefinitionSummary {
+    pb::DefinitionSummary {
+        name: summary.name.to_string(),
+        version: summary.version,
+        description: summary.description.clone(),
+        created_at: Some(timestamp(summary.created_at)),
+        content_hash: summary.content_hash.clone(),
+        step_count: summary.step_count,
+    }
+}
+
+/// A leased task as proto.
+pub fn leased_task_to_proto(task: &LeasedTask) -> pb::Task {
+    pb::Task {
+        task_token: task.token.to_string(),
+        queue: task.queue.clone(),
+        service: task.service.to_string(),
+        execution_id: task.execution.to_string(),
+        step: task.step.to_string(),
+        attempt: task.attempt,
+        idempotency_key: task.idempotency_key.clone(),
+        input_json: task.input.to_string(),
+        lease_expires_at: Some(timestamp(task.lease_expires_at)),
+        deadline: task.deadline.map(timestamp),
+    }
+}
+
+/// A point in time as proto.
+pub fn timestamp_to_proto(t: Timestamp) -> prost_types::Timestamp {
+    timestamp(t)
 }
 
 #[cfg(test)]

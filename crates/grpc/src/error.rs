@@ -14,3 +14,20 @@ pub enum Error {
     #[error("grpc reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
 }
+
+/// Maps an error of the API ports to the status code a client can act on; the message is the
+/// error's, which names what it is about.
+pub fn api_status(error: baton_core::ApiError) -> tonic::Status {
+    use baton_core::ApiError;
+    use tonic::Status;
+    let message = error.to_string();
+    match error {
+        ApiError::NotFound(_) => Status::not_found(message),
+        ApiError::InvalidArgument { .. } => Status::invalid_argument(message),
+        ApiError::AlreadyExists(_) => Status::already_exists(message),
+        ApiError::FailedPrecondition(_) => Status::failed_precondition(message),
+        ApiError::ResourceExhausted(_) => Status::resource_exhausted(message),
+        ApiError::Unavailable(_) => Status::unavailable(message),
+        _ => Status::internal(message),
+    }
+}

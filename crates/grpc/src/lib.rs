@@ -2,25 +2,50 @@
 //! and servers), the proto <-> domain conversions ([`convert`]), and the tonic services.
 //!
 //! This crate is the only place that knows prost types and maps domain errors to
-//! [`tonic::Status`] codes. It is not where behaviour lives: its services call ports from
-//! `baton-core` (the registry service calls a [`baton_core::ServiceDirectory`], the planner
-//! service a [`baton_core::Planning`]), so they know no concrete crate.
+//! [`tonic::Status`] codes. It is not where behaviour lives: each service calls one port from
+//! `baton-core`, so none knows a concrete crate:
 //!
-//! Served now: `baton.v1.RegistryService` ([`RegistryApi`]), `baton.v1.PlannerService`
-//! ([`PlannerApi`]), `grpc.health.v1.Health` and server reflection, with explicit [`Limits`]
-//! (4 MiB messages, capped pages), by [`Config::serve`] over the [`Backends`] it is given. The
-//! other services of the API are defined in `pb` and come with the crates that implement them.
+//! | service                      | type                | port                                  |
+//! |------------------------------|---------------------|---------------------------------------|
+//! | `baton.v1.RegistryService`   | [`RegistryApi`]     | [`baton_core::ServiceDirectory`]      |
+//! | `baton.v1.PlannerService`    | [`PlannerApi`]      | [`baton_core::Planning`]              |
+//! | `baton.v1.WorkflowService`   | [`WorkflowApi`]     | [`baton_core::WorkflowCatalog`]       |
+//! | `baton.v1.ExecutionService`  | [`ExecutionApi`]    | [`baton_core::Executions`]            |
+//! | `baton.v1.WorkerService`     | [`WorkerApi`]       | [`baton_core::WorkerTasks`]           |
+//! | `baton.v1.OrchestratorService` | [`OrchestratorApi`] | [`baton_core::Orchestrating`]       |
+//!
+//! [`Config::serve`] serves them all over the [`Backends`] it is given (the orchestrator passes
+//! its implementations; tests pass the fakes of `baton_core::api::fakes`), with
+//! `grpc.health.v1.Health` (every service reported serving) and server reflection, within
+//! explicit [`Limits`]: 4 MiB messages, pages capped (an oversized page size is capped, not
+//! refused), `PollTasks` streams capped in unfinished tasks, `Orchestrate` waits bounded by the
+//! call's deadline.
+//!
+//! Errors: a request field that does not convert is `INVALID_ARGUMENT` naming the field (an
+//! execution id that is not a UUIDv7, JSON that does not parse, an unknown enum value); the
+//! ports' [`baton_core::ApiError`] kinds map one to one ([`api_status`]): unknown names, ids and
+//! task tokens `NOT_FOUND`, illegal state transitions `FAILED_PRECONDITION`, a reused
+//! idempotency key `ALREADY_EXISTS`, and so on. An `Orchestrate` with `wait` whose execution
+//! has not ended in time is `DEADLINE_EXCEEDED` naming the execution.
 
 pub mod convert;
 mod error;
+mod execution;
+mod orchestrator;
 mod planner;
 mod registry;
 mod server;
+mod worker;
+mod workflow;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, api_status};
+pub use execution::{ExecutionApi, WatchStream};
+pub use orchestrator::OrchestratorApi;
 pub use planner::PlannerApi;
 pub use registry::RegistryApi;
 pub use server::{Backends, Config, Limits};
+pub use worker::{TaskStream, WorkerApi};
+pub use workflow::WorkflowApi;
 
 /// Messages, clients and servers generated from package `baton.v1`.
 #[allow(missing_docs, reason = "generated code: documented only where the proto has comments")]

@@ -10,7 +10,7 @@ use crate::convert::{
     view_to_proto,
 };
 use crate::pb;
-use crate::server::Limits;
+use crate::server::{Limits, clamp};
 
 /// The registry service: converts, calls the directory, converts back.
 #[derive(Clone)]
@@ -30,12 +30,6 @@ impl RegistryApi {
     pub fn new(directory: Arc<dyn ServiceDirectory>, limits: Limits) -> Self {
         Self { directory, limits }
     }
-}
-
-/// `requested` when it is within `max`, `max` when above, `default` when 0 (unset).
-fn clamp(requested: u32, default: u32, max: u32) -> usize {
-    let chosen = if requested == 0 { default } else { requested.min(max) };
-    chosen as usize
 }
 
 #[tonic::async_trait]

@@ -2,6 +2,8 @@
 //! tonic clients: services registered over the wire are composed into plans, only while their
 //! health is passing; bad and unsatisfiable goals get the codes a client can act on.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +12,7 @@ use baton_core::ports::DiscardEvents;
 use baton_core::{ServiceId, TaxonomyBuilder};
 use baton_grpc::pb::planner_service_client::PlannerServiceClient;
 use baton_grpc::pb::registry_service_client::RegistryServiceClient;
-use baton_grpc::{Backends, Config, pb};
+use baton_grpc::{Config, pb};
 use baton_planner::LivePlanner;
 use baton_registry::{Supervisor, SupervisorConfig};
 use tokio::sync::oneshot;
@@ -40,7 +42,7 @@ async fn start() -> Server {
         taxonomy.add(root, None).unwrap();
     }
     let planner = LivePlanner::new(Arc::new(taxonomy.build().unwrap()), Arc::new(registry.clone()));
-    let backends = Backends { directory: Arc::new(registry), planner: Arc::new(planner) };
+    let backends = common::Fakes::new(common::idle_planner()).backends(Arc::new(registry), Arc::new(planner));
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();

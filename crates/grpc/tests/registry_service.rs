@@ -1,10 +1,12 @@
 //! A real tonic server on 127.0.0.1:0 over a real registry, driven by a real tonic client:
 //! every RegistryService call, its error codes, the message size limit, health and reflection.
 
+mod common;
+
 use std::sync::Arc;
 
 use baton_grpc::pb::registry_service_client::RegistryServiceClient;
-use baton_grpc::{Backends, Config, pb};
+use baton_grpc::{Config, pb};
 use baton_registry::Registry;
 use tokio::sync::oneshot;
 use tonic::Code;
@@ -24,7 +26,7 @@ async fn start() -> Server {
     let registry = Registry::default();
     let taxonomy = Arc::new(baton_core::Taxonomy::default());
     let planner = Arc::new(baton_planner::LivePlanner::new(taxonomy, Arc::new(registry.clone())));
-    let backends = Backends { directory: Arc::new(registry), planner };
+    let backends = common::Fakes::new(common::idle_planner()).backends(Arc::new(registry), planner);
     let task = tokio::spawn(Config::default().serve(backends, listener, async {
         let _ = stopped.await;
     }));
@@ -218,7 +220,15 @@ async fn health_and_reflection_are_served() {
 
     let server = start().await;
     let mut health = HealthClient::new(server.channel.clone());
-    for service in ["", "baton.v1.RegistryService"] {
+    for service in [
+        "",
+        "baton.v1.RegistryService",
+        "baton.v1.PlannerService",
+        "baton.v1.WorkflowService",
+        "baton.v1.ExecutionService",
+        "baton.v1.WorkerService",
+        "baton.v1.OrchestratorService",
+    ] {
         let answer = health.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
         assert_eq!(answer.status, ServingStatus::Serving as i32, "{service:?}");
     }

@@ -3,11 +3,13 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use baton_core::{Endpoint, Health, ServiceId};
 use baton_executor::{Call, Failure, HttpConfig, HttpInvoker, Invoker, WorkerConfig, WorkerQueues};
 use baton_registry::Registry;
 use serde_json::Value;
+use tokio::sync::Notify;
 
 use crate::runner::Queries;
 
@@ -26,6 +28,10 @@ pub struct Dispatcher {
     workers: WorkerQueues,
     max_candidates: usize,
     failovers: Arc<AtomicU64>,
+    /// Signalled whenever a call gives its permit back.
+    released: Arc<Notify>,
+    /// How long a call waits for a service with capacity (or for one to register).
+    wait_for_service: Duration,
 }
 
 impl Dispatcher {
@@ -59,7 +65,16 @@ impl Dispatcher {
             queries,
             max_candidates: max_candidates.max(1),
             failovers: Arc::default(),
+            released: Arc::default(),
+            wait_for_service: Duration::from_secs(30),
         }
+    }
+
+    /// How long a call waits for a service that can take it (registered, healthy, with
+    /// capacity) before it fails as unreached; the step's attempt timeout still applies.
+    pub fn wait_for_service(mut self, wait: Duration) -> Self {
+        self.wait_for_service = wait;
+        self
     }
 
     /// The worker queues, for the gRPC worker service.
@@ -79,7 +94,7 @@ impl Dispatcher {
             .find(&query, self.max_candidates)
             .map_err(|e| Failure::permanent("invalid_query", format!("step {}: {e}", call.step)))?;
         if matches.candidates.is_empty() {
-            return Err(Failure::retryable(
+            return Err(Failure::unreached(
                 "no_candidate",
                 format!("no healthy service with capacity left matches the query of step {}", call.step),
             ));
@@ -88,15 +103,16 @@ impl Dispatcher {
     }
 
     async fn call_one(&self, call: Call) -> Result<Value, Failure> {
+        // Retried: after a restart the registry fills again as services heartbeat.
         let view = self.registry.get(&call.service).map_err(|_| {
-            Failure::permanent("unknown_service", format!("service {} is not registered", call.service))
+            Failure::unreached("unknown_service", format!("service {} is not registered", call.service))
         })?;
         if view.status.health == Health::Critical {
-            return Err(Failure::retryable("unhealthy", format!("service {} is critical", call.service)));
+            return Err(Failure::unreached("unhealthy", format!("service {} is critical", call.service)));
         }
-        let _permit =
-            self.registry.acquire(&call.service).map_err(|e| Failure::retryable("at_capacity", e.to_string()))?;
-        match view.spec.endpoint() {
+        let permit =
+            self.registry.acquire(&call.service).map_err(|e| Failure::unreached("at_capacity", e.to_string()))?;
+        let result = match view.spec.endpoint() {
             Endpoint::Http { .. } => self.http.invoke(call).await,
             Endpoint::Worker { .. } => self.workers.invoke(call).await,
             Endpoint::Grpc { url } => Err(Failure::permanent(
@@ -106,13 +122,36 @@ impl Dispatcher {
                     call.service
                 ),
             )),
-        }
+        };
+        drop(permit);
+        self.released.notify_waiters();
+        result
     }
 }
 
 impl Invoker for Dispatcher {
     async fn invoke(&self, call: Call) -> Result<Value, Failure> {
-        let candidates = self.candidates(&call)?;
+        // A call that finds no service able to take it waits for one: a permit given back,
+        // or a service registering or turning healthy (seen on the next look).
+        let deadline = tokio::time::Instant::now() + self.wait_for_service;
+        loop {
+            let released = self.released.notified();
+            match self.try_invoke(&call).await {
+                Err(failure) if failure.unreached && tokio::time::Instant::now() < deadline => {
+                    tokio::select! {
+                        () = released => {}
+                        () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    }
+                }
+                result => return result,
+            }
+        }
+    }
+}
+
+impl Dispatcher {
+    async fn try_invoke(&self, call: &Call) -> Result<Value, Failure> {
+        let candidates = self.candidates(call)?;
         let count = candidates.len();
         let mut last = None;
         for (rank, service) in candidates.into_iter().enumerate() {
@@ -127,6 +166,6 @@ impl Invoker for Dispatcher {
                 Err(failure) => return Err(failure),
             }
         }
-        Err(last.unwrap_or_else(|| Failure::retryable("no_candidate", "no candidate service")))
+        Err(last.unwrap_or_else(|| Failure::unreached("no_candidate", "no candidate service")))
     }
 }

@@ -8,8 +8,11 @@
 //! - [`dispatch`]: the invoker that resolves each call against the live registry (capability
 //!   queries at dispatch, capacity permits, failover) and calls HTTP endpoints or worker queues.
 
+pub mod api;
+pub mod cli;
 pub mod config;
 pub mod dispatch;
+pub mod metrics;
 pub mod orchestrator;
 pub mod runner;
 pub mod serve;

@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use baton::cli::{ClientCommand, ClientOptions};
 use baton::config::{LogFormat, ServeArgs, ServeConfig};
 use baton::serve::{Server, shutdown_signal};
 use clap::{Parser, Subcommand};
@@ -10,6 +11,8 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "baton", version, about)]
 struct Cli {
+    #[command(flatten)]
+    client: ClientOptions,
     #[command(subcommand)]
     command: Command,
 }
@@ -18,6 +21,8 @@ struct Cli {
 enum Command {
     /// Runs the server: gRPC API, metrics, the workflow engine and the registry.
     Serve(ServeArgs),
+    #[command(flatten)]
+    Client(ClientCommand),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +45,7 @@ fn main() -> ExitCode {
             };
             runtime.block_on(serve(config))
         }
+        Command::Client(command) => runtime.block_on(baton::cli::run(command, &cli.client)),
     }
 }
 

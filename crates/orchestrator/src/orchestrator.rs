@@ -120,6 +120,7 @@ struct Inner {
     registry: Registry,
     planner: Arc<LivePlanner>,
     dispatcher: Dispatcher,
+    executor: baton_executor::Executor<Dispatcher>,
     engine: OrchestratorEngine,
     store: AnyStore,
     supervisor: Mutex<Option<SupervisorHandle>>,
@@ -159,7 +160,7 @@ impl ServiceOrchestrator {
             Arc::clone(&router) as Arc<dyn baton_core::EventSink<baton_core::Event>>,
             Arc::clone(&options.engine.clock),
         );
-        let runner = ExecutorRunner::new(executor, router, queries);
+        let runner = ExecutorRunner::new(executor.clone(), router, queries);
         let engine = Engine::open(options.engine.clone(), store.clone(), runner).await?;
         let planner = Arc::new(LivePlanner::new(Arc::clone(&options.taxonomy), Arc::new(registry.clone())));
         let supervisor = options
@@ -167,7 +168,15 @@ impl ServiceOrchestrator {
             .clone()
             .map(|config| config.build(registry.clone(), Arc::new(NetworkProbe::default())).spawn());
         Ok(Self {
-            inner: Arc::new(Inner { registry, planner, dispatcher, engine, store, supervisor: Mutex::new(supervisor) }),
+            inner: Arc::new(Inner {
+                registry,
+                planner,
+                dispatcher,
+                executor,
+                engine,
+                store,
+                supervisor: Mutex::new(supervisor),
+            }),
         })
     }
 
@@ -194,6 +203,11 @@ impl ServiceOrchestrator {
     /// The dispatcher, for its failover count.
     pub fn dispatcher(&self) -> &Dispatcher {
         &self.inner.dispatcher
+    }
+
+    /// The executor, for breaker states.
+    pub fn executor(&self) -> &baton_executor::Executor<Dispatcher> {
+        &self.inner.executor
     }
 
     /// The store.

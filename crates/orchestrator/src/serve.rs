@@ -8,6 +8,7 @@ use baton_grpc::Backends;
 use tokio::net::TcpListener;
 
 use crate::config::ServeConfig;
+use crate::metrics::{Metrics, serve_metrics};
 use crate::orchestrator::{Options, ServiceOrchestrator, StoreChoice};
 
 /// Why the server stopped with an error.
@@ -37,19 +38,26 @@ pub struct Server {
     config: ServeConfig,
     orchestrator: ServiceOrchestrator,
     grpc: TcpListener,
-    metrics: TcpListener,
+    metrics: Metrics,
+    metrics_listener: TcpListener,
 }
 
 impl Server {
     /// Opens the orchestrator (recovering unfinished executions) and binds both addresses.
     pub async fn bind(config: ServeConfig) -> Result<Self, ServeError> {
         let grpc = bind(config.listen).await?;
-        let metrics = bind(config.metrics_listen).await?;
+        let metrics_listener = bind(config.metrics_listen).await?;
         let store = match &config.store {
             Some(url) => StoreChoice::Postgres(url.clone()),
             None => StoreChoice::Redb(config.data_dir.clone()),
         };
-        let orchestrator = ServiceOrchestrator::open(Options { store, ..Options::default() }).await?;
+        let metrics = Metrics::default();
+        let mut options = Options { store, ..Options::default() };
+        options.engine.observer = Arc::new(metrics.clone());
+        let orchestrator = ServiceOrchestrator::open(options).await?;
+        metrics.watch(&orchestrator);
+        let executor = orchestrator.executor().clone();
+        metrics.watch_breakers(move |service| executor.breaker_state(service));
         let recovery = orchestrator.engine().recovery();
         tracing::info!(
             resumed = recovery.resumed.len(),
@@ -61,7 +69,7 @@ impl Server {
         for (execution, reason) in &recovery.failed {
             tracing::warn!(%execution, reason, "execution could not be recovered and is marked failed");
         }
-        Ok(Self { config, orchestrator, grpc, metrics })
+        Ok(Self { config, orchestrator, grpc, metrics, metrics_listener })
     }
 
     /// The gRPC address bound.
@@ -71,7 +79,7 @@ impl Server {
 
     /// The metrics address bound.
     pub fn metrics_addr(&self) -> SocketAddr {
-        self.metrics.local_addr().expect("a bound listener has an address")
+        self.metrics_listener.local_addr().expect("a bound listener has an address")
     }
 
     /// The orchestrator served.
@@ -84,17 +92,40 @@ impl Server {
     /// durable when acknowledged, so nothing else needs flushing: executions still running
     /// resume on the next start, their in-flight calls repeated with the same idempotency keys.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
-        let Self { config, orchestrator, grpc, metrics: _metrics } = self;
+        let grpc_addr = self.grpc_addr();
+        let Self { config, orchestrator, grpc, metrics, metrics_listener } = self;
+        // The demo's services register over the API like any other, once it serves.
+        let demo = if config.demo { Some(tokio::spawn(start_demo(orchestrator.clone(), grpc_addr))) } else { None };
+        let api = Arc::new(orchestrator.clone());
         let backends = Backends {
             directory: Arc::new(orchestrator.registry().clone()),
             planner: Arc::clone(orchestrator.planner()) as Arc<dyn baton_core::Planning>,
+            workflows: Arc::clone(&api) as Arc<dyn baton_core::WorkflowCatalog>,
+            executions: Arc::clone(&api) as Arc<dyn baton_core::Executions>,
+            workers: Arc::clone(&api) as Arc<dyn baton_core::WorkerTasks>,
+            orchestrator: api as Arc<dyn baton_core::Orchestrating>,
         };
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let signal = async move {
             shutdown.await;
+            // The demo's services deregister while the server still answers.
+            if let Some(demo) = demo
+                && let Ok(Some(services)) = demo.await
+            {
+                for service in services {
+                    let _ = service.shutdown().await;
+                }
+            }
             tracing::info!("shutting down: no new requests; in-flight ones have the grace period");
             let _ = stop.send(true);
         };
+        let metrics_stop = {
+            let mut stopped = stopped.clone();
+            async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            }
+        };
+        let metrics_server = tokio::spawn(serve_metrics(metrics_listener, metrics, metrics_stop));
         let grpc_config = baton_grpc::Config::default();
         let server = tokio::spawn(grpc_config.serve(backends, grpc, signal));
         let mut stopped = stopped;
@@ -105,6 +136,9 @@ impl Server {
             Err(_) => {
                 tracing::warn!(grace = ?config.shutdown_grace, "requests still open after the grace period were cut")
             }
+        }
+        if let Ok(Err(error)) = metrics_server.await {
+            tracing::warn!(%error, "the metrics server failed");
         }
         orchestrator.shutdown().await;
         tracing::info!("stopped");
@@ -135,5 +169,43 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = term => {}
+    }
+}
+
+/// The example workflows the demo applies, shipped in the binary so it runs from any directory.
+pub const DEMO_WORKFLOWS: [(&str, &str); 3] = [
+    ("checkout.yaml", include_str!("../../../examples/workflows/checkout.yaml")),
+    ("order.yaml", include_str!("../../../examples/workflows/order.yaml")),
+    ("pipeline.yaml", include_str!("../../../examples/workflows/pipeline.yaml")),
+];
+
+/// Starts the example shop's services in-process, registered with this server, and applies
+/// the example workflows. `None` when the services would not start (logged).
+async fn start_demo(
+    orchestrator: ServiceOrchestrator,
+    grpc_addr: SocketAddr,
+) -> Option<Vec<baton_examples::RunningService>> {
+    for (file, text) in DEMO_WORKFLOWS {
+        match orchestrator.engine().apply(text).await {
+            Ok(applied) => tracing::info!(workflow = %applied.name, version = applied.version, "demo: applied {file}"),
+            Err(error) => tracing::error!(%error, "demo: {file} does not apply"),
+        }
+    }
+    let options = baton_examples::ServiceOptions {
+        baton: Some(format!("http://{grpc_addr}")),
+        latency: std::time::Duration::from_millis(20),
+        ..baton_examples::ServiceOptions::default()
+    };
+    match baton_examples::spawn_shop(&options).await {
+        Ok(services) => {
+            for service in &services {
+                tracing::info!(service = service.id(), url = service.url(), "demo: example service started");
+            }
+            Some(services)
+        }
+        Err(error) => {
+            tracing::error!(%error, "demo: the example services did not start");
+            None
+        }
     }
 }

@@ -211,6 +211,18 @@ impl<S: Store, R: Runner> Engine<S, R> {
         input: Value,
         idempotency_key: Option<IdempotencyKey>,
     ) -> Result<ExecutionId> {
+        Ok(self.start_or_find(name, version, input, idempotency_key).await?.0)
+    }
+
+    /// [`Engine::start`], also saying whether the idempotency key had started the execution
+    /// before (`true`: nothing was started now).
+    pub async fn start_or_find(
+        &self,
+        name: &WorkflowName,
+        version: Option<u32>,
+        input: Value,
+        idempotency_key: Option<IdempotencyKey>,
+    ) -> Result<(ExecutionId, bool)> {
         let version_requested = version;
         let (version, definition) = self.definition(name, version).await?;
         let now = self.inner.config.clock.now();
@@ -238,13 +250,13 @@ impl<S: Store, R: Runner> Engine<S, R> {
                     return Err(Error::IdempotencyConflict { key, execution: execution.id });
                 }
             }
-            return Ok(execution.id);
+            return Ok((execution.id, true));
         }
         execution.state = ExecutionState::Running;
         let execution = self.inner.store.update_execution(ExecutionUpdate::from(&execution)).await?;
         let id = execution.id;
         self.spawn(Driver::new(self, execution, definition, 1, false, BTreeMap::new()), true);
-        Ok(id)
+        Ok((id, false))
     }
 
     /// One execution.

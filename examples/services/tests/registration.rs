@@ -32,7 +32,17 @@ async fn start(address: SocketAddr) -> Server {
         .spawn();
     let taxonomy = Arc::new(baton_core::Taxonomy::default());
     let planner = Arc::new(baton_planner::LivePlanner::new(taxonomy, Arc::new(registry.clone())));
-    let backends = Backends { directory: Arc::new(registry), planner };
+    // Registration is what these tests are about; the other services run on core's fakes.
+    use baton_core::api::fakes::{InMemoryExecutions, InMemoryOrchestrator, InMemoryWorkerTasks, InMemoryWorkflows};
+    let executions = InMemoryExecutions::new(InMemoryWorkflows::default());
+    let backends = Backends {
+        directory: Arc::new(registry),
+        planner: planner.clone(),
+        workflows: Arc::new(executions.workflows().clone()),
+        executions: Arc::new(executions.clone()),
+        workers: Arc::new(InMemoryWorkerTasks::default()),
+        orchestrator: Arc::new(InMemoryOrchestrator::new(planner, executions)),
+    };
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(Config::default().serve(backends, listener, async {
         let _ = stopped.await;

@@ -1,0 +1,317 @@
+//! A real tonic server on 127.0.0.1:0 over the in-memory executions, driven by a real tonic
+//! client: starting (idempotently), reading, listing, pausing, resuming and cancelling
+//! executions, watching journals after the end and live, and bad requests.
+
+mod common;
+
+use baton_core::{EventKind, ExecutionId, ServiceId, StepId};
+use baton_grpc::pb::execution_service_client::ExecutionServiceClient;
+use baton_grpc::pb::workflow_service_client::WorkflowServiceClient;
+use baton_grpc::{Config, pb};
+use common::{Fakes, assert_status};
+use serde_json::json;
+use tonic::Code;
+use tonic::transport::Channel;
+
+struct Harness {
+    server: common::Running,
+    fakes: Fakes,
+    client: ExecutionServiceClient<Channel>,
+}
+
+async fn start() -> Harness {
+    let (fakes, backends) = common::fake_backends();
+    let server = common::serve(backends, Config::default()).await;
+    let mut workflows = WorkflowServiceClient::new(server.channel.clone());
+    for name in ["checkout", "refund"] {
+        let steps = json!([{"id": "pay", "service": "pay"}, {"id": "ship", "service": "ship", "depends_on": ["pay"]}]);
+        let source = json!({"name": name, "steps": steps}).to_string();
+        workflows.apply_definition(pb::ApplyDefinitionRequest { source, format: 0 }).await.unwrap();
+    }
+    let client = ExecutionServiceClient::new(server.channel.clone());
+    Harness { server, fakes, client }
+}
+
+fn start_request(workflow: &str, input: &str, key: Option<&str>) -> pb::StartExecutionRequest {
+    pb::StartExecutionRequest {
+        workflow: workflow.into(),
+        version: None,
+        input_json: input.into(),
+        idempotency_key: key.map(Into::into),
+    }
+}
+
+async fn start_one(c: &mut ExecutionServiceClient<Channel>, workflow: &str) -> pb::Execution {
+    c.start_execution(start_request(workflow, "", None)).await.unwrap().into_inner().execution.unwrap()
+}
+
+fn id(execution: &pb::Execution) -> ExecutionId {
+    execution.id.parse().unwrap()
+}
+
+/// Plays a successful run of `pay` then `ship` into the fake's journal.
+fn complete(fakes: &Fakes, id: ExecutionId) {
+    for step in ["pay", "ship"] {
+        let step = StepId::new(step).unwrap();
+        let service = ServiceId::new("svc").unwrap();
+        fakes.executions.record(id, EventKind::TaskScheduled { step: step.clone(), attempt: 1, service }).unwrap();
+        fakes.executions.record(id, EventKind::TaskSucceeded { step, attempt: 1, output: json!(1) }).unwrap();
+    }
+    fakes.executions.record(id, EventKind::Completed { output: json!({"shipped": true}) }).unwrap();
+}
+
+async fn watch(
+    c: &mut ExecutionServiceClient<Channel>,
+    id: &str,
+    from: u64,
+) -> tonic::Streaming<pb::WatchExecutionResponse> {
+    c.watch_execution(pb::WatchExecutionRequest { id: id.into(), from_sequence: from }).await.unwrap().into_inner()
+}
+
+async fn sequences(mut stream: tonic::Streaming<pb::WatchExecutionResponse>) -> Vec<u64> {
+    let mut seen = Vec::new();
+    while let Some(answer) = stream.message().await.unwrap() {
+        seen.push(answer.event.unwrap().sequence);
+    }
+    seen
+}
+
+#[tokio::test]
+async fn executions_start_idempotently_and_follow_the_state_machine() {
+    let Harness { server, fakes: _fakes, client: mut c } = start().await;
+    let started = c.start_execution(start_request("checkout", r#"{"order": 42}"#, Some("order-42"))).await;
+    let started = started.unwrap().into_inner();
+    assert!(!started.existing);
+    let execution = started.execution.unwrap();
+    assert_eq!((execution.workflow.as_str(), execution.version), ("checkout", 1));
+    assert_eq!(execution.state, pb::ExecutionState::Running as i32);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&execution.input_json).unwrap(), json!({"order": 42}));
+    let steps: Vec<_> = execution.tasks.iter().map(|t| (t.step.as_str(), t.state)).collect();
+    assert_eq!(steps, [("pay", pb::TaskState::Pending as i32), ("ship", pb::TaskState::Pending as i32)]);
+
+    let again = c.start_execution(start_request("checkout", r#"{"order": 42}"#, Some("order-42"))).await;
+    let again = again.unwrap().into_inner();
+    assert!(again.existing);
+    assert_eq!(again.execution.unwrap().id, execution.id);
+    assert_status(
+        c.start_execution(start_request("checkout", r#"{"order": 43}"#, Some("order-42"))).await,
+        Code::AlreadyExists,
+        r#"idempotency key "order-42" already started execution"#,
+    );
+    let empty_input = start_one(&mut c, "checkout").await;
+    assert_eq!(empty_input.input_json, "{}");
+
+    let get = |id: &str| pb::GetExecutionRequest { id: id.into() };
+    let got = c.get_execution(get(&execution.id)).await.unwrap().into_inner().execution.unwrap();
+    assert_eq!(got.id, execution.id);
+
+    let paused = c.pause_execution(pb::PauseExecutionRequest { id: execution.id.clone() }).await.unwrap();
+    assert_eq!(paused.into_inner().execution.unwrap().state, pb::ExecutionState::Paused as i32);
+    assert_status(
+        c.pause_execution(pb::PauseExecutionRequest { id: execution.id.clone() }).await,
+        Code::FailedPrecondition,
+        &format!("execution {} cannot go from paused to paused", execution.id),
+    );
+    let resumed = c.resume_execution(pb::ResumeExecutionRequest { id: execution.id.clone() }).await.unwrap();
+    assert_eq!(resumed.into_inner().execution.unwrap().state, pb::ExecutionState::Running as i32);
+    let cancel = |id: &str, reason: &str| pb::CancelExecutionRequest { id: id.into(), reason: reason.into() };
+    let cancelled = c.cancel_execution(cancel(&execution.id, "customer called")).await.unwrap().into_inner();
+    let cancelled = cancelled.execution.unwrap();
+    assert_eq!(cancelled.state, pb::ExecutionState::Cancelled as i32);
+    assert_eq!(cancelled.error.as_deref(), Some("customer called"));
+    assert_status(
+        c.cancel_execution(cancel(&execution.id, "again")).await,
+        Code::FailedPrecondition,
+        &format!("execution {} cannot go from cancelled to cancelled", execution.id),
+    );
+    assert_status(
+        c.resume_execution(pb::ResumeExecutionRequest { id: execution.id.clone() }).await,
+        Code::FailedPrecondition,
+        "cannot go from cancelled to running",
+    );
+    let unnamed = c.cancel_execution(cancel(&empty_input.id, "")).await.unwrap().into_inner();
+    assert_eq!(unnamed.execution.unwrap().error.as_deref(), Some("cancelled by request"));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn listings_are_newest_first_filtered_and_paged() {
+    let Harness { server, fakes: _fakes, client: mut c } = start().await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(start_one(&mut c, if i % 2 == 0 { "checkout" } else { "refund" }).await.id);
+    }
+    c.pause_execution(pb::PauseExecutionRequest { id: ids[0].clone() }).await.unwrap();
+    c.cancel_execution(pb::CancelExecutionRequest { id: ids[1].clone(), reason: "x".into() }).await.unwrap();
+
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let request = pb::ListExecutionsRequest { page_size: 2, page_token: token.clone(), ..Default::default() };
+        let page = c.list_executions(request).await.unwrap().into_inner();
+        assert!(page.executions.len() <= 2);
+        assert!(page.executions.iter().all(|e| e.tasks.is_empty()), "listings leave tasks out");
+        seen.extend(page.executions.into_iter().map(|e| e.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
+    assert_eq!(seen, newest_first);
+
+    let list = |request: pb::ListExecutionsRequest| {
+        let mut c = c.clone();
+        async move {
+            let page = c.list_executions(request).await.unwrap().into_inner();
+            page.executions.into_iter().map(|e| e.id).collect::<Vec<_>>()
+        }
+    };
+    let refunds = pb::ListExecutionsRequest { workflow: "refund".into(), ..Default::default() };
+    assert_eq!(list(refunds).await, [ids[3].clone(), ids[1].clone()]);
+    let stopped = pb::ListExecutionsRequest {
+        states: vec![pb::ExecutionState::Paused as i32, pb::ExecutionState::Cancelled as i32],
+        ..Default::default()
+    };
+    assert_eq!(list(stopped).await, [ids[1].clone(), ids[0].clone()]);
+    let running = pb::ListExecutionsRequest { states: vec![pb::ExecutionState::Running as i32], ..Default::default() };
+    assert_eq!(list(running).await.len(), 3);
+    let future = prost_types::Timestamp { seconds: 4_000_000_000, nanos: 0 };
+    let later = pb::ListExecutionsRequest { created_after: Some(future), ..Default::default() };
+    assert!(list(later).await.is_empty());
+    let before = pb::ListExecutionsRequest { created_before: Some(future), ..Default::default() };
+    assert_eq!(list(before).await.len(), 5);
+    // An oversized page is capped, not refused.
+    let huge = pb::ListExecutionsRequest { page_size: u32::MAX, ..Default::default() };
+    assert_eq!(list(huge).await.len(), 5);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_late_watcher_gets_the_whole_journal_and_the_stream_ends() {
+    let Harness { server, fakes, client: mut c } = start().await;
+    let execution = start_one(&mut c, "checkout").await;
+    complete(&fakes, id(&execution));
+
+    let mut stream = watch(&mut c, &execution.id, 0).await;
+    let mut events = Vec::new();
+    while let Some(answer) = stream.message().await.unwrap() {
+        events.push(answer.event.unwrap());
+    }
+    let sequences: Vec<u64> = events.iter().map(|e| e.sequence).collect();
+    assert_eq!(sequences, [1, 2, 3, 4, 5, 6]);
+    assert!(events.iter().all(|e| e.execution_id == execution.id && e.at.is_some()));
+    assert!(matches!(&events[0].kind, Some(pb::event::Kind::Started(s)) if s.input_json == "{}"));
+    assert!(matches!(&events[1].kind, Some(pb::event::Kind::TaskScheduled(t)) if t.step == "pay" && t.attempt == 1));
+    let Some(pb::event::Kind::Completed(done)) = &events[5].kind else { panic!("{:?}", events[5]) };
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&done.output_json).unwrap(), json!({"shipped": true}));
+
+    // From a later sequence; from past the end (nothing, and the stream still ends).
+    assert_eq!(sequences_from(&mut c, &execution.id, 5).await, [5, 6]);
+    assert!(sequences_from(&mut c, &execution.id, 99).await.is_empty());
+    let got = c.get_execution(pb::GetExecutionRequest { id: execution.id.clone() }).await.unwrap().into_inner();
+    let got = got.execution.unwrap();
+    assert_eq!(got.state, pb::ExecutionState::Completed as i32);
+    assert!(got.tasks.iter().all(|t| t.state == pb::TaskState::Succeeded as i32 && t.attempts == 1));
+    server.shutdown().await;
+}
+
+async fn sequences_from(c: &mut ExecutionServiceClient<Channel>, id: &str, from: u64) -> Vec<u64> {
+    sequences(watch(c, id, from).await).await
+}
+
+#[tokio::test]
+async fn a_live_watcher_sees_events_as_they_are_journaled() {
+    let Harness { server, fakes, client: mut c } = start().await;
+    let execution = start_one(&mut c, "checkout").await;
+    let mut stream = watch(&mut c, &execution.id, 0).await;
+    assert_eq!(stream.message().await.unwrap().unwrap().event.unwrap().sequence, 1);
+
+    // Journaled after the watcher caught up: each arrives live, in order.
+    c.pause_execution(pb::PauseExecutionRequest { id: execution.id.clone() }).await.unwrap();
+    let paused = stream.message().await.unwrap().unwrap().event.unwrap();
+    assert_eq!((paused.sequence, paused.kind), (2, Some(pb::event::Kind::Paused(pb::event::Paused {}))));
+    c.resume_execution(pb::ResumeExecutionRequest { id: execution.id.clone() }).await.unwrap();
+    assert_eq!(stream.message().await.unwrap().unwrap().event.unwrap().sequence, 3);
+    complete(&fakes, id(&execution));
+    let rest: Vec<u64> = sequences(stream).await;
+    assert_eq!(rest, [4, 5, 6, 7, 8]);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_execution_requests_get_typed_codes_naming_the_problem() {
+    let Harness { server, fakes: _fakes, client: mut c } = start().await;
+    let ghost = ExecutionId::generate().to_string();
+    let v4 = "6f1c1b9e-3f0a-4c5e-9d2b-1a2b3c4d5e6f";
+
+    assert_status(
+        c.start_execution(start_request("checkout", "{not json", None)).await,
+        Code::InvalidArgument,
+        "input_json: not valid JSON",
+    );
+    assert_status(
+        c.start_execution(start_request("nope", "", None)).await,
+        Code::NotFound,
+        r#"definition "nope" not found"#,
+    );
+    assert_status(
+        c.start_execution(start_request("No Pe", "", None)).await,
+        Code::InvalidArgument,
+        "workflow: invalid",
+    );
+    assert_status(
+        c.start_execution(start_request("checkout", "", Some(""))).await,
+        Code::InvalidArgument,
+        "idempotency_key",
+    );
+    let mut pinned = start_request("checkout", "", None);
+    pinned.version = Some(3);
+    assert_status(c.start_execution(pinned).await, Code::NotFound, r#"definition "checkout" version 3 not found"#);
+
+    let get = |id: &str| pb::GetExecutionRequest { id: id.into() };
+    assert_status(c.get_execution(get("nope")).await, Code::InvalidArgument, "id: invalid execution_id");
+    assert_status(c.get_execution(get(v4)).await, Code::InvalidArgument, "must be a UUIDv7");
+    assert_status(c.get_execution(get("")).await, Code::InvalidArgument, "id: must not be empty");
+    assert_status(c.get_execution(get(&ghost)).await, Code::NotFound, &format!("execution {ghost} not found"));
+    assert_status(c.pause_execution(pb::PauseExecutionRequest { id: ghost.clone() }).await, Code::NotFound, &ghost);
+    assert_status(
+        c.cancel_execution(pb::CancelExecutionRequest { id: "x".into(), reason: String::new() }).await,
+        Code::InvalidArgument,
+        "id: invalid execution_id",
+    );
+    let watch = |id: &str| pb::WatchExecutionRequest { id: id.into(), from_sequence: 0 };
+    assert_status(c.watch_execution(watch(&ghost)).await, Code::NotFound, &ghost);
+    assert_status(c.watch_execution(watch("nope")).await, Code::InvalidArgument, "id: invalid execution_id");
+
+    let bad_state = pb::ListExecutionsRequest { states: vec![1, 0], ..Default::default() };
+    assert_status(c.list_executions(bad_state).await, Code::InvalidArgument, "states[1]: must be specified");
+    let unknown_state = pb::ListExecutionsRequest { states: vec![77], ..Default::default() };
+    assert_status(c.list_executions(unknown_state).await, Code::InvalidArgument, "states[0]: unknown enum value 77");
+    let bad_token = pb::ListExecutionsRequest { page_token: "v1.nope".into(), ..Default::default() };
+    assert_status(c.list_executions(bad_token).await, Code::InvalidArgument, "page_token");
+    let bad_time = pb::ListExecutionsRequest {
+        created_after: Some(prost_types::Timestamp { seconds: 0, nanos: -5 }),
+        ..Default::default()
+    };
+    assert_status(c.list_executions(bad_time).await, Code::InvalidArgument, "created_after");
+    let bad_workflow = pb::ListExecutionsRequest { workflow: "Bad".into(), ..Default::default() };
+    assert_status(c.list_executions(bad_workflow).await, Code::InvalidArgument, "workflow: invalid");
+
+    // Nothing above started anything.
+    let all = c.list_executions(pb::ListExecutionsRequest::default()).await.unwrap().into_inner();
+    assert!(all.executions.is_empty());
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_live_watch_ends_as_unavailable_when_the_server_shuts_down() {
+    let Harness { server, fakes: _fakes, client: mut c } = start().await;
+    let execution = start_one(&mut c, "checkout").await;
+    let mut stream = watch(&mut c, &execution.id, 0).await;
+    assert_eq!(stream.message().await.unwrap().unwrap().event.unwrap().sequence, 1);
+    let stopping = tokio::spawn(server.shutdown());
+    let status = stream.message().await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    stopping.await.unwrap();
+}

@@ -1,0 +1,158 @@
+//! Metrics read at scrape time from the components that keep the state: the registry, the
+//! dispatcher, the worker queues, the store and the executor's circuit breakers.
+
+use std::sync::Arc;
+
+use baton_core::{Health, ServiceId};
+use baton_executor::{BreakerState, WorkerQueues};
+use baton_registry::Registry;
+use baton_store::{AnyStore, CommitStats};
+use parking_lot::RwLock;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+
+use crate::dispatch::Dispatcher;
+
+/// How many services one registry read takes: a scrape never holds the registry's lock for
+/// more than one page.
+const PAGE: usize = 1024;
+
+/// The state of a service's circuit breaker, as the executor tells it.
+pub(crate) type BreakerStates = Arc<dyn Fn(&ServiceId) -> BreakerState + Send + Sync>;
+
+/// What a scrape reads; each part is optional until wired.
+#[derive(Default)]
+pub(crate) struct Sources {
+    pub(crate) registry: Option<Registry>,
+    pub(crate) dispatcher: Option<Dispatcher>,
+    pub(crate) workers: Option<WorkerQueues>,
+    pub(crate) store: Option<AnyStore>,
+    pub(crate) breakers: Option<BreakerStates>,
+}
+
+impl std::fmt::Debug for Sources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sources")
+            .field("registry", &self.registry.is_some())
+            .field("dispatcher", &self.dispatcher.is_some())
+            .field("workers", &self.workers.is_some())
+            .field("store", &self.store.is_some())
+            .field("breakers", &self.breakers.is_some())
+            .finish()
+    }
+}
+
+/// The collector over [`Sources`].
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StateCollector {
+    pub(crate) sources: Arc<RwLock<Sources>>,
+}
+
+fn commit_stats(store: &AnyStore) -> Option<CommitStats> {
+    match store {
+        AnyStore::Memory(_) => None,
+        AnyStore::Redb(store) => Some(store.commit_stats()),
+        AnyStore::Postgres(store) => Some(store.commit_stats()),
+    }
+}
+
+/// Every registered service, a page at a time.
+fn for_each_service(registry: &Registry, mut f: impl FnMut(&baton_core::ServiceView)) {
+    let mut after: Option<ServiceId> = None;
+    loop {
+        let page = registry.list(after.as_ref(), PAGE);
+        page.services.iter().for_each(&mut f);
+        match page.next_after {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+}
+
+impl Collector for StateCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let sources = self.sources.read();
+        if let Some(registry) = &sources.registry {
+            let (mut passing, mut critical, mut unknown) = (0u64, 0u64, 0u64);
+            let mut open = Vec::new();
+            for_each_service(registry, |view| {
+                match view.status.health {
+                    Health::Passing => passing += 1,
+                    Health::Critical => critical += 1,
+                    Health::Unknown => unknown += 1,
+                }
+                if let Some(breakers) = &sources.breakers {
+                    match breakers(view.spec.id()) {
+                        BreakerState::Closed => {}
+                        BreakerState::Open => open.push((view.spec.id().clone(), 1u64)),
+                        BreakerState::HalfOpen => open.push((view.spec.id().clone(), 0u64)),
+                    }
+                }
+            });
+            let mut family = encoder.encode_descriptor(
+                "baton_registry_services",
+                "Registered services by health (passing, critical, unknown).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (health, count) in [("passing", passing), ("critical", critical), ("unknown", unknown)] {
+                ConstGauge::new(count).encode(family.encode_family(&[("health", health)])?)?;
+            }
+            ConstGauge::new(passing + critical + unknown).encode(encoder.encode_descriptor(
+                "baton_registry_services_registered",
+                "Registered services.",
+                None,
+                MetricType::Gauge,
+            )?)?;
+            if sources.breakers.is_some() {
+                let mut family = encoder.encode_descriptor(
+                    "baton_circuit_breaker_open",
+                    "Registered services whose circuit breaker is not closed: 1 open (calls refused), \
+                     0 half-open (one probe call); closed ones are left out.",
+                    None,
+                    MetricType::Gauge,
+                )?;
+                for (service, value) in &open {
+                    ConstGauge::new(*value).encode(family.encode_family(&[("service", service.as_str())])?)?;
+                }
+            }
+        }
+        if let Some(dispatcher) = &sources.dispatcher {
+            ConstCounter::new(dispatcher.failovers()).encode(encoder.encode_descriptor(
+                "baton_failovers",
+                "Calls moved to the next-ranked equivalent service after a failure.",
+                None,
+                MetricType::Counter,
+            )?)?;
+        }
+        if let Some(workers) = &sources.workers {
+            let mut family = encoder.encode_descriptor(
+                "baton_worker_queue_depth",
+                "Tasks waiting for a worker, by queue.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (queue, stats) in workers.all_stats() {
+                ConstGauge::new(stats.queued as u64).encode(family.encode_family(&[("queue", queue.as_str())])?)?;
+            }
+        }
+        if let Some(stats) = sources.store.as_ref().and_then(commit_stats) {
+            ConstCounter::new(stats.transactions).encode(encoder.encode_descriptor(
+                "baton_journal_commits",
+                "Store write transactions committed (group commits).",
+                None,
+                MetricType::Counter,
+            )?)?;
+            ConstCounter::new(stats.writes).encode(encoder.encode_descriptor(
+                "baton_journal_writes",
+                "Store writes answered after a commit; writes over commits is the mean batch size.",
+                None,
+                MetricType::Counter,
+            )?)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,215 @@
+//! A real `baton serve` process for end-to-end tests: fixed loopback ports (so services and
+//! clients find it again after a restart), a temp data dir, `kill -9` and restart.
+
+#![allow(dead_code, reason = "each test file uses the part of the harness it needs")]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use baton_grpc::pb;
+use tonic::transport::Channel;
+
+/// A free loopback port (bound, then released for the server to take).
+pub(crate) fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// A `baton serve` child process.
+pub(crate) struct ServerProcess {
+    child: Option<Child>,
+    /// The gRPC address.
+    pub(crate) grpc: SocketAddr,
+    /// The metrics address.
+    pub(crate) metrics: SocketAddr,
+    data_dir: PathBuf,
+    log: PathBuf,
+    extra: Vec<String>,
+    starts: u32,
+}
+
+impl ServerProcess {
+    /// Starts a server over `data_dir`, with `extra` flags, and waits until it serves.
+    pub(crate) async fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        let mut server = Self {
+            child: None,
+            grpc: free_addr(),
+            metrics: free_addr(),
+            data_dir: data_dir.to_owned(),
+            log: data_dir.with_extension("log"),
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            starts: 0,
+        };
+        server.spawn().await;
+        server
+    }
+
+    async fn spawn(&mut self) {
+        self.starts += 1;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_baton"))
+            .arg("serve")
+            .arg("--listen")
+            .arg(self.grpc.to_string())
+            .arg("--metrics-listen")
+            .arg(self.metrics.to_string())
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(&self.extra)
+            .env_remove("BATON_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("the baton binary starts");
+        self.child = Some(child);
+        self.wait_serving().await;
+    }
+
+    /// Waits until the health service answers SERVING.
+    pub(crate) async fn wait_serving(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                panic!("baton serve exited with {status}; log:\n{}", self.log_text());
+            }
+            if let Ok(channel) = Channel::from_shared(format!("http://{}", self.grpc)).unwrap().connect().await {
+                let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+                let request = tonic_health::pb::HealthCheckRequest { service: String::new() };
+                if let Ok(answer) = health.check(request).await
+                    && answer.into_inner().status
+                        == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+                {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "baton serve did not serve within 30 s; log:\n{}", self.log_text());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The server's log so far.
+    pub(crate) fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `kill -9`: no shutdown, no flush.
+    pub(crate) fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL is delivered");
+            child.wait().unwrap();
+        }
+    }
+
+    /// Starts the server again over the same data dir and ports.
+    pub(crate) async fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart after kill9 or stop");
+        self.spawn().await;
+    }
+
+    /// SIGTERM, then waits for the exit; the exit status.
+    pub(crate) fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("a running server");
+        let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+        assert!(status.success());
+        child.wait().unwrap()
+    }
+
+    /// A channel to the gRPC API.
+    pub(crate) async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.grpc)).unwrap().connect().await.unwrap()
+    }
+
+    /// The URL services register with.
+    pub(crate) fn url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A client of every service, on one channel.
+#[derive(Clone)]
+pub(crate) struct Clients {
+    /// Registry.
+    pub(crate) registry: pb::registry_service_client::RegistryServiceClient<Channel>,
+    /// Workflows.
+    pub(crate) workflows: pb::workflow_service_client::WorkflowServiceClient<Channel>,
+    /// Executions.
+    pub(crate) executions: pb::execution_service_client::ExecutionServiceClient<Channel>,
+}
+
+impl Clients {
+    /// Clients over `channel`.
+    pub(crate) fn new(channel: Channel) -> Self {
+        Self {
+            registry: pb::registry_service_client::RegistryServiceClient::new(channel.clone()),
+            workflows: pb::workflow_service_client::WorkflowServiceClient::new(channel.clone()),
+            executions: pb::execution_service_client::ExecutionServiceClient::new(channel),
+        }
+    }
+
+    /// Applies a YAML definition; its version.
+    pub(crate) async fn apply(&mut self, yaml: &str) -> u32 {
+        let applied = self
+            .workflows
+            .apply_definition(pb::ApplyDefinitionRequest {
+                source: yaml.to_owned(),
+                format: pb::DefinitionFormat::Yaml as i32,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        applied.definition.unwrap().version
+    }
+
+    /// Waits until `count` services are registered and passing.
+    pub(crate) async fn wait_services(&mut self, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let listed = self
+                .registry
+                .list_services(pb::ListServicesRequest::default())
+                .await
+                .map(|r| r.into_inner().services.len())
+                .unwrap_or(0);
+            if listed >= count {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{listed} of {count} services registered after 30 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The execution once it has finished, watching it to its end.
+    pub(crate) async fn finished(&mut self, id: &str) -> pb::Execution {
+        loop {
+            let execution = self
+                .executions
+                .get_execution(pb::GetExecutionRequest { id: id.to_owned() })
+                .await
+                .unwrap()
+                .into_inner()
+                .execution
+                .unwrap();
+            let state = pb::ExecutionState::try_from(execution.state).unwrap();
+            if matches!(
+                state,
+                pb::ExecutionState::Completed | pb::ExecutionState::Failed | pb::ExecutionState::Cancelled
+            ) {
+                return execution;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The example shop's workflows.
+pub(crate) fn example(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/workflows").join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
