@@ -64,6 +64,9 @@ pub struct CommitStats {
     pub transactions: u64,
     /// Writes in them (for PostgreSQL, journal appends only).
     pub writes: u64,
+    /// Time the transactions took from their first write to durable (the fsync included);
+    /// `commit_time / transactions` is the mean commit latency.
+    pub commit_time: std::time::Duration,
 }
 
 /// One of the stores, chosen at run time (e.g. from configuration).

@@ -424,6 +424,7 @@ impl Writer {
         &mut self,
         requests: &[AppendRequest],
     ) -> Result<Vec<StoreResult<()>>, tokio_postgres::Error> {
+        let began = std::time::Instant::now();
         let mut ids: Vec<Vec<u8>> = requests.iter().flat_map(|r| &r.groups).map(|(id, _)| id_bytes(*id)).collect();
         ids.sort_unstable();
         ids.dedup();
@@ -475,7 +476,7 @@ impl Writer {
             inserted?;
             committed?;
         }
-        self.counters.committed(results.len());
+        self.counters.committed(results.len(), began.elapsed());
         Ok(results)
     }
 }

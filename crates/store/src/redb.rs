@@ -385,9 +385,10 @@ impl Writer {
     fn run(mut self, mut queue: mpsc::Receiver<Box<dyn Job>>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         while queue.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
+            let began = std::time::Instant::now();
             let failure = self.commit(&mut batch, false).err().map(Fail::into_store_error);
             if failure.is_none() {
-                self.counters.committed(batch.len());
+                self.counters.committed(batch.len(), began.elapsed());
             }
             for job in batch.drain(..) {
                 job.finish(failure.as_ref());

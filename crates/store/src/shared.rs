@@ -160,19 +160,26 @@ pub(crate) fn paginate(
 pub(crate) struct Counters {
     transactions: std::sync::atomic::AtomicU64,
     writes: std::sync::atomic::AtomicU64,
+    commit_nanos: std::sync::atomic::AtomicU64,
 }
 
 impl Counters {
-    /// Counts a committed transaction holding `writes` writes.
-    pub(crate) fn committed(&self, writes: usize) {
+    /// Counts a committed transaction holding `writes` writes that took `took` from its
+    /// first write to durable.
+    pub(crate) fn committed(&self, writes: usize, took: std::time::Duration) {
         use std::sync::atomic::Ordering::Relaxed;
         self.transactions.fetch_add(1, Relaxed);
         self.writes.fetch_add(u64::try_from(writes).unwrap_or(u64::MAX), Relaxed);
+        self.commit_nanos.fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Relaxed);
     }
 
     pub(crate) fn snapshot(&self) -> crate::CommitStats {
         use std::sync::atomic::Ordering::Relaxed;
-        crate::CommitStats { transactions: self.transactions.load(Relaxed), writes: self.writes.load(Relaxed) }
+        crate::CommitStats {
+            transactions: self.transactions.load(Relaxed),
+            writes: self.writes.load(Relaxed),
+            commit_time: std::time::Duration::from_nanos(self.commit_nanos.load(Relaxed)),
+        }
     }
 }
 

@@ -152,6 +152,21 @@ impl Collector for StateCollector {
                 None,
                 MetricType::Counter,
             )?)?;
+            // Only the +Inf bucket: the store keeps a sum and a count, so `_sum / _count` is the
+            // mean group-commit latency.
+            encoder
+                .encode_descriptor(
+                    "baton_journal_commit_seconds",
+                    "Time a group commit took from its first write to durable (fsync included).",
+                    Some(&prometheus_client::registry::Unit::Seconds),
+                    MetricType::Histogram,
+                )?
+                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                    stats.commit_time.as_secs_f64(),
+                    stats.transactions,
+                    &[(f64::INFINITY, stats.transactions)],
+                    None,
+                )?;
         }
         Ok(())
     }
