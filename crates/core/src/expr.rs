@@ -30,7 +30,95 @@ type Filter = jaq_core::compile::Filter<jaq_core::Native<data::JustLut<Val>>>;
 #[derive(Clone)]
 pub struct Expression {
     source: String,
-    filter: std::sync::Arc<Filter>,
+    compiled: Compiled,
+}
+
+/// Plain paths (`.steps.charge.output["id"][0]`), the common case, are walked directly: jaq
+/// compiles its standard library with every expression (milliseconds each) and needs the
+/// whole context converted to its own values on every run.
+#[derive(Clone)]
+enum Compiled {
+    Path(Vec<Segment>),
+    Jaq(std::sync::Arc<Filter>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+/// The segments of `source` when it is a plain path, as jq reads it: `.`, then any of
+/// `.name`, `."name"`, `["name"]` and `[N]`. `None` for anything else (left to jaq).
+fn plain_path(source: &str) -> Option<Vec<Segment>> {
+    let mut rest = source.trim().strip_prefix('.')?;
+    let mut segments = Vec::new();
+    let mut after_dot = true;
+    while !rest.is_empty() {
+        if after_dot && rest.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+            let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
+            segments.push(Segment::Key(rest[..end].to_owned()));
+            rest = &rest[end..];
+        } else if let Some(quoted) = rest.strip_prefix('"').filter(|_| after_dot) {
+            let end = quoted.find(['"', '\\'])?;
+            if quoted[end..].starts_with('\\') {
+                return None;
+            }
+            segments.push(Segment::Key(quoted[..end].to_owned()));
+            rest = &quoted[end + 1..];
+        } else if let Some(inner) = rest.strip_prefix('[') {
+            let end = inner.find(']')?;
+            let key = &inner[..end];
+            if let Some(name) = key.strip_prefix('"').and_then(|k| k.strip_suffix('"')) {
+                if name.contains(['"', '\\']) {
+                    return None;
+                }
+                segments.push(Segment::Key(name.to_owned()));
+            } else if !key.is_empty() && key.bytes().all(|b| b.is_ascii_digit()) {
+                segments.push(Segment::Index(key.parse().ok()?));
+            } else {
+                return None;
+            }
+            rest = &inner[end + 1..];
+        } else {
+            return None;
+        }
+        after_dot = false;
+        if let Some(next) = rest.strip_prefix('.') {
+            rest = next;
+            after_dot = true;
+            if rest.is_empty() {
+                return None;
+            }
+        }
+    }
+    Some(segments)
+}
+
+/// jaq's indexing: a missing key or index is null, and so is any index of null or a number
+/// index of an object; other mismatches fail.
+fn walk(context: &Value, segments: &[Segment]) -> Result<Value, String> {
+    let mut at = context;
+    for segment in segments {
+        at = match (at, segment) {
+            (Value::Null, _) => return Ok(Value::Null),
+            (Value::Object(map), Segment::Key(key)) => map.get(key).unwrap_or(&Value::Null),
+            (Value::Array(items), Segment::Index(i)) => items.get(*i).unwrap_or(&Value::Null),
+            (Value::Object(_), Segment::Index(_)) => return Ok(Value::Null),
+            (other, Segment::Key(key)) => return Err(format!("failed: cannot index {} with \"{key}\"", quote(other))),
+            (other, Segment::Index(i)) => return Err(format!("failed: cannot index {} with {i}", quote(other))),
+        };
+    }
+    Ok(at.clone())
+}
+
+/// The value as JSON text, cut short for error messages.
+fn quote(value: &Value) -> String {
+    let text = value.to_string();
+    match text.char_indices().nth(64) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text,
+    }
 }
 
 impl fmt::Debug for Expression {
@@ -59,6 +147,13 @@ fn offset(whole: &str, part: &str) -> Option<usize> {
 impl Expression {
     /// Compiles `source`, naming `field` on failure.
     pub fn compile(field: &str, source: &str) -> Result<Self> {
+        if let Some(segments) = plain_path(source) {
+            return Ok(Self { source: source.to_owned(), compiled: Compiled::Path(segments) });
+        }
+        Self::compile_with_jaq(field, source)
+    }
+
+    fn compile_with_jaq(field: &str, source: &str) -> Result<Self> {
         let bad = |reason: String| Error::invalid(field, source, reason);
         let defs = jaq_core::defs().chain(jaq_std::defs()).chain(jaq_json::defs());
         let funs = jaq_core::funs().chain(jaq_std::funs()).chain(jaq_json::funs());
@@ -85,7 +180,7 @@ impl Expression {
                 .collect();
             bad(format!("uses undefined {}", names.join(", ")))
         })?;
-        Ok(Self { source: source.to_owned(), filter: std::sync::Arc::new(filter) })
+        Ok(Self { source: source.to_owned(), compiled: Compiled::Jaq(std::sync::Arc::new(filter)) })
     }
 
     /// The expression's source.
@@ -96,10 +191,14 @@ impl Expression {
     /// Runs the expression against `context`; it must produce exactly one value.
     pub fn eval(&self, context: &Value) -> Result<Value, EvalError> {
         let fail = |reason: String| EvalError { expression: self.source.clone(), reason };
+        let filter = match &self.compiled {
+            Compiled::Path(segments) => return walk(context, segments).map_err(fail),
+            Compiled::Jaq(filter) => filter,
+        };
         let input = Val::deserialize(context).map_err(|e| fail(format!("cannot read its context: {e}")))?;
-        let ctx = Ctx::<data::JustLut<Val>>::new(&self.filter.lut, Vars::new([]));
+        let ctx = Ctx::<data::JustLut<Val>>::new(&filter.lut, Vars::new([]));
         // Two outputs are enough to know there is more than one; do not run the rest.
-        let mut outputs = self.filter.id.run((ctx, input)).map(unwrap_valr).take(2);
+        let mut outputs = filter.id.run((ctx, input)).map(unwrap_valr).take(2);
         let value = match (outputs.next(), outputs.next()) {
             (None, _) => return Err(fail("produced no value".to_owned())),
             (Some(_), Some(_)) => return Err(fail("produced more than one value".to_owned())),
@@ -320,6 +419,47 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn plain_paths_are_walked_as_jaq_would_run_them() {
+        let contexts = [
+            context(),
+            json!(null),
+            json!({"steps": null, "input": [10, {"a b": 1}]}),
+            json!({"steps": {"s-1": {"output": 5}}, "input": "text"}),
+        ];
+        let paths = [
+            ".",
+            ".input",
+            ".input.amount",
+            ".input.items[1]",
+            ".input.items[7]",
+            ".input[1][\"a b\"]",
+            ".input[0]",
+            ".input.\"id\"",
+            ".steps.charge.output.receipt",
+            ".steps[\"s-1\"].output",
+            ".steps.missing.output.deep",
+            ".input.amount.x",
+            ".input.items.x",
+        ];
+        for path in paths {
+            let walked = Expression::compile("f", path).unwrap();
+            assert!(matches!(walked.compiled, Compiled::Path(_)), "{path} is a plain path");
+            let jaq = Expression::compile_with_jaq("f", path).unwrap();
+            for context in &contexts {
+                match (walked.eval(context), jaq.eval(context)) {
+                    (Ok(a), Ok(b)) => assert_eq!(a, b, "{path} on {context}"),
+                    (Err(_), Err(_)) => {}
+                    (a, b) => panic!("{path} on {context}: walked {a:?}, jaq {b:?}"),
+                }
+            }
+        }
+        for not_plain in [".a | length", ".a[-1]", ".a[]", "..", ".a.", ".[\"x\\\"y\"]", "1", ".a?", " .a + 1"] {
+            let expression = Expression::compile("f", not_plain);
+            assert!(expression.is_err() || matches!(expression.unwrap().compiled, Compiled::Jaq(_)), "{not_plain}");
+        }
+    }
 
     fn context() -> Value {
         json!({"input": {"amount": 42, "id": "o-7", "items": [1, 2, 3]},
