@@ -10,6 +10,9 @@ pub enum Error {
     /// The transport failed (bind, accept, HTTP/2).
     #[error("grpc transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// A set of bearer tokens was unusable; the message never shows a token.
+    #[error("bearer tokens: {0}")]
+    Tokens(String),
     /// The reflection service rejected the descriptor set.
     #[error("grpc reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),

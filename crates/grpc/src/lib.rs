@@ -21,6 +21,14 @@
 //! refused), `PollTasks` streams capped in unfinished tasks, `Orchestrate` waits bounded by the
 //! call's deadline.
 //!
+//! Security ([`Config`]): TLS, mutual when a client CA is given ([`Tls`], rustls over ring);
+//! bearer [`Tokens`] that every call but health and reflection must present in
+//! `authorization: Bearer <token>`, compared in constant time, else `UNAUTHENTICATED`; a token
+//! bucket per connection ([`Connections::rate_limit`]), else `RESOURCE_EXHAUSTED`; streams per
+//! connection, header size and keepalive bounded ([`Connections`]). Both checks run in a tower
+//! layer before a body is read ([`Guarded`]); [`Config::serve_with_layer`] puts the caller's
+//! layer outside it, so that it sees the refused calls too.
+//!
 //! Errors: a request field that does not convert is `INVALID_ARGUMENT` naming the field (an
 //! execution id that is not a UUIDv7, JSON that does not parse, an unknown enum value); the
 //! ports' [`baton_core::ApiError`] kinds map one to one ([`api_status`]): unknown names, ids and
@@ -31,6 +39,7 @@
 pub mod convert;
 mod error;
 mod execution;
+mod guard;
 mod orchestrator;
 mod planner;
 mod registry;
@@ -40,10 +49,11 @@ mod workflow;
 
 pub use error::{Error, Result, api_status};
 pub use execution::{ExecutionApi, WatchStream};
+pub use guard::{Guarded, GuardedFuture, Tokens};
 pub use orchestrator::OrchestratorApi;
 pub use planner::PlannerApi;
 pub use registry::RegistryApi;
-pub use server::{Backends, Config, Limits};
+pub use server::{Backends, Config, Connections, GuardedRoutes, Limits, Tls};
 pub use worker::{TaskStream, WorkerApi};
 pub use workflow::WorkflowApi;
 

@@ -29,7 +29,7 @@ async fn start_with(workers: InMemoryWorkerTasks) -> Harness {
     let backends = fakes.backends(Arc::new(baton_core::fakes::InMemoryDirectory::default()), common::idle_planner());
     // Streams poll again often, so that leases the fake's queues reclaim lazily come back soon.
     let limits = Limits { poll_wait: Duration::from_millis(100), ..Limits::default() };
-    let server = common::serve(backends, Config { limits }).await;
+    let server = common::serve(backends, Config { limits, ..Config::default() }).await;
     let client = WorkerServiceClient::new(server.channel.clone());
     Harness { server, fakes, client }
 }

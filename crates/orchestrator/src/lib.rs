@@ -15,6 +15,7 @@ pub mod dispatch;
 pub mod metrics;
 pub mod orchestrator;
 pub mod runner;
+pub mod security;
 pub mod serve;
 
 pub use dispatch::Dispatcher;

@@ -2,6 +2,8 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use baton_grpc::Backends;
@@ -10,6 +12,7 @@ use tokio::net::TcpListener;
 use crate::config::ServeConfig;
 use crate::metrics::{Metrics, serve_metrics};
 use crate::orchestrator::{Options, ServiceOrchestrator, StoreChoice};
+use crate::security::{EndpointPolicy, RestrictedDirectory, parse_tokens};
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +25,24 @@ pub enum ServeError {
         addr: SocketAddr,
         /// Why.
         error: std::io::Error,
+    },
+    /// A TLS or token file could not be read.
+    #[error("cannot read {setting} {path}: {error}")]
+    Read {
+        /// The setting naming the file.
+        setting: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The token file holds no usable token.
+    #[error("auth_token_file {path}: {reason}")]
+    Tokens {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong (never a token).
+        reason: String,
     },
     /// The orchestrator would not open (the store, recovery).
     #[error(transparent)]
@@ -38,6 +59,7 @@ pub struct Server {
     config: ServeConfig,
     orchestrator: ServiceOrchestrator,
     grpc: TcpListener,
+    grpc_config: baton_grpc::Config,
     metrics: Metrics,
     metrics_listener: TcpListener,
 }
@@ -45,6 +67,8 @@ pub struct Server {
 impl Server {
     /// Opens the orchestrator (recovering unfinished executions) and binds both addresses.
     pub async fn bind(config: ServeConfig) -> Result<Self, ServeError> {
+        // Credentials first: a bad file stops the start before anything is opened.
+        let grpc_config = grpc_config(&config)?;
         let grpc = bind(config.listen).await?;
         let metrics_listener = bind(config.metrics_listen).await?;
         let store = match &config.store {
@@ -69,7 +93,7 @@ impl Server {
         for (execution, reason) in &recovery.failed {
             tracing::warn!(%execution, reason, "execution could not be recovered and is marked failed");
         }
-        Ok(Self { config, orchestrator, grpc, metrics, metrics_listener })
+        Ok(Self { config, orchestrator, grpc, grpc_config, metrics, metrics_listener })
     }
 
     /// The gRPC address bound.
@@ -93,12 +117,15 @@ impl Server {
     /// resume on the next start, their in-flight calls repeated with the same idempotency keys.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
         let grpc_addr = self.grpc_addr();
-        let Self { config, orchestrator, grpc, metrics, metrics_listener } = self;
+        let Self { config, orchestrator, grpc, grpc_config, metrics, metrics_listener } = self;
         // The demo's services register over the API like any other, once it serves.
         let demo = if config.demo { Some(tokio::spawn(start_demo(orchestrator.clone(), grpc_addr))) } else { None };
         let api = Arc::new(orchestrator.clone());
         let backends = Backends {
-            directory: Arc::new(orchestrator.registry().clone()),
+            directory: Arc::new(RestrictedDirectory::new(
+                orchestrator.registry().clone(),
+                EndpointPolicy { allow_link_local: config.allow_link_local },
+            )),
             planner: Arc::clone(orchestrator.planner()) as Arc<dyn baton_core::Planning>,
             workflows: Arc::clone(&api) as Arc<dyn baton_core::WorkflowCatalog>,
             executions: Arc::clone(&api) as Arc<dyn baton_core::Executions>,
@@ -125,9 +152,9 @@ impl Server {
                 let _ = stopped.wait_for(|stop| *stop).await;
             }
         };
+        let grpc_layer = metrics.grpc_layer();
         let metrics_server = tokio::spawn(serve_metrics(metrics_listener, metrics, metrics_stop));
-        let grpc_config = baton_grpc::Config::default();
-        let server = tokio::spawn(grpc_config.serve(backends, grpc, signal));
+        let server = tokio::spawn(grpc_config.serve_with_layer(backends, grpc, grpc_layer, signal));
         let mut stopped = stopped;
         let _ = stopped.wait_for(|stop| *stop).await;
         match tokio::time::timeout(config.shutdown_grace, server).await {
@@ -144,6 +171,75 @@ impl Server {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The gRPC server's settings: limits from the flags, TLS and tokens read from their files.
+/// Logs what is on, never a secret.
+fn grpc_config(config: &ServeConfig) -> Result<baton_grpc::Config, ServeError> {
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(baton_grpc::Tls {
+            cert_chain_pem: read("tls_cert", cert)?,
+            key_pem: read("tls_key", key)?,
+            client_ca_pem: config.tls_client_ca.as_deref().map(|ca| read("tls_client_ca", ca)).transpose()?,
+        }),
+        // The configuration refuses one without the other.
+        _ => None,
+    };
+    let tokens = match &config.auth_token_file {
+        Some(path) => {
+            warn_if_readable_by_others(path);
+            let bytes = read("auth_token_file", path)?;
+            let text = String::from_utf8(bytes)
+                .map_err(|_| ServeError::Tokens { path: path.clone(), reason: "is not UTF-8 text".to_owned() })?;
+            Some(parse_tokens(&text).map_err(|reason| ServeError::Tokens { path: path.clone(), reason })?)
+        }
+        None => None,
+    };
+    let connections = baton_grpc::Connections {
+        rate_limit: NonZeroU32::new(config.rate_limit),
+        max_concurrent_streams: config.max_concurrent_streams,
+        ..baton_grpc::Connections::default()
+    };
+    tracing::info!(
+        tls = tls.is_some(),
+        mutual_tls = tls.as_ref().is_some_and(|tls| tls.client_ca_pem.is_some()),
+        bearer_tokens = tokens.as_ref().map_or(0, baton_grpc::Tokens::len),
+        rate_limit_per_connection = config.rate_limit,
+        max_concurrent_streams = config.max_concurrent_streams,
+        allow_link_local = config.allow_link_local,
+        "gRPC security: {}, {}",
+        match &tls {
+            Some(tls) if tls.client_ca_pem.is_some() => "mutual TLS",
+            Some(_) => "TLS",
+            None => "plaintext",
+        },
+        if tokens.is_some() { "bearer tokens required" } else { "no authentication" },
+    );
+    if config.demo && (tls.is_some() || tokens.is_some()) {
+        tracing::warn!(
+            "demo: the example services register over plain HTTP without a token, which this server refuses"
+        );
+    }
+    Ok(baton_grpc::Config { connections, tls, tokens, ..baton_grpc::Config::default() })
+}
+
+fn read(setting: &'static str, path: &Path) -> Result<Vec<u8>, ServeError> {
+    std::fs::read(path).map_err(|error| ServeError::Read { setting, path: path.to_owned(), error })
+}
+
+/// Tokens are secrets: say so when others may read the file.
+fn warn_if_readable_by_others(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(path = %path.display(), "the auth token file is readable by group or others; chmod 600 it");
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {

@@ -5,7 +5,7 @@ use std::time::Duration;
 use baton_grpc::pb;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use super::ClientOptions;
 use super::input;
@@ -34,6 +34,17 @@ impl tonic::service::Interceptor for Auth {
     }
 }
 
+/// TLS trusting the CA certificates in the PEM file at `path`; the server's name is checked
+/// against the host of the `--server` URL.
+fn tls(path: &std::path::Path) -> Result<ClientTlsConfig, Failure> {
+    let pem =
+        std::fs::read(path).map_err(|e| Failure::Usage(format!("--ca-cert: cannot read {}: {e}", path.display())))?;
+    if !pem.windows(27).any(|window| window == b"-----BEGIN CERTIFICATE-----") {
+        return Err(Failure::Usage(format!("--ca-cert {}: holds no PEM certificate", path.display())));
+    }
+    Ok(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+}
+
 /// A checked server address and credentials, not yet connected.
 #[derive(Debug, Clone)]
 pub(crate) struct Target {
@@ -48,19 +59,24 @@ impl Target {
         let server = options.server.trim().to_owned();
         let endpoint = Endpoint::from_shared(server.clone())
             .map_err(|e| Failure::Usage(format!("--server: {server:?} is not a valid URL: {e}")))?;
-        match endpoint.uri().scheme_str() {
-            Some("http") => {}
-            Some("https") => {
+        let endpoint = match (endpoint.uri().scheme_str(), &options.ca_cert) {
+            (Some("http"), None) => endpoint,
+            (Some("http"), Some(_)) => {
                 return Err(Failure::Usage(format!(
-                    "--server: {server} is https, but this build of baton has no TLS client support yet; \
-                     use an http URL"
+                    "--ca-cert: {server} is plain http; use an https:// URL to connect over TLS"
                 )));
             }
-            _ => return Err(Failure::Usage(format!("--server: {server:?} must be an http:// URL"))),
-        }
-        if options.ca_cert.is_some() {
-            return Err(Failure::Usage("--ca-cert: this build of baton has no TLS client support yet".to_owned()));
-        }
+            (Some("https"), Some(path)) => endpoint.tls_config(tls(path)?).map_err(|e| {
+                Failure::Usage(format!("--ca-cert {}: cannot set up TLS: {}", path.display(), chain(&e)))
+            })?,
+            (Some("https"), None) => {
+                return Err(Failure::Usage(format!(
+                    "--server: {server} is https and needs --ca-cert, the CA certificate (PEM) the server's \
+                     certificate chains to (this build trusts no system roots)"
+                )));
+            }
+            _ => return Err(Failure::Usage(format!("--server: {server:?} must be an http:// or https:// URL"))),
+        };
         let auth = match &options.token_file {
             None => Auth(None),
             Some(path) => {
@@ -143,13 +159,23 @@ mod tests {
     }
 
     #[test]
-    fn servers_must_be_plain_http_urls_for_now() {
+    fn servers_are_http_or_https_with_a_ca_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n").unwrap();
+        let not_pem = dir.path().join("ca.txt");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let with_ca =
+            |server: &str, path: &std::path::Path| ClientOptions { ca_cert: Some(path.to_owned()), ..options(server) };
+
         assert!(Target::new(&options("http://127.0.0.1:50051")).is_ok());
-        assert!(usage(Target::new(&options("https://baton.example:443"))).contains("no TLS client support"));
+        assert!(Target::new(&with_ca("https://baton.example:443", &ca)).is_ok());
+        assert!(usage(Target::new(&options("https://baton.example:443"))).contains("needs --ca-cert"));
+        assert!(usage(Target::new(&with_ca("http://x:1", &ca))).starts_with("--ca-cert"));
+        assert!(usage(Target::new(&with_ca("https://x:1", &not_pem))).contains("no PEM certificate"));
+        assert!(usage(Target::new(&with_ca("https://x:1", &dir.path().join("nope")))).contains("cannot read"));
         assert!(usage(Target::new(&options("not a url"))).starts_with("--server"));
-        assert!(usage(Target::new(&options("ftp://x"))).contains("http://"));
-        let with_ca = ClientOptions { ca_cert: Some("ca.pem".into()), ..options("http://x:1") };
-        assert!(usage(Target::new(&with_ca)).starts_with("--ca-cert"));
+        assert!(usage(Target::new(&options("ftp://x"))).contains("https://"));
     }
 
     #[test]

@@ -84,10 +84,11 @@ pub(crate) fn input_json(arg: &str, object: bool) -> Result<String, String> {
 
 /// The `authorization` metadata value for the token in a token file's text.
 pub(crate) fn bearer(text: &str) -> Result<MetadataValue<Ascii>, String> {
-    let token = text.trim();
-    if token.is_empty() {
+    // The server's token file format: one token per line, blanks and `#` comments skipped; the
+    // client sends the first.
+    let Some(token) = text.lines().map(str::trim).find(|line| !line.is_empty() && !line.starts_with('#')) else {
         return Err("the token file is empty".to_owned());
-    }
+    };
     // The token's text stays out of the message: it is a secret.
     format!("Bearer {token}")
         .parse()
@@ -235,6 +236,7 @@ labels:
     fn tokens_become_bearer_headers() {
         assert_eq!(bearer("  s3cret\n").unwrap(), "Bearer s3cret");
         assert_eq!(bearer("\n").unwrap_err(), "the token file is empty");
+        assert_eq!(bearer("# ci token\n\n  first\nsecond\n").unwrap(), "Bearer first");
         let error = bearer("bad\u{7f}token").unwrap_err();
         assert!(!error.contains("bad"), "the message must not leak the token: {error}");
     }

@@ -10,8 +10,8 @@
 //! watching writes one JSON object per line). Parsing and rendering are pure functions in the
 //! submodules, tested there; this module only sequences the calls.
 //!
-//! Not here: TLS to the server (the workspace builds tonic without a TLS feature, so `https`
-//! servers and `--ca-cert` are refused as usage errors).
+//! An `https://` server needs `--ca-cert` (the CA its certificate chains to; no system roots
+//! are trusted); client certificates for mutual TLS are not supported yet.
 
 mod client;
 mod input;
@@ -239,7 +239,7 @@ pub struct ClientOptions {
     /// File holding a bearer token sent with every call.
     #[arg(long, env = "BATON_TOKEN_FILE", global = true)]
     pub token_file: Option<PathBuf>,
-    /// CA certificate for an https server (not supported by this build yet).
+    /// CA certificate (PEM) an https server's certificate must chain to.
     #[arg(long, env = "BATON_CA_CERT", global = true)]
     pub ca_cert: Option<PathBuf>,
     /// Output format.
