@@ -216,6 +216,44 @@ fn canonical(value: Value) -> Value {
     }
 }
 
+/// Which steps run before which: one bit set per step, built in topological order (a step's
+/// upstream is its dependencies and theirs). Bits keep the largest definition (10,000 steps)
+/// at 12.5 MB and linear work per edge; sets of indices grew quadratically on long chains.
+struct Upstream {
+    words: usize,
+    bits: Vec<u64>,
+}
+
+impl Upstream {
+    fn of(steps: &[baton_core::Step], index: &HashMap<&StepId, usize>, order: &[usize]) -> Self {
+        let words = steps.len().div_ceil(64);
+        let mut bits = vec![0u64; steps.len() * words];
+        for &i in order {
+            for d in &steps[i].depends_on {
+                let d = index[d];
+                // d != i (no self-loops in a topological order), so the two rows are disjoint.
+                let (from, to) = if d < i {
+                    let (low, high) = bits.split_at_mut(i * words);
+                    (&low[d * words..(d + 1) * words], &mut high[..words])
+                } else {
+                    let (low, high) = bits.split_at_mut(d * words);
+                    (&high[..words], &mut low[i * words..(i + 1) * words])
+                };
+                for (to, from) in to.iter_mut().zip(from) {
+                    *to |= *from;
+                }
+                to[d / 64] |= 1 << (d % 64);
+            }
+        }
+        Self { words, bits }
+    }
+
+    /// Whether step `r` runs before step `i`.
+    fn contains(&self, i: usize, r: usize) -> bool {
+        self.bits[i * self.words + r / 64] >> (r % 64) & 1 == 1
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,43 +356,5 @@ mod tests {
         assert_eq!(again.content_hash(), a.content_hash());
         let changed = CheckedDefinition::parse(&yaml.replace("x: 2", "x: 3")).unwrap();
         assert_ne!(changed.content_hash(), a.content_hash());
-    }
-}
-
-/// Which steps run before which: one bit set per step, built in topological order (a step's
-/// upstream is its dependencies and theirs). Bits keep the largest definition (10,000 steps)
-/// at 12.5 MB and linear work per edge; sets of indices grew quadratically on long chains.
-struct Upstream {
-    words: usize,
-    bits: Vec<u64>,
-}
-
-impl Upstream {
-    fn of(steps: &[baton_core::Step], index: &HashMap<&StepId, usize>, order: &[usize]) -> Self {
-        let words = steps.len().div_ceil(64);
-        let mut bits = vec![0u64; steps.len() * words];
-        for &i in order {
-            for d in &steps[i].depends_on {
-                let d = index[d];
-                // d != i (no self-loops in a topological order), so the two rows are disjoint.
-                let (from, to) = if d < i {
-                    let (low, high) = bits.split_at_mut(i * words);
-                    (&low[d * words..(d + 1) * words], &mut high[..words])
-                } else {
-                    let (low, high) = bits.split_at_mut(d * words);
-                    (&high[..words], &mut low[i * words..(i + 1) * words])
-                };
-                for (to, from) in to.iter_mut().zip(from) {
-                    *to |= *from;
-                }
-                to[d / 64] |= 1 << (d % 64);
-            }
-        }
-        Self { words, bits }
-    }
-
-    /// Whether step `r` runs before step `i`.
-    fn contains(&self, i: usize, r: usize) -> bool {
-        self.bits[i * self.words + r / 64] >> (r % 64) & 1 == 1
     }
 }
