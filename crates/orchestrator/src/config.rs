@@ -206,10 +206,11 @@ impl ServeArgs {
 impl ServeConfig {
     fn check(&self) -> Result<(), ConfigError> {
         let invalid = |setting, reason: &str| Err(ConfigError::Invalid { setting, reason: reason.to_owned() });
+        // libpq's two forms: a URL, or `key=value` pairs (`host=db dbname=baton`).
         if let Some(url) = &self.store
-            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://") || url.contains('='))
         {
-            return invalid("store", "must be a postgres:// or postgresql:// URL");
+            return invalid("store", "must be a postgres:// URL or a key=value connection string");
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return invalid("tls_cert", "tls_cert and tls_key go together");
@@ -274,9 +275,27 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     baton_core::duration::parse("duration", text).map_err(|e| e.to_string())
 }
 
-/// `postgres://user:secret@host/db` -> `postgres://user:***@host/db`.
+/// `postgres://user:secret@host/db` -> `postgres://user:***@host/db`, and
+/// `host=db password=secret` -> `host=db password=***`.
 fn redact_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        let Some(at) = url.find("password=") else { return url.to_owned() };
+        let value = &url[at + "password=".len()..];
+        // The value ends at whitespace, or at the closing quote of a quoted one.
+        let end = match value.strip_prefix('\'') {
+            Some(quoted) => {
+                let mut escaped = false;
+                let close = quoted.char_indices().find(|&(_, c)| {
+                    let closes = c == '\'' && !escaped;
+                    escaped = c == '\\' && !escaped;
+                    closes
+                });
+                close.map_or(value.len(), |(i, _)| i + 2)
+            }
+            None => value.find(char::is_whitespace).unwrap_or(value.len()),
+        };
+        return format!("{}password=***{}", &url[..at], &value[end..]);
+    };
     let Some((credentials, host)) = rest.split_once('@') else { return url.to_owned() };
     match credentials.split_once(':') {
         Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
@@ -355,5 +374,14 @@ mod tests {
         let described = config.describe().join("\n");
         assert!(described.contains("postgres://baton:***@db:5432/baton"), "{described}");
         assert!(!described.contains("secret"));
+        for (conninfo, shown) in [
+            ("host=db dbname=baton password=secret", "host=db dbname=baton password=***"),
+            ("host=db password='my secret\\' x' dbname=baton", "host=db password=*** dbname=baton"),
+        ] {
+            let config = args(&["--store", conninfo]).resolve().unwrap();
+            let described = config.describe().join("\n");
+            assert!(described.contains(shown), "{described}");
+            assert!(!described.contains("secret"), "{described}");
+        }
     }
 }
