@@ -18,9 +18,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use baton_benches::report_figure;
-use baton_core::{Event, EventKind, Execution, ExecutionId, ExecutionState, Store, Timestamp, WorkflowName};
+use baton_core::{ExecutionId, Store};
 use baton_store::postgres::{Config, PostgresStore};
-use baton_store::testing::PgCluster;
+use baton_store::testing::{PgCluster, load_event, load_execution};
 use baton_store::{CommitStats, RedbStore};
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -70,7 +70,7 @@ fn measure<S: Store + Clone>(
     let executions: Vec<ExecutionId> = runtime.block_on(async {
         let mut ids = Vec::with_capacity(writers);
         for _ in 0..writers {
-            let created = store.create_execution(execution(), None).await.expect("creates");
+            let created = store.create_execution(load_execution(), None).await.expect("creates");
             ids.push(created.execution.id);
         }
         ids
@@ -90,7 +90,7 @@ fn measure<S: Store + Clone>(
                     tasks.push(tokio::spawn(async move {
                         for _ in 0..iterations {
                             let sequence = next[writer].fetch_add(1, Ordering::Relaxed);
-                            store.append(vec![event(id, sequence)]).await.expect("durable append");
+                            store.append(vec![load_event(id, sequence)]).await.expect("durable append");
                         }
                     }));
                 }
@@ -137,36 +137,6 @@ fn fsync_rate(dir: &Path, duration: Duration) -> f64 {
     drop(file);
     let _ = std::fs::remove_file(path);
     rate
-}
-
-fn execution() -> Execution {
-    let at = Timestamp::from_timestamp(1_800_000_000, 0).expect("in range");
-    Execution {
-        id: ExecutionId::generate(),
-        workflow: WorkflowName::new("bench").expect("valid name"),
-        version: 1,
-        state: ExecutionState::Running,
-        input: serde_json::json!({"order": 42}),
-        output: None,
-        error: None,
-        tasks: Default::default(),
-        created_at: at,
-        updated_at: at,
-    }
-}
-
-/// A typical event: a step's success with a small output.
-fn event(execution: ExecutionId, sequence: u64) -> Event {
-    Event {
-        execution,
-        sequence,
-        at: Timestamp::from_timestamp(1_800_000_000, 0).expect("in range"),
-        kind: EventKind::TaskSucceeded {
-            step: baton_core::StepId::new("charge").expect("valid step"),
-            attempt: 1,
-            output: serde_json::json!({"receipt": "r-0001", "amount": 1999, "currency": "EUR"}),
-        },
-    }
 }
 
 criterion_group!(benches, journal_append);

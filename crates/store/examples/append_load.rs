@@ -8,9 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use baton_core::{
-    Event, EventKind, Execution, ExecutionId, ExecutionState, ExecutionUpdate, StepId, Store, Timestamp, WorkflowName,
-};
+use baton_core::{ExecutionState, ExecutionUpdate, Store, Timestamp};
+use baton_store::testing::{load_event, load_execution};
 use baton_store::{AnyStore, RedbStore};
 
 fn main() {
@@ -38,7 +37,7 @@ fn main() {
         };
         let mut ids = Vec::new();
         for _ in 0..writers {
-            ids.push(store.create_execution(execution(), None).await.expect("creates").execution.id);
+            ids.push(store.create_execution(load_execution(), None).await.expect("creates").execution.id);
         }
         let done = Arc::new(AtomicU64::new(0));
         let deadline = Instant::now() + Duration::from_secs(seconds);
@@ -49,7 +48,7 @@ fn main() {
             tasks.push(tokio::spawn(async move {
                 let mut sequence = 1;
                 while Instant::now() < deadline {
-                    store.append(vec![event(id, sequence)]).await.expect("appends");
+                    store.append(vec![load_event(id, sequence)]).await.expect("appends");
                     if update {
                         let update = ExecutionUpdate {
                             id,
@@ -77,33 +76,4 @@ fn main() {
         };
         eprintln!("{kind} {writers} writers: {rate:.0} appends/s, {stats:?}");
     });
-}
-
-fn execution() -> Execution {
-    let at = Timestamp::from_timestamp(1_800_000_000, 0).expect("in range");
-    Execution {
-        id: ExecutionId::generate(),
-        workflow: WorkflowName::new("bench").expect("valid name"),
-        version: 1,
-        state: ExecutionState::Running,
-        input: serde_json::json!({"order": 42}),
-        output: None,
-        error: None,
-        tasks: Default::default(),
-        created_at: at,
-        updated_at: at,
-    }
-}
-
-fn event(execution: ExecutionId, sequence: u64) -> Event {
-    Event {
-        execution,
-        sequence,
-        at: Timestamp::from_timestamp(1_800_000_000, 0).expect("in range"),
-        kind: EventKind::TaskSucceeded {
-            step: StepId::new("charge").expect("valid step"),
-            attempt: 1,
-            output: serde_json::json!({"receipt": "r-0001", "amount": 1999, "currency": "EUR"}),
-        },
-    }
 }

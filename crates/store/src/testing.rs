@@ -1,5 +1,6 @@
-//! Test support (`test-util` feature): a throwaway PostgreSQL cluster, and a conformance
-//! [`Harness`] for each store.
+//! Test support (`test-util` feature): a throwaway PostgreSQL cluster, a conformance
+//! [`Harness`] for each store, and the journal load that benches and profiling share
+//! ([`load_execution`], [`load_event`]).
 //!
 //! [`PgCluster::start`] runs `initdb` and `pg_ctl` itself into a temporary directory, listening
 //! only on a Unix socket there, and stops and removes it when dropped; as root it runs them as
@@ -12,13 +13,44 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use baton_core::{Event, EventKind, ExecutionId};
+use baton_core::{Event, EventKind, Execution, ExecutionId, ExecutionState, StepId, Timestamp, WorkflowName};
 use tempfile::TempDir;
 use tokio_postgres::config::Host;
 
 use crate::conformance::{Damage, Harness};
 use crate::postgres::{self, PostgresStore};
 use crate::{MemoryStore, RedbStore};
+
+/// A running execution for journal load: appends need one to exist.
+pub fn load_execution() -> Execution {
+    let at = Timestamp::from_timestamp(1_800_000_000, 0).expect("in range");
+    Execution {
+        id: ExecutionId::generate(),
+        workflow: WorkflowName::new("bench").expect("valid name"),
+        version: 1,
+        state: ExecutionState::Running,
+        input: serde_json::json!({"order": 42}),
+        output: None,
+        error: None,
+        tasks: Default::default(),
+        created_at: at,
+        updated_at: at,
+    }
+}
+
+/// A typical journal event: a step's success with a small output.
+pub fn load_event(execution: ExecutionId, sequence: u64) -> Event {
+    Event {
+        execution,
+        sequence,
+        at: Timestamp::from_timestamp(1_800_000_000, 0).expect("in range"),
+        kind: EventKind::TaskSucceeded {
+            step: StepId::new("charge").expect("valid step"),
+            attempt: 1,
+            output: serde_json::json!({"receipt": "r-0001", "amount": 1999, "currency": "EUR"}),
+        },
+    }
+}
 
 /// The variable naming an existing server to test against instead of a throwaway cluster.
 pub const PG_URL_VAR: &str = "BATON_TEST_PG_URL";
