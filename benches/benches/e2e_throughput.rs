@@ -7,13 +7,11 @@
 //! Server, services and clients share the bench process and its two cores, as they share the
 //! machine; the figures are the baseline for the next round.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use baton::config::ServeArgs;
 use baton::serve::Server;
-use baton_benches::report_figure;
+use baton_benches::{closed_loop, quantile, report_figure};
 use baton_grpc::pb;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tonic::transport::Channel;
@@ -54,8 +52,7 @@ async fn setup(dir: &std::path::Path) -> (Channel, Vec<baton_examples::RunningSe
 }
 
 /// One execution from StartExecution to its terminal event.
-async fn one(client: &mut pb::execution_service_client::ExecutionServiceClient<Channel>, n: usize) -> Duration {
-    let begun = Instant::now();
+async fn one(client: &mut pb::execution_service_client::ExecutionServiceClient<Channel>, n: usize) {
     let started = client
         .start_execution(pb::StartExecutionRequest {
             workflow: "order".to_owned(),
@@ -71,7 +68,7 @@ async fn one(client: &mut pb::execution_service_client::ExecutionServiceClient<C
         client.watch_execution(pb::WatchExecutionRequest { id, from_sequence: 0 }).await.expect("watches").into_inner();
     while let Some(event) = events.message().await.expect("the watch streams") {
         match event.event.and_then(|e| e.kind) {
-            Some(pb::event::Kind::Completed(_)) => return begun.elapsed(),
+            Some(pb::event::Kind::Completed(_)) => return,
             Some(pb::event::Kind::Failed(failed)) => panic!("execution failed: {}", failed.error),
             Some(pb::event::Kind::Cancelled(_)) => panic!("execution cancelled"),
             _ => {}
@@ -82,38 +79,14 @@ async fn one(client: &mut pb::execution_service_client::ExecutionServiceClient<C
 
 /// `executions` executions from `CLIENTS` closed-loop clients: wall time and latencies.
 async fn drive(channel: &Channel, executions: usize) -> (Duration, Vec<Duration>) {
-    let next = Arc::new(AtomicUsize::new(0));
-    let latencies = Arc::new(Mutex::new(Vec::with_capacity(executions)));
-    let started = Instant::now();
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            let (channel, next, latencies) = (channel.clone(), Arc::clone(&next), Arc::clone(&latencies));
-            tokio::spawn(async move {
-                let mut client = pb::execution_service_client::ExecutionServiceClient::new(channel);
-                let mut mine = Vec::new();
-                loop {
-                    let n = next.fetch_add(1, Ordering::Relaxed);
-                    if n >= executions {
-                        break;
-                    }
-                    mine.push(one(&mut client, n).await);
-                }
-                latencies.lock().unwrap_or_else(PoisonError::into_inner).extend(mine);
-            })
-        })
-        .collect();
-    for client in clients {
-        client.await.expect("a client runs to the end");
-    }
-    let elapsed = started.elapsed();
-    let latencies = std::mem::take(&mut *latencies.lock().unwrap_or_else(PoisonError::into_inner));
-    (elapsed, latencies)
-}
-
-/// The `q` quantile (0 to 1) of sorted `values`, nearest rank.
-fn quantile(sorted: &[Duration], q: f64) -> Duration {
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
+    closed_loop(CLIENTS, executions, || {
+        let client = pb::execution_service_client::ExecutionServiceClient::new(channel.clone());
+        move |n| {
+            let mut client = client.clone();
+            async move { one(&mut client, n).await }
+        }
+    })
+    .await
 }
 
 fn e2e_throughput(c: &mut Criterion) {

@@ -14,7 +14,7 @@ use axum::body::Bytes;
 use axum::http::header::CONTENT_TYPE;
 use axum::routing::post;
 use baton_benches::dags::Dag;
-use baton_benches::report_figure;
+use baton_benches::{quantile, report_figure};
 use baton_core::ports::EventSink;
 use baton_core::{Event, EventKind, ServiceId, StepId, SystemClock, Timestamp};
 use baton_executor::{Config, Executor, HttpConfig, HttpInvoker, Outcome};
@@ -90,12 +90,6 @@ async fn run(executor: &Executor<HttpInvoker>, dag: &Dag) -> Duration {
     let elapsed = started.elapsed();
     assert!(matches!(outcome, Outcome::Completed(_)), "{outcome:?}");
     elapsed
-}
-
-/// The `q` quantile (0 to 1) of sorted `values`, nearest rank.
-fn quantile(sorted: &[Duration], q: f64) -> Duration {
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
 }
 
 fn executor_http(c: &mut Criterion) {

@@ -8,12 +8,11 @@
 //! sequence plus `Started` and `Completed`. Clients run closed loops: start an execution, wait
 //! for it to finish, start the next.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use baton::{ExecutorRunner, Queries, Router};
-use baton_benches::report_figure;
+use baton_benches::{closed_loop, quantile, report_figure};
 use baton_core::{Event, EventSink, ExecutionState, ServiceId, SystemClock, WorkflowName};
 use baton_executor::{Call, InProcessInvoker};
 use baton_store::RedbStore;
@@ -59,38 +58,18 @@ async fn engine(dir: &std::path::Path) -> BenchEngine {
 /// execution's start-to-completion latency.
 async fn drive(engine: &BenchEngine, executions: usize, clients: usize) -> (Duration, Vec<Duration>) {
     let name = WorkflowName::new("five").expect("a valid name");
-    let next = Arc::new(AtomicUsize::new(0));
-    let latencies = Arc::new(Mutex::new(Vec::with_capacity(executions)));
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..clients)
-        .map(|_| {
-            let (engine, name, next, latencies) =
-                (engine.clone(), name.clone(), Arc::clone(&next), Arc::clone(&latencies));
-            tokio::spawn(async move {
-                let mut mine = Vec::new();
-                while next.fetch_add(1, Ordering::Relaxed) < executions {
-                    let begun = Instant::now();
-                    let id = engine.start(&name, None, json!({"n": 1}), None).await.expect("starts");
-                    let finished = engine.wait(id).await.expect("finishes");
-                    assert_eq!(finished.state, ExecutionState::Completed, "{:?}", finished.error);
-                    mine.push(begun.elapsed());
-                }
-                latencies.lock().unwrap_or_else(PoisonError::into_inner).extend(mine);
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.expect("a client runs to the end");
-    }
-    let elapsed = started.elapsed();
-    let latencies = std::mem::take(&mut *latencies.lock().unwrap_or_else(PoisonError::into_inner));
-    (elapsed, latencies)
-}
-
-/// The `q` quantile (0 to 1) of sorted `values`, nearest rank.
-fn quantile(sorted: &[Duration], q: f64) -> Duration {
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
+    closed_loop(clients, executions, || {
+        let (engine, name) = (engine.clone(), name.clone());
+        move |_| {
+            let (engine, name) = (engine.clone(), name.clone());
+            async move {
+                let id = engine.start(&name, None, json!({"n": 1}), None).await.expect("starts");
+                let finished = engine.wait(id).await.expect("finishes");
+                assert_eq!(finished.state, ExecutionState::Completed, "{:?}", finished.error);
+            }
+        }
+    })
+    .await
 }
 
 fn workflow_throughput(c: &mut Criterion) {

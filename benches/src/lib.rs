@@ -207,3 +207,52 @@ pub fn resident_bytes() -> Option<u64> {
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * 4096)
 }
+
+/// The `q` quantile (0 to 1) of sorted `values`, nearest rank.
+pub fn quantile(sorted: &[std::time::Duration], q: f64) -> std::time::Duration {
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// Runs operations `0..total` from `clients` closed-loop clients (each starts its next
+/// operation when its last one ends), each client with the operation `client()` gives it.
+/// Answers with the wall time and every operation's latency, unsorted.
+pub async fn closed_loop<C, Op, Fut>(
+    clients: usize,
+    total: usize,
+    client: C,
+) -> (std::time::Duration, Vec<std::time::Duration>)
+where
+    C: Fn() -> Op,
+    Op: FnMut(usize) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Instant;
+
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let (mut op, next) = (client(), Arc::clone(&next));
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= total {
+                        return latencies;
+                    }
+                    let begun = Instant::now();
+                    op(n).await;
+                    latencies.push(begun.elapsed());
+                }
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(total);
+    for task in tasks {
+        latencies.extend(task.await.expect("a client runs to the end"));
+    }
+    (started.elapsed(), latencies)
+}
