@@ -1,22 +1,24 @@
-//! The engine over the real store and executor: 200 executions of a 5-step workflow, the
-//! engine aborted mid-run (its tokio runtime dropped without a shutdown), then reopened on the
-//! same redb file, or the same PostgreSQL database. Every execution completes, none is lost, and every step's effect happens
-//! once per (execution, step) idempotency key; a step completed before the crash is not
-//! called again.
+//! The workflow engine over the real store and the executor (through the orchestrator's
+//! `ExecutorRunner`): 200 executions of a 5-step workflow, the engine aborted mid-run (its
+//! tokio runtime dropped without a shutdown), then reopened on the same redb file, or the same
+//! PostgreSQL database. Every execution completes, none is lost, and every step's effect
+//! happens once per (execution, step) idempotency key; a step completed before the crash is
+//! not called again. (`e2e_crash` does the same to a whole `baton serve` process.)
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use baton::{ExecutorRunner, Queries, Router};
 use baton_core::{
-    Event, EventKind, EventSink, ExecutionFilter, ExecutionId, ExecutionState, IdempotencyKey, PageRequest, Recorded,
-    ServiceId, StepTarget, Store, SystemClock, WorkflowName,
+    EventKind, ExecutionFilter, ExecutionId, ExecutionState, IdempotencyKey, PageRequest, ServiceId, Store,
+    SystemClock, WorkflowName,
 };
-use baton_executor::{Call, Executor, InProcessInvoker, RunSpec, TaskSpec};
+use baton_executor::{Call, InProcessInvoker};
 use baton_store::testing::PgCluster;
 use baton_store::{PostgresStore, RedbStore};
-use baton_workflow::{Config, Engine, Outcome, RunHandle, RunRequest, Runner};
+use baton_workflow::{Config, Engine};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
@@ -33,96 +35,6 @@ output: "${ .steps.s5.output.n }"
 
 const EXECUTIONS: usize = 200;
 
-/// Routes the executor's events to each run's sink, dropping the sink after the run's last
-/// event so the engine sees the run end.
-#[derive(Default)]
-struct Router {
-    sinks: Mutex<HashMap<ExecutionId, Arc<dyn EventSink<Event>>>>,
-}
-
-impl Router {
-    fn sink(&self, event: &Event) -> Option<Arc<dyn EventSink<Event>>> {
-        let last =
-            matches!(event.kind, EventKind::Completed { .. } | EventKind::Failed { .. } | EventKind::Cancelled { .. });
-        let mut sinks = self.sinks.lock().unwrap();
-        if last { sinks.remove(&event.execution) } else { sinks.get(&event.execution).cloned() }
-    }
-}
-
-impl EventSink<Event> for Router {
-    fn publish(&self, event: Event) {
-        if let Some(sink) = self.sink(&event) {
-            sink.publish(event);
-        }
-    }
-
-    /// Completions wait for the engine's journal, as in the orchestrator's router.
-    fn record(&self, event: Event) -> Recorded {
-        match self.sink(&event) {
-            Some(sink) => sink.record(event),
-            None => Recorded::refused("the run has ended"),
-        }
-    }
-}
-
-/// The adapter the orchestrator will provide: `baton_executor` behind the engine's runner port.
-struct ExecutorRunner {
-    executor: Executor<InProcessInvoker>,
-    router: Arc<Router>,
-}
-
-struct ExecutorHandle(baton_executor::RunHandle);
-
-impl RunHandle for ExecutorHandle {
-    fn pause(&self) {
-        self.0.pause();
-    }
-
-    fn resume(&self) {
-        self.0.resume();
-    }
-
-    fn cancel(&self, reason: &str) {
-        self.0.cancel(reason);
-    }
-
-    async fn outcome(self) -> Outcome {
-        match self.0.outcome().await {
-            baton_executor::Outcome::Completed(output) => Outcome::Completed(output),
-            baton_executor::Outcome::Failed(error) => Outcome::Failed(error),
-            baton_executor::Outcome::Cancelled(reason) => Outcome::Cancelled(reason),
-        }
-    }
-}
-
-impl Runner for ExecutorRunner {
-    type Handle = ExecutorHandle;
-
-    fn start(&self, request: RunRequest, events: Arc<dyn EventSink<Event>>) -> Result<ExecutorHandle, String> {
-        let definition = request.definition.definition();
-        let mut tasks = Vec::with_capacity(definition.steps.len());
-        for (step, input) in definition.steps.iter().zip(request.definition.inputs()) {
-            let StepTarget::Service { id, alternatives } = &step.target else {
-                return Err(format!("step {:?} has a capability query, which needs the registry", step.id.as_str()));
-            };
-            tasks.push(TaskSpec {
-                id: step.id.clone(),
-                services: std::iter::once(id.clone()).chain(alternatives.iter().cloned()).collect(),
-                input: input.clone(),
-                depends_on: step.depends_on.clone(),
-                retry: step.retry.clone().unwrap_or_else(|| definition.defaults.retry.clone()),
-                timeout: step.timeout.or(definition.defaults.timeout),
-                task_timeout: step.task_timeout,
-                on_error: step.on_error.clone(),
-            });
-        }
-        let spec = RunSpec::new(request.execution, tasks, request.definition.output().clone(), definition.deadline)
-            .map_err(|e| e.to_string())?;
-        self.router.sinks.lock().unwrap().insert(request.execution, events);
-        Ok(ExecutorHandle(self.executor.start(spec, request.input, request.completed)))
-    }
-}
-
 /// What the `work` service saw: calls per idempotency key, the effects it applied (once per
 /// key, as an idempotent service does) and the keys called since the restart.
 #[derive(Default)]
@@ -133,7 +45,9 @@ struct Ledger {
     restarted: bool,
 }
 
-fn runner(ledger: &Arc<Mutex<Ledger>>) -> ExecutorRunner {
+type Runner = ExecutorRunner<InProcessInvoker>;
+
+fn runner(ledger: &Arc<Mutex<Ledger>>) -> Runner {
     let mut invoker = InProcessInvoker::default();
     let ledger = Arc::clone(ledger);
     invoker.register(ServiceId::new("work").unwrap(), move |call: Call| {
@@ -155,7 +69,7 @@ fn runner(ledger: &Arc<Mutex<Ledger>>) -> ExecutorRunner {
     let router = Arc::new(Router::default());
     let executor =
         baton_executor::Config::default().build(Arc::new(invoker), Arc::clone(&router) as _, Arc::new(SystemClock));
-    ExecutorRunner { executor, router }
+    ExecutorRunner::new(executor, router, Arc::new(Queries::default()))
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -166,7 +80,7 @@ fn key(i: usize) -> Option<IdempotencyKey> {
     Some(IdempotencyKey::new(&format!("run-{i}")).unwrap())
 }
 
-async fn start_all<S: Store>(engine: &Engine<S, ExecutorRunner>) -> Vec<ExecutionId> {
+async fn start_all<S: Store>(engine: &Engine<S, Runner>) -> Vec<ExecutionId> {
     let name = WorkflowName::new("five").unwrap();
     let mut ids = Vec::with_capacity(EXECUTIONS);
     for i in 0..EXECUTIONS {
