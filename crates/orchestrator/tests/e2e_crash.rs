@@ -90,20 +90,7 @@ async fn three_kill9s_lose_nothing_and_repeat_no_effect() {
     assert_eq!(acknowledged.len(), EXECUTIONS);
 
     let mut clients = Clients::new(server.channel().await);
-    let finish = async {
-        for id in acknowledged.values() {
-            let execution = clients.finished(id).await;
-            assert_eq!(
-                pb::ExecutionState::try_from(execution.state).unwrap(),
-                pb::ExecutionState::Completed,
-                "execution {id}: {:?}",
-                execution.error
-            );
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(180), finish)
-        .await
-        .unwrap_or_else(|_| panic!("not every execution completed within 3 minutes\n{}", server.log_text()));
+    clients.all_completed(acknowledged.values(), Duration::from_secs(180), &server).await;
 
     // Exactly once per (execution, step): inventory serves reserve and reserve-wrap,
     // payments charge, shipping ship and ship-wrap.

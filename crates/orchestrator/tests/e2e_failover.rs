@@ -58,20 +58,7 @@ async fn runs_complete_on_the_survivor_when_one_of_two_equivalent_services_dies(
     doomed.kill().await.unwrap();
     let served_by_survivor_at_kill = survivor.handle().stats().effects;
 
-    let finish = async {
-        for id in &ids {
-            let execution = clients.finished(id).await;
-            assert_eq!(
-                pb::ExecutionState::try_from(execution.state).unwrap(),
-                pb::ExecutionState::Completed,
-                "execution {id}: {:?}",
-                execution.error
-            );
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(120), finish)
-        .await
-        .unwrap_or_else(|_| panic!("not every execution completed\n{}", server.log_text()));
+    clients.all_completed(&ids, Duration::from_secs(120), &server).await;
 
     assert!(survivor.handle().stats().effects > served_by_survivor_at_kill, "the survivor took over");
     // Each inventory step's effect happened once, on one of the two.

@@ -185,6 +185,30 @@ impl Clients {
         }
     }
 
+    /// Waits until each of `ids` has finished, within `within` for all of them, and checks that
+    /// each completed; a timeout shows the server's log.
+    pub(crate) async fn all_completed(
+        &mut self,
+        ids: impl IntoIterator<Item = &String>,
+        within: Duration,
+        server: &ServerProcess,
+    ) {
+        let finish = async {
+            for id in ids {
+                let execution = self.finished(id).await;
+                assert_eq!(
+                    pb::ExecutionState::try_from(execution.state).unwrap(),
+                    pb::ExecutionState::Completed,
+                    "execution {id}: {:?}",
+                    execution.error
+                );
+            }
+        };
+        tokio::time::timeout(within, finish)
+            .await
+            .unwrap_or_else(|_| panic!("not every execution completed within {within:?}\n{}", server.log_text()));
+    }
+
     /// The execution once it has finished, watching it to its end.
     pub(crate) async fn finished(&mut self, id: &str) -> pb::Execution {
         loop {
