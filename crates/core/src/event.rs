@@ -79,6 +79,7 @@ pub struct Event {
     /// Position in that execution's journal, from 1, without gaps.
     pub sequence: u64,
     /// When it was recorded.
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub at: Timestamp,
     /// What happened.
     pub kind: EventKind,

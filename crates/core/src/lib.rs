@@ -42,6 +42,7 @@ pub mod plan;
 pub mod planning;
 pub mod ports;
 pub mod requirements;
+mod rfc3339;
 pub mod service;
 pub mod store;
 pub mod taxonomy;
