@@ -140,7 +140,21 @@ impl ServiceOrchestrator {
     pub async fn open(options: Options) -> Result<Self, Error> {
         let store = match &options.store {
             StoreChoice::Memory => AnyStore::Memory(MemoryStore::default()),
-            StoreChoice::Redb(dir) => AnyStore::Redb(RedbStore::open(dir).await?),
+            StoreChoice::Redb(dir) => {
+                let store = RedbStore::open(dir).await?;
+                let recovery = store.recovery();
+                if recovery.segments > 0 {
+                    tracing::info!(
+                        segments = recovery.segments,
+                        events = recovery.events,
+                        "folded the journal log a previous run left"
+                    );
+                }
+                for dropped in &recovery.dropped_frames {
+                    tracing::warn!(frame = %dropped, "dropped a journal frame that was torn or damaged");
+                }
+                AnyStore::Redb(store)
+            }
             StoreChoice::Postgres(url) => {
                 AnyStore::Postgres(PostgresStore::connect(&baton_store::postgres::Config::new(url.clone())).await?)
             }

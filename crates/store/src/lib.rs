@@ -5,13 +5,14 @@
 //! [`baton_core::store`] and checked by one conformance suite):
 //!
 //! - [`MemoryStore`]: a mutex-guarded map, for tests and throwaway runs;
-//! - [`RedbStore`]: the embedded default, one redb file under the data directory;
+//! - [`RedbStore`]: the embedded default, one redb file and a write-ahead journal log under
+//!   the data directory;
 //! - [`PostgresStore`]: for several nodes sharing one database, in SQL portable to CockroachDB
 //!   and YugabyteDB, with a versioned schema applied on start.
 //!
 //! Both durable stores commit journal appends in groups: appends from many executions that
-//! arrive together share one transaction and one fsync, and each caller is answered once that
-//! transaction is durable. [`AnyStore`] picks one of the three at run time.
+//! arrive together share one fsync (one log frame for redb, one transaction for PostgreSQL),
+//! and each caller is answered once it is durable. [`AnyStore`] picks one of the three at run time.
 //!
 //! What it is not for: deciding what to store. The workflow engine (`baton-workflow`) owns the
 //! lifecycle of executions and what goes into their journals; this crate only keeps them.
@@ -46,6 +47,7 @@ pub mod redb;
 mod shared;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
+mod wal;
 
 use baton_core::{
     CreatedExecution, Event, Execution, ExecutionFilter, ExecutionId, ExecutionPage, ExecutionUpdate, IdempotencyKey,
@@ -54,7 +56,7 @@ use baton_core::{
 
 pub use crate::memory::MemoryStore;
 pub use crate::postgres::PostgresStore;
-pub use crate::redb::RedbStore;
+pub use crate::redb::{LogOptions, RedbStore};
 
 /// What a durable store's group commit did so far: writes answered after a commit, and the
 /// transactions they took. `writes / transactions` is the mean batch size.

@@ -1,23 +1,29 @@
-//! [`RedbStore`]: the embedded default, one redb file under the data directory.
+//! [`RedbStore`]: the embedded default, one redb file and a write-ahead journal under the
+//! data directory.
 //!
-//! Every write (journal appends, creations, updates, definitions) goes to a single writer
-//! thread, which takes whatever has queued up, applies it in one write transaction and commits
-//! it with [`Durability::Immediate`]: group commit. A caller's write is answered only after the
-//! transaction holding it committed, so many executions appending at once share one fsync.
-//! A write that breaks a rule (a sequence gap, an illegal transition) is checked before
-//! anything is written and fails alone; a storage error fails the whole batch.
+//! Journal appends, the hot path, go to a write-ahead log of segment files ([`crate::wal`]).
+//! One log-writer thread takes whatever appends have queued up, checks their sequence numbers,
+//! writes them as one checksummed frame and answers them after one `fdatasync`: group commit at
+//! the cost of a sequential write, without the page copies, checksums and freed-page
+//! bookkeeping of a B-tree commit (which bounded group commit when appends went to redb).
+//! The events also stay in memory, where reads find them, until the redb writer folds them
+//! into `journal_chunks`: every so many events or bytes ([`LogOptions`]) the log moves on to a
+//! new segment, and the full one is folded in one redb transaction, as one chunk per
+//! execution (a row per event cost a core at full speed), and deleted. When folding falls
+//! behind by a few segments, appends wait for it.
 //!
-//! Appends land in `journal_log` first, keyed by commit, so a commit of events for hundreds of
-//! executions dirties a few adjacent pages instead of one copy-on-write page per execution
-//! (that page traffic, not the fsync, bounded group commit). Once the log holds
-//! [`FOLD_EVENTS`] events or [`FOLD_BYTES`] bytes, the next transaction moves it into
-//! `journal` in key order, where every execution's events sit together for reads; it is also
-//! folded when the writer starts and stops. A read merges the two. The writer keeps the last
-//! sequence number of every execution in the log, so an append needs no lookup to be checked.
-//! Callers encode their events before queueing, off the writer thread.
+//! Every other write (creations, updates, definitions) goes to the redb writer thread, which
+//! applies whatever has queued up in one write transaction committed with
+//! [`Durability::Immediate`]. A write that breaks a rule (a sequence gap, an illegal
+//! transition) is checked before anything is written and fails alone; a storage error fails
+//! its whole batch.
+//!
+//! Opening the store folds whatever segments a previous run left (it may have been killed)
+//! into `journal_chunks` before anything else, frame by frame: a frame torn by a crash was
+//! never acknowledged and is dropped whole. Closing folds the last segment.
 //!
 //! Reads run on tokio's blocking pool in their own read transactions, never waiting for the
-//! writer.
+//! writers; a journal read merges the unfolded events it finds in memory.
 //!
 //! Layout (an execution id is its UUID as a `u128`, a time is nanoseconds since the epoch as an
 //! `i64`; redb compares both as numbers, so ids sort as UUIDs do):
@@ -30,15 +36,15 @@
 //! | `executions_by_workflow` | (workflow, created, id) | - |
 //! | `executions_unfinished` | (created, id) | - |
 //! | `idempotency_keys` | key | id |
-//! | `journal` | (id, sequence) | JSON [`Event`] |
-//! | `journal_log` | (commit, id, sequence) | JSON [`Event`], not yet in `journal` |
-//! | `meta` | `schema_version` | 2 |
+//! | `journal_chunks` | (id, last sequence) | a chunk: the events of one fold, each as sequence, length, JSON |
+//! | `meta` | `schema_version` | 3 |
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use ::redb::{
     CommitError, Database, DatabaseError, Durability, ReadTransaction, ReadableDatabase, ReadableTable,
@@ -56,19 +62,42 @@ use crate::CommitStats;
 use crate::shared::{
     Counters, Key, check_read, check_sequences, group_by_execution, key_of, key_range, paginate, to_json,
 };
+use crate::wal::{self, Segment};
 
 /// The file inside the data directory.
 pub const FILE_NAME: &str = "baton.redb";
-/// The layout version this build writes and reads. Version 1 had no `journal_log`; it is
-/// upgraded in place, since an empty log reads as version 1 did.
-const SCHEMA_VERSION: u64 = 2;
-/// The most writes one transaction takes; more wait for the next one.
+/// The layout version this build writes and reads. Version 2 kept an event per row in
+/// `journal` and unfolded events in `journal_log` (version 1 had no log); both are upgraded in
+/// place into chunks.
+const SCHEMA_VERSION: u64 = 3;
+/// The most writes one transaction or one journal frame takes; more wait for the next one.
 const MAX_BATCH: usize = 1024;
-/// Fold the journal log once it holds this many events: enough that every fold moves many
-/// events per execution, few enough that a read scanning the log stays cheap.
-pub const FOLD_EVENTS: usize = 4096;
-/// Fold the journal log once its events take this many bytes, for large step outputs.
-pub const FOLD_BYTES: usize = 4 << 20;
+/// How the journal log is cut into segments and folded into redb.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogOptions {
+    /// Move on to a new segment, and fold the full one into redb, once it holds this many
+    /// events: the more, the more events of an execution share a chunk and the cheaper a fold
+    /// is per event; the fewer, the less memory and the quicker a replay after a crash.
+    pub fold_events: usize,
+    /// The same once a segment's events take this many bytes, for large step outputs.
+    pub fold_bytes: usize,
+    /// Full segments that may wait to be folded before appends wait for the fold. Unfolded
+    /// events stay in memory: up to about `(max_unfolded + 1) * fold_bytes`.
+    pub max_unfolded: usize,
+}
+
+impl Default for LogOptions {
+    /// 65,536 events or 16 MiB per segment, two waiting: at most about 48 MiB in memory, and
+    /// a fold per execution per 65,536 events (a fold per 4,096 events cost 15% of the
+    /// throughput at 256 writers).
+    fn default() -> Self {
+        Self { fold_events: 1 << 16, fold_bytes: 16 << 20, max_unfolded: 2 }
+    }
+}
+
+/// The most execution heads the log writer remembers before it starts over; a head it has
+/// forgotten costs one lookup.
+const MAX_HEADS: usize = 1 << 20;
 
 type Bytes = &'static [u8];
 const DEFINITIONS: TableDefinition<(&str, u32), Bytes> = TableDefinition::new("definitions");
@@ -77,15 +106,31 @@ const BY_CREATED: TableDefinition<Key, ()> = TableDefinition::new("executions_by
 const BY_WORKFLOW: TableDefinition<(&str, i64, u128), ()> = TableDefinition::new("executions_by_workflow");
 const UNFINISHED: TableDefinition<Key, ()> = TableDefinition::new("executions_unfinished");
 const IDEMPOTENCY: TableDefinition<&str, u128> = TableDefinition::new("idempotency_keys");
-const JOURNAL: TableDefinition<(u128, u64), Bytes> = TableDefinition::new("journal");
+/// Journal chunks: the events of one execution that one fold moved, under (id, last sequence).
+const JOURNAL: TableDefinition<(u128, u64), Bytes> = TableDefinition::new("journal_chunks");
+/// Version 2's journal, an event under each (id, sequence); made into chunks on open.
+const JOURNAL_V2: TableDefinition<(u128, u64), Bytes> = TableDefinition::new("journal");
+/// Version 2's unfolded events, keyed by (commit, id, sequence); made into chunks on open.
 const JOURNAL_LOG: TableDefinition<(u64, u128, u64), Bytes> = TableDefinition::new("journal_log");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
-/// A store in one redb file, `baton.redb` under a data directory. Cheap to clone; the file
-/// closes when the last clone is dropped.
+/// A store in one redb file, `baton.redb`, and the journal's log segments under a data
+/// directory. Cheap to clone; the files close when the last clone is dropped.
 #[derive(Debug, Clone)]
 pub struct RedbStore {
     inner: Arc<Inner>,
+}
+
+/// What opening the store found of the journal log a previous run left.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Segments folded into redb.
+    pub segments: usize,
+    /// Events they held.
+    pub events: usize,
+    /// Frames dropped, with where and why: a torn last frame (a write the crash interrupted,
+    /// never acknowledged) or a damaged one.
+    pub dropped_frames: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -93,14 +138,23 @@ struct Inner {
     path: PathBuf,
     db: Arc<Database>,
     counters: Arc<Counters>,
+    unfolded: Arc<Unfolded>,
+    recovery: Recovery,
+    appends: Option<mpsc::Sender<Append>>,
+    log_writer: Option<JoinHandle<()>>,
     jobs: Option<mpsc::Sender<Box<dyn Job>>>,
     writer: Option<JoinHandle<()>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // Closing the queue stops the writer after its last batch; waiting for it releases the
-        // file, so the same directory can be opened again right away.
+        // Closing a queue stops its thread after its last batch. The log writer goes first: it
+        // queues the fold of its last segment for the redb writer. Waiting for both releases
+        // the files, so the same directory can be opened again right away.
+        drop(self.appends.take());
+        if let Some(log_writer) = self.log_writer.take() {
+            let _ = log_writer.join();
+        }
         drop(self.jobs.take());
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
@@ -109,34 +163,74 @@ impl Drop for Inner {
 }
 
 impl RedbStore {
-    /// Opens (or creates) the store in `data_dir`, creating the directory when missing.
-    /// [`StoreError::Unavailable`] when the file cannot be opened, is in use, or was written by
-    /// a newer build.
+    /// Opens (or creates) the store in `data_dir`, creating the directory when missing, and
+    /// folds in what the journal log of a previous run holds. [`StoreError::Unavailable`] when
+    /// the files cannot be opened, are in use, or were written by a newer build.
     pub async fn open(data_dir: &Path) -> StoreResult<Self> {
+        Self::open_with(data_dir, LogOptions::default()).await
+    }
+
+    /// [`RedbStore::open`] with the journal log cut and folded as `options` say.
+    pub async fn open_with(data_dir: &Path, options: LogOptions) -> StoreResult<Self> {
         let data_dir = data_dir.to_path_buf();
-        tokio::task::spawn_blocking(move || Self::open_blocking(&data_dir))
+        tokio::task::spawn_blocking(move || Self::open_blocking(&data_dir, options))
             .await
             .map_err(|e| StoreError::unavailable(format!("opening the redb store panicked: {e}")))?
     }
 
-    fn open_blocking(data_dir: &Path) -> StoreResult<Self> {
+    fn open_blocking(data_dir: &Path, options: LogOptions) -> StoreResult<Self> {
         let path = data_dir.join(FILE_NAME);
         let failed =
             |e: &dyn std::fmt::Display| StoreError::unavailable(format!("cannot open {}: {e}", path.display()));
         std::fs::create_dir_all(data_dir).map_err(|e| failed(&e))?;
+        // redb locks its file: holding it makes this process the only one touching the log.
         let db = Database::create(&path).map_err(|e| failed(&e))?;
         prepare(&db).map_err(|e| failed(&e))?;
+        let (recovery, next_segment) = recover(&db, data_dir).map_err(|e| failed(&e))?;
         let db = Arc::new(db);
-        let (jobs, queue) = mpsc::channel(MAX_BATCH);
         let counters = Arc::new(Counters::default());
+        let unfolded = Arc::new(Unfolded::new(next_segment));
+        let segment = Segment::create(data_dir, next_segment).map_err(|e| failed(&e))?;
+        let (jobs, queue) = mpsc::channel(MAX_BATCH);
         let writer = {
-            let writer = Writer::new(Arc::clone(&db), Arc::clone(&counters));
+            let writer = Writer { db: Arc::clone(&db), counters: Arc::clone(&counters) };
             std::thread::Builder::new()
                 .name("baton-redb-writer".to_owned())
                 .spawn(move || writer.run(queue))
                 .map_err(|e| failed(&e))?
         };
-        Ok(Self { inner: Arc::new(Inner { path, db, counters, jobs: Some(jobs), writer: Some(writer) }) })
+        let (appends, append_queue) = mpsc::channel(MAX_BATCH);
+        let log_writer = {
+            let log_writer = LogWriter {
+                dir: data_dir.to_path_buf(),
+                db: Arc::clone(&db),
+                counters: Arc::clone(&counters),
+                unfolded: Arc::clone(&unfolded),
+                folds: jobs.clone(),
+                segment: Some(segment),
+                next_segment: next_segment + 1,
+                heads: HashMap::default(),
+                failed: None,
+                options,
+            };
+            std::thread::Builder::new()
+                .name("baton-journal-log".to_owned())
+                .spawn(move || log_writer.run(append_queue))
+                .map_err(|e| failed(&e))?
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path,
+                db,
+                counters,
+                unfolded,
+                recovery,
+                appends: Some(appends),
+                log_writer: Some(log_writer),
+                jobs: Some(jobs),
+                writer: Some(writer),
+            }),
+        })
     }
 
     /// The database file.
@@ -144,12 +238,18 @@ impl RedbStore {
         &self.inner.path
     }
 
-    /// What group commit did so far (every kind of write counts).
+    /// What group commit did so far: journal frames and redb transactions that answered
+    /// writes (folds answer none and are not counted).
     pub fn commit_stats(&self) -> CommitStats {
         self.inner.counters.snapshot()
     }
 
-    /// Queues `work` for the writer and waits until the transaction holding it committed.
+    /// What opening the store found of the journal log a previous run left.
+    pub fn recovery(&self) -> &Recovery {
+        &self.inner.recovery
+    }
+
+    /// Queues `work` for the redb writer and waits until the transaction holding it committed.
     async fn write<T, F>(&self, work: F) -> StoreResult<T>
     where
         T: Send + 'static,
@@ -168,9 +268,17 @@ impl RedbStore {
         T: Send + 'static,
         F: FnOnce(&ReadTransaction) -> Result<T, Fail> + Send + 'static,
     {
+        self.read_database(move |db| work(&db.begin_read()?)).await
+    }
+
+    /// Runs `work` on the blocking pool, to begin its read transaction when it is ready.
+    async fn read_database<T, F>(&self, work: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> Result<T, Fail> + Send + 'static,
+    {
         let db = Arc::clone(&self.inner.db);
-        let task = tokio::task::spawn_blocking(move || -> Result<T, Fail> { work(&db.begin_read()?) });
-        match task.await {
+        match tokio::task::spawn_blocking(move || work(&db)).await {
             Ok(result) => result.map_err(Fail::into_store_error),
             Err(e) => Err(StoreError::unavailable(format!("a redb read panicked: {e}"))),
         }
@@ -181,16 +289,21 @@ fn writer_gone() -> StoreError {
     StoreError::unavailable("the redb writer thread has stopped")
 }
 
-/// Creates the tables and checks the layout version.
+fn log_writer_gone() -> StoreError {
+    StoreError::unavailable("the journal log writer thread has stopped")
+}
+
+/// Creates the tables, checks the layout version and upgrades an older one.
 fn prepare(db: &Database) -> Result<(), Fail> {
     let mut txn = db.begin_write()?;
     txn.set_durability(Durability::Immediate)?;
     {
-        Tables::open(&txn, &HashMap::new(), 0)?;
+        Tables::open(&txn)?;
         let mut meta = txn.open_table(META)?;
         let version = meta.get("schema_version")?.map(|v| v.value());
         match version {
-            None | Some(1) => {
+            None | Some(1 | 2) => {
+                fold_version_2_log(&txn)?;
                 meta.insert("schema_version", SCHEMA_VERSION)?;
             }
             Some(SCHEMA_VERSION) => {}
@@ -203,6 +316,64 @@ fn prepare(db: &Database) -> Result<(), Fail> {
     }
     txn.commit()?;
     Ok(())
+}
+
+/// Makes version 2's events (`journal` and `journal_log`) into chunks and drops both tables.
+fn fold_version_2_log(txn: &WriteTransaction) -> Result<(), Fail> {
+    let mut events = Generation::default();
+    {
+        let journal = txn.open_table(JOURNAL_V2)?;
+        for entry in journal.iter()? {
+            let (key, bytes) = entry?;
+            let (id, sequence) = key.value();
+            events.insert(id, sequence, bytes.value());
+        }
+        let log = txn.open_table(JOURNAL_LOG)?;
+        for entry in log.iter()? {
+            let (key, bytes) = entry?;
+            let (_, id, sequence) = key.value();
+            events.insert(id, sequence, bytes.value());
+        }
+    }
+    events.write_chunks(&mut txn.open_table(JOURNAL)?)?;
+    txn.delete_table(JOURNAL_V2)?;
+    txn.delete_table(JOURNAL_LOG)?;
+    Ok(())
+}
+
+/// Folds every log segment in `dir` into `journal_chunks` in one transaction, oldest first, a chunk
+/// per execution and segment as the run that wrote them would have (so a segment folded
+/// twice writes the same chunks twice), then deletes them. Returns what it found and the
+/// number the next segment takes.
+fn recover(db: &Database, dir: &Path) -> Result<(Recovery, u64), Fail> {
+    let io = |e: std::io::Error| Fail::Store(StoreError::unavailable(format!("the journal log: {e}")));
+    let found = wal::segments(dir).map_err(io)?;
+    let Some((last, _)) = found.last() else { return Ok((Recovery::default(), 0)) };
+    let next = last + 1;
+    let mut recovery = Recovery { segments: found.len(), ..Recovery::default() };
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    {
+        let mut journal = txn.open_table(JOURNAL)?;
+        for (_, path) in &found {
+            let replayed = wal::replay(path).map_err(io)?;
+            recovery.events += replayed.records.len();
+            if let Some(reason) = replayed.stopped {
+                recovery.dropped_frames.push(format!("{}: {reason}", path.display()));
+            }
+            let mut events = Generation::default();
+            for (id, sequence, json) in replayed.records {
+                events.insert(id, sequence, &json);
+            }
+            events.write_chunks(&mut journal)?;
+        }
+    }
+    txn.commit()?;
+    for (_, path) in &found {
+        std::fs::remove_file(path).map_err(io)?;
+    }
+    wal::sync_dir(dir).map_err(io)?;
+    Ok((recovery, next))
 }
 
 /// Why an operation on the file failed: a storage error (fails the whole batch) or a broken
@@ -256,7 +427,7 @@ storage_errors!(
     DatabaseError
 );
 
-/// The tables of a write transaction, and what it does to the journal log.
+/// The tables of a write transaction.
 struct Tables<'t> {
     definitions: Table<'t, (&'static str, u32), Bytes>,
     executions: Table<'t, u128, Bytes>,
@@ -265,19 +436,10 @@ struct Tables<'t> {
     unfinished: Table<'t, Key, ()>,
     idempotency: Table<'t, &'static str, u128>,
     journal: Table<'t, (u128, u64), Bytes>,
-    journal_log: Table<'t, (u64, u128, u64), Bytes>,
-    /// The writer's last sequence numbers as of the previous commit.
-    heads: &'t HashMap<u128, u64>,
-    /// Last sequence numbers this transaction moved; the writer keeps them once it commits.
-    staged: HashMap<u128, u64>,
-    /// The first part of this transaction's log keys.
-    commit: u64,
-    /// Events and bytes this transaction added to the log.
-    logged: (usize, usize),
 }
 
 impl<'t> Tables<'t> {
-    fn open(txn: &'t WriteTransaction, heads: &'t HashMap<u128, u64>, commit: u64) -> Result<Self, Fail> {
+    fn open(txn: &'t WriteTransaction) -> Result<Self, Fail> {
         Ok(Self {
             definitions: txn.open_table(DEFINITIONS)?,
             executions: txn.open_table(EXECUTIONS)?,
@@ -286,36 +448,21 @@ impl<'t> Tables<'t> {
             unfinished: txn.open_table(UNFINISHED)?,
             idempotency: txn.open_table(IDEMPOTENCY)?,
             journal: txn.open_table(JOURNAL)?,
-            journal_log: txn.open_table(JOURNAL_LOG)?,
-            heads,
-            staged: HashMap::new(),
-            commit,
-            logged: (0, 0),
         })
-    }
-
-    /// The last sequence number of `id`'s journal, [`StoreError::NotFound`] when there is no
-    /// such execution. Known to the writer for every execution with events in the log, so only
-    /// an execution not appended to since the last fold costs a lookup.
-    fn head(&self, id: ExecutionId) -> Result<u64, Fail> {
-        let key = id_key(id);
-        if let Some(last) = self.staged.get(&key).or_else(|| self.heads.get(&key)) {
-            return Ok(*last);
-        }
-        if self.executions.get(key)?.is_none() {
-            return Err(StoreError::NotFound(Record::Execution(id)).into());
-        }
-        last_sequence(&self.journal, id)
     }
 }
 
-/// A write waiting in the writer's queue.
+/// A write waiting in the redb writer's queue.
 trait Job: Send + std::fmt::Debug {
     /// Applies the write inside the batch's transaction. An error is a storage error and
     /// aborts the batch; a broken rule is kept as this job's result.
     fn apply(&mut self, tables: &mut Tables<'_>) -> Result<(), ::redb::Error>;
     /// Answers the caller: with `failure` when the batch did not commit, else with the result.
     fn finish(self: Box<Self>, failure: Option<&StoreError>);
+    /// Whether a caller waits for this write, so that it counts in [`CommitStats`].
+    fn answers_a_caller(&self) -> bool {
+        true
+    }
 }
 
 struct Pending<T, F> {
@@ -358,111 +505,515 @@ where
     }
 }
 
-/// The writer thread's state between transactions.
+/// The redb writer thread.
 struct Writer {
     db: Arc<Database>,
     counters: Arc<Counters>,
-    /// The last sequence number of every execution with events in the journal log (and of
-    /// some without), as committed.
-    heads: HashMap<u128, u64>,
-    /// Events and bytes in the journal log.
-    logged: (usize, usize),
-    /// The next transaction's commit number, the first part of its log keys.
-    commit: u64,
-    /// Whether the next transaction folds the log first: at start, since `heads` knows nothing
-    /// of a log left by the previous run, and after a failed commit, which may or may not have
-    /// landed.
-    must_fold: bool,
 }
 
 impl Writer {
-    fn new(db: Arc<Database>, counters: Arc<Counters>) -> Self {
-        Self { db, counters, heads: HashMap::new(), logged: (0, 0), commit: 0, must_fold: true }
-    }
-
-    /// One transaction per batch of whatever has queued up, then a last fold, so a closed file
-    /// keeps every event in `journal`.
-    fn run(mut self, mut queue: mpsc::Receiver<Box<dyn Job>>) {
+    /// One transaction per batch of whatever has queued up.
+    fn run(self, mut queue: mpsc::Receiver<Box<dyn Job>>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         while queue.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
-            let began = std::time::Instant::now();
-            let failure = self.commit(&mut batch, false).err().map(Fail::into_store_error);
-            if failure.is_none() {
-                self.counters.committed(batch.len(), began.elapsed());
+            let began = Instant::now();
+            let failure = self.commit(&mut batch).err().map(Fail::into_store_error);
+            let answered = batch.iter().filter(|job| job.answers_a_caller()).count();
+            if failure.is_none() && answered > 0 {
+                self.counters.committed(answered, began.elapsed());
             }
             for job in batch.drain(..) {
                 job.finish(failure.as_ref());
             }
         }
-        if self.logged.0 > 0 || self.must_fold {
-            // Nobody waits for this one; a failure leaves the log to the next start.
-            let _ = self.commit(&mut batch, true);
-        }
     }
 
-    fn commit(&mut self, batch: &mut [Box<dyn Job>], force_fold: bool) -> Result<(), Fail> {
-        let result = self.try_commit(batch, force_fold);
-        if result.is_err() {
-            // The log may hold what `heads` does not know: start over from the file.
-            self.must_fold = true;
-        }
-        result
-    }
-
-    fn try_commit(&mut self, batch: &mut [Box<dyn Job>], force_fold: bool) -> Result<(), Fail> {
-        let fold = force_fold || self.must_fold || self.logged.0 >= FOLD_EVENTS || self.logged.1 >= FOLD_BYTES;
+    fn commit(&self, batch: &mut [Box<dyn Job>]) -> Result<(), Fail> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
-        if fold {
-            fold_log(&txn)?;
-        }
-        let (staged, logged) = {
-            let mut tables = Tables::open(&txn, &self.heads, self.commit)?;
+        {
+            let mut tables = Tables::open(&txn)?;
             for job in batch.iter_mut() {
                 // On error the transaction is dropped, which aborts it: nothing of the batch stays.
                 job.apply(&mut tables)?;
             }
-            (tables.staged, tables.logged)
-        };
-        txn.commit()?;
-        self.commit += 1;
-        if fold {
-            // Folded executions read their head from `journal` again.
-            self.heads.clear();
-            self.logged = (0, 0);
-            self.must_fold = false;
         }
-        self.heads.extend(staged);
-        self.logged = (self.logged.0 + logged.0, self.logged.1 + logged.1);
+        txn.commit()?;
         Ok(())
     }
 }
 
-/// Moves every event of the journal log into `journal`, in key order so each execution's
-/// pages are written once, and empties the log.
-fn fold_log(txn: &WriteTransaction) -> Result<(), Fail> {
-    let mut entries = Vec::new();
-    {
-        let log = txn.open_table(JOURNAL_LOG)?;
-        for entry in log.iter()? {
-            let (key, bytes) = entry?;
-            let (_, id, sequence) = key.value();
-            entries.push(((id, sequence), bytes.value().to_vec()));
+/// Journal events in the log and not yet folded into `journal_chunks`, by segment: what journal
+/// reads merge, and where the log writer finds an execution's last sequence number.
+#[derive(Debug)]
+struct Unfolded {
+    generations: Mutex<Generations>,
+    /// Signalled when a fold ends, for a log writer waiting for room.
+    folded: Condvar,
+}
+
+#[derive(Debug)]
+struct Generations {
+    /// Full segments, oldest first, waiting to be folded.
+    full: VecDeque<Arc<Generation>>,
+    /// The segment being written.
+    open: Generation,
+    /// Why the last fold failed, until one succeeds.
+    fold_failure: Option<StoreError>,
+}
+
+/// The events of one log segment: their JSON packed into blocks, so that a segment of many
+/// events costs few allocations to fill and to free, and an index by execution.
+#[derive(Debug, Default)]
+struct Generation {
+    segment: u64,
+    blocks: Vec<Vec<u8>>,
+    /// Each execution's events in sequence order.
+    index: HashMap<u128, Vec<Placed>, IdHasherBuilder>,
+    events: usize,
+    bytes: usize,
+}
+
+/// Where an event's JSON is in a generation: (sequence, block, offset, length).
+type Placed = (u64, u32, u32, u32);
+
+/// The size of a block of event JSON (a larger event gets a block of its own).
+const BLOCK_BYTES: usize = 1 << 20;
+
+impl Generation {
+    /// Adds `id`'s event `sequence`, which follows its others here.
+    fn insert(&mut self, id: u128, sequence: u64, json: &[u8]) {
+        let fits = self.blocks.last().is_some_and(|block| block.capacity() - block.len() >= json.len());
+        if !fits {
+            self.blocks.push(Vec::with_capacity(BLOCK_BYTES.max(json.len())));
+        }
+        let block_number = self.blocks.len() - 1;
+        let block = &mut self.blocks[block_number];
+        let offset = block.len();
+        block.extend_from_slice(json);
+        let entry = (sequence, as_u32(block_number), as_u32(offset), as_u32(json.len()));
+        self.index.entry(id).or_default().push(entry);
+        self.events += 1;
+        self.bytes += json.len();
+    }
+
+    fn last(&self, id: u128) -> Option<u64> {
+        self.index.get(&id)?.last().map(|(sequence, ..)| *sequence)
+    }
+
+    fn json(&self, block: u32, offset: u32, len: u32) -> &[u8] {
+        let offset = offset as usize;
+        &self.blocks[block as usize][offset..offset + len as usize]
+    }
+
+    fn copy_events(&self, id: u128, from: u64, into: &mut Vec<(u64, Vec<u8>)>) {
+        let Some(events) = self.index.get(&id) else { return };
+        let first = events.partition_point(|(sequence, ..)| *sequence < from);
+        into.extend(
+            events[first..]
+                .iter()
+                .map(|(sequence, block, offset, len)| (*sequence, self.json(*block, *offset, *len).to_vec())),
+        );
+    }
+
+    /// Writes the events as one chunk per execution, in id order so the B-tree is walked once.
+    fn write_chunks(&self, journal: &mut Table<'_, (u128, u64), Bytes>) -> Result<(), ::redb::Error> {
+        let mut ids: Vec<u128> = self.index.keys().copied().collect();
+        ids.sort_unstable();
+        let mut chunk = Vec::new();
+        for id in ids {
+            let events = &self.index[&id];
+            chunk.clear();
+            for (sequence, block, offset, len) in events {
+                push_to_chunk(&mut chunk, *sequence, self.json(*block, *offset, *len));
+            }
+            if let Some((last, ..)) = events.last() {
+                journal.insert((id, *last), chunk.as_slice())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn as_u32(n: usize) -> u32 {
+    // Blocks, offsets and lengths are bounded by memory far below 4 Gi for a segment, which
+    // moves on at `fold_bytes`.
+    u32::try_from(n).expect("a segment's events fit in 4 GiB")
+}
+
+/// Hashes execution ids, which are UUIDs with random low bits, by folding them to 64 bits: far
+/// cheaper than SipHash, which the log writer paid for on every append.
+#[derive(Debug, Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(*byte)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
         }
     }
-    if entries.is_empty() {
-        return Ok(());
+
+    fn write_u128(&mut self, id: u128) {
+        // Truncation keeps the random low half; the high half (time) spreads equal low halves.
+        let folded = (id as u64) ^ ((id >> 64) as u64).rotate_left(32);
+        self.0 = folded.wrapping_mul(0x9e_37_79_b9_7f_4a_7c_15);
     }
-    entries.sort_unstable_by_key(|(key, _)| *key);
-    {
-        let mut journal = txn.open_table(JOURNAL)?;
-        for (key, bytes) in &entries {
-            journal.insert(*key, bytes.as_slice())?;
+}
+
+type IdHasherBuilder = std::hash::BuildHasherDefault<IdHasher>;
+
+/// Adds an event to a journal chunk: sequence (8 bytes), length (4), JSON; little endian.
+fn push_to_chunk(chunk: &mut Vec<u8>, sequence: u64, json: &[u8]) {
+    chunk.extend_from_slice(&sequence.to_le_bytes());
+    chunk.extend_from_slice(&u32::try_from(json.len()).expect("an event is smaller than 4 GiB").to_le_bytes());
+    chunk.extend_from_slice(json);
+}
+
+/// The events of a journal chunk, or where it is damaged.
+fn chunk_events(mut chunk: &[u8]) -> Result<Vec<(u64, &[u8])>, String> {
+    let mut events = Vec::new();
+    while !chunk.is_empty() {
+        let damaged = || format!("a journal chunk is cut short after {} events", events.len());
+        let head = chunk.get(..12).ok_or_else(damaged)?;
+        let sequence = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
+        let len = u32::from_le_bytes(head[8..12].try_into().expect("4 bytes"));
+        let end = usize::try_from(len).ok().and_then(|len| len.checked_add(12)).ok_or_else(damaged)?;
+        let json = chunk.get(12..end).ok_or_else(damaged)?;
+        events.push((sequence, json));
+        chunk = &chunk[end..];
+    }
+    Ok(events)
+}
+
+impl Unfolded {
+    fn new(segment: u64) -> Self {
+        let open = Generation { segment, ..Generation::default() };
+        Self {
+            generations: Mutex::new(Generations { full: VecDeque::new(), open, fold_failure: None }),
+            folded: Condvar::new(),
         }
     }
-    // Dropping the table frees its pages wholesale; the batch's `Tables::open` creates it anew.
-    txn.delete_table(JOURNAL_LOG)?;
-    Ok(())
+
+    fn lock(&self) -> MutexGuard<'_, Generations> {
+        // The maps stay whole even if a holder panicked: every change is a single insert or
+        // swap.
+        self.generations.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The last unfolded sequence number of `id`, if it has unfolded events.
+    fn last(&self, id: u128) -> Option<u64> {
+        let generations = self.lock();
+        generations.open.last(id).or_else(|| generations.full.iter().rev().find_map(|generation| generation.last(id)))
+    }
+
+    /// `id`'s unfolded events from sequence `from` on, in order.
+    fn events(&self, id: u128, from: u64) -> Vec<(u64, Vec<u8>)> {
+        let generations = self.lock();
+        let mut events = Vec::new();
+        for generation in &generations.full {
+            generation.copy_events(id, from, &mut events);
+        }
+        generations.open.copy_events(id, from, &mut events);
+        events
+    }
+}
+
+/// An append waiting in the log writer's queue: its events, grouped by execution and encoded
+/// by the caller.
+#[derive(Debug)]
+struct Append {
+    groups: Encoded,
+    reply: oneshot::Sender<StoreResult<()>>,
+    /// The caller's tokio runtime, where the answers are sent from, if it runs on one.
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+/// Answers a frame's appends from a task on the first caller's runtime: waking a task from
+/// one of its own workers is a push to a local queue, from this thread a push to the shared
+/// queue and maybe a syscall, which cost the log writer about 2 µs per append.
+fn answer_in_runtime(appends: Vec<Append>) {
+    let runtime = appends.first().and_then(|append| append.runtime.clone());
+    let replies = appends.into_iter().map(|append| append.reply);
+    let Some(runtime) = runtime else {
+        for reply in replies {
+            let _ = reply.send(Ok(()));
+        }
+        return;
+    };
+    let replies: Vec<_> = replies.collect();
+    // A runtime shutting down drops the task, and with it the replies: its callers are gone.
+    runtime.spawn(async move {
+        for reply in replies {
+            let _ = reply.send(Ok(()));
+        }
+    });
+}
+
+/// The log writer thread's state between frames.
+struct LogWriter {
+    dir: PathBuf,
+    db: Arc<Database>,
+    counters: Arc<Counters>,
+    unfolded: Arc<Unfolded>,
+    /// The redb writer's queue, for folds.
+    folds: mpsc::Sender<Box<dyn Job>>,
+    /// The segment being written; `None` after one could not be created.
+    segment: Option<Segment>,
+    next_segment: u64,
+    /// Last sequence numbers the log writer knows: it is the only one appending, so they stay
+    /// true until it forgets them.
+    heads: HashMap<u128, u64, IdHasherBuilder>,
+    /// Why the log takes no more appends, after a write failed.
+    failed: Option<StoreError>,
+    options: LogOptions,
+}
+
+impl LogWriter {
+    /// One frame per batch of whatever has queued up, then the fold of the last segment.
+    fn run(mut self, mut queue: mpsc::Receiver<Append>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while queue.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
+            self.commit(&mut batch);
+        }
+        self.move_on(false);
+    }
+
+    /// Checks, writes and answers one batch.
+    fn commit(&mut self, batch: &mut Vec<Append>) {
+        let began = Instant::now();
+        if let Err(e) = self.failed.clone().map_or_else(|| self.wait_for_room(), Err) {
+            for append in batch.drain(..) {
+                let _ = append.reply.send(Err(e.clone()));
+            }
+            return;
+        }
+        let mut read = None;
+        let mut staged: HashMap<u128, u64, IdHasherBuilder> = HashMap::default();
+        let mut accepted = Vec::with_capacity(batch.len());
+        for append in batch.drain(..) {
+            match self.check(&append.groups, &staged, &mut read) {
+                Ok(lasts) => {
+                    staged.extend(lasts);
+                    accepted.push(append);
+                }
+                Err(e) => {
+                    let _ = append.reply.send(Err(e));
+                }
+            }
+        }
+        if accepted.is_empty() {
+            return;
+        }
+        match self.write_frame(&accepted) {
+            Ok(()) => {
+                let full = {
+                    let mut generations = self.unfolded.lock();
+                    let open = &mut generations.open;
+                    for append in &mut accepted {
+                        for (execution, events) in append.groups.drain(..) {
+                            let id = id_key(execution);
+                            for (sequence, json) in events {
+                                open.insert(id, sequence, &json);
+                            }
+                        }
+                    }
+                    open.events >= self.options.fold_events || open.bytes >= self.options.fold_bytes
+                };
+                if self.heads.len() + staged.len() > MAX_HEADS {
+                    self.heads.clear();
+                }
+                self.heads.extend(staged);
+                self.counters.committed(accepted.len(), began.elapsed());
+                answer_in_runtime(accepted);
+                if full {
+                    self.move_on(true);
+                }
+            }
+            Err(e) => {
+                // What the file holds after a failed write or sync is unknown (the frame may
+                // still land), so, like PostgreSQL after a failed fsync, the log takes no more
+                // appends: reopening the store replays whatever did land.
+                let failure =
+                    StoreError::unavailable(format!("the journal log failed a write ({e}); reopen the store to go on"));
+                for append in accepted {
+                    let _ = append.reply.send(Err(failure.clone()));
+                }
+                self.failed = Some(failure);
+            }
+        }
+    }
+
+    /// The last sequence number of every execution in `groups` after the append, or why it
+    /// cannot be taken.
+    fn check(
+        &mut self,
+        groups: &Encoded,
+        staged: &HashMap<u128, u64, IdHasherBuilder>,
+        read: &mut Option<ReadTransaction>,
+    ) -> StoreResult<Vec<(u128, u64)>> {
+        let mut lasts = Vec::with_capacity(groups.len());
+        for (execution, events) in groups {
+            let id = id_key(*execution);
+            let head = match staged.get(&id).or_else(|| self.heads.get(&id)) {
+                Some(head) => *head,
+                None => self.look_up_head(*execution, read)?,
+            };
+            check_sequences(*execution, head, events.iter().map(|(sequence, _)| *sequence))?;
+            lasts.push((id, events.last().map_or(head, |(sequence, _)| *sequence)));
+        }
+        Ok(lasts)
+    }
+
+    /// An execution's last sequence number from the unfolded events, else from redb;
+    /// [`StoreError::NotFound`] when there is no such execution.
+    fn look_up_head(&mut self, execution: ExecutionId, read: &mut Option<ReadTransaction>) -> StoreResult<u64> {
+        let id = id_key(execution);
+        // Unfolded events leave memory only after their fold committed, so looking in memory
+        // first and in redb second cannot miss any.
+        let head = match self.unfolded.last(id) {
+            Some(head) => head,
+            None => {
+                let txn = match read {
+                    Some(txn) => txn,
+                    None => read.insert(self.db.begin_read().map_err(|e| Fail::from(e).into_store_error())?),
+                };
+                let found = || -> Result<u64, Fail> {
+                    if txn.open_table(EXECUTIONS)?.get(id)?.is_none() {
+                        return Err(StoreError::NotFound(Record::Execution(execution)).into());
+                    }
+                    last_sequence(&txn.open_table(JOURNAL)?, execution)
+                };
+                found().map_err(Fail::into_store_error)?
+            }
+        };
+        self.heads.insert(id, head);
+        Ok(head)
+    }
+
+    fn write_frame(&mut self, appends: &[Append]) -> std::io::Result<()> {
+        if self.segment.is_none() {
+            self.segment = Some(self.create_segment()?);
+        }
+        let segment = self.segment.as_mut().expect("created above");
+        segment.begin_frame();
+        for append in appends {
+            for (execution, events) in &append.groups {
+                let id = id_key(*execution);
+                for (sequence, json) in events {
+                    segment.push(id, *sequence, json);
+                }
+            }
+        }
+        segment.write_frame()
+    }
+
+    /// Creates the next segment and makes it the open generation's.
+    fn create_segment(&mut self) -> std::io::Result<Segment> {
+        let number = self.next_segment;
+        self.next_segment += 1;
+        let segment = Segment::create(&self.dir, number)?;
+        self.unfolded.lock().open.segment = number;
+        Ok(segment)
+    }
+
+    /// Closes the segment being written, hands its events to the redb writer to fold, and
+    /// (when `go_on`) starts the next segment.
+    fn move_on(&mut self, go_on: bool) {
+        let number = self.next_segment;
+        {
+            let mut generations = self.unfolded.lock();
+            let open =
+                std::mem::replace(&mut generations.open, Generation { segment: number, ..Generation::default() });
+            generations.full.push_back(Arc::new(open));
+        }
+        self.segment = None;
+        let fold = Box::new(Fold { unfolded: Arc::clone(&self.unfolded), dir: self.dir.clone(), taken: Vec::new() });
+        // A redb writer that is gone fails the next wait for room instead.
+        let _ = self.folds.blocking_send(fold);
+        if go_on {
+            // A failure here is retried by the next frame, which fails until a segment exists.
+            self.segment = self.create_segment().ok();
+        }
+    }
+
+    /// Waits while `max_unfolded` segments wait to be folded. Fails when folding fails (after
+    /// queueing another try) or the redb writer is gone.
+    fn wait_for_room(&self) -> StoreResult<()> {
+        let mut generations = self.unfolded.lock();
+        while generations.full.len() >= self.options.max_unfolded.max(1) {
+            if let Some(failure) = generations.fold_failure.take() {
+                drop(generations);
+                let fold =
+                    Box::new(Fold { unfolded: Arc::clone(&self.unfolded), dir: self.dir.clone(), taken: Vec::new() });
+                let _ = self.folds.blocking_send(fold);
+                return Err(StoreError::unavailable(format!("the journal cannot be folded into redb: {failure}")));
+            }
+            if self.folds.is_closed() {
+                return Err(writer_gone());
+            }
+            generations = self
+                .unfolded
+                .folded
+                .wait_timeout(generations, Duration::from_millis(100))
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+        Ok(())
+    }
+}
+
+/// Moves the full segments' events into `journal_chunks`, a chunk per execution and segment,
+/// and, once that committed, drops them from memory and deletes their files.
+#[derive(Debug)]
+struct Fold {
+    unfolded: Arc<Unfolded>,
+    dir: PathBuf,
+    taken: Vec<Arc<Generation>>,
+}
+
+impl Job for Fold {
+    fn apply(&mut self, tables: &mut Tables<'_>) -> Result<(), ::redb::Error> {
+        self.taken = self.unfolded.lock().full.iter().cloned().collect();
+        for generation in &self.taken {
+            generation.write_chunks(&mut tables.journal)?;
+        }
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>, failure: Option<&StoreError>) {
+        {
+            let mut generations = self.unfolded.lock();
+            match failure {
+                None => {
+                    // The taken segments are the oldest; a fold queued next to this one may
+                    // have dropped them already.
+                    for generation in &self.taken {
+                        if generations.full.front().is_some_and(|front| Arc::ptr_eq(front, generation)) {
+                            generations.full.pop_front();
+                        }
+                    }
+                    generations.fold_failure = None;
+                }
+                Some(failure) => generations.fold_failure = Some(failure.clone()),
+            }
+        }
+        self.unfolded.folded.notify_all();
+        if failure.is_none() && !self.taken.is_empty() {
+            // A segment left behind is folded again on open, which rewrites the same events.
+            for generation in &self.taken {
+                let _ = std::fs::remove_file(wal::segment_path(&self.dir, generation.segment));
+            }
+            let _ = wal::sync_dir(&self.dir);
+        }
+    }
+
+    fn answers_a_caller(&self) -> bool {
+        false
+    }
 }
 
 fn id_key(id: ExecutionId) -> u128 {
@@ -584,23 +1135,6 @@ fn encode(events: Vec<Event>) -> Encoded {
         .collect()
 }
 
-fn append(t: &mut Tables<'_>, groups: &Encoded) -> Result<(), Fail> {
-    for (execution, events) in groups {
-        check_sequences(*execution, t.head(*execution)?, events.iter().map(|(sequence, _)| *sequence))?;
-    }
-    for (execution, events) in groups {
-        let id = id_key(*execution);
-        for (sequence, bytes) in events {
-            t.journal_log.insert((t.commit, id, *sequence), bytes.as_slice())?;
-            t.logged = (t.logged.0 + 1, t.logged.1 + bytes.len());
-        }
-        if let Some((last, _)) = events.last() {
-            t.staged.insert(id, *last);
-        }
-    }
-    Ok(())
-}
-
 fn list_executions(txn: &ReadTransaction, filter: &ExecutionFilter, page: &PageRequest) -> Result<ExecutionPage, Fail> {
     let Some((low, high)) = key_range(filter, page)? else { return Ok(ExecutionPage::default()) };
     let executions = txn.open_table(EXECUTIONS)?;
@@ -649,31 +1183,37 @@ fn ordered(
     }
 }
 
-fn read_journal(txn: &ReadTransaction, execution: ExecutionId, from: u64) -> Result<Vec<Event>, Fail> {
+/// `execution`'s journal from `from`: the chunks in `journal_chunks`, then the `unfolded` events that
+/// follow (taken from memory before the read transaction began, so a fold in between shows
+/// them twice, never not at all). An event seen twice is the same event; the first is kept.
+fn read_journal(
+    txn: &ReadTransaction,
+    execution: ExecutionId,
+    from: u64,
+    unfolded: Vec<(u64, Vec<u8>)>,
+) -> Result<Vec<Event>, Fail> {
     if txn.open_table(EXECUTIONS)?.get(id_key(execution))?.is_none() {
         return Err(StoreError::NotFound(Record::Execution(execution)).into());
     }
     let decode = |bytes: &[u8]| serde_json::from_slice::<Event>(bytes).map_err(|e| e.to_string());
+    let corrupt = |reason: String| Fail::Store(StoreError::corrupt(Record::Journal(execution), reason));
     let journal = txn.open_table(JOURNAL)?;
     let key = id_key(execution);
-    let from = from.max(1);
-    let mut entries = journal
-        .range((key, from)..=(key, u64::MAX))?
-        .map(|entry| entry.map(|(key, bytes)| (key.value().1, decode(bytes.value()))))
-        .collect::<Result<Vec<_>, StorageError>>()?;
-    // The events not yet folded follow those in `journal`; the log is small, so a scan is
-    // cheaper than keeping a second index of it.
-    let log = txn.open_table(JOURNAL_LOG)?;
-    let folded = entries.len();
-    for entry in log.iter()? {
-        let (logged, bytes) = entry?;
-        let (_, id, sequence) = logged.value();
-        if id == key && sequence >= from {
-            entries.push((sequence, decode(bytes.value())));
+    let mut entries = Vec::new();
+    let mut seen = from - 1;
+    // Chunks are keyed by their last sequence: the first one from `from` on holds `from`.
+    for chunk in journal.range((key, from)..=(key, u64::MAX))? {
+        let (_, chunk) = chunk?;
+        for (sequence, json) in chunk_events(chunk.value()).map_err(corrupt)? {
+            if sequence > seen {
+                entries.push((sequence, decode(json)));
+                seen = sequence;
+            }
         }
     }
-    // Commits keep each execution's order already; a stable sort only guards the invariant.
-    entries[folded..].sort_by_key(|(sequence, _)| *sequence);
+    entries.extend(
+        unfolded.into_iter().filter(|(sequence, _)| *sequence > seen).map(|(sequence, json)| (sequence, decode(&json))),
+    );
     Ok(check_read(execution, from, entries)?)
 }
 
@@ -754,12 +1294,21 @@ impl Store for RedbStore {
         if events.is_empty() {
             return Ok(());
         }
-        let groups = encode(events);
-        self.write(move |t| append(t, &groups)).await
+        let (reply, answer) = oneshot::channel();
+        let append = Append { groups: encode(events), reply, runtime: tokio::runtime::Handle::try_current().ok() };
+        let appends = self.inner.appends.as_ref().ok_or_else(log_writer_gone)?;
+        appends.send(append).await.map_err(|_| log_writer_gone())?;
+        answer.await.map_err(|_| log_writer_gone())?
     }
 
     async fn read_journal(&self, execution: ExecutionId, from_sequence: u64) -> StoreResult<Vec<Event>> {
-        self.read(move |txn| read_journal(txn, execution, from_sequence)).await
+        let from = from_sequence.max(1);
+        let unfolded = Arc::clone(&self.inner.unfolded);
+        self.read_database(move |db| {
+            let recent = unfolded.events(id_key(execution), from);
+            read_journal(&db.begin_read()?, execution, from, recent)
+        })
+        .await
     }
 }
 
@@ -771,12 +1320,26 @@ pub(crate) fn damage_journal(data_dir: &Path, execution: ExecutionId, sequence: 
     let txn = db.begin_write().expect("write transaction");
     {
         let mut journal = txn.open_table(JOURNAL).expect("journal table");
-        let key = (id_key(execution), sequence);
-        if garble {
-            journal.insert(key, b"{not json".as_slice()).expect("overwrite");
-        } else {
-            assert!(journal.remove(key).expect("remove").is_some(), "event {sequence} of {execution} is stored");
+        let id = id_key(execution);
+        let (key, chunk) = {
+            let mut chunks = journal.range((id, sequence)..=(id, u64::MAX)).expect("range");
+            let (key, chunk) = chunks.next().expect("the event is stored").expect("readable");
+            (key.value(), chunk.value().to_vec())
+        };
+        let mut damaged = Vec::new();
+        let mut found = false;
+        for (stored, json) in chunk_events(&chunk).expect("an intact chunk") {
+            if stored != sequence {
+                push_to_chunk(&mut damaged, stored, json);
+            } else if garble {
+                found = true;
+                push_to_chunk(&mut damaged, stored, b"{not json");
+            } else {
+                found = true;
+            }
         }
+        assert!(found, "event {sequence} of {execution} is stored");
+        journal.insert(key, damaged.as_slice()).expect("overwrite");
     }
     txn.commit().expect("commit");
 }
@@ -786,6 +1349,9 @@ mod tests {
     use baton_core::{EventKind, ExecutionState, StepId, Timestamp};
 
     use super::*;
+
+    /// Segments of a few events, so that tests cross many folds and wait for them.
+    const SMALL: LogOptions = LogOptions { fold_events: 64, fold_bytes: 1 << 20, max_unfolded: 1 };
 
     fn at() -> Timestamp {
         Timestamp::from_timestamp(1_800_000_000, 0).unwrap()
@@ -825,11 +1391,11 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn journals_read_the_same_across_folds() {
         let dir = tempfile::TempDir::new().unwrap();
-        let store = RedbStore::open(dir.path()).await.unwrap();
+        let store = RedbStore::open_with(dir.path(), SMALL).await.unwrap();
         let (a, b) = (created(&store).await, created(&store).await);
         let per_append = 97;
         let mut last = 0;
-        while usize::try_from(last).unwrap() * 2 < FOLD_EVENTS * 3 {
+        while usize::try_from(last).unwrap() * 2 < SMALL.fold_events * 7 {
             let mut batch = events(a, last + 1..=last + per_append);
             batch.extend(events(b, last + 1..=last + per_append));
             store.append(batch).await.unwrap();
@@ -848,29 +1414,33 @@ mod tests {
             );
         };
         check(store).await;
-        let store = RedbStore::open(dir.path()).await.unwrap();
+        let store = RedbStore::open_with(dir.path(), SMALL).await.unwrap();
         check(store.clone()).await;
         store.append(vec![event(b, last + 1)]).await.unwrap();
         assert_eq!(store.read_journal(b, last).await.unwrap(), events(b, last..=last + 1));
     }
 
-    /// Events a run left in the log (it stopped before folding) are read, and continued, by
-    /// the next one.
+    /// A version 2 file's events (a row each in `journal` and `journal_log`) are made into
+    /// chunks on open, and the journal goes on from them.
     #[tokio::test]
-    async fn a_log_left_by_an_earlier_run_is_taken_up() {
+    async fn a_version_2_log_is_folded_on_open() {
         let dir = tempfile::TempDir::new().unwrap();
         let store = RedbStore::open(dir.path()).await.unwrap();
         let id = created(&store).await;
-        store.append(events(id, 1..=2)).await.unwrap();
         drop(store);
         {
             let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
             let txn = db.begin_write().unwrap();
             {
+                let mut journal = txn.open_table(JOURNAL_V2).unwrap();
+                for sequence in 1..=2 {
+                    journal.insert((id_key(id), sequence), to_json(&event(id, sequence)).as_slice()).unwrap();
+                }
                 let mut log = txn.open_table(JOURNAL_LOG).unwrap();
                 for sequence in 3..=4 {
                     log.insert((7, id_key(id), sequence), to_json(&event(id, sequence)).as_slice()).unwrap();
                 }
+                txn.open_table(META).unwrap().insert("schema_version", 2).unwrap();
             }
             txn.commit().unwrap();
         }
@@ -882,5 +1452,89 @@ mod tests {
         );
         store.append(vec![event(id, 5)]).await.unwrap();
         assert_eq!(store.read_journal(id, 1).await.unwrap(), events(id, 1..=5));
+        drop(store);
+        let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
+        let txn = db.begin_read().unwrap();
+        assert_eq!(txn.open_table(META).unwrap().get("schema_version").unwrap().unwrap().value(), SCHEMA_VERSION);
+        assert!(txn.open_table(JOURNAL_LOG).is_err(), "the version 2 log is dropped");
+        assert!(txn.open_table(JOURNAL_V2).is_err(), "the version 2 journal is dropped");
+    }
+
+    /// Writes `frames` of events into a new log segment in `dir`, as a run killed before
+    /// folding it leaves them, and a torn frame after them when `torn`.
+    fn leave_segment(dir: &Path, number: u64, frames: &[Vec<Event>], torn: bool) {
+        let mut segment = Segment::create(dir, number).unwrap();
+        for frame in frames {
+            segment.begin_frame();
+            for event in frame {
+                segment.push(id_key(event.execution), event.sequence, &to_json(event));
+            }
+            segment.write_frame().unwrap();
+        }
+        if torn {
+            use std::io::Write;
+            let mut file = std::fs::File::options().append(true).open(segment.path()).unwrap();
+            file.write_all(b"BJF1\x40\x00\x00\x00half a frame").unwrap();
+        }
+    }
+
+    /// The segments a killed run left are folded on open, oldest first and frame by frame; a
+    /// torn last frame is dropped and reported; the files are gone afterwards and the journal
+    /// goes on from the last whole frame.
+    #[tokio::test]
+    async fn segments_left_by_a_killed_run_are_folded_on_open() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = RedbStore::open(dir.path()).await.unwrap();
+        assert_eq!(store.recovery(), &Recovery::default());
+        let (a, b) = (created(&store).await, created(&store).await);
+        store.append(events(a, 1..=2)).await.unwrap();
+        drop(store);
+        leave_segment(dir.path(), 40, &[events(a, 3..=4), events(b, 1..=1)], false);
+        leave_segment(dir.path(), 41, &[events(a, 5..=5)], true);
+        let store = RedbStore::open(dir.path()).await.unwrap();
+        let recovery = store.recovery().clone();
+        assert_eq!((recovery.segments, recovery.events), (2, 4));
+        assert_eq!(recovery.dropped_frames.len(), 1, "{recovery:?}");
+        assert!(recovery.dropped_frames[0].contains("journal-00000000000000000041.wal"), "{recovery:?}");
+        assert!(recovery.dropped_frames[0].ends_with("is cut short in its body"), "{recovery:?}");
+        assert_eq!(store.read_journal(a, 1).await.unwrap(), events(a, 1..=5));
+        assert_eq!(store.read_journal(b, 1).await.unwrap(), events(b, 1..=1));
+        store.append(events(a, 6..=7)).await.unwrap();
+        // The run numbers its segments after the ones it found.
+        let numbers: Vec<u64> = wal::segments(dir.path()).unwrap().into_iter().map(|(number, _)| number).collect();
+        assert_eq!(numbers, vec![42]);
+        drop(store);
+        assert!(wal::segments(dir.path()).unwrap().is_empty(), "a closed store folded its last segment");
+        let store = RedbStore::open(dir.path()).await.unwrap();
+        assert_eq!(store.recovery(), &Recovery::default());
+        assert_eq!(store.read_journal(a, 4).await.unwrap(), events(a, 4..=7));
+    }
+
+    /// Many small appends move through several segments and folds while reads run beside
+    /// them; every read sees a whole journal.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_beside_folds_see_whole_journals() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = RedbStore::open_with(dir.path(), SMALL).await.unwrap();
+        let id = created(&store).await;
+        let reader = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut longest = 0;
+                while longest < SMALL.fold_events * 7 {
+                    let journal = store.read_journal(id, 1).await.unwrap();
+                    assert!(journal.len() >= longest, "a read lost events");
+                    assert_eq!(journal, events(id, 1..=journal.len() as u64));
+                    longest = journal.len();
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        let mut last = 0;
+        while last < (SMALL.fold_events * 7) as u64 {
+            store.append(events(id, last + 1..=last + 16)).await.unwrap();
+            last += 16;
+        }
+        reader.await.unwrap();
     }
 }

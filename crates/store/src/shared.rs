@@ -187,7 +187,10 @@ impl Counters {
 pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
     // Domain types serialize to JSON without fail: no maps with non-string keys, no custom
     // serializers that can error.
-    serde_json::to_vec(value).expect("domain records serialize to JSON")
+    // Most journal events fit the first allocation, where serde_json's own 128 bytes grew.
+    let mut bytes = Vec::with_capacity(256);
+    serde_json::to_writer(&mut bytes, value).expect("domain records serialize to JSON");
+    bytes
 }
 
 #[cfg(test)]
