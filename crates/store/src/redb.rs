@@ -84,14 +84,19 @@ pub struct LogOptions {
     /// Full segments that may wait to be folded before appends wait for the fold. Unfolded
     /// events stay in memory: up to about `(max_unfolded + 1) * fold_bytes`.
     pub max_unfolded: usize,
+    /// Events a fold moves per redb transaction, so that other writes (creations, updates)
+    /// wait for a slice of a fold, not all of it. Slices but the last are not made durable on
+    /// their own; the segment stays until the last is.
+    pub fold_slice: usize,
 }
 
 impl Default for LogOptions {
     /// 65,536 events or 16 MiB per segment, two waiting: at most about 48 MiB in memory, and
     /// a fold per execution per 65,536 events (a fold per 4,096 events cost 15% of the
-    /// throughput at 256 writers).
+    /// throughput at 256 writers). Slices of 4,096 events: about 10 ms each, where a whole
+    /// fold held other writes up for 100 to 200 ms.
     fn default() -> Self {
-        Self { fold_events: 1 << 16, fold_bytes: 16 << 20, max_unfolded: 2 }
+        Self { fold_events: 1 << 16, fold_bytes: 16 << 20, max_unfolded: 2, fold_slice: 4096 }
     }
 }
 
@@ -193,7 +198,15 @@ impl RedbStore {
         let segment = Segment::create(data_dir, next_segment).map_err(|e| failed(&e))?;
         let (jobs, queue) = mpsc::channel(MAX_BATCH);
         let writer = {
-            let writer = Writer { db: Arc::clone(&db), counters: Arc::clone(&counters) };
+            let writer = Writer {
+                db: Arc::clone(&db),
+                counters: Arc::clone(&counters),
+                unfolded: Arc::clone(&unfolded),
+                dir: data_dir.to_path_buf(),
+                fold: None,
+                fold_failed: false,
+                fold_slice: options.fold_slice,
+            };
             std::thread::Builder::new()
                 .name("baton-redb-writer".to_owned())
                 .spawn(move || writer.run(queue))
@@ -509,35 +522,87 @@ where
 struct Writer {
     db: Arc<Database>,
     counters: Arc<Counters>,
+    unfolded: Arc<Unfolded>,
+    dir: PathBuf,
+    /// The fold under way, a slice per transaction.
+    fold: Option<Fold>,
+    /// Whether the last fold failed: the next starts when a job arrives (the log writer asks
+    /// again when it needs room), not in a loop.
+    fold_failed: bool,
+    fold_slice: usize,
 }
 
 impl Writer {
-    /// One transaction per batch of whatever has queued up.
-    fn run(self, mut queue: mpsc::Receiver<Box<dyn Job>>) {
+    /// One transaction per batch of whatever has queued up, each with the next slice of a fold
+    /// when one is under way, so a fold never holds up other writes for long. Runs until the
+    /// queue is closed and nothing is left to fold.
+    fn run(mut self, mut queue: mpsc::Receiver<Box<dyn Job>>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
-        while queue.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
-            let began = Instant::now();
-            let failure = self.commit(&mut batch).err().map(Fail::into_store_error);
-            let answered = batch.iter().filter(|job| job.answers_a_caller()).count();
-            if failure.is_none() && answered > 0 {
-                self.counters.committed(answered, began.elapsed());
+        let mut open = true;
+        loop {
+            if self.fold.is_none() && !self.fold_failed {
+                self.fold = Fold::start(&self.unfolded);
             }
-            for job in batch.drain(..) {
-                job.finish(failure.as_ref());
+            if self.fold.is_some() {
+                // Take what has queued up without waiting: the fold goes on regardless.
+                while open && batch.len() < MAX_BATCH {
+                    match queue.try_recv() {
+                        Ok(job) => batch.push(job),
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => open = false,
+                    }
+                }
+            } else if !open || queue.blocking_recv_many(&mut batch, MAX_BATCH) == 0 {
+                break;
+            } else {
+                self.fold_failed = false;
             }
+            self.commit_batch(&mut batch);
         }
     }
 
-    fn commit(&self, batch: &mut [Box<dyn Job>]) -> Result<(), Fail> {
+    fn commit_batch(&mut self, batch: &mut Vec<Box<dyn Job>>) {
+        let began = Instant::now();
+        let failure = self.commit(batch).err().map(Fail::into_store_error);
+        let answered = batch.iter().filter(|job| job.answers_a_caller()).count();
+        if failure.is_none() && answered > 0 {
+            self.counters.committed(answered, began.elapsed());
+        }
+        for job in batch.drain(..) {
+            job.finish(failure.as_ref());
+        }
+        match (&failure, &self.fold) {
+            (None, Some(fold)) if fold.is_done() => {
+                let fold = self.fold.take().expect("matched above");
+                fold.finish(&self.unfolded, &self.dir);
+            }
+            (Some(failure), Some(_)) => {
+                self.fold = None;
+                self.fold_failed = true;
+                self.unfolded.fold_failed(failure.clone());
+            }
+            _ => {}
+        }
+    }
+
+    fn commit(&mut self, batch: &mut [Box<dyn Job>]) -> Result<(), Fail> {
         let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
         {
             let mut tables = Tables::open(&txn)?;
             for job in batch.iter_mut() {
                 // On error the transaction is dropped, which aborts it: nothing of the batch stays.
                 job.apply(&mut tables)?;
             }
+            if let Some(fold) = &mut self.fold {
+                fold.apply_slice(&mut tables.journal, self.fold_slice)?;
+            }
         }
+        // A slice of a fold alone need not be durable: its segment stays until the fold's last
+        // slice is, and a crash before then folds the segment again on open.
+        let callers_wait = batch.iter().any(|job| job.answers_a_caller());
+        let fold_ends = self.fold.as_ref().is_some_and(Fold::is_done);
+        let durability = if callers_wait || fold_ends { Durability::Immediate } else { Durability::None };
+        txn.set_durability(durability)?;
         txn.commit()?;
         Ok(())
     }
@@ -622,16 +687,27 @@ impl Generation {
         ids.sort_unstable();
         let mut chunk = Vec::new();
         for id in ids {
-            let events = &self.index[&id];
-            chunk.clear();
-            for (sequence, block, offset, len) in events {
-                push_to_chunk(&mut chunk, *sequence, self.json(*block, *offset, *len));
-            }
-            if let Some((last, ..)) = events.last() {
-                journal.insert((id, *last), chunk.as_slice())?;
-            }
+            self.write_chunk(journal, id, &mut chunk)?;
         }
         Ok(())
+    }
+
+    /// Writes `id`'s events as one chunk (built in `chunk`); returns how many there were.
+    fn write_chunk(
+        &self,
+        journal: &mut Table<'_, (u128, u64), Bytes>,
+        id: u128,
+        chunk: &mut Vec<u8>,
+    ) -> Result<usize, ::redb::Error> {
+        let Some(events) = self.index.get(&id) else { return Ok(0) };
+        chunk.clear();
+        for (sequence, block, offset, len) in events {
+            push_to_chunk(chunk, *sequence, self.json(*block, *offset, *len));
+        }
+        if let Some((last, ..)) = events.last() {
+            journal.insert((id, *last), chunk.as_slice())?;
+        }
+        Ok(events.len())
     }
 }
 
@@ -708,6 +784,12 @@ impl Unfolded {
     fn last(&self, id: u128) -> Option<u64> {
         let generations = self.lock();
         generations.open.last(id).or_else(|| generations.full.iter().rev().find_map(|generation| generation.last(id)))
+    }
+
+    /// Records why a fold failed, for a log writer waiting for room.
+    fn fold_failed(&self, failure: StoreError) {
+        self.lock().fold_failure = Some(failure);
+        self.folded.notify_all();
     }
 
     /// `id`'s unfolded events from sequence `from` on, in order.
@@ -931,9 +1013,8 @@ impl LogWriter {
             generations.full.push_back(Arc::new(open));
         }
         self.segment = None;
-        let fold = Box::new(Fold { unfolded: Arc::clone(&self.unfolded), dir: self.dir.clone(), taken: Vec::new() });
         // A redb writer that is gone fails the next wait for room instead.
-        let _ = self.folds.blocking_send(fold);
+        let _ = self.folds.blocking_send(Box::new(FoldRequest));
         if go_on {
             // A failure here is retried by the next frame, which fails until a segment exists.
             self.segment = self.create_segment().ok();
@@ -947,9 +1028,7 @@ impl LogWriter {
         while generations.full.len() >= self.options.max_unfolded.max(1) {
             if let Some(failure) = generations.fold_failure.take() {
                 drop(generations);
-                let fold =
-                    Box::new(Fold { unfolded: Arc::clone(&self.unfolded), dir: self.dir.clone(), taken: Vec::new() });
-                let _ = self.folds.blocking_send(fold);
+                let _ = self.folds.blocking_send(Box::new(FoldRequest));
                 return Err(StoreError::unavailable(format!("the journal cannot be folded into redb: {failure}")));
             }
             if self.folds.is_closed() {
@@ -967,49 +1046,78 @@ impl LogWriter {
 }
 
 /// Moves the full segments' events into `journal_chunks`, a chunk per execution and segment,
-/// and, once that committed, drops them from memory and deletes their files.
+/// a slice of events per transaction, and once the last slice is durable
+/// drops them from memory and deletes their files.
 #[derive(Debug)]
 struct Fold {
-    unfolded: Arc<Unfolded>,
-    dir: PathBuf,
     taken: Vec<Arc<Generation>>,
+    /// (generation, execution) in the order their chunks are written: by id within a segment.
+    chunks: Vec<(usize, u128)>,
+    next: usize,
 }
 
-impl Job for Fold {
-    fn apply(&mut self, tables: &mut Tables<'_>) -> Result<(), ::redb::Error> {
-        self.taken = self.unfolded.lock().full.iter().cloned().collect();
-        for generation in &self.taken {
-            generation.write_chunks(&mut tables.journal)?;
+impl Fold {
+    /// A fold of every full segment, if there is one.
+    fn start(unfolded: &Unfolded) -> Option<Self> {
+        let taken: Vec<Arc<Generation>> = unfolded.lock().full.iter().cloned().collect();
+        if taken.is_empty() {
+            return None;
+        }
+        let mut chunks = Vec::new();
+        for (number, generation) in taken.iter().enumerate() {
+            let start = chunks.len();
+            chunks.extend(generation.index.keys().map(|id| (number, *id)));
+            chunks[start..].sort_unstable_by_key(|(_, id)| *id);
+        }
+        Some(Self { taken, chunks, next: 0 })
+    }
+
+    fn apply_slice(&mut self, journal: &mut Table<'_, (u128, u64), Bytes>, slice: usize) -> Result<(), ::redb::Error> {
+        let mut events = 0;
+        let mut chunk = Vec::new();
+        while events < slice.max(1)
+            && let Some((generation, id)) = self.chunks.get(self.next)
+        {
+            events += self.taken[*generation].write_chunk(journal, *id, &mut chunk)?;
+            self.next += 1;
         }
         Ok(())
     }
 
-    fn finish(self: Box<Self>, failure: Option<&StoreError>) {
-        {
-            let mut generations = self.unfolded.lock();
-            match failure {
-                None => {
-                    // The taken segments are the oldest; a fold queued next to this one may
-                    // have dropped them already.
-                    for generation in &self.taken {
-                        if generations.full.front().is_some_and(|front| Arc::ptr_eq(front, generation)) {
-                            generations.full.pop_front();
-                        }
-                    }
-                    generations.fold_failure = None;
-                }
-                Some(failure) => generations.fold_failure = Some(failure.clone()),
-            }
-        }
-        self.unfolded.folded.notify_all();
-        if failure.is_none() && !self.taken.is_empty() {
-            // A segment left behind is folded again on open, which rewrites the same events.
-            for generation in &self.taken {
-                let _ = std::fs::remove_file(wal::segment_path(&self.dir, generation.segment));
-            }
-            let _ = wal::sync_dir(&self.dir);
-        }
+    fn is_done(&self) -> bool {
+        self.next >= self.chunks.len()
     }
+
+    fn finish(self, unfolded: &Unfolded, dir: &Path) {
+        {
+            let mut generations = unfolded.lock();
+            // The taken segments are the oldest: nothing else drops them.
+            for generation in &self.taken {
+                if generations.full.front().is_some_and(|front| Arc::ptr_eq(front, generation)) {
+                    generations.full.pop_front();
+                }
+            }
+            generations.fold_failure = None;
+        }
+        unfolded.folded.notify_all();
+        // A segment left behind is folded again on open, which rewrites the same chunks.
+        for generation in &self.taken {
+            let _ = std::fs::remove_file(wal::segment_path(dir, generation.segment));
+        }
+        let _ = wal::sync_dir(dir);
+    }
+}
+
+/// Wakes the redb writer to fold the segments that are full.
+#[derive(Debug)]
+struct FoldRequest;
+
+impl Job for FoldRequest {
+    fn apply(&mut self, _: &mut Tables<'_>) -> Result<(), ::redb::Error> {
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>, _: Option<&StoreError>) {}
 
     fn answers_a_caller(&self) -> bool {
         false
@@ -1351,7 +1459,7 @@ mod tests {
     use super::*;
 
     /// Segments of a few events, so that tests cross many folds and wait for them.
-    const SMALL: LogOptions = LogOptions { fold_events: 64, fold_bytes: 1 << 20, max_unfolded: 1 };
+    const SMALL: LogOptions = LogOptions { fold_events: 64, fold_bytes: 1 << 20, max_unfolded: 1, fold_slice: 5 };
 
     fn at() -> Timestamp {
         Timestamp::from_timestamp(1_800_000_000, 0).unwrap()

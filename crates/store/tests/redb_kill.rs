@@ -15,8 +15,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use baton_core::{ExecutionId, Store, StoreError};
-use baton_store::{LogOptions, RedbStore};
 use baton_store::testing::{load_event, load_execution};
+use baton_store::{LogOptions, RedbStore};
 
 /// The variable that turns [`kill_child`] into the writer, naming its data directory.
 const CHILD_DIR_VAR: &str = "BATON_KILL_CHILD_DIR";
@@ -28,8 +28,9 @@ const EXECUTIONS: usize = 64;
 const ROUNDS: usize = 3;
 /// Acknowledged appends a round must see before the kill, so it cannot pass vacuously.
 const MIN_ACKS: usize = 101;
-/// The child's log segments: a fold every few hundred appends.
-const SMALL_SEGMENTS: LogOptions = LogOptions { fold_events: 512, fold_bytes: 1 << 20, max_unfolded: 2 };
+/// The child's log segments: a fold every few hundred appends, over several transactions.
+const SMALL_SEGMENTS: LogOptions =
+    LogOptions { fold_events: 512, fold_bytes: 1 << 20, max_unfolded: 2, fold_slice: 40 };
 /// How long a round may wait for its acknowledgements before it counts as hung.
 const ROUND_DEADLINE: Duration = Duration::from_secs(30);
 
