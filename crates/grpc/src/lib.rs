@@ -34,7 +34,10 @@
 //! ports' [`baton_core::ApiError`] kinds map one to one ([`api_status`]): unknown names, ids and
 //! task tokens `NOT_FOUND`, illegal state transitions `FAILED_PRECONDITION`, a reused
 //! idempotency key `ALREADY_EXISTS`, and so on. An `Orchestrate` with `wait` whose execution
-//! has not ended in time is `DEADLINE_EXCEEDED` naming the execution.
+//! has not ended in time is `DEADLINE_EXCEEDED` naming the execution. A status message is cut
+//! to 1 KiB, saying so, as the last step of every response: messages name what a request got
+//! wrong and so grow with it, and a header block past the client's limit makes the client close
+//! the connection, failing every other call on it.
 
 pub mod convert;
 mod error;
@@ -44,6 +47,7 @@ mod orchestrator;
 mod planner;
 mod registry;
 mod server;
+mod trim;
 mod worker;
 mod workflow;
 

@@ -15,6 +15,7 @@ use crate::orchestrator::OrchestratorApi;
 use crate::pb;
 use crate::planner::PlannerApi;
 use crate::registry::RegistryApi;
+use crate::trim::TrimLayer;
 use crate::worker::WorkerApi;
 use crate::workflow::WorkflowApi;
 
@@ -279,12 +280,14 @@ impl Config {
             }
             builder = builder.tls_config(server_tls)?;
         }
-        // The first layer added is the outermost: the caller's sees what the guard refuses.
+        // The first layer added is the outermost: the caller's sees what the guard refuses, and
+        // every status message, whichever layer or service made it, is trimmed last.
         let guard = GuardLayer::new(tokens, connections.rate_limit);
         let incoming = tonic::transport::server::TcpIncoming::from(listener)
             .with_nodelay(Some(true))
             .with_keepalive(Some(connections.keepalive_interval));
         builder
+            .layer(TrimLayer)
             .layer(layer)
             .layer(guard)
             .add_service(health_service)

@@ -263,6 +263,24 @@ async fn goals_that_cannot_be_met_or_are_malformed_get_actionable_codes() {
     server.shutdown().await;
 }
 
+/// The status of a goal wanting 20,000 unknown concepts names every one, over a megabyte: sent
+/// whole, its trailer would be far past the 16 KiB header block a tonic client accepts, and the
+/// client would close the connection. The server cuts the message, and the connection carries on.
+#[tokio::test]
+async fn a_huge_status_message_is_cut_and_the_connection_carries_on() {
+    let mut server = start().await;
+    let wanted: Vec<String> = (0..20_000).map(|i| format!("unknown-concept-{i}")).collect();
+    let wanted: Vec<&str> = wanted.iter().map(String::as_str).collect();
+    let status = server.plan(goal(&["order"], &wanted)).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{:.300}", status.message());
+    assert!(status.message().starts_with("unsatisfiable: wanted unknown-concept-0, "), "{:.300}", status.message());
+    assert!(status.message().contains("… (cut from "), "{:.300}", status.message());
+    assert!(status.message().len() < 2 * 1024, "{}", status.message().len());
+    // The same connection answers the next call.
+    assert_status(server.plan(goal(&["order"], &["refund"])).await, Code::FailedPrecondition, "wanted refund");
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn the_planner_service_reports_serving() {
     use tonic_health::pb::health_check_response::ServingStatus;
