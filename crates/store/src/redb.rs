@@ -1,7 +1,7 @@
 //! [`RedbStore`]: the embedded default, one redb file and a write-ahead journal under the
 //! data directory.
 //!
-//! Journal appends, the hot path, go to a write-ahead log of segment files ([`crate::wal`]).
+//! Journal appends, the hot path, go to a write-ahead log of segment files (`wal.rs`).
 //! One log-writer thread takes whatever appends have queued up, checks their sequence numbers,
 //! writes them as one checksummed frame and answers them after one `fdatasync`: group commit at
 //! the cost of a sequential write, without the page copies, checksums and freed-page
