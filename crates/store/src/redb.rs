@@ -1625,6 +1625,33 @@ mod tests {
         assert_eq!(store.read_journal(a, 4).await.unwrap(), events(a, 4..=7));
     }
 
+    /// Events larger than a block of the in-memory log, and a segment cut by bytes rather than
+    /// events, read back whole from memory, after the fold and after a reopen.
+    #[tokio::test]
+    async fn large_events_read_back_from_memory_and_from_chunks() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let options = LogOptions { fold_bytes: 4 << 20, ..SMALL };
+        let store = RedbStore::open_with(dir.path(), options).await.unwrap();
+        let id = created(&store).await;
+        let large = |sequence: u64| {
+            let mut event = event(id, sequence);
+            let step = StepId::new("s").unwrap();
+            let output = serde_json::json!({"blob": "x".repeat((1 << 20) + 7 * sequence as usize)});
+            event.kind = EventKind::TaskSucceeded { step, attempt: 1, output };
+            event
+        };
+        store.append(vec![large(1), event(id, 2)]).await.unwrap();
+        assert_eq!(store.read_journal(id, 1).await.unwrap(), vec![large(1), event(id, 2)]);
+        // Four more megabytes cut the segment and fold it.
+        store.append(vec![large(3), large(4), large(5), large(6)]).await.unwrap();
+        let mut expected = vec![large(1), event(id, 2)];
+        expected.extend((3..=6).map(large));
+        assert_eq!(store.read_journal(id, 1).await.unwrap(), expected);
+        drop(store);
+        let store = RedbStore::open_with(dir.path(), options).await.unwrap();
+        assert_eq!(store.read_journal(id, 2).await.unwrap(), expected[1..].to_vec());
+    }
+
     /// Many small appends move through several segments and folds while reads run beside
     /// them; every read sees a whole journal.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
