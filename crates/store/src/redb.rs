@@ -826,20 +826,25 @@ struct Append {
 /// queue and maybe a syscall, which cost the log writer about 2 µs per append.
 fn answer_in_runtime(appends: Vec<Append>) {
     let runtime = appends.first().and_then(|append| append.runtime.clone());
-    let replies = appends.into_iter().map(|append| append.reply);
-    let Some(runtime) = runtime else {
-        for reply in replies {
+    let answers = Answers(appends.into_iter().map(|append| append.reply).collect());
+    match runtime {
+        // A runtime shutting down drops the task unrun, which answers from here instead: other
+        // callers in the frame may wait on another runtime.
+        Some(runtime) => drop(runtime.spawn(async move { drop(answers) })),
+        None => drop(answers),
+    }
+}
+
+/// Acknowledgements of durable appends, sent when dropped, wherever that happens.
+struct Answers(Vec<oneshot::Sender<StoreResult<()>>>);
+
+impl Drop for Answers {
+    fn drop(&mut self) {
+        for reply in self.0.drain(..) {
+            // The caller may have given up waiting; the append stands regardless.
             let _ = reply.send(Ok(()));
         }
-        return;
-    };
-    let replies: Vec<_> = replies.collect();
-    // A runtime shutting down drops the task, and with it the replies: its callers are gone.
-    runtime.spawn(async move {
-        for reply in replies {
-            let _ = reply.send(Ok(()));
-        }
-    });
+    }
 }
 
 /// The log writer thread's state between frames.
@@ -1650,6 +1655,42 @@ mod tests {
         drop(store);
         let store = RedbStore::open_with(dir.path(), options).await.unwrap();
         assert_eq!(store.read_journal(id, 2).await.unwrap(), expected[1..].to_vec());
+    }
+
+    /// A store shared by two runtimes: one shuts down while its appends share frames with the
+    /// other's, whose appends must all still be answered (answers go out from a task on the
+    /// runtime of a frame's first caller, which may be the one shutting down).
+    #[test]
+    fn a_runtime_shutting_down_does_not_swallow_the_answers_of_another() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let live = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let store = live.block_on(RedbStore::open(dir.path())).unwrap();
+        for round in 0..60_u64 {
+            let (mine, theirs) = live.block_on(async { (created(&store).await, created(&store).await) });
+            let dying = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+            let writer = store.clone();
+            dying.spawn(async move {
+                for sequence in 1.. {
+                    if writer.append(vec![event(theirs, sequence)]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            let appended = live.block_on(async {
+                let writer = store.clone();
+                let mine = tokio::spawn(async move {
+                    for sequence in 1..=200 {
+                        writer.append(vec![event(mine, sequence)]).await?;
+                    }
+                    Ok::<_, StoreError>(())
+                });
+                tokio::time::sleep(std::time::Duration::from_millis(round % 4)).await;
+                dying.shutdown_background();
+                mine.await.unwrap()
+            });
+            appended.unwrap_or_else(|e| panic!("round {round}: {e}"));
+            assert_eq!(live.block_on(store.read_journal(mine, 1)).unwrap().len(), 200);
+        }
     }
 
     /// Many small appends move through several segments and folds while reads run beside
