@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use baton_grpc::pb;
 use rand::{Rng, SeedableRng};
-use support::{Clients, ServerProcess, example};
+use support::{Clients, ServerProcess, shop_with_pipeline};
 use tokio::task::JoinSet;
 
 const EXECUTIONS: usize = 300;
@@ -20,18 +20,8 @@ const KILLS: usize = 3;
 async fn three_kill9s_lose_nothing_and_repeat_no_effect() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = ServerProcess::start(&dir.path().join("data"), &[]).await;
-    // Short TTLs: after a restart (the registry lives in memory) services are back within a
-    // heartbeat; latency keeps executions in flight when the kills land.
-    let options = baton_examples::ServiceOptions {
-        baton: Some(server.url()),
-        latency: Duration::from_millis(15),
-        ttl: Duration::from_millis(600),
-        ..baton_examples::ServiceOptions::default()
-    };
-    let services = baton_examples::spawn_shop(&options).await.unwrap();
-    let mut clients = Clients::new(server.channel().await);
-    clients.wait_services(3).await;
-    clients.apply(&example("pipeline.yaml")).await;
+    // Latency keeps executions in flight when the kills land.
+    let (services, _) = shop_with_pipeline(&server, Duration::from_millis(15)).await;
 
     // Starters keep trying (same idempotency key) through the kills.
     let grpc = server.url();

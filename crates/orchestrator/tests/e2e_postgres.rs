@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use baton_grpc::pb;
 use baton_store::testing::PgCluster;
-use support::{Clients, ServerProcess, example};
+use support::{Clients, ServerProcess, shop_with_pipeline};
 
 /// The start of the one execution, with its idempotency key.
 fn start() -> pb::StartExecutionRequest {
@@ -26,16 +26,7 @@ async fn state_lives_in_postgresql_across_a_kill9() {
     let url = cluster.create_database().await;
     let dir = tempfile::tempdir().unwrap();
     let mut server = ServerProcess::start(&dir.path().join("unused"), &["--store", &url]).await;
-    let options = baton_examples::ServiceOptions {
-        baton: Some(server.url()),
-        latency: Duration::from_millis(200),
-        ttl: Duration::from_millis(600),
-        ..baton_examples::ServiceOptions::default()
-    };
-    let services = baton_examples::spawn_shop(&options).await.unwrap();
-    let mut clients = Clients::new(server.channel().await);
-    clients.wait_services(3).await;
-    clients.apply(&example("pipeline.yaml")).await;
+    let (services, mut clients) = shop_with_pipeline(&server, Duration::from_millis(200)).await;
     let started = clients.executions.start_execution(start()).await.unwrap().into_inner();
     let id = started.execution.unwrap().id;
     // Two of the five steps in, then no shutdown at all.

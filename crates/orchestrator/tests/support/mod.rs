@@ -143,6 +143,26 @@ pub(crate) struct Clients {
     pub(crate) executions: pb::execution_service_client::ExecutionServiceClient<Channel>,
 }
 
+/// The example shop registered with `server` (answering after `latency`, with a 600 ms TTL so
+/// that after a restart, whose registry starts empty, services are back within a heartbeat),
+/// and clients that have waited for its three services and applied `pipeline.yaml`.
+pub(crate) async fn shop_with_pipeline(
+    server: &ServerProcess,
+    latency: Duration,
+) -> (Vec<baton_examples::RunningService>, Clients) {
+    let options = baton_examples::ServiceOptions {
+        baton: Some(server.url()),
+        latency,
+        ttl: Duration::from_millis(600),
+        ..baton_examples::ServiceOptions::default()
+    };
+    let services = baton_examples::spawn_shop(&options).await.unwrap();
+    let mut clients = Clients::new(server.channel().await);
+    clients.wait_services(3).await;
+    clients.apply(&example("pipeline.yaml")).await;
+    (services, clients)
+}
+
 impl Clients {
     /// Clients over `channel`.
     pub(crate) fn new(channel: Channel) -> Self {
