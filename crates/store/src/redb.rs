@@ -197,9 +197,22 @@ impl RedbStore {
         let (recovery, next_segment) = recover(&db, data_dir).map_err(|e| failed(&e))?;
         let db = Arc::new(db);
         let counters = Arc::new(Counters::default());
-        let unfolded = Arc::new(Unfolded::new(next_segment));
-        let segment = Segment::create(data_dir, next_segment).map_err(|e| failed(&e))?;
+        let unfolded = Arc::new(Unfolded::new());
         let (jobs, queue) = mpsc::channel(MAX_BATCH);
+        let mut log_writer = LogWriter {
+            dir: data_dir.to_path_buf(),
+            db: Arc::clone(&db),
+            counters: Arc::clone(&counters),
+            unfolded: Arc::clone(&unfolded),
+            folds: jobs.clone(),
+            segment: None,
+            next_segment,
+            heads: HashMap::default(),
+            failed: None,
+            options,
+        };
+        // The first segment is made here so that a directory it cannot be made in fails the open.
+        log_writer.segment = Some(log_writer.create_segment().map_err(|e| failed(&e))?);
         let writer = {
             let writer = Writer {
                 db: Arc::clone(&db),
@@ -216,24 +229,10 @@ impl RedbStore {
                 .map_err(|e| failed(&e))?
         };
         let (appends, append_queue) = mpsc::channel(MAX_BATCH);
-        let log_writer = {
-            let log_writer = LogWriter {
-                dir: data_dir.to_path_buf(),
-                db: Arc::clone(&db),
-                counters: Arc::clone(&counters),
-                unfolded: Arc::clone(&unfolded),
-                folds: jobs.clone(),
-                segment: Some(segment),
-                next_segment: next_segment + 1,
-                heads: HashMap::default(),
-                failed: None,
-                options,
-            };
-            std::thread::Builder::new()
-                .name("baton-journal-log".to_owned())
-                .spawn(move || log_writer.run(append_queue))
-                .map_err(|e| failed(&e))?
-        };
+        let log_writer = std::thread::Builder::new()
+            .name("baton-journal-log".to_owned())
+            .spawn(move || log_writer.run(append_queue))
+            .map_err(|e| failed(&e))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path,
@@ -592,6 +591,7 @@ impl Writer {
     }
 
     fn commit(&mut self, batch: &mut [Box<dyn Job>]) -> Result<(), Fail> {
+        let callers_wait = batch.iter().any(|job| job.answers_a_caller());
         let mut txn = self.db.begin_write()?;
         {
             let mut tables = Tables::open(&txn)?;
@@ -601,14 +601,12 @@ impl Writer {
             }
             if let Some(fold) = &mut self.fold {
                 // With no caller waiting, a larger slice costs no one and saves commits.
-                let callers_wait = batch.iter().any(|job| job.answers_a_caller());
                 let slice = if callers_wait { self.fold_slice } else { self.fold_slice.saturating_mul(IDLE_SLICES) };
                 fold.apply_slice(&mut tables.journal, slice)?;
             }
         }
         // A slice of a fold alone need not be durable: its segment stays until the fold's last
         // slice is, and a crash before then folds the segment again on open.
-        let callers_wait = batch.iter().any(|job| job.answers_a_caller());
         let fold_ends = self.fold.as_ref().is_some_and(Fold::is_done);
         let durability = if callers_wait || fold_ends { Durability::Immediate } else { Durability::None };
         txn.set_durability(durability)?;
@@ -690,12 +688,18 @@ impl Generation {
         );
     }
 
-    /// Writes the events as one chunk per execution, in id order so the B-tree is walked once.
-    fn write_chunks(&self, journal: &mut Table<'_, (u128, u64), Bytes>) -> Result<(), ::redb::Error> {
+    /// The executions with events here, in the order their chunks are written: by id, so the
+    /// B-tree is walked once.
+    fn chunk_order(&self) -> Vec<u128> {
         let mut ids: Vec<u128> = self.index.keys().copied().collect();
         ids.sort_unstable();
+        ids
+    }
+
+    /// Writes the events as one chunk per execution, in [`Generation::chunk_order`].
+    fn write_chunks(&self, journal: &mut Table<'_, (u128, u64), Bytes>) -> Result<(), ::redb::Error> {
         let mut chunk = Vec::new();
-        for id in ids {
+        for id in self.chunk_order() {
             self.write_chunk(journal, id, &mut chunk)?;
         }
         Ok(())
@@ -711,7 +715,7 @@ impl Generation {
         let Some(events) = self.index.get(&id) else { return Ok(0) };
         chunk.clear();
         for (sequence, block, offset, len) in events {
-            push_to_chunk(chunk, *sequence, self.json(*block, *offset, *len));
+            wal::push_event(chunk, *sequence, self.json(*block, *offset, *len));
         }
         if let Some((last, ..)) = events.last() {
             journal.insert((id, *last), chunk.as_slice())?;
@@ -751,36 +755,23 @@ impl std::hash::Hasher for IdHasher {
 
 type IdHasherBuilder = std::hash::BuildHasherDefault<IdHasher>;
 
-/// Adds an event to a journal chunk: sequence (8 bytes), length (4), JSON; little endian.
-fn push_to_chunk(chunk: &mut Vec<u8>, sequence: u64, json: &[u8]) {
-    chunk.extend_from_slice(&sequence.to_le_bytes());
-    chunk.extend_from_slice(&u32::try_from(json.len()).expect("an event is smaller than 4 GiB").to_le_bytes());
-    chunk.extend_from_slice(json);
-}
-
-/// The events of a journal chunk, or where it is damaged.
+/// The events of a journal chunk ([`wal::push_event`] after one another), or where it is
+/// damaged.
 fn chunk_events(mut chunk: &[u8]) -> Result<Vec<(u64, &[u8])>, String> {
     let mut events = Vec::new();
     while !chunk.is_empty() {
-        let damaged = || format!("a journal chunk is cut short after {} events", events.len());
-        let head = chunk.get(..12).ok_or_else(damaged)?;
-        let sequence = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
-        let len = u32::from_le_bytes(head[8..12].try_into().expect("4 bytes"));
-        let end = usize::try_from(len).ok().and_then(|len| len.checked_add(12)).ok_or_else(damaged)?;
-        let json = chunk.get(12..end).ok_or_else(damaged)?;
+        let (sequence, json, rest) = wal::next_event(chunk)
+            .ok_or_else(|| format!("a journal chunk is cut short after {} events", events.len()))?;
         events.push((sequence, json));
-        chunk = &chunk[end..];
+        chunk = rest;
     }
     Ok(events)
 }
 
 impl Unfolded {
-    fn new(segment: u64) -> Self {
-        let open = Generation { segment, ..Generation::default() };
-        Self {
-            generations: Mutex::new(Generations { full: VecDeque::new(), open, fold_failure: None }),
-            folded: Condvar::new(),
-        }
+    fn new() -> Self {
+        let generations = Generations { full: VecDeque::new(), open: Generation::default(), fold_failure: None };
+        Self { generations: Mutex::new(generations), folded: Condvar::new() }
     }
 
     fn lock(&self) -> MutexGuard<'_, Generations> {
@@ -1019,11 +1010,11 @@ impl LogWriter {
     /// Closes the segment being written, hands its events to the redb writer to fold, and
     /// (when `go_on`) starts the next segment.
     fn move_on(&mut self, go_on: bool) {
-        let number = self.next_segment;
         {
+            // The next generation takes its segment's number when the segment is created, before
+            // any event lands in it.
             let mut generations = self.unfolded.lock();
-            let open =
-                std::mem::replace(&mut generations.open, Generation { segment: number, ..Generation::default() });
+            let open = std::mem::take(&mut generations.open);
             generations.full.push_back(Arc::new(open));
         }
         self.segment = None;
@@ -1079,9 +1070,7 @@ impl Fold {
         }
         let mut chunks = Vec::new();
         for (number, generation) in taken.iter().enumerate() {
-            let start = chunks.len();
-            chunks.extend(generation.index.keys().map(|id| (number, *id)));
-            chunks[start..].sort_unstable_by_key(|(_, id)| *id);
+            chunks.extend(generation.chunk_order().into_iter().map(|id| (number, id)));
         }
         Some(Self { taken, chunks, next: 0 })
     }
@@ -1452,10 +1441,10 @@ pub(crate) fn damage_journal(data_dir: &Path, execution: ExecutionId, sequence: 
         let mut found = false;
         for (stored, json) in chunk_events(&chunk).expect("an intact chunk") {
             if stored != sequence {
-                push_to_chunk(&mut damaged, stored, json);
+                wal::push_event(&mut damaged, stored, json);
             } else if garble {
                 found = true;
-                push_to_chunk(&mut damaged, stored, b"{not json");
+                wal::push_event(&mut damaged, stored, b"{not json");
             } else {
                 found = true;
             }

@@ -12,7 +12,7 @@
 //! | 4 | magic `BJF1` |
 //! | 4 | body length |
 //! | 4 | CRC-32 of the body |
-//! | n | body: records of execution id (16), sequence (8), length (4) and the event's JSON |
+//! | n | body: records of execution id (16) and an event ([`push_event`]) |
 //!
 //! Segments are named `journal-<number>.wal` with the number zero-padded, so they sort in the
 //! order they were written. A segment is deleted once its events are folded into redb.
@@ -23,7 +23,8 @@ use std::path::{Path, PathBuf};
 
 const MAGIC: [u8; 4] = *b"BJF1";
 const HEADER: usize = 12;
-const RECORD_HEADER: usize = 16 + 8 + 4;
+/// An event's sequence (8 bytes) and length (4) before its JSON.
+const EVENT_HEADER: usize = 8 + 4;
 const PREFIX: &str = "journal-";
 const SUFFIX: &str = ".wal";
 
@@ -60,13 +61,11 @@ impl Segment {
         self.frame.extend_from_slice(&[0; HEADER]);
     }
 
-    /// Adds one event to the frame being built.
+    /// Adds one event of execution `id` to the frame being built.
     pub(crate) fn push(&mut self, id: u128, sequence: u64, json: &[u8]) {
-        self.frame.reserve(RECORD_HEADER + json.len());
+        self.frame.reserve(16 + EVENT_HEADER + json.len());
         self.frame.extend_from_slice(&id.to_le_bytes());
-        self.frame.extend_from_slice(&sequence.to_le_bytes());
-        self.frame.extend_from_slice(&record_len(json).to_le_bytes());
-        self.frame.extend_from_slice(json);
+        push_event(&mut self.frame, sequence, json);
     }
 
     /// Writes the frame and waits until it is on disk.
@@ -89,9 +88,24 @@ impl Segment {
     }
 }
 
-fn record_len(json: &[u8]) -> u32 {
+/// Adds an event to `bytes`: its sequence (8 bytes), length (4) and JSON, little endian. Log
+/// frames and redb's journal chunks both hold events so.
+pub(crate) fn push_event(bytes: &mut Vec<u8>, sequence: u64, json: &[u8]) {
     // Events are bounded far below 4 GiB by the engine's output limit and the frame length.
-    u32::try_from(json.len()).expect("a journal event is smaller than 4 GiB")
+    let len = u32::try_from(json.len()).expect("a journal event is smaller than 4 GiB");
+    bytes.extend_from_slice(&sequence.to_le_bytes());
+    bytes.extend_from_slice(&len.to_le_bytes());
+    bytes.extend_from_slice(json);
+}
+
+/// The event [`push_event`] wrote at the start of `bytes` (sequence and JSON) and the bytes
+/// after it, or `None` when they are cut short.
+pub(crate) fn next_event(bytes: &[u8]) -> Option<(u64, &[u8], &[u8])> {
+    let head = bytes.get(..EVENT_HEADER)?;
+    let sequence = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
+    let end = usize::try_from(u32_at(head, 8)).ok()?.checked_add(EVENT_HEADER)?;
+    let json = bytes.get(EVENT_HEADER..end)?;
+    Some((sequence, json, &bytes[end..]))
 }
 
 /// The segment file `number` in `dir`.
@@ -163,13 +177,11 @@ fn frame_at(bytes: &[u8], at: usize) -> Result<(Vec<Record>, usize), &'static st
     let mut records = Vec::new();
     let mut rest = body;
     while !rest.is_empty() {
-        let head = rest.get(..RECORD_HEADER).ok_or("holds a cut record")?;
-        let id = u128::from_le_bytes(head[0..16].try_into().expect("16 bytes"));
-        let sequence = u64::from_le_bytes(head[16..24].try_into().expect("8 bytes"));
-        let len = usize::try_from(u32_at(head, 24)).map_err(|_| "is longer than memory")?;
-        let json = rest.get(RECORD_HEADER..RECORD_HEADER + len).ok_or("holds a cut record")?;
+        let id = rest.get(..16).ok_or("holds a cut record")?;
+        let id = u128::from_le_bytes(id.try_into().expect("16 bytes"));
+        let (sequence, json, after) = next_event(&rest[16..]).ok_or("holds a cut record")?;
         records.push((id, sequence, json.to_vec()));
-        rest = &rest[RECORD_HEADER + len..];
+        rest = after;
     }
     Ok((records, at + HEADER + length))
 }
@@ -222,7 +234,7 @@ mod tests {
     fn a_torn_last_frame_is_dropped_whole_at_every_cut() {
         let (_dir, path) = written(&[&[record(1, 1)], &[record(1, 2), record(1, 3)]]);
         let bytes = std::fs::read(&path).unwrap();
-        let first_frame = HEADER + RECORD_HEADER + record(1, 1).2.len();
+        let first_frame = HEADER + 16 + EVENT_HEADER + record(1, 1).2.len();
         for cut in first_frame..bytes.len() {
             let replayed = replay_bytes(&bytes[..cut]);
             assert_eq!(replayed.records, vec![record(1, 1)], "cut at {cut}");
@@ -234,7 +246,7 @@ mod tests {
     fn a_flipped_bit_stops_the_replay_at_its_frame() {
         let (_dir, path) = written(&[&[record(1, 1)], &[record(1, 2)], &[record(1, 3)]]);
         let mut bytes = std::fs::read(&path).unwrap();
-        let frame = HEADER + RECORD_HEADER + record(1, 1).2.len();
+        let frame = HEADER + 16 + EVENT_HEADER + record(1, 1).2.len();
         bytes[frame + HEADER + 20] ^= 0x10;
         let replayed = replay_bytes(&bytes);
         assert_eq!(replayed.records, vec![record(1, 1)]);
