@@ -156,7 +156,18 @@ impl ServiceOrchestrator {
                 AnyStore::Redb(store)
             }
             StoreChoice::Postgres(url) => {
-                AnyStore::Postgres(PostgresStore::connect(&baton_store::postgres::Config::new(url.clone())).await?)
+                let store = PostgresStore::connect(&baton_store::postgres::Config::new(url.clone())).await?;
+                let takeover = store.takeover();
+                tracing::info!(
+                    epoch = takeover.epoch,
+                    frames = takeover.frames,
+                    events = takeover.events,
+                    "took over the journal writer role; a server that held it before takes no more appends"
+                );
+                for line in &takeover.unreadable {
+                    tracing::warn!(line = %line, "dropped an unreadable line of a journal frame");
+                }
+                AnyStore::Postgres(store)
             }
         };
         let registry = options.registry.clone().build();

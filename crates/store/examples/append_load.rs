@@ -1,8 +1,9 @@
 //! Drives a store with concurrent journal appenders, for profiling the group commit path:
 //! `cargo run --release -p baton-store --example append_load -- redb 256 5` (store, writers,
 //! seconds). With `update` as a fourth argument every append is followed by an
-//! `update_execution`, as the workflow engine does. `APPEND_CONNECTIONS` sets PostgreSQL's
-//! append connections.
+//! `update_execution`, as the workflow engine does. For PostgreSQL, `APPEND_CONNECTIONS` sets
+//! the journal's append connections and `FOLD_EVENTS` how many events it keeps in memory
+//! before folding them.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +30,9 @@ fn main() {
                 let url = cluster.create_database().await;
                 _cluster = Some(cluster);
                 let mut config = baton_store::postgres::Config::new(url);
+                if let Some(events) = std::env::var("FOLD_EVENTS").ok().and_then(|c| c.parse().ok()) {
+                    config.fold_events = events;
+                }
                 if let Some(connections) = std::env::var("APPEND_CONNECTIONS").ok().and_then(|c| c.parse().ok()) {
                     config.append_connections = connections;
                 }

@@ -7,12 +7,13 @@
 //! - [`MemoryStore`]: a mutex-guarded map, for tests and throwaway runs;
 //! - [`RedbStore`]: the embedded default, one redb file and a write-ahead journal log under
 //!   the data directory;
-//! - [`PostgresStore`]: for several nodes sharing one database, in SQL portable to CockroachDB
-//!   and YugabyteDB, with a versioned schema applied on start.
+//! - [`PostgresStore`]: state in a PostgreSQL database, in SQL portable to CockroachDB and
+//!   YugabyteDB, with a versioned schema applied on start; journals are written by one server
+//!   at a time, the one that connected last.
 //!
 //! Both durable stores commit journal appends in groups: appends from many executions that
-//! arrive together share one fsync (one log frame for redb, one transaction for PostgreSQL),
-//! and each caller is answered once it is durable. [`AnyStore`] picks one of the three at run time.
+//! arrive together share one fsync (one log frame for redb, one frame row in one transaction
+//! for PostgreSQL), and each caller is answered once it is durable. [`AnyStore`] picks one of the three at run time.
 //!
 //! What it is not for: deciding what to store. The workflow engine (`baton-workflow`) owns the
 //! lifecycle of executions and what goes into their journals; this crate only keeps them.

@@ -60,7 +60,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::CommitStats;
 use crate::shared::{
-    Counters, Key, check_read, check_sequences, group_by_execution, key_of, key_range, paginate, to_json,
+    Counters, IdHasherBuilder, Key, check_read, check_sequences, group_by_execution, key_of, key_range, paginate,
+    to_json,
 };
 use crate::wal::{self, Segment};
 
@@ -729,31 +730,6 @@ fn as_u32(n: usize) -> u32 {
     // moves on at `fold_bytes`.
     u32::try_from(n).expect("a segment's events fit in 4 GiB")
 }
-
-/// Hashes execution ids, which are UUIDs with random low bits, by folding them to 64 bits: far
-/// cheaper than SipHash, which the log writer paid for on every append.
-#[derive(Debug, Default, Clone, Copy)]
-struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for byte in bytes {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(*byte)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-        }
-    }
-
-    fn write_u128(&mut self, id: u128) {
-        // Truncation keeps the random low half; the high half (time) spreads equal low halves.
-        let folded = (id as u64) ^ ((id >> 64) as u64).rotate_left(32);
-        self.0 = folded.wrapping_mul(0x9e_37_79_b9_7f_4a_7c_15);
-    }
-}
-
-type IdHasherBuilder = std::hash::BuildHasherDefault<IdHasher>;
 
 /// The events of a journal chunk ([`wal::push_event`] after one another), or where it is
 /// damaged.

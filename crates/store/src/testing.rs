@@ -465,23 +465,42 @@ impl Harness for PgHarness {
     }
 
     async fn damage(&self, damage: Damage) {
+        // Taking the journal over folds every frame into chunks, where the events are edited.
+        drop(self.open().await);
         let (client, connection) =
             tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await.expect("connects to the test database");
         tokio::spawn(connection);
-        let (sql, execution, sequence) = match damage {
-            Damage::RemoveEvent { execution, sequence } => {
-                ("DELETE FROM baton_journal WHERE execution = $1 AND sequence = $2", execution, sequence)
-            }
-            Damage::GarbleEvent { execution, sequence } => (
-                "UPDATE baton_journal SET event = '{not json' WHERE execution = $1 AND sequence = $2",
-                execution,
-                sequence,
-            ),
-        };
+        let (Damage::RemoveEvent { execution, sequence } | Damage::GarbleEvent { execution, sequence }) = damage;
         let id = execution.as_uuid().as_bytes().to_vec();
-        let sequence = i64::try_from(sequence).expect("small sequence");
-        let changed = client.execute(sql, &[&id, &sequence]).await.expect("damages the journal");
-        assert_eq!(changed, 1, "event {sequence} of {execution} is stored");
+        let at = i64::try_from(sequence).expect("small sequence");
+        let row = client
+            .query_one(
+                "SELECT last_sequence, events FROM baton_journal_chunks
+                 WHERE execution = $1 AND first_sequence <= $2 AND last_sequence >= $2",
+                &[&id, &at],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("event {sequence} of {execution} is stored: {e}"));
+        let (last, events): (i64, &str) = (row.get(0), row.get(1));
+        let mut lines: Vec<String> = events.split('\n').map(str::to_owned).collect();
+        let index = lines
+            .iter()
+            .position(|line| serde_json::from_str::<Event>(line).is_ok_and(|event| event.sequence == sequence))
+            .unwrap_or_else(|| panic!("event {sequence} of {execution} is in its chunk"));
+        match damage {
+            Damage::RemoveEvent { .. } => drop(lines.remove(index)),
+            Damage::GarbleEvent { .. } => lines[index] = "{not json".to_owned(),
+        }
+        let joined = lines.join("\n");
+        let changed = if lines.is_empty() {
+            let sql = "DELETE FROM baton_journal_chunks WHERE execution = $1 AND last_sequence = $2";
+            client.execute(sql, &[&id, &last]).await
+        } else {
+            let sql = "UPDATE baton_journal_chunks SET events = $3 WHERE execution = $1 AND last_sequence = $2";
+            client.execute(sql, &[&id, &last, &joined]).await
+        }
+        .expect("damages the journal");
+        assert_eq!(changed, 1, "the chunk holding event {sequence} of {execution} is rewritten");
     }
 }
 

@@ -1,12 +1,20 @@
 //! The conformance suite against PostgreSQL: one throwaway cluster for this binary (or the
 //! server `BATON_TEST_PG_URL` names), one database per case, every case at once in one test.
-//! Without PostgreSQL this fails, saying so; it never skips.
+//! Then what is PostgreSQL's own: the schema, the journal writer taking over from another
+//! server, folds, appends that wait for each other, connections cut mid-write, and the upgrade
+//! from the first schema. Without PostgreSQL this fails, saying so; it never skips.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use baton_core::{Store, StoreError};
+use baton_core::store::timestamp_nanos;
+use baton_core::{Event, ExecutionId, Store, StoreError, StoreResult};
+use baton_store::conformance::create_executions;
 use baton_store::postgres::{Config, MIGRATIONS, PostgresStore};
-use baton_store::testing::{PgCluster, PgHarness};
+use baton_store::testing::{PgCluster, PgHarness, load_event, load_execution};
 
 #[test]
 fn postgres_store_conforms() {
@@ -28,6 +36,239 @@ fn postgres_store_conforms() {
 
     runtime.block_on(schema_and_connection_checks(&cluster));
     runtime.block_on(concurrent_appends_share_transactions(&cluster));
+    runtime.block_on(a_second_server_takes_the_journal_over(&cluster));
+    runtime.block_on(folds_keep_journals_whole_for_readers(&cluster));
+    runtime.block_on(appends_to_one_execution_queued_together_all_land(&cluster));
+    runtime.block_on(appends_survive_connections_cut_mid_write(&cluster));
+    runtime.block_on(a_version_1_database_is_upgraded(&cluster));
+}
+
+async fn raw_client(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+async fn count(client: &tokio_postgres::Client, table: &str) -> i64 {
+    client.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.unwrap().get(0)
+}
+
+fn events(id: ExecutionId, sequences: std::ops::RangeInclusive<u64>) -> Vec<Event> {
+    sequences.map(|sequence| load_event(id, sequence)).collect()
+}
+
+/// The server that connects last writes the journals: it folds what the one before left, and
+/// the one before takes no more appends, while reads and other calls go on.
+async fn a_second_server_takes_the_journal_over(cluster: &PgCluster) {
+    let url = cluster.create_database().await;
+    let first = PostgresStore::connect(&Config::new(url.clone())).await.unwrap();
+    let ids = create_executions(&first, 3).await;
+    for id in &ids {
+        first.append(events(*id, 1..=2)).await.unwrap();
+    }
+    let second = PostgresStore::connect(&Config::new(url.clone())).await.unwrap();
+    let takeover = second.takeover();
+    assert_eq!(takeover.epoch, first.takeover().epoch + 1);
+    assert_eq!((takeover.frames, takeover.events), (3, 6), "{takeover:?}");
+    assert!(takeover.unreadable.is_empty(), "{takeover:?}");
+    for _ in 0..2 {
+        let err = first.append(vec![load_event(ids[0], 3)]).await.unwrap_err();
+        assert!(matches!(&err, StoreError::Unavailable(m) if m.contains("taken over")), "{err}");
+    }
+    for id in &ids {
+        assert_eq!(second.read_journal(*id, 1).await.unwrap(), events(*id, 1..=2));
+        assert_eq!(first.read_journal(*id, 2).await.unwrap(), events(*id, 2..=2));
+    }
+    second.append(vec![load_event(ids[0], 3)]).await.unwrap();
+    let err = second.append(vec![load_event(ids[1], 2)]).await.unwrap_err();
+    assert_eq!(err, StoreError::SequenceConflict { execution: ids[1], expected: 3, got: 2 });
+    let client = raw_client(&url).await;
+    assert_eq!(count(&client, "baton_journal_chunks").await, 3, "the takeover folded one chunk per execution");
+}
+
+/// With folds every few events, journals read whole while appends and folds go on, and after
+/// another server took over.
+async fn folds_keep_journals_whole_for_readers(cluster: &PgCluster) {
+    let url = cluster.create_database().await;
+    let mut config = Config::new(url.clone());
+    config.fold_events = 17;
+    let store = PostgresStore::connect(&config).await.unwrap();
+    let ids = create_executions(&store, 16).await;
+    let done = Arc::new(AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for id in ids.iter().copied().take(4) {
+        let (store, done) = (store.clone(), Arc::clone(&done));
+        readers.push(tokio::spawn(async move {
+            let mut reads = 0;
+            while !done.load(Ordering::Relaxed) {
+                let journal = store.read_journal(id, 1).await.unwrap();
+                let length = u64::try_from(journal.len()).unwrap();
+                assert_eq!(journal, events(id, 1..=length), "read {reads}");
+                reads += 1;
+                tokio::task::yield_now().await;
+            }
+            reads
+        }));
+    }
+    let mut writers = Vec::new();
+    for id in ids.iter().copied() {
+        let store = store.clone();
+        writers.push(tokio::spawn(async move {
+            for sequence in 1..=40 {
+                store.append(vec![load_event(id, sequence)]).await.unwrap();
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    done.store(true, Ordering::Relaxed);
+    for reader in readers {
+        assert!(reader.await.unwrap() > 0);
+    }
+    for id in &ids {
+        assert_eq!(store.read_journal(*id, 1).await.unwrap(), events(*id, 1..=40));
+        assert_eq!(store.read_journal(*id, 25).await.unwrap(), events(*id, 25..=40));
+    }
+    let client = raw_client(&url).await;
+    assert!(count(&client, "baton_journal_chunks").await > 16, "the events were folded in several windows");
+    let again = PostgresStore::connect(&config).await.unwrap();
+    for id in &ids {
+        assert_eq!(again.read_journal(*id, 1).await.unwrap(), events(*id, 1..=40));
+    }
+    assert_eq!(count(&client, "baton_journal_frames").await, 0);
+}
+
+/// Appends to one execution sent one after another without waiting all land, in order, though
+/// two connections write frames: each waits for the frame before it.
+async fn appends_to_one_execution_queued_together_all_land(cluster: &PgCluster) {
+    let store = PostgresStore::connect(&Config::new(cluster.create_database().await)).await.unwrap();
+    let id = create_executions(&store, 1).await[0];
+    type Append = Pin<Box<dyn Future<Output = StoreResult<()>> + Send>>;
+    let mut appends: Vec<Option<Append>> = (1..=300)
+        .map(|sequence| {
+            let store = store.clone();
+            Some(Box::pin(async move { store.append(vec![load_event(id, sequence)]).await }) as Append)
+        })
+        .collect();
+    // Polled in order, so they queue in order.
+    std::future::poll_fn(|cx| {
+        for slot in &mut appends {
+            if let Some(append) = slot
+                && let std::task::Poll::Ready(result) = append.as_mut().poll(cx)
+            {
+                result.unwrap();
+                *slot = None;
+            }
+        }
+        if appends.iter().all(Option::is_none) { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
+    })
+    .await;
+    assert_eq!(store.read_journal(id, 1).await.unwrap(), events(id, 1..=300));
+}
+
+/// Every connection to the database is cut, again and again, while appends run. An append
+/// either lands and is acknowledged, or fails and is not there: retried, it lands once.
+async fn appends_survive_connections_cut_mid_write(cluster: &PgCluster) {
+    let url = cluster.create_database().await;
+    let store = PostgresStore::connect(&Config::new(url.clone())).await.unwrap();
+    let ids = create_executions(&store, 16).await;
+    let mut writers = Vec::new();
+    for id in ids.iter().copied() {
+        let store = store.clone();
+        writers.push(tokio::spawn(async move {
+            let mut failures = 0;
+            for sequence in 1..=150 {
+                loop {
+                    match store.append(vec![load_event(id, sequence)]).await {
+                        Ok(()) => break,
+                        Err(StoreError::Unavailable(_)) if failures < 1000 => {
+                            failures += 1;
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        Err(e) => panic!("append {sequence} of {id}: {e}"),
+                    }
+                }
+            }
+            failures
+        }));
+    }
+    let admin = raw_client(&url).await;
+    let mut cut = 0;
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let rows = admin
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap();
+        cut += rows.len();
+    }
+    let mut failures = 0;
+    for writer in writers {
+        failures += writer.await.unwrap();
+    }
+    eprintln!("cut {cut} connections; {failures} appends failed and were retried");
+    assert!(cut > 0);
+    for id in &ids {
+        assert_eq!(store.read_journal(*id, 1).await.unwrap(), events(*id, 1..=150));
+    }
+    drop(store);
+    let again = PostgresStore::connect(&Config::new(url)).await.unwrap();
+    for id in &ids {
+        assert_eq!(again.read_journal(*id, 1).await.unwrap(), events(*id, 1..=150));
+    }
+}
+
+/// A database with the first schema (a row per event) keeps its journals, which continue.
+async fn a_version_1_database_is_upgraded(cluster: &PgCluster) {
+    let url = cluster.create_database().await;
+    let client = raw_client(&url).await;
+    client
+        .batch_execute(
+            "CREATE TABLE baton_schema_migrations (version INT4 PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+        )
+        .await
+        .unwrap();
+    client.batch_execute(MIGRATIONS[0].sql).await.unwrap();
+    client.execute("INSERT INTO baton_schema_migrations VALUES (1, $1, 0)", &[&MIGRATIONS[0].name]).await.unwrap();
+    let execution = load_execution();
+    let id = execution.id.as_uuid().as_bytes().to_vec();
+    let created_at = timestamp_nanos("created_at", execution.created_at).unwrap();
+    client
+        .execute(
+            "INSERT INTO baton_executions (id, workflow, state, created_at, revision, idempotency_key, record)
+             VALUES ($1, $2, $3, $4, 0, NULL, $5)",
+            &[
+                &id,
+                &execution.workflow.as_str(),
+                &execution.state.to_string(),
+                &created_at,
+                &serde_json::to_string(&execution).unwrap(),
+            ],
+        )
+        .await
+        .unwrap();
+    for event in events(execution.id, 1..=3) {
+        let sequence = i64::try_from(event.sequence).unwrap();
+        client
+            .execute(
+                "INSERT INTO baton_journal (execution, sequence, event) VALUES ($1, $2, $3)",
+                &[&id, &sequence, &serde_json::to_string(&event).unwrap()],
+            )
+            .await
+            .unwrap();
+    }
+
+    let store = PostgresStore::connect(&Config::new(url.clone())).await.unwrap();
+    assert_eq!(store.read_journal(execution.id, 1).await.unwrap(), events(execution.id, 1..=3));
+    store.append(vec![load_event(execution.id, 4)]).await.unwrap();
+    assert_eq!(store.read_journal(execution.id, 2).await.unwrap(), events(execution.id, 2..=4));
+    let gone = client.query_opt("SELECT 1 FROM pg_tables WHERE tablename = 'baton_journal'", &[]).await.unwrap();
+    assert!(gone.is_none(), "the old journal table is dropped");
 }
 
 async fn concurrent_appends_share_transactions(cluster: &PgCluster) {

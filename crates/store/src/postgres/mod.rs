@@ -1,4 +1,4 @@
-//! [`PostgresStore`]: the multi-node store, over tokio-postgres.
+//! [`PostgresStore`]: state in a PostgreSQL database, over tokio-postgres.
 //!
 //! The SQL is kept portable so that CockroachDB and YugabyteDB serve too: plain tables and
 //! indexes, `INSERT .. ON CONFLICT DO NOTHING`, row-value comparisons, `UNNEST` of arrays; no
@@ -11,19 +11,12 @@
 //! The schema is created on start from [`MIGRATIONS`], a versioned list recorded in
 //! `baton_schema_migrations`; a database whose schema is newer than this build is refused.
 //!
-//! Journal appends go to a few writer tasks, each with its own connection, that take turns at
-//! the queue: one takes whatever has queued up and writes it in one transaction (group commit)
-//! while the others' transactions are in flight, so the server flushes their WAL together too.
-//! A caller is answered once the transaction holding its append committed, which with
-//! `synchronous_commit = on` (the default) means the WAL is flushed. A batch costs two round
-//! trips (`BEGIN` with the journal heads, then the insert of every row with `COMMIT`), and
-//! callers encode their events before queueing. Concurrent batches stay safe: each checks
-//! continuity against what is committed, and the primary key refuses a repeat. The other calls
-//! share a small pool of connections.
+//! Journals are written by one server at a time, the one that connected last: see `journal.rs`
+//! for how appends are grouped into one row per commit and folded per execution later. The
+//! other calls share a small pool of connections and are safe from several servers at once.
 
-use std::collections::HashMap;
-use std::future::Future;
-use std::pin::pin;
+mod journal;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -33,13 +26,13 @@ use baton_core::{
     IdempotencyKey, NewDefinition, Order, PageRequest, PutDefinition, Record, Store, StoreError, StoreResult,
     StoredDefinition, Timestamp, WorkflowName,
 };
-use tokio::sync::{Mutex as AsyncMutex, mpsc, oneshot};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, NoTls};
 
+pub use self::journal::Takeover;
 use crate::CommitStats;
-use crate::shared::{Counters, check_read, check_sequences, group_by_execution, key_range, paginate, to_json};
+use crate::shared::{Counters, key_range, paginate, to_json};
 
 /// One step of the schema.
 #[derive(Debug, Clone, Copy)]
@@ -53,10 +46,11 @@ pub struct Migration {
 }
 
 /// The schema, oldest first. Append only: a landed migration never changes.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "definitions, executions, journal",
-    sql: "
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "definitions, executions, journal",
+        sql: "
         CREATE TABLE IF NOT EXISTS baton_definitions (
             name TEXT NOT NULL,
             version INT4 NOT NULL,
@@ -84,7 +78,33 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
             PRIMARY KEY (execution, sequence)
         );
     ",
-}];
+    },
+    Migration {
+        version: 2,
+        name: "journal frames and chunks, one writer",
+        sql: "
+        CREATE TABLE IF NOT EXISTS baton_journal_writer (
+            id INT4 PRIMARY KEY CHECK (id = 0),
+            epoch BIGINT NOT NULL
+        );
+        INSERT INTO baton_journal_writer (id, epoch) VALUES (0, 0) ON CONFLICT DO NOTHING;
+        CREATE TABLE IF NOT EXISTS baton_journal_frames (
+            frame BIGINT PRIMARY KEY,
+            events TEXT NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS baton_journal_chunks (
+            execution BYTEA NOT NULL REFERENCES baton_executions (id),
+            last_sequence BIGINT NOT NULL,
+            first_sequence BIGINT NOT NULL,
+            events TEXT NOT NULL,
+            PRIMARY KEY (execution, last_sequence)
+        );
+        INSERT INTO baton_journal_chunks (execution, last_sequence, first_sequence, events)
+            SELECT execution, sequence, sequence, event FROM baton_journal;
+        DROP TABLE baton_journal;
+    ",
+    },
+];
 
 /// How to reach the database.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,17 +114,29 @@ pub struct Config {
     pub url: String,
     /// Connections for everything but journal appends, which have their own.
     pub pool_size: usize,
-    /// The most appends one transaction takes.
+    /// The most appends one journal frame (one commit) takes.
     pub max_batch: usize,
-    /// Connections writing journal appends, each committing one batch at a time.
+    /// Connections committing journal frames, each with one frame in flight: while one waits
+    /// for its commit to be flushed, the next frame is on its way.
     pub append_connections: usize,
+    /// Events kept in memory (as well as in frames) before they are folded into chunks.
+    pub fold_events: usize,
+    /// Bytes of events kept in memory before they are folded, whatever their number.
+    pub fold_bytes: usize,
 }
 
 impl Config {
-    /// Defaults for `url`: 4 pooled connections, batches of up to 1000 appends, 4 append
-    /// connections.
+    /// Defaults for `url`: 4 pooled connections, frames of up to 1000 appends on 2 append
+    /// connections, folds every 65,536 events or 16 MiB.
     pub fn new(url: impl Into<String>) -> Self {
-        Self { url: url.into(), pool_size: 4, max_batch: 1000, append_connections: 4 }
+        Self {
+            url: url.into(),
+            pool_size: 4,
+            max_batch: 1000,
+            append_connections: 2,
+            fold_events: 65_536,
+            fold_bytes: 16 << 20,
+        }
     }
 }
 
@@ -120,39 +152,40 @@ struct Inner {
     config: tokio_postgres::Config,
     pool: Vec<Mutex<Option<Arc<Client>>>>,
     next: AtomicUsize,
-    appends: mpsc::Sender<AppendRequest>,
+    journal: journal::Journal,
     counters: Arc<Counters>,
-}
-
-#[derive(Debug)]
-struct AppendRequest {
-    /// The events grouped by execution: sequence numbers and JSON, encoded by the caller.
-    groups: Vec<(ExecutionId, Vec<(u64, String)>)>,
-    reply: oneshot::Sender<StoreResult<()>>,
 }
 
 /// How often a statement that met a serialization failure or lost a race is tried in all.
 const ATTEMPTS: usize = 16;
 
 impl PostgresStore {
-    /// Connects, brings the schema up to date and starts the append writer.
-    /// [`StoreError::Invalid`] for a bad URL, [`StoreError::Unavailable`] when the server
-    /// cannot be reached or its schema is newer than this build.
+    /// Connects, brings the schema up to date and takes over the journal: a server that held
+    /// it before takes no more appends. [`StoreError::Invalid`] for a bad URL,
+    /// [`StoreError::Unavailable`] when the server cannot be reached or its schema is newer
+    /// than this build.
     pub async fn connect(config: &Config) -> StoreResult<Self> {
         let pg: tokio_postgres::Config =
             config.url.parse().map_err(|e| StoreError::Invalid { field: "url".to_owned(), reason: describe(&e) })?;
         let mut first = connect(&pg).await?;
         migrate(&mut first).await?;
+        tune(&first).await;
         let pool: Vec<_> = (0..config.pool_size.max(1)).map(|_| Mutex::new(None)).collect();
         *pool[0].lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(first));
-        let (appends, queue) = mpsc::channel(config.max_batch.max(1));
-        let queue = Arc::new(AsyncMutex::new(queue));
         let counters = Arc::new(Counters::default());
-        for _ in 0..config.append_connections.max(1) {
-            let (queue, counters) = (Arc::clone(&queue), Arc::clone(&counters));
-            tokio::spawn(append_loop(pg.clone(), queue, config.max_batch.max(1), counters));
-        }
-        Ok(Self { inner: Arc::new(Inner { config: pg, pool, next: AtomicUsize::new(0), appends, counters }) })
+        let options = journal::Options {
+            max_batch: config.max_batch.max(1),
+            writers: config.append_connections.max(1),
+            fold_events: config.fold_events.max(1),
+            fold_bytes: config.fold_bytes.max(1),
+        };
+        let journal = journal::Journal::take_over(&pg, connect(&pg).await?, options, Arc::clone(&counters)).await?;
+        Ok(Self { inner: Arc::new(Inner { config: pg, pool, next: AtomicUsize::new(0), journal, counters }) })
+    }
+
+    /// This store's writer epoch, and what it found of the journal the previous writer left.
+    pub fn takeover(&self) -> &Takeover {
+        self.inner.journal.takeover()
     }
 
     /// What group commit of journal appends did so far.
@@ -241,6 +274,21 @@ async fn migrate(client: &mut Client) -> StoreResult<()> {
     Err(StoreError::unavailable("the schema migrations did not settle"))
 }
 
+/// Storage settings that are PostgreSQL's own, so CockroachDB or YugabyteDB may refuse them;
+/// each is tried on its own and may fail.
+async fn tune(client: &Client) {
+    // Frames are read once, at a takeover: compressing them with pglz cost a quarter of the
+    // server's time; with lz4 it costs less than the bytes it saves.
+    // Without lz4 (a server built without it), frames are stored uncompressed.
+    let frames = "ALTER TABLE baton_journal_frames ALTER COLUMN events";
+    if client.batch_execute(&format!("{frames} SET COMPRESSION lz4")).await.is_err() {
+        let _ = client.batch_execute(&format!("{frames} SET STORAGE EXTERNAL")).await;
+    }
+    // Chunks are kept, so they stay compressed, with lz4 where the server has it: pglz took
+    // an eighth of the machine at 100,000 appends a second.
+    let _ = client.batch_execute("ALTER TABLE baton_journal_chunks ALTER COLUMN events SET COMPRESSION lz4").await;
+}
+
 async fn apply(client: &mut Client, migration: &Migration) -> Result<(), tokio_postgres::Error> {
     let tx = client.transaction().await?;
     tx.batch_execute(migration.sql).await?;
@@ -312,200 +360,6 @@ fn sequence_param(sequence: u64) -> StoreResult<i64> {
         field: "sequence".to_owned(),
         reason: format!("{sequence} is larger than the database can hold"),
     })
-}
-
-/// An append writer: its own connection, one transaction per batch of queued appends. The
-/// writers share the queue; the one holding it takes the next batch while the others commit,
-/// so appends gather during every commit.
-async fn append_loop(
-    config: tokio_postgres::Config,
-    queue: Arc<AsyncMutex<mpsc::Receiver<AppendRequest>>>,
-    max_batch: usize,
-    counters: Arc<Counters>,
-) {
-    let mut writer: Option<Writer> = None;
-    let mut batch = Vec::with_capacity(max_batch);
-    loop {
-        let taken = queue.lock().await.recv_many(&mut batch, max_batch).await;
-        if taken == 0 {
-            break;
-        }
-        if writer.as_ref().is_some_and(|w| w.client.is_closed()) {
-            writer = None;
-        }
-        if writer.is_none() {
-            match Writer::connect(&config, Arc::clone(&counters)).await {
-                Ok(fresh) => writer = Some(fresh),
-                Err(e) => {
-                    for request in batch.drain(..) {
-                        let _ = request.reply.send(Err(e.clone()));
-                    }
-                    continue;
-                }
-            }
-        }
-        let writer = writer.as_mut().expect("connected above");
-        let results = writer.commit(&batch).await;
-        for (request, result) in batch.drain(..).zip(results) {
-            // The caller may have given up waiting; the append stands regardless.
-            let _ = request.reply.send(result);
-        }
-    }
-}
-
-struct Writer {
-    client: Client,
-    heads: Statement,
-    insert: Statement,
-    counters: Arc<Counters>,
-}
-
-impl Writer {
-    async fn connect(config: &tokio_postgres::Config, counters: Arc<Counters>) -> StoreResult<Self> {
-        let client = connect(config).await?;
-        let heads = client
-            .prepare(
-                // A join with the ids rather than `e.id = ANY($1)`, which on a small table the
-                // planner runs as a scan comparing every row with every id.
-                "SELECT e.id, (SELECT MAX(j.sequence) FROM baton_journal j WHERE j.execution = e.id)
-                 FROM UNNEST($1::BYTEA[]) AS u(id) JOIN baton_executions e ON e.id = u.id",
-            )
-            .await
-            .map_err(unavailable)?;
-        let insert = client
-            .prepare(
-                "INSERT INTO baton_journal (execution, sequence, event)
-                 SELECT * FROM UNNEST($1::BYTEA[], $2::BIGINT[], $3::TEXT[])",
-            )
-            .await
-            .map_err(unavailable)?;
-        Ok(Self { client, heads, insert, counters })
-    }
-
-    /// Commits a batch, one result per request. When the batch transaction fails (another node
-    /// wrote the same journal, a serialization failure), each request is tried on its own, so
-    /// one bad append cannot fail the others.
-    async fn commit(&mut self, requests: &[AppendRequest]) -> Vec<StoreResult<()>> {
-        match self.try_commit(requests).await {
-            Ok(results) => results,
-            Err(e) if requests.len() == 1 && !(is_transient(&e) || is_conflict(&e)) => vec![Err(unavailable(e))],
-            Err(_) => {
-                let mut results = Vec::with_capacity(requests.len());
-                for request in requests {
-                    results.push(self.commit_one(request).await);
-                }
-                results
-            }
-        }
-    }
-
-    async fn commit_one(&mut self, request: &AppendRequest) -> StoreResult<()> {
-        for _ in 1..ATTEMPTS {
-            match self.try_commit(std::slice::from_ref(request)).await {
-                Ok(mut results) => return results.pop().expect("one result per request"),
-                // A lost race shows up as a conflict on the next look at the journal.
-                Err(e) if is_transient(&e) || is_conflict(&e) => {}
-                Err(e) => return Err(unavailable(e)),
-            }
-        }
-        Err(StoreError::unavailable("the append kept meeting concurrent writers"))
-    }
-
-    async fn try_commit(&mut self, requests: &[AppendRequest]) -> Result<Vec<StoreResult<()>>, tokio_postgres::Error> {
-        let result = self.try_commit_inner(requests).await;
-        if result.is_err() && !self.client.is_closed() {
-            // Leaves no transaction open for the next batch; harmless when none is.
-            let _ = self.client.batch_execute("ROLLBACK").await;
-        }
-        result
-    }
-
-    async fn try_commit_inner(
-        &mut self,
-        requests: &[AppendRequest],
-    ) -> Result<Vec<StoreResult<()>>, tokio_postgres::Error> {
-        let began = std::time::Instant::now();
-        let mut ids: Vec<Vec<u8>> = requests.iter().flat_map(|r| &r.groups).map(|(id, _)| id_bytes(*id)).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        // One round trip: the server reads the heads inside the transaction just begun.
-        let (begun, rows) = both(self.client.batch_execute("BEGIN"), self.client.query(&self.heads, &[&ids])).await;
-        begun?;
-        let mut heads: HashMap<ExecutionId, u64> = HashMap::with_capacity(ids.len());
-        for row in rows? {
-            let id: &[u8] = row.get(0);
-            let last: Option<i64> = row.get(1);
-            if let Ok(id) = id_from_bytes(id) {
-                heads.insert(id, last.map_or(0, |l| u64::try_from(l).unwrap_or(0)));
-            }
-        }
-        let rows: usize = requests.iter().flat_map(|r| &r.groups).map(|(_, group)| group.len()).sum();
-        let (mut executions, mut sequences, mut events) =
-            (Vec::with_capacity(rows), Vec::with_capacity(rows), Vec::with_capacity(rows));
-        let mut results = Vec::with_capacity(requests.len());
-        for request in requests {
-            let verdict = request.groups.iter().try_for_each(|(id, group)| {
-                let last = *heads.get(id).ok_or(StoreError::NotFound(Record::Execution(*id)))?;
-                check_sequences(*id, last, group.iter().map(|(sequence, _)| *sequence))?;
-                group.iter().try_for_each(|(sequence, _)| sequence_param(*sequence).map(drop))
-            });
-            if verdict.is_ok() {
-                for (id, group) in &request.groups {
-                    if let Some((last, _)) = group.last() {
-                        heads.insert(*id, *last);
-                    }
-                    for (sequence, event) in group {
-                        executions.push(id_bytes(*id));
-                        sequences.push(sequence_param(*sequence).expect("checked above"));
-                        events.push(event.as_str());
-                    }
-                }
-            }
-            results.push(verdict);
-        }
-        if executions.is_empty() {
-            self.client.batch_execute("COMMIT").await?;
-        } else {
-            // One round trip. Should the insert fail, the server ends the aborted transaction
-            // at COMMIT without error, and the insert's error is what counts.
-            let (inserted, committed) = both(
-                self.client.execute(&self.insert, &[&executions, &sequences, &events]),
-                self.client.batch_execute("COMMIT"),
-            )
-            .await;
-            inserted?;
-            committed?;
-        }
-        self.counters.committed(results.len(), began.elapsed());
-        Ok(results)
-    }
-}
-
-/// Runs two futures to completion together and returns both outputs. On one connection,
-/// tokio-postgres sends the requests of both in the order they are first polled, without
-/// waiting for the first answer: a pipeline.
-async fn both<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
-    let (mut a, mut b) = (pin!(a), pin!(b));
-    let (mut first, mut second) = (None, None);
-    std::future::poll_fn(|cx| {
-        if first.is_none()
-            && let std::task::Poll::Ready(out) = a.as_mut().poll(cx)
-        {
-            first = Some(out);
-        }
-        if second.is_none()
-            && let std::task::Poll::Ready(out) = b.as_mut().poll(cx)
-        {
-            second = Some(out);
-        }
-        if first.is_some() && second.is_some() { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
-    })
-    .await;
-    (first.expect("ready above"), second.expect("ready above"))
-}
-
-fn is_conflict(e: &tokio_postgres::Error) -> bool {
-    e.code() == Some(&SqlState::UNIQUE_VIOLATION)
 }
 
 impl Store for PostgresStore {
@@ -621,7 +475,10 @@ impl Store for PostgresStore {
                 )
                 .await;
             match inserted {
-                Ok(1) => return Ok(CreatedExecution { execution, created: true }),
+                Ok(1) => {
+                    self.inner.journal.created(execution.id);
+                    return Ok(CreatedExecution { execution, created: true });
+                }
                 Ok(_) => {}
                 Err(e) if is_transient(&e) => continue,
                 Err(e) => return Err(unavailable(e)),
@@ -747,46 +604,18 @@ impl Store for PostgresStore {
     }
 
     async fn append(&self, events: Vec<Event>) -> StoreResult<()> {
-        if events.is_empty() {
-            return Ok(());
-        }
-        // Encoding here, on the caller's task, keeps it off the writers' critical path.
-        let groups = group_by_execution(events)
-            .into_iter()
-            .map(|(id, group)| {
-                let encoded = group
-                    .iter()
-                    .map(|event| (event.sequence, String::from_utf8(to_json(event)).expect("JSON is UTF-8")));
-                (id, encoded.collect())
-            })
-            .collect();
-        let (reply, answer) = oneshot::channel();
-        let stopped = || StoreError::unavailable("the postgres append writer has stopped");
-        self.inner.appends.send(AppendRequest { groups, reply }).await.map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        self.inner.journal.append(events).await
     }
 
     async fn read_journal(&self, execution: ExecutionId, from_sequence: u64) -> StoreResult<Vec<Event>> {
         let client = self.client().await?;
-        let id = id_bytes(execution);
-        let exists =
-            client.query_opt("SELECT 1 FROM baton_executions WHERE id = $1", &[&id]).await.map_err(unavailable)?;
+        let exists = client
+            .query_opt("SELECT 1 FROM baton_executions WHERE id = $1", &[&id_bytes(execution)])
+            .await
+            .map_err(unavailable)?;
         if exists.is_none() {
             return Err(StoreError::NotFound(Record::Execution(execution)));
         }
-        let from = from_sequence.max(1);
-        let rows = client
-            .query(
-                "SELECT sequence, event FROM baton_journal WHERE execution = $1 AND sequence >= $2 ORDER BY sequence",
-                &[&id, &i64::try_from(from).unwrap_or(i64::MAX)],
-            )
-            .await
-            .map_err(unavailable)?;
-        let entries = rows.iter().map(|row| {
-            let sequence: i64 = row.get(0);
-            let event: &str = row.get(1);
-            (u64::try_from(sequence).unwrap_or(0), serde_json::from_str::<Event>(event).map_err(|e| e.to_string()))
-        });
-        check_read(execution, from, entries)
+        self.inner.journal.read(&client, execution, from_sequence.max(1)).await
     }
 }
