@@ -25,6 +25,7 @@
 //!   to the second, never out of both.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -96,6 +97,8 @@ struct Shared {
     epoch: i64,
     options: Options,
     counters: Arc<Counters>,
+    /// Writers waiting for the queue while another holds it.
+    idle_writers: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -218,6 +221,7 @@ impl Journal {
             epoch: takeover.epoch,
             options,
             counters,
+            idle_writers: AtomicUsize::new(0),
         });
         let (appends, queue) = mpsc::channel(options.max_batch.max(1));
         let queue = Arc::new(AsyncMutex::new(queue));
@@ -247,15 +251,13 @@ impl Journal {
             return Ok(());
         }
         // Encoding here, on the caller's task, keeps it off the writer's critical path.
-        let groups = group_by_execution(events)
-            .into_iter()
-            .map(|(id, group)| {
-                let encoded = group
-                    .iter()
-                    .map(|event| (event.sequence, String::from_utf8(to_json(event)).expect("JSON is UTF-8")));
-                (id, encoded.collect())
-            })
-            .collect();
+        let encode = |event: &Event| (event.sequence, String::from_utf8(to_json(event)).expect("JSON is UTF-8"));
+        let groups = if events.iter().all(|event| event.execution == events[0].execution) {
+            // Most appends are to one execution: no grouping needed.
+            vec![(events[0].execution, events.iter().map(encode).collect())]
+        } else {
+            group_by_execution(events).into_iter().map(|(id, group)| (id, group.iter().map(encode).collect())).collect()
+        };
         let (reply, answer) = oneshot::channel();
         let stopped = || StoreError::unavailable("the postgres journal writer has stopped");
         self.appends.send(AppendRequest { groups, reply }).await.map_err(|_| stopped())?;
@@ -417,9 +419,23 @@ impl Writer {
             // Held appends whose frames finished go first; otherwise wait for new ones.
             let ready = self.shared.state().order.take_ready(Vec::new());
             let batch = if ready.is_empty() {
+                self.shared.idle_writers.fetch_add(1, AtomicOrdering::Relaxed);
                 let mut queue = queue.lock().await;
-                if queue.recv_many(&mut incoming, max).await == 0 {
-                    break;
+                self.shared.idle_writers.fetch_sub(1, AtomicOrdering::Relaxed);
+                let Some(first) = queue.recv().await else { break };
+                incoming.push(first);
+                // A burst that finds another writer idle is shared with it, so both frames are
+                // in flight together rather than one after the other.
+                let queued = queue.len();
+                let more = if self.shared.idle_writers.load(AtomicOrdering::Relaxed) > 0 {
+                    queued.div_ceil(2)
+                } else {
+                    queued
+                };
+                // Only what is queued already: waiting for more would keep `first` waiting.
+                let more = more.min(max - 1);
+                if more > 0 {
+                    queue.recv_many(&mut incoming, more).await;
                 }
                 drop(queue);
                 self.shared.state().order.take_ready(std::mem::take(&mut incoming))
@@ -590,12 +606,14 @@ impl Order {
         if self.held.is_empty() && incoming.is_empty() {
             return Vec::new();
         }
-        let mut blocked: ById<()> = self.busy.keys().map(|id| (*id, ())).collect();
+        // Executions with an append held in this pass: later appends to them wait behind it.
+        let mut held_ids: ById<()> = ById::default();
         let mut ready = Vec::with_capacity(incoming.len());
         let mut still_held = Vec::new();
         for request in std::mem::take(&mut self.held).into_iter().chain(incoming) {
-            if request.groups.iter().any(|(id, _)| blocked.contains_key(&key(*id))) {
-                blocked.extend(request.groups.iter().map(|(id, _)| (key(*id), ())));
+            let blocked = |id: &u128| self.busy.contains_key(id) || held_ids.contains_key(id);
+            if request.groups.iter().any(|(id, _)| blocked(&key(*id))) {
+                held_ids.extend(request.groups.iter().map(|(id, _)| (key(*id), ())));
                 still_held.push(request);
             } else {
                 ready.push(request);
