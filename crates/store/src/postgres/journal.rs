@@ -717,8 +717,8 @@ impl Connection {
     }
 }
 
-/// Attempts at learning a lost frame's fate before the writer stops; with [`backoff`], about
-/// a minute.
+/// Attempts at learning a lost frame's fate before the journal stops; with [`backoff`], about
+/// 45 seconds.
 const RESOLVE_ATTEMPTS: u32 = 12;
 
 fn backoff(attempt: u32) -> Duration {
