@@ -215,7 +215,12 @@ impl Journal {
     ) -> StoreResult<Self> {
         let (takeover, last_frame) = recover(&mut client).await?;
         let shared = Arc::new(Shared {
-            state: Mutex::new(State { next_frame: last_frame + 1, ..State::default() }),
+            // Each epoch numbers its frames from its own 2^32 block, so a number an older writer
+            // is still settling is never this writer's.
+            state: Mutex::new(State {
+                next_frame: (last_frame + 1).max(takeover.epoch.saturating_mul(1 << 32)),
+                ..State::default()
+            }),
             fold_wanted: Notify::new(),
             folded: Notify::new(),
             epoch: takeover.epoch,
@@ -686,35 +691,61 @@ impl Connection {
             }
             Err(e) => {
                 self.client = None;
-                match self.resolve(number).await {
-                    Some(true) => Outcome::Durable,
-                    Some(false) => Outcome::Failed(unavailable(e), true),
+                match self.resolve(epoch, number).await {
+                    Some(Settled::Committed) => Outcome::Durable,
+                    Some(Settled::Refused) => Outcome::Failed(unavailable(e), true),
+                    Some(Settled::Fenced) => Outcome::Fenced,
                     None => Outcome::Lost(unavailable(e)),
                 }
             }
         }
     }
 
-    /// Finds out whether frame `number`, whose insert lost its connection, was committed:
-    /// `Some(answer)`, or `None` when the server stays out of reach. An empty frame takes the
-    /// number when it is free, so a lost insert the server runs late cannot commit after all.
-    async fn resolve(&mut self, number: i64) -> Option<bool> {
+    /// Finds out whether frame `number`, whose insert lost its connection, was committed, or
+    /// `None` when the server stays out of reach. An empty frame takes the number when it is
+    /// free, so a lost insert the server runs late cannot commit after all; like every frame,
+    /// only while this writer's epoch is current.
+    async fn resolve(&mut self, epoch: i64, number: i64) -> Option<Settled> {
         for attempt in 0..RESOLVE_ATTEMPTS {
             tokio::time::sleep(backoff(attempt)).await;
             let Ok((client, _)) = self.get().await else { continue };
-            let placed = client
-                .execute(
-                    "INSERT INTO baton_journal_frames (frame, events) VALUES ($1, '') ON CONFLICT (frame) DO NOTHING",
-                    &[&number],
-                )
-                .await;
-            match placed {
-                Ok(placed) => return Some(placed == 0),
+            let settled = async {
+                let placed = client
+                    .execute(
+                        "INSERT INTO baton_journal_frames (frame, events)
+                         SELECT $1, '' FROM (
+                             SELECT 1 FROM baton_journal_writer WHERE id = 0 AND epoch = $2 FOR SHARE
+                         ) AS current
+                         ON CONFLICT (frame) DO NOTHING",
+                        &[&number, &epoch],
+                    )
+                    .await?;
+                if placed == 1 {
+                    return Ok(Settled::Refused);
+                }
+                // Frame numbers are not reused across epochs (see `Journal::take_over`): a
+                // frame under this number is the lost one. None means a newer writer holds the
+                // journal, and has folded the frame if it was committed.
+                let found = client.query_opt("SELECT 1 FROM baton_journal_frames WHERE frame = $1", &[&number]).await?;
+                Ok::<_, tokio_postgres::Error>(if found.is_some() { Settled::Committed } else { Settled::Fenced })
+            }
+            .await;
+            match settled {
+                Ok(settled) => return Some(settled),
                 Err(_) => self.client = None,
             }
         }
         None
     }
+}
+
+/// What became of a frame whose insert lost its connection.
+enum Settled {
+    Committed,
+    /// It was not committed, and an empty frame took its number.
+    Refused,
+    /// A newer writer holds the journal.
+    Fenced,
 }
 
 /// Attempts at learning a lost frame's fate before the journal stops; with [`backoff`], about
