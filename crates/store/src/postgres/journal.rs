@@ -34,7 +34,7 @@ use tokio::sync::{Mutex as AsyncMutex, Notify, mpsc, oneshot};
 use tokio_postgres::error::Severity;
 use tokio_postgres::{Client, Statement, Transaction};
 
-use super::{connect, describe, id_bytes, id_from_bytes, sequence_param, unavailable};
+use super::{connect, id_bytes, id_from_bytes, sequence_param, unavailable};
 use crate::shared::{Counters, IdHasherBuilder, check_read, check_sequences, group_by_execution, to_json};
 
 /// The events of one execution, JSON-encoded, with their sequence numbers, oldest first.
@@ -289,26 +289,22 @@ impl Journal {
             .map_err(unavailable)?;
         let mut entries: Vec<(u64, Result<Event, String>)> = Vec::new();
         for row in &rows {
-            let first: i64 = row.get(0);
-            let lines: &str = row.get(1);
-            for (offset, line) in (0_u64..).zip(lines.split('\n')) {
-                let at = u64::try_from(first).unwrap_or(0).saturating_add(offset);
-                let entry = decode_line(line, at);
-                if entry.0 >= from {
-                    entries.push(entry);
-                }
-            }
+            let first = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
+            let decoded = numbered_lines(first, row.get(1)).map(|(at, line)| decode_line(line, at));
+            entries.extend(decoded.filter(|(sequence, _)| *sequence >= from));
         }
         let last_stored = entries.last().map_or(0, |(sequence, _)| *sequence);
         for (first, lines) in &in_memory {
-            for (sequence, line) in (*first..).zip(lines.split('\n')) {
-                if sequence > last_stored {
-                    entries.push(decode_line(line, sequence));
-                }
-            }
+            let newer = numbered_lines(*first, lines).filter(|(sequence, _)| *sequence > last_stored);
+            entries.extend(newer.map(|(sequence, line)| decode_line(line, sequence)));
         }
         check_read(execution, from, entries)
     }
+}
+
+/// The lines of `text` with the sequence numbers they stand at, the first at `first`.
+fn numbered_lines(first: u64, text: &str) -> impl Iterator<Item = (u64, &str)> {
+    (first..).zip(text.split('\n'))
 }
 
 /// A stored line as `(its sequence number, the event or why it is unreadable)`; `at` stands in
@@ -821,6 +817,6 @@ async fn fold(
     tx.execute("DELETE FROM baton_journal_frames WHERE frame = ANY($1::BIGINT[])", &[&window.frames])
         .await
         .map_err(unavailable)?;
-    tx.commit().await.map_err(|e| StoreError::unavailable(format!("postgres: {}", describe(&e))))?;
+    tx.commit().await.map_err(unavailable)?;
     Ok(true)
 }
