@@ -443,6 +443,15 @@ pub struct PgHarness {
     _cluster: Arc<PgCluster>,
 }
 
+/// A plain connection to the database `url` names, for tests that read or change its tables
+/// themselves. It closes when the client is dropped.
+pub async fn sql_client(url: &str) -> tokio_postgres::Client {
+    let (client, connection) =
+        tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("connects to the test database");
+    tokio::spawn(connection);
+    client
+}
+
 impl PgHarness {
     /// A harness over a new database of `cluster`.
     pub async fn new(cluster: Arc<PgCluster>) -> Self {
@@ -467,9 +476,7 @@ impl Harness for PgHarness {
     async fn damage(&self, damage: Damage) {
         // Taking the journal over folds every frame into chunks, where the events are edited.
         drop(self.open().await);
-        let (client, connection) =
-            tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await.expect("connects to the test database");
-        tokio::spawn(connection);
+        let client = sql_client(&self.url).await;
         let (Damage::RemoveEvent { execution, sequence } | Damage::GarbleEvent { execution, sequence }) = damage;
         let id = execution.as_uuid().as_bytes().to_vec();
         let at = i64::try_from(sequence).expect("small sequence");

@@ -14,7 +14,7 @@ use baton_core::store::timestamp_nanos;
 use baton_core::{Event, ExecutionId, Store, StoreError, StoreResult};
 use baton_store::conformance::create_executions;
 use baton_store::postgres::{Config, MIGRATIONS, PostgresStore};
-use baton_store::testing::{PgCluster, PgHarness, load_event, load_execution};
+use baton_store::testing::{PgCluster, PgHarness, load_event, load_execution, sql_client};
 
 #[test]
 fn postgres_store_conforms() {
@@ -41,12 +41,6 @@ fn postgres_store_conforms() {
     runtime.block_on(appends_to_one_execution_queued_together_all_land(&cluster));
     runtime.block_on(appends_survive_connections_cut_mid_write(&cluster));
     runtime.block_on(a_version_1_database_is_upgraded(&cluster));
-}
-
-async fn raw_client(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(connection);
-    client
 }
 
 async fn count(client: &tokio_postgres::Client, table: &str) -> i64 {
@@ -82,7 +76,7 @@ async fn a_second_server_takes_the_journal_over(cluster: &PgCluster) {
     second.append(vec![load_event(ids[0], 3)]).await.unwrap();
     let err = second.append(vec![load_event(ids[1], 2)]).await.unwrap_err();
     assert_eq!(err, StoreError::SequenceConflict { execution: ids[1], expected: 3, got: 2 });
-    let client = raw_client(&url).await;
+    let client = sql_client(&url).await;
     assert_eq!(count(&client, "baton_journal_chunks").await, 3, "the takeover folded one chunk per execution");
 }
 
@@ -130,7 +124,7 @@ async fn folds_keep_journals_whole_for_readers(cluster: &PgCluster) {
         assert_eq!(store.read_journal(*id, 1).await.unwrap(), events(*id, 1..=40));
         assert_eq!(store.read_journal(*id, 25).await.unwrap(), events(*id, 25..=40));
     }
-    let client = raw_client(&url).await;
+    let client = sql_client(&url).await;
     assert!(count(&client, "baton_journal_chunks").await > 16, "the events were folded in several windows");
     let again = PostgresStore::connect(&config).await.unwrap();
     for id in &ids {
@@ -193,7 +187,7 @@ async fn appends_survive_connections_cut_mid_write(cluster: &PgCluster) {
             failures
         }));
     }
-    let admin = raw_client(&url).await;
+    let admin = sql_client(&url).await;
     let mut cut = 0;
     for _ in 0..6 {
         tokio::time::sleep(Duration::from_millis(60)).await;
@@ -226,7 +220,7 @@ async fn appends_survive_connections_cut_mid_write(cluster: &PgCluster) {
 /// A database with the first schema (a row per event) keeps its journals, which continue.
 async fn a_version_1_database_is_upgraded(cluster: &PgCluster) {
     let url = cluster.create_database().await;
-    let client = raw_client(&url).await;
+    let client = sql_client(&url).await;
     client
         .batch_execute(
             "CREATE TABLE baton_schema_migrations (version INT4 PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
@@ -286,8 +280,7 @@ async fn schema_and_connection_checks(cluster: &PgCluster) {
     // Migrations are recorded once, and connecting again applies nothing twice.
     let store = PostgresStore::connect(&Config::new(url.clone())).await.unwrap();
     PostgresStore::connect(&Config::new(url.clone())).await.unwrap();
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(connection);
+    let client = sql_client(&url).await;
     let versions: Vec<i32> = client
         .query("SELECT version FROM baton_schema_migrations ORDER BY version", &[])
         .await

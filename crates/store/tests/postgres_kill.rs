@@ -16,8 +16,7 @@ mod kill9;
 use std::collections::HashMap;
 
 use baton_store::postgres::{Config, PostgresStore, Takeover};
-use baton_store::testing::PgCluster;
-use tokio_postgres::NoTls;
+use baton_store::testing::{PgCluster, sql_client};
 
 /// The variable that turns [`kill_child`] into the writer, naming its database.
 const CHILD_URL_VAR: &str = "BATON_PG_KILL_CHILD_URL";
@@ -80,14 +79,12 @@ async fn check_after_kill(url: &str, round: usize, acked: &HashMap<String, u64>)
     // Only a writer that lost its connection leaves an empty frame, and the child never did.
     assert!(takeover.frames <= takeover.events, "{takeover:?}");
     assert!(takeover.events <= MAX_LEFT_IN_FRAMES, "the child's folds fell behind: {takeover:?}");
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await.unwrap();
-    let connection = tokio::spawn(connection);
+    let client = sql_client(url).await;
     // Before this store appends, every frame there is the child's, and the takeover folded it.
     let frames: i64 = client.query_one("SELECT count(*) FROM baton_journal_frames", &[]).await.unwrap().get(0);
     assert_eq!(frames, 0, "frames left after the takeover {takeover:?}");
     let (chunks, in_chunks) = check_chunks(&client).await;
     drop(client);
-    let _ = connection.await;
 
     let lengths = kill9::check_journals(&store, acked).await;
     drop(store);
