@@ -34,8 +34,8 @@ pub fn validate_name(field: &str, value: &str) -> Result<()> {
 macro_rules! name_type {
     ($(#[$doc:meta])* $name:ident, $field:literal) => {
         $(#[$doc])*
-        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-        #[serde(try_from = "String", into = "String")]
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+        #[serde(try_from = "String")]
         // Shared text: ids are cloned into every event and call, so a clone must not allocate.
         pub struct $name(Arc<str>);
 
@@ -85,6 +85,13 @@ macro_rules! name_type {
             }
         }
 
+        // Written from the shared text: `into = "String"` would copy it for every event.
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
+            }
+        }
+
         impl AsRef<str> for $name {
             fn as_ref(&self) -> &str {
                 &self.0
@@ -116,8 +123,8 @@ name_type!(
 );
 
 /// An execution's id: a UUIDv7, so ids sort by creation time.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(try_from = "String")]
 pub struct ExecutionId(uuid::Uuid);
 
 impl ExecutionId {
@@ -168,6 +175,14 @@ impl TryFrom<String> for ExecutionId {
     }
 }
 
+// Written from a stack buffer: `into = "String"` allocated and went through `fmt` for every
+// journal event.
+impl Serialize for ExecutionId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.0.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()))
+    }
+}
+
 impl From<ExecutionId> for String {
     fn from(id: ExecutionId) -> String {
         id.0.to_string()
@@ -213,5 +228,16 @@ mod tests {
         let v4 = "6f1c1b9e-3f0a-4c5e-9d2b-1a2b3c4d5e6f";
         assert!(v4.parse::<ExecutionId>().unwrap_err().to_string().contains("must be a UUIDv7"));
         assert!("nope".parse::<ExecutionId>().is_err());
+    }
+
+    #[test]
+    fn ids_serialize_as_their_text() {
+        let id: ExecutionId = "01a22774-dac1-76b7-b935-7f8bc02e991c".parse().unwrap();
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(json, r#""01a22774-dac1-76b7-b935-7f8bc02e991c""#);
+        assert_eq!(serde_json::from_str::<ExecutionId>(&json).unwrap(), id);
+        let step = StepId::new("charge.v2").unwrap();
+        assert_eq!(serde_json::to_string(&step).unwrap(), r#""charge.v2""#);
+        assert_eq!(serde_yaml::to_string(&step).unwrap(), "charge.v2\n");
     }
 }
