@@ -30,8 +30,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use baton_core::{Event, ExecutionId, Record, StoreError, StoreResult};
+use bytes::{BufMut, BytesMut};
 use tokio::sync::{Mutex as AsyncMutex, Notify, mpsc, oneshot};
 use tokio_postgres::error::Severity;
+use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, Statement, Transaction};
 
 use super::{connect, id_bytes, id_from_bytes, sequence_param, unavailable};
@@ -131,7 +133,8 @@ struct Window {
 }
 
 /// Events of one execution, a JSON line each, as a chunk stores them: the text is ready to be
-/// folded as it is.
+/// folded as it is. Copying an event in here costs less than keeping the caller's encoding
+/// alive until the fold, which left the allocator no freed memory to hand out again.
 #[derive(Debug, Default)]
 struct Lines {
     first: u64,
@@ -164,6 +167,35 @@ impl Lines {
         };
         Some((self.first.max(from), self.text[start..].to_owned()))
     }
+}
+
+/// Text written into a statement's parameter a piece at a time, each piece on a line of its
+/// own, so a frame is never assembled in memory first.
+struct JoinedLines<I>(I);
+
+impl<'a, I: Iterator<Item = &'a str> + Clone> std::fmt::Debug for JoinedLines<I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinedLines").field("lines", &self.0.clone().count()).finish()
+    }
+}
+
+impl<'a, I: Iterator<Item = &'a str> + Clone> ToSql for JoinedLines<I> {
+    fn to_sql(&self, _: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        // TEXT's binary form is the UTF-8 text itself.
+        for (index, line) in self.0.clone().enumerate() {
+            if index > 0 {
+                out.put_u8(b'\n');
+            }
+            out.put_slice(line.as_bytes());
+        }
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::TEXT
+    }
+
+    to_sql_checked!();
 }
 
 impl Shared {
@@ -511,16 +543,9 @@ impl Writer {
             shared.state().order.release(&ids);
             return;
         }
-        let length = accepted.iter().flat_map(|r| &r.groups).flat_map(|(_, g)| g).map(|(_, e)| e.len() + 1).sum();
-        let mut frame = String::with_capacity(length);
-        for (_, event) in accepted.iter().flat_map(|r| &r.groups).flat_map(|(_, group)| group) {
-            if !frame.is_empty() {
-                frame.push('\n');
-            }
-            frame.push_str(event);
-        }
+        let frame =
+            JoinedLines(accepted.iter().flat_map(|r| &r.groups).flat_map(|(_, group)| group).map(|(_, e)| e.as_str()));
         let outcome = self.connection.write(shared.epoch, number, &frame).await;
-        drop(frame);
         let failure = match outcome {
             Outcome::Durable => None,
             Outcome::Fenced => Some(shared.stop(format!(
@@ -672,9 +697,9 @@ impl Connection {
     }
 
     /// Writes a frame with one statement, its own transaction.
-    async fn write(&mut self, epoch: i64, number: i64, frame: &str) -> Outcome {
+    async fn write(&mut self, epoch: i64, number: i64, frame: &(dyn ToSql + Sync)) -> Outcome {
         let written = match self.get().await {
-            Ok((client, statements)) => client.execute(&statements[INSERT_AT], &[&epoch, &number, &frame]).await,
+            Ok((client, statements)) => client.execute(&statements[INSERT_AT], &[&epoch, &number, frame]).await,
             Err(e) => return Outcome::Failed(e, false),
         };
         match written {
