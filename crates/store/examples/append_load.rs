@@ -3,7 +3,8 @@
 //! seconds). With `update` as a fourth argument every append is followed by an
 //! `update_execution`, as the workflow engine does. For PostgreSQL, `APPEND_CONNECTIONS` sets
 //! the journal's append connections and `FOLD_EVENTS` how many events it keeps in memory
-//! before folding them.
+//! before folding them. Besides the rate, it prints the machine's CPU time per append (a steadier
+//! figure than the rate on a shared host) and, for PostgreSQL, the WAL written per append.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,12 +23,14 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let dir = tempfile::tempdir_in(std::env::var_os("BATON_BENCH_DIR").unwrap_or_else(|| "/tmp".into())).expect("dir");
     let mut _cluster = None;
+    let mut sql: Option<tokio_postgres::Client> = None;
     runtime.block_on(async {
         let store = match kind.as_str() {
             "redb" => AnyStore::Redb(RedbStore::open(dir.path()).await.expect("opens")),
             _ => {
                 let cluster = baton_store::testing::PgCluster::start_in(dir.path());
                 let url = cluster.create_database().await;
+                sql = Some(baton_store::testing::sql_client(&url).await);
                 _cluster = Some(cluster);
                 let mut config = baton_store::postgres::Config::new(url);
                 if let Some(events) = std::env::var("FOLD_EVENTS").ok().and_then(|c| c.parse().ok()) {
@@ -46,6 +49,11 @@ fn main() {
         let done = Arc::new(AtomicU64::new(0));
         let deadline = Instant::now() + Duration::from_secs(seconds);
         let started = Instant::now();
+        let cpu_before = machine_cpu();
+        let wal_before = match &sql {
+            Some(sql) => wal_position(sql).await,
+            None => 0,
+        };
         let mut tasks = Vec::new();
         for id in ids {
             let (store, done) = (store.clone(), Arc::clone(&done));
@@ -73,6 +81,16 @@ fn main() {
             task.await.expect("writer");
         }
         let rate = done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+        let appends = done.load(Ordering::Relaxed) as f64;
+        if let Some(((busy, all), (busy_before, all_before))) = machine_cpu().zip(cpu_before) {
+            // Clock ticks are 10 ms.
+            let (busy, all) = ((busy - busy_before) as f64, (all - all_before) as f64);
+            eprintln!("machine busy {:.0}%, {:.2} µs of CPU per append", busy / all * 100.0, busy * 10_000.0 / appends);
+        }
+        if let Some(sql) = &sql {
+            let wal = wal_position(sql).await - wal_before;
+            eprintln!("{:.0} bytes of WAL per append", wal as f64 / appends);
+        }
         let stats = match &store {
             AnyStore::Redb(s) => s.commit_stats(),
             AnyStore::Postgres(s) => s.commit_stats(),
@@ -80,4 +98,19 @@ fn main() {
         };
         eprintln!("{kind} {writers} writers: {rate:.0} appends/s, {stats:?}");
     });
+}
+
+/// Busy and total clock ticks of the whole machine, from `/proc/stat` (Linux only).
+fn machine_cpu() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|t| t.parse().ok()).collect();
+    let all: u64 = ticks.iter().take(8).sum();
+    // Idle and waiting for I/O.
+    let idle = ticks.get(3)? + ticks.get(4)?;
+    Some((all - idle, all))
+}
+
+/// The server's WAL position in bytes.
+async fn wal_position(sql: &tokio_postgres::Client) -> i64 {
+    sql.query_one("SELECT (pg_current_wal_lsn() - '0/0')::bigint", &[]).await.map_or(0, |row| row.get(0))
 }
