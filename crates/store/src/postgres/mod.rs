@@ -287,9 +287,12 @@ async fn tune(client: &Client) {
     // Chunks are kept, so they stay compressed, with lz4 where the server has it: pglz took
     // an eighth of the machine at 100,000 appends a second.
     let _ = client.batch_execute("ALTER TABLE baton_journal_chunks ALTER COLUMN events SET COMPRESSION lz4").await;
-    // A frame of a usual batch compresses to a few KB: inline in the table it is one row to
-    // write and to delete, where TOAST made it three rows and two index entries.
-    let _ = client.batch_execute("ALTER TABLE baton_journal_frames SET (toast_tuple_target = 8160)").await;
+    // A frame of a usual batch, and a chunk of a usual execution, compress to a few KB: kept
+    // inline in the table each is one row to write (and a frame, to delete), where TOAST made
+    // it three rows and two index entries.
+    for table in ["baton_journal_frames", "baton_journal_chunks"] {
+        let _ = client.batch_execute(&format!("ALTER TABLE {table} SET (toast_tuple_target = 8160)")).await;
+    }
 }
 
 async fn apply(client: &mut Client, migration: &Migration) -> Result<(), tokio_postgres::Error> {
