@@ -23,7 +23,7 @@ use baton_store::postgres::{Config, PostgresStore};
 use baton_store::testing::{PgCluster, load_event, load_execution};
 use baton_store::{CommitStats, RedbStore};
 use criterion::measurement::WallTime;
-use criterion::{BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BenchmarkGroup, BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use tokio::runtime::Runtime;
 
 const WRITERS: [usize; 3] = [1, 16, 256];
@@ -38,7 +38,14 @@ fn journal_append(c: &mut Criterion) {
     report_figure(BENCH, "write + fsync of 512 B (the baseline)", fsyncs_per_second, "1/s", None, None);
 
     let mut group = c.benchmark_group(BENCH);
-    group.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    // Every sample the same length, about 300 ms: criterion's default grows samples from a
+    // tenth of that, and a 30 ms sample measured the start and end of 256 writers and whether
+    // a fold or a new WAL segment fell into it, not the rate they sustain.
+    group
+        .sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
     // One store at a time: each folds its journal in the background after a run, which would
     // take CPU from the other's measurement. Dropping the redb store waits for its folds.
     let redb = runtime.block_on(RedbStore::open(&dir.path().join("redb"))).expect("redb store opens");
