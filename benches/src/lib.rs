@@ -5,6 +5,11 @@
 //! and query mixes, deterministically from a seed, so every run measures the same thing.
 //! What it is not for: assertions; figures are read by `cargo xtask bench`.
 
+/// Every bench runs with the allocator of the `baton` binary, so what it measures in process
+/// is what the server does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod dags;
 pub mod naive_planner;
 

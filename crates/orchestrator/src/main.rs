@@ -7,6 +7,12 @@ use baton::config::{LogFormat, ServeArgs, ServeConfig};
 use baton::serve::{Server, shutdown_signal};
 use clap::{Parser, Subcommand};
 
+/// Journal events are encoded on the callers' threads and freed on the journal writer's;
+/// glibc's malloc spent a fifth of the server process's CPU on such traffic, mimalloc about
+/// half of that.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Baton: service orchestration with automatic composition.
 #[derive(Debug, Parser)]
 #[command(name = "baton", version, about)]

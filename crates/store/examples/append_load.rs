@@ -14,6 +14,10 @@ use baton_core::{ExecutionState, ExecutionUpdate, Store, Timestamp};
 use baton_store::testing::{load_event, load_execution};
 use baton_store::{AnyStore, RedbStore};
 
+/// The allocator of the `baton` binary and the benches, so this measures what they do.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let kind = args.get(1).map_or("redb", String::as_str).to_owned();
