@@ -2,9 +2,10 @@
 //! `cargo run --release -p baton-store --example append_load -- redb 256 5` (store, writers,
 //! seconds). With `update` as a fourth argument every append is followed by an
 //! `update_execution`, as the workflow engine does. For PostgreSQL, `APPEND_CONNECTIONS` sets
-//! the journal's append connections and `FOLD_EVENTS` how many events it keeps in memory
-//! before folding them. Besides the rate, it prints the machine's CPU time per append (a steadier
-//! figure than the rate on a shared host) and, for PostgreSQL, the WAL written per append.
+//! the journal's append connections, and `FOLD_EVENTS` and `FOLD_BYTES` how many events and
+//! bytes it keeps in memory before folding them. Besides the rate, it prints the machine's CPU
+//! time per append (a steadier figure than the rate on a shared host) and, for PostgreSQL, the
+//! WAL written per append.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,6 +40,9 @@ fn main() {
                 let mut config = baton_store::postgres::Config::new(url);
                 if let Some(events) = std::env::var("FOLD_EVENTS").ok().and_then(|c| c.parse().ok()) {
                     config.fold_events = events;
+                }
+                if let Some(bytes) = std::env::var("FOLD_BYTES").ok().and_then(|c| c.parse().ok()) {
+                    config.fold_bytes = bytes;
                 }
                 if let Some(connections) = std::env::var("APPEND_CONNECTIONS").ok().and_then(|c| c.parse().ok()) {
                     config.append_connections = connections;
