@@ -8,8 +8,8 @@ use baton::serve::{Server, shutdown_signal};
 use clap::{Parser, Subcommand};
 
 /// Journal events are encoded on the callers' threads and freed on the journal writer's;
-/// glibc's malloc spent a fifth of the server process's CPU on such traffic, mimalloc about
-/// half of that.
+/// glibc's malloc spent a fifth of the process's CPU on such traffic, and mimalloc cut the CPU
+/// of a PostgreSQL journal append by about a sixth.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -88,8 +88,8 @@ fn main() {
         for task in tasks {
             task.await.expect("writer");
         }
-        let rate = done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
         let appends = done.load(Ordering::Relaxed) as f64;
+        let rate = appends / started.elapsed().as_secs_f64();
         if let Some(((busy, all), (busy_before, all_before))) = machine_cpu().zip(cpu_before) {
             // Clock ticks are 10 ms.
             let (busy, all) = ((busy - busy_before) as f64, (all - all_before) as f64);
