@@ -60,7 +60,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::CommitStats;
 use crate::shared::{
-    Counters, IdHasherBuilder, Key, check_read, check_sequences, group_by_execution, key_of, key_range, paginate,
+    Counters, IdHasherBuilder, Key, check_read, check_sequences, encode_by_execution, key_of, key_range, paginate,
     to_json,
 };
 use crate::wal::{self, Segment};
@@ -1215,13 +1215,6 @@ fn update_execution(t: &mut Tables<'_>, update: &ExecutionUpdate) -> Result<Exec
 /// The events of one append, grouped by execution and encoded by the caller.
 type Encoded = Vec<(ExecutionId, Vec<(u64, Vec<u8>)>)>;
 
-fn encode(events: Vec<Event>) -> Encoded {
-    group_by_execution(events)
-        .into_iter()
-        .map(|(id, events)| (id, events.iter().map(|event| (event.sequence, to_json(event))).collect()))
-        .collect()
-}
-
 fn list_executions(txn: &ReadTransaction, filter: &ExecutionFilter, page: &PageRequest) -> Result<ExecutionPage, Fail> {
     let Some((low, high)) = key_range(filter, page)? else { return Ok(ExecutionPage::default()) };
     let executions = txn.open_table(EXECUTIONS)?;
@@ -1382,7 +1375,11 @@ impl Store for RedbStore {
             return Ok(());
         }
         let (reply, answer) = oneshot::channel();
-        let append = Append { groups: encode(events), reply, runtime: tokio::runtime::Handle::try_current().ok() };
+        let append = Append {
+            groups: encode_by_execution(events, to_json),
+            reply,
+            runtime: tokio::runtime::Handle::try_current().ok(),
+        };
         let appends = self.inner.appends.as_ref().ok_or_else(log_writer_gone)?;
         appends.send(append).await.map_err(|_| log_writer_gone())?;
         answer.await.map_err(|_| log_writer_gone())?

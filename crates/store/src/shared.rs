@@ -12,6 +12,12 @@ use baton_core::{StoreError, StoreResult};
 /// The events of one append, grouped by execution in the order each execution first appears;
 /// within a group the caller's order is kept.
 pub(crate) fn group_by_execution(events: Vec<Event>) -> Vec<(ExecutionId, Vec<Event>)> {
+    // Most appends are to one execution: they keep their vector.
+    if let Some(first) = events.first().map(|event| event.execution)
+        && events.iter().all(|event| event.execution == first)
+    {
+        return vec![(first, events)];
+    }
     let mut groups: Vec<(ExecutionId, Vec<Event>)> = Vec::new();
     for event in events {
         match groups.iter_mut().find(|(id, _)| *id == event.execution) {
@@ -20,6 +26,16 @@ pub(crate) fn group_by_execution(events: Vec<Event>) -> Vec<(ExecutionId, Vec<Ev
         }
     }
     groups
+}
+
+/// The events of one append grouped as [`group_by_execution`] does, each as its sequence
+/// number and what `encode` makes of it.
+pub(crate) fn encode_by_execution<T>(
+    events: Vec<Event>,
+    encode: impl Fn(&Event) -> T,
+) -> Vec<(ExecutionId, Vec<(u64, T)>)> {
+    let groups = group_by_execution(events).into_iter();
+    groups.map(|(id, group)| (id, group.iter().map(|event| (event.sequence, encode(event))).collect())).collect()
 }
 
 /// Checks that `events` continue a journal whose last sequence number is `last` (0 when empty).
@@ -248,6 +264,11 @@ mod tests {
         let shape: Vec<(ExecutionId, Vec<u64>)> =
             groups.into_iter().map(|(id, events)| (id, events.iter().map(|e| e.sequence).collect())).collect();
         assert_eq!(shape, [(a, vec![1, 2]), (b, vec![1])]);
+        let single = group_by_execution(vec![event(a, 3), event(a, 4)]);
+        let shape: Vec<(ExecutionId, Vec<u64>)> =
+            single.into_iter().map(|(id, events)| (id, events.iter().map(|e| e.sequence).collect())).collect();
+        assert_eq!(shape, [(a, vec![3, 4])]);
+        assert!(group_by_execution(Vec::new()).is_empty());
     }
 
     #[test]

@@ -37,7 +37,7 @@ use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, Statement, Transaction};
 
 use super::{connect, id_bytes, id_from_bytes, sequence_param, unavailable};
-use crate::shared::{Counters, IdHasherBuilder, check_read, check_sequences, group_by_execution, to_json};
+use crate::shared::{Counters, IdHasherBuilder, check_read, check_sequences, encode_by_execution, to_json};
 
 /// The events of one execution, JSON-encoded, with their sequence numbers, oldest first.
 type Encoded = Vec<(u64, String)>;
@@ -289,13 +289,7 @@ impl Journal {
             return Ok(());
         }
         // Encoding here, on the caller's task, keeps it off the writer's critical path.
-        let encode = |event: &Event| (event.sequence, String::from_utf8(to_json(event)).expect("JSON is UTF-8"));
-        let groups = if events.iter().all(|event| event.execution == events[0].execution) {
-            // Most appends are to one execution: no grouping needed.
-            vec![(events[0].execution, events.iter().map(encode).collect())]
-        } else {
-            group_by_execution(events).into_iter().map(|(id, group)| (id, group.iter().map(encode).collect())).collect()
-        };
+        let groups = encode_by_execution(events, |event| String::from_utf8(to_json(event)).expect("JSON is UTF-8"));
         let (reply, answer) = oneshot::channel();
         let stopped = || StoreError::unavailable("the postgres journal writer has stopped");
         self.appends.send(AppendRequest { groups, reply }).await.map_err(|_| stopped())?;
