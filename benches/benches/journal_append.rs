@@ -118,6 +118,9 @@ fn measure<S: Store + Clone>(
     }
 }
 
+/// How long a sample may wait for its appends before the bench gives up.
+const STALLED: Duration = Duration::from_secs(60);
+
 /// Writers that append without pause, one event at a time, each to its own execution, from
 /// before the warm-up until [`Writers::stop`]. A sample counts the appends they complete, so
 /// it times all of them at work. Writers started and joined for each sample, as this bench
@@ -187,7 +190,11 @@ impl Writers {
         if self.progress.appended.load(Ordering::Relaxed) >= goal && self.progress.claim() {
             return started.elapsed();
         }
-        let reached = self.reached.recv().expect("the writers run until stopped");
+        // A writer whose append failed has panicked: fail here rather than wait for it.
+        let reached = self.reached.recv_timeout(STALLED).unwrap_or_else(|_| {
+            let failed = self.tasks.iter().filter(|task| task.is_finished()).count();
+            panic!("{appends} appends took over {STALLED:?}; {failed} writers have stopped")
+        });
         reached.saturating_duration_since(started)
     }
 
