@@ -123,10 +123,10 @@ const STALLED: Duration = Duration::from_secs(60);
 
 /// Writers that append without pause, one event at a time, each to its own execution, from
 /// before the warm-up until [`Writers::stop`]. A sample counts the appends they complete, so
-/// it times all of them at work. Writers started and joined for each sample, as this bench
-/// did before, timed their ramp-up and then the last of them finishing alone: after 300
-/// appends each, the first writer was done about 7% of the sample before the last, and the
-/// rate came out about 10% below the sustained one.
+/// it times all of them at work. Writers started and joined for each sample would time their
+/// ramp-up and then the last of them finishing alone: with 300 appends each, the first was
+/// done about 7% of the sample before the last, and the rate came out about 10% below the
+/// sustained one.
 struct Writers {
     progress: Arc<Progress>,
     /// When the append that reached a sample's goal completed.
