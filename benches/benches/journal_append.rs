@@ -41,8 +41,8 @@ fn journal_append(c: &mut Criterion) {
 
     let mut group = c.benchmark_group(BENCH);
     // Every sample the same length, about 300 ms: criterion's default grows samples from a
-    // tenth of that, and a 30 ms sample measured the start and end of 256 writers and whether
-    // a fold or a new WAL segment fell into it, not the rate they sustain.
+    // tenth of that, and a 30 ms sample measured whether a fold or a new WAL segment fell into
+    // it, not the rate the writers sustain.
     group
         .sample_size(10)
         .sampling_mode(SamplingMode::Flat)
