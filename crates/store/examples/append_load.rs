@@ -3,7 +3,9 @@
 //! seconds). With `update` as a fourth argument every append is followed by an
 //! `update_execution`, as the workflow engine does. For PostgreSQL, `APPEND_CONNECTIONS` sets
 //! the journal's append connections, and `FOLD_EVENTS` and `FOLD_BYTES` how many events and
-//! bytes it keeps in memory before folding them. Besides the rate, it prints the machine's CPU
+//! bytes it keeps in memory before folding them. `WORKERS` sets the runtime's workers: by
+//! default 1 for PostgreSQL, which leaves the server a core, and 2 for redb, as
+//! `cargo xtask bench journal_append` runs them. Besides the rate, it prints the machine's CPU
 //! time per append (a steadier figure than the rate on a shared host), the share of time the
 //! hypervisor stole and, for PostgreSQL, the WAL written per append.
 
@@ -25,7 +27,10 @@ fn main() {
     let writers: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(256);
     let seconds: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(5);
     let update = args.get(4).is_some_and(|a| a == "update");
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let default_workers = if kind == "redb" { 2 } else { 1 };
+    let workers = std::env::var("WORKERS").ok().and_then(|w| w.parse().ok()).unwrap_or(default_workers);
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build().expect("runtime");
     let dir = tempfile::tempdir_in(std::env::var_os("BATON_BENCH_DIR").unwrap_or_else(|| "/tmp".into())).expect("dir");
     let mut _cluster = None;
     let mut sql: Option<tokio_postgres::Client> = None;
