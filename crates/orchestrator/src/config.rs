@@ -62,6 +62,9 @@ pub struct ServeArgs {
     /// Log level: error, warn, info, debug or trace [default: info].
     #[arg(long, env = "BATON_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// Threads that run the server's tasks [default: one per core].
+    #[arg(long, env = "BATON_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
 }
 
 /// How logs are written.
@@ -95,6 +98,7 @@ struct FileConfig {
     max_concurrent_streams: Option<u32>,
     log_format: Option<LogFormat>,
     log_level: Option<String>,
+    worker_threads: Option<usize>,
 }
 
 /// The settings `baton serve` runs with, every one resolved.
@@ -132,6 +136,8 @@ pub struct ServeConfig {
     pub log_format: LogFormat,
     /// Log level.
     pub log_level: String,
+    /// Threads of the async runtime.
+    pub worker_threads: usize,
 }
 
 /// Why the configuration is unusable.
@@ -197,6 +203,7 @@ impl ServeArgs {
             max_concurrent_streams: self.max_concurrent_streams.or(file.max_concurrent_streams).unwrap_or(256),
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
             log_level: self.log_level.clone().or(file.log_level).unwrap_or_else(|| "info".to_owned()),
+            worker_threads: self.worker_threads.or(file.worker_threads).unwrap_or_else(one_per_core),
         };
         config.check()?;
         Ok(config)
@@ -223,6 +230,9 @@ impl ServeConfig {
         }
         if self.max_concurrent_streams == 0 {
             return invalid("max_concurrent_streams", "must be at least 1");
+        }
+        if !(1..=MAX_WORKER_THREADS).contains(&self.worker_threads) {
+            return invalid("worker_threads", &format!("must be from 1 to {MAX_WORKER_THREADS}"));
         }
         if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str()) {
             return invalid("log_level", "must be error, warn, info, debug or trace");
@@ -261,8 +271,17 @@ impl ServeConfig {
             format!("rate_limit = {}/s per connection", self.rate_limit),
             format!("max_concurrent_streams = {}", self.max_concurrent_streams),
             format!("log = {:?} at {}", self.log_format, self.log_level),
+            format!("worker_threads = {}", self.worker_threads),
         ]
     }
+}
+
+/// More threads than this would be a typo, not a machine.
+const MAX_WORKER_THREADS: usize = 1024;
+
+/// The default of `worker_threads`: the cores this process may use.
+pub fn one_per_core() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -328,6 +347,22 @@ mod tests {
         assert_eq!(config.store, None);
         assert!(!config.insecure);
         assert_eq!(config.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(config.worker_threads, one_per_core());
+    }
+
+    #[test]
+    fn worker_threads_come_from_the_flag_or_the_file_and_must_be_sane() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("baton.toml");
+        std::fs::write(&file, "worker_threads = 3\n").unwrap();
+        let config = args(&["--config", file.to_str().unwrap()]).resolve().unwrap();
+        assert_eq!(config.worker_threads, 3);
+        assert!(config.describe().contains(&"worker_threads = 3".to_owned()));
+        assert_eq!(args(&["--worker-threads", "1"]).resolve().unwrap().worker_threads, 1);
+        for bad in ["0", "1025"] {
+            let error = args(&["--worker-threads", bad]).resolve().unwrap_err().to_string();
+            assert_eq!(error, "worker_threads: must be from 1 to 1024");
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use baton::cli::{ClientCommand, ClientOptions};
-use baton::config::{LogFormat, ServeArgs, ServeConfig};
+use baton::config::{LogFormat, ServeArgs, ServeConfig, one_per_core};
 use baton::serve::{Server, shutdown_signal};
 use clap::{Parser, Subcommand};
 
@@ -33,13 +33,6 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("baton: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
     match cli.command {
         Command::Serve(args) => {
             let config = match args.resolve() {
@@ -49,9 +42,27 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            runtime.block_on(serve(config))
+            match runtime(config.worker_threads) {
+                Some(runtime) => runtime.block_on(serve(config)),
+                None => ExitCode::FAILURE,
+            }
         }
-        Command::Client(command) => runtime.block_on(baton::cli::run(command, &cli.client)),
+        Command::Client(command) => match runtime(one_per_core()) {
+            Some(runtime) => runtime.block_on(baton::cli::run(command, &cli.client)),
+            None => ExitCode::FAILURE,
+        },
+    }
+}
+
+/// The async runtime with `workers` threads. Always given, so tokio never reads
+/// `TOKIO_WORKER_THREADS`, on whose bad value it panics.
+fn runtime(workers: usize) -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build() {
+        Ok(runtime) => Some(runtime),
+        Err(error) => {
+            eprintln!("baton: cannot start the async runtime: {error}");
+            None
+        }
     }
 }
 
@@ -67,7 +78,9 @@ async fn serve(config: ServeConfig) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tracing::info!(grpc = %server.grpc_addr(), metrics = %server.metrics_addr(), "serving");
+    // The runtime's own count, which shows `worker_threads` took effect.
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    tracing::info!(grpc = %server.grpc_addr(), metrics = %server.metrics_addr(), workers, "serving");
     match server.serve(shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

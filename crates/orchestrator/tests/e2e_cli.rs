@@ -1,6 +1,6 @@
 //! The `baton` CLI against a real `baton serve` and the example services: apply, run with
 //! --wait, exec get/list/pause/resume/cancel, plan and orchestrate, with the exit codes that
-//! scripts rely on.
+//! scripts rely on; and `baton serve` on the worker threads it is given.
 
 mod support;
 
@@ -103,4 +103,25 @@ async fn the_cli_runs_watches_pauses_and_plans_with_meaningful_exit_codes() {
     let orchestrated =
         cli(&server, &["orchestrate", "--have", "order", "--want", "tracking", "--input", &order, "--wait"]).await;
     assert_eq!(orchestrated.status.code(), Some(0), "{}", text(&orchestrated));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_runs_on_the_worker_threads_it_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = ["--worker-threads", "1", "--log-format", "json"];
+    let server = ServerProcess::start(&dir.path().join("data"), &flags).await;
+    let log = server.log_text();
+    assert!(log.contains("config: worker_threads = 1"), "{log}");
+    // What the runtime itself counts.
+    let serving = log.lines().find(|line| line.contains(r#""message":"serving""#)).unwrap_or_else(|| panic!("{log}"));
+    assert_eq!(serde_json::from_str::<Value>(serving).unwrap()["fields"]["workers"], 1, "{serving}");
+    drop(server);
+
+    let refused = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["serve", "--worker-threads", "0", "--data-dir"])
+        .arg(dir.path().join("refused"))
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(text(&refused).contains("baton serve: worker_threads: must be from 1 to 1024"), "{}", text(&refused));
 }
