@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use baton_core::{
     Clock, Event, EventKind, EventSink, Execution, ExecutionFilter, ExecutionId, ExecutionPage, ExecutionState,
     ExecutionUpdate, IdempotencyKey, NewDefinition, PageRequest, Recorded, StepId, Store, StoredDefinition,
-    SystemClock, TaskState, TaskStatus, WorkflowName,
+    SystemClock, TaskStatus, WorkflowName,
 };
 use futures_util::Stream;
 use serde_json::Value;
@@ -467,65 +467,17 @@ fn is_terminal(kind: &EventKind) -> bool {
     matches!(kind, EventKind::Completed { .. } | EventKind::Failed { .. } | EventKind::Cancelled { .. })
 }
 
-/// Applies one journal event to an execution and its completed steps; `Err` when the event
-/// asks for a state change the state machine does not allow.
-fn apply(execution: &mut Execution, completed: &mut BTreeMap<StepId, Value>, event: &Event) -> Result<(), String> {
-    let at = event.at;
-    fn to_state(execution: &mut Execution, to: ExecutionState) -> Result<(), String> {
-        execution.state = execution.state.transition(to).map_err(|e| e.to_string())?;
-        Ok(())
+/// Applies one journal event to an execution ([`Execution::apply`], core's one replay rule)
+/// and keeps a succeeded step's output for the runner.
+fn apply(
+    execution: &mut Execution,
+    completed: &mut BTreeMap<StepId, Value>,
+    event: &Event,
+) -> std::result::Result<(), baton_core::Error> {
+    execution.apply(event)?;
+    if let EventKind::TaskSucceeded { step, output, .. } = &event.kind {
+        completed.insert(step.clone(), output.clone());
     }
-    match &event.kind {
-        EventKind::Started { .. } if execution.state == ExecutionState::Created => {
-            to_state(execution, ExecutionState::Running)?
-        }
-        EventKind::Started { .. } => {}
-        EventKind::Paused => to_state(execution, ExecutionState::Paused)?,
-        EventKind::Resumed => to_state(execution, ExecutionState::Running)?,
-        EventKind::Cancelled { reason } => {
-            to_state(execution, ExecutionState::Cancelled)?;
-            execution.error = Some(reason.clone());
-        }
-        EventKind::Failed { error } => {
-            to_state(execution, ExecutionState::Failed)?;
-            execution.error = Some(error.clone());
-        }
-        EventKind::Completed { output } => {
-            to_state(execution, ExecutionState::Completed)?;
-            execution.output = Some(output.clone());
-        }
-        EventKind::TaskScheduled { step, attempt, service } => {
-            let task = execution.tasks.entry(step.clone()).or_default();
-            task.state = TaskState::Scheduled;
-            task.attempts = *attempt;
-            task.service = Some(service.clone());
-            task.started_at.get_or_insert(at);
-        }
-        EventKind::TaskSucceeded { step, attempt, output } => {
-            let task = execution.tasks.entry(step.clone()).or_default();
-            task.state = TaskState::Succeeded;
-            task.attempts = *attempt;
-            task.error = None;
-            task.finished_at = Some(at);
-            completed.insert(step.clone(), output.clone());
-        }
-        EventKind::TaskFailed { step, attempt, error, retryable } => {
-            let task = execution.tasks.entry(step.clone()).or_default();
-            task.attempts = *attempt;
-            task.error = Some(error.clone());
-            if !retryable {
-                task.state = TaskState::Failed;
-                task.finished_at = Some(at);
-            }
-        }
-        EventKind::TaskSkipped { step, reason } => {
-            let task = execution.tasks.entry(step.clone()).or_default();
-            task.state = TaskState::Skipped;
-            task.error = Some(reason.clone());
-            task.finished_at = Some(at);
-        }
-    }
-    execution.updated_at = execution.updated_at.max(at);
     Ok(())
 }
 
