@@ -37,6 +37,7 @@ pub mod expr;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fakes;
 pub mod goal;
+pub mod graph;
 pub mod ids;
 pub mod plan;
 pub mod planning;
@@ -59,6 +60,7 @@ pub use event::{Event, EventKind};
 pub use execution::{Execution, ExecutionState, TaskState, TaskStatus};
 pub use expr::{EvalError, Expression, Template};
 pub use goal::{Constraints, Goal, Objective, Weights};
+pub use graph::{GraphError, StepGraph, StepLinks};
 pub use ids::{ExecutionId, ServiceId, StepId, WorkflowName};
 pub use plan::{DataFlow, Plan, PlanTask, PredictedQos};
 pub use planning::{Planning, ServiceCatalog};

@@ -29,6 +29,7 @@ mod breaker;
 mod http;
 mod invoker;
 mod run;
+mod spec;
 mod worker;
 
 pub use self::http::{HttpConfig, HttpInvoker, Resolve};
@@ -36,5 +37,6 @@ pub use breaker::BreakerState;
 pub use invoker::{Call, Failure, InProcessInvoker, Invoker};
 #[cfg(any(test, feature = "test-util"))]
 pub use invoker::{ScriptedInvoker, Step};
-pub use run::{Config, Executor, Outcome, RunHandle, RunSpec, SpecError, TaskSpec};
+pub use run::{Config, Executor, Outcome, RunHandle};
+pub use spec::{RunSpec, SpecError, TaskSpec};
 pub use worker::{LeaseError, LeaseToken, LeasedTask, QueueStats, ResolveQueue, TaskId, WorkerConfig, WorkerQueues};

@@ -1,9 +1,8 @@
 //! Workflow definitions: parsed from YAML or JSON, checked, and hashed over a canonical form.
 
-use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 
-use baton_core::{ErrorPolicy, StepId, Template, WorkflowDefinition, WorkflowName};
+use baton_core::{StepGraph, StepId, StepLinks, Template, WorkflowDefinition, WorkflowName};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -22,7 +21,7 @@ pub struct CheckedDefinition {
     definition: WorkflowDefinition,
     inputs: Vec<Template>,
     output: Template,
-    order: Vec<usize>,
+    graph: StepGraph,
     canonical: Value,
     content_hash: String,
 }
@@ -56,22 +55,7 @@ impl CheckedDefinition {
         if steps.len() > MAX_STEPS {
             return Err(Error::TooManySteps { count: steps.len(), limit: MAX_STEPS });
         }
-        let mut index: HashMap<&StepId, usize> = HashMap::with_capacity(steps.len());
-        for (i, step) in steps.iter().enumerate() {
-            if index.insert(&step.id, i).is_some() {
-                return Err(Error::DuplicateStep(step.id.clone()));
-            }
-        }
-        for step in steps {
-            if let Some(unknown) = step.depends_on.iter().find(|d| !index.contains_key(d)) {
-                return Err(Error::UnknownDependency { step: step.id.clone(), unknown: unknown.clone() });
-            }
-            if let ErrorPolicy::Fallback(fallback) = &step.on_error
-                && (!index.contains_key(fallback) || *fallback == step.id)
-            {
-                return Err(Error::UnknownFallback { step: step.id.clone(), fallback: fallback.clone() });
-            }
-        }
+        let graph = StepGraph::check(steps.iter().map(StepLinks::from))?;
         for (place, retry) in std::iter::once(("defaults.retry".to_owned(), &definition.defaults.retry))
             .chain(steps.iter().filter_map(|s| s.retry.as_ref().map(|r| (format!("steps.{}.retry", s.id), r))))
         {
@@ -83,14 +67,13 @@ impl CheckedDefinition {
                 return Err(baton_core::Error::invalid(format!("{place}.multiplier"), retry.multiplier, reason).into());
             }
         }
-        let order = topological_order(&definition, &index)?;
-        let upstream = Upstream::of(steps, &index, &order);
+        let upstream = Upstream::of(&graph);
         let mut inputs = Vec::with_capacity(steps.len());
         for (i, step) in steps.iter().enumerate() {
             let place = format!("steps.{}.input", step.id);
             let template = Template::compile(&place, &step.input)?;
             for name in template.referenced_steps() {
-                let known = name.parse::<StepId>().ok().and_then(|id| index.get(&id).copied());
+                let known = name.parse::<StepId>().ok().and_then(|id| graph.index(&id));
                 if !known.is_some_and(|r| upstream.contains(i, r)) {
                     return Err(Error::NotUpstream { place, step: name });
                 }
@@ -99,7 +82,7 @@ impl CheckedDefinition {
         }
         let output = Template::compile("output", &definition.output)?;
         for name in output.referenced_steps() {
-            if !name.parse::<StepId>().ok().is_some_and(|id| index.contains_key(&id)) {
+            if !name.parse::<StepId>().ok().is_some_and(|id| graph.index(&id).is_some()) {
                 return Err(Error::NotUpstream { place: "output".to_owned(), step: name });
             }
         }
@@ -113,7 +96,7 @@ impl CheckedDefinition {
         for byte in Sha256::digest(&bytes) {
             let _ = write!(content_hash, "{byte:02x}");
         }
-        Ok(Self { definition, inputs, output, order, canonical, content_hash })
+        Ok(Self { definition, inputs, output, graph, canonical, content_hash })
     }
 
     /// The definition.
@@ -139,7 +122,7 @@ impl CheckedDefinition {
     /// Step indexes (into `definition().steps`) in an order where every step comes after its
     /// dependencies.
     pub fn order(&self) -> &[usize] {
-        &self.order
+        self.graph.order()
     }
 
     /// The canonical JSON form: what is stored, and what the hash is over.
@@ -150,56 +133,6 @@ impl CheckedDefinition {
     /// `sha256:<hex>` of the canonical form's JSON text.
     pub fn content_hash(&self) -> &str {
         &self.content_hash
-    }
-}
-
-/// Kahn's algorithm; when steps are left over, a depth-first walk names one cycle.
-fn topological_order(definition: &WorkflowDefinition, index: &HashMap<&StepId, usize>) -> Result<Vec<usize>> {
-    let steps = &definition.steps;
-    let mut dependents = vec![Vec::new(); steps.len()];
-    let mut indegree = vec![0usize; steps.len()];
-    for (i, step) in steps.iter().enumerate() {
-        let deps: BTreeSet<usize> = step.depends_on.iter().map(|d| index[d]).collect();
-        indegree[i] = deps.len();
-        for d in deps {
-            dependents[d].push(i);
-        }
-    }
-    let mut ready: Vec<usize> = (0..steps.len()).filter(|&i| indegree[i] == 0).rev().collect();
-    let mut order = Vec::with_capacity(steps.len());
-    while let Some(i) = ready.pop() {
-        order.push(i);
-        for &d in &dependents[i] {
-            indegree[d] -= 1;
-            if indegree[d] == 0 {
-                ready.push(d);
-            }
-        }
-    }
-    if order.len() == steps.len() {
-        return Ok(order);
-    }
-    // Every leftover step has a leftover dependency; walking them must revisit one.
-    let start = (0..steps.len()).find(|&i| indegree[i] > 0).expect("a step left over");
-    let mut path = vec![start];
-    let mut on_path = HashMap::from([(start, 0usize)]);
-    let mut at = start;
-    loop {
-        let next =
-            steps[at].depends_on.iter().map(|d| index[d]).find(|&d| indegree[d] > 0).expect("a leftover dependency");
-        if let Some(&from) = on_path.get(&next) {
-            // Written in run order (each step before the ones that depend on it), starting
-            // from the step defined first.
-            let mut members: Vec<usize> = path[from..].iter().rev().copied().collect();
-            let first = (0..members.len()).min_by_key(|&i| members[i]).expect("a cycle has steps");
-            members.rotate_left(first);
-            let mut cycle: Vec<StepId> = members.iter().map(|&i| steps[i].id.clone()).collect();
-            cycle.push(cycle[0].clone());
-            return Err(Error::Cycle(cycle));
-        }
-        on_path.insert(next, path.len());
-        path.push(next);
-        at = next;
     }
 }
 
@@ -225,12 +158,11 @@ struct Upstream {
 }
 
 impl Upstream {
-    fn of(steps: &[baton_core::Step], index: &HashMap<&StepId, usize>, order: &[usize]) -> Self {
-        let words = steps.len().div_ceil(64);
-        let mut bits = vec![0u64; steps.len() * words];
-        for &i in order {
-            for d in &steps[i].depends_on {
-                let d = index[d];
+    fn of(graph: &StepGraph) -> Self {
+        let words = graph.len().div_ceil(64);
+        let mut bits = vec![0u64; graph.len() * words];
+        for &i in graph.order() {
+            for &d in graph.dependencies(i) {
                 // d != i (no self-loops in a topological order), so the two rows are disjoint.
                 let (from, to) = if d < i {
                     let (low, high) = bits.split_at_mut(i * words);
@@ -256,6 +188,8 @@ impl Upstream {
 
 #[cfg(test)]
 mod tests {
+    use baton_core::GraphError;
+
     use super::*;
 
     fn check(text: &str, expected: &str) {
@@ -335,7 +269,9 @@ mod tests {
     fn a_cycle_is_named_step_by_step() {
         let text = "name: w\nsteps:\n  - {id: a, service: s, depends_on: [c]}\n  - {id: b, service: s, depends_on: [a]}\n  \
                     - {id: c, service: s, depends_on: [b]}\n  - {id: d, service: s}\n";
-        let Err(Error::Cycle(cycle)) = CheckedDefinition::parse(text) else { panic!("wanted a cycle") };
+        let Err(Error::Graph(GraphError::Cycle(cycle))) = CheckedDefinition::parse(text) else {
+            panic!("wanted a cycle")
+        };
         let names: Vec<&str> = cycle.iter().map(StepId::as_str).collect();
         // b depends on a, c on b, a on c: in run order a -> b -> c -> a; d is not on it.
         assert_eq!(names, ["a", "b", "c", "a"]);

@@ -1,6 +1,6 @@
 //! The errors of the workflow engine.
 
-use baton_core::{ExecutionId, ExecutionState, StepId, StoreError};
+use baton_core::{ExecutionId, ExecutionState, GraphError, StoreError};
 
 /// A `Result` whose error is [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -33,28 +33,10 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
-    /// Two steps share an id.
-    #[error("step {0:?} appears twice")]
-    DuplicateStep(StepId),
-    /// A step depends on a step that does not exist.
-    #[error("step {step:?} depends on unknown step {unknown:?}")]
-    UnknownDependency {
-        /// The step.
-        step: StepId,
-        /// The missing dependency.
-        unknown: StepId,
-    },
-    /// A step falls back to a step that does not exist (or to itself).
-    #[error("step {step:?} falls back to unknown step {fallback:?}")]
-    UnknownFallback {
-        /// The step.
-        step: StepId,
-        /// The fallback named.
-        fallback: StepId,
-    },
-    /// The dependencies loop; the steps of one cycle, the first repeated at the end.
-    #[error("steps form a cycle: {}", .0.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" -> "))]
-    Cycle(Vec<StepId>),
+    /// The steps do not form a graph that can run: a duplicate id, an unknown dependency or
+    /// fallback, or a cycle.
+    #[error(transparent)]
+    Graph(#[from] GraphError),
     /// An expression reads a step that does not run before it.
     #[error("{place} refers to step {step:?}, which is not upstream")]
     NotUpstream {

@@ -28,6 +28,7 @@ use super::{
 use crate::Timestamp;
 use crate::event::{Event, EventKind};
 use crate::execution::{Execution, ExecutionState, TaskStatus};
+use crate::graph::{GraphError, StepGraph, StepLinks};
 use crate::ids::{ExecutionId, ServiceId, StepId, WorkflowName};
 use crate::planning::Planning;
 use crate::ports::{Clock, SystemClock};
@@ -136,25 +137,26 @@ impl InMemoryWorkflows {
     }
 }
 
+/// Core's one graph check, its error naming the step's place as the engine's does.
 fn check_steps(definition: &WorkflowDefinition) -> ApiResult<()> {
-    let mut seen = std::collections::BTreeSet::new();
-    for (i, step) in definition.steps.iter().enumerate() {
-        if !seen.insert(&step.id) {
-            return Err(ApiError::invalid(
-                format!("steps[{i}].id"),
-                format!("step {:?} appears twice", step.id.as_str()),
-            ));
-        }
-    }
-    for (i, step) in definition.steps.iter().enumerate() {
-        if let Some(unknown) = step.depends_on.iter().find(|d| !seen.contains(d)) {
-            return Err(ApiError::invalid(
-                format!("steps[{i}].depends_on"),
-                format!("step {:?} depends on unknown step {:?}", step.id.as_str(), unknown.as_str()),
-            ));
-        }
-    }
-    Ok(())
+    let steps = &definition.steps;
+    let error = match StepGraph::check(steps.iter().map(StepLinks::from)) {
+        Ok(_) => return Ok(()),
+        Err(error) => error,
+    };
+    // The place of the step's `nth` occurrence: a duplicate is named where it repeats.
+    let place =
+        |id: &StepId, nth: usize, field: &str| match steps.iter().enumerate().filter(|(_, s)| s.id == *id).nth(nth) {
+            Some((i, _)) => format!("steps[{i}].{field}"),
+            None => "steps".to_owned(),
+        };
+    let field = match &error {
+        GraphError::DuplicateStep(step) => place(step, 1, "id"),
+        GraphError::UnknownDependency { step, .. } => place(step, 0, "depends_on"),
+        GraphError::UnknownFallback { step, .. } => place(step, 0, "on_error"),
+        _ => "steps".to_owned(),
+    };
+    Err(ApiError::invalid(field, error))
 }
 
 impl WorkflowCatalog for InMemoryWorkflows {
