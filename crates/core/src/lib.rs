@@ -56,7 +56,7 @@ pub use directory::{
     Candidate, DEFAULT_FIND_LIMIT, Health, Matches, Page, Registration, ServiceDirectory, ServiceStatus, ServiceView,
 };
 pub use error::{Error, Result};
-pub use event::{Event, EventKind};
+pub use event::{Event, EventKind, Outcome};
 pub use execution::{Execution, ExecutionState, TaskState, TaskStatus};
 pub use expr::{EvalError, Expression, Template};
 pub use goal::{Constraints, Goal, Objective, Weights};

@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use baton_core::{
-    Clock, ErrorPolicy, Event, EventKind, EventSink, ExecutionId, Recorded, RetryPolicy, ServiceId, StepId, Timestamp,
+    Clock, ErrorPolicy, Event, EventKind, EventSink, ExecutionId, Outcome, Recorded, RetryPolicy, ServiceId, StepId,
+    Timestamp,
 };
 use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -21,17 +22,6 @@ use tokio::sync::{Semaphore, SemaphorePermit, watch};
 use crate::breaker::{BreakerState, Breakers};
 use crate::invoker::{Call, Failure, Invoker};
 use crate::spec::{Dag, RunSpec, TaskSpec};
-
-/// How a run ended.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    /// Every task done; the run's output.
-    Completed(Value),
-    /// Stopped by a failure.
-    Failed(String),
-    /// Stopped on request.
-    Cancelled(String),
-}
 
 /// How runs are executed.
 #[derive(Debug, Clone)]
@@ -139,12 +129,12 @@ enum Control {
 
 /// A run in progress: pause, resume, cancel, and await its outcome.
 #[derive(Debug)]
-pub struct RunHandle {
+pub struct Run {
     control: watch::Sender<Control>,
     done: tokio::task::JoinHandle<Outcome>,
 }
 
-impl RunHandle {
+impl Run {
     /// Stops dispatching; in-flight tasks finish and are reported.
     pub fn pause(&self) {
         self.control.send_if_modified(|c| std::mem::replace(c, Control::Paused) == Control::Running);
@@ -280,7 +270,7 @@ impl<I: Invoker> Executor<I> {
     /// A run is one tokio task: its calls are futures it polls itself, so dispatching a task
     /// costs no spawn. An in-process handler that computes for long should move that work to
     /// `spawn_blocking` or its own task; runs themselves spread over the runtime's threads.
-    pub fn start(&self, spec: RunSpec, input: Value, completed: BTreeMap<StepId, Value>) -> RunHandle {
+    pub fn start(&self, spec: RunSpec, input: Value, completed: BTreeMap<StepId, Value>) -> Run {
         let (control, receiver) = watch::channel(Control::Running);
         let rng = match self.config.jitter_seed {
             Some(seed) => SmallRng::seed_from_u64(seed),
@@ -313,14 +303,10 @@ impl<I: Invoker> Executor<I> {
                 None => run.await,
             };
             shared.tick();
-            shared.emit(match &outcome {
-                Outcome::Completed(output) => EventKind::Completed { output: output.clone() },
-                Outcome::Failed(error) => EventKind::Failed { error: error.clone() },
-                Outcome::Cancelled(reason) => EventKind::Cancelled { reason: reason.clone() },
-            });
+            shared.emit(outcome.clone().into());
             outcome
         });
-        RunHandle { control, done }
+        Run { control, done }
     }
 }
 

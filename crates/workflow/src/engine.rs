@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use baton_core::{
     Clock, Event, EventKind, EventSink, Execution, ExecutionFilter, ExecutionId, ExecutionPage, ExecutionState,
-    ExecutionUpdate, IdempotencyKey, NewDefinition, PageRequest, Recorded, StepId, Store, StoredDefinition,
+    ExecutionUpdate, IdempotencyKey, NewDefinition, Outcome, PageRequest, Recorded, StepId, Store, StoredDefinition,
     SystemClock, TaskStatus, WorkflowName,
 };
 use futures_util::Stream;
@@ -15,7 +15,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::definition::CheckedDefinition;
 use crate::error::{Error, Result};
-use crate::runner::{Outcome, RunHandle, RunRequest, Runner};
+use crate::runner::{RunHandle, RunRequest, Runner};
 
 /// The largest step output accepted by default: 1 MiB of JSON text.
 pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 1024 * 1024;
@@ -750,12 +750,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
             Some(handle) => handle.outcome().await,
             None => Outcome::Failed("the run ended without an outcome".to_owned()),
         };
-        let kind = match outcome {
-            Outcome::Completed(output) => EventKind::Completed { output },
-            Outcome::Failed(error) => EventKind::Failed { error },
-            Outcome::Cancelled(reason) => EventKind::Cancelled { reason },
-        };
-        let _ = self.record(vec![kind]).await;
+        let _ = self.record(vec![outcome.into()]).await;
     }
 
     /// Journals `kinds`, then applies them, updates the record and tells watchers. When the

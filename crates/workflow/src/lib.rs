@@ -42,9 +42,10 @@ mod engine;
 mod error;
 mod runner;
 
+pub use baton_core::Outcome;
 pub use definition::{CheckedDefinition, MAX_DEFINITION_BYTES, MAX_STEPS};
 pub use engine::{Applied, Config, DEFAULT_MAX_OUTPUT_BYTES, Engine, NoObserver, Observer, Recovery};
 pub use error::{Error, Result};
 #[cfg(any(test, feature = "test-util"))]
 pub use runner::{FakeHandle, FakeRunner};
-pub use runner::{Outcome, RunHandle, RunRequest, Runner};
+pub use runner::{RunHandle, RunRequest, Runner};
