@@ -65,7 +65,8 @@ pub use ids::{ExecutionId, ServiceId, StepId, WorkflowName};
 pub use plan::{DataFlow, Plan, PlanTask, PredictedQos};
 pub use planning::{Planning, ServiceCatalog};
 pub use ports::{
-    Clock, DeregisterReason, EventSink, HealthProbe, ProbeResult, ProbeTarget, Recorded, RegistryEvent, SystemClock,
+    Clock, DeregisterReason, EventSink, HealthProbe, ProbeResult, ProbeTarget, Recorded, Refusal, RegistryEvent,
+    SystemClock,
 };
 pub use requirements::{SecurityRequirements, ServiceRequirements};
 pub use service::{

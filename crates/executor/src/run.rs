@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use baton_core::{
-    Clock, ErrorPolicy, Event, EventKind, EventSink, ExecutionId, Outcome, Recorded, RetryPolicy, ServiceId, StepId,
-    Timestamp,
+    Clock, ErrorPolicy, Event, EventKind, EventSink, ExecutionId, Outcome, Recorded, Refusal, RetryPolicy, ServiceId,
+    StepId, Timestamp,
 };
 use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -406,7 +406,7 @@ impl<'a> Schedule<'a> {
     }
 
     /// Takes in how task `i` ended; `Some` when that ends the run.
-    fn settle<I>(&mut self, shared: &Shared<I>, i: usize, result: Result<Value, String>) -> Option<Outcome> {
+    fn settle<I>(&mut self, shared: &Shared<I>, i: usize, result: Result<Value, TaskError>) -> Option<Outcome> {
         let primary = self.standing_in.remove(&i).unwrap_or(i);
         match result {
             Ok(output) => {
@@ -542,21 +542,21 @@ async fn dispatch<'a, I: Invoker>(
     index: usize,
     task: &'a TaskSpec,
     payload: Value,
-) -> (usize, Result<Value, String>) {
-    let Some(_permit) = shared.global_permit().await else { return (index, Err("cancelled".to_owned())) };
+) -> (usize, Result<Value, TaskError>) {
+    let Some(_permit) = shared.global_permit().await else { return (index, Err(TaskError::Cancelled)) };
     (index, run_task(shared, task, payload).await)
 }
 
 /// Attempts one task: each attempt goes to the current candidate service; any failure moves
 /// to the next candidate (failover); retryable failures back off before the next attempt.
-async fn run_task<I: Invoker>(shared: &Shared<I>, task: &TaskSpec, payload: Value) -> Result<Value, String> {
+async fn run_task<I: Invoker>(shared: &Shared<I>, task: &TaskSpec, payload: Value) -> Result<Value, TaskError> {
     let attempts = async {
         let mut candidate = 0;
-        let mut last = String::from("no attempt made");
+        let mut last = TaskError::NoAttempt;
         let max = task.retry.max_attempts.max(1);
         for attempt in 1..=max {
             if !shared.wait_unless_paused().await {
-                return Err("cancelled".to_owned());
+                return Err(TaskError::Cancelled);
             }
             // Failover order, skipping services whose breaker is open.
             let count = task.services.len();
@@ -571,7 +571,7 @@ async fn run_task<I: Invoker>(shared: &Shared<I>, task: &TaskSpec, payload: Valu
                     error: failure.to_string(),
                     retryable: true,
                 });
-                last = failure.to_string();
+                last = TaskError::Failed(failure);
                 if attempt < max {
                     tokio::time::sleep(shared.backoff(&task.retry, attempt)).await;
                 }
@@ -619,14 +619,14 @@ async fn run_task<I: Invoker>(shared: &Shared<I>, task: &TaskSpec, payload: Valu
                     });
                     return match kept.await {
                         Ok(()) => Ok(output),
-                        Err(reason) => {
+                        Err(refusal) => {
                             shared.emit(EventKind::TaskFailed {
                                 step: task.id.clone(),
                                 attempt,
-                                error: reason.clone(),
+                                error: refusal.to_string(),
                                 retryable: false,
                             });
-                            Err(reason)
+                            Err(TaskError::Refused(refusal))
                         }
                     };
                 }
@@ -640,7 +640,7 @@ async fn run_task<I: Invoker>(shared: &Shared<I>, task: &TaskSpec, payload: Valu
                         error: failure.to_string(),
                         retryable,
                     });
-                    last = failure.to_string();
+                    last = TaskError::Failed(failure);
                     candidate += 1;
                     // A permanent failure ends the task unless an alternative is left to try.
                     if !retryable && candidate >= task.services.len() {
@@ -655,9 +655,27 @@ async fn run_task<I: Invoker>(shared: &Shared<I>, task: &TaskSpec, payload: Valu
         Err(last)
     };
     match task.task_timeout {
-        Some(limit) => tokio::time::timeout(limit, attempts)
-            .await
-            .unwrap_or_else(|_| Err(format!("task timed out after {}", baton_core::duration::format(limit)))),
+        Some(limit) => tokio::time::timeout(limit, attempts).await.unwrap_or(Err(TaskError::TimedOut(limit))),
         None => attempts.await,
     }
+}
+
+/// Why a task produced no output; the run's failure names it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+enum TaskError {
+    /// The run was cancelled first.
+    #[error("cancelled")]
+    Cancelled,
+    /// Out of attempts before any was made.
+    #[error("no attempt made")]
+    NoAttempt,
+    /// The last attempt's failure.
+    #[error(transparent)]
+    Failed(Failure),
+    /// The sink refused the task's success, so it never happened.
+    #[error(transparent)]
+    Refused(Refusal),
+    /// All attempts together took longer than the task's limit.
+    #[error("task timed out after {}", baton_core::duration::format(*.0))]
+    TimedOut(Duration),
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use baton_core::{
-    Event, EventKind, EventSink, ExecutionId, Outcome, Recorded, ServiceId, ServiceRequirements, StepTarget,
+    Event, EventKind, EventSink, ExecutionId, Outcome, Recorded, Refusal, ServiceId, ServiceRequirements, StepTarget,
     WorkflowName,
 };
 use baton_executor::{Executor, Invoker, RunSpec, TaskSpec};
@@ -46,7 +46,7 @@ impl EventSink<Event> for Router {
     fn record(&self, event: Event) -> Recorded {
         match self.sink(&event) {
             Some(sink) => sink.record(event),
-            None => Recorded::refused(format!("execution {} is not running here", event.execution)),
+            None => Recorded::refused(Refusal::NotRunning(event.execution)),
         }
     }
 }

@@ -6,15 +6,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use baton_core::{
     Clock, Event, EventKind, EventSink, Execution, ExecutionFilter, ExecutionId, ExecutionPage, ExecutionState,
-    ExecutionUpdate, IdempotencyKey, NewDefinition, Outcome, PageRequest, Recorded, StepId, Store, StoredDefinition,
-    SystemClock, TaskStatus, WorkflowName,
+    ExecutionUpdate, IdempotencyKey, NewDefinition, Outcome, PageRequest, Recorded, Refusal, StepId, Store, StoreError,
+    StoredDefinition, SystemClock, TaskStatus, WorkflowName,
 };
 use futures_util::Stream;
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::definition::CheckedDefinition;
-use crate::error::{Error, Result};
+use crate::error::{Error, RecoveryError, Result};
 use crate::runner::{RunHandle, RunRequest, Runner};
 
 /// The largest step output accepted by default: 1 MiB of JSON text.
@@ -81,7 +81,7 @@ pub struct Recovery {
     /// Executions whose journal already ended; their records were brought up to date.
     pub finished: Vec<ExecutionId>,
     /// Executions that could not be recovered, marked failed, with the reason.
-    pub failed: Vec<(ExecutionId, String)>,
+    pub failed: Vec<(ExecutionId, RecoveryError)>,
 }
 
 /// The workflow engine: a cheap-to-clone handle.
@@ -369,19 +369,18 @@ impl<S: Store, R: Runner> Engine<S, R> {
         match self.try_recover(id).await {
             Ok(()) => {}
             Err(reason) => {
-                self.mark_failed(id, &reason).await;
+                self.mark_failed(id, &reason.to_string()).await;
                 lock(&self.inner.recovery).failed.push((id, reason));
             }
         }
     }
 
-    async fn try_recover(&self, id: ExecutionId) -> Result<(), String> {
+    async fn try_recover(&self, id: ExecutionId) -> Result<(), RecoveryError> {
         let store = &self.inner.store;
-        let mut execution = store.get_execution(id).await.map_err(|e| e.to_string())?;
-        let journal = store.read_journal(id, 1).await.map_err(|e| e.to_string())?;
-        let stored =
-            store.get_definition(&execution.workflow, Some(execution.version)).await.map_err(|e| e.to_string())?;
-        let definition = self.checked(&stored).map_err(|e| e.to_string())?;
+        let mut execution = store.get_execution(id).await?;
+        let journal = store.read_journal(id, 1).await?;
+        let stored = store.get_definition(&execution.workflow, Some(execution.version)).await?;
+        let definition = self.checked(&stored)?;
         // The journal is the truth: replay it over a fresh copy of the execution.
         let recorded = execution.state;
         execution.state = ExecutionState::Created;
@@ -391,29 +390,27 @@ impl<S: Store, R: Runner> Engine<S, R> {
         let mut completed = BTreeMap::new();
         let mut started = false;
         for event in &journal {
+            let sequence = event.sequence;
             if event.execution != id {
-                return Err(format!("journal event {} belongs to execution {}", event.sequence, event.execution));
+                return Err(RecoveryError::ForeignEvent { sequence, execution: event.execution });
             }
             started |= matches!(event.kind, EventKind::Started { .. });
-            apply(&mut execution, &mut completed, event)
-                .map_err(|e| format!("journal event {}: {e}", event.sequence))?;
+            apply(&mut execution, &mut completed, event).map_err(|error| RecoveryError::Replay { sequence, error })?;
             if let EventKind::TaskSucceeded { step, .. } = &event.kind
                 && !definition.definition().steps.iter().any(|s| s.id == *step)
             {
-                return Err(format!(
-                    "journal event {}: step {step:?} is not in version {}",
-                    event.sequence, execution.version
-                ));
+                let (step, version) = (step.clone(), execution.version);
+                return Err(RecoveryError::UnknownStep { sequence, step, version });
             }
         }
         if execution.state == ExecutionState::Created {
             execution.state = ExecutionState::Running;
         }
         if recorded == ExecutionState::Paused && execution.state == ExecutionState::Running {
-            return Err("the record says paused but the journal does not".to_owned());
+            return Err(RecoveryError::PausedOnlyInRecord);
         }
         let state = execution.state;
-        let execution = store.update_execution(ExecutionUpdate::from(&execution)).await.map_err(|e| e.to_string())?;
+        let execution = store.update_execution(ExecutionUpdate::from(&execution)).await?;
         let next = journal.last().map_or(1, |e| e.sequence + 1);
         let mut recovery = lock(&self.inner.recovery);
         match state {
@@ -485,11 +482,11 @@ fn apply(
 /// for it to be journaled.
 struct Delivery {
     event: Event,
-    kept: Option<oneshot::Sender<Result<(), String>>>,
+    kept: Option<oneshot::Sender<Result<(), Refusal>>>,
 }
 
 /// Tells a waiting runner whether its event was journaled.
-fn answer(kept: Option<oneshot::Sender<Result<(), String>>>, answer: Result<(), String>) {
+fn answer(kept: Option<oneshot::Sender<Result<(), Refusal>>>, answer: Result<(), Refusal>) {
     if let Some(kept) = kept {
         // A runner that stopped waiting has moved on; nothing to tell it.
         let _ = kept.send(answer);
@@ -508,11 +505,9 @@ impl EventSink<Event> for ChannelSink {
     fn record(&self, event: Event) -> Recorded {
         let (kept, answer) = oneshot::channel();
         if self.0.send(Delivery { event, kept: Some(kept) }).is_err() {
-            return Recorded::refused("the execution has ended");
+            return Recorded::refused(Refusal::Ended);
         }
-        Recorded::later(async move {
-            answer.await.unwrap_or_else(|_| Err("the execution ended before the event was journaled".to_owned()))
-        })
+        Recorded::later(async move { answer.await.unwrap_or(Err(Refusal::EndedBeforeJournaled)) })
     }
 }
 
@@ -650,7 +645,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
                     let _ = reply.send(Err(self.illegal(ExecutionState::Paused)));
                     return;
                 }
-                let result = self.record(vec![EventKind::Paused]).await;
+                let result = self.record(vec![EventKind::Paused]).await.map_err(Error::from);
                 if result.is_ok()
                     && let Some(handle) = &self.handle
                 {
@@ -663,7 +658,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
                     let _ = reply.send(Err(self.illegal(ExecutionState::Running)));
                     return;
                 }
-                let result = self.record(vec![EventKind::Resumed]).await;
+                let result = self.record(vec![EventKind::Resumed]).await.map_err(Error::from);
                 if result.is_ok() {
                     match &self.handle {
                         Some(handle) => handle.resume(),
@@ -678,7 +673,8 @@ impl<S: Store, R: Runner> Driver<S, R> {
                     let _ = reply.send(Err(self.illegal(ExecutionState::Cancelled)));
                     return;
                 }
-                let result = self.record(vec![EventKind::Cancelled { reason: reason.clone() }]).await;
+                let result =
+                    self.record(vec![EventKind::Cancelled { reason: reason.clone() }]).await.map_err(Error::from);
                 if let Some(handle) = self.handle.take() {
                     handle.cancel(&reason);
                 }
@@ -703,15 +699,16 @@ impl<S: Store, R: Runner> Driver<S, R> {
                 EventKind::TaskSucceeded { step, attempt, output } => {
                     let size = serde_json::to_vec(&output).map_or(usize::MAX, |text| text.len());
                     if size > limit {
-                        let error = format!("output of step {step:?} is {size} bytes, the limit is {limit}");
+                        let refusal = Refusal::OutputTooLarge { step: step.clone(), size, limit };
                         if kept.is_some() {
                             // The runner waits for this answer before releasing dependants: it
                             // fails the step itself, under the step's error policy.
-                            answer(kept, Err(error));
+                            answer(kept, Err(refusal));
                             continue;
                         }
                         // A runner that does not wait has dispatched dependants already: the
                         // whole execution fails.
+                        let error = refusal.to_string();
                         kinds.push(EventKind::TaskFailed {
                             step: step.clone(),
                             attempt,
@@ -733,8 +730,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
                 break;
             }
         }
-        let result = if kinds.is_empty() { Ok(()) } else { self.record(kinds).await };
-        let result = result.map_err(|error| error.to_string());
+        let result = if kinds.is_empty() { Ok(()) } else { self.record(kinds).await.map_err(Refusal::Journal) };
         for kept in waiting {
             answer(kept, result.clone());
         }
@@ -756,7 +752,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
     /// Journals `kinds`, then applies them, updates the record and tells watchers. When the
     /// journal cannot be written the execution is failed in memory and, as far as the store
     /// lets, in its record; recovery sorts out the rest on the next open.
-    async fn record(&mut self, kinds: Vec<EventKind>) -> Result<()> {
+    async fn record(&mut self, kinds: Vec<EventKind>) -> Result<(), StoreError> {
         let at = self.inner.config.clock.now();
         let events: Vec<Event> = kinds
             .into_iter()
@@ -768,7 +764,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
             self.execution.error = Some(format!("journal write failed: {error}"));
             self.execution.updated_at = at;
             let _ = self.inner.store.update_execution(ExecutionUpdate::from(&self.execution)).await;
-            return Err(error.into());
+            return Err(error);
         }
         self.next_sequence += events.len() as u64;
         for event in &events {

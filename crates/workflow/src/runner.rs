@@ -218,7 +218,8 @@ mod fake {
                                     output: output.clone(),
                                 }))
                                 .await
-                                .map(|()| output),
+                                .map(|()| output)
+                                .map_err(|refusal| refusal.to_string()),
                             Err(e) => Err(e.to_string()),
                         };
                         match output {
