@@ -4,7 +4,7 @@
 //! bench report (`bench`), written in Rust so they behave the same on every machine.
 //! What it is not for: anything a plain `cargo` command already does well on its own.
 
-#![allow(clippy::print_stdout)] // reason: xtask reports to the terminal
+#![allow(clippy::print_stdout, clippy::print_stderr, reason = "xtask reports to the terminal")]
 
 mod bench;
 mod ci;

@@ -82,7 +82,7 @@ impl CheckedDefinition {
         }
         let output = Template::compile("output", &definition.output)?;
         for name in output.referenced_steps() {
-            if !name.parse::<StepId>().ok().is_some_and(|id| graph.index(&id).is_some()) {
+            if name.parse::<StepId>().ok().and_then(|id| graph.index(&id)).is_none() {
                 return Err(Error::NotUpstream { place: "output".to_owned(), step: name });
             }
         }
