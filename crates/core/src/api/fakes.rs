@@ -33,7 +33,7 @@ use crate::ids::{ExecutionId, ServiceId, StepId, WorkflowName};
 use crate::planning::Planning;
 use crate::ports::{Clock, SystemClock};
 use crate::store::{ExecutionPage, IdempotencyKey, Order, PageRequest, PageToken, Record, StoreError};
-use crate::workflow::{ErrorPolicy, Step, StepTarget, WorkflowDefinition};
+use crate::workflow::WorkflowDefinition;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic in another test thread must not hide this test's own failure.
@@ -761,20 +761,7 @@ impl InMemoryOrchestrator {
         let mut name = String::from("goal-");
         let _ = write!(name, "{:016x}", digest(&goal_text));
         let name = WorkflowName::new(&name)?;
-        let steps = plan
-            .tasks
-            .iter()
-            .map(|task| Step {
-                id: task.id.clone(),
-                target: StepTarget::Service { id: task.service.clone(), alternatives: task.alternatives.clone() },
-                input: Value::Null,
-                depends_on: task.depends_on.clone(),
-                retry: None,
-                timeout: None,
-                task_timeout: None,
-                on_error: ErrorPolicy::Fail,
-            })
-            .collect();
+        let steps = plan.tasks.iter().map(|task| task.to_step(Value::Null)).collect();
         let workflow = WorkflowDefinition {
             name: name.clone(),
             description: format!("plan for {:?}", request.goal.wanted),
