@@ -74,7 +74,9 @@ impl Tool {
     fn command(&self, root: &Path) -> Command {
         if self.cargo_subcommand {
             let mut cmd = cargo(root);
-            cmd.arg(self.name);
+            // `cargo run` gives xtask its own CARGO_PKG_NAME; cargo-machete takes that to
+            // mean it was not started as `cargo machete` and reads "machete" as a path.
+            cmd.arg(self.name).env_remove("CARGO_PKG_NAME");
             cmd
         } else {
             let mut cmd = Command::new(self.name);
