@@ -1,7 +1,7 @@
 //! Workloads for Baton's criterion benches, and the baselines they are compared with.
 //!
 //! What it is for: building realistic registries (skewed capability popularity, several
-//! protocols and formats, QoS drawn from the WS-DREAM measurements in `../shared/data/wsdream`)
+//! protocols and formats, QoS drawn from the WS-DREAM measurements in the repository's `data/wsdream`)
 //! and query mixes, deterministically from a seed, so every run measures the same thing.
 //! What it is not for: assertions; figures are read by `cargo xtask bench`.
 
@@ -34,9 +34,9 @@ pub struct QosPool {
 impl QosPool {
     /// Reads the per-(user, service) mean matrices and averages each service over its users.
     pub fn load() -> std::io::Result<Self> {
-        let dir = project_root().join("../shared/data/wsdream/derived-imsld");
-        let rt = column_means(&std::fs::read_to_string(dir.join("rt_mean_matrix.txt"))?);
-        let tp = column_means(&std::fs::read_to_string(dir.join("tp_mean_matrix.txt"))?);
+        let dir = project_root().join("data/wsdream/derived-imsld");
+        let rt = column_means(&read_gzip(&dir.join("rt_mean_matrix.txt.gz"))?);
+        let tp = column_means(&read_gzip(&dir.join("tp_mean_matrix.txt.gz"))?);
         let samples: Vec<(f64, f64)> = rt
             .into_iter()
             .zip(tp)
@@ -62,6 +62,14 @@ impl QosPool {
     fn draw(&self, rng: &mut SmallRng) -> (f64, f64) {
         self.samples[rng.random_range(0..self.samples.len())]
     }
+}
+
+/// The text of a gzip-compressed file.
+fn read_gzip(path: &Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(path)?).read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// Mean of the non-zero cells of each column (zero means no observation).

@@ -1,6 +1,6 @@
 //! `cargo xtask layering`: dependencies between workspace crates point down only.
 //!
-//! The table below restates the layering in DESIGN.md. Every workspace package must be in it,
+//! The table below restates the layering in ARCHITECTURE.md (section Layering). Every workspace package must be in it,
 //! so adding a crate means deciding where it sits. The check also wants each member to inherit
 //! the workspace lints and to say `publish = false`.
 
@@ -28,7 +28,7 @@ enum Allowed {
     Anything,
 }
 
-/// The layering table, from DESIGN.md.
+/// The layering table, from ARCHITECTURE.md.
 const RULES: &[(&str, Layer, Allowed)] = &[
     ("baton-core", Layer::Core, Allowed::Nothing),
     ("baton-registry", Layer::Component, Allowed::Layers(&[Layer::Core])),

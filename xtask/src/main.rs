@@ -9,6 +9,7 @@
 mod bench;
 mod ci;
 mod layering;
+mod standalone;
 mod table;
 
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ commands:
   ci               fmt, typos, unused dependencies, clippy, cargo deny, tests, doc tests, docs and
                    the layering check, stopping at the first failure
   layering         check the dependency edges between workspace crates against the layering table
+  standalone       check that no file of the repository refers to a folder beside the checkout
   bench [FILTER]   run the criterion benches (only the bench target FILTER if given) and print
                    each figure beside its baseline and target
   help             print this message";
@@ -48,6 +50,7 @@ fn dispatch(args: Vec<String>) -> Result<()> {
         }
         ["ci"] => ci::run(&root),
         ["layering"] => layering::run(&root),
+        ["standalone"] => standalone::run(&root),
         ["bench"] => bench::run(&root, None),
         ["bench", filter] => bench::run(&root, Some(filter)),
         _ => {

@@ -11,7 +11,7 @@ use std::path::Path;
 use baton_core::{Goal, Qos, TaxonomyBuilder};
 
 use super::{
-    Concepts, Error, WscProblem, dedup_in_order, elements, format_error, parse, read, required, root, service,
+    Concepts, Error, WscProblem, dedup_in_order, elements, format_error, parse, present, read, required, root, service,
 };
 
 /// Loads the original WSC'09 form from `dir`: `Taxonomy.owl`, `Services.wsdl`,
@@ -21,7 +21,7 @@ pub fn load_wsdl(dir: &Path) -> Result<WscProblem, Error> {
     let concepts = parse_owl(&owl, &read(&owl)?)?;
 
     let wsla = dir.join("Servicelevelagreements.wsla");
-    let qos = if wsla.is_file() { parse_wsla(&wsla, &read(&wsla)?)? } else { HashMap::new() };
+    let qos = if present(&wsla) { parse_wsla(&wsla, &read(&wsla)?)? } else { HashMap::new() };
 
     let path = dir.join("Services.wsdl");
     let mut services = Vec::new();
