@@ -201,10 +201,39 @@ impl Workload {
     }
 }
 
-/// Appends one figure for `cargo xtask bench` to `target/bench-figures.jsonl`.
+/// The variable through which `cargo xtask bench` names the figures file (the same name is in
+/// `xtask/src/bench.rs`).
+pub const FIGURES_ENV: &str = "BATON_BENCH_FIGURES";
+
+/// Where [`report_figure`] appends: `$BATON_BENCH_FIGURES` (`cargo xtask bench` sets it from
+/// `cargo metadata`'s target directory), else `bench-figures.jsonl` in the target directory
+/// this bench runs from, so that `CARGO_TARGET_DIR` and `--target-dir` are followed.
+pub fn figures_path() -> PathBuf {
+    figures_path_from(std::env::var_os(FIGURES_ENV), std::env::current_exe().ok().as_deref())
+}
+
+/// [`figures_path`] for a given variable and executable: the target directory is the
+/// executable's nearest ancestor holding `.rustc_info.json` or `CACHEDIR.TAG`, which cargo
+/// writes at its root (benches run from `<target>/release/deps/`, or
+/// `<target>/<triple>/release/deps/`), else `<project root>/target`.
+fn figures_path_from(explicit: Option<std::ffi::OsString>, exe: Option<&Path>) -> PathBuf {
+    if let Some(path) = explicit.filter(|p| !p.is_empty()) {
+        return PathBuf::from(path);
+    }
+    let target = exe
+        .and_then(|exe| {
+            exe.ancestors()
+                .skip(1)
+                .find(|dir| ["CACHEDIR.TAG", ".rustc_info.json"].iter().any(|m| dir.join(m).is_file()))
+        })
+        .map_or_else(|| project_root().join("target"), Path::to_path_buf);
+    target.join("bench-figures.jsonl")
+}
+
+/// Appends one figure for `cargo xtask bench` to [`figures_path`], one JSON object a line.
 #[allow(clippy::print_stderr, reason = "a bench cannot fail over a figure it could not record")]
 pub fn report_figure(bench: &str, name: &str, value: f64, unit: &str, baseline: Option<f64>, target: Option<&str>) {
-    let path = project_root().join("target/bench-figures.jsonl");
+    let path = figures_path();
     let line = serde_json::json!({
         "bench": bench, "name": name, "value": value, "unit": unit, "baseline": baseline, "target": target,
     });
@@ -212,6 +241,42 @@ pub fn report_figure(bench: &str, name: &str, value: f64, unit: &str, baseline: 
         std::fs::OpenOptions::new().create(true).append(true).open(&path).and_then(|mut f| writeln!(f, "{line}"));
     if let Err(e) = written {
         eprintln!("could not record figure in {}: {e}", path.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn figures_go_to_the_named_file_else_to_the_target_directory_the_bench_runs_from() {
+        let root = tempfile::tempdir().unwrap();
+        let target = root.path().join("elsewhere/target");
+        let deps = target.join("release/deps");
+        std::fs::create_dir_all(&deps).unwrap();
+        std::fs::write(target.join(".rustc_info.json"), "{}").unwrap();
+        let exe = deps.join("planner_wsc08-0123456789abcdef");
+
+        let named = root.path().join("figures.jsonl");
+        assert_eq!(figures_path_from(Some(named.clone().into()), Some(&exe)), named);
+        assert_eq!(figures_path_from(None, Some(&exe)), target.join("bench-figures.jsonl"));
+        assert_eq!(figures_path_from(Some("".into()), Some(&exe)), target.join("bench-figures.jsonl"));
+        // With a target triple the tag is one level further up.
+        let cross = target.join("x86_64-unknown-linux-gnu/release/deps/executor-0123");
+        assert_eq!(figures_path_from(None, Some(&cross)), target.join("bench-figures.jsonl"));
+        // Outside any target directory: the project's.
+        let stray = root.path().join("bin/bench");
+        assert_eq!(figures_path_from(None, Some(&stray)), project_root().join("target/bench-figures.jsonl"));
+        assert_eq!(figures_path_from(None, None), project_root().join("target/bench-figures.jsonl"));
+    }
+
+    #[test]
+    fn this_test_finds_the_target_directory_it_runs_from() {
+        // Test binaries live where bench binaries do: `<target>/<profile>/deps/`.
+        let path = figures_path_from(None, Some(&std::env::current_exe().unwrap()));
+        let target = path.parent().unwrap();
+        assert!(target.join(".rustc_info.json").is_file(), "{}", path.display());
+        assert!(std::env::current_exe().unwrap().starts_with(target));
     }
 }
 
