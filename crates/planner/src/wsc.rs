@@ -56,8 +56,8 @@ use std::path::{Path, PathBuf};
 
 use baton_core::{ConceptId, Endpoint, Goal, Qos, ServiceDefinition, ServiceSpec, Taxonomy};
 
-pub use original::load_wsdl;
-pub use xml::load_xml;
+pub use original::{load_wsdl, parse_wsdl};
+pub use xml::{load_xml, parse_xml};
 
 /// A loaded challenge problem.
 #[derive(Debug)]

@@ -509,6 +509,30 @@ fn the_real_sets_load_whole_with_the_published_counts() {
 }
 
 #[test]
+fn texts_parse_as_their_files_load() {
+    let dir = data("wsc08/TESTSET/Set01MetaData");
+    let text = |name: &str| read(&dir.join(name)).unwrap();
+    let parsed = parse_xml(&text("services.xml"), &text("taxonomy.xml"), &text("problem.xml")).unwrap();
+    let loaded = load_dir(&dir).unwrap();
+    assert_eq!(
+        (parsed.services, parsed.goal, parsed.known_solution),
+        (loaded.services, loaded.goal, loaded.known_solution)
+    );
+    check_error(parse_xml("", &text("taxonomy.xml"), &text("problem.xml")), "services.xml", &["not well-formed"]);
+
+    let dir = data("wsc09/example-wsla");
+    let text = |name: &str| read(&dir.join(name)).unwrap();
+    let wsla = text("Servicelevelagreements.wsla");
+    let parsed =
+        parse_wsdl(&text("Taxonomy.owl"), &text("Services.wsdl"), &text("Challenge.wsdl"), Some(&wsla)).unwrap();
+    let loaded = load_dir(&dir).unwrap();
+    assert_eq!((parsed.services, parsed.goal), (loaded.services, loaded.goal));
+    let without_qos = parse_wsdl(&text("Taxonomy.owl"), &text("Services.wsdl"), &text("Challenge.wsdl"), None);
+    assert!(without_qos.unwrap().services.iter().all(|s| s.qos() == &Qos::default()));
+    check_error(parse_wsdl("<x/>", "", "", None), "Taxonomy.owl", &["expected root element <RDF>"]);
+}
+
+#[test]
 fn the_qos_files_give_every_service_qos_in_the_documented_ranges() {
     for set in 1..=8 {
         let dir = data(&format!("wsc08/TESTSET/Set{set:02}MetaData"));
