@@ -150,12 +150,16 @@ pub(crate) async fn shop_with_pipeline(
     server: &ServerProcess,
     latency: Duration,
 ) -> (Vec<baton_examples::RunningService>, Clients) {
-    let options = baton_examples::ServiceOptions {
-        baton: Some(server.url()),
-        latency,
-        ttl: Duration::from_millis(600),
-        ..baton_examples::ServiceOptions::default()
-    };
+    shop_with_pipeline_and(server, baton_examples::ServiceOptions { latency, ..Default::default() }).await
+}
+
+/// [`shop_with_pipeline`] with the services' other options (faults, seed) as given.
+pub(crate) async fn shop_with_pipeline_and(
+    server: &ServerProcess,
+    options: baton_examples::ServiceOptions,
+) -> (Vec<baton_examples::RunningService>, Clients) {
+    let options =
+        baton_examples::ServiceOptions { baton: Some(server.url()), ttl: Duration::from_millis(600), ..options };
     let services = baton_examples::spawn_shop(&options).await.unwrap();
     let mut clients = Clients::new(server.channel().await);
     clients.wait_services(3).await;
