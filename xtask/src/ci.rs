@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use crate::{cargo, display, layering, run as run_cmd, standalone, table};
+use crate::{cargo, display, fuzz, layering, run as run_cmd, standalone, table};
 
 /// Runs fmt, the typo check, the unused-dependency check, clippy, the dependency policy
 /// (`cargo deny`), tests, doc tests, docs and the layering check, then prints how long each
@@ -48,6 +48,8 @@ pub(crate) fn run(root: &Path) -> Result<()> {
 
     ci.step("layering", Step::Check(Box::new(|| layering::run(root))))?;
     ci.step("standalone", Step::Check(Box::new(|| standalone::run(root))))?;
+    // A few seconds per target: the seeds and the parsers' first mutations, each push.
+    ci.step("fuzz", Step::Check(Box::new(|| fuzz::run(root, None, fuzz::CI_SECONDS))))?;
 
     ci.summary();
     println!("ci passed");
