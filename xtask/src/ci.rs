@@ -48,8 +48,8 @@ pub(crate) fn run(root: &Path) -> Result<()> {
 
     ci.step("layering", Step::Check(Box::new(|| layering::run(root))))?;
     ci.step("standalone", Step::Check(Box::new(|| standalone::run(root))))?;
-    // A few seconds per target: the seeds and the parsers' first mutations, each push.
-    ci.step("fuzz", Step::Check(Box::new(|| fuzz::run(root, None, fuzz::CI_SECONDS))))?;
+    // A few seconds per target on a quick build: the seeds and the first mutations, each push.
+    ci.step("fuzz", Step::Check(Box::new(|| fuzz::run(root, None, fuzz::CI_SECONDS, fuzz::Build::Quick))))?;
 
     ci.summary();
     println!("ci passed");

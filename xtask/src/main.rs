@@ -65,7 +65,7 @@ fn dispatch(args: Vec<String>) -> Result<()> {
         ["bench", filter] => bench::run(&root, Some(filter)),
         ["fuzz", rest @ ..] => {
             let (target, seconds) = fuzz_args(rest)?;
-            fuzz::run(&root, target, seconds)
+            fuzz::run(&root, target, seconds, fuzz::Build::Thorough)
         }
         ["chaos", rest @ ..] => chaos::run(&root, &chaos::Options::parse(rest)?),
         _ => {
