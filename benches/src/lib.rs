@@ -244,42 +244,6 @@ pub fn report_figure(bench: &str, name: &str, value: f64, unit: &str, baseline: 
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn figures_go_to_the_named_file_else_to_the_target_directory_the_bench_runs_from() {
-        let root = tempfile::tempdir().unwrap();
-        let target = root.path().join("elsewhere/target");
-        let deps = target.join("release/deps");
-        std::fs::create_dir_all(&deps).unwrap();
-        std::fs::write(target.join(".rustc_info.json"), "{}").unwrap();
-        let exe = deps.join("planner_wsc08-0123456789abcdef");
-
-        let named = root.path().join("figures.jsonl");
-        assert_eq!(figures_path_from(Some(named.clone().into()), Some(&exe)), named);
-        assert_eq!(figures_path_from(None, Some(&exe)), target.join("bench-figures.jsonl"));
-        assert_eq!(figures_path_from(Some("".into()), Some(&exe)), target.join("bench-figures.jsonl"));
-        // With a target triple the tag is one level further up.
-        let cross = target.join("x86_64-unknown-linux-gnu/release/deps/executor-0123");
-        assert_eq!(figures_path_from(None, Some(&cross)), target.join("bench-figures.jsonl"));
-        // Outside any target directory: the project's.
-        let stray = root.path().join("bin/bench");
-        assert_eq!(figures_path_from(None, Some(&stray)), project_root().join("target/bench-figures.jsonl"));
-        assert_eq!(figures_path_from(None, None), project_root().join("target/bench-figures.jsonl"));
-    }
-
-    #[test]
-    fn this_test_finds_the_target_directory_it_runs_from() {
-        // Test binaries live where bench binaries do: `<target>/<profile>/deps/`.
-        let path = figures_path_from(None, Some(&std::env::current_exe().unwrap()));
-        let target = path.parent().unwrap();
-        assert!(target.join(".rustc_info.json").is_file(), "{}", path.display());
-        assert!(std::env::current_exe().unwrap().starts_with(target));
-    }
-}
-
 /// Resident memory of this process in bytes, from `/proc/self/statm` (Linux).
 pub fn resident_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
@@ -334,4 +298,40 @@ where
         latencies.extend(task.await.expect("a client runs to the end"));
     }
     (started.elapsed(), latencies)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn figures_go_to_the_named_file_else_to_the_target_directory_the_bench_runs_from() {
+        let root = tempfile::tempdir().unwrap();
+        let target = root.path().join("elsewhere/target");
+        let deps = target.join("release/deps");
+        std::fs::create_dir_all(&deps).unwrap();
+        std::fs::write(target.join(".rustc_info.json"), "{}").unwrap();
+        let exe = deps.join("planner_wsc08-0123456789abcdef");
+
+        let named = root.path().join("figures.jsonl");
+        assert_eq!(figures_path_from(Some(named.clone().into()), Some(&exe)), named);
+        assert_eq!(figures_path_from(None, Some(&exe)), target.join("bench-figures.jsonl"));
+        assert_eq!(figures_path_from(Some("".into()), Some(&exe)), target.join("bench-figures.jsonl"));
+        // With a target triple the tag is one level further up.
+        let cross = target.join("x86_64-unknown-linux-gnu/release/deps/executor-0123");
+        assert_eq!(figures_path_from(None, Some(&cross)), target.join("bench-figures.jsonl"));
+        // Outside any target directory: the project's.
+        let stray = root.path().join("bin/bench");
+        assert_eq!(figures_path_from(None, Some(&stray)), project_root().join("target/bench-figures.jsonl"));
+        assert_eq!(figures_path_from(None, None), project_root().join("target/bench-figures.jsonl"));
+    }
+
+    #[test]
+    fn this_test_finds_the_target_directory_it_runs_from() {
+        // Test binaries live where bench binaries do: `<target>/<profile>/deps/`.
+        let path = figures_path_from(None, Some(&std::env::current_exe().unwrap()));
+        let target = path.parent().unwrap();
+        assert!(target.join(".rustc_info.json").is_file(), "{}", path.display());
+        assert!(std::env::current_exe().unwrap().starts_with(target));
+    }
 }
