@@ -5,7 +5,8 @@
 //! XML form (`taxonomy.xml`, `services.xml`, `problem.xml`), an even one the WSDL form
 //! (`Taxonomy.owl`, `Services.wsdl`, `Challenge.wsdl`, then optionally
 //! `Servicelevelagreements.wsla`). A problem that loads is planned: the planner must answer
-//! with a plan or a typed error, and a plan must be valid.
+//! with a plan or a typed error, and a plan must be valid by the WSC rules, checked here
+//! without the planner's code (a goal the provided concepts already meet has an empty plan).
 
 #![no_main]
 
@@ -36,6 +37,46 @@ fuzz_target!(|data: &[u8]| {
 fn plan(problem: &WscProblem) {
     let catalog = Catalog::build(Arc::new(problem.taxonomy.clone()), problem.services.iter().cloned().map(Arc::new));
     if let Ok(plan) = OrchestrationPlanner.plan(&catalog, &problem.goal) {
-        assert!(!plan.levels.is_empty() || problem.goal.wanted.is_empty(), "{plan:?}");
+        let layers: Vec<Vec<String>> =
+            plan.levels.iter().map(|level| level.iter().map(ToString::to_string).collect()).collect();
+        if let Err(reason) = check_layers(problem, &layers) {
+            panic!("the planner's plan {layers:?} is not valid: {reason}");
+        }
+    }
+}
+
+/// True when a value of concept `have` satisfies `want`: the same, or below it.
+fn satisfies(problem: &WscProblem, have: &str, want: &str) -> bool {
+    let t = &problem.taxonomy;
+    match (t.id(have), t.id(want)) {
+        (Some(have), Some(want)) => t.satisfies(have, want),
+        _ => have == want,
+    }
+}
+
+/// The WSC rules, independently of the planner: each layer's services exist and have every
+/// input satisfied by what was available before the layer; at the end every wanted concept is.
+fn check_layers(problem: &WscProblem, layers: &[Vec<String>]) -> Result<(), String> {
+    let mut available: Vec<String> = problem.goal.provided.clone();
+    for (number, layer) in (1..).zip(layers) {
+        let mut produced = Vec::new();
+        for name in layer {
+            let service = problem
+                .services
+                .iter()
+                .find(|s| s.id().as_str() == name)
+                .ok_or_else(|| format!("layer {number}: unknown service {name}"))?;
+            for input in service.inputs() {
+                if !available.iter().any(|have| satisfies(problem, have, input)) {
+                    return Err(format!("layer {number}: input {input} of {name} is not available"));
+                }
+            }
+            produced.extend(service.outputs().iter().cloned());
+        }
+        available.extend(produced);
+    }
+    match problem.goal.wanted.iter().find(|w| !available.iter().any(|have| satisfies(problem, have, w))) {
+        Some(wanted) => Err(format!("wanted {wanted} is not available at the end")),
+        None => Ok(()),
     }
 }

@@ -35,6 +35,7 @@ impl CheckedDefinition {
         let definition: WorkflowDefinition = if text.trim_start().starts_with('{') {
             serde_json::from_str(text).map_err(|e| Error::Parse { format: "json", message: e.to_string() })?
         } else {
+            crate::expansion::check(text).map_err(|message| Error::Parse { format: "yaml", message })?;
             serde_yaml::from_str(text).map_err(|e| Error::Parse { format: "yaml", message: e.to_string() })?
         };
         Self::check(definition)
