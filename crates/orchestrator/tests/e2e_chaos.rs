@@ -11,6 +11,8 @@
 //! `BATON_CHAOS_CLIENTS` (executions in flight at once). It prints its figures on stderr,
 //! lines starting `chaos:`.
 
+#![allow(clippy::print_stderr, reason = "the run reports its figures on stderr")]
+
 mod support;
 
 use std::collections::BTreeMap;
