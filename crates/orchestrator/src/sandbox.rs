@@ -19,8 +19,9 @@
 //! cancelled or timed out run): its process is killed when the future is dropped.
 //!
 //! The wire: each message is a little-endian `u32` length and that many bytes of JSON; the
-//! server sends a [`Request`], the worker answers [`Answer`]s (`ready` once at start, then per
-//! request `started` before each expression after the first, then the values or the failure).
+//! server sends a request (the expressions' sources and the context), the worker answers
+//! (`ready` once at start, then per request `started` before each expression after the first,
+//! then the values or the failure).
 
 pub mod worker;
 
@@ -85,8 +86,15 @@ impl SandboxConfig {
 }
 
 /// What the server asks a worker: the values of `expressions` against `context`.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct Request<'a> {
+#[derive(Debug, Serialize)]
+struct Request<'a> {
+    expressions: Vec<&'a str>,
+    context: &'a Value,
+}
+
+/// A [`Request`] as the worker reads it.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ReadRequest<'a> {
     #[serde(borrow)]
     pub(crate) expressions: Vec<std::borrow::Cow<'a, str>>,
     pub(crate) context: Value,
@@ -269,8 +277,7 @@ impl Sandbox {
             })?,
         };
         let _in_flight = InFlight::enter(&self.inner);
-        let request =
-            Request { expressions: expressions.iter().map(|e| e.source().into()).collect(), context: context.clone() };
+        let request = Request { expressions: expressions.iter().map(|e| e.source()).collect(), context };
         let body = serde_json::to_vec(&request).map_err(|e| EvalError::failed(first.source(), e.to_string()))?;
         let config = &self.inner.config;
         let mut at = 0;

@@ -14,7 +14,7 @@ fn sandbox(workers: usize, cpu_time: Duration) -> Sandbox {
     Sandbox::new(SandboxConfig {
         program: PathBuf::from(env!("CARGO_BIN_EXE_baton")),
         workers,
-        limits: Limits { cpu_time, memory_bytes: 64 << 20, output_bytes: 64 << 10 },
+        limits: Limits { cpu_time, memory_bytes: 32 << 20, output_bytes: 64 << 10 },
     })
 }
 
@@ -28,8 +28,8 @@ async fn evaluate(sandbox: &Sandbox, sources: &[&str]) -> Result<Vec<Value>, Eva
 async fn each_bomb_stops_at_its_bound_and_the_next_evaluation_is_answered() {
     let sandbox = sandbox(1, Duration::from_secs(1));
     let cases: [(&str, Bound); 6] = [
-        ("[range(1e12)] | length", Bound::Memory(64 << 20)),
-        ("reduce range(33) as $i (\"x\"; . + .)", Bound::Memory(64 << 20)),
+        ("[range(1e12)] | length", Bound::Memory(32 << 20)),
+        ("reduce range(33) as $i (\"x\"; . + .)", Bound::Memory(32 << 20)),
         ("def f: f+1; f", Bound::Stack(STACK_BYTES)),
         ("last(range(1e11))", Bound::CpuTime(Duration::from_secs(1))),
         ("[range(100000)]", Bound::Output(64 << 10)),

@@ -4,9 +4,9 @@
 //! - Memory: `RLIMIT_AS` at the process's own size once it has evaluated a first expression
 //!   (its code, stacks and allocator arenas) plus the limit, so the limit is what evaluations
 //!   may add; an allocation past it fails, and the process aborts saying so on stderr.
-//! - Stack: evaluation runs on a thread with a [`STACK_BYTES`](super::STACK_BYTES) stack;
+//! - Stack: evaluation runs on a thread with a [`STACK_BYTES`] stack;
 //!   recursing past it aborts the process, which says so on stderr.
-//! - CPU time: a watchdog thread ends the process with [`EXIT_CPU_TIME`] once an evaluation has
+//! - CPU time: a watchdog thread ends the process with exit code 86 once an evaluation has
 //!   used its CPU time; `RLIMIT_CPU`, raised before each evaluation to a second or two past
 //!   that, is the kernel's backstop (`SIGXCPU`). The same bounds end an orphaned worker whose
 //!   server died mid-evaluation.
@@ -29,7 +29,7 @@ use baton_core::Expression;
 use baton_core::expr::{Bound, Evaluation};
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 
-use super::{Answer, EXIT_CPU_TIME, Request, STACK_BYTES, WireBound};
+use super::{Answer, EXIT_CPU_TIME, ReadRequest, STACK_BYTES, WireBound};
 
 /// Compiled expressions kept, by source; past this the cache starts over.
 const CACHED_EXPRESSIONS: usize = 512;
@@ -198,7 +198,7 @@ fn serve(watch: &Watch, cpu_time: Duration, output_bytes: usize) -> io::Result<(
     write_answer(&mut output, &Answer::Ready)?;
     let mut cache = HashMap::new();
     while let Some(body) = read_frame(&mut input)? {
-        let request: Request<'_> =
+        let request: ReadRequest<'_> =
             serde_json::from_slice(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         watch.begin(cpu_time);
         let answer = evaluate(&request, &mut cache, output_bytes, &mut output);
@@ -210,7 +210,7 @@ fn serve(watch: &Watch, cpu_time: Duration, output_bytes: usize) -> io::Result<(
 
 /// The answer to one request; an error only when the server cannot be written to.
 fn evaluate(
-    request: &Request<'_>,
+    request: &ReadRequest<'_>,
     cache: &mut HashMap<String, Expression>,
     output_bytes: usize,
     output: &mut impl Write,
