@@ -265,8 +265,7 @@ impl Sandbox {
         let source = |index: usize| expressions.get(index).map_or("", |e| e.source());
         let Some(first) = expressions.first() else { return Ok(Vec::new()) };
         let _permit = self.inner.permits.acquire().await.expect("the sandbox's semaphore is never closed");
-        let idle = self.inner.idle.lock().pop();
-        let mut worker = match idle {
+        let mut worker = match self.idle_worker() {
             Some(worker) => worker,
             None => self.spawn().await.map_err(|reason| {
                 tracing::error!(%reason, "the expression evaluator did not start");
@@ -294,10 +293,7 @@ impl Sandbox {
         self.inner.evaluations.fetch_add(1, Ordering::Relaxed);
         let result = match answer {
             Ok(Ok(Answer::Values(values))) => {
-                worker.served += 1;
-                if worker.served < EVALUATIONS_PER_WORKER {
-                    self.inner.idle.lock().push(worker);
-                }
+                self.give_back(worker);
                 return Ok(values);
             }
             Ok(Ok(Answer::Failed { index, reason, bound })) => {
@@ -306,7 +302,7 @@ impl Sandbox {
                     Some(WireBound::Depth(levels)) => EvalError::limit(source(index), Bound::Depth(levels)),
                     None => EvalError::failed(source(index), reason),
                 };
-                self.inner.idle.lock().push(worker);
+                self.give_back(worker);
                 Err(error)
             }
             Ok(Ok(other)) => Err(EvalError::failed(source(at), format!("the evaluator answered {other:?}"))),
@@ -320,6 +316,27 @@ impl Sandbox {
             self.inner.limits[bound_index(bound)].fetch_add(1, Ordering::Relaxed);
         }
         result
+    }
+}
+
+impl Sandbox {
+    /// An idle worker that is still alive: one that died while idle (killed from outside)
+    /// must not be blamed on the next expression.
+    fn idle_worker(&self) -> Option<Worker> {
+        loop {
+            let mut worker = self.inner.idle.lock().pop()?;
+            if matches!(worker.child.try_wait(), Ok(None)) {
+                return Some(worker);
+            }
+        }
+    }
+
+    /// Keeps a worker that answered for the next evaluation, unless it has served its share.
+    fn give_back(&self, mut worker: Worker) {
+        worker.served += 1;
+        if worker.served < EVALUATIONS_PER_WORKER {
+            self.inner.idle.lock().push(worker);
+        }
     }
 }
 
