@@ -275,7 +275,7 @@ impl Sandbox {
                 )
             })?,
         };
-        let _in_flight = InFlight::enter(&self.inner);
+        let _in_flight = Evaluating::enter(&self.inner);
         let request = Request { expressions: expressions.iter().map(|e| e.source()).collect(), context };
         let body = serde_json::to_vec(&request).map_err(|e| EvalError::failed(first.source(), e.to_string()))?;
         let config = &self.inner.config;
@@ -412,16 +412,16 @@ impl Drop for LiveWorker {
 }
 
 /// Counts an evaluation in flight while it is held.
-struct InFlight<'a>(&'a Pool);
+struct Evaluating<'a>(&'a Pool);
 
-impl<'a> InFlight<'a> {
+impl<'a> Evaluating<'a> {
     fn enter(pool: &'a Pool) -> Self {
         pool.in_flight.fetch_add(1, Ordering::Relaxed);
         Self(pool)
     }
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for Evaluating<'_> {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
