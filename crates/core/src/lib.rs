@@ -6,7 +6,7 @@
 //! workflow definitions ([`WorkflowDefinition`]), plans ([`Plan`]), executions and their state
 //! machine ([`Execution`]), journal events ([`Event`]), ids, and the ports (traits) through
 //! which the crates reach time, health probes, event consumers, the service directory, the
-//! planner and durable storage ([`Store`]).
+//! planner, durable storage ([`Store`]) and a bounded expression evaluator ([`Evaluator`]).
 //!
 //! What it is not for: anything that touches a network, a disk or a runtime. Those live in
 //! the crates that implement the ports. Fakes of the ports are in [`fakes`] behind the
@@ -58,7 +58,7 @@ pub use directory::{
 pub use error::{Error, Result};
 pub use event::{Event, EventKind, Outcome};
 pub use execution::{Execution, ExecutionState, TaskState, TaskStatus};
-pub use expr::{EvalError, Expression, Template};
+pub use expr::{EvalError, Evaluator, Expression, InProcessEvaluator, Template};
 pub use goal::{Constraints, Goal, Objective, Weights};
 pub use graph::{GraphError, StepGraph, StepLinks};
 pub use ids::{ExecutionId, ServiceId, StepId, WorkflowName};

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use baton_core::{
-    Clock, ErrorPolicy, Event, EventKind, EventSink, ExecutionId, Outcome, Recorded, Refusal, RetryPolicy, ServiceId,
-    StepId, Timestamp,
+    Clock, ErrorPolicy, EvalError, Evaluator, Event, EventKind, EventSink, ExecutionId, InProcessEvaluator, Outcome,
+    Recorded, Refusal, RetryPolicy, ServiceId, StepId, Timestamp,
 };
 use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -37,6 +37,8 @@ pub struct Config {
     pub breaker_threshold: u32,
     /// How long an open breaker keeps its service out before one probe call is let through.
     pub breaker_cool_down: Duration,
+    /// Where expressions other than plain paths run (inputs and the run's output).
+    pub evaluator: Arc<dyn Evaluator>,
 }
 
 impl Default for Config {
@@ -47,6 +49,7 @@ impl Default for Config {
             jitter_seed: None,
             breaker_threshold: 5,
             breaker_cool_down: Duration::from_secs(30),
+            evaluator: Arc::new(InProcessEvaluator::default()),
         }
     }
 }
@@ -183,6 +186,7 @@ struct Shared<I> {
     breakers: Arc<Breakers>,
     service_limits: ServiceLimits,
     global: Arc<Semaphore>,
+    evaluator: Arc<dyn Evaluator>,
 }
 
 impl<I> Shared<I> {
@@ -292,6 +296,7 @@ impl<I: Invoker> Executor<I> {
             breakers: Arc::clone(&self.breakers),
             service_limits: Arc::clone(&self.service_limits),
             global: Arc::clone(&self.global),
+            evaluator: Arc::clone(&self.config.evaluator),
         };
         let limit = self.config.max_in_flight_per_run.max(1);
         let done = tokio::spawn(async move {
@@ -385,24 +390,12 @@ impl<'a> Schedule<'a> {
         }
     }
 
-    /// The rendered input of task `i`, or the run's failure naming the step.
-    fn payload<I>(&self, shared: &Shared<I>, input: &Value, i: usize) -> Result<Value, Outcome> {
-        let task = &self.spec.tasks[i];
-        let rendered = if let Some(payload) = &self.spec.static_input[i] {
-            Ok(payload.clone())
-        } else {
-            task.input.render(&context(input, &self.outputs, self.spec, &self.spec.reads[i]))
-        };
-        rendered.map_err(|e| {
-            let error = format!("step {} input: {e}", task.id);
-            shared.emit(EventKind::TaskFailed {
-                step: task.id.clone(),
-                attempt: 0,
-                error: error.clone(),
-                retryable: false,
-            });
-            Outcome::Failed(error)
-        })
+    /// The input of task `i`: rendered once for all runs, or its context to render it in.
+    fn payload(&self, input: &Value, i: usize) -> Payload {
+        match &self.spec.static_input[i] {
+            Some(payload) => Payload::Rendered(payload.clone()),
+            None => Payload::Context(context(input, &self.outputs, self.spec, &self.spec.reads[i])),
+        }
     }
 
     /// Takes in how task `i` ended; `Some` when that ends the run.
@@ -427,6 +420,12 @@ impl<'a> Schedule<'a> {
         }
         None
     }
+}
+
+/// A task's input, or what it is rendered from.
+enum Payload {
+    Rendered(Value),
+    Context(Value),
 }
 
 /// Tasks settled on their first poll between two yields of a run to the runtime.
@@ -472,10 +471,7 @@ async fn drive<I: Invoker>(
             if settled_inline.is_multiple_of(CLOCK_EVERY) {
                 shared.tick();
             }
-            let payload = match schedule.payload(shared, &input, i) {
-                Ok(payload) => payload,
-                Err(outcome) => return outcome,
-            };
+            let payload = schedule.payload(&input, i);
             // A call that finishes on its first poll (in-process work, a cached answer) is
             // settled on the spot; only a pending one joins the set. The set polls it again
             // with its own waker, and a future only wakes the waker of its latest poll.
@@ -523,28 +519,64 @@ async fn drive<I: Invoker>(
             }
         }
     }
-    if spec.output.expressions().is_empty() {
-        return match spec.output.render(&Value::Null) {
-            Ok(output) => Outcome::Completed(output),
-            Err(e) => Outcome::Failed(format!("run output: {e}")),
-        };
-    }
-    let all: Vec<usize> = (0..spec.tasks.len()).collect();
-    match spec.output.render(&context(&input, &schedule.outputs, spec, &all)) {
+    let rendered = if spec.output.expressions().is_empty() {
+        spec.output.render(&Value::Null)
+    } else {
+        let all: Vec<usize> = (0..spec.tasks.len()).collect();
+        let context = context(&input, &schedule.outputs, spec, &all);
+        // An evaluation may take a while; a cancel still ends the run at once.
+        tokio::select! {
+            rendered = spec.output.render_with(&context, &*shared.evaluator) => rendered,
+            reason = cancelled(&mut control) => return Outcome::Cancelled(reason),
+        }
+    };
+    match rendered {
         Ok(output) => Outcome::Completed(output),
         Err(e) => Outcome::Failed(format!("run output: {e}")),
     }
 }
 
-/// Task `index` from the global limit's permit to its result.
+/// Waits until the run is cancelled (or its handle dropped); the reason.
+async fn cancelled(control: &mut watch::Receiver<Control>) -> String {
+    loop {
+        if let Control::Cancelled(reason) = &*control.borrow_and_update() {
+            return reason.clone();
+        }
+        if control.changed().await.is_err() {
+            return "the run's handle was dropped".to_owned();
+        }
+    }
+}
+
+/// Task `index` from its input's rendering and the global limit's permit to its result. An
+/// input that does not render fails the task, under its error policy.
 async fn dispatch<'a, I: Invoker>(
     shared: &'a Shared<I>,
     index: usize,
     task: &'a TaskSpec,
-    payload: Value,
+    payload: Payload,
 ) -> (usize, Result<Value, TaskError>) {
+    let payload = match payload {
+        Payload::Rendered(payload) => payload,
+        Payload::Context(context) => match task.input.render_with(&context, &*shared.evaluator).await {
+            Ok(payload) => payload,
+            Err(e) => return (index, Err(input_failed(shared, task, e))),
+        },
+    };
     let Some(_permit) = shared.global_permit().await else { return (index, Err(TaskError::Cancelled)) };
     (index, run_task(shared, task, payload).await)
+}
+
+/// Reports a task whose input did not render; the error. Nothing was called, so no retry: an
+/// expression fails the same way every time, and one past a bound is an `expression_limit`.
+fn input_failed<I>(shared: &Shared<I>, task: &TaskSpec, error: EvalError) -> TaskError {
+    shared.emit(EventKind::TaskFailed {
+        step: task.id.clone(),
+        attempt: 0,
+        error: error.to_string(),
+        retryable: false,
+    });
+    TaskError::Input(error)
 }
 
 /// Attempts one task: each attempt goes to the current candidate service; any failure moves
@@ -678,4 +710,7 @@ enum TaskError {
     /// All attempts together took longer than the task's limit.
     #[error("task timed out after {}", baton_core::duration::format(*.0))]
     TimedOut(Duration),
+    /// Its input did not render, so nothing was called.
+    #[error(transparent)]
+    Input(EvalError),
 }

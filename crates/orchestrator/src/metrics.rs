@@ -34,6 +34,11 @@
 //! | `baton_grpc_requests_total` | `method`, `code` | gRPC calls by status code name |
 //! | `baton_grpc_unauthenticated_total` | | calls answered `UNAUTHENTICATED` |
 //! | `baton_grpc_request_duration_seconds` | `method` | request to response headers |
+//! | `baton_expression_evaluations_total` | | jq evaluations answered by the sandbox |
+//! | `baton_expression_evaluations_in_flight` | | jq evaluations a worker is running |
+//! | `baton_expression_limits_total` | `bound` | evaluations past a bound, by bound |
+//! | `baton_expression_workers` | | evaluator processes alive |
+//! | `baton_expression_workers_started_total` | | evaluator processes started |
 
 mod executions;
 mod grpc;
@@ -56,6 +61,7 @@ use self::grpc::GrpcMetrics;
 pub use self::grpc::{GrpcBody, GrpcLayer, GrpcService, ResponseFuture};
 use self::state::StateCollector;
 use crate::orchestrator::ServiceOrchestrator;
+use crate::sandbox::Sandbox;
 
 /// The content type of the OpenMetrics text format.
 pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -134,6 +140,11 @@ impl Metrics {
     /// each scrape (in production `Executor::breaker_state`).
     pub fn watch_breakers(&self, state: impl Fn(&ServiceId) -> BreakerState + Send + Sync + 'static) {
         self.inner.state.sources.write().breakers = Some(Arc::new(state));
+    }
+
+    /// Reports the `baton_expression_*` families from the expression sandbox at each scrape.
+    pub fn watch_sandbox(&self, sandbox: Sandbox) {
+        self.inner.state.sources.write().sandbox = Some(sandbox);
     }
 
     /// Seeds `baton_executions_running` and `baton_executions_paused` with the executions the

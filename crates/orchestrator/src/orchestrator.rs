@@ -36,7 +36,8 @@ pub struct Options {
     pub store: StoreChoice,
     /// The workflow engine's settings (output size limit, watch buffer).
     pub engine: baton_workflow::Config,
-    /// The executor's settings (limits, breakers).
+    /// The executor's settings (limits, breakers, the expression evaluator: in process and
+    /// unbounded by default, for tests and trusted embedding; `baton serve` sets its sandbox).
     pub executor: baton_executor::Config,
     /// How HTTP services are called.
     pub http: HttpConfig,

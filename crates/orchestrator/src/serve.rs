@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use crate::config::ServeConfig;
 use crate::metrics::{Metrics, serve_metrics};
 use crate::orchestrator::{Options, ServiceOrchestrator, StoreChoice};
+use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::security::{EndpointPolicy, RestrictedDirectory, parse_tokens};
 
 /// Why the server stopped with an error.
@@ -44,6 +45,9 @@ pub enum ServeError {
         /// What is wrong (never a token).
         reason: String,
     },
+    /// The running program cannot be found, to run expression evaluators.
+    #[error("cannot find the running program to evaluate expressions with: {0}")]
+    Program(std::io::Error),
     /// The orchestrator would not open (the store, recovery).
     #[error(transparent)]
     Open(#[from] crate::orchestrator::Error),
@@ -78,6 +82,14 @@ impl Server {
         let metrics = Metrics::default();
         let mut options = Options { store, ..Options::default() };
         options.engine.observer = Arc::new(metrics.clone());
+        // Expressions run in worker processes that bound themselves, before recovery runs any.
+        let sandbox = Sandbox::new(SandboxConfig {
+            program: Sandbox::this_program().map_err(ServeError::Program)?,
+            workers: config.expression_workers,
+            limits: config.expression_limits(),
+        });
+        options.executor.evaluator = Arc::new(sandbox.clone());
+        metrics.watch_sandbox(sandbox);
         let orchestrator = ServiceOrchestrator::open(options).await?;
         metrics.watch(&orchestrator);
         let executor = orchestrator.executor().clone();
