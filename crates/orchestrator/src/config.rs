@@ -20,6 +20,9 @@ pub struct ServeArgs {
     /// The Prometheus metrics address, serving /metrics [default: 127.0.0.1:9464].
     #[arg(long, env = "BATON_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// The web console's address [default: 127.0.0.1:9465].
+    #[arg(long, env = "BATON_CONSOLE_LISTEN")]
+    pub console_listen: Option<SocketAddr>,
     /// The directory of the embedded redb store [default: ./baton-data].
     #[arg(long, env = "BATON_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -84,6 +87,7 @@ pub enum LogFormat {
 struct FileConfig {
     listen: Option<SocketAddr>,
     metrics_listen: Option<SocketAddr>,
+    console_listen: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
     store: Option<String>,
     tls_cert: Option<PathBuf>,
@@ -108,6 +112,8 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     /// The metrics address.
     pub metrics_listen: SocketAddr,
+    /// The web console's address.
+    pub console_listen: SocketAddr,
     /// The redb data directory (unused with `store`).
     pub data_dir: PathBuf,
     /// A PostgreSQL URL, when state lives there.
@@ -189,6 +195,10 @@ impl ServeArgs {
                 .metrics_listen
                 .or(file.metrics_listen)
                 .unwrap_or_else(|| "127.0.0.1:9464".parse().expect("an address")),
+            console_listen: self
+                .console_listen
+                .or(file.console_listen)
+                .unwrap_or_else(|| "127.0.0.1:9465".parse().expect("an address")),
             data_dir: self.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from("baton-data")),
             store: self.store.clone().or(file.store),
             tls_cert: self.tls_cert.clone().or(file.tls_cert),
@@ -246,6 +256,13 @@ impl ServeConfig {
                 return invalid("listen", "a non-loopback address needs --auth-token-file (or --insecure)");
             }
         }
+        // The console logs people in with the API's tokens; without them it would be open.
+        if !self.console_listen.ip().is_loopback() && !self.insecure && self.auth_token_file.is_none() {
+            return invalid(
+                "console_listen",
+                "a non-loopback console address needs --auth-token-file for its login (or --insecure)",
+            );
+        }
         Ok(())
     }
 
@@ -259,6 +276,7 @@ impl ServeConfig {
         vec![
             format!("listen = {}", self.listen),
             format!("metrics_listen = {}", self.metrics_listen),
+            format!("console_listen = {}", self.console_listen),
             format!("store = {store}"),
             format!("tls_cert = {}", path(&self.tls_cert)),
             format!("tls_key = {}", path(&self.tls_key)),
@@ -343,6 +361,7 @@ mod tests {
         let config = args(&[]).resolve().unwrap();
         assert_eq!(config.listen.to_string(), "127.0.0.1:50051");
         assert_eq!(config.metrics_listen.to_string(), "127.0.0.1:9464");
+        assert_eq!(config.console_listen.to_string(), "127.0.0.1:9465");
         assert_eq!(config.data_dir, PathBuf::from("baton-data"));
         assert_eq!(config.store, None);
         assert!(!config.insecure);
@@ -397,6 +416,12 @@ mod tests {
             .to_string();
         assert!(error.contains("--auth-token-file"), "{error}");
         assert!(args(&["--listen", "0.0.0.0:50051", "--insecure"]).resolve().is_ok());
+        let error = args(&["--console-listen", "0.0.0.0:9465"]).resolve().unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "console_listen: a non-loopback console address needs --auth-token-file for its login (or --insecure)"
+        );
+        assert!(args(&["--console-listen", "0.0.0.0:9465", "--auth-token-file", "t"]).resolve().is_ok());
         let error = args(&["--tls-cert", "c.pem"]).resolve().unwrap_err().to_string();
         assert!(error.contains("go together"), "{error}");
     }

@@ -8,6 +8,7 @@
 //! - [`dispatch`]: the invoker that resolves each call against the live registry (capability
 //!   queries at dispatch, capacity permits, failover) and calls HTTP endpoints or worker queues.
 
+pub mod activity;
 pub mod api;
 pub mod cli;
 pub mod config;

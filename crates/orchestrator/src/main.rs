@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Runs the server: gRPC API, metrics, the workflow engine and the registry.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -80,7 +80,7 @@ async fn serve(config: ServeConfig) -> ExitCode {
     };
     // The runtime's own count, which shows `worker_threads` took effect.
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
-    tracing::info!(grpc = %server.grpc_addr(), metrics = %server.metrics_addr(), workers, "serving");
+    tracing::info!(grpc = %server.grpc_addr(), metrics = %server.metrics_addr(), console = %format!("http://{}", server.console_addr()), workers, "serving");
     match server.serve(shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
