@@ -57,8 +57,11 @@ impl ServerProcess {
             .arg(self.grpc.to_string())
             .arg("--metrics-listen")
             .arg(self.metrics.to_string())
-            .arg("--console-listen")
-            .arg(self.console.to_string())
+            .args(if self.extra.iter().any(|a| a == "--console-listen") {
+                Vec::new()
+            } else {
+                vec!["--console-listen".to_owned(), self.console.to_string()]
+            })
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.extra)
