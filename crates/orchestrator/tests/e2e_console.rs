@@ -315,7 +315,7 @@ async fn a_person_runs_and_steers_executions_in_the_console() {
         .iter()
         .map(|v| v.as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(listed, [waiting_id.clone()]);
+    assert_eq!(listed, std::slice::from_ref(&waiting_id));
     browser.screenshot("executions").await;
     browser.goto(&format!("{console}/executions?id={}", &waiting_id[..13])).await;
     assert_eq!(browser.texts("tr[data-execution] td:first-child").await, [waiting_id[..8].to_owned()]);
