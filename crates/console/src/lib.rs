@@ -10,7 +10,7 @@
 //! JSON before a form is sent and asks before cancelling. A strict Content-Security-Policy
 //! allows no inline script or style.
 //!
-//! Security ([`auth`]): with bearer tokens configured, every page needs a login with one of
+//! Security (`auth.rs`): with bearer tokens configured, every page needs a login with one of
 //! them (a session cookie, HttpOnly and SameSite=Strict); without tokens only IP-literal or
 //! `localhost` hosts are served, which defeats DNS rebinding of a loopback console. Every POST
 //! carries a CSRF token matched against a cookie, and a cross-site POST is refused.
