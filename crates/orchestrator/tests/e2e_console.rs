@@ -147,9 +147,9 @@ impl Browser {
 
     /// Polls `script` (a function body returning a boolean) until it is true.
     async fn wait_until(&self, what: &str, script: &str) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         while self.run(script).await != Value::Bool(true) {
-            assert!(Instant::now() < deadline, "waited 30 s for {what} on {}", self.url().await);
+            assert!(Instant::now() < deadline, "waited 60 s for {what} on {}", self.url().await);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -335,10 +335,12 @@ async fn a_person_runs_and_steers_executions_in_the_console() {
     browser.click("form.run button").await;
     browser
         .wait_until(
-            "the planned run completes",
-            "return document.querySelector('#state')?.dataset.state === 'completed';",
+            "the planned run ends",
+            "return ['completed', 'failed', 'cancelled'].includes(document.querySelector('#state')?.dataset.state);",
         )
         .await;
+    let state = browser.run("return document.querySelector('#state').dataset.state;").await;
+    assert_eq!(state, "completed", "the planned run: {}", browser.text("main").await);
     let errors = browser.console_errors().await;
     assert!(errors.is_empty(), "the browser logged errors: {errors:#?}");
     browser.goto(&format!("{console}/planner")).await;
