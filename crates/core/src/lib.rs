@@ -27,6 +27,7 @@
 //! assert_eq!(err.to_string(), r#"invalid qos.availability "1.5": must be in [0, 1]"#);
 //! ```
 
+pub mod activity;
 pub mod api;
 pub mod directory;
 pub mod duration;
@@ -49,8 +50,10 @@ pub mod store;
 pub mod taxonomy;
 pub mod workflow;
 
+pub use activity::{Activity, BreakerStatus, CallOutcome, CallRecord, HealthChange, Overview, ServiceActivity};
 pub use api::{
-    ApiError, ApiResult, BoxFuture, BoxStream, EventStream, Executions, Orchestrating, WorkerTasks, WorkflowCatalog,
+    ApiError, ApiResult, BoxFuture, BoxStream, EventStream, Executions, IdPrefix, Orchestrating, WorkerTasks,
+    WorkflowCatalog,
 };
 pub use directory::{
     Candidate, DEFAULT_FIND_LIMIT, Health, Matches, Page, Registration, ServiceDirectory, ServiceStatus, ServiceView,

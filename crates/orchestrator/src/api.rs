@@ -173,6 +173,10 @@ impl Executions for ServiceOrchestrator {
             Ok(stream)
         })
     }
+
+    fn journal(&self, id: ExecutionId, from_sequence: u64) -> BoxFuture<'_, ApiResult<Vec<baton_core::Event>>> {
+        Box::pin(async move { Ok(self.store().read_journal(id, from_sequence.max(1)).await?) })
+    }
 }
 
 /// `<task id>.<delivery>`: the task and the delivery that leased it, for fencing.

@@ -68,6 +68,9 @@ settings! {
     /// The Prometheus metrics address, serving /metrics [default: 127.0.0.1:9464].
     #[arg(long, env = "BATON_METRICS_LISTEN")]
     metrics_listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9464));
+    /// The web console's address [default: 127.0.0.1:9465].
+    #[arg(long, env = "BATON_CONSOLE_LISTEN")]
+    console_listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9465));
     /// The directory of the embedded redb store [default: ./baton-data].
     #[arg(long, env = "BATON_DATA_DIR")]
     data_dir: PathBuf = PathBuf::from("baton-data");
@@ -238,6 +241,13 @@ impl ServeConfig {
                 return invalid("listen", "a non-loopback address needs --auth-token-file (or --insecure)");
             }
         }
+        // The console logs people in with the API's tokens; without them it would be open.
+        if !self.console_listen.ip().is_loopback() && !self.insecure && self.auth_token_file.is_none() {
+            return invalid(
+                "console_listen",
+                "a non-loopback console address needs --auth-token-file for its login (or --insecure)",
+            );
+        }
         Ok(())
     }
 
@@ -251,6 +261,7 @@ impl ServeConfig {
         vec![
             format!("listen = {}", self.listen),
             format!("metrics_listen = {}", self.metrics_listen),
+            format!("console_listen = {}", self.console_listen),
             format!("store = {store}"),
             format!("tls_cert = {}", path(&self.tls_cert)),
             format!("tls_key = {}", path(&self.tls_key)),
@@ -366,6 +377,7 @@ mod tests {
         let config = args(&[]).resolve().unwrap();
         assert_eq!(config.listen.to_string(), "127.0.0.1:50051");
         assert_eq!(config.metrics_listen.to_string(), "127.0.0.1:9464");
+        assert_eq!(config.console_listen.to_string(), "127.0.0.1:9465");
         assert_eq!(config.data_dir, PathBuf::from("baton-data"));
         assert_eq!(config.store, None);
         assert!(!config.insecure);
@@ -446,6 +458,12 @@ mod tests {
             .to_string();
         assert!(error.contains("--auth-token-file"), "{error}");
         assert!(args(&["--listen", "0.0.0.0:50051", "--insecure"]).resolve().is_ok());
+        let error = args(&["--console-listen", "0.0.0.0:9465"]).resolve().unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "console_listen: a non-loopback console address needs --auth-token-file for its login (or --insecure)"
+        );
+        assert!(args(&["--console-listen", "0.0.0.0:9465", "--auth-token-file", "t"]).resolve().is_ok());
         let error = args(&["--tls-cert", "c.pem"]).resolve().unwrap_err().to_string();
         assert!(error.contains("go together"), "{error}");
     }

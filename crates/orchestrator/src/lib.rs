@@ -10,6 +10,7 @@
 //! - [`sandbox`]: the bounded expression evaluator, jq in `baton eval-worker` processes that
 //!   limit their own CPU time, memory and stack.
 
+pub mod activity;
 pub mod api;
 pub mod cli;
 pub mod config;

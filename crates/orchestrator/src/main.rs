@@ -87,7 +87,7 @@ async fn serve(config: ServeConfig) -> ExitCode {
     };
     // The runtime's own count, which shows `worker_threads` took effect.
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
-    tracing::info!(grpc = %server.grpc_addr(), metrics = %server.metrics_addr(), workers, "serving");
+    tracing::info!(grpc = %server.grpc_addr(), metrics = %server.metrics_addr(), console = %format!("http://{}", server.console_addr()), workers, "serving");
     match server.serve(shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

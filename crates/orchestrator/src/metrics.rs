@@ -60,6 +60,7 @@ use self::executions::Executions;
 use self::grpc::GrpcMetrics;
 pub use self::grpc::{GrpcBody, GrpcLayer, GrpcService, ResponseFuture};
 use self::state::StateCollector;
+use crate::activity::ActivityLog;
 use crate::orchestrator::ServiceOrchestrator;
 use crate::sandbox::Sandbox;
 
@@ -108,16 +109,18 @@ struct Inner {
     executions: Executions,
     grpc: Arc<GrpcMetrics>,
     state: StateCollector,
+    activity: ActivityLog,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::default();
-        let executions = Executions::register(&mut registry);
+        let activity = ActivityLog::default();
+        let executions = Executions::register(&mut registry, activity.clone());
         let grpc = Arc::new(GrpcMetrics::register(&mut registry));
         let state = StateCollector::default();
         registry.register_collector(Box::new(state.clone()));
-        Self { inner: Arc::new(Inner { registry, executions, grpc, state }) }
+        Self { inner: Arc::new(Inner { registry, executions, grpc, state, activity }) }
     }
 }
 
@@ -153,6 +156,17 @@ impl Metrics {
     /// counted twice, so it may come after the engine has started journaling.
     pub fn recovered(&self, recovery: &Recovery) {
         self.inner.executions.recovered(&recovery.resumed, &recovery.paused);
+    }
+
+    /// The recent past the journal and the registry showed, for the console. Give it to the
+    /// registry as its event sink (`Options::registry_events`) for health changes.
+    pub fn activity(&self) -> &ActivityLog {
+        &self.inner.activity
+    }
+
+    /// Unfinished executions known now: `(running, paused)`.
+    pub fn executions_unfinished(&self) -> (i64, i64) {
+        self.inner.executions.unfinished()
     }
 
     /// A tower layer counting the calls of a gRPC server:

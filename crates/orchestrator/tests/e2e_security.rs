@@ -89,6 +89,7 @@ impl TlsServer {
         let child = Command::new(env!("CARGO_BIN_EXE_baton"))
             .arg("serve")
             .args(["--listen", &grpc.to_string(), "--metrics-listen", &metrics.to_string()])
+            .args(["--console-listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(&secrets.data)
             .arg("--tls-cert")
@@ -262,7 +263,7 @@ async fn unsafe_or_broken_settings_stop_the_start_with_a_message() {
         tokio::task::spawn_blocking(move || {
             Command::new(env!("CARGO_BIN_EXE_baton"))
                 .arg("serve")
-                .args(["--metrics-listen", "127.0.0.1:0"])
+                .args(["--metrics-listen", "127.0.0.1:0", "--console-listen", "127.0.0.1:0"])
                 .args(&args)
                 .env_remove("BATON_CONFIG")
                 .output()

@@ -433,6 +433,14 @@ impl Executions for InMemoryExecutions {
             Ok(Box::pin(watch) as EventStream)
         })
     }
+
+    fn journal(&self, id: ExecutionId, from_sequence: u64) -> BoxFuture<'_, ApiResult<Vec<Event>>> {
+        Box::pin(async move {
+            let mut events = self.events(id)?;
+            events.retain(|event| event.sequence >= from_sequence);
+            Ok(events)
+        })
+    }
 }
 
 /// Follows one execution's journal: recorded events first, then each one as it is recorded.

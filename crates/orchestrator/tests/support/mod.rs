@@ -23,6 +23,8 @@ pub(crate) struct ServerProcess {
     pub(crate) grpc: SocketAddr,
     /// The metrics address.
     pub(crate) metrics: SocketAddr,
+    /// The web console's address.
+    pub(crate) console: SocketAddr,
     data_dir: PathBuf,
     log: PathBuf,
     extra: Vec<String>,
@@ -36,6 +38,7 @@ impl ServerProcess {
             child: None,
             grpc: free_addr(),
             metrics: free_addr(),
+            console: free_addr(),
             data_dir: data_dir.to_owned(),
             log: data_dir.with_extension("log"),
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
@@ -54,6 +57,11 @@ impl ServerProcess {
             .arg(self.grpc.to_string())
             .arg("--metrics-listen")
             .arg(self.metrics.to_string())
+            .args(if self.extra.iter().any(|a| a == "--console-listen") {
+                Vec::new()
+            } else {
+                vec!["--console-listen".to_owned(), self.console.to_string()]
+            })
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.extra)
