@@ -29,8 +29,11 @@
 //! layer before a body is read ([`Guarded`]); [`Config::serve_with_layer`] puts the caller's
 //! layer outside it, so that it sees the refused calls too.
 //!
-//! Errors: a request field that does not convert is `INVALID_ARGUMENT` naming the field (an
-//! execution id that is not a UUIDv7, JSON that does not parse, an unknown enum value); the
+//! Errors: a request that does not decode as its message (a string field that is not UTF-8, a
+//! truncated field) is `INVALID_ARGUMENT` naming the message and field, not tonic's
+//! `INTERNAL` (the services' codec, `codec.rs`); a request field that does not convert is
+//! `INVALID_ARGUMENT` naming the field (an execution id that is not a UUIDv7, JSON that does
+//! not parse, an unknown enum value); the
 //! ports' [`baton_core::ApiError`] kinds map one to one ([`api_status`]): unknown names, ids and
 //! task tokens `NOT_FOUND`, illegal state transitions `FAILED_PRECONDITION`, a reused
 //! idempotency key `ALREADY_EXISTS`, and so on. An `Orchestrate` with `wait` whose execution
@@ -39,6 +42,7 @@
 //! wrong and so grow with it, and a header block past the client's limit makes the client close
 //! the connection, failing every other call on it.
 
+mod codec;
 pub mod convert;
 mod error;
 mod guard;
@@ -59,6 +63,7 @@ pub use service::{
 #[allow(missing_docs, reason = "generated code: documented only where the proto has comments")]
 pub mod pb {
     tonic::include_proto!("baton.v1");
+    include!(concat!(env!("OUT_DIR"), "/wire.rs"));
 
     /// The encoded `FileDescriptorSet` of `baton.v1` and its imports, for `tonic-reflection`.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("baton_descriptor");
