@@ -186,7 +186,7 @@ impl From<ApiError> for PageError {
     fn from(error: ApiError) -> Self {
         let status = match &error {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::InvalidArgument { .. } => StatusCode::BAD_REQUEST,
+            ApiError::InvalidArgument { .. } | ApiError::OutOfRange(_) => StatusCode::BAD_REQUEST,
             ApiError::AlreadyExists(_) | ApiError::FailedPrecondition(_) => StatusCode::CONFLICT,
             ApiError::ResourceExhausted(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

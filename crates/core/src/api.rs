@@ -66,6 +66,10 @@ pub enum ApiError {
     /// A limit was reached (a full queue, too many requests); a later call may pass.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// A position past the end of what exists, e.g. a watch of an unfinished execution from
+    /// past the next event of its journal.
+    #[error("{0}")]
+    OutOfRange(String),
     /// A backing component cannot serve the call now; it may be retried.
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -400,7 +404,8 @@ pub trait Executions: Send + Sync + 'static {
     /// the events journaled so far, then live ones as they are journaled, in sequence order
     /// without gaps. The stream ends after the event that ends the execution (at once when
     /// that is before `from_sequence`). [`ApiError::NotFound`] up front for an unknown
-    /// execution.
+    /// execution; [`ApiError::OutOfRange`] up front for an unfinished one whose journal has
+    /// fewer than `from_sequence - 1` events (the next event is as far as a watch may start).
     fn watch(&self, id: ExecutionId, from_sequence: u64) -> BoxFuture<'_, ApiResult<EventStream>>;
 
     /// The events journaled so far from `from_sequence` on (0 and 1 both mean from the start),

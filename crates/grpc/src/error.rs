@@ -32,6 +32,7 @@ pub fn api_status(error: impl Into<baton_core::ApiError>) -> tonic::Status {
         ApiError::AlreadyExists(_) => Status::already_exists(message),
         ApiError::FailedPrecondition(_) => Status::failed_precondition(message),
         ApiError::ResourceExhausted(_) => Status::resource_exhausted(message),
+        ApiError::OutOfRange(_) => Status::out_of_range(message),
         ApiError::Unavailable(_) => Status::unavailable(message),
         _ => Status::internal(message),
     }

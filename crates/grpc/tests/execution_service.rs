@@ -228,6 +228,9 @@ async fn a_live_watcher_sees_events_as_they_are_journaled() {
     let execution = start_one(&mut c, "checkout").await;
     let mut stream = watch(&mut c, &execution.id, 0).await;
     assert_eq!(stream.message().await.unwrap().unwrap().event.unwrap().sequence, 1);
+    // Past the next event of an unfinished execution: out of range, at once.
+    let past = pb::WatchExecutionRequest { id: execution.id.clone(), from_sequence: 3 };
+    assert_status(c.watch_execution(past).await, Code::OutOfRange, "past the end of the journal");
 
     // Journaled after the watcher caught up: each arrives live, in order.
     c.pause_execution(pb::PauseExecutionRequest { id: execution.id.clone() }).await.unwrap();

@@ -29,6 +29,7 @@ pub fn api_error(error: baton_workflow::Error) -> ApiError {
         E::InvalidTransition { .. } | E::NotRunning { .. } => ApiError::FailedPrecondition(error.to_string()),
         E::Runner { .. } => ApiError::Internal(error.to_string()),
         E::Stopped => ApiError::Unavailable(error.to_string()),
+        E::WatchPastEnd { .. } => ApiError::OutOfRange(error.to_string()),
         // Everything else is a definition that does not check.
         other => ApiError::invalid("source", other),
     }

@@ -357,7 +357,10 @@ impl<S: Store, R: Runner> Engine<S, R> {
     }
 
     /// The execution's events from `from_sequence` (0 or 1 for all): the journal, then live
-    /// events as they are journaled. The stream ends after the execution's last event.
+    /// events as they are journaled. The stream ends after the execution's last event, at once
+    /// for an ended execution watched from past that event. An unfinished execution watched
+    /// from past the next event is [`Error::WatchPastEnd`]: nothing says that sequence will
+    /// ever be written, and waiting for it could last for ever.
     pub async fn watch(
         &self,
         id: ExecutionId,
@@ -365,8 +368,27 @@ impl<S: Store, R: Runner> Engine<S, R> {
     ) -> Result<impl Stream<Item = Result<Event>> + Send + 'static> {
         // Subscribe before reading, so nothing journaled in between is missed.
         let receiver = self.inner.events.subscribe();
-        self.inner.store.get_execution(id).await?;
-        let watch = Watch::new(Arc::clone(&self.inner), id, from_sequence, receiver);
+        let execution = self.inner.store.get_execution(id).await?;
+        let mut watch = Watch::new(Arc::clone(&self.inner), id, from_sequence, receiver);
+        // The event before the first one asked for must exist, unless the execution ended; when
+        // it is the end, nothing follows.
+        if from_sequence > 1 {
+            let before = self.inner.store.read_journal(id, from_sequence - 1).await?;
+            match before.as_slice() {
+                [] => {
+                    // The record is written after the journal: read again what it said was live.
+                    let ended =
+                        execution.state.is_terminal() || self.inner.store.get_execution(id).await?.state.is_terminal();
+                    if !ended {
+                        return Err(Error::WatchPastEnd { execution: id, from_sequence });
+                    }
+                    watch.end();
+                }
+                [last] if is_terminal(&last.kind) => watch.end(),
+                // What the watch reads first; it skips the event before `from_sequence`.
+                _ => watch.prime(before),
+            }
+        }
         Ok(futures_util::stream::unfold(watch, |mut watch| async move {
             let item = watch.next().await?;
             Some((item, watch))

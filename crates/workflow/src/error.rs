@@ -90,6 +90,18 @@ pub enum Error {
     /// The engine is shutting down.
     #[error("the workflow engine stopped")]
     Stopped,
+    /// A watch of an unfinished execution asked to start past the next event: the journal
+    /// has fewer than `from_sequence - 1` events, so there is nothing to wait for yet.
+    #[error(
+        "from_sequence {from_sequence} is past the end of the journal of execution {execution}: watch from at most \
+         the sequence after its last event"
+    )]
+    WatchPastEnd {
+        /// The execution.
+        execution: ExecutionId,
+        /// Where the watch asked to start.
+        from_sequence: u64,
+    },
     /// An idempotency key already started an execution of another workflow, version or input.
     #[error("idempotency key {key:?} already started execution {execution} with a different request")]
     IdempotencyConflict {

@@ -426,8 +426,14 @@ impl Executions for InMemoryExecutions {
 
     fn watch(&self, id: ExecutionId, from_sequence: u64) -> BoxFuture<'_, ApiResult<EventStream>> {
         Box::pin(async move {
-            if !lock(&self.runs).runs.contains_key(&id) {
-                return Err(unknown_execution(id));
+            match lock(&self.runs).runs.get(&id) {
+                None => return Err(unknown_execution(id)),
+                Some(run) if !run.execution.state.is_terminal() && from_sequence > run.journal.len() as u64 + 1 => {
+                    return Err(ApiError::OutOfRange(format!(
+                        "from_sequence {from_sequence} is past the end of the journal of execution {id}"
+                    )));
+                }
+                Some(_) => {}
             }
             let watch = JournalWatch { runs: Arc::clone(&self.runs), id, next: from_sequence.max(1), done: false };
             Ok(Box::pin(watch) as EventStream)

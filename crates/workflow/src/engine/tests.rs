@@ -446,3 +446,29 @@ async fn get_shows_live_step_progress_between_state_changes() {
     assert_eq!(store.get_execution(id).await.unwrap(), finished);
     assert!(finished.tasks.values().all(|t| t.state == TaskState::Succeeded));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_from_past_the_end_answers_at_once() {
+    let (store, runner) = (MemoryStore::default(), FakeRunner::gated());
+    let engine = engine(&store, &runner, Config::default()).await;
+    let id = engine.start(&chain(), None, json!({"n": 1}), None).await.unwrap();
+    assert_eq!(kinds(&events_until(&engine, id, 0, |_| true).await), ["started"]);
+    // Live, with one event journaled: the next one is worth waiting for, later ones are not.
+    let next = tokio::spawn({
+        let engine = engine.clone();
+        async move { events_until(&engine, id, 2, |_| true).await }
+    });
+    match engine.watch(id, 3).await.map(drop) {
+        Err(Error::WatchPastEnd { execution, from_sequence: 3 }) => assert_eq!(execution, id),
+        other => panic!("expected a watch past the end, got {other:?}"),
+    }
+    runner.release(3);
+    assert_eq!(kinds(&next.await.unwrap()), ["scheduled"]);
+    let last = events_until(&engine, id, 0, |_| false).await.len() as u64;
+    // Ended: from the end on there is nothing to wait for, and the stream ends at once.
+    for from in [last + 1, last + 2, 1_000_000] {
+        let mut stream = Box::pin(engine.watch(id, from).await.unwrap());
+        let end = tokio::time::timeout(Duration::from_secs(5), stream.next()).await;
+        assert!(matches!(end, Ok(None)), "from {from}: {end:?}");
+    }
+}

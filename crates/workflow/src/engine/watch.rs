@@ -33,6 +33,16 @@ impl<S: Store, R: Runner> Watch<S, R> {
         Self { inner, id, next: from_sequence.max(1), buffer: VecDeque::new(), receiver, done: false }
     }
 
+    /// Ends the watch: the execution ended before the first event asked for.
+    pub(super) fn end(&mut self) {
+        self.done = true;
+    }
+
+    /// Journal events read already, in order; those before the watch's start are skipped.
+    pub(super) fn prime(&mut self, events: Vec<Event>) {
+        self.buffer.extend(events);
+    }
+
     pub(super) async fn next(&mut self) -> Option<Result<Event>> {
         loop {
             if self.done {
@@ -59,7 +69,10 @@ impl<S: Store, R: Runner> Watch<S, R> {
             }
             loop {
                 match self.receiver.recv().await {
-                    Ok(event) if event.execution != self.id || event.sequence < self.next => {}
+                    Ok(event) if event.execution != self.id => {}
+                    // The end came before the next event asked for: nothing more will come.
+                    Ok(event) if event.sequence < self.next && is_terminal(&event.kind) => return None,
+                    Ok(event) if event.sequence < self.next => {}
                     Ok(event) if event.sequence == self.next => {
                         self.buffer.push_back(event);
                         break;
