@@ -5,7 +5,8 @@
 //! dependency succeeds, not level by level), inputs rendered from `${ jq }` templates (any
 //! expression but a plain path on the [`baton_core::Evaluator`] of [`Config::evaluator`], awaited
 //! inside the task's future; an input that does not render fails the task), retries
-//! with exponential backoff and full jitter, per-attempt, per-task and per-run timeouts,
+//! with exponential backoff and full jitter, per-attempt (by default
+//! [`Config::default_attempt_timeout`] for a step without one), per-task and per-run timeouts,
 //! failover to the next alternative whose circuit breaker is closed, error policies (fail,
 //! continue, fall back), per-run and global in-flight limits, pause/resume/cancel, and
 //! resumption from completed tasks.

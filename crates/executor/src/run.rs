@@ -39,6 +39,9 @@ pub struct Config {
     pub breaker_cool_down: Duration,
     /// Where expressions other than plain paths run (inputs and the run's output).
     pub evaluator: Arc<dyn Evaluator>,
+    /// The time limit of an attempt of a step that sets no `timeout` of its own; `None`: no
+    /// limit. A service that takes a call and never answers holds a step only this long.
+    pub default_attempt_timeout: Option<Duration>,
 }
 
 impl Default for Config {
@@ -50,6 +53,7 @@ impl Default for Config {
             breaker_threshold: 5,
             breaker_cool_down: Duration::from_secs(30),
             evaluator: Arc::new(InProcessEvaluator::default()),
+            default_attempt_timeout: None,
         }
     }
 }
@@ -187,6 +191,7 @@ struct Shared<I> {
     service_limits: ServiceLimits,
     global: Arc<Semaphore>,
     evaluator: Arc<dyn Evaluator>,
+    default_attempt_timeout: Option<Duration>,
 }
 
 impl<I> Shared<I> {
@@ -297,6 +302,7 @@ impl<I: Invoker> Executor<I> {
             service_limits: Arc::clone(&self.service_limits),
             global: Arc::clone(&self.global),
             evaluator: Arc::clone(&self.config.evaluator),
+            default_attempt_timeout: self.config.default_attempt_timeout,
         };
         let limit = self.config.max_in_flight_per_run.max(1);
         let done = tokio::spawn(async move {
@@ -624,11 +630,16 @@ async fn run_task<I: Invoker>(shared: &Shared<I>, task: &TaskSpec, payload: Valu
                 service: service.clone(),
                 payload: payload.clone(),
             };
-            let result = match task.timeout {
+            let result = match task.timeout.or(shared.default_attempt_timeout) {
                 Some(limit) => tokio::time::timeout(limit, shared.invoker.invoke(call)).await.unwrap_or_else(|_| {
+                    let which = if task.timeout.is_some() {
+                        ""
+                    } else {
+                        ", the default attempt timeout (a step's `timeout` sets its own)"
+                    };
                     Err(Failure::retryable(
                         "timeout",
-                        format!("attempt timed out after {}", baton_core::duration::format(limit)),
+                        format!("attempt timed out after {}{which}", baton_core::duration::format(limit)),
                     ))
                 }),
                 None => shared.invoker.invoke(call).await,

@@ -261,3 +261,34 @@ async fn bodies_over_the_limit_are_refused_unless_they_are_errors() {
     // Within the limit, the same connection pool keeps working.
     assert_eq!(invoker.invoke(call).await, Ok(Value::Null));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_without_a_timeout_gets_the_default_attempt_timeout() {
+    // A real listener that takes connections and never reads or answers a byte.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/call", listener.local_addr().unwrap());
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    tokio::spawn({
+        let accepted = Arc::clone(&accepted);
+        async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                accepted.lock().unwrap().push(socket);
+            }
+        }
+    });
+    let events = RecordingSink::default();
+    let config =
+        Config { jitter_seed: Some(7), default_attempt_timeout: Some(Duration::from_millis(300)), ..Config::default() };
+    let executor =
+        config.build(Arc::new(invoker(&[("silent", &url)])), Arc::new(events.clone()), Arc::new(FakeClock::default()));
+    let spec = one_task(ExecutionId::generate(), &["silent"], 2, None);
+    let outcome = tokio::time::timeout(Duration::from_secs(30), run(&executor, spec)).await.expect("the run ends");
+    failed_with(&outcome, "timeout: attempt timed out after 300ms");
+    let failures = failures(&events);
+    assert_eq!(failures.len(), 2, "both attempts time out: {failures:?}");
+    assert!(failures.iter().all(|f| f.contains("the default attempt timeout")), "{failures:?}");
+    assert_eq!(accepted.lock().unwrap().len(), 2, "each attempt connected");
+    // A step's own timeout wins over the default.
+    let spec = one_task(ExecutionId::generate(), &["silent"], 1, Some(Duration::from_millis(100)));
+    failed_with(&run(&executor, spec).await, "timeout: attempt timed out after 100ms");
+}

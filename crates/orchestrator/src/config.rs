@@ -130,8 +130,15 @@ settings! {
     /// JSON one expression evaluation may produce, in KiB [default: 1024].
     #[arg(long, env = "BATON_EXPRESSION_OUTPUT_KIB")]
     expression_output_kib: usize = baton_core::expr::DEFAULT_OUTPUT_BYTES / 1024;
+    /// Time limit of one attempt of a step that sets no timeout, e.g. 30s; 0s for none [default: 5m].
+    #[arg(long, env = "BATON_ATTEMPT_TIMEOUT", value_parser = parse_duration)]
+    #[serde(deserialize_with = "duration_text")]
+    attempt_timeout: Duration = DEFAULT_ATTEMPT_TIMEOUT;
 }
 
+/// How long an attempt of a step without a timeout may take by default: long enough for slow
+/// work, short enough that a service that takes a call and never answers holds no step for long.
+const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long in-flight calls get to finish on shutdown by default.
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Requests per second one connection may make by default.
@@ -271,6 +278,7 @@ impl ServeConfig {
             format!("allow_link_local = {}", self.allow_link_local),
             format!("demo = {}", self.demo),
             format!("shutdown_grace = {}", baton_core::duration::format(self.shutdown_grace)),
+            format!("attempt_timeout = {}", baton_core::duration::format(self.attempt_timeout)),
             format!("rate_limit = {}/s per connection", self.rate_limit),
             format!("max_concurrent_streams = {}", self.max_concurrent_streams),
             format!("log = {:?} at {}", self.log_format, self.log_level),
@@ -283,6 +291,11 @@ impl ServeConfig {
                 self.expression_output_kib
             ),
         ]
+    }
+
+    /// The time limit of an attempt of a step that sets none; `None` when turned off (0s).
+    pub fn default_attempt_timeout(&self) -> Option<Duration> {
+        (!self.attempt_timeout.is_zero()).then_some(self.attempt_timeout)
     }
 
     /// The bounds of one expression evaluation.
@@ -383,6 +396,20 @@ mod tests {
         assert!(!config.insecure);
         assert_eq!(config.shutdown_grace, Duration::from_secs(30));
         assert_eq!(config.worker_threads, one_per_core());
+        assert_eq!(config.default_attempt_timeout(), Some(Duration::from_secs(300)));
+    }
+
+    #[test]
+    fn the_default_attempt_timeout_is_set_by_flag_or_file_and_0s_turns_it_off() {
+        let config = args(&["--attempt-timeout", "30s"]).resolve().unwrap();
+        assert_eq!(config.default_attempt_timeout(), Some(Duration::from_secs(30)));
+        assert!(config.describe().contains(&"attempt_timeout = 30s".to_owned()));
+        assert_eq!(args(&["--attempt-timeout", "0s"]).resolve().unwrap().default_attempt_timeout(), None);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("baton.toml");
+        std::fs::write(&file, "attempt_timeout = \"2m\"\n").unwrap();
+        let config = args(&["--config", file.to_str().unwrap()]).resolve().unwrap();
+        assert_eq!(config.default_attempt_timeout(), Some(Duration::from_secs(120)));
     }
 
     #[test]

@@ -92,6 +92,7 @@ impl Server {
             limits: config.expression_limits(),
         });
         options.executor.evaluator = Arc::new(sandbox.clone());
+        options.executor.default_attempt_timeout = config.default_attempt_timeout();
         metrics.watch_sandbox(sandbox);
         options.registry_events = crate::orchestrator::RegistryEvents(Arc::new(metrics.activity().clone()));
         let orchestrator = ServiceOrchestrator::open(options).await?;
