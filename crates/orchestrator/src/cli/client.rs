@@ -1,6 +1,10 @@
-//! The connection to the server: one channel, with the bearer token on every call.
+//! The connection to the server: one channel, with the bearer token on every call, bounded in
+//! time by `--connect-timeout` and `--timeout`, and the explanation of a failure that says
+//! more than the transport does (a server that never answers, one that speaks HTTP/1).
 
 use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use baton_grpc::pb;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -10,9 +14,6 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use super::ClientOptions;
 use super::input;
 use super::outcome::{Failure, chain};
-
-/// How long connecting to the server may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Adds `authorization: Bearer <token>` to every call when a token file was given.
 #[derive(Clone)]
@@ -51,6 +52,8 @@ pub(crate) struct Target {
     server: String,
     endpoint: Endpoint,
     auth: Auth,
+    connect_timeout: Duration,
+    timeout: Duration,
 }
 
 impl Target {
@@ -86,18 +89,111 @@ impl Target {
                 Auth(Some(value))
             }
         };
-        Ok(Self { server, endpoint: endpoint.connect_timeout(CONNECT_TIMEOUT), auth })
+        Ok(Self {
+            server,
+            endpoint: endpoint.connect_timeout(options.connect_timeout),
+            auth,
+            connect_timeout: options.connect_timeout,
+            timeout: options.timeout,
+        })
     }
 
-    /// Connects to the server.
+    /// Connects to the server; each call may then wait `--timeout` for its answer.
     pub(crate) async fn connect(&self) -> Result<Clients, Failure> {
-        let channel = self
-            .endpoint
-            .connect()
-            .await
-            .map_err(|e| Failure::Connect { server: self.server.clone(), error: chain(&e) })?;
+        self.connect_waiting(Duration::ZERO).await
+    }
+
+    /// Connects to the server for calls that may wait `wait` longer than `--timeout`, because
+    /// the server waits that long before it answers.
+    pub(crate) async fn connect_waiting(&self, wait: Duration) -> Result<Clients, Failure> {
+        let endpoint = self.endpoint.clone().timeout(self.timeout.saturating_add(wait));
+        let connecting = tokio::time::timeout(self.connect_timeout, endpoint.connect());
+        let channel = match connecting.await {
+            Ok(Ok(channel)) => channel,
+            Ok(Err(e)) => return Err(Failure::Connect { server: self.server.clone(), error: chain(&e) }),
+            Err(_) => return Err(self.connect_timed_out()),
+        };
         Ok(Clients { channel, auth: self.auth.clone() })
     }
+
+    fn connect_timed_out(&self) -> Failure {
+        Failure::Connect {
+            server: self.server.clone(),
+            error: format!(
+                "no connection within {} (--connect-timeout)",
+                baton_core::duration::format(self.connect_timeout)
+            ),
+        }
+    }
+
+    /// `failure` said in terms a user can act on, when the transport's words are not: a call
+    /// that timed out, a connection that timed out, or a peer that does not speak HTTP/2 (an
+    /// HTTP/1 server answers the HTTP/2 preface with an HTTP/1 response, which the client
+    /// reports only as a protocol error).
+    pub(crate) async fn explain(&self, failure: Failure) -> Failure {
+        let transport: bool = match &failure {
+            Failure::Rpc(status) if timed_out(status) => {
+                return Failure::NoAnswer { server: self.server.clone(), within: self.timeout };
+            }
+            Failure::Connect { error, .. } if error.contains("timed out") => return self.connect_timed_out(),
+            // An HTTP/2 server that is not gRPC (the web console) answers without a gRPC status.
+            Failure::Rpc(status) if status.message().starts_with(NO_GRPC_STATUS) => {
+                let code = status.message()[NO_GRPC_STATUS.len()..].trim().to_owned();
+                return Failure::NotGrpc { server: self.server.clone(), answer: format!("HTTP {code}"), http2: true };
+            }
+            // What the transport reports of a peer that is not an HTTP/2 server: a cancelled
+            // call, a closed connection, a protocol error.
+            Failure::Rpc(status) => matches!(
+                status.code(),
+                tonic::Code::Cancelled | tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal
+            ),
+            Failure::Connect { .. } => true,
+            Failure::Usage(_) | Failure::Other(_) | Failure::NoAnswer { .. } | Failure::NotGrpc { .. } => false,
+        };
+        if !transport {
+            return failure;
+        }
+        match self.http1_answer().await {
+            Some(answer) => Failure::NotGrpc { server: self.server.clone(), answer, http2: false },
+            None => failure,
+        }
+    }
+
+    /// The first line the server answers the HTTP/2 preface with, when it is an HTTP/1 status
+    /// line. Only for plain `http://` servers: over TLS the protocol is agreed by ALPN.
+    async fn http1_answer(&self) -> Option<String> {
+        let uri = self.endpoint.uri();
+        if uri.scheme_str() != Some("http") {
+            return None;
+        }
+        let address = format!("{}:{}", uri.host()?.trim_matches(['[', ']']), uri.port_u16().unwrap_or(80));
+        let probe = async {
+            let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+            // The client preface and an empty SETTINGS frame, as an HTTP/2 client opens with.
+            stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").await.ok()?;
+            let mut answer = [0; 256];
+            let read = stream.read(&mut answer).await.ok()?;
+            let text = String::from_utf8_lossy(&answer[..read]).into_owned();
+            let line = text.lines().next()?.trim().to_owned();
+            line.starts_with("HTTP/1.").then_some(line)
+        };
+        tokio::time::timeout(self.connect_timeout.min(self.timeout), probe).await.ok().flatten()
+    }
+}
+
+/// How tonic words a response without a gRPC status, before the HTTP status code.
+const NO_GRPC_STATUS: &str = "grpc-status header missing, mapped from HTTP status code ";
+
+/// Whether `status` is the client's own timeout of the call (`--timeout`), not the server's.
+fn timed_out(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        if error.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        source = error.source();
+    }
+    status.code() == tonic::Code::Cancelled && status.message() == tonic::TimeoutExpired(()).to_string()
 }
 
 /// A channel with its credentials, as typed clients.
@@ -148,7 +244,14 @@ mod tests {
     use crate::cli::OutputFormat;
 
     fn options(server: &str) -> ClientOptions {
-        ClientOptions { server: server.to_owned(), token_file: None, ca_cert: None, output: OutputFormat::Table }
+        ClientOptions {
+            server: server.to_owned(),
+            token_file: None,
+            ca_cert: None,
+            output: OutputFormat::Table,
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(30),
+        }
     }
 
     fn usage(result: Result<Target, Failure>) -> String {

@@ -11,7 +11,9 @@
 //! submodules, tested there; this module only sequences the calls.
 //!
 //! An `https://` server needs `--ca-cert` (the CA its certificate chains to; no system roots
-//! are trusted); client certificates for mutual TLS are not supported yet.
+//! are trusted); client certificates for mutual TLS are not supported yet. Connecting waits
+//! `--connect-timeout` and a call `--timeout` for its answer, and a failure is explained when
+//! the transport's words are not enough (no answer in time, a peer that is not gRPC).
 
 mod client;
 mod input;
@@ -23,6 +25,7 @@ mod view;
 use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use baton_grpc::pb;
 use clap::{Args, Subcommand, ValueEnum};
@@ -245,6 +248,22 @@ pub struct ClientOptions {
     /// Output format.
     #[arg(long, value_enum, default_value_t = OutputFormat::Table, global = true)]
     pub output: OutputFormat,
+    /// How long connecting to the server may take, e.g. 5s.
+    #[arg(long, env = "BATON_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration, global = true)]
+    pub connect_timeout: Duration,
+    /// How long a call may wait for the server's answer, e.g. 30s; a watch waits this long for
+    /// its stream to open, `orchestrate --wait` for the execution too.
+    #[arg(long, env = "BATON_TIMEOUT", default_value = "30s", value_parser = parse_duration, global = true)]
+    pub timeout: Duration,
+}
+
+/// A duration as the workflow format writes them: `250ms`, `30s`, `5m`, `1h`; not zero.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    match baton_core::duration::parse("duration", text) {
+        Ok(duration) if duration.is_zero() => Err("must be longer than 0s".to_owned()),
+        Ok(duration) => Ok(duration),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// How a client command writes its answer.
@@ -262,7 +281,14 @@ pub enum OutputFormat {
 #[allow(clippy::print_stderr, reason = "the CLI tells its user why it failed on stderr")]
 pub async fn run(command: ClientCommand, options: &ClientOptions) -> ExitCode {
     let out = Out { format: options.output, tty: std::io::stdout().is_terminal() };
-    let exit = match execute(command, options, &out).await {
+    let result = match Target::new(options) {
+        Ok(target) => match execute(command, &target, &out).await {
+            Ok(exit) => Ok(exit),
+            Err(failure) => Err(target.explain(failure).await),
+        },
+        Err(failure) => Err(failure),
+    };
+    let exit = match result {
         Ok(exit) => exit,
         Err(failure) => {
             eprintln!("baton: {failure}");
@@ -311,15 +337,14 @@ fn usage(message: String) -> Failure {
     Failure::Usage(message)
 }
 
-async fn execute(command: ClientCommand, options: &ClientOptions, out: &Out) -> Result<Exit, Failure> {
-    let target = Target::new(options)?;
+async fn execute(command: ClientCommand, target: &Target, out: &Out) -> Result<Exit, Failure> {
     match command {
-        ClientCommand::Service(command) => service(command, &target, out).await,
-        ClientCommand::Workflow(command) => workflow(command, &target, out).await,
-        ClientCommand::Run(args) => run_workflow(args, &target, out).await,
-        ClientCommand::Exec(command) => exec(command, &target, out).await,
-        ClientCommand::Plan(goal) => plan(goal, &target, out).await,
-        ClientCommand::Orchestrate(args) => orchestrate(args, &target, out).await,
+        ClientCommand::Service(command) => service(command, target, out).await,
+        ClientCommand::Workflow(command) => workflow(command, target, out).await,
+        ClientCommand::Run(args) => run_workflow(args, target, out).await,
+        ClientCommand::Exec(command) => exec(command, target, out).await,
+        ClientCommand::Plan(goal) => plan(goal, target, out).await,
+        ClientCommand::Orchestrate(args) => orchestrate(args, target, out).await,
     }
 }
 
@@ -586,10 +611,15 @@ async fn plan(args: GoalArgs, target: &Target, out: &Out) -> Result<Exit, Failur
     Ok(Exit::Success)
 }
 
+/// The longest the server waits for the execution of an `Orchestrate` with `wait`.
+const ORCHESTRATE_WAIT: Duration = Duration::from_secs(600);
+
 async fn orchestrate(args: OrchestrateArgs, target: &Target, out: &Out) -> Result<Exit, Failure> {
     let goal = goal(&args.goal)?;
     let input_json = input::input_json(&args.input, true).map_err(usage)?;
-    let clients = target.connect().await?;
+    // The server waits up to 10 minutes for the execution, on top of the call itself.
+    let wait = if args.wait { ORCHESTRATE_WAIT } else { Duration::ZERO };
+    let clients = target.connect_waiting(wait).await?;
     let request = pb::OrchestrateRequest { goal: Some(goal), input_json, wait: args.wait };
     let response = clients.orchestrator().orchestrate(request).await?.into_inner();
     out.answer(|| view::orchestrated_text(&response), || view::orchestrated_json(&response));

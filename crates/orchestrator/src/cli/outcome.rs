@@ -50,6 +50,23 @@ pub(crate) enum Failure {
     },
     /// A call answered with an error status.
     Rpc(tonic::Status),
+    /// The server took the connection but did not answer a call in time.
+    NoAnswer {
+        /// The server's URL.
+        server: String,
+        /// How long the call waited (`--timeout`).
+        within: std::time::Duration,
+    },
+    /// The server is not a gRPC server: it answered in HTTP/1, or in HTTP/2 without a gRPC
+    /// status.
+    NotGrpc {
+        /// The server's URL.
+        server: String,
+        /// Its answer: the HTTP/1 status line, or `HTTP <code>`.
+        answer: String,
+        /// Whether it answered in HTTP/2.
+        http2: bool,
+    },
     /// Anything else that fails the command, e.g. a watch that ended early.
     Other(String),
 }
@@ -59,7 +76,9 @@ impl Failure {
     pub(crate) fn exit(&self) -> Exit {
         match self {
             Self::Usage(_) => Exit::Usage,
-            Self::Connect { .. } | Self::Rpc(_) | Self::Other(_) => Exit::Failed,
+            Self::Connect { .. } | Self::Rpc(_) | Self::NoAnswer { .. } | Self::NotGrpc { .. } | Self::Other(_) => {
+                Exit::Failed
+            }
         }
     }
 }
@@ -75,6 +94,20 @@ impl fmt::Display for Failure {
         match self {
             Self::Usage(message) | Self::Other(message) => f.write_str(&one_line(message)),
             Self::Connect { server, error } => write!(f, "cannot connect to {server}: {}", one_line(error)),
+            Self::NoAnswer { server, within } => write!(
+                f,
+                "no answer from {server} within {} (--timeout): it took the connection but answered nothing; \
+                 is it a Baton server, and is it overloaded?",
+                baton_core::duration::format(*within)
+            ),
+            Self::NotGrpc { server, answer, http2: false } => write!(
+                f,
+                "{server} speaks HTTP/1 (it answered {:?}), not gRPC over HTTP/2: {GRPC_ADDRESS}",
+                one_line(answer)
+            ),
+            Self::NotGrpc { server, answer, http2: true } => {
+                write!(f, "{server} answered {answer} without a gRPC status: it is not a gRPC server; {GRPC_ADDRESS}")
+            }
             Self::Rpc(status) => {
                 let message = if status.message().is_empty() { status.code().description() } else { status.message() };
                 write!(f, "{}: {}", code_name(status.code()), one_line(message))
@@ -82,6 +115,10 @@ impl fmt::Display for Failure {
         }
     }
 }
+
+/// What to check when `--server` is not a gRPC server.
+const GRPC_ADDRESS: &str =
+    "is --server the gRPC address (baton serve --listen, 127.0.0.1:50051 by default), not the console or metrics one?";
 
 /// An error and its sources, `outer: inner: innermost`.
 pub(crate) fn chain(error: &dyn std::error::Error) -> String {
