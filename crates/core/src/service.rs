@@ -50,16 +50,38 @@ impl Endpoint {
     }
 }
 
-/// Parses `text` as an absolute URL with a host and one of `schemes`.
+/// Parses `text` as an absolute URL with a host and one of `schemes`, and no credentials:
+/// whoever may read the registry sees endpoints, so a `user:password@` would be shown to all of
+/// them. An error shows the URL without its credentials.
 pub fn check_url(field: &str, text: &str, schemes: &[&str]) -> Result<Url> {
-    let url = Url::parse(text).map_err(|e| Error::invalid(field, text, e.to_string()))?;
+    let shown = without_credentials(text);
+    let url = Url::parse(text).map_err(|e| Error::invalid(field, &shown, e.to_string()))?;
     if !schemes.contains(&url.scheme()) {
-        return Err(Error::invalid(field, text, format!("scheme must be one of {}", schemes.join(", "))));
+        return Err(Error::invalid(field, &shown, format!("scheme must be one of {}", schemes.join(", "))));
     }
     if url.host().is_none() {
-        return Err(Error::invalid(field, text, "must name a host"));
+        return Err(Error::invalid(field, &shown, "must name a host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(Error::invalid(
+            field,
+            &shown,
+            "must not carry credentials (user:password@): everyone who may read the registry sees endpoints; \
+             give the service its credentials another way",
+        ));
     }
     Ok(url)
+}
+
+/// `text` with whatever precedes an `@` in its authority shown as `***`:
+/// `http://user:secret@host/` -> `http://***@host/`. Text that is not a URL is read the same way.
+pub fn without_credentials(text: &str) -> String {
+    let Some(start) = text.find("://").map(|i| i + 3) else { return text.to_owned() };
+    let authority_end = text[start..].find(['/', '?', '#']).map_or(text.len(), |i| start + i);
+    match text[start..authority_end].rfind('@') {
+        Some(at) => format!("{}***{}", &text[..start], &text[start + at..]),
+        None => text.to_owned(),
+    }
 }
 
 /// The wire protocols Baton speaks, as a closed set so the registry can index them densely.
@@ -678,6 +700,48 @@ mod tests {
         check(serde_json::json!({"health_check": {"kind": "none", "probe": 1}}), Some("unknown field `probe`"));
         check(serde_json::json!({"colour": "blue"}), Some("unknown field `colour`"));
         check(serde_json::json!({"qos": {"latency": 1}}), Some("unknown field `latency`"));
+    }
+
+    #[test]
+    fn urls_with_credentials_are_refused_without_showing_them() {
+        for (patch, field) in [
+            (
+                serde_json::json!({"endpoint": {"protocol": "http", "url": "http://user:s3cret@pay.internal/charge"}}),
+                "endpoint.url",
+            ),
+            (
+                serde_json::json!({"endpoint": {"protocol": "grpc", "url": "grpc://:s3cret@pay.internal:50051"}}),
+                "endpoint.url",
+            ),
+            (
+                serde_json::json!({"endpoint": {"protocol": "http", "url": "http://s3cret@pay.internal/"}}),
+                "endpoint.url",
+            ),
+            (
+                serde_json::json!({"health_check": {"kind": "http", "url": "https://ops:s3cret@pay.internal/health"}}),
+                "health_check.url",
+            ),
+            // Refused for another reason: the secret is still not shown.
+            (
+                serde_json::json!({"endpoint": {"protocol": "http", "url": "ftp://user:s3cret@pay.internal/"}}),
+                "endpoint.url",
+            ),
+        ] {
+            let mut doc = base();
+            for (k, v) in patch.as_object().unwrap() {
+                doc[k] = v.clone();
+            }
+            let definition = serde_json::from_value::<ServiceDefinition>(doc).unwrap();
+            let error = ServiceSpec::new(definition).unwrap_err();
+            let message = error.to_string();
+            assert!(matches!(&error, Error::Invalid { field: f, .. } if f == field), "{message}");
+            assert!(!message.contains("s3cret"), "{message}");
+            assert!(message.contains("***@pay.internal"), "{message}");
+        }
+        check(
+            serde_json::json!({"endpoint": {"protocol": "http", "url": "http://user:pw@pay.internal/"}}),
+            Some("must not carry credentials"),
+        );
     }
 
     #[test]

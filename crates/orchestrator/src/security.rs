@@ -2,9 +2,13 @@
 //! [`RestrictedDirectory`] refuses services whose endpoint or health check points at a
 //! link-local or cloud metadata address, which Baton would otherwise call (to probe health and
 //! to run steps) with whatever the address answers reaching the caller: the classic way to read
-//! a cloud instance's credentials through a server that fetches URLs.
+//! a cloud instance's credentials through a server that fetches URLs. It also refuses the
+//! server's own addresses (gRPC, metrics, console; by loopback, unspecified or `localhost`
+//! spellings, or the bound address itself), which would make Baton call itself in a loop.
+//! (URLs that carry credentials are refused by `baton_core::ServiceSpec` for every directory:
+//! every reader of the registry sees endpoints.)
 //!
-//! What is refused, unless `baton serve --allow-link-local`:
+//! What is refused as link-local or metadata, unless `baton serve --allow-link-local`:
 //!
 //! - IPv4 `169.254.0.0/16` (link-local; AWS, GCP, Azure and OpenStack metadata live at
 //!   `169.254.169.254`) and `100.100.100.200` (Alibaba Cloud's metadata);
@@ -19,58 +23,104 @@
 //! Schemes are already checked by `baton_core::ServiceSpec` (HTTP endpoints and health checks:
 //! `http` or `https`; gRPC ones: `http`, `https` or `grpc`; a host is required).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use baton_core::directory::{Matches, Page, Registration, ServiceStatus, ServiceView};
 use baton_core::{CheckKind, Endpoint, ServiceDirectory, ServiceId, ServiceRequirements, ServiceSpec};
 use url::{Host, Url};
 
 /// Where service endpoints may point.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct EndpointPolicy {
     /// Accept link-local and cloud metadata addresses.
     pub allow_link_local: bool,
+    /// The server's own listening addresses, by what they serve (`gRPC`, `metrics`,
+    /// `console`): an endpoint there would make Baton call itself, in a loop.
+    pub own: Vec<(&'static str, SocketAddr)>,
 }
 
 impl EndpointPolicy {
     /// `Ok` when `spec`'s endpoint and health check URLs are allowed; else the invalid-argument
     /// error naming the field (`endpoint.url` or `health_check.url`).
     pub fn check(&self, spec: &ServiceSpec) -> baton_core::Result<()> {
-        if self.allow_link_local {
-            return Ok(());
-        }
         match spec.endpoint() {
-            Endpoint::Http { url } | Endpoint::Grpc { url } => check_url("endpoint.url", url)?,
+            Endpoint::Http { url } | Endpoint::Grpc { url } => self.check_url("endpoint.url", url)?,
             Endpoint::Worker { .. } => {}
         }
         match &spec.health_check().kind {
-            CheckKind::Http { url } | CheckKind::Grpc { url, .. } => check_url("health_check.url", url)?,
+            CheckKind::Http { url } | CheckKind::Grpc { url, .. } => self.check_url("health_check.url", url)?,
             CheckKind::None | CheckKind::Ttl { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// Refuses `text` when its host is link-local or a metadata address (unless allowed), or
+    /// when it is one of the server's own addresses.
+    fn check_url(&self, field: &str, text: &str) -> baton_core::Result<()> {
+        // The spec has checked the URL already; one that does not parse here is refused all the same.
+        let shown = baton_core::service::without_credentials(text);
+        let url = Url::parse(text).map_err(|e| baton_core::Error::invalid(field, &shown, e.to_string()))?;
+        let Some(host) = url.host() else {
+            return Err(baton_core::Error::invalid(field, &shown, "must name a host"));
+        };
+        // `grpc://` hosts are not parsed as addresses by the URL parser: read them as `http` would.
+        let host = match host {
+            Host::Ipv4(ip) => HostKind::Ip(IpAddr::V4(ip)),
+            Host::Ipv6(ip) => HostKind::Ip(IpAddr::V6(ip)),
+            Host::Domain(name) => match Url::parse(&format!("http://{name}/")).ok().as_ref().and_then(Url::host) {
+                Some(Host::Ipv4(ip)) => HostKind::Ip(IpAddr::V4(ip)),
+                Some(Host::Ipv6(ip)) => HostKind::Ip(IpAddr::V6(ip)),
+                _ => HostKind::Name(name.to_owned()),
+            },
+        };
+        let forbidden = match &host {
+            HostKind::Ip(ip) => forbidden_ip(*ip),
+            HostKind::Name(name) => forbidden_name(name),
+        };
+        if forbidden && !self.allow_link_local {
+            return Err(baton_core::Error::invalid(
+                field,
+                &shown,
+                "points at a link-local or cloud metadata address; baton serve --allow-link-local accepts it",
+            ));
+        }
+        let port = url.port_or_known_default();
+        if let Some((what, own)) = self.own.iter().find(|(_, own)| Some(own.port()) == port && reaches(&host, own)) {
+            return Err(baton_core::Error::invalid(
+                field,
+                &shown,
+                format!("points at this server's own {what} address {own}: Baton would call itself in a loop"),
+            ));
         }
         Ok(())
     }
 }
 
-/// Refuses `text` when its host is link-local or a metadata address.
-fn check_url(field: &str, text: &str) -> baton_core::Result<()> {
-    // The spec has checked the URL already; one that does not parse here is refused all the same.
-    let url = Url::parse(text).map_err(|e| baton_core::Error::invalid(field, text, e.to_string()))?;
-    let Some(host) = url.host() else {
-        return Err(baton_core::Error::invalid(field, text, "must name a host"));
+/// A URL's host: an address (however written) or a name.
+enum HostKind {
+    Ip(IpAddr),
+    Name(String),
+}
+
+/// Whether `host` names this machine's address `own` listens on: a loopback or unspecified
+/// address or `localhost` (which reach a listener on a loopback or unspecified address), or
+/// `own`'s address itself. Another name or address of the machine is not caught.
+fn reaches(host: &HostKind, own: &SocketAddr) -> bool {
+    let local = |ip: IpAddr| {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        ip.is_loopback() || ip.is_unspecified()
     };
-    let forbidden = match host {
-        Host::Ipv4(ip) => forbidden_ip(IpAddr::V4(ip)),
-        Host::Ipv6(ip) => forbidden_ip(IpAddr::V6(ip)),
-        Host::Domain(name) => forbidden_name(name),
-    };
-    if forbidden {
-        return Err(baton_core::Error::invalid(
-            field,
-            text,
-            "points at a link-local or cloud metadata address; baton serve --allow-link-local accepts it",
-        ));
+    let listens_locally = local(own.ip());
+    match host {
+        HostKind::Ip(ip) => *ip == own.ip() || (listens_locally && local(*ip)),
+        HostKind::Name(name) => {
+            let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+            listens_locally && (name == "localhost" || name.ends_with(".localhost"))
+        }
     }
-    Ok(())
 }
 
 /// Link-local and metadata addresses.
@@ -92,19 +142,10 @@ fn forbidden_v4(ip: Ipv4Addr) -> bool {
     ip.is_link_local() || ip == Ipv4Addr::new(100, 100, 100, 200)
 }
 
-/// Metadata host names, and names that are IPv4 addresses in disguise: hosts of URLs whose
-/// scheme is not `http` or `https` (`grpc://`) are not parsed as addresses by the URL parser.
+/// Metadata host names.
 fn forbidden_name(name: &str) -> bool {
     let name = name.strip_suffix('.').unwrap_or(name);
-    if name.eq_ignore_ascii_case("metadata.google.internal") || name.eq_ignore_ascii_case("metadata") {
-        return true;
-    }
-    // Read the name as an `http` URL's host would be: decimal, hex and short IPv4 forms included.
-    match Url::parse(&format!("http://{name}/")).ok().as_ref().and_then(Url::host) {
-        Some(Host::Ipv4(ip)) => forbidden_v4(ip),
-        Some(Host::Ipv6(ip)) => forbidden_ip(IpAddr::V6(ip)),
-        _ => false,
-    }
+    name.eq_ignore_ascii_case("metadata.google.internal") || name.eq_ignore_ascii_case("metadata")
 }
 
 /// A [`ServiceDirectory`] that applies an [`EndpointPolicy`] to every registration and passes
@@ -208,7 +249,8 @@ mod tests {
                 Ok(()) if !refused => {}
                 other => panic!("{url} as {field}: expected refused={refused}, got {other:?}"),
             }
-            assert_eq!(EndpointPolicy { allow_link_local: true }.check(&spec), Ok(()), "{url}");
+            let lenient = EndpointPolicy { allow_link_local: true, ..EndpointPolicy::default() };
+            assert_eq!(lenient.check(&spec), Ok(()), "{url}");
         }
     }
 
@@ -261,6 +303,59 @@ mod tests {
             assert!(policy.check(&spec(json!({"protocol": "grpc", "url": url}), None)).is_err(), "{url}");
         }
         assert!(policy.check(&spec(json!({"protocol": "grpc", "url": "grpc://10.1.2.3:50051"}), None)).is_ok());
+    }
+
+    #[test]
+    fn the_servers_own_addresses_are_refused_as_endpoints() {
+        let grpc: std::net::SocketAddr = "127.0.0.1:50051".parse().unwrap();
+        let console: std::net::SocketAddr = "0.0.0.0:9465".parse().unwrap();
+        let metrics: std::net::SocketAddr = "[::1]:9464".parse().unwrap();
+        let policy = EndpointPolicy {
+            allow_link_local: true,
+            own: vec![("gRPC", grpc), ("console", console), ("metrics", metrics)],
+        };
+        let refused = |url: &str, field: &str| {
+            let specs = [
+                (spec(json!({"protocol": "http", "url": url}), None), "endpoint.url"),
+                (
+                    spec(
+                        json!({"protocol": "worker", "queue": "jobs"}),
+                        Some(json!({"kind": "http", "url": url, "interval": "10s"})),
+                    ),
+                    "health_check.url",
+                ),
+            ];
+            for (spec, named) in specs {
+                match policy.check(&spec) {
+                    Err(baton_core::Error::Invalid { field, reason, .. }) => {
+                        assert_eq!(field, named, "{url}");
+                        assert!(reason.contains("this server's own") && reason.contains("loop"), "{reason}");
+                    }
+                    other => panic!("{url} as {field}: expected a refusal, got {other:?}"),
+                }
+            }
+        };
+        for url in [
+            "http://127.0.0.1:50051/",
+            "http://localhost:50051/x",
+            "http://LOCALHOST.:50051/",
+            "http://api.localhost:50051/",
+            "http://127.1.2.3:50051/",
+            "http://[::ffff:127.0.0.1]:50051/",
+            "http://0.0.0.0:50051/",
+            // The console listens on every address: any loopback or local spelling reaches it.
+            "http://127.0.0.1:9465/",
+            "http://[::1]:9465/",
+            "http://[::1]:9464/metrics",
+        ] {
+            refused(url, "endpoint.url");
+        }
+        for url in ["http://127.0.0.1:50052/", "http://10.0.0.5:50051/", "http://127.0.0.1/", "http://pay:9465/"] {
+            let spec = spec(json!({"protocol": "http", "url": url}), None);
+            assert_eq!(policy.check(&spec), Ok(()), "{url}");
+        }
+        let grpc_url = spec(json!({"protocol": "grpc", "url": "grpc://localhost:50051"}), None);
+        assert!(policy.check(&grpc_url).is_err());
     }
 
     #[test]

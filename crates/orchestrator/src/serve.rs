@@ -138,7 +138,7 @@ impl Server {
     /// durable when acknowledged, so nothing else needs flushing: executions still running
     /// resume on the next start, their in-flight calls repeated with the same idempotency keys.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
-        let grpc_addr = self.grpc_addr();
+        let (grpc_addr, metrics_addr, console_addr) = (self.grpc_addr(), self.metrics_addr(), self.console_addr());
         let Self { config, orchestrator, grpc, grpc_config, metrics, metrics_listener, console_listener } = self;
         // The demo's services register over the API like any other, once it serves.
         let demo = if config.demo { Some(tokio::spawn(start_demo(orchestrator.clone(), grpc_addr))) } else { None };
@@ -146,7 +146,10 @@ impl Server {
         let backends = Backends {
             directory: Arc::new(RestrictedDirectory::new(
                 orchestrator.registry().clone(),
-                EndpointPolicy { allow_link_local: config.allow_link_local },
+                EndpointPolicy {
+                    allow_link_local: config.allow_link_local,
+                    own: vec![("gRPC", grpc_addr), ("metrics", metrics_addr), ("console", console_addr)],
+                },
             )),
             planner: Arc::clone(orchestrator.planner()) as Arc<dyn baton_core::Planning>,
             workflows: Arc::clone(&api) as Arc<dyn baton_core::WorkflowCatalog>,

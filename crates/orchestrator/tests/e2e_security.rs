@@ -239,6 +239,31 @@ async fn tls_and_tokens_let_only_the_right_clients_in_and_count_the_rest() {
     let refused = registry.register(register).await.unwrap_err();
     assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
     assert!(refused.message().contains("endpoint.url"), "{refused:?}");
+    // So is an endpoint with credentials in its URL (never shown back), and one on the server's
+    // own addresses, which would make Baton call itself.
+    let metrics = format!("http://localhost:{}/metrics", server.metrics.port());
+    let own_grpc = format!("http://127.0.0.1:{}/", server.grpc.port());
+    for (url, said) in [
+        ("http://ops:hunter2@127.0.0.1:8080/charge", "must not carry credentials"),
+        (own_grpc.as_str(), "this server's own gRPC address"),
+        (metrics.as_str(), "this server's own metrics address"),
+    ] {
+        let mut register = tonic::Request::new(pb::RegisterRequest {
+            spec: Some(pb::ServiceSpec {
+                id: "loop".to_owned(),
+                endpoint: Some(pb::Endpoint {
+                    kind: Some(pb::endpoint::Kind::Http(pb::endpoint::Http { url: url.to_owned() })),
+                }),
+                capabilities: vec!["x".to_owned()],
+                ..pb::ServiceSpec::default()
+            }),
+        });
+        register.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+        let refused = registry.register(register).await.unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{url}: {refused:?}");
+        assert!(refused.message().contains(said), "{url}: {refused:?}");
+        assert!(!refused.message().contains("hunter2"), "{refused:?}");
+    }
 
     // Three calls were refused as UNAUTHENTICATED: two here, one by the CLI.
     let page = scrape(server.metrics).await;
@@ -253,7 +278,7 @@ async fn tls_and_tokens_let_only_the_right_clients_in_and_count_the_rest() {
     // The log says what is on and shows no secret.
     let log = server.log_text();
     assert!(log.contains("gRPC security: TLS, bearer tokens required"), "{log}");
-    assert!(!log.contains(TOKEN) && !log.contains("PRIVATE KEY"), "{log}");
+    assert!(!log.contains(TOKEN) && !log.contains("PRIVATE KEY") && !log.contains("hunter2"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
