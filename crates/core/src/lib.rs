@@ -29,6 +29,7 @@
 
 pub mod activity;
 pub mod api;
+pub mod bounds;
 pub mod directory;
 pub mod duration;
 pub mod error;

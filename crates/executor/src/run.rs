@@ -42,6 +42,10 @@ pub struct Config {
     /// The time limit of an attempt of a step that sets no `timeout` of its own; `None`: no
     /// limit. A service that takes a call and never answers holds a step only this long.
     pub default_attempt_timeout: Option<Duration>,
+    /// The largest rendered step input, as JSON text; a bigger one fails its step before any
+    /// call (`input_too_large`, not retried). `None`: no limit. Inputs travel to services and
+    /// to workers in API messages, which are bounded.
+    pub max_input_bytes: Option<usize>,
 }
 
 impl Default for Config {
@@ -54,6 +58,7 @@ impl Default for Config {
             breaker_cool_down: Duration::from_secs(30),
             evaluator: Arc::new(InProcessEvaluator::default()),
             default_attempt_timeout: None,
+            max_input_bytes: Some(baton_core::bounds::DEFAULT_MAX_INPUT_BYTES),
         }
     }
 }
@@ -192,6 +197,7 @@ struct Shared<I> {
     global: Arc<Semaphore>,
     evaluator: Arc<dyn Evaluator>,
     default_attempt_timeout: Option<Duration>,
+    max_input_bytes: Option<usize>,
 }
 
 impl<I> Shared<I> {
@@ -303,6 +309,7 @@ impl<I: Invoker> Executor<I> {
             global: Arc::clone(&self.global),
             evaluator: Arc::clone(&self.config.evaluator),
             default_attempt_timeout: self.config.default_attempt_timeout,
+            max_input_bytes: self.config.max_input_bytes,
         };
         let limit = self.config.max_in_flight_per_run.max(1);
         let done = tokio::spawn(async move {
@@ -565,24 +572,39 @@ async fn dispatch<'a, I: Invoker>(
     let payload = match payload {
         Payload::Rendered(payload) => payload,
         Payload::Context(context) => match task.input.render_with(&context, &*shared.evaluator).await {
-            Ok(payload) => payload,
-            Err(e) => return (index, Err(input_failed(shared, task, e))),
+            // A rendered input can copy whole outputs of earlier steps; a static one is part of
+            // the definition, which is bounded already.
+            Ok(payload) => match shared.max_input_bytes.map(|limit| (baton_core::bounds::json_size(&payload), limit)) {
+                Some((size, limit)) if size > limit => {
+                    return (index, Err(input_failed(shared, task, TaskError::InputTooLarge { size, limit })));
+                }
+                _ => payload,
+            },
+            Err(e) => return (index, Err(input_failed(shared, task, TaskError::Input(e)))),
         },
     };
     let Some(_permit) = shared.global_permit().await else { return (index, Err(TaskError::Cancelled)) };
     (index, run_task(shared, task, payload).await)
 }
 
-/// Reports a task whose input did not render; the error. Nothing was called, so no retry: an
-/// expression fails the same way every time, and one past a bound is an `expression_limit`.
-fn input_failed<I>(shared: &Shared<I>, task: &TaskSpec, error: EvalError) -> TaskError {
+/// Reports a task whose input did not render or is too large; the error. Nothing was called,
+/// so no retry: an expression fails the same way every time, and one past a bound is an
+/// `expression_limit`.
+fn input_failed<I>(shared: &Shared<I>, task: &TaskSpec, error: TaskError) -> TaskError {
+    let error = match error {
+        TaskError::InputTooLarge { size, limit } => TaskError::Failed(Failure::permanent(
+            "input_too_large",
+            format!("input of step {:?} is {size} bytes of JSON, the limit is {limit}", task.id.as_str()),
+        )),
+        other => other,
+    };
     shared.emit(EventKind::TaskFailed {
         step: task.id.clone(),
         attempt: 0,
         error: error.to_string(),
         retryable: false,
     });
-    TaskError::Input(error)
+    error
 }
 
 /// Attempts one task: each attempt goes to the current candidate service; any failure moves
@@ -724,4 +746,12 @@ enum TaskError {
     /// Its input did not render, so nothing was called.
     #[error(transparent)]
     Input(EvalError),
+    /// Its rendered input is over the size limit, so nothing was called.
+    #[error("input is {size} bytes of JSON, the limit is {limit}")]
+    InputTooLarge {
+        /// The input's size as JSON text.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
 }

@@ -458,3 +458,25 @@ async fn a_refused_completion_fails_its_step_and_releases_nothing() {
     let seen: Vec<Event> = journal.seen.lock().unwrap().iter().map(|(_, e)| e.clone()).collect();
     assert_eq!(kinds(&seen), ["started", "scheduled a#1@a", "succeeded a", "failed a#1 retryable=false", "failed"]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_input_over_the_bound_fails_its_step_before_any_call() {
+    let h = harness(Config { max_input_bytes: Some(64), ..Config::default() });
+    h.invoker.script("a", [ok(1, json!("x".repeat(100)))]);
+    h.invoker.script("b", [ok(1, json!("never"))]);
+    let mut b = task("b", &["b"], &["a"], json!({"copy": "${ .steps.a.output }"}));
+    b.retry.max_attempts = 3;
+    let spec = spec(vec![task("a", &["a"], &[], json!({})), b], json!(null));
+    let outcome = h.executor.start(spec, json!({}), BTreeMap::new()).outcome().await;
+    let expected = r#"input_too_large: input of step "b" is 111 bytes of JSON, the limit is 64"#;
+    assert_eq!(outcome, Outcome::Failed(format!("step b failed: {expected}")));
+    let calls: Vec<String> = h.invoker.calls().into_iter().map(|call| call.step.to_string()).collect();
+    assert_eq!(calls, ["a"], "b was never called");
+    let failed = h.events.events().into_iter().find_map(|e| match e.kind {
+        EventKind::TaskFailed { step, attempt, error, retryable } if step.as_str() == "b" => {
+            Some((attempt, error, retryable))
+        }
+        _ => None,
+    });
+    assert_eq!(failed, Some((0, expected.to_owned(), false)));
+}

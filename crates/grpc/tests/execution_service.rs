@@ -322,3 +322,64 @@ async fn a_live_watch_ends_as_unavailable_when_the_server_shuts_down() {
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     stopping.await.unwrap();
 }
+
+/// What the server accepts, it can answer: a page of executions stops before the message limit
+/// and hands back a token, and an execution whose tasks' errors together pass the limit is
+/// answered with those errors shortened (the journal keeps them whole).
+#[tokio::test]
+async fn listings_page_by_size_and_an_execution_always_fits_its_answer() {
+    let Harness { server, fakes, client: mut c } = start().await;
+    let input = json!({"pad": "x".repeat(1_500_000)}).to_string();
+    let mut started = Vec::new();
+    for _ in 0..5 {
+        let execution = c.start_execution(start_request("checkout", &input, None)).await.unwrap().into_inner();
+        started.push(execution.execution.unwrap().id);
+    }
+    let mut listed = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let request = pb::ListExecutionsRequest { page_token: token.clone(), ..Default::default() };
+        let page = c.list_executions(request).await.expect("every page fits").into_inner();
+        assert!(page.executions.len() <= 2, "3 MB at most: {}", page.executions.len());
+        assert!(page.executions.iter().all(|e| e.input_json == input));
+        listed.extend(page.executions.into_iter().map(|e| e.id));
+        pages += 1;
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    started.reverse();
+    assert_eq!((listed, pages), (started, 3), "newest first, each once");
+
+    // 1,000 steps whose failures say 4 KiB each: 4 MB of task errors.
+    let steps: Vec<_> = (0..1_000).map(|i| json!({"id": format!("s{i}"), "service": "svc"})).collect();
+    let source = json!({"name": "wide", "steps": steps}).to_string();
+    let mut workflows = WorkflowServiceClient::new(server.channel.clone());
+    workflows.apply_definition(pb::ApplyDefinitionRequest { source, format: 0 }).await.unwrap();
+    let input = json!({"pad": "y".repeat(1_000_000)}).to_string();
+    let wide = c.start_execution(start_request("wide", &input, None)).await.unwrap().into_inner().execution.unwrap();
+    let error = "e".repeat(4 * 1024);
+    for i in 0..1_000 {
+        let step = StepId::new(&format!("s{i}")).unwrap();
+        let failed = EventKind::TaskFailed { step, attempt: 1, error: error.clone(), retryable: true };
+        fakes.executions.record(id(&wide), failed).unwrap();
+    }
+    let got = c.get_execution(pb::GetExecutionRequest { id: wide.id.clone() }).await.expect("the answer fits");
+    let got = got.into_inner().execution.unwrap();
+    assert_eq!((got.input_json.as_str(), got.tasks.len()), (input.as_str(), 1_000));
+    let task = &got.tasks[0];
+    let shown = task.error.as_deref().unwrap();
+    assert!(shown.starts_with("eee") && shown.ends_with("(cut from 4096 bytes)"), "{shown}");
+    // Pausing answers with the execution too, within the limit.
+    let paused = c.pause_execution(pb::PauseExecutionRequest { id: wide.id.clone() }).await.expect("fits");
+    assert_eq!(paused.into_inner().execution.unwrap().tasks.len(), 1_000);
+    // The journal has every error whole.
+    let mut stream = watch(&mut c, &wide.id, 2).await;
+    let first = stream.message().await.unwrap().unwrap().event.unwrap();
+    assert!(matches!(first.kind, Some(pb::event::Kind::TaskFailed(f)) if f.error == error));
+    // A watcher that stops reading holds its stream's flow-control window; let it go.
+    drop(stream);
+    server.shutdown().await;
+}

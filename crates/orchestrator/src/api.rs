@@ -30,6 +30,10 @@ pub fn api_error(error: baton_workflow::Error) -> ApiError {
         E::Runner { .. } => ApiError::Internal(error.to_string()),
         E::Stopped => ApiError::Unavailable(error.to_string()),
         E::WatchPastEnd { .. } => ApiError::OutOfRange(error.to_string()),
+        E::InputTooLarge { .. } => {
+            ApiError::InvalidArgument { field: "input_json".to_owned(), message: error.to_string() }
+        }
+        E::ReasonTooLong { .. } => ApiError::InvalidArgument { field: "reason".to_owned(), message: error.to_string() },
         // Everything else is a definition that does not check.
         other => ApiError::invalid("source", other),
     }

@@ -19,13 +19,16 @@ use driver::{Driver, apply};
 use watch::Watch;
 
 /// The largest step output accepted by default: 1 MiB of JSON text.
-pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 1024 * 1024;
+pub const DEFAULT_MAX_OUTPUT_BYTES: usize = baton_core::bounds::DEFAULT_MAX_OUTPUT_BYTES;
 
 /// How an [`Engine`] runs.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The largest step output, as JSON text; a bigger one fails its step and the execution.
+    /// The largest step output and run output, as JSON text; a bigger step output fails its
+    /// step, a bigger run output the execution.
     pub max_output_bytes: usize,
+    /// The largest execution input, as JSON text; a start with a bigger one is refused.
+    pub max_input_bytes: usize,
     /// Events buffered for live watchers; a watcher that falls further behind reads the
     /// journal instead.
     pub watch_capacity: usize,
@@ -54,6 +57,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+            max_input_bytes: baton_core::bounds::DEFAULT_MAX_INPUT_BYTES,
             watch_capacity: 4096,
             clock: Arc::new(SystemClock),
             observer: Arc::new(NoObserver),
@@ -238,6 +242,11 @@ impl<S: Store, R: Runner> Engine<S, R> {
         input: Value,
         idempotency_key: Option<IdempotencyKey>,
     ) -> Result<(ExecutionId, bool)> {
+        let size = baton_core::bounds::json_size(&input);
+        let limit = self.inner.config.max_input_bytes;
+        if size > limit {
+            return Err(Error::InputTooLarge { size, limit });
+        }
         let version_requested = version;
         let (version, definition) = self.definition(name, version).await?;
         let now = self.inner.config.clock.now();
@@ -330,8 +339,13 @@ impl<S: Store, R: Runner> Engine<S, R> {
         self.command(id, ExecutionState::Running, Command::Resume).await
     }
 
-    /// Stops the execution: running or paused -> cancelled.
+    /// Stops the execution: running or paused -> cancelled. A reason over
+    /// [`baton_core::bounds::MAX_REASON_BYTES`] is refused.
     pub async fn cancel(&self, id: ExecutionId, reason: &str) -> Result<()> {
+        let limit = baton_core::bounds::MAX_REASON_BYTES;
+        if reason.len() > limit {
+            return Err(Error::ReasonTooLong { size: reason.len(), limit });
+        }
         let reason = reason.to_owned();
         self.command(id, ExecutionState::Cancelled, |reply| Command::Cancel(reason, reply)).await
     }

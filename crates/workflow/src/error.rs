@@ -90,6 +90,22 @@ pub enum Error {
     /// The engine is shutting down.
     #[error("the workflow engine stopped")]
     Stopped,
+    /// An execution's input is over the size limit.
+    #[error("input_json is {size} bytes of JSON, the limit is {limit}")]
+    InputTooLarge {
+        /// Its size as JSON text.
+        size: usize,
+        /// The limit ([`crate::Config::max_input_bytes`]).
+        limit: usize,
+    },
+    /// A cancel reason is over the size limit.
+    #[error("reason is {size} bytes, the limit is {limit}")]
+    ReasonTooLong {
+        /// Its length.
+        size: usize,
+        /// The limit ([`baton_core::bounds::MAX_REASON_BYTES`]).
+        limit: usize,
+    },
     /// A watch of an unfinished execution asked to start past the next event: the journal
     /// has fewer than `from_sequence - 1` events, so there is nothing to wait for yet.
     #[error(

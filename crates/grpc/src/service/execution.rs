@@ -11,6 +11,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status};
 
+use baton_core::bounds::cut_text;
+use prost::Message as _;
+
 use crate::convert::{
     event_to_proto, execution_id, execution_state_from_proto, execution_summary_to_proto, execution_to_proto,
     json_field, timestamp_from_proto, workflow_name,
@@ -49,7 +52,44 @@ impl ExecutionApi {
     pub(crate) fn stopping(self, stopping: Stopping) -> Self {
         Self { stopping, ..self }
     }
+
+    /// `execution` with its tasks as proto, within the message limit.
+    fn answer(&self, execution: &baton_core::Execution) -> pb::Execution {
+        fit_execution(execution_to_proto(execution), self.limits.max_message_bytes.saturating_sub(ENVELOPE_BYTES))
+    }
 }
+
+/// Room left in an answer for what surrounds its executions (the response message, a page
+/// token, gRPC framing).
+pub(crate) const ENVELOPE_BYTES: usize = 16 * 1024;
+
+/// `execution` within `budget` bytes. Its input, output and error are bounded when written and
+/// fit; what is not bounded in total is the tasks' errors (up to 4 KiB each, for up to 10,000
+/// tasks), so those are shortened, evenly, until the answer fits. The journal keeps them whole.
+pub(crate) fn fit_execution(mut execution: pb::Execution, budget: usize) -> pb::Execution {
+    let longest = execution.tasks.iter().filter_map(|t| t.error.as_ref().map(String::len)).max().unwrap_or(0);
+    let mut cap = longest;
+    while execution.encoded_len() > budget && cap > 0 {
+        cap /= 2;
+        for task in &mut execution.tasks {
+            if let Some(error) = task.error.take() {
+                let shortened = if error.len() > cap && error.len() > MIN_ERROR_BYTES {
+                    cut_text(error, cap.max(MIN_ERROR_BYTES))
+                } else {
+                    error
+                };
+                task.error = Some(shortened);
+            }
+        }
+        if cap <= MIN_ERROR_BYTES {
+            break;
+        }
+    }
+    execution
+}
+
+/// The shortest a task's error is cut to: its start and how long it was.
+const MIN_ERROR_BYTES: usize = 64;
 
 /// Forwards events until the journal ends, the watcher goes away or the server stops.
 async fn forward(
@@ -95,7 +135,7 @@ impl pb::execution_service_server::ExecutionService for ExecutionApi {
             .await
             .map_err(api_status)?;
         Ok(Response::new(pb::StartExecutionResponse {
-            execution: Some(execution_to_proto(&started.execution)),
+            execution: Some(self.answer(&started.execution)),
             existing: started.existing,
         }))
     }
@@ -106,7 +146,7 @@ impl pb::execution_service_server::ExecutionService for ExecutionApi {
     ) -> Result<Response<pb::GetExecutionResponse>, Status> {
         let id = execution_id("id", &request.into_inner().id)?;
         let execution = self.executions.get(id).await.map_err(api_status)?;
-        Ok(Response::new(pb::GetExecutionResponse { execution: Some(execution_to_proto(&execution)) }))
+        Ok(Response::new(pb::GetExecutionResponse { execution: Some(self.answer(&execution)) }))
     }
 
     async fn list_executions(
@@ -146,10 +186,31 @@ impl pb::execution_service_server::ExecutionService for ExecutionApi {
         let limit = clamp(request.page_size, self.limits.default_page_size, self.limits.max_page_size);
         let page = PageRequest { limit: u32::try_from(limit).unwrap_or(u32::MAX), order: Order::NewestFirst, token };
         let page = self.executions.list(query.clone(), page).await.map_err(api_status)?;
+        // A page ends before it would pass the message limit, with a token to go on from its
+        // last execution; a port may filter several states only partly (see
+        // `ExecutionQuery::store_filter`).
+        let budget = self.limits.max_message_bytes.saturating_sub(ENVELOPE_BYTES);
+        let mut executions = Vec::new();
+        let (mut used, mut next) = (0, page.next);
+        let mut last = None;
+        for execution in page.executions.iter().filter(|e| query.matches(e)) {
+            let summary = execution_summary_to_proto(execution);
+            let size = summary.encoded_len();
+            let framed = 1 + prost::encoding::encoded_len_varint(size as u64) + size;
+            // One execution always fits: its input, output and error are bounded when written.
+            if used + framed > budget
+                && let Some(last) = last
+            {
+                next = Some(last);
+                break;
+            }
+            used += framed;
+            executions.push(summary);
+            last = Some(PageToken::at(execution.created_at, execution.id));
+        }
         Ok(Response::new(pb::ListExecutionsResponse {
-            // A port may filter several states only partly (see `ExecutionQuery::store_filter`).
-            executions: page.executions.iter().filter(|e| query.matches(e)).map(execution_summary_to_proto).collect(),
-            next_page_token: page.next.map(|t| t.as_str().to_owned()).unwrap_or_default(),
+            executions,
+            next_page_token: next.map(|t| t.as_str().to_owned()).unwrap_or_default(),
         }))
     }
 
@@ -159,7 +220,7 @@ impl pb::execution_service_server::ExecutionService for ExecutionApi {
     ) -> Result<Response<pb::PauseExecutionResponse>, Status> {
         let id = execution_id("id", &request.into_inner().id)?;
         let execution = self.executions.pause(id).await.map_err(api_status)?;
-        Ok(Response::new(pb::PauseExecutionResponse { execution: Some(execution_to_proto(&execution)) }))
+        Ok(Response::new(pb::PauseExecutionResponse { execution: Some(self.answer(&execution)) }))
     }
 
     async fn resume_execution(
@@ -168,7 +229,7 @@ impl pb::execution_service_server::ExecutionService for ExecutionApi {
     ) -> Result<Response<pb::ResumeExecutionResponse>, Status> {
         let id = execution_id("id", &request.into_inner().id)?;
         let execution = self.executions.resume(id).await.map_err(api_status)?;
-        Ok(Response::new(pb::ResumeExecutionResponse { execution: Some(execution_to_proto(&execution)) }))
+        Ok(Response::new(pb::ResumeExecutionResponse { execution: Some(self.answer(&execution)) }))
     }
 
     async fn cancel_execution(
@@ -179,7 +240,7 @@ impl pb::execution_service_server::ExecutionService for ExecutionApi {
         let id = execution_id("id", &request.id)?;
         let reason = if request.reason.trim().is_empty() { DEFAULT_CANCEL_REASON.to_owned() } else { request.reason };
         let execution = self.executions.cancel(id, reason).await.map_err(api_status)?;
-        Ok(Response::new(pb::CancelExecutionResponse { execution: Some(execution_to_proto(&execution)) }))
+        Ok(Response::new(pb::CancelExecutionResponse { execution: Some(self.answer(&execution)) }))
     }
 
     async fn watch_execution(

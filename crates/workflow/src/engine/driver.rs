@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use baton_core::bounds::{MAX_REASON_BYTES, cut_text, json_size};
 use baton_core::{
     Event, EventKind, EventSink, Execution, ExecutionState, ExecutionUpdate, Outcome, Recorded, Refusal, StepId, Store,
     StoreError,
@@ -249,7 +250,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
                     continue;
                 }
                 EventKind::TaskSucceeded { step, attempt, output } => {
-                    let size = serde_json::to_vec(&output).map_or(usize::MAX, |text| text.len());
+                    let size = json_size(&output);
                     if size > limit {
                         let refusal = Refusal::OutputTooLarge { step: step.clone(), size, limit };
                         if kept.is_some() {
@@ -306,10 +307,16 @@ impl<S: Store, R: Runner> Driver<S, R> {
     /// lets, in its record; recovery sorts out the rest on the next open.
     async fn record(&mut self, kinds: Vec<EventKind>) -> Result<(), StoreError> {
         let at = self.inner.config.clock.now();
+        let max_output = self.inner.config.max_output_bytes;
         let events: Vec<Event> = kinds
             .into_iter()
             .enumerate()
-            .map(|(i, kind)| Event { execution: self.execution.id, sequence: self.next_sequence + i as u64, at, kind })
+            .map(|(i, kind)| Event {
+                execution: self.execution.id,
+                sequence: self.next_sequence + i as u64,
+                at,
+                kind: bounded(kind, max_output),
+            })
             .collect();
         if let Err(error) = self.inner.store.append(events.clone()).await {
             self.execution.state = ExecutionState::Failed;
@@ -346,6 +353,33 @@ impl<S: Store, R: Runner> Driver<S, R> {
             let _ = self.inner.events.send(event);
         }
         Ok(())
+    }
+}
+
+/// What the journal keeps of `kind`, so that every event and the execution it builds can be
+/// read back: error texts (from services, workers, the runner) cut to
+/// [`MAX_REASON_BYTES`], and a run output over `max_output` as the failure it is. (Step
+/// outputs over the bound are refused before this, inputs and cancel reasons at the door.)
+fn bounded(kind: EventKind, max_output: usize) -> EventKind {
+    let cut = |text| cut_text(text, MAX_REASON_BYTES);
+    match kind {
+        EventKind::Completed { output } => {
+            let size = json_size(&output);
+            if size > max_output {
+                EventKind::Failed {
+                    error: format!("output of the run is {size} bytes of JSON, the limit is {max_output}"),
+                }
+            } else {
+                EventKind::Completed { output }
+            }
+        }
+        EventKind::TaskFailed { step, attempt, error, retryable } => {
+            EventKind::TaskFailed { step, attempt, error: cut(error), retryable }
+        }
+        EventKind::TaskSkipped { step, reason } => EventKind::TaskSkipped { step, reason: cut(reason) },
+        EventKind::Cancelled { reason } => EventKind::Cancelled { reason: cut(reason) },
+        EventKind::Failed { error } => EventKind::Failed { error: cut(error) },
+        other => other,
     }
 }
 

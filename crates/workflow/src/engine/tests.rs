@@ -472,3 +472,80 @@ async fn a_watch_from_past_the_end_answers_at_once() {
         assert!(matches!(end, Ok(None)), "from {from}: {end:?}");
     }
 }
+
+/// Two steps whose outputs the run's output puts side by side.
+const PAIR: &str = r#"
+name: pair
+steps:
+  - {id: a, service: s}
+  - {id: b, service: s}
+output: "${ [.steps.a.output, .steps.b.output] }"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_outputs_and_reasons_are_bounded_when_written() {
+    let (store, runner) = (MemoryStore::default(), FakeRunner::free());
+    runner.set_output(&StepId::new("a").unwrap(), json!("a".repeat(60)));
+    runner.set_output(&StepId::new("b").unwrap(), json!("b".repeat(60)));
+    let config = Config { max_input_bytes: 64, max_output_bytes: 100, ..Config::default() };
+    let paired = Engine::open(config, store.clone(), runner.clone()).await.unwrap();
+    paired.apply(PAIR).await.unwrap();
+    let pair = WorkflowName::new("pair").unwrap();
+
+    // An input over the bound is refused, naming the field and the bound, and nothing is stored.
+    let err = paired.start(&pair, None, json!({"pad": "x".repeat(100)}), None).await.unwrap_err();
+    assert!(matches!(err, Error::InputTooLarge { size: 110, limit: 64 }), "{err:?}");
+    assert_eq!(err.to_string(), "input_json is 110 bytes of JSON, the limit is 64");
+    assert!(paired.list(&ExecutionFilter::default(), &PageRequest::default()).await.unwrap().executions.is_empty());
+
+    // Each step's output fits, the run's output does not: the execution fails, saying why.
+    let id = paired.start(&pair, None, json!({}), None).await.unwrap();
+    let execution = finish(&paired, id).await;
+    assert_eq!(execution.state, ExecutionState::Failed);
+    assert_eq!(execution.error.as_deref(), Some("output of the run is 127 bytes of JSON, the limit is 100"));
+    assert_eq!(execution.output, None);
+    let journal = store.read_journal(id, 1).await.unwrap();
+    assert_eq!(kinds(&journal).last(), Some(&"failed"));
+
+    // A cancel reason over the bound is refused and changes nothing; one within it cancels.
+    let (store, runner) = (MemoryStore::default(), FakeRunner::gated());
+    let engine = engine(&store, &runner, Config::default()).await;
+    let id = engine.start(&chain(), None, json!({"n": 1}), None).await.unwrap();
+    let long = "r".repeat(baton_core::bounds::MAX_REASON_BYTES + 1);
+    let err = engine.cancel(id, &long).await.unwrap_err();
+    assert!(matches!(err, Error::ReasonTooLong { size: 4097, limit: 4096 }), "{err:?}");
+    assert_eq!(engine.get(id).await.unwrap().state, ExecutionState::Running);
+    engine.cancel(id, &long[..4096]).await.unwrap();
+    assert_eq!(engine.get(id).await.unwrap().error.map(|e| e.len()), Some(4096));
+}
+
+/// A runner that refuses every run with a reason of 100,000 bytes.
+#[derive(Debug)]
+struct Verbose;
+
+impl Runner for Verbose {
+    type Handle = crate::FakeHandle;
+
+    fn start(&self, _: RunRequest, _: Arc<dyn EventSink<Event>>) -> Result<crate::FakeHandle, String> {
+        Err("no capacity ".repeat(8_334))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_over_the_bound_is_journaled_cut() {
+    let store = MemoryStore::default();
+    let engine = Engine::open(Config::default(), store.clone(), Verbose).await.unwrap();
+    engine.apply(CHAIN).await.unwrap();
+    let id = engine.start(&chain(), None, json!({"n": 1}), None).await.unwrap();
+    let mut events = Box::pin(engine.watch(id, 0).await.unwrap());
+    while tokio::time::timeout(Duration::from_secs(10), events.next()).await.unwrap().is_some() {}
+    let execution = engine.get(id).await.unwrap();
+    let error = execution.error.unwrap();
+    assert!(error.len() <= baton_core::bounds::MAX_REASON_BYTES, "{}", error.len());
+    assert!(error.starts_with(&format!("runner cannot start execution {id}: no capacity")), "{error}");
+    let whole = format!("runner cannot start execution {id}: ").len() + "no capacity ".len() * 8_334;
+    assert!(error.ends_with(&format!("(cut from {whole} bytes)")), "{error}");
+    let journal = store.read_journal(id, 1).await.unwrap();
+    let EventKind::Failed { error: journaled } = &journal.last().unwrap().kind else { panic!("{journal:?}") };
+    assert_eq!(journaled, &error);
+}
