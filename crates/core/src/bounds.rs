@@ -21,10 +21,18 @@ pub const MAX_REASON_BYTES: usize = 4 * 1024;
 
 /// The length of `value` as compact JSON text, without writing the text anywhere.
 pub fn json_size(value: &Value) -> usize {
+    serialized_size(value)
+}
+
+/// The length of `value` serialized as compact JSON, without writing the text anywhere; 0 for
+/// a value that does not serialize.
+pub fn serialized_size<T: serde::Serialize + ?Sized>(value: &T) -> usize {
     let mut counter = Counter(0);
-    // Writing to a counter cannot fail, and a `Value` always serializes.
-    let _ = serde_json::to_writer(&mut counter, value);
-    counter.0
+    // Writing to a counter cannot fail.
+    match serde_json::to_writer(&mut counter, value) {
+        Ok(()) => counter.0,
+        Err(_) => 0,
+    }
 }
 
 struct Counter(usize);

@@ -33,6 +33,7 @@ pub fn api_error(error: baton_workflow::Error) -> ApiError {
         E::InputTooLarge { .. } => {
             ApiError::InvalidArgument { field: "input_json".to_owned(), message: error.to_string() }
         }
+        E::JournalFull { .. } => ApiError::ResourceExhausted(error.to_string()),
         E::ReasonTooLong { .. } => ApiError::InvalidArgument { field: "reason".to_owned(), message: error.to_string() },
         // Everything else is a definition that does not check.
         other => ApiError::invalid("source", other),

@@ -134,6 +134,12 @@ settings! {
     #[arg(long, env = "BATON_ATTEMPT_TIMEOUT", value_parser = parse_duration)]
     #[serde(deserialize_with = "duration_text")]
     attempt_timeout: Duration = DEFAULT_ATTEMPT_TIMEOUT;
+    /// Most events one execution's journal holds [default: 100000].
+    #[arg(long, env = "BATON_MAX_JOURNAL_EVENTS")]
+    max_journal_events: u64 = baton_workflow::DEFAULT_MAX_JOURNAL_EVENTS;
+    /// Most MiB of events one execution's journal holds [default: 1024].
+    #[arg(long, env = "BATON_MAX_JOURNAL_MIB")]
+    max_journal_mib: u64 = baton_workflow::DEFAULT_MAX_JOURNAL_BYTES / MIB;
 }
 
 /// How long an attempt of a step without a timeout may take by default: long enough for slow
@@ -236,6 +242,12 @@ impl ServeConfig {
         if !(1..=MAX_EXPRESSION_OUTPUT_KIB).contains(&self.expression_output_kib) {
             return invalid("expression_output_kib", &format!("must be from 1 to {MAX_EXPRESSION_OUTPUT_KIB}"));
         }
+        if self.max_journal_events < MIN_JOURNAL_EVENTS {
+            return invalid("max_journal_events", &format!("must be at least {MIN_JOURNAL_EVENTS}"));
+        }
+        if !(1..=MAX_JOURNAL_MIB).contains(&self.max_journal_mib) {
+            return invalid("max_journal_mib", &format!("must be from 1 to {MAX_JOURNAL_MIB}"));
+        }
         if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str()) {
             return invalid("log_level", "must be error, warn, info, debug or trace");
         }
@@ -279,6 +291,7 @@ impl ServeConfig {
             format!("demo = {}", self.demo),
             format!("shutdown_grace = {}", baton_core::duration::format(self.shutdown_grace)),
             format!("attempt_timeout = {}", baton_core::duration::format(self.attempt_timeout)),
+            format!("journal cap = {} events, {} MiB per execution", self.max_journal_events, self.max_journal_mib),
             format!("rate_limit = {}/s per connection", self.rate_limit),
             format!("max_concurrent_streams = {}", self.max_concurrent_streams),
             format!("log = {:?} at {}", self.log_format, self.log_level),
@@ -308,6 +321,10 @@ impl ServeConfig {
     }
 }
 
+/// Fewer events than this would not hold a run of a small workflow with a few retries.
+const MIN_JOURNAL_EVENTS: u64 = 100;
+/// 1 TiB: more is no cap.
+const MAX_JOURNAL_MIB: u64 = 1024 * 1024;
 /// More threads than this would be a typo, not a machine.
 const MAX_WORKER_THREADS: usize = 1024;
 /// More evaluator processes than this would be a typo.
@@ -397,6 +414,19 @@ mod tests {
         assert_eq!(config.shutdown_grace, Duration::from_secs(30));
         assert_eq!(config.worker_threads, one_per_core());
         assert_eq!(config.default_attempt_timeout(), Some(Duration::from_secs(300)));
+    }
+
+    #[test]
+    fn the_journal_cap_has_defaults_comes_from_flags_or_the_file_and_must_be_sane() {
+        let config = args(&[]).resolve().unwrap();
+        assert_eq!((config.max_journal_events, config.max_journal_mib), (100_000, 1024));
+        let config = args(&["--max-journal-events", "5000", "--max-journal-mib", "64"]).resolve().unwrap();
+        assert_eq!((config.max_journal_events, config.max_journal_mib), (5_000, 64));
+        assert!(config.describe().contains(&"journal cap = 5000 events, 64 MiB per execution".to_owned()));
+        let error = args(&["--max-journal-events", "10"]).resolve().unwrap_err().to_string();
+        assert_eq!(error, "max_journal_events: must be at least 100");
+        let error = args(&["--max-journal-mib", "0"]).resolve().unwrap_err().to_string();
+        assert_eq!(error, "max_journal_mib: must be from 1 to 1048576");
     }
 
     #[test]

@@ -85,6 +85,8 @@ impl Server {
         let metrics = Metrics::default();
         let mut options = Options { store, ..Options::default() };
         options.engine.observer = Arc::new(metrics.clone());
+        options.engine.max_journal_events = config.max_journal_events;
+        options.engine.max_journal_bytes = config.max_journal_mib.saturating_mul(1024 * 1024);
         // Expressions run in worker processes that bound themselves, before recovery runs any.
         let sandbox = Sandbox::new(SandboxConfig {
             program: Sandbox::this_program().map_err(ServeError::Program)?,

@@ -467,3 +467,52 @@ async fn what_is_accepted_reads_back_within_the_message_limit() {
     assert!(refused.message().contains("reason is 3145728 bytes, the limit is 4096"), "{refused:?}");
     assert_eq!(server.terminate().code(), Some(0), "{}", server.log_text());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_resume_loop_stops_at_the_journal_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::start(&dir.path().join("data"), &["--max-journal-events", "100"]).await;
+    let mut clients = Clients::new(server.channel().await);
+    // A step on a worker queue nobody polls: the execution stays running.
+    let spec = pb::ServiceSpec {
+        id: "idle".to_owned(),
+        endpoint: Some(pb::Endpoint {
+            kind: Some(pb::endpoint::Kind::Worker(pb::endpoint::Worker { queue: "nobody".to_owned() })),
+        }),
+        capabilities: vec!["wait".to_owned()],
+        ..Default::default()
+    };
+    answered("register", clients.registry.register(pb::RegisterRequest { spec: Some(spec) })).await.unwrap();
+    clients.apply("name: idle\nsteps:\n  - {id: wait, service: idle}\n").await;
+    let start = pb::StartExecutionRequest { workflow: "idle".to_owned(), ..Default::default() };
+    let id = answered("start", clients.executions.start_execution(start)).await.unwrap().execution.unwrap().id;
+    let mut refused = None;
+    for round in 0..200 {
+        let result = if round % 2 == 0 {
+            answered("pause", clients.executions.pause_execution(pb::PauseExecutionRequest { id: id.clone() }))
+                .await
+                .map(drop)
+        } else {
+            answered("resume", clients.executions.resume_execution(pb::ResumeExecutionRequest { id: id.clone() }))
+                .await
+                .map(drop)
+        };
+        if let Err(status) = result {
+            refused = Some(status);
+            break;
+        }
+    }
+    let refused = refused.expect("the cap stops the loop");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("has reached its cap of 100 events"), "{refused:?}");
+    let cancel = pb::CancelExecutionRequest { id: id.clone(), reason: "enough".to_owned() };
+    answered("cancel", clients.executions.cancel_execution(cancel)).await.expect("a cancel still goes in");
+    let request = pb::WatchExecutionRequest { id, from_sequence: 0 };
+    let mut events = answered("watch", clients.executions.watch_execution(request)).await.unwrap();
+    let mut count = 0;
+    while tokio::time::timeout(ANSWER_WITHIN, events.message()).await.unwrap().unwrap().is_some() {
+        count += 1;
+    }
+    assert_eq!(count, 101, "the cap and the cancel");
+    assert_eq!(server.terminate().code(), Some(0), "{}", server.log_text());
+}

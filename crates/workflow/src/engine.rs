@@ -21,6 +21,12 @@ use watch::Watch;
 /// The largest step output accepted by default: 1 MiB of JSON text.
 pub const DEFAULT_MAX_OUTPUT_BYTES: usize = baton_core::bounds::DEFAULT_MAX_OUTPUT_BYTES;
 
+/// Most events of one execution's journal by default: ten times what a run of a 10,000-step
+/// definition journals without retries (Temporal caps a history at 51,200 events).
+pub const DEFAULT_MAX_JOURNAL_EVENTS: u64 = 100_000;
+/// Most bytes of one execution's journal by default: 1 GiB.
+pub const DEFAULT_MAX_JOURNAL_BYTES: u64 = 1 << 30;
+
 /// How an [`Engine`] runs.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -29,6 +35,13 @@ pub struct Config {
     pub max_output_bytes: usize,
     /// The largest execution input, as JSON text; a start with a bigger one is refused.
     pub max_input_bytes: usize,
+    /// Most events one execution's journal holds, besides the event that ends it: past it,
+    /// pause and resume are refused and the run fails. A loop of pauses and resumes cannot grow a
+    /// journal without end.
+    pub max_journal_events: u64,
+    /// Most bytes (events as JSON) one execution's journal holds, besides the event that ends
+    /// it; as [`Config::max_journal_events`].
+    pub max_journal_bytes: u64,
     /// Events buffered for live watchers; a watcher that falls further behind reads the
     /// journal instead.
     pub watch_capacity: usize,
@@ -58,6 +71,8 @@ impl Default for Config {
         Self {
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
             max_input_bytes: baton_core::bounds::DEFAULT_MAX_INPUT_BYTES,
+            max_journal_events: DEFAULT_MAX_JOURNAL_EVENTS,
+            max_journal_bytes: DEFAULT_MAX_JOURNAL_BYTES,
             watch_capacity: 4096,
             clock: Arc::new(SystemClock),
             observer: Arc::new(NoObserver),
@@ -462,15 +477,19 @@ impl<S: Store, R: Runner> Engine<S, R> {
         let state = execution.state;
         let execution = store.update_execution(ExecutionUpdate::from(&execution)).await?;
         let next = journal.last().map_or(1, |e| e.sequence + 1);
+        let bytes = journal.iter().map(|e| driver::event_size(&e.kind)).sum();
         let mut recovery = lock(&self.inner.recovery);
         match state {
-            ExecutionState::Running => {
-                recovery.resumed.push(id);
-                self.spawn(Driver::new(self, execution, definition, next, started, completed), true);
-            }
-            ExecutionState::Paused => {
-                recovery.paused.push(id);
-                self.spawn(Driver::new(self, execution, definition, next, started, completed), false);
+            ExecutionState::Running | ExecutionState::Paused => {
+                let running = state == ExecutionState::Running;
+                if running {
+                    recovery.resumed.push(id)
+                } else {
+                    recovery.paused.push(id)
+                }
+                let mut driver = Driver::new(self, execution, definition, next, started, completed);
+                driver.journal_bytes = bytes;
+                self.spawn(driver, running);
             }
             _ => recovery.finished.push(id),
         }

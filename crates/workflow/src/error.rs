@@ -98,6 +98,15 @@ pub enum Error {
         /// The limit ([`crate::Config::max_input_bytes`]).
         limit: usize,
     },
+    /// The execution's journal is at its cap: it takes no more pauses or resumes (the run fails
+    /// when it reaches the cap itself); a cancel, which ends it, still goes in.
+    #[error("the journal of execution {execution} has reached its cap of {cap}; it can only be cancelled now")]
+    JournalFull {
+        /// The execution.
+        execution: ExecutionId,
+        /// The cap it reached.
+        cap: JournalCap,
+    },
     /// A cancel reason is over the size limit.
     #[error("reason is {size} bytes, the limit is {limit}")]
     ReasonTooLong {
@@ -126,6 +135,18 @@ pub enum Error {
         /// The execution it started.
         execution: baton_core::ExecutionId,
     },
+}
+
+/// A cap on one execution's journal ([`crate::Config::max_journal_events`],
+/// [`crate::Config::max_journal_bytes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum JournalCap {
+    /// Events.
+    #[error("{0} events")]
+    Events(u64),
+    /// Bytes of events as JSON.
+    #[error("{0} bytes")]
+    Bytes(u64),
 }
 
 /// Why recovery could not bring an execution back; it is marked failed with this reason.

@@ -45,8 +45,11 @@ mod runner;
 
 pub use baton_core::Outcome;
 pub use definition::{CheckedDefinition, MAX_DEFINITION_BYTES, MAX_JQ_EXPRESSIONS, MAX_STEPS};
-pub use engine::{Applied, Config, DEFAULT_MAX_OUTPUT_BYTES, Engine, NoObserver, Observer, Recovery};
-pub use error::{Error, RecoveryError, Result};
+pub use engine::{
+    Applied, Config, DEFAULT_MAX_JOURNAL_BYTES, DEFAULT_MAX_JOURNAL_EVENTS, DEFAULT_MAX_OUTPUT_BYTES, Engine,
+    NoObserver, Observer, Recovery,
+};
+pub use error::{Error, JournalCap, RecoveryError, Result};
 pub use expansion::{MAX_EXPANDED_BYTES, MAX_EXPANDED_NODES};
 #[cfg(any(test, feature = "test-util"))]
 pub use runner::{FakeHandle, FakeRunner};

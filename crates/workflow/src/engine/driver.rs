@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use baton_core::bounds::{MAX_REASON_BYTES, cut_text, json_size};
+use baton_core::bounds::{MAX_REASON_BYTES, cut_text, json_size, serialized_size};
 use baton_core::{
     Event, EventKind, EventSink, Execution, ExecutionState, ExecutionUpdate, Outcome, Recorded, Refusal, StepId, Store,
     StoreError,
@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Command, Engine, Inner, is_terminal, lock};
 use crate::definition::CheckedDefinition;
-use crate::error::{Error, Result};
+use crate::error::{Error, JournalCap, Result};
 use crate::runner::{RunHandle, RunRequest, Runner};
 
 /// Applies one journal event to an execution ([`Execution::apply`], core's one replay rule)
@@ -74,6 +74,8 @@ pub(super) struct Driver<S, R: Runner> {
     pub(super) execution: Execution,
     definition: Arc<CheckedDefinition>,
     next_sequence: u64,
+    /// The journal's events so far as JSON, in bytes, for its cap.
+    pub(super) journal_bytes: u64,
     /// Whether the journal holds a `Started`.
     started: bool,
     completed: BTreeMap<StepId, Value>,
@@ -96,6 +98,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
             execution,
             definition,
             next_sequence,
+            journal_bytes: 0,
             started,
             completed,
             handle: None,
@@ -198,7 +201,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
                     let _ = reply.send(Err(self.illegal(ExecutionState::Paused)));
                     return;
                 }
-                let result = self.record(vec![EventKind::Paused]).await.map_err(Error::from);
+                let result = self.record(vec![EventKind::Paused]).await.map_err(|e| self.command_error(e));
                 if result.is_ok()
                     && let Some(handle) = &self.handle
                 {
@@ -211,7 +214,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
                     let _ = reply.send(Err(self.illegal(ExecutionState::Running)));
                     return;
                 }
-                let result = self.record(vec![EventKind::Resumed]).await.map_err(Error::from);
+                let result = self.record(vec![EventKind::Resumed]).await.map_err(|e| self.command_error(e));
                 if result.is_ok() {
                     match &self.handle {
                         Some(handle) => handle.resume(),
@@ -226,8 +229,10 @@ impl<S: Store, R: Runner> Driver<S, R> {
                     let _ = reply.send(Err(self.illegal(ExecutionState::Cancelled)));
                     return;
                 }
-                let result =
-                    self.record(vec![EventKind::Cancelled { reason: reason.clone() }]).await.map_err(Error::from);
+                let result = self
+                    .record(vec![EventKind::Cancelled { reason: reason.clone() }])
+                    .await
+                    .map_err(|e| self.command_error(e));
                 if let Some(handle) = self.handle.take() {
                     handle.cancel(&reason);
                 }
@@ -283,13 +288,32 @@ impl<S: Store, R: Runner> Driver<S, R> {
                 break;
             }
         }
-        let result = if kinds.is_empty() { Ok(()) } else { self.record(kinds).await.map_err(Refusal::Journal) };
+        let result = match self.record(kinds).await {
+            Ok(()) => Ok(()),
+            Err(Unrecorded::Store(error)) => Err(Refusal::Journal(error)),
+            Err(Unrecorded::Full(cap)) => {
+                // The run goes no further: its journal ends with why. On a failed write `record`
+                // has failed the execution already.
+                let _ = self
+                    .record(vec![EventKind::Failed { error: format!("the journal reached its cap of {cap}") }])
+                    .await;
+                Err(Refusal::Ended)
+            }
+        };
         for kept in waiting {
             answer(kept, result.clone());
         }
         if ended_by_runner {
             // The run is over on its own; nothing to cancel.
             self.handle = None;
+        }
+    }
+
+    /// A failed journal write of a command as the command's error.
+    fn command_error(&self, error: Unrecorded) -> Error {
+        match error {
+            Unrecorded::Store(error) => Error::Store(error),
+            Unrecorded::Full(cap) => Error::JournalFull { execution: self.execution.id, cap },
         }
     }
 
@@ -302,10 +326,15 @@ impl<S: Store, R: Runner> Driver<S, R> {
         let _ = self.record(vec![outcome.into()]).await;
     }
 
-    /// Journals `kinds`, then applies them, updates the record and tells watchers. When the
-    /// journal cannot be written the execution is failed in memory and, as far as the store
-    /// lets, in its record; recovery sorts out the rest on the next open.
-    async fn record(&mut self, kinds: Vec<EventKind>) -> Result<(), StoreError> {
+    /// Journals `kinds`, then applies them, updates the record and tells watchers. Events that
+    /// would take the journal past a cap are not written ([`Unrecorded::Full`]); an event that
+    /// ends the execution always is. When the journal cannot be written the execution is
+    /// failed in memory and, as far as the store lets, in its record; recovery sorts out the
+    /// rest on the next open.
+    async fn record(&mut self, kinds: Vec<EventKind>) -> Result<(), Unrecorded> {
+        if kinds.is_empty() {
+            return Ok(());
+        }
         let at = self.inner.config.clock.now();
         let max_output = self.inner.config.max_output_bytes;
         let events: Vec<Event> = kinds
@@ -318,14 +347,25 @@ impl<S: Store, R: Runner> Driver<S, R> {
                 kind: bounded(kind, max_output),
             })
             .collect();
+        let sizes: Vec<u64> = events.iter().map(|e| event_size(&e.kind)).collect();
+        let capped = events.iter().zip(&sizes).filter(|(e, _)| !is_terminal(&e.kind));
+        let (count, bytes) = capped.fold((0, 0), |(count, bytes), (_, size)| (count + 1, bytes + size));
+        let config = &self.inner.config;
+        if self.next_sequence - 1 + count > config.max_journal_events {
+            return Err(Unrecorded::Full(JournalCap::Events(config.max_journal_events)));
+        }
+        if self.journal_bytes + bytes > config.max_journal_bytes {
+            return Err(Unrecorded::Full(JournalCap::Bytes(config.max_journal_bytes)));
+        }
         if let Err(error) = self.inner.store.append(events.clone()).await {
             self.execution.state = ExecutionState::Failed;
             self.execution.error = Some(format!("journal write failed: {error}"));
             self.execution.updated_at = at;
             let _ = self.inner.store.update_execution(ExecutionUpdate::from(&self.execution)).await;
-            return Err(error);
+            return Err(Unrecorded::Store(error));
         }
         self.next_sequence += events.len() as u64;
+        self.journal_bytes += sizes.iter().sum::<u64>();
         for event in &events {
             self.started |= matches!(event.kind, EventKind::Started { .. });
             // The engine only journals legal changes; an illegal one would be a bug, and the
@@ -354,6 +394,19 @@ impl<S: Store, R: Runner> Driver<S, R> {
         }
         Ok(())
     }
+}
+
+/// Why [`Driver::record`] wrote nothing.
+pub(super) enum Unrecorded {
+    /// The store failed.
+    Store(StoreError),
+    /// The events would take the journal past this cap.
+    Full(JournalCap),
+}
+
+/// The size of an event in the journal's terms: its kind as JSON, in bytes.
+pub(super) fn event_size(kind: &EventKind) -> u64 {
+    serialized_size(kind) as u64
 }
 
 /// What the journal keeps of `kind`, so that every event and the execution it builds can be

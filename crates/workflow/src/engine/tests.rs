@@ -549,3 +549,59 @@ async fn an_error_over_the_bound_is_journaled_cut() {
     let EventKind::Failed { error: journaled } = &journal.last().unwrap().kind else { panic!("{journal:?}") };
     assert_eq!(journaled, &error);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_and_resume_in_a_loop_stop_at_the_journal_cap_and_cancel_still_works() {
+    let (store, runner) = (MemoryStore::default(), FakeRunner::gated());
+    let engine = engine(&store, &runner, Config { max_journal_events: 10, ..Config::default() }).await;
+    let id = engine.start(&chain(), None, json!({"n": 1}), None).await.unwrap();
+    let mut refused = None;
+    for _ in 0..100 {
+        let result = match engine.get(id).await.unwrap().state {
+            ExecutionState::Paused => engine.resume(id).await,
+            _ => engine.pause(id).await,
+        };
+        if let Err(error) = result {
+            refused = Some(error);
+            break;
+        }
+    }
+    let refused = refused.expect("the cap stops the loop");
+    assert!(
+        matches!(&refused, Error::JournalFull { execution, cap: crate::JournalCap::Events(10) } if *execution == id)
+    );
+    assert_eq!(
+        refused.to_string(),
+        format!("the journal of execution {id} has reached its cap of 10 events; it can only be cancelled now")
+    );
+    assert_eq!(store.read_journal(id, 1).await.unwrap().len(), 10);
+    engine.cancel(id, "enough").await.unwrap();
+    let journal = store.read_journal(id, 1).await.unwrap();
+    assert_eq!((journal.len(), kinds(&journal).last().copied()), (11, Some("cancelled")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_reaches_the_journal_cap_fails_saying_so() {
+    // By events: the chain needs 8 (started, 3 x scheduled and succeeded, completed).
+    let (store, runner) = (MemoryStore::default(), FakeRunner::free());
+    let by_events = engine(&store, &runner, Config { max_journal_events: 5, ..Config::default() }).await;
+    let id = by_events.start(&chain(), None, json!({"n": 1}), None).await.unwrap();
+    let execution = finish(&by_events, id).await;
+    assert_eq!(execution.state, ExecutionState::Failed);
+    assert_eq!(execution.error.as_deref(), Some("the journal reached its cap of 5 events"));
+    let journal = store.read_journal(id, 1).await.unwrap();
+    assert!(journal.len() <= 6, "{}", journal.len());
+    assert_eq!(kinds(&journal).last(), Some(&"failed"));
+
+    // By bytes: two outputs of 3,000 bytes pass a cap of 5,000.
+    let (store, runner) = (MemoryStore::default(), FakeRunner::free());
+    runner.set_output(&StepId::new("a").unwrap(), json!("a".repeat(3_000)));
+    runner.set_output(&StepId::new("b").unwrap(), json!("b".repeat(3_000)));
+    let engine = engine(&store, &runner, Config { max_journal_bytes: 5_000, ..Config::default() }).await;
+    let id = engine.start(&chain(), None, json!({"n": 1}), None).await.unwrap();
+    let execution = finish(&engine, id).await;
+    assert_eq!(execution.state, ExecutionState::Failed);
+    assert_eq!(execution.error.as_deref(), Some("the journal reached its cap of 5000 bytes"));
+    assert_eq!(execution.tasks[&StepId::new("a").unwrap()].state, TaskState::Succeeded);
+    assert_ne!(execution.tasks[&StepId::new("b").unwrap()].state, TaskState::Succeeded);
+}
