@@ -126,6 +126,7 @@ impl From<StoreError> for ApiError {
                 Self::InvalidArgument { field: field.clone(), message: error.to_string() }
             }
             StoreError::Unavailable(reason) => Self::Unavailable(reason),
+            StoreError::NoSpace(_) => Self::ResourceExhausted(error.to_string()),
             StoreError::SequenceConflict { .. } | StoreError::Corrupt { .. } => Self::Internal(error.to_string()),
         }
     }

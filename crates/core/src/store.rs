@@ -32,7 +32,9 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// Durable storage of definitions, executions and journals.
 ///
 /// Every method may fail with [`StoreError::Unavailable`] when the backing storage cannot be
-/// reached or written; the other errors are stated per method.
+/// reached or written, and every write with [`StoreError::NoSpace`] when the storage has no
+/// room for it (nothing was written; the same write may be made again once there is room); the
+/// other errors are stated per method.
 pub trait Store: Send + Sync + 'static {
     /// Stores `definition` as the next version of its name, atomically: when the latest version
     /// has the same content hash, nothing changes and the answer names that version.
@@ -459,6 +461,10 @@ pub enum StoreError {
     /// The backing storage could not be reached or written; the call may be retried.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The storage has no room for the write (a full disk): nothing was written, and the same
+    /// write may be made again once there is room. The text names the storage.
+    #[error("no space left to store it: {0}")]
+    NoSpace(String),
 }
 
 impl StoreError {

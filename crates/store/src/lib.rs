@@ -69,6 +69,9 @@ pub struct CommitStats {
     /// Time the transactions took from their first write to durable (the fsync included);
     /// `commit_time / transactions` is the mean commit latency.
     pub commit_time: std::time::Duration,
+    /// Writes that failed because the storage had no room (a full disk); nothing of them was
+    /// written.
+    pub no_space: u64,
 }
 
 /// One of the stores, chosen at run time (e.g. from configuration).

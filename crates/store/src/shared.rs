@@ -177,9 +177,15 @@ pub(crate) struct Counters {
     transactions: std::sync::atomic::AtomicU64,
     writes: std::sync::atomic::AtomicU64,
     commit_nanos: std::sync::atomic::AtomicU64,
+    no_space: std::sync::atomic::AtomicU64,
 }
 
 impl Counters {
+    /// Counts a write that failed because the storage had no room.
+    pub(crate) fn no_space(&self) {
+        self.no_space.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Counts a committed transaction holding `writes` writes that took `took` from its
     /// first write to durable.
     pub(crate) fn committed(&self, writes: usize, took: std::time::Duration) {
@@ -195,6 +201,7 @@ impl Counters {
             transactions: self.transactions.load(Relaxed),
             writes: self.writes.load(Relaxed),
             commit_time: std::time::Duration::from_nanos(self.commit_nanos.load(Relaxed)),
+            no_space: self.no_space.load(Relaxed),
         }
     }
 }

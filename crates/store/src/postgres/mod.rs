@@ -230,6 +230,10 @@ fn describe(e: &tokio_postgres::Error) -> String {
 }
 
 fn unavailable(e: tokio_postgres::Error) -> StoreError {
+    // The statement failed whole: nothing of it was written.
+    if e.code() == Some(&SqlState::DISK_FULL) {
+        return StoreError::NoSpace(format!("postgres: {}", describe(&e)));
+    }
     StoreError::unavailable(format!("postgres: {}", describe(&e)))
 }
 

@@ -42,7 +42,7 @@ impl Drop for Answers {
 /// The log writer thread's state between frames.
 pub(super) struct LogWriter {
     pub(super) dir: PathBuf,
-    pub(super) db: Arc<Database>,
+    pub(super) db: Arc<Handle>,
     pub(super) counters: Arc<Counters>,
     pub(super) unfolded: Arc<Unfolded>,
     /// The redb writer's queue, for folds.
@@ -120,15 +120,33 @@ impl LogWriter {
                 }
             }
             Err(e) => {
-                // What the file holds after a failed write or sync is unknown (the frame may
-                // still land), so, like PostgreSQL after a failed fsync, the log takes no more
-                // appends: reopening the store replays whatever did land.
-                let failure =
-                    StoreError::unavailable(format!("the journal log failed a write ({e}); reopen the store to go on"));
+                if e.no_space() {
+                    self.counters.no_space();
+                }
+                let failure = match e {
+                    // Nothing of the frame stays: the appends failed, and the log goes on (a full
+                    // disk takes frames again once it has room).
+                    FrameError::NotWritten(e) if wal::is_no_space(&e) => {
+                        StoreError::NoSpace(format!("writing the journal log in {}: {e}", self.dir.display()))
+                    }
+                    FrameError::NotWritten(e) => StoreError::unavailable(format!(
+                        "the journal log could not write to {}: {e}",
+                        self.segment.as_ref().map_or(self.dir.as_path(), |s| s.path()).display()
+                    )),
+                    // What the file holds after a failed sync is unknown (the frame may still
+                    // land), so, like PostgreSQL after a failed fsync, the log takes no more
+                    // appends: reopening the store replays whatever did land.
+                    FrameError::Unknown(e) => {
+                        let failure = StoreError::unavailable(format!(
+                            "the journal log failed a write ({e}); reopen the store to go on"
+                        ));
+                        self.failed = Some(failure.clone());
+                        failure
+                    }
+                };
                 for append in accepted {
                     let _ = append.reply.send(Err(failure.clone()));
                 }
-                self.failed = Some(failure);
             }
         }
     }
@@ -169,7 +187,7 @@ impl LogWriter {
             None => {
                 let txn = match read {
                     Some(txn) => txn,
-                    None => read.insert(self.db.begin_read().map_err(|e| Fail::from(e).into_store_error())?),
+                    None => read.insert(self.db.get()?.begin_read().map_err(|e| Fail::from(e).into_store_error())?),
                 };
                 let found = || -> Result<u64, Fail> {
                     if txn.open_table(EXECUTIONS)?.get(id)?.is_none() {
@@ -184,9 +202,10 @@ impl LogWriter {
         Ok(head)
     }
 
-    pub(super) fn write_frame(&mut self, appends: &[Append]) -> std::io::Result<()> {
+    pub(super) fn write_frame(&mut self, appends: &[Append]) -> Result<(), FrameError> {
         if self.segment.is_none() {
-            self.segment = Some(self.create_segment()?);
+            // A segment that could not be made holds nothing: the frame was not written.
+            self.segment = Some(self.create_segment().map_err(FrameError::NotWritten)?);
         }
         let segment = self.segment.as_mut().expect("created above");
         segment.begin_frame();
@@ -237,7 +256,10 @@ impl LogWriter {
             if let Some(failure) = generations.fold_failure.take() {
                 drop(generations);
                 let _ = self.folds.blocking_send(Box::new(FoldRequest));
-                return Err(StoreError::unavailable(format!("the journal cannot be folded into redb: {failure}")));
+                return Err(match failure {
+                    StoreError::NoSpace(why) => StoreError::NoSpace(format!("folding the journal into redb: {why}")),
+                    failure => StoreError::unavailable(format!("the journal cannot be folded into redb: {failure}")),
+                });
             }
             if self.folds.is_closed() {
                 return Err(writer_gone());

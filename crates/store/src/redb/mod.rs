@@ -18,6 +18,11 @@
 //! transition) is checked before anything is written and fails alone; a storage error fails
 //! its whole batch.
 //!
+//! A full disk fails a write with [`StoreError::NoSpace`] and leaves nothing of it: a frame
+//! that did not fit is cut off its segment, and after a redb commit that did not fit the redb
+//! writer opens the file again (`handle.rs`: redb takes no writes after a failed one), so that
+//! writes go in again once there is room.
+//!
 //! Opening the store folds whatever segments a previous run left (it may have been killed)
 //! into `journal_chunks` before anything else, frame by frame: a frame torn by a crash was
 //! never acknowledged and is dropped whole. Closing folds the last segment.
@@ -65,7 +70,8 @@ use baton_core::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use self::wal::Segment;
+use self::handle::Handle;
+use self::wal::{FrameError, Segment};
 use self::{fail::*, fold::*, log::*, reads::*, schema::*, unfolded::*, writer::*};
 use crate::CommitStats;
 use crate::shared::{
@@ -75,6 +81,7 @@ use crate::shared::{
 
 mod fail;
 mod fold;
+mod handle;
 mod log;
 mod reads;
 mod schema;
@@ -147,7 +154,7 @@ pub struct Recovery {
 #[derive(Debug)]
 struct Inner {
     path: PathBuf,
-    db: Arc<Database>,
+    db: Arc<Handle>,
     counters: Arc<Counters>,
     unfolded: Arc<Unfolded>,
     recovery: Recovery,
@@ -198,7 +205,7 @@ impl RedbStore {
         let db = Database::create(&path).map_err(|e| failed(&e))?;
         prepare(&db).map_err(|e| failed(&e))?;
         let (recovery, next_segment) = recover(&db, data_dir).map_err(|e| failed(&e))?;
-        let db = Arc::new(db);
+        let db = Arc::new(Handle::new(path.clone(), db));
         let counters = Arc::new(Counters::default());
         let unfolded = Arc::new(Unfolded::new());
         let (jobs, queue) = mpsc::channel(MAX_BATCH);
@@ -219,6 +226,7 @@ impl RedbStore {
         let writer = {
             let writer = Writer {
                 db: Arc::clone(&db),
+                broken: false,
                 counters: Arc::clone(&counters),
                 unfolded: Arc::clone(&unfolded),
                 dir: data_dir.to_path_buf(),
@@ -296,7 +304,7 @@ impl RedbStore {
         F: FnOnce(&Database) -> Result<T, Fail> + Send + 'static,
     {
         let db = Arc::clone(&self.inner.db);
-        match tokio::task::spawn_blocking(move || work(&db)).await {
+        match tokio::task::spawn_blocking(move || work(&*db.get().map_err(Fail::Store)?)).await {
             Ok(result) => result.map_err(Fail::into_store_error),
             Err(e) => Err(StoreError::unavailable(format!("a redb read panicked: {e}"))),
         }

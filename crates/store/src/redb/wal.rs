@@ -18,7 +18,7 @@
 //! order they were written. A segment is deleted once its events are folded into redb.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 const MAGIC: [u8; 4] = *b"BJF1";
@@ -34,10 +34,35 @@ pub(crate) type Record = (u128, u64, Vec<u8>);
 /// The segment being written.
 #[derive(Debug)]
 pub(crate) struct Segment {
-    #[cfg(test)]
     path: PathBuf,
     file: File,
     frame: Vec<u8>,
+    /// The bytes of its whole, synced frames: where the next frame starts.
+    len: u64,
+}
+
+/// Why a frame is not in its segment.
+#[derive(Debug)]
+pub(crate) enum FrameError {
+    /// The frame could not be written, and what did reach the file was cut away: the segment
+    /// ends with its last whole frame, as if the frame had never been tried (a full disk).
+    NotWritten(io::Error),
+    /// The frame may or may not be on disk (a failed sync, or a failed write that could not
+    /// be cut away).
+    Unknown(io::Error),
+}
+
+impl FrameError {
+    /// Whether the disk had no room for the frame.
+    pub(crate) fn no_space(&self) -> bool {
+        let (Self::NotWritten(e) | Self::Unknown(e)) = self;
+        is_no_space(e)
+    }
+}
+
+/// Whether `error` says the disk (or the user's quota on it) is full.
+pub(crate) fn is_no_space(error: &io::Error) -> bool {
+    matches!(error.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded)
 }
 
 impl Segment {
@@ -47,12 +72,7 @@ impl Segment {
         let path = segment_path(dir, number);
         let file = File::options().write(true).create_new(true).open(&path)?;
         sync_dir(dir)?;
-        Ok(Self {
-            #[cfg(test)]
-            path,
-            file,
-            frame: Vec::new(),
-        })
+        Ok(Self { path, file, frame: Vec::new(), len: 0 })
     }
 
     /// Starts a frame, dropping whatever an unfinished one held.
@@ -69,20 +89,31 @@ impl Segment {
     }
 
     /// Writes the frame and waits until it is on disk.
-    pub(crate) fn write_frame(&mut self) -> io::Result<()> {
+    pub(crate) fn write_frame(&mut self) -> Result<(), FrameError> {
         let body = &self.frame[HEADER..];
-        let length = u32::try_from(body.len())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a journal frame is larger than 4 GiB"))?;
+        let length = u32::try_from(body.len()).map_err(|_| {
+            FrameError::NotWritten(io::Error::new(io::ErrorKind::InvalidInput, "a journal frame is larger than 4 GiB"))
+        })?;
         let checksum = crc32fast::hash(body);
         self.frame[0..4].copy_from_slice(&MAGIC);
         self.frame[4..8].copy_from_slice(&length.to_le_bytes());
         self.frame[8..12].copy_from_slice(&checksum.to_le_bytes());
-        self.file.write_all(&self.frame)?;
-        self.file.sync_data()
+        if let Err(e) = self.file.write_all(&self.frame) {
+            // Part of the frame may have reached the file (a full disk takes what fits): cut it
+            // off, so the next frame follows the last whole one. Were the cut lost in a crash,
+            // the torn frame would be dropped on open, as any torn frame is.
+            let cut = self.file.set_len(self.len).and_then(|()| self.file.seek(SeekFrom::Start(self.len)));
+            return Err(match cut {
+                Ok(_) => FrameError::NotWritten(e),
+                Err(_) => FrameError::Unknown(e),
+            });
+        }
+        self.file.sync_data().map_err(FrameError::Unknown)?;
+        self.len += self.frame.len() as u64;
+        Ok(())
     }
 
     /// The segment's file.
-    #[cfg(test)]
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }

@@ -61,7 +61,10 @@ pub(super) const IDLE_SLICES: usize = 8;
 
 /// The redb writer thread.
 pub(super) struct Writer {
-    pub(super) db: Arc<Database>,
+    pub(super) db: Arc<Handle>,
+    /// Whether a write to the file failed: the handle takes no more writes until it is opened
+    /// again, before the next transaction.
+    pub(super) broken: bool,
     pub(super) counters: Arc<Counters>,
     pub(super) unfolded: Arc<Unfolded>,
     pub(super) dir: PathBuf,
@@ -104,7 +107,18 @@ impl Writer {
 
     pub(super) fn commit_batch(&mut self, batch: &mut Vec<Box<dyn Job>>) {
         let began = Instant::now();
-        let failure = self.commit(batch).err().map(Fail::into_store_error);
+        let failure = self.commit(batch).err().map(|fail| {
+            if let Fail::Storage(error) = &fail {
+                // Whatever it was, the handle may take no more writes: open the file again
+                // before the next transaction.
+                self.broken = true;
+                if is_no_space(error) {
+                    self.counters.no_space();
+                    return StoreError::NoSpace(format!("writing {}: {error}", self.dir.join(FILE_NAME).display()));
+                }
+            }
+            fail.into_store_error()
+        });
         let answered = batch.iter().filter(|job| job.answers_a_caller()).count();
         if failure.is_none() && answered > 0 {
             self.counters.committed(answered, began.elapsed());
@@ -128,7 +142,11 @@ impl Writer {
 
     pub(super) fn commit(&mut self, batch: &mut [Box<dyn Job>]) -> Result<(), Fail> {
         let callers_wait = batch.iter().any(|job| job.answers_a_caller());
-        let mut txn = self.db.begin_write()?;
+        if self.broken {
+            self.db.reopen()?;
+            self.broken = false;
+        }
+        let mut txn = self.db.get()?.begin_write()?;
         {
             let mut tables = Tables::open(&txn)?;
             for job in batch.iter_mut() {
@@ -148,6 +166,16 @@ impl Writer {
         txn.set_durability(durability)?;
         txn.commit()?;
         Ok(())
+    }
+}
+
+/// Whether a redb error is the disk (or the user's quota on it) being full.
+fn is_no_space(error: &::redb::Error) -> bool {
+    match error {
+        ::redb::Error::Io(e) => wal::is_no_space(e),
+        _ => std::error::Error::source(error)
+            .and_then(|source| source.downcast_ref::<std::io::Error>())
+            .is_some_and(wal::is_no_space),
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use baton_core::bounds::{MAX_REASON_BYTES, cut_text, json_size, serialized_size};
 use baton_core::{
@@ -76,6 +77,8 @@ pub(super) struct Driver<S, R: Runner> {
     next_sequence: u64,
     /// The journal's events so far as JSON, in bytes, for its cap.
     pub(super) journal_bytes: u64,
+    /// Whether the record is behind the journal: writing it failed for lack of space.
+    record_stale: bool,
     /// Whether the journal holds a `Started`.
     started: bool,
     completed: BTreeMap<StepId, Value>,
@@ -99,6 +102,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
             definition,
             next_sequence,
             journal_bytes: 0,
+            record_stale: false,
             started,
             completed,
             handle: None,
@@ -111,7 +115,6 @@ impl<S: Store, R: Runner> Driver<S, R> {
         if launch {
             self.launch().await;
         }
-        let mut commands = self.commands.take().expect("spawned with a command channel");
         while !self.execution.state.is_terminal() {
             tokio::select! {
                 // Events first: what the run did before a command arrived is journaled before it.
@@ -128,16 +131,19 @@ impl<S: Store, R: Runner> Driver<S, R> {
                     }
                     None => self.runner_ended().await,
                 },
-                command = commands.recv() => match command {
+                command = next_command(&mut self.commands) => match command {
                     Some(command) => self.command(command).await,
                     None => break,
                 },
             }
         }
-        lock(&self.inner.live).remove(&self.execution.id);
         for waiter in lock(&self.inner.waiters).remove(&self.execution.id).unwrap_or_default() {
             let _ = waiter.send(self.execution.clone());
         }
+        // Listings read the record: it must say how the execution ended before the driver goes.
+        self.write_final_record().await;
+        lock(&self.inner.live).remove(&self.execution.id);
+        let mut commands = self.commands.take().expect("spawned with a command channel");
         // Commands that raced with the end are answered from the final state.
         commands.close();
         while let Ok(command) = commands.try_recv() {
@@ -165,7 +171,8 @@ impl<S: Store, R: Runner> Driver<S, R> {
     async fn launch(&mut self) {
         // The engine journals `Started` itself, before the run can report anything, so the
         // journal always begins with it; the runner's own is dropped.
-        if !self.started && self.record(vec![EventKind::Started { input: self.execution.input.clone() }]).await.is_err()
+        if !self.started
+            && self.record_for_run(vec![EventKind::Started { input: self.execution.input.clone() }]).await.is_err()
         {
             return;
         }
@@ -185,7 +192,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
             Err(reason) => {
                 let error = Error::Runner { execution: self.execution.id, reason }.to_string();
                 // On a failed write `record` has failed the execution already.
-                let _ = self.record(vec![EventKind::Failed { error }]).await;
+                let _ = self.record_for_run(vec![EventKind::Failed { error }]).await;
             }
         }
     }
@@ -288,15 +295,15 @@ impl<S: Store, R: Runner> Driver<S, R> {
                 break;
             }
         }
-        let result = match self.record(kinds).await {
+        let result = match self.record_for_run(kinds).await {
             Ok(()) => Ok(()),
             Err(Unrecorded::Store(error)) => Err(Refusal::Journal(error)),
+            Err(Unrecorded::NoSpace { reason, .. }) => Err(Refusal::Journal(StoreError::NoSpace(reason))),
             Err(Unrecorded::Full(cap)) => {
                 // The run goes no further: its journal ends with why. On a failed write `record`
                 // has failed the execution already.
-                let _ = self
-                    .record(vec![EventKind::Failed { error: format!("the journal reached its cap of {cap}") }])
-                    .await;
+                let error = format!("the journal reached its cap of {cap}");
+                let _ = self.record_for_run(vec![EventKind::Failed { error }]).await;
                 Err(Refusal::Ended)
             }
         };
@@ -309,11 +316,79 @@ impl<S: Store, R: Runner> Driver<S, R> {
         }
     }
 
-    /// A failed journal write of a command as the command's error.
+    /// A failed journal write of a command as the command's error. A command is not waited
+    /// for: a full disk is its answer, and the execution carries on as it was.
     fn command_error(&self, error: Unrecorded) -> Error {
         match error {
             Unrecorded::Store(error) => Error::Store(error),
+            Unrecorded::NoSpace { reason, .. } => Error::Store(StoreError::NoSpace(reason)),
             Unrecorded::Full(cap) => Error::JournalFull { execution: self.execution.id, cap },
+        }
+    }
+
+    /// Journals the run's `kinds`, waiting out a store that has no room for them (a full disk)
+    /// for as long as it takes: the run waits for its events, and commands meanwhile are
+    /// answered that the journal cannot take them. Once the disk has room, the run goes on.
+    async fn record_for_run(&mut self, mut kinds: Vec<EventKind>) -> Result<(), Unrecorded> {
+        let mut wait = FIRST_RETRY;
+        loop {
+            match self.record(kinds).await {
+                Err(Unrecorded::NoSpace { reason, kinds: unwritten }) => {
+                    self.hold(wait, &reason).await;
+                    wait = (wait * 2).min(LAST_RETRY);
+                    kinds = unwritten;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Waits `wait`, answering commands meanwhile: snapshots as ever; changes, which need the
+    /// journal, that it has no room (`reason`), or that an ended execution cannot change.
+    async fn hold(&mut self, wait: Duration, reason: &str) {
+        let sleep = tokio::time::sleep(wait);
+        tokio::pin!(sleep);
+        loop {
+            let command = tokio::select! {
+                () = &mut sleep => return,
+                command = next_command(&mut self.commands) => command,
+            };
+            let (reply, to) = match command {
+                None => {
+                    // The engine is gone: nothing will ask again.
+                    (&mut sleep).await;
+                    return;
+                }
+                Some(Command::Snapshot(reply)) => {
+                    let _ = reply.send(self.execution.clone());
+                    continue;
+                }
+                Some(Command::Pause(reply)) => (reply, ExecutionState::Paused),
+                Some(Command::Resume(reply)) => (reply, ExecutionState::Running),
+                Some(Command::Cancel(_, reply)) => (reply, ExecutionState::Cancelled),
+            };
+            let refusal = if self.execution.state.is_terminal() {
+                self.illegal(to)
+            } else {
+                Error::Store(StoreError::NoSpace(reason.to_owned()))
+            };
+            let _ = reply.send(Err(refusal));
+        }
+    }
+
+    /// Writes the record of an ended execution, when writing it on the way failed for lack of
+    /// space, retrying until there is room; on any other failure recovery rebuilds it from the
+    /// journal on the next open.
+    async fn write_final_record(&mut self) {
+        let mut wait = FIRST_RETRY;
+        while self.record_stale {
+            match self.inner.store.update_execution(ExecutionUpdate::from(&self.execution)).await {
+                Err(StoreError::NoSpace(reason)) => {
+                    self.hold(wait, &reason).await;
+                    wait = (wait * 2).min(LAST_RETRY);
+                }
+                _ => self.record_stale = false,
+            }
         }
     }
 
@@ -323,7 +398,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
             Some(handle) => handle.outcome().await,
             None => Outcome::Failed("the run ended without an outcome".to_owned()),
         };
-        let _ = self.record(vec![outcome.into()]).await;
+        let _ = self.record_for_run(vec![outcome.into()]).await;
     }
 
     /// Journals `kinds`, then applies them, updates the record and tells watchers. Events that
@@ -358,6 +433,11 @@ impl<S: Store, R: Runner> Driver<S, R> {
             return Err(Unrecorded::Full(JournalCap::Bytes(config.max_journal_bytes)));
         }
         if let Err(error) = self.inner.store.append(events.clone()).await {
+            if let StoreError::NoSpace(reason) = error {
+                // Nothing was written: the execution is as it was, and the same events can go
+                // in once there is room.
+                return Err(Unrecorded::NoSpace { reason, kinds: events.into_iter().map(|e| e.kind).collect() });
+            }
             self.execution.state = ExecutionState::Failed;
             self.execution.error = Some(format!("journal write failed: {error}"));
             self.execution.updated_at = at;
@@ -386,8 +466,10 @@ impl<S: Store, R: Runner> Driver<S, R> {
                     | EventKind::TaskSkipped { .. }
             )
         });
-        if changes_state {
-            let _ = self.inner.store.update_execution(ExecutionUpdate::from(&self.execution)).await;
+        if changes_state || self.record_stale {
+            let written = self.inner.store.update_execution(ExecutionUpdate::from(&self.execution)).await;
+            // Without room, the record is written with a later change or when the run ends.
+            self.record_stale = matches!(written, Err(StoreError::NoSpace(_)));
         }
         for event in events {
             let _ = self.inner.events.send(event);
@@ -400,6 +482,14 @@ impl<S: Store, R: Runner> Driver<S, R> {
 pub(super) enum Unrecorded {
     /// The store failed.
     Store(StoreError),
+    /// The store had no room (a full disk); nothing was written, and these are the events to
+    /// write again.
+    NoSpace {
+        /// What the store said.
+        reason: String,
+        /// The events, as they would have been journaled.
+        kinds: Vec<EventKind>,
+    },
     /// The events would take the journal past this cap.
     Full(JournalCap),
 }
@@ -433,6 +523,18 @@ fn bounded(kind: EventKind, max_output: usize) -> EventKind {
         EventKind::Cancelled { reason } => EventKind::Cancelled { reason: cut(reason) },
         EventKind::Failed { error } => EventKind::Failed { error: cut(error) },
         other => other,
+    }
+}
+
+/// The first wait before journal events go in again after the store had no room.
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+/// The longest wait between tries.
+const LAST_RETRY: Duration = Duration::from_secs(2);
+
+async fn next_command(commands: &mut Option<mpsc::UnboundedReceiver<Command>>) -> Option<Command> {
+    match commands {
+        Some(commands) => commands.recv().await,
+        None => std::future::pending().await,
     }
 }
 

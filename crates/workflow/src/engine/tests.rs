@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use baton_core::{
-    EventSink, ExecutionFilter, ExecutionState, IdempotencyKey, Order, PageRequest, TaskState, WorkflowName,
+    EventSink, ExecutionFilter, ExecutionState, IdempotencyKey, Order, PageRequest, StoreError, TaskState, WorkflowName,
 };
 use baton_store::MemoryStore;
 use futures_util::StreamExt;
@@ -34,7 +34,12 @@ fn chain() -> WorkflowName {
 
 /// Collects the events of `id` from `from` until `stop` says so or the stream ends, within a
 /// deadline.
-async fn events_until(engine: &TestEngine, id: ExecutionId, from: u64, stop: impl Fn(&[Event]) -> bool) -> Vec<Event> {
+async fn events_until<S: Store>(
+    engine: &Engine<S, FakeRunner>,
+    id: ExecutionId,
+    from: u64,
+    stop: impl Fn(&[Event]) -> bool,
+) -> Vec<Event> {
     let mut stream = Box::pin(engine.watch(id, from).await.unwrap());
     let mut seen = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), async {
@@ -604,4 +609,158 @@ async fn a_run_that_reaches_the_journal_cap_fails_saying_so() {
     assert_eq!(execution.error.as_deref(), Some("the journal reached its cap of 5000 bytes"));
     assert_eq!(execution.tasks[&StepId::new("a").unwrap()].state, TaskState::Succeeded);
     assert_ne!(execution.tasks[&StepId::new("b").unwrap()].state, TaskState::Succeeded);
+}
+
+/// A store whose disk can be made full: every write then fails with
+/// [`StoreError::NoSpace`] and writes nothing.
+#[derive(Debug, Clone, Default)]
+struct FullDisk {
+    inner: MemoryStore,
+    full: Arc<std::sync::atomic::AtomicBool>,
+    /// Only execution records fail to be written: the journal still has room.
+    records_full: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FullDisk {
+    fn set_full(&self, full: bool) {
+        self.full.store(full, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn set_records_full(&self, full: bool) {
+        self.records_full.store(full, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn check(&self) -> baton_core::StoreResult<()> {
+        if self.full.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::NoSpace("writing /data/baton.redb: No space left on device".to_owned()));
+        }
+        Ok(())
+    }
+}
+
+impl Store for FullDisk {
+    async fn put_definition(
+        &self,
+        definition: baton_core::NewDefinition,
+    ) -> baton_core::StoreResult<baton_core::PutDefinition> {
+        self.check()?;
+        self.inner.put_definition(definition).await
+    }
+
+    async fn get_definition(
+        &self,
+        name: &WorkflowName,
+        version: Option<u32>,
+    ) -> baton_core::StoreResult<StoredDefinition> {
+        self.inner.get_definition(name, version).await
+    }
+
+    async fn list_definitions(&self) -> baton_core::StoreResult<Vec<StoredDefinition>> {
+        self.inner.list_definitions().await
+    }
+
+    async fn create_execution(
+        &self,
+        execution: Execution,
+        key: Option<IdempotencyKey>,
+    ) -> baton_core::StoreResult<baton_core::CreatedExecution> {
+        self.check()?;
+        self.inner.create_execution(execution, key).await
+    }
+
+    async fn get_execution(&self, id: ExecutionId) -> baton_core::StoreResult<Execution> {
+        self.inner.get_execution(id).await
+    }
+
+    async fn update_execution(&self, update: ExecutionUpdate) -> baton_core::StoreResult<Execution> {
+        self.check()?;
+        if self.records_full.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::NoSpace("writing /data/baton.redb: No space left on device".to_owned()));
+        }
+        self.inner.update_execution(update).await
+    }
+
+    async fn list_executions(
+        &self,
+        filter: &ExecutionFilter,
+        page: &PageRequest,
+    ) -> baton_core::StoreResult<ExecutionPage> {
+        self.inner.list_executions(filter, page).await
+    }
+
+    async fn unfinished_executions(&self) -> baton_core::StoreResult<Vec<ExecutionId>> {
+        self.inner.unfinished_executions().await
+    }
+
+    async fn append(&self, events: Vec<Event>) -> baton_core::StoreResult<()> {
+        self.check()?;
+        self.inner.append(events).await
+    }
+
+    async fn read_journal(&self, execution: ExecutionId, from: u64) -> baton_core::StoreResult<Vec<Event>> {
+        self.inner.read_journal(execution, from).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_holds_runs_refuses_changes_and_everything_goes_on_once_it_has_room() {
+    let (store, runner) = (FullDisk::default(), FakeRunner::gated());
+    let engine = Engine::open(Config::default(), store.clone(), runner.clone()).await.unwrap();
+    engine.apply(CHAIN).await.unwrap();
+    let id = engine.start(&chain(), None, json!({"n": 1}), None).await.unwrap();
+    runner.release(1);
+    events_until(&engine, id, 0, |e| succeeded(e) == 1).await;
+
+    store.set_full(true);
+    // A pause is answered at once, saying why, and changes nothing.
+    match engine.pause(id).await {
+        Err(Error::Store(StoreError::NoSpace(reason))) => assert!(reason.contains("No space left"), "{reason}"),
+        other => panic!("expected no space, got {other:?}"),
+    }
+    assert_eq!(engine.get(id).await.unwrap().state, ExecutionState::Running);
+    // The run goes on but its next events wait for room: nothing more is journaled.
+    runner.release(2);
+    let error = engine.start(&chain(), None, json!({"n": 2}), None).await.unwrap_err();
+    assert!(matches!(error, Error::Store(StoreError::NoSpace(_))), "{error:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(store.read_journal(id, 1).await.unwrap().len(), 3, "started, scheduled, succeeded");
+    let cancel = engine.cancel(id, "no room").await.unwrap_err();
+    assert!(matches!(cancel, Error::Store(StoreError::NoSpace(_))), "{cancel:?}");
+
+    // Room again: the run journals what waited and ends; each event once, in order.
+    store.set_full(false);
+    let execution = tokio::time::timeout(Duration::from_secs(10), engine.wait(id)).await.unwrap().unwrap();
+    assert_eq!((execution.state, execution.output), (ExecutionState::Completed, Some(json!(3))));
+    let journal = store.read_journal(id, 1).await.unwrap();
+    assert_eq!(
+        kinds(&journal),
+        ["started", "scheduled", "succeeded", "scheduled", "succeeded", "scheduled", "succeeded", "completed"]
+    );
+    assert_eq!(store.get_execution(id).await.unwrap().state, ExecutionState::Completed);
+    engine.start(&chain(), None, json!({"n": 2}), None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_record_of_a_run_that_ended_on_a_full_disk_is_written_once_there_is_room() {
+    let (store, runner) = (FullDisk::default(), FakeRunner::gated());
+    let engine = Engine::open(Config::default(), store.clone(), runner.clone()).await.unwrap();
+    engine.apply(CHAIN).await.unwrap();
+    let id = engine.start(&chain(), None, json!({"n": 1}), None).await.unwrap();
+    runner.release(2);
+    events_until(&engine, id, 0, |e| succeeded(e) == 2).await;
+    // The journal takes the end; the record finds no room.
+    store.set_records_full(true);
+    runner.release(1);
+    events_until(&engine, id, 0, |e| kinds(e).last() == Some(&"completed")).await;
+    assert_eq!(store.get_execution(id).await.unwrap().state, ExecutionState::Running, "the record waits");
+    // Meanwhile the execution reads as it ended, and refuses changes as an ended one does.
+    assert_eq!(engine.get(id).await.unwrap().state, ExecutionState::Completed);
+    assert!(matches!(engine.pause(id).await, Err(Error::InvalidTransition { .. })));
+    store.set_records_full(false);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while store.get_execution(id).await.unwrap().state != ExecutionState::Completed {
+        assert!(tokio::time::Instant::now() < deadline, "the record was never written");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(engine.get(id).await.unwrap().state, ExecutionState::Completed);
 }

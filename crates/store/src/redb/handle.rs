@@ -1,0 +1,76 @@
+//! The redb handle the threads share, and its replacement after a write to the file failed.
+//!
+//! Once a write to its file has failed (a full disk), a redb `Database` takes no more writes
+//! (`PreviousIo`) until it is closed and opened again; reads go on. The file holds the last
+//! commit that succeeded, so the redb writer closes the handle and opens the file again, and
+//! the store goes on from there once the disk has room. Opening may repair the file first,
+//! which reads it whole.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+use ::redb::{Database, DatabaseError};
+use baton_core::StoreError;
+
+/// The current handle of the redb file; `None` while it could not be opened again.
+#[derive(Debug)]
+pub(super) struct Handle {
+    path: PathBuf,
+    current: RwLock<Option<Arc<Database>>>,
+}
+
+/// How long reopening waits for the reads of the old handle to let go of the file.
+const LET_GO_WITHIN: Duration = Duration::from_secs(10);
+
+impl Handle {
+    pub(super) fn new(path: PathBuf, db: Database) -> Self {
+        Self { path, current: RwLock::new(Some(Arc::new(db))) }
+    }
+
+    /// The handle to read or write with now.
+    pub(super) fn get(&self) -> Result<Arc<Database>, StoreError> {
+        let current = self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        current.clone().ok_or_else(|| {
+            StoreError::unavailable(format!(
+                "{} could not be opened again after a failed write; the next write tries again",
+                self.path.display()
+            ))
+        })
+    }
+
+    /// Closes the handle and opens the file again; on failure no handle is left, and the next
+    /// call tries again. Only the redb writer calls this, between its transactions.
+    pub(super) fn reopen(&self) -> Result<(), DatabaseError> {
+        // Holding the slot, no read starts on the old handle while it closes; reads wait.
+        let mut current = self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let deadline = Instant::now() + LET_GO_WITHIN;
+        if let Some(old) = current.take() {
+            // Reads under way hold the old handle: wait for them before letting it go.
+            while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        open(&mut current, &self.path, deadline)
+    }
+}
+
+fn open(
+    current: &mut RwLockWriteGuard<'_, Option<Arc<Database>>>,
+    path: &std::path::Path,
+    deadline: Instant,
+) -> Result<(), DatabaseError> {
+    loop {
+        match Database::create(path) {
+            Ok(db) => {
+                **current = Some(Arc::new(db));
+                return Ok(());
+            }
+            // A transaction of the old handle still holds the file for a moment.
+            Err(DatabaseError::DatabaseAlreadyOpen) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
