@@ -103,6 +103,10 @@ pub struct Config {
     pub tls: Option<Tls>,
     /// Bearer tokens every call but health and reflection must present; `None` asks for none.
     pub tokens: Option<Tokens>,
+    /// Whether the server takes new work: while it says no, the health service reports the
+    /// whole server (`""`) and the services that start work (executions, workflows,
+    /// orchestration) `NOT_SERVING`, so that load balancers send it none. `None`: always serving.
+    pub serving: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// The routes of every service, behind the guard: what a layer given to
@@ -142,7 +146,7 @@ impl Config {
         ResBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
         ResBody::Error: Into<tonic::codegen::StdError>,
     {
-        let Self { limits, connections, tls, tokens } = self;
+        let Self { limits, connections, tls, tokens, serving } = self;
         let (stop, stopping) = Stopping::channel();
         let shutdown = async move {
             shutdown.await;
@@ -180,6 +184,7 @@ impl Config {
         health.set_serving::<pb::execution_service_server::ExecutionServiceServer<ExecutionApi>>().await;
         health.set_serving::<pb::worker_service_server::WorkerServiceServer<WorkerApi>>().await;
         health.set_serving::<pb::orchestrator_service_server::OrchestratorServiceServer<OrchestratorApi>>().await;
+        let follow = serving.map(|serving| tokio::spawn(follow_serving(health.clone(), serving)));
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -204,7 +209,7 @@ impl Config {
         let incoming = tonic::transport::server::TcpIncoming::from(listener)
             .with_nodelay(Some(true))
             .with_keepalive(Some(connections.keepalive_interval));
-        builder
+        let served = builder
             .layer(TrimLayer)
             .layer(layer)
             .layer(guard)
@@ -217,7 +222,35 @@ impl Config {
             .add_service(workers)
             .add_service(orchestrator)
             .serve_with_incoming_shutdown(incoming, shutdown)
-            .await?;
+            .await;
+        if let Some(follow) = follow {
+            follow.abort();
+        }
+        served?;
         Ok(())
+    }
+}
+
+/// Reports `serving` through the health service for as long as it is told.
+async fn follow_serving(health: tonic_health::server::HealthReporter, mut serving: tokio::sync::watch::Receiver<bool>) {
+    use pb::execution_service_server::ExecutionServiceServer;
+    use pb::orchestrator_service_server::OrchestratorServiceServer;
+    use pb::workflow_service_server::WorkflowServiceServer;
+    use tonic_health::ServingStatus;
+    loop {
+        let status = if *serving.borrow_and_update() { ServingStatus::Serving } else { ServingStatus::NotServing };
+        health.set_service_status("", status).await;
+        if status == ServingStatus::Serving {
+            health.set_serving::<ExecutionServiceServer<ExecutionApi>>().await;
+            health.set_serving::<WorkflowServiceServer<WorkflowApi>>().await;
+            health.set_serving::<OrchestratorServiceServer<OrchestratorApi>>().await;
+        } else {
+            health.set_not_serving::<ExecutionServiceServer<ExecutionApi>>().await;
+            health.set_not_serving::<WorkflowServiceServer<WorkflowApi>>().await;
+            health.set_not_serving::<OrchestratorServiceServer<OrchestratorApi>>().await;
+        }
+        if serving.changed().await.is_err() {
+            return;
+        }
     }
 }

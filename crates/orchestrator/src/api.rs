@@ -129,6 +129,9 @@ impl WorkflowCatalog for ServiceOrchestrator {
 impl Executions for ServiceOrchestrator {
     fn start(&self, request: StartExecution) -> BoxFuture<'_, ApiResult<StartedExecution>> {
         Box::pin(async move {
+            if let Some(reason) = self.refusing_new_work() {
+                return Err(ApiError::ResourceExhausted(reason));
+            }
             let (id, existing) = self
                 .engine()
                 .start_or_find(&request.workflow, request.version, request.input, request.idempotency_key)

@@ -140,6 +140,9 @@ settings! {
     /// Most MiB of events one execution's journal holds [default: 1024].
     #[arg(long, env = "BATON_MAX_JOURNAL_MIB")]
     max_journal_mib: u64 = baton_workflow::DEFAULT_MAX_JOURNAL_BYTES / MIB;
+    /// MiB the data directory's disk keeps free: below it, new executions are refused [default: 64].
+    #[arg(long, env = "BATON_MIN_FREE_DISK_MIB")]
+    min_free_disk_mib: u64 = crate::orchestrator::DEFAULT_MIN_FREE_DISK / MIB;
 }
 
 /// How long an attempt of a step without a timeout may take by default: long enough for slow
@@ -245,6 +248,9 @@ impl ServeConfig {
         if self.max_journal_events < MIN_JOURNAL_EVENTS {
             return invalid("max_journal_events", &format!("must be at least {MIN_JOURNAL_EVENTS}"));
         }
+        if self.min_free_disk_mib > MAX_JOURNAL_MIB {
+            return invalid("min_free_disk_mib", &format!("must be at most {MAX_JOURNAL_MIB}"));
+        }
         if !(1..=MAX_JOURNAL_MIB).contains(&self.max_journal_mib) {
             return invalid("max_journal_mib", &format!("must be from 1 to {MAX_JOURNAL_MIB}"));
         }
@@ -292,6 +298,7 @@ impl ServeConfig {
             format!("shutdown_grace = {}", baton_core::duration::format(self.shutdown_grace)),
             format!("attempt_timeout = {}", baton_core::duration::format(self.attempt_timeout)),
             format!("journal cap = {} events, {} MiB per execution", self.max_journal_events, self.max_journal_mib),
+            format!("min_free_disk_mib = {}", self.min_free_disk_mib),
             format!("rate_limit = {}/s per connection", self.rate_limit),
             format!("max_concurrent_streams = {}", self.max_concurrent_streams),
             format!("log = {:?} at {}", self.log_format, self.log_level),

@@ -14,6 +14,7 @@ pub mod activity;
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod disk;
 pub mod dispatch;
 pub mod metrics;
 pub mod orchestrator;

@@ -135,6 +135,7 @@ impl Metrics {
             sources.dispatcher = Some(orchestrator.dispatcher().clone());
             sources.workers = Some(orchestrator.workers().clone());
             sources.store = Some(orchestrator.store().clone());
+            sources.disk = orchestrator.disk().cloned();
         }
         self.recovered(&orchestrator.engine().recovery());
     }

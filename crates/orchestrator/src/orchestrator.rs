@@ -15,6 +15,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 
+use crate::disk::DiskWatch;
 use crate::dispatch::Dispatcher;
 use crate::runner::{ExecutorRunner, Queries, Router};
 
@@ -54,7 +55,13 @@ pub struct Options {
     pub max_candidates: usize,
     /// Where the registry reports registrations and health changes (the console's history).
     pub registry_events: RegistryEvents,
+    /// With a redb store, the free bytes its disk keeps: below them the disk counts as full
+    /// and new executions are refused ([`DiskWatch`]).
+    pub min_free_disk: u64,
 }
+
+/// The free space a data directory's disk keeps by default: 64 MiB.
+pub const DEFAULT_MIN_FREE_DISK: u64 = 64 * 1024 * 1024;
 
 /// The registry's event sink, for [`Options`].
 #[derive(Clone)]
@@ -85,6 +92,7 @@ impl Default for Options {
             taxonomy: Arc::new(TaxonomyBuilder::default().build().expect("an empty taxonomy is valid")),
             max_candidates: 3,
             registry_events: RegistryEvents::default(),
+            min_free_disk: DEFAULT_MIN_FREE_DISK,
         }
     }
 }
@@ -143,6 +151,7 @@ struct Inner {
     executor: baton_executor::Executor<Dispatcher>,
     engine: OrchestratorEngine,
     store: AnyStore,
+    disk: Option<DiskWatch>,
     supervisor: Mutex<Option<SupervisorHandle>>,
 }
 
@@ -158,6 +167,7 @@ impl std::fmt::Debug for ServiceOrchestrator {
 impl ServiceOrchestrator {
     /// Opens the store, recovers unfinished executions, and starts the health supervisor.
     pub async fn open(options: Options) -> Result<Self, Error> {
+        let mut disk = None;
         let store = match &options.store {
             StoreChoice::Memory => AnyStore::Memory(MemoryStore::default()),
             StoreChoice::Redb(dir) => {
@@ -173,6 +183,8 @@ impl ServiceOrchestrator {
                 for dropped in &recovery.dropped_frames {
                     tracing::warn!(frame = %dropped, "dropped a journal frame that was torn or damaged");
                 }
+                let watched = store.clone();
+                disk = Some(DiskWatch::start(dir, options.min_free_disk, move || watched.commit_stats().no_space));
                 AnyStore::Redb(store)
             }
             StoreChoice::Postgres(url) => {
@@ -223,6 +235,7 @@ impl ServiceOrchestrator {
                 executor,
                 engine,
                 store,
+                disk,
                 supervisor: Mutex::new(supervisor),
             }),
         })
@@ -263,11 +276,27 @@ impl ServiceOrchestrator {
         &self.inner.store
     }
 
+    /// The data directory's disk, with a redb store.
+    pub fn disk(&self) -> Option<&DiskWatch> {
+        self.inner.disk.as_ref()
+    }
+
+    /// Why new executions are refused now, when they are: the data directory's disk is full.
+    pub fn refusing_new_work(&self) -> Option<String> {
+        let disk = self.inner.disk.as_ref()?;
+        // Look again, so that room that came back since the last look counts at once.
+        disk.look();
+        disk.full()
+    }
+
     /// The seed's `orchestrate_services`: plans `goal` over the healthy services, stores the
     /// plan as workflow `goal-<hash of the goal>` (a new version only when the plan changed),
     /// starts it on `input`, and when `wait` is given waits that long for it to finish.
     pub async fn orchestrate(&self, goal: &Goal, input: Value, wait: Option<Duration>) -> Result<Orchestrated, Error> {
         let name = goal_workflow_name(goal);
+        if let Some(reason) = self.refusing_new_work() {
+            return Err(Error::Store(baton_core::StoreError::NoSpace(reason)));
+        }
         let (plan, workflow) = self.inner.planner.plan_workflow(goal, name.clone())?;
         let text = serde_json::to_string(&workflow).expect("a workflow serializes");
         let applied = self.inner.engine.apply(&text).await?;

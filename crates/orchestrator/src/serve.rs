@@ -87,6 +87,7 @@ impl Server {
         options.engine.observer = Arc::new(metrics.clone());
         options.engine.max_journal_events = config.max_journal_events;
         options.engine.max_journal_bytes = config.max_journal_mib.saturating_mul(1024 * 1024);
+        options.min_free_disk = config.min_free_disk_mib.saturating_mul(1024 * 1024);
         // Expressions run in worker processes that bound themselves, before recovery runs any.
         let sandbox = Sandbox::new(SandboxConfig {
             program: Sandbox::this_program().map_err(ServeError::Program)?,
@@ -191,6 +192,8 @@ impl Server {
                 async move { axum::serve(console_listener, console).with_graceful_shutdown(console_stop).await },
             );
         let grpc_layer = metrics.grpc_layer();
+        let grpc_config =
+            baton_grpc::Config { serving: orchestrator.disk().map(crate::disk::DiskWatch::serving), ..grpc_config };
         let metrics_server = tokio::spawn(serve_metrics(metrics_listener, metrics, metrics_stop));
         let server = tokio::spawn(grpc_config.serve_with_layer(backends, grpc, grpc_layer, signal));
         let mut stopped = stopped;

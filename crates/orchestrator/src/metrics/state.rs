@@ -15,6 +15,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
+use crate::disk::DiskWatch;
 use crate::dispatch::Dispatcher;
 use crate::sandbox::Sandbox;
 
@@ -34,6 +35,7 @@ pub(crate) struct Sources {
     pub(crate) store: Option<AnyStore>,
     pub(crate) breakers: Option<BreakerStates>,
     pub(crate) sandbox: Option<Sandbox>,
+    pub(crate) disk: Option<DiskWatch>,
 }
 
 impl std::fmt::Debug for Sources {
@@ -45,6 +47,7 @@ impl std::fmt::Debug for Sources {
             .field("store", &self.store.is_some())
             .field("breakers", &self.breakers.is_some())
             .field("sandbox", &self.sandbox.is_some())
+            .field("disk", &self.disk.is_some())
             .finish()
     }
 }
@@ -179,7 +182,30 @@ impl Collector for StateCollector {
                 MetricType::Counter,
             )?)?;
         }
+        if let Some(disk) = &sources.disk {
+            ConstGauge::new(u64::from(disk.is_full())).encode(encoder.encode_descriptor(
+                "baton_disk_full",
+                "1 while the data directory's disk is full (less free than --min-free-disk-mib, or a write \
+                 refused for lack of space): new executions are refused.",
+                None,
+                MetricType::Gauge,
+            )?)?;
+            if let Some(free) = disk.free_bytes() {
+                ConstGauge::new(free).encode(encoder.encode_descriptor(
+                    "baton_disk_free_bytes",
+                    "Bytes free for the server on the data directory's disk.",
+                    None,
+                    MetricType::Gauge,
+                )?)?;
+            }
+        }
         if let Some(stats) = sources.store.as_ref().and_then(commit_stats) {
+            ConstCounter::new(stats.no_space).encode(encoder.encode_descriptor(
+                "baton_store_no_space",
+                "Store writes refused because the disk had no room; nothing of them was written.",
+                None,
+                MetricType::Counter,
+            )?)?;
             ConstCounter::new(stats.transactions).encode(encoder.encode_descriptor(
                 "baton_journal_commits",
                 "Store write transactions committed (group commits).",

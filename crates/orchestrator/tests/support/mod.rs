@@ -28,12 +28,20 @@ pub(crate) struct ServerProcess {
     data_dir: PathBuf,
     log: PathBuf,
     extra: Vec<String>,
+    /// A program (with its arguments) the server runs under: `<wrapper> baton serve ...`.
+    wrapper: Vec<String>,
     starts: u32,
 }
 
 impl ServerProcess {
     /// Starts a server over `data_dir`, with `extra` flags, and waits until it serves.
     pub(crate) async fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_under(&[], data_dir, extra).await
+    }
+
+    /// [`ServerProcess::start`], the server run by `wrapper` (a program and its arguments,
+    /// followed by the server's command line), which must end by running it in its place.
+    pub(crate) async fn start_under(wrapper: &[&str], data_dir: &Path, extra: &[&str]) -> Self {
         let mut server = Self {
             child: None,
             grpc: free_addr(),
@@ -42,6 +50,7 @@ impl ServerProcess {
             data_dir: data_dir.to_owned(),
             log: data_dir.with_extension("log"),
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            wrapper: wrapper.iter().map(|s| (*s).to_owned()).collect(),
             starts: 0,
         };
         server.spawn().await;
@@ -51,7 +60,15 @@ impl ServerProcess {
     async fn spawn(&mut self) {
         self.starts += 1;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_baton"))
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(env!("CARGO_BIN_EXE_baton"));
+                command
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_baton")),
+        };
+        let child = command
             .arg("serve")
             .arg("--listen")
             .arg(self.grpc.to_string())
