@@ -31,6 +31,8 @@ type Filter = jaq_core::compile::Filter<jaq_core::Native<data::JustLut<Val>>>;
 pub struct Expression {
     source: String,
     compiled: Compiled,
+    /// The variables it was compiled with (`$input`, `$item`, ...), in binding order.
+    variables: std::sync::Arc<[String]>,
 }
 
 /// Plain paths (`.steps.charge.output["id"][0]`), the common case, are walked directly: jaq
@@ -39,6 +41,8 @@ pub struct Expression {
 #[derive(Clone)]
 enum Compiled {
     Path(Vec<Segment>),
+    /// `$name` followed by a plain path: the variable at this index, walked.
+    VariablePath(usize, Vec<Segment>),
     Jaq(std::sync::Arc<Filter>),
 }
 
@@ -147,16 +151,43 @@ fn offset(whole: &str, part: &str) -> Option<usize> {
 impl Expression {
     /// Compiles `source`, naming `field` on failure.
     pub fn compile(field: &str, source: &str) -> Result<Self> {
-        if let Some(segments) = plain_path(source) {
-            return Ok(Self { source: source.to_owned(), compiled: Compiled::Path(segments) });
-        }
-        Self::compile_with_jaq(field, source)
+        Self::compile_with(field, source, &[])
     }
 
-    fn compile_with_jaq(field: &str, source: &str) -> Result<Self> {
+    /// Compiles `source` where it may read the named variables (`$name`); [`Expression::eval_with`]
+    /// binds their values in the same order. A variable not named here does not compile.
+    pub fn compile_with(field: &str, source: &str, variables: &[&str]) -> Result<Self> {
+        let names: std::sync::Arc<[String]> = variables.iter().map(|v| (*v).to_owned()).collect();
+        if let Some(segments) = plain_path(source) {
+            return Ok(Self { source: source.to_owned(), compiled: Compiled::Path(segments), variables: names });
+        }
+        if let Some(rest) = source.trim().strip_prefix('$') {
+            let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
+            let (name, path) = rest.split_at(end);
+            let path = if path.is_empty() { Some(Vec::new()) } else { plain_path(path) };
+            if let (Some(index), Some(segments)) = (variables.iter().position(|v| *v == name), path) {
+                return Ok(Self {
+                    source: source.to_owned(),
+                    compiled: Compiled::VariablePath(index, segments),
+                    variables: names,
+                });
+            }
+        }
+        Self::compile_with_jaq(field, source, names)
+    }
+
+    fn compile_with_jaq(field: &str, source: &str, variables: std::sync::Arc<[String]>) -> Result<Self> {
         let bad = |reason: String| Error::invalid(field, source, reason);
-        let defs = jaq_core::defs().chain(jaq_std::defs()).chain(jaq_json::defs());
-        let funs = jaq_core::funs().chain(jaq_std::funs()).chain(jaq_json::funs());
+        let defs = jaq_core::defs()
+            .chain(jaq_std::defs())
+            .chain(jaq_json::defs())
+            .filter(|def| !DENIED_FUNCTIONS.contains(&def.name));
+        // Expressions come from whoever may apply a workflow: they must not read the server's
+        // environment (secrets live there), write to its stderr, or stop it.
+        let funs = jaq_core::funs()
+            .chain(jaq_std::funs())
+            .chain(jaq_json::funs())
+            .filter(|(name, _, _)| !DENIED_FUNCTIONS.contains(name));
         let arena = Arena::default();
         let modules = Loader::new(defs).load(&arena, File { code: source, path: () }).map_err(|errors| {
             let reasons: Vec<String> = errors
@@ -173,14 +204,19 @@ impl Expression {
                 .collect();
             bad(format!("does not parse: {}", reasons.join("; ")))
         })?;
-        let filter = Compiler::default().with_funs(funs).compile(modules).map_err(|errors| {
-            let names: Vec<String> = errors
-                .into_iter()
-                .flat_map(|(_, undefined)| undefined.into_iter().map(|(name, kind)| format!("{name} ({kind:?})")))
-                .collect();
-            bad(format!("uses undefined {}", names.join(", ")))
-        })?;
-        Ok(Self { source: source.to_owned(), compiled: Compiled::Jaq(std::sync::Arc::new(filter)) })
+        let dollars: Vec<String> = variables.iter().map(|v| format!("${v}")).collect();
+        let filter = Compiler::default()
+            .with_funs(funs)
+            .with_global_vars(dollars.iter().map(String::as_str))
+            .compile(modules)
+            .map_err(|errors| {
+                let names: Vec<String> = errors
+                    .into_iter()
+                    .flat_map(|(_, undefined)| undefined.into_iter().map(|(name, kind)| format!("{name} ({kind:?})")))
+                    .collect();
+                bad(format!("uses undefined {}", names.join(", ")))
+            })?;
+        Ok(Self { source: source.to_owned(), compiled: Compiled::Jaq(std::sync::Arc::new(filter)), variables })
     }
 
     /// The expression's source.
@@ -190,13 +226,31 @@ impl Expression {
 
     /// Runs the expression against `context`; it must produce exactly one value.
     pub fn eval(&self, context: &Value) -> Result<Value, EvalError> {
+        self.eval_with(context, &[])
+    }
+
+    /// The variables the expression was compiled with, in binding order.
+    pub fn variables(&self) -> &[String] {
+        &self.variables
+    }
+
+    /// Runs the expression against `context` with `values` bound to its variables in order
+    /// (missing ones are null); it must produce exactly one value.
+    pub fn eval_with(&self, context: &Value, values: &[Value]) -> Result<Value, EvalError> {
         let fail = |reason: String| EvalError { expression: self.source.clone(), reason };
         let filter = match &self.compiled {
             Compiled::Path(segments) => return walk(context, segments).map_err(fail),
+            Compiled::VariablePath(index, segments) => {
+                return walk(values.get(*index).unwrap_or(&Value::Null), segments).map_err(fail);
+            }
             Compiled::Jaq(filter) => filter,
         };
         let input = Val::deserialize(context).map_err(|e| fail(format!("cannot read its context: {e}")))?;
-        let ctx = Ctx::<data::JustLut<Val>>::new(&filter.lut, Vars::new([]));
+        let bound = (0..self.variables.len())
+            .map(|i| Val::deserialize(values.get(i).unwrap_or(&Value::Null)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| fail(format!("cannot read a variable: {e}")))?;
+        let ctx = Ctx::<data::JustLut<Val>>::new(&filter.lut, Vars::new(bound));
         // Two outputs are enough to know there is more than one; do not run the rest.
         let mut outputs = filter.id.run((ctx, input)).map(unwrap_valr).take(2);
         let value = match (outputs.next(), outputs.next()) {
@@ -231,6 +285,11 @@ impl Expression {
         steps
     }
 }
+
+/// jq functions expressions may not call: they read the server's environment (`env`,
+/// `$ENV`), write to its stderr (`debug`, `stderr`), read its standard input or stop it.
+const DENIED_FUNCTIONS: [&str; 9] =
+    ["env", "halt", "halt_error", "input", "inputs", "debug", "debug_empty", "stderr", "stderr_empty"];
 
 fn describe(source: &str, expected: &str, at: &str) -> String {
     match offset(source, at) {
@@ -268,12 +327,33 @@ impl Template {
     /// Compiles every expression in `value`; errors name the field path, e.g.
     /// `steps.charge.input.amount`.
     pub fn compile(field: &str, value: &Value) -> Result<Self> {
-        Ok(Self { node: Node::compile(field, value)? })
+        Self::compile_with(field, value, &[])
+    }
+
+    /// Compiles every expression in `value`, where they may read the named variables.
+    pub fn compile_with(field: &str, value: &Value, variables: &[&str]) -> Result<Self> {
+        Ok(Self { node: Node::compile(field, value, variables)? })
+    }
+
+    /// A template that is one expression, `source` (written without `${ }`), whose value is
+    /// the template's: how filters such as an output filter are written.
+    pub fn expression(field: &str, source: &str, variables: &[&str]) -> Result<Self> {
+        Ok(Self { node: Node::Whole(Expression::compile_with(field, source, variables)?) })
     }
 
     /// Renders the template against `context`.
     pub fn render(&self, context: &Value) -> Result<Value, EvalError> {
-        self.node.render(context)
+        self.node.render(context, &[])
+    }
+
+    /// Renders the template against `context` with `values` bound to its variables.
+    pub fn render_with(&self, context: &Value, values: &[Value]) -> Result<Value, EvalError> {
+        self.node.render(context, values)
+    }
+
+    /// True when the template holds no expression: it renders to the same value every time.
+    pub fn is_literal(&self) -> bool {
+        matches!(self.node, Node::Literal(_))
     }
 
     /// Every expression in the template.
@@ -290,10 +370,10 @@ impl Template {
 }
 
 impl Node {
-    fn compile(field: &str, value: &Value) -> Result<Self> {
+    fn compile(field: &str, value: &Value, variables: &[&str]) -> Result<Self> {
         Ok(match value {
             Value::String(text) => {
-                let parts = split(field, text)?;
+                let parts = split(field, text, variables)?;
                 match parts.as_slice() {
                     [] => Node::Literal(value.clone()),
                     [Part::Expr(e)] => Node::Whole(e.clone()),
@@ -306,28 +386,28 @@ impl Node {
                 items
                     .iter()
                     .enumerate()
-                    .map(|(i, v)| Node::compile(&format!("{field}[{i}]"), v))
+                    .map(|(i, v)| Node::compile(&format!("{field}[{i}]"), v, variables))
                     .collect::<Result<_>>()?,
             ),
             Value::Object(map) => Node::Object(
                 map.iter()
-                    .map(|(k, v)| Ok((k.clone(), Node::compile(&format!("{field}.{k}"), v)?)))
+                    .map(|(k, v)| Ok((k.clone(), Node::compile(&format!("{field}.{k}"), v, variables)?)))
                     .collect::<Result<_>>()?,
             ),
             other => Node::Literal(other.clone()),
         })
     }
 
-    fn render(&self, context: &Value) -> Result<Value, EvalError> {
+    fn render(&self, context: &Value, values: &[Value]) -> Result<Value, EvalError> {
         Ok(match self {
             Node::Literal(value) => value.clone(),
-            Node::Whole(e) => e.eval(context)?,
+            Node::Whole(e) => e.eval_with(context, values)?,
             Node::Spliced(parts) => {
                 let mut text = String::new();
                 for part in parts {
                     match part {
                         Part::Text(t) => text.push_str(t),
-                        Part::Expr(e) => match e.eval(context)? {
+                        Part::Expr(e) => match e.eval_with(context, values)? {
                             Value::String(s) => text.push_str(&s),
                             other => text.push_str(&other.to_string()),
                         },
@@ -335,9 +415,14 @@ impl Node {
                 }
                 Value::String(text)
             }
-            Node::Array(items) => Value::Array(items.iter().map(|n| n.render(context)).collect::<Result<_, _>>()?),
+            Node::Array(items) => {
+                Value::Array(items.iter().map(|n| n.render(context, values)).collect::<Result<_, _>>()?)
+            }
             Node::Object(entries) => Value::Object(
-                entries.iter().map(|(k, n)| Ok((k.clone(), n.render(context)?))).collect::<Result<_, EvalError>>()?,
+                entries
+                    .iter()
+                    .map(|(k, n)| Ok((k.clone(), n.render(context, values)?)))
+                    .collect::<Result<_, EvalError>>()?,
             ),
         })
     }
@@ -357,7 +442,7 @@ impl Node {
 }
 
 /// Splits a template string into text and compiled expressions. `$${` is a literal `${`.
-fn split(field: &str, text: &str) -> Result<Vec<Part>> {
+fn split(field: &str, text: &str, variables: &[&str]) -> Result<Vec<Part>> {
     let mut parts = Vec::new();
     let mut literal = String::new();
     let mut rest = text;
@@ -378,7 +463,7 @@ fn split(field: &str, text: &str) -> Result<Vec<Part>> {
         if source.is_empty() {
             return Err(Error::invalid(field, text, "has an empty `${ }`"));
         }
-        parts.push(Part::Expr(Expression::compile(field, source)?));
+        parts.push(Part::Expr(Expression::compile_with(field, source, variables)?));
         rest = &body[end + 1..];
     }
     literal.push_str(rest);
@@ -446,7 +531,7 @@ mod tests {
         for path in paths {
             let walked = Expression::compile("f", path).unwrap();
             assert!(matches!(walked.compiled, Compiled::Path(_)), "{path} is a plain path");
-            let jaq = Expression::compile_with_jaq("f", path).unwrap();
+            let jaq = Expression::compile_with_jaq("f", path, std::sync::Arc::from([])).unwrap();
             for context in &contexts {
                 match (walked.eval(context), jaq.eval(context)) {
                     (Ok(a), Ok(b)) => assert_eq!(a, b, "{path} on {context}"),
@@ -512,6 +597,37 @@ mod tests {
         .unwrap();
         let steps: Vec<String> = template.referenced_steps().into_iter().collect();
         assert_eq!(steps, ["charge", "ship-it"]);
+    }
+
+    #[test]
+    fn variables_are_bound_in_order_and_unknown_ones_do_not_compile() {
+        let vars = ["item", "index"];
+        let values = [json!({"sku": "b-1", "n": 2}), json!(3)];
+        let render = |template: Value| {
+            Template::compile_with("t", &template, &vars).unwrap().render_with(&context(), &values).unwrap()
+        };
+        assert_eq!(render(json!("${ $item.sku }")), json!("b-1"));
+        assert_eq!(render(json!("${ $item }")), json!({"sku": "b-1", "n": 2}));
+        assert_eq!(render(json!("${ $index + $item.n }")), json!(5));
+        assert_eq!(render(json!("n${ $index }-${ .input.id }")), json!("n3-o-7"));
+        let whole = Template::expression("t", "$item.n * 10", &vars).unwrap();
+        assert_eq!(whole.render_with(&json!(null), &values).unwrap(), json!(20));
+        // Fewer values than variables: the rest are null.
+        assert_eq!(
+            Template::compile_with("t", &json!("${ $index }"), &vars).unwrap().render(&json!({})).unwrap(),
+            json!(null)
+        );
+        let err = Template::compile_with("t", &json!("${ $nope }"), &vars).unwrap_err().to_string();
+        assert!(err.contains("uses undefined"), "{err}");
+    }
+
+    #[test]
+    fn expressions_cannot_reach_the_server() {
+        for denied in ["env", "$ENV", "env.HOME", "halt", "halt_error", "debug", "\"x\" | stderr", "input", "[inputs]"]
+        {
+            let err = Expression::compile("t", denied).map(|_| ()).unwrap_err().to_string();
+            assert!(err.contains("undefined"), "{denied}: {err}");
+        }
     }
 
     #[test]

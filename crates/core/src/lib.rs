@@ -41,6 +41,8 @@ pub mod ids;
 pub mod plan;
 pub mod planning;
 pub mod ports;
+pub mod problem;
+pub mod program;
 pub mod requirements;
 mod rfc3339;
 pub mod service;
@@ -65,6 +67,7 @@ pub use planning::{Planning, ServiceCatalog};
 pub use ports::{
     Clock, DeregisterReason, EventSink, HealthProbe, ProbeResult, ProbeTarget, Recorded, RegistryEvent, SystemClock,
 };
+pub use problem::Problem;
 pub use requirements::{SecurityRequirements, ServiceRequirements};
 pub use service::{
     AuthScheme, CheckKind, Encryption, Endpoint, HealthCheck, Protocol, Qos, SecurityProfile, ServiceDefinition,
@@ -75,7 +78,10 @@ pub use store::{
     PageRequest, PageToken, PutDefinition, Record, Store, StoreError, StoreResult, StoredDefinition,
 };
 pub use taxonomy::{ConceptId, Taxonomy, TaxonomyBuilder};
-pub use workflow::{ErrorPolicy, RetryPolicy, Step, StepDefaults, StepTarget, WorkflowDefinition};
+pub use workflow::{
+    CatchSpec, ChildSpec, ErrorMatch, ErrorPolicy, ForSpec, ForkBranch, ForkSpec, ListenSpec, RaiseSpec, RepeatSpec,
+    RetryPolicy, Step, StepAction, StepDefaults, StepTarget, SwitchCase, WaitSpec, WorkflowDefinition,
+};
 
 /// A point in time, UTC.
 pub type Timestamp = chrono::DateTime<chrono::Utc>;

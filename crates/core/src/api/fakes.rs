@@ -32,7 +32,7 @@ use crate::ids::{ExecutionId, ServiceId, StepId, WorkflowName};
 use crate::planning::Planning;
 use crate::ports::{Clock, SystemClock};
 use crate::store::{ExecutionPage, IdempotencyKey, Order, PageRequest, PageToken, Record, StoreError};
-use crate::workflow::{ErrorPolicy, Step, StepTarget, WorkflowDefinition};
+use crate::workflow::{Step, StepTarget, WorkflowDefinition};
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic in another test thread must not hide this test's own failure.
@@ -812,14 +812,12 @@ impl InMemoryOrchestrator {
             .tasks
             .iter()
             .map(|task| Step {
-                id: task.id.clone(),
-                target: StepTarget::Service { id: task.service.clone(), alternatives: task.alternatives.clone() },
-                input: Value::Null,
                 depends_on: task.depends_on.clone(),
-                retry: None,
-                timeout: None,
-                task_timeout: None,
-                on_error: ErrorPolicy::Fail,
+                ..Step::call(
+                    task.id.clone(),
+                    StepTarget::Service { id: task.service.clone(), alternatives: task.alternatives.clone() },
+                    Value::Null,
+                )
             })
             .collect();
         let workflow = WorkflowDefinition {
