@@ -131,17 +131,17 @@ pub enum Action {
     /// Yields a value computed from its input.
     Set(Template),
     /// Runs a nested block; yields its output.
-    Do(Block),
+    Do(Box<Block>),
     /// Picks the first case whose condition holds.
     Switch(Switch),
     /// Runs a block once per item of a list.
-    For(ForEach),
+    For(Box<ForEach>),
     /// Runs a block while (or until) a condition holds, at most a bounded number of times.
-    Repeat(Repeat),
+    Repeat(Box<Repeat>),
     /// Runs blocks in parallel.
     Fork(Fork),
     /// Runs a block and handles the errors it raises.
-    Try(Try),
+    Try(Box<Try>),
     /// Raises an error.
     Raise(Raise),
     /// Waits, durably: the timer survives restarts.
