@@ -1,9 +1,10 @@
 //! Workflow definitions: parsed from YAML or JSON, checked, and hashed over a canonical form.
 
-use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
+use std::sync::Arc;
 
-use baton_core::{ErrorPolicy, StepId, Template, WorkflowDefinition, WorkflowName};
+use baton_core::program::Program;
+use baton_core::{StepId, Template, WorkflowDefinition, WorkflowName};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -20,6 +21,7 @@ pub const MAX_DEFINITION_BYTES: usize = 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct CheckedDefinition {
     definition: WorkflowDefinition,
+    program: Arc<Program>,
     inputs: Vec<Template>,
     output: Template,
     order: Vec<usize>,
@@ -49,60 +51,32 @@ impl CheckedDefinition {
     }
 
     /// Checks a definition built in code: step limits, unique ids, known dependencies and
-    /// fallbacks, no cycle, retry policies, and expressions that compile and read only
-    /// upstream steps (the output mapping may read any step).
+    /// fallbacks (no fallback loop), no cycle, retry policies, nesting depth, and expressions
+    /// that compile with the variables their place may read and read only upstream steps (the
+    /// output mapping may read any step). Builds the executable program on the way.
     pub fn check(definition: WorkflowDefinition) -> Result<Self> {
+        let program = crate::compile::native(&definition)?;
         let steps = &definition.steps;
-        if steps.len() > MAX_STEPS {
-            return Err(Error::TooManySteps { count: steps.len(), limit: MAX_STEPS });
-        }
-        let mut index: HashMap<&StepId, usize> = HashMap::with_capacity(steps.len());
-        for (i, step) in steps.iter().enumerate() {
-            if index.insert(&step.id, i).is_some() {
-                return Err(Error::DuplicateStep(step.id.clone()));
-            }
-        }
-        for step in steps {
-            if let Some(unknown) = step.depends_on.iter().find(|d| !index.contains_key(d)) {
-                return Err(Error::UnknownDependency { step: step.id.clone(), unknown: unknown.clone() });
-            }
-            if let ErrorPolicy::Fallback(fallback) = &step.on_error
-                && (!index.contains_key(fallback) || *fallback == step.id)
-            {
-                return Err(Error::UnknownFallback { step: step.id.clone(), fallback: fallback.clone() });
-            }
-        }
-        for (place, retry) in std::iter::once(("defaults.retry".to_owned(), &definition.defaults.retry))
-            .chain(steps.iter().filter_map(|s| s.retry.as_ref().map(|r| (format!("steps.{}.retry", s.id), r))))
-        {
-            if retry.max_attempts == 0 {
-                return Err(baton_core::Error::invalid(format!("{place}.max_attempts"), 0, "must be at least 1").into());
-            }
-            if !retry.multiplier.is_finite() || retry.multiplier < 1.0 {
-                let reason = "must be a finite number of at least 1";
-                return Err(baton_core::Error::invalid(format!("{place}.multiplier"), retry.multiplier, reason).into());
-            }
-        }
-        let order = topological_order(&definition, &index)?;
-        let upstream = Upstream::of(steps, &index, &order);
-        let mut inputs = Vec::with_capacity(steps.len());
-        for (i, step) in steps.iter().enumerate() {
-            let place = format!("steps.{}.input", step.id);
-            let template = Template::compile(&place, &step.input)?;
-            for name in template.referenced_steps() {
-                let known = name.parse::<StepId>().ok().and_then(|id| index.get(&id).copied());
-                if !known.is_some_and(|r| upstream.contains(i, r)) {
-                    return Err(Error::NotUpstream { place, step: name });
-                }
-            }
-            inputs.push(template);
-        }
-        let output = Template::compile("output", &definition.output)?;
-        for name in output.referenced_steps() {
-            if !name.parse::<StepId>().ok().is_some_and(|id| index.contains_key(&id)) {
-                return Err(Error::NotUpstream { place: "output".to_owned(), step: name });
-            }
-        }
+        let ids: Vec<StepId> = steps.iter().map(|s| s.id.clone()).collect();
+        let depends_on: Vec<Vec<usize>> = steps
+            .iter()
+            .map(|s| s.depends_on.iter().filter_map(|d| ids.iter().position(|id| id == d)).collect())
+            .collect();
+        let order = crate::graph::topological_order(&ids, &depends_on).map_err(Error::Cycle)?;
+        let inputs = program
+            .root
+            .tasks
+            .iter()
+            .map(|task| match &task.action {
+                baton_core::program::Action::Call(call) => call.payload.clone(),
+                _ => Template::compile("input", &Value::Null).expect("null is a template"),
+            })
+            .collect();
+        let output = program
+            .root
+            .output
+            .clone()
+            .unwrap_or_else(|| Template::compile("output", &Value::Null).expect("null is a template"));
         let canonical = canonical(
             serde_json::to_value(&definition)
                 .map_err(|e| Error::Parse { format: "json", message: format!("cannot write the definition: {e}") })?,
@@ -113,7 +87,12 @@ impl CheckedDefinition {
         for byte in Sha256::digest(&bytes) {
             let _ = write!(content_hash, "{byte:02x}");
         }
-        Ok(Self { definition, inputs, output, order, canonical, content_hash })
+        Ok(Self { definition, program: Arc::new(program), inputs, output, order, canonical, content_hash })
+    }
+
+    /// The executable program.
+    pub fn program(&self) -> &Arc<Program> {
+        &self.program
     }
 
     /// The definition.
@@ -153,56 +132,6 @@ impl CheckedDefinition {
     }
 }
 
-/// Kahn's algorithm; when steps are left over, a depth-first walk names one cycle.
-fn topological_order(definition: &WorkflowDefinition, index: &HashMap<&StepId, usize>) -> Result<Vec<usize>> {
-    let steps = &definition.steps;
-    let mut dependents = vec![Vec::new(); steps.len()];
-    let mut indegree = vec![0usize; steps.len()];
-    for (i, step) in steps.iter().enumerate() {
-        let deps: BTreeSet<usize> = step.depends_on.iter().map(|d| index[d]).collect();
-        indegree[i] = deps.len();
-        for d in deps {
-            dependents[d].push(i);
-        }
-    }
-    let mut ready: Vec<usize> = (0..steps.len()).filter(|&i| indegree[i] == 0).rev().collect();
-    let mut order = Vec::with_capacity(steps.len());
-    while let Some(i) = ready.pop() {
-        order.push(i);
-        for &d in &dependents[i] {
-            indegree[d] -= 1;
-            if indegree[d] == 0 {
-                ready.push(d);
-            }
-        }
-    }
-    if order.len() == steps.len() {
-        return Ok(order);
-    }
-    // Every leftover step has a leftover dependency; walking them must revisit one.
-    let start = (0..steps.len()).find(|&i| indegree[i] > 0).expect("a step left over");
-    let mut path = vec![start];
-    let mut on_path = HashMap::from([(start, 0usize)]);
-    let mut at = start;
-    loop {
-        let next =
-            steps[at].depends_on.iter().map(|d| index[d]).find(|&d| indegree[d] > 0).expect("a leftover dependency");
-        if let Some(&from) = on_path.get(&next) {
-            // Written in run order (each step before the ones that depend on it), starting
-            // from the step defined first.
-            let mut members: Vec<usize> = path[from..].iter().rev().copied().collect();
-            let first = (0..members.len()).min_by_key(|&i| members[i]).expect("a cycle has steps");
-            members.rotate_left(first);
-            let mut cycle: Vec<StepId> = members.iter().map(|&i| steps[i].id.clone()).collect();
-            cycle.push(cycle[0].clone());
-            return Err(Error::Cycle(cycle));
-        }
-        on_path.insert(next, path.len());
-        path.push(next);
-        at = next;
-    }
-}
-
 /// Sorts object keys recursively, so equal content has equal text whatever the input order.
 fn canonical(value: Value) -> Value {
     match value {
@@ -213,44 +142,6 @@ fn canonical(value: Value) -> Value {
         }
         Value::Array(items) => Value::Array(items.into_iter().map(canonical).collect()),
         other => other,
-    }
-}
-
-/// Which steps run before which: one bit set per step, built in topological order (a step's
-/// upstream is its dependencies and theirs). Bits keep the largest definition (10,000 steps)
-/// at 12.5 MB and linear work per edge; sets of indices grew quadratically on long chains.
-struct Upstream {
-    words: usize,
-    bits: Vec<u64>,
-}
-
-impl Upstream {
-    fn of(steps: &[baton_core::Step], index: &HashMap<&StepId, usize>, order: &[usize]) -> Self {
-        let words = steps.len().div_ceil(64);
-        let mut bits = vec![0u64; steps.len() * words];
-        for &i in order {
-            for d in &steps[i].depends_on {
-                let d = index[d];
-                // d != i (no self-loops in a topological order), so the two rows are disjoint.
-                let (from, to) = if d < i {
-                    let (low, high) = bits.split_at_mut(i * words);
-                    (&low[d * words..(d + 1) * words], &mut high[..words])
-                } else {
-                    let (low, high) = bits.split_at_mut(d * words);
-                    (&high[..words], &mut low[i * words..(i + 1) * words])
-                };
-                for (to, from) in to.iter_mut().zip(from) {
-                    *to |= *from;
-                }
-                to[d / 64] |= 1 << (d % 64);
-            }
-        }
-        Self { words, bits }
-    }
-
-    /// Whether step `r` runs before step `i`.
-    fn contains(&self, i: usize, r: usize) -> bool {
-        self.bits[i * self.words + r / 64] >> (r % 64) & 1 == 1
     }
 }
 

@@ -55,6 +55,17 @@ pub enum Error {
     /// The dependencies loop; the steps of one cycle, the first repeated at the end.
     #[error("steps form a cycle: {}", .0.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" -> "))]
     Cycle(Vec<StepId>),
+    /// A chain of fallbacks loops (`b` falls back to `c`, `c` to `b`).
+    #[error("fallbacks form a loop: {}", .0.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" -> "))]
+    FallbackLoop(Vec<StepId>),
+    /// Blocks are nested deeper than the limit.
+    #[error("{place} is nested too deep, the limit is {limit} levels")]
+    TooDeep {
+        /// The block past the limit.
+        place: String,
+        /// The limit.
+        limit: usize,
+    },
     /// An expression reads a step that does not run before it.
     #[error("{place} refers to step {step:?}, which is not upstream")]
     NotUpstream {

@@ -37,11 +37,14 @@
 //! assert_eq!(err.to_string(), "steps form a cycle: charge -> ship -> charge");
 //! ```
 
+mod compile;
 mod definition;
 mod engine;
 mod error;
+mod graph;
 mod runner;
 
+pub use compile::{MAX_BRANCHES, MAX_CONCURRENCY, MAX_DEPTH, MAX_ITERATIONS};
 pub use definition::{CheckedDefinition, MAX_DEFINITION_BYTES, MAX_STEPS};
 pub use engine::{Applied, Config, DEFAULT_MAX_OUTPUT_BYTES, Engine, NoObserver, Observer, Recovery};
 pub use error::{Error, Result};

@@ -205,9 +205,9 @@ mod fake {
                             }
                             permits.add_permits(1);
                         }
-                        let service = match &step.target {
-                            StepTarget::Service { id, .. } => id.clone(),
-                            StepTarget::Query(_) => ServiceId::new("query").expect("a valid id"),
+                        let service = match step.target() {
+                            Some(StepTarget::Service { id, .. }) => id.clone(),
+                            _ => ServiceId::new("query").expect("a valid id"),
                         };
                         runner.dispatched.lock().expect("dispatched lock").push((request.execution, step.id.clone()));
                         events.publish(event(EventKind::TaskScheduled { step: step.id.clone(), attempt: 1, service }));
