@@ -37,6 +37,7 @@ pub mod expr;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fakes;
 pub mod goal;
+pub mod graph;
 pub mod ids;
 pub mod plan;
 pub mod planning;
@@ -57,15 +58,17 @@ pub use directory::{
     Candidate, DEFAULT_FIND_LIMIT, Health, Matches, Page, Registration, ServiceDirectory, ServiceStatus, ServiceView,
 };
 pub use error::{Error, Result};
-pub use event::{Event, EventKind};
+pub use event::{Event, EventKind, Outcome};
 pub use execution::{Execution, ExecutionState, TaskState, TaskStatus};
 pub use expr::{EvalError, Expression, Template};
 pub use goal::{Constraints, Goal, Objective, Weights};
+pub use graph::{GraphError, StepGraph, StepLinks};
 pub use ids::{ExecutionId, ServiceId, StepId, WorkflowName};
 pub use plan::{DataFlow, Plan, PlanTask, PredictedQos};
 pub use planning::{Planning, ServiceCatalog};
 pub use ports::{
-    Clock, DeregisterReason, EventSink, HealthProbe, ProbeResult, ProbeTarget, Recorded, RegistryEvent, SystemClock,
+    Clock, DeregisterReason, EventSink, HealthProbe, ProbeResult, ProbeTarget, Recorded, Refusal, RegistryEvent,
+    SystemClock,
 };
 pub use problem::Problem;
 pub use requirements::{SecurityRequirements, ServiceRequirements};

@@ -29,12 +29,15 @@ mod breaker;
 mod http;
 mod invoker;
 mod run;
+mod spec;
 mod worker;
 
 pub use self::http::{HttpConfig, HttpInvoker, Resolve};
+pub use baton_core::Outcome;
 pub use breaker::BreakerState;
 pub use invoker::{Call, Failure, InProcessInvoker, Invoker};
 #[cfg(any(test, feature = "test-util"))]
 pub use invoker::{ScriptedInvoker, Step};
-pub use run::{Config, Executor, Outcome, RunHandle, RunSpec, SpecError, TaskSpec};
-pub use worker::{LeaseError, LeaseToken, LeasedTask, QueueStats, ResolveQueue, TaskId, WorkerConfig, WorkerQueues};
+pub use run::{Config, Executor, Run};
+pub use spec::{RunSpec, SpecError, TaskSpec};
+pub use worker::{Delivery, LeaseError, LeaseToken, QueueStats, ResolveQueue, TaskId, WorkerConfig, WorkerQueues};

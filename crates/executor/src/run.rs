@@ -1,5 +1,6 @@
 //! One run of a DAG: ready-queue dispatch, retries with backoff, timeouts, failover, error
-//! policies, pause/resume/cancel, resumption from completed tasks.
+//! policies, pause/resume/cancel, resumption from completed tasks. The DAG itself is checked
+//! in `spec.rs`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -7,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use baton_core::{
-    Clock, ErrorPolicy, Event, EventKind, EventSink, ExecutionId, Recorded, RetryPolicy, ServiceId, StepId, Template,
-    Timestamp,
+    Clock, ErrorPolicy, Event, EventKind, EventSink, ExecutionId, Outcome, Recorded, Refusal, RetryPolicy, ServiceId,
+    StepId, Timestamp,
 };
 use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -20,189 +21,7 @@ use tokio::sync::{Semaphore, SemaphorePermit, watch};
 
 use crate::breaker::{BreakerState, Breakers};
 use crate::invoker::{Call, Failure, Invoker};
-
-/// One task of a run.
-#[derive(Debug, Clone)]
-pub struct TaskSpec {
-    /// Its id.
-    pub id: StepId,
-    /// The service to call first, then the alternatives to fail over to, in order.
-    pub services: Vec<ServiceId>,
-    /// Its input, rendered against `{"input": ..., "steps": {"<id>": {"output": ...}}}`.
-    pub input: Template,
-    /// Tasks that must succeed first.
-    pub depends_on: Vec<StepId>,
-    /// How failed attempts are retried.
-    pub retry: RetryPolicy,
-    /// Time limit of one attempt.
-    pub timeout: Option<Duration>,
-    /// Time limit of all attempts together.
-    pub task_timeout: Option<Duration>,
-    /// What its failure does to the run.
-    pub on_error: ErrorPolicy,
-}
-
-/// A checked DAG of tasks with the run's output template, for one execution.
-///
-/// The checked DAG is shared: [`RunSpec::for_execution`] gives another execution of the same
-/// DAG without checking or copying it again, as when many executions start from one version
-/// of a workflow definition.
-#[derive(Debug, Clone)]
-pub struct RunSpec {
-    execution: ExecutionId,
-    dag: Arc<Dag>,
-}
-
-/// The checked DAG and what scheduling needs of it, worked out once.
-#[derive(Debug)]
-struct Dag {
-    tasks: Vec<TaskSpec>,
-    output: Template,
-    deadline: Option<Duration>,
-    index: HashMap<StepId, usize>,
-    /// What scheduling needs, worked out once here rather than on every run.
-    dependents: Vec<Vec<usize>>,
-    /// The steps each task's input reads: its dependencies and whatever its expressions name.
-    reads: Vec<Vec<usize>>,
-    /// Tasks that only run in place of a failed step.
-    fallback_only: Vec<bool>,
-    /// The inputs of tasks whose input has no expression, rendered once here.
-    static_input: Vec<Option<Value>>,
-}
-
-/// Why a run spec was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum SpecError {
-    /// Two tasks share an id.
-    #[error("step {0:?} appears twice")]
-    Duplicate(StepId),
-    /// A dependency or fallback names no task.
-    #[error("step {step:?} refers to unknown step {unknown:?}")]
-    Unknown {
-        /// The referring task.
-        step: StepId,
-        /// The missing one.
-        unknown: StepId,
-    },
-    /// A task has no service to call.
-    #[error("step {0:?} names no service")]
-    NoService(StepId),
-    /// The dependencies loop.
-    #[error("steps form a cycle through {0:?}")]
-    Cycle(StepId),
-}
-
-impl RunSpec {
-    /// Checks the tasks: unique ids, known dependencies and fallbacks, a service each, no cycle.
-    pub fn new(
-        execution: ExecutionId,
-        tasks: Vec<TaskSpec>,
-        output: Template,
-        deadline: Option<Duration>,
-    ) -> Result<Self, SpecError> {
-        let mut index = HashMap::new();
-        for (i, t) in tasks.iter().enumerate() {
-            if index.insert(t.id.clone(), i).is_some() {
-                return Err(SpecError::Duplicate(t.id.clone()));
-            }
-            if t.services.is_empty() {
-                return Err(SpecError::NoService(t.id.clone()));
-            }
-        }
-        for t in &tasks {
-            let fallback = match &t.on_error {
-                ErrorPolicy::Fallback(f) => Some(f),
-                _ => None,
-            };
-            if let Some(unknown) = t.depends_on.iter().chain(fallback).find(|d| !index.contains_key(*d)) {
-                return Err(SpecError::Unknown { step: t.id.clone(), unknown: unknown.clone() });
-            }
-        }
-        // Kahn's algorithm: whatever is left unvisited lies on a cycle.
-        let mut indegree: Vec<usize> = tasks.iter().map(|t| t.depends_on.len()).collect();
-        let mut queue: Vec<usize> = (0..tasks.len()).filter(|&i| indegree[i] == 0).collect();
-        let mut seen = 0;
-        let dependents = dependents(&tasks, &index);
-        while let Some(i) = queue.pop() {
-            seen += 1;
-            for &d in &dependents[i] {
-                indegree[d] -= 1;
-                if indegree[d] == 0 {
-                    queue.push(d);
-                }
-            }
-        }
-        if seen < tasks.len() {
-            let stuck = (0..tasks.len()).find(|&i| indegree[i] > 0).expect("an unvisited task");
-            return Err(SpecError::Cycle(tasks[stuck].id.clone()));
-        }
-        let reads = tasks
-            .iter()
-            .map(|t| {
-                let mut reads: Vec<usize> = t.depends_on.iter().map(|d| index[d]).collect();
-                reads.extend(
-                    t.input
-                        .referenced_steps()
-                        .iter()
-                        .filter_map(|s| s.parse::<StepId>().ok())
-                        .filter_map(|s| index.get(&s).copied()),
-                );
-                reads.sort_unstable();
-                reads.dedup();
-                reads
-            })
-            .collect();
-        let mut fallback_only = vec![false; tasks.len()];
-        for t in &tasks {
-            if let ErrorPolicy::Fallback(f) = &t.on_error {
-                fallback_only[index[f]] = true;
-            }
-        }
-        let static_input = tasks
-            .iter()
-            .map(|t| if t.input.expressions().is_empty() { t.input.render(&Value::Null).ok() } else { None })
-            .collect();
-        let dag = Dag { tasks, output, deadline, index, dependents, reads, fallback_only, static_input };
-        Ok(Self { execution, dag: Arc::new(dag) })
-    }
-
-    /// The same checked DAG for another execution.
-    pub fn for_execution(&self, execution: ExecutionId) -> Self {
-        Self { execution, dag: Arc::clone(&self.dag) }
-    }
-
-    /// The execution this spec runs.
-    pub fn execution(&self) -> ExecutionId {
-        self.execution
-    }
-
-    /// The tasks.
-    pub fn tasks(&self) -> &[TaskSpec] {
-        &self.dag.tasks
-    }
-}
-
-fn dependents(tasks: &[TaskSpec], index: &HashMap<StepId, usize>) -> Vec<Vec<usize>> {
-    let mut dependents = vec![Vec::new(); tasks.len()];
-    for (i, t) in tasks.iter().enumerate() {
-        for d in &t.depends_on {
-            dependents[index[d]].push(i);
-        }
-    }
-    dependents
-}
-
-/// How a run ended.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    /// Every task done; the run's output.
-    Completed(Value),
-    /// Stopped by a failure.
-    Failed(String),
-    /// Stopped on request.
-    Cancelled(String),
-}
+use crate::spec::{Dag, RunSpec, TaskSpec};
 
 /// How runs are executed.
 #[derive(Debug, Clone)]
@@ -310,12 +129,12 @@ enum Control {
 
 /// A run in progress: pause, resume, cancel, and await its outcome.
 #[derive(Debug)]
-pub struct RunHandle {
+pub struct Run {
     control: watch::Sender<Control>,
     done: tokio::task::JoinHandle<Outcome>,
 }
 
-impl RunHandle {
+impl Run {
     /// Stops dispatching; in-flight tasks finish and are reported.
     pub fn pause(&self) {
         self.control.send_if_modified(|c| std::mem::replace(c, Control::Paused) == Control::Running);
@@ -451,7 +270,7 @@ impl<I: Invoker> Executor<I> {
     /// A run is one tokio task: its calls are futures it polls itself, so dispatching a task
     /// costs no spawn. An in-process handler that computes for long should move that work to
     /// `spawn_blocking` or its own task; runs themselves spread over the runtime's threads.
-    pub fn start(&self, spec: RunSpec, input: Value, completed: BTreeMap<StepId, Value>) -> RunHandle {
+    pub fn start(&self, spec: RunSpec, input: Value, completed: BTreeMap<StepId, Value>) -> Run {
         let (control, receiver) = watch::channel(Control::Running);
         let rng = match self.config.jitter_seed {
             Some(seed) => SmallRng::seed_from_u64(seed),
@@ -484,14 +303,10 @@ impl<I: Invoker> Executor<I> {
                 None => run.await,
             };
             shared.tick();
-            shared.emit(match &outcome {
-                Outcome::Completed(output) => EventKind::Completed { output: output.clone() },
-                Outcome::Failed(error) => EventKind::Failed { error: error.clone() },
-                Outcome::Cancelled(reason) => EventKind::Cancelled { reason: reason.clone() },
-            });
+            shared.emit(outcome.clone().into());
             outcome
         });
-        RunHandle { control, done }
+        Run { control, done }
     }
 }
 
@@ -522,7 +337,7 @@ impl<'a> Schedule<'a> {
         let n = spec.tasks.len();
         let mut schedule = Self {
             spec,
-            waiting: spec.tasks.iter().map(|t| t.depends_on.len()).collect(),
+            waiting: (0..n).map(|i| spec.graph.dependencies(i).len()).collect(),
             outputs: vec![None; n],
             skipped: vec![false; n],
             ready: VecDeque::new(),
@@ -530,7 +345,7 @@ impl<'a> Schedule<'a> {
         };
         let mut done_before = Vec::new();
         for (id, output) in completed {
-            if let Some(&i) = spec.index.get(&id) {
+            if let Some(i) = spec.graph.index(&id) {
                 schedule.outputs[i] = Some(output);
                 done_before.push(i);
             }
@@ -550,7 +365,7 @@ impl<'a> Schedule<'a> {
 
     /// Counts `i` done for its dependents; those with nothing left to wait for become ready.
     fn release_dependents(&mut self, i: usize) {
-        for &d in &self.spec.dependents[i] {
+        for &d in self.spec.graph.dependents(i) {
             self.waiting[d] -= 1;
             if self.waiting[d] == 0 && !self.skipped[d] && !self.spec.fallback_only[d] {
                 self.ready.push_back(d);
@@ -560,12 +375,12 @@ impl<'a> Schedule<'a> {
 
     /// Marks every task downstream of `failed` skipped, with an event each.
     fn skip_dependents<I>(&mut self, shared: &Shared<I>, failed: usize) {
-        let mut stack = self.spec.dependents[failed].clone();
+        let mut stack = self.spec.graph.dependents(failed).to_vec();
         while let Some(d) = stack.pop() {
             if !std::mem::replace(&mut self.skipped[d], true) {
                 let reason = format!("needs {}, which failed", self.spec.tasks[failed].id);
                 shared.emit(EventKind::TaskSkipped { step: self.spec.tasks[d].id.clone(), reason });
-                stack.extend(self.spec.dependents[d].iter().copied());
+                stack.extend(self.spec.graph.dependents(d).iter().copied());
             }
         }
     }
@@ -591,7 +406,7 @@ impl<'a> Schedule<'a> {
     }
 
     /// Takes in how task `i` ended; `Some` when that ends the run.
-    fn settle<I>(&mut self, shared: &Shared<I>, i: usize, result: Result<Value, String>) -> Option<Outcome> {
+    fn settle<I>(&mut self, shared: &Shared<I>, i: usize, result: Result<Value, TaskError>) -> Option<Outcome> {
         let primary = self.standing_in.remove(&i).unwrap_or(i);
         match result {
             Ok(output) => {
@@ -604,7 +419,7 @@ impl<'a> Schedule<'a> {
                 }
                 ErrorPolicy::Continue => self.skip_dependents(shared, primary),
                 ErrorPolicy::Fallback(f) => {
-                    let f = self.spec.index[f];
+                    let f = self.spec.graph.index(f).expect("a checked fallback");
                     self.standing_in.insert(f, primary);
                     self.ready.push_front(f);
                 }
@@ -727,21 +542,21 @@ async fn dispatch<'a, I: Invoker>(
     index: usize,
     task: &'a TaskSpec,
     payload: Value,
-) -> (usize, Result<Value, String>) {
-    let Some(_permit) = shared.global_permit().await else { return (index, Err("cancelled".to_owned())) };
+) -> (usize, Result<Value, TaskError>) {
+    let Some(_permit) = shared.global_permit().await else { return (index, Err(TaskError::Cancelled)) };
     (index, run_task(shared, task, payload).await)
 }
 
 /// Attempts one task: each attempt goes to the current candidate service; any failure moves
 /// to the next candidate (failover); retryable failures back off before the next attempt.
-async fn run_task<I: Invoker>(shared: &Shared<I>, task: &TaskSpec, payload: Value) -> Result<Value, String> {
+async fn run_task<I: Invoker>(shared: &Shared<I>, task: &TaskSpec, payload: Value) -> Result<Value, TaskError> {
     let attempts = async {
         let mut candidate = 0;
-        let mut last = String::from("no attempt made");
+        let mut last = TaskError::NoAttempt;
         let max = task.retry.max_attempts.max(1);
         for attempt in 1..=max {
             if !shared.wait_unless_paused().await {
-                return Err("cancelled".to_owned());
+                return Err(TaskError::Cancelled);
             }
             // Failover order, skipping services whose breaker is open.
             let count = task.services.len();
@@ -756,7 +571,7 @@ async fn run_task<I: Invoker>(shared: &Shared<I>, task: &TaskSpec, payload: Valu
                     error: failure.to_string(),
                     retryable: true,
                 });
-                last = failure.to_string();
+                last = TaskError::Failed(failure);
                 if attempt < max {
                     tokio::time::sleep(shared.backoff(&task.retry, attempt)).await;
                 }
@@ -804,14 +619,14 @@ async fn run_task<I: Invoker>(shared: &Shared<I>, task: &TaskSpec, payload: Valu
                     });
                     return match kept.await {
                         Ok(()) => Ok(output),
-                        Err(reason) => {
+                        Err(refusal) => {
                             shared.emit(EventKind::TaskFailed {
                                 step: task.id.clone(),
                                 attempt,
-                                error: reason.clone(),
+                                error: refusal.to_string(),
                                 retryable: false,
                             });
-                            Err(reason)
+                            Err(TaskError::Refused(refusal))
                         }
                     };
                 }
@@ -825,7 +640,7 @@ async fn run_task<I: Invoker>(shared: &Shared<I>, task: &TaskSpec, payload: Valu
                         error: failure.to_string(),
                         retryable,
                     });
-                    last = failure.to_string();
+                    last = TaskError::Failed(failure);
                     candidate += 1;
                     // A permanent failure ends the task unless an alternative is left to try.
                     if !retryable && candidate >= task.services.len() {
@@ -840,9 +655,27 @@ async fn run_task<I: Invoker>(shared: &Shared<I>, task: &TaskSpec, payload: Valu
         Err(last)
     };
     match task.task_timeout {
-        Some(limit) => tokio::time::timeout(limit, attempts)
-            .await
-            .unwrap_or_else(|_| Err(format!("task timed out after {}", baton_core::duration::format(limit)))),
+        Some(limit) => tokio::time::timeout(limit, attempts).await.unwrap_or(Err(TaskError::TimedOut(limit))),
         None => attempts.await,
     }
+}
+
+/// Why a task produced no output; the run's failure names it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+enum TaskError {
+    /// The run was cancelled first.
+    #[error("cancelled")]
+    Cancelled,
+    /// Out of attempts before any was made.
+    #[error("no attempt made")]
+    NoAttempt,
+    /// The last attempt's failure.
+    #[error(transparent)]
+    Failed(Failure),
+    /// The sink refused the task's success, so it never happened.
+    #[error(transparent)]
+    Refused(Refusal),
+    /// All attempts together took longer than the task's limit.
+    #[error("task timed out after {}", baton_core::duration::format(*.0))]
+    TimedOut(Duration),
 }

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use baton_core::Planning;
 use tonic::{Request, Response, Status};
 
-use crate::convert::{goal_from_proto, invalid, plan_to_proto, status_of};
+use crate::convert::{goal_from_proto, invalid, plan_to_proto};
+use crate::error::api_status;
 use crate::pb;
 
 /// The planner service: converts the goal, plans off the async runtime, converts the plan back.
@@ -38,7 +39,7 @@ impl pb::planner_service_server::PlannerService for PlannerApi {
         let plan = tokio::task::spawn_blocking(move || planning.plan(&goal))
             .await
             .map_err(|e| Status::internal(format!("planning stopped: {e}")))?
-            .map_err(status_of)?;
+            .map_err(api_status)?;
         Ok(Response::new(pb::PlanResponse { plan: Some(plan_to_proto(&plan)) }))
     }
 }

@@ -6,9 +6,9 @@ use baton_core::ServiceDirectory;
 use tonic::{Request, Response, Status};
 
 use crate::convert::{
-    candidate_to_proto, invalid, requirements_from_proto, service_id, spec_from_proto, status_of, status_to_proto,
-    view_to_proto,
+    candidate_to_proto, invalid, requirements_from_proto, service_id, spec_from_proto, status_to_proto, view_to_proto,
 };
+use crate::error::api_status;
 use crate::pb;
 use crate::server::{Limits, clamp};
 
@@ -38,12 +38,12 @@ impl pb::registry_service_server::RegistryService for RegistryApi {
         let spec = request.into_inner().spec.ok_or_else(|| invalid("spec", "must be set"))?;
         let spec = spec_from_proto(spec)?;
         let id = spec.id().clone();
-        let outcome = match self.directory.register(spec).map_err(status_of)? {
+        let outcome = match self.directory.register(spec).map_err(api_status)? {
             baton_core::Registration::Created => pb::RegisterOutcome::Created,
             baton_core::Registration::Updated => pb::RegisterOutcome::Updated,
         };
         // A concurrent deregistration may win; the client then sees the service as it is: gone.
-        let service = self.directory.get(&id).map_err(status_of)?;
+        let service = self.directory.get(&id).map_err(api_status)?;
         Ok(Response::new(pb::RegisterResponse { outcome: outcome as i32, service: Some(view_to_proto(&service)) }))
     }
 
@@ -52,7 +52,7 @@ impl pb::registry_service_server::RegistryService for RegistryApi {
         request: Request<pb::DeregisterRequest>,
     ) -> Result<Response<pb::DeregisterResponse>, Status> {
         let id = service_id("id", &request.into_inner().id)?;
-        self.directory.deregister(&id).map_err(status_of)?;
+        self.directory.deregister(&id).map_err(api_status)?;
         Ok(Response::new(pb::DeregisterResponse {}))
     }
 
@@ -61,7 +61,7 @@ impl pb::registry_service_server::RegistryService for RegistryApi {
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let id = service_id("id", &request.into_inner().id)?;
-        let status = self.directory.heartbeat(&id).map_err(status_of)?;
+        let status = self.directory.heartbeat(&id).map_err(api_status)?;
         Ok(Response::new(pb::HeartbeatResponse { status: Some(status_to_proto(&status)) }))
     }
 
@@ -70,7 +70,7 @@ impl pb::registry_service_server::RegistryService for RegistryApi {
         request: Request<pb::GetServiceRequest>,
     ) -> Result<Response<pb::GetServiceResponse>, Status> {
         let id = service_id("id", &request.into_inner().id)?;
-        let service = self.directory.get(&id).map_err(status_of)?;
+        let service = self.directory.get(&id).map_err(api_status)?;
         Ok(Response::new(pb::GetServiceResponse { service: Some(view_to_proto(&service)) }))
     }
 
@@ -99,7 +99,7 @@ impl pb::registry_service_server::RegistryService for RegistryApi {
         let requirements = request.requirements.ok_or_else(|| invalid("requirements", "must be set"))?;
         let requirements = requirements_from_proto(requirements)?;
         let limit = clamp(request.limit, self.limits.default_find_limit, self.limits.max_find_limit);
-        let found = self.directory.find(&requirements, limit).map_err(status_of)?;
+        let found = self.directory.find(&requirements, limit).map_err(api_status)?;
         Ok(Response::new(pb::FindServicesResponse {
             candidates: found.candidates.iter().map(candidate_to_proto).collect(),
             total_matched: found.total as u64,

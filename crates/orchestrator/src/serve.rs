@@ -91,7 +91,7 @@ impl Server {
             "recovered executions"
         );
         for (execution, reason) in &recovery.failed {
-            tracing::warn!(%execution, reason, "execution could not be recovered and is marked failed");
+            tracing::warn!(%execution, %reason, "execution could not be recovered and is marked failed");
         }
         Ok(Self { config, orchestrator, grpc, grpc_config, metrics, metrics_listener })
     }

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use baton_core::program::Program;
-use baton_core::{StepId, Template, WorkflowDefinition, WorkflowName};
+use baton_core::{StepGraph, StepLinks, Template, WorkflowDefinition, WorkflowName};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -24,7 +24,7 @@ pub struct CheckedDefinition {
     program: Arc<Program>,
     inputs: Vec<Template>,
     output: Template,
-    order: Vec<usize>,
+    graph: StepGraph,
     canonical: Value,
     content_hash: String,
 }
@@ -56,13 +56,7 @@ impl CheckedDefinition {
     /// output mapping may read any step). Builds the executable program on the way.
     pub fn check(definition: WorkflowDefinition) -> Result<Self> {
         let program = crate::compile::native(&definition)?;
-        let steps = &definition.steps;
-        let ids: Vec<StepId> = steps.iter().map(|s| s.id.clone()).collect();
-        let depends_on: Vec<Vec<usize>> = steps
-            .iter()
-            .map(|s| s.depends_on.iter().filter_map(|d| ids.iter().position(|id| id == d)).collect())
-            .collect();
-        let order = crate::graph::topological_order(&ids, &depends_on).map_err(Error::Cycle)?;
+        let graph = StepGraph::check(definition.steps.iter().map(StepLinks::from))?;
         let inputs = program
             .root
             .tasks
@@ -87,7 +81,7 @@ impl CheckedDefinition {
         for byte in Sha256::digest(&bytes) {
             let _ = write!(content_hash, "{byte:02x}");
         }
-        Ok(Self { definition, program: Arc::new(program), inputs, output, order, canonical, content_hash })
+        Ok(Self { definition, program: Arc::new(program), inputs, output, graph, canonical, content_hash })
     }
 
     /// The executable program.
@@ -118,7 +112,7 @@ impl CheckedDefinition {
     /// Step indexes (into `definition().steps`) in an order where every step comes after its
     /// dependencies.
     pub fn order(&self) -> &[usize] {
-        &self.order
+        self.graph.order()
     }
 
     /// The canonical JSON form: what is stored, and what the hash is over.
@@ -147,6 +141,8 @@ fn canonical(value: Value) -> Value {
 
 #[cfg(test)]
 mod tests {
+    use baton_core::{GraphError, StepId};
+
     use super::*;
 
     fn check(text: &str, expected: &str) {
@@ -226,7 +222,9 @@ mod tests {
     fn a_cycle_is_named_step_by_step() {
         let text = "name: w\nsteps:\n  - {id: a, service: s, depends_on: [c]}\n  - {id: b, service: s, depends_on: [a]}\n  \
                     - {id: c, service: s, depends_on: [b]}\n  - {id: d, service: s}\n";
-        let Err(Error::Cycle(cycle)) = CheckedDefinition::parse(text) else { panic!("wanted a cycle") };
+        let Err(Error::Graph(GraphError::Cycle(cycle))) = CheckedDefinition::parse(text) else {
+            panic!("wanted a cycle")
+        };
         let names: Vec<&str> = cycle.iter().map(StepId::as_str).collect();
         // b depends on a, c on b, a on c: in run order a -> b -> c -> a; d is not on it.
         assert_eq!(names, ["a", "b", "c", "a"]);

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
-use baton_core::{Event, EventSink, ExecutionId, StepId};
+use baton_core::{Event, EventSink, ExecutionId, Outcome, StepId};
 use serde_json::Value;
 
 use crate::definition::CheckedDefinition;
@@ -22,17 +22,6 @@ pub struct RunRequest {
     pub input: Value,
     /// Steps already completed (from the journal), with their outputs: not run again.
     pub completed: BTreeMap<StepId, Value>,
-}
-
-/// How a run ended.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    /// Every step done; the run's output.
-    Completed(Value),
-    /// Stopped by a failure.
-    Failed(String),
-    /// Stopped on request.
-    Cancelled(String),
 }
 
 /// Runs checked definitions. Events go to the sink in the order they happen; their sequence
@@ -229,7 +218,8 @@ mod fake {
                                     output: output.clone(),
                                 }))
                                 .await
-                                .map(|()| output),
+                                .map(|()| output)
+                                .map_err(|refusal| refusal.to_string()),
                             Err(e) => Err(e.to_string()),
                         };
                         match output {
@@ -254,11 +244,7 @@ mod fake {
                         Err(e) => Outcome::Failed(e.to_string()),
                     }
                 };
-                events.publish(event(match &outcome {
-                    Outcome::Completed(output) => EventKind::Completed { output: output.clone() },
-                    Outcome::Failed(error) => EventKind::Failed { error: error.clone() },
-                    Outcome::Cancelled(reason) => EventKind::Cancelled { reason: reason.clone() },
-                }));
+                events.publish(event(outcome.clone().into()));
                 outcome
             });
             Ok(FakeHandle { control, done })

@@ -4,6 +4,7 @@ use futures_util::{FutureExt as _, StreamExt as _};
 use serde_json::json;
 
 use super::*;
+use crate::execution::TaskState;
 use crate::fakes::FakeClock;
 
 fn name(text: &str) -> WorkflowName {
