@@ -157,14 +157,40 @@ mod tests {
         let journal = [
             event(1, EventKind::Started { input: json!({}) }),
             event(2, EventKind::TaskScheduled { step: step("a"), attempt: 1, service: ServiceId::new("s").unwrap() }),
-            event(3, EventKind::TaskFailed { step: step("a"), attempt: 1, error: "x".into(), retryable: true, problem: None }),
+            event(
+                3,
+                EventKind::TaskFailed {
+                    step: step("a"),
+                    attempt: 1,
+                    error: "x".into(),
+                    retryable: true,
+                    problem: None,
+                },
+            ),
             event(4, EventKind::TaskScheduled { step: step("a"), attempt: 2, service: ServiceId::new("s").unwrap() }),
             event(5, EventKind::SignalReceived { name: "approve".into(), data: json!(1) }),
             event(6, EventKind::SignalReceived { name: "approve".into(), data: json!(2) }),
-            event(7, EventKind::TaskSucceeded { step: step("b/0/c"), attempt: 0, output: json!(7), context: Some(json!({"k": 1})) }),
+            event(
+                7,
+                EventKind::TaskSucceeded {
+                    step: step("b/0/c"),
+                    attempt: 0,
+                    output: json!(7),
+                    context: Some(json!({"k": 1})),
+                },
+            ),
             event(8, EventKind::SignalConsumed { step: step("l"), signals: vec![5], output: json!(1) }),
             event(9, EventKind::TimerStarted { step: step("w"), due: chrono::Utc::now() }),
-            event(10, EventKind::TaskFailed { step: step("d"), attempt: 3, error: "no".into(), retryable: false, problem: None }),
+            event(
+                10,
+                EventKind::TaskFailed {
+                    step: step("d"),
+                    attempt: 3,
+                    error: "no".into(),
+                    retryable: false,
+                    problem: None,
+                },
+            ),
         ];
         let history = History::of(&journal);
         assert_eq!(history.attempts.get(&step("a")), Some(&2));

@@ -58,6 +58,11 @@ impl Problem {
         Self { kind: expand_type(short), status, title: None, detail: Some(detail.into()), instance: None }
     }
 
+    /// A runtime error (the standard `runtime` type, status 500) saying `detail`.
+    pub fn runtime(detail: impl Into<String>) -> Self {
+        Self::standard("runtime", detail)
+    }
+
     /// The same problem with its status set.
     pub fn with_status(mut self, status: u16) -> Self {
         self.status = status;
@@ -79,6 +84,15 @@ impl Problem {
     /// The short name of a standard type (`timeout`), `None` for other types.
     pub fn standard_name(&self) -> Option<&str> {
         self.kind.strip_prefix(STANDARD_TYPE_PREFIX)
+    }
+
+    /// What a person reads first: the detail, else the title, else the type.
+    pub fn message(&self) -> String {
+        match (&self.detail, &self.title) {
+            (Some(detail), _) => detail.clone(),
+            (None, Some(title)) => title.clone(),
+            (None, None) => format!("{} ({})", self.standard_name().unwrap_or(&self.kind), self.status),
+        }
     }
 
     /// The problem as a JSON value, as `catch ... as` variables and outputs show it.

@@ -559,6 +559,8 @@ mod tests {
             tasks: BTreeMap::new(),
             created_at: at,
             updated_at: at,
+            parent: None,
+            problem: None,
         };
         let mut update = ExecutionUpdate::from(&stored);
         update.state = ExecutionState::Completed;
@@ -595,6 +597,8 @@ mod tests {
             tasks: BTreeMap::new(),
             created_at: at(100),
             updated_at: at(100),
+            parent: None,
+            problem: None,
         };
         let check =
             |filter: ExecutionFilter, expected: bool| assert_eq!(filter.matches(&execution), expected, "{filter:?}");

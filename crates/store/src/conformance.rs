@@ -180,6 +180,8 @@ fn execution(workflow: &str, created_at: Timestamp) -> Execution {
         tasks: BTreeMap::from([(step, TaskStatus::default())]),
         created_at,
         updated_at: created_at,
+        parent: None,
+        problem: None,
     }
 }
 
@@ -195,6 +197,7 @@ fn event(execution: ExecutionId, sequence: u64) -> Event {
             step: StepId::new("charge").expect("valid step"),
             attempt: 1,
             output: json!({"receipt": sequence}),
+            context: None,
         },
     };
     Event {

@@ -238,6 +238,8 @@ impl<S: Store, R: Runner> Engine<S, R> {
             tasks: pending_tasks(&definition),
             created_at: now,
             updated_at: now,
+            parent: None,
+            problem: None,
         };
         // A repeated start must be the same request: a key reused for another one is a
         // caller's bug that would otherwise pass silently (as Stripe's idempotency keys refuse).

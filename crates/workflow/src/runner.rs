@@ -56,7 +56,7 @@ mod fake {
     use std::collections::{BTreeMap, HashMap};
     use std::sync::{Arc, Mutex};
 
-    use baton_core::{Event, EventKind, EventSink, ExecutionId, ServiceId, StepId, StepTarget};
+    use baton_core::{Event, EventKind, EventSink, ExecutionId, Problem, ServiceId, StepId, StepTarget};
     use serde_json::{Value, json};
     use tokio::sync::{Semaphore, watch};
 
@@ -138,7 +138,9 @@ mod fake {
         }
 
         async fn outcome(self) -> Outcome {
-            self.done.await.unwrap_or_else(|e| Outcome::Failed(format!("fake run ended abnormally: {e}")))
+            self.done
+                .await
+                .unwrap_or_else(|e| Outcome::Failed(Problem::runtime(format!("fake run ended abnormally: {e}"))))
         }
     }
 
@@ -216,6 +218,7 @@ mod fake {
                                     step: step.id.clone(),
                                     attempt: 1,
                                     output: output.clone(),
+                                    context: None,
                                 }))
                                 .await
                                 .map(|()| output)
@@ -232,8 +235,12 @@ mod fake {
                                     attempt: 1,
                                     error: error.clone(),
                                     retryable: false,
+                                    problem: None,
                                 }));
-                                break 'run Outcome::Failed(format!("step {} failed: {error}", step.id));
+                                break 'run Outcome::Failed(Problem::runtime(format!(
+                                    "step {} failed: {error}",
+                                    step.id
+                                )));
                             }
                         }
                     }
@@ -241,7 +248,7 @@ mod fake {
                         outputs.iter().map(|(k, v)| (k.to_string(), json!({ "output": v }))).collect();
                     match definition.output().render(&json!({"input": request.input, "steps": steps})) {
                         Ok(output) => Outcome::Completed(output),
-                        Err(e) => Outcome::Failed(e.to_string()),
+                        Err(e) => Outcome::Failed(Problem::runtime(e.to_string())),
                     }
                 };
                 events.publish(event(outcome.clone().into()));

@@ -356,6 +356,8 @@ impl InMemoryExecutions {
             tasks,
             created_at: now,
             updated_at: now,
+            parent: None,
+            problem: None,
         };
         execution.transition(ExecutionState::Running, now).map_err(ApiError::from)?;
         let id = execution.id;

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use baton_core::{
-    Event, EventKind, EventSink, Execution, ExecutionState, ExecutionUpdate, Outcome, Recorded, Refusal, StepId, Store,
-    StoreError,
+    Event, EventKind, EventSink, Execution, ExecutionState, ExecutionUpdate, Outcome, Problem, Recorded, Refusal,
+    StepId, Store, StoreError,
 };
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
@@ -181,7 +181,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
             Err(reason) => {
                 let error = Error::Runner { execution: self.execution.id, reason }.to_string();
                 // On a failed write `record` has failed the execution already.
-                let _ = self.record(vec![EventKind::Failed { error }]).await;
+                let _ = self.record(vec![EventKind::Failed { error, problem: None }]).await;
             }
         }
     }
@@ -248,7 +248,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
                     answer(kept, Ok(()));
                     continue;
                 }
-                EventKind::TaskSucceeded { step, attempt, output } => {
+                EventKind::TaskSucceeded { step, attempt, output, .. } => {
                     let size = serde_json::to_vec(&output).map_or(usize::MAX, |text| text.len());
                     if size > limit {
                         let refusal = Refusal::OutputTooLarge { step: step.clone(), size, limit };
@@ -266,11 +266,13 @@ impl<S: Store, R: Runner> Driver<S, R> {
                             attempt,
                             error: error.clone(),
                             retryable: false,
+                            problem: None,
                         });
-                        kinds.push(EventKind::Failed { error: format!("step {step:?} failed: {error}") });
+                        kinds
+                            .push(EventKind::Failed { error: format!("step {step:?} failed: {error}"), problem: None });
                         break;
                     }
-                    EventKind::TaskSucceeded { step, attempt, output }
+                    EventKind::TaskSucceeded { step, attempt, output, context: None }
                 }
                 kind => kind,
             };
@@ -296,7 +298,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
         self.events = None;
         let outcome = match self.handle.take() {
             Some(handle) => handle.outcome().await,
-            None => Outcome::Failed("the run ended without an outcome".to_owned()),
+            None => Outcome::Failed(Problem::runtime("the run ended without an outcome")),
         };
         let _ = self.record(vec![outcome.into()]).await;
     }

@@ -73,6 +73,10 @@ fn kinds(events: &[Event]) -> Vec<&'static str> {
             EventKind::Cancelled { .. } => "cancelled",
             EventKind::Completed { .. } => "completed",
             EventKind::Failed { .. } => "failed",
+            EventKind::TimerStarted { .. } => "timer",
+            EventKind::SignalReceived { .. } => "signal",
+            EventKind::SignalConsumed { .. } => "consumed",
+            EventKind::ChildStarted { .. } => "child",
         })
         .collect()
 }
