@@ -145,6 +145,16 @@ pub enum Outcome {
     Cancelled(String),
 }
 
+impl Outcome {
+    /// What a person reads of a failed run's error; `None` unless it failed.
+    pub fn error(&self) -> Option<String> {
+        match self {
+            Self::Failed(problem) => Some(problem.message()),
+            Self::Completed(_) | Self::Cancelled(_) => None,
+        }
+    }
+}
+
 impl From<Outcome> for EventKind {
     fn from(outcome: Outcome) -> Self {
         match outcome {

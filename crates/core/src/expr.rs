@@ -356,6 +356,11 @@ impl Template {
         matches!(self.node, Node::Literal(_))
     }
 
+    /// True when rendering may read variables: only then do callers need to bind them.
+    pub fn needs_variables(&self) -> bool {
+        self.expressions().iter().any(|e| !matches!(e.compiled, Compiled::Path(_)) && !e.variables.is_empty())
+    }
+
     /// Every expression in the template.
     pub fn expressions(&self) -> Vec<&Expression> {
         let mut found = Vec::new();

@@ -61,6 +61,8 @@ pub struct Block {
     pub dependents: Vec<Vec<usize>>,
     /// For [`Flow::Graph`]: per task, the tasks whose outputs its expressions read.
     pub reads: Vec<Vec<usize>>,
+    /// For [`Flow::Graph`]: per task, the steps of enclosing blocks its expressions read.
+    pub outer_reads: Vec<Vec<String>>,
     /// For [`Flow::Graph`]: tasks that only run in place of a failed task.
     pub fallback_only: Vec<bool>,
 }
@@ -412,6 +414,7 @@ impl Block {
         let n = tasks.len();
         let mut dependents = vec![Vec::new(); n];
         let mut reads = vec![Vec::new(); n];
+        let mut outer_reads = vec![Vec::new(); n];
         let mut fallback_only = vec![false; n];
         if flow == Flow::Graph {
             let index = |name: &str| tasks.iter().position(|t| t.name.as_str() == name);
@@ -420,7 +423,13 @@ impl Block {
                     dependents[d].push(i);
                 }
                 let mut read: Vec<usize> = task.depends_on.clone();
-                read.extend(task.templates().flat_map(Template::referenced_steps).filter_map(|s| index(&s)));
+                for name in task.templates().flat_map(Template::referenced_steps) {
+                    match index(&name) {
+                        Some(r) => read.push(r),
+                        None if !outer_reads[i].contains(&name) => outer_reads[i].push(name),
+                        None => {}
+                    }
+                }
                 read.sort_unstable();
                 read.dedup();
                 reads[i] = read;
@@ -429,7 +438,7 @@ impl Block {
                 }
             }
         }
-        Self { flow, tasks, output, dependents, reads, fallback_only }
+        Self { flow, tasks, output, dependents, reads, outer_reads, fallback_only }
     }
 
     /// Every task of the block and of the blocks nested in it, depth first.

@@ -26,7 +26,9 @@
 //! task back at the front with a new fencing token, and a dropped call withdraws its task).
 
 mod breaker;
+mod host;
 mod http;
+mod interp;
 mod invoker;
 mod run;
 mod spec;
@@ -35,6 +37,8 @@ mod worker;
 pub use self::http::{HttpConfig, HttpInvoker, Resolve};
 pub use baton_core::Outcome;
 pub use breaker::BreakerState;
+pub use host::{Host, HostFuture, NoHost};
+pub use interp::{MAX_ITEMS, MAX_SEQUENCE_STEPS, Start};
 pub use invoker::{Call, Failure, InProcessInvoker, Invoker};
 #[cfg(any(test, feature = "test-util"))]
 pub use invoker::{ScriptedInvoker, Step};
