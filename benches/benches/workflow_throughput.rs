@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton::{ExecutorRunner, Queries, Router};
+use baton::{ExecutorRunner, Router};
 use baton_benches::{closed_loop, quantile, report_figure};
 use baton_core::{Event, EventSink, ExecutionState, ServiceId, SystemClock, WorkflowName};
 use baton_executor::{Call, InProcessInvoker};
@@ -47,7 +47,7 @@ async fn engine(dir: &std::path::Path) -> BenchEngine {
         Arc::clone(&router) as Arc<dyn EventSink<Event>>,
         Arc::new(SystemClock),
     );
-    let runner = ExecutorRunner::new(executor, router, Arc::new(Queries::default()));
+    let runner = ExecutorRunner::new(executor, router);
     let store = RedbStore::open(dir).await.expect("the redb store opens");
     let engine = Engine::open(Config::default(), store, runner).await.expect("the engine opens");
     engine.apply(WORKFLOW).await.expect("the workflow applies");

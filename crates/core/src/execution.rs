@@ -144,6 +144,13 @@ pub struct Parent {
     pub execution: ExecutionId,
     /// The path of its `workflow` task.
     pub step: StepId,
+    /// How deep it nests: 1 for a child of a top-level execution.
+    #[serde(default = "one")]
+    pub depth: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// A run of a pinned version of a workflow definition.

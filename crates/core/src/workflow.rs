@@ -348,6 +348,14 @@ impl Step {
         }
     }
 
+    /// The call's input template, for a call step.
+    pub fn input(&self) -> Option<&serde_json::Value> {
+        match &self.action {
+            StepAction::Call { input, .. } => Some(input),
+            _ => None,
+        }
+    }
+
     /// The blocks of steps nested directly in this step.
     pub fn nested(&self) -> Vec<&[Step]> {
         match &self.action {

@@ -170,6 +170,13 @@ impl Executions for ServiceOrchestrator {
             Ok(stream)
         })
     }
+
+    fn signal(&self, id: ExecutionId, name: String, data: serde_json::Value) -> BoxFuture<'_, ApiResult<Execution>> {
+        Box::pin(async move {
+            self.engine().signal(id, &name, data).await.map_err(api_error)?;
+            self.engine().get(id).await.map_err(api_error)
+        })
+    }
 }
 
 /// `<task id>.<delivery>`: the task and the delivery that leased it, for fencing.

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 
 use crate::dispatch::Dispatcher;
-use crate::runner::{ExecutorRunner, Queries, Router};
+use crate::runner::{EngineHost, ExecutorRunner, Queries, Router};
 
 /// Where the orchestrator keeps workflows, executions and journals.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,13 +180,19 @@ impl ServiceOrchestrator {
             options.max_candidates,
         );
         let router = Arc::new(Router::default());
-        let executor = options.executor.clone().build(
-            Arc::new(dispatcher.clone()),
-            Arc::clone(&router) as Arc<dyn baton_core::EventSink<baton_core::Event>>,
-            Arc::clone(&options.engine.clock),
-        );
-        let runner = ExecutorRunner::new(executor.clone(), router, queries);
+        let host = Arc::new(EngineHost::new(queries));
+        let executor = options
+            .executor
+            .clone()
+            .build(
+                Arc::new(dispatcher.clone()),
+                Arc::clone(&router) as Arc<dyn baton_core::EventSink<baton_core::Event>>,
+                Arc::clone(&options.engine.clock),
+            )
+            .with_host(Arc::clone(&host) as Arc<dyn baton_executor::Host>);
+        let runner = ExecutorRunner::new(executor.clone(), router);
         let engine = Engine::open(options.engine.clone(), store.clone(), runner).await?;
+        host.bind(&engine);
         let planner = Arc::new(LivePlanner::new(Arc::clone(&options.taxonomy), Arc::new(registry.clone())));
         let supervisor = options
             .supervisor

@@ -46,7 +46,9 @@ mod runner;
 pub use baton_core::Outcome;
 pub use compile::{MAX_BRANCHES, MAX_CONCURRENCY, MAX_DEPTH, MAX_ITERATIONS};
 pub use definition::{CheckedDefinition, MAX_DEFINITION_BYTES, MAX_STEPS};
-pub use engine::{Applied, Config, DEFAULT_MAX_OUTPUT_BYTES, Engine, NoObserver, Observer, Recovery};
+pub use engine::{
+    Applied, Config, DEFAULT_MAX_OUTPUT_BYTES, Emitter, Engine, NoEmitter, NoObserver, Observer, Recovery, WeakEngine,
+};
 pub use error::{Error, RecoveryError, Result};
 #[cfg(any(test, feature = "test-util"))]
 pub use runner::{FakeHandle, FakeRunner};

@@ -1,10 +1,9 @@
 //! The runner port: how the engine has a checked definition run, without knowing the executor.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
-use baton_core::{Event, EventSink, ExecutionId, Outcome, StepId};
+use baton_core::{Event, EventSink, ExecutionId, History, Outcome};
 use serde_json::Value;
 
 use crate::definition::CheckedDefinition;
@@ -20,8 +19,9 @@ pub struct RunRequest {
     pub definition: Arc<CheckedDefinition>,
     /// The run's input.
     pub input: Value,
-    /// Steps already completed (from the journal), with their outputs: not run again.
-    pub completed: BTreeMap<StepId, Value>,
+    /// What the journal says already happened: settled tasks are not run again, armed timers
+    /// keep their due time.
+    pub history: History,
 }
 
 /// Runs checked definitions. Events go to the sink in the order they happen; their sequence
@@ -156,11 +156,19 @@ mod fake {
                     sequence += 1;
                     Event { execution: request.execution, sequence, at: chrono_now(), kind }
                 };
-                if request.completed.is_empty() {
+                if request.history.settled.is_empty() {
                     events.publish(event(EventKind::Started { input: request.input.clone() }));
                 }
                 let definition = &request.definition;
-                let mut outputs: BTreeMap<StepId, Value> = request.completed.clone();
+                let mut outputs: BTreeMap<StepId, Value> = request
+                    .history
+                    .settled
+                    .iter()
+                    .filter_map(|(step, settled)| match &settled.result {
+                        baton_core::Settled::Succeeded(output) => Some((step.clone(), output.clone())),
+                        _ => None,
+                    })
+                    .collect();
                 let outcome = 'run: {
                     for &i in definition.order() {
                         let step = &definition.definition().steps[i];

@@ -435,6 +435,10 @@ impl Executions for InMemoryExecutions {
             Ok(Box::pin(watch) as EventStream)
         })
     }
+
+    fn signal(&self, id: ExecutionId, name: String, data: Value) -> BoxFuture<'_, ApiResult<Execution>> {
+        Box::pin(async move { self.change(id, EventKind::SignalReceived { name, data }) })
+    }
 }
 
 /// Follows one execution's journal: recorded events first, then each one as it is recorded.

@@ -1,32 +1,29 @@
 //! The driver of one live execution: it numbers and journals its runner's events, applies
 //! them once durable, and serves pause, resume and cancel in order with them.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use baton_core::{
-    Event, EventKind, EventSink, Execution, ExecutionState, ExecutionUpdate, Outcome, Problem, Recorded, Refusal,
-    StepId, Store, StoreError,
+    Event, EventKind, EventSink, Execution, ExecutionState, ExecutionUpdate, History, Outcome, Problem, Recorded,
+    Refusal, Store, StoreError,
 };
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Command, Engine, Inner, is_terminal, lock};
+use super::{ChildRequest, Command, Engine, Inner, Listen, is_terminal, lock};
 use crate::definition::CheckedDefinition;
 use crate::error::{Error, Result};
 use crate::runner::{RunHandle, RunRequest, Runner};
 
 /// Applies one journal event to an execution ([`Execution::apply`], core's one replay rule)
-/// and keeps a succeeded step's output for the runner.
+/// and to the history a resumed run starts from.
 pub(super) fn apply(
     execution: &mut Execution,
-    completed: &mut BTreeMap<StepId, Value>,
+    history: &mut History,
     event: &Event,
 ) -> std::result::Result<(), baton_core::Error> {
     execution.apply(event)?;
-    if let EventKind::TaskSucceeded { step, output, .. } = &event.kind {
-        completed.insert(step.clone(), output.clone());
-    }
+    history.apply(event);
     Ok(())
 }
 
@@ -75,7 +72,9 @@ pub(super) struct Driver<S, R: Runner> {
     next_sequence: u64,
     /// Whether the journal holds a `Started`.
     started: bool,
-    completed: BTreeMap<StepId, Value>,
+    history: History,
+    /// `listen` tasks waiting for signals, oldest first.
+    listeners: Vec<Listen>,
     handle: Option<R::Handle>,
     pub(super) commands: Option<mpsc::UnboundedReceiver<Command>>,
     events: Option<mpsc::UnboundedReceiver<Delivery>>,
@@ -88,7 +87,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
         definition: Arc<CheckedDefinition>,
         next_sequence: u64,
         started: bool,
-        completed: BTreeMap<StepId, Value>,
+        history: History,
     ) -> Self {
         Self {
             inner: Arc::clone(&engine.inner),
@@ -96,7 +95,8 @@ impl<S: Store, R: Runner> Driver<S, R> {
             definition,
             next_sequence,
             started,
-            completed,
+            history,
+            listeners: Vec::new(),
             handle: None,
             commands: None,
             events: None,
@@ -136,13 +136,26 @@ impl<S: Store, R: Runner> Driver<S, R> {
         }
         // Commands that raced with the end are answered from the final state.
         commands.close();
+        let ended = || Problem::runtime("the execution ended");
+        for listen in self.listeners.drain(..) {
+            let _ = listen.reply.send(Err(ended()));
+        }
         while let Ok(command) = commands.try_recv() {
             let (reply, to) = match command {
                 Command::Pause(reply) => (reply, ExecutionState::Paused),
                 Command::Resume(reply) => (reply, ExecutionState::Running),
                 Command::Cancel(_, reply) => (reply, ExecutionState::Cancelled),
+                Command::Signal(_, _, reply) => (reply, ExecutionState::Running),
                 Command::Snapshot(reply) => {
                     let _ = reply.send(self.execution.clone());
+                    continue;
+                }
+                Command::Listen(listen) => {
+                    let _ = listen.reply.send(Err(ended()));
+                    continue;
+                }
+                Command::Child(request) => {
+                    let _ = request.reply.send(Err(ended()));
                     continue;
                 }
             };
@@ -171,7 +184,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
             version: self.execution.version,
             definition: Arc::clone(&self.definition),
             input: self.execution.input.clone(),
-            completed: self.completed.clone(),
+            history: self.history.clone(),
         };
         match self.inner.runner.start(request, Arc::new(ChannelSink(sender))) {
             Ok(handle) => {
@@ -203,6 +216,11 @@ impl<S: Store, R: Runner> Driver<S, R> {
                 {
                     handle.pause();
                 }
+                if result.is_ok() {
+                    self.each_child(|engine, child| async move {
+                        let _ = engine.pause(child).await;
+                    });
+                }
                 let _ = reply.send(result);
             }
             Command::Resume(reply) => {
@@ -217,6 +235,9 @@ impl<S: Store, R: Runner> Driver<S, R> {
                         // Recovered paused: nothing runs yet.
                         None => self.launch().await,
                     }
+                    self.each_child(|engine, child| async move {
+                        let _ = engine.resume(child).await;
+                    });
                 }
                 let _ = reply.send(result);
             }
@@ -230,8 +251,88 @@ impl<S: Store, R: Runner> Driver<S, R> {
                 if let Some(handle) = self.handle.take() {
                     handle.cancel(&reason);
                 }
+                if result.is_ok() {
+                    self.each_child(|engine, child| async move {
+                        let _ = engine.cancel(child, "its parent was cancelled").await;
+                    });
+                }
                 let _ = reply.send(result);
             }
+            Command::Signal(name, data, reply) => {
+                if !matches!(state, ExecutionState::Running | ExecutionState::Paused) {
+                    let _ = reply.send(Err(self.illegal(ExecutionState::Running)));
+                    return;
+                }
+                let limit = self.inner.config.max_pending_signals;
+                if self.history.signals.len() >= limit {
+                    let reason = format!("it holds {limit} signals no listen consumed, the limit");
+                    let _ = reply.send(Err(baton_core::Error::invalid("name", &name, reason).into()));
+                    return;
+                }
+                let result = self.record(vec![EventKind::SignalReceived { name, data }]).await.map_err(Error::from);
+                let _ = reply.send(result);
+                self.serve_listeners().await;
+            }
+            Command::Listen(listen) => {
+                self.listeners.push(listen);
+                self.serve_listeners().await;
+            }
+            Command::Child(request) => self.child(request).await,
+        }
+    }
+
+    /// Hands pending signals to waiting `listen` tasks, oldest first, each signal once.
+    async fn serve_listeners(&mut self) {
+        let mut i = 0;
+        while i < self.listeners.len() {
+            let listen = &self.listeners[i];
+            let Some(signals) = self.history.matching_signals(&listen.names, listen.all) else {
+                i += 1;
+                continue;
+            };
+            let sequences: Vec<u64> = signals.iter().map(|s| s.sequence).collect();
+            let output = if listen.all {
+                Value::Array(signals.iter().map(|s| s.data.clone()).collect())
+            } else {
+                signals[0].data.clone()
+            };
+            let listen = self.listeners.remove(i);
+            let consumed =
+                EventKind::SignalConsumed { step: listen.step.clone(), signals: sequences, output: output.clone() };
+            let answer = match self.record(vec![consumed]).await {
+                Ok(()) => Ok(output),
+                Err(error) => Err(Problem::runtime(format!("journal write failed: {error}"))),
+            };
+            let _ = listen.reply.send(answer);
+        }
+    }
+
+    /// Starts a `workflow` task's child once (a repeat finds it in the history) and journals it.
+    async fn child(&mut self, request: ChildRequest) {
+        if let Some(child) = self.history.children.get(&request.step) {
+            let _ = request.reply.send(Ok(*child));
+            return;
+        }
+        let engine = Engine { inner: Arc::clone(&self.inner) };
+        let answer = match engine.start_child(&self.execution, &request).await {
+            Ok(child) => match self.record(vec![EventKind::ChildStarted { step: request.step.clone(), child }]).await {
+                Ok(()) => Ok(child),
+                Err(error) => Err(Problem::runtime(format!("journal write failed: {error}"))),
+            },
+            Err(problem) => Err(problem),
+        };
+        let _ = request.reply.send(answer);
+    }
+
+    /// Runs `act` on every child this execution started, in the background: pause, resume
+    /// and cancel reach them without holding this driver up.
+    fn each_child<F, Fut>(&self, act: F)
+    where
+        F: Fn(Engine<S, R>, baton_core::ExecutionId) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        for child in self.history.children.values() {
+            tokio::spawn(act(Engine { inner: Arc::clone(&self.inner) }, *child));
         }
     }
 
@@ -248,7 +349,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
                     answer(kept, Ok(()));
                     continue;
                 }
-                EventKind::TaskSucceeded { step, attempt, output, .. } => {
+                EventKind::TaskSucceeded { step, attempt, output, context } => {
                     let size = serde_json::to_vec(&output).map_or(usize::MAX, |text| text.len());
                     if size > limit {
                         let refusal = Refusal::OutputTooLarge { step: step.clone(), size, limit };
@@ -272,7 +373,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
                             .push(EventKind::Failed { error: format!("step {step:?} failed: {error}"), problem: None });
                         break;
                     }
-                    EventKind::TaskSucceeded { step, attempt, output, context: None }
+                    EventKind::TaskSucceeded { step, attempt, output, context }
                 }
                 kind => kind,
             };
@@ -325,7 +426,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
             self.started |= matches!(event.kind, EventKind::Started { .. });
             // The engine only journals legal changes; an illegal one would be a bug, and the
             // journal stays the truth for recovery.
-            let _ = apply(&mut self.execution, &mut self.completed, event);
+            let _ = apply(&mut self.execution, &mut self.history, event);
         }
         self.inner.config.observer.journaled(&self.execution.workflow, &events);
         // The record is a view of the journal, written when the state changes: listings filter
