@@ -205,7 +205,9 @@ pub struct ExecutionUpdate {
     pub output: Option<serde_json::Value>,
     /// Why it failed or was cancelled.
     pub error: Option<String>,
-    /// Its tasks by step id.
+    /// Why it failed, in detail.
+    pub problem: Option<crate::Problem>,
+    /// Its tasks by path.
     pub tasks: BTreeMap<StepId, TaskStatus>,
     /// When it changed.
     pub updated_at: Timestamp,
@@ -218,6 +220,7 @@ impl From<&Execution> for ExecutionUpdate {
             state: execution.state,
             output: execution.output.clone(),
             error: execution.error.clone(),
+            problem: execution.problem.clone(),
             tasks: execution.tasks.clone(),
             updated_at: execution.updated_at,
         }
@@ -234,6 +237,7 @@ impl ExecutionUpdate {
         stored.state = self.state;
         stored.output.clone_from(&self.output);
         stored.error.clone_from(&self.error);
+        stored.problem.clone_from(&self.problem);
         stored.tasks.clone_from(&self.tasks);
         stored.updated_at = self.updated_at;
         Ok(())

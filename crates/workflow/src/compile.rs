@@ -659,6 +659,20 @@ output:
     }
 
     #[test]
+    fn every_example_of_the_format_document_is_valid() {
+        let doc = include_str!("../../../docs/workflow-format.md");
+        let mut checked = 0;
+        for block in doc.split("```yaml\n").skip(1) {
+            let yaml = block.split("```").next().unwrap_or_default();
+            if let Err(e) = CheckedDefinition::parse(yaml) {
+                panic!("an example of docs/workflow-format.md does not check: {e}\n{yaml}");
+            }
+            checked += 1;
+        }
+        assert!(checked >= 11, "only {checked} examples found");
+    }
+
+    #[test]
     fn control_flow_mistakes_are_placed() {
         refused(
             "name: w\nsteps:\n  - {id: a, service: s, on_error: fallback, fallback: b}\n  - {id: b, service: s, on_error: fallback, fallback: a}\n",

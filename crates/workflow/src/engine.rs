@@ -636,6 +636,7 @@ impl<S: Store, R: Runner> Engine<S, R> {
                 error,
                 tasks: BTreeMap::new(),
                 updated_at: now,
+                problem: None,
             },
         };
         // Best effort: when even this write fails the execution stays unfinished and the next
