@@ -904,31 +904,35 @@ impl<'a, I: Invoker> Interp<'a, I> {
                 self.push_leaf(id, leaf);
             }
             Action::Listen(listen) => {
+                // The timeout is a durable timer too: after a restart it keeps its due time.
+                let due = listen.timeout.map(|limit| match self.history.timers.get(&path) {
+                    Some(due) => *due,
+                    None => {
+                        let now = self.shared.now();
+                        let due = chrono::Duration::from_std(limit)
+                            .ok()
+                            .and_then(|d| now.checked_add_signed(d))
+                            .unwrap_or(now);
+                        self.record(EventKind::TimerStarted { step: path.clone(), due });
+                        due
+                    }
+                });
                 let future = self.host.listen(
                     self.execution,
                     path.clone(),
                     listen.signals.clone(),
                     listen.mode == ListenMode::All,
                 );
-                let timeout = listen.timeout;
-                let leaf = self.host_leaf(
-                    id,
-                    task,
-                    path,
-                    input,
-                    scope,
-                    Box::pin(async move {
-                        match timeout {
-                            Some(limit) => tokio::time::timeout(limit, future).await.unwrap_or_else(|_| {
-                                Err(Problem::standard(
-                                    "timeout",
-                                    format!("no signal came within {}", baton_core::duration::format(limit)),
-                                ))
-                            }),
-                            None => future.await,
-                        }
-                    }),
-                );
+                let (shared, limit) = (self.shared, listen.timeout);
+                let waited: Pin<Box<dyn Future<Output = Result<Value, Problem>> + Send + 'a>> = Box::pin(async move {
+                    let Some(due) = due else { return future.await };
+                    let left = (due - shared.now()).to_std().unwrap_or(Duration::ZERO);
+                    tokio::time::timeout(left, future).await.unwrap_or_else(|_| {
+                        let limit = limit.map(baton_core::duration::format).unwrap_or_default();
+                        Err(Problem::standard("timeout", format!("no signal came within {limit}")))
+                    })
+                });
+                let leaf = self.host_leaf(id, task, path, input, scope, waited);
                 self.push_leaf(id, leaf);
             }
             Action::Emit(emit) => {
@@ -1606,7 +1610,7 @@ impl<'a, I: Invoker> Interp<'a, I> {
         path: StepId,
         input: Value,
         scope: Scope,
-        future: Pin<Box<dyn Future<Output = Result<Value, Problem>> + Send>>,
+        future: Pin<Box<dyn Future<Output = Result<Value, Problem>> + Send + 'a>>,
     ) -> LeafFuture<'a> {
         let shared = self.shared;
         let generation = self.generations[id];

@@ -377,8 +377,10 @@ pub(crate) async fn run_call<I: Invoker>(
     task: &CallSpec<'_>,
     payload: Value,
 ) -> Result<(u32, Value), TaskError> {
+    // Attempts keep their numbers across a restart, and a restart gives the task its whole
+    // budget again: attempts a crash cut short say nothing about the service.
     let first = task.first_attempt.max(1);
-    let max = task.retry.max_attempts.max(1).max(first);
+    let max = first + task.retry.max_attempts.max(1) - 1;
     let fail = |attempt: u32, failure: &Failure, follows: bool| {
         let problem = failure.problem().at(task.reference);
         shared.emit(EventKind::TaskFailed {

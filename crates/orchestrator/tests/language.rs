@@ -203,7 +203,7 @@ output: { a: "${ .steps.first.output }", b: "${ .steps.second.output }" }
     let id = baton.engine().start(&applied.name, None, json!({}), None).await.unwrap();
     // Sent before any listen runs: kept, and consumed once.
     baton.engine().signal(id, "approve", json!({"by": "ann"})).await.unwrap();
-    wait_for(&baton, id, |e| e.tasks.get("second").is_some_and(|t| t.state == TaskState::Pending)).await;
+    wait_for(&baton, id, |e| e.tasks.get("first").is_some_and(|t| t.state == TaskState::Succeeded)).await;
     baton.engine().signal(id, "approve", json!({"by": "bob"})).await.unwrap();
     let done = baton.engine().wait(id).await.unwrap();
     assert_eq!(done.output, Some(json!({"a": {"by": "ann"}, "b": {"by": "bob"}})));
