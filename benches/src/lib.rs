@@ -194,6 +194,7 @@ impl Workload {
 }
 
 /// Appends one figure for `cargo xtask bench` to `target/bench-figures.jsonl`.
+#[allow(clippy::print_stderr, reason = "a bench cannot fail over a figure it could not record")]
 pub fn report_figure(bench: &str, name: &str, value: f64, unit: &str, baseline: Option<f64>, target: Option<&str>) {
     let path = project_root().join("target/bench-figures.jsonl");
     let line = serde_json::json!({

@@ -4,7 +4,7 @@
 //! bench report (`bench`), written in Rust so they behave the same on every machine.
 //! What it is not for: anything a plain `cargo` command already does well on its own.
 
-#![allow(clippy::print_stdout)] // reason: xtask reports to the terminal
+#![allow(clippy::print_stdout, clippy::print_stderr, reason = "xtask reports to the terminal")]
 
 mod bench;
 mod ci;
@@ -20,7 +20,8 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  ci               fmt, clippy, tests, doc tests, docs and the layering check, stopping at the first failure
+  ci               fmt, typos, unused dependencies, clippy, cargo deny, tests, doc tests, docs and
+                   the layering check, stopping at the first failure
   layering         check the dependency edges between workspace crates against the layering table
   bench [FILTER]   run the criterion benches (only the bench target FILTER if given) and print
                    each figure beside its baseline and target

@@ -189,8 +189,10 @@ mod tests {
         names.iter().map(|n| StepId::new(n).expect("a valid id")).collect()
     }
 
-    /// Checks steps given as `(id, depends_on, fallback)`.
-    fn check(steps: &[(&str, &[&str], Option<&str>)]) -> Result<StepGraph, GraphError> {
+    /// A step as `(id, depends_on, fallback)`.
+    type Links<'a> = (&'a str, &'a [&'a str], Option<&'a str>);
+
+    fn check(steps: &[Links<'_>]) -> Result<StepGraph, GraphError> {
         let owned: Vec<(StepId, Vec<StepId>, Option<StepId>)> = steps
             .iter()
             .map(|(id, deps, fallback)| (ids(&[id])[0].clone(), ids(deps), fallback.map(|f| ids(&[f])[0].clone())))
@@ -204,7 +206,7 @@ mod tests {
 
     #[test]
     fn each_broken_rule_is_named() {
-        let cases: [(&[(&str, &[&str], Option<&str>)], &str); 5] = [
+        let cases: [(&[Links<'_>], &str); 5] = [
             (&[("a", &[], None), ("a", &[], None)], r#"step "a" appears twice"#),
             (&[("a", &["b"], None)], r#"step "a" depends on unknown step "b""#),
             (&[("a", &[], Some("z"))], r#"step "a" falls back to unknown step "z""#),

@@ -7,65 +7,120 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-/// `baton serve`'s flags; each also reads a `BATON_*` variable. Unset ones fall back to the
-/// TOML file, then to the defaults.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct ServeArgs {
-    /// A TOML file with any of the settings below (snake_case keys).
-    #[arg(long, env = "BATON_CONFIG")]
-    pub config: Option<PathBuf>,
+/// Declares every setting once: its doc, its flag and `BATON_*` variable, and its default
+/// when it has one. From the one list come [`ServeArgs`] (flags and variables through clap,
+/// the TOML file through serde: the same struct) and [`ServeConfig`] (every setting
+/// resolved), and the merge between them, so a setting cannot be missing from one of them.
+macro_rules! settings {
+    ($(
+        $(#[doc = $doc:literal])*
+        #[arg($($arg:tt)*)]
+        $(#[serde($($serde:tt)*)])?
+        $name:ident: $ty:ty $(= $default:expr)?;
+    )*) => {
+        /// `baton serve`'s flags; each also reads a `BATON_*` variable, and the TOML file of
+        /// `--config` has the same settings under the same (snake_case) names. Unset ones fall
+        /// back to the file, then to the defaults.
+        #[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct ServeArgs {
+            /// A TOML file with any of the settings below (snake_case keys).
+            #[arg(long, env = "BATON_CONFIG")]
+            #[serde(skip)]
+            pub config: Option<PathBuf>,
+            $(
+                $(#[doc = $doc])*
+                #[arg($($arg)*)]
+                $(#[serde($($serde)*)])?
+                pub $name: Option<$ty>,
+            )*
+        }
+
+        /// The settings `baton serve` runs with, every one resolved.
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct ServeConfig {
+            $(
+                $(#[doc = $doc])*
+                pub $name: settings!(@type $ty $(, $default)?),
+            )*
+        }
+
+        impl ServeArgs {
+            /// Each setting from these flags or variables, else from `file`, else its default.
+            fn over(&self, file: ServeArgs) -> ServeConfig {
+                ServeConfig {
+                    $($name: settings!(@value self.$name.clone().or(file.$name) $(, $default)?),)*
+                }
+            }
+        }
+    };
+    (@type $ty:ty) => { Option<$ty> };
+    (@type $ty:ty, $default:expr) => { $ty };
+    (@value $value:expr) => { $value };
+    (@value $value:expr, $default:expr) => { $value.unwrap_or_else(|| $default) };
+}
+
+settings! {
     /// The gRPC address [default: 127.0.0.1:50051].
     #[arg(long, env = "BATON_LISTEN")]
-    pub listen: Option<SocketAddr>,
+    listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 50051));
     /// The Prometheus metrics address, serving /metrics [default: 127.0.0.1:9464].
     #[arg(long, env = "BATON_METRICS_LISTEN")]
-    pub metrics_listen: Option<SocketAddr>,
+    metrics_listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9464));
     /// The directory of the embedded redb store [default: ./baton-data].
     #[arg(long, env = "BATON_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
+    data_dir: PathBuf = PathBuf::from("baton-data");
     /// A PostgreSQL URL (postgres://...) to keep state in instead of the data dir.
     #[arg(long, env = "BATON_STORE")]
-    pub store: Option<String>,
+    store: String;
     /// The server's TLS certificate chain (PEM).
     #[arg(long, env = "BATON_TLS_CERT")]
-    pub tls_cert: Option<PathBuf>,
+    tls_cert: PathBuf;
     /// The server's TLS private key (PEM).
     #[arg(long, env = "BATON_TLS_KEY")]
-    pub tls_key: Option<PathBuf>,
+    tls_key: PathBuf;
     /// CA certificates (PEM) that client certificates must chain to (mutual TLS).
     #[arg(long, env = "BATON_TLS_CLIENT_CA")]
-    pub tls_client_ca: Option<PathBuf>,
+    tls_client_ca: PathBuf;
     /// A file of bearer tokens, one per line, any of which a request may present.
     #[arg(long, env = "BATON_AUTH_TOKEN_FILE")]
-    pub auth_token_file: Option<PathBuf>,
+    auth_token_file: PathBuf;
     /// Serve a non-loopback address without TLS or without tokens.
     #[arg(long, env = "BATON_INSECURE", num_args = 0..=1, default_missing_value = "true")]
-    pub insecure: Option<bool>,
+    insecure: bool = false;
     /// Accept service endpoints on link-local and cloud metadata addresses.
     #[arg(long, env = "BATON_ALLOW_LINK_LOCAL", num_args = 0..=1, default_missing_value = "true")]
-    pub allow_link_local: Option<bool>,
+    allow_link_local: bool = false;
     /// Start the example services in-process and apply the example workflows.
     #[arg(long, env = "BATON_DEMO", num_args = 0..=1, default_missing_value = "true")]
-    pub demo: Option<bool>,
+    demo: bool = false;
     /// How long in-flight calls may take to finish on shutdown, e.g. 30s [default: 30s].
     #[arg(long, env = "BATON_SHUTDOWN_GRACE", value_parser = parse_duration)]
-    pub shutdown_grace: Option<Duration>,
+    #[serde(deserialize_with = "duration_text")]
+    shutdown_grace: Duration = DEFAULT_SHUTDOWN_GRACE;
     /// Requests per second one connection may make [default: 2000].
     #[arg(long, env = "BATON_RATE_LIMIT")]
-    pub rate_limit: Option<u32>,
+    rate_limit: u32 = DEFAULT_RATE_LIMIT;
     /// Concurrent streams per connection [default: 256].
     #[arg(long, env = "BATON_MAX_CONCURRENT_STREAMS")]
-    pub max_concurrent_streams: Option<u32>,
+    max_concurrent_streams: u32 = DEFAULT_MAX_CONCURRENT_STREAMS;
     /// Log format: text or json [default: text].
     #[arg(long, env = "BATON_LOG_FORMAT")]
-    pub log_format: Option<LogFormat>,
+    log_format: LogFormat = LogFormat::default();
     /// Log level: error, warn, info, debug or trace [default: info].
     #[arg(long, env = "BATON_LOG_LEVEL")]
-    pub log_level: Option<String>,
+    log_level: String = "info".to_owned();
     /// Threads that run the server's tasks [default: one per core].
     #[arg(long, env = "BATON_WORKER_THREADS")]
-    pub worker_threads: Option<usize>,
+    worker_threads: usize = one_per_core();
 }
+
+/// How long in-flight calls get to finish on shutdown by default.
+const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Requests per second one connection may make by default.
+const DEFAULT_RATE_LIMIT: u32 = 2_000;
+/// Concurrent streams per connection by default.
+const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 256;
 
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
@@ -76,68 +131,6 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
-}
-
-/// The TOML file: the same settings as the flags.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct FileConfig {
-    listen: Option<SocketAddr>,
-    metrics_listen: Option<SocketAddr>,
-    data_dir: Option<PathBuf>,
-    store: Option<String>,
-    tls_cert: Option<PathBuf>,
-    tls_key: Option<PathBuf>,
-    tls_client_ca: Option<PathBuf>,
-    auth_token_file: Option<PathBuf>,
-    insecure: Option<bool>,
-    allow_link_local: Option<bool>,
-    demo: Option<bool>,
-    shutdown_grace: Option<String>,
-    rate_limit: Option<u32>,
-    max_concurrent_streams: Option<u32>,
-    log_format: Option<LogFormat>,
-    log_level: Option<String>,
-    worker_threads: Option<usize>,
-}
-
-/// The settings `baton serve` runs with, every one resolved.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ServeConfig {
-    /// The gRPC address.
-    pub listen: SocketAddr,
-    /// The metrics address.
-    pub metrics_listen: SocketAddr,
-    /// The redb data directory (unused with `store`).
-    pub data_dir: PathBuf,
-    /// A PostgreSQL URL, when state lives there.
-    pub store: Option<String>,
-    /// TLS certificate chain.
-    pub tls_cert: Option<PathBuf>,
-    /// TLS key.
-    pub tls_key: Option<PathBuf>,
-    /// Client CA for mutual TLS.
-    pub tls_client_ca: Option<PathBuf>,
-    /// Bearer tokens file.
-    pub auth_token_file: Option<PathBuf>,
-    /// Non-loopback without TLS or tokens allowed.
-    pub insecure: bool,
-    /// Link-local and metadata endpoints allowed.
-    pub allow_link_local: bool,
-    /// The demo.
-    pub demo: bool,
-    /// Shutdown grace period.
-    pub shutdown_grace: Duration,
-    /// Requests per second per connection.
-    pub rate_limit: u32,
-    /// Concurrent streams per connection.
-    pub max_concurrent_streams: u32,
-    /// Log format.
-    pub log_format: LogFormat,
-    /// Log level.
-    pub log_level: String,
-    /// Threads of the async runtime.
-    pub worker_threads: usize,
 }
 
 /// Why the configuration is unusable.
@@ -174,37 +167,9 @@ impl ServeArgs {
     pub fn resolve(&self) -> Result<ServeConfig, ConfigError> {
         let file = match &self.config {
             Some(path) => read_file(path)?,
-            None => FileConfig::default(),
+            None => ServeArgs::default(),
         };
-        let shutdown_grace = match (&self.shutdown_grace, &file.shutdown_grace) {
-            (Some(grace), _) => *grace,
-            (None, Some(text)) => {
-                parse_duration(text).map_err(|reason| ConfigError::Invalid { setting: "shutdown_grace", reason })?
-            }
-            (None, None) => Duration::from_secs(30),
-        };
-        let config = ServeConfig {
-            listen: self.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:50051".parse().expect("an address")),
-            metrics_listen: self
-                .metrics_listen
-                .or(file.metrics_listen)
-                .unwrap_or_else(|| "127.0.0.1:9464".parse().expect("an address")),
-            data_dir: self.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from("baton-data")),
-            store: self.store.clone().or(file.store),
-            tls_cert: self.tls_cert.clone().or(file.tls_cert),
-            tls_key: self.tls_key.clone().or(file.tls_key),
-            tls_client_ca: self.tls_client_ca.clone().or(file.tls_client_ca),
-            auth_token_file: self.auth_token_file.clone().or(file.auth_token_file),
-            insecure: self.insecure.or(file.insecure).unwrap_or(false),
-            allow_link_local: self.allow_link_local.or(file.allow_link_local).unwrap_or(false),
-            demo: self.demo.or(file.demo).unwrap_or(false),
-            shutdown_grace,
-            rate_limit: self.rate_limit.or(file.rate_limit).unwrap_or(2_000),
-            max_concurrent_streams: self.max_concurrent_streams.or(file.max_concurrent_streams).unwrap_or(256),
-            log_format: self.log_format.or(file.log_format).unwrap_or_default(),
-            log_level: self.log_level.clone().or(file.log_level).unwrap_or_else(|| "info".to_owned()),
-            worker_threads: self.worker_threads.or(file.worker_threads).unwrap_or_else(one_per_core),
-        };
+        let config = self.over(file);
         config.check()?;
         Ok(config)
     }
@@ -284,7 +249,7 @@ pub fn one_per_core() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
-fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+fn read_file(path: &Path) -> Result<ServeArgs, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read { path: path.to_owned(), error })?;
     toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })
 }
@@ -292,6 +257,12 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
 /// A duration as the workflow format writes them: `250ms`, `30s`, `5m`, `1h`.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     baton_core::duration::parse("duration", text).map_err(|e| e.to_string())
+}
+
+/// A duration in the TOML file, written as text the way the flag takes it.
+fn duration_text<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse_duration(&text).map(Some).map_err(serde::de::Error::custom)
 }
 
 /// `postgres://user:secret@host/db` -> `postgres://user:***@host/db`, and
@@ -418,5 +389,27 @@ mod tests {
             assert!(described.contains(shown), "{described}");
             assert!(!described.contains("secret"), "{described}");
         }
+    }
+
+    #[test]
+    fn every_setting_reads_from_the_file_under_its_flag_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("baton.toml");
+        std::fs::write(
+            &file,
+            "metrics_listen = \"127.0.0.1:9000\"\nstore = \"postgres://db/baton\"\ninsecure = true\n\
+             allow_link_local = true\ndemo = true\nrate_limit = 5\nmax_concurrent_streams = 6\nlog_format = \"json\"\n\
+             log_level = \"debug\"\n",
+        )
+        .unwrap();
+        let config = args(&["--config", file.to_str().unwrap(), "--rate-limit", "7"]).resolve().unwrap();
+        assert_eq!(config.metrics_listen.to_string(), "127.0.0.1:9000");
+        assert_eq!(config.store.as_deref(), Some("postgres://db/baton"));
+        assert!(config.insecure && config.allow_link_local && config.demo);
+        assert_eq!((config.rate_limit, config.max_concurrent_streams), (7, 6));
+        assert_eq!((config.log_format, config.log_level.as_str()), (LogFormat::Json, "debug"));
+        std::fs::write(&file, "shutdown_grace = \"5 parsecs\"\n").unwrap();
+        let error = args(&["--config", file.to_str().unwrap()]).resolve().unwrap_err().to_string();
+        assert!(error.contains("shutdown_grace") && error.contains("invalid duration"), "{error}");
     }
 }

@@ -1,5 +1,7 @@
 //! The `baton` binary: `baton serve` runs the server; the other commands are its clients.
 
+#![allow(clippy::print_stderr, reason = "a binary tells its user why it could not start on stderr")]
+
 use std::process::ExitCode;
 
 use baton::cli::{ClientCommand, ClientOptions};

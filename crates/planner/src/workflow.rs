@@ -2,7 +2,7 @@
 
 use serde_json::{Map, Value};
 
-use baton_core::{Goal, Plan, Step, StepDefaults, StepTarget, WorkflowDefinition, WorkflowName};
+use baton_core::{Goal, Plan, StepDefaults, WorkflowDefinition, WorkflowName};
 
 use crate::catalog::Catalog;
 
@@ -28,14 +28,7 @@ pub fn to_workflow(catalog: &Catalog, goal: &Goal, plan: &Plan, name: WorkflowNa
                 };
                 input.insert(edge.to_concept.clone(), Value::String(source));
             }
-            Step {
-                depends_on: task.depends_on.clone(),
-                ..Step::call(
-                    task.id.clone(),
-                    StepTarget::Service { id: task.service.clone(), alternatives: task.alternatives.clone() },
-                    Value::Object(input),
-                )
-            }
+            task.to_step(Value::Object(input))
         })
         .collect();
     let satisfies = |have: &str, want: &str| match (catalog.concepts.lookup(have), catalog.concepts.lookup(want)) {

@@ -33,7 +33,7 @@ use crate::ids::{ExecutionId, ServiceId, StepId, WorkflowName};
 use crate::planning::Planning;
 use crate::ports::{Clock, SystemClock};
 use crate::store::{ExecutionPage, IdempotencyKey, Order, PageRequest, PageToken, Record, StoreError};
-use crate::workflow::{Step, StepTarget, WorkflowDefinition};
+use crate::workflow::WorkflowDefinition;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic in another test thread must not hide this test's own failure.
@@ -767,18 +767,7 @@ impl InMemoryOrchestrator {
         let mut name = String::from("goal-");
         let _ = write!(name, "{:016x}", digest(&goal_text));
         let name = WorkflowName::new(&name)?;
-        let steps = plan
-            .tasks
-            .iter()
-            .map(|task| Step {
-                depends_on: task.depends_on.clone(),
-                ..Step::call(
-                    task.id.clone(),
-                    StepTarget::Service { id: task.service.clone(), alternatives: task.alternatives.clone() },
-                    Value::Null,
-                )
-            })
-            .collect();
+        let steps = plan.tasks.iter().map(|task| task.to_step(Value::Null)).collect();
         let workflow = WorkflowDefinition {
             name: name.clone(),
             description: format!("plan for {:?}", request.goal.wanted),

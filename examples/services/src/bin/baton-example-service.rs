@@ -7,6 +7,7 @@
 //!     [--lose-rate 0.1] [--seed N] [--ttl 10s] [--deregister-after 1m|never] [--capacity N]
 //!     [--label KEY=VALUE]...
 //! ```
+#![allow(clippy::print_stderr, reason = "a binary reports start-up failures on stderr")]
 
 use std::process::ExitCode;
 use std::time::Duration;

@@ -16,8 +16,8 @@ use crate::convert::{
     json_field, timestamp_from_proto, workflow_name,
 };
 use crate::error::api_status;
+use crate::limits::{Limits, Stopping, clamp, shutting_down};
 use crate::pb;
-use crate::server::{Limits, Stopping, clamp, shutting_down};
 
 /// The events of a `WatchExecution` call.
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchExecutionResponse, Status>> + Send>>;

@@ -10,8 +10,8 @@ use crate::convert::{
     definition_format_from_proto, definition_format_to_proto, definition_summary_to_proto, invalid, workflow_name,
 };
 use crate::error::api_status;
+use crate::limits::{Limits, clamp};
 use crate::pb;
-use crate::server::{Limits, clamp};
 
 /// The workflow service: converts, calls the catalog, converts back.
 #[derive(Clone)]

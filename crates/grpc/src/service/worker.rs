@@ -20,8 +20,8 @@ use tonic::{Request, Response, Status};
 
 use crate::convert::{invalid, json_field, leased_task_to_proto, timestamp_to_proto};
 use crate::error::api_status;
+use crate::limits::{Limits, Stopping, shutting_down};
 use crate::pb;
-use crate::server::{Limits, Stopping, shutting_down};
 
 /// The tasks of a `PollTasks` call.
 pub type TaskStream = Pin<Box<dyn Stream<Item = Result<pb::PollTasksResponse, Status>> + Send>>;

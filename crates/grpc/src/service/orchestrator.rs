@@ -10,8 +10,8 @@ use tonic::{Request, Response, Status};
 
 use crate::convert::{execution_state_to_proto, goal_from_proto, invalid, json_field, plan_to_proto};
 use crate::error::api_status;
+use crate::limits::Limits;
 use crate::pb;
-use crate::server::Limits;
 
 /// The orchestrator service: plans and starts a goal, and with `wait` waits for its end
 /// within the call's deadline.

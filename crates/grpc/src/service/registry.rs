@@ -9,8 +9,8 @@ use crate::convert::{
     candidate_to_proto, invalid, requirements_from_proto, service_id, spec_from_proto, status_to_proto, view_to_proto,
 };
 use crate::error::api_status;
+use crate::limits::{Limits, clamp};
 use crate::pb;
-use crate::server::{Limits, clamp};
 
 /// The registry service: converts, calls the directory, converts back.
 #[derive(Clone)]
