@@ -137,6 +137,13 @@ impl Default for TaskStatus {
     }
 }
 
+/// An execution out of memory while it waits: only timers, signals or children can move it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Parked {
+    /// When its earliest timer fires; `None` when only a signal or a child's end wakes it.
+    pub until: Option<Timestamp>,
+}
+
 /// The execution and task that started a child execution.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Parent {
@@ -178,6 +185,9 @@ pub struct Execution {
     /// The execution that started it, for a child.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<Parent>,
+    /// Set while it waits out of memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parked: Option<Parked>,
     /// When it was created.
     pub created_at: Timestamp,
     /// When it last changed.
@@ -352,6 +362,7 @@ mod tests {
             updated_at: at(10),
             parent: None,
             problem: None,
+            parked: None,
         };
         let id = execution.id;
         let event = |s, kind| Event { execution: id, sequence: 1, at: at(s), kind };

@@ -60,7 +60,7 @@ pub use directory::{
 };
 pub use error::{Error, Result};
 pub use event::{Event, EventKind, Outcome};
-pub use execution::{Execution, ExecutionState, Parent, TaskState, TaskStatus};
+pub use execution::{Execution, ExecutionState, Parent, Parked, TaskState, TaskStatus};
 pub use expr::{EvalError, Expression, Template};
 pub use goal::{Constraints, Goal, Objective, Weights};
 pub use graph::{GraphError, StepGraph, StepLinks};

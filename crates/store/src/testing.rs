@@ -37,6 +37,7 @@ pub fn load_execution() -> Execution {
         updated_at: at,
         parent: None,
         problem: None,
+        parked: None,
     }
 }
 

@@ -331,6 +331,7 @@ impl<S: Store, R: Runner> Engine<S, R> {
             updated_at: now,
             parent,
             problem: None,
+            parked: None,
         };
         // A repeated start must be the same request: a key reused for another one is a
         // caller's bug that would otherwise pass silently (as Stripe's idempotency keys refuse).
@@ -637,6 +638,7 @@ impl<S: Store, R: Runner> Engine<S, R> {
                 tasks: BTreeMap::new(),
                 updated_at: now,
                 problem: None,
+                parked: None,
             },
         };
         // Best effort: when even this write fails the execution stays unfinished and the next

@@ -358,6 +358,7 @@ impl InMemoryExecutions {
             updated_at: now,
             parent: None,
             problem: None,
+            parked: None,
         };
         execution.transition(ExecutionState::Running, now).map_err(ApiError::from)?;
         let id = execution.id;

@@ -23,6 +23,7 @@ fn execution() -> Execution {
         updated_at: at(),
         parent: None,
         problem: None,
+        parked: None,
     }
 }
 
