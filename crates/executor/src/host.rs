@@ -39,6 +39,19 @@ pub trait Host: Send + Sync + 'static {
     fn stand_in(&self, requirements: &ServiceRequirements) -> ServiceId;
 }
 
+/// Told when a run has nothing left to do but wait: `Some(t)` when its earliest timer fires at
+/// `t`, `None` when only signals or children can move it, with the run's activity count, which
+/// a `Run::suspend_if_idle` must give back. Called on the run's task, after the events it
+/// handed over so far; it must be quick.
+#[derive(Clone)]
+pub struct IdleHook(pub std::sync::Arc<dyn Fn(Option<baton_core::Timestamp>, u64) + Send + Sync>);
+
+impl std::fmt::Debug for IdleHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IdleHook")
+    }
+}
+
 /// A host that offers no signals, children or event sink: runs that need them fail with a
 /// configuration error naming what is missing. For embedding the executor without an engine.
 #[derive(Debug, Default, Clone, Copy)]

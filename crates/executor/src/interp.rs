@@ -29,11 +29,12 @@ use baton_core::program::{
 use baton_core::{
     EventKind, ExecutionId, History, Outcome, Problem, Recorded, ServiceId, Settled, StepId, Template, Timestamp,
 };
+use futures_util::FutureExt as _;
 use futures_util::future::{AbortHandle, Abortable};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde_json::{Map, Value, json};
 
-use crate::host::Host;
+use crate::host::{Host, IdleHook};
 use crate::invoker::Invoker;
 use crate::run::{CallSpec, Control, Shared, TaskError, run_call};
 
@@ -58,6 +59,19 @@ pub struct Start {
     pub history: History,
     /// The `$workflow` descriptor (`id`, `name`, `version`, `input`, `started_at`).
     pub workflow: Value,
+    /// Told when the run has nothing left to do but wait.
+    pub idle: Option<IdleHook>,
+}
+
+/// What a leaf in flight waits on, for telling when the run only waits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum LeafKind {
+    /// Work that ends on its own soon: a call, an emit, a backoff.
+    Busy,
+    /// A timer due at this time (a `wait`, a `listen` with a timeout).
+    Timer(Timestamp),
+    /// A signal or a child, with no time.
+    Wait,
 }
 
 /// A finished leaf: the node it belongs to, the node's generation (a reused slot is not the
@@ -92,6 +106,8 @@ struct Node<'p> {
     /// The latest journal sequence among results replayed inside this node, for a compete
     /// fork to pick the branch that really finished first.
     replayed: Option<u64>,
+    /// What its leaf in flight waits on, if it has one.
+    leaf: Option<LeafKind>,
 }
 
 enum Kind<'p> {
@@ -204,6 +220,16 @@ struct Interp<'a, I> {
     pending: Vec<Recorded>,
     /// How the run ended, once it has.
     outcome: Option<Outcome>,
+    /// Leaves in flight that end on their own (calls, emits, backoffs).
+    busy: usize,
+    /// Timers in flight, by due time.
+    timers: std::collections::BTreeMap<Timestamp, usize>,
+    idle: Option<IdleHook>,
+    /// Counts what happened in the run (a task started, a leaf ended): an idle report carries
+    /// it, and a suspension asked with an older count is refused.
+    activity: u64,
+    /// The activity count the hook was last told of, so it hears of each idle spell once.
+    told_idle: Option<u64>,
 }
 
 /// Runs `start.program` to its outcome.
@@ -227,6 +253,11 @@ pub(crate) async fn interpret<I: Invoker>(shared: &Shared<I>, host: &dyn Host, s
         running: FuturesUnordered::new(),
         pending: Vec::new(),
         outcome: None,
+        busy: 0,
+        timers: std::collections::BTreeMap::new(),
+        idle: start.idle,
+        activity: 0,
+        told_idle: None,
     };
     interp.run(limit).await
 }
@@ -244,9 +275,20 @@ impl<'a, I: Invoker> Interp<'a, I> {
         self.start_block(root);
         let mut control = self.shared.control.clone();
         let mut paused = false;
+        // The last conditional suspension refused, so each is answered once.
+        let mut refused_mark = None;
         loop {
             match &*control.borrow_and_update() {
                 Control::Cancelled(reason) => return Outcome::Cancelled(reason.clone()),
+                Control::Suspended => return Outcome::Cancelled("suspended".to_owned()),
+                Control::SuspendIfIdle(mark) if refused_mark != Some(*mark) => {
+                    if *mark == self.activity && self.is_idle() {
+                        // Nothing moved since it said it only waits: the host parks it.
+                        return Outcome::Cancelled("suspended".to_owned());
+                    }
+                    refused_mark = Some(*mark);
+                    self.shared.refused.notify_one();
+                }
                 Control::Paused if !paused => {
                     paused = true;
                     self.shared.emit(EventKind::Paused);
@@ -301,6 +343,19 @@ impl<'a, I: Invoker> Interp<'a, I> {
             if !self.ready.is_empty() && !paused {
                 continue;
             }
+            // New leaves are polled once before the run says it only waits: a listen or a child
+            // has asked the host by then, so the host hears the ask before the idleness.
+            if let Some(done) = self.running.next().now_or_never() {
+                self.shared.tick();
+                if let Some(Ok(done)) = done {
+                    self.leaf_done(done);
+                }
+                if let Some(outcome) = self.outcome.take() {
+                    return outcome;
+                }
+                continue;
+            }
+            self.tell_idle();
             tokio::select! {
                 biased;
                 done = self.running.next(), if !self.running.is_empty() => {
@@ -375,6 +430,9 @@ impl<'a, I: Invoker> Interp<'a, I> {
     fn remove(&mut self, id: Id) {
         let Some(node) = self.nodes[id].take() else { return };
         self.free.push(id);
+        if node.leaf.is_some() {
+            self.leaf_gone(node.leaf);
+        }
         for abort in node.aborts {
             abort.abort();
         }
@@ -395,10 +453,51 @@ impl<'a, I: Invoker> Interp<'a, I> {
     }
 
     /// Queues `leaf` as node `id`'s: removing the node abandons it, started or not.
-    fn push_leaf(&mut self, id: Id, leaf: LeafFuture<'a>) {
+    fn push_leaf(&mut self, id: Id, leaf: LeafFuture<'a>, kind: LeafKind) {
         let (handle, registration) = AbortHandle::new_pair();
-        self.node_mut(id).aborts.push(handle);
+        let node = self.node_mut(id);
+        node.aborts.push(handle);
+        node.leaf = Some(kind);
+        match kind {
+            LeafKind::Busy => self.busy += 1,
+            LeafKind::Timer(due) => *self.timers.entry(due).or_default() += 1,
+            LeafKind::Wait => {}
+        }
         self.waiting_leaves.push_back(Abortable::new(leaf, registration));
+    }
+
+    /// Forgets a leaf, done or abandoned.
+    fn leaf_gone(&mut self, kind: Option<LeafKind>) {
+        match kind {
+            Some(LeafKind::Busy) => self.busy -= 1,
+            Some(LeafKind::Timer(due)) => {
+                if let Some(count) = self.timers.get_mut(&due) {
+                    *count -= 1;
+                    if *count == 0 {
+                        self.timers.remove(&due);
+                    }
+                }
+            }
+            Some(LeafKind::Wait) | None => {}
+        }
+        self.activity += 1;
+    }
+
+    /// Whether nothing is left but waits: no task to start, no leaf that ends on its own.
+    fn is_idle(&self) -> bool {
+        self.busy == 0 && self.ready.is_empty() && self.waiting_leaves.is_empty() && !self.running.is_empty()
+    }
+
+    /// Tells the hook when nothing is left but waits, once per idle spell, with the activity
+    /// count a suspension must match.
+    fn tell_idle(&mut self) {
+        if !self.is_idle() || self.told_idle == Some(self.activity) {
+            return;
+        }
+        if let Some(hook) = &self.idle {
+            (hook.0)(self.timers.keys().next().copied(), self.activity);
+            self.told_idle = Some(self.activity);
+        }
     }
 
     // ---- journal ----
@@ -478,7 +577,14 @@ impl<'a, I: Invoker> Interp<'a, I> {
             steps: 0,
             children: Vec::new(),
         };
-        self.insert(Node { parent, path: prefix, kind: Kind::Block(run), aborts: Vec::new(), replayed: None })
+        self.insert(Node {
+            parent,
+            path: prefix,
+            kind: Kind::Block(run),
+            aborts: Vec::new(),
+            replayed: None,
+            leaf: None,
+        })
     }
 
     fn start_block(&mut self, id: Id) {
@@ -564,6 +670,7 @@ impl<'a, I: Invoker> Interp<'a, I> {
             kind: Kind::Task(run),
             aborts: Vec::new(),
             replayed: None,
+            leaf: None,
         });
         self.block_mut(block).children.push(id);
         self.ready.push_back(id);
@@ -657,6 +764,7 @@ impl<'a, I: Invoker> Interp<'a, I> {
         if !self.live(id) {
             return;
         }
+        self.activity += 1;
         let path = self.node(id).path.clone().expect("a task has a path");
         let (task, raw, scope) = {
             let t = self.task(id);
@@ -876,7 +984,7 @@ impl<'a, I: Invoker> Interp<'a, I> {
                 };
                 let attempt = self.history.attempts.get(&path).copied().unwrap_or(0);
                 let leaf = self.call_leaf(id, task, path, services, payload, input, scope, attempt);
-                self.push_leaf(id, leaf);
+                self.push_leaf(id, leaf, LeafKind::Busy);
             }
             Action::Wait(wait) => {
                 let due = match self.history.timers.get(&path) {
@@ -901,7 +1009,7 @@ impl<'a, I: Invoker> Interp<'a, I> {
                     }
                 };
                 let leaf = self.wait_leaf(id, task, path, due, input, scope);
-                self.push_leaf(id, leaf);
+                self.push_leaf(id, leaf, LeafKind::Timer(due));
             }
             Action::Listen(listen) => {
                 // The timeout is a durable timer too: after a restart it keeps its due time.
@@ -933,7 +1041,7 @@ impl<'a, I: Invoker> Interp<'a, I> {
                     })
                 });
                 let leaf = self.host_leaf(id, task, path, input, scope, waited);
-                self.push_leaf(id, leaf);
+                self.push_leaf(id, leaf, due.map_or(LeafKind::Wait, LeafKind::Timer));
             }
             Action::Emit(emit) => {
                 let event = match eval(self, &emit.event) {
@@ -946,7 +1054,7 @@ impl<'a, I: Invoker> Interp<'a, I> {
                 let future = self.host.emit(self.execution, path.clone(), event.clone());
                 let leaf =
                     self.host_leaf(id, task, path, input, scope, Box::pin(async move { future.await.map(|()| event) }));
-                self.push_leaf(id, leaf);
+                self.push_leaf(id, leaf, LeafKind::Busy);
             }
             Action::Run(run) => {
                 let child_input = match eval(self, &run.input) {
@@ -958,7 +1066,7 @@ impl<'a, I: Invoker> Interp<'a, I> {
                 };
                 let future = self.host.child(self.execution, path.clone(), run.name.clone(), run.version, child_input);
                 let leaf = self.host_leaf(id, task, path, input, scope, future);
-                self.push_leaf(id, leaf);
+                self.push_leaf(id, leaf, LeafKind::Wait);
             }
         }
     }
@@ -1461,7 +1569,7 @@ impl<'a, I: Invoker> Interp<'a, I> {
                     tokio::time::sleep(backoff).await;
                     LeafDone { node: child, generation, result: Err(Problem::runtime("backoff")) }
                 });
-                self.push_leaf(child, leaf);
+                self.push_leaf(child, leaf, LeafKind::Busy);
             }
             return;
         }
@@ -1484,6 +1592,8 @@ impl<'a, I: Invoker> Interp<'a, I> {
         if !self.live(done.node) || self.generations[done.node] != done.generation {
             return;
         }
+        let kind = self.node_mut(done.node).leaf.take();
+        self.leaf_gone(kind);
         match &self.node(done.node).kind {
             // A try's backoff ran out: start the next attempt's block.
             Kind::Block(_) => self.start_block(done.node),

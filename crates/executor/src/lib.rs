@@ -37,7 +37,7 @@ mod worker;
 pub use self::http::{HttpConfig, HttpInvoker, Resolve};
 pub use baton_core::Outcome;
 pub use breaker::BreakerState;
-pub use host::{Host, HostFuture, NoHost};
+pub use host::{Host, HostFuture, IdleHook, NoHost};
 pub use interp::{MAX_ITEMS, MAX_SEQUENCE_STEPS, Start};
 pub use invoker::{Call, Failure, InProcessInvoker, Invoker};
 #[cfg(any(test, feature = "test-util"))]

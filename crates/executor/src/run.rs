@@ -137,6 +137,12 @@ pub(crate) enum Control {
     Running,
     Paused,
     Cancelled(String),
+    /// Stopped without an outcome: the host parks the execution and runs it again later from
+    /// its journal.
+    Suspended,
+    /// Stop without an outcome if nothing happened since the run said it only waits (the
+    /// activity count it gave then).
+    SuspendIfIdle(u64),
 }
 
 /// A run in progress: pause, resume, cancel, and await its outcome.
@@ -144,6 +150,8 @@ pub(crate) enum Control {
 pub struct Run {
     control: watch::Sender<Control>,
     done: tokio::task::JoinHandle<Outcome>,
+    /// Told when the run refuses a [`Run::suspend_if_idle`]: something happened meanwhile.
+    refused: Arc<tokio::sync::Notify>,
 }
 
 impl Run {
@@ -166,12 +174,41 @@ impl Run {
     /// Aborts in-flight calls and ends the run as cancelled.
     pub fn cancel(&self, reason: &str) {
         self.control.send_if_modified(|c| {
-            let live = !matches!(c, Control::Cancelled(_));
+            let live = !matches!(c, Control::Cancelled(_) | Control::Suspended | Control::SuspendIfIdle(_));
             if live {
                 *c = Control::Cancelled(reason.to_owned());
             }
             live
         });
+    }
+
+    /// Stops the run without an outcome (no event says it ended) and waits until it has:
+    /// in-flight calls are abandoned, as on a crash, and the journal has all it needs to run
+    /// again later. For parking an execution that only waits.
+    pub async fn suspend(self) {
+        self.control.send_replace(Control::Suspended);
+        let _ = self.done.await;
+    }
+
+    /// Suspends the run (as [`Run::suspend`]) only if nothing happened since it said it only
+    /// waits with the activity count `mark`; true when it did. A run that moved on meanwhile
+    /// refuses and runs on.
+    pub async fn suspend_if_idle(&mut self, mark: u64) -> bool {
+        let refused = self.refused.notified();
+        self.control.send_replace(Control::SuspendIfIdle(mark));
+        tokio::select! {
+            _ = &mut self.done => true,
+            () = refused => {
+                self.control.send_if_modified(|c| {
+                    let asked = *c == Control::SuspendIfIdle(mark);
+                    if asked {
+                        *c = Control::Running;
+                    }
+                    asked
+                });
+                false
+            }
+        }
     }
 
     /// Waits for the run to end.
@@ -191,6 +228,8 @@ pub(crate) struct Shared<I> {
     /// than once per event: a clock read costs as much as dispatching a task.
     now: Mutex<Timestamp>,
     pub(crate) control: watch::Receiver<Control>,
+    /// Tells the handle a conditional suspension was refused.
+    pub(crate) refused: Arc<tokio::sync::Notify>,
     jitter: Mutex<SmallRng>,
     breakers: Arc<Breakers>,
     service_limits: ServiceLimits,
@@ -228,15 +267,17 @@ impl<I> Shared<I> {
         // The common case, running, is one read of the control cell.
         match &*self.control.borrow() {
             Control::Running => return true,
-            Control::Cancelled(_) => return false,
+            Control::Cancelled(_) | Control::Suspended => return false,
             Control::Paused => {}
+            Control::SuspendIfIdle(_) => return true,
         }
         let mut control = self.control.clone();
         loop {
             match &*control.borrow_and_update() {
                 Control::Running => return true,
-                Control::Cancelled(_) => return false,
+                Control::Cancelled(_) | Control::Suspended => return false,
                 Control::Paused => {}
+                Control::SuspendIfIdle(_) => return true,
             }
             if control.changed().await.is_err() {
                 return false;
@@ -296,7 +337,7 @@ impl<I: Invoker> Executor<I> {
             history.settled.insert(step, SettledTask { result: Settled::Succeeded(output), sequence: 0, attempt: 0 });
         }
         let workflow = serde_json::json!({"id": spec.execution.to_string(), "input": input});
-        self.run(Start { execution: spec.execution, program: spec.program, input, history, workflow })
+        self.run(Start { execution: spec.execution, program: spec.program, input, history, workflow, idle: None })
     }
 
     /// Starts a run of a program; what `start.history` says is settled is not run again.
@@ -305,6 +346,7 @@ impl<I: Invoker> Executor<I> {
     /// costs no spawn. An in-process handler that computes for long should move that work to
     /// `spawn_blocking` or its own task; runs themselves spread over the runtime's threads.
     pub fn run(&self, start: Start) -> Run {
+        let refused = Arc::new(tokio::sync::Notify::new());
         let (control, receiver) = watch::channel(Control::Running);
         let rng = match self.config.jitter_seed {
             Some(seed) => SmallRng::seed_from_u64(seed),
@@ -326,6 +368,7 @@ impl<I: Invoker> Executor<I> {
             breakers: Arc::clone(&self.breakers),
             service_limits: Arc::clone(&self.service_limits),
             global: Arc::clone(&self.global),
+            refused: Arc::clone(&refused),
         };
         let limit = self.config.max_in_flight_per_run.max(1);
         let host = Arc::clone(&self.host);
@@ -345,11 +388,14 @@ impl<I: Invoker> Executor<I> {
                 }),
                 None => run.await,
             };
-            shared.tick();
-            shared.emit(outcome.clone().into());
+            // A suspended run ends without a word: the execution goes on later.
+            if !matches!(*shared.control.borrow(), Control::Suspended | Control::SuspendIfIdle(_)) {
+                shared.tick();
+                shared.emit(outcome.clone().into());
+            }
             outcome
         });
-        Run { control, done }
+        Run { control, done, refused }
     }
 }
 

@@ -6,7 +6,7 @@ use baton_core::{
     Event, EventKind, EventSink, ExecutionId, Outcome, Problem, Recorded, Refusal, ServiceId, ServiceRequirements,
     StepId, Store, WorkflowName,
 };
-use baton_executor::{Executor, Host, HostFuture, Invoker, Start};
+use baton_executor::{Executor, Host, HostFuture, IdleHook, Invoker, Start};
 use baton_workflow::{RunHandle, RunRequest, Runner, WeakEngine};
 use dashmap::DashMap;
 use serde_json::Value;
@@ -182,6 +182,10 @@ impl RunHandle for ExecutorHandle {
         self.0.cancel(reason);
     }
 
+    async fn suspend_if_idle(&mut self, mark: u64) -> bool {
+        self.0.suspend_if_idle(mark).await
+    }
+
     async fn outcome(self) -> Outcome {
         self.0.outcome().await
     }
@@ -204,6 +208,7 @@ impl<I: Invoker> Runner for ExecutorRunner<I> {
             input: request.input,
             history: request.history,
             workflow,
+            idle: Some(IdleHook(request.idle.0)),
         };
         Ok(ExecutorHandle(self.executor.run(start)))
     }

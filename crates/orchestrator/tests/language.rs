@@ -10,7 +10,7 @@ use axum::Json;
 use axum::http::HeaderMap;
 use axum::routing::post;
 use baton::{Options, ServiceOrchestrator};
-use baton_core::{Execution, ExecutionId, ExecutionState, ServiceSpec, TaskState, WorkflowName};
+use baton_core::{Execution, ExecutionId, ExecutionState, ServiceSpec, Store as _, TaskState, WorkflowName};
 use serde_json::{Value, json};
 
 /// Calls one service saw, by idempotency key.
@@ -298,4 +298,86 @@ async fn wait_for(baton: &ServiceOrchestrator, id: ExecutionId, holds: impl Fn(&
         assert!(tokio::time::Instant::now() < deadline, "never held: {execution:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+async fn parking_baton(store: Option<&std::path::Path>) -> ServiceOrchestrator {
+    let mut options = Options { supervisor: None, ..Options::default() };
+    options.engine.park_after = Some(Duration::from_millis(200));
+    options.engine.park_poll = Duration::from_millis(50);
+    if let Some(dir) = store {
+        options.store = baton::StoreChoice::Redb(dir.to_path_buf());
+    }
+    ServiceOrchestrator::open(options).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execution_that_only_waits_is_parked_and_woken_by_its_timer_a_signal_or_its_child() {
+    let baton = parking_baton(None).await;
+    // A timer due later than park_after: parked until then, then it runs on, on time.
+    let applied = baton
+        .engine()
+        .apply("name: nap\nsteps:\n  - { id: nap, wait: 1s }\n  - { id: after, set: 1, depends_on: [nap] }\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let id = baton.engine().start(&applied.name, None, json!({}), None).await.unwrap();
+    let parked = wait_for(&baton, id, |e| e.parked.is_some()).await;
+    assert!(parked.parked.unwrap().until.is_some(), "{parked:?}");
+    let done = tokio::time::timeout(Duration::from_secs(10), baton.engine().wait(id)).await.unwrap().unwrap();
+    assert_eq!(done.state, ExecutionState::Completed, "{done:?}");
+    assert!(started.elapsed() >= Duration::from_secs(1), "the timer fired early");
+    assert_eq!(done.parked, None);
+
+    // A listen without a timeout: parked with no wake time; the signal wakes it.
+    let applied = baton.engine().apply("name: ask\nsteps:\n  - { id: ok, listen: { signal: go } }\n").await.unwrap();
+    let id = baton.engine().start(&applied.name, None, json!({}), None).await.unwrap();
+    let parked = wait_for(&baton, id, |e| e.parked.is_some()).await;
+    assert_eq!(parked.parked.unwrap().until, None);
+    baton.engine().signal(id, "go", json!("yes")).await.unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(10), baton.engine().wait(id)).await.unwrap().unwrap();
+    assert_eq!(done.state, ExecutionState::Completed, "{done:?}");
+
+    // A parent waiting for a child parks; the child's end wakes it.
+    baton.engine().apply("name: slow-child\nsteps:\n  - { id: nap, wait: 600ms }\n").await.unwrap();
+    let applied =
+        baton.engine().apply("name: parent\nsteps:\n  - { id: call, workflow: { name: slow-child } }\n").await.unwrap();
+    let id = baton.engine().start(&applied.name, None, json!({}), None).await.unwrap();
+    wait_for(&baton, id, |e| e.parked.is_some()).await;
+    let done = tokio::time::timeout(Duration::from_secs(10), baton.engine().wait(id)).await.unwrap().unwrap();
+    assert_eq!(done.state, ExecutionState::Completed, "{done:?}");
+    // A parked execution can be cancelled: it is woken for it.
+    let applied = baton.engine().apply("name: long\nsteps:\n  - { id: nap, wait: 1h }\n").await.unwrap();
+    let id = baton.engine().start(&applied.name, None, json!({}), None).await.unwrap();
+    wait_for(&baton, id, |e| e.parked.is_some()).await;
+    baton.engine().cancel(id, "no more").await.unwrap();
+    let done = baton.engine().get(id).await.unwrap();
+    assert_eq!(done.state, ExecutionState::Cancelled);
+    assert_eq!(done.tasks["nap"].state, TaskState::Cancelled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_timers_survive_a_restart_and_fire_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = {
+        let baton = parking_baton(Some(dir.path())).await;
+        let applied = baton
+            .engine()
+            .apply("name: nap\nsteps:\n  - { id: nap, wait: 1500ms }\n  - { id: after, set: 1, depends_on: [nap] }\n")
+            .await
+            .unwrap();
+        let id = baton.engine().start(&applied.name, None, json!({}), None).await.unwrap();
+        wait_for(&baton, id, |e| e.parked.is_some()).await;
+        id
+    };
+    // A new engine on the same file: not loaded at start (parked), loaded when due, fired once.
+    let baton = parking_baton(Some(dir.path())).await;
+    assert!(baton.engine().recovery().resumed.is_empty(), "{:?}", baton.engine().recovery());
+    let done = tokio::time::timeout(Duration::from_secs(10), baton.engine().wait(id)).await.unwrap().unwrap();
+    assert_eq!(done.state, ExecutionState::Completed, "{done:?}");
+    let journal = baton.store().read_journal(id, 1).await.unwrap();
+    let fired = journal
+        .iter()
+        .filter(|e| matches!(&e.kind, baton_core::EventKind::TaskSucceeded { step, .. } if step.as_str() == "nap"))
+        .count();
+    assert_eq!(fired, 1);
 }

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use baton_core::{
     Clock, Event, EventKind, Execution, ExecutionFilter, ExecutionId, ExecutionPage, ExecutionState, ExecutionUpdate,
@@ -42,6 +43,12 @@ pub struct Config {
     pub max_pending_signals: usize,
     /// The deepest chain of child executions (a workflow running itself stops here).
     pub max_child_depth: u32,
+    /// An execution that only waits, for a signal, a child or a timer due later than this, is
+    /// parked: out of memory until its timer comes due (found in the store) or a signal or its
+    /// child's end wakes it. `None` keeps every execution in memory.
+    pub park_after: Option<Duration>,
+    /// How often the store is asked for parked executions coming due.
+    pub park_poll: Duration,
 }
 
 /// Where `emit` tasks publish: a message bus, a log, a webhook. Called once an emit task's
@@ -88,6 +95,8 @@ impl Default for Config {
             max_signal_bytes: 256 * 1024,
             max_pending_signals: 1_000,
             max_child_depth: 16,
+            park_after: Some(Duration::from_secs(10)),
+            park_poll: Duration::from_millis(500),
         }
     }
 }
@@ -168,8 +177,12 @@ struct Inner<S, R: Runner> {
     definitions: Mutex<HashMap<(WorkflowName, u32), Arc<CheckedDefinition>>>,
     events: broadcast::Sender<Event>,
     recovery: Mutex<Recovery>,
-    /// Callers of [`Engine::wait`] on live executions.
+    /// Callers of [`Engine::wait`] on live and parked executions.
     waiters: Mutex<HashMap<ExecutionId, Vec<oneshot::Sender<Execution>>>>,
+    /// Parked executions being loaded back, with who waits for that.
+    waking: Mutex<HashMap<ExecutionId, Arc<tokio::sync::Notify>>>,
+    /// Executions woken for a command: they do not park again before it is served.
+    holds: Mutex<std::collections::HashSet<ExecutionId>>,
 }
 
 /// A poison-free lock: no lock here is held across code that can panic half-way.
@@ -221,6 +234,8 @@ impl<S: Store, R: Runner> Engine<S, R> {
                 runner,
                 live: Mutex::default(),
                 waiters: Mutex::default(),
+                waking: Mutex::default(),
+                holds: Mutex::default(),
                 definitions: Mutex::default(),
                 events,
                 recovery: Mutex::default(),
@@ -229,7 +244,51 @@ impl<S: Store, R: Runner> Engine<S, R> {
         for id in engine.inner.store.unfinished_executions().await? {
             engine.recover(id).await;
         }
+        if engine.inner.config.park_after.is_some() {
+            tokio::spawn(wake_due(engine.downgrade()));
+        }
         Ok(engine)
+    }
+
+    /// Loads a parked execution back (a timer came due, a signal or a child's end wakes it, a
+    /// call wants it): its driver resumes the run from the journal. Nothing to do for one that
+    /// is live or not parked; concurrent wakes of one execution load it once.
+    pub async fn wake(&self, id: ExecutionId) -> Result<()> {
+        loop {
+            if lock(&self.inner.live).contains_key(&id) {
+                return Ok(());
+            }
+            let (notify, first) = {
+                let mut waking = lock(&self.inner.waking);
+                match waking.get(&id) {
+                    Some(notify) => (Arc::clone(notify), false),
+                    None => {
+                        let notify = Arc::new(tokio::sync::Notify::new());
+                        waking.insert(id, Arc::clone(&notify));
+                        (notify, true)
+                    }
+                }
+            };
+            if !first {
+                // Another caller loads it: wait for that, then look again.
+                let notified = notify.notified();
+                if lock(&self.inner.waking).contains_key(&id) {
+                    notified.await;
+                }
+                continue;
+            }
+            let result = match self.inner.store.get_execution(id).await {
+                Ok(execution) if execution.parked.is_some() && !execution.state.is_terminal() => {
+                    self.recover(id).await;
+                    Ok(())
+                }
+                Ok(_) => Ok(()),
+                Err(error) => Err(error.into()),
+            };
+            lock(&self.inner.waking).remove(&id);
+            notify.notify_waiters();
+            return result;
+        }
     }
 
     /// What recovery did when the engine opened.
@@ -365,8 +424,7 @@ impl<S: Store, R: Runner> Engine<S, R> {
                 baton_core::Error::invalid("data", format!("{size} bytes"), format!("the limit is {limit}")).into()
             );
         }
-        let name = name.to_owned();
-        self.command(id, ExecutionState::Running, |reply| Command::Signal(name, data, reply)).await
+        self.command(id, ExecutionState::Running, |reply| Command::Signal(name.to_owned(), data.clone(), reply)).await
     }
 
     /// For the run of `id`: waits until signals `names` (the first of any, or one of each when
@@ -498,6 +556,19 @@ impl<S: Store, R: Runner> Engine<S, R> {
         if execution.state.is_terminal() {
             return Ok(execution);
         }
+        if execution.parked.is_some() {
+            // Parked: its driver answers when it has been woken and has ended.
+            let (waiter, finished) = oneshot::channel();
+            lock(&self.inner.waiters).entry(id).or_default().push(waiter);
+            // It may have been woken and ended in between.
+            let again = self.inner.store.get_execution(id).await?;
+            if again.state.is_terminal() {
+                return Ok(again);
+            }
+            if let Ok(execution) = finished.await {
+                return Ok(execution);
+            }
+        }
         Err(Error::NotRunning { execution: id, state: execution.state })
     }
 
@@ -518,26 +589,35 @@ impl<S: Store, R: Runner> Engine<S, R> {
 
     /// Stops the execution: running or paused -> cancelled.
     pub async fn cancel(&self, id: ExecutionId, reason: &str) -> Result<()> {
-        let reason = reason.to_owned();
-        self.command(id, ExecutionState::Cancelled, |reply| Command::Cancel(reason, reply)).await
+        self.command(id, ExecutionState::Cancelled, |reply| Command::Cancel(reason.to_owned(), reply)).await
     }
 
     async fn command(
         &self,
         id: ExecutionId,
         to: ExecutionState,
-        command: impl FnOnce(oneshot::Sender<Result<()>>) -> Command,
+        command: impl Fn(oneshot::Sender<Result<()>>) -> Command,
     ) -> Result<()> {
-        let driver = lock(&self.inner.live).get(&id).cloned();
-        if let Some(driver) = driver {
-            let (reply, answer) = oneshot::channel();
-            if driver.send(command(reply)).is_ok()
-                && let Ok(result) = answer.await
-            {
-                return result;
+        // A parked execution is woken for the command, and held awake until it is served; one
+        // that parks just as the command arrives is woken on the next round.
+        for _ in 0..3 {
+            let driver = lock(&self.inner.live).get(&id).cloned();
+            if let Some(driver) = driver {
+                let (reply, answer) = oneshot::channel();
+                if driver.send(command(reply)).is_ok()
+                    && let Ok(result) = answer.await
+                {
+                    return result;
+                }
             }
+            // Nothing runs it here: it is parked, has ended, or never existed (the store says).
+            let execution = self.inner.store.get_execution(id).await?;
+            if execution.parked.is_none() || execution.state.is_terminal() {
+                return Err(Error::InvalidTransition { execution: id, from: execution.state, to });
+            }
+            lock(&self.inner.holds).insert(id);
+            self.wake(id).await?;
         }
-        // Nothing runs it here: it has ended (or never existed, which the store says).
         let execution = self.inner.store.get_execution(id).await?;
         Err(Error::InvalidTransition { execution: id, from: execution.state, to })
     }
@@ -575,7 +655,9 @@ impl<S: Store, R: Runner> Engine<S, R> {
         let journal = store.read_journal(id, 1).await?;
         let stored = store.get_definition(&execution.workflow, Some(execution.version)).await?;
         let definition = self.checked(&stored)?;
-        // The journal is the truth: replay it over a fresh copy of the execution.
+        // The journal is the truth: replay it over a fresh copy of the execution. It runs now, so
+        // it is no longer parked.
+        execution.parked = None;
         let recorded = execution.state;
         execution.state = ExecutionState::Created;
         execution.output = None;
@@ -651,6 +733,28 @@ impl<S: Store, R: Runner> Engine<S, R> {
         driver.commands = Some(receiver);
         lock(&self.inner.live).insert(driver.execution.id, commands);
         tokio::spawn(driver.run(launch));
+    }
+}
+
+/// Loads parked executions back as their timers come due, until the engine is dropped.
+async fn wake_due<S: Store, R: Runner>(engine: WeakEngine<S, R>) {
+    /// Parked executions loaded per look at the store.
+    const BATCH: usize = 256;
+    loop {
+        let Some(engine) = engine.upgrade() else { return };
+        let poll = engine.inner.config.park_poll;
+        // Loaded a little early: the run sleeps out the rest, so the timer fires on time.
+        let ahead = chrono::Duration::from_std(poll * 2).unwrap_or_default();
+        let before = engine.inner.config.clock.now() + ahead;
+        let due = engine.inner.store.parked_due(before, BATCH).await.unwrap_or_default();
+        let full = due.len() == BATCH;
+        let wakes: Vec<_> = due.into_iter().map(|id| engine.wake(id)).collect();
+        // One that fails to load stays parked and due: the next look tries it again.
+        let _ = futures_util::future::join_all(wakes).await;
+        drop(engine);
+        if !full {
+            tokio::time::sleep(poll).await;
+        }
     }
 }
 

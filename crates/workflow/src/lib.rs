@@ -52,4 +52,4 @@ pub use engine::{
 pub use error::{Error, RecoveryError, Result};
 #[cfg(any(test, feature = "test-util"))]
 pub use runner::{FakeHandle, FakeRunner};
-pub use runner::{RunHandle, RunRequest, Runner};
+pub use runner::{IdleSignal, RunHandle, RunRequest, Runner};

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use baton_core::{Event, EventSink, ExecutionId, History, Outcome};
+use baton_core::{Event, EventSink, ExecutionId, History, Outcome, Timestamp};
 use serde_json::Value;
 
 use crate::definition::CheckedDefinition;
@@ -22,6 +22,21 @@ pub struct RunRequest {
     /// What the journal says already happened: settled tasks are not run again, armed timers
     /// keep their due time.
     pub history: History,
+    /// Where the run says it has nothing left to do but wait (for how long, when a timer is
+    /// what it waits for); the engine may then park the execution.
+    pub idle: IdleSignal,
+}
+
+/// Told when a run only waits: `Some(t)` when its earliest timer fires at `t`, `None` when only
+/// signals or children can move it, with the run's activity count for
+/// [`RunHandle::suspend_if_idle`].
+#[derive(Clone)]
+pub struct IdleSignal(pub Arc<dyn Fn(Option<Timestamp>, u64) + Send + Sync>);
+
+impl std::fmt::Debug for IdleSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IdleSignal")
+    }
 }
 
 /// Runs checked definitions. Events go to the sink in the order they happen; their sequence
@@ -44,6 +59,11 @@ pub trait RunHandle: Send + Sync + 'static {
     fn resume(&self);
     /// Stops the run.
     fn cancel(&self, reason: &str);
+    /// Stops the run without an outcome, abandoning what is in flight, if nothing happened
+    /// since it said it only waits with activity count `mark`, and waits until it has stopped
+    /// (true); a run that moved on meanwhile runs on (false). The engine parks a suspended
+    /// execution and runs it again later from its journal.
+    fn suspend_if_idle(&mut self, mark: u64) -> impl Future<Output = bool> + Send;
     /// Waits for the run to end.
     fn outcome(self) -> impl Future<Output = Outcome> + Send;
 }
@@ -131,6 +151,11 @@ mod fake {
                 }
                 paused
             });
+        }
+
+        async fn suspend_if_idle(&mut self, _mark: u64) -> bool {
+            // The fake never says it is idle, so it is never asked.
+            false
         }
 
         fn cancel(&self, reason: &str) {

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use baton_core::{
-    Event, EventKind, EventSink, Execution, ExecutionState, ExecutionUpdate, History, Outcome, Problem, Recorded,
-    Refusal, Store, StoreError,
+    Event, EventKind, EventSink, Execution, ExecutionState, ExecutionUpdate, History, Outcome, Parked, Problem,
+    Recorded, Refusal, Store, StoreError, Timestamp,
 };
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{ChildRequest, Command, Engine, Inner, Listen, is_terminal, lock};
 use crate::definition::CheckedDefinition;
 use crate::error::{Error, Result};
-use crate::runner::{RunHandle, RunRequest, Runner};
+use crate::runner::{IdleSignal, RunHandle, RunRequest, Runner};
 
 /// Applies one journal event to an execution ([`Execution::apply`], core's one replay rule)
 /// and to the history a resumed run starts from.
@@ -78,6 +78,13 @@ pub(super) struct Driver<S, R: Runner> {
     handle: Option<R::Handle>,
     pub(super) commands: Option<mpsc::UnboundedReceiver<Command>>,
     events: Option<mpsc::UnboundedReceiver<Delivery>>,
+    /// What the run last said of idling: `Some((until, activity))` once it only waits.
+    idle: Option<tokio::sync::watch::Receiver<Option<(Option<Timestamp>, u64)>>>,
+    /// The driver handed a listen its signal since the run's last idle report: the run is about
+    /// to move on, and nothing would wake it once parked.
+    answered: bool,
+    /// Set when the driver parked the execution and stops without ending it.
+    parked: bool,
 }
 
 impl<S: Store, R: Runner> Driver<S, R> {
@@ -100,6 +107,9 @@ impl<S: Store, R: Runner> Driver<S, R> {
             handle: None,
             commands: None,
             events: None,
+            idle: None,
+            answered: false,
+            parked: false,
         }
     }
 
@@ -125,14 +135,41 @@ impl<S: Store, R: Runner> Driver<S, R> {
                     None => self.runner_ended().await,
                 },
                 command = commands.recv() => match command {
-                    Some(command) => self.command(command).await,
+                    Some(command) => {
+                        // The run's own asks (listen, child) are not what a wake was for.
+                        let external = !matches!(command, Command::Listen(_) | Command::Child(_));
+                        self.command(command).await;
+                        if external {
+                            lock(&self.inner.holds).remove(&self.execution.id);
+                        }
+                    }
                     None => break,
                 },
+                idle = next_idle(&mut self.idle) => {
+                    // A command waiting to be served, or one it was woken for, means the execution
+                    // is wanted now.
+                    let held = lock(&self.inner.holds).contains(&self.execution.id);
+                    if commands.is_empty() && !held && self.park(idle).await {
+                        break;
+                    }
+                }
             }
         }
         lock(&self.inner.live).remove(&self.execution.id);
+        if self.parked {
+            // Waiters stay registered for when it is woken and ends; commands that raced with
+            // the parking find it parked and wake it (their reply channel closes here).
+            return;
+        }
         for waiter in lock(&self.inner.waiters).remove(&self.execution.id).unwrap_or_default() {
             let _ = waiter.send(self.execution.clone());
+        }
+        // A parent waiting for this child may be parked: its run picks the result up again.
+        if let Some(parent) = &self.execution.parent {
+            let (engine, parent) = (Engine { inner: Arc::clone(&self.inner) }, parent.execution);
+            tokio::spawn(async move {
+                let _ = engine.wake(parent).await;
+            });
         }
         // Commands that raced with the end are answered from the final state.
         commands.close();
@@ -179,7 +216,13 @@ impl<S: Store, R: Runner> Driver<S, R> {
             return;
         }
         let (sender, receiver) = mpsc::unbounded_channel();
+        let (idle, idle_receiver) = tokio::sync::watch::channel(None);
+        let idle = IdleSignal(Arc::new(move |until, activity| {
+            let _ = idle.send(Some((until, activity)));
+        }));
+        self.idle = Some(idle_receiver);
         let request = RunRequest {
+            idle,
             execution: self.execution.id,
             version: self.execution.version,
             definition: Arc::clone(&self.definition),
@@ -281,6 +324,70 @@ impl<S: Store, R: Runner> Driver<S, R> {
         }
     }
 
+    /// Parks the execution when its run only waits, for a signal, a child or a timer due later
+    /// than the engine's `park_after`, and nothing happened since it said so: the run stops
+    /// without an outcome, the record says until when, and the driver ends. True when parked.
+    async fn park(&mut self, (until, mark): (Option<Timestamp>, u64)) -> bool {
+        let answered = std::mem::take(&mut self.answered);
+        let Some(after) = self.inner.config.park_after else { return false };
+        if answered || self.execution.state != ExecutionState::Running {
+            return false;
+        }
+        // Something the run handed over since it said it only waits: it does not any more.
+        if self.events.as_ref().is_some_and(|events| !events.is_empty()) {
+            return false;
+        }
+        let now = self.inner.config.clock.now();
+        if let Some(until) = until
+            && (until - now).to_std().unwrap_or_default() < after
+        {
+            return false;
+        }
+        let Some(handle) = self.handle.as_mut() else { return false };
+        if !handle.suspend_if_idle(mark).await {
+            return false;
+        }
+        self.handle = None;
+        // What the run handed over as it stopped is not journaled: it happens again when the
+        // execution runs again, from the journal.
+        if let Some(mut events) = self.events.take() {
+            events.close();
+            while let Ok(delivery) = events.try_recv() {
+                answer(delivery.kept, Err(Refusal::Ended));
+            }
+        }
+        self.idle = None;
+        self.listeners.clear();
+        self.execution.parked = Some(Parked { until });
+        match self.inner.store.update_execution(ExecutionUpdate::from(&self.execution)).await {
+            Ok(_) => {
+                self.parked = true;
+                // A child that ended before the record said parked found this execution live
+                // and woke nothing: look once more, now that a child's end finds it parked.
+                let children: Vec<_> = self.history.children.values().copied().collect();
+                if !children.is_empty() {
+                    let (engine, id) = (Engine { inner: Arc::clone(&self.inner) }, self.execution.id);
+                    tokio::spawn(async move {
+                        for child in children {
+                            let store = &engine.inner.store;
+                            if store.get_execution(child).await.is_ok_and(|c| c.state.is_terminal()) {
+                                let _ = engine.wake(id).await;
+                                return;
+                            }
+                        }
+                    });
+                }
+                true
+            }
+            Err(_) => {
+                // Not parked after all: run on.
+                self.execution.parked = None;
+                self.launch().await;
+                false
+            }
+        }
+    }
+
     /// Hands pending signals to waiting `listen` tasks, oldest first, each signal once.
     async fn serve_listeners(&mut self) {
         let mut i = 0;
@@ -304,6 +411,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
                 Err(error) => Err(Problem::runtime(format!("journal write failed: {error}"))),
             };
             let _ = listen.reply.send(answer);
+            self.answered = true;
         }
     }
 
@@ -449,6 +557,22 @@ impl<S: Store, R: Runner> Driver<S, R> {
             let _ = self.inner.events.send(event);
         }
         Ok(())
+    }
+}
+
+/// The run's next report of idling: the time its earliest timer fires (if any) and its activity
+/// count. Pending while nothing runs.
+async fn next_idle(
+    idle: &mut Option<tokio::sync::watch::Receiver<Option<(Option<Timestamp>, u64)>>>,
+) -> (Option<Timestamp>, u64) {
+    let Some(receiver) = idle else { return std::future::pending().await };
+    loop {
+        if receiver.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        if let Some(report) = *receiver.borrow_and_update() {
+            return report;
+        }
     }
 }
 
