@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use crate::{cargo, display, layering, run as run_cmd, table};
+use crate::{cargo, display, fuzz, layering, run as run_cmd, standalone, table};
 
 /// Runs fmt, the typo check, the unused-dependency check, clippy, the dependency policy
 /// (`cargo deny`), tests, doc tests, docs and the layering check, then prints how long each
@@ -47,6 +47,9 @@ pub(crate) fn run(root: &Path) -> Result<()> {
     ci.step("doc", Step::Command(doc))?;
 
     ci.step("layering", Step::Check(Box::new(|| layering::run(root))))?;
+    ci.step("standalone", Step::Check(Box::new(|| standalone::run(root))))?;
+    // A few seconds per target on a quick build: the seeds and the first mutations, each push.
+    ci.step("fuzz", Step::Check(Box::new(|| fuzz::run(root, None, fuzz::CI_SECONDS, fuzz::Build::Quick))))?;
 
     ci.summary();
     println!("ci passed");

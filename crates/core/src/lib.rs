@@ -6,7 +6,7 @@
 //! workflow definitions ([`WorkflowDefinition`]), plans ([`Plan`]), executions and their state
 //! machine ([`Execution`]), journal events ([`Event`]), ids, and the ports (traits) through
 //! which the crates reach time, health probes, event consumers, the service directory, the
-//! planner and durable storage ([`Store`]).
+//! planner, durable storage ([`Store`]) and a bounded expression evaluator ([`Evaluator`]).
 //!
 //! What it is not for: anything that touches a network, a disk or a runtime. Those live in
 //! the crates that implement the ports. Fakes of the ports are in [`fakes`] behind the
@@ -27,6 +27,7 @@
 //! assert_eq!(err.to_string(), r#"invalid qos.availability "1.5": must be in [0, 1]"#);
 //! ```
 
+pub mod activity;
 pub mod api;
 pub mod directory;
 pub mod duration;
@@ -52,8 +53,10 @@ pub mod store;
 pub mod taxonomy;
 pub mod workflow;
 
+pub use activity::{Activity, BreakerStatus, CallOutcome, CallRecord, HealthChange, Overview, ServiceActivity};
 pub use api::{
-    ApiError, ApiResult, BoxFuture, BoxStream, EventStream, Executions, Orchestrating, WorkerTasks, WorkflowCatalog,
+    ApiError, ApiResult, BoxFuture, BoxStream, EventStream, Executions, IdPrefix, Orchestrating, WorkerTasks,
+    WorkflowCatalog,
 };
 pub use directory::{
     Candidate, DEFAULT_FIND_LIMIT, Health, Matches, Page, Registration, ServiceDirectory, ServiceStatus, ServiceView,
@@ -61,7 +64,7 @@ pub use directory::{
 pub use error::{Error, Result};
 pub use event::{Event, EventKind, Outcome};
 pub use execution::{Execution, ExecutionState, Parent, Parked, TaskState, TaskStatus};
-pub use expr::{EvalError, Expression, Template};
+pub use expr::{EvalError, Evaluator, Expression, InProcessEvaluator, Template};
 pub use goal::{Constraints, Goal, Objective, Weights};
 pub use graph::{GraphError, StepGraph, StepLinks};
 pub use history::{History, PendingSignal, Settled, SettledTask};

@@ -27,7 +27,8 @@ use baton_core::program::{
     Then, Wait,
 };
 use baton_core::{
-    EventKind, ExecutionId, History, Outcome, Problem, Recorded, ServiceId, Settled, StepId, Template, Timestamp,
+    Evaluator, EventKind, ExecutionId, History, Outcome, Problem, Recorded, ServiceId, Settled, StepId, Template,
+    Timestamp,
 };
 use futures_util::FutureExt as _;
 use futures_util::future::{AbortHandle, Abortable};
@@ -265,14 +266,16 @@ pub(crate) async fn interpret<I: Invoker>(shared: &Shared<I>, host: &dyn Host, s
 impl<'a, I: Invoker> Interp<'a, I> {
     async fn run(&mut self, limit: usize) -> Outcome {
         let root_input = match &self.program.input {
-            Some(filter) => match self.eval(filter, &self.input.clone(), None, &self.input.clone(), Value::Null) {
-                Ok(value) => value,
-                Err(problem) => return Outcome::Failed(problem.at("/input/from")),
-            },
+            Some(filter) => {
+                match self.eval(filter, &self.input.clone(), None, &self.input.clone(), Value::Null).await {
+                    Ok(value) => value,
+                    Err(problem) => return self.interrupted().unwrap_or(Outcome::Failed(problem.at("/input/from"))),
+                }
+            }
             None => (*self.input).clone(),
         };
         let root = self.new_block(None, None, &self.program.root, Arc::from([]), root_input, Arc::default());
-        self.start_block(root);
+        self.start_block(root).await;
         let mut control = self.shared.control.clone();
         let mut paused = false;
         // The last conditional suspension refused, so each is answered once.
@@ -306,7 +309,7 @@ impl<'a, I: Invoker> Interp<'a, I> {
                         break;
                     }
                     self.shared.tick();
-                    self.start_task(id);
+                    self.start_task(id).await;
                     started += 1;
                     // A long run of inline work yields now and then, and looks at the control cell.
                     if started.is_multiple_of(256) {
@@ -331,7 +334,8 @@ impl<'a, I: Invoker> Interp<'a, I> {
                     self.running.push(leaf);
                 }
             }
-            if self.running.is_empty() && self.ready.is_empty() && (paused || self.waiting_leaves.is_empty()) {
+            // Paused with nothing in flight, only a change of control moves the run.
+            if self.running.is_empty() && (paused || (self.ready.is_empty() && self.waiting_leaves.is_empty())) {
                 if !paused {
                     return Outcome::Failed(Problem::runtime("the run has nothing left to do but did not end"));
                 }
@@ -345,10 +349,12 @@ impl<'a, I: Invoker> Interp<'a, I> {
             }
             // New leaves are polled once before the run says it only waits: a listen or a child
             // has asked the host by then, so the host hears the ask before the idleness.
-            if let Some(done) = self.running.next().now_or_never() {
+            if !self.running.is_empty()
+                && let Some(done) = self.running.next().now_or_never()
+            {
                 self.shared.tick();
                 if let Some(Ok(done)) = done {
-                    self.leaf_done(done);
+                    self.leaf_done(done).await;
                 }
                 if let Some(outcome) = self.outcome.take() {
                     return outcome;
@@ -361,7 +367,7 @@ impl<'a, I: Invoker> Interp<'a, I> {
                 done = self.running.next(), if !self.running.is_empty() => {
                     self.shared.tick();
                     if let Some(Ok(done)) = done {
-                        self.leaf_done(done);
+                        self.leaf_done(done).await;
                     }
                 }
                 changed = control.changed() => {
@@ -511,28 +517,29 @@ impl<'a, I: Invoker> Interp<'a, I> {
     // ---- expressions ----
 
     /// Renders `template` against `dot`, binding the globals (with `$input` = `input`) and the
-    /// scope's variables.
+    /// scope's variables: plain paths at once, other expressions on the configured evaluator
+    /// (bounded), given up when the run is cancelled. The future borrows nothing of the run.
     fn eval(
         &self,
-        template: &Template,
+        template: &'a Template,
         dot: &Value,
         task: Option<&Task>,
         input: &Value,
         output: Value,
-    ) -> Result<Value, Problem> {
+    ) -> impl Future<Output = Result<Value, Problem>> + Send + use<'a, I> {
         self.eval_scoped(template, dot, task, input, output, &[])
     }
 
     fn eval_scoped(
         &self,
-        template: &Template,
+        template: &'a Template,
         dot: &Value,
         task: Option<&Task>,
         input: &Value,
         output: Value,
         scope: &[Value],
-    ) -> Result<Value, Problem> {
-        let rendered = if template.needs_variables() {
+    ) -> impl Future<Output = Result<Value, Problem>> + Send + use<'a, I> {
+        let values = if template.needs_variables() {
             let task = task.map_or(Value::Null, |t| json!({"name": t.name.as_str(), "reference": t.reference}));
             let mut values = Vec::with_capacity(6 + scope.len());
             values.extend([
@@ -544,11 +551,11 @@ impl<'a, I: Invoker> Interp<'a, I> {
                 self.runtime.clone(),
             ]);
             values.extend(scope.iter().cloned());
-            template.render_with(dot, &values)
+            values
         } else {
-            template.render(dot)
+            Vec::new()
         };
-        rendered.map_err(|e| Problem::standard("expression", e.to_string()))
+        evaluate(template, dot, values, &self.shared.evaluator, &self.shared.control)
     }
 
     // ---- blocks ----
@@ -587,14 +594,14 @@ impl<'a, I: Invoker> Interp<'a, I> {
         })
     }
 
-    fn start_block(&mut self, id: Id) {
+    async fn start_block(&mut self, id: Id) {
         let (flow, n) = match &self.node(id).kind {
             Kind::Block(b) => (b.block.flow, b.block.tasks.len()),
             Kind::Task(_) => unreachable!("a block"),
         };
         if n == 0 {
             let input = self.block_mut(id).input.clone();
-            self.block_done(id, Ok(input));
+            self.block_done(id, Ok(input)).await;
             return;
         }
         match flow {
@@ -676,40 +683,18 @@ impl<'a, I: Invoker> Interp<'a, I> {
         self.ready.push_back(id);
     }
 
-    fn block_done(&mut self, id: Id, result: Result<Value, Problem>) {
-        let node = self.node(id);
-        let parent = node.parent;
-        let replayed = node.replayed;
-        // A `while`/`until` reads the iteration's steps in its condition: hand them over.
-        if let (Some(parent), Kind::Block(b)) = (parent, &self.node(id).kind)
-            && let Some(Kind::Task(TaskRun { action: ActionRun::Repeat(_), .. })) =
-                self.nodes[parent].as_ref().map(|n| &n.kind)
-        {
-            let view = match b.block.flow {
-                Flow::Graph => {
-                    let mut steps = Map::new();
-                    for (name, output) in b.outer.iter() {
-                        steps.insert(name.clone(), json!({ "output": output }));
-                    }
-                    for (r, output) in b.outputs.iter().enumerate() {
-                        if let Some(output) = output {
-                            steps.insert(b.block.tasks[r].name.to_string(), json!({ "output": output }));
-                        }
-                    }
-                    json!({"input": *self.input, "steps": steps})
-                }
-                Flow::Sequence => result.as_ref().cloned().unwrap_or(Value::Null),
-            };
-            if let Some(Node { kind: Kind::Task(TaskRun { action: ActionRun::Repeat(run), .. }), .. }) =
-                self.nodes[parent].as_mut()
+    fn block_done(&mut self, id: Id, result: Result<Value, Problem>) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            let node = self.node(id);
+            let parent = node.parent;
+            let replayed = node.replayed;
+            // A `while`/`until` reads the iteration's steps in its condition: hand them over.
+            if let (Some(parent), Kind::Block(b)) = (parent, &self.node(id).kind)
+                && let Some(Kind::Task(TaskRun { action: ActionRun::Repeat(_), .. })) =
+                    self.nodes[parent].as_ref().map(|n| &n.kind)
             {
-                run.last = view;
-            }
-        }
-        let result = match (result, &self.node(id).kind) {
-            (Ok(value), Kind::Block(b)) if b.block.flow == Flow::Graph && !b.block.tasks.is_empty() => {
-                match &b.block.output {
-                    Some(template) => {
+                let view = match b.block.flow {
+                    Flow::Graph => {
                         let mut steps = Map::new();
                         for (name, output) in b.outer.iter() {
                             steps.insert(name.clone(), json!({ "output": output }));
@@ -719,35 +704,73 @@ impl<'a, I: Invoker> Interp<'a, I> {
                                 steps.insert(b.block.tasks[r].name.to_string(), json!({ "output": output }));
                             }
                         }
-                        let context = json!({"input": *self.input, "steps": steps});
-                        let scope = Arc::clone(&b.scope);
-                        self.eval_scoped(template, &context, None, &self.input.clone(), Value::Null, &scope)
+                        json!({"input": *self.input, "steps": steps})
                     }
-                    None => Ok(b.outputs.last().cloned().flatten().unwrap_or(value)),
+                    Flow::Sequence => result.as_ref().cloned().unwrap_or(Value::Null),
+                };
+                if let Some(Node { kind: Kind::Task(TaskRun { action: ActionRun::Repeat(run), .. }), .. }) =
+                    self.nodes[parent].as_mut()
+                {
+                    run.last = view;
                 }
             }
-            (result, _) => result,
-        };
-        self.remove(id);
-        match parent {
-            Some(parent) => {
-                if let Some(seq) = replayed {
-                    let node = self.node_mut(parent);
-                    node.replayed = Some(node.replayed.map_or(seq, |s| s.max(seq)));
+            let result = match (result, &self.node(id).kind) {
+                (Ok(value), Kind::Block(b)) if b.block.flow == Flow::Graph && !b.block.tasks.is_empty() => {
+                    match &b.block.output {
+                        Some(template) => {
+                            let mut steps = Map::new();
+                            for (name, output) in b.outer.iter() {
+                                steps.insert(name.clone(), json!({ "output": output }));
+                            }
+                            for (r, output) in b.outputs.iter().enumerate() {
+                                if let Some(output) = output {
+                                    steps.insert(b.block.tasks[r].name.to_string(), json!({ "output": output }));
+                                }
+                            }
+                            let context = json!({"input": *self.input, "steps": steps});
+                            let scope = Arc::clone(&b.scope);
+                            self.eval_scoped(template, &context, None, &self.input.clone(), Value::Null, &scope).await
+                        }
+                        None => Ok(b.outputs.last().cloned().flatten().unwrap_or(value)),
+                    }
                 }
-                self.child_block_done(parent, id, result)
+                (result, _) => result,
+            };
+            self.remove(id);
+            match parent {
+                Some(parent) => {
+                    if let Some(seq) = replayed {
+                        let node = self.node_mut(parent);
+                        node.replayed = Some(node.replayed.map_or(seq, |s| s.max(seq)));
+                    }
+                    self.child_block_done(parent, id, result).await
+                }
+                None => self.end_run(result).await,
             }
-            None => self.end_run(result),
+        })
+    }
+
+    /// The outcome of a run cancelled or suspended: an evaluation it interrupted fails, and that
+    /// failure is not the task's.
+    fn interrupted(&self) -> Option<Outcome> {
+        match &*self.shared.control.borrow() {
+            Control::Cancelled(reason) => Some(Outcome::Cancelled(reason.clone())),
+            Control::Suspended => Some(Outcome::Cancelled("suspended".to_owned())),
+            _ => None,
         }
     }
 
-    fn end_run(&mut self, result: Result<Value, Problem>) {
+    async fn end_run(&mut self, result: Result<Value, Problem>) {
         if self.outcome.is_some() {
+            return;
+        }
+        if let Some(outcome) = self.interrupted() {
+            self.outcome = Some(outcome);
             return;
         }
         let outcome = match result {
             Ok(value) => match &self.program.output {
-                Some(filter) => match self.eval(filter, &value, None, &value, Value::Null) {
+                Some(filter) => match self.eval(filter, &value, None, &value, Value::Null).await {
                     Ok(output) => Outcome::Completed(output),
                     Err(problem) => Outcome::Failed(problem.at("/output/as")),
                 },
@@ -760,7 +783,7 @@ impl<'a, I: Invoker> Interp<'a, I> {
 
     // ---- tasks ----
 
-    fn start_task(&mut self, id: Id) {
+    async fn start_task(&mut self, id: Id) {
         if !self.live(id) {
             return;
         }
@@ -773,58 +796,69 @@ impl<'a, I: Invoker> Interp<'a, I> {
         if let Some(settled) = self.history.settled.get(&path).cloned() {
             self.node_mut(id).replayed = Some(settled.sequence);
             match settled.result {
-                Settled::Succeeded(output) => self.task_finished(id, Ok(Done::Output(output)), true),
-                Settled::Failed(problem) => self.task_finished(id, Err(problem), true),
-                Settled::Skipped => self.task_finished(id, Ok(Done::Skipped), true),
+                Settled::Succeeded(output) => self.task_finished(id, Ok(Done::Output(output)), true).await,
+                Settled::Failed(problem) => self.task_finished(id, Err(problem), true).await,
+                Settled::Skipped => self.task_finished(id, Ok(Done::Skipped), true).await,
             }
             return;
         }
         if let Some(condition) = &task.condition {
-            match self.eval_scoped(condition, &raw, Some(task), &raw, Value::Null, &scope) {
+            match self.eval_scoped(condition, &raw, Some(task), &raw, Value::Null, &scope).await {
                 Ok(Value::Bool(true)) => {}
                 Ok(Value::Bool(false)) => {
                     let reason = "its condition (if) is false".to_owned();
                     self.record(EventKind::TaskSkipped { step: path, reason });
-                    self.task_finished(id, Ok(Done::Skipped), false);
+                    self.task_finished(id, Ok(Done::Skipped), false).await;
                     return;
                 }
                 Ok(other) => {
                     let problem =
                         Problem::standard("expression", format!("its condition (if) gave {other}, not a boolean"));
-                    self.task_finished(id, Err(problem), false);
+                    self.task_finished(id, Err(problem), false).await;
                     return;
                 }
                 Err(problem) => {
-                    self.task_finished(id, Err(problem), false);
+                    self.task_finished(id, Err(problem), false).await;
                     return;
                 }
             }
         }
         let input = match &task.input {
-            Some(filter) => match self.eval_scoped(filter, &raw, Some(task), &raw, Value::Null, &scope) {
+            Some(filter) => match self.eval_scoped(filter, &raw, Some(task), &raw, Value::Null, &scope).await {
                 Ok(input) => input,
                 Err(problem) => {
-                    self.task_finished(id, Err(problem), false);
+                    self.task_finished(id, Err(problem), false).await;
                     return;
                 }
             },
             None => raw,
         };
         self.task_mut(id).input = input.clone();
-        let eval = |this: &Self, template: &Template| {
+        let eval = |this: &Self, template: &'a Template| {
             this.eval_scoped(template, &input, Some(task), &input, Value::Null, &scope)
         };
         match &task.action {
             Action::Set(value) => {
-                let result = eval(self, value).map(Done::Output);
-                self.task_finished(id, result, false);
+                let result = eval(self, value).await.map(Done::Output);
+                self.task_finished(id, result, false).await;
             }
             Action::Raise(raise) => {
-                let problem = (|| {
-                    let kind = eval(self, &raise.r#type)?;
-                    let status = eval(self, &raise.status)?;
-                    let title = raise.title.as_ref().map(|t| eval(self, t)).transpose()?;
-                    let detail = raise.detail.as_ref().map(|d| eval(self, d)).transpose()?;
+                // Every future is made before any runs: none of them borrows the run.
+                let kind = eval(self, &raise.r#type);
+                let status = eval(self, &raise.status);
+                let title = raise.title.as_ref().map(|t| eval(self, t));
+                let detail = raise.detail.as_ref().map(|d| eval(self, d));
+                let problem = async move {
+                    let kind = kind.await?;
+                    let status = status.await?;
+                    let title = match title {
+                        Some(title) => Some(title.await?),
+                        None => None,
+                    };
+                    let detail = match detail {
+                        Some(detail) => Some(detail.await?),
+                        None => None,
+                    };
                     let text = |v: Value| match v {
                         Value::String(s) => s,
                         other => other.to_string(),
@@ -842,33 +876,34 @@ impl<'a, I: Invoker> Interp<'a, I> {
                         detail: detail.map(text),
                         instance: None,
                     })
-                })()
+                }
+                .await
                 .unwrap_or_else(|problem| problem);
-                self.task_finished(id, Err(problem), false);
+                self.task_finished(id, Err(problem), false).await;
             }
             Action::Do(block) => {
                 let outer = self.parent_outer(id);
                 let child = self.new_block(Some(id), Some(path), block, scope, input, outer);
                 self.task_mut(id).action = ActionRun::Block(child);
-                self.start_block(child);
+                self.start_block(child).await;
             }
             Action::Switch(switch) => {
                 let mut chosen: Option<&'a Case> = None;
                 for case in &switch.cases {
                     let holds = match &case.when {
                         None => true,
-                        Some(when) => match eval(self, when) {
+                        Some(when) => match eval(self, when).await {
                             Ok(Value::Bool(b)) => b,
                             Ok(other) => {
                                 let problem = Problem::standard(
                                     "expression",
                                     format!("switch case {} gave {other}, not a boolean", case.name),
                                 );
-                                self.task_finished(id, Err(problem), false);
+                                self.task_finished(id, Err(problem), false).await;
                                 return;
                             }
                             Err(problem) => {
-                                self.task_finished(id, Err(problem), false);
+                                self.task_finished(id, Err(problem), false).await;
                                 return;
                             }
                         },
@@ -879,31 +914,31 @@ impl<'a, I: Invoker> Interp<'a, I> {
                     }
                 }
                 match chosen.map(|c| (c, &c.then)) {
-                    None => self.task_finished(id, Ok(Done::Output(input)), false),
+                    None => self.task_finished(id, Ok(Done::Output(input)), false).await,
                     Some((_, CaseAction::Flow(then))) => {
                         self.task_mut(id).then = *then;
-                        self.task_finished(id, Ok(Done::Output(input)), false);
+                        self.task_finished(id, Ok(Done::Output(input)), false).await;
                     }
                     Some((case, CaseAction::Block(block))) => {
                         let outer = self.parent_outer(id);
                         let prefix = path.child(case.name.as_str()).unwrap_or(path);
                         let child = self.new_block(Some(id), Some(prefix), block, scope, input, outer);
                         self.task_mut(id).action = ActionRun::Block(child);
-                        self.start_block(child);
+                        self.start_block(child).await;
                     }
                 }
             }
             Action::For(each) => {
-                let items = match eval(self, &each.items) {
+                let items = match eval(self, &each.items).await {
                     Ok(Value::Array(items)) => items,
                     Ok(Value::Null) => Vec::new(),
                     Ok(other) => {
                         let problem = Problem::standard("expression", format!("for: `in` gave {other}, not a list"));
-                        self.task_finished(id, Err(problem), false);
+                        self.task_finished(id, Err(problem), false).await;
                         return;
                     }
                     Err(problem) => {
-                        self.task_finished(id, Err(problem), false);
+                        self.task_finished(id, Err(problem), false).await;
                         return;
                     }
                 };
@@ -913,20 +948,20 @@ impl<'a, I: Invoker> Interp<'a, I> {
                         format!("for over {} items, the limit is {MAX_ITEMS}", items.len()),
                     )
                     .with_title("loop limit");
-                    self.task_finished(id, Err(problem), false);
+                    self.task_finished(id, Err(problem), false).await;
                     return;
                 }
                 let outer = self.parent_outer(id);
                 let results = vec![None; items.len()];
                 self.task_mut(id).action =
                     ActionRun::Each(EachRun { items, next: 0, results, current: input, running: Vec::new(), outer });
-                self.each_advance(id, each);
+                self.each_advance(id, each).await;
             }
             Action::Repeat(repeat) => {
                 let outer = self.parent_outer(id);
                 let last = input.clone();
                 self.task_mut(id).action = ActionRun::Repeat(RepeatRun { iteration: 0, child: None, last, outer });
-                self.repeat_advance(id, repeat);
+                self.repeat_advance(id, repeat).await;
             }
             Action::Fork(fork) => {
                 let outer = self.parent_outer(id);
@@ -951,7 +986,7 @@ impl<'a, I: Invoker> Interp<'a, I> {
                 // it finishes, so after a restart the fork itself replays and no branch runs.
                 for child in children {
                     if self.live(id) && self.live(child) {
-                        self.start_block(child);
+                        self.start_block(child).await;
                     }
                 }
             }
@@ -960,13 +995,13 @@ impl<'a, I: Invoker> Interp<'a, I> {
                 let prefix = path.child("try").unwrap_or_else(|_| path.clone());
                 let child = self.new_block(Some(id), Some(prefix), &t.body, scope, input, Arc::clone(&outer));
                 self.task_mut(id).action = ActionRun::Try(TryRun { attempt: 1, child, catching: false, outer });
-                self.start_block(child);
+                self.start_block(child).await;
             }
             Action::Call(call) => {
-                let payload = match eval(self, &call.payload) {
+                let payload = match eval(self, &call.payload).await {
                     Ok(payload) => payload,
                     Err(problem) => {
-                        self.task_finished(id, Err(problem), false);
+                        self.task_finished(id, Err(problem), false).await;
                         return;
                     }
                 };
@@ -978,7 +1013,7 @@ impl<'a, I: Invoker> Interp<'a, I> {
                             "configuration",
                             "call: http to an endpoint written in the definition is not supported by this executor",
                         );
-                        self.task_finished(id, Err(problem), false);
+                        self.task_finished(id, Err(problem), false).await;
                         return;
                     }
                 };
@@ -996,10 +1031,10 @@ impl<'a, I: Invoker> Interp<'a, I> {
                                 .ok()
                                 .and_then(|d| now.checked_add_signed(d))
                                 .unwrap_or(now),
-                            Wait::Until(until) => match eval(self, until).and_then(|v| parse_time(&v)) {
+                            Wait::Until(until) => match eval(self, until).await.and_then(|v| parse_time(&v)) {
                                 Ok(due) => due,
                                 Err(problem) => {
-                                    self.task_finished(id, Err(problem), false);
+                                    self.task_finished(id, Err(problem), false).await;
                                     return;
                                 }
                             },
@@ -1044,10 +1079,10 @@ impl<'a, I: Invoker> Interp<'a, I> {
                 self.push_leaf(id, leaf, due.map_or(LeafKind::Wait, LeafKind::Timer));
             }
             Action::Emit(emit) => {
-                let event = match eval(self, &emit.event) {
+                let event = match eval(self, &emit.event).await {
                     Ok(event) => event,
                     Err(problem) => {
-                        self.task_finished(id, Err(problem), false);
+                        self.task_finished(id, Err(problem), false).await;
                         return;
                     }
                 };
@@ -1057,10 +1092,10 @@ impl<'a, I: Invoker> Interp<'a, I> {
                 self.push_leaf(id, leaf, LeafKind::Busy);
             }
             Action::Run(run) => {
-                let child_input = match eval(self, &run.input) {
+                let child_input = match eval(self, &run.input).await {
                     Ok(value) => value,
                     Err(problem) => {
-                        self.task_finished(id, Err(problem), false);
+                        self.task_finished(id, Err(problem), false).await;
                         return;
                     }
                 };
@@ -1080,8 +1115,14 @@ impl<'a, I: Invoker> Interp<'a, I> {
     }
 
     /// A task ended: filters its output, journals it (unless `replayed`), and tells its block.
-    fn task_finished(&mut self, id: Id, result: Result<Done, Problem>, replayed: bool) {
+    async fn task_finished(&mut self, id: Id, result: Result<Done, Problem>, replayed: bool) {
         if !self.live(id) {
+            return;
+        }
+        if result.is_err()
+            && let Some(outcome) = self.interrupted()
+        {
+            self.outcome = Some(outcome);
             return;
         }
         let path = self.node(id).path.clone().expect("a task has a path");
@@ -1091,19 +1132,28 @@ impl<'a, I: Invoker> Interp<'a, I> {
         };
         let result = match result {
             Ok(Done::Output(raw)) if !replayed => {
-                let filtered = (|| {
+                let filtered = 'filtered: {
                     let output = match &task.output {
-                        Some(filter) => self.eval_scoped(filter, &raw, Some(task), &input, Value::Null, &scope)?,
+                        Some(filter) => {
+                            match self.eval_scoped(filter, &raw, Some(task), &input, Value::Null, &scope).await {
+                                Ok(output) => output,
+                                Err(problem) => break 'filtered Err(problem),
+                            }
+                        }
                         None => raw,
                     };
                     let context = match &task.export {
                         Some(filter) => {
-                            Some(self.eval_scoped(filter, &output, Some(task), &input, output.clone(), &scope)?)
+                            let export = self.eval_scoped(filter, &output, Some(task), &input, output.clone(), &scope);
+                            match export.await {
+                                Ok(context) => Some(context),
+                                Err(problem) => break 'filtered Err(problem),
+                            }
                         }
                         None => None,
                     };
                     Ok::<_, Problem>((output, context))
-                })();
+                };
                 match filtered {
                     Ok((output, context)) => {
                         if let Some(context) = &context {
@@ -1123,7 +1173,7 @@ impl<'a, I: Invoker> Interp<'a, I> {
             Err(problem) if !replayed => Err(self.fail_event(&path, task, problem)),
             other => other,
         };
-        self.report_to_block(id, result);
+        self.report_to_block(id, result).await;
     }
 
     /// Places `problem` at `task` and journals the task's failure.
@@ -1140,7 +1190,7 @@ impl<'a, I: Invoker> Interp<'a, I> {
     }
 
     /// Hands a finished task's result to its block.
-    fn report_to_block(&mut self, id: Id, result: Result<Done, Problem>) {
+    async fn report_to_block(&mut self, id: Id, result: Result<Done, Problem>) {
         let node = self.node(id);
         let block = node.parent.expect("a task sits in a block");
         let replayed = node.replayed;
@@ -1161,31 +1211,31 @@ impl<'a, I: Invoker> Interp<'a, I> {
         self.block_mut(block).children.retain(|&c| c != id);
         let flow = self.block_mut(block).block.flow;
         match flow {
-            Flow::Graph => self.graph_task_done(block, index, task, result),
+            Flow::Graph => self.graph_task_done(block, index, task, result).await,
             Flow::Sequence => {
                 let output = match result {
                     Ok(Done::Output(output)) => output,
                     Ok(Done::Skipped) => raw,
                     Err(problem) => {
-                        self.block_done(block, Err(problem));
+                        self.block_done(block, Err(problem)).await;
                         return;
                     }
                 };
-                self.sequence_next(block, index, then, output);
+                self.sequence_next(block, index, then, output).await;
             }
         }
     }
 
-    fn sequence_next(&mut self, block: Id, index: usize, then: Then, output: Value) {
+    async fn sequence_next(&mut self, block: Id, index: usize, then: Then, output: Value) {
         let n = self.block_mut(block).block.tasks.len();
         let next = match then {
             Then::Continue if index + 1 < n => index + 1,
             Then::Continue | Then::Exit => {
-                self.block_done(block, Ok(output));
+                self.block_done(block, Ok(output)).await;
                 return;
             }
             Then::End => {
-                self.end_run(Ok(output));
+                self.end_run(Ok(output)).await;
                 return;
             }
             Then::Goto(next) => next,
@@ -1197,13 +1247,13 @@ impl<'a, I: Invoker> Interp<'a, I> {
                 "validation",
                 format!("the flow ran {MAX_SEQUENCE_STEPS} tasks in one block; the limit stops a `then` loop"),
             );
-            self.block_done(block, Err(problem));
+            self.block_done(block, Err(problem)).await;
             return;
         }
         self.spawn_task(block, next, output);
     }
 
-    fn graph_task_done(&mut self, block: Id, index: usize, task: &'a Task, result: Result<Done, Problem>) {
+    async fn graph_task_done(&mut self, block: Id, index: usize, task: &'a Task, result: Result<Done, Problem>) {
         let primary = self.block_mut(block).standing_in.remove(&index).unwrap_or(index);
         match result {
             Ok(done) => {
@@ -1223,7 +1273,7 @@ impl<'a, I: Invoker> Interp<'a, I> {
                         self.node(block).path.as_ref().map_or(name.clone(), |p| p.child(name.as_str()).unwrap_or(name));
                     let detail = format!("step {path} failed: {}", problem.message());
                     let problem = Problem { detail: Some(detail), ..problem };
-                    self.block_done(block, Err(problem));
+                    self.block_done(block, Err(problem)).await;
                     return;
                 }
                 OnError::Continue => {
@@ -1242,7 +1292,7 @@ impl<'a, I: Invoker> Interp<'a, I> {
             },
         }
         if self.live(block) && self.block_mut(block).unfinished == 0 && self.block_mut(block).children.is_empty() {
-            self.block_done(block, Ok(Value::Null));
+            self.block_done(block, Ok(Value::Null)).await;
         }
     }
 
@@ -1281,22 +1331,22 @@ impl<'a, I: Invoker> Interp<'a, I> {
 
     // ---- composite tasks ----
 
-    fn child_block_done(&mut self, task_id: Id, child: Id, result: Result<Value, Problem>) {
+    async fn child_block_done(&mut self, task_id: Id, child: Id, result: Result<Value, Problem>) {
         if !self.live(task_id) {
             return;
         }
         let task = self.task(task_id).task;
         match &task.action {
-            Action::Do(_) | Action::Switch(_) => self.task_finished(task_id, result.map(Done::Output), false),
-            Action::For(each) => self.each_iteration_done(task_id, each, child, result),
-            Action::Repeat(repeat) => self.repeat_iteration_done(task_id, repeat, result),
-            Action::Fork(fork) => self.fork_branch_done(task_id, fork.compete, child, result),
-            Action::Try(_) => self.try_body_done(task_id, result),
+            Action::Do(_) | Action::Switch(_) => self.task_finished(task_id, result.map(Done::Output), false).await,
+            Action::For(each) => self.each_iteration_done(task_id, each, child, result).await,
+            Action::Repeat(repeat) => self.repeat_iteration_done(task_id, repeat, result).await,
+            Action::Fork(fork) => self.fork_branch_done(task_id, fork.compete, child, result).await,
+            Action::Try(_) => self.try_body_done(task_id, result).await,
             _ => unreachable!("only composite tasks hold blocks"),
         }
     }
 
-    fn each_advance(&mut self, id: Id, each: &'a ForEach) {
+    async fn each_advance(&mut self, id: Id, each: &'a ForEach) {
         loop {
             let (index, item, input) = {
                 let ActionRun::Each(run) = &mut self.task_mut(id).action else { unreachable!("a for") };
@@ -1316,7 +1366,7 @@ impl<'a, I: Invoker> Interp<'a, I> {
             if let Some(condition) = &each.condition {
                 let mut vars: Vec<Value> = scope.to_vec();
                 vars.extend([item.clone(), json!(index)]);
-                match self.eval_scoped(condition, &input, Some(self.task(id).task), &input, Value::Null, &vars) {
+                match self.eval_scoped(condition, &input, Some(self.task(id).task), &input, Value::Null, &vars).await {
                     Ok(Value::Bool(true)) => {}
                     Ok(_) => {
                         // `while` is false: the loop ends here.
@@ -1327,7 +1377,7 @@ impl<'a, I: Invoker> Interp<'a, I> {
                         break;
                     }
                     Err(problem) => {
-                        self.task_finished(id, Err(problem), false);
+                        self.task_finished(id, Err(problem), false).await;
                         return;
                     }
                 }
@@ -1338,7 +1388,7 @@ impl<'a, I: Invoker> Interp<'a, I> {
             let child = self.new_block(Some(id), Some(prefix), &each.body, Arc::from(vars), input, outer);
             let ActionRun::Each(run) = &mut self.task_mut(id).action else { unreachable!("a for") };
             run.running.push((child, index));
-            self.start_block(child);
+            self.start_block(child).await;
             if !self.live(id) {
                 return;
             }
@@ -1357,11 +1407,11 @@ impl<'a, I: Invoker> Interp<'a, I> {
                     Collect::Thread => std::mem::take(&mut run.current),
                 }
             };
-            self.task_finished(id, Ok(Done::Output(output)), false);
+            self.task_finished(id, Ok(Done::Output(output)), false).await;
         }
     }
 
-    fn each_iteration_done(&mut self, id: Id, each: &'a ForEach, child: Id, result: Result<Value, Problem>) {
+    async fn each_iteration_done(&mut self, id: Id, each: &'a ForEach, child: Id, result: Result<Value, Problem>) {
         match result {
             Ok(output) => {
                 let ActionRun::Each(run) = &mut self.task_mut(id).action else { unreachable!("a for") };
@@ -1372,13 +1422,13 @@ impl<'a, I: Invoker> Interp<'a, I> {
                         Collect::Thread => run.current = output,
                     }
                 }
-                self.each_advance(id, each);
+                self.each_advance(id, each).await;
             }
-            Err(problem) => self.task_finished(id, Err(problem), false),
+            Err(problem) => self.task_finished(id, Err(problem), false).await,
         }
     }
 
-    fn repeat_advance(&mut self, id: Id, repeat: &'a Repeat) {
+    async fn repeat_advance(&mut self, id: Id, repeat: &'a Repeat) {
         let (iteration, last, scope) = {
             let t = self.task(id);
             let ActionRun::Repeat(run) = &t.action else { unreachable!("a repeat") };
@@ -1390,22 +1440,22 @@ impl<'a, I: Invoker> Interp<'a, I> {
             vars.push(json!(iteration));
             let task = self.task(id).task;
             let input = self.task(id).input.clone();
-            match self.eval_scoped(&repeat.condition, &last, Some(task), &input, Value::Null, &vars) {
+            match self.eval_scoped(&repeat.condition, &last, Some(task), &input, Value::Null, &vars).await {
                 Ok(Value::Bool(holds)) => {
                     if holds == repeat.until {
                         let output = self.repeat_output(id);
-                        self.task_finished(id, Ok(Done::Output(output)), false);
+                        self.task_finished(id, Ok(Done::Output(output)), false).await;
                         return;
                     }
                 }
                 Ok(other) => {
                     let problem =
                         Problem::standard("expression", format!("the loop condition gave {other}, not a boolean"));
-                    self.task_finished(id, Err(problem), false);
+                    self.task_finished(id, Err(problem), false).await;
                     return;
                 }
                 Err(problem) => {
-                    self.task_finished(id, Err(problem), false);
+                    self.task_finished(id, Err(problem), false).await;
                     return;
                 }
             }
@@ -1416,7 +1466,7 @@ impl<'a, I: Invoker> Interp<'a, I> {
                 format!("the loop did not end within max_iterations ({})", repeat.max_iterations),
             )
             .with_title("loop limit");
-            self.task_finished(id, Err(problem), false);
+            self.task_finished(id, Err(problem), false).await;
             return;
         }
         let path = self.node(id).path.clone().expect("a path");
@@ -1432,7 +1482,7 @@ impl<'a, I: Invoker> Interp<'a, I> {
         let ActionRun::Repeat(run) = &mut self.task_mut(id).action else { unreachable!("a repeat") };
         run.child = Some(child);
         run.iteration += 1;
-        self.start_block(child);
+        self.start_block(child).await;
     }
 
     /// A repeat yields its last iteration's output (the `steps` of a graph body, by name).
@@ -1441,19 +1491,19 @@ impl<'a, I: Invoker> Interp<'a, I> {
         run.last.get("steps").cloned().unwrap_or_else(|| run.last.clone())
     }
 
-    fn repeat_iteration_done(&mut self, id: Id, repeat: &'a Repeat, result: Result<Value, Problem>) {
+    async fn repeat_iteration_done(&mut self, id: Id, repeat: &'a Repeat, result: Result<Value, Problem>) {
         match result {
             Ok(_) => {
                 // `block_done` left the iteration's view in `last` for the condition.
                 let ActionRun::Repeat(run) = &mut self.task_mut(id).action else { unreachable!("a repeat") };
                 run.child = None;
-                self.repeat_advance(id, repeat);
+                self.repeat_advance(id, repeat).await;
             }
-            Err(problem) => self.task_finished(id, Err(problem), false),
+            Err(problem) => self.task_finished(id, Err(problem), false).await,
         }
     }
 
-    fn fork_branch_done(&mut self, id: Id, compete: bool, child: Id, result: Result<Value, Problem>) {
+    async fn fork_branch_done(&mut self, id: Id, compete: bool, child: Id, result: Result<Value, Problem>) {
         let position = {
             let ActionRun::Fork(run) = &self.task(id).action else { unreachable!("a fork") };
             run.children.iter().position(|&c| c == child)
@@ -1463,7 +1513,7 @@ impl<'a, I: Invoker> Interp<'a, I> {
             Ok(output) if compete => {
                 // The first branch to finish wins; the others are abandoned.
                 self.cancel_fork_branches(id, Some(child));
-                self.task_finished(id, Ok(Done::Output(output)), false);
+                self.task_finished(id, Ok(Done::Output(output)), false).await;
             }
             Ok(output) => {
                 let ActionRun::Fork(run) = &mut self.task_mut(id).action else { unreachable!("a fork") };
@@ -1471,12 +1521,12 @@ impl<'a, I: Invoker> Interp<'a, I> {
                 run.left -= 1;
                 if run.left == 0 {
                     let outputs = run.results.iter_mut().map(|r| r.take().unwrap_or(Value::Null)).collect();
-                    self.task_finished(id, Ok(Done::Output(Value::Array(outputs))), false);
+                    self.task_finished(id, Ok(Done::Output(Value::Array(outputs))), false).await;
                 }
             }
             Err(problem) => {
                 self.cancel_fork_branches(id, Some(child));
-                self.task_finished(id, Err(problem), false);
+                self.task_finished(id, Err(problem), false).await;
             }
         }
     }
@@ -1496,18 +1546,18 @@ impl<'a, I: Invoker> Interp<'a, I> {
         }
     }
 
-    fn try_body_done(&mut self, id: Id, result: Result<Value, Problem>) {
+    async fn try_body_done(&mut self, id: Id, result: Result<Value, Problem>) {
         let (catching, attempt, outer) = {
             let ActionRun::Try(run) = &self.task(id).action else { unreachable!("a try") };
             (run.catching, run.attempt, Arc::clone(&run.outer))
         };
         let problem = match result {
             Ok(output) => {
-                self.task_finished(id, Ok(Done::Output(output)), false);
+                self.task_finished(id, Ok(Done::Output(output)), false).await;
                 return;
             }
             Err(problem) if catching => {
-                self.task_finished(id, Err(problem), false);
+                self.task_finished(id, Err(problem), false).await;
                 return;
             }
             Err(problem) => problem,
@@ -1527,10 +1577,13 @@ impl<'a, I: Invoker> Interp<'a, I> {
             && catch.filter.instance.as_ref().is_none_or(|i| problem.instance.as_ref() == Some(i))
             && catch.filter.title.as_ref().is_none_or(|t| problem.title.as_ref() == Some(t))
             && catch.filter.detail.as_ref().is_none_or(|d| problem.detail.as_ref() == Some(d));
-        let check = |this: &Self, condition: &Option<Template>, default: bool| -> Result<bool, Problem> {
+        let when = catch.when.as_ref().map(|c| self.eval_scoped(c, &error, Some(task), &input, Value::Null, &vars));
+        let except_when =
+            catch.except_when.as_ref().map(|c| self.eval_scoped(c, &error, Some(task), &input, Value::Null, &vars));
+        let check = async |condition: Option<_>, default: bool| -> Result<bool, Problem> {
             match condition {
                 None => Ok(default),
-                Some(c) => match this.eval_scoped(c, &error, Some(task), &input, Value::Null, &vars)? {
+                Some(condition) => match condition.await? {
                     Value::Bool(b) => Ok(b),
                     other => {
                         Err(Problem::standard("expression", format!("catch condition gave {other}, not a boolean")))
@@ -1539,15 +1592,15 @@ impl<'a, I: Invoker> Interp<'a, I> {
             }
         };
         let caught = matches_filter
-            && match (check(self, &catch.when, true), check(self, &catch.except_when, false)) {
+            && match (check(when, true).await, check(except_when, false).await) {
                 (Ok(when), Ok(except)) => when && !except,
                 (Err(problem), _) | (_, Err(problem)) => {
-                    self.task_finished(id, Err(problem), false);
+                    self.task_finished(id, Err(problem), false).await;
                     return;
                 }
             };
         if !caught {
-            self.task_finished(id, Err(problem), false);
+            self.task_finished(id, Err(problem), false).await;
             return;
         }
         let path = self.node(id).path.clone().expect("a path");
@@ -1562,7 +1615,7 @@ impl<'a, I: Invoker> Interp<'a, I> {
             run.child = child;
             let backoff = self.shared.backoff(retry, attempt);
             if backoff.is_zero() {
-                self.start_block(child);
+                self.start_block(child).await;
             } else {
                 let generation = self.generations[child];
                 let leaf: LeafFuture<'a> = Box::pin(async move {
@@ -1574,21 +1627,21 @@ impl<'a, I: Invoker> Interp<'a, I> {
             return;
         }
         match &catch.body {
-            None => self.task_finished(id, Ok(Done::Output(input)), false),
+            None => self.task_finished(id, Ok(Done::Output(input)), false).await,
             Some(body) => {
                 let prefix = path.child("catch").unwrap_or(path);
                 let child = self.new_block(Some(id), Some(prefix), body, Arc::from(vars), input, outer);
                 let ActionRun::Try(run) = &mut self.task_mut(id).action else { unreachable!("a try") };
                 run.catching = true;
                 run.child = child;
-                self.start_block(child);
+                self.start_block(child).await;
             }
         }
     }
 
     // ---- leaves ----
 
-    fn leaf_done(&mut self, done: LeafDone) {
+    async fn leaf_done(&mut self, done: LeafDone) {
         if !self.live(done.node) || self.generations[done.node] != done.generation {
             return;
         }
@@ -1596,15 +1649,15 @@ impl<'a, I: Invoker> Interp<'a, I> {
         self.leaf_gone(kind);
         match &self.node(done.node).kind {
             // A try's backoff ran out: start the next attempt's block.
-            Kind::Block(_) => self.start_block(done.node),
+            Kind::Block(_) => self.start_block(done.node).await,
             Kind::Task(_) => match done.result {
                 Ok(LeafOutput { output, context }) => {
                     if let Some(context) = context {
                         self.context = context;
                     }
-                    self.report_to_block(done.node, Ok(Done::Output(output)));
+                    self.report_to_block(done.node, Ok(Done::Output(output))).await;
                 }
-                Err(problem) => self.report_to_block(done.node, Err(problem)),
+                Err(problem) => self.report_to_block(done.node, Err(problem)).await,
             },
         }
     }
@@ -1620,7 +1673,7 @@ impl<'a, I: Invoker> Interp<'a, I> {
         raw: Value,
         filters: Filters,
     ) -> Result<LeafOutput, Problem> {
-        let (output, context) = filters.apply(task, raw)?;
+        let (output, context) = filters.apply(task, raw).await?;
         let kept = shared.record(EventKind::TaskSucceeded {
             step: path.clone(),
             attempt,
@@ -1650,6 +1703,8 @@ impl<'a, I: Invoker> Interp<'a, I> {
             context: self.context.clone(),
             workflow: self.workflow.clone(),
             runtime: self.runtime.clone(),
+            evaluator: Arc::clone(&self.shared.evaluator),
+            control: self.shared.control.clone(),
         }
     }
 
@@ -1755,36 +1810,79 @@ struct Filters {
     context: Value,
     workflow: Value,
     runtime: Value,
+    evaluator: Arc<dyn Evaluator>,
+    control: tokio::sync::watch::Receiver<Control>,
 }
 
 impl Filters {
-    fn apply(&self, task: &Task, raw: Value) -> Result<(Value, Option<Value>), Problem> {
-        let eval = |template: &Template, dot: &Value, output: Value| {
-            let rendered = if template.needs_variables() {
-                let mut values = vec![
-                    self.input.clone(),
-                    self.context.clone(),
-                    self.workflow.clone(),
-                    json!({"name": task.name.as_str(), "reference": task.reference}),
-                    output,
-                    self.runtime.clone(),
-                ];
-                values.extend(self.scope.iter().cloned());
-                template.render_with(dot, &values)
-            } else {
-                template.render(dot)
-            };
-            rendered.map_err(|e| Problem::standard("expression", e.to_string()).at(&task.reference))
+    async fn apply(&self, task: &Task, raw: Value) -> Result<(Value, Option<Value>), Problem> {
+        let values = |output: Value| {
+            let mut values = vec![
+                self.input.clone(),
+                self.context.clone(),
+                self.workflow.clone(),
+                json!({"name": task.name.as_str(), "reference": task.reference}),
+                output,
+                self.runtime.clone(),
+            ];
+            values.extend(self.scope.iter().cloned());
+            values
         };
         let output = match &task.output {
-            Some(filter) => eval(filter, &raw, Value::Null)?,
+            Some(filter) => evaluate(filter, &raw, values(Value::Null), &self.evaluator, &self.control)
+                .await
+                .map_err(|p| p.at(&task.reference))?,
             None => raw,
         };
         let context = match &task.export {
-            Some(filter) => Some(eval(filter, &output, output.clone())?),
+            Some(filter) => Some(
+                evaluate(filter, &output, values(output.clone()), &self.evaluator, &self.control)
+                    .await
+                    .map_err(|p| p.at(&task.reference))?,
+            ),
             None => None,
         };
         Ok((output, context))
+    }
+}
+
+/// Renders `template` against `dot` with `values` bound: plain paths at once, jq on
+/// `evaluator`, abandoned (the evaluator stops what it runs) when the run is cancelled.
+fn evaluate<'t>(
+    template: &'t Template,
+    dot: &Value,
+    values: Vec<Value>,
+    evaluator: &Arc<dyn Evaluator>,
+    control: &tokio::sync::watch::Receiver<Control>,
+) -> impl Future<Output = Result<Value, Problem>> + Send + use<'t> {
+    let problem = |e: baton_core::EvalError| {
+        let limit = e.bound.is_some();
+        let problem = Problem::standard("expression", e.to_string());
+        if limit { problem.with_title(baton_core::expr::EXPRESSION_LIMIT) } else { problem }
+    };
+    let ready = (!template.uses_jaq()).then(|| template.render_vars(dot, &values).map_err(problem));
+    let job = ready.is_none().then(|| (dot.clone(), Arc::clone(evaluator), control.clone()));
+    async move {
+        if let Some(ready) = ready {
+            return ready;
+        }
+        let (dot, evaluator, mut control) = job.expect("either rendered or to evaluate");
+        tokio::select! {
+            rendered = template.render_bounded(&dot, &values, &*evaluator) => rendered.map_err(problem),
+            () = cancelled(&mut control) => Err(Problem::runtime("the run was cancelled while an expression ran")),
+        }
+    }
+}
+
+/// Waits until the run is cancelled, suspended, or its handle dropped.
+async fn cancelled(control: &mut tokio::sync::watch::Receiver<Control>) {
+    loop {
+        if matches!(&*control.borrow_and_update(), Control::Cancelled(_) | Control::Suspended) {
+            return;
+        }
+        if control.changed().await.is_err() {
+            return;
+        }
     }
 }
 

@@ -2,7 +2,9 @@
 //! alternatives, and reports every transition through the [`baton_core::EventSink`] port.
 //!
 //! What it is for: ready-queue scheduling (a task is dispatched the moment its last
-//! dependency succeeds, not level by level), inputs rendered from `${ jq }` templates, retries
+//! dependency succeeds, not level by level), inputs rendered from `${ jq }` templates (any
+//! expression but a plain path on the [`baton_core::Evaluator`] of [`Config::evaluator`], awaited
+//! inside the task's future; an input that does not render fails the task), retries
 //! with exponential backoff and full jitter, per-attempt, per-task and per-run timeouts,
 //! failover to the next alternative whose circuit breaker is closed, error policies (fail,
 //! continue, fall back), per-run and global in-flight limits, pause/resume/cancel, and

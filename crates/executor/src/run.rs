@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use baton_core::{
-    Clock, Event, EventKind, EventSink, ExecutionId, History, Outcome, Problem, Recorded, RetryPolicy, ServiceId,
-    Settled, SettledTask, StepId, Timestamp,
+    Clock, Evaluator, Event, EventKind, EventSink, ExecutionId, History, InProcessEvaluator, Outcome, Problem,
+    Recorded, RetryPolicy, ServiceId, Settled, SettledTask, StepId, Timestamp,
 };
 use parking_lot::Mutex;
 use rand::rngs::SmallRng;
@@ -38,6 +38,8 @@ pub struct Config {
     pub breaker_threshold: u32,
     /// How long an open breaker keeps its service out before one probe call is let through.
     pub breaker_cool_down: Duration,
+    /// Where expressions other than plain paths run (inputs and the run's output).
+    pub evaluator: Arc<dyn Evaluator>,
 }
 
 impl Default for Config {
@@ -48,6 +50,7 @@ impl Default for Config {
             jitter_seed: None,
             breaker_threshold: 5,
             breaker_cool_down: Duration::from_secs(30),
+            evaluator: Arc::new(InProcessEvaluator::default()),
         }
     }
 }
@@ -234,6 +237,7 @@ pub(crate) struct Shared<I> {
     breakers: Arc<Breakers>,
     service_limits: ServiceLimits,
     global: Arc<Semaphore>,
+    pub(crate) evaluator: Arc<dyn Evaluator>,
 }
 
 impl<I> Shared<I> {
@@ -369,6 +373,7 @@ impl<I: Invoker> Executor<I> {
             service_limits: Arc::clone(&self.service_limits),
             global: Arc::clone(&self.global),
             refused: Arc::clone(&refused),
+            evaluator: Arc::clone(&self.config.evaluator),
         };
         let limit = self.config.max_in_flight_per_run.max(1);
         let host = Arc::clone(&self.host);

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use baton_core::expr::Limits;
 use serde::Deserialize;
 
 /// Declares every setting once: its doc, its flag and `BATON_*` variable, and its default
@@ -67,6 +68,9 @@ settings! {
     /// The Prometheus metrics address, serving /metrics [default: 127.0.0.1:9464].
     #[arg(long, env = "BATON_METRICS_LISTEN")]
     metrics_listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9464));
+    /// The web console's address [default: 127.0.0.1:9465].
+    #[arg(long, env = "BATON_CONSOLE_LISTEN")]
+    console_listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9465));
     /// The directory of the embedded redb store [default: ./baton-data].
     #[arg(long, env = "BATON_DATA_DIR")]
     data_dir: PathBuf = PathBuf::from("baton-data");
@@ -113,6 +117,19 @@ settings! {
     /// Threads that run the server's tasks [default: one per core].
     #[arg(long, env = "BATON_WORKER_THREADS")]
     worker_threads: usize = one_per_core();
+    /// Processes that evaluate jq expressions, so evaluations at once [default: one per core].
+    #[arg(long, env = "BATON_EXPRESSION_WORKERS")]
+    expression_workers: usize = one_per_core();
+    /// CPU time of one expression evaluation, e.g. 500ms [default: 1s].
+    #[arg(long, env = "BATON_EXPRESSION_CPU_TIME", value_parser = parse_duration)]
+    #[serde(deserialize_with = "duration_text")]
+    expression_cpu_time: Duration = baton_core::expr::DEFAULT_CPU_TIME;
+    /// Memory one expression evaluation may use, in MiB [default: 256].
+    #[arg(long, env = "BATON_EXPRESSION_MEMORY_MIB")]
+    expression_memory_mib: u64 = baton_core::expr::DEFAULT_MEMORY_BYTES / MIB;
+    /// JSON one expression evaluation may produce, in KiB [default: 1024].
+    #[arg(long, env = "BATON_EXPRESSION_OUTPUT_KIB")]
+    expression_output_kib: usize = baton_core::expr::DEFAULT_OUTPUT_BYTES / 1024;
 }
 
 /// How long in-flight calls get to finish on shutdown by default.
@@ -199,6 +216,19 @@ impl ServeConfig {
         if !(1..=MAX_WORKER_THREADS).contains(&self.worker_threads) {
             return invalid("worker_threads", &format!("must be from 1 to {MAX_WORKER_THREADS}"));
         }
+        if !(1..=MAX_EXPRESSION_WORKERS).contains(&self.expression_workers) {
+            return invalid("expression_workers", &format!("must be from 1 to {MAX_EXPRESSION_WORKERS}"));
+        }
+        if !(Duration::from_millis(10)..=Duration::from_secs(3600)).contains(&self.expression_cpu_time) {
+            return invalid("expression_cpu_time", "must be from 10ms to 1h");
+        }
+        if !(MIN_EXPRESSION_MEMORY_MIB..=MAX_EXPRESSION_MEMORY_MIB).contains(&self.expression_memory_mib) {
+            let range = format!("must be from {MIN_EXPRESSION_MEMORY_MIB} to {MAX_EXPRESSION_MEMORY_MIB}");
+            return invalid("expression_memory_mib", &range);
+        }
+        if !(1..=MAX_EXPRESSION_OUTPUT_KIB).contains(&self.expression_output_kib) {
+            return invalid("expression_output_kib", &format!("must be from 1 to {MAX_EXPRESSION_OUTPUT_KIB}"));
+        }
         if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str()) {
             return invalid("log_level", "must be error, warn, info, debug or trace");
         }
@@ -210,6 +240,13 @@ impl ServeConfig {
             if self.auth_token_file.is_none() {
                 return invalid("listen", "a non-loopback address needs --auth-token-file (or --insecure)");
             }
+        }
+        // The console logs people in with the API's tokens; without them it would be open.
+        if !self.console_listen.ip().is_loopback() && !self.insecure && self.auth_token_file.is_none() {
+            return invalid(
+                "console_listen",
+                "a non-loopback console address needs --auth-token-file for its login (or --insecure)",
+            );
         }
         Ok(())
     }
@@ -224,6 +261,7 @@ impl ServeConfig {
         vec![
             format!("listen = {}", self.listen),
             format!("metrics_listen = {}", self.metrics_listen),
+            format!("console_listen = {}", self.console_listen),
             format!("store = {store}"),
             format!("tls_cert = {}", path(&self.tls_cert)),
             format!("tls_key = {}", path(&self.tls_key)),
@@ -237,12 +275,37 @@ impl ServeConfig {
             format!("max_concurrent_streams = {}", self.max_concurrent_streams),
             format!("log = {:?} at {}", self.log_format, self.log_level),
             format!("worker_threads = {}", self.worker_threads),
+            format!("expression_workers = {}", self.expression_workers),
+            format!(
+                "expression limits = {} of CPU, {} MiB of memory, {} KiB of output per evaluation",
+                baton_core::duration::format(self.expression_cpu_time),
+                self.expression_memory_mib,
+                self.expression_output_kib
+            ),
         ]
+    }
+
+    /// The bounds of one expression evaluation.
+    pub fn expression_limits(&self) -> Limits {
+        Limits {
+            cpu_time: self.expression_cpu_time,
+            memory_bytes: self.expression_memory_mib.saturating_mul(MIB),
+            output_bytes: self.expression_output_kib.saturating_mul(1024),
+        }
     }
 }
 
 /// More threads than this would be a typo, not a machine.
 const MAX_WORKER_THREADS: usize = 1024;
+/// More evaluator processes than this would be a typo.
+const MAX_EXPRESSION_WORKERS: usize = 256;
+/// Less would leave no room for the context an expression reads.
+const MIN_EXPRESSION_MEMORY_MIB: u64 = 16;
+/// 1 TiB: more is no bound.
+const MAX_EXPRESSION_MEMORY_MIB: u64 = 1024 * 1024;
+/// 64 MiB: far past the 4 MiB a gRPC message may carry.
+const MAX_EXPRESSION_OUTPUT_KIB: usize = 64 * 1024;
+const MIB: u64 = 1024 * 1024;
 
 /// The default of `worker_threads`: the cores this process may use.
 pub fn one_per_core() -> usize {
@@ -314,6 +377,7 @@ mod tests {
         let config = args(&[]).resolve().unwrap();
         assert_eq!(config.listen.to_string(), "127.0.0.1:50051");
         assert_eq!(config.metrics_listen.to_string(), "127.0.0.1:9464");
+        assert_eq!(config.console_listen.to_string(), "127.0.0.1:9465");
         assert_eq!(config.data_dir, PathBuf::from("baton-data"));
         assert_eq!(config.store, None);
         assert!(!config.insecure);
@@ -333,6 +397,32 @@ mod tests {
         for bad in ["0", "1025"] {
             let error = args(&["--worker-threads", bad]).resolve().unwrap_err().to_string();
             assert_eq!(error, "worker_threads: must be from 1 to 1024");
+        }
+    }
+
+    #[test]
+    fn expression_bounds_have_defaults_come_from_flags_or_the_file_and_must_be_sane() {
+        let config = args(&[]).resolve().unwrap();
+        assert_eq!(config.expression_limits(), Limits::default());
+        assert_eq!(config.expression_workers, one_per_core());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("baton.toml");
+        let toml = "expression_cpu_time = \"250ms\"\nexpression_memory_mib = 128\nexpression_output_kib = 64\n\
+                    expression_workers = 3\n";
+        std::fs::write(&file, toml).unwrap();
+        let config = args(&["--config", file.to_str().unwrap(), "--expression-cpu-time", "2s"]).resolve().unwrap();
+        let limits = Limits { cpu_time: Duration::from_secs(2), memory_bytes: 128 << 20, output_bytes: 64 << 10 };
+        assert_eq!((config.expression_limits(), config.expression_workers), (limits, 3));
+        let described = config.describe();
+        let line = "expression limits = 2s of CPU, 128 MiB of memory, 64 KiB of output per evaluation".to_owned();
+        assert!(described.contains(&line), "{described:?}");
+        for (flags, error) in [
+            (["--expression-workers", "0"], "expression_workers: must be from 1 to 256"),
+            (["--expression-cpu-time", "1ms"], "expression_cpu_time: must be from 10ms to 1h"),
+            (["--expression-memory-mib", "8"], "expression_memory_mib: must be from 16 to 1048576"),
+            (["--expression-output-kib", "0"], "expression_output_kib: must be from 1 to 65536"),
+        ] {
+            assert_eq!(args(&flags).resolve().unwrap_err().to_string(), error);
         }
     }
 
@@ -368,6 +458,12 @@ mod tests {
             .to_string();
         assert!(error.contains("--auth-token-file"), "{error}");
         assert!(args(&["--listen", "0.0.0.0:50051", "--insecure"]).resolve().is_ok());
+        let error = args(&["--console-listen", "0.0.0.0:9465"]).resolve().unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "console_listen: a non-loopback console address needs --auth-token-file for its login (or --insecure)"
+        );
+        assert!(args(&["--console-listen", "0.0.0.0:9465", "--auth-token-file", "t"]).resolve().is_ok());
         let error = args(&["--tls-cert", "c.pem"]).resolve().unwrap_err().to_string();
         assert!(error.contains("go together"), "{error}");
     }

@@ -11,7 +11,7 @@ use baton_core::Plan;
 use baton_planner::wsc::{self, WscProblem};
 use baton_planner::{Catalog, Error, OrchestrationPlanner};
 
-/// (minimum layers, services in the best known shortest composition), shared/data/README.md.
+/// (minimum layers, services in the best known shortest composition), data/README.md.
 const WSC08: [(usize, usize); 8] = [(3, 10), (3, 5), (23, 40), (5, 10), (8, 20), (7, 42), (12, 20), (20, 30)];
 
 fn plan(problem: &WscProblem) -> Result<Plan, Error> {

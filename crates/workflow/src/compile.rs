@@ -15,6 +15,7 @@ use baton_core::{
 };
 use serde_json::Value;
 
+use crate::definition::MAX_JQ_EXPRESSIONS;
 use crate::error::{Error, Result};
 
 /// The deepest nesting of blocks (a loop in a try in a switch is three).
@@ -31,6 +32,7 @@ pub(crate) fn native(definition: &WorkflowDefinition) -> Result<Program> {
     let mut compiler = Compiler {
         defaults: definition,
         tasks: 0,
+        jq: 0,
         variables: GLOBAL_VARIABLES.map(str::to_owned).to_vec(),
         references: Vec::new(),
     };
@@ -42,6 +44,9 @@ struct Compiler<'a> {
     defaults: &'a WorkflowDefinition,
     /// Tasks compiled so far, at every level.
     tasks: usize,
+    /// Expressions needing jq compiled so far; counted before each is compiled, which is what
+    /// costs.
+    jq: usize,
     /// The variables in scope, globals first, innermost last.
     variables: Vec<String>,
     /// The steps each template compiled so far reads, by place; a block checks and drops its
@@ -72,7 +77,8 @@ impl Compiler<'_> {
     }
 
     /// A template over something else than the graph context (a step's raw output).
-    fn filter(&self, place: &str, value: &Value) -> Result<Template> {
+    fn filter(&mut self, place: &str, value: &Value) -> Result<Template> {
+        self.charge(Template::count_jq(value))?;
         Ok(Template::compile_with(place, value, &self.names())?)
     }
 
@@ -81,9 +87,20 @@ impl Compiler<'_> {
     fn expression(&mut self, place: &str, source: &str) -> Result<Template> {
         let trimmed = source.trim();
         let inner = trimmed.strip_prefix("${").and_then(|rest| rest.strip_suffix('}')).unwrap_or(trimmed);
+        self.charge(Template::count_jq(&Value::String(format!("${{{inner}}}"))))?;
         let template = Template::expression(place, inner.trim(), &self.names())?;
         self.references.push((place.to_owned(), template.referenced_steps().into_iter().collect()));
         Ok(template)
+    }
+
+    /// Counts `count` more expressions needing jq, refusing the definition past
+    /// [`MAX_JQ_EXPRESSIONS`].
+    fn charge(&mut self, count: usize) -> Result<()> {
+        self.jq += count;
+        if self.jq > MAX_JQ_EXPRESSIONS {
+            return Err(Error::TooManyExpressions { count: self.jq, limit: MAX_JQ_EXPRESSIONS });
+        }
+        Ok(())
     }
 
     /// Runs `compile` with `names` bound as variables.

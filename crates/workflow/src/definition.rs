@@ -14,6 +14,10 @@ use crate::error::{Error, Result};
 pub const MAX_STEPS: usize = 10_000;
 /// The largest definition text accepted, in bytes.
 pub const MAX_DEFINITION_BYTES: usize = 1024 * 1024;
+/// The most expressions a definition may hold that need jq, i.e. are not plain paths (which are
+/// free): each takes about half a millisecond of CPU to compile, every time the definition is
+/// checked.
+pub const MAX_JQ_EXPRESSIONS: usize = 1_000;
 
 /// A definition that passed every check, with its compiled templates, a topological order of
 /// its steps and the hash of its canonical form. Only [`CheckedDefinition::parse`] and
@@ -38,6 +42,7 @@ impl CheckedDefinition {
         let definition: WorkflowDefinition = if text.trim_start().starts_with('{') {
             serde_json::from_str(text).map_err(|e| Error::Parse { format: "json", message: e.to_string() })?
         } else {
+            crate::expansion::check(text).map_err(|message| Error::Parse { format: "yaml", message })?;
             serde_yaml::from_str(text).map_err(|e| Error::Parse { format: "yaml", message: e.to_string() })?
         };
         Self::check(definition)
@@ -52,8 +57,9 @@ impl CheckedDefinition {
 
     /// Checks a definition built in code: step limits, unique ids, known dependencies and
     /// fallbacks (no fallback loop), no cycle, retry policies, nesting depth, and expressions
-    /// that compile with the variables their place may read and read only upstream steps (the
-    /// output mapping may read any step). Builds the executable program on the way.
+    /// that compile (at most [`MAX_JQ_EXPRESSIONS`] of them needing jq) with the variables their
+    /// place may read and read only upstream steps (the output mapping may read any step).
+    /// Builds the executable program on the way.
     pub fn check(definition: WorkflowDefinition) -> Result<Self> {
         let program = crate::compile::native(&definition)?;
         let graph = StepGraph::check(definition.steps.iter().map(StepLinks::from))?;
@@ -185,6 +191,37 @@ mod tests {
         check(&big, "bytes, the limit is 1048576");
         let many: String = (0..=MAX_STEPS).map(|i| format!("  - {{id: s{i}, service: s}}\n")).collect();
         check(&format!("name: w\nsteps:\n{many}"), "10001 steps, the limit is 10000");
+    }
+
+    #[test]
+    fn expressions_are_refused_at_apply_when_they_read_missing_steps_or_the_server_or_are_too_many() {
+        let one = |input: &str| {
+            format!(
+                "name: w\nsteps:\n  - {{id: a, service: s}}\n  - {{id: b, service: s, depends_on: [a], input: {input}}}\n"
+            )
+        };
+        // A step that does not exist, however `steps` and its name are written.
+        for input in [
+            r#""${ .[\"steps\"][\"ghost\"].output }""#,
+            r#""${ .\"steps\".ghost.output | length }""#,
+            r#""${ .steps[\"ghost\"].output + 1 }""#,
+        ] {
+            check(&one(input), r#"steps.b.input refers to step "ghost", which is not upstream"#);
+        }
+        assert!(CheckedDefinition::parse(&one(r#""${ .[\"steps\"][\"a\"].output }""#)).is_ok());
+        // jq that would read the server's environment, end its process or read its stdin.
+        for (input, undefined) in [("\"${ env.HOME }\"", "env"), ("\"${ halt }\"", "halt"), ("\"${ input }\"", "input")]
+        {
+            check(&one(input), &format!("uses undefined {undefined}"));
+        }
+        // A bounded number of expressions that need jq (each costs a compile); plain paths are free.
+        let jq: String = (0..=MAX_JQ_EXPRESSIONS).map(|i| format!("\"${{ .input.n + {i} }}\", ")).collect();
+        check(
+            &one(&format!("[{jq}]")),
+            "definition has 1001 expressions that need jq (not plain paths), the limit is 1000",
+        );
+        let plain: String = (0..5 * MAX_JQ_EXPRESSIONS).map(|_| "\"${ .steps.a.output }\", ").collect();
+        assert!(CheckedDefinition::parse(&one(&format!("[{plain}]"))).is_ok());
     }
 
     #[test]

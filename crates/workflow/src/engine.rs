@@ -185,6 +185,14 @@ struct Inner<S, R: Runner> {
     holds: Mutex<std::collections::HashSet<ExecutionId>>,
 }
 
+/// What a panic said, when it said it in text.
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(message) => *message,
+        Err(payload) => payload.downcast_ref::<&str>().map_or("no message", |m| m).to_owned(),
+    }
+}
+
 /// A poison-free lock: no lock here is held across code that can panic half-way.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -299,7 +307,13 @@ impl<S: Store, R: Runner> Engine<S, R> {
     /// Parses, checks and stores a definition: unchanged content is a no-op answering the
     /// latest version, changed content becomes the next version.
     pub async fn apply(&self, text: &str) -> Result<Applied> {
-        let checked = CheckedDefinition::parse(text)?;
+        // Compiling up to a thousand jq expressions takes a while: not on an async worker.
+        let text = text.to_owned();
+        let checked = match tokio::task::spawn_blocking(move || CheckedDefinition::parse(&text)).await {
+            Ok(checked) => checked?,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => return Err(Error::Stopped),
+        };
         let name = checked.name().clone();
         let put = self
             .inner
@@ -639,14 +653,20 @@ impl<S: Store, R: Runner> Engine<S, R> {
         }))
     }
 
+    /// Recovers one execution; one that cannot be (its journal or definition is unreadable, or
+    /// recovering it panics) is failed with the reason and its journal kept, so the others, and
+    /// the next start, carry on.
     async fn recover(&self, id: ExecutionId) {
-        match self.try_recover(id).await {
-            Ok(()) => {}
-            Err(reason) => {
-                self.mark_failed(id, &reason.to_string()).await;
-                lock(&self.inner.recovery).failed.push((id, reason));
-            }
-        }
+        let engine = self.clone();
+        let reason = match tokio::spawn(async move { engine.try_recover(id).await }).await {
+            Ok(Ok(())) => return,
+            Ok(Err(reason)) => reason,
+            Err(e) if e.is_panic() => RecoveryError::Panicked(panic_message(e.into_panic())),
+            // The runtime is shutting down: the next start recovers it.
+            Err(_) => return,
+        };
+        self.mark_failed(id, &reason.to_string()).await;
+        lock(&self.inner.recovery).failed.push((id, reason));
     }
 
     async fn try_recover(&self, id: ExecutionId) -> Result<(), RecoveryError> {

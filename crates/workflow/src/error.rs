@@ -48,6 +48,14 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
+    /// The definition has too many expressions that need jq.
+    #[error("definition has {count} expressions that need jq (not plain paths), the limit is {limit}")]
+    TooManyExpressions {
+        /// Its expressions that are not plain paths.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// An expression reads a step that does not run before it.
     #[error("{place} refers to step {step:?}, which is not upstream")]
     NotUpstream {
@@ -142,4 +150,7 @@ pub enum RecoveryError {
     /// The record says paused but the journal never paused it.
     #[error("the record says paused but the journal does not")]
     PausedOnlyInRecord,
+    /// Recovering it panicked (a bug, or data no check foresaw): the panic's message.
+    #[error("recovering it panicked: {0}")]
+    Panicked(String),
 }

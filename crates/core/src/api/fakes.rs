@@ -440,6 +440,14 @@ impl Executions for InMemoryExecutions {
     fn signal(&self, id: ExecutionId, name: String, data: Value) -> BoxFuture<'_, ApiResult<Execution>> {
         Box::pin(async move { self.change(id, EventKind::SignalReceived { name, data }) })
     }
+
+    fn journal(&self, id: ExecutionId, from_sequence: u64) -> BoxFuture<'_, ApiResult<Vec<Event>>> {
+        Box::pin(async move {
+            let mut events = self.events(id)?;
+            events.retain(|event| event.sequence >= from_sequence);
+            Ok(events)
+        })
+    }
 }
 
 /// Follows one execution's journal: recorded events first, then each one as it is recorded.

@@ -129,6 +129,10 @@ impl pb::execution_service_server::ExecutionService for ExecutionApi {
             states,
             created_from: request.created_after.map(|t| timestamp_from_proto("created_after", t)).transpose()?,
             created_before: request.created_before.map(|t| timestamp_from_proto("created_before", t)).transpose()?,
+            id_prefix: match request.id_prefix.as_str() {
+                "" => None,
+                text => Some(baton_core::IdPrefix::new(text).map_err(|e| Status::invalid_argument(e.to_string()))?),
+            },
         };
         let token = match request.page_token.as_str() {
             "" => None,

@@ -489,6 +489,7 @@ async fn exec(command: ExecCommand, target: &Target, out: &Out) -> Result<Exit, 
                     states: states.clone(),
                     created_after: None,
                     created_before: None,
+                    id_prefix: String::new(),
                 };
                 async move {
                     let page = executions.list_executions(request).await?.into_inner();
