@@ -36,6 +36,7 @@ use serde_json::{Map, Value, json};
 
 use crate::host::{Host, IdleHook};
 use crate::invoker::Invoker;
+use crate::request;
 use crate::run::{CallSpec, Control, Shared, TaskError, run_call};
 
 /// The most items a `for` iterates over.
@@ -973,12 +974,47 @@ impl<'a, I: Invoker> Interp<'a, I> {
                 let services = match &call.target {
                     CallTarget::Services(services) => services.clone(),
                     CallTarget::Query(requirements) => vec![self.host.stand_in(requirements)],
-                    CallTarget::Http(_) => {
-                        let problem = Problem::standard(
-                            "configuration",
-                            "call: http to an endpoint written in the definition is not supported by this executor",
-                        );
-                        self.task_finished(id, Err(problem), false);
+                    CallTarget::Http(http) => {
+                        let render = |template: &Template| eval(self, template);
+                        match request::http_request(http, &render) {
+                            Ok((request, service)) => {
+                                let output = http.output;
+                                let attempt = move |invoker: &'a I| {
+                                    let request = request.clone();
+                                    async move { request::attempt_http(invoker, &request, output).await }
+                                };
+                                let leaf = self.request_leaf(id, task, path, service, input, scope, attempt);
+                                self.push_leaf(id, leaf, LeafKind::Busy);
+                            }
+                            Err(problem) => self.task_finished(id, Err(problem), false),
+                        }
+                        return;
+                    }
+                    CallTarget::OpenApi(api) => {
+                        let render = |template: &Template| eval(self, template);
+                        match request::openapi_parts(api, &render) {
+                            Ok((document, parameters, credentials, service)) => {
+                                let (operation, output) = (api.operation_id.as_str(), api.output);
+                                let attempt = move |invoker: &'a I| {
+                                    let (document, parameters, credentials) =
+                                        (document.clone(), parameters.clone(), credentials.clone());
+                                    async move {
+                                        request::attempt_openapi(
+                                            invoker,
+                                            &document,
+                                            operation,
+                                            &parameters,
+                                            &credentials,
+                                            output,
+                                        )
+                                        .await
+                                    }
+                                };
+                                let leaf = self.request_leaf(id, task, path, service, input, scope, attempt);
+                                self.push_leaf(id, leaf, LeafKind::Busy);
+                            }
+                            Err(problem) => self.task_finished(id, Err(problem), false),
+                        }
                         return;
                     }
                 };
@@ -1681,6 +1717,49 @@ impl<'a, I: Invoker> Interp<'a, I> {
             let result = match shared.global_permit().await {
                 None => Err(Problem::runtime("cancelled")),
                 Some(_permit) => match run_call(shared, &spec, payload).await {
+                    Ok((attempt, raw)) => Self::settle_leaf(shared, task, path.clone(), attempt, raw, filters).await,
+                    Err(TaskError::Failed(problem)) => Err(problem),
+                    Err(other) => Err(Problem::runtime(other.to_string()).at(&task.reference)),
+                },
+            };
+            LeafDone { node: id, generation, result }
+        })
+    }
+
+    /// A leaf attempting a request the definition writes (`call: http`, `call: openapi`)
+    /// under the task's retry policy and time limits.
+    #[allow(clippy::too_many_arguments)] // reason: everything a request leaf needs, moved in once
+    fn request_leaf<F, Fut>(
+        &mut self,
+        id: Id,
+        task: &'a Task,
+        path: StepId,
+        service: ServiceId,
+        input: Value,
+        scope: Scope,
+        attempt: F,
+    ) -> LeafFuture<'a>
+    where
+        F: Fn(&'a I) -> Fut + Send + Sync + 'a,
+        Fut: Future<Output = Result<Value, crate::invoker::Failure>> + Send + 'a,
+    {
+        let shared = self.shared;
+        let generation = self.generations[id];
+        let filters = self.filters(input, scope);
+        let attempts_made = self.history.attempts.get(&path).copied().unwrap_or(0);
+        Box::pin(async move {
+            let spec = request::RequestSpec {
+                step: &path,
+                retry: &task.retry,
+                timeout: task.timeout,
+                task_timeout: task.task_timeout,
+                reference: &task.reference,
+                first_attempt: attempts_made + 1,
+            };
+            let invoker = shared.invoker();
+            let result = match shared.global_permit().await {
+                None => Err(Problem::runtime("cancelled")),
+                Some(_permit) => match request::run_request(shared, &spec, service, || attempt(invoker)).await {
                     Ok((attempt, raw)) => Self::settle_leaf(shared, task, path.clone(), attempt, raw, filters).await,
                     Err(TaskError::Failed(problem)) => Err(problem),
                     Err(other) => Err(Problem::runtime(other.to_string()).at(&task.reference)),

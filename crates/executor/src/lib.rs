@@ -30,11 +30,13 @@ mod host;
 mod http;
 mod interp;
 mod invoker;
+mod openapi;
+mod request;
 mod run;
 mod spec;
 mod worker;
 
-pub use self::http::{HttpConfig, HttpInvoker, Resolve};
+pub use self::http::{HttpConfig, HttpInvoker, Origins, Resolve};
 pub use baton_core::Outcome;
 pub use breaker::BreakerState;
 pub use host::{Host, HostFuture, IdleHook, NoHost};
@@ -42,6 +44,7 @@ pub use interp::{MAX_ITEMS, MAX_SEQUENCE_STEPS, Start};
 pub use invoker::{Call, Failure, InProcessInvoker, Invoker};
 #[cfg(any(test, feature = "test-util"))]
 pub use invoker::{ScriptedInvoker, Step};
+pub use request::{Request, Response, output as http_output};
 pub use run::{Config, Executor, Run};
 pub use spec::{RunSpec, SpecError, TaskSpec};
 pub use worker::{Delivery, LeaseError, LeaseToken, QueueStats, ResolveQueue, TaskId, WorkerConfig, WorkerQueues};

@@ -241,6 +241,11 @@ impl<I> Shared<I> {
         self.events.publish(self.event(kind));
     }
 
+    /// The invoker calls go through.
+    pub(crate) fn invoker(&self) -> &I {
+        &self.invoker
+    }
+
     /// Hands over an event whose effects wait for the sink to keep it.
     pub(crate) fn record(&self, kind: EventKind) -> Recorded {
         self.events.record(self.event(kind))
@@ -263,7 +268,7 @@ impl<I> Shared<I> {
     }
 
     /// Waits while paused; false once cancelled.
-    async fn wait_unless_paused(&self) -> bool {
+    pub(crate) async fn wait_unless_paused(&self) -> bool {
         // The common case, running, is one read of the control cell.
         match &*self.control.borrow() {
             Control::Running => return true,
