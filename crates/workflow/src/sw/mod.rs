@@ -30,8 +30,8 @@ use std::time::Duration;
 
 use baton_core::program::{
     Action, Block, Call, CallTarget, Case, CaseAction, Catch, Collect, Emit, ErrorFilter, Flow, ForEach, Fork,
-    GLOBAL_VARIABLES, HttpCall, HttpOutput, Listen, ListenMode, OnError, Program, Raise, RunWorkflow, Switch, Task,
-    Then, Try, Wait,
+    GLOBAL_VARIABLES, HttpCall, HttpOutput, Listen, ListenMode, OnError, OpenApiCall, Program, Raise, RunWorkflow,
+    Switch, Task, Then, Try, Wait,
 };
 use baton_core::{RetryPolicy, ServiceId, ServiceRequirements, StepId, Template, WorkflowName};
 use serde_json::{Map, Value};
@@ -540,8 +540,12 @@ impl Compiler<'_> {
                 let http = self.http(with, &with_pointer)?;
                 Ok(Action::Call(Call { target: CallTarget::Http(Arc::new(http)), payload: null_template() }))
             }
+            "openapi" => {
+                let api = self.openapi(with, &with_pointer)?;
+                Ok(Action::Call(Call { target: CallTarget::OpenApi(Arc::new(api)), payload: null_template() }))
+            }
             "baton" => self.baton(with, &with_pointer),
-            "grpc" | "openapi" | "asyncapi" | "a2a" | "mcp" => {
+            "grpc" | "asyncapi" | "a2a" | "mcp" => {
                 Err(unsupported(&format!("call: {function}"), &join(pointer, "call")))
             }
             other => Err(unsupported(
@@ -574,12 +578,7 @@ impl Compiler<'_> {
         };
         let pairs =
             |key: &str| -> Result<Option<Template>> { with.get(key).map(|v| self.filter(&at(key), v)).transpose() };
-        let output = match with.get("output").and_then(Value::as_str) {
-            None | Some("content") => HttpOutput::Content,
-            Some("response") => HttpOutput::Response,
-            Some("raw") => HttpOutput::Raw,
-            Some(other) => return Err(invalid(&at("output"), other, "must be content, response or raw")),
-        };
+        let output = output_mode(with, &at("output"))?;
         Ok(HttpCall {
             method: method.to_ascii_uppercase(),
             uri,
@@ -587,6 +586,40 @@ impl Compiler<'_> {
             query: pairs("query")?,
             body: with.get("body").map(|b| self.value(&at("body"), b)).transpose()?,
             output,
+            basic_auth,
+            bearer,
+        })
+    }
+
+    /// `call: openapi`: the document's endpoint, the operation and its parameters. The
+    /// document is fetched when the call runs.
+    fn openapi(&self, with: &Value, pointer: &str) -> Result<OpenApiCall> {
+        let at = |key: &str| join(pointer, key);
+        if with.get("redirect").and_then(Value::as_bool) == Some(true) {
+            return Err(unsupported("redirect: true (3xx answers are errors)", &at("redirect")));
+        }
+        let document_pointer = join(&at("document"), "endpoint");
+        let (uri, uri_pointer) = match &with["document"]["endpoint"] {
+            Value::Object(settings) => {
+                if settings.contains_key("authentication") {
+                    return Err(unsupported(
+                        "authentication to fetch an OpenAPI document",
+                        &join(&document_pointer, "authentication"),
+                    ));
+                }
+                (&settings["uri"], join(&document_pointer, "uri"))
+            }
+            other => (other, document_pointer),
+        };
+        let (basic_auth, bearer) = match with.get("authentication") {
+            Some(policy) => self.authentication(policy, &at("authentication"))?,
+            None => (None, None),
+        };
+        Ok(OpenApiCall {
+            document: self.uri(&uri_pointer, uri)?,
+            operation_id: with["operationId"].as_str().unwrap_or_default().to_owned(),
+            parameters: with.get("parameters").map(|p| self.value(&at("parameters"), p)).transpose()?,
+            output: output_mode(with, &at("output"))?,
             basic_auth,
             bearer,
         })
@@ -991,6 +1024,16 @@ fn flow(pointer: &str, directive: &Value, siblings: &[&str]) -> Result<Then> {
         name => Then::Goto(siblings.iter().position(|s| *s == name).ok_or_else(|| {
             invalid(pointer, name, "names no task of the same list; a flow directive jumps within its own list")
         })?),
+    })
+}
+
+/// The `output` of an HTTP or OpenAPI call: which part of the response it yields.
+fn output_mode(with: &Value, pointer: &str) -> Result<HttpOutput> {
+    Ok(match with.get("output").and_then(Value::as_str) {
+        None | Some("content") => HttpOutput::Content,
+        Some("response") => HttpOutput::Response,
+        Some("raw") => HttpOutput::Raw,
+        Some(other) => return Err(invalid(pointer, other, "must be content, response or raw")),
     })
 }
 

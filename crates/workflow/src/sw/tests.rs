@@ -90,7 +90,7 @@ fn the_kits_documents_map_onto_programs() {
     assert_eq!(names, ["setRed", "setGreen", "setBlue"]);
     assert_eq!(branches.branches[1].1.tasks[0].reference, "/do/0/branchWithCompete/fork/branches/1/setGreen");
 
-    // call: three HTTP calls; the two OpenAPI calls are refused until `call: openapi` lands.
+    // call: three HTTP calls (the two OpenAPI calls are checked below).
     let call = documents(include_str!("../../../../conformance/serverless-workflow/features/call.feature"));
     assert_eq!(call.len(), 5);
     let content = compile(&call[0]).unwrap().program;
@@ -208,15 +208,17 @@ fn the_kits_documents_map_onto_programs() {
 }
 
 #[test]
-fn the_kits_openapi_calls_are_refused_until_supported() {
+fn the_kits_openapi_calls_name_their_document_and_operation() {
     let call = documents(include_str!("../../../../conformance/serverless-workflow/features/call.feature"));
-    for document in &call[3..] {
-        let error = compile(document).unwrap_err().to_string();
-        assert_eq!(
-            error,
-            "unsupported: call: openapi at /do/0/findPet/call"
-                .replace("findPet", document["do"][0].as_object().unwrap().keys().next().unwrap(),)
-        );
+    let expected = [("findPetsByStatus", HttpOutput::Content, "status"), ("getPetById", HttpOutput::Response, "petId")];
+    for (document, (operation, output, parameter)) in call[3..].iter().zip(expected) {
+        let program = compile(document).unwrap().program;
+        let Action::Call(call) = &program.root.tasks[0].action else { panic!("a call") };
+        let CallTarget::OpenApi(api) = &call.target else { panic!("openapi") };
+        assert_eq!(render(&api.document, json!({})), json!("https://petstore.swagger.io/v2/swagger.json"));
+        assert_eq!((api.operation_id.as_str(), api.output), (operation, output));
+        let parameters = render(api.parameters.as_ref().unwrap(), json!({"status": "available", "petId": 1}));
+        assert!(parameters.get(parameter).is_some_and(|v| !v.is_null()), "{parameters}");
     }
 }
 
@@ -464,6 +466,13 @@ fn unsupported_constructs_are_refused_with_their_place() {
         "unsupported: URI template operator `+`",
     );
     refused(&call("http", "{method: get, endpoint: 'https://a.test/', redirect: true}"), "unsupported: redirect: true");
+    refused(
+        &call(
+            "openapi",
+            "{document: {endpoint: {uri: 'https://a.test/api.json', authentication: {basic: {username: u, password: p}}}}, operationId: o}",
+        ),
+        "unsupported: authentication to fetch an OpenAPI document at /do/0/c/with/document/endpoint/authentication",
+    );
     refused(
         "input: {schema: {document: {type: object}}}\ndo: []\n",
         "unsupported: input.schema (data is not validated against schemas) at /input/schema",
