@@ -1081,7 +1081,7 @@ impl<'a, I: Invoker> Interp<'a, I> {
             }
             Action::Emit(emit) => {
                 let event = match eval(self, &emit.event) {
-                    Ok(event) => event,
+                    Ok(event) => cloud_event(event, self.execution, &path, self.shared.now()),
                     Err(problem) => {
                         self.task_finished(id, Err(problem), false);
                         return;
@@ -1865,6 +1865,17 @@ impl Filters {
         };
         Ok((output, context))
     }
+}
+
+/// An emitted event completed as a CloudEvent: `specversion` 1.0, an `id` stable for the task
+/// instance (`<execution>/<path>`, the same if the emit runs again after a restart, so
+/// consumers can drop the repeat), and the `time` it was emitted, unless the event sets them.
+fn cloud_event(event: Value, execution: ExecutionId, path: &StepId, now: Timestamp) -> Value {
+    let Value::Object(mut attributes) = event else { return event };
+    attributes.entry("specversion").or_insert_with(|| json!("1.0"));
+    attributes.entry("id").or_insert_with(|| json!(format!("{execution}/{path}")));
+    attributes.entry("time").or_insert_with(|| json!(now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)));
+    Value::Object(attributes)
 }
 
 /// A time from an expression: RFC 3339 text or seconds since the epoch.
