@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use baton_core::{Endpoint, Health, ServiceId};
-use baton_executor::{Call, Failure, HttpConfig, HttpInvoker, Invoker, WorkerConfig, WorkerQueues};
+use baton_executor::{Call, Failure, HttpConfig, HttpInvoker, Invoker, Request, Response, WorkerConfig, WorkerQueues};
 use baton_registry::Registry;
 use serde_json::Value;
 use tokio::sync::Notify;
@@ -130,6 +130,12 @@ impl Dispatcher {
 }
 
 impl Invoker for Dispatcher {
+    /// Requests a workflow writes itself (`call: http`, `call: openapi`) go out through the
+    /// same HTTP client, origin mapping included; no registry is involved.
+    async fn send(&self, request: Request) -> Result<Response, Failure> {
+        self.http.send(request).await
+    }
+
     async fn invoke(&self, call: Call) -> Result<Value, Failure> {
         // A call that finds no service able to take it waits for one: a permit given back,
         // or a service registering or turning healthy (seen on the next look).
