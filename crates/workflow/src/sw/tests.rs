@@ -660,3 +660,34 @@ fn limits_hold_and_hostile_documents_end_quickly() {
         "must be 0 to 100000",
     );
 }
+
+#[test]
+fn the_documented_examples_compile() {
+    let docs = include_str!("../../../../docs/workflow-format.md");
+    let section = docs.split("\n## Serverless Workflow DSL 1.0\n").nth(1).expect("the docs have the section");
+    let section = section.split("\n## ").next().unwrap_or(section);
+    let examples: Vec<&str> = section.split("```yaml\n").skip(1).filter_map(|b| b.split("\n```").next()).collect();
+    let mut keywords = std::collections::BTreeSet::new();
+    for example in &examples {
+        let document: Value = serde_yaml::from_str(example).unwrap_or_else(|e| panic!("{example}\n{e}"));
+        let workflow = compile(&document).unwrap_or_else(|e| panic!("{example}\n{e}"));
+        for task in workflow.program.root.all_tasks() {
+            keywords.insert(task.action.keyword());
+            if let Action::Call(call) = &task.action {
+                keywords.insert(match call.target {
+                    CallTarget::Http(_) => "call: http",
+                    CallTarget::OpenApi(_) => "call: openapi",
+                    CallTarget::Services(_) | CallTarget::Query(_) => "call: baton",
+                });
+            }
+        }
+    }
+    // An example of every supported construct.
+    let every = [
+        "call: baton", "call: http", "call: openapi", "do", "emit", "for", "fork", "listen", "raise", "run", "set",
+        "switch", "try", "wait",
+    ];
+    for keyword in every {
+        assert!(keywords.contains(keyword), "no documented example of {keyword}");
+    }
+}
