@@ -281,22 +281,7 @@ where
         }
         Err(last)
     };
-    match spec.task_timeout {
-        Some(limit) => tokio::time::timeout(limit, attempts).await.unwrap_or_else(|_| {
-            let problem =
-                Problem::standard("timeout", format!("task timed out after {}", baton_core::duration::format(limit)))
-                    .at(spec.reference);
-            shared.emit(EventKind::TaskFailed {
-                step: spec.step.clone(),
-                attempt: max,
-                error: problem.message(),
-                retryable: false,
-                problem: Some(problem.clone()),
-            });
-            Err(TaskError::Failed(problem))
-        }),
-        None => attempts.await,
-    }
+    crate::run::within_task_limit(shared, spec.step, spec.reference, spec.task_timeout, attempts).await
 }
 
 /// One attempt of `call: http`: sends `request`, reads the output.

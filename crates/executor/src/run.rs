@@ -404,6 +404,31 @@ impl<I: Invoker> Executor<I> {
     }
 }
 
+/// Runs a task's `attempts` within its time limit, if any; past it the task fails (journaled)
+/// with a timeout problem at `reference`.
+pub(crate) async fn within_task_limit<I, T>(
+    shared: &Shared<I>,
+    step: &StepId,
+    reference: &str,
+    limit: Option<Duration>,
+    attempts: impl Future<Output = Result<T, TaskError>>,
+) -> Result<T, TaskError> {
+    let Some(limit) = limit else { return attempts.await };
+    tokio::time::timeout(limit, attempts).await.unwrap_or_else(|_| {
+        let problem =
+            Problem::standard("timeout", format!("task timed out after {}", baton_core::duration::format(limit)))
+                .at(reference);
+        shared.emit(EventKind::TaskFailed {
+            step: step.clone(),
+            attempt: 0,
+            error: problem.message(),
+            retryable: false,
+            problem: Some(problem.clone()),
+        });
+        Err(TaskError::Failed(problem))
+    })
+}
+
 /// One call task, as [`run_call`] attempts it.
 pub(crate) struct CallSpec<'a> {
     pub(crate) step: &'a StepId,
@@ -515,22 +540,7 @@ pub(crate) async fn run_call<I: Invoker>(
         }
         Err(last)
     };
-    match task.task_timeout {
-        Some(limit) => tokio::time::timeout(limit, attempts).await.unwrap_or_else(|_| {
-            let problem =
-                Problem::standard("timeout", format!("task timed out after {}", baton_core::duration::format(limit)))
-                    .at(task.reference);
-            shared.emit(EventKind::TaskFailed {
-                step: task.step.clone(),
-                attempt: 0,
-                error: problem.message(),
-                retryable: false,
-                problem: Some(problem.clone()),
-            });
-            Err(TaskError::Failed(problem))
-        }),
-        None => attempts.await,
-    }
+    within_task_limit(shared, task.step, task.reference, task.task_timeout, attempts).await
 }
 
 /// Why a call task produced no output.

@@ -36,7 +36,7 @@ use baton_core::program::{
 use baton_core::{RetryPolicy, ServiceId, ServiceRequirements, StepId, Template, WorkflowName};
 use serde_json::{Map, Value};
 
-use crate::compile::{MAX_BRANCHES, MAX_DEPTH, MAX_ITERATIONS, check_signal_name};
+use crate::compile::{MAX_BRANCHES, MAX_DEPTH, MAX_ITERATIONS, bind_variables, check_signal_name};
 use crate::error::{Error, Result};
 
 /// The DSL versions read: 1.0.x.
@@ -234,6 +234,9 @@ fn shallow_task(task: &Value) -> Value {
     Value::Object(shallow)
 }
 
+/// Basic credentials (user, password) and a bearer token, as a call's fields hold them.
+type Credentials = (Option<(Template, Template)>, Option<Template>);
+
 /// The reusable components tasks refer to by name, each with its place.
 #[derive(Default)]
 struct Uses<'d> {
@@ -367,18 +370,7 @@ impl Compiler<'_> {
         names: &[&str],
         compile: impl FnOnce(&mut Self) -> Result<T>,
     ) -> Result<T> {
-        for name in names {
-            let valid = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !valid {
-                return Err(invalid(pointer, name, "must be a variable name: letters, digits and '_'"));
-            }
-            if self.variables.iter().any(|v| v == name) {
-                return Err(invalid(pointer, name, "is already a variable here; choose another name"));
-            }
-        }
-        let before = self.variables.len();
-        self.variables.extend(names.iter().map(|n| (*n).to_owned()));
+        let before = bind_variables(pointer, names, &mut self.variables)?;
         let result = compile(self);
         self.variables.truncate(before);
         result
@@ -637,12 +629,7 @@ impl Compiler<'_> {
     }
 
     /// Basic or bearer credentials, inline or by name from `use.authentications`.
-    #[allow(clippy::type_complexity)] // reason: the two HttpCall fields it fills, as they are
-    fn authentication(
-        &self,
-        policy: &Value,
-        pointer: &str,
-    ) -> Result<(Option<(Template, Template)>, Option<Template>)> {
+    fn authentication(&self, policy: &Value, pointer: &str) -> Result<Credentials> {
         let (policy, place) = match policy.get("use").and_then(Value::as_str) {
             Some(name) => self
                 .uses

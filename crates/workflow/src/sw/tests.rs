@@ -684,8 +684,20 @@ fn the_documented_examples_compile() {
     }
     // An example of every supported construct.
     let every = [
-        "call: baton", "call: http", "call: openapi", "do", "emit", "for", "fork", "listen", "raise", "run", "set",
-        "switch", "try", "wait",
+        "call: baton",
+        "call: http",
+        "call: openapi",
+        "do",
+        "emit",
+        "for",
+        "fork",
+        "listen",
+        "raise",
+        "run",
+        "set",
+        "switch",
+        "try",
+        "wait",
     ];
     for keyword in every {
         assert!(keywords.contains(keyword), "no documented example of {keyword}");
