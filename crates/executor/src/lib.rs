@@ -19,6 +19,10 @@
 //! timestamps are read once per turn of the run, and breakers and per-service limits cost no
 //! lock while no service is failing or limited.
 //!
+//! Requests a program writes itself (the Serverless Workflow's `call: http` and
+//! `call: openapi`) go out through [`Invoker::send`]: [`HttpInvoker`] sends them over the same
+//! client, after [`HttpConfig::origins`] maps their origin.
+//!
 //! Invokers: [`InProcessInvoker`] (registered async functions, for embedding and benches),
 //! [`HttpInvoker`] (a JSON POST over a pooled hyper client with a stable `Idempotency-Key`) and
 //! [`WorkerQueues`] (for `Worker { queue }` services: each call waits as a task on a FIFO queue
