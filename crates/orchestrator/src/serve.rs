@@ -76,7 +76,11 @@ impl Server {
             None => StoreChoice::Redb(config.data_dir.clone()),
         };
         let metrics = Metrics::default();
-        let mut options = Options { store, ..Options::default() };
+        let mut options = Options {
+            store,
+            endpoints: EndpointPolicy { allow_link_local: config.allow_link_local },
+            ..Options::default()
+        };
         options.engine.observer = Arc::new(metrics.clone());
         let orchestrator = ServiceOrchestrator::open(options).await?;
         metrics.watch(&orchestrator);
