@@ -240,8 +240,10 @@ where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<Value, Failure>>,
 {
+    // As for service calls: attempts keep their numbers across a restart, which gives the task
+    // its whole budget again.
     let first = spec.first_attempt.max(1);
-    let max = spec.retry.max_attempts.max(1).max(first);
+    let max = first + spec.retry.max_attempts.max(1) - 1;
     let attempts = async {
         let mut last = TaskError::NoAttempt;
         for attempt in first..=max {
