@@ -234,6 +234,9 @@ fn shallow_task(task: &Value) -> Value {
     Value::Object(shallow)
 }
 
+/// The tasks a flow directive may name: each task of the list, by name, with its index.
+type Siblings<'n> = HashMap<&'n str, usize>;
+
 /// Basic credentials (user, password) and a bearer token, as a call's fields hold them.
 type Credentials = (Option<(Template, Template)>, Option<Template>);
 
@@ -422,12 +425,14 @@ impl Compiler<'_> {
             return Err(Error::TooManySteps { count: self.tasks, limit: crate::MAX_STEPS });
         }
         let mut entries: Vec<(&str, &Value, String)> = Vec::with_capacity(items.len());
+        // Each name's index in the list, which `then` jumps to.
+        let mut index: HashMap<&str, usize> = HashMap::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
             let place = format!("{pointer}/{i}");
             let (name, task) =
                 single_entry(item, &place, "a task list item is an object with one key, the task's name")?;
             check_segment(&place, name, "task name")?;
-            if entries.iter().any(|(n, _, _)| *n == name) {
+            if index.insert(name, i).is_some() {
                 return Err(invalid(
                     &place,
                     name,
@@ -436,17 +441,23 @@ impl Compiler<'_> {
             }
             entries.push((name, task, join(&place, name)));
         }
-        let names: Vec<&str> = entries.iter().map(|(n, _, _)| *n).collect();
         let mut tasks = Vec::with_capacity(entries.len());
         for (name, task, place) in &entries {
-            let own = [*name];
-            let siblings: &[&str] = if branches { &own } else { &names };
+            let own = HashMap::from([(*name, 0)]);
+            let siblings = if branches { &own } else { &index };
             tasks.push(self.task(name, task, place, siblings, depth)?);
         }
         Ok(tasks)
     }
 
-    fn task(&mut self, name: &str, value: &Value, pointer: &str, siblings: &[&str], depth: usize) -> Result<Task> {
+    fn task(
+        &mut self,
+        name: &str,
+        value: &Value,
+        pointer: &str,
+        siblings: &Siblings<'_>,
+        depth: usize,
+    ) -> Result<Task> {
         let Some(fields) = value.as_object() else {
             return Err(Error::Schema {
                 pointer: pointer.to_owned(),
@@ -870,7 +881,7 @@ impl Compiler<'_> {
         Ok(Action::Run(RunWorkflow { name, version: None, input }))
     }
 
-    fn switch(&self, switch: &Value, pointer: &str, siblings: &[&str]) -> Result<Action> {
+    fn switch(&self, switch: &Value, pointer: &str, siblings: &Siblings<'_>) -> Result<Action> {
         let items = switch.as_array().map(Vec::as_slice).unwrap_or_default();
         if items.len() > MAX_BRANCHES {
             return Err(invalid(pointer, items.len(), format!("cases, the limit is {MAX_BRANCHES}")));
@@ -1000,7 +1011,7 @@ impl Compiler<'_> {
 
 /// A flow directive at `pointer`: `continue`, `exit`, `end`, or the name of a task in
 /// `siblings` (the list the directive's task belongs to).
-fn flow(pointer: &str, directive: &Value, siblings: &[&str]) -> Result<Then> {
+fn flow(pointer: &str, directive: &Value, siblings: &Siblings<'_>) -> Result<Then> {
     let Some(text) = directive.as_str() else {
         return Err(invalid(pointer, shown(directive), "must be a flow directive"));
     };
@@ -1008,7 +1019,7 @@ fn flow(pointer: &str, directive: &Value, siblings: &[&str]) -> Result<Then> {
         "continue" => Then::Continue,
         "exit" => Then::Exit,
         "end" => Then::End,
-        name => Then::Goto(siblings.iter().position(|s| *s == name).ok_or_else(|| {
+        name => Then::Goto(siblings.get(name).copied().ok_or_else(|| {
             invalid(pointer, name, "names no task of the same list; a flow directive jumps within its own list")
         })?),
     })

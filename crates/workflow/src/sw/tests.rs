@@ -654,6 +654,14 @@ fn limits_hold_and_hostile_documents_end_quickly() {
         "do": [{"f": {"fork": {"branches": branches}}}]
     });
     assert!(compile(&document).unwrap_err().to_string().contains("the limit is 256"));
+    // Too many switch cases.
+    let cases: Vec<Value> =
+        (0..=MAX_BRANCHES).map(|i| json!({ format!("c{i}"): {"when": ".x", "then": "end"} })).collect();
+    let document = json!({
+        "document": {"dsl": "1.0.3", "namespace": "default", "name": "wide", "version": "1.0.0"},
+        "do": [{"s": {"switch": cases}}]
+    });
+    assert!(compile(&document).unwrap_err().to_string().contains("cases, the limit is 256"));
     // A retry count past the bound.
     refused(
         "do:\n  - t:\n      try: [{w: {wait: PT1S}}]\n      catch: {retry: {limit: {attempt: {count: 1000000}}}}\n",
@@ -702,4 +710,24 @@ fn the_documented_examples_compile() {
     for keyword in every {
         assert!(keywords.contains(keyword), "no documented example of {keyword}");
     }
+}
+
+#[test]
+fn the_largest_document_allowed_compiles() {
+    // 10,000 tasks, each jumping to the next by name: checks and lookups stay linear.
+    let last = crate::MAX_STEPS - 1;
+    let many: Vec<Value> = (0..crate::MAX_STEPS)
+        .map(|i| {
+            let then = if i == last { "end".to_owned() } else { format!("t{}", i + 1) };
+            json!({ format!("t{i}"): {"wait": "PT0S", "then": then} })
+        })
+        .collect();
+    let document = json!({
+        "document": {"dsl": "1.0.3", "namespace": "default", "name": "many", "version": "1.0.0"},
+        "do": many
+    });
+    let program = compile(&document).unwrap().program;
+    assert_eq!(program.root.tasks.len(), crate::MAX_STEPS);
+    assert_eq!(program.root.tasks[0].then, Then::Goto(1));
+    assert_eq!(program.root.tasks[last].then, Then::End);
 }
