@@ -91,10 +91,8 @@ pub(crate) fn compile(document: &Value) -> Result<SwWorkflow> {
         });
     }
     schema::check_document(&shallow_document(top))?;
-    for refused in ["schedule"] {
-        if top.contains_key(refused) {
-            return Err(unsupported(refused, &format!("/{refused}")));
-        }
+    if top.contains_key("schedule") {
+        return Err(unsupported("schedule (start executions from a scheduler of your own)", "/schedule"));
     }
     if let Some(evaluate) = top.get("evaluate") {
         check_evaluate(evaluate)?;

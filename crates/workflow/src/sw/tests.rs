@@ -438,7 +438,10 @@ fn unsupported_constructs_are_refused_with_their_place() {
         "do:\n  - r:\n      run: {await: false, workflow: {namespace: default, name: x, version: '1.0.0'}}\n",
         "unsupported: run without await",
     );
-    refused("schedule: {every: PT1M}\ndo: []\n", "unsupported: schedule at /schedule");
+    refused(
+        "schedule: {every: PT1M}\ndo: []\n",
+        "unsupported: schedule (start executions from a scheduler of your own) at /schedule",
+    );
     refused(
         "use: {functions: {f: {set: {a: 1}}}}\ndo: []\n",
         "unsupported: use.functions (call tasks inline) at /use/functions",
