@@ -174,6 +174,9 @@ pub enum CallTarget {
     Query(Arc<ServiceRequirements>),
     /// An HTTP endpoint named in the definition (the Serverless Workflow's `call: http`).
     Http(Arc<HttpCall>),
+    /// An operation of an OpenAPI document, fetched when the call runs (the Serverless
+    /// Workflow's `call: openapi`).
+    OpenApi(Arc<OpenApiCall>),
 }
 
 /// An HTTP request written in the definition.
@@ -181,8 +184,8 @@ pub enum CallTarget {
 pub struct HttpCall {
     /// `GET`, `POST`, ...
     pub method: String,
-    /// The URL; `{name}` parts are filled from the task's input (RFC 6570 simple expansion),
-    /// `${ }` parts from expressions.
+    /// The URL. A front end turns URI template parts (`{name}`, filled from the task's input by
+    /// RFC 6570 simple expansion) into expressions, so rendering it gives the URL.
     pub uri: Template,
     /// Headers, each a template.
     pub headers: Option<Template>,
@@ -193,6 +196,23 @@ pub struct HttpCall {
     /// Which part of the response is the output.
     pub output: HttpOutput,
     /// Basic credentials, by reference (a secret name) or inline in the definition.
+    pub basic_auth: Option<(Template, Template)>,
+    /// A bearer token.
+    pub bearer: Option<Template>,
+}
+
+/// A call of an operation described by an OpenAPI (3.x) or Swagger (2.0) document.
+#[derive(Debug, Clone)]
+pub struct OpenApiCall {
+    /// Where the document is, rendered to a URL; it is fetched when the call runs.
+    pub document: Template,
+    /// The operation's `operationId` in the document.
+    pub operation_id: String,
+    /// The operation's parameters by name (path, query, header and body ones alike).
+    pub parameters: Option<Template>,
+    /// Which part of the response is the output.
+    pub output: HttpOutput,
+    /// Basic credentials.
     pub basic_auth: Option<(Template, Template)>,
     /// A bearer token.
     pub bearer: Option<Template>,
@@ -463,12 +483,22 @@ impl Task {
         let action: Vec<&Template> = match &self.action {
             Action::Call(call) => {
                 let mut found = vec![&call.payload];
-                if let CallTarget::Http(http) = &call.target {
-                    found.push(&http.uri);
-                    found.extend([&http.headers, &http.query, &http.body, &http.bearer].into_iter().flatten());
-                    if let Some((user, password)) = &http.basic_auth {
-                        found.extend([user, password]);
+                match &call.target {
+                    CallTarget::Http(http) => {
+                        found.push(&http.uri);
+                        found.extend([&http.headers, &http.query, &http.body, &http.bearer].into_iter().flatten());
+                        if let Some((user, password)) = &http.basic_auth {
+                            found.extend([user, password]);
+                        }
                     }
+                    CallTarget::OpenApi(api) => {
+                        found.push(&api.document);
+                        found.extend([&api.parameters, &api.bearer].into_iter().flatten());
+                        if let Some((user, password)) = &api.basic_auth {
+                            found.extend([user, password]);
+                        }
+                    }
+                    CallTarget::Services(_) | CallTarget::Query(_) => {}
                 }
                 found
             }

@@ -37,6 +37,7 @@ use serde_json::{Map, Value, json};
 
 use crate::host::{Host, IdleHook};
 use crate::invoker::Invoker;
+use crate::request;
 use crate::run::{CallSpec, Control, Shared, TaskError, run_call};
 
 /// The most items a `for` iterates over.
@@ -1008,12 +1009,57 @@ impl<'a, I: Invoker> Interp<'a, I> {
                 let services = match &call.target {
                     CallTarget::Services(services) => services.clone(),
                     CallTarget::Query(requirements) => vec![self.host.stand_in(requirements)],
-                    CallTarget::Http(_) => {
-                        let problem = Problem::standard(
-                            "configuration",
-                            "call: http to an endpoint written in the definition is not supported by this executor",
-                        );
-                        self.task_finished(id, Err(problem), false).await;
+                    CallTarget::Http(http) => {
+                        let templates = request::http_templates(http);
+                        let rendered = match render_all(templates.iter().map(|t| eval(self, t)).collect()).await {
+                            Ok(rendered) => rendered,
+                            Err(problem) => return self.task_finished(id, Err(problem), false).await,
+                        };
+                        let render = |template: &Template| rendered_by(&templates, &rendered, template);
+                        match request::http_request(http, &render) {
+                            Ok((request, service)) => {
+                                let output = http.output;
+                                let attempt = move |invoker: &'a I| {
+                                    let request = request.clone();
+                                    async move { request::attempt_http(invoker, &request, output).await }
+                                };
+                                let leaf = self.request_leaf(id, task, path, service, input, scope, attempt);
+                                self.push_leaf(id, leaf, LeafKind::Busy);
+                            }
+                            Err(problem) => self.task_finished(id, Err(problem), false).await,
+                        }
+                        return;
+                    }
+                    CallTarget::OpenApi(api) => {
+                        let templates = request::openapi_templates(api);
+                        let rendered = match render_all(templates.iter().map(|t| eval(self, t)).collect()).await {
+                            Ok(rendered) => rendered,
+                            Err(problem) => return self.task_finished(id, Err(problem), false).await,
+                        };
+                        let render = |template: &Template| rendered_by(&templates, &rendered, template);
+                        match request::openapi_parts(api, &render) {
+                            Ok((document, parameters, credentials, service)) => {
+                                let (operation, output) = (api.operation_id.as_str(), api.output);
+                                let attempt = move |invoker: &'a I| {
+                                    let (document, parameters, credentials) =
+                                        (document.clone(), parameters.clone(), credentials.clone());
+                                    async move {
+                                        request::attempt_openapi(
+                                            invoker,
+                                            &document,
+                                            operation,
+                                            &parameters,
+                                            &credentials,
+                                            output,
+                                        )
+                                        .await
+                                    }
+                                };
+                                let leaf = self.request_leaf(id, task, path, service, input, scope, attempt);
+                                self.push_leaf(id, leaf, LeafKind::Busy);
+                            }
+                            Err(problem) => self.task_finished(id, Err(problem), false).await,
+                        }
                         return;
                     }
                 };
@@ -1080,7 +1126,7 @@ impl<'a, I: Invoker> Interp<'a, I> {
             }
             Action::Emit(emit) => {
                 let event = match eval(self, &emit.event).await {
-                    Ok(event) => event,
+                    Ok(event) => cloud_event(event, self.execution, &path, self.shared.now()),
                     Err(problem) => {
                         self.task_finished(id, Err(problem), false).await;
                         return;
@@ -1745,6 +1791,49 @@ impl<'a, I: Invoker> Interp<'a, I> {
         })
     }
 
+    /// A leaf attempting a request the definition writes (`call: http`, `call: openapi`)
+    /// under the task's retry policy and time limits.
+    #[allow(clippy::too_many_arguments)] // reason: everything a request leaf needs, moved in once
+    fn request_leaf<F, Fut>(
+        &mut self,
+        id: Id,
+        task: &'a Task,
+        path: StepId,
+        service: ServiceId,
+        input: Value,
+        scope: Scope,
+        attempt: F,
+    ) -> LeafFuture<'a>
+    where
+        F: Fn(&'a I) -> Fut + Send + Sync + 'a,
+        Fut: Future<Output = Result<Value, crate::invoker::Failure>> + Send + 'a,
+    {
+        let shared = self.shared;
+        let generation = self.generations[id];
+        let filters = self.filters(input, scope);
+        let attempts_made = self.history.attempts.get(&path).copied().unwrap_or(0);
+        Box::pin(async move {
+            let spec = request::RequestSpec {
+                step: &path,
+                retry: &task.retry,
+                timeout: task.timeout,
+                task_timeout: task.task_timeout,
+                reference: &task.reference,
+                first_attempt: attempts_made + 1,
+            };
+            let invoker = shared.invoker();
+            let result = match shared.global_permit().await {
+                None => Err(Problem::runtime("cancelled")),
+                Some(_permit) => match request::run_request(shared, &spec, service, || attempt(invoker)).await {
+                    Ok((attempt, raw)) => Self::settle_leaf(shared, task, path.clone(), attempt, raw, filters).await,
+                    Err(TaskError::Failed(problem)) => Err(problem),
+                    Err(other) => Err(Problem::runtime(other.to_string()).at(&task.reference)),
+                },
+            };
+            LeafDone { node: id, generation, result }
+        })
+    }
+
     fn wait_leaf(
         &mut self,
         id: Id,
@@ -1884,6 +1973,36 @@ async fn cancelled(control: &mut tokio::sync::watch::Receiver<Control>) {
             return;
         }
     }
+}
+
+/// An emitted event completed as a CloudEvent: `specversion` 1.0, an `id` stable for the task
+/// instance (`<execution>/<path>`, the same if the emit runs again after a restart, so
+/// consumers can drop the repeat), and the `time` it was emitted, unless the event sets them.
+fn cloud_event(event: Value, execution: ExecutionId, path: &StepId, now: Timestamp) -> Value {
+    let Value::Object(mut attributes) = event else { return event };
+    attributes.entry("specversion").or_insert_with(|| json!("1.0"));
+    attributes.entry("id").or_insert_with(|| json!(format!("{execution}/{path}")));
+    attributes.entry("time").or_insert_with(|| json!(now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)));
+    Value::Object(attributes)
+}
+
+/// Awaits the renderings of a request's templates, in order; the first failure fails them all.
+async fn render_all<F: Future<Output = Result<Value, Problem>>>(renderings: Vec<F>) -> Result<Vec<Value>, Problem> {
+    let mut rendered = Vec::with_capacity(renderings.len());
+    for rendering in renderings {
+        rendered.push(rendering.await?);
+    }
+    Ok(rendered)
+}
+
+/// What `template`, one of `templates`, rendered to (a request builder reads its parts
+/// synchronously once every part has been awaited).
+fn rendered_by(templates: &[&Template], rendered: &[Value], template: &Template) -> Result<Value, Problem> {
+    templates
+        .iter()
+        .position(|t| std::ptr::eq(*t, template))
+        .map(|at| rendered[at].clone())
+        .ok_or_else(|| Problem::runtime("a request template was not rendered"))
 }
 
 /// A time from an expression: RFC 3339 text or seconds since the epoch.

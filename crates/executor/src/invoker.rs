@@ -6,6 +6,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use baton_core::{ExecutionId, Problem, ServiceId, StepId};
+
+use crate::request::{Request, Response};
 use serde_json::Value;
 
 /// One call of one attempt of a task.
@@ -83,6 +85,18 @@ impl Failure {
 pub trait Invoker: Send + Sync + 'static {
     /// Makes one call.
     fn invoke(&self, call: Call) -> impl Future<Output = Result<Value, Failure>> + Send;
+
+    /// Sends an HTTP request a workflow wrote itself (`call: http`, `call: openapi`). The
+    /// default makes none: such calls fail with a configuration failure naming the invoker.
+    fn send(&self, request: Request) -> impl Future<Output = Result<Response, Failure>> + Send {
+        let url = request.url;
+        async move {
+            Err(Failure::permanent(
+                "no_http_client",
+                format!("this server's invoker sends no HTTP requests written in a workflow ({url})"),
+            ))
+        }
+    }
 }
 
 type Handler = Arc<dyn Fn(Call) -> Pin<Box<dyn Future<Output = Result<Value, Failure>> + Send>> + Send + Sync>;

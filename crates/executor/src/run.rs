@@ -245,6 +245,11 @@ impl<I> Shared<I> {
         self.events.publish(self.event(kind));
     }
 
+    /// The invoker calls go through.
+    pub(crate) fn invoker(&self) -> &I {
+        &self.invoker
+    }
+
     /// Hands over an event whose effects wait for the sink to keep it.
     pub(crate) fn record(&self, kind: EventKind) -> Recorded {
         self.events.record(self.event(kind))
@@ -267,7 +272,7 @@ impl<I> Shared<I> {
     }
 
     /// Waits while paused; false once cancelled.
-    async fn wait_unless_paused(&self) -> bool {
+    pub(crate) async fn wait_unless_paused(&self) -> bool {
         // The common case, running, is one read of the control cell.
         match &*self.control.borrow() {
             Control::Running => return true,
@@ -404,6 +409,31 @@ impl<I: Invoker> Executor<I> {
     }
 }
 
+/// Runs a task's `attempts` within its time limit, if any; past it the task fails (journaled)
+/// with a timeout problem at `reference`.
+pub(crate) async fn within_task_limit<I, T>(
+    shared: &Shared<I>,
+    step: &StepId,
+    reference: &str,
+    limit: Option<Duration>,
+    attempts: impl Future<Output = Result<T, TaskError>>,
+) -> Result<T, TaskError> {
+    let Some(limit) = limit else { return attempts.await };
+    tokio::time::timeout(limit, attempts).await.unwrap_or_else(|_| {
+        let problem =
+            Problem::standard("timeout", format!("task timed out after {}", baton_core::duration::format(limit)))
+                .at(reference);
+        shared.emit(EventKind::TaskFailed {
+            step: step.clone(),
+            attempt: 0,
+            error: problem.message(),
+            retryable: false,
+            problem: Some(problem.clone()),
+        });
+        Err(TaskError::Failed(problem))
+    })
+}
+
 /// One call task, as [`run_call`] attempts it.
 pub(crate) struct CallSpec<'a> {
     pub(crate) step: &'a StepId,
@@ -515,22 +545,7 @@ pub(crate) async fn run_call<I: Invoker>(
         }
         Err(last)
     };
-    match task.task_timeout {
-        Some(limit) => tokio::time::timeout(limit, attempts).await.unwrap_or_else(|_| {
-            let problem =
-                Problem::standard("timeout", format!("task timed out after {}", baton_core::duration::format(limit)))
-                    .at(task.reference);
-            shared.emit(EventKind::TaskFailed {
-                step: task.step.clone(),
-                attempt: 0,
-                error: problem.message(),
-                retryable: false,
-                problem: Some(problem.clone()),
-            });
-            Err(TaskError::Failed(problem))
-        }),
-        None => attempts.await,
-    }
+    within_task_limit(shared, task.step, task.reference, task.task_timeout, attempts).await
 }
 
 /// Why a call task produced no output.

@@ -83,7 +83,11 @@ impl Server {
             None => StoreChoice::Redb(config.data_dir.clone()),
         };
         let metrics = Metrics::default();
-        let mut options = Options { store, ..Options::default() };
+        let mut options = Options {
+            store,
+            endpoints: EndpointPolicy { allow_link_local: config.allow_link_local },
+            ..Options::default()
+        };
         options.engine.observer = Arc::new(metrics.clone());
         // Expressions run in worker processes that bound themselves, before recovery runs any.
         let sandbox = Sandbox::new(SandboxConfig {

@@ -110,25 +110,7 @@ impl Compiler<'_> {
         names: &[&str],
         compile: impl FnOnce(&mut Self) -> Result<T>,
     ) -> Result<T> {
-        for name in names {
-            let valid = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !valid {
-                return Err(baton_core::Error::invalid(
-                    place,
-                    name,
-                    "must be a variable name: letters, digits and '_'",
-                )
-                .into());
-            }
-            if self.variables.iter().any(|v| v == name) {
-                return Err(
-                    baton_core::Error::invalid(place, name, "is already a variable here; choose another name").into()
-                );
-            }
-        }
-        let before = self.variables.len();
-        self.variables.extend(names.iter().map(|n| (*n).to_owned()));
+        let before = bind_variables(place, names, &mut self.variables)?;
         let result = compile(self);
         self.variables.truncate(before);
         result
@@ -518,6 +500,28 @@ fn check_retry(place: &str, retry: &baton_core::RetryPolicy) -> Result<()> {
         return Err(baton_core::Error::invalid(format!("{place}.multiplier"), retry.multiplier, reason).into());
     }
     Ok(())
+}
+
+/// Adds `names` to the variables in scope, checking each is a variable name not in scope
+/// yet; answers how many were in scope before, to truncate back to.
+pub(crate) fn bind_variables(place: &str, names: &[&str], variables: &mut Vec<String>) -> Result<usize> {
+    for name in names {
+        let valid = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(
+                baton_core::Error::invalid(place, name, "must be a variable name: letters, digits and '_'").into()
+            );
+        }
+        if variables.iter().any(|v| v == name) {
+            return Err(
+                baton_core::Error::invalid(place, name, "is already a variable here; choose another name").into()
+            );
+        }
+    }
+    let before = variables.len();
+    variables.extend(names.iter().map(|n| (*n).to_owned()));
+    Ok(before)
 }
 
 /// Signal names: 1 to 128 bytes of letters, digits, '.', '_', '-' and ':' (CloudEvent types).

@@ -31,15 +31,27 @@ pub struct CheckedDefinition {
     graph: StepGraph,
     canonical: Value,
     content_hash: String,
+    document_version: Option<String>,
 }
 
 impl CheckedDefinition {
-    /// Parses `text` (JSON when it starts with `{`, else YAML) and checks it.
+    /// Parses `text` (JSON when it starts with `{`, else YAML) and checks it: Baton's native
+    /// format, or a Serverless Workflow DSL 1.0 document (one with `document.dsl`).
     pub fn parse(text: &str) -> Result<Self> {
         if text.len() > MAX_DEFINITION_BYTES {
             return Err(Error::TooLarge { size: text.len(), limit: MAX_DEFINITION_BYTES });
         }
-        let definition: WorkflowDefinition = if text.trim_start().starts_with('{') {
+        let json = text.trim_start().starts_with('{');
+        let value: Value = if json {
+            serde_json::from_str(text).map_err(|e| Error::Parse { format: "json", message: e.to_string() })?
+        } else {
+            serde_yaml::from_str(text).map_err(|e| Error::Parse { format: "yaml", message: e.to_string() })?
+        };
+        if crate::sw::is_document(&value) {
+            return Self::from_document(value);
+        }
+        // Read again from the text, so that errors give its line and column.
+        let definition: WorkflowDefinition = if json {
             serde_json::from_str(text).map_err(|e| Error::Parse { format: "json", message: e.to_string() })?
         } else {
             crate::expansion::check(text).map_err(|message| Error::Parse { format: "yaml", message })?;
@@ -50,9 +62,33 @@ impl CheckedDefinition {
 
     /// Reads a stored body (the canonical JSON form) back and checks it again.
     pub fn from_body(body: &Value) -> Result<Self> {
+        if crate::sw::is_document(body) {
+            return Self::from_document(body.clone());
+        }
         let definition: WorkflowDefinition = serde_json::from_value(body.clone())
             .map_err(|e| Error::Parse { format: "json", message: e.to_string() })?;
         Self::check(definition)
+    }
+
+    /// Checks a Serverless Workflow document and maps it. Its canonical form is the document
+    /// itself; `definition()` describes it (name, description, labels) without steps, since
+    /// its tasks live in the program only.
+    fn from_document(document: Value) -> Result<Self> {
+        let workflow = crate::sw::compile(&document)?;
+        let definition = WorkflowDefinition {
+            name: workflow.name.clone(),
+            description: workflow.description,
+            steps: Vec::new(),
+            output: Value::Null,
+            defaults: baton_core::StepDefaults::default(),
+            deadline: workflow.program.deadline,
+            labels: workflow.labels,
+        };
+        let null = Template::compile("output", &Value::Null).expect("null is a template");
+        let graph = StepGraph::check(std::iter::empty())?;
+        let mut checked = Self::assemble(definition, workflow.program, Vec::new(), null, graph, canonical(document))?;
+        checked.document_version = Some(workflow.version);
+        Ok(checked)
     }
 
     /// Checks a definition built in code: step limits, unique ids, known dependencies and
@@ -81,13 +117,34 @@ impl CheckedDefinition {
             serde_json::to_value(&definition)
                 .map_err(|e| Error::Parse { format: "json", message: format!("cannot write the definition: {e}") })?,
         );
+        Self::assemble(definition, program, inputs, output, graph, canonical)
+    }
+
+    /// A checked definition from its parts, hashing its canonical form.
+    fn assemble(
+        definition: WorkflowDefinition,
+        program: Program,
+        inputs: Vec<Template>,
+        output: Template,
+        graph: StepGraph,
+        canonical: Value,
+    ) -> Result<Self> {
         let bytes = serde_json::to_vec(&canonical)
             .map_err(|e| Error::Parse { format: "json", message: format!("cannot write the definition: {e}") })?;
         let mut content_hash = String::from("sha256:");
         for byte in Sha256::digest(&bytes) {
             let _ = write!(content_hash, "{byte:02x}");
         }
-        Ok(Self { definition, program: Arc::new(program), inputs, output, graph, canonical, content_hash })
+        Ok(Self {
+            definition,
+            program: Arc::new(program),
+            inputs,
+            output,
+            graph,
+            canonical,
+            content_hash,
+            document_version: None,
+        })
     }
 
     /// The executable program.
@@ -124,6 +181,12 @@ impl CheckedDefinition {
     /// The canonical JSON form: what is stored, and what the hash is over.
     pub fn canonical(&self) -> &Value {
         &self.canonical
+    }
+
+    /// A Serverless Workflow document's own version (`document.version`, semantic version
+    /// text); `None` for a native definition. Baton numbers stored versions itself.
+    pub fn document_version(&self) -> Option<&str> {
+        self.document_version.as_deref()
     }
 
     /// `sha256:<hex>` of the canonical form's JSON text.
@@ -282,5 +345,30 @@ mod tests {
         assert_eq!(again.content_hash(), a.content_hash());
         let changed = CheckedDefinition::parse(&yaml.replace("x: 2", "x: 3")).unwrap();
         assert_ne!(changed.content_hash(), a.content_hash());
+    }
+
+    #[test]
+    fn serverless_workflow_documents_are_read_by_their_dsl_field() {
+        let yaml = "document: {dsl: '1.0.3', namespace: shop, name: greet, version: '2.1.0', title: Greets}\n\
+                    do:\n  - hello: {set: {greeting: '${ \"hi \" + .name }'}}\n";
+        let checked = CheckedDefinition::parse(yaml).expect("a valid document");
+        assert_eq!(checked.name().as_str(), "shop.greet");
+        assert_eq!(checked.document_version(), Some("2.1.0"));
+        assert_eq!(checked.definition().description, "Greets");
+        assert_eq!(checked.program().root.tasks[0].reference, "/do/0/hello");
+        assert_eq!(checked.canonical()["document"]["dsl"], "1.0.3");
+        // The stored body reads back as the same document; JSON text of it hashes the same.
+        let again = CheckedDefinition::from_body(checked.canonical()).unwrap();
+        assert_eq!(again.content_hash(), checked.content_hash());
+        let json = serde_json::to_string(checked.canonical()).unwrap();
+        assert_eq!(CheckedDefinition::parse(&json).unwrap().content_hash(), checked.content_hash());
+        assert_ne!(
+            CheckedDefinition::parse(&yaml.replace("hi ", "hello ")).unwrap().content_hash(),
+            checked.content_hash()
+        );
+        // Its mistakes are the DSL's, placed in the document.
+        check(&yaml.replace("set:", "sett:"), "schema at /do/0/hello: a task needs one of");
+        check(&yaml.replace("name: greet", "name: Greet"), "invalid /document/name \"shop.Greet\"");
+        assert_eq!(CheckedDefinition::parse("name: w\nsteps: []\n").unwrap().document_version(), None);
     }
 }

@@ -64,6 +64,23 @@ pub enum Error {
         /// The step it reads.
         step: String,
     },
+    /// A Serverless Workflow document does not match the DSL's JSON schema.
+    #[error("document does not match the Serverless Workflow schema at {}: {message}", place(pointer))]
+    Schema {
+        /// Where, as an RFC 6901 pointer into the document.
+        pointer: String,
+        /// What is wrong there.
+        message: String,
+    },
+    /// A Serverless Workflow document uses a construct Baton does not run; it is refused
+    /// rather than ignored.
+    #[error("unsupported: {construct} at {}", place(pointer))]
+    Unsupported {
+        /// The construct, e.g. `call: grpc`.
+        construct: String,
+        /// Where, as an RFC 6901 pointer into the document.
+        pointer: String,
+    },
     /// A value breaks a rule of the domain model (an expression that does not compile, a retry
     /// policy, an idempotency key).
     #[error(transparent)]
@@ -153,4 +170,9 @@ pub enum RecoveryError {
     /// Recovering it panicked (a bug, or data no check foresaw): the panic's message.
     #[error("recovering it panicked: {0}")]
     Panicked(String),
+}
+
+/// An RFC 6901 pointer as messages show it: the whole document's (empty) pointer as `/`.
+fn place(pointer: &str) -> &str {
+    if pointer.is_empty() { "/" } else { pointer }
 }
