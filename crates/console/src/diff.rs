@@ -59,8 +59,8 @@ mod tests {
 
     #[test]
     fn changed_lines_show_as_removed_then_added() {
-        let diff = lines("a\nb\nc\nd", "a\nx\nc\nd\ne").unwrap();
-        assert_eq!(diff, [Same("a"), Removed("b"), Added("x"), Same("c"), Same("d"), Added("e")]);
+        let diff = lines("a\nb\nc\nk", "a\nx\nc\nk\ne").unwrap();
+        assert_eq!(diff, [Same("a"), Removed("b"), Added("x"), Same("c"), Same("k"), Added("e")]);
         assert_eq!(lines("same", "same").unwrap(), [Same("same")]);
         assert_eq!(lines("", "new").unwrap(), [Added("new")]);
         assert!(lines(&"x\n".repeat(MAX_LINES + 1), "x").is_none());
