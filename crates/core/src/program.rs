@@ -145,7 +145,7 @@ pub enum Action {
     /// Runs a block and handles the errors it raises.
     Try(Box<Try>),
     /// Raises an error.
-    Raise(Raise),
+    Raise(Box<Raise>),
     /// Waits, durably: the timer survives restarts.
     Wait(Wait),
     /// Waits for a signal sent to the execution.

@@ -421,7 +421,7 @@ impl Compiler<'_> {
                     },
                 }))
             }
-            StepAction::Raise(raise) => Action::Raise(Raise {
+            StepAction::Raise(raise) => Action::Raise(Box::new(Raise {
                 r#type: self.template(&field("raise.type"), &Value::String(expand_type(&raise.kind)))?,
                 status: self.template(&field("raise.status"), &raise.status)?,
                 title: raise
@@ -434,7 +434,7 @@ impl Compiler<'_> {
                     .as_ref()
                     .map(|d| self.template(&field("raise.detail"), &Value::String(d.clone())))
                     .transpose()?,
-            }),
+            })),
             StepAction::Wait(WaitSpec::For(duration)) => Action::Wait(Wait::For(*duration)),
             StepAction::Wait(WaitSpec::Until(until)) => {
                 Action::Wait(Wait::Until(self.expression(&field("wait.until"), until)?))

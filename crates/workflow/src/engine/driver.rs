@@ -79,7 +79,7 @@ pub(super) struct Driver<S, R: Runner> {
     pub(super) commands: Option<mpsc::UnboundedReceiver<Command>>,
     events: Option<mpsc::UnboundedReceiver<Delivery>>,
     /// What the run last said of idling: `Some((until, activity))` once it only waits.
-    idle: Option<tokio::sync::watch::Receiver<Option<(Option<Timestamp>, u64)>>>,
+    idle: Option<IdleReports>,
     /// The driver handed a listen its signal since the run's last idle report: the run is about
     /// to move on, and nothing would wake it once parked.
     answered: bool,
@@ -560,11 +560,12 @@ impl<S: Store, R: Runner> Driver<S, R> {
     }
 }
 
+/// A run's reports of idling: `Some((earliest timer, activity count))` once it only waits.
+type IdleReports = tokio::sync::watch::Receiver<Option<(Option<Timestamp>, u64)>>;
+
 /// The run's next report of idling: the time its earliest timer fires (if any) and its activity
 /// count. Pending while nothing runs.
-async fn next_idle(
-    idle: &mut Option<tokio::sync::watch::Receiver<Option<(Option<Timestamp>, u64)>>>,
-) -> (Option<Timestamp>, u64) {
+async fn next_idle(idle: &mut Option<IdleReports>) -> (Option<Timestamp>, u64) {
     let Some(receiver) = idle else { return std::future::pending().await };
     loop {
         if receiver.changed().await.is_err() {

@@ -871,12 +871,12 @@ impl Compiler<'_> {
             ));
         }
         let optional = |key: &str| definition.get(key).map(|v| self.value(&at(key), v)).transpose();
-        Ok(Action::Raise(Raise {
+        Ok(Action::Raise(Box::new(Raise {
             r#type: self.value(&at("type"), &definition["type"])?,
             status: self.value(&at("status"), &definition["status"])?,
             title: optional("title")?,
             detail: optional("detail")?,
-        }))
+        })))
     }
 
     fn run(&self, run: &Value, pointer: &str) -> Result<Action> {
