@@ -232,6 +232,8 @@ struct Interp<'a, I> {
     activity: u64,
     /// The activity count the hook was last told of, so it hears of each idle spell once.
     told_idle: Option<u64>,
+    /// [`Shared::woken`] when the run last said it only waits.
+    woken_at_idle: u64,
 }
 
 /// Runs `start.program` to its outcome.
@@ -260,6 +262,7 @@ pub(crate) async fn interpret<I: Invoker>(shared: &Shared<I>, host: &dyn Host, s
         idle: start.idle,
         activity: 0,
         told_idle: None,
+        woken_at_idle: 0,
     };
     interp.run(limit).await
 }
@@ -286,7 +289,8 @@ impl<'a, I: Invoker> Interp<'a, I> {
                 Control::Cancelled(reason) => return Outcome::Cancelled(reason.clone()),
                 Control::Suspended => return Outcome::Cancelled("suspended".to_owned()),
                 Control::SuspendIfIdle(mark) if refused_mark != Some(*mark) => {
-                    if *mark == self.activity && self.is_idle() {
+                    let woken = self.shared.woken.load(std::sync::atomic::Ordering::Acquire);
+                    if *mark == self.activity && self.is_idle() && woken == self.woken_at_idle {
                         // Nothing moved since it said it only waits: the host parks it.
                         return Outcome::Cancelled("suspended".to_owned());
                     }
@@ -502,6 +506,7 @@ impl<'a, I: Invoker> Interp<'a, I> {
             return;
         }
         if let Some(hook) = &self.idle {
+            self.woken_at_idle = self.shared.woken.load(std::sync::atomic::Ordering::Acquire);
             (hook.0)(self.timers.keys().next().copied(), self.activity);
             self.told_idle = Some(self.activity);
         }
@@ -1719,6 +1724,7 @@ impl<'a, I: Invoker> Interp<'a, I> {
         raw: Value,
         filters: Filters,
     ) -> Result<LeafOutput, Problem> {
+        shared.woken.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let (output, context) = filters.apply(task, raw).await?;
         let kept = shared.record(EventKind::TaskSucceeded {
             step: path.clone(),
@@ -1876,6 +1882,7 @@ impl<'a, I: Invoker> Interp<'a, I> {
                     Self::settle_leaf(shared, task, path, 0, raw, filters).await
                 }
                 Err(problem) => {
+                    shared.woken.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                     let problem = problem.at(&task.reference);
                     shared.emit(EventKind::TaskFailed {
                         step: path,

@@ -238,6 +238,10 @@ pub(crate) struct Shared<I> {
     service_limits: ServiceLimits,
     global: Arc<Semaphore>,
     pub(crate) evaluator: Arc<dyn Evaluator>,
+    /// Leaves whose wait is over (a timer fired, a child ended, a call answered) counted as
+    /// they start settling: a run whose count moved since it said it only waits is not idle,
+    /// though the leaf has not told the run yet.
+    pub(crate) woken: AtomicU64,
 }
 
 impl<I> Shared<I> {
@@ -379,6 +383,7 @@ impl<I: Invoker> Executor<I> {
             global: Arc::clone(&self.global),
             refused: Arc::clone(&refused),
             evaluator: Arc::clone(&self.config.evaluator),
+            woken: AtomicU64::new(0),
         };
         let limit = self.config.max_in_flight_per_run.max(1);
         let host = Arc::clone(&self.host);

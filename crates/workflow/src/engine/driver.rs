@@ -343,6 +343,15 @@ impl<S: Store, R: Runner> Driver<S, R> {
         {
             return false;
         }
+        // A child that has ended already wakes the run as soon as it is parked: parking would
+        // only load it again, and again, while its wait for the child settles.
+        for (step, child) in &self.history.children {
+            if !self.history.settled.contains_key(step)
+                && self.inner.store.get_execution(*child).await.is_ok_and(|c| c.state.is_terminal())
+            {
+                return false;
+            }
+        }
         let Some(handle) = self.handle.as_mut() else { return false };
         if !handle.suspend_if_idle(mark).await {
             return false;
