@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ::http::header::{CONTENT_TYPE, HeaderValue};
-use ::http::{Method, Request, StatusCode, Uri};
+use ::http::{Method, Request as Request_, StatusCode, Uri};
 use baton_core::ServiceId;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
@@ -15,6 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde_json::Value;
 
 use crate::invoker::{Call, Failure, Invoker};
+use crate::request::{Request, Response};
 
 /// How many bytes of an error response's body a failure message quotes.
 const ERROR_QUOTE: usize = 200;
@@ -33,11 +34,63 @@ pub struct HttpConfig {
     /// Time limit of establishing a connection; `None` leaves it to the operating system.
     /// Whole-call limits are the executor's per-attempt timeouts.
     pub connect_timeout: Option<Duration>,
+    /// Origins that requests a workflow writes itself (`call: http`, `call: openapi`) reach
+    /// elsewhere: a server setting, never a definition's.
+    pub origins: Origins,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { max_response_bytes: 1024 * 1024, connect_timeout: Some(Duration::from_secs(5)) }
+        Self {
+            max_response_bytes: 1024 * 1024,
+            connect_timeout: Some(Duration::from_secs(5)),
+            origins: Origins::default(),
+        }
+    }
+}
+
+/// Where requests to some origins really go: `https://petstore.swagger.io` to
+/// `http://127.0.0.1:8080`, say, so tests and air-gapped sites can serve what a workflow
+/// calls. The path and query of a request are kept (after the target's own path, if any).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origins {
+    map: std::collections::BTreeMap<String, url::Url>,
+}
+
+impl Origins {
+    /// The mapping of each origin (`scheme://host[:port]`, nothing after) to the base URL that
+    /// serves it (`http://` or `https://`, with an optional path).
+    pub fn new<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self, String> {
+        let mut map = std::collections::BTreeMap::new();
+        for (origin, target) in pairs {
+            let from = url::Url::parse(origin).map_err(|e| format!("origin {origin:?} is not a URL: {e}"))?;
+            if from.path() != "/" || from.query().is_some() || from.host().is_none() {
+                return Err(format!("origin {origin:?} must be scheme://host[:port] with nothing after"));
+            }
+            let to =
+                url::Url::parse(target).map_err(|e| format!("target {target:?} of {origin:?} is not a URL: {e}"))?;
+            if !matches!(to.scheme(), "http" | "https") || to.host().is_none() || to.query().is_some() {
+                return Err(format!("target {target:?} of {origin:?} must be an http or https URL without a query"));
+            }
+            map.insert(from.origin().ascii_serialization(), to);
+        }
+        Ok(Self { map })
+    }
+
+    /// True when no origin is mapped.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// `url` with its origin replaced when it is mapped.
+    fn apply(&self, mut url: url::Url) -> url::Url {
+        let Some(target) = self.map.get(&url.origin().ascii_serialization()) else { return url };
+        let path = format!("{}{}", target.path().trim_end_matches('/'), url.path());
+        let mut mapped = target.clone();
+        mapped.set_path(&path);
+        mapped.set_query(url.query());
+        url = mapped;
+        url
     }
 }
 
@@ -77,6 +130,10 @@ impl fmt::Debug for HttpInvoker {
 }
 
 impl Invoker for HttpInvoker {
+    async fn send(&self, request: Request) -> Result<Response, Failure> {
+        HttpInvoker::send(self, request).await
+    }
+
     async fn invoke(&self, call: Call) -> Result<Value, Failure> {
         let Some(url) = (self.resolve)(&call.service) else {
             return Err(Failure::permanent("unknown_service", format!("no URL for service {}", call.service)));
@@ -97,11 +154,54 @@ impl Invoker for HttpInvoker {
     }
 }
 
+impl HttpInvoker {
+    /// Sends a request a workflow wrote itself, after mapping its origin
+    /// ([`HttpConfig::origins`]). Plain `http://` only: `https://` needs TLS, which this
+    /// client does not speak, so such a request fails unless its origin is mapped.
+    pub async fn send(&self, request: Request) -> Result<Response, Failure> {
+        let parsed = url::Url::parse(&request.url)
+            .map_err(|e| Failure::permanent("invalid_url", format!("url {:?}: {e}", request.url)))?;
+        let url = self.config.origins.apply(parsed);
+        if url.scheme() != "http" {
+            return Err(Failure::permanent(
+                "unsupported_scheme",
+                format!("{url}: this server's HTTP client speaks plain http only (no TLS)"),
+            ));
+        }
+        let method = Method::from_bytes(request.method.as_bytes())
+            .map_err(|e| Failure::permanent("invalid_request", format!("method {:?}: {e}", request.method)))?;
+        let mut builder = Request_::builder().method(method).uri(url.as_str());
+        for (name, value) in &request.headers {
+            builder = builder.header(name.as_str(), value.as_str());
+        }
+        let body = Full::new(Bytes::from(request.body.unwrap_or_default()));
+        let outgoing =
+            builder.body(body).map_err(|e| Failure::permanent("invalid_request", format!("request to {url}: {e}")))?;
+        let response = self.client.request(outgoing).await.map_err(|e| Failure::retryable("connect", chain(&e)))?;
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(name, value)| (name.as_str().to_owned(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
+            .collect();
+        let (body, truncated) = read(response.into_body(), self.config.max_response_bytes)
+            .await
+            .map_err(|e| Failure::retryable("connect", chain(&e)))?;
+        if truncated {
+            return Err(Failure::permanent(
+                "response_too_large",
+                format!("the response of {url} exceeds {} bytes", self.config.max_response_bytes),
+            ));
+        }
+        Ok(Response { status, headers, body })
+    }
+}
+
 /// The POST of `call` to `url`.
-fn request(url: &str, call: &Call) -> Result<Request<Full<Bytes>>, Failure> {
+fn request(url: &str, call: &Call) -> Result<Request_<Full<Bytes>>, Failure> {
     let uri: Uri = url.parse().map_err(|e| Failure::permanent("invalid_url", format!("url {url:?}: {e}")))?;
     let body = serde_json::to_vec(&call.payload).map_err(|e| Failure::permanent("invalid_payload", e.to_string()))?;
-    Request::builder()
+    Request_::builder()
         .method(Method::POST)
         .uri(uri)
         .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))

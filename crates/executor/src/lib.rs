@@ -22,6 +22,10 @@
 //! timestamps are read once per turn of the run, and breakers and per-service limits cost no
 //! lock while no service is failing or limited.
 //!
+//! Requests a program writes itself (the Serverless Workflow's `call: http` and
+//! `call: openapi`) go out through [`Invoker::send`]: [`HttpInvoker`] sends them over the same
+//! client, after [`HttpConfig::origins`] maps their origin.
+//!
 //! Invokers: [`InProcessInvoker`] (registered async functions, for embedding and benches),
 //! [`HttpInvoker`] (a JSON POST over a pooled hyper client with a stable `Idempotency-Key`) and
 //! [`WorkerQueues`] (for `Worker { queue }` services: each call waits as a task on a FIFO queue
@@ -29,18 +33,25 @@
 //! task back at the front with a new fencing token, and a dropped call withdraws its task).
 
 mod breaker;
+mod host;
 mod http;
+mod interp;
 mod invoker;
+mod openapi;
+mod request;
 mod run;
 mod spec;
 mod worker;
 
-pub use self::http::{HttpConfig, HttpInvoker, Resolve};
+pub use self::http::{HttpConfig, HttpInvoker, Origins, Resolve};
 pub use baton_core::Outcome;
 pub use breaker::BreakerState;
+pub use host::{Host, HostFuture, IdleHook, NoHost};
+pub use interp::{MAX_ITEMS, MAX_SEQUENCE_STEPS, Start};
 pub use invoker::{Call, Failure, InProcessInvoker, Invoker};
 #[cfg(any(test, feature = "test-util"))]
 pub use invoker::{ScriptedInvoker, Step};
+pub use request::{Request, Response, output as http_output};
 pub use run::{Config, Executor, Run};
 pub use spec::{RunSpec, SpecError, TaskSpec};
 pub use worker::{Delivery, LeaseError, LeaseToken, QueueStats, ResolveQueue, TaskId, WorkerConfig, WorkerQueues};

@@ -66,6 +66,10 @@ fn kinds(events: &[Event]) -> Vec<String> {
             EventKind::Cancelled { .. } => "cancelled".to_owned(),
             EventKind::Completed { .. } => "completed".to_owned(),
             EventKind::Failed { .. } => "failed".to_owned(),
+            EventKind::TimerStarted { step, .. } => format!("timer {step}"),
+            EventKind::SignalReceived { name, .. } => format!("signal {name}"),
+            EventKind::SignalConsumed { step, .. } => format!("consumed {step}"),
+            EventKind::ChildStarted { step, .. } => format!("child {step}"),
         })
         .collect()
 }
@@ -148,7 +152,7 @@ async fn permanent_failures_are_not_retried_and_fail_the_run() {
         .start(spec(vec![t, task("b", &["b"], &["a"], json!({}))], json!(null)), json!({}), BTreeMap::new())
         .outcome()
         .await;
-    assert_eq!(outcome, Outcome::Failed("step a failed: http_400: bad request".to_owned()));
+    assert_eq!(outcome.error().as_deref(), Some("step a failed: http_400: bad request"));
     assert_eq!(h.invoker.calls().len(), 1);
 }
 
@@ -186,7 +190,7 @@ async fn each_timeout_kind_is_enforced() {
     let mut t = task("a", &["a"], &[], json!({}));
     t.task_timeout = Some(MS * 80);
     let outcome = h.executor.start(spec(vec![t], json!(null)), json!({}), BTreeMap::new()).outcome().await;
-    assert_eq!(outcome, Outcome::Failed("step a failed: task timed out after 80ms".to_owned()));
+    assert_eq!(outcome.error().as_deref(), Some("step a failed: task timed out after 80ms"));
 
     // Per run.
     let h = harness(Config::default());
@@ -200,7 +204,7 @@ async fn each_timeout_kind_is_enforced() {
     .unwrap();
     let started = Instant::now();
     let outcome = h.executor.start(run, json!({}), BTreeMap::new()).outcome().await;
-    assert_eq!(outcome, Outcome::Failed("run deadline of 200ms exceeded".to_owned()));
+    assert_eq!(outcome.error().as_deref(), Some("run deadline of 200ms exceeded"));
     assert_eq!(started.elapsed(), MS * 200);
 }
 
@@ -454,7 +458,7 @@ async fn a_refused_completion_fails_its_step_and_releases_nothing() {
     let executor = journaled(&journal);
     let tasks = vec![task("a", &["a"], &[], json!(null)), task("b", &["b"], &["a"], json!(null))];
     let outcome = executor.start(spec(tasks, json!(null)), json!(null), BTreeMap::new()).outcome().await;
-    assert_eq!(outcome, Outcome::Failed("step a failed: the journal refused it".to_owned()));
+    assert_eq!(outcome.error().as_deref(), Some("step a failed: the journal refused it"));
     let seen: Vec<Event> = journal.seen.lock().unwrap().iter().map(|(_, e)| e.clone()).collect();
     assert_eq!(kinds(&seen), ["started", "scheduled a#1@a", "succeeded a", "failed a#1 retryable=false", "failed"]);
 }
@@ -468,12 +472,12 @@ async fn an_input_over_the_bound_fails_its_step_before_any_call() {
     b.retry.max_attempts = 3;
     let spec = spec(vec![task("a", &["a"], &[], json!({})), b], json!(null));
     let outcome = h.executor.start(spec, json!({}), BTreeMap::new()).outcome().await;
-    let expected = r#"input_too_large: input of step "b" is 111 bytes of JSON, the limit is 64"#;
-    assert_eq!(outcome, Outcome::Failed(format!("step b failed: {expected}")));
+    let expected = "input_too_large: input is 111 bytes of JSON, the limit is 64";
+    assert_eq!(outcome.error(), Some(format!("step b failed: {expected}")));
     let calls: Vec<String> = h.invoker.calls().into_iter().map(|call| call.step.to_string()).collect();
     assert_eq!(calls, ["a"], "b was never called");
     let failed = h.events.events().into_iter().find_map(|e| match e.kind {
-        EventKind::TaskFailed { step, attempt, error, retryable } if step.as_str() == "b" => {
+        EventKind::TaskFailed { step, attempt, error, retryable, .. } if step.as_str() == "b" => {
             Some((attempt, error, retryable))
         }
         _ => None,

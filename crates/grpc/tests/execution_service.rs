@@ -55,7 +55,10 @@ fn complete(fakes: &Fakes, id: ExecutionId) {
         let step = StepId::new(step).unwrap();
         let service = ServiceId::new("svc").unwrap();
         fakes.executions.record(id, EventKind::TaskScheduled { step: step.clone(), attempt: 1, service }).unwrap();
-        fakes.executions.record(id, EventKind::TaskSucceeded { step, attempt: 1, output: json!(1) }).unwrap();
+        fakes
+            .executions
+            .record(id, EventKind::TaskSucceeded { step, attempt: 1, output: json!(1), context: None })
+            .unwrap();
     }
     fakes.executions.record(id, EventKind::Completed { output: json!({"shipped": true}) }).unwrap();
 }
@@ -363,7 +366,7 @@ async fn listings_page_by_size_and_an_execution_always_fits_its_answer() {
     let error = "e".repeat(4 * 1024);
     for i in 0..1_000 {
         let step = StepId::new(&format!("s{i}")).unwrap();
-        let failed = EventKind::TaskFailed { step, attempt: 1, error: error.clone(), retryable: true };
+        let failed = EventKind::TaskFailed { step, attempt: 1, error: error.clone(), retryable: true, problem: None };
         fakes.executions.record(id(&wide), failed).unwrap();
     }
     let got = c.get_execution(pb::GetExecutionRequest { id: wide.id.clone() }).await.expect("the answer fits");

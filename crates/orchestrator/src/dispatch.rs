@@ -6,12 +6,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use baton_core::{Endpoint, Health, ServiceId};
-use baton_executor::{Call, Failure, HttpConfig, HttpInvoker, Invoker, WorkerConfig, WorkerQueues};
+use baton_executor::{Call, Failure, HttpConfig, HttpInvoker, Invoker, Request, Response, WorkerConfig, WorkerQueues};
 use baton_registry::Registry;
 use serde_json::Value;
 use tokio::sync::Notify;
 
 use crate::runner::Queries;
+use crate::security::EndpointPolicy;
 
 /// Calls registered services: HTTP endpoints directly, worker endpoints through their queues.
 ///
@@ -32,6 +33,8 @@ pub struct Dispatcher {
     released: Arc<Notify>,
     /// How long a call waits for a service with capacity (or for one to register).
     wait_for_service: Duration,
+    /// Where requests workflows write themselves may go.
+    endpoints: EndpointPolicy,
 }
 
 impl Dispatcher {
@@ -67,7 +70,14 @@ impl Dispatcher {
             failovers: Arc::default(),
             released: Arc::default(),
             wait_for_service: Duration::from_secs(30),
+            endpoints: EndpointPolicy::default(),
         }
+    }
+
+    /// Where requests workflows write themselves (`call: http`, `call: openapi`) may go.
+    pub fn with_endpoints(mut self, endpoints: EndpointPolicy) -> Self {
+        self.endpoints = endpoints;
+        self
     }
 
     /// How long a call waits for a service that can take it (registered, healthy, with
@@ -130,6 +140,15 @@ impl Dispatcher {
 }
 
 impl Invoker for Dispatcher {
+    /// Requests a workflow writes itself (`call: http`, `call: openapi`) go out through the
+    /// same HTTP client, origin mapping included; no registry is involved.
+    async fn send(&self, request: Request) -> Result<Response, Failure> {
+        self.endpoints
+            .check_request(&request.url)
+            .map_err(|e| Failure::permanent("forbidden_endpoint", e.to_string()))?;
+        self.http.send(request).await
+    }
+
     async fn invoke(&self, call: Call) -> Result<Value, Failure> {
         // A call that finds no service able to take it waits for one: a permit given back,
         // or a service registering or turning healthy (seen on the next look).

@@ -5,8 +5,9 @@
 //! a cloud instance's credentials through a server that fetches URLs. It also refuses the
 //! server's own addresses (gRPC, metrics, console; by loopback, unspecified or `localhost`
 //! spellings, or the bound address itself), which would make Baton call itself in a loop.
-//! (URLs that carry credentials are refused by `baton_core::ServiceSpec` for every directory:
-//! every reader of the registry sees endpoints.)
+//! The dispatcher applies the same rules to requests workflows write themselves (`call: http`,
+//! `call: openapi`). (URLs that carry credentials are refused by `baton_core::ServiceSpec` for
+//! every directory: every reader of the registry sees endpoints.)
 //!
 //! What is refused as link-local or metadata, unless `baton serve --allow-link-local`:
 //!
@@ -52,6 +53,12 @@ impl EndpointPolicy {
             CheckKind::None | CheckKind::Ttl { .. } => {}
         }
         Ok(())
+    }
+
+    /// `Ok` when a request a workflow writes itself (`call: http`, `call: openapi`) may go to
+    /// `url`; the same rules as for registered endpoints, since the server would fetch it.
+    pub fn check_request(&self, url: &str) -> baton_core::Result<()> {
+        self.check_url("url", url)
     }
 
     /// Refuses `text` when its host is link-local or a metadata address (unless allowed), or

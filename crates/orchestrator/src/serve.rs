@@ -83,7 +83,15 @@ impl Server {
             None => StoreChoice::Redb(config.data_dir.clone()),
         };
         let metrics = Metrics::default();
-        let mut options = Options { store, ..Options::default() };
+        let endpoints = EndpointPolicy {
+            allow_link_local: config.allow_link_local,
+            own: vec![
+                ("gRPC", local_addr(&grpc)),
+                ("metrics", local_addr(&metrics_listener)),
+                ("console", local_addr(&console_listener)),
+            ],
+        };
+        let mut options = Options { store, endpoints, ..Options::default() };
         options.engine.observer = Arc::new(metrics.clone());
         options.engine.max_journal_events = config.max_journal_events;
         options.engine.max_journal_bytes = config.max_journal_mib.saturating_mul(1024 * 1024);
@@ -217,6 +225,11 @@ impl Server {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The address `listener` is bound to.
+fn local_addr(listener: &TcpListener) -> SocketAddr {
+    listener.local_addr().expect("a bound listener has an address")
 }
 
 /// The web console over the same ports as the gRPC services, logging people in with the same

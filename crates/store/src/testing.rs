@@ -35,6 +35,9 @@ pub fn load_execution() -> Execution {
         tasks: Default::default(),
         created_at: at,
         updated_at: at,
+        parent: None,
+        problem: None,
+        parked: None,
     }
 }
 
@@ -48,6 +51,7 @@ pub fn load_event(execution: ExecutionId, sequence: u64) -> Event {
             step: StepId::new("charge").expect("valid step"),
             attempt: 1,
             output: serde_json::json!({"receipt": "r-0001", "amount": 1999, "currency": "EUR"}),
+            context: None,
         },
     }
 }

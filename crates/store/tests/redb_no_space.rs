@@ -107,6 +107,9 @@ fn execution(n: u64) -> Execution {
         tasks: Default::default(),
         created_at: at,
         updated_at: at,
+        parent: None,
+        parked: None,
+        problem: None,
     }
 }
 
@@ -121,6 +124,7 @@ fn events(execution: ExecutionId, sequences: std::ops::RangeInclusive<u64>, size
                 step: StepId::new("s").unwrap(),
                 attempt: 1,
                 output: serde_json::json!("o".repeat(size)),
+                context: None,
             },
         })
         .collect()

@@ -1,34 +1,31 @@
 //! The driver of one live execution: it numbers and journals its runner's events, applies
 //! them once durable, and serves pause, resume and cancel in order with them.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use baton_core::bounds::{MAX_REASON_BYTES, cut_text, json_size, serialized_size};
 use baton_core::{
-    Event, EventKind, EventSink, Execution, ExecutionState, ExecutionUpdate, Outcome, Recorded, Refusal, StepId, Store,
-    StoreError,
+    Event, EventKind, EventSink, Execution, ExecutionState, ExecutionUpdate, History, Outcome, Parked, Problem,
+    Recorded, Refusal, Store, StoreError, Timestamp,
 };
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Command, Engine, Inner, is_terminal, lock};
+use super::{ChildRequest, Command, Engine, Inner, Listen, is_terminal, lock};
 use crate::definition::CheckedDefinition;
 use crate::error::{Error, JournalCap, Result};
-use crate::runner::{RunHandle, RunRequest, Runner};
+use crate::runner::{IdleSignal, RunHandle, RunRequest, Runner};
 
 /// Applies one journal event to an execution ([`Execution::apply`], core's one replay rule)
-/// and keeps a succeeded step's output for the runner.
+/// and to the history a resumed run starts from.
 pub(super) fn apply(
     execution: &mut Execution,
-    completed: &mut BTreeMap<StepId, Value>,
+    history: &mut History,
     event: &Event,
 ) -> std::result::Result<(), baton_core::Error> {
     execution.apply(event)?;
-    if let EventKind::TaskSucceeded { step, output, .. } = &event.kind {
-        completed.insert(step.clone(), output.clone());
-    }
+    history.apply(event);
     Ok(())
 }
 
@@ -79,12 +76,23 @@ pub(super) struct Driver<S, R: Runner> {
     pub(super) journal_bytes: u64,
     /// Whether the record is behind the journal: writing it failed for lack of space.
     record_stale: bool,
+    /// The run's own asks (listen, child) that came while its events waited for room.
+    deferred: Vec<Command>,
     /// Whether the journal holds a `Started`.
     started: bool,
-    completed: BTreeMap<StepId, Value>,
+    history: History,
+    /// `listen` tasks waiting for signals, oldest first.
+    listeners: Vec<Listen>,
     handle: Option<R::Handle>,
     pub(super) commands: Option<mpsc::UnboundedReceiver<Command>>,
     events: Option<mpsc::UnboundedReceiver<Delivery>>,
+    /// What the run last said of idling: `Some((until, activity))` once it only waits.
+    idle: Option<IdleReports>,
+    /// The driver handed a listen its signal since the run's last idle report: the run is about
+    /// to move on, and nothing would wake it once parked.
+    answered: bool,
+    /// Set when the driver parked the execution and stops without ending it.
+    parked: bool,
 }
 
 impl<S: Store, R: Runner> Driver<S, R> {
@@ -94,7 +102,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
         definition: Arc<CheckedDefinition>,
         next_sequence: u64,
         started: bool,
-        completed: BTreeMap<StepId, Value>,
+        history: History,
     ) -> Self {
         Self {
             inner: Arc::clone(&engine.inner),
@@ -103,11 +111,16 @@ impl<S: Store, R: Runner> Driver<S, R> {
             next_sequence,
             journal_bytes: 0,
             record_stale: false,
+            deferred: Vec::new(),
             started,
-            completed,
+            history,
+            listeners: Vec::new(),
             handle: None,
             commands: None,
             events: None,
+            idle: None,
+            answered: false,
+            parked: false,
         }
     }
 
@@ -116,6 +129,11 @@ impl<S: Store, R: Runner> Driver<S, R> {
             self.launch().await;
         }
         while !self.execution.state.is_terminal() {
+            // What the run asked for while its events waited for room.
+            if let Some(command) = (!self.deferred.is_empty()).then(|| self.deferred.remove(0)) {
+                self.command(command).await;
+                continue;
+            }
             tokio::select! {
                 // Events first: what the run did before a command arrived is journaled before it.
                 biased;
@@ -132,27 +150,70 @@ impl<S: Store, R: Runner> Driver<S, R> {
                     None => self.runner_ended().await,
                 },
                 command = next_command(&mut self.commands) => match command {
-                    Some(command) => self.command(command).await,
+                    Some(command) => {
+                        // The run's own asks (listen, child) are not what a wake was for.
+                        let external = !matches!(command, Command::Listen(_) | Command::Child(_));
+                        self.command(command).await;
+                        if external {
+                            lock(&self.inner.holds).remove(&self.execution.id);
+                        }
+                    }
                     None => break,
                 },
+                idle = next_idle(&mut self.idle) => {
+                    // A command waiting to be served, or one it was woken for, means the execution
+                    // is wanted now.
+                    let held = lock(&self.inner.holds).contains(&self.execution.id);
+                    let waiting = self.commands.as_ref().is_some_and(|commands| !commands.is_empty());
+                    if !waiting && self.deferred.is_empty() && !held && self.park(idle).await {
+                        break;
+                    }
+                }
             }
         }
+        if self.parked {
+            lock(&self.inner.live).remove(&self.execution.id);
+            // Waiters stay registered for when it is woken and ends; commands that raced with
+            // the parking find it parked and wake it (their reply channel closes here).
+            return;
+        }
+        // Listings, waiters and a parent read the record: it must say how the execution ended
+        // before the driver goes.
+        self.write_final_record().await;
+        lock(&self.inner.live).remove(&self.execution.id);
         for waiter in lock(&self.inner.waiters).remove(&self.execution.id).unwrap_or_default() {
             let _ = waiter.send(self.execution.clone());
         }
-        // Listings read the record: it must say how the execution ended before the driver goes.
-        self.write_final_record().await;
-        lock(&self.inner.live).remove(&self.execution.id);
+        // A parent waiting for this child may be parked: its run picks the result up again.
+        if let Some(parent) = &self.execution.parent {
+            let (engine, parent) = (Engine { inner: Arc::clone(&self.inner) }, parent.execution);
+            tokio::spawn(async move {
+                let _ = engine.wake(parent).await;
+            });
+        }
         let mut commands = self.commands.take().expect("spawned with a command channel");
         // Commands that raced with the end are answered from the final state.
         commands.close();
+        let ended = || Problem::runtime("the execution ended");
+        for listen in self.listeners.drain(..) {
+            let _ = listen.reply.send(Err(ended()));
+        }
         while let Ok(command) = commands.try_recv() {
             let (reply, to) = match command {
                 Command::Pause(reply) => (reply, ExecutionState::Paused),
                 Command::Resume(reply) => (reply, ExecutionState::Running),
                 Command::Cancel(_, reply) => (reply, ExecutionState::Cancelled),
+                Command::Signal(_, _, reply) => (reply, ExecutionState::Running),
                 Command::Snapshot(reply) => {
                     let _ = reply.send(self.execution.clone());
+                    continue;
+                }
+                Command::Listen(listen) => {
+                    let _ = listen.reply.send(Err(ended()));
+                    continue;
+                }
+                Command::Child(request) => {
+                    let _ = request.reply.send(Err(ended()));
                     continue;
                 }
             };
@@ -177,12 +238,18 @@ impl<S: Store, R: Runner> Driver<S, R> {
             return;
         }
         let (sender, receiver) = mpsc::unbounded_channel();
+        let (idle, idle_receiver) = tokio::sync::watch::channel(None);
+        let idle = IdleSignal(Arc::new(move |until, activity| {
+            let _ = idle.send(Some((until, activity)));
+        }));
+        self.idle = Some(idle_receiver);
         let request = RunRequest {
+            idle,
             execution: self.execution.id,
             version: self.execution.version,
             definition: Arc::clone(&self.definition),
             input: self.execution.input.clone(),
-            completed: self.completed.clone(),
+            history: self.history.clone(),
         };
         match self.inner.runner.start(request, Arc::new(ChannelSink(sender))) {
             Ok(handle) => {
@@ -192,7 +259,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
             Err(reason) => {
                 let error = Error::Runner { execution: self.execution.id, reason }.to_string();
                 // On a failed write `record` has failed the execution already.
-                let _ = self.record_for_run(vec![EventKind::Failed { error }]).await;
+                let _ = self.record_for_run(vec![EventKind::Failed { error, problem: None }]).await;
             }
         }
     }
@@ -214,6 +281,11 @@ impl<S: Store, R: Runner> Driver<S, R> {
                 {
                     handle.pause();
                 }
+                if result.is_ok() {
+                    self.each_child(|engine, child| async move {
+                        let _ = engine.pause(child).await;
+                    });
+                }
                 let _ = reply.send(result);
             }
             Command::Resume(reply) => {
@@ -228,6 +300,9 @@ impl<S: Store, R: Runner> Driver<S, R> {
                         // Recovered paused: nothing runs yet.
                         None => self.launch().await,
                     }
+                    self.each_child(|engine, child| async move {
+                        let _ = engine.resume(child).await;
+                    });
                 }
                 let _ = reply.send(result);
             }
@@ -243,8 +318,167 @@ impl<S: Store, R: Runner> Driver<S, R> {
                 if let Some(handle) = self.handle.take() {
                     handle.cancel(&reason);
                 }
+                if result.is_ok() {
+                    self.each_child(|engine, child| async move {
+                        let _ = engine.cancel(child, "its parent was cancelled").await;
+                    });
+                }
                 let _ = reply.send(result);
             }
+            Command::Signal(name, data, reply) => {
+                if !matches!(state, ExecutionState::Running | ExecutionState::Paused) {
+                    let _ = reply.send(Err(self.illegal(ExecutionState::Running)));
+                    return;
+                }
+                let limit = self.inner.config.max_pending_signals;
+                if self.history.signals.len() >= limit {
+                    let reason = format!("it holds {limit} signals no listen consumed, the limit");
+                    let _ = reply.send(Err(baton_core::Error::invalid("name", &name, reason).into()));
+                    return;
+                }
+                let result = self
+                    .record(vec![EventKind::SignalReceived { name, data }])
+                    .await
+                    .map_err(|e| self.command_error(e));
+                let _ = reply.send(result);
+                self.serve_listeners().await;
+            }
+            Command::Listen(listen) => {
+                self.listeners.push(listen);
+                self.serve_listeners().await;
+            }
+            Command::Child(request) => self.child(request).await,
+        }
+    }
+
+    /// Parks the execution when its run only waits, for a signal, a child or a timer due later
+    /// than the engine's `park_after`, and nothing happened since it said so: the run stops
+    /// without an outcome, the record says until when, and the driver ends. True when parked.
+    async fn park(&mut self, (until, mark): (Option<Timestamp>, u64)) -> bool {
+        let answered = std::mem::take(&mut self.answered);
+        let Some(after) = self.inner.config.park_after else { return false };
+        if answered || self.execution.state != ExecutionState::Running {
+            return false;
+        }
+        // Something the run handed over since it said it only waits: it does not any more.
+        if self.events.as_ref().is_some_and(|events| !events.is_empty()) {
+            return false;
+        }
+        let now = self.inner.config.clock.now();
+        if let Some(until) = until
+            && (until - now).to_std().unwrap_or_default() < after
+        {
+            return false;
+        }
+        // A child that has ended already wakes the run as soon as it is parked: parking would
+        // only load it again, and again, while its wait for the child settles.
+        for (step, child) in &self.history.children {
+            if !self.history.settled.contains_key(step)
+                && self.inner.store.get_execution(*child).await.is_ok_and(|c| c.state.is_terminal())
+            {
+                return false;
+            }
+        }
+        let Some(handle) = self.handle.as_mut() else { return false };
+        if !handle.suspend_if_idle(mark).await {
+            return false;
+        }
+        self.handle = None;
+        // What the run handed over as it stopped is not journaled: it happens again when the
+        // execution runs again, from the journal.
+        if let Some(mut events) = self.events.take() {
+            events.close();
+            while let Ok(delivery) = events.try_recv() {
+                answer(delivery.kept, Err(Refusal::Ended));
+            }
+        }
+        self.idle = None;
+        self.listeners.clear();
+        self.execution.parked = Some(Parked { until });
+        match self.inner.store.update_execution(ExecutionUpdate::from(&self.execution)).await {
+            Ok(_) => {
+                self.parked = true;
+                // A child that ended before the record said parked found this execution live
+                // and woke nothing: look once more, now that a child's end finds it parked.
+                let children: Vec<_> = self.history.children.values().copied().collect();
+                if !children.is_empty() {
+                    let (engine, id) = (Engine { inner: Arc::clone(&self.inner) }, self.execution.id);
+                    tokio::spawn(async move {
+                        for child in children {
+                            let store = &engine.inner.store;
+                            if store.get_execution(child).await.is_ok_and(|c| c.state.is_terminal()) {
+                                let _ = engine.wake(id).await;
+                                return;
+                            }
+                        }
+                    });
+                }
+                true
+            }
+            Err(_) => {
+                // Not parked after all: run on.
+                self.execution.parked = None;
+                self.launch().await;
+                false
+            }
+        }
+    }
+
+    /// Hands pending signals to waiting `listen` tasks, oldest first, each signal once.
+    async fn serve_listeners(&mut self) {
+        let mut i = 0;
+        while i < self.listeners.len() {
+            let listen = &self.listeners[i];
+            let Some(signals) = self.history.matching_signals(&listen.names, listen.all) else {
+                i += 1;
+                continue;
+            };
+            let sequences: Vec<u64> = signals.iter().map(|s| s.sequence).collect();
+            let output = if listen.all {
+                Value::Array(signals.iter().map(|s| s.data.clone()).collect())
+            } else {
+                signals[0].data.clone()
+            };
+            let listen = self.listeners.remove(i);
+            let consumed =
+                EventKind::SignalConsumed { step: listen.step.clone(), signals: sequences, output: output.clone() };
+            let answer = match self.record_for_run(vec![consumed]).await {
+                Ok(()) => Ok(output),
+                Err(error) => Err(Problem::runtime(format!("journal write failed: {error}"))),
+            };
+            let _ = listen.reply.send(answer);
+            self.answered = true;
+        }
+    }
+
+    /// Starts a `workflow` task's child once (a repeat finds it in the history) and journals it.
+    async fn child(&mut self, request: ChildRequest) {
+        if let Some(child) = self.history.children.get(&request.step) {
+            let _ = request.reply.send(Ok(*child));
+            return;
+        }
+        let engine = Engine { inner: Arc::clone(&self.inner) };
+        let answer = match engine.start_child(&self.execution, &request).await {
+            Ok(child) => {
+                match self.record_for_run(vec![EventKind::ChildStarted { step: request.step.clone(), child }]).await {
+                    Ok(()) => Ok(child),
+                    Err(error) => Err(Problem::runtime(format!("journal write failed: {error}"))),
+                }
+            }
+            Err(problem) => Err(problem),
+        };
+        let _ = request.reply.send(answer);
+    }
+
+    /// Runs `act` on every child this execution started, in the background: pause, resume
+    /// and cancel reach them without holding this driver up.
+    fn each_child<F, Fut>(&self, act: F)
+    where
+        F: Fn(Engine<S, R>, baton_core::ExecutionId) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        for child in self.history.children.values() {
+            tokio::spawn(act(Engine { inner: Arc::clone(&self.inner) }, *child));
         }
     }
 
@@ -261,8 +495,8 @@ impl<S: Store, R: Runner> Driver<S, R> {
                     answer(kept, Ok(()));
                     continue;
                 }
-                EventKind::TaskSucceeded { step, attempt, output } => {
-                    let size = json_size(&output);
+                EventKind::TaskSucceeded { step, attempt, output, context } => {
+                    let size = json_size(&output) + context.as_ref().map_or(0, json_size);
                     if size > limit {
                         let refusal = Refusal::OutputTooLarge { step: step.clone(), size, limit };
                         if kept.is_some() {
@@ -279,11 +513,13 @@ impl<S: Store, R: Runner> Driver<S, R> {
                             attempt,
                             error: error.clone(),
                             retryable: false,
+                            problem: None,
                         });
-                        kinds.push(EventKind::Failed { error: format!("step {step:?} failed: {error}") });
+                        kinds
+                            .push(EventKind::Failed { error: format!("step {step:?} failed: {error}"), problem: None });
                         break;
                     }
-                    EventKind::TaskSucceeded { step, attempt, output }
+                    EventKind::TaskSucceeded { step, attempt, output, context }
                 }
                 kind => kind,
             };
@@ -303,7 +539,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
                 // The run goes no further: its journal ends with why. On a failed write `record`
                 // has failed the execution already.
                 let error = format!("the journal reached its cap of {cap}");
-                let _ = self.record_for_run(vec![EventKind::Failed { error }]).await;
+                let _ = self.record_for_run(vec![EventKind::Failed { error, problem: None }]).await;
                 Err(Refusal::Ended)
             }
         };
@@ -366,6 +602,12 @@ impl<S: Store, R: Runner> Driver<S, R> {
                 Some(Command::Pause(reply)) => (reply, ExecutionState::Paused),
                 Some(Command::Resume(reply)) => (reply, ExecutionState::Running),
                 Some(Command::Cancel(_, reply)) => (reply, ExecutionState::Cancelled),
+                Some(Command::Signal(_, _, reply)) => (reply, ExecutionState::Running),
+                // The run's own asks wait for the hold to end.
+                Some(command @ (Command::Listen(_) | Command::Child(_))) => {
+                    self.deferred.push(command);
+                    continue;
+                }
             };
             let refusal = if self.execution.state.is_terminal() {
                 self.illegal(to)
@@ -396,7 +638,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
         self.events = None;
         let outcome = match self.handle.take() {
             Some(handle) => handle.outcome().await,
-            None => Outcome::Failed("the run ended without an outcome".to_owned()),
+            None => Outcome::Failed(Problem::runtime("the run ended without an outcome")),
         };
         let _ = self.record_for_run(vec![outcome.into()]).await;
     }
@@ -450,7 +692,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
             self.started |= matches!(event.kind, EventKind::Started { .. });
             // The engine only journals legal changes; an illegal one would be a bug, and the
             // journal stays the truth for recovery.
-            let _ = apply(&mut self.execution, &mut self.completed, event);
+            let _ = apply(&mut self.execution, &mut self.history, event);
         }
         self.inner.config.observer.journaled(&self.execution.workflow, &events);
         // The record is a view of the journal, written when the state changes: listings filter
@@ -494,6 +736,23 @@ pub(super) enum Unrecorded {
     Full(JournalCap),
 }
 
+/// `problem` with its texts cut to [`MAX_REASON_BYTES`].
+fn cut_problem(mut problem: Problem) -> Problem {
+    problem.detail = problem.detail.map(|detail| cut_text(detail, MAX_REASON_BYTES));
+    problem.title = problem.title.map(|title| cut_text(title, MAX_REASON_BYTES));
+    problem
+}
+
+impl std::fmt::Display for Unrecorded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Store(error) => error.fmt(f),
+            Self::NoSpace { reason, .. } => StoreError::NoSpace(reason.clone()).fmt(f),
+            Self::Full(cap) => write!(f, "the journal reached its cap of {cap}"),
+        }
+    }
+}
+
 /// The size of an event in the journal's terms: its kind as JSON, in bytes.
 pub(super) fn event_size(kind: &EventKind) -> u64 {
     serialized_size(kind) as u64
@@ -509,19 +768,20 @@ fn bounded(kind: EventKind, max_output: usize) -> EventKind {
         EventKind::Completed { output } => {
             let size = json_size(&output);
             if size > max_output {
-                EventKind::Failed {
-                    error: format!("output of the run is {size} bytes of JSON, the limit is {max_output}"),
-                }
+                let error = format!("output of the run is {size} bytes of JSON, the limit is {max_output}");
+                EventKind::Failed { problem: Some(Problem::runtime(error.clone())), error }
             } else {
                 EventKind::Completed { output }
             }
         }
-        EventKind::TaskFailed { step, attempt, error, retryable } => {
-            EventKind::TaskFailed { step, attempt, error: cut(error), retryable }
+        EventKind::TaskFailed { step, attempt, error, retryable, problem } => {
+            EventKind::TaskFailed { step, attempt, error: cut(error), retryable, problem: problem.map(cut_problem) }
         }
         EventKind::TaskSkipped { step, reason } => EventKind::TaskSkipped { step, reason: cut(reason) },
         EventKind::Cancelled { reason } => EventKind::Cancelled { reason: cut(reason) },
-        EventKind::Failed { error } => EventKind::Failed { error: cut(error) },
+        EventKind::Failed { error, problem } => {
+            EventKind::Failed { error: cut(error), problem: problem.map(cut_problem) }
+        }
         other => other,
     }
 }
@@ -535,6 +795,23 @@ async fn next_command(commands: &mut Option<mpsc::UnboundedReceiver<Command>>) -
     match commands {
         Some(commands) => commands.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+/// A run's reports of idling: `Some((earliest timer, activity count))` once it only waits.
+type IdleReports = tokio::sync::watch::Receiver<Option<(Option<Timestamp>, u64)>>;
+
+/// The run's next report of idling: the time its earliest timer fires (if any) and its activity
+/// count. Pending while nothing runs.
+async fn next_idle(idle: &mut Option<IdleReports>) -> (Option<Timestamp>, u64) {
+    let Some(receiver) = idle else { return std::future::pending().await };
+    loop {
+        if receiver.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        if let Some(report) = *receiver.borrow_and_update() {
+            return report;
+        }
     }
 }
 

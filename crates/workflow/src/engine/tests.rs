@@ -78,6 +78,10 @@ fn kinds(events: &[Event]) -> Vec<&'static str> {
             EventKind::Cancelled { .. } => "cancelled",
             EventKind::Completed { .. } => "completed",
             EventKind::Failed { .. } => "failed",
+            EventKind::TimerStarted { .. } => "timer",
+            EventKind::SignalReceived { .. } => "signal",
+            EventKind::SignalConsumed { .. } => "consumed",
+            EventKind::ChildStarted { .. } => "child",
         })
         .collect()
 }
@@ -102,7 +106,7 @@ async fn apply_versions_only_changed_content() {
     let (version, latest) = engine.definition(&chain(), None).await.unwrap();
     assert_eq!(version, 2);
     assert!(
-        matches!(&latest.definition().steps[1].target, baton_core::StepTarget::Service { id, .. } if id.as_str() == "t")
+        matches!(latest.definition().steps[1].target(), Some(baton_core::StepTarget::Service { id, .. }) if id.as_str() == "t")
     );
     // Executions pin the version they start with.
     let pinned = engine.start(&chain(), Some(1), json!({"n": 1}), None).await.unwrap();
@@ -551,7 +555,7 @@ async fn an_error_over_the_bound_is_journaled_cut() {
     let whole = format!("runner cannot start execution {id}: ").len() + "no capacity ".len() * 8_334;
     assert!(error.ends_with(&format!("(cut from {whole} bytes)")), "{error}");
     let journal = store.read_journal(id, 1).await.unwrap();
-    let EventKind::Failed { error: journaled } = &journal.last().unwrap().kind else { panic!("{journal:?}") };
+    let EventKind::Failed { error: journaled, .. } = &journal.last().unwrap().kind else { panic!("{journal:?}") };
     assert_eq!(journaled, &error);
 }
 
@@ -690,6 +694,14 @@ impl Store for FullDisk {
 
     async fn unfinished_executions(&self) -> baton_core::StoreResult<Vec<ExecutionId>> {
         self.inner.unfinished_executions().await
+    }
+
+    async fn parked_due(
+        &self,
+        before: baton_core::Timestamp,
+        limit: usize,
+    ) -> baton_core::StoreResult<Vec<ExecutionId>> {
+        self.inner.parked_due(before, limit).await
     }
 
     async fn append(&self, events: Vec<Event>) -> baton_core::StoreResult<()> {
