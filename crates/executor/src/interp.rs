@@ -783,6 +783,11 @@ impl<'a, I: Invoker> Interp<'a, I> {
         if self.outcome.is_some() {
             return;
         }
+        // A paused run completes once resumed: an execution goes from paused to an end only by
+        // failing or being cancelled. (A cancel ends the wait; it is the outcome below.)
+        if result.is_ok() {
+            self.shared.wait_unless_paused().await;
+        }
         if let Some(outcome) = self.interrupted() {
             self.outcome = Some(outcome);
             return;

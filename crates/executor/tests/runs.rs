@@ -484,3 +484,19 @@ async fn an_input_over_the_bound_fails_its_step_before_any_call() {
     });
     assert_eq!(failed, Some((0, expected.to_owned(), false)));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_run_whose_last_task_finishes_while_paused_completes_once_resumed() {
+    let h = harness(Config::default());
+    h.invoker.script("a", [ok(50, json!(1))]);
+    let run = spec(vec![task("a", &["a"], &[], json!({}))], json!(null));
+    let handle = h.executor.start(run, json!({}), BTreeMap::new());
+    tokio::time::sleep(MS * 10).await;
+    handle.pause();
+    tokio::time::sleep(MS * 200).await;
+    // Paused has no way to completed: the run waits with its last task done.
+    assert_eq!(kinds(&h.events.events()), ["started", "scheduled a#1@a", "paused", "succeeded a"]);
+    handle.resume();
+    assert_eq!(handle.outcome().await, Outcome::Completed(json!(null)));
+    assert_eq!(kinds(&h.events.events()).last().map(String::as_str), Some("completed"));
+}

@@ -8,8 +8,7 @@
 
 mod support;
 
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use axum::routing::post;
@@ -53,16 +52,6 @@ async fn gated_service(open: watch::Receiver<bool>) -> String {
     format!("http://{addr}/")
 }
 
-/// Fills the disk at `dir` to the last byte with a file; its path.
-fn fill(dir: &Path) -> PathBuf {
-    let path = dir.join("filler");
-    let mut file = std::fs::File::create(&path).unwrap();
-    let block = vec![0u8; 64 * 1024];
-    while file.write_all(&block).is_ok() {}
-    while file.write_all(&[0]).is_ok() {}
-    path
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_is_said_refuses_new_work_and_everything_goes_on_once_it_has_room() {
     let mount = tempfile::tempdir().unwrap();
@@ -91,7 +80,7 @@ async fn a_full_disk_is_said_refuses_new_work_and_everything_goes_on_once_it_has
     let page = scrape(server.metrics).await;
     assert_eq!(sample(&page, "baton_disk_full"), Some(0.0), "{page}");
 
-    let filler = fill(&disk);
+    let filler = baton_store::testing::fill_disk(&disk);
     eventually("health says NOT_SERVING", || async { health(&server).await == Some(ServingStatus::NotServing) }).await;
     let page = scrape(server.metrics).await;
     assert_eq!(sample(&page, "baton_disk_full"), Some(1.0), "{page}");
@@ -137,7 +126,11 @@ async fn a_full_disk_is_said_refuses_new_work_and_everything_goes_on_once_it_has
     std::fs::remove_file(filler).unwrap();
     eventually("health says SERVING", || async { health(&server).await == Some(ServingStatus::Serving) }).await;
     if paused {
-        clients.executions.resume_execution(pb::ResumeExecutionRequest { id: held.clone() }).await.unwrap();
+        let resumed = clients.executions.resume_execution(pb::ResumeExecutionRequest { id: held.clone() }).await;
+        if let Err(status) = resumed {
+            let execution = clients.executions.get_execution(get.clone()).await.unwrap().into_inner().execution;
+            panic!("resume: {status:?}\nexecution: {execution:?}\nlog:\n{}", server.log_text());
+        }
     }
     let done = tokio::time::timeout(Duration::from_secs(30), clients.finished(&held)).await.expect("the run ends");
     assert_eq!(done.state, pb::ExecutionState::Completed as i32, "{done:?}");

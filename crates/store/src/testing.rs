@@ -1,6 +1,6 @@
 //! Test support (`test-util` feature): a throwaway PostgreSQL cluster, a conformance
-//! [`Harness`] for each store, and the journal load that benches and profiling share
-//! ([`load_execution`], [`load_event`]).
+//! [`Harness`] for each store, the journal load that benches and profiling share
+//! ([`load_execution`], [`load_event`]), and a disk filled to the last byte ([`fill_disk`]).
 //!
 //! [`PgCluster::start`] runs `initdb` and `pg_ctl` itself into a temporary directory, listening
 //! only on a Unix socket there, and stops and removes it when dropped; as root it runs them as
@@ -20,6 +20,19 @@ use tokio_postgres::config::Host;
 use crate::conformance::{Damage, Harness};
 use crate::postgres::{self, PostgresStore};
 use crate::{MemoryStore, RedbStore};
+
+/// Fills the disk of `dir` to its last byte with one file, for tests of a full disk; the
+/// file's path (removing it gives the room back).
+pub fn fill_disk(dir: &Path) -> PathBuf {
+    use std::io::Write as _;
+    let path = dir.join("filler");
+    let mut file = std::fs::File::create(&path).expect("the filler file can be made");
+    let block = vec![0u8; 64 * 1024];
+    while file.write_all(&block).is_ok() {}
+    // What is left is smaller than a block: take it too.
+    while file.write_all(&[0]).is_ok() {}
+    path
+}
 
 /// A running execution for journal load: appends need one to exist.
 pub fn load_execution() -> Execution {

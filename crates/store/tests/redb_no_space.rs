@@ -7,12 +7,12 @@
 //! no root is needed where unprivileged user namespaces are allowed: the test runs itself again
 //! inside one, over the tmpfs.
 
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use baton_core::{Event, EventKind, Execution, ExecutionId, ExecutionState, StepId, Store, StoreError, WorkflowName};
+use baton_core::{Event, EventKind, Execution, ExecutionId, ExecutionState, StepId, Store, StoreError};
 use baton_store::RedbStore;
+use baton_store::testing::{fill_disk, load_execution};
 
 /// Set in the run inside the namespace: the tmpfs to use.
 const DISK: &str = "BATON_TEST_SMALL_DISK";
@@ -48,7 +48,7 @@ async fn on_a_small_disk(disk: &Path) {
     let id = store.create_execution(execution(1), None).await.unwrap().execution.id;
     store.append(events(id, 1..=10, 100)).await.unwrap();
 
-    let filler = fill(disk);
+    let filler = fill_disk(disk);
     // A journal append with no room: refused, and nothing of it stays.
     let error = store.append(events(id, 11..=20, 64 * 1024)).await.unwrap_err();
     assert!(matches!(&error, StoreError::NoSpace(why) if why.contains(disk.to_str().unwrap())), "{error}");
@@ -83,34 +83,8 @@ async fn on_a_small_disk(disk: &Path) {
     assert_eq!(store.get_execution(created.id).await.unwrap().state, ExecutionState::Completed);
 }
 
-/// Fills the disk at `dir` to the last byte with a file; its path.
-fn fill(dir: &Path) -> PathBuf {
-    let path = dir.join("filler");
-    let mut file = std::fs::File::create(&path).unwrap();
-    let block = vec![0u8; 64 * 1024];
-    while file.write_all(&block).is_ok() {}
-    // What is left is smaller than a block: take it too.
-    while file.write_all(&[0]).is_ok() {}
-    path
-}
-
 fn execution(n: u64) -> Execution {
-    let at = baton_core::Timestamp::from_timestamp(1_800_000_000, 0).unwrap();
-    Execution {
-        id: ExecutionId::generate(),
-        workflow: WorkflowName::new("disk").unwrap(),
-        version: 1,
-        state: ExecutionState::Running,
-        input: serde_json::json!({"n": n, "pad": "p".repeat(100_000)}),
-        output: None,
-        error: None,
-        tasks: Default::default(),
-        created_at: at,
-        updated_at: at,
-        parent: None,
-        parked: None,
-        problem: None,
-    }
+    Execution { input: serde_json::json!({"n": n, "pad": "p".repeat(100_000)}), ..load_execution() }
 }
 
 fn events(execution: ExecutionId, sequences: std::ops::RangeInclusive<u64>, size: usize) -> Vec<Event> {

@@ -1,10 +1,11 @@
 //! The redb handle the threads share, and its replacement after a write to the file failed.
 //!
-//! Once a write to its file has failed (a full disk), a redb `Database` takes no more writes
-//! (`PreviousIo`) until it is closed and opened again; reads go on. The file holds the last
-//! commit that succeeded, so the redb writer closes the handle and opens the file again, and
-//! the store goes on from there once the disk has room. Opening may repair the file first,
-//! which reads it whole.
+//! Once a write to its file has failed (a full disk), a redb `Database` takes no more writes,
+//! nor reads that need the file (`PreviousIo`), until it is closed and opened again. The file
+//! holds the last commit that succeeded, so the handle is closed and the file opened again, by
+//! the redb writer right after the failure or by a read that met it first, and the store goes
+//! on from there (writes once the disk has room). Opening may repair the file first, which
+//! reads it whole.
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock, RwLockWriteGuard};
@@ -39,11 +40,21 @@ impl Handle {
         })
     }
 
-    /// Closes the handle and opens the file again; on failure no handle is left, and the next
-    /// call tries again. Only the redb writer calls this, between its transactions.
-    pub(super) fn reopen(&self) -> Result<(), DatabaseError> {
+    /// Closes `failed`, a handle a write failed on, and opens the file again, unless that was
+    /// done already (the current handle is another); with `None`, opens the file when there is
+    /// no handle. On failure no handle is left, and the next call tries again.
+    pub(super) fn replace(&self, failed: Option<Arc<Database>>) -> Result<(), DatabaseError> {
         // Holding the slot, no read starts on the old handle while it closes; reads wait.
         let mut current = self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let stale = match (&*current, &failed) {
+            (None, _) => true,
+            (Some(now), Some(failed)) => Arc::ptr_eq(now, failed),
+            (Some(_), None) => false,
+        };
+        drop(failed);
+        if !stale {
+            return Ok(());
+        }
         let deadline = Instant::now() + LET_GO_WITHIN;
         if let Some(old) = current.take() {
             // Reads under way hold the old handle: wait for them before letting it go.

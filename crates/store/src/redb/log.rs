@@ -185,17 +185,29 @@ impl LogWriter {
         let head = match self.unfolded.last(id) {
             Some(head) => head,
             None => {
-                let txn = match read {
-                    Some(txn) => txn,
-                    None => read.insert(self.db.get()?.begin_read().map_err(|e| Fail::from(e).into_store_error())?),
-                };
-                let found = || -> Result<u64, Fail> {
+                let found = |txn: &ReadTransaction| -> Result<u64, Fail> {
                     if txn.open_table(EXECUTIONS)?.get(id)?.is_none() {
                         return Err(StoreError::NotFound(Record::Execution(execution)).into());
                     }
                     last_sequence(&txn.open_table(JOURNAL)?, execution)
                 };
-                found().map_err(Fail::into_store_error)?
+                let begin = |db: &Database| db.begin_read().map_err(|e| Fail::from(e).into_store_error());
+                let db = self.db.get()?;
+                let txn = match read {
+                    Some(txn) => txn,
+                    None => read.insert(begin(&db)?),
+                };
+                match found(txn) {
+                    // A write to the file failed since: open it again (unless the redb writer
+                    // has) and read anew.
+                    Err(Fail::Storage(::redb::Error::PreviousIo)) => {
+                        *read = None;
+                        self.db.replace(Some(db)).map_err(|e| Fail::from(e).into_store_error())?;
+                        let txn = read.insert(begin(&*self.db.get()?)?);
+                        found(txn).map_err(Fail::into_store_error)?
+                    }
+                    result => result.map_err(Fail::into_store_error)?,
+                }
             }
         };
         self.heads.insert(id, head);

@@ -227,7 +227,7 @@ impl RedbStore {
         let writer = {
             let writer = Writer {
                 db: Arc::clone(&db),
-                broken: false,
+                failed: None,
                 counters: Arc::clone(&counters),
                 unfolded: Arc::clone(&unfolded),
                 dir: data_dir.to_path_buf(),
@@ -293,19 +293,31 @@ impl RedbStore {
     async fn read<T, F>(&self, work: F) -> StoreResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&ReadTransaction) -> Result<T, Fail> + Send + 'static,
+        F: Fn(&ReadTransaction) -> Result<T, Fail> + Send + 'static,
     {
         self.read_database(move |db| work(&db.begin_read()?)).await
     }
 
-    /// Runs `work` on the blocking pool, to begin its read transaction when it is ready.
+    /// Runs `work` on the blocking pool, to begin its read transaction when it is ready. A
+    /// read that meets a handle a write failed on (`PreviousIo`: redb reads no more through it)
+    /// has the file opened again, if the redb writer has not yet, and reads anew.
     async fn read_database<T, F>(&self, work: F) -> StoreResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Database) -> Result<T, Fail> + Send + 'static,
+        F: Fn(&Database) -> Result<T, Fail> + Send + 'static,
     {
-        let db = Arc::clone(&self.inner.db);
-        match tokio::task::spawn_blocking(move || work(&*db.get().map_err(Fail::Store)?)).await {
+        let handle = Arc::clone(&self.inner.db);
+        let read = move || {
+            let db = handle.get().map_err(Fail::Store)?;
+            match work(&db) {
+                Err(Fail::Storage(::redb::Error::PreviousIo)) => {
+                    handle.replace(Some(db))?;
+                    work(&*handle.get().map_err(Fail::Store)?)
+                }
+                result => result,
+            }
+        };
+        match tokio::task::spawn_blocking(read).await {
             Ok(result) => result.map_err(Fail::into_store_error),
             Err(e) => Err(StoreError::unavailable(format!("a redb read panicked: {e}"))),
         }
@@ -336,7 +348,7 @@ impl Store for RedbStore {
                     None => None,
                 },
             };
-            found.ok_or_else(|| Fail::Store(StoreError::NotFound(Record::Definition { name, version })))
+            found.ok_or_else(|| Fail::Store(StoreError::NotFound(Record::Definition { name: name.clone(), version })))
         })
         .await
     }

@@ -62,9 +62,9 @@ pub(super) const IDLE_SLICES: usize = 8;
 /// The redb writer thread.
 pub(super) struct Writer {
     pub(super) db: Arc<Handle>,
-    /// Whether a write to the file failed: the handle takes no more writes until it is opened
-    /// again, before the next transaction.
-    pub(super) broken: bool,
+    /// The handle a write failed on: it takes no more writes until the file is opened again,
+    /// at once or, when that fails, before the next transaction.
+    pub(super) failed: Option<Arc<Database>>,
     pub(super) counters: Arc<Counters>,
     pub(super) unfolded: Arc<Unfolded>,
     pub(super) dir: PathBuf,
@@ -108,14 +108,11 @@ impl Writer {
     pub(super) fn commit_batch(&mut self, batch: &mut Vec<Box<dyn Job>>) {
         let began = Instant::now();
         let failure = self.commit(batch).err().map(|fail| {
-            if let Fail::Storage(error) = &fail {
-                // Whatever it was, the handle may take no more writes: open the file again
-                // before the next transaction.
-                self.broken = true;
-                if is_no_space(error) {
-                    self.counters.no_space();
-                    return StoreError::NoSpace(format!("writing {}: {error}", self.dir.join(FILE_NAME).display()));
-                }
+            if let Fail::Storage(error) = &fail
+                && is_no_space(error)
+            {
+                self.counters.no_space();
+                return StoreError::NoSpace(format!("writing {}: {error}", self.dir.join(FILE_NAME).display()));
             }
             fail.into_store_error()
         });
@@ -125,6 +122,11 @@ impl Writer {
         }
         for job in batch.drain(..) {
             job.finish(failure.as_ref());
+        }
+        if self.failed.is_some() {
+            // Whatever the failure was, the handle takes no more writes and soon no reads: open
+            // the file again now; when that fails, the next transaction tries again.
+            let _ = self.db.replace(self.failed.take());
         }
         match (&failure, &self.fold) {
             (None, Some(fold)) if fold.is_done() => {
@@ -142,11 +144,18 @@ impl Writer {
 
     pub(super) fn commit(&mut self, batch: &mut [Box<dyn Job>]) -> Result<(), Fail> {
         let callers_wait = batch.iter().any(|job| job.answers_a_caller());
-        if self.broken {
-            self.db.reopen()?;
-            self.broken = false;
+        // The file could not be opened again after a failed write: try once more.
+        self.db.replace(None)?;
+        let db = self.db.get()?;
+        let committed = self.commit_on(&db, batch, callers_wait);
+        if let Err(Fail::Storage(_)) = &committed {
+            self.failed = Some(db);
         }
-        let mut txn = self.db.get()?.begin_write()?;
+        committed
+    }
+
+    fn commit_on(&mut self, db: &Database, batch: &mut [Box<dyn Job>], callers_wait: bool) -> Result<(), Fail> {
+        let mut txn = db.begin_write()?;
         {
             let mut tables = Tables::open(&txn)?;
             for job in batch.iter_mut() {
