@@ -90,6 +90,7 @@ impl ListQuery {
                 "" => None,
                 text => Some(IdPrefix::new(text)?),
             },
+            idempotency_key: None,
         })
     }
 

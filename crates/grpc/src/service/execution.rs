@@ -133,6 +133,7 @@ impl pb::execution_service_server::ExecutionService for ExecutionApi {
                 "" => None,
                 text => Some(baton_core::IdPrefix::new(text).map_err(|e| Status::invalid_argument(e.to_string()))?),
             },
+            idempotency_key: None,
         };
         let token = match request.page_token.as_str() {
             "" => None,
