@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use baton_core::api::{ExecutionQuery, StartExecution};
-use baton_core::{Executions, IdempotencyKey, Order, PageRequest, PageToken};
+use baton_core::{Executions, Order, PageRequest, PageToken};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt as _};
@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::convert::{
     event_to_proto, execution_id, execution_state_from_proto, execution_summary_to_proto, execution_to_proto,
-    json_field, timestamp_from_proto, workflow_name,
+    idempotency_key, json_field, timestamp_from_proto, workflow_name,
 };
 use crate::error::api_status;
 use crate::limits::{Limits, Stopping, clamp, shutting_down};
@@ -85,10 +85,7 @@ impl pb::execution_service_server::ExecutionService for ExecutionApi {
             return Err(crate::convert::invalid("version", "versions start at 1"));
         }
         let input = json_field("input_json", &request.input_json, serde_json::json!({}))?;
-        let idempotency_key = request
-            .idempotency_key
-            .map(|key| IdempotencyKey::new(&key).map_err(|e| Status::invalid_argument(e.to_string())))
-            .transpose()?;
+        let idempotency_key = request.idempotency_key.as_deref().map(idempotency_key).transpose()?;
         let started = self
             .executions
             .start(StartExecution { workflow, version: request.version, input, idempotency_key })
@@ -133,7 +130,10 @@ impl pb::execution_service_server::ExecutionService for ExecutionApi {
                 "" => None,
                 text => Some(baton_core::IdPrefix::new(text).map_err(|e| Status::invalid_argument(e.to_string()))?),
             },
-            idempotency_key: None,
+            idempotency_key: match request.idempotency_key.as_str() {
+                "" => None,
+                key => Some(idempotency_key(key)?),
+            },
         };
         let token = match request.page_token.as_str() {
             "" => None,
