@@ -16,7 +16,7 @@ use axum::routing::post;
 use baton_benches::dags::Dag;
 use baton_benches::{quantile, report_figure};
 use baton_core::ports::EventSink;
-use baton_core::{Event, EventKind, ServiceId, StepId, SystemClock, Timestamp};
+use baton_core::{Event, EventKind, ServiceId, ServiceSpec, StepId, SystemClock, Timestamp};
 use baton_executor::{Config, Executor, HttpConfig, HttpInvoker, Outcome};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
@@ -95,7 +95,10 @@ async fn run(executor: &Executor<HttpInvoker>, dag: &Dag) -> Duration {
 fn executor_http(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
     let url = rt.block_on(serve());
-    let invoker = HttpConfig::default().build(Arc::new(move |_: &ServiceId| Some(url.clone())));
+    let spec =
+        serde_json::json!({"id": "noop", "endpoint": {"protocol": "http", "url": url}, "capabilities": ["noop"]});
+    let spec = Arc::new(ServiceSpec::from_json(&spec.to_string()).expect("a valid spec"));
+    let invoker = HttpConfig::default().build(Arc::new(move |_: &ServiceId| Some(Arc::clone(&spec))));
     let times = Arc::new(CallTimes::default());
     let executor = Config { max_in_flight_per_run: IN_FLIGHT, ..Config::default() }.build(
         Arc::new(invoker),

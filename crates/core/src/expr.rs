@@ -276,6 +276,31 @@ impl Template {
         self.node.render(context)
     }
 
+    /// Renders the template as text, passing each expression's value (as text: a string as it
+    /// is, anything else as JSON) through `escape`, the literal text as it is: for templates
+    /// whose result lands in a URL. A template that is not a string renders as JSON text.
+    pub fn render_text(&self, context: &Value, escape: &dyn Fn(&str, &mut String)) -> Result<String, EvalError> {
+        let splice = |value: Value, text: &mut String| match value {
+            Value::String(s) => escape(&s, text),
+            other => escape(&other.to_string(), text),
+        };
+        let mut text = String::new();
+        match &self.node {
+            Node::Literal(Value::String(literal)) => text.push_str(literal),
+            Node::Whole(e) => splice(e.eval(context)?, &mut text),
+            Node::Spliced(parts) => {
+                for part in parts {
+                    match part {
+                        Part::Text(t) => text.push_str(t),
+                        Part::Expr(e) => splice(e.eval(context)?, &mut text),
+                    }
+                }
+            }
+            other => text.push_str(&other.render(context)?.to_string()),
+        }
+        Ok(text)
+    }
+
     /// Every expression in the template.
     pub fn expressions(&self) -> Vec<&Expression> {
         let mut found = Vec::new();

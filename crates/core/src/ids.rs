@@ -121,6 +121,13 @@ name_type!(
     StepId,
     "step"
 );
+name_type!(
+    /// The name of a secret the server holds (a file in its secrets directory or an
+    /// environment variable): `[a-z0-9][a-z0-9._-]{0,127}`. Specs name secrets; they never
+    /// hold their values.
+    SecretName,
+    "secret"
+);
 
 /// An execution's id: a UUIDv7, so ids sort by creation time.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]

@@ -27,7 +27,9 @@
 //! assert_eq!(err.to_string(), r#"invalid qos.availability "1.5": must be in [0, 1]"#);
 //! ```
 
+pub mod access;
 pub mod api;
+pub mod call;
 pub mod directory;
 pub mod duration;
 pub mod error;
@@ -48,9 +50,11 @@ pub mod store;
 pub mod taxonomy;
 pub mod workflow;
 
+pub use access::{Credentials, TlsSettings};
 pub use api::{
     ApiError, ApiResult, BoxFuture, BoxStream, EventStream, Executions, Orchestrating, WorkerTasks, WorkflowCatalog,
 };
+pub use call::{CallRequest, CallTemplate, GrpcCall, GrpcMethod, HttpCall, HttpMethod, ResponsePart, StepCall};
 pub use directory::{
     Candidate, DEFAULT_FIND_LIMIT, Health, Matches, Page, Registration, ServiceDirectory, ServiceStatus, ServiceView,
 };
@@ -59,7 +63,7 @@ pub use event::{Event, EventKind};
 pub use execution::{Execution, ExecutionState, TaskState, TaskStatus};
 pub use expr::{EvalError, Expression, Template};
 pub use goal::{Constraints, Goal, Objective, Weights};
-pub use ids::{ExecutionId, ServiceId, StepId, WorkflowName};
+pub use ids::{ExecutionId, SecretName, ServiceId, StepId, WorkflowName};
 pub use plan::{DataFlow, Plan, PlanTask, PredictedQos};
 pub use planning::{Planning, ServiceCatalog};
 pub use ports::{
@@ -67,8 +71,8 @@ pub use ports::{
 };
 pub use requirements::{SecurityRequirements, ServiceRequirements};
 pub use service::{
-    AuthScheme, CheckKind, Encryption, Endpoint, HealthCheck, Protocol, Qos, SecurityProfile, ServiceDefinition,
-    ServiceSpec,
+    AuthScheme, CheckKind, DescriptorSet, Encryption, Endpoint, HealthCheck, Protocol, Qos, SecurityProfile,
+    ServiceDefinition, ServiceSpec,
 };
 pub use store::{
     CreatedExecution, ExecutionFilter, ExecutionPage, ExecutionUpdate, IdempotencyKey, NewDefinition, Order,

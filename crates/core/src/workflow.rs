@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::call::{GrpcCall, HttpCall, StepCall};
 use crate::error::{Error, Result};
 use crate::ids::{ServiceId, StepId, WorkflowName};
 use crate::requirements::ServiceRequirements;
@@ -89,6 +90,9 @@ pub struct Step {
     pub id: StepId,
     /// The service it calls.
     pub target: StepTarget,
+    /// How it calls the service when a JSON POST of its input (HTTP) or the endpoint's method
+    /// (gRPC) is not it: written `http: {..}` or `grpc: {..}`.
+    pub call: Option<StepCall>,
     /// The request payload: JSON in which strings may hold `${ jq }` expressions over
     /// `input` (the run's input) and `steps.<id>.output`.
     pub input: serde_json::Value,
@@ -115,6 +119,10 @@ struct StepDocument {
     alternatives: Vec<ServiceId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     query: Option<ServiceRequirements>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    http: Option<HttpCall>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    grpc: Option<GrpcCall>,
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     input: serde_json::Value,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -149,6 +157,12 @@ impl TryFrom<StepDocument> for Step {
             (Some(_), Some(_)) => return Err(Error::invalid(place("query"), "{..}", "set service or query, not both")),
             (None, None) => return Err(Error::invalid(place("service"), "", "set service or query")),
         };
+        let call = match (doc.http, doc.grpc) {
+            (None, None) => None,
+            (Some(http), None) => Some(StepCall::Http(http)),
+            (None, Some(grpc)) => Some(StepCall::Grpc(grpc)),
+            (Some(_), Some(_)) => return Err(Error::invalid(place("grpc"), "{..}", "set http or grpc, not both")),
+        };
         let on_error = match (doc.on_error.as_str(), doc.fallback) {
             ("fail", None) => ErrorPolicy::Fail,
             ("continue", None) => ErrorPolicy::Continue,
@@ -164,6 +178,7 @@ impl TryFrom<StepDocument> for Step {
         Ok(Self {
             id: doc.id,
             target,
+            call,
             input: doc.input,
             depends_on: doc.depends_on,
             retry: doc.retry,
@@ -180,6 +195,11 @@ impl From<Step> for StepDocument {
             StepTarget::Service { id, alternatives } => (Some(id), alternatives, None),
             StepTarget::Query(query) => (None, Vec::new(), Some(query)),
         };
+        let (http, grpc) = match step.call {
+            None => (None, None),
+            Some(StepCall::Http(http)) => (Some(http), None),
+            Some(StepCall::Grpc(grpc)) => (None, Some(grpc)),
+        };
         let (on_error, fallback) = match step.on_error {
             ErrorPolicy::Fail => ("fail", None),
             ErrorPolicy::Continue => ("continue", None),
@@ -190,6 +210,8 @@ impl From<Step> for StepDocument {
             service,
             alternatives,
             query,
+            http,
+            grpc,
             input: step.input,
             depends_on: step.depends_on,
             retry: step.retry,

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use baton_core::{ExecutionId, ServiceId, StepId};
+use baton_core::{CallRequest, ExecutionId, ServiceId, StepId};
 use serde_json::Value;
 
 /// One call of one attempt of a task.
@@ -21,9 +21,19 @@ pub struct Call {
     pub service: ServiceId,
     /// The rendered input.
     pub payload: Value,
+    /// How the step shapes the call (HTTP method, path, query, headers; gRPC method,
+    /// metadata), rendered; `None`: the protocol's plain call.
+    pub request: Option<Arc<CallRequest>>,
+    /// The attempt's time limit, which the call tells the service (gRPC's `grpc-timeout`).
+    pub timeout: Option<std::time::Duration>,
 }
 
 impl Call {
+    /// A plain call: the payload to the service, shaped by nothing.
+    pub fn new(execution: ExecutionId, step: StepId, attempt: u32, service: ServiceId, payload: Value) -> Self {
+        Self { execution, step, attempt, service, payload, request: None, timeout: None }
+    }
+
     /// `<execution>/<step>`: stable per (execution, step), the same on every retry, failover
     /// and recovery, so a service can recognise a repeated call.
     pub fn idempotency_key(&self) -> String {

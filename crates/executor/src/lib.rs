@@ -20,21 +20,30 @@
 //! lock while no service is failing or limited.
 //!
 //! Invokers: [`InProcessInvoker`] (registered async functions, for embedding and benches),
-//! [`HttpInvoker`] (a JSON POST over a pooled hyper client with a stable `Idempotency-Key`) and
+//! [`HttpInvoker`] (HTTP or HTTPS over pooled connections, a JSON POST unless the step shapes
+//! the request, with a stable `Idempotency-Key` and the service's credentials from
+//! [`Secrets`]), [`GrpcInvoker`] (one unary method, JSON converted to protobuf from descriptors
+//! found by reflection or registered with the service) and
 //! [`WorkerQueues`] (for `Worker { queue }` services: each call waits as a task on a FIFO queue
 //! until a worker polls it under a lease and completes or fails it; an expired lease puts the
 //! task back at the front with a new fencing token, and a dropped call withdraws its task).
 
 mod breaker;
+mod grpc_call;
 mod http;
 mod invoker;
 mod run;
+pub mod secrets;
+mod transport;
 mod worker;
 
 pub use self::http::{HttpConfig, HttpInvoker, Resolve};
 pub use breaker::BreakerState;
+pub use grpc_call::GrpcInvoker;
 pub use invoker::{Call, Failure, InProcessInvoker, Invoker};
 #[cfg(any(test, feature = "test-util"))]
 pub use invoker::{ScriptedInvoker, Step};
 pub use run::{Config, Executor, Outcome, RunHandle, RunSpec, SpecError, TaskSpec};
+pub use secrets::{Secret, Secrets};
+pub use transport::{PemError, TrustRoots};
 pub use worker::{LeaseError, LeaseToken, LeasedTask, QueueStats, ResolveQueue, TaskId, WorkerConfig, WorkerQueues};

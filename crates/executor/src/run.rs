@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use baton_core::{
-    Clock, ErrorPolicy, Event, EventKind, EventSink, ExecutionId, Recorded, RetryPolicy, ServiceId, StepId, Template,
-    Timestamp,
+    CallRequest, CallTemplate, Clock, ErrorPolicy, Event, EventKind, EventSink, ExecutionId, Recorded, RetryPolicy,
+    ServiceId, StepId, Template, Timestamp,
 };
 use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -30,6 +30,9 @@ pub struct TaskSpec {
     pub services: Vec<ServiceId>,
     /// Its input, rendered against `{"input": ..., "steps": {"<id>": {"output": ...}}}`.
     pub input: Template,
+    /// How it shapes its call (HTTP method, path, query, headers; gRPC method), rendered
+    /// against the same context; `None`: the protocol's plain call.
+    pub call: Option<CallTemplate>,
     /// Tasks that must succeed first.
     pub depends_on: Vec<StepId>,
     /// How failed attempts are retried.
@@ -68,6 +71,8 @@ struct Dag {
     fallback_only: Vec<bool>,
     /// The inputs of tasks whose input has no expression, rendered once here.
     static_input: Vec<Option<Value>>,
+    /// The calls of tasks whose call template has no expression, rendered once here.
+    static_call: Vec<Option<Arc<CallRequest>>>,
 }
 
 /// Why a run spec was refused.
@@ -141,10 +146,12 @@ impl RunSpec {
             .iter()
             .map(|t| {
                 let mut reads: Vec<usize> = t.depends_on.iter().map(|d| index[d]).collect();
+                let call_reads = t.call.as_ref().map(CallTemplate::referenced_steps).unwrap_or_default();
                 reads.extend(
                     t.input
                         .referenced_steps()
                         .iter()
+                        .chain(&call_reads)
                         .filter_map(|s| s.parse::<StepId>().ok())
                         .filter_map(|s| index.get(&s).copied()),
                 );
@@ -163,7 +170,14 @@ impl RunSpec {
             .iter()
             .map(|t| if t.input.expressions().is_empty() { t.input.render(&Value::Null).ok() } else { None })
             .collect();
-        let dag = Dag { tasks, output, deadline, index, dependents, reads, fallback_only, static_input };
+        let static_call = tasks
+            .iter()
+            .map(|t| match &t.call {
+                Some(call) if call.is_static() => call.render(&Value::Null).ok().map(Arc::new),
+                _ => None,
+            })
+            .collect();
+        let dag = Dag { tasks, output, deadline, index, dependents, reads, fallback_only, static_input, static_call };
         Ok(Self { execution, dag: Arc::new(dag) })
     }
 
@@ -570,16 +584,23 @@ impl<'a> Schedule<'a> {
         }
     }
 
-    /// The rendered input of task `i`, or the run's failure naming the step.
-    fn payload<I>(&self, shared: &Shared<I>, input: &Value, i: usize) -> Result<Value, Outcome> {
+    /// The rendered input and call of task `i`, or the run's failure naming the step.
+    fn payload<I>(
+        &self,
+        shared: &Shared<I>,
+        input: &Value,
+        i: usize,
+    ) -> Result<(Value, Option<Arc<CallRequest>>), Outcome> {
         let task = &self.spec.tasks[i];
-        let rendered = if let Some(payload) = &self.spec.static_input[i] {
-            Ok(payload.clone())
+        let static_call = &self.spec.static_call[i];
+        let dynamic_call = task.call.is_some() && static_call.is_none();
+        let context = if self.spec.static_input[i].is_none() || dynamic_call {
+            Some(context(input, &self.outputs, self.spec, &self.spec.reads[i]))
         } else {
-            task.input.render(&context(input, &self.outputs, self.spec, &self.spec.reads[i]))
+            None
         };
-        rendered.map_err(|e| {
-            let error = format!("step {} input: {e}", task.id);
+        let fail = |what: &str, e: baton_core::EvalError| {
+            let error = format!("step {} {what}: {e}", task.id);
             shared.emit(EventKind::TaskFailed {
                 step: task.id.clone(),
                 attempt: 0,
@@ -587,7 +608,21 @@ impl<'a> Schedule<'a> {
                 retryable: false,
             });
             Outcome::Failed(error)
-        })
+        };
+        let payload = match (&self.spec.static_input[i], &context) {
+            (Some(payload), _) => payload.clone(),
+            (None, Some(context)) => task.input.render(context).map_err(|e| fail("input", e))?,
+            (None, None) => unreachable!("a context is made for a dynamic input"),
+        };
+        let call = match (&task.call, static_call, &context) {
+            (None, ..) => None,
+            (Some(_), Some(call), _) => Some(Arc::clone(call)),
+            (Some(template), None, Some(context)) => {
+                Some(Arc::new(template.render(context).map_err(|e| fail("call", e))?))
+            }
+            (Some(_), None, None) => unreachable!("a context is made for a dynamic call"),
+        };
+        Ok((payload, call))
     }
 
     /// Takes in how task `i` ended; `Some` when that ends the run.
@@ -657,14 +692,14 @@ async fn drive<I: Invoker>(
             if settled_inline.is_multiple_of(CLOCK_EVERY) {
                 shared.tick();
             }
-            let payload = match schedule.payload(shared, &input, i) {
-                Ok(payload) => payload,
+            let (payload, request) = match schedule.payload(shared, &input, i) {
+                Ok(rendered) => rendered,
                 Err(outcome) => return outcome,
             };
             // A call that finishes on its first poll (in-process work, a cached answer) is
             // settled on the spot; only a pending one joins the set. The set polls it again
             // with its own waker, and a future only wakes the waker of its latest poll.
-            let mut task = Box::pin(dispatch(shared, i, &spec.tasks[i], payload));
+            let mut task = Box::pin(dispatch(shared, i, &spec.tasks[i], payload, request));
             match task.as_mut().now_or_never() {
                 Some((i, result)) => {
                     if let Some(outcome) = schedule.settle(shared, i, result) {
@@ -727,14 +762,20 @@ async fn dispatch<'a, I: Invoker>(
     index: usize,
     task: &'a TaskSpec,
     payload: Value,
+    request: Option<Arc<CallRequest>>,
 ) -> (usize, Result<Value, String>) {
     let Some(_permit) = shared.global_permit().await else { return (index, Err("cancelled".to_owned())) };
-    (index, run_task(shared, task, payload).await)
+    (index, run_task(shared, task, payload, request).await)
 }
 
 /// Attempts one task: each attempt goes to the current candidate service; any failure moves
 /// to the next candidate (failover); retryable failures back off before the next attempt.
-async fn run_task<I: Invoker>(shared: &Shared<I>, task: &TaskSpec, payload: Value) -> Result<Value, String> {
+async fn run_task<I: Invoker>(
+    shared: &Shared<I>,
+    task: &TaskSpec,
+    payload: Value,
+    request: Option<Arc<CallRequest>>,
+) -> Result<Value, String> {
     let attempts = async {
         let mut candidate = 0;
         let mut last = String::from("no attempt made");
@@ -776,6 +817,8 @@ async fn run_task<I: Invoker>(shared: &Shared<I>, task: &TaskSpec, payload: Valu
                 attempt,
                 service: service.clone(),
                 payload: payload.clone(),
+                request: request.clone(),
+                timeout: task.timeout,
             };
             let result = match task.timeout {
                 Some(limit) => tokio::time::timeout(limit, shared.invoker.invoke(call)).await.unwrap_or_else(|_| {

@@ -716,6 +716,8 @@ mod tests {
             attempt: 1,
             service: ServiceId::new(service).unwrap(),
             payload: json!({"step": step}),
+            request: None,
+            timeout: None,
         }
     }
 

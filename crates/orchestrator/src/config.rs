@@ -38,6 +38,13 @@ pub struct ServeArgs {
     /// A file of bearer tokens, one per line, any of which a request may present.
     #[arg(long, env = "BATON_AUTH_TOKEN_FILE")]
     pub auth_token_file: Option<PathBuf>,
+    /// A directory of secrets services name in their credentials and TLS settings, one file
+    /// per secret (read on every use, so a rotation takes effect at once).
+    #[arg(long, env = "BATON_SECRETS_DIR")]
+    pub secrets_dir: Option<PathBuf>,
+    /// CA certificates (PEM) trusted for https services besides the system's roots.
+    #[arg(long, env = "BATON_SERVICES_CA")]
+    pub services_ca: Option<PathBuf>,
     /// Serve a non-loopback address without TLS or without tokens.
     #[arg(long, env = "BATON_INSECURE", num_args = 0..=1, default_missing_value = "true")]
     pub insecure: Option<bool>,
@@ -90,6 +97,8 @@ struct FileConfig {
     tls_key: Option<PathBuf>,
     tls_client_ca: Option<PathBuf>,
     auth_token_file: Option<PathBuf>,
+    secrets_dir: Option<PathBuf>,
+    services_ca: Option<PathBuf>,
     insecure: Option<bool>,
     allow_link_local: Option<bool>,
     demo: Option<bool>,
@@ -120,6 +129,10 @@ pub struct ServeConfig {
     pub tls_client_ca: Option<PathBuf>,
     /// Bearer tokens file.
     pub auth_token_file: Option<PathBuf>,
+    /// The directory of service secrets.
+    pub secrets_dir: Option<PathBuf>,
+    /// Extra CA certificates for https services.
+    pub services_ca: Option<PathBuf>,
     /// Non-loopback without TLS or tokens allowed.
     pub insecure: bool,
     /// Link-local and metadata endpoints allowed.
@@ -195,6 +208,8 @@ impl ServeArgs {
             tls_key: self.tls_key.clone().or(file.tls_key),
             tls_client_ca: self.tls_client_ca.clone().or(file.tls_client_ca),
             auth_token_file: self.auth_token_file.clone().or(file.auth_token_file),
+            secrets_dir: self.secrets_dir.clone().or(file.secrets_dir),
+            services_ca: self.services_ca.clone().or(file.services_ca),
             insecure: self.insecure.or(file.insecure).unwrap_or(false),
             allow_link_local: self.allow_link_local.or(file.allow_link_local).unwrap_or(false),
             demo: self.demo.or(file.demo).unwrap_or(false),
@@ -264,6 +279,8 @@ impl ServeConfig {
             format!("tls_key = {}", path(&self.tls_key)),
             format!("tls_client_ca = {}", path(&self.tls_client_ca)),
             format!("auth_token_file = {}", path(&self.auth_token_file)),
+            format!("secrets_dir = {}", path(&self.secrets_dir)),
+            format!("services_ca = {}", path(&self.services_ca)),
             format!("insecure = {}", self.insecure),
             format!("allow_link_local = {}", self.allow_link_local),
             format!("demo = {}", self.demo),
@@ -405,18 +422,18 @@ mod tests {
     fn store_urls_are_checked_and_passwords_never_printed() {
         let error = args(&["--store", "mysql://x"]).resolve().unwrap_err().to_string();
         assert!(error.starts_with("store:"), "{error}");
-        let config = args(&["--store", "postgres://baton:secret@db:5432/baton"]).resolve().unwrap();
+        let config = args(&["--store", "postgres://baton:hunter2@db:5432/baton"]).resolve().unwrap();
         let described = config.describe().join("\n");
         assert!(described.contains("postgres://baton:***@db:5432/baton"), "{described}");
-        assert!(!described.contains("secret"));
+        assert!(!described.contains("hunter2"));
         for (conninfo, shown) in [
-            ("host=db dbname=baton password=secret", "host=db dbname=baton password=***"),
-            ("host=db password='my secret\\' x' dbname=baton", "host=db password=*** dbname=baton"),
+            ("host=db dbname=baton password=hunter2", "host=db dbname=baton password=***"),
+            ("host=db password='my hunter2\\' x' dbname=baton", "host=db password=*** dbname=baton"),
         ] {
             let config = args(&["--store", conninfo]).resolve().unwrap();
             let described = config.describe().join("\n");
             assert!(described.contains(shown), "{described}");
-            assert!(!described.contains("secret"), "{described}");
+            assert!(!described.contains("hunter2"), "{described}");
         }
     }
 }

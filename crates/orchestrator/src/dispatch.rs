@@ -6,14 +6,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use baton_core::{Endpoint, Health, ServiceId};
-use baton_executor::{Call, Failure, HttpConfig, HttpInvoker, Invoker, WorkerConfig, WorkerQueues};
+use baton_executor::{Call, Failure, GrpcInvoker, HttpConfig, HttpInvoker, Invoker, WorkerConfig, WorkerQueues};
 use baton_registry::Registry;
 use serde_json::Value;
 use tokio::sync::Notify;
 
 use crate::runner::Queries;
 
-/// Calls registered services: HTTP endpoints directly, worker endpoints through their queues.
+/// Calls registered services: HTTP and gRPC endpoints directly, worker endpoints through their
+/// queues.
 ///
 /// A call to a capability-bound step (a stand-in id from [`Queries`]) is resolved at the call
 /// against the live registry: the best eligible candidates (passing health, capacity left), in
@@ -25,6 +26,7 @@ pub struct Dispatcher {
     registry: Registry,
     queries: Arc<Queries>,
     http: HttpInvoker,
+    grpc: GrpcInvoker,
     workers: WorkerQueues,
     max_candidates: usize,
     failovers: Arc<AtomicU64>,
@@ -44,12 +46,9 @@ impl Dispatcher {
         workers: WorkerConfig,
         max_candidates: usize,
     ) -> Self {
-        let resolve_url = {
+        let resolve_spec = {
             let registry = registry.clone();
-            Arc::new(move |id: &ServiceId| match registry.get(id).ok()?.spec.endpoint() {
-                Endpoint::Http { url } => Some(url.clone()),
-                _ => None,
-            })
+            Arc::new(move |id: &ServiceId| registry.get(id).ok().map(|view| view.spec))
         };
         let resolve_queue = {
             let registry = registry.clone();
@@ -59,7 +58,8 @@ impl Dispatcher {
             })
         };
         Self {
-            http: http.build(resolve_url),
+            grpc: GrpcInvoker::new(&http),
+            http: http.build(resolve_spec),
             workers: workers.build(resolve_queue),
             registry,
             queries,
@@ -113,15 +113,9 @@ impl Dispatcher {
         let permit =
             self.registry.acquire(&call.service).map_err(|e| Failure::unreached("at_capacity", e.to_string()))?;
         let result = match view.spec.endpoint() {
-            Endpoint::Http { .. } => self.http.invoke(call).await,
+            Endpoint::Http { .. } => self.http.call(&view.spec, call).await,
             Endpoint::Worker { .. } => self.workers.invoke(call).await,
-            Endpoint::Grpc { url } => Err(Failure::permanent(
-                "unsupported_protocol",
-                format!(
-                    "service {} is a gRPC endpoint ({url}); gRPC workers pull tasks from a worker queue",
-                    call.service
-                ),
-            )),
+            Endpoint::Grpc { .. } => self.grpc.call(&view.spec, call).await,
         };
         drop(permit);
         self.released.notify_waiters();

@@ -26,7 +26,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Runs the server: gRPC API, metrics, the workflow engine and the registry.
-    Serve(ServeArgs),
+    // Boxed: the settings dwarf the client commands, and the enum is built once.
+    Serve(Box<ServeArgs>),
     #[command(flatten)]
     Client(ClientCommand),
 }

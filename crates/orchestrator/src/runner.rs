@@ -151,7 +151,8 @@ impl<I: Invoker> ExecutorRunner<I> {
     fn spec(&self, request: &RunRequest) -> Result<RunSpec, String> {
         let definition = request.definition.definition();
         let mut tasks = Vec::with_capacity(definition.steps.len());
-        for (step, input) in definition.steps.iter().zip(request.definition.inputs()) {
+        let steps = definition.steps.iter().zip(request.definition.inputs()).zip(request.definition.calls());
+        for ((step, input), call) in steps {
             let services = match &step.target {
                 StepTarget::Service { id, alternatives } => {
                     std::iter::once(id.clone()).chain(alternatives.iter().cloned()).collect()
@@ -162,6 +163,7 @@ impl<I: Invoker> ExecutorRunner<I> {
                 id: step.id.clone(),
                 services,
                 input: input.clone(),
+                call: call.clone(),
                 depends_on: step.depends_on.clone(),
                 retry: step.retry.clone().unwrap_or_else(|| definition.defaults.retry.clone()),
                 timeout: step.timeout.or(definition.defaults.timeout),

@@ -36,6 +36,22 @@ pub enum ServeError {
         /// Why.
         error: std::io::Error,
     },
+    /// The services' CA bundle holds no usable certificate.
+    #[error("services_ca {path}: {reason}")]
+    ServicesCa {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The secrets directory is not a readable directory.
+    #[error("secrets_dir {path}: {reason}")]
+    SecretsDir {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// The token file holds no usable token.
     #[error("auth_token_file {path}: {reason}")]
     Tokens {
@@ -75,8 +91,9 @@ impl Server {
             Some(url) => StoreChoice::Postgres(url.clone()),
             None => StoreChoice::Redb(config.data_dir.clone()),
         };
+        let http = http_config(&config)?;
         let metrics = Metrics::default();
-        let mut options = Options { store, ..Options::default() };
+        let mut options = Options { store, http, ..Options::default() };
         options.engine.observer = Arc::new(metrics.clone());
         let orchestrator = ServiceOrchestrator::open(options).await?;
         metrics.watch(&orchestrator);
@@ -187,7 +204,7 @@ fn grpc_config(config: &ServeConfig) -> Result<baton_grpc::Config, ServeError> {
     };
     let tokens = match &config.auth_token_file {
         Some(path) => {
-            warn_if_readable_by_others(path);
+            warn_if_readable_by_others("auth_token_file", path);
             let bytes = read("auth_token_file", path)?;
             let text = String::from_utf8(bytes)
                 .map_err(|_| ServeError::Tokens { path: path.clone(), reason: "is not UTF-8 text".to_owned() })?;
@@ -223,23 +240,54 @@ fn grpc_config(config: &ServeConfig) -> Result<baton_grpc::Config, ServeError> {
     Ok(baton_grpc::Config { connections, tls, tokens, ..baton_grpc::Config::default() })
 }
 
+/// How services are called: the system's roots and `--services-ca`, secrets from
+/// `--secrets-dir` and `BATON_SECRET_*` variables. Logs what is trusted, never a secret.
+fn http_config(config: &ServeConfig) -> Result<baton_executor::HttpConfig, ServeError> {
+    let mut roots = baton_executor::TrustRoots::system();
+    let system = roots.len();
+    if let Some(path) = &config.services_ca {
+        let pem = read("services_ca", path)?;
+        roots =
+            roots.with_pem(&pem).map_err(|e| ServeError::ServicesCa { path: path.clone(), reason: e.to_string() })?;
+    }
+    if let Some(dir) = &config.secrets_dir {
+        match std::fs::metadata(dir) {
+            Ok(meta) if meta.is_dir() => warn_if_readable_by_others("secrets_dir", dir),
+            Ok(_) => return Err(ServeError::SecretsDir { path: dir.clone(), reason: "is not a directory".to_owned() }),
+            Err(e) => return Err(ServeError::SecretsDir { path: dir.clone(), reason: e.to_string() }),
+        }
+    }
+    tracing::info!(
+        system_roots = system,
+        services_ca = roots.len() - system,
+        secrets_dir = %config.secrets_dir.as_deref().map_or("-".into(), |d| d.display().to_string()),
+        "service calls: TLS trusts the system's roots and services_ca; secrets come from secrets_dir and BATON_SECRET_* variables"
+    );
+    Ok(baton_executor::HttpConfig {
+        roots,
+        secrets: baton_executor::Secrets::new(config.secrets_dir.as_deref()),
+        ..baton_executor::HttpConfig::default()
+    })
+}
+
 fn read(setting: &'static str, path: &Path) -> Result<Vec<u8>, ServeError> {
     std::fs::read(path).map_err(|error| ServeError::Read { setting, path: path.to_owned(), error })
 }
 
-/// Tokens are secrets: say so when others may read the file.
-fn warn_if_readable_by_others(path: &Path) {
+/// Tokens and secrets are secret: say so when others may read them.
+fn warn_if_readable_by_others(setting: &str, path: &Path) {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
         if let Ok(meta) = std::fs::metadata(path)
             && meta.permissions().mode() & 0o077 != 0
         {
-            tracing::warn!(path = %path.display(), "the auth token file is readable by group or others; chmod 600 it");
+            let mode = if meta.is_dir() { "700" } else { "600" };
+            tracing::warn!(path = %path.display(), "the {setting} is readable by group or others; chmod {mode} it");
         }
     }
     #[cfg(not(unix))]
-    let _ = path;
+    let _ = (setting, path);
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {

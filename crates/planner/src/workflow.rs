@@ -31,6 +31,7 @@ pub fn to_workflow(catalog: &Catalog, goal: &Goal, plan: &Plan, name: WorkflowNa
             Step {
                 id: task.id.clone(),
                 target: StepTarget::Service { id: task.service.clone(), alternatives: task.alternatives.clone() },
+                call: None,
                 input: Value::Object(input),
                 depends_on: task.depends_on.clone(),
                 retry: None,

@@ -3,7 +3,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 
-use baton_core::{ErrorPolicy, StepId, Template, WorkflowDefinition, WorkflowName};
+use baton_core::{CallTemplate, ErrorPolicy, StepId, Template, WorkflowDefinition, WorkflowName};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -21,6 +21,7 @@ pub const MAX_DEFINITION_BYTES: usize = 1024 * 1024;
 pub struct CheckedDefinition {
     definition: WorkflowDefinition,
     inputs: Vec<Template>,
+    calls: Vec<Option<CallTemplate>>,
     output: Template,
     order: Vec<usize>,
     canonical: Value,
@@ -86,16 +87,31 @@ impl CheckedDefinition {
         let order = topological_order(&definition, &index)?;
         let upstream = Upstream::of(steps, &index, &order);
         let mut inputs = Vec::with_capacity(steps.len());
+        let mut calls = Vec::with_capacity(steps.len());
         for (i, step) in steps.iter().enumerate() {
+            let check_reads = |place: String, reads: BTreeSet<String>| {
+                for name in reads {
+                    let known = name.parse::<StepId>().ok().and_then(|id| index.get(&id).copied());
+                    if !known.is_some_and(|r| upstream.contains(i, r)) {
+                        return Err(Error::NotUpstream { place, step: name });
+                    }
+                }
+                Ok(())
+            };
             let place = format!("steps.{}.input", step.id);
             let template = Template::compile(&place, &step.input)?;
-            for name in template.referenced_steps() {
-                let known = name.parse::<StepId>().ok().and_then(|id| index.get(&id).copied());
-                if !known.is_some_and(|r| upstream.contains(i, r)) {
-                    return Err(Error::NotUpstream { place, step: name });
-                }
-            }
+            check_reads(place, template.referenced_steps())?;
             inputs.push(template);
+            let call = match &step.call {
+                None => None,
+                Some(call) => {
+                    let place = format!("steps.{}", step.id);
+                    let template = CallTemplate::compile(&place, call, !step.input.is_null())?;
+                    check_reads(place, template.referenced_steps())?;
+                    Some(template)
+                }
+            };
+            calls.push(call);
         }
         let output = Template::compile("output", &definition.output)?;
         for name in output.referenced_steps() {
@@ -113,7 +129,7 @@ impl CheckedDefinition {
         for byte in Sha256::digest(&bytes) {
             let _ = write!(content_hash, "{byte:02x}");
         }
-        Ok(Self { definition, inputs, output, order, canonical, content_hash })
+        Ok(Self { definition, inputs, calls, output, order, canonical, content_hash })
     }
 
     /// The definition.
@@ -129,6 +145,12 @@ impl CheckedDefinition {
     /// The compiled input template of each step, in the order of `definition().steps`.
     pub fn inputs(&self) -> &[Template] {
         &self.inputs
+    }
+
+    /// The compiled call template of each step that shapes its call (`http:` or `grpc:`), in
+    /// the order of `definition().steps`.
+    pub fn calls(&self) -> &[Option<CallTemplate>] {
+        &self.calls
     }
 
     /// The compiled output template.
@@ -327,7 +349,8 @@ mod tests {
         let text = include_str!("../../../examples/workflows/checkout.yaml");
         let checked = CheckedDefinition::parse(text).expect("examples/workflows/checkout.yaml is valid");
         assert_eq!(checked.name().as_str(), "checkout");
-        assert_eq!(checked.definition().steps.len(), 4);
+        assert_eq!(checked.definition().steps.len(), 5);
+        assert!(checked.calls()[4].is_some(), "confirm shapes its HTTP request");
         check(&text.replace("    fallback: charge-later\n", ""), "fallback");
     }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::header::CONTENT_TYPE;
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -54,6 +54,8 @@ pub(crate) struct Shared {
     pub(crate) fail_rate: f64,
     pub(crate) lose_rate: f64,
     pub(crate) mode: watch::Receiver<Mode>,
+    /// The bearer token every effect request must carry; `None`: none needed.
+    pub(crate) bearer: Option<String>,
     rng: Mutex<SmallRng>,
     /// The stored response per idempotency key; a cell is empty until an effect succeeds, so
     /// a failed attempt leaves it for the retry and concurrent requests wait for the first.
@@ -80,6 +82,7 @@ impl Shared {
         (fail_rate, lose_rate): (f64, f64),
         seed: u64,
         mode: watch::Receiver<Mode>,
+        bearer: Option<String>,
     ) -> Self {
         Self {
             kind,
@@ -88,6 +91,7 @@ impl Shared {
             fail_rate,
             lose_rate,
             mode,
+            bearer,
             rng: Mutex::new(SmallRng::seed_from_u64(seed)),
             responses: Mutex::default(),
             key_effects: Mutex::default(),
@@ -173,6 +177,13 @@ async fn effect(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
 }
 
 async fn answer(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Response {
+    if let Some(token) = &shared.bearer {
+        let sent = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        // The message does not quote what was sent: it may be a credential.
+        if sent != Some(token.as_str()) {
+            return error(StatusCode::UNAUTHORIZED, "a valid bearer token is required".to_owned());
+        }
+    }
     let payload: Value = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Null
     } else {

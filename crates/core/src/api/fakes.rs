@@ -814,6 +814,7 @@ impl InMemoryOrchestrator {
             .map(|task| Step {
                 id: task.id.clone(),
                 target: StepTarget::Service { id: task.service.clone(), alternatives: task.alternatives.clone() },
+                call: None,
                 input: Value::Null,
                 depends_on: task.depends_on.clone(),
                 retry: None,

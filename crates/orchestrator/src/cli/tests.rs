@@ -14,7 +14,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    Serve(crate::config::ServeArgs),
+    Serve(Box<crate::config::ServeArgs>),
     #[command(flatten)]
     Client(ClientCommand),
 }

@@ -1,0 +1,106 @@
+//! `baton serve` calling the example services over HTTPS with a bearer token from its secrets
+//! directory: the order workflow completes, and the token's value appears in none of what a
+//! person or a script can see (logs, events, errors, metrics, service answers, `--output json`).
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use baton_examples::pki::TestPki;
+use baton_examples::{Bearer, ServiceOptions};
+use serde_json::Value;
+use support::{ServerProcess, scrape};
+
+/// The token: a value that occurs nowhere else, so any sighting of it is a leak.
+const TOKEN: &str = "tok-7f3a9c1e5b2d-never-print-me";
+
+fn text(output: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+async fn cli(server: &ServerProcess, args: &[&str]) -> Output {
+    let (url, args): (String, Vec<String>) = (server.url(), args.iter().map(|s| (*s).to_owned()).collect());
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(["--server", &url])
+            .args(&args)
+            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_order_workflow_runs_over_https_with_a_bearer_token_that_never_shows() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new("shop");
+    let ca = dir.path().join("shop-ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let secrets = dir.path().join("secrets");
+    std::fs::create_dir(&secrets).unwrap();
+    std::fs::write(secrets.join("shop-token"), format!("{TOKEN}\n")).unwrap();
+    let flags =
+        ["--services-ca", ca.to_str().unwrap(), "--secrets-dir", secrets.to_str().unwrap(), "--log-level", "debug"];
+    let server = ServerProcess::start(&dir.path().join("data"), &flags).await;
+
+    let tls = baton_examples::tls::server_config(pki.server_cert_pem.as_bytes(), pki.server_key_pem.as_bytes(), None)
+        .unwrap();
+    let options = ServiceOptions {
+        baton: Some(server.url()),
+        tls: Some(tls),
+        bearer: Some(Bearer { secret: "shop-token".to_owned(), token: TOKEN.to_owned() }),
+        ..ServiceOptions::default()
+    };
+    let services = baton_examples::spawn_shop(&options).await.unwrap();
+    for service in &services {
+        assert!(service.url().starts_with("https://127.0.0.1:"), "{}", service.url());
+        tokio::time::timeout(Duration::from_secs(30), service.handle().registered()).await.unwrap();
+    }
+
+    let applied = cli(&server, &["workflow", "apply", "examples/workflows/order.yaml"]).await;
+    assert!(applied.status.success(), "{}", text(&applied));
+    let input = r#"{"sku": "book-1", "quantity": 1, "amount": 12.5}"#;
+    let done = cli(&server, &["--output", "json", "run", "order", "--input", input, "--wait"]).await;
+    assert!(done.status.success(), "{}", text(&done));
+    let done: Value = serde_json::from_slice(&done.stdout).unwrap();
+    let id = done["id"].as_str().or_else(|| done["execution"]["id"].as_str()).unwrap().to_owned();
+    assert!(done.to_string().contains("trk-shipping-"), "{done}");
+    for service in &services {
+        assert_eq!(service.stats().effects, 1, "{} did its work once", service.id());
+    }
+
+    // A run that fails at a service (bad input: a 400), so an error message is seen too.
+    let bad =
+        cli(&server, &["--output", "json", "run", "order", "--input", r#"{"sku": "", "amount": 1}"#, "--wait"]).await;
+    assert!(!bad.status.success(), "{}", text(&bad));
+    assert!(text(&bad).contains("http_400"), "{}", text(&bad));
+
+    // Everything a person or a script can see, gathered and searched for the token.
+    let mut seen = vec![text(&bad)];
+    for args in [
+        &["--output", "json", "exec", "get", &id][..],
+        &["--output", "json", "exec", "list"],
+        &["exec", "get", &id],
+        &["--output", "json", "exec", "watch", &id],
+        &["--output", "json", "service", "list"],
+        &["--output", "json", "service", "get", "inventory"],
+        &["service", "get", "payments"],
+    ] {
+        let output = cli(&server, args).await;
+        assert!(output.status.success(), "{args:?}: {}", text(&output));
+        seen.push(text(&output));
+    }
+    let service = &seen[5];
+    assert!(service.contains("shop-token"), "the spec names the secret: {service}");
+    seen.push(scrape(server.metrics).await);
+    seen.push(server.log_text());
+    for (i, surface) in seen.iter().enumerate() {
+        assert!(!surface.contains(TOKEN), "surface {i} shows the token:\n{surface}");
+    }
+    let log = server.log_text();
+    assert!(log.contains("services_ca"), "{log}");
+}
