@@ -75,6 +75,20 @@ impl Failure {
 
 /// Calls services. Implementations must be cancel-safe: a dropped call is abandoned.
 pub trait Invoker: Send + Sync + 'static {
+    /// The services a call to `service` may go to now, best first, or `None` when `service`
+    /// is itself the one to call. An invoker that stands in ids for capability queries answers
+    /// the services matching the query here (waiting for one when none can take a call yet),
+    /// so that the executor names the service it calls in `TaskScheduled` and fails over from
+    /// one to the next attempt by attempt. The default: every id is itself.
+    fn resolve(
+        &self,
+        service: &ServiceId,
+        step: &StepId,
+    ) -> impl Future<Output = Result<Option<Vec<ServiceId>>, Failure>> + Send {
+        let _ = (service, step);
+        std::future::ready(Ok(None))
+    }
+
     /// Makes one call.
     fn invoke(&self, call: Call) -> impl Future<Output = Result<Value, Failure>> + Send;
 }

@@ -256,7 +256,16 @@ impl Config {
     ) -> Executor<I> {
         let global = Arc::new(Semaphore::new(self.max_in_flight));
         let breakers = Arc::new(Breakers::new(self.breaker_threshold, self.breaker_cool_down));
-        Executor { config: self, invoker, events, clock, global, breakers, service_limits: Arc::default() }
+        Executor {
+            config: self,
+            invoker,
+            events,
+            clock,
+            global,
+            breakers,
+            service_limits: Arc::default(),
+            failovers: Arc::default(),
+        }
     }
 }
 
@@ -269,6 +278,7 @@ pub struct Executor<I> {
     global: Arc<Semaphore>,
     breakers: Arc<Breakers>,
     service_limits: ServiceLimits,
+    failovers: Arc<AtomicU64>,
 }
 
 /// Per-service in-flight limits (from registered capacity), FIFO when waiting.
@@ -305,6 +315,7 @@ impl<I> Clone for Executor<I> {
             global: Arc::clone(&self.global),
             breakers: Arc::clone(&self.breakers),
             service_limits: Arc::clone(&self.service_limits),
+            failovers: Arc::clone(&self.failovers),
         }
     }
 }
@@ -378,6 +389,7 @@ struct Shared<I> {
     breakers: Arc<Breakers>,
     service_limits: ServiceLimits,
     global: Arc<Semaphore>,
+    failovers: Arc<AtomicU64>,
 }
 
 impl<I> Shared<I> {
@@ -455,6 +467,12 @@ impl<I: Invoker> Executor<I> {
         self.service_limits.set(service, max_in_flight);
     }
 
+    /// Attempts that went to another service than the attempt before them, which failed:
+    /// a pinned step's alternative or another service matching its capability query.
+    pub fn failovers(&self) -> u64 {
+        self.failovers.load(Ordering::Relaxed)
+    }
+
     /// The state of `service`'s circuit breaker.
     pub fn breaker_state(&self, service: &ServiceId) -> BreakerState {
         self.breakers.state(service)
@@ -487,6 +505,7 @@ impl<I: Invoker> Executor<I> {
             breakers: Arc::clone(&self.breakers),
             service_limits: Arc::clone(&self.service_limits),
             global: Arc::clone(&self.global),
+            failovers: Arc::clone(&self.failovers),
         };
         let limit = self.config.max_in_flight_per_run.max(1);
         let done = tokio::spawn(async move {
@@ -768,8 +787,70 @@ async fn dispatch<'a, I: Invoker>(
     (index, run_task(shared, task, payload, request).await)
 }
 
-/// Attempts one task: each attempt goes to the current candidate service; any failure moves
-/// to the next candidate (failover); retryable failures back off before the next attempt.
+/// The service an attempt goes to.
+struct Pick<'a> {
+    /// Its place in the task's service list (a pinned service or a stand-in).
+    index: usize,
+    /// The service called: a pinned one, or one its stand-in resolved to.
+    service: ServiceId,
+    admission: crate::breaker::Admission<'a>,
+    /// Whether a candidate this task has not tried is left besides it.
+    untried_left: bool,
+}
+
+/// Picks the service of an attempt: the task's services in failover order from `candidate`,
+/// each resolved through the invoker (a capability query's stand-in becomes the matching
+/// services, best first), preferring services this task has not tried and skipping those
+/// whose breaker is open.
+async fn pick<'a, I: Invoker>(
+    shared: &'a Shared<I>,
+    task: &TaskSpec,
+    candidate: usize,
+    tried: &[ServiceId],
+    deadline: Option<tokio::time::Instant>,
+) -> Result<Pick<'a>, Failure> {
+    let count = task.services.len();
+    let mut resolve_failure = None;
+    for k in 0..count {
+        let index = (candidate + k) % count;
+        let target = &task.services[index];
+        let resolving = shared.invoker.resolve(target, &task.id);
+        let resolved = match deadline {
+            Some(at) => tokio::time::timeout_at(at, resolving).await.unwrap_or_else(|_| {
+                Err(Failure::retryable("timeout", "attempt timed out waiting for a service to call"))
+            }),
+            None => resolving.await,
+        };
+        let resolved = match resolved {
+            Ok(resolved) => resolved,
+            Err(failure) => {
+                resolve_failure = Some(failure);
+                continue;
+            }
+        };
+        let candidates = match &resolved {
+            Some(services) => services.as_slice(),
+            None => std::slice::from_ref(target),
+        };
+        let fresh = candidates.iter().filter(|s| !tried.contains(s));
+        let again = candidates.iter().filter(|s| tried.contains(s));
+        for service in fresh.chain(again) {
+            if let Some(admission) = shared.breakers.admit(service) {
+                let untried_left = match &resolved {
+                    Some(services) => services.iter().any(|s| s != service && !tried.contains(s)),
+                    None => task.services.iter().any(|s| s != service && !tried.contains(s)),
+                };
+                return Ok(Pick { index, service: service.clone(), admission, untried_left });
+            }
+        }
+    }
+    Err(resolve_failure
+        .unwrap_or_else(|| Failure::retryable("circuit_open", "every candidate service's circuit breaker is open")))
+}
+
+/// Attempts one task: each attempt goes to the picked service (see [`pick`]); a failure moves
+/// the next attempt to the next candidate (failover), at once while one is left untried, after
+/// the retry policy's backoff once all have been tried.
 async fn run_task<I: Invoker>(
     shared: &Shared<I>,
     task: &TaskSpec,
@@ -778,34 +859,41 @@ async fn run_task<I: Invoker>(
 ) -> Result<Value, String> {
     let attempts = async {
         let mut candidate = 0;
+        // Services that failed an attempt of this task, and the latest of them.
+        let mut tried: Vec<ServiceId> = Vec::new();
         let mut last = String::from("no attempt made");
         let max = task.retry.max_attempts.max(1);
         for attempt in 1..=max {
             if !shared.wait_unless_paused().await {
                 return Err("cancelled".to_owned());
             }
-            // Failover order, skipping services whose breaker is open.
-            let count = task.services.len();
-            let Some((pick, admission)) = (0..count)
-                .map(|k| (candidate + k) % count)
-                .find_map(|k| shared.breakers.admit(&task.services[k]).map(|a| (k, a)))
-            else {
-                let failure = Failure::retryable("circuit_open", "every candidate service's circuit breaker is open");
-                shared.emit(EventKind::TaskFailed {
-                    step: task.id.clone(),
-                    attempt,
-                    error: failure.to_string(),
-                    retryable: true,
-                });
-                last = failure.to_string();
-                if attempt < max {
-                    tokio::time::sleep(shared.backoff(&task.retry, attempt)).await;
-                }
-                continue;
-            };
-            candidate = pick;
-            let service = &task.services[pick];
-            let limit = shared.service_limits.get(service);
+            let deadline = task.timeout.map(|limit| tokio::time::Instant::now() + limit);
+            let Pick { index, service, admission, untried_left } =
+                match pick(shared, task, candidate, &tried, deadline).await {
+                    Ok(pick) => pick,
+                    Err(failure) => {
+                        let retryable = failure.retryable && !task.retry.non_retryable.contains(&failure.class);
+                        shared.emit(EventKind::TaskFailed {
+                            step: task.id.clone(),
+                            attempt,
+                            error: failure.to_string(),
+                            retryable,
+                        });
+                        last = failure.to_string();
+                        if !retryable {
+                            return Err(last);
+                        }
+                        if attempt < max {
+                            tokio::time::sleep(shared.backoff(&task.retry, attempt)).await;
+                        }
+                        continue;
+                    }
+                };
+            candidate = index;
+            if tried.last().is_some_and(|previous| *previous != service) {
+                shared.failovers.fetch_add(1, Ordering::Relaxed);
+            }
+            let limit = shared.service_limits.get(&service);
             let service_permit = match limit {
                 Some(limit) => Some(limit.acquire_owned().await.expect("service semaphores are never closed")),
                 None => None,
@@ -820,14 +908,16 @@ async fn run_task<I: Invoker>(
                 request: request.clone(),
                 timeout: task.timeout,
             };
-            let result = match task.timeout {
-                Some(limit) => tokio::time::timeout(limit, shared.invoker.invoke(call)).await.unwrap_or_else(|_| {
-                    Err(Failure::retryable(
-                        "timeout",
-                        format!("attempt timed out after {}", baton_core::duration::format(limit)),
-                    ))
-                }),
-                None => shared.invoker.invoke(call).await,
+            let result = match (deadline, task.timeout) {
+                (Some(at), Some(limit)) => {
+                    tokio::time::timeout_at(at, shared.invoker.invoke(call)).await.unwrap_or_else(|_| {
+                        Err(Failure::retryable(
+                            "timeout",
+                            format!("attempt timed out after {}", baton_core::duration::format(limit)),
+                        ))
+                    })
+                }
+                _ => shared.invoker.invoke(call).await,
             };
             // Only failures that say something about the service's health count against it.
             match &result {
@@ -869,12 +959,16 @@ async fn run_task<I: Invoker>(
                         retryable,
                     });
                     last = failure.to_string();
+                    tried.retain(|s| *s != service);
+                    tried.push(service);
                     candidate += 1;
-                    // A permanent failure ends the task unless an alternative is left to try.
-                    if !retryable && candidate >= task.services.len() {
+                    // A permanent failure is the request's fault, which another instance of a
+                    // capability would refuse too; a pinned step still tries its alternatives.
+                    let alternatives_left = candidate < task.services.len();
+                    if !retryable && !alternatives_left {
                         return Err(last);
                     }
-                    if attempt < max && retryable {
+                    if attempt < max && retryable && !untried_left {
                         tokio::time::sleep(shared.backoff(&task.retry, attempt)).await;
                     }
                 }

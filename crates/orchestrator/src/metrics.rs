@@ -5,7 +5,7 @@
 //! - Executions and tasks, from the workflow engine's journal: `Metrics` is the engine's
 //!   [`Observer`] (set it as `baton_workflow::Config::observer` before the engine opens), and
 //!   derives counters, gauges and task durations from each batch of events once it is durable.
-//! - The state of the registry, the dispatcher, the worker queues, the store and the circuit
+//! - The state of the registry, the executor's failovers, the worker queues, the store and the circuit
 //!   breakers, read when scraped ([`Metrics::watch`], [`Metrics::watch_breakers`]).
 //! - gRPC calls, counted by a tower layer around the server ([`Metrics::grpc_layer`]).
 //!
@@ -116,14 +116,14 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Reads the orchestrator's registry, dispatcher, worker queues and store at each scrape,
+    /// Reads the orchestrator's registry, executor, worker queues and store at each scrape,
     /// and seeds the execution gauges from the engine's recovery report ([`Metrics::recovered`]).
     /// A later call replaces the components read.
     pub fn watch(&self, orchestrator: &ServiceOrchestrator) {
         {
             let mut sources = self.inner.state.sources.write();
             sources.registry = Some(orchestrator.registry().clone());
-            sources.dispatcher = Some(orchestrator.dispatcher().clone());
+            sources.executor = Some(orchestrator.executor().clone());
             sources.workers = Some(orchestrator.workers().clone());
             sources.store = Some(orchestrator.store().clone());
         }

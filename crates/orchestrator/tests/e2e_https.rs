@@ -1,6 +1,8 @@
 //! `baton serve` calling the example services over HTTPS with a bearer token from its secrets
-//! directory: the order workflow completes, and the token's value appears in none of what a
-//! person or a script can see (logs, events, errors, metrics, service answers, `--output json`).
+//! directory, and the example gRPC service for one step: the order workflow completes, the
+//! CLI's `--watch` names the services that answered, and the token's value appears in none of
+//! what a person or a script can see (logs, events, errors, metrics, service answers,
+//! `--output json`).
 
 mod support;
 
@@ -8,10 +10,37 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use baton_examples::grpc::{GrpcOptions, spawn_grpc};
 use baton_examples::pki::TestPki;
 use baton_examples::{Bearer, ServiceOptions};
 use serde_json::Value;
 use support::{ServerProcess, scrape};
+
+/// The order workflow with a last step on the gRPC notifications service, found by capability.
+const ORDER_NOTIFY: &str = r#"
+name: order-notify
+defaults:
+  timeout: 5s
+  retry: {max_attempts: 3, initial_backoff: 50ms}
+steps:
+  - id: reserve
+    query: {capabilities: [inventory.reserve]}
+    input: {sku: "${ .input.sku }", quantity: "${ .input.quantity }"}
+  - id: charge
+    query: {capabilities: [payment.charge]}
+    input: {amount: "${ .input.amount }"}
+  - id: ship
+    query: {capabilities: [shipping.ship]}
+    depends_on: [reserve, charge]
+    input: {reservation: "${ .steps.reserve.output.id }", receipt: "${ .steps.charge.output.receipt }"}
+  - id: notify
+    query: {capabilities: [customer.notify], protocols: [grpc]}
+    depends_on: [ship]
+    input: {tracking: "${ .steps.ship.output.tracking }", channel: sms}
+output:
+  tracking: "${ .steps.ship.output.tracking }"
+  notification: "${ .steps.notify.output.notification_id }"
+"#;
 
 /// The token: a value that occurs nowhere else, so any sighting of it is a leak.
 const TOKEN: &str = "tok-7f3a9c1e5b2d-never-print-me";
@@ -61,6 +90,13 @@ async fn the_order_workflow_runs_over_https_with_a_bearer_token_that_never_shows
         tokio::time::timeout(Duration::from_secs(30), service.handle().registered()).await.unwrap();
     }
 
+    // Without reflection: it registers its descriptor set.
+    let notifications =
+        spawn_grpc(GrpcOptions { baton: Some(server.url()), reflection: false, ..GrpcOptions::default() })
+            .await
+            .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), notifications.registered()).await.unwrap();
+
     let applied = cli(&server, &["workflow", "apply", "examples/workflows/order.yaml"]).await;
     assert!(applied.status.success(), "{}", text(&applied));
     let input = r#"{"sku": "book-1", "quantity": 1, "amount": 12.5}"#;
@@ -72,6 +108,26 @@ async fn the_order_workflow_runs_over_https_with_a_bearer_token_that_never_shows
     for service in &services {
         assert_eq!(service.stats().effects, 1, "{} did its work once", service.id());
     }
+
+    // Watched: each step is named with the service that answered, the gRPC one included.
+    let notify = dir.path().join("order-notify.yaml");
+    std::fs::write(&notify, ORDER_NOTIFY).unwrap();
+    let applied = cli(&server, &["workflow", "apply", notify.to_str().unwrap()]).await;
+    assert!(applied.status.success(), "{}", text(&applied));
+    let watched = cli(&server, &["run", "order-notify", "--input", input, "--watch"]).await;
+    let shown = text(&watched);
+    assert!(watched.status.success(), "{shown}");
+    for line in [
+        "reserve: scheduled on inventory",
+        "charge: scheduled on payments",
+        "ship: scheduled on shipping",
+        "notify: scheduled on notifications",
+    ] {
+        assert!(shown.contains(line), "{line:?} missing from\n{shown}");
+    }
+    assert!(!shown.contains("query."), "a stand-in id shows:\n{shown}");
+    assert!(shown.contains("ntf-notifications-000001"), "{shown}");
+    assert_eq!(notifications.stats().effects, 1);
 
     // A run that fails at a service (bad input: a 400), so an error message is seen too.
     let bad =
@@ -94,6 +150,8 @@ async fn the_order_workflow_runs_over_https_with_a_bearer_token_that_never_shows
         assert!(output.status.success(), "{args:?}: {}", text(&output));
         seen.push(text(&output));
     }
+    let table = &seen[2];
+    assert!(table.contains("inventory") && !table.contains("query."), "{table}");
     let service = &seen[5];
     assert!(service.contains("shop-token"), "the spec names the secret: {service}");
     seen.push(scrape(server.metrics).await);
