@@ -130,6 +130,10 @@ pub struct Execution {
     pub created_at: Timestamp,
     /// When it last changed.
     pub updated_at: Timestamp,
+    /// The trace context of the caller that started it, whose trace it continues; `None`:
+    /// its own trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<crate::trace::TraceContext>,
 }
 
 impl Execution {

@@ -48,6 +48,7 @@ mod rfc3339;
 pub mod service;
 pub mod store;
 pub mod taxonomy;
+pub mod trace;
 pub mod workflow;
 
 pub use access::{Credentials, TlsSettings};
@@ -79,6 +80,7 @@ pub use store::{
     PageRequest, PageToken, PutDefinition, Record, Store, StoreError, StoreResult, StoredDefinition,
 };
 pub use taxonomy::{ConceptId, Taxonomy, TaxonomyBuilder};
+pub use trace::{ExecutionTrace, SpanId, SpanRecord, TraceContext, TraceId};
 pub use workflow::{ErrorPolicy, RetryPolicy, Step, StepDefaults, StepTarget, WorkflowDefinition};
 
 /// A point in time, UTC.

@@ -559,6 +559,7 @@ mod tests {
             tasks: BTreeMap::new(),
             created_at: at,
             updated_at: at,
+            trace: None,
         };
         let mut update = ExecutionUpdate::from(&stored);
         update.state = ExecutionState::Completed;
@@ -595,6 +596,7 @@ mod tests {
             tasks: BTreeMap::new(),
             created_at: at(100),
             updated_at: at(100),
+            trace: None,
         };
         let check =
             |filter: ExecutionFilter, expected: bool| assert_eq!(filter.matches(&execution), expected, "{filter:?}");

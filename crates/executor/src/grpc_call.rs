@@ -40,8 +40,8 @@ type GrpcClient = Client<Connector, tonic::body::Body>;
 
 /// Calls gRPC services. Cheap to clone; clones share connections and descriptors.
 ///
-/// Each call carries metadata `idempotency-key`, `x-baton-execution`, `x-baton-step` and
-/// `x-baton-attempt`, the service's credentials, and `grpc-timeout` when the attempt has a
+/// Each call carries metadata `idempotency-key`, `x-baton-execution`, `x-baton-step`,
+/// `x-baton-attempt`, `traceparent` and `tracestate`, the service's credentials, and `grpc-timeout` when the attempt has a
 /// time limit. Status codes map to failures as documented in `docs/operations.md`:
 /// `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED`, `ABORTED`, `INTERNAL`, `UNKNOWN` and
 /// `CANCELLED` are retryable, the rest permanent, each as class `grpc_<code>` with the code
@@ -168,15 +168,20 @@ impl GrpcInvoker {
         let mut request = tonic::Request::new(message);
         let metadata = request.metadata_mut();
         *metadata = credentials;
-        let baton = [
+        let mut baton = vec![
             ("idempotency-key", call.idempotency_key()),
             ("x-baton-execution", call.execution.to_string()),
             ("x-baton-step", call.step.to_string()),
             ("x-baton-attempt", call.attempt.to_string()),
         ];
-        for (name, value) in
-            baton.iter().map(|(n, v)| (*n, v.as_str())).chain(extra.iter().map(|(n, v)| (n.as_str(), v.as_str())))
-        {
+        if let Some(trace) = &call.trace {
+            baton.push(("traceparent", trace.traceparent.clone()));
+            if let Some(state) = &trace.tracestate {
+                baton.push(("tracestate", state.to_string()));
+            }
+        }
+        let baton = baton.iter().map(|(n, v)| (*n, v.as_str()));
+        for (name, value) in baton.chain(extra.iter().map(|(n, v)| (n.as_str(), v.as_str()))) {
             let value = AsciiMetadataValue::try_from(value).map_err(|_| {
                 Failure::permanent("invalid_request", format!("metadata {name} of step {} is not ASCII", call.step))
             })?;

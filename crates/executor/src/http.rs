@@ -79,8 +79,8 @@ impl HttpConfig {
 /// Calls services by HTTP and classifies the answer into an output or a [`Failure`]. Cheap
 /// to clone; clones share the connection pools.
 ///
-/// Each request carries `Idempotency-Key`, `X-Baton-Execution`, `X-Baton-Step` and
-/// `X-Baton-Attempt`, and the service's credentials (read from their secret on every call).
+/// Each request carries `Idempotency-Key`, `X-Baton-Execution`, `X-Baton-Step`,
+/// `X-Baton-Attempt`, the call's `traceparent` and `tracestate`, and the service's credentials (read from their secret on every call).
 /// A 2xx body is the output: JSON as it is, other `text/plain` as a string, empty as `null`. 408, 429
 /// and 5xx are retryable `http_{code}`; other statuses are permanent `http_{code}`; a 2xx
 /// body that is neither is a permanent `invalid_json`; a certificate that is not trusted is a
@@ -234,6 +234,12 @@ fn request(
         .header("x-baton-attempt", call.attempt.to_string());
     if body.is_some() {
         builder = builder.header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    if let Some(trace) = &call.trace {
+        builder = builder.header("traceparent", trace.traceparent.as_str());
+        if let Some(state) = &trace.tracestate {
+            builder = builder.header("tracestate", &**state);
+        }
     }
     for (name, value) in extra {
         builder = builder.header(name.as_str(), value.as_str());

@@ -26,12 +26,23 @@ pub struct Call {
     pub request: Option<Arc<CallRequest>>,
     /// The attempt's time limit, which the call tells the service (gRPC's `grpc-timeout`).
     pub timeout: Option<std::time::Duration>,
+    /// The W3C trace context the call carries (`traceparent`, `tracestate`).
+    pub trace: Option<CallTrace>,
+}
+
+/// The trace context of one call: the attempt's span in its execution's trace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallTrace {
+    /// `00-<trace id>-<attempt span id>-<flags>`.
+    pub traceparent: String,
+    /// The caller's `tracestate`, passed on.
+    pub tracestate: Option<Arc<str>>,
 }
 
 impl Call {
     /// A plain call: the payload to the service, shaped by nothing.
     pub fn new(execution: ExecutionId, step: StepId, attempt: u32, service: ServiceId, payload: Value) -> Self {
-        Self { execution, step, attempt, service, payload, request: None, timeout: None }
+        Self { execution, step, attempt, service, payload, request: None, timeout: None, trace: None }
     }
 
     /// `<execution>/<step>`: stable per (execution, step), the same on every retry, failover

@@ -40,7 +40,7 @@ mod worker;
 pub use self::http::{HttpConfig, HttpInvoker, Resolve};
 pub use breaker::BreakerState;
 pub use grpc_call::GrpcInvoker;
-pub use invoker::{Call, Failure, InProcessInvoker, Invoker};
+pub use invoker::{Call, CallTrace, Failure, InProcessInvoker, Invoker};
 #[cfg(any(test, feature = "test-util"))]
 pub use invoker::{ScriptedInvoker, Step};
 pub use run::{Config, Executor, Outcome, RunHandle, RunSpec, SpecError, TaskSpec};

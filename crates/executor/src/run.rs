@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use baton_core::{
-    CallRequest, CallTemplate, Clock, ErrorPolicy, Event, EventKind, EventSink, ExecutionId, Recorded, RetryPolicy,
-    ServiceId, StepId, Template, Timestamp,
+    CallRequest, CallTemplate, Clock, ErrorPolicy, Event, EventKind, EventSink, ExecutionId, ExecutionTrace, Recorded,
+    RetryPolicy, ServiceId, StepId, Template, Timestamp, TraceContext,
 };
 use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 use tokio::sync::{Semaphore, SemaphorePermit, watch};
 
 use crate::breaker::{BreakerState, Breakers};
-use crate::invoker::{Call, Failure, Invoker};
+use crate::invoker::{Call, CallTrace, Failure, Invoker};
 
 /// One task of a run.
 #[derive(Debug, Clone)]
@@ -54,6 +54,8 @@ pub struct TaskSpec {
 pub struct RunSpec {
     execution: ExecutionId,
     dag: Arc<Dag>,
+    /// The trace context of the caller that started the execution.
+    caller: Option<TraceContext>,
 }
 
 /// The checked DAG and what scheduling needs of it, worked out once.
@@ -178,12 +180,19 @@ impl RunSpec {
             })
             .collect();
         let dag = Dag { tasks, output, deadline, index, dependents, reads, fallback_only, static_input, static_call };
-        Ok(Self { execution, dag: Arc::new(dag) })
+        Ok(Self { execution, dag: Arc::new(dag), caller: None })
     }
 
     /// The same checked DAG for another execution.
     pub fn for_execution(&self, execution: ExecutionId) -> Self {
-        Self { execution, dag: Arc::clone(&self.dag) }
+        Self { execution, dag: Arc::clone(&self.dag), caller: None }
+    }
+
+    /// The run continues `caller`'s trace: its calls carry `traceparent` with the caller's
+    /// trace id (else the execution's own trace).
+    pub fn traced(mut self, caller: Option<TraceContext>) -> Self {
+        self.caller = caller;
+        self
     }
 
     /// The execution this spec runs.
@@ -390,6 +399,7 @@ struct Shared<I> {
     service_limits: ServiceLimits,
     global: Arc<Semaphore>,
     failovers: Arc<AtomicU64>,
+    trace: ExecutionTrace,
 }
 
 impl<I> Shared<I> {
@@ -506,6 +516,7 @@ impl<I: Invoker> Executor<I> {
             service_limits: Arc::clone(&self.service_limits),
             global: Arc::clone(&self.global),
             failovers: Arc::clone(&self.failovers),
+            trace: ExecutionTrace::new(spec.execution, spec.caller.as_ref()),
         };
         let limit = self.config.max_in_flight_per_run.max(1);
         let done = tokio::spawn(async move {
@@ -907,6 +918,10 @@ async fn run_task<I: Invoker>(
                 payload: payload.clone(),
                 request: request.clone(),
                 timeout: task.timeout,
+                trace: Some(CallTrace {
+                    traceparent: shared.trace.traceparent(shared.trace.attempt(&task.id, attempt)),
+                    tracestate: shared.trace.tracestate().map(Arc::from),
+                }),
             };
             let result = match (deadline, task.timeout) {
                 (Some(at), Some(limit)) => {

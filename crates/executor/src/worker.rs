@@ -718,6 +718,7 @@ mod tests {
             payload: json!({"step": step}),
             request: None,
             timeout: None,
+            trace: None,
         }
     }
 

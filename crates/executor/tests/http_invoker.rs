@@ -262,6 +262,7 @@ async fn bodies_over_the_limit_are_refused_unless_they_are_errors() {
         payload: Value::Null,
         request: None,
         timeout: None,
+        trace: None,
     };
     let failure = invoker.invoke(call.clone()).await.unwrap_err();
     assert_eq!((failure.retryable, failure.class.as_str()), (false, "response_too_large"));

@@ -32,6 +32,7 @@ fn call(service: &str, step: &str) -> Call {
         payload: json!({"step": step}),
         request: None,
         timeout: None,
+        trace: None,
     }
 }
 

@@ -44,6 +44,7 @@ mod error;
 mod execution;
 mod guard;
 mod orchestrator;
+pub mod otlp;
 mod planner;
 mod registry;
 mod server;

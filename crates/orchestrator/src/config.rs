@@ -45,6 +45,9 @@ pub struct ServeArgs {
     /// CA certificates (PEM) trusted for https services besides the system's roots.
     #[arg(long, env = "BATON_SERVICES_CA")]
     pub services_ca: Option<PathBuf>,
+    /// Export traces over OTLP/gRPC to this collector, e.g. http://127.0.0.1:4317 [default: off].
+    #[arg(long, env = "BATON_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// Serve a non-loopback address without TLS or without tokens.
     #[arg(long, env = "BATON_INSECURE", num_args = 0..=1, default_missing_value = "true")]
     pub insecure: Option<bool>,
@@ -99,6 +102,7 @@ struct FileConfig {
     auth_token_file: Option<PathBuf>,
     secrets_dir: Option<PathBuf>,
     services_ca: Option<PathBuf>,
+    otlp_endpoint: Option<String>,
     insecure: Option<bool>,
     allow_link_local: Option<bool>,
     demo: Option<bool>,
@@ -133,6 +137,8 @@ pub struct ServeConfig {
     pub secrets_dir: Option<PathBuf>,
     /// Extra CA certificates for https services.
     pub services_ca: Option<PathBuf>,
+    /// The OTLP collector traces go to; `None`: none.
+    pub otlp_endpoint: Option<String>,
     /// Non-loopback without TLS or tokens allowed.
     pub insecure: bool,
     /// Link-local and metadata endpoints allowed.
@@ -210,6 +216,7 @@ impl ServeArgs {
             auth_token_file: self.auth_token_file.clone().or(file.auth_token_file),
             secrets_dir: self.secrets_dir.clone().or(file.secrets_dir),
             services_ca: self.services_ca.clone().or(file.services_ca),
+            otlp_endpoint: self.otlp_endpoint.clone().or(file.otlp_endpoint),
             insecure: self.insecure.or(file.insecure).unwrap_or(false),
             allow_link_local: self.allow_link_local.or(file.allow_link_local).unwrap_or(false),
             demo: self.demo.or(file.demo).unwrap_or(false),
@@ -239,6 +246,11 @@ impl ServeConfig {
         }
         if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
             return invalid("tls_client_ca", "mutual TLS needs tls_cert and tls_key");
+        }
+        if let Some(endpoint) = &self.otlp_endpoint
+            && baton_core::service::check_url("otlp_endpoint", endpoint, &["http", "https"]).is_err()
+        {
+            return invalid("otlp_endpoint", "must be an http:// or https:// URL of an OTLP/gRPC collector");
         }
         if self.rate_limit == 0 {
             return invalid("rate_limit", "must be at least 1");
@@ -281,6 +293,7 @@ impl ServeConfig {
             format!("auth_token_file = {}", path(&self.auth_token_file)),
             format!("secrets_dir = {}", path(&self.secrets_dir)),
             format!("services_ca = {}", path(&self.services_ca)),
+            format!("otlp_endpoint = {}", self.otlp_endpoint.as_deref().unwrap_or("- (no trace export)")),
             format!("insecure = {}", self.insecure),
             format!("allow_link_local = {}", self.allow_link_local),
             format!("demo = {}", self.demo),

@@ -17,6 +17,7 @@ pub mod orchestrator;
 pub mod runner;
 pub mod security;
 pub mod serve;
+pub mod traces;
 
 pub use dispatch::Dispatcher;
 pub use orchestrator::{Error, Options, Orchestrated, OrchestratorEngine, ServiceOrchestrator, StoreChoice};

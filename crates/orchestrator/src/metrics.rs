@@ -45,7 +45,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use baton_core::{Event, ServiceId, WorkflowName};
+use baton_core::{Event, Execution, ServiceId};
 use baton_executor::BreakerState;
 use baton_workflow::{Observer, Recovery};
 use prometheus_client::registry::Registry;
@@ -165,8 +165,8 @@ impl Metrics {
 }
 
 impl Observer for Metrics {
-    fn journaled(&self, workflow: &WorkflowName, events: &[Event]) {
-        self.inner.executions.journaled(workflow, events);
+    fn journaled(&self, execution: &Execution, events: &[Event]) {
+        self.inner.executions.journaled(&execution.workflow, events);
     }
 }
 

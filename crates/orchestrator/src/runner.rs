@@ -143,6 +143,7 @@ impl<I: Invoker> Runner for ExecutorRunner<I> {
             }
         };
         self.router.sinks.insert(request.execution, events);
+        let spec = spec.traced(request.trace);
         Ok(ExecutorHandle(self.executor.start(spec, request.input, request.completed)))
     }
 }

@@ -13,6 +13,7 @@ use crate::config::ServeConfig;
 use crate::metrics::{Metrics, serve_metrics};
 use crate::orchestrator::{Options, ServiceOrchestrator, StoreChoice};
 use crate::security::{EndpointPolicy, RestrictedDirectory, parse_tokens};
+use crate::traces::{Observers, Tracer};
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +79,7 @@ pub struct Server {
     grpc_config: baton_grpc::Config,
     metrics: Metrics,
     metrics_listener: TcpListener,
+    tracer: Option<Arc<Tracer>>,
 }
 
 impl Server {
@@ -94,7 +96,20 @@ impl Server {
         let http = http_config(&config)?;
         let metrics = Metrics::default();
         let mut options = Options { store, http, ..Options::default() };
-        options.engine.observer = Arc::new(metrics.clone());
+        let tracer = match &config.otlp_endpoint {
+            None => None,
+            Some(endpoint) => {
+                let otlp = baton_grpc::otlp::OtlpConfig {
+                    service_version: env!("CARGO_PKG_VERSION").to_owned(),
+                    ..baton_grpc::otlp::OtlpConfig::new(endpoint)
+                };
+                tracing::info!(%endpoint, "traces: exported over OTLP/gRPC");
+                Some(Arc::new(Tracer::new(otlp.spawn()?)))
+            }
+        };
+        let mut observers: Vec<Arc<dyn baton_workflow::Observer>> = vec![Arc::new(metrics.clone())];
+        observers.extend(tracer.iter().map(|t| Arc::clone(t) as Arc<dyn baton_workflow::Observer>));
+        options.engine.observer = Arc::new(Observers(observers));
         let orchestrator = ServiceOrchestrator::open(options).await?;
         metrics.watch(&orchestrator);
         let executor = orchestrator.executor().clone();
@@ -110,7 +125,7 @@ impl Server {
         for (execution, reason) in &recovery.failed {
             tracing::warn!(%execution, reason, "execution could not be recovered and is marked failed");
         }
-        Ok(Self { config, orchestrator, grpc, grpc_config, metrics, metrics_listener })
+        Ok(Self { config, orchestrator, grpc, grpc_config, metrics, metrics_listener, tracer })
     }
 
     /// The gRPC address bound.
@@ -134,7 +149,7 @@ impl Server {
     /// resume on the next start, their in-flight calls repeated with the same idempotency keys.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
         let grpc_addr = self.grpc_addr();
-        let Self { config, orchestrator, grpc, grpc_config, metrics, metrics_listener } = self;
+        let Self { config, orchestrator, grpc, grpc_config, metrics, metrics_listener, tracer } = self;
         // The demo's services register over the API like any other, once it serves.
         let demo = if config.demo { Some(tokio::spawn(start_demo(orchestrator.clone(), grpc_addr))) } else { None };
         let api = Arc::new(orchestrator.clone());
@@ -154,11 +169,12 @@ impl Server {
             shutdown.await;
             // The demo's services deregister while the server still answers.
             if let Some(demo) = demo
-                && let Ok(Some(services)) = demo.await
+                && let Ok(Some((services, notifications))) = demo.await
             {
                 for service in services {
                     let _ = service.shutdown().await;
                 }
+                let _ = notifications.shutdown().await;
             }
             tracing::info!("shutting down: no new requests; in-flight ones have the grace period");
             let _ = stop.send(true);
@@ -185,6 +201,9 @@ impl Server {
             tracing::warn!(%error, "the metrics server failed");
         }
         orchestrator.shutdown().await;
+        if let Some(tracer) = tracer {
+            tracer.exporter().shutdown(std::time::Duration::from_secs(15)).await;
+        }
         tracing::info!("stopped");
         Ok(())
     }
@@ -317,18 +336,19 @@ pub async fn shutdown_signal() {
 }
 
 /// The example workflows the demo applies, shipped in the binary so it runs from any directory.
-pub const DEMO_WORKFLOWS: [(&str, &str); 3] = [
+pub const DEMO_WORKFLOWS: [(&str, &str); 4] = [
     ("checkout.yaml", include_str!("../../../examples/workflows/checkout.yaml")),
     ("order.yaml", include_str!("../../../examples/workflows/order.yaml")),
+    ("order-notify.yaml", include_str!("../../../examples/workflows/order-notify.yaml")),
     ("pipeline.yaml", include_str!("../../../examples/workflows/pipeline.yaml")),
 ];
 
+/// The demo's services: the shop's HTTP services and the gRPC notifications service.
+type DemoServices = (Vec<baton_examples::RunningService>, baton_examples::grpc::RunningGrpcService);
+
 /// Starts the example shop's services in-process, registered with this server, and applies
 /// the example workflows. `None` when the services would not start (logged).
-async fn start_demo(
-    orchestrator: ServiceOrchestrator,
-    grpc_addr: SocketAddr,
-) -> Option<Vec<baton_examples::RunningService>> {
+async fn start_demo(orchestrator: ServiceOrchestrator, grpc_addr: SocketAddr) -> Option<DemoServices> {
     for (file, text) in DEMO_WORKFLOWS {
         match orchestrator.engine().apply(text).await {
             Ok(applied) => tracing::info!(workflow = %applied.name, version = applied.version, "demo: applied {file}"),
@@ -340,12 +360,26 @@ async fn start_demo(
         latency: std::time::Duration::from_millis(20),
         ..baton_examples::ServiceOptions::default()
     };
-    match baton_examples::spawn_shop(&options).await {
-        Ok(services) => {
+    let grpc_options = baton_examples::grpc::GrpcOptions {
+        baton: Some(format!("http://{grpc_addr}")),
+        ..baton_examples::grpc::GrpcOptions::default()
+    };
+    let started = async {
+        let services = baton_examples::spawn_shop(&options).await?;
+        let notifications = baton_examples::grpc::spawn_grpc(grpc_options).await?;
+        Ok::<_, baton_examples::Error>((services, notifications))
+    };
+    match started.await {
+        Ok((services, notifications)) => {
             for service in &services {
                 tracing::info!(service = service.id(), url = service.url(), "demo: example service started");
             }
-            Some(services)
+            tracing::info!(
+                service = notifications.id(),
+                url = notifications.url(),
+                "demo: example gRPC service started"
+            );
+            Some((services, notifications))
         }
         Err(error) => {
             tracing::error!(%error, "demo: the example services did not start");

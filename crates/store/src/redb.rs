@@ -1453,6 +1453,7 @@ mod tests {
             tasks: Default::default(),
             created_at: at(),
             updated_at: at(),
+            trace: None,
         }
     }
 

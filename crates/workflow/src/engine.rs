@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use baton_core::{
     Clock, Event, EventKind, EventSink, Execution, ExecutionFilter, ExecutionId, ExecutionPage, ExecutionState,
     ExecutionUpdate, IdempotencyKey, NewDefinition, PageRequest, Recorded, StepId, Store, StoredDefinition,
-    SystemClock, TaskState, TaskStatus, WorkflowName,
+    SystemClock, TaskState, TaskStatus, TraceContext, WorkflowName,
 };
 use futures_util::Stream;
 use serde_json::Value;
@@ -37,8 +37,9 @@ pub struct Config {
 /// Sees every batch of events right after it is journaled, in journal order per execution.
 /// Called on the execution's driver task: it must be quick and must not block.
 pub trait Observer: Send + Sync + std::fmt::Debug + 'static {
-    /// `events` of an execution of `workflow` are durable.
-    fn journaled(&self, workflow: &WorkflowName, events: &[Event]);
+    /// `events` of `execution` are durable; `execution` is the driver's view with them applied
+    /// (its workflow, version and caller's trace context do not change).
+    fn journaled(&self, execution: &Execution, events: &[Event]);
 }
 
 /// An [`Observer`] that looks away.
@@ -46,7 +47,7 @@ pub trait Observer: Send + Sync + std::fmt::Debug + 'static {
 pub struct NoObserver;
 
 impl Observer for NoObserver {
-    fn journaled(&self, _workflow: &WorkflowName, _events: &[Event]) {}
+    fn journaled(&self, _execution: &Execution, _events: &[Event]) {}
 }
 
 impl Default for Config {
@@ -211,17 +212,19 @@ impl<S: Store, R: Runner> Engine<S, R> {
         input: Value,
         idempotency_key: Option<IdempotencyKey>,
     ) -> Result<ExecutionId> {
-        Ok(self.start_or_find(name, version, input, idempotency_key).await?.0)
+        Ok(self.start_or_find(name, version, input, idempotency_key, None).await?.0)
     }
 
     /// [`Engine::start`], also saying whether the idempotency key had started the execution
-    /// before (`true`: nothing was started now).
+    /// before (`true`: nothing was started now); the execution's trace continues `trace`,
+    /// the caller's, when given.
     pub async fn start_or_find(
         &self,
         name: &WorkflowName,
         version: Option<u32>,
         input: Value,
         idempotency_key: Option<IdempotencyKey>,
+        trace: Option<TraceContext>,
     ) -> Result<(ExecutionId, bool)> {
         let version_requested = version;
         let (version, definition) = self.definition(name, version).await?;
@@ -237,6 +240,7 @@ impl<S: Store, R: Runner> Engine<S, R> {
             tasks: pending_tasks(&definition),
             created_at: now,
             updated_at: now,
+            trace,
         };
         // A repeated start must be the same request: a key reused for another one is a
         // caller's bug that would otherwise pass silently (as Stripe's idempotency keys refuse).
@@ -673,6 +677,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
             definition: Arc::clone(&self.definition),
             input: self.execution.input.clone(),
             completed: self.completed.clone(),
+            trace: self.execution.trace.clone(),
         };
         match self.inner.runner.start(request, Arc::new(ChannelSink(sender))) {
             Ok(handle) => {
@@ -830,7 +835,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
             // journal stays the truth for recovery.
             let _ = apply(&mut self.execution, &mut self.completed, event);
         }
-        self.inner.config.observer.journaled(&self.execution.workflow, &events);
+        self.inner.config.observer.journaled(&self.execution, &events);
         // The record is a view of the journal, written when the state changes: listings filter
         // on it. Step progress in between is the driver's to tell (`get` asks it), so a step
         // costs one durable write, not two. When the record cannot be written, recovery

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
-use baton_core::{Event, EventSink, ExecutionId, StepId};
+use baton_core::{Event, EventSink, ExecutionId, StepId, TraceContext};
 use serde_json::Value;
 
 use crate::definition::CheckedDefinition;
@@ -22,6 +22,8 @@ pub struct RunRequest {
     pub input: Value,
     /// Steps already completed (from the journal), with their outputs: not run again.
     pub completed: BTreeMap<StepId, Value>,
+    /// The trace context of the caller that started the execution, whose trace it continues.
+    pub trace: Option<TraceContext>,
 }
 
 /// How a run ended.

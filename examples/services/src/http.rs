@@ -62,6 +62,8 @@ pub(crate) struct Shared {
     responses: Mutex<HashMap<String, Arc<OnceCell<Value>>>>,
     /// Effects performed per key (at most 1 here; summed across instances by tests).
     key_effects: Mutex<BTreeMap<String, u64>>,
+    /// The `traceparent` of the latest requests, oldest first.
+    traceparents: Mutex<std::collections::VecDeque<String>>,
     requests: AtomicU64,
     effects: AtomicU64,
     duplicates: AtomicU64,
@@ -95,6 +97,7 @@ impl Shared {
             rng: Mutex::new(SmallRng::seed_from_u64(seed)),
             responses: Mutex::default(),
             key_effects: Mutex::default(),
+            traceparents: Mutex::default(),
             requests: AtomicU64::new(0),
             effects: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
@@ -113,6 +116,10 @@ impl Shared {
 
     pub(crate) fn key_effects(&self) -> BTreeMap<String, u64> {
         self.key_effects.lock().clone()
+    }
+
+    pub(crate) fn traceparents(&self) -> Vec<String> {
+        self.traceparents.lock().iter().cloned().collect()
     }
 
     /// True with probability `rate`.
@@ -167,8 +174,18 @@ fn error(status: StatusCode, message: String) -> Response {
     json_response(status, &json!({"error": message}))
 }
 
+/// How many `traceparent`s a service remembers.
+const TRACEPARENTS_KEPT: usize = 10_000;
+
 async fn effect(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     shared.requests.fetch_add(1, Ordering::Relaxed);
+    if let Some(traceparent) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+        let mut kept = shared.traceparents.lock();
+        if kept.len() == TRACEPARENTS_KEPT {
+            kept.pop_front();
+        }
+        kept.push_back(traceparent.to_owned());
+    }
     let answer = answer(&shared, &headers, &body).await;
     if !answer.status().is_success() {
         shared.failures.fetch_add(1, Ordering::Relaxed);

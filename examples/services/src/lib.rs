@@ -202,6 +202,11 @@ impl Handle {
         self.shared.key_effects()
     }
 
+    /// The `traceparent` headers of its latest effect requests (up to 10,000), oldest first.
+    pub fn traceparents(&self) -> Vec<String> {
+        self.shared.traceparents()
+    }
+
     /// Where its registration stands (always unregistered without a Baton endpoint).
     pub fn registration(&self) -> RegistrationStatus {
         self.registration.borrow().clone()

@@ -223,6 +223,7 @@ fn call_to(service: &str, execution: ExecutionId, step: &str, attempt: u32) -> C
         payload: json!({"sku": "x"}),
         request: None,
         timeout: None,
+        trace: None,
     }
 }
 

@@ -403,6 +403,7 @@ impl InMemoryExecutions {
             tasks,
             created_at: now,
             updated_at: now,
+            trace: request.trace,
         };
         execution.transition(ExecutionState::Running, now).map_err(ApiError::from)?;
         let id = execution.id;
@@ -840,6 +841,7 @@ impl InMemoryOrchestrator {
             version: Some(version),
             input: request.input,
             idempotency_key: None,
+            trace: None,
         })?;
         let mut execution = started.execution;
         if let Some(event) = lock(&self.finish).clone() {
