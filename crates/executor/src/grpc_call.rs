@@ -1,6 +1,6 @@
 //! The gRPC invoker: a step's call is one unary method, its JSON input converted to the
-//! request message and the response message back to JSON, both dynamically from the service's
-//! descriptors (prost-reflect). Descriptors come from the endpoint's registered descriptor set
+//! request message (prost-reflect) and the answer read back to JSON (`proto_json`), both
+//! dynamically from the service's descriptors. Descriptors come from the endpoint's registered descriptor set
 //! or from the server by reflection (v1, then v1alpha), and are kept per service version.
 //!
 //! Calls go over the same transport as HTTP (TLS, pooling, secrets), HTTP/2 only.
@@ -17,7 +17,7 @@ use baton_core::{CallRequest, Credentials, Endpoint, GrpcMethod, ServiceId, Serv
 use hyper_util::client::legacy::Client;
 use parking_lot::Mutex;
 use prost::Message as _;
-use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage, MessageDescriptor, SerializeOptions};
+use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage, MessageDescriptor};
 use serde_json::Value;
 use tokio::sync::OnceCell;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -26,6 +26,7 @@ use tonic::{Code, Status};
 
 use crate::http::HttpConfig;
 use crate::invoker::{Call, Failure};
+use crate::proto_json;
 use crate::secrets::Secret;
 use crate::transport::{self, Connector, Transport};
 
@@ -157,7 +158,9 @@ impl GrpcInvoker {
                 format!("{method} streams; steps call unary methods"),
             ));
         }
-        let payload = if call.payload.is_null() { Value::Object(Default::default()) } else { call.payload.clone() };
+        // Read in place: the input is not copied on its way to the message.
+        let empty = Value::Object(Default::default());
+        let payload = if call.payload.is_null() { &empty } else { &call.payload };
         let message = DynamicMessage::deserialize_with_options(descriptor.input(), payload, &DeserializeOptions::new())
             .map_err(|e| {
                 Failure::permanent(
@@ -168,6 +171,10 @@ impl GrpcInvoker {
         let mut request = tonic::Request::new(message);
         let metadata = request.metadata_mut();
         *metadata = credentials;
+        let not_ascii = |name: &str| {
+            Failure::permanent("invalid_request", format!("metadata {name} of step {} is not ASCII", call.step))
+        };
+        // Baton's own keys are static: only the values are checked on every call.
         let mut baton = vec![
             ("idempotency-key", call.idempotency_key()),
             ("x-baton-execution", call.execution.to_string()),
@@ -180,11 +187,12 @@ impl GrpcInvoker {
                 baton.push(("tracestate", state.to_string()));
             }
         }
-        let baton = baton.iter().map(|(n, v)| (*n, v.as_str()));
-        for (name, value) in baton.chain(extra.iter().map(|(n, v)| (n.as_str(), v.as_str()))) {
-            let value = AsciiMetadataValue::try_from(value).map_err(|_| {
-                Failure::permanent("invalid_request", format!("metadata {name} of step {} is not ASCII", call.step))
-            })?;
+        for (name, value) in baton {
+            let value = AsciiMetadataValue::try_from(value).map_err(|_| not_ascii(name))?;
+            request.metadata_mut().insert(name, value);
+        }
+        for (name, value) in extra {
+            let value = AsciiMetadataValue::try_from(value.as_str()).map_err(|_| not_ascii(name))?;
             let name = tonic::metadata::AsciiMetadataKey::from_bytes(name.as_bytes())
                 .map_err(|_| Failure::permanent("invalid_request", format!("invalid metadata key {name}")))?;
             request.metadata_mut().insert(name, value);
@@ -202,8 +210,7 @@ impl GrpcInvoker {
             .unary(request, path, DynamicCodec { output: descriptor.output() })
             .await
             .map_err(|status| status_failure(&status, spec.id(), &host))?;
-        let options = SerializeOptions::new().use_proto_field_name(true).skip_default_fields(false);
-        response.into_inner().serialize_with_options(serde_json::value::Serializer, &options).map_err(|e| {
+        response.into_inner().map_err(|e| {
             Failure::permanent(
                 "invalid_response",
                 format!("{} answer cannot be written as JSON: {e}", descriptor.full_name()),
@@ -293,23 +300,23 @@ fn code_name(code: Code) -> &'static str {
     }
 }
 
-/// Encodes request messages and decodes responses as `output`, both dynamic.
+/// Encodes request messages, dynamic, and decodes responses of `output` to JSON.
 struct DynamicCodec {
     output: MessageDescriptor,
 }
 
 impl Codec for DynamicCodec {
     type Encode = DynamicMessage;
-    type Decode = DynamicMessage;
+    type Decode = Result<Value, serde_json::Error>;
     type Encoder = DynamicEncoder;
-    type Decoder = DynamicDecoder;
+    type Decoder = JsonDecoder;
 
     fn encoder(&mut self) -> DynamicEncoder {
         DynamicEncoder
     }
 
-    fn decoder(&mut self) -> DynamicDecoder {
-        DynamicDecoder(self.output.clone())
+    fn decoder(&mut self) -> JsonDecoder {
+        JsonDecoder(self.output.clone())
     }
 }
 
@@ -324,18 +331,35 @@ impl Encoder for DynamicEncoder {
     }
 }
 
-struct DynamicDecoder(MessageDescriptor);
+/// Reads an answer straight to JSON, or through a `DynamicMessage` for what that reader does
+/// not take on. An answer that is not the message is a status, as tonic's decoders make it; one
+/// that has no JSON is the item's error.
+struct JsonDecoder(MessageDescriptor);
 
-impl Decoder for DynamicDecoder {
-    type Item = DynamicMessage;
+impl Decoder for JsonDecoder {
+    type Item = Result<Value, serde_json::Error>;
     type Error = Status;
 
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<DynamicMessage>, Status> {
-        let mut message = DynamicMessage::new(self.0.clone());
-        message
-            .merge(src)
-            .map_err(|e| Status::internal(format!("the answer is not a valid {}: {e}", self.0.full_name())))?;
-        Ok(Some(message))
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
+        use prost::bytes::Buf as _;
+        // The message is one contiguous chunk, read in place.
+        let copied;
+        let bytes = if src.chunk().len() == src.remaining() {
+            src.chunk()
+        } else {
+            copied = src.copy_to_bytes(src.remaining());
+            &copied[..]
+        };
+        let answer = proto_json::to_json(&self.0, bytes).or_else(|_| proto_json::to_json_via_message(&self.0, bytes));
+        let consumed = src.remaining();
+        src.advance(consumed);
+        match answer {
+            Ok(json) => Ok(Some(Ok(json))),
+            Err(proto_json::ViaMessageError::Serialize(e)) => Ok(Some(Err(e))),
+            Err(proto_json::ViaMessageError::Decode(e)) => {
+                Err(Status::internal(format!("the answer is not a valid {}: {e}", self.0.full_name())))
+            }
+        }
     }
 }
 

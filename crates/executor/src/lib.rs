@@ -23,7 +23,7 @@
 //! [`HttpInvoker`] (HTTP or HTTPS over pooled connections, a JSON POST unless the step shapes
 //! the request, with a stable `Idempotency-Key` and the service's credentials from
 //! [`Secrets`]), [`GrpcInvoker`] (one unary method, JSON converted to protobuf from descriptors
-//! found by reflection or registered with the service) and
+//! found by reflection or registered with the service, answers read straight to JSON) and
 //! [`WorkerQueues`] (for `Worker { queue }` services: each call waits as a task on a FIFO queue
 //! until a worker polls it under a lease and completes or fails it; an expired lease puts the
 //! task back at the front with a new fencing token, and a dropped call withdraws its task).
@@ -32,6 +32,7 @@ mod breaker;
 mod grpc_call;
 mod http;
 mod invoker;
+mod proto_json;
 mod run;
 pub mod secrets;
 mod transport;
