@@ -29,6 +29,9 @@ pub mod pb {
 /// The encoded `FileDescriptorSet` of `shop.v1` (with its imports).
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/shop_descriptor.bin"));
 
+/// How many `traceparent`s a service remembers.
+const TRACEPARENTS_KEPT: usize = 10_000;
+
 /// The method a step calls by default: `shop.v1.Notifications/Notify`.
 pub const NOTIFY: &str = "shop.v1.Notifications/Notify";
 
@@ -74,7 +77,8 @@ pub struct GrpcStats {
     pub effects: u64,
     /// `Notify` calls answered from an earlier effect.
     pub duplicates: u64,
-    /// `traceparent` of every call, in order (an empty string for a call without one).
+    /// `traceparent` of the latest calls (up to 10,000), oldest first (an empty string for a
+    /// call without one).
     pub traceparents: Vec<String>,
 }
 
@@ -85,7 +89,8 @@ struct State {
     calls: AtomicU64,
     effects: AtomicU64,
     duplicates: AtomicU64,
-    traceparents: Mutex<Vec<String>>,
+    /// The latest calls' `traceparent`s, oldest first.
+    traceparents: Mutex<std::collections::VecDeque<String>>,
     notified: Mutex<HashMap<String, pb::NotifyReply>>,
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -94,7 +99,11 @@ impl State {
     fn seen<T>(&self, request: &Request<T>) {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let traceparent = text(request, "traceparent").unwrap_or_default();
-        self.traceparents.lock().push(traceparent);
+        let mut kept = self.traceparents.lock();
+        if kept.len() == TRACEPARENTS_KEPT {
+            kept.pop_front();
+        }
+        kept.push_back(traceparent);
     }
 }
 
@@ -317,7 +326,7 @@ impl RunningGrpcService {
             calls: self.state.calls.load(Ordering::Relaxed),
             effects: self.state.effects.load(Ordering::Relaxed),
             duplicates: self.state.duplicates.load(Ordering::Relaxed),
-            traceparents: self.state.traceparents.lock().clone(),
+            traceparents: self.state.traceparents.lock().iter().cloned().collect(),
         }
     }
 
