@@ -1,13 +1,15 @@
 //! Calls over HTTPS to real axum services on loopback, with a throwaway CA: trust, hostname
-//! checks, mutual TLS, credentials from a secrets directory and their rotation.
+//! checks, HTTP/2 or HTTP/1.1 by ALPN, mutual TLS, the handshake's time limit, credentials from
+//! a secrets directory and their rotation.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::Request;
+use axum::extract::{ConnectInfo, Request};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::{HeaderMap, StatusCode, Version};
 use axum::response::IntoResponse;
@@ -23,6 +25,20 @@ use serde_json::{Value, json};
 struct Seen {
     version: Version,
     headers: HeaderMap,
+    /// The client's address: one per connection.
+    peer: SocketAddr,
+}
+
+/// The client's address of a TLS connection.
+#[derive(Debug, Clone, Copy)]
+struct Peer(SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, baton_examples::tls::TlsListener>>
+    for Peer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, baton_examples::tls::TlsListener>) -> Self {
+        Self(*stream.remote_addr())
+    }
 }
 
 /// An HTTPS service on a fresh loopback port: `POST /call` answers `{"ok": true}`, `POST /echo`
@@ -34,15 +50,20 @@ struct Service {
 
 impl Service {
     async fn start(pki: &TestPki, client_ca: Option<&TestPki>) -> Self {
+        Self::start_speaking(pki, client_ca, &[b"h2", b"http/1.1"]).await
+    }
+
+    /// As [`Service::start`], offering `alpn` in the handshake.
+    async fn start_speaking(pki: &TestPki, client_ca: Option<&TestPki>, alpn: &[&[u8]]) -> Self {
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let record = Arc::clone(&seen);
         let router = Router::new()
             .route(
                 "/call",
-                post(move |request: Request| {
+                post(move |ConnectInfo(Peer(peer)): ConnectInfo<Peer>, request: Request| {
                     let record = Arc::clone(&record);
                     async move {
-                        let seen = Seen { version: request.version(), headers: request.headers().clone() };
+                        let seen = Seen { version: request.version(), headers: request.headers().clone(), peer };
                         record.lock().unwrap().push(seen);
                         ([(CONTENT_TYPE, "application/json")], r#"{"ok": true}"#)
                     }
@@ -61,10 +82,14 @@ impl Service {
             client_ca.map(|ca| ca.ca_pem.as_bytes()),
         )
         .unwrap();
+        let mut config = (*config).clone();
+        config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
+        let config = Arc::new(config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let listener = baton_examples::tls::TlsListener::new(listener, config).unwrap();
-        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        let app = router.into_make_service_with_connect_info::<Peer>();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         Self { url: format!("https://127.0.0.1:{}", addr.port()), seen }
     }
 
@@ -146,6 +171,21 @@ async fn a_trusted_ca_passes_over_http2_and_an_untrusted_one_fails_permanently_b
     let other = TestPki::new("other");
     let untrusted = invoker(Some(&other), Secrets::default()).call(&spec(&url, json!({})), call(json!({}))).await;
     assert_failure(untrusted, false, "tls_certificate", "tls: certificate for 127.0.0.1 not trusted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_that_speaks_only_http1_is_called_over_http1_on_pooled_connections() {
+    let pki = TestPki::new("shop");
+    let service = Service::start_speaking(&pki, None, &[b"http/1.1"]).await;
+    let url = format!("{}/call", service.url);
+    let invoker = invoker(Some(&pki), Secrets::default());
+    for _ in 0..3 {
+        assert_eq!(invoker.call(&spec(&url, json!({})), call(json!({}))).await.unwrap(), json!({"ok": true}));
+    }
+    let seen = service.seen();
+    assert!(seen.iter().all(|s| s.version == Version::HTTP_11), "{seen:?}");
+    assert_eq!(seen[0].headers["x-baton-step"], "a");
+    assert!(seen.iter().all(|s| s.peer == seen[0].peer), "one TLS connection, reused: {seen:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,4 +305,28 @@ async fn credentials_come_from_the_secrets_dir_and_rotate_without_a_restart() {
     // A missing secret is named, without any value.
     let missing = spec(&url, json!({"credentials": {"kind": "bearer", "secret": "nowhere"}}));
     assert_failure(invoker.call(&missing, call(json!({}))).await, false, "secret", "secret nowhere is not set");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_that_never_completes_the_handshake_is_a_retryable_connect_failure_in_time() {
+    // Accepts connections and says nothing.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held: Arc<Mutex<Vec<tokio::net::TcpStream>>> = Arc::default();
+    let holding = Arc::clone(&held);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            holding.lock().unwrap().push(stream);
+        }
+    });
+    let config = HttpConfig {
+        connect_timeout: Some(Duration::from_millis(200)),
+        request_timeout: Some(Duration::from_secs(30)),
+        ..HttpConfig::default()
+    };
+    let invoker = config.build(Arc::new(|_: &ServiceId| None));
+    let started = std::time::Instant::now();
+    let result = invoker.call(&spec(&format!("https://{addr}/call"), json!({})), call(json!({}))).await;
+    assert_failure(result, true, "connect", "tls handshake with 127.0.0.1 took longer than 200ms");
+    assert!(started.elapsed() < Duration::from_secs(10), "the connect limit, not the request's, ended it");
 }

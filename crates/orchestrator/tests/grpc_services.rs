@@ -1,6 +1,7 @@
 //! Workflows calling real tonic gRPC services on 127.0.0.1 through the orchestrator: one
-//! serving reflection, one without it whose descriptor set is registered; the status codes'
-//! retry behaviour; deadlines.
+//! serving reflection (v1, or v1alpha only), one without it whose descriptor set is registered;
+//! descriptors kept per service version; the status codes' retry behaviour; deadlines; TLS with
+//! credentials from a secrets directory.
 
 use std::time::Duration;
 
@@ -8,6 +9,8 @@ use base64::Engine as _;
 use baton::{Options, ServiceOrchestrator};
 use baton_core::{Execution, ExecutionState, ServiceSpec, WorkflowName};
 use baton_examples::grpc::{FILE_DESCRIPTOR_SET, GrpcOptions, RunningGrpcService, spawn_grpc};
+use baton_examples::pki::TestPki;
+use baton_executor::{HttpConfig, Secrets, TrustRoots};
 use serde_json::{Value, json};
 
 async fn orchestrator() -> ServiceOrchestrator {
@@ -177,4 +180,156 @@ async fn calls_that_cannot_be_converted_fail_permanently_naming_why() {
         let error = done.error.unwrap();
         assert!(error.contains(class) && error.contains(needle), "{class}/{needle}: {error}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_reflects_only_v1alpha_is_understood() {
+    let baton = orchestrator().await;
+    let old = spawn_grpc(GrpcOptions {
+        id: Some("old".to_owned()),
+        reflection: true,
+        reflection_v1alpha_only: true,
+        ..GrpcOptions::default()
+    })
+    .await
+    .unwrap();
+    // It really does not speak v1: the invoker had to fall back.
+    let channel = tonic::transport::Channel::from_shared(old.url().to_owned()).unwrap().connect().await.unwrap();
+    let mut v1 = tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(channel);
+    let ask = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let refused = v1.server_reflection_info(futures_util::stream::iter([ask])).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unimplemented);
+
+    register(&baton, "old", &old, false);
+    let yaml = r#"
+name: old-reflection
+steps:
+  - id: echo
+    service: old
+    grpc: {method: shop.v1.Probe/Echo}
+    input: {text: hello}
+output: "${ .steps.echo.output.text }"
+"#;
+    let done = run(&baton, yaml, json!({})).await;
+    assert_eq!(done.state, ExecutionState::Completed, "{:?}", done.error);
+    assert_eq!(done.output, Some(json!("hello")));
+}
+
+/// `FILE_DESCRIPTOR_SET` without the method `Probe/Echo`.
+fn without_echo() -> Vec<u8> {
+    use prost::Message as _;
+    let mut set = prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET).unwrap();
+    for file in &mut set.file {
+        for service in &mut file.service {
+            service.method.retain(|method| method.name() != "Echo");
+        }
+    }
+    set.encode_to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn descriptors_are_kept_per_service_version_and_registration() {
+    let baton = orchestrator().await;
+    let service = grpc("versioned", false).await;
+    let register_with = |version: &str, set: &[u8]| {
+        let endpoint = json!({
+            "protocol": "grpc",
+            "url": service.url(),
+            "descriptor_set": base64::engine::general_purpose::STANDARD.encode(set),
+        });
+        let spec = json!({"id": "versioned", "version": version, "endpoint": endpoint, "capabilities": ["probe"]});
+        baton.registry().register(ServiceSpec::from_json(&spec.to_string()).unwrap()).unwrap();
+    };
+    let yaml = r#"
+name: versioned
+steps:
+  - id: echo
+    service: versioned
+    grpc: {method: shop.v1.Probe/Echo}
+    input: {text: hello}
+    retry: {max_attempts: 1}
+output: "${ .steps.echo.output.text }"
+"#;
+    // Version 1 describes no Echo: the call is refused before it is sent.
+    register_with("1", &without_echo());
+    let refused = run(&baton, yaml, json!({})).await;
+    assert_eq!(refused.state, ExecutionState::Failed);
+    assert!(refused.error.as_deref().unwrap().contains("has no method Echo"), "{:?}", refused.error);
+    // Version 2 does: the descriptors cached for version 1 are not used for it.
+    register_with("2", FILE_DESCRIPTOR_SET);
+    let done = run(&baton, yaml, json!({})).await;
+    assert_eq!(done.state, ExecutionState::Completed, "{:?}", done.error);
+    // A new descriptor set under the same version is noticed too.
+    register_with("2", &without_echo());
+    let refused = run(&baton, yaml, json!({})).await;
+    assert_eq!(refused.state, ExecutionState::Failed, "the descriptors of the earlier registration were kept");
+    assert_eq!(service.stats().calls, 1, "only the described call reached the service");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_services_are_called_over_tls_with_credentials_from_secrets() {
+    let pki = TestPki::new("grpc");
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, value: &str| {
+        let temp = dir.path().join(format!(".{name}.tmp"));
+        std::fs::write(&temp, value).unwrap();
+        std::fs::rename(temp, dir.path().join(name)).unwrap();
+    };
+    write("grpc-token", "token-1");
+    write("tenant-key", "tenant-1");
+    let http = HttpConfig {
+        roots: TrustRoots::empty().with_pem(pki.ca_pem.as_bytes()).unwrap(),
+        secrets: Secrets::new(Some(dir.path())),
+        ..HttpConfig::default()
+    };
+    let baton = ServiceOrchestrator::open(Options { supervisor: None, http, ..Options::default() }).await.unwrap();
+    let tls = Some((pki.server_cert_pem.clone().into_bytes(), pki.server_key_pem.clone().into_bytes()));
+    let secure =
+        spawn_grpc(GrpcOptions { id: Some("secure".to_owned()), tls, ..GrpcOptions::default() }).await.unwrap();
+    assert!(secure.url().starts_with("https://"), "{}", secure.url());
+    let other = TestPki::new("other");
+    let tls = Some((other.server_cert_pem.clone().into_bytes(), other.server_key_pem.clone().into_bytes()));
+    let stranger =
+        spawn_grpc(GrpcOptions { id: Some("stranger".to_owned()), tls, ..GrpcOptions::default() }).await.unwrap();
+    let register_as = |id: &str, url: &str, credentials: Value| {
+        let endpoint = json!({"protocol": "grpc", "url": url, "method": "shop.v1.Probe/Echo"});
+        let spec = json!({"id": id, "endpoint": endpoint, "credentials": credentials, "capabilities": ["probe"]});
+        baton.registry().register(ServiceSpec::from_json(&spec.to_string()).unwrap()).unwrap();
+    };
+    register_as("bearer", secure.url(), json!({"kind": "bearer", "secret": "grpc-token"}));
+    register_as("tenant", secure.url(), json!({"kind": "header", "header": "x-tenant", "secret": "tenant-key"}));
+    register_as("stranger", stranger.url(), json!({"kind": "bearer", "secret": "grpc-token"}));
+    let yaml = |service: &str| {
+        format!(
+            "name: tls-{service}\nsteps:\n  - id: echo\n    service: {service}\n    input: {{text: hi}}\n    \
+             retry: {{max_attempts: 3, initial_backoff: 1ms}}\noutput: \"${{ .steps.echo.output.metadata }}\"\n"
+        )
+    };
+
+    // Reflection and the call both go over TLS with the credentials.
+    let done = run(&baton, &yaml("bearer"), json!({})).await;
+    assert_eq!(done.state, ExecutionState::Completed, "{:?}", done.error);
+    assert_eq!(done.output.as_ref().unwrap()["authorization"], "present");
+    let done = run(&baton, &yaml("tenant"), json!({})).await;
+    assert_eq!(done.output.as_ref().unwrap()["x-tenant"], "tenant-1");
+    // Rotated while running: the next call carries the new value.
+    write("tenant-key", "tenant-2");
+    let done = run(&baton, &yaml("tenant"), json!({})).await;
+    assert_eq!(done.output.as_ref().unwrap()["x-tenant"], "tenant-2");
+
+    // A certificate from a CA nobody trusts: permanent, named, on the first attempt.
+    let refused = run(&baton, &yaml("stranger"), json!({})).await;
+    assert_eq!(refused.state, ExecutionState::Failed);
+    assert_eq!(refused.tasks["echo"].attempts, 1);
+    let error = refused.error.unwrap();
+    assert!(
+        error.contains("tls_certificate") && error.contains("tls: certificate for 127.0.0.1 not trusted"),
+        "{error}"
+    );
+    assert_eq!(stranger.stats().calls, 0);
 }

@@ -44,6 +44,8 @@ pub struct GrpcOptions {
     pub listen: SocketAddr,
     /// Serve reflection (v1 and v1alpha); without it the registration carries the descriptor set.
     pub reflection: bool,
+    /// With `reflection`: serve only v1alpha, as older servers (and grpcio-reflection) do.
+    pub reflection_v1alpha_only: bool,
     /// Baton's gRPC endpoint to register with; `None`: none.
     pub baton: Option<String>,
     /// Time each notification takes.
@@ -60,6 +62,7 @@ impl Default for GrpcOptions {
             id: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             reflection: true,
+            reflection_v1alpha_only: false,
             baton: None,
             latency: Duration::ZERO,
             ttl: Duration::from_secs(10),
@@ -252,10 +255,12 @@ pub async fn spawn_grpc(options: GrpcOptions) -> Result<RunningGrpcService> {
             .map_err(|e| Error::Invalid { field: "tls", reason: e.to_string() })?;
     }
     let reflection = options.reflection.then(|| {
-        let v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .expect("the built-in descriptor set is valid");
+        let v1 = (!options.reflection_v1alpha_only).then(|| {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+                .build_v1()
+                .expect("the built-in descriptor set is valid")
+        });
         let v1alpha = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .build_v1alpha()
@@ -263,6 +268,7 @@ pub async fn spawn_grpc(options: GrpcOptions) -> Result<RunningGrpcService> {
         (v1, v1alpha)
     });
     let (v1, v1alpha) = reflection.unzip();
+    let v1 = v1.flatten();
     let router = builder
         .add_service(pb::notifications_server::NotificationsServer::new(Notifications(Arc::clone(&state))))
         .add_service(pb::probe_server::ProbeServer::new(Probe(Arc::clone(&state))))
