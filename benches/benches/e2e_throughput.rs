@@ -29,6 +29,7 @@ async fn setup(dir: &std::path::Path) -> (Channel, Vec<baton_examples::RunningSe
     let mut config = ServeArgs::default().resolve().expect("the defaults resolve");
     config.listen = "127.0.0.1:0".parse().expect("an address");
     config.metrics_listen = "127.0.0.1:0".parse().expect("an address");
+    config.console_listen = "127.0.0.1:0".parse().expect("an address");
     config.data_dir = dir.to_owned();
     config.log_level = "warn".to_owned();
     // The 64 clients share one connection, which the default limit (2,000 requests per second

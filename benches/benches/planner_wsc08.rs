@@ -10,9 +10,9 @@ use baton_benches::{naive_planner, project_root, report_figure};
 use baton_planner::{Catalog, OrchestrationPlanner, wsc};
 use criterion::{Criterion, criterion_group, criterion_main};
 
-/// Published minimum layers and best known service counts (shared/data/README.md).
+/// Published minimum layers and best known service counts (data/README.md).
 const KNOWN: [(usize, usize); 8] = [(3, 10), (3, 5), (23, 40), (5, 10), (8, 20), (7, 42), (12, 20), (20, 30)];
-/// The fastest published solver times in ms (Tucar et al., KES 2018; shared/data/README.md).
+/// The fastest published solver times in ms (Tucar et al., KES 2018; data/README.md).
 const PUBLISHED_MS: [f64; 8] = [22.0, 27.0, 76.0, 34.0, 87.0, 132.0, 95.0, 109.0];
 
 fn planner_wsc08(c: &mut Criterion) {
@@ -20,8 +20,8 @@ fn planner_wsc08(c: &mut Criterion) {
     group.warm_up_time(Duration::from_millis(300));
     group.measurement_time(Duration::from_secs(2));
     for set in 1..=8 {
-        let dir = project_root().join(format!("../shared/data/wsc08/TESTSET/Set{set:02}MetaData"));
-        let problem = wsc::load_dir(&dir).expect("WSC'08 data in ../shared/data");
+        let dir = project_root().join(format!("data/wsc08/TESTSET/Set{set:02}MetaData"));
+        let problem = wsc::load_dir(&dir).expect("WSC'08 data in data/wsc08");
         let case = format!("set{set:02}");
 
         let started = Instant::now();

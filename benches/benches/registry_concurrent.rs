@@ -15,7 +15,7 @@ const READERS: usize = 2;
 const FINDS_PER_READER: usize = 2_000;
 
 fn registry_concurrent(c: &mut Criterion) {
-    let mut workload = Workload::new(11, QosPool::load().expect("WS-DREAM data in ../shared/data/wsdream"));
+    let mut workload = Workload::new(11, QosPool::load().expect("WS-DREAM data in data/wsdream"));
     let registry = Registry::default();
     for n in 0..SERVICES {
         registry.register(workload.service(n)).expect("generated services register");

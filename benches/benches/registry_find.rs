@@ -13,7 +13,7 @@ const SERVICES: usize = 100_000;
 const QUERIES: usize = 512;
 
 fn registry_find(c: &mut Criterion) {
-    let mut workload = Workload::new(42, QosPool::load().expect("WS-DREAM data in ../shared/data/wsdream"));
+    let mut workload = Workload::new(42, QosPool::load().expect("WS-DREAM data in data/wsdream"));
     let registry = Registry::default();
     for n in 0..SERVICES {
         registry.register(workload.service(n)).expect("generated services register");

@@ -12,7 +12,7 @@ const SERVICES: usize = 100_000;
 const BATCH: usize = 1_000;
 
 fn registry_register(c: &mut Criterion) {
-    let mut workload = Workload::new(7, QosPool::load().expect("WS-DREAM data in ../shared/data/wsdream"));
+    let mut workload = Workload::new(7, QosPool::load().expect("WS-DREAM data in data/wsdream"));
 
     // Memory: build the specs first so their own bytes are resident before we measure.
     let specs: Vec<_> = (0..SERVICES).map(|n| workload.service(n)).collect();

@@ -1,7 +1,7 @@
 //! Workloads for Baton's criterion benches, and the baselines they are compared with.
 //!
 //! What it is for: building realistic registries (skewed capability popularity, several
-//! protocols and formats, QoS drawn from the WS-DREAM measurements in `../shared/data/wsdream`)
+//! protocols and formats, QoS drawn from the WS-DREAM measurements in the repository's `data/wsdream`)
 //! and query mixes, deterministically from a seed, so every run measures the same thing.
 //! What it is not for: assertions; figures are read by `cargo xtask bench`.
 
@@ -34,9 +34,9 @@ pub struct QosPool {
 impl QosPool {
     /// Reads the per-(user, service) mean matrices and averages each service over its users.
     pub fn load() -> std::io::Result<Self> {
-        let dir = project_root().join("../shared/data/wsdream/derived-imsld");
-        let rt = column_means(&std::fs::read_to_string(dir.join("rt_mean_matrix.txt"))?);
-        let tp = column_means(&std::fs::read_to_string(dir.join("tp_mean_matrix.txt"))?);
+        let dir = project_root().join("data/wsdream/derived-imsld");
+        let rt = column_means(&read_gzip(&dir.join("rt_mean_matrix.txt.gz"))?);
+        let tp = column_means(&read_gzip(&dir.join("tp_mean_matrix.txt.gz"))?);
         let samples: Vec<(f64, f64)> = rt
             .into_iter()
             .zip(tp)
@@ -62,6 +62,14 @@ impl QosPool {
     fn draw(&self, rng: &mut SmallRng) -> (f64, f64) {
         self.samples[rng.random_range(0..self.samples.len())]
     }
+}
+
+/// The text of a gzip-compressed file.
+fn read_gzip(path: &Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(path)?).read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// Mean of the non-zero cells of each column (zero means no observation).
@@ -193,9 +201,39 @@ impl Workload {
     }
 }
 
-/// Appends one figure for `cargo xtask bench` to `target/bench-figures.jsonl`.
+/// The variable through which `cargo xtask bench` names the figures file (the same name is in
+/// `xtask/src/bench.rs`).
+pub const FIGURES_ENV: &str = "BATON_BENCH_FIGURES";
+
+/// Where [`report_figure`] appends: `$BATON_BENCH_FIGURES` (`cargo xtask bench` sets it from
+/// `cargo metadata`'s target directory), else `bench-figures.jsonl` in the target directory
+/// this bench runs from, so that `CARGO_TARGET_DIR` and `--target-dir` are followed.
+pub fn figures_path() -> PathBuf {
+    figures_path_from(std::env::var_os(FIGURES_ENV), std::env::current_exe().ok().as_deref())
+}
+
+/// [`figures_path`] for a given variable and executable: the target directory is the
+/// executable's nearest ancestor holding `.rustc_info.json` or `CACHEDIR.TAG`, which cargo
+/// writes at its root (benches run from `<target>/release/deps/`, or
+/// `<target>/<triple>/release/deps/`), else `<project root>/target`.
+fn figures_path_from(explicit: Option<std::ffi::OsString>, exe: Option<&Path>) -> PathBuf {
+    if let Some(path) = explicit.filter(|p| !p.is_empty()) {
+        return PathBuf::from(path);
+    }
+    let target = exe
+        .and_then(|exe| {
+            exe.ancestors()
+                .skip(1)
+                .find(|dir| ["CACHEDIR.TAG", ".rustc_info.json"].iter().any(|m| dir.join(m).is_file()))
+        })
+        .map_or_else(|| project_root().join("target"), Path::to_path_buf);
+    target.join("bench-figures.jsonl")
+}
+
+/// Appends one figure for `cargo xtask bench` to [`figures_path`], one JSON object a line.
+#[allow(clippy::print_stderr, reason = "a bench cannot fail over a figure it could not record")]
 pub fn report_figure(bench: &str, name: &str, value: f64, unit: &str, baseline: Option<f64>, target: Option<&str>) {
-    let path = project_root().join("target/bench-figures.jsonl");
+    let path = figures_path();
     let line = serde_json::json!({
         "bench": bench, "name": name, "value": value, "unit": unit, "baseline": baseline, "target": target,
     });
@@ -260,4 +298,40 @@ where
         latencies.extend(task.await.expect("a client runs to the end"));
     }
     (started.elapsed(), latencies)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn figures_go_to_the_named_file_else_to_the_target_directory_the_bench_runs_from() {
+        let root = tempfile::tempdir().unwrap();
+        let target = root.path().join("elsewhere/target");
+        let deps = target.join("release/deps");
+        std::fs::create_dir_all(&deps).unwrap();
+        std::fs::write(target.join(".rustc_info.json"), "{}").unwrap();
+        let exe = deps.join("planner_wsc08-0123456789abcdef");
+
+        let named = root.path().join("figures.jsonl");
+        assert_eq!(figures_path_from(Some(named.clone().into()), Some(&exe)), named);
+        assert_eq!(figures_path_from(None, Some(&exe)), target.join("bench-figures.jsonl"));
+        assert_eq!(figures_path_from(Some("".into()), Some(&exe)), target.join("bench-figures.jsonl"));
+        // With a target triple the tag is one level further up.
+        let cross = target.join("x86_64-unknown-linux-gnu/release/deps/executor-0123");
+        assert_eq!(figures_path_from(None, Some(&cross)), target.join("bench-figures.jsonl"));
+        // Outside any target directory: the project's.
+        let stray = root.path().join("bin/bench");
+        assert_eq!(figures_path_from(None, Some(&stray)), project_root().join("target/bench-figures.jsonl"));
+        assert_eq!(figures_path_from(None, None), project_root().join("target/bench-figures.jsonl"));
+    }
+
+    #[test]
+    fn this_test_finds_the_target_directory_it_runs_from() {
+        // Test binaries live where bench binaries do: `<target>/<profile>/deps/`.
+        let path = figures_path_from(None, Some(&std::env::current_exe().unwrap()));
+        let target = path.parent().unwrap();
+        assert!(target.join(".rustc_info.json").is_file(), "{}", path.display());
+        assert!(std::env::current_exe().unwrap().starts_with(target));
+    }
 }

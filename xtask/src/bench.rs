@@ -4,8 +4,9 @@
 //! Conventions the benches follow: a criterion group per bench, with benchmark ids
 //! `baton/<case>` and `baseline/<case>`, so the two can be paired (a baseline that is another
 //! project, such as `dagrs/<case>`, goes by its name, listed in [`NAMED_BASELINES`]); figures
-//! criterion cannot time (rates, sizes) go to `target/bench-figures.jsonl`, one JSON object a
-//! line: `{"bench", "name", "value", "unit", "baseline"?, "target"?}`.
+//! criterion cannot time (rates, sizes) go to `bench-figures.jsonl` in cargo's target directory
+//! (`cargo metadata`'s, so `CARGO_TARGET_DIR` counts; passed to the benches as
+//! `BATON_BENCH_FIGURES`), one JSON object a line: `{"bench", "name", "value", "unit", "baseline"?, "target"?}`.
 //!
 //! Criterion 0.8 stores each benchmark under `<criterion dir>/<group>/<function>[/<value>]/new/`,
 //! where `/` inside a function id becomes `_` (`baton/4_constraints` -> `baton_4_constraints`).
@@ -43,9 +44,10 @@ const NAMED_BASELINES: &[&str] = &["dagrs"];
 
 /// Runs `cargo bench -p baton-benches [--bench FILTER]` and prints the figures it produced.
 pub(crate) fn run(root: &Path, filter: Option<&str>) -> Result<()> {
-    // The benches write here (see `baton_benches::report_figure`); start empty so figures
-    // from an earlier run never show.
-    let figures_path = root.join("target/bench-figures.jsonl");
+    // The benches write here (see `baton_benches::report_figure`), in cargo's real target
+    // directory; start empty so figures from an earlier run never show.
+    let target = target_directory(root)?;
+    let figures_path = figures_path(&target);
     match std::fs::remove_file(&figures_path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             return Err(e).with_context(|| format!("could not remove {}", figures_path.display()));
@@ -56,9 +58,10 @@ pub(crate) fn run(root: &Path, filter: Option<&str>) -> Result<()> {
     // The slack covers file systems with coarse timestamps.
     let since = SystemTime::now() - Duration::from_secs(2);
 
-    let criterion_dir = criterion_dir(root)?;
+    let criterion_dir = criterion_dir(&target);
     let mut cmd = crate::cargo(root);
     cmd.args(["bench", "-p", "baton-benches"]);
+    cmd.env(FIGURES_ENV, &figures_path);
     // Criterion writes under the bench's working directory (benches/) unless told where.
     cmd.env("CRITERION_HOME", &criterion_dir);
     if let Some(name) = filter {
@@ -92,15 +95,32 @@ pub(crate) fn run(root: &Path, filter: Option<&str>) -> Result<()> {
     Ok(())
 }
 
+/// The variable naming the file the benches append figures to (`baton_benches::FIGURES_ENV`).
+const FIGURES_ENV: &str = "BATON_BENCH_FIGURES";
+
+/// Cargo's target directory as `cargo metadata` reports it: `CARGO_TARGET_DIR`, the
+/// `build.target-dir` setting, or `<root>/target`.
+fn target_directory(root: &Path) -> Result<PathBuf> {
+    target_directory_of(&crate::metadata(root)?)
+}
+
+fn target_directory_of(metadata: &Value) -> Result<PathBuf> {
+    let target = metadata["target_directory"].as_str().context("cargo metadata has no target_directory")?;
+    Ok(PathBuf::from(target))
+}
+
+/// The figures file in `target`.
+fn figures_path(target: &Path) -> PathBuf {
+    target.join("bench-figures.jsonl")
+}
+
 /// Where criterion writes, found the way criterion 0.8 finds it: `$CRITERION_HOME`, else
 /// `criterion/` in cargo's target directory.
-fn criterion_dir(root: &Path) -> Result<PathBuf> {
-    if let Some(home) = std::env::var_os("CRITERION_HOME") {
-        return Ok(PathBuf::from(home));
+fn criterion_dir(target: &Path) -> PathBuf {
+    match std::env::var_os("CRITERION_HOME") {
+        Some(home) => PathBuf::from(home),
+        None => target.join("criterion"),
     }
-    let metadata = crate::metadata(root)?;
-    let target = metadata["target_directory"].as_str().context("cargo metadata has no target_directory")?;
-    Ok(Path::new(target).join("criterion"))
 }
 
 /// One criterion benchmark's result.
@@ -487,6 +507,25 @@ registry_concurrent  finds per second               50.0/s    10.0/s     5.00x  
         assert_eq!(format_value(1_234_567.4, "ops"), "1,234,567 ops");
         assert_eq!(format_value(-12_345.0, ""), "-12,345");
         assert_eq!(format_value(1.5, "ms"), "1.50 ms");
+    }
+
+    #[test]
+    fn figures_and_criterion_results_live_in_cargos_target_directory() {
+        // What `cargo metadata` says when CARGO_TARGET_DIR points away from the repository.
+        let elsewhere = std::env::temp_dir().join(format!("xtask-target-{}", std::process::id()));
+        let root = crate::project_root();
+        let output = crate::cargo(&root)
+            .args(["metadata", "--format-version", "1", "--no-deps"])
+            .env("CARGO_TARGET_DIR", &elsewhere)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let metadata: Value = serde_json::from_slice(&output.stdout).unwrap();
+        let target = target_directory_of(&metadata).unwrap();
+        assert_eq!(target, elsewhere);
+        assert_eq!(figures_path(&target), elsewhere.join("bench-figures.jsonl"));
+        assert!(!figures_path(&target).starts_with(&root));
+        assert!(target_directory_of(&serde_json::json!({})).is_err());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! `cargo xtask layering`: dependencies between workspace crates point down only.
 //!
-//! The table below restates the layering in DESIGN.md. Every workspace package must be in it,
+//! The table below restates the layering in ARCHITECTURE.md (section Layering). Every workspace package must be in it,
 //! so adding a crate means deciding where it sits. The check also wants each member to inherit
 //! the workspace lints and to say `publish = false`.
 
@@ -28,7 +28,7 @@ enum Allowed {
     Anything,
 }
 
-/// The layering table, from DESIGN.md.
+/// The layering table, from ARCHITECTURE.md.
 const RULES: &[(&str, Layer, Allowed)] = &[
     ("baton-core", Layer::Core, Allowed::Nothing),
     ("baton-registry", Layer::Component, Allowed::Layers(&[Layer::Core])),
@@ -38,6 +38,8 @@ const RULES: &[(&str, Layer, Allowed)] = &[
     ("baton-workflow", Layer::Component, Allowed::Layers(&[Layer::Core])),
     // The services call an Orchestrator-shaped trait from core, so they are testable with a fake.
     ("baton-grpc", Layer::Component, Allowed::Layers(&[Layer::Core])),
+    // The web console renders pages over the same core ports as the gRPC services.
+    ("baton-console", Layer::Component, Allowed::Layers(&[Layer::Core])),
     // The example services register through baton-grpc's client (it uses core and grpc only);
     // a component so that the orchestrator's demo can start them.
     ("baton-examples", Layer::Component, Allowed::Layers(&[Layer::Core, Layer::Component])),
@@ -255,7 +257,7 @@ mod tests {
                 "baton-registry build-depends on baton-grpc, which is beside it (allowed: baton-core)",
                 "baton-grpc dev-depends on baton, which is above it (allowed: baton-core)",
                 "baton depends on baton-benches, which is above it (allowed: baton-core, baton-registry, \
-                 baton-planner, baton-executor, baton-store, baton-workflow, baton-grpc, baton-examples)",
+                 baton-planner, baton-executor, baton-store, baton-workflow, baton-grpc, baton-console, baton-examples)",
                 "xtask depends on baton-core, which it must not use (allowed: no workspace crates)",
             ],
         );

@@ -4,11 +4,14 @@
 //! bench report (`bench`), written in Rust so they behave the same on every machine.
 //! What it is not for: anything a plain `cargo` command already does well on its own.
 
-#![allow(clippy::print_stdout)] // reason: xtask reports to the terminal
+#![allow(clippy::print_stdout, clippy::print_stderr, reason = "xtask reports to the terminal")]
 
 mod bench;
+mod chaos;
 mod ci;
+mod fuzz;
 mod layering;
+mod standalone;
 mod table;
 
 use std::path::{Path, PathBuf};
@@ -20,10 +23,20 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  ci               fmt, clippy, tests, doc tests, docs and the layering check, stopping at the first failure
+  ci               fmt, typos, unused dependencies, clippy, cargo deny, tests (the chaos test
+                   short), doc tests, docs, the layering and standalone checks and a short fuzz
+                   run, stopping at the first failure
   layering         check the dependency edges between workspace crates against the layering table
+  standalone       check that no file of the repository refers to a folder beside the checkout
   bench [FILTER]   run the criterion benches (only the bench target FILTER if given) and print
                    each figure beside its baseline and target
+  fuzz [TARGET] [--seconds N]
+                   run the cargo-fuzz targets in fuzz/ (or only TARGET) for N seconds each
+                   (default 60); needs cargo-fuzz
+  chaos [--executions N] [--kills K] [--fail-rate R] [--lose-rate R] [--seed S] [--clients C] [--release]
+                   executions of the pipeline workflow through a real server killed with kill -9
+                   K times while the example services fail and lose calls (default 1000, 20,
+                   0.05, 0.05); checks nothing acknowledged is lost and no effect repeats
   help             print this message";
 
 fn main() -> ExitCode {
@@ -47,13 +60,36 @@ fn dispatch(args: Vec<String>) -> Result<()> {
         }
         ["ci"] => ci::run(&root),
         ["layering"] => layering::run(&root),
+        ["standalone"] => standalone::run(&root),
         ["bench"] => bench::run(&root, None),
         ["bench", filter] => bench::run(&root, Some(filter)),
+        ["fuzz", rest @ ..] => {
+            let (target, seconds) = fuzz_args(rest)?;
+            fuzz::run(&root, target, seconds, fuzz::Build::Thorough)
+        }
+        ["chaos", rest @ ..] => chaos::run(&root, &chaos::Options::parse(rest)?),
         _ => {
             eprintln!("{USAGE}");
             bail!("unknown arguments `{}`", args.join(" "))
         }
     }
+}
+
+/// `[TARGET] [--seconds N]` of `cargo xtask fuzz`.
+fn fuzz_args<'a>(args: &[&'a str]) -> Result<(Option<&'a str>, u64)> {
+    let (mut target, mut seconds) = (None, fuzz::DEFAULT_SECONDS);
+    let mut args = args.iter();
+    while let Some(&arg) = args.next() {
+        match arg {
+            "--seconds" => {
+                let value = args.next().context("--seconds needs a value")?;
+                seconds = value.parse().ok().filter(|&s| s > 0).with_context(|| format!("--seconds {value:?}"))?;
+            }
+            _ if !arg.starts_with('-') && target.is_none() => target = Some(arg),
+            _ => bail!("unexpected argument {arg:?}; usage: cargo xtask fuzz [TARGET] [--seconds N]"),
+        }
+    }
+    Ok((target, seconds))
 }
 
 /// The workspace root: xtask sits directly below it.

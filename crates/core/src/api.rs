@@ -277,20 +277,32 @@ pub struct ExecutionQuery {
     pub created_from: Option<Timestamp>,
     /// Only executions created before this time.
     pub created_before: Option<Timestamp>,
+    /// Only executions whose id (32 lowercase hex digits, no dashes) starts with these.
+    pub id_prefix: Option<IdPrefix>,
 }
 
 impl ExecutionQuery {
     /// True when `execution` passes the query.
     pub fn matches(&self, execution: &Execution) -> bool {
         (self.states.is_empty() || self.states.contains(&execution.state))
-            && ExecutionFilter { state: None, ..self.store_filter() }.matches(execution)
+            && self.id_prefix.as_ref().is_none_or(|prefix| prefix.matches(execution.id))
+            && ExecutionFilter { state: None, ..self.query_filter() }.matches(execution)
     }
 
     /// The narrowest [`ExecutionFilter`] a store can apply for this query: everything but
-    /// the states when there are several (the caller then keeps the executions that
-    /// [`matches`](Self::matches) from each page; the page token stays valid, pages may come
-    /// out short).
+    /// the states when there are several, and the id prefix as the creation times it allows
+    /// (the caller then keeps the executions that [`matches`](Self::matches) from each page;
+    /// the page token stays valid, pages may come out short).
     pub fn store_filter(&self) -> ExecutionFilter {
+        let mut filter = self.query_filter();
+        if let Some((from, before)) = self.id_prefix.as_ref().and_then(IdPrefix::created_range) {
+            filter.created_from = Some(filter.created_from.map_or(from, |t| t.max(from)));
+            filter.created_before = Some(filter.created_before.map_or(before, |t| t.min(before)));
+        }
+        filter
+    }
+
+    fn query_filter(&self) -> ExecutionFilter {
         ExecutionFilter {
             workflow: self.workflow.clone(),
             state: match self.states.as_slice() {
@@ -300,6 +312,60 @@ impl ExecutionQuery {
             created_from: self.created_from,
             created_before: self.created_before,
         }
+    }
+}
+
+/// How far an execution's `created_at` may lie from the time in its UUIDv7 id: both are read
+/// from the server's clock as it creates the execution, microseconds apart; the slack covers a
+/// clock that was stepped in between.
+pub const ID_TIME_SLACK: Duration = Duration::from_secs(60);
+
+/// The start of an execution id, as people copy it from a table: 1 to 32 hex digits, dashes
+/// ignored, any case.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdPrefix(String);
+
+impl IdPrefix {
+    /// Checks `text`; [`ApiError::InvalidArgument`] naming `id_prefix`.
+    pub fn new(text: &str) -> ApiResult<Self> {
+        let digits: String = text.trim().chars().filter(|c| *c != '-').map(|c| c.to_ascii_lowercase()).collect();
+        if digits.is_empty() || digits.len() > 32 || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(ApiError::invalid("id_prefix", format!("{text:?} is not the start of an execution id")));
+        }
+        Ok(Self(digits))
+    }
+
+    /// The prefix: lowercase hex digits without dashes.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// True when `id` starts with the prefix.
+    pub fn matches(&self, id: ExecutionId) -> bool {
+        id.as_uuid().simple().to_string().starts_with(&self.0)
+    }
+
+    /// The whole id, when the prefix has all 32 digits.
+    pub fn whole(&self) -> Option<ExecutionId> {
+        let uuid = uuid::Uuid::try_parse(&self.0).ok()?;
+        ExecutionId::from_uuid(uuid).ok()
+    }
+
+    /// The creation times an execution with this prefix can have: the first 12 hex digits of a
+    /// UUIDv7 are its milliseconds since the Unix epoch, so a prefix bounds them, widened by
+    /// [`ID_TIME_SLACK`] on both sides. `None` when the range is too wide to help (under 8
+    /// digits: more than a minute of ids).
+    pub fn created_range(&self) -> Option<(Timestamp, Timestamp)> {
+        let known = self.0.len().min(12);
+        if known < 8 {
+            return None;
+        }
+        let shift = 4 * (12 - known) as u32;
+        let low = u64::from_str_radix(&self.0[..known], 16).ok()? << shift;
+        let high = low + (1u64 << shift);
+        let slack = ID_TIME_SLACK.as_millis() as i64;
+        let at = |millis: i64| chrono::DateTime::from_timestamp_millis(millis);
+        Some((at(low as i64 - slack)?, at(high as i64 + slack)?))
     }
 }
 
@@ -338,6 +404,10 @@ pub trait Executions: Send + Sync + 'static {
     /// that is before `from_sequence`). [`ApiError::NotFound`] up front for an unknown
     /// execution.
     fn watch(&self, id: ExecutionId, from_sequence: u64) -> BoxFuture<'_, ApiResult<EventStream>>;
+
+    /// The events journaled so far from `from_sequence` on (0 and 1 both mean from the start),
+    /// without waiting for more. [`ApiError::NotFound`] for an unknown execution.
+    fn journal(&self, id: ExecutionId, from_sequence: u64) -> BoxFuture<'_, ApiResult<Vec<Event>>>;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -535,6 +605,31 @@ mod tests {
             assert!(err.to_string().contains(reason), "{err}");
         }
         assert!(TaskToken::new(&"t".repeat(513)).unwrap_err().to_string().contains("513 bytes"));
+    }
+
+    #[test]
+    fn id_prefixes_narrow_the_creation_times_by_the_uuidv7_clock() {
+        let id = ExecutionId::generate();
+        let (seconds, nanos) = id.as_uuid().get_timestamp().unwrap().to_unix();
+        let created = chrono::DateTime::from_timestamp(seconds as i64, nanos).unwrap();
+        let text = id.to_string();
+        for len in [8, 12, 13, 36] {
+            let prefix = IdPrefix::new(&text[..len].to_uppercase()).unwrap();
+            assert!(prefix.matches(id), "{len}");
+            let (from, before) = prefix.created_range().unwrap();
+            assert!(from <= created && created < before, "{len}: {from} {created} {before}");
+            assert!(before - from <= chrono::Duration::seconds(200), "{len}");
+        }
+        assert_eq!(IdPrefix::new(&text).unwrap().whole(), Some(id));
+        assert_eq!(IdPrefix::new(&text[..7]).unwrap().created_range(), None);
+        assert!(!IdPrefix::new("0000").unwrap().matches(id));
+        for bad in ["", "xyz", &"a".repeat(33)] {
+            let err = IdPrefix::new(bad).unwrap_err();
+            assert!(matches!(&err, ApiError::InvalidArgument { field, .. } if field == "id_prefix"), "{err}");
+        }
+        let query = ExecutionQuery { id_prefix: Some(IdPrefix::new(&text[..12]).unwrap()), ..Default::default() };
+        let filter = query.store_filter();
+        assert!(filter.created_from.is_some() && filter.created_before.is_some());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::access::{check_header_name, is_reserved_header};
 use crate::error::{Error, Result};
-use crate::expr::{EvalError, Template};
+use crate::expr::{EvalError, Evaluator, Expression, Template};
 
 /// An HTTP method a step may use.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -308,18 +308,50 @@ impl CallTemplate {
         self.templates().all(|t| t.expressions().is_empty())
     }
 
-    /// Renders it against `context`.
+    /// Renders it against `context`, running any jq on this thread, unbounded: for a call
+    /// without expressions, and tests. Calls of a run render with [`CallTemplate::render_with`].
     pub fn render(&self, context: &Value) -> Result<CallRequest, EvalError> {
+        self.render_by(&mut |e: &Expression| e.eval(context))
+    }
+
+    /// Renders it against `context`: plain paths here, every other expression of all its
+    /// templates on `evaluator`, in one evaluation, as a step's input is rendered.
+    pub async fn render_with(&self, context: &Value, evaluator: &dyn Evaluator) -> Result<CallRequest, EvalError> {
+        let jaq: Vec<&Expression> =
+            self.templates().flat_map(Template::expressions).filter(|e| !e.is_plain_path()).collect();
+        if jaq.is_empty() {
+            return self.render(context);
+        }
+        let values = evaluator.evaluate(&jaq, context).await?;
+        if values.len() != jaq.len() {
+            let reason = format!("got {} values from the evaluator for {} expressions", values.len(), jaq.len());
+            return Err(EvalError::failed(jaq[0].source(), reason));
+        }
+        let mut values = values.into_iter();
+        self.render_by(&mut |e: &Expression| {
+            if e.is_plain_path() {
+                e.eval(context)
+            } else {
+                Ok(values.next().expect("a value per expression, counted"))
+            }
+        })
+    }
+
+    /// Renders it with `eval` answering each expression, in the order of [`Self::templates`].
+    fn render_by(
+        &self,
+        eval: &mut dyn FnMut(&Expression) -> Result<Value, EvalError>,
+    ) -> Result<CallRequest, EvalError> {
         match self {
             Self::Http { method, path, query, headers, output } => {
                 let mut path_and_query = match path {
-                    Some(path) => path.render_text(context, &encode_segment)?,
+                    Some(path) => path.render_text_by(eval, &encode_segment)?,
                     None => String::new(),
                 };
                 let mut params = url::form_urlencoded::Serializer::new(String::new());
                 let mut any = false;
                 for (name, template) in query {
-                    match template.render(context)? {
+                    match template.render_by(eval)? {
                         Value::Null => {}
                         Value::Array(items) => {
                             for item in items.iter().filter(|v| !v.is_null()) {
@@ -340,12 +372,12 @@ impl CallTemplate {
                 Ok(CallRequest::Http {
                     method: *method,
                     path_and_query,
-                    headers: render_headers(headers, context)?,
+                    headers: render_headers(headers, eval)?,
                     output: *output,
                 })
             }
             Self::Grpc { method, metadata } => {
-                Ok(CallRequest::Grpc { method: method.clone(), metadata: render_headers(metadata, context)? })
+                Ok(CallRequest::Grpc { method: method.clone(), metadata: render_headers(metadata, eval)? })
             }
         }
     }
@@ -363,18 +395,18 @@ fn compile_headers(place: &str, headers: &BTreeMap<String, Value>) -> Result<Vec
     Ok(compiled)
 }
 
-fn render_headers(headers: &[(String, Template)], context: &Value) -> Result<Vec<(String, String)>, EvalError> {
+fn render_headers(
+    headers: &[(String, Template)],
+    eval: &mut dyn FnMut(&Expression) -> Result<Value, EvalError>,
+) -> Result<Vec<(String, String)>, EvalError> {
     let mut rendered = Vec::with_capacity(headers.len());
     for (name, template) in headers {
-        let value = match template.render(context)? {
+        let value = match template.render_by(eval)? {
             Value::Null => continue,
             value => text(&value),
         };
         if value.chars().any(|c| c.is_control() && c != '\t') {
-            return Err(EvalError {
-                expression: format!("header {name}"),
-                reason: "rendered a value with a control character".to_owned(),
-            });
+            return Err(EvalError::failed(&format!("header {name}"), "rendered a value with a control character"));
         }
         rendered.push((name.clone(), value));
     }

@@ -84,3 +84,24 @@ pub struct Event {
     /// What happened.
     pub kind: EventKind,
 }
+
+/// How a run ended: what its last journal event says.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Every step done; the run's output.
+    Completed(serde_json::Value),
+    /// Stopped by a failure.
+    Failed(String),
+    /// Stopped on request.
+    Cancelled(String),
+}
+
+impl From<Outcome> for EventKind {
+    fn from(outcome: Outcome) -> Self {
+        match outcome {
+            Outcome::Completed(output) => Self::Completed { output },
+            Outcome::Failed(error) => Self::Failed { error },
+            Outcome::Cancelled(reason) => Self::Cancelled { reason },
+        }
+    }
+}

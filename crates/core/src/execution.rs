@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Timestamp;
 use crate::error::{Error, Result};
+use crate::event::{Event, EventKind};
 use crate::ids::{ExecutionId, ServiceId, StepId, WorkflowName};
 
 /// Where an execution is in its life:
@@ -143,6 +144,68 @@ impl Execution {
         self.updated_at = at;
         Ok(())
     }
+
+    /// Applies one journal event: the replay rule every reader of a journal shares (the
+    /// engine's driver and recovery, the API fakes), so an execution reads the same
+    /// wherever it is rebuilt.
+    ///
+    /// A state change the state machine refuses is [`Error::InvalidTransition`] and changes
+    /// nothing. `Started` moves a created execution to running and is a no-op otherwise. A
+    /// task's `attempts` is the attempt number of its latest event (the executor numbers
+    /// attempts in order, so this is also the most made), and a success clears the error an
+    /// earlier attempt left. `updated_at` never moves back.
+    pub fn apply(&mut self, event: &Event) -> Result<()> {
+        let to = match &event.kind {
+            EventKind::Started { .. } if self.state == ExecutionState::Created => Some(ExecutionState::Running),
+            EventKind::Paused => Some(ExecutionState::Paused),
+            EventKind::Resumed => Some(ExecutionState::Running),
+            EventKind::Cancelled { .. } => Some(ExecutionState::Cancelled),
+            EventKind::Failed { .. } => Some(ExecutionState::Failed),
+            EventKind::Completed { .. } => Some(ExecutionState::Completed),
+            _ => None,
+        };
+        if let Some(to) = to {
+            self.state = self.state.transition(to)?;
+        }
+        let at = event.at;
+        match &event.kind {
+            EventKind::Started { .. } | EventKind::Paused | EventKind::Resumed => {}
+            EventKind::Cancelled { reason } => self.error = Some(reason.clone()),
+            EventKind::Failed { error } => self.error = Some(error.clone()),
+            EventKind::Completed { output } => self.output = Some(output.clone()),
+            EventKind::TaskScheduled { step, attempt, service } => {
+                let task = self.tasks.entry(step.clone()).or_default();
+                task.state = TaskState::Scheduled;
+                task.attempts = *attempt;
+                task.service = Some(service.clone());
+                task.started_at.get_or_insert(at);
+            }
+            EventKind::TaskSucceeded { step, attempt, .. } => {
+                let task = self.tasks.entry(step.clone()).or_default();
+                task.state = TaskState::Succeeded;
+                task.attempts = *attempt;
+                task.error = None;
+                task.finished_at = Some(at);
+            }
+            EventKind::TaskFailed { step, attempt, error, retryable } => {
+                let task = self.tasks.entry(step.clone()).or_default();
+                task.attempts = *attempt;
+                task.error = Some(error.clone());
+                if !retryable {
+                    task.state = TaskState::Failed;
+                    task.finished_at = Some(at);
+                }
+            }
+            EventKind::TaskSkipped { step, reason } => {
+                let task = self.tasks.entry(step.clone()).or_default();
+                task.state = TaskState::Skipped;
+                task.error = Some(reason.clone());
+                task.finished_at = Some(at);
+            }
+        }
+        self.updated_at = self.updated_at.max(at);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -176,5 +239,54 @@ mod tests {
         }
         assert!(Paused.transition(Paused).is_err());
         assert!(all.iter().filter(|s| s.is_terminal()).count() == 3);
+    }
+
+    #[test]
+    fn apply_replays_a_journal_the_one_way() {
+        use crate::event::{Event, EventKind};
+        use crate::ids::{ExecutionId, ServiceId, StepId, WorkflowName};
+        use crate::{Execution, TaskState};
+
+        let at = |s: i64| chrono::DateTime::from_timestamp(s, 0).expect("a valid time");
+        let step = StepId::new("pay").expect("a valid id");
+        let mut execution = Execution {
+            id: ExecutionId::generate(),
+            workflow: WorkflowName::new("checkout").expect("a valid name"),
+            version: 1,
+            state: Created,
+            input: serde_json::Value::Null,
+            output: None,
+            error: None,
+            tasks: Default::default(),
+            created_at: at(10),
+            updated_at: at(10),
+            trace: None,
+        };
+        let id = execution.id;
+        let event = |s, kind| Event { execution: id, sequence: 1, at: at(s), kind };
+        let service = ServiceId::new("payments").expect("a valid id");
+        let journal = [
+            event(11, EventKind::Started { input: serde_json::Value::Null }),
+            event(12, EventKind::TaskScheduled { step: step.clone(), attempt: 1, service: service.clone() }),
+            event(13, EventKind::TaskFailed { step: step.clone(), attempt: 1, error: "busy".into(), retryable: true }),
+            event(14, EventKind::TaskScheduled { step: step.clone(), attempt: 2, service }),
+            // Stamped earlier than the event before: updated_at keeps the later time.
+            event(9, EventKind::TaskSucceeded { step: step.clone(), attempt: 2, output: 7.into() }),
+        ];
+        for e in &journal {
+            execution.apply(e).expect("a legal event");
+        }
+        let task = &execution.tasks[&step];
+        assert_eq!((execution.state, task.state, task.attempts), (Running, TaskState::Succeeded, 2));
+        assert_eq!(task.error, None, "a success clears the error of an earlier attempt");
+        assert_eq!((task.started_at, execution.updated_at), (Some(at(12)), at(14)));
+
+        // A refused change leaves the execution as it was.
+        let before = execution.clone();
+        let err = execution.apply(&event(20, EventKind::Resumed)).unwrap_err();
+        assert_eq!(err.to_string(), "execution cannot go from running to running");
+        assert_eq!(execution, before);
+        execution.apply(&event(21, EventKind::Completed { output: 1.into() })).expect("running completes");
+        assert_eq!((execution.state, execution.output.clone()), (Completed, Some(1.into())));
     }
 }

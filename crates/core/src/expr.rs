@@ -10,18 +10,27 @@
 //! `{"input": <run input>, "steps": {"<step>": {"output": <its output>}}}`. It must produce
 //! exactly one value.
 //!
-//! Evaluation has no step limit: a template from an untrusted source should run with a
-//! deadline, off the async executor.
+//! Plain paths are walked here, in microseconds. Any other expression is jq, which can run
+//! without end, take all memory or recurse past any stack: [`Template::render_with`] hands
+//! those to an [`Evaluator`], the port through which a server bounds them ([`Limits`]);
+//! [`Template::render`] runs them on the caller's thread, unbounded. jq's `env` (the server's
+//! environment) is not offered, and `halt` fails the expression instead of ending the process.
+
+mod evaluator;
 
 use std::collections::BTreeSet;
 use std::fmt;
 
 use jaq_core::load::{Arena, File, Loader};
-use jaq_core::{Compiler, Ctx, Vars, data, unwrap_valr};
+use jaq_core::{Compiler, Ctx, Vars, data};
 use jaq_json::Val;
 use serde::Deserialize;
 use serde_json::Value;
 
+pub use self::evaluator::{
+    Bound, DEFAULT_CPU_TIME, DEFAULT_MEMORY_BYTES, DEFAULT_OUTPUT_BYTES, EXPRESSION_LIMIT, Evaluation, Evaluator,
+    InProcessEvaluator, Limits, evaluate_all,
+};
 use crate::error::{Error, Result};
 
 type Filter = jaq_core::compile::Filter<jaq_core::Native<data::JustLut<Val>>>;
@@ -128,13 +137,63 @@ impl fmt::Debug for Expression {
 }
 
 /// Why an expression failed to run.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("expression `{expression}` {reason}")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EvalError {
     /// The expression's source.
     pub expression: String,
     /// What went wrong.
     pub reason: String,
+    /// The bound it went past, when it did: its error class is [`EXPRESSION_LIMIT`].
+    pub bound: Option<Bound>,
+}
+
+/// jq filters an expression may not use: `env` would show anyone who writes a workflow the
+/// server's environment (its store URL, its settings), and `halt` ends the process running it.
+const DENIED: [&str; 3] = ["env", "halt", "halt_error"];
+
+/// How deep a value may nest: serde_json's own limit, which every JSON reader of Baton keeps.
+const MAX_VALUE_DEPTH: usize = 128;
+/// The longest reason kept: jq errors can quote whole values.
+const MAX_REASON_CHARS: usize = 512;
+/// The most of an expression's source an error message quotes.
+const MAX_QUOTED_SOURCE_CHARS: usize = 120;
+
+impl EvalError {
+    /// The expression failed: `reason` says why.
+    pub fn failed(expression: &str, reason: impl Into<String>) -> Self {
+        Self { expression: expression.to_owned(), reason: cut(reason.into(), MAX_REASON_CHARS), bound: None }
+    }
+
+    /// The expression went past `bound`.
+    pub fn limit(expression: &str, bound: Bound) -> Self {
+        Self { expression: expression.to_owned(), reason: bound.to_string(), bound: Some(bound) }
+    }
+
+    /// Whether the expression went past a bound (class [`EXPRESSION_LIMIT`]).
+    pub fn is_limit(&self) -> bool {
+        self.bound.is_some()
+    }
+}
+
+impl fmt::Display for EvalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_limit() {
+            write!(f, "{EXPRESSION_LIMIT}: ")?;
+        }
+        let source = cut(self.expression.clone(), MAX_QUOTED_SOURCE_CHARS);
+        write!(f, "expression `{source}` {}", self.reason)
+    }
+}
+
+impl std::error::Error for EvalError {}
+
+/// `text` cut to `max` characters, marked with `...` when cut.
+fn cut(mut text: String, max: usize) -> String {
+    if let Some((at, _)) = text.char_indices().nth(max) {
+        text.truncate(at);
+        text.push_str("...");
+    }
+    text
 }
 
 /// Byte offset of `part` within `whole`, when `part` is a slice of it.
@@ -155,8 +214,12 @@ impl Expression {
 
     fn compile_with_jaq(field: &str, source: &str) -> Result<Self> {
         let bad = |reason: String| Error::invalid(field, source, reason);
-        let defs = jaq_core::defs().chain(jaq_std::defs()).chain(jaq_json::defs());
-        let funs = jaq_core::funs().chain(jaq_std::funs()).chain(jaq_json::funs());
+        let defs =
+            jaq_core::defs().chain(jaq_std::defs()).chain(jaq_json::defs()).filter(|def| !DENIED.contains(&def.name));
+        let funs = jaq_core::funs()
+            .chain(jaq_std::funs())
+            .chain(jaq_json::funs())
+            .filter(|(name, _, _)| !DENIED.contains(name));
         let arena = Arena::default();
         let modules = Loader::new(defs).load(&arena, File { code: source, path: () }).map_err(|errors| {
             let reasons: Vec<String> = errors
@@ -188,44 +251,84 @@ impl Expression {
         &self.source
     }
 
-    /// Runs the expression against `context`; it must produce exactly one value.
-    pub fn eval(&self, context: &Value) -> Result<Value, EvalError> {
-        let fail = |reason: String| EvalError { expression: self.source.clone(), reason };
-        let filter = match &self.compiled {
-            Compiled::Path(segments) => return walk(context, segments).map_err(fail),
-            Compiled::Jaq(filter) => filter,
-        };
-        let input = Val::deserialize(context).map_err(|e| fail(format!("cannot read its context: {e}")))?;
-        let ctx = Ctx::<data::JustLut<Val>>::new(&filter.lut, Vars::new([]));
-        // Two outputs are enough to know there is more than one; do not run the rest.
-        let mut outputs = filter.id.run((ctx, input)).map(unwrap_valr).take(2);
-        let value = match (outputs.next(), outputs.next()) {
-            (None, _) => return Err(fail("produced no value".to_owned())),
-            (Some(_), Some(_)) => return Err(fail("produced more than one value".to_owned())),
-            (Some(Err(e)), None) => return Err(fail(format!("failed: {e}"))),
-            (Some(Ok(value)), None) => value,
-        };
-        // jaq writes values as JSON text; reading that back is the conversion it offers.
-        serde_json::from_str(&value.to_string()).map_err(|e| fail(format!("produced a value that is not JSON: {e}")))
+    /// Whether the expression is a plain path, walked without jaq.
+    pub fn is_plain_path(&self) -> bool {
+        matches!(self.compiled, Compiled::Path(_))
     }
 
-    /// Step ids this expression reads as `.steps.<id>` or `.steps["<id>"]`. Dynamic access
-    /// (`.steps[$name]`) cannot be seen here.
-    pub fn referenced_steps(&self) -> BTreeSet<String> {
-        let mut steps = BTreeSet::new();
-        let mut rest = self.source.as_str();
-        while let Some(at) = rest.find(".steps") {
-            rest = &rest[at + ".steps".len()..];
-            let name = if let Some(after) = rest.strip_prefix('.') {
-                let end = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len());
-                &after[..end]
-            } else if let Some(after) = rest.strip_prefix("[\"").or_else(|| rest.strip_prefix(".\"")) {
-                after.find('"').map_or("", |end| &after[..end])
+    /// Runs the expression against `context` on this thread, unbounded; it must produce
+    /// exactly one value.
+    pub fn eval(&self, context: &Value) -> Result<Value, EvalError> {
+        let filter = match &self.compiled {
+            Compiled::Path(segments) => return walk(context, segments).map_err(|reason| self.fail(reason)),
+            Compiled::Jaq(filter) => filter,
+        };
+        let input = Val::deserialize(context).map_err(|e| self.fail(format!("cannot read its context: {e}")))?;
+        let text = self.run_jaq(filter, input)?;
+        self.read_output(&text)
+    }
+
+    fn fail(&self, reason: String) -> EvalError {
+        EvalError::failed(&self.source, reason)
+    }
+
+    /// Runs the jaq filter on `input`; its one value as JSON text.
+    fn run_jaq(&self, filter: &Filter, input: Val) -> Result<String, EvalError> {
+        let ctx = Ctx::<data::JustLut<Val>>::new(&filter.lut, Vars::new([]));
+        // Two outputs are enough to know there is more than one; do not run the rest.
+        let mut outputs = filter.id.run((ctx, input)).take(2);
+        let value = match (outputs.next(), outputs.next()) {
+            (None, _) => return Err(self.fail("produced no value".to_owned())),
+            (Some(_), Some(_)) => return Err(self.fail("produced more than one value".to_owned())),
+            (Some(Ok(value)), None) => value,
+            // jaq's own `unwrap_valr` would end the process on `halt`.
+            (Some(Err(exception)), None) => {
+                return Err(match exception.get_err() {
+                    Ok(error) => self.fail(format!("failed: {error}")),
+                    Err(_) => self.fail("called halt, which an expression may not".to_owned()),
+                });
+            }
+        };
+        Ok(value.to_string())
+    }
+
+    /// jaq writes values as JSON text; reading that back is the conversion it offers.
+    fn read_output(&self, text: &str) -> Result<Value, EvalError> {
+        serde_json::from_str(text).map_err(|e| {
+            if e.to_string().starts_with("recursion limit exceeded") {
+                EvalError::limit(&self.source, Bound::Depth(MAX_VALUE_DEPTH))
             } else {
-                ""
+                self.fail(format!("produced a value that is not JSON: {e}"))
+            }
+        })
+    }
+
+    /// Step ids this expression reads as `.steps.<id>`, `.steps["<id>"]` or `.steps."<id>"`
+    /// (`steps` written any of those ways too). Dynamic access (`.steps[$name]`) cannot be
+    /// seen here.
+    pub fn referenced_steps(&self) -> BTreeSet<String> {
+        if let Compiled::Path(segments) = &self.compiled {
+            return match segments.as_slice() {
+                [Segment::Key(steps), Segment::Key(step), ..] if steps == "steps" => BTreeSet::from([step.clone()]),
+                _ => BTreeSet::new(),
             };
-            if !name.is_empty() {
-                steps.insert(name.to_owned());
+        }
+        let mut steps = BTreeSet::new();
+        for prefix in [".steps", ".\"steps\"", "[\"steps\"]"] {
+            let mut rest = self.source.as_str();
+            while let Some(at) = rest.find(prefix) {
+                rest = &rest[at + prefix.len()..];
+                let name = if let Some(after) = rest.strip_prefix('.').filter(|a| !a.starts_with('"')) {
+                    let end = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len());
+                    &after[..end]
+                } else if let Some(after) = rest.strip_prefix("[\"").or_else(|| rest.strip_prefix(".\"")) {
+                    after.find('"').map_or("", |end| &after[..end])
+                } else {
+                    ""
+                };
+                if !name.is_empty() {
+                    steps.insert(name.to_owned());
+                }
             }
         }
         steps
@@ -242,15 +345,17 @@ fn describe(source: &str, expected: &str, at: &str) -> String {
 
 /// A piece of a template string.
 #[derive(Debug, Clone)]
-enum Part {
+enum Part<E = Expression> {
     Text(String),
-    Expr(Expression),
+    Expr(E),
 }
 
 /// A JSON value whose strings may hold `${ ... }` expressions, compiled once.
 #[derive(Debug, Clone)]
 pub struct Template {
     node: Node,
+    /// Whether any expression needs jaq, so an [`Evaluator`].
+    uses_jaq: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -268,18 +373,77 @@ impl Template {
     /// Compiles every expression in `value`; errors name the field path, e.g.
     /// `steps.charge.input.amount`.
     pub fn compile(field: &str, value: &Value) -> Result<Self> {
-        Ok(Self { node: Node::compile(field, value)? })
+        let node = Node::compile(field, value)?;
+        let mut expressions = Vec::new();
+        node.collect(&mut expressions);
+        let uses_jaq = expressions.iter().any(|e| !e.is_plain_path());
+        Ok(Self { node, uses_jaq })
     }
 
-    /// Renders the template against `context`.
+    /// How many expressions in `value` need jq (are not plain paths), found without compiling
+    /// any: compiling one takes about half a millisecond, so a caller may bound them first.
+    /// Malformed strings count for nothing; compiling them says what is wrong.
+    pub fn count_jq(value: &Value) -> usize {
+        match value {
+            Value::String(text) => split("", text, |source| Ok(plain_path(source).is_none()))
+                .map_or(0, |parts| parts.iter().filter(|p| matches!(p, Part::Expr(true))).count()),
+            Value::Array(items) => items.iter().map(Self::count_jq).sum(),
+            Value::Object(map) => map.values().map(Self::count_jq).sum(),
+            _ => 0,
+        }
+    }
+
+    /// Renders the template against `context`, running any jq on this thread, unbounded.
     pub fn render(&self, context: &Value) -> Result<Value, EvalError> {
-        self.node.render(context)
+        self.node.render(&mut |e: &Expression| e.eval(context))
+    }
+
+    /// Renders the template against `context`: plain paths here, every other expression on
+    /// `evaluator`, all of them in one evaluation. Without such expressions it is
+    /// [`Template::render`] and answers on its first poll.
+    pub async fn render_with(&self, context: &Value, evaluator: &dyn Evaluator) -> Result<Value, EvalError> {
+        if !self.uses_jaq {
+            return self.render(context);
+        }
+        let jaq: Vec<&Expression> = self.expressions().into_iter().filter(|e| !e.is_plain_path()).collect();
+        let asked = jaq.len();
+        let values = evaluator.evaluate(&jaq, context).await?;
+        if values.len() != asked {
+            let first = jaq.first().map_or("", |e| e.source());
+            let reason = format!("got {} values from the evaluator for {asked} expressions", values.len());
+            return Err(EvalError::failed(first, reason));
+        }
+        let mut values = values.into_iter();
+        self.node.render(&mut |e: &Expression| {
+            if e.is_plain_path() {
+                e.eval(context)
+            } else {
+                Ok(values.next().expect("a value per expression, counted"))
+            }
+        })
+    }
+
+    /// Whether rendering runs jq (any expression that is not a plain path).
+    pub fn uses_jaq(&self) -> bool {
+        self.uses_jaq
+    }
+
+    /// Renders the template with `eval` answering each of its expressions, called in the
+    /// order [`Template::expressions`] lists them: for callers that evaluate the expressions of
+    /// several templates in one batch.
+    pub fn render_by(&self, eval: &mut dyn FnMut(&Expression) -> Result<Value, EvalError>) -> Result<Value, EvalError> {
+        self.node.render(eval)
     }
 
     /// Renders the template as text, passing each expression's value (as text: a string as it
     /// is, anything else as JSON) through `escape`, the literal text as it is: for templates
     /// whose result lands in a URL. A template that is not a string renders as JSON text.
-    pub fn render_text(&self, context: &Value, escape: &dyn Fn(&str, &mut String)) -> Result<String, EvalError> {
+    /// `eval` answers each expression, as for [`Template::render_by`].
+    pub fn render_text_by(
+        &self,
+        eval: &mut dyn FnMut(&Expression) -> Result<Value, EvalError>,
+        escape: &dyn Fn(&str, &mut String),
+    ) -> Result<String, EvalError> {
         let splice = |value: Value, text: &mut String| match value {
             Value::String(s) => escape(&s, text),
             other => escape(&other.to_string(), text),
@@ -287,16 +451,16 @@ impl Template {
         let mut text = String::new();
         match &self.node {
             Node::Literal(Value::String(literal)) => text.push_str(literal),
-            Node::Whole(e) => splice(e.eval(context)?, &mut text),
+            Node::Whole(e) => splice(eval(e)?, &mut text),
             Node::Spliced(parts) => {
                 for part in parts {
                     match part {
                         Part::Text(t) => text.push_str(t),
-                        Part::Expr(e) => splice(e.eval(context)?, &mut text),
+                        Part::Expr(e) => splice(eval(e)?, &mut text),
                     }
                 }
             }
-            other => text.push_str(&other.render(context)?.to_string()),
+            other => text.push_str(&other.render(eval)?.to_string()),
         }
         Ok(text)
     }
@@ -318,7 +482,7 @@ impl Node {
     fn compile(field: &str, value: &Value) -> Result<Self> {
         Ok(match value {
             Value::String(text) => {
-                let parts = split(field, text)?;
+                let parts = split(field, text, |source| Expression::compile(field, source))?;
                 match parts.as_slice() {
                     [] => Node::Literal(value.clone()),
                     [Part::Expr(e)] => Node::Whole(e.clone()),
@@ -343,16 +507,18 @@ impl Node {
         })
     }
 
-    fn render(&self, context: &Value) -> Result<Value, EvalError> {
+    /// Renders the node, taking each expression's value from `eval`, in the order of
+    /// [`Node::collect`].
+    fn render(&self, eval: &mut dyn FnMut(&Expression) -> Result<Value, EvalError>) -> Result<Value, EvalError> {
         Ok(match self {
             Node::Literal(value) => value.clone(),
-            Node::Whole(e) => e.eval(context)?,
+            Node::Whole(e) => eval(e)?,
             Node::Spliced(parts) => {
                 let mut text = String::new();
                 for part in parts {
                     match part {
                         Part::Text(t) => text.push_str(t),
-                        Part::Expr(e) => match e.eval(context)? {
+                        Part::Expr(e) => match eval(e)? {
                             Value::String(s) => text.push_str(&s),
                             other => text.push_str(&other.to_string()),
                         },
@@ -360,9 +526,9 @@ impl Node {
                 }
                 Value::String(text)
             }
-            Node::Array(items) => Value::Array(items.iter().map(|n| n.render(context)).collect::<Result<_, _>>()?),
+            Node::Array(items) => Value::Array(items.iter().map(|n| n.render(eval)).collect::<Result<_, _>>()?),
             Node::Object(entries) => Value::Object(
-                entries.iter().map(|(k, n)| Ok((k.clone(), n.render(context)?))).collect::<Result<_, EvalError>>()?,
+                entries.iter().map(|(k, n)| Ok((k.clone(), n.render(eval)?))).collect::<Result<_, EvalError>>()?,
             ),
         })
     }
@@ -381,8 +547,9 @@ impl Node {
     }
 }
 
-/// Splits a template string into text and compiled expressions. `$${` is a literal `${`.
-fn split(field: &str, text: &str) -> Result<Vec<Part>> {
+/// Splits a template string into text and expressions, each made by `expression` from its
+/// source. `$${` is a literal `${`.
+fn split<E>(field: &str, text: &str, mut expression: impl FnMut(&str) -> Result<E>) -> Result<Vec<Part<E>>> {
     let mut parts = Vec::new();
     let mut literal = String::new();
     let mut rest = text;
@@ -403,7 +570,7 @@ fn split(field: &str, text: &str) -> Result<Vec<Part>> {
         if source.is_empty() {
             return Err(Error::invalid(field, text, "has an empty `${ }`"));
         }
-        parts.push(Part::Expr(Expression::compile(field, source)?));
+        parts.push(Part::Expr(expression(source)?));
         rest = &body[end + 1..];
     }
     literal.push_str(rest);
@@ -529,6 +696,78 @@ mod tests {
     }
 
     #[test]
+    fn expressions_cannot_read_the_environment_or_end_the_process() {
+        check(json!("${ env }"), Err("uses undefined env"));
+        check(json!("${ env.PATH }"), Err("uses undefined env"));
+        check(json!("${ halt }"), Err("uses undefined halt"));
+        check(json!("${ \"bye\" | halt_error(1) }"), Err("uses undefined halt_error"));
+    }
+
+    #[test]
+    fn errors_quote_long_expressions_and_reasons_cut_short() {
+        let long = format!("error(\"{}\") + {}", "x".repeat(2000), "1 + ".repeat(100) + "1");
+        let error =
+            Template::compile("input", &json!(format!("${{ {long} }}"))).unwrap().render(&context()).unwrap_err();
+        assert_eq!(error.expression, long, "the error keeps the whole source");
+        let shown = error.to_string();
+        assert!(shown.len() < 800, "{} characters: {shown}", shown.len());
+        assert!(shown.contains("...` failed: "), "{shown}");
+    }
+
+    #[test]
+    fn values_nested_past_the_json_limit_are_an_expression_limit() {
+        let template = Template::compile("input", &json!("${ reduce range(200) as $i (0; [.]) }")).unwrap();
+        let error = template.render(&context()).unwrap_err();
+        assert_eq!(error.bound, Some(Bound::Depth(128)), "{error}");
+        assert!(error.to_string().starts_with("expression_limit: expression `reduce range(200)"), "{error}");
+    }
+
+    #[derive(Debug, Default)]
+    struct Counting {
+        calls: std::sync::Mutex<Vec<Vec<String>>>,
+    }
+
+    impl Evaluator for Counting {
+        fn evaluate<'a>(
+            &'a self,
+            expressions: &'a [&'a Expression],
+            context: &'a Value,
+        ) -> crate::api::BoxFuture<'a, Result<Vec<Value>, EvalError>> {
+            self.calls.lock().unwrap().push(expressions.iter().map(|e| e.source().to_owned()).collect());
+            Box::pin(std::future::ready(evaluate_all(expressions, context, DEFAULT_OUTPUT_BYTES)))
+        }
+    }
+
+    #[test]
+    fn render_with_sends_only_jq_to_the_evaluator_in_one_batch() {
+        use futures_util::FutureExt as _;
+        let evaluator = Counting::default();
+        let template = Template::compile(
+            "input",
+            &json!({"a": "${ .input.amount }", "b": ["${ .input.amount * 2 }", "n=${ .input.items | length }"],
+                    "c": "${ .steps.charge.output.receipt }"}),
+        )
+        .unwrap();
+        assert!(template.uses_jaq());
+        let rendered = template.render_with(&context(), &evaluator).now_or_never().unwrap().unwrap();
+        assert_eq!(rendered, json!({"a": 42, "b": [84, "n=3"], "c": "r-1"}));
+        assert_eq!(*evaluator.calls.lock().unwrap(), [vec![".input.amount * 2", ".input.items | length"]]);
+
+        let plain = Template::compile("input", &json!({"a": "${ .input.amount }", "b": "id ${ .input.id }"})).unwrap();
+        assert!(!plain.uses_jaq());
+        let rendered = plain.render_with(&context(), &evaluator).now_or_never().unwrap().unwrap();
+        assert_eq!(rendered, json!({"a": 42, "b": "id o-7"}));
+        assert_eq!(evaluator.calls.lock().unwrap().len(), 1, "plain paths never reach the evaluator");
+    }
+
+    #[test]
+    fn expressions_that_need_jq_are_counted_without_compiling() {
+        let template = json!({"a": ["${ .input.a }", "${ .input.a + 1 }", "x ${ .steps.x.output } ${ length }"],
+                              "b": "${ nosuch(1) }", "c": "${ .input", "d": "$${ 1 + 1 }", "e": 7});
+        assert_eq!(Template::count_jq(&template), 3);
+    }
+
+    #[test]
     fn referenced_steps_are_found() {
         let template = Template::compile(
             "input",
@@ -537,6 +776,16 @@ mod tests {
         .unwrap();
         let steps: Vec<String> = template.referenced_steps().into_iter().collect();
         assert_eq!(steps, ["charge", "ship-it"]);
+        for (source, step) in [
+            (".[\"steps\"][\"ghost\"].output", "ghost"),
+            (".\"steps\".ghost.output", "ghost"),
+            (".[\"steps\"].ghost.output | length", "ghost"),
+            (".\"steps\".\"gh-ost\".output + 1", "gh-ost"),
+            (".steps[\"ghost\"].output | length", "ghost"),
+        ] {
+            let steps: Vec<String> = Expression::compile("f", source).unwrap().referenced_steps().into_iter().collect();
+            assert_eq!(steps, [step], "{source}");
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! workflow definitions ([`WorkflowDefinition`]), plans ([`Plan`]), executions and their state
 //! machine ([`Execution`]), journal events ([`Event`]), ids, and the ports (traits) through
 //! which the crates reach time, health probes, event consumers, the service directory, the
-//! planner and durable storage ([`Store`]).
+//! planner, durable storage ([`Store`]) and a bounded expression evaluator ([`Evaluator`]).
 //!
 //! What it is not for: anything that touches a network, a disk or a runtime. Those live in
 //! the crates that implement the ports. Fakes of the ports are in [`fakes`] behind the
@@ -28,6 +28,7 @@
 //! ```
 
 pub mod access;
+pub mod activity;
 pub mod api;
 pub mod call;
 pub mod directory;
@@ -39,6 +40,7 @@ pub mod expr;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fakes;
 pub mod goal;
+pub mod graph;
 pub mod ids;
 pub mod plan;
 pub mod planning;
@@ -52,23 +54,27 @@ pub mod trace;
 pub mod workflow;
 
 pub use access::{Credentials, TlsSettings};
+pub use activity::{Activity, BreakerStatus, CallOutcome, CallRecord, HealthChange, Overview, ServiceActivity};
 pub use api::{
-    ApiError, ApiResult, BoxFuture, BoxStream, EventStream, Executions, Orchestrating, WorkerTasks, WorkflowCatalog,
+    ApiError, ApiResult, BoxFuture, BoxStream, EventStream, Executions, IdPrefix, Orchestrating, WorkerTasks,
+    WorkflowCatalog,
 };
 pub use call::{CallRequest, CallTemplate, GrpcCall, GrpcMethod, HttpCall, HttpMethod, ResponsePart, StepCall};
 pub use directory::{
     Candidate, DEFAULT_FIND_LIMIT, Health, Matches, Page, Registration, ServiceDirectory, ServiceStatus, ServiceView,
 };
 pub use error::{Error, Result};
-pub use event::{Event, EventKind};
+pub use event::{Event, EventKind, Outcome};
 pub use execution::{Execution, ExecutionState, TaskState, TaskStatus};
-pub use expr::{EvalError, Expression, Template};
+pub use expr::{EvalError, Evaluator, Expression, InProcessEvaluator, Template};
 pub use goal::{Constraints, Goal, Objective, Weights};
+pub use graph::{GraphError, StepGraph, StepLinks};
 pub use ids::{ExecutionId, SecretName, ServiceId, StepId, WorkflowName};
 pub use plan::{DataFlow, Plan, PlanTask, PredictedQos};
 pub use planning::{Planning, ServiceCatalog};
 pub use ports::{
-    Clock, DeregisterReason, EventSink, HealthProbe, ProbeResult, ProbeTarget, Recorded, RegistryEvent, SystemClock,
+    Clock, DeregisterReason, EventSink, HealthProbe, ProbeResult, ProbeTarget, Recorded, Refusal, RegistryEvent,
+    SystemClock,
 };
 pub use requirements::{SecurityRequirements, ServiceRequirements};
 pub use service::{

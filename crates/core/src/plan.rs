@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{ServiceId, StepId};
+use crate::workflow::{ErrorPolicy, Step, StepTarget};
 
 /// One task of a plan: a call to a chosen service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -23,6 +24,25 @@ pub struct PlanTask {
     /// Tasks whose outputs it needs.
     #[serde(default)]
     pub depends_on: Vec<StepId>,
+}
+
+impl PlanTask {
+    /// The workflow step that runs this task with `input`: pinned to the chosen service with
+    /// the ranked alternatives to fail over to, after the tasks it depends on; its failure
+    /// fails the run.
+    pub fn to_step(&self, input: serde_json::Value) -> Step {
+        Step {
+            id: self.id.clone(),
+            target: StepTarget::Service { id: self.service.clone(), alternatives: self.alternatives.clone() },
+            call: None,
+            input,
+            depends_on: self.depends_on.clone(),
+            retry: None,
+            timeout: None,
+            task_timeout: None,
+            on_error: ErrorPolicy::Fail,
+        }
+    }
 }
 
 /// One edge of the data flow: which value feeds which input.

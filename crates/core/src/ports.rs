@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::Timestamp;
 use crate::directory::Health;
-use crate::ids::ServiceId;
+use crate::ids::{ExecutionId, ServiceId, StepId};
 use crate::service::CheckKind;
+use crate::store::StoreError;
 
 /// Wall-clock time, so tests can control it.
 pub trait Clock: Send + Sync + fmt::Debug + 'static {
@@ -65,14 +66,58 @@ pub trait EventSink<E>: Send + Sync + 'static {
     }
 }
 
+/// Why a sink refused an event handed over with [`EventSink::record`]. The producer treats
+/// every refusal as the failure of what the event reported; the kinds tell why.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The execution ended before the event could be kept.
+    #[error("the execution has ended")]
+    Ended,
+    /// The execution ended while the event waited for its journal write.
+    #[error("the execution ended before the event was journaled")]
+    EndedBeforeJournaled,
+    /// Nothing here takes the execution's events.
+    #[error("execution {0} is not running here")]
+    NotRunning(ExecutionId),
+    /// A step's output is over the size limit.
+    #[error("output of step {step:?} is {size} bytes, the limit is {limit}")]
+    OutputTooLarge {
+        /// The step.
+        step: StepId,
+        /// The output's size as JSON text.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The journal could not be written.
+    #[error(transparent)]
+    Journal(#[from] StoreError),
+    /// A sink outside Baton's own said no, with why.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<&str> for Refusal {
+    fn from(reason: &str) -> Self {
+        Self::Other(reason.to_owned())
+    }
+}
+
+impl From<String> for Refusal {
+    fn from(reason: String) -> Self {
+        Self::Other(reason)
+    }
+}
+
 /// The sink's answer to [`EventSink::record`]: resolves to `Ok` once the event is kept, or to
 /// `Err` with why it was refused. Answers known at once cost no allocation.
 #[must_use = "the event's effects must wait for this answer"]
 pub struct Recorded(RecordedState);
 
 enum RecordedState {
-    Ready(Option<Result<(), String>>),
-    Pending(Pin<Box<dyn Future<Output = Result<(), String>> + Send>>),
+    Ready(Option<Result<(), Refusal>>),
+    Pending(Pin<Box<dyn Future<Output = Result<(), Refusal>> + Send>>),
 }
 
 impl Recorded {
@@ -82,18 +127,18 @@ impl Recorded {
     }
 
     /// Refused, with why.
-    pub fn refused(reason: impl Into<String>) -> Self {
+    pub fn refused(reason: impl Into<Refusal>) -> Self {
         Self(RecordedState::Ready(Some(Err(reason.into()))))
     }
 
     /// Answered by `answer` later.
-    pub fn later(answer: impl Future<Output = Result<(), String>> + Send + 'static) -> Self {
+    pub fn later(answer: impl Future<Output = Result<(), Refusal>> + Send + 'static) -> Self {
         Self(RecordedState::Pending(Box::pin(answer)))
     }
 }
 
 impl Future for Recorded {
-    type Output = Result<(), String>;
+    type Output = Result<(), Refusal>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match &mut self.get_mut().0 {

@@ -1,6 +1,7 @@
 //! No-op tasks per second through the whole executor on a layered DAG of width 100:
 //! `cargo run --release -p baton-executor --example throughput -- [TASKS] [RUNS]`.
 //! The criterion bench `executor_overhead` is the reference; this is for quick profiling.
+#![allow(clippy::print_stderr, reason = "a profiling example reports on stderr")]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -2,7 +2,9 @@
 //! alternatives, and reports every transition through the [`baton_core::EventSink`] port.
 //!
 //! What it is for: ready-queue scheduling (a task is dispatched the moment its last
-//! dependency succeeds, not level by level), inputs rendered from `${ jq }` templates, retries
+//! dependency succeeds, not level by level), inputs rendered from `${ jq }` templates (any
+//! expression but a plain path on the [`baton_core::Evaluator`] of [`Config::evaluator`], awaited
+//! inside the task's future; an input that does not render fails the task), retries
 //! with exponential backoff and full jitter, per-attempt, per-task and per-run timeouts,
 //! failover to the next alternative whose circuit breaker is closed, error policies (fail,
 //! continue, fall back), per-run and global in-flight limits, pause/resume/cancel, and
@@ -35,16 +37,19 @@ mod invoker;
 mod proto_json;
 mod run;
 pub mod secrets;
+mod spec;
 mod transport;
 mod worker;
 
 pub use self::http::{HttpConfig, HttpInvoker, Resolve};
+pub use baton_core::Outcome;
 pub use breaker::BreakerState;
 pub use grpc_call::GrpcInvoker;
 pub use invoker::{Call, CallTrace, Failure, InProcessInvoker, Invoker};
 #[cfg(any(test, feature = "test-util"))]
 pub use invoker::{ScriptedInvoker, Step};
-pub use run::{Config, Executor, Outcome, RunHandle, RunSpec, SpecError, TaskSpec};
+pub use run::{Config, Executor, Run};
 pub use secrets::{Secret, Secrets};
+pub use spec::{RunSpec, SpecError, TaskSpec};
 pub use transport::{PemError, TrustRoots};
-pub use worker::{LeaseError, LeaseToken, LeasedTask, QueueStats, ResolveQueue, TaskId, WorkerConfig, WorkerQueues};
+pub use worker::{Delivery, LeaseError, LeaseToken, QueueStats, ResolveQueue, TaskId, WorkerConfig, WorkerQueues};

@@ -1,5 +1,6 @@
 //! One run of a DAG: ready-queue dispatch, retries with backoff, timeouts, failover, error
-//! policies, pause/resume/cancel, resumption from completed tasks.
+//! policies, pause/resume/cancel, resumption from completed tasks. The DAG itself is checked
+//! in `spec.rs`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -7,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use baton_core::{
-    CallRequest, CallTemplate, Clock, ErrorPolicy, Event, EventKind, EventSink, ExecutionId, ExecutionTrace, Recorded,
-    RetryPolicy, ServiceId, StepId, Template, Timestamp, TraceContext,
+    CallRequest, Clock, ErrorPolicy, EvalError, Evaluator, Event, EventKind, EventSink, ExecutionId, ExecutionTrace,
+    InProcessEvaluator, Outcome, Recorded, Refusal, RetryPolicy, ServiceId, StepId, Timestamp,
 };
 use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -20,212 +21,7 @@ use tokio::sync::{Semaphore, SemaphorePermit, watch};
 
 use crate::breaker::{BreakerState, Breakers};
 use crate::invoker::{Call, CallTrace, Failure, Invoker};
-
-/// One task of a run.
-#[derive(Debug, Clone)]
-pub struct TaskSpec {
-    /// Its id.
-    pub id: StepId,
-    /// The service to call first, then the alternatives to fail over to, in order.
-    pub services: Vec<ServiceId>,
-    /// Its input, rendered against `{"input": ..., "steps": {"<id>": {"output": ...}}}`.
-    pub input: Template,
-    /// How it shapes its call (HTTP method, path, query, headers; gRPC method), rendered
-    /// against the same context; `None`: the protocol's plain call.
-    pub call: Option<CallTemplate>,
-    /// Tasks that must succeed first.
-    pub depends_on: Vec<StepId>,
-    /// How failed attempts are retried.
-    pub retry: RetryPolicy,
-    /// Time limit of one attempt.
-    pub timeout: Option<Duration>,
-    /// Time limit of all attempts together.
-    pub task_timeout: Option<Duration>,
-    /// What its failure does to the run.
-    pub on_error: ErrorPolicy,
-}
-
-/// A checked DAG of tasks with the run's output template, for one execution.
-///
-/// The checked DAG is shared: [`RunSpec::for_execution`] gives another execution of the same
-/// DAG without checking or copying it again, as when many executions start from one version
-/// of a workflow definition.
-#[derive(Debug, Clone)]
-pub struct RunSpec {
-    execution: ExecutionId,
-    dag: Arc<Dag>,
-    /// The trace context of the caller that started the execution.
-    caller: Option<TraceContext>,
-}
-
-/// The checked DAG and what scheduling needs of it, worked out once.
-#[derive(Debug)]
-struct Dag {
-    tasks: Vec<TaskSpec>,
-    output: Template,
-    deadline: Option<Duration>,
-    index: HashMap<StepId, usize>,
-    /// What scheduling needs, worked out once here rather than on every run.
-    dependents: Vec<Vec<usize>>,
-    /// The steps each task's input reads: its dependencies and whatever its expressions name.
-    reads: Vec<Vec<usize>>,
-    /// Tasks that only run in place of a failed step.
-    fallback_only: Vec<bool>,
-    /// The inputs of tasks whose input has no expression, rendered once here.
-    static_input: Vec<Option<Value>>,
-    /// The calls of tasks whose call template has no expression, rendered once here.
-    static_call: Vec<Option<Arc<CallRequest>>>,
-}
-
-/// Why a run spec was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum SpecError {
-    /// Two tasks share an id.
-    #[error("step {0:?} appears twice")]
-    Duplicate(StepId),
-    /// A dependency or fallback names no task.
-    #[error("step {step:?} refers to unknown step {unknown:?}")]
-    Unknown {
-        /// The referring task.
-        step: StepId,
-        /// The missing one.
-        unknown: StepId,
-    },
-    /// A task has no service to call.
-    #[error("step {0:?} names no service")]
-    NoService(StepId),
-    /// The dependencies loop.
-    #[error("steps form a cycle through {0:?}")]
-    Cycle(StepId),
-}
-
-impl RunSpec {
-    /// Checks the tasks: unique ids, known dependencies and fallbacks, a service each, no cycle.
-    pub fn new(
-        execution: ExecutionId,
-        tasks: Vec<TaskSpec>,
-        output: Template,
-        deadline: Option<Duration>,
-    ) -> Result<Self, SpecError> {
-        let mut index = HashMap::new();
-        for (i, t) in tasks.iter().enumerate() {
-            if index.insert(t.id.clone(), i).is_some() {
-                return Err(SpecError::Duplicate(t.id.clone()));
-            }
-            if t.services.is_empty() {
-                return Err(SpecError::NoService(t.id.clone()));
-            }
-        }
-        for t in &tasks {
-            let fallback = match &t.on_error {
-                ErrorPolicy::Fallback(f) => Some(f),
-                _ => None,
-            };
-            if let Some(unknown) = t.depends_on.iter().chain(fallback).find(|d| !index.contains_key(*d)) {
-                return Err(SpecError::Unknown { step: t.id.clone(), unknown: unknown.clone() });
-            }
-        }
-        // Kahn's algorithm: whatever is left unvisited lies on a cycle.
-        let mut indegree: Vec<usize> = tasks.iter().map(|t| t.depends_on.len()).collect();
-        let mut queue: Vec<usize> = (0..tasks.len()).filter(|&i| indegree[i] == 0).collect();
-        let mut seen = 0;
-        let dependents = dependents(&tasks, &index);
-        while let Some(i) = queue.pop() {
-            seen += 1;
-            for &d in &dependents[i] {
-                indegree[d] -= 1;
-                if indegree[d] == 0 {
-                    queue.push(d);
-                }
-            }
-        }
-        if seen < tasks.len() {
-            let stuck = (0..tasks.len()).find(|&i| indegree[i] > 0).expect("an unvisited task");
-            return Err(SpecError::Cycle(tasks[stuck].id.clone()));
-        }
-        let reads = tasks
-            .iter()
-            .map(|t| {
-                let mut reads: Vec<usize> = t.depends_on.iter().map(|d| index[d]).collect();
-                let call_reads = t.call.as_ref().map(CallTemplate::referenced_steps).unwrap_or_default();
-                reads.extend(
-                    t.input
-                        .referenced_steps()
-                        .iter()
-                        .chain(&call_reads)
-                        .filter_map(|s| s.parse::<StepId>().ok())
-                        .filter_map(|s| index.get(&s).copied()),
-                );
-                reads.sort_unstable();
-                reads.dedup();
-                reads
-            })
-            .collect();
-        let mut fallback_only = vec![false; tasks.len()];
-        for t in &tasks {
-            if let ErrorPolicy::Fallback(f) = &t.on_error {
-                fallback_only[index[f]] = true;
-            }
-        }
-        let static_input = tasks
-            .iter()
-            .map(|t| if t.input.expressions().is_empty() { t.input.render(&Value::Null).ok() } else { None })
-            .collect();
-        let static_call = tasks
-            .iter()
-            .map(|t| match &t.call {
-                Some(call) if call.is_static() => call.render(&Value::Null).ok().map(Arc::new),
-                _ => None,
-            })
-            .collect();
-        let dag = Dag { tasks, output, deadline, index, dependents, reads, fallback_only, static_input, static_call };
-        Ok(Self { execution, dag: Arc::new(dag), caller: None })
-    }
-
-    /// The same checked DAG for another execution.
-    pub fn for_execution(&self, execution: ExecutionId) -> Self {
-        Self { execution, dag: Arc::clone(&self.dag), caller: None }
-    }
-
-    /// The run continues `caller`'s trace: its calls carry `traceparent` with the caller's
-    /// trace id (else the execution's own trace).
-    pub fn traced(mut self, caller: Option<TraceContext>) -> Self {
-        self.caller = caller;
-        self
-    }
-
-    /// The execution this spec runs.
-    pub fn execution(&self) -> ExecutionId {
-        self.execution
-    }
-
-    /// The tasks.
-    pub fn tasks(&self) -> &[TaskSpec] {
-        &self.dag.tasks
-    }
-}
-
-fn dependents(tasks: &[TaskSpec], index: &HashMap<StepId, usize>) -> Vec<Vec<usize>> {
-    let mut dependents = vec![Vec::new(); tasks.len()];
-    for (i, t) in tasks.iter().enumerate() {
-        for d in &t.depends_on {
-            dependents[index[d]].push(i);
-        }
-    }
-    dependents
-}
-
-/// How a run ended.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    /// Every task done; the run's output.
-    Completed(Value),
-    /// Stopped by a failure.
-    Failed(String),
-    /// Stopped on request.
-    Cancelled(String),
-}
+use crate::spec::{Dag, RunSpec, TaskSpec};
 
 /// How runs are executed.
 #[derive(Debug, Clone)]
@@ -241,6 +37,8 @@ pub struct Config {
     pub breaker_threshold: u32,
     /// How long an open breaker keeps its service out before one probe call is let through.
     pub breaker_cool_down: Duration,
+    /// Where expressions other than plain paths run (inputs and the run's output).
+    pub evaluator: Arc<dyn Evaluator>,
 }
 
 impl Default for Config {
@@ -251,6 +49,7 @@ impl Default for Config {
             jitter_seed: None,
             breaker_threshold: 5,
             breaker_cool_down: Duration::from_secs(30),
+            evaluator: Arc::new(InProcessEvaluator::default()),
         }
     }
 }
@@ -344,12 +143,12 @@ enum Control {
 
 /// A run in progress: pause, resume, cancel, and await its outcome.
 #[derive(Debug)]
-pub struct RunHandle {
+pub struct Run {
     control: watch::Sender<Control>,
     done: tokio::task::JoinHandle<Outcome>,
 }
 
-impl RunHandle {
+impl Run {
     /// Stops dispatching; in-flight tasks finish and are reported.
     pub fn pause(&self) {
         self.control.send_if_modified(|c| std::mem::replace(c, Control::Paused) == Control::Running);
@@ -398,6 +197,7 @@ struct Shared<I> {
     breakers: Arc<Breakers>,
     service_limits: ServiceLimits,
     global: Arc<Semaphore>,
+    evaluator: Arc<dyn Evaluator>,
     failovers: Arc<AtomicU64>,
     trace: ExecutionTrace,
 }
@@ -493,7 +293,7 @@ impl<I: Invoker> Executor<I> {
     /// A run is one tokio task: its calls are futures it polls itself, so dispatching a task
     /// costs no spawn. An in-process handler that computes for long should move that work to
     /// `spawn_blocking` or its own task; runs themselves spread over the runtime's threads.
-    pub fn start(&self, spec: RunSpec, input: Value, completed: BTreeMap<StepId, Value>) -> RunHandle {
+    pub fn start(&self, spec: RunSpec, input: Value, completed: BTreeMap<StepId, Value>) -> Run {
         let (control, receiver) = watch::channel(Control::Running);
         let rng = match self.config.jitter_seed {
             Some(seed) => SmallRng::seed_from_u64(seed),
@@ -515,6 +315,7 @@ impl<I: Invoker> Executor<I> {
             breakers: Arc::clone(&self.breakers),
             service_limits: Arc::clone(&self.service_limits),
             global: Arc::clone(&self.global),
+            evaluator: Arc::clone(&self.config.evaluator),
             failovers: Arc::clone(&self.failovers),
             trace: ExecutionTrace::new(spec.execution, spec.caller.as_ref()),
         };
@@ -528,14 +329,10 @@ impl<I: Invoker> Executor<I> {
                 None => run.await,
             };
             shared.tick();
-            shared.emit(match &outcome {
-                Outcome::Completed(output) => EventKind::Completed { output: output.clone() },
-                Outcome::Failed(error) => EventKind::Failed { error: error.clone() },
-                Outcome::Cancelled(reason) => EventKind::Cancelled { reason: reason.clone() },
-            });
+            shared.emit(outcome.clone().into());
             outcome
         });
-        RunHandle { control, done }
+        Run { control, done }
     }
 }
 
@@ -566,7 +363,7 @@ impl<'a> Schedule<'a> {
         let n = spec.tasks.len();
         let mut schedule = Self {
             spec,
-            waiting: spec.tasks.iter().map(|t| t.depends_on.len()).collect(),
+            waiting: (0..n).map(|i| spec.graph.dependencies(i).len()).collect(),
             outputs: vec![None; n],
             skipped: vec![false; n],
             ready: VecDeque::new(),
@@ -574,7 +371,7 @@ impl<'a> Schedule<'a> {
         };
         let mut done_before = Vec::new();
         for (id, output) in completed {
-            if let Some(&i) = spec.index.get(&id) {
+            if let Some(i) = spec.graph.index(&id) {
                 schedule.outputs[i] = Some(output);
                 done_before.push(i);
             }
@@ -594,7 +391,7 @@ impl<'a> Schedule<'a> {
 
     /// Counts `i` done for its dependents; those with nothing left to wait for become ready.
     fn release_dependents(&mut self, i: usize) {
-        for &d in &self.spec.dependents[i] {
+        for &d in self.spec.graph.dependents(i) {
             self.waiting[d] -= 1;
             if self.waiting[d] == 0 && !self.skipped[d] && !self.spec.fallback_only[d] {
                 self.ready.push_back(d);
@@ -604,59 +401,29 @@ impl<'a> Schedule<'a> {
 
     /// Marks every task downstream of `failed` skipped, with an event each.
     fn skip_dependents<I>(&mut self, shared: &Shared<I>, failed: usize) {
-        let mut stack = self.spec.dependents[failed].clone();
+        let mut stack = self.spec.graph.dependents(failed).to_vec();
         while let Some(d) = stack.pop() {
             if !std::mem::replace(&mut self.skipped[d], true) {
                 let reason = format!("needs {}, which failed", self.spec.tasks[failed].id);
                 shared.emit(EventKind::TaskSkipped { step: self.spec.tasks[d].id.clone(), reason });
-                stack.extend(self.spec.dependents[d].iter().copied());
+                stack.extend(self.spec.graph.dependents(d).iter().copied());
             }
         }
     }
 
-    /// The rendered input and call of task `i`, or the run's failure naming the step.
-    fn payload<I>(
-        &self,
-        shared: &Shared<I>,
-        input: &Value,
-        i: usize,
-    ) -> Result<(Value, Option<Arc<CallRequest>>), Outcome> {
-        let task = &self.spec.tasks[i];
-        let static_call = &self.spec.static_call[i];
-        let dynamic_call = task.call.is_some() && static_call.is_none();
-        let context = if self.spec.static_input[i].is_none() || dynamic_call {
-            Some(context(input, &self.outputs, self.spec, &self.spec.reads[i]))
-        } else {
-            None
-        };
-        let fail = |what: &str, e: baton_core::EvalError| {
-            let error = format!("step {} {what}: {e}", task.id);
-            shared.emit(EventKind::TaskFailed {
-                step: task.id.clone(),
-                attempt: 0,
-                error: error.clone(),
-                retryable: false,
-            });
-            Outcome::Failed(error)
-        };
-        let payload = match (&self.spec.static_input[i], &context) {
-            (Some(payload), _) => payload.clone(),
-            (None, Some(context)) => task.input.render(context).map_err(|e| fail("input", e))?,
-            (None, None) => unreachable!("a context is made for a dynamic input"),
-        };
-        let call = match (&task.call, static_call, &context) {
-            (None, ..) => None,
-            (Some(_), Some(call), _) => Some(Arc::clone(call)),
-            (Some(template), None, Some(context)) => {
-                Some(Arc::new(template.render(context).map_err(|e| fail("call", e))?))
-            }
-            (Some(_), None, None) => unreachable!("a context is made for a dynamic call"),
-        };
-        Ok((payload, call))
+    /// The input and call of task `i`: rendered once for all runs, or its context to render
+    /// them in.
+    fn payload(&self, input: &Value, i: usize) -> Payload {
+        let rendered = self.spec.static_input[i].clone();
+        let call = self.spec.static_call[i].clone();
+        let dynamic_call = self.spec.tasks[i].call.is_some() && call.is_none();
+        let context =
+            (rendered.is_none() || dynamic_call).then(|| context(input, &self.outputs, self.spec, &self.spec.reads[i]));
+        Payload { input: rendered, call, context }
     }
 
     /// Takes in how task `i` ended; `Some` when that ends the run.
-    fn settle<I>(&mut self, shared: &Shared<I>, i: usize, result: Result<Value, String>) -> Option<Outcome> {
+    fn settle<I>(&mut self, shared: &Shared<I>, i: usize, result: Result<Value, TaskError>) -> Option<Outcome> {
         let primary = self.standing_in.remove(&i).unwrap_or(i);
         match result {
             Ok(output) => {
@@ -669,7 +436,7 @@ impl<'a> Schedule<'a> {
                 }
                 ErrorPolicy::Continue => self.skip_dependents(shared, primary),
                 ErrorPolicy::Fallback(f) => {
-                    let f = self.spec.index[f];
+                    let f = self.spec.graph.index(f).expect("a checked fallback");
                     self.standing_in.insert(f, primary);
                     self.ready.push_front(f);
                 }
@@ -677,6 +444,16 @@ impl<'a> Schedule<'a> {
         }
         None
     }
+}
+
+/// A task's input and call, each rendered once for all runs or rendered in `context`.
+struct Payload {
+    /// The input, when it has no expression.
+    input: Option<Value>,
+    /// The call, when its template has no expression (and `None` for a task without one).
+    call: Option<Arc<CallRequest>>,
+    /// What the others are rendered in.
+    context: Option<Value>,
 }
 
 /// Tasks settled on their first poll between two yields of a run to the runtime.
@@ -722,14 +499,11 @@ async fn drive<I: Invoker>(
             if settled_inline.is_multiple_of(CLOCK_EVERY) {
                 shared.tick();
             }
-            let (payload, request) = match schedule.payload(shared, &input, i) {
-                Ok(rendered) => rendered,
-                Err(outcome) => return outcome,
-            };
+            let payload = schedule.payload(&input, i);
             // A call that finishes on its first poll (in-process work, a cached answer) is
             // settled on the spot; only a pending one joins the set. The set polls it again
             // with its own waker, and a future only wakes the waker of its latest poll.
-            let mut task = Box::pin(dispatch(shared, i, &spec.tasks[i], payload, request));
+            let mut task = Box::pin(dispatch(shared, i, &spec.tasks[i], payload));
             match task.as_mut().now_or_never() {
                 Some((i, result)) => {
                     if let Some(outcome) = schedule.settle(shared, i, result) {
@@ -773,29 +547,76 @@ async fn drive<I: Invoker>(
             }
         }
     }
-    if spec.output.expressions().is_empty() {
-        return match spec.output.render(&Value::Null) {
-            Ok(output) => Outcome::Completed(output),
-            Err(e) => Outcome::Failed(format!("run output: {e}")),
-        };
-    }
-    let all: Vec<usize> = (0..spec.tasks.len()).collect();
-    match spec.output.render(&context(&input, &schedule.outputs, spec, &all)) {
+    let rendered = if spec.output.expressions().is_empty() {
+        spec.output.render(&Value::Null)
+    } else {
+        let all: Vec<usize> = (0..spec.tasks.len()).collect();
+        let context = context(&input, &schedule.outputs, spec, &all);
+        // An evaluation may take a while; a cancel still ends the run at once.
+        tokio::select! {
+            rendered = spec.output.render_with(&context, &*shared.evaluator) => rendered,
+            reason = cancelled(&mut control) => return Outcome::Cancelled(reason),
+        }
+    };
+    match rendered {
         Ok(output) => Outcome::Completed(output),
         Err(e) => Outcome::Failed(format!("run output: {e}")),
     }
 }
 
-/// Task `index` from the global limit's permit to its result.
+/// Waits until the run is cancelled (or its handle dropped); the reason.
+async fn cancelled(control: &mut watch::Receiver<Control>) -> String {
+    loop {
+        if let Control::Cancelled(reason) = &*control.borrow_and_update() {
+            return reason.clone();
+        }
+        if control.changed().await.is_err() {
+            return "the run's handle was dropped".to_owned();
+        }
+    }
+}
+
+/// Task `index` from its input's and call's rendering and the global limit's permit to its
+/// result. An input or call that does not render fails the task, under its error policy.
 async fn dispatch<'a, I: Invoker>(
     shared: &'a Shared<I>,
     index: usize,
     task: &'a TaskSpec,
-    payload: Value,
-    request: Option<Arc<CallRequest>>,
-) -> (usize, Result<Value, String>) {
-    let Some(_permit) = shared.global_permit().await else { return (index, Err("cancelled".to_owned())) };
-    (index, run_task(shared, task, payload, request).await)
+    payload: Payload,
+) -> (usize, Result<Value, TaskError>) {
+    let Payload { input, call, context } = payload;
+    let input = match (input, &context) {
+        (Some(input), _) => input,
+        (None, Some(context)) => match task.input.render_with(context, &*shared.evaluator).await {
+            Ok(input) => input,
+            Err(e) => return (index, Err(render_failed(shared, task, TaskError::Input(e)))),
+        },
+        (None, None) => unreachable!("a context is made for an input to render"),
+    };
+    let request = match (&task.call, call, &context) {
+        (None, ..) => None,
+        (Some(_), Some(call), _) => Some(call),
+        (Some(template), None, Some(context)) => match template.render_with(context, &*shared.evaluator).await {
+            Ok(call) => Some(Arc::new(call)),
+            Err(e) => return (index, Err(render_failed(shared, task, TaskError::Call(e)))),
+        },
+        (Some(_), None, None) => unreachable!("a context is made for a call to render"),
+    };
+    let Some(_permit) = shared.global_permit().await else { return (index, Err(TaskError::Cancelled)) };
+    (index, run_task(shared, task, input, request).await)
+}
+
+/// Reports a task whose input or call did not render; the error. Nothing was called, so no
+/// retry: an expression fails the same way every time, and one past a bound is an
+/// `expression_limit`.
+fn render_failed<I>(shared: &Shared<I>, task: &TaskSpec, error: TaskError) -> TaskError {
+    shared.emit(EventKind::TaskFailed {
+        step: task.id.clone(),
+        attempt: 0,
+        error: error.to_string(),
+        retryable: false,
+    });
+    error
 }
 
 /// The service an attempt goes to.
@@ -867,16 +688,16 @@ async fn run_task<I: Invoker>(
     task: &TaskSpec,
     payload: Value,
     request: Option<Arc<CallRequest>>,
-) -> Result<Value, String> {
+) -> Result<Value, TaskError> {
     let attempts = async {
         let mut candidate = 0;
         // Services that failed an attempt of this task, and the latest of them.
         let mut tried: Vec<ServiceId> = Vec::new();
-        let mut last = String::from("no attempt made");
+        let mut last = TaskError::NoAttempt;
         let max = task.retry.max_attempts.max(1);
         for attempt in 1..=max {
             if !shared.wait_unless_paused().await {
-                return Err("cancelled".to_owned());
+                return Err(TaskError::Cancelled);
             }
             let deadline = task.timeout.map(|limit| tokio::time::Instant::now() + limit);
             let Pick { index, service, admission, untried_left } =
@@ -890,7 +711,7 @@ async fn run_task<I: Invoker>(
                             error: failure.to_string(),
                             retryable,
                         });
-                        last = failure.to_string();
+                        last = TaskError::Failed(failure);
                         if !retryable {
                             return Err(last);
                         }
@@ -952,14 +773,14 @@ async fn run_task<I: Invoker>(
                     });
                     return match kept.await {
                         Ok(()) => Ok(output),
-                        Err(reason) => {
+                        Err(refusal) => {
                             shared.emit(EventKind::TaskFailed {
                                 step: task.id.clone(),
                                 attempt,
-                                error: reason.clone(),
+                                error: refusal.to_string(),
                                 retryable: false,
                             });
-                            Err(reason)
+                            Err(TaskError::Refused(refusal))
                         }
                     };
                 }
@@ -973,7 +794,7 @@ async fn run_task<I: Invoker>(
                         error: failure.to_string(),
                         retryable,
                     });
-                    last = failure.to_string();
+                    last = TaskError::Failed(failure);
                     tried.retain(|s| *s != service);
                     tried.push(service);
                     candidate += 1;
@@ -992,9 +813,33 @@ async fn run_task<I: Invoker>(
         Err(last)
     };
     match task.task_timeout {
-        Some(limit) => tokio::time::timeout(limit, attempts)
-            .await
-            .unwrap_or_else(|_| Err(format!("task timed out after {}", baton_core::duration::format(limit)))),
+        Some(limit) => tokio::time::timeout(limit, attempts).await.unwrap_or(Err(TaskError::TimedOut(limit))),
         None => attempts.await,
     }
+}
+
+/// Why a task produced no output; the run's failure names it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+enum TaskError {
+    /// The run was cancelled first.
+    #[error("cancelled")]
+    Cancelled,
+    /// Out of attempts before any was made.
+    #[error("no attempt made")]
+    NoAttempt,
+    /// The last attempt's failure.
+    #[error(transparent)]
+    Failed(Failure),
+    /// The sink refused the task's success, so it never happened.
+    #[error(transparent)]
+    Refused(Refusal),
+    /// All attempts together took longer than the task's limit.
+    #[error("task timed out after {}", baton_core::duration::format(*.0))]
+    TimedOut(Duration),
+    /// Its input did not render, so nothing was called.
+    #[error(transparent)]
+    Input(EvalError),
+    /// Its call (path, query, headers, metadata) did not render, so nothing was called.
+    #[error("call: {0}")]
+    Call(EvalError),
 }

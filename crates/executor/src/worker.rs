@@ -119,9 +119,10 @@ impl fmt::Display for LeaseToken {
     }
 }
 
-/// A task handed to a worker by [`WorkerQueues::poll`].
+/// One delivery of a task to a worker by [`WorkerQueues::poll`], under a lease. (The
+/// public API's view of it is `baton_core::api::LeasedTask`, which the orchestrator builds.)
 #[derive(Debug, Clone, PartialEq)]
-pub struct LeasedTask {
+pub struct Delivery {
     /// The task, to name in `complete`, `fail` and `extend`.
     pub task: TaskId,
     /// This delivery's token.
@@ -256,7 +257,7 @@ struct Waiter {
     id: u64,
     worker: String,
     max: usize,
-    tx: oneshot::Sender<Vec<LeasedTask>>,
+    tx: oneshot::Sender<Vec<Delivery>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -351,7 +352,7 @@ impl State {
     }
 
     /// Leases up to `max` queued tasks of `name` to `worker`, in order.
-    fn take(&mut self, name: &str, max: usize, worker: &str, now: Instant, lease: Duration) -> Vec<LeasedTask> {
+    fn take(&mut self, name: &str, max: usize, worker: &str, now: Instant, lease: Duration) -> Vec<Delivery> {
         let State { tasks, queues, .. } = self;
         let Some(queue) = queues.get_mut(name) else { return Vec::new() };
         let mut leased = Vec::new();
@@ -367,13 +368,13 @@ impl State {
             task.lease = Some(Lease { token, deadline, worker: worker.to_owned() });
             queue.leases.insert((deadline, id));
             task.leased.notify_one();
-            leased.push(LeasedTask { task: id, token, deadline, call: task.call.clone() });
+            leased.push(Delivery { task: id, token, deadline, call: task.call.clone() });
         }
         leased
     }
 
     /// Puts tasks handed to a poll that vanished back at the front of `name`, in order.
-    fn release(&mut self, name: &str, leased: &[LeasedTask]) {
+    fn release(&mut self, name: &str, leased: &[Delivery]) {
         let State { tasks, queues, .. } = self;
         let Some(queue) = queues.get_mut(name) else { return };
         for t in leased.iter().rev() {
@@ -473,7 +474,7 @@ impl WorkerQueues {
     /// `max_tasks` is taken as at least 1 and at most `max_poll_tasks`, `wait` as at most
     /// `max_poll_wait`. Cancel-safe: tasks handed to a poll dropped before it returns them go
     /// back to the front of the queue.
-    pub async fn poll(&self, queue: &str, worker: &str, max_tasks: usize, wait: Duration) -> Vec<LeasedTask> {
+    pub async fn poll(&self, queue: &str, worker: &str, max_tasks: usize, wait: Duration) -> Vec<Delivery> {
         let config = &self.inner.config;
         let max = max_tasks.clamp(1, config.max_poll_tasks.max(1));
         let deadline = Instant::now() + wait.min(config.max_poll_wait);
@@ -655,13 +656,13 @@ struct Waiting<'a> {
     queues: &'a WorkerQueues,
     queue: &'a str,
     id: u64,
-    rx: oneshot::Receiver<Vec<LeasedTask>>,
+    rx: oneshot::Receiver<Vec<Delivery>>,
     done: bool,
 }
 
 impl Waiting<'_> {
     /// Stops waiting; returns what was delivered, even at the last moment.
-    fn finish(mut self, delivered: Option<Vec<LeasedTask>>) -> Vec<LeasedTask> {
+    fn finish(mut self, delivered: Option<Vec<Delivery>>) -> Vec<Delivery> {
         self.done = true;
         if let Some(tasks) = delivered {
             return tasks;
@@ -674,7 +675,7 @@ impl Waiting<'_> {
 
     /// Leaves the waiters, under the lock so that nothing can be delivered afterwards;
     /// returns what was delivered before.
-    fn leave(&mut self, state: &mut State) -> Vec<LeasedTask> {
+    fn leave(&mut self, state: &mut State) -> Vec<Delivery> {
         if let Some(queue) = state.queues.get_mut(self.queue) {
             queue.waiters.retain(|w| w.id != self.id);
         }

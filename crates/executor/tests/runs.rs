@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton_core::fakes::{FakeClock, RecordingSink};
-use baton_core::{ErrorPolicy, Event, EventKind, ExecutionId, RetryPolicy, ServiceId, StepId, Template};
+use baton_core::{ErrorPolicy, Event, EventKind, ExecutionId, GraphError, RetryPolicy, ServiceId, StepId, Template};
 use baton_executor::{Config, Executor, Failure, Outcome, RunSpec, ScriptedInvoker, SpecError, Step, TaskSpec};
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -327,9 +327,11 @@ fn bad_specs_are_refused() {
     let t = |id: &str, deps: &[&str]| task(id, &["s"], deps, json!({}));
     let out = || Template::compile("o", &json!(null)).unwrap();
     let make = |tasks| RunSpec::new(ExecutionId::generate(), tasks, out(), None).map(drop);
-    assert_eq!(make(vec![t("a", &[]), t("a", &[])]), Err(SpecError::Duplicate(StepId::new("a").unwrap())));
-    assert!(matches!(make(vec![t("a", &["ghost"])]), Err(SpecError::Unknown { .. })));
-    assert!(matches!(make(vec![t("a", &["b"]), t("b", &["a"])]), Err(SpecError::Cycle(_))));
+    let a = StepId::new("a").unwrap();
+    assert_eq!(make(vec![t("a", &[]), t("a", &[])]), Err(SpecError::Graph(GraphError::DuplicateStep(a.clone()))));
+    assert!(matches!(make(vec![t("a", &["ghost"])]), Err(SpecError::Graph(GraphError::UnknownDependency { .. }))));
+    let cycle = vec![a.clone(), StepId::new("b").unwrap(), a];
+    assert_eq!(make(vec![t("a", &["b"]), t("b", &["a"])]), Err(SpecError::Graph(GraphError::Cycle(cycle))));
     assert!(matches!(make(vec![task("a", &[], &[], json!({}))]), Err(SpecError::NoService(_))));
 }
 

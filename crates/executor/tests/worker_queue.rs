@@ -9,8 +9,8 @@ use std::time::Duration;
 use baton_core::fakes::{FakeClock, RecordingSink};
 use baton_core::{ErrorPolicy, Event, EventKind, ExecutionId, RetryPolicy, ServiceId, StepId, Template};
 use baton_executor::{
-    Call, Config, Executor, Failure, Invoker, LeaseError, LeaseToken, LeasedTask, Outcome, QueueStats, RunSpec,
-    TaskSpec, WorkerConfig, WorkerQueues,
+    Call, Config, Delivery, Executor, Failure, Invoker, LeaseError, LeaseToken, Outcome, QueueStats, RunSpec, TaskSpec,
+    WorkerConfig, WorkerQueues,
 };
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
@@ -59,7 +59,7 @@ async fn spawn_call(queues: &WorkerQueues, call: Call) -> JoinHandle<Result<Valu
 }
 
 /// Starts a poll in a task of its own; returns once it waits.
-async fn spawn_poll(queues: &WorkerQueues, queue: &str, max: usize, wait: Duration) -> JoinHandle<Vec<LeasedTask>> {
+async fn spawn_poll(queues: &WorkerQueues, queue: &str, max: usize, wait: Duration) -> JoinHandle<Vec<Delivery>> {
     let before = queues.stats(queue).pollers;
     let (q, name) = (queues.clone(), queue.to_owned());
     let handle = tokio::spawn(async move { q.poll(&name, "worker", max, wait).await });
@@ -67,7 +67,7 @@ async fn spawn_poll(queues: &WorkerQueues, queue: &str, max: usize, wait: Durati
     handle
 }
 
-fn steps(tasks: &[LeasedTask]) -> Vec<&str> {
+fn steps(tasks: &[Delivery]) -> Vec<&str> {
     tasks.iter().map(|t| t.call.step.as_str()).collect()
 }
 
@@ -338,7 +338,7 @@ enum Act {
 
 /// A worker loop: answers tasks of the service's queue by `script`, one at a time; returns
 /// what it was given.
-fn worker(queues: &WorkerQueues, script: Vec<Act>) -> JoinHandle<Vec<LeasedTask>> {
+fn worker(queues: &WorkerQueues, script: Vec<Act>) -> JoinHandle<Vec<Delivery>> {
     let q = queues.clone();
     tokio::spawn(async move {
         let mut seen = Vec::new();

@@ -23,18 +23,6 @@ pub(crate) fn invalid(field: &str, reason: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {reason}"))
 }
 
-/// Maps a domain error to the status code a client can act on.
-pub fn status_of(error: baton_core::Error) -> Status {
-    use baton_core::Error;
-    match error {
-        Error::Invalid { .. } => Status::invalid_argument(error.to_string()),
-        Error::UnknownService(_) => Status::not_found(error.to_string()),
-        Error::InvalidTransition { .. } | Error::Precondition(_) => Status::failed_precondition(error.to_string()),
-        Error::Unavailable(_) => Status::unavailable(error.to_string()),
-        other => Status::internal(other.to_string()),
-    }
-}
-
 /// A service id from a request field.
 pub(crate) fn service_id(field: &str, text: &str) -> Result<ServiceId, Status> {
     ServiceId::new(text).map_err(|e| invalid(field, e))

@@ -18,11 +18,13 @@ pub enum Error {
     Reflection(#[from] tonic_reflection::server::Error),
 }
 
-/// Maps an error of the API ports to the status code a client can act on; the message is the
-/// error's, which names what it is about.
-pub fn api_status(error: baton_core::ApiError) -> tonic::Status {
+/// The one map from errors to status codes: an error of the API ports, or anything that
+/// becomes one (the domain's [`baton_core::Error`], the store's), to the code a client can act
+/// on. The message is the error's, which names what it is about.
+pub fn api_status(error: impl Into<baton_core::ApiError>) -> tonic::Status {
     use baton_core::ApiError;
     use tonic::Status;
+    let error = error.into();
     let message = error.to_string();
     match error {
         ApiError::NotFound(_) => Status::not_found(message),

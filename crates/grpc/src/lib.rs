@@ -41,26 +41,20 @@
 
 pub mod convert;
 mod error;
-mod execution;
 mod guard;
-mod orchestrator;
+mod limits;
 pub mod otlp;
-mod planner;
-mod registry;
 mod server;
+mod service;
 mod trim;
-mod worker;
-mod workflow;
 
 pub use error::{Error, Result, api_status};
-pub use execution::{ExecutionApi, WatchStream};
 pub use guard::{Guarded, GuardedFuture, Tokens};
-pub use orchestrator::OrchestratorApi;
-pub use planner::PlannerApi;
-pub use registry::RegistryApi;
-pub use server::{Backends, Config, Connections, GuardedRoutes, Limits, Tls};
-pub use worker::{TaskStream, WorkerApi};
-pub use workflow::WorkflowApi;
+pub use limits::Limits;
+pub use server::{Backends, Config, Connections, GuardedRoutes, Tls};
+pub use service::{
+    ExecutionApi, OrchestratorApi, PlannerApi, RegistryApi, TaskStream, WatchStream, WorkerApi, WorkflowApi,
+};
 
 /// Messages, clients and servers generated from package `baton.v1`.
 #[allow(missing_docs, reason = "generated code: documented only where the proto has comments")]

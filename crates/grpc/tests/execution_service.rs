@@ -176,6 +176,8 @@ async fn listings_are_newest_first_filtered_and_paged() {
     assert_eq!(list(stopped).await, [ids[1].clone(), ids[0].clone()]);
     let running = pb::ListExecutionsRequest { states: vec![pb::ExecutionState::Running as i32], ..Default::default() };
     assert_eq!(list(running).await.len(), 3);
+    let by_prefix = pb::ListExecutionsRequest { id_prefix: ids[2].to_uppercase(), ..Default::default() };
+    assert_eq!(list(by_prefix).await, [ids[2].clone()]);
     let future = prost_types::Timestamp { seconds: 4_000_000_000, nanos: 0 };
     let later = pb::ListExecutionsRequest { created_after: Some(future), ..Default::default() };
     assert!(list(later).await.is_empty());
@@ -297,6 +299,8 @@ async fn bad_execution_requests_get_typed_codes_naming_the_problem() {
     assert_status(c.list_executions(bad_time).await, Code::InvalidArgument, "created_after");
     let bad_workflow = pb::ListExecutionsRequest { workflow: "Bad".into(), ..Default::default() };
     assert_status(c.list_executions(bad_workflow).await, Code::InvalidArgument, "workflow: invalid");
+    let bad_prefix = pb::ListExecutionsRequest { id_prefix: "xyz".into(), ..Default::default() };
+    assert_status(c.list_executions(bad_prefix).await, Code::InvalidArgument, "id_prefix");
 
     // Nothing above started anything.
     let all = c.list_executions(pb::ListExecutionsRequest::default()).await.unwrap().into_inner();

@@ -14,6 +14,7 @@ use baton_core::{
 };
 use baton_executor::{Failure, LeaseError, LeaseToken, TaskId};
 use futures_util::StreamExt;
+use serde::Deserialize as _;
 use serde_json::Value;
 
 use crate::orchestrator::ServiceOrchestrator;
@@ -33,16 +34,18 @@ pub fn api_error(error: baton_workflow::Error) -> ApiError {
     }
 }
 
+/// The summary of a stored definition. It was checked when applied; reading it back does not
+/// compile its expressions again, which would cost a page of listings up to a second each.
 fn summary(stored: &StoredDefinition) -> ApiResult<DefinitionSummary> {
-    let checked = baton_workflow::CheckedDefinition::from_body(&stored.body).map_err(|e| {
-        ApiError::Internal(format!("stored definition {} version {} does not check: {e}", stored.name, stored.version))
+    let definition = baton_core::WorkflowDefinition::deserialize(&stored.body).map_err(|e| {
+        ApiError::Internal(format!("stored definition {} version {} does not read: {e}", stored.name, stored.version))
     })?;
     Ok(DefinitionSummary {
         name: stored.name.clone(),
         version: stored.version,
-        description: checked.definition().description.clone(),
+        description: definition.description,
         content_hash: stored.content_hash.clone(),
-        step_count: checked.definition().steps.len() as u32,
+        step_count: definition.steps.len() as u32,
         created_at: stored.created_at,
     })
 }
@@ -175,6 +178,10 @@ impl Executions for ServiceOrchestrator {
             let stream: EventStream = Box::pin(events.map(|event| event.map_err(api_error)));
             Ok(stream)
         })
+    }
+
+    fn journal(&self, id: ExecutionId, from_sequence: u64) -> BoxFuture<'_, ApiResult<Vec<baton_core::Event>>> {
+        Box::pin(async move { Ok(self.store().read_journal(id, from_sequence.max(1)).await?) })
     }
 }
 

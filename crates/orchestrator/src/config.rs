@@ -5,77 +5,149 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use baton_core::expr::Limits;
 use serde::Deserialize;
 
-/// `baton serve`'s flags; each also reads a `BATON_*` variable. Unset ones fall back to the
-/// TOML file, then to the defaults.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct ServeArgs {
-    /// A TOML file with any of the settings below (snake_case keys).
-    #[arg(long, env = "BATON_CONFIG")]
-    pub config: Option<PathBuf>,
+/// Declares every setting once: its doc, its flag and `BATON_*` variable, and its default
+/// when it has one. From the one list come [`ServeArgs`] (flags and variables through clap,
+/// the TOML file through serde: the same struct) and [`ServeConfig`] (every setting
+/// resolved), and the merge between them, so a setting cannot be missing from one of them.
+macro_rules! settings {
+    ($(
+        $(#[doc = $doc:literal])*
+        #[arg($($arg:tt)*)]
+        $(#[serde($($serde:tt)*)])?
+        $name:ident: $ty:ty $(= $default:expr)?;
+    )*) => {
+        /// `baton serve`'s flags; each also reads a `BATON_*` variable, and the TOML file of
+        /// `--config` has the same settings under the same (snake_case) names. Unset ones fall
+        /// back to the file, then to the defaults.
+        #[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct ServeArgs {
+            /// A TOML file with any of the settings below (snake_case keys).
+            #[arg(long, env = "BATON_CONFIG")]
+            #[serde(skip)]
+            pub config: Option<PathBuf>,
+            $(
+                $(#[doc = $doc])*
+                #[arg($($arg)*)]
+                $(#[serde($($serde)*)])?
+                pub $name: Option<$ty>,
+            )*
+        }
+
+        /// The settings `baton serve` runs with, every one resolved.
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct ServeConfig {
+            $(
+                $(#[doc = $doc])*
+                pub $name: settings!(@type $ty $(, $default)?),
+            )*
+        }
+
+        impl ServeArgs {
+            /// Each setting from these flags or variables, else from `file`, else its default.
+            fn over(&self, file: ServeArgs) -> ServeConfig {
+                ServeConfig {
+                    $($name: settings!(@value self.$name.clone().or(file.$name) $(, $default)?),)*
+                }
+            }
+        }
+    };
+    (@type $ty:ty) => { Option<$ty> };
+    (@type $ty:ty, $default:expr) => { $ty };
+    (@value $value:expr) => { $value };
+    (@value $value:expr, $default:expr) => { $value.unwrap_or_else(|| $default) };
+}
+
+settings! {
     /// The gRPC address [default: 127.0.0.1:50051].
     #[arg(long, env = "BATON_LISTEN")]
-    pub listen: Option<SocketAddr>,
+    listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 50051));
     /// The Prometheus metrics address, serving /metrics [default: 127.0.0.1:9464].
     #[arg(long, env = "BATON_METRICS_LISTEN")]
-    pub metrics_listen: Option<SocketAddr>,
+    metrics_listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9464));
+    /// The web console's address [default: 127.0.0.1:9465].
+    #[arg(long, env = "BATON_CONSOLE_LISTEN")]
+    console_listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9465));
     /// The directory of the embedded redb store [default: ./baton-data].
     #[arg(long, env = "BATON_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
+    data_dir: PathBuf = PathBuf::from("baton-data");
     /// A PostgreSQL URL (postgres://...) to keep state in instead of the data dir.
     #[arg(long, env = "BATON_STORE")]
-    pub store: Option<String>,
+    store: String;
     /// The server's TLS certificate chain (PEM).
     #[arg(long, env = "BATON_TLS_CERT")]
-    pub tls_cert: Option<PathBuf>,
+    tls_cert: PathBuf;
     /// The server's TLS private key (PEM).
     #[arg(long, env = "BATON_TLS_KEY")]
-    pub tls_key: Option<PathBuf>,
+    tls_key: PathBuf;
     /// CA certificates (PEM) that client certificates must chain to (mutual TLS).
     #[arg(long, env = "BATON_TLS_CLIENT_CA")]
-    pub tls_client_ca: Option<PathBuf>,
+    tls_client_ca: PathBuf;
     /// A file of bearer tokens, one per line, any of which a request may present.
     #[arg(long, env = "BATON_AUTH_TOKEN_FILE")]
-    pub auth_token_file: Option<PathBuf>,
+    auth_token_file: PathBuf;
     /// A directory of secrets services name in their credentials and TLS settings, one file
     /// per secret (read on every use, so a rotation takes effect at once).
     #[arg(long, env = "BATON_SECRETS_DIR")]
-    pub secrets_dir: Option<PathBuf>,
+    secrets_dir: PathBuf;
     /// CA certificates (PEM) trusted for https services besides the system's roots.
     #[arg(long, env = "BATON_SERVICES_CA")]
-    pub services_ca: Option<PathBuf>,
+    services_ca: PathBuf;
     /// Export traces over OTLP/gRPC to this collector, e.g. http://127.0.0.1:4317 [default: off].
     #[arg(long, env = "BATON_OTLP_ENDPOINT")]
-    pub otlp_endpoint: Option<String>,
+    otlp_endpoint: String;
     /// Serve a non-loopback address without TLS or without tokens.
     #[arg(long, env = "BATON_INSECURE", num_args = 0..=1, default_missing_value = "true")]
-    pub insecure: Option<bool>,
+    insecure: bool = false;
     /// Accept service endpoints on link-local and cloud metadata addresses.
     #[arg(long, env = "BATON_ALLOW_LINK_LOCAL", num_args = 0..=1, default_missing_value = "true")]
-    pub allow_link_local: Option<bool>,
+    allow_link_local: bool = false;
     /// Start the example services in-process and apply the example workflows.
     #[arg(long, env = "BATON_DEMO", num_args = 0..=1, default_missing_value = "true")]
-    pub demo: Option<bool>,
+    demo: bool = false;
     /// How long in-flight calls may take to finish on shutdown, e.g. 30s [default: 30s].
     #[arg(long, env = "BATON_SHUTDOWN_GRACE", value_parser = parse_duration)]
-    pub shutdown_grace: Option<Duration>,
+    #[serde(deserialize_with = "duration_text")]
+    shutdown_grace: Duration = DEFAULT_SHUTDOWN_GRACE;
     /// Requests per second one connection may make [default: 2000].
     #[arg(long, env = "BATON_RATE_LIMIT")]
-    pub rate_limit: Option<u32>,
+    rate_limit: u32 = DEFAULT_RATE_LIMIT;
     /// Concurrent streams per connection [default: 256].
     #[arg(long, env = "BATON_MAX_CONCURRENT_STREAMS")]
-    pub max_concurrent_streams: Option<u32>,
+    max_concurrent_streams: u32 = DEFAULT_MAX_CONCURRENT_STREAMS;
     /// Log format: text or json [default: text].
     #[arg(long, env = "BATON_LOG_FORMAT")]
-    pub log_format: Option<LogFormat>,
+    log_format: LogFormat = LogFormat::default();
     /// Log level: error, warn, info, debug or trace [default: info].
     #[arg(long, env = "BATON_LOG_LEVEL")]
-    pub log_level: Option<String>,
+    log_level: String = "info".to_owned();
     /// Threads that run the server's tasks [default: one per core].
     #[arg(long, env = "BATON_WORKER_THREADS")]
-    pub worker_threads: Option<usize>,
+    worker_threads: usize = one_per_core();
+    /// Processes that evaluate jq expressions, so evaluations at once [default: one per core].
+    #[arg(long, env = "BATON_EXPRESSION_WORKERS")]
+    expression_workers: usize = one_per_core();
+    /// CPU time of one expression evaluation, e.g. 500ms [default: 1s].
+    #[arg(long, env = "BATON_EXPRESSION_CPU_TIME", value_parser = parse_duration)]
+    #[serde(deserialize_with = "duration_text")]
+    expression_cpu_time: Duration = baton_core::expr::DEFAULT_CPU_TIME;
+    /// Memory one expression evaluation may use, in MiB [default: 256].
+    #[arg(long, env = "BATON_EXPRESSION_MEMORY_MIB")]
+    expression_memory_mib: u64 = baton_core::expr::DEFAULT_MEMORY_BYTES / MIB;
+    /// JSON one expression evaluation may produce, in KiB [default: 1024].
+    #[arg(long, env = "BATON_EXPRESSION_OUTPUT_KIB")]
+    expression_output_kib: usize = baton_core::expr::DEFAULT_OUTPUT_BYTES / 1024;
 }
+
+/// How long in-flight calls get to finish on shutdown by default.
+const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Requests per second one connection may make by default.
+const DEFAULT_RATE_LIMIT: u32 = 2_000;
+/// Concurrent streams per connection by default.
+const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 256;
 
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
@@ -86,77 +158,6 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
-}
-
-/// The TOML file: the same settings as the flags.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct FileConfig {
-    listen: Option<SocketAddr>,
-    metrics_listen: Option<SocketAddr>,
-    data_dir: Option<PathBuf>,
-    store: Option<String>,
-    tls_cert: Option<PathBuf>,
-    tls_key: Option<PathBuf>,
-    tls_client_ca: Option<PathBuf>,
-    auth_token_file: Option<PathBuf>,
-    secrets_dir: Option<PathBuf>,
-    services_ca: Option<PathBuf>,
-    otlp_endpoint: Option<String>,
-    insecure: Option<bool>,
-    allow_link_local: Option<bool>,
-    demo: Option<bool>,
-    shutdown_grace: Option<String>,
-    rate_limit: Option<u32>,
-    max_concurrent_streams: Option<u32>,
-    log_format: Option<LogFormat>,
-    log_level: Option<String>,
-    worker_threads: Option<usize>,
-}
-
-/// The settings `baton serve` runs with, every one resolved.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ServeConfig {
-    /// The gRPC address.
-    pub listen: SocketAddr,
-    /// The metrics address.
-    pub metrics_listen: SocketAddr,
-    /// The redb data directory (unused with `store`).
-    pub data_dir: PathBuf,
-    /// A PostgreSQL URL, when state lives there.
-    pub store: Option<String>,
-    /// TLS certificate chain.
-    pub tls_cert: Option<PathBuf>,
-    /// TLS key.
-    pub tls_key: Option<PathBuf>,
-    /// Client CA for mutual TLS.
-    pub tls_client_ca: Option<PathBuf>,
-    /// Bearer tokens file.
-    pub auth_token_file: Option<PathBuf>,
-    /// The directory of service secrets.
-    pub secrets_dir: Option<PathBuf>,
-    /// Extra CA certificates for https services.
-    pub services_ca: Option<PathBuf>,
-    /// The OTLP collector traces go to; `None`: none.
-    pub otlp_endpoint: Option<String>,
-    /// Non-loopback without TLS or tokens allowed.
-    pub insecure: bool,
-    /// Link-local and metadata endpoints allowed.
-    pub allow_link_local: bool,
-    /// The demo.
-    pub demo: bool,
-    /// Shutdown grace period.
-    pub shutdown_grace: Duration,
-    /// Requests per second per connection.
-    pub rate_limit: u32,
-    /// Concurrent streams per connection.
-    pub max_concurrent_streams: u32,
-    /// Log format.
-    pub log_format: LogFormat,
-    /// Log level.
-    pub log_level: String,
-    /// Threads of the async runtime.
-    pub worker_threads: usize,
 }
 
 /// Why the configuration is unusable.
@@ -193,40 +194,9 @@ impl ServeArgs {
     pub fn resolve(&self) -> Result<ServeConfig, ConfigError> {
         let file = match &self.config {
             Some(path) => read_file(path)?,
-            None => FileConfig::default(),
+            None => ServeArgs::default(),
         };
-        let shutdown_grace = match (&self.shutdown_grace, &file.shutdown_grace) {
-            (Some(grace), _) => *grace,
-            (None, Some(text)) => {
-                parse_duration(text).map_err(|reason| ConfigError::Invalid { setting: "shutdown_grace", reason })?
-            }
-            (None, None) => Duration::from_secs(30),
-        };
-        let config = ServeConfig {
-            listen: self.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:50051".parse().expect("an address")),
-            metrics_listen: self
-                .metrics_listen
-                .or(file.metrics_listen)
-                .unwrap_or_else(|| "127.0.0.1:9464".parse().expect("an address")),
-            data_dir: self.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from("baton-data")),
-            store: self.store.clone().or(file.store),
-            tls_cert: self.tls_cert.clone().or(file.tls_cert),
-            tls_key: self.tls_key.clone().or(file.tls_key),
-            tls_client_ca: self.tls_client_ca.clone().or(file.tls_client_ca),
-            auth_token_file: self.auth_token_file.clone().or(file.auth_token_file),
-            secrets_dir: self.secrets_dir.clone().or(file.secrets_dir),
-            services_ca: self.services_ca.clone().or(file.services_ca),
-            otlp_endpoint: self.otlp_endpoint.clone().or(file.otlp_endpoint),
-            insecure: self.insecure.or(file.insecure).unwrap_or(false),
-            allow_link_local: self.allow_link_local.or(file.allow_link_local).unwrap_or(false),
-            demo: self.demo.or(file.demo).unwrap_or(false),
-            shutdown_grace,
-            rate_limit: self.rate_limit.or(file.rate_limit).unwrap_or(2_000),
-            max_concurrent_streams: self.max_concurrent_streams.or(file.max_concurrent_streams).unwrap_or(256),
-            log_format: self.log_format.or(file.log_format).unwrap_or_default(),
-            log_level: self.log_level.clone().or(file.log_level).unwrap_or_else(|| "info".to_owned()),
-            worker_threads: self.worker_threads.or(file.worker_threads).unwrap_or_else(one_per_core),
-        };
+        let config = self.over(file);
         config.check()?;
         Ok(config)
     }
@@ -261,6 +231,19 @@ impl ServeConfig {
         if !(1..=MAX_WORKER_THREADS).contains(&self.worker_threads) {
             return invalid("worker_threads", &format!("must be from 1 to {MAX_WORKER_THREADS}"));
         }
+        if !(1..=MAX_EXPRESSION_WORKERS).contains(&self.expression_workers) {
+            return invalid("expression_workers", &format!("must be from 1 to {MAX_EXPRESSION_WORKERS}"));
+        }
+        if !(Duration::from_millis(10)..=Duration::from_secs(3600)).contains(&self.expression_cpu_time) {
+            return invalid("expression_cpu_time", "must be from 10ms to 1h");
+        }
+        if !(MIN_EXPRESSION_MEMORY_MIB..=MAX_EXPRESSION_MEMORY_MIB).contains(&self.expression_memory_mib) {
+            let range = format!("must be from {MIN_EXPRESSION_MEMORY_MIB} to {MAX_EXPRESSION_MEMORY_MIB}");
+            return invalid("expression_memory_mib", &range);
+        }
+        if !(1..=MAX_EXPRESSION_OUTPUT_KIB).contains(&self.expression_output_kib) {
+            return invalid("expression_output_kib", &format!("must be from 1 to {MAX_EXPRESSION_OUTPUT_KIB}"));
+        }
         if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str()) {
             return invalid("log_level", "must be error, warn, info, debug or trace");
         }
@@ -272,6 +255,13 @@ impl ServeConfig {
             if self.auth_token_file.is_none() {
                 return invalid("listen", "a non-loopback address needs --auth-token-file (or --insecure)");
             }
+        }
+        // The console logs people in with the API's tokens; without them it would be open.
+        if !self.console_listen.ip().is_loopback() && !self.insecure && self.auth_token_file.is_none() {
+            return invalid(
+                "console_listen",
+                "a non-loopback console address needs --auth-token-file for its login (or --insecure)",
+            );
         }
         Ok(())
     }
@@ -286,6 +276,7 @@ impl ServeConfig {
         vec![
             format!("listen = {}", self.listen),
             format!("metrics_listen = {}", self.metrics_listen),
+            format!("console_listen = {}", self.console_listen),
             format!("store = {store}"),
             format!("tls_cert = {}", path(&self.tls_cert)),
             format!("tls_key = {}", path(&self.tls_key)),
@@ -302,19 +293,44 @@ impl ServeConfig {
             format!("max_concurrent_streams = {}", self.max_concurrent_streams),
             format!("log = {:?} at {}", self.log_format, self.log_level),
             format!("worker_threads = {}", self.worker_threads),
+            format!("expression_workers = {}", self.expression_workers),
+            format!(
+                "expression limits = {} of CPU, {} MiB of memory, {} KiB of output per evaluation",
+                baton_core::duration::format(self.expression_cpu_time),
+                self.expression_memory_mib,
+                self.expression_output_kib
+            ),
         ]
+    }
+
+    /// The bounds of one expression evaluation.
+    pub fn expression_limits(&self) -> Limits {
+        Limits {
+            cpu_time: self.expression_cpu_time,
+            memory_bytes: self.expression_memory_mib.saturating_mul(MIB),
+            output_bytes: self.expression_output_kib.saturating_mul(1024),
+        }
     }
 }
 
 /// More threads than this would be a typo, not a machine.
 const MAX_WORKER_THREADS: usize = 1024;
+/// More evaluator processes than this would be a typo.
+const MAX_EXPRESSION_WORKERS: usize = 256;
+/// Less would leave no room for the context an expression reads.
+const MIN_EXPRESSION_MEMORY_MIB: u64 = 16;
+/// 1 TiB: more is no bound.
+const MAX_EXPRESSION_MEMORY_MIB: u64 = 1024 * 1024;
+/// 64 MiB: far past the 4 MiB a gRPC message may carry.
+const MAX_EXPRESSION_OUTPUT_KIB: usize = 64 * 1024;
+const MIB: u64 = 1024 * 1024;
 
 /// The default of `worker_threads`: the cores this process may use.
 pub fn one_per_core() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
-fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+fn read_file(path: &Path) -> Result<ServeArgs, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read { path: path.to_owned(), error })?;
     toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })
 }
@@ -322,6 +338,12 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
 /// A duration as the workflow format writes them: `250ms`, `30s`, `5m`, `1h`.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     baton_core::duration::parse("duration", text).map_err(|e| e.to_string())
+}
+
+/// A duration in the TOML file, written as text the way the flag takes it.
+fn duration_text<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse_duration(&text).map(Some).map_err(serde::de::Error::custom)
 }
 
 /// `postgres://user:secret@host/db` -> `postgres://user:***@host/db`, and
@@ -373,6 +395,7 @@ mod tests {
         let config = args(&[]).resolve().unwrap();
         assert_eq!(config.listen.to_string(), "127.0.0.1:50051");
         assert_eq!(config.metrics_listen.to_string(), "127.0.0.1:9464");
+        assert_eq!(config.console_listen.to_string(), "127.0.0.1:9465");
         assert_eq!(config.data_dir, PathBuf::from("baton-data"));
         assert_eq!(config.store, None);
         assert!(!config.insecure);
@@ -392,6 +415,32 @@ mod tests {
         for bad in ["0", "1025"] {
             let error = args(&["--worker-threads", bad]).resolve().unwrap_err().to_string();
             assert_eq!(error, "worker_threads: must be from 1 to 1024");
+        }
+    }
+
+    #[test]
+    fn expression_bounds_have_defaults_come_from_flags_or_the_file_and_must_be_sane() {
+        let config = args(&[]).resolve().unwrap();
+        assert_eq!(config.expression_limits(), Limits::default());
+        assert_eq!(config.expression_workers, one_per_core());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("baton.toml");
+        let toml = "expression_cpu_time = \"250ms\"\nexpression_memory_mib = 128\nexpression_output_kib = 64\n\
+                    expression_workers = 3\n";
+        std::fs::write(&file, toml).unwrap();
+        let config = args(&["--config", file.to_str().unwrap(), "--expression-cpu-time", "2s"]).resolve().unwrap();
+        let limits = Limits { cpu_time: Duration::from_secs(2), memory_bytes: 128 << 20, output_bytes: 64 << 10 };
+        assert_eq!((config.expression_limits(), config.expression_workers), (limits, 3));
+        let described = config.describe();
+        let line = "expression limits = 2s of CPU, 128 MiB of memory, 64 KiB of output per evaluation".to_owned();
+        assert!(described.contains(&line), "{described:?}");
+        for (flags, error) in [
+            (["--expression-workers", "0"], "expression_workers: must be from 1 to 256"),
+            (["--expression-cpu-time", "1ms"], "expression_cpu_time: must be from 10ms to 1h"),
+            (["--expression-memory-mib", "8"], "expression_memory_mib: must be from 16 to 1048576"),
+            (["--expression-output-kib", "0"], "expression_output_kib: must be from 1 to 65536"),
+        ] {
+            assert_eq!(args(&flags).resolve().unwrap_err().to_string(), error);
         }
     }
 
@@ -427,6 +476,12 @@ mod tests {
             .to_string();
         assert!(error.contains("--auth-token-file"), "{error}");
         assert!(args(&["--listen", "0.0.0.0:50051", "--insecure"]).resolve().is_ok());
+        let error = args(&["--console-listen", "0.0.0.0:9465"]).resolve().unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "console_listen: a non-loopback console address needs --auth-token-file for its login (or --insecure)"
+        );
+        assert!(args(&["--console-listen", "0.0.0.0:9465", "--auth-token-file", "t"]).resolve().is_ok());
         let error = args(&["--tls-cert", "c.pem"]).resolve().unwrap_err().to_string();
         assert!(error.contains("go together"), "{error}");
     }
@@ -448,5 +503,27 @@ mod tests {
             assert!(described.contains(shown), "{described}");
             assert!(!described.contains("hunter2"), "{described}");
         }
+    }
+
+    #[test]
+    fn every_setting_reads_from_the_file_under_its_flag_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("baton.toml");
+        std::fs::write(
+            &file,
+            "metrics_listen = \"127.0.0.1:9000\"\nstore = \"postgres://db/baton\"\ninsecure = true\n\
+             allow_link_local = true\ndemo = true\nrate_limit = 5\nmax_concurrent_streams = 6\nlog_format = \"json\"\n\
+             log_level = \"debug\"\n",
+        )
+        .unwrap();
+        let config = args(&["--config", file.to_str().unwrap(), "--rate-limit", "7"]).resolve().unwrap();
+        assert_eq!(config.metrics_listen.to_string(), "127.0.0.1:9000");
+        assert_eq!(config.store.as_deref(), Some("postgres://db/baton"));
+        assert!(config.insecure && config.allow_link_local && config.demo);
+        assert_eq!((config.rate_limit, config.max_concurrent_streams), (7, 6));
+        assert_eq!((config.log_format, config.log_level.as_str()), (LogFormat::Json, "debug"));
+        std::fs::write(&file, "shutdown_grace = \"5 parsecs\"\n").unwrap();
+        let error = args(&["--config", file.to_str().unwrap()]).resolve().unwrap_err().to_string();
+        assert!(error.contains("shutdown_grace") && error.contains("invalid duration"), "{error}");
     }
 }

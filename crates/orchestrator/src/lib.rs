@@ -7,7 +7,10 @@
 //!   that gives each run's completions to the engine's durable journal before dependants start.
 //! - [`dispatch`]: the invoker that resolves each call against the live registry (capability
 //!   queries at dispatch, capacity permits, failover) and calls HTTP endpoints or worker queues.
+//! - [`sandbox`]: the bounded expression evaluator, jq in `baton eval-worker` processes that
+//!   limit their own CPU time, memory and stack.
 
+pub mod activity;
 pub mod api;
 pub mod cli;
 pub mod config;
@@ -15,6 +18,7 @@ pub mod dispatch;
 pub mod metrics;
 pub mod orchestrator;
 pub mod runner;
+pub mod sandbox;
 pub mod security;
 pub mod serve;
 pub mod traces;

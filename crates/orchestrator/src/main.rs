@@ -1,5 +1,7 @@
 //! The `baton` binary: `baton serve` runs the server; the other commands are its clients.
 
+#![allow(clippy::print_stderr, reason = "a binary tells its user why it could not start on stderr")]
+
 use std::process::ExitCode;
 
 use baton::cli::{ClientCommand, ClientOptions};
@@ -26,8 +28,10 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Runs the server: gRPC API, metrics, the workflow engine and the registry.
-    // Boxed: the settings dwarf the client commands, and the enum is built once.
     Serve(Box<ServeArgs>),
+    /// Evaluates expressions for a server, over stdin and stdout, within the given bounds.
+    #[command(hide = true)]
+    EvalWorker(baton::sandbox::worker::WorkerArgs),
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -48,6 +52,8 @@ fn main() -> ExitCode {
                 None => ExitCode::FAILURE,
             }
         }
+        // No runtime: the worker is one thread evaluating and one watching it.
+        Command::EvalWorker(args) => baton::sandbox::worker::run(&args),
         Command::Client(command) => match runtime(one_per_core()) {
             Some(runtime) => runtime.block_on(baton::cli::run(command, &cli.client)),
             None => ExitCode::FAILURE,
@@ -81,7 +87,7 @@ async fn serve(config: ServeConfig) -> ExitCode {
     };
     // The runtime's own count, which shows `worker_threads` took effect.
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
-    tracing::info!(grpc = %server.grpc_addr(), metrics = %server.metrics_addr(), workers, "serving");
+    tracing::info!(grpc = %server.grpc_addr(), metrics = %server.metrics_addr(), console = %format!("http://{}", server.console_addr()), workers, "serving");
     match server.serve(shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

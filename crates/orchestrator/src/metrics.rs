@@ -34,6 +34,11 @@
 //! | `baton_grpc_requests_total` | `method`, `code` | gRPC calls by status code name |
 //! | `baton_grpc_unauthenticated_total` | | calls answered `UNAUTHENTICATED` |
 //! | `baton_grpc_request_duration_seconds` | `method` | request to response headers |
+//! | `baton_expression_evaluations_total` | | jq evaluations answered by the sandbox |
+//! | `baton_expression_evaluations_in_flight` | | jq evaluations a worker is running |
+//! | `baton_expression_limits_total` | `bound` | evaluations past a bound, by bound |
+//! | `baton_expression_workers` | | evaluator processes alive |
+//! | `baton_expression_workers_started_total` | | evaluator processes started |
 
 mod executions;
 mod grpc;
@@ -55,7 +60,9 @@ use self::executions::Executions;
 use self::grpc::GrpcMetrics;
 pub use self::grpc::{GrpcBody, GrpcLayer, GrpcService, ResponseFuture};
 use self::state::StateCollector;
+use crate::activity::ActivityLog;
 use crate::orchestrator::ServiceOrchestrator;
+use crate::sandbox::Sandbox;
 
 /// The content type of the OpenMetrics text format.
 pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -102,16 +109,18 @@ struct Inner {
     executions: Executions,
     grpc: Arc<GrpcMetrics>,
     state: StateCollector,
+    activity: ActivityLog,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::default();
-        let executions = Executions::register(&mut registry);
+        let activity = ActivityLog::default();
+        let executions = Executions::register(&mut registry, activity.clone());
         let grpc = Arc::new(GrpcMetrics::register(&mut registry));
         let state = StateCollector::default();
         registry.register_collector(Box::new(state.clone()));
-        Self { inner: Arc::new(Inner { registry, executions, grpc, state }) }
+        Self { inner: Arc::new(Inner { registry, executions, grpc, state, activity }) }
     }
 }
 
@@ -136,12 +145,28 @@ impl Metrics {
         self.inner.state.sources.write().breakers = Some(Arc::new(state));
     }
 
+    /// Reports the `baton_expression_*` families from the expression sandbox at each scrape.
+    pub fn watch_sandbox(&self, sandbox: Sandbox) {
+        self.inner.state.sources.write().sandbox = Some(sandbox);
+    }
+
     /// Seeds `baton_executions_running` and `baton_executions_paused` with the executions the
     /// engine recovered when it opened, which journal nothing until they move. Only the first
     /// report counts, and executions already seen in the journal or already finished are not
     /// counted twice, so it may come after the engine has started journaling.
     pub fn recovered(&self, recovery: &Recovery) {
         self.inner.executions.recovered(&recovery.resumed, &recovery.paused);
+    }
+
+    /// The recent past the journal and the registry showed, for the console. Give it to the
+    /// registry as its event sink (`Options::registry_events`) for health changes.
+    pub fn activity(&self) -> &ActivityLog {
+        &self.inner.activity
+    }
+
+    /// Unfinished executions known now: `(running, paused)`.
+    pub fn executions_unfinished(&self) -> (i64, i64) {
+        self.inner.executions.unfinished()
     }
 
     /// A tower layer counting the calls of a gRPC server:

@@ -36,7 +36,8 @@ pub struct Options {
     pub store: StoreChoice,
     /// The workflow engine's settings (output size limit, watch buffer).
     pub engine: baton_workflow::Config,
-    /// The executor's settings (limits, breakers).
+    /// The executor's settings (limits, breakers, the expression evaluator: in process and
+    /// unbounded by default, for tests and trusted embedding; `baton serve` sets its sandbox).
     pub executor: baton_executor::Config,
     /// How HTTP services are called.
     pub http: HttpConfig,
@@ -51,6 +52,24 @@ pub struct Options {
     pub taxonomy: Arc<Taxonomy>,
     /// How many services one call to a capability tries before it gives up.
     pub max_candidates: usize,
+    /// Where the registry reports registrations and health changes (the console's history).
+    pub registry_events: RegistryEvents,
+}
+
+/// The registry's event sink, for [`Options`].
+#[derive(Clone)]
+pub struct RegistryEvents(pub Arc<dyn baton_core::EventSink<baton_core::RegistryEvent>>);
+
+impl Default for RegistryEvents {
+    fn default() -> Self {
+        Self(Arc::new(baton_core::ports::DiscardEvents))
+    }
+}
+
+impl std::fmt::Debug for RegistryEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RegistryEvents")
+    }
 }
 
 impl Default for Options {
@@ -65,6 +84,7 @@ impl Default for Options {
             supervisor: Some(SupervisorConfig::default()),
             taxonomy: Arc::new(TaxonomyBuilder::default().build().expect("an empty taxonomy is valid")),
             max_candidates: 3,
+            registry_events: RegistryEvents::default(),
         }
     }
 }
@@ -170,7 +190,10 @@ impl ServiceOrchestrator {
                 AnyStore::Postgres(store)
             }
         };
-        let registry = options.registry.clone().build();
+        let registry = options
+            .registry
+            .clone()
+            .build_with(Arc::new(baton_core::SystemClock), Arc::clone(&options.registry_events.0));
         let queries = Arc::new(Queries::default());
         let dispatcher = Dispatcher::new(
             registry.clone(),

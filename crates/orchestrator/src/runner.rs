@@ -3,10 +3,11 @@
 use std::sync::Arc;
 
 use baton_core::{
-    Event, EventKind, EventSink, ExecutionId, Recorded, ServiceId, ServiceRequirements, StepTarget, WorkflowName,
+    Event, EventKind, EventSink, ExecutionId, Outcome, Recorded, Refusal, ServiceId, ServiceRequirements, StepTarget,
+    WorkflowName,
 };
 use baton_executor::{Executor, Invoker, RunSpec, TaskSpec};
-use baton_workflow::{Outcome, RunHandle, RunRequest, Runner};
+use baton_workflow::{RunHandle, RunRequest, Runner};
 use dashmap::DashMap;
 use sha2::{Digest, Sha256};
 
@@ -45,7 +46,7 @@ impl EventSink<Event> for Router {
     fn record(&self, event: Event) -> Recorded {
         match self.sink(&event) {
             Some(sink) => sink.record(event),
-            None => Recorded::refused(format!("execution {} is not running here", event.execution)),
+            None => Recorded::refused(Refusal::NotRunning(event.execution)),
         }
     }
 }
@@ -105,7 +106,7 @@ impl<I: Invoker> ExecutorRunner<I> {
 
 /// A run of an [`ExecutorRunner`].
 #[derive(Debug)]
-pub struct ExecutorHandle(baton_executor::RunHandle);
+pub struct ExecutorHandle(baton_executor::Run);
 
 impl RunHandle for ExecutorHandle {
     fn pause(&self) {
@@ -121,11 +122,7 @@ impl RunHandle for ExecutorHandle {
     }
 
     async fn outcome(self) -> Outcome {
-        match self.0.outcome().await {
-            baton_executor::Outcome::Completed(output) => Outcome::Completed(output),
-            baton_executor::Outcome::Failed(error) => Outcome::Failed(error),
-            baton_executor::Outcome::Cancelled(reason) => Outcome::Cancelled(reason),
-        }
+        self.0.outcome().await
     }
 }
 

@@ -1,4 +1,5 @@
-//! `baton serve`: the orchestrator behind the gRPC API, with metrics, until a signal stops it.
+//! `baton serve`: the orchestrator behind the gRPC API, with metrics and the web console,
+//! until a signal stops it.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -12,6 +13,7 @@ use tokio::net::TcpListener;
 use crate::config::ServeConfig;
 use crate::metrics::{Metrics, serve_metrics};
 use crate::orchestrator::{Options, ServiceOrchestrator, StoreChoice};
+use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::security::{EndpointPolicy, RestrictedDirectory, parse_tokens};
 use crate::traces::{Observers, Tracer};
 
@@ -61,6 +63,9 @@ pub enum ServeError {
         /// What is wrong (never a token).
         reason: String,
     },
+    /// The running program cannot be found, to run expression evaluators.
+    #[error("cannot find the running program to evaluate expressions with: {0}")]
+    Program(std::io::Error),
     /// The orchestrator would not open (the store, recovery).
     #[error(transparent)]
     Open(#[from] crate::orchestrator::Error),
@@ -80,6 +85,7 @@ pub struct Server {
     metrics: Metrics,
     metrics_listener: TcpListener,
     tracer: Option<Arc<Tracer>>,
+    console_listener: TcpListener,
 }
 
 impl Server {
@@ -89,6 +95,7 @@ impl Server {
         let grpc_config = grpc_config(&config)?;
         let grpc = bind(config.listen).await?;
         let metrics_listener = bind(config.metrics_listen).await?;
+        let console_listener = bind(config.console_listen).await?;
         let store = match &config.store {
             Some(url) => StoreChoice::Postgres(url.clone()),
             None => StoreChoice::Redb(config.data_dir.clone()),
@@ -110,6 +117,15 @@ impl Server {
         let mut observers: Vec<Arc<dyn baton_workflow::Observer>> = vec![Arc::new(metrics.clone())];
         observers.extend(tracer.iter().map(|t| Arc::clone(t) as Arc<dyn baton_workflow::Observer>));
         options.engine.observer = Arc::new(Observers(observers));
+        // Expressions run in worker processes that bound themselves, before recovery runs any.
+        let sandbox = Sandbox::new(SandboxConfig {
+            program: Sandbox::this_program().map_err(ServeError::Program)?,
+            workers: config.expression_workers,
+            limits: config.expression_limits(),
+        });
+        options.executor.evaluator = Arc::new(sandbox.clone());
+        metrics.watch_sandbox(sandbox);
+        options.registry_events = crate::orchestrator::RegistryEvents(Arc::new(metrics.activity().clone()));
         let orchestrator = ServiceOrchestrator::open(options).await?;
         metrics.watch(&orchestrator);
         let executor = orchestrator.executor().clone();
@@ -123,9 +139,9 @@ impl Server {
             "recovered executions"
         );
         for (execution, reason) in &recovery.failed {
-            tracing::warn!(%execution, reason, "execution could not be recovered and is marked failed");
+            tracing::warn!(%execution, %reason, "execution could not be recovered and is marked failed");
         }
-        Ok(Self { config, orchestrator, grpc, grpc_config, metrics, metrics_listener, tracer })
+        Ok(Self { config, orchestrator, grpc, grpc_config, metrics, metrics_listener, tracer, console_listener })
     }
 
     /// The gRPC address bound.
@@ -136,6 +152,11 @@ impl Server {
     /// The metrics address bound.
     pub fn metrics_addr(&self) -> SocketAddr {
         self.metrics_listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// The web console's address bound.
+    pub fn console_addr(&self) -> SocketAddr {
+        self.console_listener.local_addr().expect("a bound listener has an address")
     }
 
     /// The orchestrator served.
@@ -149,7 +170,8 @@ impl Server {
     /// resume on the next start, their in-flight calls repeated with the same idempotency keys.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
         let grpc_addr = self.grpc_addr();
-        let Self { config, orchestrator, grpc, grpc_config, metrics, metrics_listener, tracer } = self;
+        let Self { config, orchestrator, grpc, grpc_config, metrics, metrics_listener, tracer, console_listener } =
+            self;
         // The demo's services register over the API like any other, once it serves.
         let demo = if config.demo { Some(tokio::spawn(start_demo(orchestrator.clone(), grpc_addr))) } else { None };
         let api = Arc::new(orchestrator.clone());
@@ -185,6 +207,17 @@ impl Server {
                 let _ = stopped.wait_for(|stop| *stop).await;
             }
         };
+        let console = console_router(&backends, &grpc_config, &metrics, &orchestrator, stopped.clone());
+        let console_stop = {
+            let mut stopped = stopped.clone();
+            async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            }
+        };
+        let console_server =
+            tokio::spawn(
+                async move { axum::serve(console_listener, console).with_graceful_shutdown(console_stop).await },
+            );
         let grpc_layer = metrics.grpc_layer();
         let metrics_server = tokio::spawn(serve_metrics(metrics_listener, metrics, metrics_stop));
         let server = tokio::spawn(grpc_config.serve_with_layer(backends, grpc, grpc_layer, signal));
@@ -200,6 +233,11 @@ impl Server {
         if let Ok(Err(error)) = metrics_server.await {
             tracing::warn!(%error, "the metrics server failed");
         }
+        match tokio::time::timeout(config.shutdown_grace, console_server).await {
+            Ok(Ok(Err(error))) => tracing::warn!(%error, "the console server failed"),
+            Err(_) => tracing::warn!("console requests still open after the grace period were cut"),
+            _ => {}
+        }
         orchestrator.shutdown().await;
         if let Some(tracer) = tracer {
             tracer.exporter().shutdown(std::time::Duration::from_secs(15)).await;
@@ -207,6 +245,30 @@ impl Server {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The web console over the same ports as the gRPC services, logging people in with the same
+/// tokens.
+fn console_router(
+    backends: &Backends,
+    grpc_config: &baton_grpc::Config,
+    metrics: &Metrics,
+    orchestrator: &ServiceOrchestrator,
+    stopping: tokio::sync::watch::Receiver<bool>,
+) -> axum::Router {
+    let tokens = grpc_config.tokens.clone().map(|tokens| {
+        let check: baton_console::TokenCheck = Arc::new(move |presented: &[u8]| tokens.accepts(presented));
+        check
+    });
+    let console_backends = baton_console::Backends {
+        directory: Arc::clone(&backends.directory),
+        planner: Arc::clone(&backends.planner),
+        workflows: Arc::clone(&backends.workflows),
+        executions: Arc::clone(&backends.executions),
+        orchestrator: Arc::clone(&backends.orchestrator),
+        activity: Arc::new(crate::activity::ServerActivity::new(metrics.clone(), orchestrator.clone())),
+    };
+    baton_console::router(baton_console::Config { tokens, secure_cookies: false }, console_backends, stopping)
 }
 
 /// The gRPC server's settings: limits from the flags, TLS and tokens read from their files.

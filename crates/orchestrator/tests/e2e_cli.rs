@@ -41,7 +41,9 @@ async fn the_cli_runs_watches_pauses_and_plans_with_meaningful_exit_codes() {
     let server = ServerProcess::start(&dir.path().join("data"), &[]).await;
     let options = baton_examples::ServiceOptions {
         baton: Some(server.url()),
-        latency: Duration::from_millis(100),
+        // Long enough that a run started by one CLI process is still running when the next
+        // process pauses it, on a machine busy with the rest of the suite.
+        latency: Duration::from_millis(1000),
         ..baton_examples::ServiceOptions::default()
     };
     let services = baton_examples::spawn_shop(&options).await.unwrap();

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use baton_grpc::pb;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
-use support::{free_addr, scrape};
+use support::{free_addr, sample, scrape};
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
@@ -89,6 +89,7 @@ impl TlsServer {
         let child = Command::new(env!("CARGO_BIN_EXE_baton"))
             .arg("serve")
             .args(["--listen", &grpc.to_string(), "--metrics-listen", &metrics.to_string()])
+            .args(["--console-listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(&secrets.data)
             .arg("--tls-cert")
@@ -165,11 +166,6 @@ async fn cli(args: Vec<String>) -> Output {
 
 fn text(output: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
-}
-
-/// The metrics page, over plain HTTP/1.1.
-fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -267,7 +263,7 @@ async fn unsafe_or_broken_settings_stop_the_start_with_a_message() {
         tokio::task::spawn_blocking(move || {
             Command::new(env!("CARGO_BIN_EXE_baton"))
                 .arg("serve")
-                .args(["--metrics-listen", "127.0.0.1:0"])
+                .args(["--metrics-listen", "127.0.0.1:0", "--console-listen", "127.0.0.1:0"])
                 .args(&args)
                 .env_remove("BATON_CONFIG")
                 .output()

@@ -3,7 +3,7 @@
 //! tokio runtime dropped without a shutdown), then reopened on the same redb file, or the same
 //! PostgreSQL database. Every execution completes, none is lost, and every step's effect
 //! happens once per (execution, step) idempotency key; a step completed before the crash is
-//! not called again. (`e2e_crash` does the same to a whole `baton serve` process.)
+//! not called again. (`e2e_chaos` does the same to a whole `baton serve` process.)
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;

@@ -9,6 +9,7 @@
 //! the goal is unsatisfiable, 2 on bad usage or data.
 
 #![allow(clippy::print_stdout, reason = "a command-line example reports on stdout")]
+#![allow(clippy::print_stderr, reason = "a command-line example reports problems on stderr")]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -319,7 +319,7 @@ fn validation_rejects_each_kind_of_broken_plan() {
     // A task that feeds nothing wanted is dangling.
     let more = [services.to_vec(), vec![plain("stray", &["a"], &["e"])]].concat();
     let catalog = self::catalog(&more);
-    let mut plan = good.clone();
+    let mut plan = good;
     plan.tasks.push(baton_core::PlanTask {
         id: step("stray"),
         service: id("stray"),

@@ -2,7 +2,7 @@
 
 use serde_json::{Map, Value};
 
-use baton_core::{ErrorPolicy, Goal, Plan, Step, StepDefaults, StepTarget, WorkflowDefinition, WorkflowName};
+use baton_core::{Goal, Plan, StepDefaults, WorkflowDefinition, WorkflowName};
 
 use crate::catalog::Catalog;
 
@@ -28,17 +28,7 @@ pub fn to_workflow(catalog: &Catalog, goal: &Goal, plan: &Plan, name: WorkflowNa
                 };
                 input.insert(edge.to_concept.clone(), Value::String(source));
             }
-            Step {
-                id: task.id.clone(),
-                target: StepTarget::Service { id: task.service.clone(), alternatives: task.alternatives.clone() },
-                call: None,
-                input: Value::Object(input),
-                depends_on: task.depends_on.clone(),
-                retry: None,
-                timeout: None,
-                task_timeout: None,
-                on_error: ErrorPolicy::Fail,
-            }
+            task.to_step(Value::Object(input))
         })
         .collect();
     let satisfies = |have: &str, want: &str| match (catalog.concepts.lookup(have), catalog.concepts.lookup(want)) {

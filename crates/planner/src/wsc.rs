@@ -3,6 +3,9 @@
 //! `problem.xml`) and the original WSC'09 form (`Taxonomy.owl`, `Services.wsdl`,
 //! `Challenge.wsdl`, `Servicelevelagreements.wsla`).
 //!
+//! Each file may also be gzip-compressed beside its name (`services.xml.gz`), as the sets in
+//! the repository's `data/` folder are; a file's text is read up to [`MAX_FILE_BYTES`].
+//!
 //! Not for: planning or checking compositions (the planner does), or any format beyond these.
 //!
 //! # Concepts, not instances
@@ -17,8 +20,8 @@
 //!
 //! # QoS mapping
 //!
-//! XML form (`services-output.xml`, attributes on `<service>`; synthetic values, see the data
-//! sets' `SOURCE.md`):
+//! XML form (`services-output.xml`, attributes on `<service>`; synthetic values, see
+//! `data/README.md` in the repository):
 //!
 //! | attribute | meaning | [`Qos`] field |
 //! |---|---|---|
@@ -53,8 +56,8 @@ use std::path::{Path, PathBuf};
 
 use baton_core::{ConceptId, Endpoint, Goal, Qos, ServiceDefinition, ServiceSpec, Taxonomy};
 
-pub use original::load_wsdl;
-pub use xml::load_xml;
+pub use original::{load_wsdl, parse_wsdl};
+pub use xml::{load_xml, parse_xml};
 
 /// A loaded challenge problem.
 #[derive(Debug)]
@@ -83,7 +86,8 @@ pub type KnownSolution = Vec<Vec<Vec<String>>>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A file could not be read (missing, unreadable or not UTF-8).
+    /// A file could not be read (missing, unreadable, not UTF-8, a broken gzip stream, or
+    /// longer than [`MAX_FILE_BYTES`]).
     #[error("cannot read {path}: {source}")]
     Read {
         /// The file.
@@ -139,20 +143,20 @@ pub enum Error {
     },
 }
 
-/// Loads a set directory, in the form its files show: the original WSC'09 form when
+/// Loads a set directory, in the form its files show (each file plain or gzip-compressed): the original WSC'09 form when
 /// `Services.wsdl` is there, else the XML form: `taxonomy.xml`, `problem.xml`, and the first of
 /// `services-output.xml` (with QoS), `services.xml`, `services-original.xml`.
 pub fn load_dir(dir: &Path) -> Result<WscProblem, Error> {
     if !dir.is_dir() {
         return Err(format_error(dir, "is not a directory"));
     }
-    if dir.join("Services.wsdl").is_file() {
+    if present(&dir.join("Services.wsdl")) {
         return load_wsdl(dir);
     }
     let services = ["services-output.xml", "services.xml", "services-original.xml"]
         .iter()
         .map(|name| dir.join(name))
-        .find(|path| path.is_file())
+        .find(|path| present(path))
         .ok_or_else(|| {
             format_error(
                 dir,
@@ -162,8 +166,47 @@ pub fn load_dir(dir: &Path) -> Result<WscProblem, Error> {
     load_xml(&services, &dir.join("taxonomy.xml"), &dir.join("problem.xml"))
 }
 
+/// The longest text a file may hold (after decompression), so that a stray file or a gzip bomb
+/// is an error, not an exhausted memory; the largest file of the published sets is 4.2 MB.
+pub const MAX_FILE_BYTES: u64 = 256 << 20;
+
+/// `path` with `.gz` after its file name.
+fn gzipped(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".gz");
+    PathBuf::from(name)
+}
+
+/// True when `path` is a file, plain or gzip-compressed.
+fn present(path: &Path) -> bool {
+    path.is_file() || gzipped(path).is_file()
+}
+
+/// The text of `path`, or of `path.gz` when only that exists, decompressed when it is gzip
+/// (by its magic bytes, so a `.gz` path given directly reads too); errors name `path`.
 fn read(path: &Path) -> Result<String, Error> {
-    std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.to_owned(), source })
+    read_at_most(path, MAX_FILE_BYTES)
+}
+
+fn read_at_most(path: &Path, limit: u64) -> Result<String, Error> {
+    use std::io::{BufRead as _, Read as _};
+    let error = |source| Error::Read { path: path.to_owned(), source };
+    let compressed = gzipped(path);
+    let file = if !path.exists() && compressed.is_file() { &compressed } else { path };
+    let mut file = std::io::BufReader::new(std::fs::File::open(file).map_err(error)?);
+    let is_gzip = file.fill_buf().map_err(error)?.starts_with(&[0x1f, 0x8b]);
+    let mut bytes = Vec::new();
+    let read = if is_gzip {
+        flate2::bufread::GzDecoder::new(file).take(limit + 1).read_to_end(&mut bytes)
+    } else {
+        file.take(limit + 1).read_to_end(&mut bytes)
+    };
+    read.map_err(error)?;
+    if bytes.len() as u64 > limit {
+        let message = format!("longer than {limit} bytes");
+        return Err(error(std::io::Error::new(std::io::ErrorKind::InvalidData, message)));
+    }
+    String::from_utf8(bytes).map_err(|e| error(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
 }
 
 fn parse<'a>(path: &Path, text: &'a str) -> Result<roxmltree::Document<'a>, Error> {

@@ -19,7 +19,7 @@ fn layers(problem: &WscProblem, pick: usize) -> Vec<Vec<String>> {
     known.iter().map(|layer| layer.iter().map(|step| step[pick.min(step.len() - 1)].clone()).collect()).collect()
 }
 
-/// Minimum layers of sets 01-08, shared/data/README.md.
+/// Minimum layers of sets 01-08, data/README.md.
 const MIN_LAYERS: [usize; 8] = [3, 3, 23, 5, 8, 7, 12, 20];
 
 #[test]
@@ -41,7 +41,7 @@ fn the_known_solutions_of_sets_01_to_08_are_valid_with_any_realization() {
 #[test]
 fn the_known_solutions_of_sets_09_and_10_miss_an_input_and_say_which() {
     // The service of the single-step solution and its input that nothing provides (checked
-    // against the files by hand, see wsc08/SOURCE.md).
+    // against the files by hand, see data/README.md).
     for (set, service, concept) in [(9, "serv658648195", "con1948367172"), (10, "serv207029478", "con427614059")] {
         let problem = load(set);
         let err = common::validate_layers(&problem, &layers(&problem, 0)).unwrap_err();

@@ -1,6 +1,7 @@
 //! The Web Services Challenge sets: WSC'08 01-08 with the minimum number of layers and few
 //! services, Set09 and Set10 reported unsatisfiable with the missing concept named, and WSC'09
 //! 01-02 at the minimum response time.
+#![allow(clippy::print_stderr, reason = "the test reports per-set figures for the log")]
 
 mod common;
 
@@ -10,7 +11,7 @@ use baton_core::Plan;
 use baton_planner::wsc::{self, WscProblem};
 use baton_planner::{Catalog, Error, OrchestrationPlanner};
 
-/// (minimum layers, services in the best known shortest composition), shared/data/README.md.
+/// (minimum layers, services in the best known shortest composition), data/README.md.
 const WSC08: [(usize, usize); 8] = [(3, 10), (3, 5), (23, 40), (5, 10), (8, 20), (7, 42), (12, 20), (20, 30)];
 
 fn plan(problem: &WscProblem) -> Result<Plan, Error> {

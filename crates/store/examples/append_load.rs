@@ -8,6 +8,7 @@
 //! `cargo xtask bench journal_append` runs them. Besides the rate, it prints the machine's CPU
 //! time per append (a steadier figure than the rate on a shared host), the share of time the
 //! hypervisor stole and, for PostgreSQL, the WAL written per append.
+#![allow(clippy::print_stderr, reason = "a load generator reports on stderr")]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -48,7 +48,6 @@ pub mod redb;
 mod shared;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
-mod wal;
 
 use baton_core::{
     CreatedExecution, Event, Execution, ExecutionFilter, ExecutionId, ExecutionPage, ExecutionUpdate, IdempotencyKey,

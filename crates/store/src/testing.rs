@@ -160,6 +160,7 @@ impl Drop for PgCluster {
 
 /// Drops the databases tests created on an external server, on a thread of its own since
 /// `Drop` may run inside a runtime. Best effort: a database still in use stays.
+#[allow(clippy::print_stderr, reason = "a test harness cleaning up in drop has no caller to tell")]
 fn drop_databases(admin: &str, names: Vec<String>) {
     if names.is_empty() {
         return;
@@ -228,6 +229,7 @@ impl OwnedCluster {
         }
     }
 
+    #[allow(clippy::print_stderr, reason = "a test harness stopping in drop has no caller to tell")]
     fn stop(&self) {
         let mut pg_ctl = self.command("pg_ctl");
         pg_ctl.arg("-D").arg(&self.data).args(["-m", "immediate", "-w", "stop"]);

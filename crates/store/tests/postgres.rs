@@ -3,6 +3,7 @@
 //! Then what is PostgreSQL's own: the schema, the journal writer taking over from another
 //! server, folds, appends that wait for each other, connections cut mid-write, and the upgrade
 //! from the first schema. Without PostgreSQL this fails, saying so; it never skips.
+#![allow(clippy::print_stderr, reason = "the suite logs each case and its figures")]
 
 use std::future::Future;
 use std::pin::Pin;

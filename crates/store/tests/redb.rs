@@ -1,5 +1,7 @@
 //! The conformance suite against the redb store, each case in its own temporary directory.
 
+#![allow(clippy::print_stderr, reason = "the test logs its commit figures")]
+
 use std::path::Path;
 
 use baton_core::Store;

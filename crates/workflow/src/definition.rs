@@ -1,9 +1,10 @@
 //! Workflow definitions: parsed from YAML or JSON, checked, and hashed over a canonical form.
 
-use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 
-use baton_core::{CallTemplate, ErrorPolicy, StepId, Template, WorkflowDefinition, WorkflowName};
+use std::collections::BTreeSet;
+
+use baton_core::{CallTemplate, StepCall, StepGraph, StepId, StepLinks, Template, WorkflowDefinition, WorkflowName};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -13,6 +14,10 @@ use crate::error::{Error, Result};
 pub const MAX_STEPS: usize = 10_000;
 /// The largest definition text accepted, in bytes.
 pub const MAX_DEFINITION_BYTES: usize = 1024 * 1024;
+/// The most expressions a definition may hold that need jq, i.e. are not plain paths (which are
+/// free): each takes about half a millisecond of CPU to compile, every time the definition is
+/// checked.
+pub const MAX_JQ_EXPRESSIONS: usize = 1_000;
 
 /// A definition that passed every check, with its compiled templates, a topological order of
 /// its steps and the hash of its canonical form. Only [`CheckedDefinition::parse`] and
@@ -23,7 +28,7 @@ pub struct CheckedDefinition {
     inputs: Vec<Template>,
     calls: Vec<Option<CallTemplate>>,
     output: Template,
-    order: Vec<usize>,
+    graph: StepGraph,
     canonical: Value,
     content_hash: String,
 }
@@ -37,6 +42,7 @@ impl CheckedDefinition {
         let definition: WorkflowDefinition = if text.trim_start().starts_with('{') {
             serde_json::from_str(text).map_err(|e| Error::Parse { format: "json", message: e.to_string() })?
         } else {
+            crate::expansion::check(text).map_err(|message| Error::Parse { format: "yaml", message })?;
             serde_yaml::from_str(text).map_err(|e| Error::Parse { format: "yaml", message: e.to_string() })?
         };
         Self::check(definition)
@@ -50,29 +56,15 @@ impl CheckedDefinition {
     }
 
     /// Checks a definition built in code: step limits, unique ids, known dependencies and
-    /// fallbacks, no cycle, retry policies, and expressions that compile and read only
-    /// upstream steps (the output mapping may read any step).
+    /// fallbacks, no cycle, retry policies, and expressions that compile (at most
+    /// [`MAX_JQ_EXPRESSIONS`] of them needing jq) and read only upstream steps (the output
+    /// mapping may read any existing step).
     pub fn check(definition: WorkflowDefinition) -> Result<Self> {
         let steps = &definition.steps;
         if steps.len() > MAX_STEPS {
             return Err(Error::TooManySteps { count: steps.len(), limit: MAX_STEPS });
         }
-        let mut index: HashMap<&StepId, usize> = HashMap::with_capacity(steps.len());
-        for (i, step) in steps.iter().enumerate() {
-            if index.insert(&step.id, i).is_some() {
-                return Err(Error::DuplicateStep(step.id.clone()));
-            }
-        }
-        for step in steps {
-            if let Some(unknown) = step.depends_on.iter().find(|d| !index.contains_key(d)) {
-                return Err(Error::UnknownDependency { step: step.id.clone(), unknown: unknown.clone() });
-            }
-            if let ErrorPolicy::Fallback(fallback) = &step.on_error
-                && (!index.contains_key(fallback) || *fallback == step.id)
-            {
-                return Err(Error::UnknownFallback { step: step.id.clone(), fallback: fallback.clone() });
-            }
-        }
+        let graph = StepGraph::check(steps.iter().map(StepLinks::from))?;
         for (place, retry) in std::iter::once(("defaults.retry".to_owned(), &definition.defaults.retry))
             .chain(steps.iter().filter_map(|s| s.retry.as_ref().map(|r| (format!("steps.{}.retry", s.id), r))))
         {
@@ -84,14 +76,19 @@ impl CheckedDefinition {
                 return Err(baton_core::Error::invalid(format!("{place}.multiplier"), retry.multiplier, reason).into());
             }
         }
-        let order = topological_order(&definition, &index)?;
-        let upstream = Upstream::of(steps, &index, &order);
+        let upstream = Upstream::of(&graph);
+        // Counted before any is compiled, which is what costs.
+        let jq = steps.iter().map(|s| &s.input).chain([&definition.output]).map(Template::count_jq).sum::<usize>()
+            + steps.iter().filter_map(|s| s.call.as_ref()).map(call_jq).sum::<usize>();
+        if jq > MAX_JQ_EXPRESSIONS {
+            return Err(Error::TooManyExpressions { count: jq, limit: MAX_JQ_EXPRESSIONS });
+        }
         let mut inputs = Vec::with_capacity(steps.len());
         let mut calls = Vec::with_capacity(steps.len());
         for (i, step) in steps.iter().enumerate() {
             let check_reads = |place: String, reads: BTreeSet<String>| {
                 for name in reads {
-                    let known = name.parse::<StepId>().ok().and_then(|id| index.get(&id).copied());
+                    let known = name.parse::<StepId>().ok().and_then(|id| graph.index(&id));
                     if !known.is_some_and(|r| upstream.contains(i, r)) {
                         return Err(Error::NotUpstream { place, step: name });
                     }
@@ -115,7 +112,7 @@ impl CheckedDefinition {
         }
         let output = Template::compile("output", &definition.output)?;
         for name in output.referenced_steps() {
-            if !name.parse::<StepId>().ok().is_some_and(|id| index.contains_key(&id)) {
+            if name.parse::<StepId>().ok().and_then(|id| graph.index(&id)).is_none() {
                 return Err(Error::NotUpstream { place: "output".to_owned(), step: name });
             }
         }
@@ -129,7 +126,7 @@ impl CheckedDefinition {
         for byte in Sha256::digest(&bytes) {
             let _ = write!(content_hash, "{byte:02x}");
         }
-        Ok(Self { definition, inputs, calls, output, order, canonical, content_hash })
+        Ok(Self { definition, inputs, calls, output, graph, canonical, content_hash })
     }
 
     /// The definition.
@@ -161,7 +158,7 @@ impl CheckedDefinition {
     /// Step indexes (into `definition().steps`) in an order where every step comes after its
     /// dependencies.
     pub fn order(&self) -> &[usize] {
-        &self.order
+        self.graph.order()
     }
 
     /// The canonical JSON form: what is stored, and what the hash is over.
@@ -172,56 +169,6 @@ impl CheckedDefinition {
     /// `sha256:<hex>` of the canonical form's JSON text.
     pub fn content_hash(&self) -> &str {
         &self.content_hash
-    }
-}
-
-/// Kahn's algorithm; when steps are left over, a depth-first walk names one cycle.
-fn topological_order(definition: &WorkflowDefinition, index: &HashMap<&StepId, usize>) -> Result<Vec<usize>> {
-    let steps = &definition.steps;
-    let mut dependents = vec![Vec::new(); steps.len()];
-    let mut indegree = vec![0usize; steps.len()];
-    for (i, step) in steps.iter().enumerate() {
-        let deps: BTreeSet<usize> = step.depends_on.iter().map(|d| index[d]).collect();
-        indegree[i] = deps.len();
-        for d in deps {
-            dependents[d].push(i);
-        }
-    }
-    let mut ready: Vec<usize> = (0..steps.len()).filter(|&i| indegree[i] == 0).rev().collect();
-    let mut order = Vec::with_capacity(steps.len());
-    while let Some(i) = ready.pop() {
-        order.push(i);
-        for &d in &dependents[i] {
-            indegree[d] -= 1;
-            if indegree[d] == 0 {
-                ready.push(d);
-            }
-        }
-    }
-    if order.len() == steps.len() {
-        return Ok(order);
-    }
-    // Every leftover step has a leftover dependency; walking them must revisit one.
-    let start = (0..steps.len()).find(|&i| indegree[i] > 0).expect("a step left over");
-    let mut path = vec![start];
-    let mut on_path = HashMap::from([(start, 0usize)]);
-    let mut at = start;
-    loop {
-        let next =
-            steps[at].depends_on.iter().map(|d| index[d]).find(|&d| indegree[d] > 0).expect("a leftover dependency");
-        if let Some(&from) = on_path.get(&next) {
-            // Written in run order (each step before the ones that depend on it), starting
-            // from the step defined first.
-            let mut members: Vec<usize> = path[from..].iter().rev().copied().collect();
-            let first = (0..members.len()).min_by_key(|&i| members[i]).expect("a cycle has steps");
-            members.rotate_left(first);
-            let mut cycle: Vec<StepId> = members.iter().map(|&i| steps[i].id.clone()).collect();
-            cycle.push(cycle[0].clone());
-            return Err(Error::Cycle(cycle));
-        }
-        on_path.insert(next, path.len());
-        path.push(next);
-        at = next;
     }
 }
 
@@ -247,12 +194,11 @@ struct Upstream {
 }
 
 impl Upstream {
-    fn of(steps: &[baton_core::Step], index: &HashMap<&StepId, usize>, order: &[usize]) -> Self {
-        let words = steps.len().div_ceil(64);
-        let mut bits = vec![0u64; steps.len() * words];
-        for &i in order {
-            for d in &steps[i].depends_on {
-                let d = index[d];
+    fn of(graph: &StepGraph) -> Self {
+        let words = graph.len().div_ceil(64);
+        let mut bits = vec![0u64; graph.len() * words];
+        for &i in graph.order() {
+            for &d in graph.dependencies(i) {
                 // d != i (no self-loops in a topological order), so the two rows are disjoint.
                 let (from, to) = if d < i {
                     let (low, high) = bits.split_at_mut(i * words);
@@ -276,8 +222,21 @@ impl Upstream {
     }
 }
 
+/// The jq expressions a step's call holds, counted as [`Template::count_jq`] counts them.
+fn call_jq(call: &StepCall) -> usize {
+    match call {
+        StepCall::Http(http) => {
+            let path = http.path.clone().map(Value::String).as_ref().map_or(0, Template::count_jq);
+            path + http.query.values().chain(http.headers.values()).map(Template::count_jq).sum::<usize>()
+        }
+        StepCall::Grpc(grpc) => grpc.metadata.values().map(Template::count_jq).sum(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use baton_core::GraphError;
+
     use super::*;
 
     fn check(text: &str, expected: &str) {
@@ -323,6 +282,37 @@ mod tests {
     }
 
     #[test]
+    fn expressions_are_refused_at_apply_when_they_read_missing_steps_or_the_server_or_are_too_many() {
+        let one = |input: &str| {
+            format!(
+                "name: w\nsteps:\n  - {{id: a, service: s}}\n  - {{id: b, service: s, depends_on: [a], input: {input}}}\n"
+            )
+        };
+        // A step that does not exist, however `steps` and its name are written.
+        for input in [
+            r#""${ .[\"steps\"][\"ghost\"].output }""#,
+            r#""${ .\"steps\".ghost.output | length }""#,
+            r#""${ .steps[\"ghost\"].output + 1 }""#,
+        ] {
+            check(&one(input), r#"steps.b.input refers to step "ghost", which is not upstream"#);
+        }
+        assert!(CheckedDefinition::parse(&one(r#""${ .[\"steps\"][\"a\"].output }""#)).is_ok());
+        // jq that would read the server's environment, end its process or read its stdin.
+        for (input, undefined) in [("\"${ env.HOME }\"", "env"), ("\"${ halt }\"", "halt"), ("\"${ input }\"", "input")]
+        {
+            check(&one(input), &format!("uses undefined {undefined}"));
+        }
+        // A bounded number of expressions that need jq (each costs a compile); plain paths are free.
+        let jq: String = (0..=MAX_JQ_EXPRESSIONS).map(|i| format!("\"${{ .input.n + {i} }}\", ")).collect();
+        check(
+            &one(&format!("[{jq}]")),
+            "definition has 1001 expressions that need jq (not plain paths), the limit is 1000",
+        );
+        let plain: String = (0..5 * MAX_JQ_EXPRESSIONS).map(|_| "\"${ .steps.a.output }\", ").collect();
+        assert!(CheckedDefinition::parse(&one(&format!("[{plain}]"))).is_ok());
+    }
+
+    #[test]
     fn the_longest_chain_allowed_checks_and_far_references_are_told_apart() {
         // Every step reads the first one: the upstream check must stay linear per edge.
         let mut text = String::from("name: w\nsteps:\n  - {id: s0, service: s}\n");
@@ -358,7 +348,9 @@ mod tests {
     fn a_cycle_is_named_step_by_step() {
         let text = "name: w\nsteps:\n  - {id: a, service: s, depends_on: [c]}\n  - {id: b, service: s, depends_on: [a]}\n  \
                     - {id: c, service: s, depends_on: [b]}\n  - {id: d, service: s}\n";
-        let Err(Error::Cycle(cycle)) = CheckedDefinition::parse(text) else { panic!("wanted a cycle") };
+        let Err(Error::Graph(GraphError::Cycle(cycle))) = CheckedDefinition::parse(text) else {
+            panic!("wanted a cycle")
+        };
         let names: Vec<&str> = cycle.iter().map(StepId::as_str).collect();
         // b depends on a, c on b, a on c: in run order a -> b -> c -> a; d is not on it.
         assert_eq!(names, ["a", "b", "c", "a"]);

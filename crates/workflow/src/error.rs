@@ -1,6 +1,6 @@
 //! The errors of the workflow engine.
 
-use baton_core::{ExecutionId, ExecutionState, StepId, StoreError};
+use baton_core::{ExecutionId, ExecutionState, GraphError, StepId, StoreError};
 
 /// A `Result` whose error is [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -33,28 +33,18 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
-    /// Two steps share an id.
-    #[error("step {0:?} appears twice")]
-    DuplicateStep(StepId),
-    /// A step depends on a step that does not exist.
-    #[error("step {step:?} depends on unknown step {unknown:?}")]
-    UnknownDependency {
-        /// The step.
-        step: StepId,
-        /// The missing dependency.
-        unknown: StepId,
+    /// The steps do not form a graph that can run: a duplicate id, an unknown dependency or
+    /// fallback, or a cycle.
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+    /// The definition has too many expressions that need jq.
+    #[error("definition has {count} expressions that need jq (not plain paths), the limit is {limit}")]
+    TooManyExpressions {
+        /// Its expressions that are not plain paths.
+        count: usize,
+        /// The limit.
+        limit: usize,
     },
-    /// A step falls back to a step that does not exist (or to itself).
-    #[error("step {step:?} falls back to unknown step {fallback:?}")]
-    UnknownFallback {
-        /// The step.
-        step: StepId,
-        /// The fallback named.
-        fallback: StepId,
-    },
-    /// The dependencies loop; the steps of one cycle, the first repeated at the end.
-    #[error("steps form a cycle: {}", .0.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" -> "))]
-    Cycle(Vec<StepId>),
     /// An expression reads a step that does not run before it.
     #[error("{place} refers to step {step:?}, which is not upstream")]
     NotUpstream {
@@ -108,4 +98,48 @@ pub enum Error {
         /// The execution it started.
         execution: baton_core::ExecutionId,
     },
+}
+
+/// Why recovery could not bring an execution back; it is marked failed with this reason.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecoveryError {
+    /// Its record, journal or definition could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Its stored definition no longer checks.
+    #[error(transparent)]
+    Definition(#[from] Error),
+    /// The journal holds another execution's event.
+    #[error("journal event {sequence} belongs to execution {execution}")]
+    ForeignEvent {
+        /// The event's sequence number.
+        sequence: u64,
+        /// The execution it names.
+        execution: ExecutionId,
+    },
+    /// The journal asks for a state change the state machine refuses.
+    #[error("journal event {sequence}: {error}")]
+    Replay {
+        /// The event's sequence number.
+        sequence: u64,
+        /// What the state machine said.
+        error: baton_core::Error,
+    },
+    /// The journal completes a step the pinned definition does not have.
+    #[error("journal event {sequence}: step {step:?} is not in version {version}")]
+    UnknownStep {
+        /// The event's sequence number.
+        sequence: u64,
+        /// The step.
+        step: StepId,
+        /// The definition version the execution pinned.
+        version: u32,
+    },
+    /// The record says paused but the journal never paused it.
+    #[error("the record says paused but the journal does not")]
+    PausedOnlyInRecord,
+    /// Recovering it panicked (a bug, or data no check foresaw): the panic's message.
+    #[error("recovering it panicked: {0}")]
+    Panicked(String),
 }

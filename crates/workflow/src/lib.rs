@@ -7,7 +7,7 @@
 //!   [`baton_core::WorkflowDefinition`] and checks what core's serde types do not: the size and
 //!   step limits, unique step ids, known dependencies and fallbacks, no cycle (the error names
 //!   the cycle's steps), retry policies, and `${ jq }` expressions that compile and read only
-//!   upstream steps. [`Engine::apply`] stores a checked definition through the
+//!   upstream steps, at most [`MAX_JQ_EXPRESSIONS`] of them needing jq. [`Engine::apply`] stores a checked definition through the
 //!   [`baton_core::Store`] port: unchanged content (same SHA-256 over the canonical JSON form)
 //!   is a no-op, changed content becomes version N+1.
 //! - **Executions.** [`Engine::start`] (idempotent by key), [`Engine::get`], [`Engine::list`],
@@ -18,8 +18,8 @@
 //! - **Recovery.** [`Engine::open`] reloads every unfinished execution, rebuilds its completed
 //!   steps from the journal and hands running ones back to the runner (a step dispatched but
 //!   not completed runs again, under the same per (execution, step) idempotency key); paused
-//!   ones stay paused; one whose journal is corrupt is marked failed with the reason, and the
-//!   others recover as usual.
+//!   ones stay paused; one whose journal is corrupt, or whose recovery panics, is marked failed
+//!   with the reason and its journal kept, and the others recover as usual.
 //!
 //! What it is not for: running steps or calling services. It reaches them through the
 //! [`Runner`] port defined here (the orchestrator adapts `baton-executor` to it), and storage
@@ -40,11 +40,14 @@
 mod definition;
 mod engine;
 mod error;
+mod expansion;
 mod runner;
 
-pub use definition::{CheckedDefinition, MAX_DEFINITION_BYTES, MAX_STEPS};
+pub use baton_core::Outcome;
+pub use definition::{CheckedDefinition, MAX_DEFINITION_BYTES, MAX_JQ_EXPRESSIONS, MAX_STEPS};
 pub use engine::{Applied, Config, DEFAULT_MAX_OUTPUT_BYTES, Engine, NoObserver, Observer, Recovery};
-pub use error::{Error, Result};
+pub use error::{Error, RecoveryError, Result};
+pub use expansion::{MAX_EXPANDED_BYTES, MAX_EXPANDED_NODES};
 #[cfg(any(test, feature = "test-util"))]
 pub use runner::{FakeHandle, FakeRunner};
-pub use runner::{Outcome, RunHandle, RunRequest, Runner};
+pub use runner::{RunHandle, RunRequest, Runner};

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
-use baton_core::{Event, EventSink, ExecutionId, StepId, TraceContext};
+use baton_core::{Event, EventSink, ExecutionId, Outcome, StepId, TraceContext};
 use serde_json::Value;
 
 use crate::definition::CheckedDefinition;
@@ -24,17 +24,6 @@ pub struct RunRequest {
     pub completed: BTreeMap<StepId, Value>,
     /// The trace context of the caller that started the execution, whose trace it continues.
     pub trace: Option<TraceContext>,
-}
-
-/// How a run ended.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    /// Every step done; the run's output.
-    Completed(Value),
-    /// Stopped by a failure.
-    Failed(String),
-    /// Stopped on request.
-    Cancelled(String),
 }
 
 /// Runs checked definitions. Events go to the sink in the order they happen; their sequence
@@ -231,7 +220,8 @@ mod fake {
                                     output: output.clone(),
                                 }))
                                 .await
-                                .map(|()| output),
+                                .map(|()| output)
+                                .map_err(|refusal| refusal.to_string()),
                             Err(e) => Err(e.to_string()),
                         };
                         match output {
@@ -256,11 +246,7 @@ mod fake {
                         Err(e) => Outcome::Failed(e.to_string()),
                     }
                 };
-                events.publish(event(match &outcome {
-                    Outcome::Completed(output) => EventKind::Completed { output: output.clone() },
-                    Outcome::Failed(error) => EventKind::Failed { error: error.clone() },
-                    Outcome::Cancelled(reason) => EventKind::Cancelled { reason: reason.clone() },
-                }));
+                events.publish(event(outcome.clone().into()));
                 outcome
             });
             Ok(FakeHandle { control, done })

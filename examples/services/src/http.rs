@@ -237,7 +237,12 @@ async fn answer(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Response {
         Ok(answer) if performed.load(Ordering::Relaxed) => {
             if shared.roll(shared.lose_rate) {
                 // The effect happened and its response is stored, but the caller never hears:
-                // its retry must get the stored response rather than a second effect.
+                // its retry must get the stored response rather than a second effect. Half the
+                // lost answers are a 503, half a connection cut mid-answer.
+                if shared.roll(0.5) {
+                    shared.failures.fetch_add(1, Ordering::Relaxed);
+                    return cut();
+                }
                 return error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("injected failure after the effect in service {} (response lost)", shared.id),
@@ -250,6 +255,28 @@ async fn answer(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Response {
             json_response(StatusCode::OK, answer)
         }
         Err(response) => response,
+    }
+}
+
+/// A 200 whose body fails before its first byte: the server aborts the connection, so the
+/// caller gets the headers and then a broken transfer, an answer lost on the way.
+fn cut() -> Response {
+    let mut response = Response::new(axum::body::Body::new(Cut));
+    response.headers_mut().insert(CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json"));
+    response
+}
+
+struct Cut;
+
+impl http_body::Body for Cut {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        std::task::Poll::Ready(Some(Err(std::io::Error::other("injected cut: the answer is lost"))))
     }
 }
 

@@ -24,8 +24,8 @@
 //!
 //! **Faults on demand.** [`ServiceOptions`] adds latency before each effect, fails a share of
 //! requests before their effect (`fail_rate`, a retryable 503) or after it (`lose_rate`: the
-//! effect happened and is stored but the 503 hides it, so the retry must get the stored
-//! answer), and [`RunningService::kill`] stops a service as if its process died.
+//! effect happened and is stored but the caller never learns it, from a 503 or from a
+//! connection cut mid-answer, half each, so the retry must get the stored answer), and [`RunningService::kill`] stops a service as if its process died.
 //!
 //! **Self-registration.** Given Baton's gRPC address, a service registers the spec of
 //! [`RunningService::spec`] (an HTTP endpoint, its capabilities and concepts, QoS from its
@@ -110,7 +110,8 @@ pub struct ServiceOptions {
     pub latency: Duration,
     /// Share of requests, in `[0, 1]`, failed with a 503 before their effect.
     pub fail_rate: f64,
-    /// Share of effects, in `[0, 1]`, whose answer is replaced by a 503 (the effect stands).
+    /// Share of effects, in `[0, 1]`, whose answer is lost (the effect stands): a 503 or a
+    /// connection cut mid-answer, half each.
     pub lose_rate: f64,
     /// Seed of the failure injection; `None`: from the clock.
     pub seed: Option<u64>,

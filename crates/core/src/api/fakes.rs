@@ -27,12 +27,13 @@ use super::{
 };
 use crate::Timestamp;
 use crate::event::{Event, EventKind};
-use crate::execution::{Execution, ExecutionState, TaskState, TaskStatus};
+use crate::execution::{Execution, ExecutionState, TaskStatus};
+use crate::graph::{GraphError, StepGraph, StepLinks};
 use crate::ids::{ExecutionId, ServiceId, StepId, WorkflowName};
 use crate::planning::Planning;
 use crate::ports::{Clock, SystemClock};
 use crate::store::{ExecutionPage, IdempotencyKey, Order, PageRequest, PageToken, Record, StoreError};
-use crate::workflow::{ErrorPolicy, Step, StepTarget, WorkflowDefinition};
+use crate::workflow::WorkflowDefinition;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic in another test thread must not hide this test's own failure.
@@ -136,25 +137,26 @@ impl InMemoryWorkflows {
     }
 }
 
+/// Core's one graph check, its error naming the step's place as the engine's does.
 fn check_steps(definition: &WorkflowDefinition) -> ApiResult<()> {
-    let mut seen = std::collections::BTreeSet::new();
-    for (i, step) in definition.steps.iter().enumerate() {
-        if !seen.insert(&step.id) {
-            return Err(ApiError::invalid(
-                format!("steps[{i}].id"),
-                format!("step {:?} appears twice", step.id.as_str()),
-            ));
-        }
-    }
-    for (i, step) in definition.steps.iter().enumerate() {
-        if let Some(unknown) = step.depends_on.iter().find(|d| !seen.contains(d)) {
-            return Err(ApiError::invalid(
-                format!("steps[{i}].depends_on"),
-                format!("step {:?} depends on unknown step {:?}", step.id.as_str(), unknown.as_str()),
-            ));
-        }
-    }
-    Ok(())
+    let steps = &definition.steps;
+    let error = match StepGraph::check(steps.iter().map(StepLinks::from)) {
+        Ok(_) => return Ok(()),
+        Err(error) => error,
+    };
+    // The place of the step's `nth` occurrence: a duplicate is named where it repeats.
+    let place =
+        |id: &StepId, nth: usize, field: &str| match steps.iter().enumerate().filter(|(_, s)| s.id == *id).nth(nth) {
+            Some((i, _)) => format!("steps[{i}].{field}"),
+            None => "steps".to_owned(),
+        };
+    let field = match &error {
+        GraphError::DuplicateStep(step) => place(step, 1, "id"),
+        GraphError::UnknownDependency { step, .. } => place(step, 0, "depends_on"),
+        GraphError::UnknownFallback { step, .. } => place(step, 0, "on_error"),
+        _ => "steps".to_owned(),
+    };
+    Err(ApiError::invalid(field, error))
 }
 
 impl WorkflowCatalog for InMemoryWorkflows {
@@ -295,61 +297,12 @@ impl InMemoryExecutions {
                 execution.id, execution.state
             )));
         }
-        let mut next = execution.clone();
-        let to = match &kind {
-            EventKind::Paused => Some(ExecutionState::Paused),
-            EventKind::Resumed => Some(ExecutionState::Running),
-            EventKind::Cancelled { .. } => Some(ExecutionState::Cancelled),
-            EventKind::Completed { .. } => Some(ExecutionState::Completed),
-            EventKind::Failed { .. } => Some(ExecutionState::Failed),
-            _ => None,
-        };
-        if let Some(to) = to {
-            next.transition(to, at).map_err(|_| ApiError::transition(next.id, execution.state, to))?;
-        }
-        next.updated_at = at;
-        let task = |next: &mut Execution, step: &StepId| next.tasks.entry(step.clone()).or_default().clone();
-        match &kind {
-            EventKind::TaskScheduled { step, attempt, service } => {
-                let mut status = task(&mut next, step);
-                status.state = TaskState::Scheduled;
-                status.attempts = *attempt;
-                status.service = Some(service.clone());
-                status.started_at.get_or_insert(at);
-                next.tasks.insert(step.clone(), status);
-            }
-            EventKind::TaskSucceeded { step, attempt, .. } => {
-                let mut status = task(&mut next, step);
-                status.state = TaskState::Succeeded;
-                status.attempts = status.attempts.max(*attempt);
-                status.finished_at = Some(at);
-                next.tasks.insert(step.clone(), status);
-            }
-            EventKind::TaskFailed { step, attempt, error, retryable } => {
-                let mut status = task(&mut next, step);
-                status.attempts = status.attempts.max(*attempt);
-                status.error = Some(error.clone());
-                if !retryable {
-                    status.state = TaskState::Failed;
-                    status.finished_at = Some(at);
-                }
-                next.tasks.insert(step.clone(), status);
-            }
-            EventKind::TaskSkipped { step, reason } => {
-                let mut status = task(&mut next, step);
-                status.state = TaskState::Skipped;
-                status.error = Some(reason.clone());
-                status.finished_at = Some(at);
-                next.tasks.insert(step.clone(), status);
-            }
-            EventKind::Cancelled { reason } => next.error = Some(reason.clone()),
-            EventKind::Completed { output } => next.output = Some(output.clone()),
-            EventKind::Failed { error } => next.error = Some(error.clone()),
-            EventKind::Started { .. } | EventKind::Paused | EventKind::Resumed => {}
-        }
-        let event = Event { execution: next.id, sequence: run.journal.len() as u64 + 1, at, kind };
+        let event = Event { execution: execution.id, sequence: run.journal.len() as u64 + 1, at, kind };
+        execution.apply(&event).map_err(|e| match e {
+            crate::Error::InvalidTransition { from, to } => ApiError::transition(execution.id, from, to),
+            other => ApiError::from(other),
+        })?;
         run.journal.push(event.clone());
-        run.execution = next;
         Ok(event)
     }
 
@@ -479,6 +432,14 @@ impl Executions for InMemoryExecutions {
             }
             let watch = JournalWatch { runs: Arc::clone(&self.runs), id, next: from_sequence.max(1), done: false };
             Ok(Box::pin(watch) as EventStream)
+        })
+    }
+
+    fn journal(&self, id: ExecutionId, from_sequence: u64) -> BoxFuture<'_, ApiResult<Vec<Event>>> {
+        Box::pin(async move {
+            let mut events = self.events(id)?;
+            events.retain(|event| event.sequence >= from_sequence);
+            Ok(events)
         })
     }
 }
@@ -809,21 +770,7 @@ impl InMemoryOrchestrator {
         let mut name = String::from("goal-");
         let _ = write!(name, "{:016x}", digest(&goal_text));
         let name = WorkflowName::new(&name)?;
-        let steps = plan
-            .tasks
-            .iter()
-            .map(|task| Step {
-                id: task.id.clone(),
-                target: StepTarget::Service { id: task.service.clone(), alternatives: task.alternatives.clone() },
-                call: None,
-                input: Value::Null,
-                depends_on: task.depends_on.clone(),
-                retry: None,
-                timeout: None,
-                task_timeout: None,
-                on_error: ErrorPolicy::Fail,
-            })
-            .collect();
+        let steps = plan.tasks.iter().map(|task| task.to_step(Value::Null)).collect();
         let workflow = WorkflowDefinition {
             name: name.clone(),
             description: format!("plan for {:?}", request.goal.wanted),

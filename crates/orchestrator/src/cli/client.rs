@@ -185,7 +185,7 @@ mod tests {
         std::fs::write(&path, "s3cret\n").unwrap();
         let target = Target::new(&ClientOptions { token_file: Some(path), ..options("http://x:1") }).unwrap();
         assert!(!format!("{target:?}").contains("s3cret"));
-        let mut auth = target.auth.clone();
+        let mut auth = target.auth;
         let request = auth.call(tonic::Request::new(())).unwrap();
         assert_eq!(request.metadata().get("authorization").unwrap(), "Bearer s3cret");
 

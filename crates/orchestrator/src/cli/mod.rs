@@ -259,6 +259,7 @@ pub enum OutputFormat {
 /// Runs a client command against the server in `options` and returns the exit code: 0 success,
 /// 1 a failed call or execution, 2 a usage error (checked before any call), 3 cancelled. A
 /// failure is one line on stderr, with the gRPC code for a failed call.
+#[allow(clippy::print_stderr, reason = "the CLI tells its user why it failed on stderr")]
 pub async fn run(command: ClientCommand, options: &ClientOptions) -> ExitCode {
     let out = Out { format: options.output, tty: std::io::stdout().is_terminal() };
     let exit = match execute(command, options, &out).await {
@@ -478,6 +479,7 @@ async fn exec(command: ExecCommand, target: &Target, out: &Out) -> Result<Exit, 
                     states: states.clone(),
                     created_after: None,
                     created_before: None,
+                    id_prefix: String::new(),
                 };
                 async move {
                     let page = executions.list_executions(request).await?.into_inner();

@@ -12,6 +12,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::activity::{ActivityLog, EndedCall, Ending};
+
 /// Executions that ended before recovery was reported, remembered so that the report does not
 /// bring them back. Bounded for the case where nobody reports recovery at all.
 const MAX_ENDED_BEFORE_RECOVERY: usize = 4096;
@@ -95,11 +97,13 @@ pub(crate) struct Executions {
     retries: Family<ServiceLabels, Counter>,
     durations: HistogramFamily<AttemptLabels>,
     state: Mutex<State>,
+    /// The recent past, for the console, fed from the same events.
+    activity: ActivityLog,
 }
 
 impl Executions {
     /// The families, registered in `registry`.
-    pub(crate) fn register(registry: &mut Registry) -> Self {
+    pub(crate) fn register(registry: &mut Registry, activity: ActivityLog) -> Self {
         let this = Self {
             started: Family::default(),
             finished: Family::default(),
@@ -109,6 +113,7 @@ impl Executions {
             retries: Family::default(),
             durations: Family::new_with_constructor(task_histogram),
             state: Mutex::new(State { live: HashMap::new(), ended_before_recovery: Some(HashSet::new()) }),
+            activity,
         };
         registry.register("baton_executions_started", "Executions started, by workflow", this.started.clone());
         registry.register(
@@ -170,6 +175,12 @@ impl Executions {
                 _ => None,
             };
             if let Some(outcome) = outcome {
+                let ending = match outcome {
+                    "completed" => Ending::Completed,
+                    "failed" => Ending::Failed,
+                    _ => Ending::Cancelled,
+                };
+                self.activity.ended(ending, event.at);
                 self.finished.get_or_create(&FinishedLabels { workflow: workflow.as_str().to_owned(), outcome }).inc();
                 if let Some(ended) = live.remove(&event.execution) {
                     self.gauge(ended.phase).dec();
@@ -194,6 +205,7 @@ impl Executions {
             };
             match &event.kind {
                 EventKind::Started { .. } => {
+                    self.activity.started(event.at);
                     self.started.get_or_create(&WorkflowLabels { workflow: workflow.as_str().to_owned() }).inc();
                 }
                 EventKind::Paused => self.to_phase(execution, Phase::Paused),
@@ -206,15 +218,20 @@ impl Executions {
                     execution.scheduled.insert(step.clone(), scheduled);
                 }
                 EventKind::TaskSucceeded { step, attempt, .. } => {
-                    self.attempt_ended(execution, step, *attempt, "succeeded", event.at);
+                    self.attempt_ended(execution, event.execution, step, *attempt, "succeeded", event.at);
                 }
                 EventKind::TaskFailed { step, attempt, retryable, .. } => {
                     let outcome = if *retryable { "retryable" } else { "failed" };
-                    self.attempt_ended(execution, step, *attempt, outcome, event.at);
+                    self.attempt_ended(execution, event.execution, step, *attempt, outcome, event.at);
                 }
                 _ => {}
             }
         }
+    }
+
+    /// `(running, paused)` by the gauges.
+    pub(crate) fn unfinished(&self) -> (i64, i64) {
+        (self.running.get(), self.paused.get())
     }
 
     fn to_phase(&self, execution: &mut Live, phase: Phase) {
@@ -225,7 +242,15 @@ impl Executions {
         }
     }
 
-    fn attempt_ended(&self, execution: &mut Live, step: &StepId, attempt: u32, outcome: &'static str, at: Timestamp) {
+    fn attempt_ended(
+        &self,
+        execution: &mut Live,
+        id: ExecutionId,
+        step: &StepId,
+        attempt: u32,
+        outcome: &'static str,
+        at: Timestamp,
+    ) {
         let scheduled = match execution.scheduled.remove(step) {
             Some(scheduled) if scheduled.attempt == attempt => Some(scheduled),
             Some(later) if later.attempt > attempt => {
@@ -236,6 +261,20 @@ impl Executions {
             _ => None,
         };
         let service = scheduled.as_ref().map_or(UNKNOWN_SERVICE, |s| s.service.as_str()).to_owned();
+        let call = scheduled.as_ref().map(|s| EndedCall {
+            service: &s.service,
+            execution: id,
+            step,
+            attempt,
+            scheduled_at: s.at,
+            ended_at: at,
+            outcome: match outcome {
+                "succeeded" => baton_core::CallOutcome::Succeeded,
+                "retryable" => baton_core::CallOutcome::Retryable,
+                _ => baton_core::CallOutcome::Failed,
+            },
+        });
+        self.activity.attempt(at, outcome != "succeeded", call);
         let labels = AttemptLabels { service, outcome };
         self.attempts.get_or_create(&labels).inc();
         if let Some(scheduled) = scheduled {
@@ -267,7 +306,7 @@ mod tests {
     impl Journal {
         fn new() -> Self {
             let mut registry = Registry::default();
-            let metrics = Executions::register(&mut registry);
+            let metrics = Executions::register(&mut registry, ActivityLog::default());
             Self { metrics, registry, workflow: WorkflowName::new("checkout").unwrap(), sequence: 0 }
         }
 

@@ -1,5 +1,6 @@
 //! Metrics read at scrape time from the components that keep the state: the registry, the
-//! worker queues, the store and the executor (failovers, circuit breakers).
+//! worker queues, the store, the executor (failovers, circuit breakers) and the expression
+//! sandbox.
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
 use crate::dispatch::Dispatcher;
+use crate::sandbox::Sandbox;
 
 /// How many services one registry read takes: a scrape never holds the registry's lock for
 /// more than one page.
@@ -31,6 +33,7 @@ pub(crate) struct Sources {
     pub(crate) workers: Option<WorkerQueues>,
     pub(crate) store: Option<AnyStore>,
     pub(crate) breakers: Option<BreakerStates>,
+    pub(crate) sandbox: Option<Sandbox>,
 }
 
 impl std::fmt::Debug for Sources {
@@ -41,6 +44,7 @@ impl std::fmt::Debug for Sources {
             .field("workers", &self.workers.is_some())
             .field("store", &self.store.is_some())
             .field("breakers", &self.breakers.is_some())
+            .field("sandbox", &self.sandbox.is_some())
             .finish()
     }
 }
@@ -138,6 +142,42 @@ impl Collector for StateCollector {
             for (queue, stats) in workers.all_stats() {
                 ConstGauge::new(stats.queued as u64).encode(family.encode_family(&[("queue", queue.as_str())])?)?;
             }
+        }
+        if let Some(sandbox) = &sources.sandbox {
+            let stats = sandbox.stats();
+            ConstCounter::new(stats.evaluations).encode(encoder.encode_descriptor(
+                "baton_expression_evaluations",
+                "jq expression evaluations the sandbox answered, with values or errors.",
+                None,
+                MetricType::Counter,
+            )?)?;
+            ConstGauge::new(stats.in_flight as u64).encode(encoder.encode_descriptor(
+                "baton_expression_evaluations_in_flight",
+                "jq expression evaluations a worker process is running.",
+                None,
+                MetricType::Gauge,
+            )?)?;
+            let mut family = encoder.encode_descriptor(
+                "baton_expression_limits",
+                "Evaluations that went past a bound (cpu_time, stalled, memory, stack, output, depth, crashed).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (bound, count) in &stats.limits {
+                ConstCounter::new(*count).encode(family.encode_family(&[("bound", *bound)])?)?;
+            }
+            ConstGauge::new(stats.workers as u64).encode(encoder.encode_descriptor(
+                "baton_expression_workers",
+                "Expression evaluator processes alive.",
+                None,
+                MetricType::Gauge,
+            )?)?;
+            ConstCounter::new(stats.workers_started).encode(encoder.encode_descriptor(
+                "baton_expression_workers_started",
+                "Expression evaluator processes started (one replaces each that a bound killed).",
+                None,
+                MetricType::Counter,
+            )?)?;
         }
         if let Some(stats) = sources.store.as_ref().and_then(commit_stats) {
             ConstCounter::new(stats.transactions).encode(encoder.encode_descriptor(

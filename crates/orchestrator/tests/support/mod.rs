@@ -16,18 +16,6 @@ pub(crate) fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
-/// `GET /metrics` of a metrics endpoint: the whole HTTP answer, status line first.
-pub(crate) async fn scrape(addr: SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut response)).await.unwrap().unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response
-}
-
 /// A `baton serve` child process.
 pub(crate) struct ServerProcess {
     child: Option<Child>,
@@ -35,6 +23,8 @@ pub(crate) struct ServerProcess {
     pub(crate) grpc: SocketAddr,
     /// The metrics address.
     pub(crate) metrics: SocketAddr,
+    /// The web console's address.
+    pub(crate) console: SocketAddr,
     data_dir: PathBuf,
     log: PathBuf,
     extra: Vec<String>,
@@ -48,6 +38,7 @@ impl ServerProcess {
             child: None,
             grpc: free_addr(),
             metrics: free_addr(),
+            console: free_addr(),
             data_dir: data_dir.to_owned(),
             log: data_dir.with_extension("log"),
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
@@ -66,6 +57,11 @@ impl ServerProcess {
             .arg(self.grpc.to_string())
             .arg("--metrics-listen")
             .arg(self.metrics.to_string())
+            .args(if self.extra.iter().any(|a| a == "--console-listen") {
+                Vec::new()
+            } else {
+                vec!["--console-listen".to_owned(), self.console.to_string()]
+            })
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.extra)
@@ -127,6 +123,27 @@ impl ServerProcess {
         child.wait().unwrap()
     }
 
+    /// SIGTERM; the exit status once the server has exited, within `within` or a panic.
+    pub(crate) async fn terminate_within(&mut self, within: Duration) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("a running server");
+        let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            assert!(Instant::now() < deadline, "baton serve did not exit within {within:?} of SIGTERM");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The server's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().expect("a running server").id()
+    }
+
     /// A channel to the gRPC API.
     pub(crate) async fn channel(&self) -> Channel {
         Channel::from_shared(format!("http://{}", self.grpc)).unwrap().connect().await.unwrap()
@@ -162,12 +179,16 @@ pub(crate) async fn shop_with_pipeline(
     server: &ServerProcess,
     latency: Duration,
 ) -> (Vec<baton_examples::RunningService>, Clients) {
-    let options = baton_examples::ServiceOptions {
-        baton: Some(server.url()),
-        latency,
-        ttl: Duration::from_millis(600),
-        ..baton_examples::ServiceOptions::default()
-    };
+    shop_with_pipeline_and(server, baton_examples::ServiceOptions { latency, ..Default::default() }).await
+}
+
+/// [`shop_with_pipeline`] with the services' other options (faults, seed) as given.
+pub(crate) async fn shop_with_pipeline_and(
+    server: &ServerProcess,
+    options: baton_examples::ServiceOptions,
+) -> (Vec<baton_examples::RunningService>, Clients) {
+    let options =
+        baton_examples::ServiceOptions { baton: Some(server.url()), ttl: Duration::from_millis(600), ..options };
     let services = baton_examples::spawn_shop(&options).await.unwrap();
     let mut clients = Clients::new(server.channel().await);
     clients.wait_services(3).await;
@@ -262,6 +283,23 @@ impl Clients {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// The metrics page, over plain HTTP/1.1.
+pub(crate) async fn scrape(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut response)).await.unwrap().unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+}
+
+/// The value of the sample `name` (with its labels, if any) in a metrics page.
+pub(crate) fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// The example shop's workflows.

@@ -11,29 +11,62 @@ use std::path::Path;
 use baton_core::{Goal, Qos, TaxonomyBuilder};
 
 use super::{
-    Concepts, Error, WscProblem, dedup_in_order, elements, format_error, parse, read, required, root, service,
+    Concepts, Error, WscProblem, dedup_in_order, elements, format_error, parse, present, read, required, root, service,
 };
 
 /// Loads the original WSC'09 form from `dir`: `Taxonomy.owl`, `Services.wsdl`,
 /// `Challenge.wsdl` (the task) and, when present, `Servicelevelagreements.wsla` (QoS).
 pub fn load_wsdl(dir: &Path) -> Result<WscProblem, Error> {
     let owl = dir.join("Taxonomy.owl");
-    let concepts = parse_owl(&owl, &read(&owl)?)?;
-
     let wsla = dir.join("Servicelevelagreements.wsla");
-    let qos = if wsla.is_file() { parse_wsla(&wsla, &read(&wsla)?)? } else { HashMap::new() };
+    let services = dir.join("Services.wsdl");
+    let challenge = dir.join("Challenge.wsdl");
+    let wsla_text = if present(&wsla) { Some(read(&wsla)?) } else { None };
+    let texts = [read(&owl)?, read(&services)?, read(&challenge)?];
+    let paths = Paths { owl: &owl, services: &services, challenge: &challenge, wsla: &wsla };
+    from_texts(&paths, [&texts[0], &texts[1], &texts[2]], wsla_text.as_deref())
+}
 
-    let path = dir.join("Services.wsdl");
+/// [`load_wsdl`] on texts already read: `Taxonomy.owl`, `Services.wsdl`, `Challenge.wsdl` and
+/// optionally `Servicelevelagreements.wsla` (errors name the files by these names).
+pub fn parse_wsdl(owl: &str, services: &str, challenge: &str, wsla: Option<&str>) -> Result<WscProblem, Error> {
+    let paths = Paths {
+        owl: Path::new("Taxonomy.owl"),
+        services: Path::new("Services.wsdl"),
+        challenge: Path::new("Challenge.wsdl"),
+        wsla: Path::new("Servicelevelagreements.wsla"),
+    };
+    from_texts(&paths, [owl, services, challenge], wsla)
+}
+
+/// The names errors give the four files.
+struct Paths<'a> {
+    owl: &'a Path,
+    services: &'a Path,
+    challenge: &'a Path,
+    wsla: &'a Path,
+}
+
+/// Parses the texts of `[owl, services, challenge]` and the optional WSLA.
+fn from_texts(paths: &Paths<'_>, texts: [&str; 3], wsla: Option<&str>) -> Result<WscProblem, Error> {
+    let concepts = parse_owl(paths.owl, texts[0])?;
+    let qos = match wsla {
+        Some(text) => parse_wsla(paths.wsla, text)?,
+        None => HashMap::new(),
+    };
+
+    let path = paths.services;
     let mut services = Vec::new();
-    for (name, inputs, outputs) in parse_messages(&path, &read(&path)?, &concepts)? {
+    for (name, inputs, outputs) in parse_messages(path, texts[1], &concepts)? {
         let qos = qos.get(&name).copied().unwrap_or_default();
-        services.push(service(&path, &name, inputs, outputs, qos)?);
+        services.push(service(path, &name, inputs, outputs, qos)?);
     }
 
-    let path = dir.join("Challenge.wsdl");
-    let mut tasks = parse_messages(&path, &read(&path)?, &concepts)?;
+    let path = paths.challenge;
+    let mut tasks = parse_messages(path, texts[2], &concepts)?;
+    // parse_messages refuses a file without messages, so there is at least one.
     let (Some((_, provided, wanted)), None) = (tasks.pop(), tasks.pop()) else {
-        return Err(format_error(&path, "describes several tasks, expected one"));
+        return Err(format_error(path, "describes several tasks, expected one"));
     };
     let goal = Goal { provided: dedup_in_order(provided), wanted: dedup_in_order(wanted), ..Goal::default() };
     Ok(WscProblem { taxonomy: concepts.taxonomy, services, goal, known_solution: None })

@@ -292,6 +292,46 @@ fn load_dir_picks_the_services_file_and_names_missing_files() {
     assert_eq!(name(p), "with-qos");
 }
 
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(bytes).unwrap();
+    encoder.finish().unwrap()
+}
+
+#[test]
+fn files_are_read_plain_or_gzip_compressed_and_bounded() {
+    let dir = TempDir::new("gz");
+    let services = r#"<services><service name="zipped"><outputs><instance name="i2"/></outputs></service></services>"#;
+    let problem = r#"<problemStructure><task><provided><instance name="i0"/></provided><wanted><instance name="i1"/></wanted></task></problemStructure>"#;
+    for (name, text) in [("services.xml", services), ("taxonomy.xml", TAXONOMY), ("problem.xml", problem)] {
+        std::fs::write(dir.0.join(format!("{name}.gz")), gzip(text.as_bytes())).unwrap();
+    }
+    let p = load_dir(&dir.0).unwrap();
+    assert_eq!((p.services[0].id().as_str(), p.taxonomy.len()), ("zipped", 4));
+
+    // A compressed file named as such reads too.
+    let qos = dir.0.join("services.xml.gz");
+    let p = load_xml(&qos, &dir.0.join("taxonomy.xml.gz"), &dir.0.join("problem.xml")).unwrap();
+    assert_eq!(p.services[0].id().as_str(), "zipped");
+
+    // The plain file wins over its compressed twin.
+    dir.write("services.xml", &services.replace("zipped", "plain"));
+    assert_eq!(load_dir(&dir.0).unwrap().services[0].id().as_str(), "plain");
+
+    // A broken stream, text that is not UTF-8 and text past the bound are read errors naming
+    // the file as asked for.
+    std::fs::write(dir.0.join("problem.xml.gz"), b"\x1f\x8bnot gzip").unwrap();
+    check_error(load_dir(&dir.0), "problem.xml", &["cannot read"]);
+    std::fs::write(dir.0.join("latin1.xml.gz"), gzip(b"caf\xe9")).unwrap();
+    check_error(read(&dir.0.join("latin1.xml")), "latin1.xml", &["cannot read", "utf-8"]);
+    let taxonomy = dir.0.join("taxonomy.xml");
+    check_error(read_at_most(&taxonomy, 64), "taxonomy.xml", &["cannot read", "longer than 64 bytes"]);
+    std::fs::write(dir.0.join("taxonomy.xml"), TAXONOMY).unwrap();
+    assert_eq!(read_at_most(&taxonomy, TAXONOMY.len() as u64).unwrap(), TAXONOMY);
+    check_error(read_at_most(&taxonomy, TAXONOMY.len() as u64 - 1), "taxonomy.xml", &["longer than"]);
+}
+
 const OWL: &str = r##"<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#" xmlns:rdfs="http://www.w3.org/2000/01/rdf-schema#" xmlns:owl="http://www.w3.org/2002/07/owl#">
     <owl:Ontology rdf:about=""/>
     <owl:Thing rdf:ID="i1"><rdf:type rdf:resource="#doc"/></owl:Thing>
@@ -435,14 +475,14 @@ fn malformed_original_files_are_errors_naming_the_element() {
     check_error(load_dir(&dir.0), "Challenge.wsdl", &["describes several tasks, expected one"]);
 }
 
-/// A data set under the shared data folder (`../shared/data` from the project root).
+/// A data set under the repository's `data/` folder (gzip-compressed files).
 fn data(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data").join(path)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data").join(path)
 }
 
 #[test]
 fn the_real_sets_load_whole_with_the_published_counts() {
-    // (set, services, concepts): shared/data/README.md and the sets' SOURCE.md.
+    // (set, services, concepts): data/README.md.
     let sets = [
         ("wsc08/TESTSET/Set01MetaData", 158, 1540),
         ("wsc08/TESTSET/Set02MetaData", 558, 1565),
@@ -466,6 +506,30 @@ fn the_real_sets_load_whole_with_the_published_counts() {
         let with_qos = p.services.iter().filter(|s| s.qos().latency_p50_ms > 0.0).count();
         assert_eq!(with_qos, if set.starts_with("wsc09") { services } else { 0 }, "{set}");
     }
+}
+
+#[test]
+fn texts_parse_as_their_files_load() {
+    let dir = data("wsc08/TESTSET/Set01MetaData");
+    let text = |name: &str| read(&dir.join(name)).unwrap();
+    let parsed = parse_xml(&text("services.xml"), &text("taxonomy.xml"), &text("problem.xml")).unwrap();
+    let loaded = load_dir(&dir).unwrap();
+    assert_eq!(
+        (parsed.services, parsed.goal, parsed.known_solution),
+        (loaded.services, loaded.goal, loaded.known_solution)
+    );
+    check_error(parse_xml("", &text("taxonomy.xml"), &text("problem.xml")), "services.xml", &["not well-formed"]);
+
+    let dir = data("wsc09/example-wsla");
+    let text = |name: &str| read(&dir.join(name)).unwrap();
+    let wsla = text("Servicelevelagreements.wsla");
+    let parsed =
+        parse_wsdl(&text("Taxonomy.owl"), &text("Services.wsdl"), &text("Challenge.wsdl"), Some(&wsla)).unwrap();
+    let loaded = load_dir(&dir).unwrap();
+    assert_eq!((parsed.services, parsed.goal), (loaded.services, loaded.goal));
+    let without_qos = parse_wsdl(&text("Taxonomy.owl"), &text("Services.wsdl"), &text("Challenge.wsdl"), None);
+    assert!(without_qos.unwrap().services.iter().all(|s| s.qos() == &Qos::default()));
+    check_error(parse_wsdl("<x/>", "", "", None), "Taxonomy.owl", &["expected root element <RDF>"]);
 }
 
 #[test]

@@ -17,9 +17,23 @@ use super::{
 /// `services-output.xml` or `services-original.xml`, e.g. a WSC'08 set's taxonomy and problem
 /// with the QoS file of `wsc08/vuw-qos`.
 pub fn load_xml(services: &Path, taxonomy: &Path, problem: &Path) -> Result<WscProblem, Error> {
-    let concepts = parse_taxonomy(taxonomy, &read(taxonomy)?)?;
-    let services = parse_services(services, &read(services)?, &concepts)?;
-    let (goal, known_solution) = parse_problem(problem, &read(problem)?, &concepts)?;
+    let texts = [read(services)?, read(taxonomy)?, read(problem)?];
+    from_texts([services, taxonomy, problem], [&texts[0], &texts[1], &texts[2]])
+}
+
+/// [`load_xml`] on texts already read (errors name the files `services.xml`, `taxonomy.xml`
+/// and `problem.xml`).
+pub fn parse_xml(services: &str, taxonomy: &str, problem: &str) -> Result<WscProblem, Error> {
+    let paths = ["services.xml", "taxonomy.xml", "problem.xml"].map(Path::new);
+    from_texts(paths, [services, taxonomy, problem])
+}
+
+/// Parses the texts of `[services, taxonomy, problem]`, naming `paths` in errors.
+fn from_texts(paths: [&Path; 3], texts: [&str; 3]) -> Result<WscProblem, Error> {
+    let [services, taxonomy, problem] = paths;
+    let concepts = parse_taxonomy(taxonomy, texts[1])?;
+    let services = parse_services(services, texts[0], &concepts)?;
+    let (goal, known_solution) = parse_problem(problem, texts[2], &concepts)?;
     Ok(WscProblem { taxonomy: concepts.taxonomy, services, goal, known_solution })
 }
 

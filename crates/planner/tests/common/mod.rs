@@ -9,9 +9,9 @@ use std::path::PathBuf;
 
 use baton_planner::wsc::WscProblem;
 
-/// A path under the shared data folder (`../shared/data` from the project root).
+/// A path under the repository's `data/` folder (see its README for the sets' sources).
 pub(crate) fn repo_data(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data").join(path)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data").join(path)
 }
 
 /// True when a value of concept `have` satisfies `want`: `have` is `want` or below it, found

@@ -5,6 +5,8 @@
 //!
 //! A directory module, so that cargo does not build it as a test binary of its own.
 
+#![allow(clippy::print_stderr, reason = "the test logs its seed and rounds, to reproduce a failure")]
+
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Write};

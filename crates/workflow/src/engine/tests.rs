@@ -1,12 +1,15 @@
 use std::time::Duration;
 
-use baton_core::{ExecutionFilter, ExecutionState, IdempotencyKey, Order, PageRequest, TaskState, WorkflowName};
+use baton_core::{
+    EventSink, ExecutionFilter, ExecutionState, IdempotencyKey, Order, PageRequest, TaskState, WorkflowName,
+};
 use baton_store::MemoryStore;
 use futures_util::StreamExt;
 use serde_json::json;
 
 use super::*;
 use crate::FakeRunner;
+use crate::runner::RunRequest;
 
 const CHAIN: &str = r#"
 name: chain

@@ -12,6 +12,8 @@
 //! an `https://` URL; with `--tls-client-ca` too, callers must present a client certificate
 //! that chains to it.
 
+#![allow(clippy::print_stderr, reason = "a binary reports start-up failures on stderr")]
+
 use std::process::ExitCode;
 use std::time::Duration;
 

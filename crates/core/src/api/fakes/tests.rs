@@ -4,6 +4,7 @@ use futures_util::{FutureExt as _, StreamExt as _};
 use serde_json::json;
 
 use super::*;
+use crate::execution::TaskState;
 use crate::fakes::FakeClock;
 
 fn name(text: &str) -> WorkflowName {
@@ -178,7 +179,7 @@ fn listings_filter_and_page_by_keyset() {
     let newest = PageRequest { limit: 2, order: Order::NewestFirst, token: None };
     let first = list(ExecutionQuery::default(), newest.clone());
     assert_eq!(first.executions.iter().map(|e| e.id).collect::<Vec<_>>(), [ids[4], ids[3]]);
-    let second = list(ExecutionQuery::default(), PageRequest { token: first.next, ..newest.clone() });
+    let second = list(ExecutionQuery::default(), PageRequest { token: first.next, ..newest });
     assert_eq!(second.executions.iter().map(|e| e.id).collect::<Vec<_>>(), [ids[2], ids[1]]);
     let stopped =
         ExecutionQuery { states: vec![ExecutionState::Paused, ExecutionState::Cancelled], ..Default::default() };

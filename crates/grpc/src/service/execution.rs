@@ -1,0 +1,208 @@
+//! `baton.v1.ExecutionService` over any [`Executions`], with `WatchExecution` as a server
+//! stream.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use baton_core::api::{ExecutionQuery, StartExecution};
+use baton_core::{Executions, IdempotencyKey, Order, PageRequest, PageToken, TraceContext};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt as _};
+use tonic::{Request, Response, Status};
+
+use crate::convert::{
+    event_to_proto, execution_id, execution_state_from_proto, execution_summary_to_proto, execution_to_proto,
+    json_field, timestamp_from_proto, workflow_name,
+};
+use crate::error::api_status;
+use crate::limits::{Limits, Stopping, clamp, shutting_down};
+use crate::pb;
+
+/// The events of a `WatchExecution` call.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchExecutionResponse, Status>> + Send>>;
+
+/// The reason recorded when a cancel request gives none.
+const DEFAULT_CANCEL_REASON: &str = "cancelled by request";
+
+/// The execution service: converts, calls the executions port, converts back.
+#[derive(Clone)]
+pub struct ExecutionApi {
+    executions: Arc<dyn Executions>,
+    limits: Limits,
+    stopping: Stopping,
+}
+
+impl std::fmt::Debug for ExecutionApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecutionApi").field("limits", &self.limits).finish_non_exhaustive()
+    }
+}
+
+impl ExecutionApi {
+    /// Serves `executions` within `limits`.
+    pub fn new(executions: Arc<dyn Executions>, limits: Limits) -> Self {
+        Self { executions, limits, stopping: Stopping::never() }
+    }
+
+    /// Ends watch streams when `stopping` fires.
+    pub(crate) fn stopping(self, stopping: Stopping) -> Self {
+        Self { stopping, ..self }
+    }
+}
+
+/// Forwards events until the journal ends, the watcher goes away or the server stops.
+async fn forward(
+    mut events: WatchStream,
+    mut stopping: Stopping,
+    tx: mpsc::Sender<Result<pb::WatchExecutionResponse, Status>>,
+) {
+    loop {
+        let item = tokio::select! {
+            item = events.next() => item,
+            () = stopping.wait() => Some(Err(shutting_down())),
+            () = tx.closed() => return,
+        };
+        let Some(item) = item else { return };
+        let end = item.is_err();
+        if tx.send(item).await.is_err() || end {
+            return;
+        }
+    }
+}
+
+/// The caller's W3C trace context, from `traceparent` and `tracestate` metadata. One that does
+/// not parse is ignored, as the W3C specification asks: the execution starts its own trace.
+fn trace_context(metadata: &tonic::metadata::MetadataMap) -> Option<TraceContext> {
+    let text = |key: &str| metadata.get(key).and_then(|v| v.to_str().ok());
+    TraceContext::parse(text("traceparent")?, text("tracestate")).ok()
+}
+
+#[tonic::async_trait]
+impl pb::execution_service_server::ExecutionService for ExecutionApi {
+    type WatchExecutionStream = WatchStream;
+
+    async fn start_execution(
+        &self,
+        request: Request<pb::StartExecutionRequest>,
+    ) -> Result<Response<pb::StartExecutionResponse>, Status> {
+        let trace = trace_context(request.metadata());
+        let request = request.into_inner();
+        let workflow = workflow_name("workflow", &request.workflow)?;
+        if request.version == Some(0) {
+            return Err(crate::convert::invalid("version", "versions start at 1"));
+        }
+        let input = json_field("input_json", &request.input_json, serde_json::json!({}))?;
+        let idempotency_key = request
+            .idempotency_key
+            .map(|key| IdempotencyKey::new(&key).map_err(|e| Status::invalid_argument(e.to_string())))
+            .transpose()?;
+        let started = self
+            .executions
+            .start(StartExecution { workflow, version: request.version, input, idempotency_key, trace })
+            .await
+            .map_err(api_status)?;
+        Ok(Response::new(pb::StartExecutionResponse {
+            execution: Some(execution_to_proto(&started.execution)),
+            existing: started.existing,
+        }))
+    }
+
+    async fn get_execution(
+        &self,
+        request: Request<pb::GetExecutionRequest>,
+    ) -> Result<Response<pb::GetExecutionResponse>, Status> {
+        let id = execution_id("id", &request.into_inner().id)?;
+        let execution = self.executions.get(id).await.map_err(api_status)?;
+        Ok(Response::new(pb::GetExecutionResponse { execution: Some(execution_to_proto(&execution)) }))
+    }
+
+    async fn list_executions(
+        &self,
+        request: Request<pb::ListExecutionsRequest>,
+    ) -> Result<Response<pb::ListExecutionsResponse>, Status> {
+        let request = request.into_inner();
+        let workflow = match request.workflow.as_str() {
+            "" => None,
+            name => Some(workflow_name("workflow", name)?),
+        };
+        let states = request
+            .states
+            .iter()
+            .enumerate()
+            .map(|(i, &state)| execution_state_from_proto(&format!("states[{i}]"), state))
+            .collect::<Result<Vec<_>, _>>()?;
+        let query = ExecutionQuery {
+            workflow,
+            states,
+            created_from: request.created_after.map(|t| timestamp_from_proto("created_after", t)).transpose()?,
+            created_before: request.created_before.map(|t| timestamp_from_proto("created_before", t)).transpose()?,
+            id_prefix: match request.id_prefix.as_str() {
+                "" => None,
+                text => Some(baton_core::IdPrefix::new(text).map_err(|e| Status::invalid_argument(e.to_string()))?),
+            },
+        };
+        let token = match request.page_token.as_str() {
+            "" => None,
+            text => {
+                let token = PageToken::from_text(text.to_owned());
+                // Checked here so that every port refuses foreign tokens the same way.
+                token.position().map_err(|e| Status::invalid_argument(e.to_string()))?;
+                Some(token)
+            }
+        };
+        let limit = clamp(request.page_size, self.limits.default_page_size, self.limits.max_page_size);
+        let page = PageRequest { limit: u32::try_from(limit).unwrap_or(u32::MAX), order: Order::NewestFirst, token };
+        let page = self.executions.list(query.clone(), page).await.map_err(api_status)?;
+        Ok(Response::new(pb::ListExecutionsResponse {
+            // A port may filter several states only partly (see `ExecutionQuery::store_filter`).
+            executions: page.executions.iter().filter(|e| query.matches(e)).map(execution_summary_to_proto).collect(),
+            next_page_token: page.next.map(|t| t.as_str().to_owned()).unwrap_or_default(),
+        }))
+    }
+
+    async fn pause_execution(
+        &self,
+        request: Request<pb::PauseExecutionRequest>,
+    ) -> Result<Response<pb::PauseExecutionResponse>, Status> {
+        let id = execution_id("id", &request.into_inner().id)?;
+        let execution = self.executions.pause(id).await.map_err(api_status)?;
+        Ok(Response::new(pb::PauseExecutionResponse { execution: Some(execution_to_proto(&execution)) }))
+    }
+
+    async fn resume_execution(
+        &self,
+        request: Request<pb::ResumeExecutionRequest>,
+    ) -> Result<Response<pb::ResumeExecutionResponse>, Status> {
+        let id = execution_id("id", &request.into_inner().id)?;
+        let execution = self.executions.resume(id).await.map_err(api_status)?;
+        Ok(Response::new(pb::ResumeExecutionResponse { execution: Some(execution_to_proto(&execution)) }))
+    }
+
+    async fn cancel_execution(
+        &self,
+        request: Request<pb::CancelExecutionRequest>,
+    ) -> Result<Response<pb::CancelExecutionResponse>, Status> {
+        let request = request.into_inner();
+        let id = execution_id("id", &request.id)?;
+        let reason = if request.reason.trim().is_empty() { DEFAULT_CANCEL_REASON.to_owned() } else { request.reason };
+        let execution = self.executions.cancel(id, reason).await.map_err(api_status)?;
+        Ok(Response::new(pb::CancelExecutionResponse { execution: Some(execution_to_proto(&execution)) }))
+    }
+
+    async fn watch_execution(
+        &self,
+        request: Request<pb::WatchExecutionRequest>,
+    ) -> Result<Response<Self::WatchExecutionStream>, Status> {
+        let request = request.into_inner();
+        let id = execution_id("id", &request.id)?;
+        let events = self.executions.watch(id, request.from_sequence).await.map_err(api_status)?;
+        let events: WatchStream = Box::pin(events.map(|event| match event {
+            Ok(event) => Ok(pb::WatchExecutionResponse { event: Some(event_to_proto(&event)) }),
+            Err(error) => Err(api_status(error)),
+        }));
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(forward(events, self.stopping.clone(), tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx)) as WatchStream))
+    }
+}
