@@ -519,6 +519,48 @@ mod tests {
         assert!(error.to_string().contains("control character"), "{error}");
     }
 
+    /// Evaluates as the in-process evaluator does, keeping each batch it was asked.
+    #[derive(Debug, Default)]
+    struct Batches(std::sync::Mutex<Vec<Vec<String>>>);
+
+    impl Evaluator for Batches {
+        fn evaluate<'a>(
+            &'a self,
+            expressions: &'a [&'a Expression],
+            context: &'a Value,
+        ) -> crate::api::BoxFuture<'a, std::result::Result<Vec<Value>, EvalError>> {
+            self.0.lock().unwrap().push(expressions.iter().map(|e| e.source().to_owned()).collect());
+            let values = crate::expr::evaluate_all(expressions, context, crate::expr::DEFAULT_OUTPUT_BYTES);
+            Box::pin(std::future::ready(values))
+        }
+    }
+
+    #[test]
+    fn a_calls_jq_goes_to_the_evaluator_in_one_batch_and_its_paths_do_not() {
+        use futures_util::FutureExt as _;
+        let template = http(json!({
+            "method": "GET",
+            "path": "/items/${ .input.sku }/${ .input.sku | ascii_downcase }",
+            "query": {"n": "${ .input.items | length }", "page": "${ .input.page }"},
+            "headers": {"x-tenant": "${ .input.tenant + \"-eu\" }"},
+        }))
+        .unwrap();
+        let context = json!({"input": {"sku": "A/B", "items": [1, 2], "page": 3, "tenant": "acme"}});
+        let evaluator = Batches::default();
+        let call = template.render_with(&context, &evaluator).now_or_never().unwrap().unwrap();
+        assert_eq!(call, template.render(&context).unwrap(), "the same call either way");
+        let CallRequest::Http { path_and_query, headers, .. } = call else { panic!("an HTTP call") };
+        assert_eq!(path_and_query, "/items/A%2FB/a%2Fb?n=2&page=3");
+        assert_eq!(headers, [("x-tenant".to_owned(), "acme-eu".to_owned())]);
+        let batches = evaluator.0.lock().unwrap().clone();
+        assert_eq!(batches, [vec![".input.sku | ascii_downcase", ".input.items | length", ".input.tenant + \"-eu\""]]);
+
+        // Paths only: nothing is sent to the evaluator.
+        let paths = http(json!({"method": "GET", "path": "/items/${ .input.sku }"})).unwrap();
+        paths.render_with(&context, &evaluator).now_or_never().unwrap().unwrap();
+        assert_eq!(evaluator.0.lock().unwrap().len(), 1);
+    }
+
     #[test]
     fn grpc_methods_parse_package_service_and_method() {
         let method: GrpcMethod = "shop.v1.Inventory/Reserve".parse().unwrap();

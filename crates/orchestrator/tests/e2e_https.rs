@@ -2,7 +2,7 @@
 //! directory, and the example gRPC service for one step: the order workflow completes, the
 //! CLI's `--watch` names the services that answered, and the token's value appears in none of
 //! what a person or a script can see (logs, events, errors, metrics, service answers,
-//! `--output json`).
+//! `--output json`); the same token from a `BATON_SECRET_*` variable instead.
 
 mod support;
 
@@ -161,4 +161,42 @@ async fn the_order_workflow_runs_over_https_with_a_bearer_token_that_never_shows
     }
     let log = server.log_text();
     assert!(log.contains("services_ca"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_from_an_environment_variable_is_presented_and_never_shown() {
+    const ENV_TOKEN: &str = "tok-env-4d1c8e92a7-never-print-me";
+    let dir = tempfile::tempdir().unwrap();
+    // No --secrets-dir: the secret `shop-token` is found as BATON_SECRET_SHOP_TOKEN.
+    let server = ServerProcess::start_with_env(
+        &dir.path().join("data"),
+        &["--log-level", "debug"],
+        &[("BATON_SECRET_SHOP_TOKEN", ENV_TOKEN)],
+    )
+    .await;
+    let options = ServiceOptions {
+        baton: Some(server.url()),
+        bearer: Some(Bearer { secret: "shop-token".to_owned(), token: ENV_TOKEN.to_owned() }),
+        ..ServiceOptions::default()
+    };
+    let services = baton_examples::spawn_shop(&options).await.unwrap();
+    for service in &services {
+        tokio::time::timeout(Duration::from_secs(30), service.handle().registered()).await.unwrap();
+    }
+    let applied = cli(&server, &["workflow", "apply", "examples/workflows/order.yaml"]).await;
+    assert!(applied.status.success(), "{}", text(&applied));
+    let input = r#"{"sku": "book-1", "quantity": 1, "amount": 12.5}"#;
+    let done = cli(&server, &["--output", "json", "run", "order", "--input", input, "--wait"]).await;
+    assert!(done.status.success(), "the services took the token: {}", text(&done));
+    for service in &services {
+        assert_eq!(service.stats().effects, 1, "{} did its work once", service.id());
+    }
+    let mut seen = vec![text(&done)];
+    let listed = cli(&server, &["--output", "json", "exec", "list"]).await;
+    seen.push(text(&listed));
+    seen.push(scrape(server.metrics).await);
+    seen.push(server.log_text());
+    for (i, surface) in seen.iter().enumerate() {
+        assert!(!surface.contains(ENV_TOKEN), "surface {i} shows the token:\n{surface}");
+    }
 }
