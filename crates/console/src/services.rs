@@ -156,7 +156,13 @@ pub(crate) async fn page(State(console): State<Shared>, context: Context, Path(i
         };
     let activity = console.backends.activity.service(view.spec.id());
     let spec = &view.spec;
-    let definition = serde_json::to_value(spec.definition()).unwrap_or_default();
+    let mut definition = serde_json::to_value(spec.definition()).unwrap_or_default();
+    // A registered descriptor set is up to 1 MiB of base64: shown by its size, not its bytes.
+    if let Some(set) = definition.pointer_mut("/endpoint/descriptor_set")
+        && let Some(text) = set.as_str()
+    {
+        *set = serde_json::Value::String(format!("(a descriptor set, {} bytes of base64)", text.len()));
+    }
     let body = html! {
         dl.facts {
             dt { "Name" } dd.service-name { (spec.name()) }
