@@ -58,6 +58,9 @@ fn execution(workflow: &WorkflowName, n: usize, tasks: std::collections::BTreeMa
         created_at: at(n),
         updated_at: at(n),
         trace: None,
+        parent: None,
+        parked: None,
+        problem: None,
     }
 }
 
@@ -88,6 +91,9 @@ async fn fill(dir: &std::path::Path) -> ExecutionId {
                 error: None,
                 started_at: Some(at(EXECUTIONS + n)),
                 finished_at: Some(at(EXECUTIONS + n + 1)),
+                child: None,
+                due: None,
+                problem: None,
             };
             (step.clone(), status)
         })
@@ -98,7 +104,12 @@ async fn fill(dir: &std::path::Path) -> ExecutionId {
     let mut kinds = vec![EventKind::Started { input: serde_json::json!({}) }];
     for step in &steps {
         kinds.push(EventKind::TaskScheduled { step: step.clone(), attempt: 1, service: service.clone() });
-        kinds.push(EventKind::TaskSucceeded { step: step.clone(), attempt: 1, output: serde_json::json!({"v": 1}) });
+        kinds.push(EventKind::TaskSucceeded {
+            step: step.clone(),
+            attempt: 1,
+            output: serde_json::json!({"v": 1}),
+            context: None,
+        });
     }
     kinds.push(EventKind::Completed { output: serde_json::json!({"ok": true}) });
     let events = kinds

@@ -9,8 +9,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use crate::{cargo, display, fuzz, layering, run as run_cmd, standalone, table};
 
 /// Runs fmt, the typo check, the unused-dependency check, clippy, the dependency policy
-/// (`cargo deny`), tests, doc tests, docs and the layering check, then prints how long each
-/// took.
+/// (`cargo deny`), tests (then shows the conformance kit's report), doc tests, docs and the
+/// layering check, then prints how long each took.
 pub(crate) fn run(root: &Path) -> Result<()> {
     let mut ci = Ci { timings: Vec::new() };
 
@@ -32,12 +32,25 @@ pub(crate) fn run(root: &Path) -> Result<()> {
     // of reach, and advisories are not what it checks). Policy in deny.toml.
     ci.step("deny", tool_step(root, DENY, &["--offline", "check", "licenses", "bans", "sources"]))?;
 
+    // The conformance kit's runner (crates/orchestrator/tests/ctk.rs) writes its report; a
+    // report left from an earlier run must not stand in for this one.
+    let ctk_report = target_dir(root).join("tmp").join("ctk-report.txt");
+    let _ = std::fs::remove_file(&ctk_report);
     let tests = if nextest_available(root) {
         cargo_step(root, &["nextest", "run", "--workspace", "--all-features", "--no-fail-fast"])
     } else {
         cargo_step(root, &["test", "--workspace", "--all-features"])
     };
     ci.step("test", tests)?;
+    ci.step(
+        "ctk",
+        Step::Check(Box::new(|| {
+            let report = std::fs::read_to_string(&ctk_report)
+                .map_err(|e| anyhow!("no conformance report at {} ({e})", ctk_report.display()))?;
+            print!("{report}");
+            Ok(())
+        })),
+    )?;
     // nextest does not run doc tests; plain `cargo test` does, but running them again alone
     // keeps the two paths the same.
     ci.step("doctest", cargo_step(root, &["test", "--workspace", "--all-features", "--doc"]))?;
@@ -143,6 +156,11 @@ fn cargo_step<'a>(root: &Path, args: &[&str]) -> Step<'a> {
     let mut cmd = cargo(root);
     cmd.args(args);
     Step::Command(cmd)
+}
+
+/// Where cargo builds: `CARGO_TARGET_DIR`, else `target` under the workspace.
+fn target_dir(root: &Path) -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), std::path::PathBuf::from)
 }
 
 fn nextest_available(root: &Path) -> bool {

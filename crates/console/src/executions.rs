@@ -291,7 +291,7 @@ fn live_regions(context: &Context, loaded: &Loaded) -> Markup {
                     @let graph = crate::workflows::definition_graph(definition, Some(&e.tasks));
                     div.graph-box { (graph.svg(&format!("Steps of execution {}", e.id), &|_| None)) }
                     ul.legend aria-label="Step states" {
-                        @for state in ["pending", "scheduled", "running", "succeeded", "failed", "skipped", "cancelled"] {
+                        @for state in ["pending", "scheduled", "running", "waiting", "succeeded", "failed", "skipped", "cancelled"] {
                             li { span class=(format!("swatch state-{state}")) {} (state) }
                         }
                     }
@@ -355,6 +355,16 @@ fn actions(context: &Context, e: &Execution) -> Markup {
                         input type="hidden" name="csrf" value=(context.csrf);
                         button #resume type="submit" { "Resume" }
                     }
+                }
+                form.signal method="post" action=(format!("/executions/{}/signal", e.id)) data-json-form {
+                    input type="hidden" name="csrf" value=(context.csrf);
+                    label for="signal-name" { "Signal" }
+                    input #signal-name type="text" name="name" required maxlength="128"
+                        pattern="[A-Za-z0-9._:/\\-]+" placeholder="approve";
+                    label for="signal-data" { "Data (JSON, optional)" }
+                    textarea #signal-data name="data" rows="2" spellcheck="false" data-json aria-describedby="signal-data-error" {}
+                    p #signal-data-error .field-error aria-live="polite" {}
+                    button #signal type="submit" { "Send signal" }
                 }
                 form.cancel method="post" action=(format!("/executions/{}/cancel", e.id))
                     data-confirm="Cancel this execution? Its steps stop for good; it cannot be resumed." {
@@ -468,6 +478,12 @@ pub(crate) struct ActionForm {
     csrf: String,
     #[serde(default)]
     reason: String,
+    /// A signal's name.
+    #[serde(default)]
+    name: String,
+    /// A signal's data, JSON; empty is null.
+    #[serde(default)]
+    data: String,
 }
 
 async fn act(
@@ -483,6 +499,15 @@ async fn act(
     match action {
         "pause" => executions.pause(id).await?,
         "resume" => executions.resume(id).await?,
+        "signal" => {
+            let data = match form.data.trim() {
+                "" => serde_json::Value::Null,
+                text => {
+                    serde_json::from_str(text).map_err(|e| PageError::bad_request(format!("data: not JSON: {e}")))?
+                }
+            };
+            executions.signal(id, form.name.trim().to_owned(), data).await?
+        }
         _ => {
             let reason = form.reason.trim();
             if reason.is_empty() {
@@ -535,4 +560,13 @@ pub(crate) async fn cancel(
     Form(f): Form<ActionForm>,
 ) -> Response {
     action_response(c, context, id, f, "cancel").await
+}
+
+pub(crate) async fn signal(
+    State(c): State<Shared>,
+    context: Context,
+    Path(id): Path<String>,
+    Form(f): Form<ActionForm>,
+) -> Response {
+    action_response(c, context, id, f, "signal").await
 }

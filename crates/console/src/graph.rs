@@ -4,8 +4,8 @@
 //! (coloured by CSS class), dependency and data edges, and levels from left to right (given
 //! for plans, the longest path from a root for workflows). Within a level, nodes are ordered
 //! by the barycentre of their neighbours, a few sweeps each way, which keeps edges short and
-//! crossings few for the DAGs workflows have. [`NodeKind`] leaves room for control-flow
-//! constructs, which will draw as their own shapes.
+//! crossings few for the DAGs workflows have. [`NodeKind`] draws control-flow constructs
+//! as their own shapes, with the steps nested in them linked by containment edges.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -24,11 +24,72 @@ const LABEL_CHARS: usize = 22;
 /// Barycentre sweeps, down and up.
 const SWEEPS: usize = 4;
 
-/// What a node stands for; each kind has its shape.
+/// What a node stands for; each kind has its shape (a CSS class `kind-<name>` and a glyph
+/// before its label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeKind {
     /// A workflow step or plan task: a call of one service.
     Call,
+    /// `set`: a value computed in place.
+    Set,
+    /// `steps`: a nested block.
+    Block,
+    /// `switch`: a branch on data.
+    Switch,
+    /// `for`, `while`, `until`.
+    Loop,
+    /// `fork`: branches in parallel.
+    Fork,
+    /// `try` with `catch`.
+    Try,
+    /// `raise`: a typed error.
+    Raise,
+    /// `wait`: a durable timer.
+    Wait,
+    /// `listen`: waits for a signal.
+    Listen,
+    /// `emit`: publishes an event.
+    Emit,
+    /// `workflow`: a child execution.
+    Workflow,
+}
+
+impl NodeKind {
+    /// The kind's name, as in the workflow format.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Call => "call",
+            Self::Set => "set",
+            Self::Block => "steps",
+            Self::Switch => "switch",
+            Self::Loop => "loop",
+            Self::Fork => "fork",
+            Self::Try => "try",
+            Self::Raise => "raise",
+            Self::Wait => "wait",
+            Self::Listen => "listen",
+            Self::Emit => "emit",
+            Self::Workflow => "workflow",
+        }
+    }
+
+    /// Drawn before the label so that the kind reads without colour.
+    fn glyph(self) -> &'static str {
+        match self {
+            Self::Call => "",
+            Self::Set => "= ",
+            Self::Block => "▤ ",
+            Self::Switch => "◇ ",
+            Self::Loop => "↻ ",
+            Self::Fork => "⑂ ",
+            Self::Try => "⚑ ",
+            Self::Raise => "✕ ",
+            Self::Wait => "◷ ",
+            Self::Listen => "✉ ",
+            Self::Emit => "↗ ",
+            Self::Workflow => "⧉ ",
+        }
+    }
 }
 
 /// One node.
@@ -51,6 +112,8 @@ pub enum EdgeKind {
     Dependency,
     /// The node reads the other's output.
     Data,
+    /// The node is a step nested in the other (a block, case, branch or loop body).
+    Contains,
 }
 
 /// A graph to lay out.
@@ -169,6 +232,7 @@ impl Graph {
             let class = match kind {
                 EdgeKind::Dependency => "edge",
                 EdgeKind::Data => "edge edge-data",
+                EdgeKind::Contains => "edge edge-contains",
             };
             let _ = write!(
                 edges,
@@ -190,8 +254,8 @@ impl Graph {
                 @for (index, node) in self.nodes.iter().enumerate() {
                     @let (x, y) = position(index);
                     @let class = match &node.state {
-                        Some(state) => format!("node state-{state}"),
-                        None => "node".to_owned(),
+                        Some(state) => format!("node kind-{} state-{state}", node.kind.name()),
+                        None => format!("node kind-{}", node.kind.name()),
                     };
                     @let tip = match &node.state {
                         Some(state) => format!("{} ({}): {state}", node.id, node.detail),
@@ -199,8 +263,8 @@ impl Graph {
                     };
                     @let body = html! {
                         title { (tip) }
-                        rect x=(format!("{x:.1}")) y=(format!("{y:.1}")) width=(NODE_WIDTH) height=(NODE_HEIGHT) rx="6" {}
-                        text.node-label x=(format!("{:.1}", x + 10.0)) y=(format!("{:.1}", y + 19.0)) { (cut(&node.id)) }
+                        rect x=(format!("{x:.1}")) y=(format!("{y:.1}")) width=(NODE_WIDTH) height=(NODE_HEIGHT) rx=(if node.kind == NodeKind::Call { "6" } else { "16" }) {}
+                        text.node-label x=(format!("{:.1}", x + 10.0)) y=(format!("{:.1}", y + 19.0)) { (node.kind.glyph()) (cut(&node.id)) }
                         text.node-detail x=(format!("{:.1}", x + 10.0)) y=(format!("{:.1}", y + 35.0)) { (cut(&node.detail)) }
                     };
                     @match href(node) {
@@ -305,7 +369,7 @@ mod tests {
         g.nodes[0].detail = "<img src=x onerror=alert(1)>".to_owned();
         g.nodes[0].state = Some("succeeded".to_owned());
         let svg = g.svg("steps", &|_| None).into_string();
-        assert!(svg.contains(r#"class="node state-succeeded""#), "{svg}");
+        assert!(svg.contains(r#"class="node kind-call state-succeeded""#), "{svg}");
         assert!(svg.contains("&lt;img src=x"), "{svg}");
         assert!(!svg.contains("<img"), "{svg}");
     }

@@ -107,6 +107,7 @@ pub fn router(config: Config, backends: Backends, stopping: watch::Receiver<bool
         .route("/executions/{id}/pause", post(executions::pause))
         .route("/executions/{id}/resume", post(executions::resume))
         .route("/executions/{id}/cancel", post(executions::cancel))
+        .route("/executions/{id}/signal", post(executions::signal))
         .route("/planner", get(planner::form).post(planner::plan))
         .route("/planner/run", post(planner::run))
         .route("/logout", post(auth::logout))

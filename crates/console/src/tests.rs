@@ -167,6 +167,22 @@ async fn starting_needs_the_csrf_token_and_shows_errors_verbatim() {
         .unwrap();
     assert_eq!(h.send(cross_site).await.status, StatusCode::FORBIDDEN);
     let id = location.rsplit('/').next().unwrap();
+    // A signal is sent with its data; data that is not JSON and a bad name are refused, named.
+    let signalled = h
+        .post(
+            &format!("/executions/{id}/signal"),
+            &csrf_cookie(),
+            &format!("csrf={CSRF}&name=approve&data={}", encode(r#"{"by":"ann"}"#)),
+        )
+        .await;
+    assert_eq!(signalled.status, StatusCode::SEE_OTHER, "{}", signalled.body);
+    let page = h.get(&location, &csrf_cookie()).await;
+    assert!(page.body.contains("signal received") && page.body.contains(">approve<"), "{}", page.body);
+    let not_json = h
+        .post(&format!("/executions/{id}/signal"), &csrf_cookie(), &format!("csrf={CSRF}&name=approve&data=%7Bno"))
+        .await;
+    assert_eq!(not_json.status, StatusCode::BAD_REQUEST);
+    assert!(not_json.body.contains("data: not JSON"), "{}", not_json.body);
     let cancelled =
         h.post(&format!("/executions/{id}/cancel"), &csrf_cookie(), &format!("csrf={CSRF}&reason=<oops>")).await;
     assert_eq!(cancelled.status, StatusCode::SEE_OTHER, "{}", cancelled.body);

@@ -114,6 +114,7 @@ pub(crate) fn task_state_name(state: TaskState) -> &'static str {
         TaskState::Failed => "failed",
         TaskState::Skipped => "skipped",
         TaskState::Cancelled => "cancelled",
+        TaskState::Waiting => "waiting",
     }
 }
 
@@ -226,6 +227,29 @@ pub(crate) fn attempts(events: &[Event]) -> Vec<Attempt> {
                     outcome: "running",
                 });
             }
+            // A durable timer and a child execution have no attempt: their task ends at 0.
+            EventKind::TimerStarted { step, due } => {
+                open.insert((step.to_string(), 0), attempts.len());
+                attempts.push(Attempt {
+                    step: step.to_string(),
+                    attempt: 0,
+                    service: format!("timer until {}", due.format("%H:%M:%S")),
+                    start: event.at,
+                    end: None,
+                    outcome: "running",
+                });
+            }
+            EventKind::ChildStarted { step, child } => {
+                open.insert((step.to_string(), 0), attempts.len());
+                attempts.push(Attempt {
+                    step: step.to_string(),
+                    attempt: 0,
+                    service: format!("child {child}"),
+                    start: event.at,
+                    end: None,
+                    outcome: "running",
+                });
+            }
             EventKind::TaskSucceeded { step, attempt, .. } | EventKind::TaskFailed { step, attempt, .. } => {
                 if let Some(&index) = open.get(&(step.to_string(), *attempt)) {
                     let a = &mut attempts[index];
@@ -297,7 +321,7 @@ pub(crate) fn event_summary(kind: &EventKind) -> (&'static str, String) {
             ("task scheduled", format!("{step} attempt {attempt} on {service}"))
         }
         EventKind::TaskSucceeded { step, attempt, .. } => ("task succeeded", format!("{step} attempt {attempt}")),
-        EventKind::TaskFailed { step, attempt, error, retryable } => (
+        EventKind::TaskFailed { step, attempt, error, retryable, .. } => (
             "task failed",
             format!("{step} attempt {attempt}{}: {error}", if *retryable { " (retryable)" } else { "" }),
         ),
@@ -306,8 +330,20 @@ pub(crate) fn event_summary(kind: &EventKind) -> (&'static str, String) {
         EventKind::Resumed => ("resumed", String::new()),
         EventKind::Cancelled { reason } => ("cancelled", reason.clone()),
         EventKind::Completed { .. } => ("completed", String::new()),
-        EventKind::Failed { error } => ("failed", error.clone()),
+        EventKind::Failed { error, .. } => ("failed", error.clone()),
+        EventKind::TimerStarted { step, due } => {
+            ("timer started", format!("{step} until {}", due.format("%Y-%m-%d %H:%M:%S UTC")))
+        }
+        EventKind::SignalReceived { name, .. } => ("signal received", name.clone()),
+        EventKind::SignalConsumed { step, signals, .. } => {
+            ("signal consumed", format!("{step} took signal {}", join_numbers(signals)))
+        }
+        EventKind::ChildStarted { step, child } => ("child started", format!("{step}: {child}")),
     }
+}
+
+fn join_numbers(numbers: &[u64]) -> String {
+    numbers.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 
 #[cfg(test)]
@@ -323,9 +359,18 @@ mod tests {
         let step = StepId::new("pay").unwrap();
         let kinds = [
             (0, EventKind::TaskScheduled { step: step.clone(), attempt: 1, service: ServiceId::new("a").unwrap() }),
-            (5, EventKind::TaskFailed { step: step.clone(), attempt: 1, error: "x".into(), retryable: true }),
+            (
+                5,
+                EventKind::TaskFailed {
+                    step: step.clone(),
+                    attempt: 1,
+                    error: "x".into(),
+                    retryable: true,
+                    problem: None,
+                },
+            ),
             (7, EventKind::TaskScheduled { step: step.clone(), attempt: 2, service: ServiceId::new("b").unwrap() }),
-            (9, EventKind::TaskSucceeded { step, attempt: 2, output: serde_json::json!({}) }),
+            (9, EventKind::TaskSucceeded { step, attempt: 2, output: serde_json::json!({}), context: None }),
         ];
         let events: Vec<Event> = kinds
             .into_iter()

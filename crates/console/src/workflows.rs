@@ -7,7 +7,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use baton_core::api::DefinitionQuery;
-use baton_core::{StepId, StepTarget, TaskStatus, Template, WorkflowDefinition, WorkflowName};
+use baton_core::{
+    Step, StepAction, StepId, StepTarget, TaskStatus, Template, WaitSpec, WorkflowDefinition, WorkflowName,
+};
 use maud::{Markup, html};
 use serde::Deserialize;
 
@@ -60,40 +62,95 @@ pub(crate) async fn list(State(console): State<Shared>, context: Context, Query(
     view::page(&context, StatusCode::OK, "Workflows", Some(Section::Workflows), body)
 }
 
-/// The graph of a definition's steps; with `tasks`, coloured by their states and labelled with
-/// the service that answered.
+/// The graph of a definition's steps, nested blocks included (their nodes are named by the
+/// task paths the executor journals, a loop's body by `*` for any iteration); with `tasks`,
+/// coloured by their states and labelled with the service that answered.
 pub(crate) fn definition_graph(definition: &WorkflowDefinition, tasks: Option<&BTreeMap<StepId, TaskStatus>>) -> Graph {
-    let nodes = definition
-        .steps
-        .iter()
-        .map(|step| {
-            let task = tasks.and_then(|t| t.get(&step.id));
-            let target = match &step.target {
-                StepTarget::Service { id, .. } => id.to_string(),
-                StepTarget::Query(requirements) => format!("any {}", requirements.capabilities.join(", ")),
-            };
-            let detail = task.and_then(|t| t.service.as_ref()).map_or(target, ToString::to_string);
-            Node {
-                id: step.id.to_string(),
-                detail,
-                state: task.map(|t| view::task_state_name(t.state).to_owned()),
-                kind: NodeKind::Call,
-            }
-        })
-        .collect();
-    let mut graph = Graph { nodes, ..Graph::default() };
-    for step in &definition.steps {
+    let mut graph = Graph::default();
+    add_block(&mut graph, None, &definition.steps, tasks);
+    graph
+}
+
+/// Adds `steps` under `prefix` (none for the top level), their dependency and data edges, and
+/// a containment edge from `parent` to each.
+fn add_block(graph: &mut Graph, prefix: Option<&str>, steps: &[Step], tasks: Option<&BTreeMap<StepId, TaskStatus>>) {
+    let path = |id: &str| prefix.map_or_else(|| id.to_owned(), |p| format!("{p}/{id}"));
+    for step in steps {
+        let id = path(step.id.as_str());
+        let task = tasks.and_then(|t| StepId::new(&id).ok().and_then(|key| t.get(&key)));
+        let (kind, described) = describe(&step.action);
+        let detail = task.and_then(|t| t.service.as_ref()).map_or(described, ToString::to_string);
+        graph.nodes.push(Node { id, detail, state: task.map(|t| view::task_state_name(t.state).to_owned()), kind });
+    }
+    for step in steps {
+        let id = path(step.id.as_str());
         for dependency in &step.depends_on {
-            graph.connect(dependency.as_str(), step.id.as_str(), EdgeKind::Dependency);
+            graph.connect(&path(dependency.as_str()), &id, EdgeKind::Dependency);
         }
         // The definition was checked when applied, so its templates compile.
-        if let Ok(template) = Template::compile("input", &step.input) {
+        if let Some(input) = step.input()
+            && let Ok(template) = Template::compile("input", input)
+        {
             for read in template.referenced_steps() {
-                graph.connect(&read, step.id.as_str(), EdgeKind::Data);
+                graph.connect(&path(&read), &id, EdgeKind::Data);
+            }
+        }
+        let blocks: Vec<(String, &[Step])> = match &step.action {
+            StepAction::Do(inner) => vec![(id.clone(), inner.as_slice())],
+            StepAction::For(_, inner) | StepAction::Repeat(_, inner) => vec![(format!("{id}/*"), inner.as_slice())],
+            StepAction::Switch(cases) => cases
+                .iter()
+                .enumerate()
+                .map(|(i, case)| {
+                    let name = case.name.as_ref().map_or_else(|| i.to_string(), ToString::to_string);
+                    (format!("{id}/{name}"), case.steps.as_slice())
+                })
+                .collect(),
+            StepAction::Fork(fork) => {
+                fork.branches.iter().map(|b| (format!("{id}/{}", b.name), b.steps.as_slice())).collect()
+            }
+            StepAction::Try(body, catch) => {
+                vec![(format!("{id}/try"), body.as_slice()), (format!("{id}/catch"), catch.steps.as_slice())]
+            }
+            _ => Vec::new(),
+        };
+        for (inner_prefix, inner) in blocks {
+            add_block(graph, Some(&inner_prefix), inner, tasks);
+            for nested in inner.iter().filter(|s| s.depends_on.is_empty()) {
+                graph.connect(&id, &format!("{inner_prefix}/{}", nested.id), EdgeKind::Contains);
             }
         }
     }
-    graph
+}
+
+/// A step's node kind and the second line of its node.
+fn describe(action: &StepAction) -> (NodeKind, String) {
+    match action {
+        StepAction::Call { target: StepTarget::Service { id, .. }, .. } => (NodeKind::Call, id.to_string()),
+        StepAction::Call { target: StepTarget::Query(requirements), .. } => {
+            (NodeKind::Call, format!("any {}", requirements.capabilities.join(", ")))
+        }
+        StepAction::Set(_) => (NodeKind::Set, "set".to_owned()),
+        StepAction::Do(steps) => (NodeKind::Block, format!("do {} steps", steps.len())),
+        StepAction::Switch(cases) => (NodeKind::Switch, format!("switch, {} cases", cases.len())),
+        StepAction::For(spec, _) => (NodeKind::Loop, format!("for each {}", spec.items)),
+        StepAction::Repeat(spec, _) => {
+            (NodeKind::Loop, format!("{} {}", if spec.until { "until" } else { "while" }, spec.condition))
+        }
+        StepAction::Fork(fork) => (
+            NodeKind::Fork,
+            format!("fork {} branches{}", fork.branches.len(), if fork.compete { ", compete" } else { "" }),
+        ),
+        StepAction::Try(..) => (NodeKind::Try, "try / catch".to_owned()),
+        StepAction::Raise(raise) => (NodeKind::Raise, format!("raise {}", raise.kind)),
+        StepAction::Wait(WaitSpec::For(duration)) => {
+            (NodeKind::Wait, format!("wait {}", baton_core::duration::format(*duration)))
+        }
+        StepAction::Wait(WaitSpec::Until(at)) => (NodeKind::Wait, format!("wait until {at}")),
+        StepAction::Listen(listen) => (NodeKind::Listen, format!("listen {}", listen.signals.join(", "))),
+        StepAction::Emit(_) => (NodeKind::Emit, "emit".to_owned()),
+        StepAction::Workflow(child) => (NodeKind::Workflow, format!("workflow {}", child.name)),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -211,5 +268,62 @@ pub(crate) fn start_form(context: &Context, name: &WorkflowName, version: u32) -
             input #idempotency_key type="text" name="idempotency_key" maxlength="256";
             button type="submit" { "Start execution" }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use baton_core::{StepId, TaskState, TaskStatus};
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn control_flow_draws_as_its_own_kinds_with_nested_steps_named_by_their_paths() {
+        let definition: WorkflowDefinition = serde_json::from_value(json!({
+            "name": "route",
+            "steps": [
+                {"id": "route", "switch": [
+                    {"name": "express", "when": "${ .input.fast }", "steps": [{"id": "ship", "service": "express"}]},
+                    {"name": "ground", "steps": [{"id": "ship", "service": "ground"}]}
+                ]},
+                {"id": "lines", "for": {"in": "${ .input.lines }"}, "depends_on": ["route"],
+                 "steps": [{"id": "charge", "service": "pay"}]},
+                {"id": "pause", "wait": "1h", "depends_on": ["lines"]}
+            ]
+        }))
+        .unwrap();
+        let mut tasks = BTreeMap::new();
+        let mut status = |path: &str, state| {
+            tasks.insert(StepId::new(path).unwrap(), TaskStatus { state, ..TaskStatus::default() });
+        };
+        status("route", TaskState::Succeeded);
+        status("route/express/ship", TaskState::Succeeded);
+        status("pause", TaskState::Waiting);
+        let graph = definition_graph(&definition, Some(&tasks));
+        let nodes: Vec<(&str, NodeKind, Option<&str>)> =
+            graph.nodes.iter().map(|n| (n.id.as_str(), n.kind, n.state.as_deref())).collect();
+        assert_eq!(
+            nodes,
+            [
+                ("route", NodeKind::Switch, Some("succeeded")),
+                ("lines", NodeKind::Loop, None),
+                ("pause", NodeKind::Wait, Some("waiting")),
+                ("route/express/ship", NodeKind::Call, Some("succeeded")),
+                ("route/ground/ship", NodeKind::Call, None),
+                ("lines/*/charge", NodeKind::Call, None),
+            ]
+        );
+        let edge = |from: &str, to: &str| {
+            let at = |id: &str| graph.nodes.iter().position(|n| n.id == id).unwrap();
+            graph.edges.iter().find(|e| (e.0, e.1) == (at(from), at(to))).map(|e| e.2)
+        };
+        assert_eq!(edge("route", "route/ground/ship"), Some(EdgeKind::Contains));
+        assert_eq!(edge("route", "lines"), Some(EdgeKind::Dependency));
+        assert_eq!(edge("lines", "lines/*/charge"), Some(EdgeKind::Contains));
+        let svg = graph.svg("steps", &|_| None).into_string();
+        assert!(svg.contains(r#"class="node kind-switch state-succeeded""#), "{svg}");
+        assert!(svg.contains("◇ route"), "{svg}");
+        assert!(svg.contains("wait 1h"), "{svg}");
     }
 }

@@ -405,6 +405,13 @@ pub trait Executions: Send + Sync + 'static {
     /// execution.
     fn watch(&self, id: ExecutionId, from_sequence: u64) -> BoxFuture<'_, ApiResult<EventStream>>;
 
+    /// Sends the signal `name` with `data` to a running or paused execution: journaled at once,
+    /// consumed by the first `listen` task waiting for the name (now or later), each signal
+    /// once. Answers with the execution after the signal is journaled.
+    /// [`ApiError::FailedPrecondition`] once the execution has ended; [`ApiError::InvalidArgument`]
+    /// for a bad name, data over the size limit, or too many unconsumed signals.
+    fn signal(&self, id: ExecutionId, name: String, data: Value) -> BoxFuture<'_, ApiResult<Execution>>;
+
     /// The events journaled so far from `from_sequence` on (0 and 1 both mean from the start),
     /// without waiting for more. [`ApiError::NotFound`] for an unknown execution.
     fn journal(&self, id: ExecutionId, from_sequence: u64) -> BoxFuture<'_, ApiResult<Vec<Event>>>;

@@ -249,8 +249,20 @@ pub enum CallRequest {
 
 impl CallTemplate {
     /// Compiles `call`, the call of the step at `place` (`steps.<id>`); `has_input` tells
-    /// whether the step has a body to send.
+    /// whether the step has a body to send. Its expressions read no variables.
     pub fn compile(place: &str, call: &StepCall, has_input: bool) -> Result<Self> {
+        Self::compile_by(place, call, has_input, &mut |place, value| Template::compile(place, value))
+    }
+
+    /// Compiles `call` as [`CallTemplate::compile`] does, each value through `template`
+    /// (given its place and value): for a compiler that binds variables and counts
+    /// expressions as it compiles a step's other templates.
+    pub fn compile_by<E: From<Error>>(
+        place: &str,
+        call: &StepCall,
+        has_input: bool,
+        template: &mut dyn FnMut(&str, &Value) -> Result<Template, E>,
+    ) -> Result<Self, E> {
         match call {
             StepCall::Http(http) => {
                 let place = format!("{place}.http");
@@ -259,38 +271,43 @@ impl CallTemplate {
                         format!("{place}.method"),
                         http.method,
                         "sends no body, so the step may have no input (use query)",
-                    ));
+                    )
+                    .into());
                 }
                 let path = match &http.path {
                     None => None,
                     Some(path) => {
                         check_path(&format!("{place}.path"), path)?;
-                        Some(Template::compile(&format!("{place}.path"), &Value::String(path.clone()))?)
+                        Some(template(&format!("{place}.path"), &Value::String(path.clone()))?)
                     }
                 };
                 let mut query = Vec::with_capacity(http.query.len());
                 for (name, value) in &http.query {
                     if name.is_empty() {
-                        return Err(Error::invalid(format!("{place}.query"), name, "a parameter needs a name"));
+                        return Err(Error::invalid(format!("{place}.query"), name, "a parameter needs a name").into());
                     }
-                    query.push((name.clone(), Template::compile(&format!("{place}.query.{name}"), value)?));
+                    query.push((name.clone(), template(&format!("{place}.query.{name}"), value)?));
                 }
-                let headers = compile_headers(&format!("{place}.headers"), &http.headers)?;
+                let headers = compile_headers(&format!("{place}.headers"), &http.headers, template)?;
                 Ok(Self::Http { method: http.method, path, query, headers, output: http.output })
             }
             StepCall::Grpc(grpc) => {
                 let place = format!("{place}.grpc.metadata");
                 for name in grpc.metadata.keys() {
                     if name.ends_with("-bin") {
-                        return Err(Error::invalid(&place, name, "binary metadata cannot be written as text"));
+                        return Err(Error::invalid(&place, name, "binary metadata cannot be written as text").into());
                     }
                 }
-                Ok(Self::Grpc { method: grpc.method.clone(), metadata: compile_headers(&place, &grpc.metadata)? })
+                Ok(Self::Grpc {
+                    method: grpc.method.clone(),
+                    metadata: compile_headers(&place, &grpc.metadata, template)?,
+                })
             }
         }
     }
 
-    fn templates(&self) -> impl Iterator<Item = &Template> {
+    /// Its templates: the path, then query parameters, then headers or metadata.
+    pub fn templates(&self) -> impl Iterator<Item = &Template> {
         let (path, pairs): (Option<&Template>, Vec<&(String, Template)>) = match self {
             Self::Http { path, query, headers, .. } => (path.as_ref(), query.iter().chain(headers).collect()),
             Self::Grpc { metadata, .. } => (None, metadata.iter().collect()),
@@ -308,21 +325,48 @@ impl CallTemplate {
         self.templates().all(|t| t.expressions().is_empty())
     }
 
+    /// True when rendering may read variables: only then do callers need to bind them.
+    pub fn needs_variables(&self) -> bool {
+        self.templates().any(Template::needs_variables)
+    }
+
+    /// True when some expression needs jq, so an [`Evaluator`].
+    pub fn uses_jaq(&self) -> bool {
+        self.templates().any(Template::uses_jaq)
+    }
+
     /// Renders it against `context`, running any jq on this thread, unbounded: for a call
     /// without expressions, and tests. Calls of a run render with [`CallTemplate::render_with`].
     pub fn render(&self, context: &Value) -> Result<CallRequest, EvalError> {
-        self.render_by(&mut |e: &Expression| e.eval(context))
+        self.render_vars(context, &[])
+    }
+
+    /// Renders it against `context` with `values` bound to its variables, running any jq on
+    /// this thread, unbounded.
+    pub fn render_vars(&self, context: &Value, values: &[Value]) -> Result<CallRequest, EvalError> {
+        self.render_by(&mut |e: &Expression| e.eval_with(context, values))
     }
 
     /// Renders it against `context`: plain paths here, every other expression of all its
     /// templates on `evaluator`, in one evaluation, as a step's input is rendered.
     pub async fn render_with(&self, context: &Value, evaluator: &dyn Evaluator) -> Result<CallRequest, EvalError> {
+        self.render_bounded(context, &[], evaluator).await
+    }
+
+    /// [`CallTemplate::render_with`], with `values` bound to the expressions' variables.
+    pub async fn render_bounded(
+        &self,
+        context: &Value,
+        values: &[Value],
+        evaluator: &dyn Evaluator,
+    ) -> Result<CallRequest, EvalError> {
         let jaq: Vec<&Expression> =
             self.templates().flat_map(Template::expressions).filter(|e| !e.is_plain_path()).collect();
         if jaq.is_empty() {
-            return self.render(context);
+            return self.render_vars(context, values);
         }
-        let values = evaluator.evaluate(&jaq, context).await?;
+        let bound = values;
+        let values = evaluator.evaluate(&jaq, context, bound).await?;
         if values.len() != jaq.len() {
             let reason = format!("got {} values from the evaluator for {} expressions", values.len(), jaq.len());
             return Err(EvalError::failed(jaq[0].source(), reason));
@@ -330,7 +374,7 @@ impl CallTemplate {
         let mut values = values.into_iter();
         self.render_by(&mut |e: &Expression| {
             if e.is_plain_path() {
-                e.eval(context)
+                e.eval_with(context, bound)
             } else {
                 Ok(values.next().expect("a value per expression, counted"))
             }
@@ -383,14 +427,18 @@ impl CallTemplate {
     }
 }
 
-fn compile_headers(place: &str, headers: &BTreeMap<String, Value>) -> Result<Vec<(String, Template)>> {
+fn compile_headers<E: From<Error>>(
+    place: &str,
+    headers: &BTreeMap<String, Value>,
+    template: &mut dyn FnMut(&str, &Value) -> Result<Template, E>,
+) -> Result<Vec<(String, Template)>, E> {
     let mut compiled = Vec::with_capacity(headers.len());
     for (name, value) in headers {
         check_header_name(place, name)?;
         if is_reserved_header(name) {
-            return Err(Error::invalid(place, name, "is a header Baton sets itself"));
+            return Err(Error::invalid(place, name, "is a header Baton sets itself").into());
         }
-        compiled.push((name.clone(), Template::compile(&format!("{place}.{name}"), value)?));
+        compiled.push((name.clone(), template(&format!("{place}.{name}"), value)?));
     }
     Ok(compiled)
 }
@@ -528,9 +576,10 @@ mod tests {
             &'a self,
             expressions: &'a [&'a Expression],
             context: &'a Value,
+            variables: &'a [Value],
         ) -> crate::api::BoxFuture<'a, std::result::Result<Vec<Value>, EvalError>> {
             self.0.lock().unwrap().push(expressions.iter().map(|e| e.source().to_owned()).collect());
-            let values = crate::expr::evaluate_all(expressions, context, crate::expr::DEFAULT_OUTPUT_BYTES);
+            let values = crate::expr::evaluate_all(expressions, context, variables, crate::expr::DEFAULT_OUTPUT_BYTES);
             Box::pin(std::future::ready(values))
         }
     }

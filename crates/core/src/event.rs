@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Timestamp;
 use crate::ids::{ExecutionId, ServiceId, StepId};
+use crate::problem::Problem;
 
 /// What happened.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -23,14 +24,18 @@ pub enum EventKind {
         /// The service called.
         service: ServiceId,
     },
-    /// A step succeeded; its output is durable with this event.
+    /// A task succeeded; its output is durable with this event. A task with this event in the
+    /// journal never runs again.
     TaskSucceeded {
-        /// The step.
+        /// The task's path.
         step: StepId,
-        /// The attempt that succeeded.
+        /// The attempt that succeeded (0 for tasks that call nothing).
         attempt: u32,
-        /// Its output.
+        /// Its output (after its output filter).
         output: serde_json::Value,
+        /// The execution's context after the task's export filter, when it has one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        context: Option<serde_json::Value>,
     },
     /// An attempt of a step failed.
     TaskFailed {
@@ -40,8 +45,11 @@ pub enum EventKind {
         attempt: u32,
         /// Why.
         error: String,
-        /// Whether another attempt may help.
+        /// Whether another attempt follows; `false` marks the task failed for good.
         retryable: bool,
+        /// The error in detail.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        problem: Option<Problem>,
     },
     /// A step will not run.
     TaskSkipped {
@@ -68,7 +76,48 @@ pub enum EventKind {
     Failed {
         /// Why.
         error: String,
+        /// The error in detail.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        problem: Option<Problem>,
     },
+    /// A `wait` task armed its timer; it completes (`TaskSucceeded`) once `due` has passed,
+    /// after any restart.
+    TimerStarted {
+        /// The task's path.
+        step: StepId,
+        /// When the timer fires.
+        due: Timestamp,
+    },
+    /// A signal was sent to the execution; a `listen` task consumes it, at most once.
+    SignalReceived {
+        /// Its name.
+        name: String,
+        /// Its data.
+        data: serde_json::Value,
+    },
+    /// A `listen` task consumed a signal and completed with this output.
+    SignalConsumed {
+        /// The task's path.
+        step: StepId,
+        /// The sequence numbers of the `SignalReceived` events it consumed.
+        signals: Vec<u64>,
+        /// Its output.
+        output: serde_json::Value,
+    },
+    /// A `workflow` task started its child execution.
+    ChildStarted {
+        /// The task's path.
+        step: StepId,
+        /// The child execution.
+        child: ExecutionId,
+    },
+}
+
+impl EventKind {
+    /// True for the three events that end an execution.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, Self::Completed { .. } | Self::Failed { .. } | Self::Cancelled { .. })
+    }
 }
 
 /// One journal record.
@@ -91,16 +140,26 @@ pub enum Outcome {
     /// Every step done; the run's output.
     Completed(serde_json::Value),
     /// Stopped by a failure.
-    Failed(String),
+    Failed(Problem),
     /// Stopped on request.
     Cancelled(String),
+}
+
+impl Outcome {
+    /// What a person reads of a failed run's error; `None` unless it failed.
+    pub fn error(&self) -> Option<String> {
+        match self {
+            Self::Failed(problem) => Some(problem.message()),
+            Self::Completed(_) | Self::Cancelled(_) => None,
+        }
+    }
 }
 
 impl From<Outcome> for EventKind {
     fn from(outcome: Outcome) -> Self {
         match outcome {
             Outcome::Completed(output) => Self::Completed { output },
-            Outcome::Failed(error) => Self::Failed { error },
+            Outcome::Failed(problem) => Self::Failed { error: problem.message(), problem: Some(problem) },
             Outcome::Cancelled(reason) => Self::Cancelled { reason },
         }
     }

@@ -9,6 +9,7 @@ use crate::Timestamp;
 use crate::error::{Error, Result};
 use crate::event::{Event, EventKind};
 use crate::ids::{ExecutionId, ServiceId, StepId, WorkflowName};
+use crate::problem::Problem;
 
 /// Where an execution is in its life:
 /// `Created -> Running <-> Paused -> Completed | Failed | Cancelled`.
@@ -81,8 +82,17 @@ pub enum TaskState {
     Failed,
     /// Not run because something it needs failed or was skipped.
     Skipped,
-    /// Stopped by cancellation.
+    /// Stopped by cancellation, or abandoned when the execution ended.
     Cancelled,
+    /// Waiting for a timer, a signal or a child execution.
+    Waiting,
+}
+
+impl TaskState {
+    /// True for the four end states.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Skipped | Self::Cancelled)
+    }
 }
 
 /// The state of one task of an execution.
@@ -100,12 +110,54 @@ pub struct TaskStatus {
     pub started_at: Option<Timestamp>,
     /// When it reached an end state.
     pub finished_at: Option<Timestamp>,
+    /// The latest error in detail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<Problem>,
+    /// The child execution a `workflow` task started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child: Option<ExecutionId>,
+    /// When its timer fires, for a `wait` task that is waiting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due: Option<Timestamp>,
 }
 
 impl Default for TaskStatus {
     fn default() -> Self {
-        Self { state: TaskState::Pending, attempts: 0, service: None, error: None, started_at: None, finished_at: None }
+        Self {
+            state: TaskState::Pending,
+            attempts: 0,
+            service: None,
+            error: None,
+            started_at: None,
+            finished_at: None,
+            problem: None,
+            child: None,
+            due: None,
+        }
     }
+}
+
+/// An execution out of memory while it waits: only timers, signals or children can move it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Parked {
+    /// When its earliest timer fires; `None` when only a signal or a child's end wakes it.
+    pub until: Option<Timestamp>,
+}
+
+/// The execution and task that started a child execution.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Parent {
+    /// The parent execution.
+    pub execution: ExecutionId,
+    /// The path of its `workflow` task.
+    pub step: StepId,
+    /// How deep it nests: 1 for a child of a top-level execution.
+    #[serde(default = "one")]
+    pub depth: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// A run of a pinned version of a workflow definition.
@@ -125,8 +177,17 @@ pub struct Execution {
     pub output: Option<serde_json::Value>,
     /// Why it failed or was cancelled.
     pub error: Option<String>,
-    /// Its tasks by step id.
+    /// Why it failed, in detail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<Problem>,
+    /// Its tasks by path.
     pub tasks: BTreeMap<StepId, TaskStatus>,
+    /// The execution that started it, for a child.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Parent>,
+    /// Set while it waits out of memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parked: Option<Parked>,
     /// When it was created.
     pub created_at: Timestamp,
     /// When it last changed.
@@ -169,10 +230,40 @@ impl Execution {
         }
         let at = event.at;
         match &event.kind {
-            EventKind::Started { .. } | EventKind::Paused | EventKind::Resumed => {}
-            EventKind::Cancelled { reason } => self.error = Some(reason.clone()),
-            EventKind::Failed { error } => self.error = Some(error.clone()),
-            EventKind::Completed { output } => self.output = Some(output.clone()),
+            EventKind::Started { .. } | EventKind::Paused | EventKind::Resumed | EventKind::SignalReceived { .. } => {}
+            EventKind::Cancelled { reason } => {
+                self.error = Some(reason.clone());
+                self.end_tasks(TaskState::Cancelled, at);
+            }
+            EventKind::Failed { error, problem } => {
+                self.error = Some(error.clone());
+                self.problem.clone_from(problem);
+                self.end_tasks(TaskState::Skipped, at);
+            }
+            EventKind::Completed { output } => {
+                self.output = Some(output.clone());
+                self.end_tasks(TaskState::Skipped, at);
+            }
+            EventKind::TimerStarted { step, due } => {
+                let task = self.tasks.entry(step.clone()).or_default();
+                task.state = TaskState::Waiting;
+                task.due = Some(*due);
+                task.started_at.get_or_insert(at);
+            }
+            EventKind::ChildStarted { step, child } => {
+                let task = self.tasks.entry(step.clone()).or_default();
+                task.state = TaskState::Waiting;
+                task.child = Some(*child);
+                task.started_at.get_or_insert(at);
+            }
+            EventKind::SignalConsumed { step, .. } => {
+                let task = self.tasks.entry(step.clone()).or_default();
+                task.state = TaskState::Succeeded;
+                task.error = None;
+                task.problem = None;
+                task.started_at.get_or_insert(at);
+                task.finished_at = Some(at);
+            }
             EventKind::TaskScheduled { step, attempt, service } => {
                 let task = self.tasks.entry(step.clone()).or_default();
                 task.state = TaskState::Scheduled;
@@ -183,14 +274,18 @@ impl Execution {
             EventKind::TaskSucceeded { step, attempt, .. } => {
                 let task = self.tasks.entry(step.clone()).or_default();
                 task.state = TaskState::Succeeded;
-                task.attempts = *attempt;
+                task.attempts = task.attempts.max(*attempt);
                 task.error = None;
+                task.problem = None;
+                task.due = None;
+                task.started_at.get_or_insert(at);
                 task.finished_at = Some(at);
             }
-            EventKind::TaskFailed { step, attempt, error, retryable } => {
+            EventKind::TaskFailed { step, attempt, error, retryable, problem } => {
                 let task = self.tasks.entry(step.clone()).or_default();
-                task.attempts = *attempt;
+                task.attempts = task.attempts.max(*attempt);
                 task.error = Some(error.clone());
+                task.problem.clone_from(problem);
                 if !retryable {
                     task.state = TaskState::Failed;
                     task.finished_at = Some(at);
@@ -205,6 +300,15 @@ impl Execution {
         }
         self.updated_at = self.updated_at.max(at);
         Ok(())
+    }
+
+    /// Every task still pending gets `pending`; every task in flight (scheduled, running,
+    /// waiting) is cancelled: an ended execution has no task that reads as if it could move.
+    fn end_tasks(&mut self, pending: TaskState, at: Timestamp) {
+        for task in self.tasks.values_mut().filter(|t| !t.state.is_terminal()) {
+            task.state = if task.state == TaskState::Pending { pending } else { TaskState::Cancelled };
+            task.finished_at.get_or_insert(at);
+        }
     }
 }
 
@@ -261,6 +365,9 @@ mod tests {
             created_at: at(10),
             updated_at: at(10),
             trace: None,
+            parent: None,
+            problem: None,
+            parked: None,
         };
         let id = execution.id;
         let event = |s, kind| Event { execution: id, sequence: 1, at: at(s), kind };
@@ -268,10 +375,19 @@ mod tests {
         let journal = [
             event(11, EventKind::Started { input: serde_json::Value::Null }),
             event(12, EventKind::TaskScheduled { step: step.clone(), attempt: 1, service: service.clone() }),
-            event(13, EventKind::TaskFailed { step: step.clone(), attempt: 1, error: "busy".into(), retryable: true }),
+            event(
+                13,
+                EventKind::TaskFailed {
+                    step: step.clone(),
+                    attempt: 1,
+                    error: "busy".into(),
+                    retryable: true,
+                    problem: None,
+                },
+            ),
             event(14, EventKind::TaskScheduled { step: step.clone(), attempt: 2, service }),
             // Stamped earlier than the event before: updated_at keeps the later time.
-            event(9, EventKind::TaskSucceeded { step: step.clone(), attempt: 2, output: 7.into() }),
+            event(9, EventKind::TaskSucceeded { step: step.clone(), attempt: 2, output: 7.into(), context: None }),
         ];
         for e in &journal {
             execution.apply(e).expect("a legal event");

@@ -40,6 +40,8 @@ type Filter = jaq_core::compile::Filter<jaq_core::Native<data::JustLut<Val>>>;
 pub struct Expression {
     source: String,
     compiled: Compiled,
+    /// The variables it was compiled with (`$input`, `$item`, ...), in binding order.
+    variables: std::sync::Arc<[String]>,
 }
 
 /// Plain paths (`.steps.charge.output["id"][0]`), the common case, are walked directly: jaq
@@ -48,6 +50,8 @@ pub struct Expression {
 #[derive(Clone)]
 enum Compiled {
     Path(Vec<Segment>),
+    /// `$name` followed by a plain path: the variable at this index, walked.
+    VariablePath(usize, Vec<Segment>),
     Jaq(std::sync::Arc<Filter>),
 }
 
@@ -149,7 +153,8 @@ pub struct EvalError {
 
 /// jq filters an expression may not use: `env` would show anyone who writes a workflow the
 /// server's environment (its store URL, its settings), and `halt` ends the process running it.
-const DENIED: [&str; 3] = ["env", "halt", "halt_error"];
+const DENIED: [&str; 9] =
+    ["env", "halt", "halt_error", "input", "inputs", "debug", "debug_empty", "stderr", "stderr_empty"];
 
 /// How deep a value may nest: serde_json's own limit, which every JSON reader of Baton keeps.
 const MAX_VALUE_DEPTH: usize = 128;
@@ -206,13 +211,29 @@ fn offset(whole: &str, part: &str) -> Option<usize> {
 impl Expression {
     /// Compiles `source`, naming `field` on failure.
     pub fn compile(field: &str, source: &str) -> Result<Self> {
-        if let Some(segments) = plain_path(source) {
-            return Ok(Self { source: source.to_owned(), compiled: Compiled::Path(segments) });
-        }
-        Self::compile_with_jaq(field, source)
+        Self::compile_with(field, source, &[])
     }
 
-    fn compile_with_jaq(field: &str, source: &str) -> Result<Self> {
+    /// Compiles `source` where it may read the named variables (`$name`); their values are
+    /// bound in the same order when it runs. A variable not named here does not compile.
+    pub fn compile_with(field: &str, source: &str, variables: &[&str]) -> Result<Self> {
+        let names: std::sync::Arc<[String]> = variables.iter().map(|v| (*v).to_owned()).collect();
+        if let Some(segments) = plain_path(source) {
+            return Ok(Self { source: source.to_owned(), compiled: Compiled::Path(segments), variables: names });
+        }
+        if let Some(rest) = source.trim().strip_prefix('$') {
+            let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
+            let (name, path) = rest.split_at(end);
+            let path = if path.is_empty() { Some(Vec::new()) } else { plain_path(path) };
+            if let (Some(index), Some(segments)) = (variables.iter().position(|v| *v == name), path) {
+                let compiled = Compiled::VariablePath(index, segments);
+                return Ok(Self { source: source.to_owned(), compiled, variables: names });
+            }
+        }
+        Self::compile_with_jaq(field, source, names)
+    }
+
+    fn compile_with_jaq(field: &str, source: &str, variables: std::sync::Arc<[String]>) -> Result<Self> {
         let bad = |reason: String| Error::invalid(field, source, reason);
         let defs =
             jaq_core::defs().chain(jaq_std::defs()).chain(jaq_json::defs()).filter(|def| !DENIED.contains(&def.name));
@@ -236,14 +257,21 @@ impl Expression {
                 .collect();
             bad(format!("does not parse: {}", reasons.join("; ")))
         })?;
-        let filter = Compiler::default().with_funs(funs).compile(modules).map_err(|errors| {
+        let dollars: Vec<String> = variables.iter().map(|v| format!("${v}")).collect();
+        let compiler = Compiler::default().with_funs(funs).with_global_vars(dollars.iter().map(String::as_str));
+        let filter = compiler.compile(modules).map_err(|errors| {
             let names: Vec<String> = errors
                 .into_iter()
                 .flat_map(|(_, undefined)| undefined.into_iter().map(|(name, kind)| format!("{name} ({kind:?})")))
                 .collect();
             bad(format!("uses undefined {}", names.join(", ")))
         })?;
-        Ok(Self { source: source.to_owned(), compiled: Compiled::Jaq(std::sync::Arc::new(filter)) })
+        Ok(Self { source: source.to_owned(), compiled: Compiled::Jaq(std::sync::Arc::new(filter)), variables })
+    }
+
+    /// The variables it was compiled with, in binding order.
+    pub fn variables(&self) -> &[String] {
+        &self.variables
     }
 
     /// The expression's source.
@@ -251,21 +279,41 @@ impl Expression {
         &self.source
     }
 
-    /// Whether the expression is a plain path, walked without jaq.
+    /// Whether the expression is a plain path (of the context or of a variable), walked
+    /// without jaq.
     pub fn is_plain_path(&self) -> bool {
-        matches!(self.compiled, Compiled::Path(_))
+        matches!(self.compiled, Compiled::Path(_) | Compiled::VariablePath(..))
     }
 
     /// Runs the expression against `context` on this thread, unbounded; it must produce
     /// exactly one value.
     pub fn eval(&self, context: &Value) -> Result<Value, EvalError> {
+        self.eval_with(context, &[])
+    }
+
+    /// Runs the expression against `context` with `values` bound to its variables in order
+    /// (missing ones are null), on this thread, unbounded.
+    pub fn eval_with(&self, context: &Value, values: &[Value]) -> Result<Value, EvalError> {
         let filter = match &self.compiled {
             Compiled::Path(segments) => return walk(context, segments).map_err(|reason| self.fail(reason)),
+            Compiled::VariablePath(index, segments) => {
+                let value = values.get(*index).unwrap_or(&Value::Null);
+                return walk(value, segments).map_err(|reason| self.fail(reason));
+            }
             Compiled::Jaq(filter) => filter,
         };
         let input = Val::deserialize(context).map_err(|e| self.fail(format!("cannot read its context: {e}")))?;
-        let text = self.run_jaq(filter, input)?;
+        let bound = self.bind(values)?;
+        let text = self.run_jaq(filter, input, bound)?;
         self.read_output(&text)
+    }
+
+    /// The variables' values as jaq's, in order, null for missing ones.
+    fn bind(&self, values: &[Value]) -> Result<Vec<Val>, EvalError> {
+        (0..self.variables.len())
+            .map(|i| Val::deserialize(values.get(i).unwrap_or(&Value::Null)))
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.fail(format!("cannot read a variable: {e}")))
     }
 
     fn fail(&self, reason: String) -> EvalError {
@@ -273,8 +321,8 @@ impl Expression {
     }
 
     /// Runs the jaq filter on `input`; its one value as JSON text.
-    fn run_jaq(&self, filter: &Filter, input: Val) -> Result<String, EvalError> {
-        let ctx = Ctx::<data::JustLut<Val>>::new(&filter.lut, Vars::new([]));
+    fn run_jaq(&self, filter: &Filter, input: Val, variables: Vec<Val>) -> Result<String, EvalError> {
+        let ctx = Ctx::<data::JustLut<Val>>::new(&filter.lut, Vars::new(variables));
         // Two outputs are enough to know there is more than one; do not run the rest.
         let mut outputs = filter.id.run((ctx, input)).take(2);
         let value = match (outputs.next(), outputs.next()) {
@@ -356,6 +404,8 @@ pub struct Template {
     node: Node,
     /// Whether any expression needs jaq, so an [`Evaluator`].
     uses_jaq: bool,
+    /// Whether any expression reads variables.
+    needs_variables: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -373,11 +423,37 @@ impl Template {
     /// Compiles every expression in `value`; errors name the field path, e.g.
     /// `steps.charge.input.amount`.
     pub fn compile(field: &str, value: &Value) -> Result<Self> {
-        let node = Node::compile(field, value)?;
+        Self::compile_with(field, value, &[])
+    }
+
+    /// Compiles every expression in `value`, where they may read the named variables.
+    pub fn compile_with(field: &str, value: &Value, variables: &[&str]) -> Result<Self> {
+        Ok(Self::of(Node::compile(field, value, variables)?))
+    }
+
+    /// A template that is one expression, `source` (written without `${ }`), whose value is
+    /// the template's: how filters such as an output filter are written.
+    pub fn expression(field: &str, source: &str, variables: &[&str]) -> Result<Self> {
+        Ok(Self::of(Node::Whole(Expression::compile_with(field, source, variables)?)))
+    }
+
+    fn of(node: Node) -> Self {
         let mut expressions = Vec::new();
         node.collect(&mut expressions);
         let uses_jaq = expressions.iter().any(|e| !e.is_plain_path());
-        Ok(Self { node, uses_jaq })
+        let needs_variables =
+            expressions.iter().any(|e| !matches!(e.compiled, Compiled::Path(_)) && !e.variables.is_empty());
+        Self { node, uses_jaq, needs_variables }
+    }
+
+    /// True when the template holds no expression: it renders to the same value every time.
+    pub fn is_literal(&self) -> bool {
+        matches!(self.node, Node::Literal(_))
+    }
+
+    /// True when rendering may read variables: only then do callers need to bind them.
+    pub fn needs_variables(&self) -> bool {
+        self.needs_variables
     }
 
     /// How many expressions in `value` need jq (are not plain paths), found without compiling
@@ -395,19 +471,36 @@ impl Template {
 
     /// Renders the template against `context`, running any jq on this thread, unbounded.
     pub fn render(&self, context: &Value) -> Result<Value, EvalError> {
-        self.node.render(&mut |e: &Expression| e.eval(context))
+        self.render_vars(context, &[])
+    }
+
+    /// Renders the template against `context` with `values` bound to its variables, running any
+    /// jq on this thread, unbounded.
+    pub fn render_vars(&self, context: &Value, values: &[Value]) -> Result<Value, EvalError> {
+        self.node.render(&mut |e: &Expression| e.eval_with(context, values))
     }
 
     /// Renders the template against `context`: plain paths here, every other expression on
     /// `evaluator`, all of them in one evaluation. Without such expressions it is
     /// [`Template::render`] and answers on its first poll.
     pub async fn render_with(&self, context: &Value, evaluator: &dyn Evaluator) -> Result<Value, EvalError> {
+        self.render_bounded(context, &[], evaluator).await
+    }
+
+    /// [`Template::render_with`], with `values` bound to the expressions' variables.
+    pub async fn render_bounded(
+        &self,
+        context: &Value,
+        values: &[Value],
+        evaluator: &dyn Evaluator,
+    ) -> Result<Value, EvalError> {
         if !self.uses_jaq {
-            return self.render(context);
+            return self.render_vars(context, values);
         }
         let jaq: Vec<&Expression> = self.expressions().into_iter().filter(|e| !e.is_plain_path()).collect();
         let asked = jaq.len();
-        let values = evaluator.evaluate(&jaq, context).await?;
+        let values_bound: &[Value] = values;
+        let values = evaluator.evaluate(&jaq, context, values_bound).await?;
         if values.len() != asked {
             let first = jaq.first().map_or("", |e| e.source());
             let reason = format!("got {} values from the evaluator for {asked} expressions", values.len());
@@ -416,7 +509,7 @@ impl Template {
         let mut values = values.into_iter();
         self.node.render(&mut |e: &Expression| {
             if e.is_plain_path() {
-                e.eval(context)
+                e.eval_with(context, values_bound)
             } else {
                 Ok(values.next().expect("a value per expression, counted"))
             }
@@ -479,10 +572,10 @@ impl Template {
 }
 
 impl Node {
-    fn compile(field: &str, value: &Value) -> Result<Self> {
+    fn compile(field: &str, value: &Value, variables: &[&str]) -> Result<Self> {
         Ok(match value {
             Value::String(text) => {
-                let parts = split(field, text, |source| Expression::compile(field, source))?;
+                let parts = split(field, text, |source| Expression::compile_with(field, source, variables))?;
                 match parts.as_slice() {
                     [] => Node::Literal(value.clone()),
                     [Part::Expr(e)] => Node::Whole(e.clone()),
@@ -495,12 +588,12 @@ impl Node {
                 items
                     .iter()
                     .enumerate()
-                    .map(|(i, v)| Node::compile(&format!("{field}[{i}]"), v))
+                    .map(|(i, v)| Node::compile(&format!("{field}[{i}]"), v, variables))
                     .collect::<Result<_>>()?,
             ),
             Value::Object(map) => Node::Object(
                 map.iter()
-                    .map(|(k, v)| Ok((k.clone(), Node::compile(&format!("{field}.{k}"), v)?)))
+                    .map(|(k, v)| Ok((k.clone(), Node::compile(&format!("{field}.{k}"), v, variables)?)))
                     .collect::<Result<_>>()?,
             ),
             other => Node::Literal(other.clone()),
@@ -638,7 +731,7 @@ mod tests {
         for path in paths {
             let walked = Expression::compile("f", path).unwrap();
             assert!(matches!(walked.compiled, Compiled::Path(_)), "{path} is a plain path");
-            let jaq = Expression::compile_with_jaq("f", path).unwrap();
+            let jaq = Expression::compile_with_jaq("f", path, std::sync::Arc::from([])).unwrap();
             for context in &contexts {
                 match (walked.eval(context), jaq.eval(context)) {
                     (Ok(a), Ok(b)) => assert_eq!(a, b, "{path} on {context}"),
@@ -732,9 +825,10 @@ mod tests {
             &'a self,
             expressions: &'a [&'a Expression],
             context: &'a Value,
+            variables: &'a [Value],
         ) -> crate::api::BoxFuture<'a, Result<Vec<Value>, EvalError>> {
             self.calls.lock().unwrap().push(expressions.iter().map(|e| e.source().to_owned()).collect());
-            Box::pin(std::future::ready(evaluate_all(expressions, context, DEFAULT_OUTPUT_BYTES)))
+            Box::pin(std::future::ready(evaluate_all(expressions, context, variables, DEFAULT_OUTPUT_BYTES)))
         }
     }
 
@@ -792,5 +886,50 @@ mod tests {
     fn compiled_templates_are_shared_across_threads() {
         fn send_sync<T: Send + Sync>() {}
         send_sync::<Template>();
+    }
+
+    #[test]
+    fn variables_are_bound_in_order_and_unknown_ones_do_not_compile() {
+        let vars = ["item", "index"];
+        let values = [json!({"sku": "b-1", "n": 2}), json!(3)];
+        let context = json!({"input": {"id": "o-7"}});
+        let render = |template: Value| {
+            Template::compile_with("t", &template, &vars).unwrap().render_vars(&context, &values).unwrap()
+        };
+        assert_eq!(render(json!("${ $item.sku }")), json!("b-1"));
+        assert_eq!(render(json!("${ $item }")), json!({"sku": "b-1", "n": 2}));
+        assert_eq!(render(json!("${ $index + $item.n }")), json!(5));
+        assert_eq!(render(json!("n${ $index }-${ .input.id }")), json!("n3-o-7"));
+        let whole = Template::expression("t", "$item.n * 10", &vars).unwrap();
+        assert_eq!(whole.render_vars(&json!(null), &values).unwrap(), json!(20));
+        assert!(whole.uses_jaq() && whole.needs_variables());
+        let path = Template::expression("t", "$item.sku", &vars).unwrap();
+        assert!(!path.uses_jaq() && path.needs_variables());
+        // Fewer values than variables: the rest are null.
+        let index = Template::compile_with("t", &json!("${ $index }"), &vars).unwrap();
+        assert_eq!(index.render(&json!({})).unwrap(), json!(null));
+        let err = Template::compile_with("t", &json!("${ $nope }"), &vars).unwrap_err().to_string();
+        assert!(err.contains("uses undefined"), "{err}");
+    }
+
+    #[test]
+    fn bound_evaluation_binds_variables_too() {
+        use futures_util::FutureExt as _;
+        let vars = ["item"];
+        let template = Template::compile_with("t", &json!({"a": "${ $item * 2 }", "b": "${ $item }"}), &vars).unwrap();
+        let rendered = template
+            .render_bounded(&json!({}), &[json!(21)], &InProcessEvaluator::default())
+            .now_or_never()
+            .expect("in process answers at once");
+        assert_eq!(rendered.unwrap(), json!({"a": 42, "b": 21}));
+    }
+
+    #[test]
+    fn expressions_cannot_reach_the_server() {
+        for denied in ["env", "$ENV", "env.HOME", "halt", "halt_error", "debug", "\"x\" | stderr", "input", "[inputs]"]
+        {
+            let err = Expression::compile("t", denied).map(|_| ()).unwrap_err().to_string();
+            assert!(err.contains("undefined"), "{denied}: {err}");
+        }
     }
 }

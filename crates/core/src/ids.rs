@@ -33,6 +33,9 @@ pub fn validate_name(field: &str, value: &str) -> Result<()> {
 
 macro_rules! name_type {
     ($(#[$doc:meta])* $name:ident, $field:literal) => {
+        name_type!($(#[$doc])* $name, $field, validate_name);
+    };
+    ($(#[$doc:meta])* $name:ident, $field:literal, $validate:path) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
         #[serde(try_from = "String")]
@@ -42,7 +45,7 @@ macro_rules! name_type {
         impl $name {
             /// Validates `value` against the name rule.
             pub fn new(value: &str) -> Result<Self> {
-                validate_name($field, value)?;
+                $validate($field, value)?;
                 Ok(Self(value.into()))
             }
 
@@ -74,7 +77,7 @@ macro_rules! name_type {
         impl TryFrom<String> for $name {
             type Error = Error;
             fn try_from(s: String) -> Result<Self> {
-                validate_name($field, &s)?;
+                $validate($field, &s)?;
                 Ok(Self(s.into()))
             }
         }
@@ -117,9 +120,13 @@ name_type!(
     "workflow"
 );
 name_type!(
-    /// A step's id, unique within its workflow definition: `[a-z0-9][a-z0-9._-]{0,127}`.
+    /// A step's id or a task's path: one or more segments joined by `/`, each
+    /// `[A-Za-z0-9_][A-Za-z0-9._-]*`, at most 1,024 bytes in all. A top-level step's path is its
+    /// id (`charge`); a task nested in a loop, case or branch has its parents' segments before
+    /// its own (`each/3/charge`).
     StepId,
-    "step"
+    "step",
+    validate_path
 );
 name_type!(
     /// The name of a secret the server holds (a file in its secrets directory or an
@@ -128,6 +135,44 @@ name_type!(
     SecretName,
     "secret"
 );
+
+/// The longest task path accepted: 1,024 bytes.
+pub const MAX_PATH_LEN: usize = 1024;
+
+/// Checks the task path rule (see [`StepId`]), naming `field` on failure.
+pub fn validate_path(field: &str, value: &str) -> Result<()> {
+    let reason = if value.is_empty() {
+        Some("must not be empty".to_owned())
+    } else if value.len() > MAX_PATH_LEN {
+        Some(format!("is {} bytes long, the limit is {MAX_PATH_LEN}", value.len()))
+    } else {
+        value.split('/').find_map(|segment| {
+            if !segment.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+                Some(format!("has a segment {segment:?} that does not start with a letter, a digit or '_'"))
+            } else {
+                segment.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))).map(|c| {
+                    format!("has {c:?}; only letters, digits, '.', '_', '-' and '/' between segments are allowed")
+                })
+            }
+        })
+    };
+    match reason {
+        Some(reason) => Err(Error::invalid(field, value, reason)),
+        None => Ok(()),
+    }
+}
+
+impl StepId {
+    /// The path of a task named `segment` below this one.
+    pub fn child(&self, segment: &str) -> Result<Self> {
+        Self::new(&format!("{self}/{segment}"))
+    }
+
+    /// The last segment: the task's own name.
+    pub fn name(&self) -> &str {
+        self.0.rsplit('/').next().unwrap_or(&self.0)
+    }
+}
 
 /// An execution's id: a UUIDv7, so ids sort by creation time.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]

@@ -41,10 +41,13 @@ pub mod expr;
 pub mod fakes;
 pub mod goal;
 pub mod graph;
+pub mod history;
 pub mod ids;
 pub mod plan;
 pub mod planning;
 pub mod ports;
+pub mod problem;
+pub mod program;
 pub mod requirements;
 mod rfc3339;
 pub mod service;
@@ -65,10 +68,11 @@ pub use directory::{
 };
 pub use error::{Error, Result};
 pub use event::{Event, EventKind, Outcome};
-pub use execution::{Execution, ExecutionState, TaskState, TaskStatus};
+pub use execution::{Execution, ExecutionState, Parent, Parked, TaskState, TaskStatus};
 pub use expr::{EvalError, Evaluator, Expression, InProcessEvaluator, Template};
 pub use goal::{Constraints, Goal, Objective, Weights};
 pub use graph::{GraphError, StepGraph, StepLinks};
+pub use history::{History, PendingSignal, Settled, SettledTask};
 pub use ids::{ExecutionId, SecretName, ServiceId, StepId, WorkflowName};
 pub use plan::{DataFlow, Plan, PlanTask, PredictedQos};
 pub use planning::{Planning, ServiceCatalog};
@@ -76,6 +80,7 @@ pub use ports::{
     Clock, DeregisterReason, EventSink, HealthProbe, ProbeResult, ProbeTarget, Recorded, Refusal, RegistryEvent,
     SystemClock,
 };
+pub use problem::Problem;
 pub use requirements::{SecurityRequirements, ServiceRequirements};
 pub use service::{
     AuthScheme, CheckKind, DescriptorSet, Encryption, Endpoint, HealthCheck, Protocol, Qos, SecurityProfile,
@@ -87,7 +92,10 @@ pub use store::{
 };
 pub use taxonomy::{ConceptId, Taxonomy, TaxonomyBuilder};
 pub use trace::{ExecutionTrace, SpanId, SpanRecord, TraceContext, TraceId};
-pub use workflow::{ErrorPolicy, RetryPolicy, Step, StepDefaults, StepTarget, WorkflowDefinition};
+pub use workflow::{
+    CatchSpec, ChildSpec, ErrorMatch, ErrorPolicy, ForSpec, ForkBranch, ForkSpec, ListenSpec, RaiseSpec, RepeatSpec,
+    RetryPolicy, Step, StepAction, StepDefaults, StepTarget, SwitchCase, WaitSpec, WorkflowDefinition,
+};
 
 /// A point in time, UTC.
 pub type Timestamp = chrono::DateTime<chrono::Utc>;

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{ServiceId, StepId};
-use crate::workflow::{ErrorPolicy, Step, StepTarget};
+use crate::workflow::{Step, StepTarget};
 
 /// One task of a plan: a call to a chosen service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,15 +32,12 @@ impl PlanTask {
     /// fails the run.
     pub fn to_step(&self, input: serde_json::Value) -> Step {
         Step {
-            id: self.id.clone(),
-            target: StepTarget::Service { id: self.service.clone(), alternatives: self.alternatives.clone() },
-            call: None,
-            input,
             depends_on: self.depends_on.clone(),
-            retry: None,
-            timeout: None,
-            task_timeout: None,
-            on_error: ErrorPolicy::Fail,
+            ..Step::call(
+                self.id.clone(),
+                StepTarget::Service { id: self.service.clone(), alternatives: self.alternatives.clone() },
+                input,
+            )
         }
     }
 }

@@ -79,10 +79,16 @@ pub trait Store: Send + Sync + 'static {
         page: &PageRequest,
     ) -> impl Future<Output = StoreResult<ExecutionPage>> + Send;
 
-    /// The ids of every execution not in an end state (created, running or paused), oldest
-    /// first: what recovery reloads on start. Each is then read on its own, so one corrupt
-    /// execution does not stop the others from recovering.
+    /// The ids of every execution not in an end state (created, running or paused) and not
+    /// parked, oldest first: what recovery reloads on start. Each is then read on its own, so
+    /// one corrupt execution does not stop the others from recovering.
     fn unfinished_executions(&self) -> impl Future<Output = StoreResult<Vec<ExecutionId>>> + Send;
+
+    /// Up to `limit` parked, unfinished executions whose wake time is at or before `before`,
+    /// the earliest first: what the engine loads back as their timers come due. Parked ones
+    /// without a wake time (waiting for a signal or a child) are never listed.
+    fn parked_due(&self, before: Timestamp, limit: usize)
+    -> impl Future<Output = StoreResult<Vec<ExecutionId>>> + Send;
 
     /// Appends events to their executions' journals, all or nothing, and returns once they are
     /// durable. `events` may hold several executions; per execution they must continue its
@@ -205,7 +211,11 @@ pub struct ExecutionUpdate {
     pub output: Option<serde_json::Value>,
     /// Why it failed or was cancelled.
     pub error: Option<String>,
-    /// Its tasks by step id.
+    /// Why it failed, in detail.
+    pub problem: Option<crate::Problem>,
+    /// Set while it waits out of memory.
+    pub parked: Option<crate::execution::Parked>,
+    /// Its tasks by path.
     pub tasks: BTreeMap<StepId, TaskStatus>,
     /// When it changed.
     pub updated_at: Timestamp,
@@ -218,6 +228,8 @@ impl From<&Execution> for ExecutionUpdate {
             state: execution.state,
             output: execution.output.clone(),
             error: execution.error.clone(),
+            problem: execution.problem.clone(),
+            parked: execution.parked,
             tasks: execution.tasks.clone(),
             updated_at: execution.updated_at,
         }
@@ -234,6 +246,9 @@ impl ExecutionUpdate {
         stored.state = self.state;
         stored.output.clone_from(&self.output);
         stored.error.clone_from(&self.error);
+        stored.problem.clone_from(&self.problem);
+        // An execution that ends is out of any wait.
+        stored.parked = if self.state.is_terminal() { None } else { self.parked };
         stored.tasks.clone_from(&self.tasks);
         stored.updated_at = self.updated_at;
         Ok(())
@@ -560,6 +575,9 @@ mod tests {
             created_at: at,
             updated_at: at,
             trace: None,
+            parent: None,
+            problem: None,
+            parked: None,
         };
         let mut update = ExecutionUpdate::from(&stored);
         update.state = ExecutionState::Completed;
@@ -597,6 +615,9 @@ mod tests {
             created_at: at(100),
             updated_at: at(100),
             trace: None,
+            parent: None,
+            problem: None,
+            parked: None,
         };
         let check =
             |filter: ExecutionFilter, expected: bool| assert_eq!(filter.matches(&execution), expected, "{filter:?}");

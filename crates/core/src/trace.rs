@@ -215,6 +215,12 @@ impl ExecutionTrace {
     pub fn traceparent(&self, span: SpanId) -> String {
         format!("00-{}-{}-{:02x}", self.trace_id, span, u8::from(self.sampled))
     }
+
+    /// The trace context of work started in `span` that continues this trace elsewhere, as a
+    /// child execution started by a step does.
+    pub fn context(&self, span: SpanId) -> TraceContext {
+        TraceContext { trace_id: self.trace_id, parent: span, flags: u8::from(self.sampled), state: self.state.clone() }
+    }
 }
 
 /// A span id from `parts`: FNV-1a over them (a zero byte between parts), mixed by

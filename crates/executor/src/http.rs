@@ -1,20 +1,22 @@
 //! The HTTP invoker: each call is a request to its service's URL, over plain HTTP/1.1 or
 //! HTTPS (HTTP/2 or HTTP/1.1 by ALPN), pooled; a JSON POST of the input unless the step
-//! shapes the request ([`baton_core::CallRequest::Http`]).
+//! shapes the request ([`baton_core::CallRequest::Http`]). Requests a workflow writes itself
+//! (`call: http`, `call: openapi`) go out over the same pools, after [`Origins`] maps them.
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ::http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue};
-use ::http::{HeaderMap, Method, Request, StatusCode, Uri};
+use ::http::{HeaderMap, Method, Request as Request_, StatusCode, Uri};
 use base64::Engine as _;
-use baton_core::{CallRequest, Credentials, Endpoint, HttpMethod, ResponsePart, ServiceId, ServiceSpec};
+use baton_core::{CallRequest, Credentials, Endpoint, HttpMethod, ResponsePart, ServiceId, ServiceSpec, TlsSettings};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use serde_json::{Map, Value};
 
 use crate::invoker::{Call, Failure, Invoker};
+use crate::request::{Request, Response};
 use crate::secrets::{Secret, Secrets};
 use crate::transport::{self, Transport, TransportConfig, TrustRoots};
 
@@ -42,6 +44,9 @@ pub struct HttpConfig {
     pub roots: TrustRoots,
     /// Where credentials and TLS material named by services come from.
     pub secrets: Secrets,
+    /// Origins that requests a workflow writes itself (`call: http`, `call: openapi`) reach
+    /// elsewhere: a server setting, never a definition's.
+    pub origins: Origins,
 }
 
 impl Default for HttpConfig {
@@ -54,7 +59,53 @@ impl Default for HttpConfig {
             request_timeout: Some(Duration::from_secs(300)),
             roots: TrustRoots::system(),
             secrets: Secrets::default(),
+            origins: Origins::default(),
         }
+    }
+}
+
+/// Where requests to some origins really go: `https://petstore.swagger.io` to
+/// `http://127.0.0.1:8080`, say, so tests and air-gapped sites can serve what a workflow
+/// calls. The path and query of a request are kept (after the target's own path, if any).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origins {
+    map: std::collections::BTreeMap<String, url::Url>,
+}
+
+impl Origins {
+    /// The mapping of each origin (`scheme://host[:port]`, nothing after) to the base URL that
+    /// serves it (`http://` or `https://`, with an optional path).
+    pub fn new<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self, String> {
+        let mut map = std::collections::BTreeMap::new();
+        for (origin, target) in pairs {
+            let from = url::Url::parse(origin).map_err(|e| format!("origin {origin:?} is not a URL: {e}"))?;
+            if from.path() != "/" || from.query().is_some() || from.host().is_none() {
+                return Err(format!("origin {origin:?} must be scheme://host[:port] with nothing after"));
+            }
+            let to =
+                url::Url::parse(target).map_err(|e| format!("target {target:?} of {origin:?} is not a URL: {e}"))?;
+            if !matches!(to.scheme(), "http" | "https") || to.host().is_none() || to.query().is_some() {
+                return Err(format!("target {target:?} of {origin:?} must be an http or https URL without a query"));
+            }
+            map.insert(from.origin().ascii_serialization(), to);
+        }
+        Ok(Self { map })
+    }
+
+    /// True when no origin is mapped.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// `url` with its origin replaced when it is mapped.
+    fn apply(&self, mut url: url::Url) -> url::Url {
+        let Some(target) = self.map.get(&url.origin().ascii_serialization()) else { return url };
+        let path = format!("{}{}", target.path().trim_end_matches('/'), url.path());
+        let mut mapped = target.clone();
+        mapped.set_path(&path);
+        mapped.set_query(url.query());
+        url = mapped;
+        url
     }
 }
 
@@ -100,6 +151,10 @@ impl fmt::Debug for HttpInvoker {
 }
 
 impl Invoker for HttpInvoker {
+    async fn send(&self, request: Request) -> Result<Response, Failure> {
+        HttpInvoker::send(self, request).await
+    }
+
     async fn invoke(&self, call: Call) -> Result<Value, Failure> {
         let Some(spec) = (self.resolve)(&call.service) else {
             return Err(Failure::permanent("unknown_service", format!("no URL for service {}", call.service)));
@@ -131,7 +186,7 @@ impl HttpInvoker {
             ),
             None => None,
         };
-        let result = self.send(spec, url, &call, secret.as_ref()).await;
+        let result = self.exchange(spec, url, &call, secret.as_ref()).await;
         // A service may quote a request back in an error; its credentials stop here.
         result.map_err(|failure| match &secret {
             Some(secret) => redact(failure, secret),
@@ -139,7 +194,60 @@ impl HttpInvoker {
         })
     }
 
-    async fn send(
+    /// Sends a request a workflow wrote itself, after mapping its origin
+    /// ([`HttpConfig::origins`]), over the pools service calls use: `https://` trusts the
+    /// configured roots (the system's and `--services-ca`) and fails permanently, naming the
+    /// host, on a certificate it does not trust.
+    pub async fn send(&self, request: Request) -> Result<Response, Failure> {
+        let parsed = url::Url::parse(&request.url)
+            .map_err(|e| Failure::permanent("invalid_url", format!("url {:?}: {e}", request.url)))?;
+        let url = self.config.origins.apply(parsed);
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(Failure::permanent(
+                "unsupported_scheme",
+                format!("{url}: a request goes to an http or https URL"),
+            ));
+        }
+        let host = url.host_str().unwrap_or_default().to_owned();
+        let method = Method::from_bytes(request.method.as_bytes())
+            .map_err(|e| Failure::permanent("invalid_request", format!("method {:?}: {e}", request.method)))?;
+        let mut builder = Request_::builder().method(method).uri(url.as_str());
+        for (name, value) in &request.headers {
+            builder = builder.header(name.as_str(), value.as_str());
+        }
+        let body = Full::new(Bytes::from(request.body.unwrap_or_default()));
+        let outgoing =
+            builder.body(body).map_err(|e| Failure::permanent("invalid_request", format!("request to {url}: {e}")))?;
+        let client = self.transport.client(&TlsSettings::default())?;
+        let exchange = async {
+            let response = client.request(outgoing).await.map_err(|e| transport::classify(&e, &host))?;
+            let status = response.status().as_u16();
+            let headers = response
+                .headers()
+                .iter()
+                .map(|(name, value)| (name.as_str().to_owned(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
+                .collect();
+            let (body, truncated) = read(response.into_body(), self.config.max_response_bytes)
+                .await
+                .map_err(|e| transport::classify(&e, &host))?;
+            Ok::<_, Failure>((status, headers, body, truncated))
+        };
+        let (status, headers, body, truncated) = match self.config.request_timeout {
+            Some(limit) => tokio::time::timeout(limit, exchange).await.map_err(|_| {
+                Failure::retryable("timeout", format!("{url} did not answer within {}", baton_core::duration::format(limit)))
+            })??,
+            None => exchange.await?,
+        };
+        if truncated {
+            return Err(Failure::permanent(
+                "response_too_large",
+                format!("the response of {url} exceeds {} bytes", self.config.max_response_bytes),
+            ));
+        }
+        Ok(Response { status, headers, body })
+    }
+
+    async fn exchange(
         &self,
         spec: &ServiceSpec,
         url: &str,
@@ -219,13 +327,13 @@ fn request(
     method: HttpMethod,
     call: &Call,
     extra: &[(String, String)],
-) -> Result<Request<Full<Bytes>>, Failure> {
+) -> Result<Request_<Full<Bytes>>, Failure> {
     let body = if method.has_no_body() || (method == HttpMethod::Delete && call.payload.is_null()) {
         None
     } else {
         Some(serde_json::to_vec(&call.payload).map_err(|e| Failure::permanent("invalid_payload", e.to_string()))?)
     };
-    let mut builder = Request::builder()
+    let mut builder = Request_::builder()
         .method(Method::from_bytes(method.as_str().as_bytes()).expect("a known method"))
         .uri(uri.clone())
         .header("idempotency-key", call.idempotency_key())

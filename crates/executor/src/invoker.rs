@@ -5,7 +5,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use baton_core::{CallRequest, ExecutionId, ServiceId, StepId};
+use baton_core::{CallRequest, ExecutionId, Problem, ServiceId, StepId};
+
+use crate::request::{Request, Response};
 use serde_json::Value;
 
 /// One call of one attempt of a task.
@@ -68,6 +70,22 @@ pub struct Failure {
 }
 
 impl Failure {
+    /// The failure as a problem: an `http_<status>` class keeps its status, a timeout is the
+    /// standard timeout (408), an expression limit an expression error (400), any other a
+    /// communication error (503 when no service was reached, else 500).
+    pub fn problem(&self) -> Problem {
+        let status = self.class.strip_prefix("http_").and_then(|s| s.parse::<u16>().ok());
+        let detail = self.to_string();
+        let problem = match (self.class.as_str(), status) {
+            (_, Some(status)) => Problem::standard("communication", detail).with_status(status),
+            ("timeout", _) => Problem::standard("timeout", detail),
+            ("expression_limit", _) => Problem::standard("expression", detail),
+            _ if self.unreached => Problem::standard("communication", detail).with_status(503),
+            _ => Problem::standard("communication", detail),
+        };
+        problem.with_title(self.class.clone())
+    }
+
     /// A failure another attempt may fix.
     pub fn retryable(class: &str, message: impl Into<String>) -> Self {
         Self { retryable: true, class: class.to_owned(), message: message.into(), unreached: false }
@@ -102,6 +120,18 @@ pub trait Invoker: Send + Sync + 'static {
 
     /// Makes one call.
     fn invoke(&self, call: Call) -> impl Future<Output = Result<Value, Failure>> + Send;
+
+    /// Sends an HTTP request a workflow wrote itself (`call: http`, `call: openapi`). The
+    /// default makes none: such calls fail with a configuration failure naming the invoker.
+    fn send(&self, request: Request) -> impl Future<Output = Result<Response, Failure>> + Send {
+        let url = request.url;
+        async move {
+            Err(Failure::permanent(
+                "no_http_client",
+                format!("this server's invoker sends no HTTP requests written in a workflow ({url})"),
+            ))
+        }
+    }
 }
 
 type Handler = Arc<dyn Fn(Call) -> Pin<Box<dyn Future<Output = Result<Value, Failure>> + Send>> + Send + Sync>;

@@ -21,6 +21,10 @@
 //! timestamps are read once per turn of the run, and breakers and per-service limits cost no
 //! lock while no service is failing or limited.
 //!
+//! Requests a program writes itself (the Serverless Workflow's `call: http` and
+//! `call: openapi`) go out through [`Invoker::send`]: [`HttpInvoker`] sends them over the same
+//! pooled HTTP(S) clients, after [`HttpConfig::origins`] maps their origin.
+//!
 //! Invokers: [`InProcessInvoker`] (registered async functions, for embedding and benches),
 //! [`HttpInvoker`] (HTTP or HTTPS over pooled connections, a JSON POST unless the step shapes
 //! the request, with a stable `Idempotency-Key` and the service's credentials from
@@ -32,22 +36,29 @@
 
 mod breaker;
 mod grpc_call;
+mod host;
 mod http;
+mod interp;
 mod invoker;
+mod openapi;
 mod proto_json;
+mod request;
 mod run;
 pub mod secrets;
 mod spec;
 mod transport;
 mod worker;
 
-pub use self::http::{HttpConfig, HttpInvoker, Resolve};
+pub use self::http::{HttpConfig, HttpInvoker, Origins, Resolve};
 pub use baton_core::Outcome;
 pub use breaker::BreakerState;
 pub use grpc_call::GrpcInvoker;
+pub use host::{Host, HostFuture, IdleHook, NoHost};
+pub use interp::{MAX_ITEMS, MAX_SEQUENCE_STEPS, Start};
 pub use invoker::{Call, CallTrace, Failure, InProcessInvoker, Invoker};
 #[cfg(any(test, feature = "test-util"))]
 pub use invoker::{ScriptedInvoker, Step};
+pub use request::{Request, Response, output as http_output};
 pub use run::{Config, Executor, Run};
 pub use secrets::{Secret, Secrets};
 pub use spec::{RunSpec, SpecError, TaskSpec};

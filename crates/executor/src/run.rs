@@ -1,27 +1,28 @@
-//! One run of a DAG: ready-queue dispatch, retries with backoff, timeouts, failover, error
-//! policies, pause/resume/cancel, resumption from completed tasks. The DAG itself is checked
-//! in `spec.rs`.
+//! The machinery every run shares: the executor and its limits, the run handle (pause,
+//! resume, cancel), and one call of a task with its attempts (retries with backoff,
+//! timeouts, failover, circuit breakers, per-service limits). The interpreter that walks a
+//! program is in `interp.rs`; the DAG of `RunSpec` is checked in `spec.rs`.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use baton_core::{
-    CallRequest, Clock, ErrorPolicy, EvalError, Evaluator, Event, EventKind, EventSink, ExecutionId, ExecutionTrace,
-    InProcessEvaluator, Outcome, Recorded, Refusal, RetryPolicy, ServiceId, StepId, Timestamp,
+    CallRequest, Clock, Evaluator, Event, EventKind, EventSink, ExecutionId, ExecutionTrace, History,
+    InProcessEvaluator, Outcome, Problem, Recorded, RetryPolicy, ServiceId, Settled, SettledTask, StepId, Timestamp,
 };
-use futures_util::FutureExt;
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use parking_lot::Mutex;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::sync::{Semaphore, SemaphorePermit, watch};
 
 use crate::breaker::{BreakerState, Breakers};
+use crate::host::{Host, NoHost};
+use crate::interp::{Start, interpret};
 use crate::invoker::{Call, CallTrace, Failure, Invoker};
-use crate::spec::{Dag, RunSpec, TaskSpec};
+use crate::spec::RunSpec;
 
 /// How runs are executed.
 #[derive(Debug, Clone)]
@@ -69,6 +70,7 @@ impl Config {
             invoker,
             events,
             clock,
+            host: Arc::new(NoHost),
             global,
             breakers,
             service_limits: Arc::default(),
@@ -83,6 +85,7 @@ pub struct Executor<I> {
     invoker: Arc<I>,
     events: Arc<dyn EventSink<Event>>,
     clock: Arc<dyn Clock>,
+    host: Arc<dyn Host>,
     global: Arc<Semaphore>,
     breakers: Arc<Breakers>,
     service_limits: ServiceLimits,
@@ -120,6 +123,7 @@ impl<I> Clone for Executor<I> {
             invoker: Arc::clone(&self.invoker),
             events: Arc::clone(&self.events),
             clock: Arc::clone(&self.clock),
+            host: Arc::clone(&self.host),
             global: Arc::clone(&self.global),
             breakers: Arc::clone(&self.breakers),
             service_limits: Arc::clone(&self.service_limits),
@@ -135,10 +139,16 @@ impl<I> std::fmt::Debug for Executor<I> {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-enum Control {
+pub(crate) enum Control {
     Running,
     Paused,
     Cancelled(String),
+    /// Stopped without an outcome: the host parks the execution and runs it again later from
+    /// its journal.
+    Suspended,
+    /// Stop without an outcome if nothing happened since the run said it only waits (the
+    /// activity count it gave then).
+    SuspendIfIdle(u64),
 }
 
 /// A run in progress: pause, resume, cancel, and await its outcome.
@@ -146,6 +156,8 @@ enum Control {
 pub struct Run {
     control: watch::Sender<Control>,
     done: tokio::task::JoinHandle<Outcome>,
+    /// Told when the run refuses a [`Run::suspend_if_idle`]: something happened meanwhile.
+    refused: Arc<tokio::sync::Notify>,
 }
 
 impl Run {
@@ -168,7 +180,7 @@ impl Run {
     /// Aborts in-flight calls and ends the run as cancelled.
     pub fn cancel(&self, reason: &str) {
         self.control.send_if_modified(|c| {
-            let live = !matches!(c, Control::Cancelled(_));
+            let live = !matches!(c, Control::Cancelled(_) | Control::Suspended | Control::SuspendIfIdle(_));
             if live {
                 *c = Control::Cancelled(reason.to_owned());
             }
@@ -176,14 +188,43 @@ impl Run {
         });
     }
 
+    /// Stops the run without an outcome (no event says it ended) and waits until it has:
+    /// in-flight calls are abandoned, as on a crash, and the journal has all it needs to run
+    /// again later. For parking an execution that only waits.
+    pub async fn suspend(self) {
+        self.control.send_replace(Control::Suspended);
+        let _ = self.done.await;
+    }
+
+    /// Suspends the run (as [`Run::suspend`]) only if nothing happened since it said it only
+    /// waits with the activity count `mark`; true when it did. A run that moved on meanwhile
+    /// refuses and runs on.
+    pub async fn suspend_if_idle(&mut self, mark: u64) -> bool {
+        let refused = self.refused.notified();
+        self.control.send_replace(Control::SuspendIfIdle(mark));
+        tokio::select! {
+            _ = &mut self.done => true,
+            () = refused => {
+                self.control.send_if_modified(|c| {
+                    let asked = *c == Control::SuspendIfIdle(mark);
+                    if asked {
+                        *c = Control::Running;
+                    }
+                    asked
+                });
+                false
+            }
+        }
+    }
+
     /// Waits for the run to end.
     pub async fn outcome(self) -> Outcome {
-        self.done.await.unwrap_or_else(|e| Outcome::Failed(format!("run task ended abnormally: {e}")))
+        self.done.await.unwrap_or_else(|e| Outcome::Failed(Problem::runtime(format!("run task ended abnormally: {e}"))))
     }
 }
 
 /// What every task of a run shares.
-struct Shared<I> {
+pub(crate) struct Shared<I> {
     execution: ExecutionId,
     invoker: Arc<I>,
     events: Arc<dyn EventSink<Event>>,
@@ -192,24 +233,51 @@ struct Shared<I> {
     /// The time events are stamped with, read from the clock once per turn of the run rather
     /// than once per event: a clock read costs as much as dispatching a task.
     now: Mutex<Timestamp>,
-    control: watch::Receiver<Control>,
+    pub(crate) control: watch::Receiver<Control>,
+    /// Tells the handle a conditional suspension was refused.
+    pub(crate) refused: Arc<tokio::sync::Notify>,
     jitter: Mutex<SmallRng>,
     breakers: Arc<Breakers>,
     service_limits: ServiceLimits,
     global: Arc<Semaphore>,
-    evaluator: Arc<dyn Evaluator>,
+    pub(crate) evaluator: Arc<dyn Evaluator>,
+    /// Attempts that went to another service than the failed attempt before them.
     failovers: Arc<AtomicU64>,
-    trace: ExecutionTrace,
+    /// The execution's trace: calls carry its attempts' spans in `traceparent`.
+    pub(crate) trace: ExecutionTrace,
+    /// Leaves whose wait is over (a timer fired, a child ended, a call answered) counted as
+    /// they start settling: a run whose count moved since it said it only waits is not idle,
+    /// though the leaf has not told the run yet.
+    pub(crate) woken: AtomicU64,
 }
 
 impl<I> Shared<I> {
-    fn emit(&self, kind: EventKind) {
+    pub(crate) fn emit(&self, kind: EventKind) {
         self.events.publish(self.event(kind));
     }
 
+    /// The invoker calls go through.
+    pub(crate) fn invoker(&self) -> &I {
+        &self.invoker
+    }
+
+    /// The trace context attempt `attempt` of `step` carries: its own span in the
+    /// execution's trace.
+    pub(crate) fn call_trace(&self, step: &StepId, attempt: u32) -> CallTrace {
+        CallTrace {
+            traceparent: self.trace.traceparent(self.trace.attempt(step, attempt)),
+            tracestate: self.trace.tracestate().map(Arc::from),
+        }
+    }
+
     /// Hands over an event whose effects wait for the sink to keep it.
-    fn record(&self, kind: EventKind) -> Recorded {
+    pub(crate) fn record(&self, kind: EventKind) -> Recorded {
         self.events.record(self.event(kind))
+    }
+
+    /// The time the next events are stamped with.
+    pub(crate) fn now(&self) -> Timestamp {
+        *self.now.lock()
     }
 
     fn event(&self, kind: EventKind) -> Event {
@@ -219,24 +287,26 @@ impl<I> Shared<I> {
     }
 
     /// Reads the clock for the events that follow.
-    fn tick(&self) {
+    pub(crate) fn tick(&self) {
         *self.now.lock() = self.clock.now();
     }
 
     /// Waits while paused; false once cancelled.
-    async fn wait_unless_paused(&self) -> bool {
+    pub(crate) async fn wait_unless_paused(&self) -> bool {
         // The common case, running, is one read of the control cell.
         match &*self.control.borrow() {
             Control::Running => return true,
-            Control::Cancelled(_) => return false,
+            Control::Cancelled(_) | Control::Suspended => return false,
             Control::Paused => {}
+            Control::SuspendIfIdle(_) => return true,
         }
         let mut control = self.control.clone();
         loop {
             match &*control.borrow_and_update() {
                 Control::Running => return true,
-                Control::Cancelled(_) => return false,
+                Control::Cancelled(_) | Control::Suspended => return false,
                 Control::Paused => {}
+                Control::SuspendIfIdle(_) => return true,
             }
             if control.changed().await.is_err() {
                 return false;
@@ -246,7 +316,7 @@ impl<I> Shared<I> {
 
     /// A permit of the global limit, waited for in FIFO order; given up while the run is
     /// paused (so a paused run holds no permit it is not using), `None` once cancelled.
-    async fn global_permit(&self) -> Option<SemaphorePermit<'_>> {
+    pub(crate) async fn global_permit(&self) -> Option<SemaphorePermit<'_>> {
         if let Ok(permit) = self.global.try_acquire() {
             return Some(permit);
         }
@@ -264,7 +334,7 @@ impl<I> Shared<I> {
     }
 
     /// Full jitter: uniform in `[0, min(max, initial * multiplier^(attempt - 1))]`.
-    fn backoff(&self, retry: &RetryPolicy, attempt: u32) -> Duration {
+    pub(crate) fn backoff(&self, retry: &RetryPolicy, attempt: u32) -> Duration {
         let cap = retry.initial_backoff.as_secs_f64() * retry.multiplier.max(1.0).powi(attempt as i32 - 1);
         let cap = cap.min(retry.max_backoff.as_secs_f64());
         Duration::from_secs_f64(self.jitter.lock().random_range(0.0..=cap.max(0.0)))
@@ -288,23 +358,49 @@ impl<I: Invoker> Executor<I> {
         self.breakers.state(service)
     }
 
+    /// Hosts the runs of this executor: signals, children, events and capability queries
+    /// go to `host` (the workflow engine). Without one they fail with a configuration error.
+    pub fn with_host(mut self, host: Arc<dyn Host>) -> Self {
+        self.host = host;
+        self
+    }
+
     /// Starts `spec` with `input`; tasks in `completed` (with their outputs) are not run again.
+    pub fn start(&self, spec: RunSpec, input: Value, completed: BTreeMap<StepId, Value>) -> Run {
+        let mut history = History::default();
+        for (step, output) in completed {
+            history.settled.insert(step, SettledTask { result: Settled::Succeeded(output), sequence: 0, attempt: 0 });
+        }
+        let workflow = serde_json::json!({"id": spec.execution.to_string(), "input": input});
+        self.run(Start {
+            execution: spec.execution,
+            program: spec.program,
+            input,
+            history,
+            workflow,
+            idle: None,
+            trace: spec.caller,
+        })
+    }
+
+    /// Starts a run of a program; what `start.history` says is settled is not run again.
     ///
     /// A run is one tokio task: its calls are futures it polls itself, so dispatching a task
     /// costs no spawn. An in-process handler that computes for long should move that work to
     /// `spawn_blocking` or its own task; runs themselves spread over the runtime's threads.
-    pub fn start(&self, spec: RunSpec, input: Value, completed: BTreeMap<StepId, Value>) -> Run {
+    pub fn run(&self, start: Start) -> Run {
+        let refused = Arc::new(tokio::sync::Notify::new());
         let (control, receiver) = watch::channel(Control::Running);
         let rng = match self.config.jitter_seed {
             Some(seed) => SmallRng::seed_from_u64(seed),
             // UUIDv7s carry 74 random bits: enough to decorrelate the jitter of runs.
             None => {
-                let (high, low) = spec.execution.as_uuid().as_u64_pair();
+                let (high, low) = start.execution.as_uuid().as_u64_pair();
                 SmallRng::seed_from_u64(high ^ low)
             }
         };
         let shared = Shared {
-            execution: spec.execution,
+            execution: start.execution,
             invoker: Arc::clone(&self.invoker),
             events: Arc::clone(&self.events),
             clock: Arc::clone(&self.clock),
@@ -315,308 +411,80 @@ impl<I: Invoker> Executor<I> {
             breakers: Arc::clone(&self.breakers),
             service_limits: Arc::clone(&self.service_limits),
             global: Arc::clone(&self.global),
+            refused: Arc::clone(&refused),
             evaluator: Arc::clone(&self.config.evaluator),
             failovers: Arc::clone(&self.failovers),
-            trace: ExecutionTrace::new(spec.execution, spec.caller.as_ref()),
+            trace: ExecutionTrace::new(start.execution, start.trace.as_ref()),
+            woken: AtomicU64::new(0),
         };
         let limit = self.config.max_in_flight_per_run.max(1);
+        let host = Arc::clone(&self.host);
         let done = tokio::spawn(async move {
-            let run = drive(&shared, &spec.dag, input, completed, limit);
-            let outcome = match spec.dag.deadline {
+            if start.history == History::default() {
+                shared.tick();
+                shared.emit(EventKind::Started { input: start.input.clone() });
+            }
+            let deadline = start.program.deadline;
+            let run = interpret(&shared, host.as_ref(), start, limit);
+            let outcome = match deadline {
                 Some(d) => tokio::time::timeout(d, run).await.unwrap_or_else(|_| {
-                    Outcome::Failed(format!("run deadline of {} exceeded", baton_core::duration::format(d)))
+                    Outcome::Failed(Problem::standard(
+                        "timeout",
+                        format!("run deadline of {} exceeded", baton_core::duration::format(d)),
+                    ))
                 }),
                 None => run.await,
             };
-            shared.tick();
-            shared.emit(outcome.clone().into());
+            // A suspended run ends without a word: the execution goes on later.
+            if !matches!(*shared.control.borrow(), Control::Suspended | Control::SuspendIfIdle(_)) {
+                shared.tick();
+                shared.emit(outcome.clone().into());
+            }
             outcome
         });
-        Run { control, done }
+        Run { control, done, refused }
     }
 }
 
-fn context(input: &Value, outputs: &[Option<Value>], spec: &Dag, reads: &[usize]) -> Value {
-    let steps: Map<String, Value> = reads
-        .iter()
-        .filter_map(|&r| {
-            outputs[r].as_ref().map(|o| (spec.tasks[r].id.to_string(), serde_json::json!({ "output": o })))
-        })
-        .collect();
-    serde_json::json!({"input": input, "steps": steps})
-}
-
-/// The scheduling state of one run.
-struct Schedule<'a> {
-    spec: &'a Dag,
-    /// Unfinished dependencies per task.
-    waiting: Vec<usize>,
-    outputs: Vec<Option<Value>>,
-    skipped: Vec<bool>,
-    ready: VecDeque<usize>,
-    /// Which primary a running fallback stands in for.
-    standing_in: HashMap<usize, usize>,
-}
-
-impl<'a> Schedule<'a> {
-    fn new(spec: &'a Dag, completed: BTreeMap<StepId, Value>) -> Self {
-        let n = spec.tasks.len();
-        let mut schedule = Self {
-            spec,
-            waiting: (0..n).map(|i| spec.graph.dependencies(i).len()).collect(),
-            outputs: vec![None; n],
-            skipped: vec![false; n],
-            ready: VecDeque::new(),
-            standing_in: HashMap::new(),
-        };
-        let mut done_before = Vec::new();
-        for (id, output) in completed {
-            if let Some(i) = spec.graph.index(&id) {
-                schedule.outputs[i] = Some(output);
-                done_before.push(i);
-            }
-        }
-        for i in 0..n {
-            if schedule.waiting[i] == 0 && schedule.outputs[i].is_none() && !spec.fallback_only[i] {
-                schedule.ready.push_back(i);
-            }
-        }
-        for i in done_before {
-            schedule.release_dependents(i);
-        }
-        let outputs = &schedule.outputs;
-        schedule.ready.retain(|&i| outputs[i].is_none());
-        schedule
-    }
-
-    /// Counts `i` done for its dependents; those with nothing left to wait for become ready.
-    fn release_dependents(&mut self, i: usize) {
-        for &d in self.spec.graph.dependents(i) {
-            self.waiting[d] -= 1;
-            if self.waiting[d] == 0 && !self.skipped[d] && !self.spec.fallback_only[d] {
-                self.ready.push_back(d);
-            }
-        }
-    }
-
-    /// Marks every task downstream of `failed` skipped, with an event each.
-    fn skip_dependents<I>(&mut self, shared: &Shared<I>, failed: usize) {
-        let mut stack = self.spec.graph.dependents(failed).to_vec();
-        while let Some(d) = stack.pop() {
-            if !std::mem::replace(&mut self.skipped[d], true) {
-                let reason = format!("needs {}, which failed", self.spec.tasks[failed].id);
-                shared.emit(EventKind::TaskSkipped { step: self.spec.tasks[d].id.clone(), reason });
-                stack.extend(self.spec.graph.dependents(d).iter().copied());
-            }
-        }
-    }
-
-    /// The input and call of task `i`: rendered once for all runs, or its context to render
-    /// them in.
-    fn payload(&self, input: &Value, i: usize) -> Payload {
-        let rendered = self.spec.static_input[i].clone();
-        let call = self.spec.static_call[i].clone();
-        let dynamic_call = self.spec.tasks[i].call.is_some() && call.is_none();
-        let context =
-            (rendered.is_none() || dynamic_call).then(|| context(input, &self.outputs, self.spec, &self.spec.reads[i]));
-        Payload { input: rendered, call, context }
-    }
-
-    /// Takes in how task `i` ended; `Some` when that ends the run.
-    fn settle<I>(&mut self, shared: &Shared<I>, i: usize, result: Result<Value, TaskError>) -> Option<Outcome> {
-        let primary = self.standing_in.remove(&i).unwrap_or(i);
-        match result {
-            Ok(output) => {
-                self.outputs[primary] = Some(output);
-                self.release_dependents(primary);
-            }
-            Err(error) => match &self.spec.tasks[i].on_error {
-                ErrorPolicy::Fail => {
-                    return Some(Outcome::Failed(format!("step {} failed: {error}", self.spec.tasks[i].id)));
-                }
-                ErrorPolicy::Continue => self.skip_dependents(shared, primary),
-                ErrorPolicy::Fallback(f) => {
-                    let f = self.spec.graph.index(f).expect("a checked fallback");
-                    self.standing_in.insert(f, primary);
-                    self.ready.push_front(f);
-                }
-            },
-        }
-        None
-    }
-}
-
-/// A task's input and call, each rendered once for all runs or rendered in `context`.
-struct Payload {
-    /// The input, when it has no expression.
-    input: Option<Value>,
-    /// The call, when its template has no expression (and `None` for a task without one).
-    call: Option<Arc<CallRequest>>,
-    /// What the others are rendered in.
-    context: Option<Value>,
-}
-
-/// Tasks settled on their first poll between two yields of a run to the runtime.
-const INLINE_BUDGET: u64 = 256;
-/// Tasks settled on their first poll between two clock reads.
-const CLOCK_EVERY: u64 = 16;
-
-async fn drive<I: Invoker>(
+/// Runs a task's `attempts` within its time limit, if any; past it the task fails (journaled)
+/// with a timeout problem at `reference`.
+pub(crate) async fn within_task_limit<I, T>(
     shared: &Shared<I>,
-    spec: &Dag,
-    input: Value,
-    completed: BTreeMap<StepId, Value>,
-    limit: usize,
-) -> Outcome {
-    if completed.is_empty() {
-        shared.tick();
-        shared.emit(EventKind::Started { input: input.clone() });
-    }
-    let mut schedule = Schedule::new(spec, completed);
-    // In-flight tasks; dropping the set (on failure or cancel) abandons their calls.
-    let mut running = FuturesUnordered::new();
-    let mut control = shared.control.clone();
-    let mut paused = false;
-    let mut settled_inline: u64 = 0;
-    'turn: loop {
-        // The control cell is read on every turn, so a busy run still sees pause and cancel.
-        match &*control.borrow_and_update() {
-            Control::Cancelled(reason) => return Outcome::Cancelled(reason.clone()),
-            Control::Paused if !paused => {
-                paused = true;
-                shared.emit(EventKind::Paused);
-            }
-            Control::Running if paused => {
-                paused = false;
-                shared.emit(EventKind::Resumed);
-            }
-            _ => {}
-        }
-        // Dispatch while running and under the run's limit; the global limit queues FIFO
-        // inside each task's future.
-        while !paused && running.len() < limit {
-            let Some(i) = schedule.ready.pop_front() else { break };
-            if settled_inline.is_multiple_of(CLOCK_EVERY) {
-                shared.tick();
-            }
-            let payload = schedule.payload(&input, i);
-            // A call that finishes on its first poll (in-process work, a cached answer) is
-            // settled on the spot; only a pending one joins the set. The set polls it again
-            // with its own waker, and a future only wakes the waker of its latest poll.
-            let mut task = Box::pin(dispatch(shared, i, &spec.tasks[i], payload));
-            match task.as_mut().now_or_never() {
-                Some((i, result)) => {
-                    if let Some(outcome) = schedule.settle(shared, i, result) {
-                        return outcome;
-                    }
-                    settled_inline += 1;
-                    // Let the thread's other tasks in now and then, and look at the control cell.
-                    if settled_inline.is_multiple_of(INLINE_BUDGET) {
-                        tokio::task::yield_now().await;
-                        continue 'turn;
-                    }
-                }
-                None => running.push(task),
-            }
-        }
-        // Done when nothing runs and nothing can be dispatched; a paused run waits instead.
-        if running.is_empty() && schedule.ready.is_empty() && !paused {
-            break;
-        }
-        tokio::select! {
-            biased;
-            // Every poll of the set reads the clock first: its tasks may have waited long.
-            next = std::future::poll_fn(|cx| {
-                shared.tick();
-                running.poll_next_unpin(cx)
-            }), if !running.is_empty() => {
-                // Settle every task that has finished before turning to dispatch again.
-                let mut next = next;
-                while let Some((i, result)) = next {
-                    if let Some(outcome) = schedule.settle(shared, i, result) {
-                        return outcome;
-                    }
-                    shared.tick();
-                    next = running.next().now_or_never().flatten();
-                }
-            }
-            changed = control.changed() => {
-                if changed.is_err() {
-                    return Outcome::Cancelled("the run's handle was dropped".to_owned());
-                }
-            }
-        }
-    }
-    let rendered = if spec.output.expressions().is_empty() {
-        spec.output.render(&Value::Null)
-    } else {
-        let all: Vec<usize> = (0..spec.tasks.len()).collect();
-        let context = context(&input, &schedule.outputs, spec, &all);
-        // An evaluation may take a while; a cancel still ends the run at once.
-        tokio::select! {
-            rendered = spec.output.render_with(&context, &*shared.evaluator) => rendered,
-            reason = cancelled(&mut control) => return Outcome::Cancelled(reason),
-        }
-    };
-    match rendered {
-        Ok(output) => Outcome::Completed(output),
-        Err(e) => Outcome::Failed(format!("run output: {e}")),
-    }
+    step: &StepId,
+    reference: &str,
+    limit: Option<Duration>,
+    attempts: impl Future<Output = Result<T, TaskError>>,
+) -> Result<T, TaskError> {
+    let Some(limit) = limit else { return attempts.await };
+    tokio::time::timeout(limit, attempts).await.unwrap_or_else(|_| {
+        let problem =
+            Problem::standard("timeout", format!("task timed out after {}", baton_core::duration::format(limit)))
+                .at(reference);
+        shared.emit(EventKind::TaskFailed {
+            step: step.clone(),
+            attempt: 0,
+            error: problem.message(),
+            retryable: false,
+            problem: Some(problem.clone()),
+        });
+        Err(TaskError::Failed(problem))
+    })
 }
 
-/// Waits until the run is cancelled (or its handle dropped); the reason.
-async fn cancelled(control: &mut watch::Receiver<Control>) -> String {
-    loop {
-        if let Control::Cancelled(reason) = &*control.borrow_and_update() {
-            return reason.clone();
-        }
-        if control.changed().await.is_err() {
-            return "the run's handle was dropped".to_owned();
-        }
-    }
-}
-
-/// Task `index` from its input's and call's rendering and the global limit's permit to its
-/// result. An input or call that does not render fails the task, under its error policy.
-async fn dispatch<'a, I: Invoker>(
-    shared: &'a Shared<I>,
-    index: usize,
-    task: &'a TaskSpec,
-    payload: Payload,
-) -> (usize, Result<Value, TaskError>) {
-    let Payload { input, call, context } = payload;
-    let input = match (input, &context) {
-        (Some(input), _) => input,
-        (None, Some(context)) => match task.input.render_with(context, &*shared.evaluator).await {
-            Ok(input) => input,
-            Err(e) => return (index, Err(render_failed(shared, task, TaskError::Input(e)))),
-        },
-        (None, None) => unreachable!("a context is made for an input to render"),
-    };
-    let request = match (&task.call, call, &context) {
-        (None, ..) => None,
-        (Some(_), Some(call), _) => Some(call),
-        (Some(template), None, Some(context)) => match template.render_with(context, &*shared.evaluator).await {
-            Ok(call) => Some(Arc::new(call)),
-            Err(e) => return (index, Err(render_failed(shared, task, TaskError::Call(e)))),
-        },
-        (Some(_), None, None) => unreachable!("a context is made for a call to render"),
-    };
-    let Some(_permit) = shared.global_permit().await else { return (index, Err(TaskError::Cancelled)) };
-    (index, run_task(shared, task, input, request).await)
-}
-
-/// Reports a task whose input or call did not render; the error. Nothing was called, so no
-/// retry: an expression fails the same way every time, and one past a bound is an
-/// `expression_limit`.
-fn render_failed<I>(shared: &Shared<I>, task: &TaskSpec, error: TaskError) -> TaskError {
-    shared.emit(EventKind::TaskFailed {
-        step: task.id.clone(),
-        attempt: 0,
-        error: error.to_string(),
-        retryable: false,
-    });
-    error
+/// One call task, as [`run_call`] attempts it.
+pub(crate) struct CallSpec<'a> {
+    pub(crate) step: &'a StepId,
+    /// The service to call first, then the alternatives to fail over to, in order.
+    pub(crate) services: &'a [ServiceId],
+    pub(crate) retry: &'a RetryPolicy,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) task_timeout: Option<Duration>,
+    /// Where the task is written, for its errors' `instance`.
+    pub(crate) reference: &'a str,
+    /// The number of the first attempt made now (attempts before a restart count).
+    pub(crate) first_attempt: u32,
+    /// How the task shapes its call, rendered; `None`: the protocol's plain call.
+    pub(crate) request: Option<Arc<CallRequest>>,
 }
 
 /// The service an attempt goes to.
@@ -636,7 +504,7 @@ struct Pick<'a> {
 /// whose breaker is open.
 async fn pick<'a, I: Invoker>(
     shared: &'a Shared<I>,
-    task: &TaskSpec,
+    task: &CallSpec<'_>,
     candidate: usize,
     tried: &[ServiceId],
     deadline: Option<tokio::time::Instant>,
@@ -646,7 +514,7 @@ async fn pick<'a, I: Invoker>(
     for k in 0..count {
         let index = (candidate + k) % count;
         let target = &task.services[index];
-        let resolving = shared.invoker.resolve(target, &task.id);
+        let resolving = shared.invoker.resolve(target, task.step);
         let resolved = match deadline {
             Some(at) => tokio::time::timeout_at(at, resolving).await.unwrap_or_else(|_| {
                 Err(Failure::retryable("timeout", "attempt timed out waiting for a service to call"))
@@ -680,22 +548,38 @@ async fn pick<'a, I: Invoker>(
         .unwrap_or_else(|| Failure::retryable("circuit_open", "every candidate service's circuit breaker is open")))
 }
 
-/// Attempts one task: each attempt goes to the picked service (see [`pick`]); a failure moves
-/// the next attempt to the next candidate (failover), at once while one is left untried, after
-/// the retry policy's backoff once all have been tried.
-async fn run_task<I: Invoker>(
+/// Attempts one call task: each attempt goes to the picked service (see [`pick`]); a failure
+/// moves the next attempt to the next candidate (failover), at once while one is left
+/// untried, after the retry policy's backoff once all have been tried. Every attempt is
+/// journaled under the service it went to and carries its own span in `traceparent`; its
+/// failure is journaled, `retryable` saying whether another attempt follows, so the last one
+/// marks the task failed. Answers the attempt that succeeded and the raw output; journaling
+/// the success is the caller's (after its output filter).
+pub(crate) async fn run_call<I: Invoker>(
     shared: &Shared<I>,
-    task: &TaskSpec,
+    task: &CallSpec<'_>,
     payload: Value,
-    request: Option<Arc<CallRequest>>,
-) -> Result<Value, TaskError> {
+) -> Result<(u32, Value), TaskError> {
+    // Attempts keep their numbers across a restart, and a restart gives the task its whole
+    // budget again: attempts a crash cut short say nothing about the service.
+    let first = task.first_attempt.max(1);
+    let max = first + task.retry.max_attempts.max(1) - 1;
+    let fail = |attempt: u32, failure: &Failure, follows: bool| {
+        let problem = failure.problem().at(task.reference);
+        shared.emit(EventKind::TaskFailed {
+            step: task.step.clone(),
+            attempt,
+            error: failure.to_string(),
+            retryable: follows,
+            problem: Some(problem),
+        });
+    };
     let attempts = async {
         let mut candidate = 0;
-        // Services that failed an attempt of this task, and the latest of them.
+        // Services that failed an attempt of this task, the latest last.
         let mut tried: Vec<ServiceId> = Vec::new();
         let mut last = TaskError::NoAttempt;
-        let max = task.retry.max_attempts.max(1);
-        for attempt in 1..=max {
+        for attempt in first..=max {
             if !shared.wait_unless_paused().await {
                 return Err(TaskError::Cancelled);
             }
@@ -705,19 +589,13 @@ async fn run_task<I: Invoker>(
                     Ok(pick) => pick,
                     Err(failure) => {
                         let retryable = failure.retryable && !task.retry.non_retryable.contains(&failure.class);
-                        shared.emit(EventKind::TaskFailed {
-                            step: task.id.clone(),
-                            attempt,
-                            error: failure.to_string(),
-                            retryable,
-                        });
-                        last = TaskError::Failed(failure);
-                        if !retryable {
+                        let follows = retryable && attempt < max;
+                        fail(attempt, &failure, follows);
+                        last = TaskError::Failed(failure.problem().at(task.reference));
+                        if !follows {
                             return Err(last);
                         }
-                        if attempt < max {
-                            tokio::time::sleep(shared.backoff(&task.retry, attempt)).await;
-                        }
+                        tokio::time::sleep(shared.backoff(task.retry, attempt)).await;
                         continue;
                     }
                 };
@@ -730,19 +608,16 @@ async fn run_task<I: Invoker>(
                 Some(limit) => Some(limit.acquire_owned().await.expect("service semaphores are never closed")),
                 None => None,
             };
-            shared.emit(EventKind::TaskScheduled { step: task.id.clone(), attempt, service: service.clone() });
+            shared.emit(EventKind::TaskScheduled { step: task.step.clone(), attempt, service: service.clone() });
             let call = Call {
                 execution: shared.execution,
-                step: task.id.clone(),
+                step: task.step.clone(),
                 attempt,
                 service: service.clone(),
                 payload: payload.clone(),
-                request: request.clone(),
+                request: task.request.clone(),
                 timeout: task.timeout,
-                trace: Some(CallTrace {
-                    traceparent: shared.trace.traceparent(shared.trace.attempt(&task.id, attempt)),
-                    tracestate: shared.trace.tracestate().map(Arc::from),
-                }),
+                trace: Some(shared.call_trace(task.step, attempt)),
             };
             let result = match (deadline, task.timeout) {
                 (Some(at), Some(limit)) => {
@@ -761,85 +636,45 @@ async fn run_task<I: Invoker>(
                 Err(failure) if failure.unreached => drop(admission),
                 result => admission.record(result.as_ref().map_or_else(|f| !f.retryable, |_| true)),
             }
+            // The service's slot is not held through the backoff or the journal write.
+            drop(service_permit);
             match result {
-                Ok(output) => {
-                    drop(service_permit);
-                    // Dependants start only once the sink has kept the completion (a durable
-                    // journal: on disk), so a crash never loses an output something used.
-                    let kept = shared.record(EventKind::TaskSucceeded {
-                        step: task.id.clone(),
-                        attempt,
-                        output: output.clone(),
-                    });
-                    return match kept.await {
-                        Ok(()) => Ok(output),
-                        Err(refusal) => {
-                            shared.emit(EventKind::TaskFailed {
-                                step: task.id.clone(),
-                                attempt,
-                                error: refusal.to_string(),
-                                retryable: false,
-                            });
-                            Err(TaskError::Refused(refusal))
-                        }
-                    };
-                }
+                Ok(output) => return Ok((attempt, output)),
                 Err(failure) => {
-                    // The service's slot is not held through the backoff.
-                    drop(service_permit);
                     let retryable = failure.retryable && !task.retry.non_retryable.contains(&failure.class);
-                    shared.emit(EventKind::TaskFailed {
-                        step: task.id.clone(),
-                        attempt,
-                        error: failure.to_string(),
-                        retryable,
-                    });
-                    last = TaskError::Failed(failure);
                     tried.retain(|s| *s != service);
                     tried.push(service);
                     candidate += 1;
                     // A permanent failure is the request's fault, which another instance of a
                     // capability would refuse too; a pinned step still tries its alternatives.
                     let alternatives_left = candidate < task.services.len();
-                    if !retryable && !alternatives_left {
+                    let follows = attempt < max && (retryable || alternatives_left);
+                    fail(attempt, &failure, follows);
+                    last = TaskError::Failed(failure.problem().at(task.reference));
+                    if !follows {
                         return Err(last);
                     }
-                    if attempt < max && retryable && !untried_left {
-                        tokio::time::sleep(shared.backoff(&task.retry, attempt)).await;
+                    if retryable && !untried_left {
+                        tokio::time::sleep(shared.backoff(task.retry, attempt)).await;
                     }
                 }
             }
         }
         Err(last)
     };
-    match task.task_timeout {
-        Some(limit) => tokio::time::timeout(limit, attempts).await.unwrap_or(Err(TaskError::TimedOut(limit))),
-        None => attempts.await,
-    }
+    within_task_limit(shared, task.step, task.reference, task.task_timeout, attempts).await
 }
 
-/// Why a task produced no output; the run's failure names it.
+/// Why a call task produced no output.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-enum TaskError {
+pub(crate) enum TaskError {
     /// The run was cancelled first.
     #[error("cancelled")]
     Cancelled,
     /// Out of attempts before any was made.
     #[error("no attempt made")]
     NoAttempt,
-    /// The last attempt's failure.
-    #[error(transparent)]
-    Failed(Failure),
-    /// The sink refused the task's success, so it never happened.
-    #[error(transparent)]
-    Refused(Refusal),
-    /// All attempts together took longer than the task's limit.
-    #[error("task timed out after {}", baton_core::duration::format(*.0))]
-    TimedOut(Duration),
-    /// Its input did not render, so nothing was called.
-    #[error(transparent)]
-    Input(EvalError),
-    /// Its call (path, query, headers, metadata) did not render, so nothing was called.
-    #[error("call: {0}")]
-    Call(EvalError),
+    /// The last attempt's failure, or the task's time limit.
+    #[error("{}", .0.message())]
+    Failed(Problem),
 }

@@ -4,11 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use baton_core::program::{Action, Block, Call, CallTarget, Flow, OnError, Program, Task, Then};
 use baton_core::{
-    CallRequest, CallTemplate, ErrorPolicy, ExecutionId, GraphError, RetryPolicy, ServiceId, StepGraph, StepId,
-    StepLinks, Template, TraceContext,
+    CallTemplate, ErrorPolicy, ExecutionId, GraphError, RetryPolicy, ServiceId, StepGraph, StepId, StepLinks, Template,
+    TraceContext, WorkflowName,
 };
-use serde_json::Value;
 
 /// One task of a run.
 #[derive(Debug, Clone)]
@@ -34,35 +34,19 @@ pub struct TaskSpec {
     pub on_error: ErrorPolicy,
 }
 
-/// A checked DAG of tasks with the run's output template, for one execution.
+/// A checked DAG of tasks with the run's output template, for one execution: a program of one
+/// graph block of calls.
 ///
-/// The checked DAG is shared: [`RunSpec::for_execution`] gives another execution of the same
-/// DAG without checking or copying it again, as when many executions start from one version
-/// of a workflow definition.
+/// The checked program is shared: [`RunSpec::for_execution`] gives another execution of it
+/// without checking or copying it again, as when many executions start from one version of a
+/// workflow definition.
 #[derive(Debug, Clone)]
 pub struct RunSpec {
     pub(crate) execution: ExecutionId,
-    pub(crate) dag: Arc<Dag>,
+    pub(crate) program: Arc<Program>,
+    tasks: Arc<[TaskSpec]>,
     /// The trace context of the caller that started the execution.
     pub(crate) caller: Option<TraceContext>,
-}
-
-/// The checked DAG and what scheduling needs of it, worked out once.
-#[derive(Debug)]
-pub(crate) struct Dag {
-    pub(crate) tasks: Vec<TaskSpec>,
-    pub(crate) output: Template,
-    pub(crate) deadline: Option<Duration>,
-    /// Ids, dependencies and dependents, each dependency once; checked by core's one rule.
-    pub(crate) graph: StepGraph,
-    /// The steps each task's input reads: its dependencies and whatever its expressions name.
-    pub(crate) reads: Vec<Vec<usize>>,
-    /// Tasks that only run in place of a failed step.
-    pub(crate) fallback_only: Vec<bool>,
-    /// The inputs of tasks whose input has no expression, rendered once here.
-    pub(crate) static_input: Vec<Option<Value>>,
-    /// The calls of tasks whose call template has no expression, rendered once here.
-    pub(crate) static_call: Vec<Option<Arc<CallRequest>>>,
 }
 
 /// Why a run spec was refused.
@@ -91,51 +75,47 @@ impl RunSpec {
         if let Some(t) = tasks.iter().find(|t| t.services.is_empty()) {
             return Err(SpecError::NoService(t.id.clone()));
         }
-        let reads = tasks
+        let program_tasks = tasks
             .iter()
             .enumerate()
-            .map(|(i, t)| {
-                let mut reads = graph.dependencies(i).to_vec();
-                let call_reads = t.call.as_ref().map(CallTemplate::referenced_steps).unwrap_or_default();
-                reads.extend(
-                    t.input
-                        .referenced_steps()
-                        .iter()
-                        .chain(&call_reads)
-                        .filter_map(|s| s.parse::<StepId>().ok())
-                        .filter_map(|s| graph.index(&s)),
-                );
-                reads.sort_unstable();
-                reads.dedup();
-                reads
+            .map(|(i, t)| Task {
+                name: t.id.clone(),
+                reference: format!("/steps/{i}"),
+                condition: None,
+                input: None,
+                output: None,
+                export: None,
+                then: Then::Continue,
+                depends_on: graph.dependencies(i).to_vec(),
+                retry: t.retry.clone(),
+                timeout: t.timeout,
+                task_timeout: t.task_timeout,
+                on_error: match &t.on_error {
+                    ErrorPolicy::Fail => OnError::Fail,
+                    ErrorPolicy::Continue => OnError::Continue,
+                    ErrorPolicy::Fallback(f) => OnError::Fallback(graph.index(f).expect("a checked fallback")),
+                },
+                action: Action::Call(Call {
+                    target: CallTarget::Services(t.services.clone()),
+                    payload: t.input.clone(),
+                    shape: t.call.clone(),
+                }),
             })
             .collect();
-        let mut fallback_only = vec![false; tasks.len()];
-        for t in &tasks {
-            if let ErrorPolicy::Fallback(f) = &t.on_error
-                && let Some(f) = graph.index(f)
-            {
-                fallback_only[f] = true;
-            }
-        }
-        let static_input = tasks
-            .iter()
-            .map(|t| if t.input.expressions().is_empty() { t.input.render(&Value::Null).ok() } else { None })
-            .collect();
-        let static_call = tasks
-            .iter()
-            .map(|t| match &t.call {
-                Some(call) if call.is_static() => call.render(&Value::Null).ok().map(Arc::new),
-                _ => None,
-            })
-            .collect();
-        let dag = Dag { tasks, output, deadline, graph, reads, fallback_only, static_input, static_call };
-        Ok(Self { execution, dag: Arc::new(dag), caller: None })
+        let root = Block::new(Flow::Graph, program_tasks, Some(output));
+        let name = WorkflowName::new("run").expect("a valid name");
+        let program = Program { name, root, input: None, output: None, deadline };
+        Ok(Self { execution, program: Arc::new(program), tasks: tasks.into(), caller: None })
     }
 
-    /// The same checked DAG for another execution.
+    /// A run of a checked program.
+    pub fn of_program(execution: ExecutionId, program: Arc<Program>) -> Self {
+        Self { execution, program, tasks: Arc::from([]), caller: None }
+    }
+
+    /// The same checked program for another execution.
     pub fn for_execution(&self, execution: ExecutionId) -> Self {
-        Self { execution, dag: Arc::clone(&self.dag), caller: None }
+        Self { execution, program: Arc::clone(&self.program), tasks: Arc::clone(&self.tasks), caller: None }
     }
 
     /// The run continues `caller`'s trace: its calls carry `traceparent` with the caller's
@@ -150,8 +130,13 @@ impl RunSpec {
         self.execution
     }
 
-    /// The tasks.
+    /// The tasks it was built from (none for a spec of a program).
     pub fn tasks(&self) -> &[TaskSpec] {
-        &self.dag.tasks
+        &self.tasks
+    }
+
+    /// The program it runs.
+    pub fn program(&self) -> &Arc<Program> {
+        &self.program
     }
 }

@@ -156,7 +156,7 @@ fn failures(events: &RecordingSink<Event>) -> Vec<String> {
 
 fn failed_with(outcome: &Outcome, needle: &str) {
     match outcome {
-        Outcome::Failed(error) => assert!(error.contains(needle), "{error:?} lacks {needle:?}"),
+        Outcome::Failed(problem) => assert!(problem.message().contains(needle), "{problem:?} lacks {needle:?}"),
         other => panic!("expected a failure naming {needle:?}, got {other:?}"),
     }
 }

@@ -229,7 +229,7 @@ async fn an_untrusted_certificate_fails_the_step_on_its_first_attempt() {
     let spec = RunSpec::new(ExecutionId::generate(), vec![task], Template::compile("o", &Value::Null).unwrap(), None);
     let outcome = executor.start(spec.unwrap(), Value::Null, BTreeMap::new()).outcome().await;
     let Outcome::Failed(error) = outcome else { panic!("{outcome:?}") };
-    assert!(error.contains("tls: certificate for 127.0.0.1 not trusted"), "{error}");
+    assert!(error.message().contains("tls: certificate for 127.0.0.1 not trusted"), "{error}");
     let attempts = events.events().iter().filter(|e| matches!(e.kind, EventKind::TaskScheduled { .. })).count();
     assert_eq!(attempts, 1, "a certificate failure is not retried");
 }

@@ -10,8 +10,9 @@ use baton_core::service::DEFAULT_CAPACITY;
 use baton_core::{
     AuthScheme, CheckKind, Constraints, Credentials, DataFlow, DescriptorSet, Encryption, Endpoint, Event, EventKind,
     Execution, ExecutionId, ExecutionState, Goal, GrpcMethod, Health, HealthCheck, Objective, Plan, PlanTask,
-    PredictedQos, Protocol, Qos, SecretName, SecurityProfile, SecurityRequirements, ServiceDefinition, ServiceId,
-    ServiceRequirements, ServiceSpec, StepId, TaskState, TaskStatus, Timestamp, TlsSettings, Weights, WorkflowName,
+    PredictedQos, Problem, Protocol, Qos, SecretName, SecurityProfile, SecurityRequirements, ServiceDefinition,
+    ServiceId, ServiceRequirements, ServiceSpec, StepId, TaskState, TaskStatus, Timestamp, TlsSettings, Weights,
+    WorkflowName,
 };
 use serde_json::Value;
 use tonic::Status;
@@ -585,6 +586,18 @@ fn task_state_to_proto(state: TaskState) -> pb::TaskState {
         TaskState::Failed => pb::TaskState::Failed,
         TaskState::Skipped => pb::TaskState::Skipped,
         TaskState::Cancelled => pb::TaskState::Cancelled,
+        TaskState::Waiting => pb::TaskState::Waiting,
+    }
+}
+
+/// A problem as proto.
+pub fn problem_to_proto(problem: &Problem) -> pb::Problem {
+    pb::Problem {
+        r#type: problem.kind.clone(),
+        status: u32::from(problem.status),
+        title: problem.title.clone(),
+        detail: problem.detail.clone(),
+        instance: problem.instance.clone(),
     }
 }
 
@@ -597,6 +610,9 @@ fn task_status_to_proto(step: &StepId, status: &TaskStatus) -> pb::TaskStatus {
         error: status.error.clone(),
         started_at: status.started_at.map(timestamp),
         finished_at: status.finished_at.map(timestamp),
+        problem: status.problem.as_ref().map(problem_to_proto),
+        child_execution_id: status.child.map(|c| c.to_string()),
+        due: status.due.map(timestamp),
     }
 }
 
@@ -621,6 +637,11 @@ pub fn execution_summary_to_proto(execution: &Execution) -> pb::Execution {
         created_at: Some(timestamp(execution.created_at)),
         updated_at: Some(timestamp(execution.updated_at)),
         tasks: Vec::new(),
+        problem: execution.problem.as_ref().map(problem_to_proto),
+        parent: execution
+            .parent
+            .as_ref()
+            .map(|p| pb::ParentLink { execution_id: p.execution.to_string(), step: p.step.to_string() }),
     }
 }
 
@@ -634,17 +655,23 @@ pub fn event_to_proto(event: &Event) -> pb::Event {
             attempt: *attempt,
             service: service.to_string(),
         }),
-        EventKind::TaskSucceeded { step, attempt, output } => event::Kind::TaskSucceeded(event::TaskSucceeded {
-            step: step.to_string(),
-            attempt: *attempt,
-            output_json: output.to_string(),
-        }),
-        EventKind::TaskFailed { step, attempt, error, retryable } => event::Kind::TaskFailed(event::TaskFailed {
-            step: step.to_string(),
-            attempt: *attempt,
-            error: error.clone(),
-            retryable: *retryable,
-        }),
+        EventKind::TaskSucceeded { step, attempt, output, context } => {
+            event::Kind::TaskSucceeded(event::TaskSucceeded {
+                step: step.to_string(),
+                attempt: *attempt,
+                output_json: output.to_string(),
+                context_json: context.as_ref().map(ToString::to_string),
+            })
+        }
+        EventKind::TaskFailed { step, attempt, error, retryable, problem } => {
+            event::Kind::TaskFailed(event::TaskFailed {
+                step: step.to_string(),
+                attempt: *attempt,
+                error: error.clone(),
+                retryable: *retryable,
+                problem: problem.as_ref().map(problem_to_proto),
+            })
+        }
         EventKind::TaskSkipped { step, reason } => {
             event::Kind::TaskSkipped(event::TaskSkipped { step: step.to_string(), reason: reason.clone() })
         }
@@ -652,7 +679,24 @@ pub fn event_to_proto(event: &Event) -> pb::Event {
         EventKind::Resumed => event::Kind::Resumed(event::Resumed {}),
         EventKind::Cancelled { reason } => event::Kind::Cancelled(event::Cancelled { reason: reason.clone() }),
         EventKind::Completed { output } => event::Kind::Completed(event::Completed { output_json: output.to_string() }),
-        EventKind::Failed { error } => event::Kind::Failed(event::Failed { error: error.clone() }),
+        EventKind::Failed { error, problem } => {
+            event::Kind::Failed(event::Failed { error: error.clone(), problem: problem.as_ref().map(problem_to_proto) })
+        }
+        EventKind::TimerStarted { step, due } => {
+            event::Kind::TimerStarted(event::TimerStarted { step: step.to_string(), due: Some(timestamp(*due)) })
+        }
+        EventKind::SignalReceived { name, data } => {
+            event::Kind::SignalReceived(event::SignalReceived { name: name.clone(), data_json: data.to_string() })
+        }
+        EventKind::SignalConsumed { step, signals, output } => event::Kind::SignalConsumed(event::SignalConsumed {
+            step: step.to_string(),
+            signals: signals.clone(),
+            output_json: output.to_string(),
+        }),
+        EventKind::ChildStarted { step, child } => event::Kind::ChildStarted(event::ChildStarted {
+            step: step.to_string(),
+            child_execution_id: child.to_string(),
+        }),
     };
     pb::Event {
         execution_id: event.execution.to_string(),

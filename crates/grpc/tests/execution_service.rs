@@ -55,7 +55,10 @@ fn complete(fakes: &Fakes, id: ExecutionId) {
         let step = StepId::new(step).unwrap();
         let service = ServiceId::new("svc").unwrap();
         fakes.executions.record(id, EventKind::TaskScheduled { step: step.clone(), attempt: 1, service }).unwrap();
-        fakes.executions.record(id, EventKind::TaskSucceeded { step, attempt: 1, output: json!(1) }).unwrap();
+        fakes
+            .executions
+            .record(id, EventKind::TaskSucceeded { step, attempt: 1, output: json!(1), context: None })
+            .unwrap();
     }
     fakes.executions.record(id, EventKind::Completed { output: json!({"shipped": true}) }).unwrap();
 }

@@ -96,7 +96,7 @@ async fn a_waited_goal_answers_with_the_end_of_its_run() {
     let output: serde_json::Value = serde_json::from_str(answer.output_json.as_deref().unwrap()).unwrap();
     assert_eq!(output, json!({"receipt": "r-1"}));
 
-    fakes.orchestrator.finish_runs_with(Some(EventKind::Failed { error: "file is down".into() }));
+    fakes.orchestrator.finish_runs_with(Some(EventKind::Failed { error: "file is down".into(), problem: None }));
     let failed = client.orchestrate(orchestrate(true)).await.unwrap().into_inner();
     assert_eq!((failed.state, failed.error.as_deref()), (pb::ExecutionState::Failed as i32, Some("file is down")));
     server.shutdown().await;

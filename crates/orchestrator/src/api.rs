@@ -180,6 +180,13 @@ impl Executions for ServiceOrchestrator {
         })
     }
 
+    fn signal(&self, id: ExecutionId, name: String, data: serde_json::Value) -> BoxFuture<'_, ApiResult<Execution>> {
+        Box::pin(async move {
+            self.engine().signal(id, &name, data).await.map_err(api_error)?;
+            self.engine().get(id).await.map_err(api_error)
+        })
+    }
+
     fn journal(&self, id: ExecutionId, from_sequence: u64) -> BoxFuture<'_, ApiResult<Vec<baton_core::Event>>> {
         Box::pin(async move { Ok(self.store().read_journal(id, from_sequence.max(1)).await?) })
     }

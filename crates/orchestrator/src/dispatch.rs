@@ -6,12 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton_core::{Endpoint, Health, ServiceId, ServiceRequirements, ServiceView, StepId};
-use baton_executor::{Call, Failure, GrpcInvoker, HttpConfig, HttpInvoker, Invoker, WorkerConfig, WorkerQueues};
+use baton_executor::{
+    Call, Failure, GrpcInvoker, HttpConfig, HttpInvoker, Invoker, Request, Response, WorkerConfig, WorkerQueues,
+};
 use baton_registry::{Permit, Registry};
 use serde_json::Value;
 use tokio::sync::Notify;
 
 use crate::runner::Queries;
+use crate::security::EndpointPolicy;
 
 /// Calls registered services: HTTP and gRPC endpoints directly, worker endpoints through their
 /// queues.
@@ -34,6 +37,8 @@ pub struct Dispatcher {
     released: Arc<Notify>,
     /// How long a call waits for a service with capacity (or for one to register).
     wait_for_service: Duration,
+    /// Where requests workflows write themselves may go.
+    endpoints: EndpointPolicy,
 }
 
 impl Dispatcher {
@@ -66,7 +71,14 @@ impl Dispatcher {
             max_candidates: max_candidates.max(1),
             released: Arc::default(),
             wait_for_service: Duration::from_secs(30),
+            endpoints: EndpointPolicy::default(),
         }
+    }
+
+    /// Where requests workflows write themselves (`call: http`, `call: openapi`) may go.
+    pub fn with_endpoints(mut self, endpoints: EndpointPolicy) -> Self {
+        self.endpoints = endpoints;
+        self
     }
 
     /// How long a call waits for a service that can take it (registered, healthy, with
@@ -130,6 +142,15 @@ impl Dispatcher {
 }
 
 impl Invoker for Dispatcher {
+    /// Requests a workflow writes itself (`call: http`, `call: openapi`) go out through the
+    /// same HTTP(S) client, origin mapping included; no registry is involved.
+    async fn send(&self, request: Request) -> Result<Response, Failure> {
+        self.endpoints
+            .check_request(&request.url)
+            .map_err(|e| Failure::permanent("forbidden_endpoint", e.to_string()))?;
+        self.http.send(request).await
+    }
+
     async fn resolve(&self, service: &ServiceId, step: &StepId) -> Result<Option<Vec<ServiceId>>, Failure> {
         let Some(query) = self.queries.get(service) else { return Ok(None) };
         self.waiting(|| self.candidates(&query, step)).await.map(Some)

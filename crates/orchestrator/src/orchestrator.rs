@@ -16,7 +16,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 
 use crate::dispatch::Dispatcher;
-use crate::runner::{ExecutorRunner, Queries, Router};
+use crate::runner::{EngineHost, ExecutorRunner, Queries, Router};
+use crate::security::EndpointPolicy;
 
 /// Where the orchestrator keeps workflows, executions and journals.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +53,9 @@ pub struct Options {
     pub taxonomy: Arc<Taxonomy>,
     /// How many services one call to a capability tries before it gives up.
     pub max_candidates: usize,
+    /// Where requests workflows write themselves (`call: http`, `call: openapi`) may go: by
+    /// default not to link-local or cloud metadata addresses.
+    pub endpoints: EndpointPolicy,
     /// Where the registry reports registrations and health changes (the console's history).
     pub registry_events: RegistryEvents,
 }
@@ -84,6 +88,7 @@ impl Default for Options {
             supervisor: Some(SupervisorConfig::default()),
             taxonomy: Arc::new(TaxonomyBuilder::default().build().expect("an empty taxonomy is valid")),
             max_candidates: 3,
+            endpoints: EndpointPolicy::default(),
             registry_events: RegistryEvents::default(),
         }
     }
@@ -201,15 +206,22 @@ impl ServiceOrchestrator {
             options.http.clone(),
             options.workers.clone(),
             options.max_candidates,
-        );
+        )
+        .with_endpoints(options.endpoints);
         let router = Arc::new(Router::default());
-        let executor = options.executor.clone().build(
-            Arc::new(dispatcher.clone()),
-            Arc::clone(&router) as Arc<dyn baton_core::EventSink<baton_core::Event>>,
-            Arc::clone(&options.engine.clock),
-        );
-        let runner = ExecutorRunner::new(executor.clone(), router, queries);
+        let host = Arc::new(EngineHost::new(queries));
+        let executor = options
+            .executor
+            .clone()
+            .build(
+                Arc::new(dispatcher.clone()),
+                Arc::clone(&router) as Arc<dyn baton_core::EventSink<baton_core::Event>>,
+                Arc::clone(&options.engine.clock),
+            )
+            .with_host(Arc::clone(&host) as Arc<dyn baton_executor::Host>);
+        let runner = ExecutorRunner::new(executor.clone(), router);
         let engine = Engine::open(options.engine.clone(), store.clone(), runner).await?;
+        host.bind(&engine);
         let planner = Arc::new(LivePlanner::new(Arc::clone(&options.taxonomy), Arc::new(registry.clone())));
         let supervisor = options
             .supervisor

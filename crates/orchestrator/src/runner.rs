@@ -3,12 +3,13 @@
 use std::sync::Arc;
 
 use baton_core::{
-    Event, EventKind, EventSink, ExecutionId, Outcome, Recorded, Refusal, ServiceId, ServiceRequirements, StepTarget,
-    WorkflowName,
+    Event, EventKind, EventSink, ExecutionId, Outcome, Problem, Recorded, Refusal, ServiceId, ServiceRequirements,
+    StepId, Store, WorkflowName,
 };
-use baton_executor::{Executor, Invoker, RunSpec, TaskSpec};
-use baton_workflow::{RunHandle, RunRequest, Runner};
+use baton_executor::{Executor, Host, HostFuture, IdleHook, Invoker, Start};
+use baton_workflow::{RunHandle, RunRequest, Runner, WeakEngine};
 use dashmap::DashMap;
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 /// Routes the executor's events to the sink of each run, and forgets the sink after the
@@ -86,21 +87,81 @@ impl Queries {
 pub struct ExecutorRunner<I> {
     executor: Executor<I>,
     router: Arc<Router>,
-    queries: Arc<Queries>,
-    /// Checked run specs by definition version: an execution only stamps its id on a copy.
-    specs: DashMap<(WorkflowName, u32), RunSpec>,
 }
 
 impl<I: Invoker> ExecutorRunner<I> {
-    /// Wraps an executor built with `router` as its event sink; capability-bound steps get
-    /// stand-in ids from `queries`.
-    pub fn new(executor: Executor<I>, router: Arc<Router>, queries: Arc<Queries>) -> Self {
-        Self { executor, router, queries, specs: DashMap::new() }
+    /// Wraps an executor built with `router` as its event sink (and, for signals, children,
+    /// events and capability queries, an [`EngineHost`] as its host).
+    pub fn new(executor: Executor<I>, router: Arc<Router>) -> Self {
+        Self { executor, router }
     }
 
     /// The executor, for limits and breaker states.
     pub fn executor(&self) -> &Executor<I> {
         &self.executor
+    }
+}
+
+/// The workflow engine as the executor's [`Host`]: signals, child executions and emitted
+/// events go to the engine, capability queries get stand-in ids the dispatcher resolves.
+///
+/// The engine is built after the executor it runs on, so it is bound here once it exists;
+/// a run recovered while the engine opens waits for that.
+pub struct EngineHost<S, R: Runner> {
+    engine: Arc<tokio::sync::SetOnce<WeakEngine<S, R>>>,
+    queries: Arc<Queries>,
+}
+
+impl<S, R: Runner> std::fmt::Debug for EngineHost<S, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineHost").field("bound", &self.engine.initialized()).finish_non_exhaustive()
+    }
+}
+
+impl<S: Store, R: Runner> EngineHost<S, R> {
+    /// A host whose engine is bound later with [`EngineHost::bind`].
+    pub fn new(queries: Arc<Queries>) -> Self {
+        Self { engine: Arc::new(tokio::sync::SetOnce::new()), queries }
+    }
+
+    /// Binds the engine, once.
+    pub fn bind(&self, engine: &baton_workflow::Engine<S, R>) {
+        let _ = self.engine.set(engine.downgrade());
+    }
+
+    fn engine(
+        &self,
+    ) -> impl std::future::Future<Output = Result<baton_workflow::Engine<S, R>, Problem>> + Send + 'static {
+        let cell = Arc::clone(&self.engine);
+        async move { cell.wait().await.upgrade().ok_or_else(|| Problem::runtime("the workflow engine stopped")) }
+    }
+}
+
+impl<S: Store, R: Runner> Host for EngineHost<S, R> {
+    fn listen(&self, execution: ExecutionId, step: StepId, names: Vec<String>, all: bool) -> HostFuture<Value> {
+        let engine = self.engine();
+        Box::pin(async move { engine.await?.listen(execution, step, names, all).await })
+    }
+
+    fn child(
+        &self,
+        execution: ExecutionId,
+        step: StepId,
+        workflow: WorkflowName,
+        version: Option<u32>,
+        input: Value,
+    ) -> HostFuture<Value> {
+        let engine = self.engine();
+        Box::pin(async move { engine.await?.child(execution, step, workflow, version, input).await })
+    }
+
+    fn emit(&self, execution: ExecutionId, step: StepId, event: Value) -> HostFuture<()> {
+        let engine = self.engine();
+        Box::pin(async move { engine.await?.emit(execution, &step, &event) })
+    }
+
+    fn stand_in(&self, requirements: &ServiceRequirements) -> ServiceId {
+        self.queries.stand_in(requirements)
     }
 }
 
@@ -121,6 +182,10 @@ impl RunHandle for ExecutorHandle {
         self.0.cancel(reason);
     }
 
+    async fn suspend_if_idle(&mut self, mark: u64) -> bool {
+        self.0.suspend_if_idle(mark).await
+    }
+
     async fn outcome(self) -> Outcome {
         self.0.outcome().await
     }
@@ -130,46 +195,22 @@ impl<I: Invoker> Runner for ExecutorRunner<I> {
     type Handle = ExecutorHandle;
 
     fn start(&self, request: RunRequest, events: Arc<dyn EventSink<Event>>) -> Result<ExecutorHandle, String> {
-        let key = (request.definition.name().clone(), request.version);
-        let spec = match self.specs.get(&key) {
-            Some(spec) => spec.for_execution(request.execution),
-            None => {
-                let spec = self.spec(&request)?;
-                self.specs.insert(key, spec.clone());
-                spec
-            }
-        };
         self.router.sinks.insert(request.execution, events);
-        let spec = spec.traced(request.trace);
-        Ok(ExecutorHandle(self.executor.start(spec, request.input, request.completed)))
-    }
-}
-
-impl<I: Invoker> ExecutorRunner<I> {
-    fn spec(&self, request: &RunRequest) -> Result<RunSpec, String> {
-        let definition = request.definition.definition();
-        let mut tasks = Vec::with_capacity(definition.steps.len());
-        let steps = definition.steps.iter().zip(request.definition.inputs()).zip(request.definition.calls());
-        for ((step, input), call) in steps {
-            let services = match &step.target {
-                StepTarget::Service { id, alternatives } => {
-                    std::iter::once(id.clone()).chain(alternatives.iter().cloned()).collect()
-                }
-                StepTarget::Query(requirements) => vec![self.queries.stand_in(requirements)],
-            };
-            tasks.push(TaskSpec {
-                id: step.id.clone(),
-                services,
-                input: input.clone(),
-                call: call.clone(),
-                depends_on: step.depends_on.clone(),
-                retry: step.retry.clone().unwrap_or_else(|| definition.defaults.retry.clone()),
-                timeout: step.timeout.or(definition.defaults.timeout),
-                task_timeout: step.task_timeout,
-                on_error: step.on_error.clone(),
-            });
-        }
-        RunSpec::new(request.execution, tasks, request.definition.output().clone(), definition.deadline)
-            .map_err(|e| e.to_string())
+        let workflow = serde_json::json!({
+            "id": request.execution.to_string(),
+            "name": request.definition.name().as_str(),
+            "version": request.version,
+            "input": request.input,
+        });
+        let start = Start {
+            execution: request.execution,
+            program: Arc::clone(request.definition.program()),
+            input: request.input,
+            history: request.history,
+            workflow,
+            idle: Some(IdleHook(request.idle.0)),
+            trace: request.trace,
+        };
+        Ok(ExecutorHandle(self.executor.run(start)))
     }
 }

@@ -85,11 +85,14 @@ impl SandboxConfig {
     }
 }
 
-/// What the server asks a worker: the values of `expressions` against `context`.
+/// What the server asks a worker: the values of `expressions` against `context`, with the
+/// variables they were compiled with (`names`) bound to `values`.
 #[derive(Debug, Serialize)]
 struct Request<'a> {
     expressions: Vec<&'a str>,
     context: &'a Value,
+    names: &'a [String],
+    values: &'a [Value],
 }
 
 /// A [`Request`] as the worker reads it.
@@ -98,6 +101,10 @@ pub(crate) struct ReadRequest<'a> {
     #[serde(borrow)]
     pub(crate) expressions: Vec<std::borrow::Cow<'a, str>>,
     pub(crate) context: Value,
+    #[serde(default)]
+    pub(crate) names: Vec<String>,
+    #[serde(default)]
+    pub(crate) values: Vec<Value>,
 }
 
 /// What a worker answers.
@@ -261,7 +268,12 @@ impl Sandbox {
         }
     }
 
-    async fn evaluate_on_worker(&self, expressions: &[&Expression], context: &Value) -> Result<Vec<Value>, EvalError> {
+    async fn evaluate_on_worker(
+        &self,
+        expressions: &[&Expression],
+        context: &Value,
+        values: &[Value],
+    ) -> Result<Vec<Value>, EvalError> {
         let source = |index: usize| expressions.get(index).map_or("", |e| e.source());
         let Some(first) = expressions.first() else { return Ok(Vec::new()) };
         let _permit = self.inner.permits.acquire().await.expect("the sandbox's semaphore is never closed");
@@ -276,7 +288,9 @@ impl Sandbox {
             })?,
         };
         let _in_flight = Evaluating::enter(&self.inner);
-        let request = Request { expressions: expressions.iter().map(|e| e.source()).collect(), context };
+        // One template's expressions share their variables.
+        let names = first.variables();
+        let request = Request { expressions: expressions.iter().map(|e| e.source()).collect(), context, names, values };
         let body = serde_json::to_vec(&request).map_err(|e| EvalError::failed(first.source(), e.to_string()))?;
         let config = &self.inner.config;
         let mut at = 0;
@@ -345,8 +359,9 @@ impl Evaluator for Sandbox {
         &'a self,
         expressions: &'a [&'a Expression],
         context: &'a Value,
+        variables: &'a [Value],
     ) -> BoxFuture<'a, Result<Vec<Value>, EvalError>> {
-        Box::pin(self.evaluate_on_worker(expressions, context))
+        Box::pin(self.evaluate_on_worker(expressions, context, variables))
     }
 }
 

@@ -2,7 +2,8 @@
 //! [`RestrictedDirectory`] refuses services whose endpoint or health check points at a
 //! link-local or cloud metadata address, which Baton would otherwise call (to probe health and
 //! to run steps) with whatever the address answers reaching the caller: the classic way to read
-//! a cloud instance's credentials through a server that fetches URLs.
+//! a cloud instance's credentials through a server that fetches URLs. The dispatcher applies
+//! the same rule to requests workflows write themselves (`call: http`, `call: openapi`).
 //!
 //! What is refused, unless `baton serve --allow-link-local`:
 //!
@@ -48,6 +49,14 @@ impl EndpointPolicy {
             CheckKind::None | CheckKind::Ttl { .. } => {}
         }
         Ok(())
+    }
+}
+
+impl EndpointPolicy {
+    /// `Ok` when a request a workflow writes itself (`call: http`, `call: openapi`) may go to
+    /// `url`; the same rule as for registered endpoints, since the server would fetch it.
+    pub fn check_request(&self, url: &str) -> baton_core::Result<()> {
+        if self.allow_link_local { Ok(()) } else { check_url("url", url) }
     }
 }
 

@@ -102,7 +102,12 @@ impl Server {
         };
         let http = http_config(&config)?;
         let metrics = Metrics::default();
-        let mut options = Options { store, http, ..Options::default() };
+        let mut options = Options {
+            store,
+            http,
+            endpoints: EndpointPolicy { allow_link_local: config.allow_link_local },
+            ..Options::default()
+        };
         let tracer = match &config.otlp_endpoint {
             None => None,
             Some(endpoint) => {

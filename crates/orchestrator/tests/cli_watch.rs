@@ -38,7 +38,10 @@ fn ending(id: &str) -> Option<(pb::ExecutionState, Kind)> {
             pb::ExecutionState::Completed,
             Kind::Completed(pb::event::Completed { output_json: r#"{"done":true}"#.into() }),
         )),
-        "bad" => Some((pb::ExecutionState::Failed, Kind::Failed(pb::event::Failed { error: "step b failed".into() }))),
+        "bad" => Some((
+            pb::ExecutionState::Failed,
+            Kind::Failed(pb::event::Failed { error: "step b failed".into(), problem: None }),
+        )),
         "stop" => {
             Some((pb::ExecutionState::Cancelled, Kind::Cancelled(pb::event::Cancelled { reason: "operator".into() })))
         }
@@ -64,6 +67,8 @@ fn execution(id: &str, state: pb::ExecutionState) -> pb::Execution {
                 ..Default::default()
             })
             .to_vec(),
+        parent: None,
+        problem: None,
     }
 }
 
@@ -71,9 +76,20 @@ fn journal(id: &str) -> Vec<pb::Event> {
     let mut kinds = vec![
         Kind::Started(pb::event::Started { input_json: "{}".into() }),
         Kind::TaskScheduled(pb::event::TaskScheduled { step: "a".into(), attempt: 1, service: "svc".into() }),
-        Kind::TaskSucceeded(pb::event::TaskSucceeded { step: "a".into(), attempt: 1, output_json: "1".into() }),
+        Kind::TaskSucceeded(pb::event::TaskSucceeded {
+            step: "a".into(),
+            attempt: 1,
+            output_json: "1".into(),
+            context_json: None,
+        }),
         Kind::TaskScheduled(pb::event::TaskScheduled { step: "b".into(), attempt: 1, service: "svc".into() }),
-        Kind::TaskFailed(pb::event::TaskFailed { step: "b".into(), attempt: 1, error: "503".into(), retryable: true }),
+        Kind::TaskFailed(pb::event::TaskFailed {
+            step: "b".into(),
+            attempt: 1,
+            error: "503".into(),
+            retryable: true,
+            problem: None,
+        }),
         Kind::TaskScheduled(pb::event::TaskScheduled { step: "b".into(), attempt: 2, service: "svc".into() }),
     ];
     kinds.extend(ending(id).map(|(_, kind)| kind));
@@ -158,6 +174,14 @@ impl ExecutionService for Scripted {
     }
 
     type WatchExecutionStream = tokio_stream::Iter<std::vec::IntoIter<Result<pb::WatchExecutionResponse, Status>>>;
+
+    async fn signal_execution(
+        &self,
+        request: Request<pb::SignalExecutionRequest>,
+    ) -> Result<Response<pb::SignalExecutionResponse>, Status> {
+        let request = request.into_inner();
+        Err(Status::failed_precondition(format!("execution {} has ended", request.id)))
+    }
 
     async fn watch_execution(
         &self,

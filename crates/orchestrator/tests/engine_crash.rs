@@ -10,7 +10,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use baton::{ExecutorRunner, Queries, Router};
+use baton::{ExecutorRunner, Router};
 use baton_core::{
     EventKind, ExecutionFilter, ExecutionId, ExecutionState, IdempotencyKey, PageRequest, ServiceId, Store,
     SystemClock, WorkflowName,
@@ -69,7 +69,7 @@ fn runner(ledger: &Arc<Mutex<Ledger>>) -> Runner {
     let router = Arc::new(Router::default());
     let executor =
         baton_executor::Config::default().build(Arc::new(invoker), Arc::clone(&router) as _, Arc::new(SystemClock));
-    ExecutorRunner::new(executor, router, Arc::new(Queries::default()))
+    ExecutorRunner::new(executor, router)
 }
 
 fn runtime() -> tokio::runtime::Runtime {

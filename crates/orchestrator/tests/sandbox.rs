@@ -21,7 +21,7 @@ fn sandbox(workers: usize, cpu_time: Duration) -> Sandbox {
 async fn evaluate(sandbox: &Sandbox, sources: &[&str]) -> Result<Vec<Value>, EvalError> {
     let expressions: Vec<Expression> = sources.iter().map(|s| Expression::compile("input", s).unwrap()).collect();
     let refs: Vec<&Expression> = expressions.iter().collect();
-    sandbox.evaluate(&refs, &json!({"input": {"n": 20}})).await
+    sandbox.evaluate(&refs, &json!({"input": {"n": 20}}), &[]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -342,14 +342,17 @@ fn plans_become_runnable_workflows() {
     let plan = OrchestrationPlanner.plan(&catalog, &g).unwrap();
     let workflow = to_workflow(&catalog, &g, &plan, WorkflowName::new("planned").unwrap());
     assert_eq!(workflow.steps.len(), 2);
-    assert_eq!(workflow.steps[0].input, serde_json::json!({"order": "${ .input[\"order\"] }"}));
-    assert_eq!(workflow.steps[1].input, serde_json::json!({"document": "${ .steps[\"bill\"].output[\"invoice\"] }"}));
+    assert_eq!(*workflow.steps[0].input().unwrap(), serde_json::json!({"order": "${ .input[\"order\"] }"}));
+    assert_eq!(
+        *workflow.steps[1].input().unwrap(),
+        serde_json::json!({"document": "${ .steps[\"bill\"].output[\"invoice\"] }"})
+    );
     assert_eq!(workflow.output, serde_json::json!({"receipt": "${ .steps[\"file\"].output[\"receipt\"] }"}));
     // The mappings are jq that runs: feed the second step from the first's output.
     let context = serde_json::json!({"input": {"order": 7}, "steps": {"bill": {"output": {"invoice": "inv-7"}}}});
-    let first = baton_core::Template::compile("steps.bill.input", &workflow.steps[0].input).unwrap();
+    let first = baton_core::Template::compile("steps.bill.input", workflow.steps[0].input().unwrap()).unwrap();
     assert_eq!(first.render(&context).unwrap(), serde_json::json!({"order": 7}));
-    let second = baton_core::Template::compile("steps.file.input", &workflow.steps[1].input).unwrap();
+    let second = baton_core::Template::compile("steps.file.input", workflow.steps[1].input().unwrap()).unwrap();
     assert_eq!(second.render(&context).unwrap(), serde_json::json!({"document": "inv-7"}));
     assert_eq!(second.referenced_steps().into_iter().collect::<Vec<_>>(), ["bill"]);
     // The plan serializes to JSON and back.

@@ -85,6 +85,8 @@ fn main() {
                             error: None,
                             tasks: Default::default(),
                             updated_at: Timestamp::from_timestamp(1_800_000_001, 0).expect("in range"),
+                            problem: None,
+                            parked: None,
                         };
                         store.update_execution(update).await.expect("updates");
                     }

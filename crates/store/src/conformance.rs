@@ -67,7 +67,8 @@ macro_rules! __each_conformance_case {
             concurrent_appenders,
             pagination_is_stable_while_inserting,
             listings_filter,
-            corrupt_journal_is_reported_for_that_execution_only
+            corrupt_journal_is_reported_for_that_execution_only,
+            parked_executions_leave_recovery_and_come_back_due
         );
     };
 }
@@ -181,6 +182,9 @@ fn execution(workflow: &str, created_at: Timestamp) -> Execution {
         created_at,
         updated_at: created_at,
         trace: None,
+        parent: None,
+        problem: None,
+        parked: None,
     }
 }
 
@@ -196,6 +200,7 @@ fn event(execution: ExecutionId, sequence: u64) -> Event {
             step: StepId::new("charge").expect("valid step"),
             attempt: 1,
             output: json!({"receipt": sequence}),
+            context: None,
         },
     };
     Event {
@@ -649,6 +654,47 @@ pub async fn corrupt_journal_is_reported_for_that_execution_only<H: Harness>(h: 
     // The records themselves are intact, and recovery still lists all three.
     assert_eq!(store.get_execution(gap.id).await.unwrap(), gap);
     assert_eq!(store.unfinished_executions().await.unwrap(), [gap.id, garbled.id, healthy.id]);
+}
+
+/// A parked execution is not among the unfinished ones recovery loads; one parked with a wake
+/// time is listed by `parked_due` once the time is reached, earliest first; one parked without
+/// (a signal or child wakes it) never is; unparking, or ending, takes it out again.
+pub async fn parked_executions_leave_recovery_and_come_back_due<H: Harness>(h: &H) {
+    let store = h.open().await;
+    let mut running = Vec::new();
+    for s in 0..4 {
+        let created = create(&store, execution("park", at(10 + s))).await;
+        let update = ExecutionUpdate { state: ExecutionState::Running, ..ExecutionUpdate::from(&created) };
+        running.push(store.update_execution(update).await.unwrap());
+    }
+    let park = |execution: &Execution, until: Option<Timestamp>| ExecutionUpdate {
+        parked: Some(baton_core::Parked { until }),
+        ..ExecutionUpdate::from(execution)
+    };
+    // 0 wakes at 300, 1 at 200, 2 on a signal; 3 stays loaded.
+    let late = store.update_execution(park(&running[0], Some(at(300)))).await.unwrap();
+    let early = store.update_execution(park(&running[1], Some(at(200)))).await.unwrap();
+    let on_signal = store.update_execution(park(&running[2], None)).await.unwrap();
+    assert_eq!(late.parked, Some(baton_core::Parked { until: Some(at(300)) }));
+    assert_eq!(store.unfinished_executions().await.unwrap(), [running[3].id]);
+    assert_eq!(store.parked_due(at(100), 10).await.unwrap(), Vec::<ExecutionId>::new());
+    assert_eq!(store.parked_due(at(250), 10).await.unwrap(), [early.id]);
+    assert_eq!(store.parked_due(at(400), 10).await.unwrap(), [early.id, late.id]);
+    assert_eq!(store.parked_due(at(400), 1).await.unwrap(), [early.id]);
+    // Woken: back among the unfinished, out of the due list.
+    let woken =
+        store.update_execution(ExecutionUpdate { parked: None, ..ExecutionUpdate::from(&early) }).await.unwrap();
+    assert_eq!(store.parked_due(at(400), 10).await.unwrap(), [late.id]);
+    assert_eq!(store.unfinished_executions().await.unwrap(), [woken.id, running[3].id]);
+    // Re-parked with a new time; then ended while parked: out of both.
+    let moved = store.update_execution(park(&late, Some(at(500)))).await.unwrap();
+    assert_eq!(store.parked_due(at(400), 10).await.unwrap(), Vec::<ExecutionId>::new());
+    let cancelled = ExecutionUpdate { state: ExecutionState::Cancelled, ..ExecutionUpdate::from(&moved) };
+    let ended = store.update_execution(cancelled).await.unwrap();
+    assert_eq!(ended.parked, None);
+    assert_eq!(store.parked_due(at(900), 10).await.unwrap(), Vec::<ExecutionId>::new());
+    assert!(!store.unfinished_executions().await.unwrap().contains(&on_signal.id));
+    assert!(!store.unfinished_executions().await.unwrap().contains(&ended.id));
 }
 
 /// Everything written is there after the store is dropped and opened again, and the journal

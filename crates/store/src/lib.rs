@@ -129,6 +129,10 @@ impl Store for AnyStore {
         dispatch!(self, s => s.unfinished_executions())
     }
 
+    async fn parked_due(&self, before: baton_core::Timestamp, limit: usize) -> StoreResult<Vec<ExecutionId>> {
+        dispatch!(self, s => s.parked_due(before, limit))
+    }
+
     async fn append(&self, events: Vec<Event>) -> StoreResult<()> {
         dispatch!(self, s => s.append(events))
     }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use baton_core::{
     CreatedExecution, Event, Execution, ExecutionFilter, ExecutionId, ExecutionPage, ExecutionUpdate, IdempotencyKey,
     NewDefinition, Order, PageRequest, PutDefinition, Record, Store, StoreError, StoreResult, StoredDefinition,
-    WorkflowName,
+    Timestamp, WorkflowName,
 };
 
 use crate::shared::{Key, check_continues, check_read, group_by_execution, key_of, key_range, paginate};
@@ -140,7 +140,20 @@ impl Store for MemoryStore {
 
     async fn unfinished_executions(&self) -> StoreResult<Vec<ExecutionId>> {
         let state = self.lock();
-        Ok(state.order.values().filter(|id| !state.executions[*id].state.is_terminal()).copied().collect())
+        let open = |e: &Execution| !e.state.is_terminal() && e.parked.is_none();
+        Ok(state.order.values().filter(|id| open(&state.executions[*id])).copied().collect())
+    }
+
+    async fn parked_due(&self, before: Timestamp, limit: usize) -> StoreResult<Vec<ExecutionId>> {
+        let state = self.lock();
+        let mut due: Vec<(Timestamp, ExecutionId)> = state
+            .executions
+            .values()
+            .filter(|e| !e.state.is_terminal())
+            .filter_map(|e| e.parked.and_then(|p| p.until).filter(|at| *at <= before).map(|at| (at, e.id)))
+            .collect();
+        due.sort_unstable();
+        Ok(due.into_iter().take(limit).map(|(_, id)| id).collect())
     }
 
     async fn append(&self, events: Vec<Event>) -> StoreResult<()> {

@@ -36,6 +36,9 @@ pub fn load_execution() -> Execution {
         created_at: at,
         updated_at: at,
         trace: None,
+        parent: None,
+        problem: None,
+        parked: None,
     }
 }
 
@@ -49,6 +52,7 @@ pub fn load_event(execution: ExecutionId, sequence: u64) -> Event {
             step: StepId::new("charge").expect("valid step"),
             attempt: 1,
             output: serde_json::json!({"receipt": "r-0001", "amount": 1999, "currency": "EUR"}),
+            context: None,
         },
     }
 }

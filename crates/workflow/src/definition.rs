@@ -1,10 +1,10 @@
 //! Workflow definitions: parsed from YAML or JSON, checked, and hashed over a canonical form.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
-use std::collections::BTreeSet;
-
-use baton_core::{CallTemplate, StepCall, StepGraph, StepId, StepLinks, Template, WorkflowDefinition, WorkflowName};
+use baton_core::program::Program;
+use baton_core::{StepGraph, StepLinks, Template, WorkflowDefinition, WorkflowName};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -25,21 +25,33 @@ pub const MAX_JQ_EXPRESSIONS: usize = 1_000;
 #[derive(Debug, Clone)]
 pub struct CheckedDefinition {
     definition: WorkflowDefinition,
+    program: Arc<Program>,
     inputs: Vec<Template>,
-    calls: Vec<Option<CallTemplate>>,
     output: Template,
     graph: StepGraph,
     canonical: Value,
     content_hash: String,
+    document_version: Option<String>,
 }
 
 impl CheckedDefinition {
-    /// Parses `text` (JSON when it starts with `{`, else YAML) and checks it.
+    /// Parses `text` (JSON when it starts with `{`, else YAML) and checks it: Baton's native
+    /// format, or a Serverless Workflow DSL 1.0 document (one with `document.dsl`).
     pub fn parse(text: &str) -> Result<Self> {
         if text.len() > MAX_DEFINITION_BYTES {
             return Err(Error::TooLarge { size: text.len(), limit: MAX_DEFINITION_BYTES });
         }
-        let definition: WorkflowDefinition = if text.trim_start().starts_with('{') {
+        let json = text.trim_start().starts_with('{');
+        let value: Value = if json {
+            serde_json::from_str(text).map_err(|e| Error::Parse { format: "json", message: e.to_string() })?
+        } else {
+            serde_yaml::from_str(text).map_err(|e| Error::Parse { format: "yaml", message: e.to_string() })?
+        };
+        if crate::sw::is_document(&value) {
+            return Self::from_document(value);
+        }
+        // Read again from the text, so that errors give its line and column.
+        let definition: WorkflowDefinition = if json {
             serde_json::from_str(text).map_err(|e| Error::Parse { format: "json", message: e.to_string() })?
         } else {
             crate::expansion::check(text).map_err(|message| Error::Parse { format: "yaml", message })?;
@@ -50,83 +62,94 @@ impl CheckedDefinition {
 
     /// Reads a stored body (the canonical JSON form) back and checks it again.
     pub fn from_body(body: &Value) -> Result<Self> {
+        if crate::sw::is_document(body) {
+            return Self::from_document(body.clone());
+        }
         let definition: WorkflowDefinition = serde_json::from_value(body.clone())
             .map_err(|e| Error::Parse { format: "json", message: e.to_string() })?;
         Self::check(definition)
     }
 
+    /// Checks a Serverless Workflow document and maps it. Its canonical form is the document
+    /// itself; `definition()` describes it (name, description, labels) without steps, since
+    /// its tasks live in the program only.
+    fn from_document(document: Value) -> Result<Self> {
+        let workflow = crate::sw::compile(&document)?;
+        let definition = WorkflowDefinition {
+            name: workflow.name.clone(),
+            description: workflow.description,
+            steps: Vec::new(),
+            output: Value::Null,
+            defaults: baton_core::StepDefaults::default(),
+            deadline: workflow.program.deadline,
+            labels: workflow.labels,
+        };
+        let null = Template::compile("output", &Value::Null).expect("null is a template");
+        let graph = StepGraph::check(std::iter::empty())?;
+        let mut checked = Self::assemble(definition, workflow.program, Vec::new(), null, graph, canonical(document))?;
+        checked.document_version = Some(workflow.version);
+        Ok(checked)
+    }
+
     /// Checks a definition built in code: step limits, unique ids, known dependencies and
-    /// fallbacks, no cycle, retry policies, and expressions that compile (at most
-    /// [`MAX_JQ_EXPRESSIONS`] of them needing jq) and read only upstream steps (the output
-    /// mapping may read any existing step).
+    /// fallbacks (no fallback loop), no cycle, retry policies, nesting depth, and expressions
+    /// that compile (at most [`MAX_JQ_EXPRESSIONS`] of them needing jq) with the variables their
+    /// place may read and read only upstream steps (the output mapping may read any step).
+    /// Builds the executable program on the way.
     pub fn check(definition: WorkflowDefinition) -> Result<Self> {
-        let steps = &definition.steps;
-        if steps.len() > MAX_STEPS {
-            return Err(Error::TooManySteps { count: steps.len(), limit: MAX_STEPS });
-        }
-        let graph = StepGraph::check(steps.iter().map(StepLinks::from))?;
-        for (place, retry) in std::iter::once(("defaults.retry".to_owned(), &definition.defaults.retry))
-            .chain(steps.iter().filter_map(|s| s.retry.as_ref().map(|r| (format!("steps.{}.retry", s.id), r))))
-        {
-            if retry.max_attempts == 0 {
-                return Err(baton_core::Error::invalid(format!("{place}.max_attempts"), 0, "must be at least 1").into());
-            }
-            if !retry.multiplier.is_finite() || retry.multiplier < 1.0 {
-                let reason = "must be a finite number of at least 1";
-                return Err(baton_core::Error::invalid(format!("{place}.multiplier"), retry.multiplier, reason).into());
-            }
-        }
-        let upstream = Upstream::of(&graph);
-        // Counted before any is compiled, which is what costs.
-        let jq = steps.iter().map(|s| &s.input).chain([&definition.output]).map(Template::count_jq).sum::<usize>()
-            + steps.iter().filter_map(|s| s.call.as_ref()).map(call_jq).sum::<usize>();
-        if jq > MAX_JQ_EXPRESSIONS {
-            return Err(Error::TooManyExpressions { count: jq, limit: MAX_JQ_EXPRESSIONS });
-        }
-        let mut inputs = Vec::with_capacity(steps.len());
-        let mut calls = Vec::with_capacity(steps.len());
-        for (i, step) in steps.iter().enumerate() {
-            let check_reads = |place: String, reads: BTreeSet<String>| {
-                for name in reads {
-                    let known = name.parse::<StepId>().ok().and_then(|id| graph.index(&id));
-                    if !known.is_some_and(|r| upstream.contains(i, r)) {
-                        return Err(Error::NotUpstream { place, step: name });
-                    }
-                }
-                Ok(())
-            };
-            let place = format!("steps.{}.input", step.id);
-            let template = Template::compile(&place, &step.input)?;
-            check_reads(place, template.referenced_steps())?;
-            inputs.push(template);
-            let call = match &step.call {
-                None => None,
-                Some(call) => {
-                    let place = format!("steps.{}", step.id);
-                    let template = CallTemplate::compile(&place, call, !step.input.is_null())?;
-                    check_reads(place, template.referenced_steps())?;
-                    Some(template)
-                }
-            };
-            calls.push(call);
-        }
-        let output = Template::compile("output", &definition.output)?;
-        for name in output.referenced_steps() {
-            if name.parse::<StepId>().ok().and_then(|id| graph.index(&id)).is_none() {
-                return Err(Error::NotUpstream { place: "output".to_owned(), step: name });
-            }
-        }
+        let program = crate::compile::native(&definition)?;
+        let graph = StepGraph::check(definition.steps.iter().map(StepLinks::from))?;
+        let inputs = program
+            .root
+            .tasks
+            .iter()
+            .map(|task| match &task.action {
+                baton_core::program::Action::Call(call) => call.payload.clone(),
+                _ => Template::compile("input", &Value::Null).expect("null is a template"),
+            })
+            .collect();
+        let output = program
+            .root
+            .output
+            .clone()
+            .unwrap_or_else(|| Template::compile("output", &Value::Null).expect("null is a template"));
         let canonical = canonical(
             serde_json::to_value(&definition)
                 .map_err(|e| Error::Parse { format: "json", message: format!("cannot write the definition: {e}") })?,
         );
+        Self::assemble(definition, program, inputs, output, graph, canonical)
+    }
+
+    /// A checked definition from its parts, hashing its canonical form.
+    fn assemble(
+        definition: WorkflowDefinition,
+        program: Program,
+        inputs: Vec<Template>,
+        output: Template,
+        graph: StepGraph,
+        canonical: Value,
+    ) -> Result<Self> {
         let bytes = serde_json::to_vec(&canonical)
             .map_err(|e| Error::Parse { format: "json", message: format!("cannot write the definition: {e}") })?;
         let mut content_hash = String::from("sha256:");
         for byte in Sha256::digest(&bytes) {
             let _ = write!(content_hash, "{byte:02x}");
         }
-        Ok(Self { definition, inputs, calls, output, graph, canonical, content_hash })
+        Ok(Self {
+            definition,
+            program: Arc::new(program),
+            inputs,
+            output,
+            graph,
+            canonical,
+            content_hash,
+            document_version: None,
+        })
+    }
+
+    /// The executable program.
+    pub fn program(&self) -> &Arc<Program> {
+        &self.program
     }
 
     /// The definition.
@@ -144,12 +167,6 @@ impl CheckedDefinition {
         &self.inputs
     }
 
-    /// The compiled call template of each step that shapes its call (`http:` or `grpc:`), in
-    /// the order of `definition().steps`.
-    pub fn calls(&self) -> &[Option<CallTemplate>] {
-        &self.calls
-    }
-
     /// The compiled output template.
     pub fn output(&self) -> &Template {
         &self.output
@@ -164,6 +181,12 @@ impl CheckedDefinition {
     /// The canonical JSON form: what is stored, and what the hash is over.
     pub fn canonical(&self) -> &Value {
         &self.canonical
+    }
+
+    /// A Serverless Workflow document's own version (`document.version`, semantic version
+    /// text); `None` for a native definition. Baton numbers stored versions itself.
+    pub fn document_version(&self) -> Option<&str> {
+        self.document_version.as_deref()
     }
 
     /// `sha256:<hex>` of the canonical form's JSON text.
@@ -185,57 +208,9 @@ fn canonical(value: Value) -> Value {
     }
 }
 
-/// Which steps run before which: one bit set per step, built in topological order (a step's
-/// upstream is its dependencies and theirs). Bits keep the largest definition (10,000 steps)
-/// at 12.5 MB and linear work per edge; sets of indices grew quadratically on long chains.
-struct Upstream {
-    words: usize,
-    bits: Vec<u64>,
-}
-
-impl Upstream {
-    fn of(graph: &StepGraph) -> Self {
-        let words = graph.len().div_ceil(64);
-        let mut bits = vec![0u64; graph.len() * words];
-        for &i in graph.order() {
-            for &d in graph.dependencies(i) {
-                // d != i (no self-loops in a topological order), so the two rows are disjoint.
-                let (from, to) = if d < i {
-                    let (low, high) = bits.split_at_mut(i * words);
-                    (&low[d * words..(d + 1) * words], &mut high[..words])
-                } else {
-                    let (low, high) = bits.split_at_mut(d * words);
-                    (&high[..words], &mut low[i * words..(i + 1) * words])
-                };
-                for (to, from) in to.iter_mut().zip(from) {
-                    *to |= *from;
-                }
-                to[d / 64] |= 1 << (d % 64);
-            }
-        }
-        Self { words, bits }
-    }
-
-    /// Whether step `r` runs before step `i`.
-    fn contains(&self, i: usize, r: usize) -> bool {
-        self.bits[i * self.words + r / 64] >> (r % 64) & 1 == 1
-    }
-}
-
-/// The jq expressions a step's call holds, counted as [`Template::count_jq`] counts them.
-fn call_jq(call: &StepCall) -> usize {
-    match call {
-        StepCall::Http(http) => {
-            let path = http.path.clone().map(Value::String).as_ref().map_or(0, Template::count_jq);
-            path + http.query.values().chain(http.headers.values()).map(Template::count_jq).sum::<usize>()
-        }
-        StepCall::Grpc(grpc) => grpc.metadata.values().map(Template::count_jq).sum(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use baton_core::GraphError;
+    use baton_core::{GraphError, StepId};
 
     use super::*;
 
@@ -340,7 +315,11 @@ mod tests {
         let checked = CheckedDefinition::parse(text).expect("examples/workflows/checkout.yaml is valid");
         assert_eq!(checked.name().as_str(), "checkout");
         assert_eq!(checked.definition().steps.len(), 5);
-        assert!(checked.calls()[4].is_some(), "confirm shapes its HTTP request");
+        let confirm = &checked.program().root.tasks[4].action;
+        assert!(
+            matches!(confirm, baton_core::program::Action::Call(call) if call.shape.is_some()),
+            "confirm shapes its HTTP request"
+        );
         check(&text.replace("    fallback: charge-later\n", ""), "fallback");
     }
 
@@ -371,5 +350,30 @@ mod tests {
         assert_eq!(again.content_hash(), a.content_hash());
         let changed = CheckedDefinition::parse(&yaml.replace("x: 2", "x: 3")).unwrap();
         assert_ne!(changed.content_hash(), a.content_hash());
+    }
+
+    #[test]
+    fn serverless_workflow_documents_are_read_by_their_dsl_field() {
+        let yaml = "document: {dsl: '1.0.3', namespace: shop, name: greet, version: '2.1.0', title: Greets}\n\
+                    do:\n  - hello: {set: {greeting: '${ \"hi \" + .name }'}}\n";
+        let checked = CheckedDefinition::parse(yaml).expect("a valid document");
+        assert_eq!(checked.name().as_str(), "shop.greet");
+        assert_eq!(checked.document_version(), Some("2.1.0"));
+        assert_eq!(checked.definition().description, "Greets");
+        assert_eq!(checked.program().root.tasks[0].reference, "/do/0/hello");
+        assert_eq!(checked.canonical()["document"]["dsl"], "1.0.3");
+        // The stored body reads back as the same document; JSON text of it hashes the same.
+        let again = CheckedDefinition::from_body(checked.canonical()).unwrap();
+        assert_eq!(again.content_hash(), checked.content_hash());
+        let json = serde_json::to_string(checked.canonical()).unwrap();
+        assert_eq!(CheckedDefinition::parse(&json).unwrap().content_hash(), checked.content_hash());
+        assert_ne!(
+            CheckedDefinition::parse(&yaml.replace("hi ", "hello ")).unwrap().content_hash(),
+            checked.content_hash()
+        );
+        // Its mistakes are the DSL's, placed in the document.
+        check(&yaml.replace("set:", "sett:"), "schema at /do/0/hello: a task needs one of");
+        check(&yaml.replace("name: greet", "name: Greet"), "invalid /document/name \"shop.Greet\"");
+        assert_eq!(CheckedDefinition::parse("name: w\nsteps: []\n").unwrap().document_version(), None);
     }
 }

@@ -3,11 +3,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use baton_core::{
     Clock, Event, EventKind, Execution, ExecutionFilter, ExecutionId, ExecutionPage, ExecutionState, ExecutionUpdate,
-    IdempotencyKey, NewDefinition, PageRequest, StepId, Store, StoredDefinition, SystemClock, TaskStatus, TraceContext,
-    WorkflowName,
+    ExecutionTrace, History, IdempotencyKey, NewDefinition, PageRequest, Parent, Problem, StepId, Store,
+    StoredDefinition, SystemClock, TaskStatus, TraceContext, WorkflowName,
 };
 use futures_util::Stream;
 use serde_json::Value;
@@ -34,6 +35,38 @@ pub struct Config {
     pub clock: Arc<dyn Clock>,
     /// Told of every batch of events once it is journaled (metrics, audit).
     pub observer: Arc<dyn Observer>,
+    /// Where `emit` tasks publish their events.
+    pub emitter: Arc<dyn Emitter>,
+    /// The largest signal data, as JSON text.
+    pub max_signal_bytes: usize,
+    /// The most signals an execution keeps unconsumed; one more is refused.
+    pub max_pending_signals: usize,
+    /// The deepest chain of child executions (a workflow running itself stops here).
+    pub max_child_depth: u32,
+    /// An execution that only waits, for a signal, a child or a timer due later than this, is
+    /// parked: out of memory until its timer comes due (found in the store) or a signal or its
+    /// child's end wakes it. `None` keeps every execution in memory.
+    pub park_after: Option<Duration>,
+    /// How often the store is asked for parked executions coming due.
+    pub park_poll: Duration,
+}
+
+/// Where `emit` tasks publish: a message bus, a log, a webhook. Called once an emit task's
+/// turn comes, before its success is journaled, so an event may be published again after a
+/// crash (at least once); `step` and `execution` identify repeats.
+pub trait Emitter: Send + Sync + std::fmt::Debug + 'static {
+    /// Publishes `event`; an error fails the emit task.
+    fn emit(&self, execution: ExecutionId, step: &StepId, event: &Value) -> std::result::Result<(), String>;
+}
+
+/// An [`Emitter`] that keeps nothing: the event is still in the journal, as the task's output.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoEmitter;
+
+impl Emitter for NoEmitter {
+    fn emit(&self, _: ExecutionId, _: &StepId, _: &Value) -> std::result::Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Sees every batch of events right after it is journaled, in journal order per execution.
@@ -59,6 +92,12 @@ impl Default for Config {
             watch_capacity: 4096,
             clock: Arc::new(SystemClock),
             observer: Arc::new(NoObserver),
+            emitter: Arc::new(NoEmitter),
+            max_signal_bytes: 256 * 1024,
+            max_pending_signals: 1_000,
+            max_child_depth: 16,
+            park_after: Some(Duration::from_secs(10)),
+            park_poll: Duration::from_millis(500),
         }
     }
 }
@@ -92,6 +131,32 @@ pub struct Engine<S, R: Runner> {
     inner: Arc<Inner<S, R>>,
 }
 
+/// An [`Engine`] that does not keep it alive: for what the engine itself holds (its runner's
+/// host), which would otherwise make a cycle.
+pub struct WeakEngine<S, R: Runner> {
+    inner: std::sync::Weak<Inner<S, R>>,
+}
+
+impl<S, R: Runner> WeakEngine<S, R> {
+    /// The engine, while it lives.
+    pub fn upgrade(&self) -> Option<Engine<S, R>> {
+        self.inner.upgrade().map(|inner| Engine { inner })
+    }
+}
+
+impl<S, R: Runner> std::fmt::Debug for WeakEngine<S, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeakEngine").finish_non_exhaustive()
+    }
+}
+
+impl<S, R: Runner> Engine<S, R> {
+    /// A handle that does not keep the engine alive.
+    pub fn downgrade(&self) -> WeakEngine<S, R> {
+        WeakEngine { inner: Arc::downgrade(&self.inner) }
+    }
+}
+
 impl<S, R: Runner> Clone for Engine<S, R> {
     fn clone(&self) -> Self {
         Self { inner: Arc::clone(&self.inner) }
@@ -113,8 +178,12 @@ struct Inner<S, R: Runner> {
     definitions: Mutex<HashMap<(WorkflowName, u32), Arc<CheckedDefinition>>>,
     events: broadcast::Sender<Event>,
     recovery: Mutex<Recovery>,
-    /// Callers of [`Engine::wait`] on live executions.
+    /// Callers of [`Engine::wait`] on live and parked executions.
     waiters: Mutex<HashMap<ExecutionId, Vec<oneshot::Sender<Execution>>>>,
+    /// Parked executions being loaded back, with who waits for that.
+    waking: Mutex<HashMap<ExecutionId, Arc<tokio::sync::Notify>>>,
+    /// Executions woken for a command: they do not park again before it is served.
+    holds: Mutex<std::collections::HashSet<ExecutionId>>,
 }
 
 /// What a panic said, when it said it in text.
@@ -136,6 +205,29 @@ enum Command {
     Cancel(String, oneshot::Sender<Result<()>>),
     /// The driver's current view, fresher than the record between state changes.
     Snapshot(oneshot::Sender<Execution>),
+    /// A signal sent to the execution: journaled, then handed to a waiting `listen`.
+    Signal(String, Value, oneshot::Sender<Result<()>>),
+    /// A `listen` task waits for signals.
+    Listen(Listen),
+    /// A `workflow` task wants its child started (once) and its id.
+    Child(ChildRequest),
+}
+
+/// A `listen` task's wait, as its driver keeps it.
+struct Listen {
+    step: StepId,
+    names: Vec<String>,
+    all: bool,
+    reply: oneshot::Sender<std::result::Result<Value, Problem>>,
+}
+
+/// A `workflow` task's child, as its driver starts it.
+struct ChildRequest {
+    step: StepId,
+    workflow: WorkflowName,
+    version: Option<u32>,
+    input: Value,
+    reply: oneshot::Sender<std::result::Result<ExecutionId, Problem>>,
 }
 
 impl<S: Store, R: Runner> Engine<S, R> {
@@ -151,6 +243,8 @@ impl<S: Store, R: Runner> Engine<S, R> {
                 runner,
                 live: Mutex::default(),
                 waiters: Mutex::default(),
+                waking: Mutex::default(),
+                holds: Mutex::default(),
                 definitions: Mutex::default(),
                 events,
                 recovery: Mutex::default(),
@@ -159,7 +253,51 @@ impl<S: Store, R: Runner> Engine<S, R> {
         for id in engine.inner.store.unfinished_executions().await? {
             engine.recover(id).await;
         }
+        if engine.inner.config.park_after.is_some() {
+            tokio::spawn(wake_due(engine.downgrade()));
+        }
         Ok(engine)
+    }
+
+    /// Loads a parked execution back (a timer came due, a signal or a child's end wakes it, a
+    /// call wants it): its driver resumes the run from the journal. Nothing to do for one that
+    /// is live or not parked; concurrent wakes of one execution load it once.
+    pub async fn wake(&self, id: ExecutionId) -> Result<()> {
+        loop {
+            if lock(&self.inner.live).contains_key(&id) {
+                return Ok(());
+            }
+            let (notify, first) = {
+                let mut waking = lock(&self.inner.waking);
+                match waking.get(&id) {
+                    Some(notify) => (Arc::clone(notify), false),
+                    None => {
+                        let notify = Arc::new(tokio::sync::Notify::new());
+                        waking.insert(id, Arc::clone(&notify));
+                        (notify, true)
+                    }
+                }
+            };
+            if !first {
+                // Another caller loads it: wait for that, then look again.
+                let notified = notify.notified();
+                if lock(&self.inner.waking).contains_key(&id) {
+                    notified.await;
+                }
+                continue;
+            }
+            let result = match self.inner.store.get_execution(id).await {
+                Ok(execution) if execution.parked.is_some() && !execution.state.is_terminal() => {
+                    self.recover(id).await;
+                    Ok(())
+                }
+                Ok(_) => Ok(()),
+                Err(error) => Err(error.into()),
+            };
+            lock(&self.inner.waking).remove(&id);
+            notify.notify_waiters();
+            return result;
+        }
     }
 
     /// What recovery did when the engine opened.
@@ -242,6 +380,18 @@ impl<S: Store, R: Runner> Engine<S, R> {
         idempotency_key: Option<IdempotencyKey>,
         trace: Option<TraceContext>,
     ) -> Result<(ExecutionId, bool)> {
+        self.start_with(name, version, input, idempotency_key, None, trace).await
+    }
+
+    async fn start_with(
+        &self,
+        name: &WorkflowName,
+        version: Option<u32>,
+        input: Value,
+        idempotency_key: Option<IdempotencyKey>,
+        parent: Option<Parent>,
+        trace: Option<TraceContext>,
+    ) -> Result<(ExecutionId, bool)> {
         let version_requested = version;
         let (version, definition) = self.definition(name, version).await?;
         let now = self.inner.config.clock.now();
@@ -256,6 +406,9 @@ impl<S: Store, R: Runner> Engine<S, R> {
             tasks: pending_tasks(&definition),
             created_at: now,
             updated_at: now,
+            parent,
+            problem: None,
+            parked: None,
             trace,
         };
         // A repeated start must be the same request: a key reused for another one is a
@@ -275,8 +428,116 @@ impl<S: Store, R: Runner> Engine<S, R> {
         execution.state = ExecutionState::Running;
         let execution = self.inner.store.update_execution(ExecutionUpdate::from(&execution)).await?;
         let id = execution.id;
-        self.spawn(Driver::new(self, execution, definition, 1, false, BTreeMap::new()), true);
+        self.spawn(Driver::new(self, execution, definition, 1, false, History::default()), true);
         Ok((id, false))
+    }
+
+    /// Sends a signal to an execution: journaled at once, consumed by the first `listen`
+    /// task waiting for its name (now or later), each signal once.
+    pub async fn signal(&self, id: ExecutionId, name: &str, data: Value) -> Result<()> {
+        crate::compile::check_signal_name("name", name)?;
+        let size = serde_json::to_vec(&data).map_or(usize::MAX, |text| text.len());
+        let limit = self.inner.config.max_signal_bytes;
+        if size > limit {
+            return Err(
+                baton_core::Error::invalid("data", format!("{size} bytes"), format!("the limit is {limit}")).into()
+            );
+        }
+        self.command(id, ExecutionState::Running, |reply| Command::Signal(name.to_owned(), data.clone(), reply)).await
+    }
+
+    /// For the run of `id`: waits until signals `names` (the first of any, or one of each when
+    /// `all`) were sent, consumes them and answers their data.
+    pub fn listen(
+        &self,
+        id: ExecutionId,
+        step: StepId,
+        names: Vec<String>,
+        all: bool,
+    ) -> impl std::future::Future<Output = std::result::Result<Value, Problem>> + Send + 'static {
+        let driver = lock(&self.inner.live).get(&id).cloned();
+        async move {
+            let (reply, answer) = oneshot::channel();
+            let listen = Listen { step, names, all, reply };
+            match driver {
+                Some(driver) if driver.send(Command::Listen(listen)).is_ok() => {
+                    answer.await.unwrap_or_else(|_| Err(Problem::runtime("the execution ended while listening")))
+                }
+                _ => Err(Problem::runtime(format!("execution {id} is not running here"))),
+            }
+        }
+    }
+
+    /// For the run of `parent`: starts its child for `step` (once: a repeat finds the same
+    /// child), waits for the child to end and answers its output, or its error.
+    pub fn child(
+        &self,
+        parent: ExecutionId,
+        step: StepId,
+        workflow: WorkflowName,
+        version: Option<u32>,
+        input: Value,
+    ) -> impl std::future::Future<Output = std::result::Result<Value, Problem>> + Send + 'static {
+        let engine = self.clone();
+        let driver = lock(&self.inner.live).get(&parent).cloned();
+        async move {
+            let (reply, answer) = oneshot::channel();
+            let request = ChildRequest { step, workflow, version, input, reply };
+            let child = match driver {
+                Some(driver) if driver.send(Command::Child(request)).is_ok() => {
+                    answer.await.unwrap_or_else(|_| Err(Problem::runtime("the execution ended starting its child")))?
+                }
+                _ => return Err(Problem::runtime(format!("execution {parent} is not running here"))),
+            };
+            let ended = engine.wait(child).await.map_err(|e| Problem::runtime(format!("child {child}: {e}")))?;
+            match ended.state {
+                ExecutionState::Completed => Ok(ended.output.unwrap_or(Value::Null)),
+                ExecutionState::Cancelled => Err(Problem::runtime(format!(
+                    "child execution {child} was cancelled: {}",
+                    ended.error.unwrap_or_default()
+                ))),
+                _ => Err(ended.problem.unwrap_or_else(|| {
+                    Problem::runtime(format!("child execution {child} failed: {}", ended.error.unwrap_or_default()))
+                })),
+            }
+        }
+    }
+
+    /// Starts the child a driver asked for, with its parent link; the key makes it once.
+    async fn start_child(
+        &self,
+        parent: &Execution,
+        request: &ChildRequest,
+    ) -> std::result::Result<ExecutionId, Problem> {
+        let depth = parent.parent.as_ref().map_or(1, |p| p.depth + 1);
+        if depth > self.inner.config.max_child_depth {
+            return Err(Problem::standard(
+                "validation",
+                format!("child workflows nest deeper than {} levels", self.inner.config.max_child_depth),
+            ));
+        }
+        let text = format!("child/{}/{}", parent.id, request.step);
+        let key = if text.len() <= baton_core::store::MAX_IDEMPOTENCY_KEY_LEN {
+            text
+        } else {
+            use sha2::Digest as _;
+            let digest = sha2::Sha256::digest(text.as_bytes());
+            format!("child/{}/{}", parent.id, digest.iter().map(|b| format!("{b:02x}")).collect::<String>())
+        };
+        let key = IdempotencyKey::new(&key).map_err(|e| Problem::runtime(e.to_string()))?;
+        let link = Parent { execution: parent.id, step: request.step.clone(), depth };
+        // The child's spans hang under its parent's execution span, in the parent's trace.
+        let parent_trace = ExecutionTrace::new(parent.id, parent.trace.as_ref());
+        let trace = Some(parent_trace.context(parent_trace.root()));
+        self.start_with(&request.workflow, request.version, request.input.clone(), Some(key), Some(link), trace)
+            .await
+            .map(|(id, _)| id)
+            .map_err(|e| Problem::standard("configuration", format!("cannot start child {}: {e}", request.workflow)))
+    }
+
+    /// Publishes an event of an `emit` task through the configured [`Emitter`].
+    pub fn emit(&self, execution: ExecutionId, step: &StepId, event: &Value) -> std::result::Result<(), Problem> {
+        self.inner.config.emitter.emit(execution, step, event).map_err(|e| Problem::standard("communication", e))
     }
 
     /// One execution.
@@ -317,6 +578,19 @@ impl<S: Store, R: Runner> Engine<S, R> {
         if execution.state.is_terminal() {
             return Ok(execution);
         }
+        if execution.parked.is_some() {
+            // Parked: its driver answers when it has been woken and has ended.
+            let (waiter, finished) = oneshot::channel();
+            lock(&self.inner.waiters).entry(id).or_default().push(waiter);
+            // It may have been woken and ended in between.
+            let again = self.inner.store.get_execution(id).await?;
+            if again.state.is_terminal() {
+                return Ok(again);
+            }
+            if let Ok(execution) = finished.await {
+                return Ok(execution);
+            }
+        }
         Err(Error::NotRunning { execution: id, state: execution.state })
     }
 
@@ -337,26 +611,35 @@ impl<S: Store, R: Runner> Engine<S, R> {
 
     /// Stops the execution: running or paused -> cancelled.
     pub async fn cancel(&self, id: ExecutionId, reason: &str) -> Result<()> {
-        let reason = reason.to_owned();
-        self.command(id, ExecutionState::Cancelled, |reply| Command::Cancel(reason, reply)).await
+        self.command(id, ExecutionState::Cancelled, |reply| Command::Cancel(reason.to_owned(), reply)).await
     }
 
     async fn command(
         &self,
         id: ExecutionId,
         to: ExecutionState,
-        command: impl FnOnce(oneshot::Sender<Result<()>>) -> Command,
+        command: impl Fn(oneshot::Sender<Result<()>>) -> Command,
     ) -> Result<()> {
-        let driver = lock(&self.inner.live).get(&id).cloned();
-        if let Some(driver) = driver {
-            let (reply, answer) = oneshot::channel();
-            if driver.send(command(reply)).is_ok()
-                && let Ok(result) = answer.await
-            {
-                return result;
+        // A parked execution is woken for the command, and held awake until it is served; one
+        // that parks just as the command arrives is woken on the next round.
+        for _ in 0..3 {
+            let driver = lock(&self.inner.live).get(&id).cloned();
+            if let Some(driver) = driver {
+                let (reply, answer) = oneshot::channel();
+                if driver.send(command(reply)).is_ok()
+                    && let Ok(result) = answer.await
+                {
+                    return result;
+                }
             }
+            // Nothing runs it here: it is parked, has ended, or never existed (the store says).
+            let execution = self.inner.store.get_execution(id).await?;
+            if execution.parked.is_none() || execution.state.is_terminal() {
+                return Err(Error::InvalidTransition { execution: id, from: execution.state, to });
+            }
+            lock(&self.inner.holds).insert(id);
+            self.wake(id).await?;
         }
-        // Nothing runs it here: it has ended (or never existed, which the store says).
         let execution = self.inner.store.get_execution(id).await?;
         Err(Error::InvalidTransition { execution: id, from: execution.state, to })
     }
@@ -400,23 +683,27 @@ impl<S: Store, R: Runner> Engine<S, R> {
         let journal = store.read_journal(id, 1).await?;
         let stored = store.get_definition(&execution.workflow, Some(execution.version)).await?;
         let definition = self.checked(&stored)?;
-        // The journal is the truth: replay it over a fresh copy of the execution.
+        // The journal is the truth: replay it over a fresh copy of the execution. It runs now, so
+        // it is no longer parked.
+        execution.parked = None;
         let recorded = execution.state;
         execution.state = ExecutionState::Created;
         execution.output = None;
         execution.error = None;
         execution.tasks = pending_tasks(&definition);
-        let mut completed = BTreeMap::new();
+        let mut history = History::default();
         let mut started = false;
+        let roots: Vec<&str> = definition.program().root.tasks.iter().map(|t| t.name.as_str()).collect();
         for event in &journal {
             let sequence = event.sequence;
             if event.execution != id {
                 return Err(RecoveryError::ForeignEvent { sequence, execution: event.execution });
             }
             started |= matches!(event.kind, EventKind::Started { .. });
-            apply(&mut execution, &mut completed, event).map_err(|error| RecoveryError::Replay { sequence, error })?;
+            apply(&mut execution, &mut history, event).map_err(|error| RecoveryError::Replay { sequence, error })?;
+            // A task's path starts with a top-level task of the version (`@n` marks a repeat).
             if let EventKind::TaskSucceeded { step, .. } = &event.kind
-                && !definition.definition().steps.iter().any(|s| s.id == *step)
+                && !roots.contains(&step.as_str().split('/').next().unwrap_or("").split('@').next().unwrap_or(""))
             {
                 let (step, version) = (step.clone(), execution.version);
                 return Err(RecoveryError::UnknownStep { sequence, step, version });
@@ -435,11 +722,11 @@ impl<S: Store, R: Runner> Engine<S, R> {
         match state {
             ExecutionState::Running => {
                 recovery.resumed.push(id);
-                self.spawn(Driver::new(self, execution, definition, next, started, completed), true);
+                self.spawn(Driver::new(self, execution, definition, next, started, history), true);
             }
             ExecutionState::Paused => {
                 recovery.paused.push(id);
-                self.spawn(Driver::new(self, execution, definition, next, started, completed), false);
+                self.spawn(Driver::new(self, execution, definition, next, started, history), false);
             }
             _ => recovery.finished.push(id),
         }
@@ -460,6 +747,8 @@ impl<S: Store, R: Runner> Engine<S, R> {
                 error,
                 tasks: BTreeMap::new(),
                 updated_at: now,
+                problem: None,
+                parked: None,
             },
         };
         // Best effort: when even this write fails the execution stays unfinished and the next
@@ -475,8 +764,30 @@ impl<S: Store, R: Runner> Engine<S, R> {
     }
 }
 
+/// Loads parked executions back as their timers come due, until the engine is dropped.
+async fn wake_due<S: Store, R: Runner>(engine: WeakEngine<S, R>) {
+    /// Parked executions loaded per look at the store.
+    const BATCH: usize = 256;
+    loop {
+        let Some(engine) = engine.upgrade() else { return };
+        let poll = engine.inner.config.park_poll;
+        // Loaded a little early: the run sleeps out the rest, so the timer fires on time.
+        let ahead = chrono::Duration::from_std(poll * 2).unwrap_or_default();
+        let before = engine.inner.config.clock.now() + ahead;
+        let due = engine.inner.store.parked_due(before, BATCH).await.unwrap_or_default();
+        let full = due.len() == BATCH;
+        let wakes: Vec<_> = due.into_iter().map(|id| engine.wake(id)).collect();
+        // One that fails to load stays parked and due: the next look tries it again.
+        let _ = futures_util::future::join_all(wakes).await;
+        drop(engine);
+        if !full {
+            tokio::time::sleep(poll).await;
+        }
+    }
+}
+
 fn pending_tasks(definition: &CheckedDefinition) -> BTreeMap<StepId, TaskStatus> {
-    definition.definition().steps.iter().map(|s| (s.id.clone(), TaskStatus::default())).collect()
+    definition.program().root.tasks.iter().map(|t| (t.name.clone(), TaskStatus::default())).collect()
 }
 
 fn is_terminal(kind: &EventKind) -> bool {

@@ -37,6 +37,17 @@ pub enum Error {
     /// fallback, or a cycle.
     #[error(transparent)]
     Graph(#[from] GraphError),
+    /// A chain of fallbacks loops (`b` falls back to `c`, `c` to `b`).
+    #[error("fallbacks form a loop: {}", .0.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" -> "))]
+    FallbackLoop(Vec<StepId>),
+    /// Blocks are nested deeper than the limit.
+    #[error("{place} is nested too deep, the limit is {limit} levels")]
+    TooDeep {
+        /// The block past the limit.
+        place: String,
+        /// The limit.
+        limit: usize,
+    },
     /// The definition has too many expressions that need jq.
     #[error("definition has {count} expressions that need jq (not plain paths), the limit is {limit}")]
     TooManyExpressions {
@@ -52,6 +63,23 @@ pub enum Error {
         place: String,
         /// The step it reads.
         step: String,
+    },
+    /// A Serverless Workflow document does not match the DSL's JSON schema.
+    #[error("document does not match the Serverless Workflow schema at {}: {message}", place(pointer))]
+    Schema {
+        /// Where, as an RFC 6901 pointer into the document.
+        pointer: String,
+        /// What is wrong there.
+        message: String,
+    },
+    /// A Serverless Workflow document uses a construct Baton does not run; it is refused
+    /// rather than ignored.
+    #[error("unsupported: {construct} at {}", place(pointer))]
+    Unsupported {
+        /// The construct, e.g. `call: grpc`.
+        construct: String,
+        /// Where, as an RFC 6901 pointer into the document.
+        pointer: String,
     },
     /// A value breaks a rule of the domain model (an expression that does not compile, a retry
     /// policy, an idempotency key).
@@ -142,4 +170,9 @@ pub enum RecoveryError {
     /// Recovering it panicked (a bug, or data no check foresaw): the panic's message.
     #[error("recovering it panicked: {0}")]
     Panicked(String),
+}
+
+/// An RFC 6901 pointer as messages show it: the whole document's (empty) pointer as `/`.
+fn place(pointer: &str) -> &str {
+    if pointer.is_empty() { "/" } else { pointer }
 }

@@ -7,9 +7,13 @@
 //!   [`baton_core::WorkflowDefinition`] and checks what core's serde types do not: the size and
 //!   step limits, unique step ids, known dependencies and fallbacks, no cycle (the error names
 //!   the cycle's steps), retry policies, and `${ jq }` expressions that compile and read only
-//!   upstream steps, at most [`MAX_JQ_EXPRESSIONS`] of them needing jq. [`Engine::apply`] stores a checked definition through the
-//!   [`baton_core::Store`] port: unchanged content (same SHA-256 over the canonical JSON form)
-//!   is a no-op, changed content becomes version N+1.
+//!   upstream steps, at most [`MAX_JQ_EXPRESSIONS`] of them needing jq. It reads Serverless
+//!   Workflow DSL 1.0 documents too (those with `document.dsl`): checked against the DSL's JSON
+//!   schema, errors placed by JSON pointer, and mapped onto the same executable program; a
+//!   construct Baton does not run is refused as `unsupported: <construct> at <pointer>`.
+//!   [`Engine::apply`] stores a checked definition through the [`baton_core::Store`] port:
+//!   unchanged content (same SHA-256 over the canonical JSON form) is a no-op, changed content
+//!   becomes version N+1.
 //! - **Executions.** [`Engine::start`] (idempotent by key), [`Engine::get`], [`Engine::list`],
 //!   [`Engine::pause`], [`Engine::resume`], [`Engine::cancel`] (legal transitions only, typed
 //!   errors otherwise) and [`Engine::watch`] (the journal from a sequence number, then live
@@ -37,17 +41,22 @@
 //! assert_eq!(err.to_string(), "steps form a cycle: charge -> ship -> charge");
 //! ```
 
+mod compile;
 mod definition;
 mod engine;
 mod error;
 mod expansion;
 mod runner;
+mod sw;
 
 pub use baton_core::Outcome;
+pub use compile::{MAX_BRANCHES, MAX_CONCURRENCY, MAX_DEPTH, MAX_ITERATIONS};
 pub use definition::{CheckedDefinition, MAX_DEFINITION_BYTES, MAX_JQ_EXPRESSIONS, MAX_STEPS};
-pub use engine::{Applied, Config, DEFAULT_MAX_OUTPUT_BYTES, Engine, NoObserver, Observer, Recovery};
+pub use engine::{
+    Applied, Config, DEFAULT_MAX_OUTPUT_BYTES, Emitter, Engine, NoEmitter, NoObserver, Observer, Recovery, WeakEngine,
+};
 pub use error::{Error, RecoveryError, Result};
 pub use expansion::{MAX_EXPANDED_BYTES, MAX_EXPANDED_NODES};
 #[cfg(any(test, feature = "test-util"))]
 pub use runner::{FakeHandle, FakeRunner};
-pub use runner::{RunHandle, RunRequest, Runner};
+pub use runner::{IdleSignal, RunHandle, RunRequest, Runner};

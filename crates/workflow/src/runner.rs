@@ -1,10 +1,9 @@
 //! The runner port: how the engine has a checked definition run, without knowing the executor.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
-use baton_core::{Event, EventSink, ExecutionId, Outcome, StepId, TraceContext};
+use baton_core::{Event, EventSink, ExecutionId, History, Outcome, Timestamp, TraceContext};
 use serde_json::Value;
 
 use crate::definition::CheckedDefinition;
@@ -20,10 +19,26 @@ pub struct RunRequest {
     pub definition: Arc<CheckedDefinition>,
     /// The run's input.
     pub input: Value,
-    /// Steps already completed (from the journal), with their outputs: not run again.
-    pub completed: BTreeMap<StepId, Value>,
+    /// What the journal says already happened: settled tasks are not run again, armed timers
+    /// keep their due time.
+    pub history: History,
     /// The trace context of the caller that started the execution, whose trace it continues.
     pub trace: Option<TraceContext>,
+    /// Where the run says it has nothing left to do but wait (for how long, when a timer is
+    /// what it waits for); the engine may then park the execution.
+    pub idle: IdleSignal,
+}
+
+/// Told when a run only waits: `Some(t)` when its earliest timer fires at `t`, `None` when only
+/// signals or children can move it, with the run's activity count for
+/// [`RunHandle::suspend_if_idle`].
+#[derive(Clone)]
+pub struct IdleSignal(pub Arc<dyn Fn(Option<Timestamp>, u64) + Send + Sync>);
+
+impl std::fmt::Debug for IdleSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IdleSignal")
+    }
 }
 
 /// Runs checked definitions. Events go to the sink in the order they happen; their sequence
@@ -46,6 +61,11 @@ pub trait RunHandle: Send + Sync + 'static {
     fn resume(&self);
     /// Stops the run.
     fn cancel(&self, reason: &str);
+    /// Stops the run without an outcome, abandoning what is in flight, if nothing happened
+    /// since it said it only waits with activity count `mark`, and waits until it has stopped
+    /// (true); a run that moved on meanwhile runs on (false). The engine parks a suspended
+    /// execution and runs it again later from its journal.
+    fn suspend_if_idle(&mut self, mark: u64) -> impl Future<Output = bool> + Send;
     /// Waits for the run to end.
     fn outcome(self) -> impl Future<Output = Outcome> + Send;
 }
@@ -58,7 +78,7 @@ mod fake {
     use std::collections::{BTreeMap, HashMap};
     use std::sync::{Arc, Mutex};
 
-    use baton_core::{Event, EventKind, EventSink, ExecutionId, ServiceId, StepId, StepTarget};
+    use baton_core::{Event, EventKind, EventSink, ExecutionId, Problem, ServiceId, StepId, StepTarget};
     use serde_json::{Value, json};
     use tokio::sync::{Semaphore, watch};
 
@@ -135,12 +155,19 @@ mod fake {
             });
         }
 
+        async fn suspend_if_idle(&mut self, _mark: u64) -> bool {
+            // The fake never says it is idle, so it is never asked.
+            false
+        }
+
         fn cancel(&self, reason: &str) {
             self.control.send_replace(Control::Cancelled(reason.to_owned()));
         }
 
         async fn outcome(self) -> Outcome {
-            self.done.await.unwrap_or_else(|e| Outcome::Failed(format!("fake run ended abnormally: {e}")))
+            self.done
+                .await
+                .unwrap_or_else(|e| Outcome::Failed(Problem::runtime(format!("fake run ended abnormally: {e}"))))
         }
     }
 
@@ -156,11 +183,19 @@ mod fake {
                     sequence += 1;
                     Event { execution: request.execution, sequence, at: chrono_now(), kind }
                 };
-                if request.completed.is_empty() {
+                if request.history.settled.is_empty() {
                     events.publish(event(EventKind::Started { input: request.input.clone() }));
                 }
                 let definition = &request.definition;
-                let mut outputs: BTreeMap<StepId, Value> = request.completed.clone();
+                let mut outputs: BTreeMap<StepId, Value> = request
+                    .history
+                    .settled
+                    .iter()
+                    .filter_map(|(step, settled)| match &settled.result {
+                        baton_core::Settled::Succeeded(output) => Some((step.clone(), output.clone())),
+                        _ => None,
+                    })
+                    .collect();
                 let outcome = 'run: {
                     for &i in definition.order() {
                         let step = &definition.definition().steps[i];
@@ -196,9 +231,9 @@ mod fake {
                             }
                             permits.add_permits(1);
                         }
-                        let service = match &step.target {
-                            StepTarget::Service { id, .. } => id.clone(),
-                            StepTarget::Query(_) => ServiceId::new("query").expect("a valid id"),
+                        let service = match step.target() {
+                            Some(StepTarget::Service { id, .. }) => id.clone(),
+                            _ => ServiceId::new("query").expect("a valid id"),
                         };
                         runner.dispatched.lock().expect("dispatched lock").push((request.execution, step.id.clone()));
                         events.publish(event(EventKind::TaskScheduled { step: step.id.clone(), attempt: 1, service }));
@@ -218,6 +253,7 @@ mod fake {
                                     step: step.id.clone(),
                                     attempt: 1,
                                     output: output.clone(),
+                                    context: None,
                                 }))
                                 .await
                                 .map(|()| output)
@@ -234,8 +270,12 @@ mod fake {
                                     attempt: 1,
                                     error: error.clone(),
                                     retryable: false,
+                                    problem: None,
                                 }));
-                                break 'run Outcome::Failed(format!("step {} failed: {error}", step.id));
+                                break 'run Outcome::Failed(Problem::runtime(format!(
+                                    "step {} failed: {error}",
+                                    step.id
+                                )));
                             }
                         }
                     }
@@ -243,7 +283,7 @@ mod fake {
                         outputs.iter().map(|(k, v)| (k.to_string(), json!({ "output": v }))).collect();
                     match definition.output().render(&json!({"input": request.input, "steps": steps})) {
                         Ok(output) => Outcome::Completed(output),
-                        Err(e) => Outcome::Failed(e.to_string()),
+                        Err(e) => Outcome::Failed(Problem::runtime(e.to_string())),
                     }
                 };
                 events.publish(event(outcome.clone().into()));

@@ -6,7 +6,7 @@ use std::time::Duration;
 use baton_core::{
     CreatedExecution, Event, EventKind, Execution, ExecutionFilter, ExecutionId, ExecutionPage, ExecutionState,
     ExecutionUpdate, IdempotencyKey, NewDefinition, PageRequest, PutDefinition, Store, StoreResult, StoredDefinition,
-    WorkflowName,
+    Timestamp, WorkflowName,
 };
 use baton_store::MemoryStore;
 use baton_workflow::{Config, Engine, FakeRunner};
@@ -62,6 +62,10 @@ impl Store for PanicsOn {
 
     async fn unfinished_executions(&self) -> StoreResult<Vec<ExecutionId>> {
         self.inner.unfinished_executions().await
+    }
+
+    async fn parked_due(&self, before: Timestamp, limit: usize) -> StoreResult<Vec<ExecutionId>> {
+        self.inner.parked_due(before, limit).await
     }
 
     async fn append(&self, events: Vec<Event>) -> StoreResult<()> {

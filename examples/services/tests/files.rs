@@ -23,7 +23,7 @@ fn check(path: &str, name: &str) -> Vec<(String, Vec<String>)> {
         .steps
         .iter()
         .map(|step| {
-            let StepTarget::Query(query) = &step.target else { panic!("{path}: step {} is pinned", step.id) };
+            let Some(StepTarget::Query(query)) = step.target() else { panic!("{path}: step {} is pinned", step.id) };
             for capability in &query.capabilities {
                 assert!(offered.contains(capability.as_str()), "{path}: no example service offers {capability}");
             }

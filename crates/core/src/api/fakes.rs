@@ -357,6 +357,9 @@ impl InMemoryExecutions {
             created_at: now,
             updated_at: now,
             trace: request.trace,
+            parent: None,
+            problem: None,
+            parked: None,
         };
         execution.transition(ExecutionState::Running, now).map_err(ApiError::from)?;
         let id = execution.id;
@@ -433,6 +436,10 @@ impl Executions for InMemoryExecutions {
             let watch = JournalWatch { runs: Arc::clone(&self.runs), id, next: from_sequence.max(1), done: false };
             Ok(Box::pin(watch) as EventStream)
         })
+    }
+
+    fn signal(&self, id: ExecutionId, name: String, data: Value) -> BoxFuture<'_, ApiResult<Execution>> {
+        Box::pin(async move { self.change(id, EventKind::SignalReceived { name, data }) })
     }
 
     fn journal(&self, id: ExecutionId, from_sequence: u64) -> BoxFuture<'_, ApiResult<Vec<Event>>> {

@@ -94,12 +94,14 @@ fn size(bytes: u64) -> String {
 /// Implementations must be cancel-safe: a dropped evaluation is abandoned, and whatever runs
 /// it is stopped or left to finish within its bounds.
 pub trait Evaluator: Send + Sync + fmt::Debug {
-    /// The value of each of `expressions` against `context`, in order; the first error ends
-    /// the evaluation.
+    /// The value of each of `expressions` against `context`, with `variables` bound to the
+    /// variables they were compiled with (they share them: one template's expressions), in
+    /// order; the first error ends the evaluation.
     fn evaluate<'a>(
         &'a self,
         expressions: &'a [&'a Expression],
         context: &'a Value,
+        variables: &'a [Value],
     ) -> BoxFuture<'a, Result<Vec<Value>, EvalError>>;
 }
 
@@ -123,8 +125,9 @@ impl Evaluator for InProcessEvaluator {
         &'a self,
         expressions: &'a [&'a Expression],
         context: &'a Value,
+        variables: &'a [Value],
     ) -> BoxFuture<'a, Result<Vec<Value>, EvalError>> {
-        Box::pin(std::future::ready(evaluate_all(expressions, context, self.output_bytes)))
+        Box::pin(std::future::ready(evaluate_all(expressions, context, variables, self.output_bytes)))
     }
 }
 
@@ -133,9 +136,10 @@ impl Evaluator for InProcessEvaluator {
 pub fn evaluate_all(
     expressions: &[&Expression],
     context: &Value,
+    variables: &[Value],
     output_bytes: usize,
 ) -> Result<Vec<Value>, EvalError> {
-    let mut evaluation = Evaluation::new(context, output_bytes);
+    let mut evaluation = Evaluation::new(context, variables, output_bytes);
     expressions.iter().map(|e| evaluation.eval(e)).collect()
 }
 
@@ -144,6 +148,7 @@ pub fn evaluate_all(
 #[derive(Debug)]
 pub struct Evaluation<'a> {
     context: &'a Value,
+    variables: &'a [Value],
     /// The context as jaq's value, converted on first use.
     input: Option<Val>,
     produced: usize,
@@ -152,14 +157,16 @@ pub struct Evaluation<'a> {
 
 impl<'a> Evaluation<'a> {
     /// An evaluation against `context` whose values may take `output_bytes` of JSON text.
-    pub fn new(context: &'a Value, output_bytes: usize) -> Self {
-        Self { context, input: None, produced: 0, output_bytes }
+    pub fn new(context: &'a Value, variables: &'a [Value], output_bytes: usize) -> Self {
+        Self { context, variables, input: None, produced: 0, output_bytes }
     }
 
     /// The value of `expression`.
     pub fn eval(&mut self, expression: &Expression) -> Result<Value, EvalError> {
         let filter = match &expression.compiled {
-            Compiled::Path(_) => return expression.eval(self.context),
+            Compiled::Path(_) | Compiled::VariablePath(..) => {
+                return expression.eval_with(self.context, self.variables);
+            }
             Compiled::Jaq(filter) => filter,
         };
         let input = match &self.input {
@@ -170,7 +177,8 @@ impl<'a> Evaluation<'a> {
                 self.input.insert(read).clone()
             }
         };
-        let text = expression.run_jaq(filter, input)?;
+        let bound = expression.bind(self.variables)?;
+        let text = expression.run_jaq(filter, input, bound)?;
         self.produced = self.produced.saturating_add(text.len());
         if self.produced > self.output_bytes {
             return Err(EvalError::limit(expression.source(), Bound::Output(self.output_bytes)));
@@ -192,7 +200,7 @@ mod tests {
     fn run(sources: &[&str], output_bytes: usize) -> Result<Vec<Value>, EvalError> {
         let expressions = compile(sources);
         let refs: Vec<&Expression> = expressions.iter().collect();
-        evaluate_all(&refs, &json!({"input": {"n": 2, "s": "ab"}}), output_bytes)
+        evaluate_all(&refs, &json!({"input": {"n": 2, "s": "ab"}}), &[], output_bytes)
     }
 
     #[test]
@@ -239,7 +247,7 @@ mod tests {
         let expressions = compile(&[".input.n + 1"]);
         let refs: Vec<&Expression> = expressions.iter().collect();
         let context = json!({"input": {"n": 1}});
-        let answer = InProcessEvaluator::default().evaluate(&refs, &context).now_or_never();
+        let answer = InProcessEvaluator::default().evaluate(&refs, &context, &[]).now_or_never();
         assert_eq!(answer, Some(Ok(vec![json!(2)])));
     }
 }

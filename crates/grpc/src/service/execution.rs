@@ -190,6 +190,17 @@ impl pb::execution_service_server::ExecutionService for ExecutionApi {
         Ok(Response::new(pb::CancelExecutionResponse { execution: Some(execution_to_proto(&execution)) }))
     }
 
+    async fn signal_execution(
+        &self,
+        request: Request<pb::SignalExecutionRequest>,
+    ) -> Result<Response<pb::SignalExecutionResponse>, Status> {
+        let request = request.into_inner();
+        let id = execution_id("id", &request.id)?;
+        let data = json_field("data_json", &request.data_json, serde_json::Value::Null)?;
+        let execution = self.executions.signal(id, request.name, data).await.map_err(api_status)?;
+        Ok(Response::new(pb::SignalExecutionResponse { execution: Some(execution_to_proto(&execution)) }))
+    }
+
     async fn watch_execution(
         &self,
         request: Request<pb::WatchExecutionRequest>,

@@ -71,9 +71,15 @@ fn sniff(text: &str) -> FileFormat {
 /// Checks an `--input` argument and returns it as compact JSON text. `@PATH` reads the JSON from
 /// a file. With `object`, the value must be a JSON object.
 pub(crate) fn input_json(arg: &str, object: bool) -> Result<String, String> {
+    json_arg("--input", arg, object)
+}
+
+/// Checks a JSON argument of `flag` and returns it as compact JSON text; `@PATH` reads it from a
+/// file. With `object`, the value must be a JSON object.
+pub(crate) fn json_arg(flag: &str, arg: &str, object: bool) -> Result<String, String> {
     let (text, origin) = match arg.strip_prefix('@') {
         Some(path) => (read_text(Path::new(path))?, path),
-        None => (arg.to_owned(), "--input"),
+        None => (arg.to_owned(), flag),
     };
     let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{origin}: invalid JSON: {e}"))?;
     if object && !value.is_object() {

@@ -156,6 +156,16 @@ pub enum ExecCommand {
         #[arg(long, default_value = "")]
         reason: String,
     },
+    /// Send a named signal with data to a running or paused execution (a `listen` consumes it).
+    Signal {
+        /// Execution id.
+        id: String,
+        /// The signal's name.
+        name: String,
+        /// The signal's data, JSON (or @PATH to read it from a file).
+        #[arg(long, default_value = "null")]
+        data: String,
+    },
     /// Show an execution's progress live until it ends; the exit code follows its outcome.
     Watch {
         /// Execution id.
@@ -506,6 +516,11 @@ async fn exec(command: ExecCommand, target: &Target, out: &Out) -> Result<Exit, 
         }
         ExecCommand::Cancel { id, reason } => {
             executions.cancel_execution(pb::CancelExecutionRequest { id, reason }).await?.into_inner().execution
+        }
+        ExecCommand::Signal { id, name, data } => {
+            let data_json = input::json_arg("--data", &data, false).map_err(usage)?;
+            let request = pb::SignalExecutionRequest { id, name, data_json };
+            executions.signal_execution(request).await?.into_inner().execution
         }
     };
     let execution = changed.unwrap_or_default();

@@ -107,6 +107,19 @@ impl Progress {
                 self.end = Some(pb::ExecutionState::Failed);
                 format!("execution failed: {}", e.error)
             }
+            Kind::TimerStarted(e) => {
+                self.steps.entry(e.step.clone()).or_default().scheduled_at = at;
+                format!("{}: waiting until {}", e.step, super::view::when(e.due.as_ref()))
+            }
+            Kind::SignalReceived(e) => format!("signal {} received", e.name),
+            Kind::SignalConsumed(e) => {
+                self.steps.entry(e.step.clone()).or_default().ended = true;
+                format!("{}: got its signal", e.step)
+            }
+            Kind::ChildStarted(e) => {
+                self.steps.entry(e.step.clone()).or_default().scheduled_at = at;
+                format!("{}: started child execution {}", e.step, e.child_execution_id)
+            }
         };
         vec![line]
     }
@@ -212,11 +225,22 @@ mod tests {
     }
 
     fn succeeded(step: &str, attempt: u32) -> Kind {
-        Kind::TaskSucceeded(pb::event::TaskSucceeded { step: step.into(), attempt, output_json: "{}".into() })
+        Kind::TaskSucceeded(pb::event::TaskSucceeded {
+            step: step.into(),
+            attempt,
+            output_json: "{}".into(),
+            context_json: None,
+        })
     }
 
     fn failed(step: &str, attempt: u32, retryable: bool) -> Kind {
-        Kind::TaskFailed(pb::event::TaskFailed { step: step.into(), attempt, error: "http 503".into(), retryable })
+        Kind::TaskFailed(pb::event::TaskFailed {
+            step: step.into(),
+            attempt,
+            error: "http 503".into(),
+            retryable,
+            problem: None,
+        })
     }
 
     #[test]
@@ -246,7 +270,7 @@ mod tests {
                 1_626,
                 Kind::TaskSkipped(pb::event::TaskSkipped { step: "notify".into(), reason: "ship failed".into() }),
             ),
-            event(11, 1_627, Kind::Failed(pb::event::Failed { error: "step ship failed".into() })),
+            event(11, 1_627, Kind::Failed(pb::event::Failed { error: "step ship failed".into(), problem: None })),
         ];
         let mut lines = Vec::new();
         let mut bars = Vec::new();

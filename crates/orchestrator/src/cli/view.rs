@@ -69,7 +69,7 @@ pub(crate) fn code_name(code: tonic::Code) -> &'static str {
 }
 
 /// A timestamp to the second, `-` when absent.
-fn when(ts: Option<&prost_types::Timestamp>) -> String {
+pub(crate) fn when(ts: Option<&prost_types::Timestamp>) -> String {
     ts.map_or_else(|| "-".to_owned(), |ts| ts_json(ts).as_str().map(short_time).unwrap_or_default())
 }
 
@@ -424,6 +424,17 @@ pub(crate) fn execution_json(e: &pb::Execution) -> Value {
     })
 }
 
+/// A problem as JSON, RFC 7807's field names.
+pub(crate) fn problem_json(problem: &pb::Problem) -> Value {
+    json!({
+        "type": problem.r#type,
+        "status": problem.status,
+        "title": problem.title,
+        "detail": problem.detail,
+        "instance": problem.instance,
+    })
+}
+
 /// One journal event as a JSON object: `{"execution_id", "sequence", "at", "kind", ..fields}`.
 pub(crate) fn event_json(event: &pb::Event) -> Value {
     use pb::event::Kind;
@@ -444,7 +455,15 @@ pub(crate) fn event_json(event: &pb::Event) -> Value {
         Some(Kind::Resumed(_)) => ("resumed", json!({})),
         Some(Kind::Cancelled(e)) => ("cancelled", json!({ "reason": e.reason })),
         Some(Kind::Completed(e)) => ("completed", json!({ "output": payload(&e.output_json) })),
-        Some(Kind::Failed(e)) => ("failed", json!({ "error": e.error })),
+        Some(Kind::Failed(e)) => {
+            ("failed", json!({ "error": e.error, "problem": e.problem.as_ref().map(problem_json) }))
+        }
+        Some(Kind::TimerStarted(e)) => ("timer_started", json!({ "step": e.step, "due": opt_ts_json(e.due.as_ref()) })),
+        Some(Kind::SignalReceived(e)) => ("signal_received", json!({ "name": e.name, "data": payload(&e.data_json) })),
+        Some(Kind::SignalConsumed(e)) => {
+            ("signal_consumed", json!({ "step": e.step, "signals": e.signals, "output": payload(&e.output_json) }))
+        }
+        Some(Kind::ChildStarted(e)) => ("child_started", json!({ "step": e.step, "child": e.child_execution_id })),
     };
     let mut object = json!({
         "execution_id": event.execution_id,
@@ -588,6 +607,9 @@ mod tests {
                     error: Some("http 503".into()),
                     started_at: ts(1_700_000_000, 500_000_000),
                     finished_at: ts(1_700_000_000, 512_000_000),
+                    child_execution_id: None,
+                    due: None,
+                    problem: None,
                 },
                 pb::TaskStatus {
                     step: "ship".into(),
@@ -596,6 +618,8 @@ mod tests {
                     ..pb::TaskStatus::default()
                 },
             ],
+            parent: None,
+            problem: None,
         }
     }
 
@@ -664,6 +688,7 @@ output:
                 attempt: 1,
                 error: "boom".into(),
                 retryable: true,
+                problem: None,
             })),
         };
         assert_eq!(

@@ -350,11 +350,22 @@ mod tests {
     }
 
     fn succeeded(step: &str, attempt: u32) -> EventKind {
-        EventKind::TaskSucceeded { step: StepId::new(step).unwrap(), attempt, output: serde_json::json!({}) }
+        EventKind::TaskSucceeded {
+            step: StepId::new(step).unwrap(),
+            attempt,
+            output: serde_json::json!({}),
+            context: None,
+        }
     }
 
     fn failed(step: &str, attempt: u32, retryable: bool) -> EventKind {
-        EventKind::TaskFailed { step: StepId::new(step).unwrap(), attempt, error: "boom".to_owned(), retryable }
+        EventKind::TaskFailed {
+            step: StepId::new(step).unwrap(),
+            attempt,
+            error: "boom".to_owned(),
+            retryable,
+            problem: None,
+        }
     }
 
     fn started() -> EventKind {
@@ -410,7 +421,11 @@ mod tests {
         j.write(b, 40, vec![scheduled("pay", 1, "payments")]);
         j.write(a, 50, vec![EventKind::Cancelled { reason: "customer left".to_owned() }]);
         assert_eq!(j.gauges(), (1, 0));
-        j.write(b, 60, vec![failed("pay", 1, false), EventKind::Failed { error: "pay failed".to_owned() }]);
+        j.write(
+            b,
+            60,
+            vec![failed("pay", 1, false), EventKind::Failed { error: "pay failed".to_owned(), problem: None }],
+        );
         assert_eq!(j.gauges(), (0, 0));
         assert_eq!(j.metrics.held(), (0, 0));
         for (sample, value) in [
@@ -454,7 +469,7 @@ mod tests {
         j.write(running, 10, vec![EventKind::Paused]);
         assert_eq!(j.gauges(), (1, 1));
         j.write(busy, 10, vec![succeeded("a", 1), EventKind::Completed { output: serde_json::json!(1) }]);
-        j.write(running, 20, vec![EventKind::Resumed, EventKind::Failed { error: "x".to_owned() }]);
+        j.write(running, 20, vec![EventKind::Resumed, EventKind::Failed { error: "x".to_owned(), problem: None }]);
         assert_eq!(j.gauges(), (0, 0));
         assert_eq!(j.metrics.held(), (0, 0));
         assert_eq!(j.value(r#"baton_task_attempts_total{service="s1",outcome="succeeded"}"#), Some(1.0));

@@ -218,7 +218,8 @@ fn evaluate(
     if cache.len() + request.expressions.len() > CACHED_EXPRESSIONS {
         cache.clear();
     }
-    let mut evaluation = Evaluation::new(&request.context, output_bytes);
+    let mut evaluation = Evaluation::new(&request.context, &request.values, output_bytes);
+    let names: Vec<&str> = request.names.iter().map(String::as_str).collect();
     let mut values = Vec::with_capacity(request.expressions.len());
     for (index, source) in request.expressions.iter().enumerate() {
         if index > 0 {
@@ -226,14 +227,15 @@ fn evaluate(
             write_answer(output, &Answer::Started(index))?;
         }
         let failed = |reason: String, bound: Option<WireBound>| Answer::Failed { index, reason, bound };
-        let source: &str = source;
-        if !cache.contains_key(source) {
-            match Expression::compile("expression", source) {
-                Ok(expression) => cache.insert(source.to_owned(), expression),
+        // The same source reads other variables under other names: both make the key.
+        let key = format!("{}\u{0}{source}", request.names.join(","));
+        if !cache.contains_key(&key) {
+            match Expression::compile_with("expression", source, &names) {
+                Ok(expression) => cache.insert(key.clone(), expression),
                 Err(error) => return Ok(failed(format!("does not compile: {error}"), None)),
             };
         }
-        let expression = &cache[source];
+        let expression = &cache[&key];
         match std::panic::catch_unwind(AssertUnwindSafe(|| evaluation.eval(expression))) {
             Ok(Ok(value)) => values.push(value),
             Ok(Err(error)) => {

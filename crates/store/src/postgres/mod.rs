@@ -104,6 +104,15 @@ pub const MIGRATIONS: &[Migration] = &[
         DROP TABLE baton_journal;
     ",
     },
+    Migration {
+        version: 3,
+        name: "parked executions",
+        sql: "
+        ALTER TABLE baton_executions ADD COLUMN IF NOT EXISTS parked BOOLEAN NOT NULL DEFAULT FALSE;
+        ALTER TABLE baton_executions ADD COLUMN IF NOT EXISTS wake_at BIGINT;
+        CREATE INDEX IF NOT EXISTS baton_executions_by_wake ON baton_executions (wake_at, id) WHERE wake_at IS NOT NULL;
+    ",
+    },
 ];
 
 /// How to reach the database.
@@ -532,11 +541,14 @@ impl Store for PostgresStore {
             let revision: i64 = row.get(1);
             update.apply(&mut execution)?;
             let record = String::from_utf8(to_json(&execution)).expect("JSON is UTF-8");
+            let wake_at =
+                execution.parked.and_then(|p| p.until).map(|at| timestamp_nanos("parked.until", at)).transpose()?;
             let written = client
                 .execute(
-                    "UPDATE baton_executions SET state = $1, record = $2, revision = revision + 1
+                    "UPDATE baton_executions
+                     SET state = $1, record = $2, revision = revision + 1, parked = $5, wake_at = $6
                      WHERE id = $3 AND revision = $4",
-                    &[&state_text(execution.state), &record, &id, &revision],
+                    &[&state_text(execution.state), &record, &id, &revision, &execution.parked.is_some(), &wake_at],
                 )
                 .await;
             match written {
@@ -603,7 +615,25 @@ impl Store for PostgresStore {
             .collect();
         let client = self.client().await?;
         let rows = client
-            .query("SELECT id FROM baton_executions WHERE state = ANY($1) ORDER BY created_at, id", &[&unfinished])
+            .query(
+                "SELECT id FROM baton_executions WHERE state = ANY($1) AND NOT parked ORDER BY created_at, id",
+                &[&unfinished],
+            )
+            .await
+            .map_err(unavailable)?;
+        rows.iter().map(|row| id_from_bytes(row.get(0))).collect()
+    }
+
+    async fn parked_due(&self, before: baton_core::Timestamp, limit: usize) -> StoreResult<Vec<ExecutionId>> {
+        let client = self.client().await?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let before = timestamp_nanos("before", before)?;
+        let rows = client
+            .query(
+                "SELECT id FROM baton_executions WHERE wake_at IS NOT NULL AND wake_at <= $1 AND parked
+                 ORDER BY wake_at, id LIMIT $2",
+                &[&before, &limit],
+            )
             .await
             .map_err(unavailable)?;
         rows.iter().map(|row| id_from_bytes(row.get(0))).collect()

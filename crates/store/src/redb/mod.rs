@@ -41,7 +41,8 @@
 //! | `executions` | id | JSON [`Execution`] |
 //! | `executions_by_created` | (created, id) | - |
 //! | `executions_by_workflow` | (workflow, created, id) | - |
-//! | `executions_unfinished` | (created, id) | - |
+//! | `executions_unfinished` | (created, id), unfinished and not parked | - |
+//! | `executions_parked` | (wake time, id), parked with a wake time | - |
 //! | `idempotency_keys` | key | id |
 //! | `journal_chunks` | (id, last sequence) | a chunk: the events of one fold, each as sequence, length, JSON |
 //! | `meta` | `schema_version` | 3 |
@@ -61,7 +62,7 @@ use baton_core::store::timestamp_nanos;
 use baton_core::{
     CreatedExecution, Event, Execution, ExecutionFilter, ExecutionId, ExecutionPage, ExecutionUpdate, IdempotencyKey,
     NewDefinition, Order, PageRequest, PutDefinition, Record, Store, StoreError, StoreResult, StoredDefinition,
-    WorkflowName,
+    Timestamp, WorkflowName,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -380,6 +381,15 @@ impl Store for RedbStore {
         self.read(|txn| {
             let unfinished = txn.open_table(UNFINISHED)?;
             unfinished.iter()?.map(|entry| id_from_key(entry?.0.value().1)).collect()
+        })
+        .await
+    }
+
+    async fn parked_due(&self, before: Timestamp, limit: usize) -> StoreResult<Vec<ExecutionId>> {
+        let until = timestamp_nanos("before", before)?;
+        self.read(move |txn| {
+            let parked = txn.open_table(PARKED)?;
+            parked.range(..=(until, u128::MAX))?.take(limit).map(|entry| id_from_key(entry?.0.value().1)).collect()
         })
         .await
     }

@@ -9,6 +9,8 @@ pub(super) const EXECUTIONS: TableDefinition<u128, Bytes> = TableDefinition::new
 pub(super) const BY_CREATED: TableDefinition<Key, ()> = TableDefinition::new("executions_by_created");
 pub(super) const BY_WORKFLOW: TableDefinition<(&str, i64, u128), ()> = TableDefinition::new("executions_by_workflow");
 pub(super) const UNFINISHED: TableDefinition<Key, ()> = TableDefinition::new("executions_unfinished");
+/// Parked executions with a wake time, under (wake time, id).
+pub(super) const PARKED: TableDefinition<Key, ()> = TableDefinition::new("executions_parked");
 pub(super) const IDEMPOTENCY: TableDefinition<&str, u128> = TableDefinition::new("idempotency_keys");
 /// Journal chunks: the events of one execution that one fold moved, under (id, last sequence).
 pub(super) const JOURNAL: TableDefinition<(u128, u64), Bytes> = TableDefinition::new("journal_chunks");
@@ -73,6 +75,7 @@ pub(super) struct Tables<'t> {
     pub(super) by_created: Table<'t, Key, ()>,
     pub(super) by_workflow: Table<'t, (&'static str, i64, u128), ()>,
     pub(super) unfinished: Table<'t, Key, ()>,
+    pub(super) parked: Table<'t, Key, ()>,
     pub(super) idempotency: Table<'t, &'static str, u128>,
     pub(super) journal: Table<'t, (u128, u64), Bytes>,
 }
@@ -85,6 +88,7 @@ impl<'t> Tables<'t> {
             by_created: txn.open_table(BY_CREATED)?,
             by_workflow: txn.open_table(BY_WORKFLOW)?,
             unfinished: txn.open_table(UNFINISHED)?,
+            parked: txn.open_table(PARKED)?,
             idempotency: txn.open_table(IDEMPOTENCY)?,
             journal: txn.open_table(JOURNAL)?,
         })

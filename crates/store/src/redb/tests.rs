@@ -22,13 +22,16 @@ fn execution() -> Execution {
         created_at: at(),
         updated_at: at(),
         trace: None,
+        parent: None,
+        problem: None,
+        parked: None,
     }
 }
 
 fn event(execution: ExecutionId, sequence: u64) -> Event {
     let step = StepId::new("s").unwrap();
     let output = serde_json::json!({"n": sequence});
-    Event { execution, sequence, at: at(), kind: EventKind::TaskSucceeded { step, attempt: 1, output } }
+    Event { execution, sequence, at: at(), kind: EventKind::TaskSucceeded { step, attempt: 1, output, context: None } }
 }
 
 fn events(execution: ExecutionId, sequences: std::ops::RangeInclusive<u64>) -> Vec<Event> {
@@ -175,7 +178,7 @@ async fn large_events_read_back_from_memory_and_from_chunks() {
         let mut event = event(id, sequence);
         let step = StepId::new("s").unwrap();
         let output = serde_json::json!({"blob": "x".repeat((1 << 20) + 7 * sequence as usize)});
-        event.kind = EventKind::TaskSucceeded { step, attempt: 1, output };
+        event.kind = EventKind::TaskSucceeded { step, attempt: 1, output, context: None };
         event
     };
     store.append(vec![large(1), event(id, 2)]).await.unwrap();

@@ -202,12 +202,30 @@ pub(super) fn create_execution(
 
 pub(super) fn update_execution(t: &mut Tables<'_>, update: &ExecutionUpdate) -> Result<Execution, Fail> {
     let mut execution = load_execution(&t.executions, update.id)?;
-    let was_unfinished = !execution.state.is_terminal();
+    // `unfinished` lists what recovery loads: unfinished and not parked; `parked`, by wake
+    // time, what the engine loads back as timers come due.
+    let open = |e: &Execution| !e.state.is_terminal() && e.parked.is_none();
+    let wake = |e: &Execution| e.parked.and_then(|p| p.until);
+    let (was_open, woke) = (open(&execution), wake(&execution));
     update.apply(&mut execution)?;
     let key = key_of(execution.created_at, execution.id)?;
     t.executions.insert(key.1, to_json(&execution).as_slice())?;
-    if was_unfinished && execution.state.is_terminal() {
-        t.unfinished.remove(key)?;
+    match (was_open, open(&execution)) {
+        (true, false) => {
+            t.unfinished.remove(key)?;
+        }
+        (false, true) => {
+            t.unfinished.insert(key, ())?;
+        }
+        _ => {}
+    }
+    if woke != wake(&execution) {
+        if let Some(at) = woke {
+            t.parked.remove((timestamp_nanos("parked.until", at)?, key.1))?;
+        }
+        if let Some(at) = wake(&execution) {
+            t.parked.insert((timestamp_nanos("parked.until", at)?, key.1), ())?;
+        }
     }
     Ok(execution)
 }

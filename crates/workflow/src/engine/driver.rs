@@ -1,32 +1,29 @@
 //! The driver of one live execution: it numbers and journals its runner's events, applies
 //! them once durable, and serves pause, resume and cancel in order with them.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use baton_core::{
-    Event, EventKind, EventSink, Execution, ExecutionState, ExecutionUpdate, Outcome, Recorded, Refusal, StepId, Store,
-    StoreError,
+    Event, EventKind, EventSink, Execution, ExecutionState, ExecutionUpdate, History, Outcome, Parked, Problem,
+    Recorded, Refusal, Store, StoreError, Timestamp,
 };
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Command, Engine, Inner, is_terminal, lock};
+use super::{ChildRequest, Command, Engine, Inner, Listen, is_terminal, lock};
 use crate::definition::CheckedDefinition;
 use crate::error::{Error, Result};
-use crate::runner::{RunHandle, RunRequest, Runner};
+use crate::runner::{IdleSignal, RunHandle, RunRequest, Runner};
 
 /// Applies one journal event to an execution ([`Execution::apply`], core's one replay rule)
-/// and keeps a succeeded step's output for the runner.
+/// and to the history a resumed run starts from.
 pub(super) fn apply(
     execution: &mut Execution,
-    completed: &mut BTreeMap<StepId, Value>,
+    history: &mut History,
     event: &Event,
 ) -> std::result::Result<(), baton_core::Error> {
     execution.apply(event)?;
-    if let EventKind::TaskSucceeded { step, output, .. } = &event.kind {
-        completed.insert(step.clone(), output.clone());
-    }
+    history.apply(event);
     Ok(())
 }
 
@@ -75,10 +72,19 @@ pub(super) struct Driver<S, R: Runner> {
     next_sequence: u64,
     /// Whether the journal holds a `Started`.
     started: bool,
-    completed: BTreeMap<StepId, Value>,
+    history: History,
+    /// `listen` tasks waiting for signals, oldest first.
+    listeners: Vec<Listen>,
     handle: Option<R::Handle>,
     pub(super) commands: Option<mpsc::UnboundedReceiver<Command>>,
     events: Option<mpsc::UnboundedReceiver<Delivery>>,
+    /// What the run last said of idling: `Some((until, activity))` once it only waits.
+    idle: Option<IdleReports>,
+    /// The driver handed a listen its signal since the run's last idle report: the run is about
+    /// to move on, and nothing would wake it once parked.
+    answered: bool,
+    /// Set when the driver parked the execution and stops without ending it.
+    parked: bool,
 }
 
 impl<S: Store, R: Runner> Driver<S, R> {
@@ -88,7 +94,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
         definition: Arc<CheckedDefinition>,
         next_sequence: u64,
         started: bool,
-        completed: BTreeMap<StepId, Value>,
+        history: History,
     ) -> Self {
         Self {
             inner: Arc::clone(&engine.inner),
@@ -96,10 +102,14 @@ impl<S: Store, R: Runner> Driver<S, R> {
             definition,
             next_sequence,
             started,
-            completed,
+            history,
+            listeners: Vec::new(),
             handle: None,
             commands: None,
             events: None,
+            idle: None,
+            answered: false,
+            parked: false,
         }
     }
 
@@ -125,24 +135,64 @@ impl<S: Store, R: Runner> Driver<S, R> {
                     None => self.runner_ended().await,
                 },
                 command = commands.recv() => match command {
-                    Some(command) => self.command(command).await,
+                    Some(command) => {
+                        // The run's own asks (listen, child) are not what a wake was for.
+                        let external = !matches!(command, Command::Listen(_) | Command::Child(_));
+                        self.command(command).await;
+                        if external {
+                            lock(&self.inner.holds).remove(&self.execution.id);
+                        }
+                    }
                     None => break,
                 },
+                idle = next_idle(&mut self.idle) => {
+                    // A command waiting to be served, or one it was woken for, means the execution
+                    // is wanted now.
+                    let held = lock(&self.inner.holds).contains(&self.execution.id);
+                    if commands.is_empty() && !held && self.park(idle).await {
+                        break;
+                    }
+                }
             }
         }
         lock(&self.inner.live).remove(&self.execution.id);
+        if self.parked {
+            // Waiters stay registered for when it is woken and ends; commands that raced with
+            // the parking find it parked and wake it (their reply channel closes here).
+            return;
+        }
         for waiter in lock(&self.inner.waiters).remove(&self.execution.id).unwrap_or_default() {
             let _ = waiter.send(self.execution.clone());
         }
+        // A parent waiting for this child may be parked: its run picks the result up again.
+        if let Some(parent) = &self.execution.parent {
+            let (engine, parent) = (Engine { inner: Arc::clone(&self.inner) }, parent.execution);
+            tokio::spawn(async move {
+                let _ = engine.wake(parent).await;
+            });
+        }
         // Commands that raced with the end are answered from the final state.
         commands.close();
+        let ended = || Problem::runtime("the execution ended");
+        for listen in self.listeners.drain(..) {
+            let _ = listen.reply.send(Err(ended()));
+        }
         while let Ok(command) = commands.try_recv() {
             let (reply, to) = match command {
                 Command::Pause(reply) => (reply, ExecutionState::Paused),
                 Command::Resume(reply) => (reply, ExecutionState::Running),
                 Command::Cancel(_, reply) => (reply, ExecutionState::Cancelled),
+                Command::Signal(_, _, reply) => (reply, ExecutionState::Running),
                 Command::Snapshot(reply) => {
                     let _ = reply.send(self.execution.clone());
+                    continue;
+                }
+                Command::Listen(listen) => {
+                    let _ = listen.reply.send(Err(ended()));
+                    continue;
+                }
+                Command::Child(request) => {
+                    let _ = request.reply.send(Err(ended()));
                     continue;
                 }
             };
@@ -166,12 +216,18 @@ impl<S: Store, R: Runner> Driver<S, R> {
             return;
         }
         let (sender, receiver) = mpsc::unbounded_channel();
+        let (idle, idle_receiver) = tokio::sync::watch::channel(None);
+        let idle = IdleSignal(Arc::new(move |until, activity| {
+            let _ = idle.send(Some((until, activity)));
+        }));
+        self.idle = Some(idle_receiver);
         let request = RunRequest {
+            idle,
             execution: self.execution.id,
             version: self.execution.version,
             definition: Arc::clone(&self.definition),
             input: self.execution.input.clone(),
-            completed: self.completed.clone(),
+            history: self.history.clone(),
             trace: self.execution.trace.clone(),
         };
         match self.inner.runner.start(request, Arc::new(ChannelSink(sender))) {
@@ -182,7 +238,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
             Err(reason) => {
                 let error = Error::Runner { execution: self.execution.id, reason }.to_string();
                 // On a failed write `record` has failed the execution already.
-                let _ = self.record(vec![EventKind::Failed { error }]).await;
+                let _ = self.record(vec![EventKind::Failed { error, problem: None }]).await;
             }
         }
     }
@@ -204,6 +260,11 @@ impl<S: Store, R: Runner> Driver<S, R> {
                 {
                     handle.pause();
                 }
+                if result.is_ok() {
+                    self.each_child(|engine, child| async move {
+                        let _ = engine.pause(child).await;
+                    });
+                }
                 let _ = reply.send(result);
             }
             Command::Resume(reply) => {
@@ -218,6 +279,9 @@ impl<S: Store, R: Runner> Driver<S, R> {
                         // Recovered paused: nothing runs yet.
                         None => self.launch().await,
                     }
+                    self.each_child(|engine, child| async move {
+                        let _ = engine.resume(child).await;
+                    });
                 }
                 let _ = reply.send(result);
             }
@@ -231,8 +295,162 @@ impl<S: Store, R: Runner> Driver<S, R> {
                 if let Some(handle) = self.handle.take() {
                     handle.cancel(&reason);
                 }
+                if result.is_ok() {
+                    self.each_child(|engine, child| async move {
+                        let _ = engine.cancel(child, "its parent was cancelled").await;
+                    });
+                }
                 let _ = reply.send(result);
             }
+            Command::Signal(name, data, reply) => {
+                if !matches!(state, ExecutionState::Running | ExecutionState::Paused) {
+                    let _ = reply.send(Err(self.illegal(ExecutionState::Running)));
+                    return;
+                }
+                let limit = self.inner.config.max_pending_signals;
+                if self.history.signals.len() >= limit {
+                    let reason = format!("it holds {limit} signals no listen consumed, the limit");
+                    let _ = reply.send(Err(baton_core::Error::invalid("name", &name, reason).into()));
+                    return;
+                }
+                let result = self.record(vec![EventKind::SignalReceived { name, data }]).await.map_err(Error::from);
+                let _ = reply.send(result);
+                self.serve_listeners().await;
+            }
+            Command::Listen(listen) => {
+                self.listeners.push(listen);
+                self.serve_listeners().await;
+            }
+            Command::Child(request) => self.child(request).await,
+        }
+    }
+
+    /// Parks the execution when its run only waits, for a signal, a child or a timer due later
+    /// than the engine's `park_after`, and nothing happened since it said so: the run stops
+    /// without an outcome, the record says until when, and the driver ends. True when parked.
+    async fn park(&mut self, (until, mark): (Option<Timestamp>, u64)) -> bool {
+        let answered = std::mem::take(&mut self.answered);
+        let Some(after) = self.inner.config.park_after else { return false };
+        if answered || self.execution.state != ExecutionState::Running {
+            return false;
+        }
+        // Something the run handed over since it said it only waits: it does not any more.
+        if self.events.as_ref().is_some_and(|events| !events.is_empty()) {
+            return false;
+        }
+        let now = self.inner.config.clock.now();
+        if let Some(until) = until
+            && (until - now).to_std().unwrap_or_default() < after
+        {
+            return false;
+        }
+        // A child that has ended already wakes the run as soon as it is parked: parking would
+        // only load it again, and again, while its wait for the child settles.
+        for (step, child) in &self.history.children {
+            if !self.history.settled.contains_key(step)
+                && self.inner.store.get_execution(*child).await.is_ok_and(|c| c.state.is_terminal())
+            {
+                return false;
+            }
+        }
+        let Some(handle) = self.handle.as_mut() else { return false };
+        if !handle.suspend_if_idle(mark).await {
+            return false;
+        }
+        self.handle = None;
+        // What the run handed over as it stopped is not journaled: it happens again when the
+        // execution runs again, from the journal.
+        if let Some(mut events) = self.events.take() {
+            events.close();
+            while let Ok(delivery) = events.try_recv() {
+                answer(delivery.kept, Err(Refusal::Ended));
+            }
+        }
+        self.idle = None;
+        self.listeners.clear();
+        self.execution.parked = Some(Parked { until });
+        match self.inner.store.update_execution(ExecutionUpdate::from(&self.execution)).await {
+            Ok(_) => {
+                self.parked = true;
+                // A child that ended before the record said parked found this execution live
+                // and woke nothing: look once more, now that a child's end finds it parked.
+                let children: Vec<_> = self.history.children.values().copied().collect();
+                if !children.is_empty() {
+                    let (engine, id) = (Engine { inner: Arc::clone(&self.inner) }, self.execution.id);
+                    tokio::spawn(async move {
+                        for child in children {
+                            let store = &engine.inner.store;
+                            if store.get_execution(child).await.is_ok_and(|c| c.state.is_terminal()) {
+                                let _ = engine.wake(id).await;
+                                return;
+                            }
+                        }
+                    });
+                }
+                true
+            }
+            Err(_) => {
+                // Not parked after all: run on.
+                self.execution.parked = None;
+                self.launch().await;
+                false
+            }
+        }
+    }
+
+    /// Hands pending signals to waiting `listen` tasks, oldest first, each signal once.
+    async fn serve_listeners(&mut self) {
+        let mut i = 0;
+        while i < self.listeners.len() {
+            let listen = &self.listeners[i];
+            let Some(signals) = self.history.matching_signals(&listen.names, listen.all) else {
+                i += 1;
+                continue;
+            };
+            let sequences: Vec<u64> = signals.iter().map(|s| s.sequence).collect();
+            let output = if listen.all {
+                Value::Array(signals.iter().map(|s| s.data.clone()).collect())
+            } else {
+                signals[0].data.clone()
+            };
+            let listen = self.listeners.remove(i);
+            let consumed =
+                EventKind::SignalConsumed { step: listen.step.clone(), signals: sequences, output: output.clone() };
+            let answer = match self.record(vec![consumed]).await {
+                Ok(()) => Ok(output),
+                Err(error) => Err(Problem::runtime(format!("journal write failed: {error}"))),
+            };
+            let _ = listen.reply.send(answer);
+            self.answered = true;
+        }
+    }
+
+    /// Starts a `workflow` task's child once (a repeat finds it in the history) and journals it.
+    async fn child(&mut self, request: ChildRequest) {
+        if let Some(child) = self.history.children.get(&request.step) {
+            let _ = request.reply.send(Ok(*child));
+            return;
+        }
+        let engine = Engine { inner: Arc::clone(&self.inner) };
+        let answer = match engine.start_child(&self.execution, &request).await {
+            Ok(child) => match self.record(vec![EventKind::ChildStarted { step: request.step.clone(), child }]).await {
+                Ok(()) => Ok(child),
+                Err(error) => Err(Problem::runtime(format!("journal write failed: {error}"))),
+            },
+            Err(problem) => Err(problem),
+        };
+        let _ = request.reply.send(answer);
+    }
+
+    /// Runs `act` on every child this execution started, in the background: pause, resume
+    /// and cancel reach them without holding this driver up.
+    fn each_child<F, Fut>(&self, act: F)
+    where
+        F: Fn(Engine<S, R>, baton_core::ExecutionId) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        for child in self.history.children.values() {
+            tokio::spawn(act(Engine { inner: Arc::clone(&self.inner) }, *child));
         }
     }
 
@@ -249,7 +467,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
                     answer(kept, Ok(()));
                     continue;
                 }
-                EventKind::TaskSucceeded { step, attempt, output } => {
+                EventKind::TaskSucceeded { step, attempt, output, context } => {
                     let size = serde_json::to_vec(&output).map_or(usize::MAX, |text| text.len());
                     if size > limit {
                         let refusal = Refusal::OutputTooLarge { step: step.clone(), size, limit };
@@ -267,11 +485,13 @@ impl<S: Store, R: Runner> Driver<S, R> {
                             attempt,
                             error: error.clone(),
                             retryable: false,
+                            problem: None,
                         });
-                        kinds.push(EventKind::Failed { error: format!("step {step:?} failed: {error}") });
+                        kinds
+                            .push(EventKind::Failed { error: format!("step {step:?} failed: {error}"), problem: None });
                         break;
                     }
-                    EventKind::TaskSucceeded { step, attempt, output }
+                    EventKind::TaskSucceeded { step, attempt, output, context }
                 }
                 kind => kind,
             };
@@ -297,7 +517,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
         self.events = None;
         let outcome = match self.handle.take() {
             Some(handle) => handle.outcome().await,
-            None => Outcome::Failed("the run ended without an outcome".to_owned()),
+            None => Outcome::Failed(Problem::runtime("the run ended without an outcome")),
         };
         let _ = self.record(vec![outcome.into()]).await;
     }
@@ -324,7 +544,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
             self.started |= matches!(event.kind, EventKind::Started { .. });
             // The engine only journals legal changes; an illegal one would be a bug, and the
             // journal stays the truth for recovery.
-            let _ = apply(&mut self.execution, &mut self.completed, event);
+            let _ = apply(&mut self.execution, &mut self.history, event);
         }
         self.inner.config.observer.journaled(&self.execution, &events);
         // The record is a view of the journal, written when the state changes: listings filter
@@ -347,6 +567,23 @@ impl<S: Store, R: Runner> Driver<S, R> {
             let _ = self.inner.events.send(event);
         }
         Ok(())
+    }
+}
+
+/// A run's reports of idling: `Some((earliest timer, activity count))` once it only waits.
+type IdleReports = tokio::sync::watch::Receiver<Option<(Option<Timestamp>, u64)>>;
+
+/// The run's next report of idling: the time its earliest timer fires (if any) and its activity
+/// count. Pending while nothing runs.
+async fn next_idle(idle: &mut Option<IdleReports>) -> (Option<Timestamp>, u64) {
+    let Some(receiver) = idle else { return std::future::pending().await };
+    loop {
+        if receiver.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        if let Some(report) = *receiver.borrow_and_update() {
+            return report;
+        }
     }
 }
 

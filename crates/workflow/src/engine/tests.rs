@@ -73,6 +73,10 @@ fn kinds(events: &[Event]) -> Vec<&'static str> {
             EventKind::Cancelled { .. } => "cancelled",
             EventKind::Completed { .. } => "completed",
             EventKind::Failed { .. } => "failed",
+            EventKind::TimerStarted { .. } => "timer",
+            EventKind::SignalReceived { .. } => "signal",
+            EventKind::SignalConsumed { .. } => "consumed",
+            EventKind::ChildStarted { .. } => "child",
         })
         .collect()
 }
@@ -97,7 +101,7 @@ async fn apply_versions_only_changed_content() {
     let (version, latest) = engine.definition(&chain(), None).await.unwrap();
     assert_eq!(version, 2);
     assert!(
-        matches!(&latest.definition().steps[1].target, baton_core::StepTarget::Service { id, .. } if id.as_str() == "t")
+        matches!(latest.definition().steps[1].target(), Some(baton_core::StepTarget::Service { id, .. }) if id.as_str() == "t")
     );
     // Executions pin the version they start with.
     let pinned = engine.start(&chain(), Some(1), json!({"n": 1}), None).await.unwrap();

@@ -135,7 +135,9 @@ fn recorded_events_move_tasks_and_states() {
     let step = StepId::new("a").unwrap();
     let service = ServiceId::new("svc").unwrap();
     executions.record(id, EventKind::TaskScheduled { step: step.clone(), attempt: 1, service }).unwrap();
-    executions.record(id, EventKind::TaskSucceeded { step: step.clone(), attempt: 1, output: json!(1) }).unwrap();
+    executions
+        .record(id, EventKind::TaskSucceeded { step: step.clone(), attempt: 1, output: json!(1), context: None })
+        .unwrap();
     let illegal = executions.record(id, EventKind::Resumed).unwrap_err();
     assert_eq!(illegal, ApiError::transition(id, ExecutionState::Running, ExecutionState::Running));
     executions.record(id, EventKind::Completed { output: json!({"done": true}) }).unwrap();
