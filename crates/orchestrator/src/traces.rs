@@ -65,7 +65,20 @@ impl Observer for Tracer {
                         self.exporter.export(spans.attempt(step, *attempt, &service, (start, at), "succeeded", None));
                     }
                 }
-                EventKind::TaskFailed { step, attempt, error, retryable } => {
+                EventKind::TaskFailed { step, attempt: 0, error, .. } => {
+                    // The task failed as a whole (its time limit, its output filter): the
+                    // attempts it left open end with it.
+                    let left: Vec<u32> = open.get(&execution.id).map_or_else(Vec::new, |o| {
+                        o.attempts.keys().filter(|(s, _)| s == step).map(|(_, a)| *a).collect()
+                    });
+                    for attempt in left {
+                        if let Some((start, service)) = take_attempt(&mut open, execution.id, step, attempt) {
+                            let span = spans.attempt(step, attempt, &service, (start, at), "failed", Some(error));
+                            self.exporter.export(span);
+                        }
+                    }
+                }
+                EventKind::TaskFailed { step, attempt, error, retryable, .. } => {
                     if let Some((start, service)) = take_attempt(&mut open, execution.id, step, *attempt) {
                         let outcome = if *retryable { "retryable" } else { "failed" };
                         let span = spans.attempt(step, *attempt, &service, (start, at), outcome, Some(error));
@@ -74,7 +87,7 @@ impl Observer for Tracer {
                 }
                 EventKind::Completed { .. } | EventKind::Failed { .. } | EventKind::Cancelled { .. } => {
                     let (outcome, error) = match &event.kind {
-                        EventKind::Failed { error } => ("failed", Some(error.as_str())),
+                        EventKind::Failed { error, .. } => ("failed", Some(error.as_str())),
                         EventKind::Cancelled { reason } => ("cancelled", Some(reason.as_str())),
                         _ => ("completed", None),
                     };
@@ -90,7 +103,13 @@ impl Observer for Tracer {
                     // So that a log line leads to its trace.
                     tracing::debug!(execution = %execution.id, trace_id = %trace.trace_id(), outcome, "execution traced");
                 }
-                EventKind::TaskSkipped { .. } | EventKind::Paused | EventKind::Resumed => {}
+                EventKind::TaskSkipped { .. }
+                | EventKind::Paused
+                | EventKind::Resumed
+                | EventKind::TimerStarted { .. }
+                | EventKind::SignalReceived { .. }
+                | EventKind::SignalConsumed { .. }
+                | EventKind::ChildStarted { .. } => {}
             }
         }
     }

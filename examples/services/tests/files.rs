@@ -46,7 +46,7 @@ fn the_order_notify_workflow_ends_with_a_grpc_step() {
     assert_eq!(ids, ["reserve", "charge", "ship", "notify"]);
     let checked = CheckedDefinition::parse(&read("workflows/order-notify.yaml")).unwrap();
     let notify = &checked.definition().steps[3];
-    let Some(baton_core::StepCall::Grpc(call)) = &notify.call else { panic!("notify calls gRPC: {notify:?}") };
+    let Some(baton_core::StepCall::Grpc(call)) = notify.shaped_call() else { panic!("notify calls gRPC: {notify:?}") };
     assert_eq!(call.method.as_ref().map(ToString::to_string).as_deref(), Some(baton_examples::grpc::NOTIFY));
 }
 
