@@ -234,7 +234,10 @@ impl HttpInvoker {
         };
         let (status, headers, body, truncated) = match self.config.request_timeout {
             Some(limit) => tokio::time::timeout(limit, exchange).await.map_err(|_| {
-                Failure::retryable("timeout", format!("{url} did not answer within {}", baton_core::duration::format(limit)))
+                Failure::retryable(
+                    "timeout",
+                    format!("{url} did not answer within {}", baton_core::duration::format(limit)),
+                )
             })??,
             None => exchange.await?,
         };

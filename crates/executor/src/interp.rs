@@ -564,10 +564,14 @@ impl<'a, I: Invoker> Interp<'a, I> {
         task: &Task,
         scope: &[Value],
     ) -> impl Future<Output = Result<CallRequest, Problem>> + Send + use<'a, I> {
-        let values =
-            if shape.needs_variables() { self.variable_values(Some(task), dot, Value::Null, scope) } else { Vec::new() };
+        let values = if shape.needs_variables() {
+            self.variable_values(Some(task), dot, Value::Null, scope)
+        } else {
+            Vec::new()
+        };
         let ready = (!shape.uses_jaq()).then(|| shape.render_vars(dot, &values).map_err(expression_problem));
-        let job = ready.is_none().then(|| (dot.clone(), Arc::clone(&self.shared.evaluator), self.shared.control.clone()));
+        let job =
+            ready.is_none().then(|| (dot.clone(), Arc::clone(&self.shared.evaluator), self.shared.control.clone()));
         async move {
             if let Some(ready) = ready {
                 return ready;
@@ -1089,8 +1093,15 @@ impl<'a, I: Invoker> Interp<'a, I> {
                                         (document.clone(), parameters.clone(), credentials.clone());
                                     async move {
                                         let operation = request::Operation { id: operation, parameters: &parameters };
-                                        request::attempt_openapi(invoker, &document, operation, &credentials, &trace, output)
-                                            .await
+                                        request::attempt_openapi(
+                                            invoker,
+                                            &document,
+                                            operation,
+                                            &credentials,
+                                            &trace,
+                                            output,
+                                        )
+                                        .await
                                     }
                                 };
                                 let leaf = self.request_leaf(id, task, path, service, input, scope, attempt);
@@ -1864,7 +1875,9 @@ impl<'a, I: Invoker> Interp<'a, I> {
             let invoker = shared.invoker();
             let result = match shared.global_permit().await {
                 None => Err(Problem::runtime("cancelled")),
-                Some(_permit) => match request::run_request(shared, &spec, service, |trace| attempt(invoker, trace)).await {
+                Some(_permit) => match request::run_request(shared, &spec, service, |trace| attempt(invoker, trace))
+                    .await
+                {
                     Ok((attempt, raw)) => Self::settle_leaf(shared, task, path.clone(), attempt, raw, filters).await,
                     Err(TaskError::Failed(problem)) => Err(problem),
                     Err(other) => Err(Problem::runtime(other.to_string()).at(&task.reference)),

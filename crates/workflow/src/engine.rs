@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use baton_core::{
-    Clock, Event, EventKind, Execution, ExecutionFilter, ExecutionId, ExecutionPage, ExecutionState, ExecutionUpdate,
-    ExecutionTrace, History, IdempotencyKey, NewDefinition, PageRequest, Parent, Problem, StepId, Store,
+    Clock, Event, EventKind, Execution, ExecutionFilter, ExecutionId, ExecutionPage, ExecutionState, ExecutionTrace,
+    ExecutionUpdate, History, IdempotencyKey, NewDefinition, PageRequest, Parent, Problem, StepId, Store,
     StoredDefinition, SystemClock, TaskStatus, TraceContext, WorkflowName,
 };
 use futures_util::Stream;

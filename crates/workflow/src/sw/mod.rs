@@ -562,11 +562,19 @@ impl Compiler<'_> {
         match function {
             "http" => {
                 let http = self.http(with, &with_pointer)?;
-                Ok(Action::Call(Call { target: CallTarget::Http(Arc::new(http)), payload: null_template(), shape: None }))
+                Ok(Action::Call(Call {
+                    target: CallTarget::Http(Arc::new(http)),
+                    payload: null_template(),
+                    shape: None,
+                }))
             }
             "openapi" => {
                 let api = self.openapi(with, &with_pointer)?;
-                Ok(Action::Call(Call { target: CallTarget::OpenApi(Arc::new(api)), payload: null_template(), shape: None }))
+                Ok(Action::Call(Call {
+                    target: CallTarget::OpenApi(Arc::new(api)),
+                    payload: null_template(),
+                    shape: None,
+                }))
             }
             "baton" => self.baton(with, &with_pointer),
             "grpc" | "asyncapi" | "a2a" | "mcp" => {
