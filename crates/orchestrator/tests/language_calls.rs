@@ -101,6 +101,7 @@ steps:
                   alternatives: [steady]
                   http: { method: GET, path: /ping/right }
               catch: {}
+output: "${ .steps.both.output }"
 "#,
         )
         .await
