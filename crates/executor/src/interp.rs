@@ -2072,7 +2072,8 @@ fn parse_time(value: &Value) -> Result<Timestamp, Problem> {
         }
         Value::Number(n) => {
             let seconds = n.as_f64().ok_or_else(bad)?;
-            chrono::DateTime::from_timestamp_millis((seconds * 1000.0) as i64).ok_or_else(bad)
+            // To the nearest millisecond: truncating would fire up to a millisecond early.
+            chrono::DateTime::from_timestamp_millis((seconds * 1000.0).round() as i64).ok_or_else(bad)
         }
         _ => Err(bad()),
     }

@@ -559,38 +559,56 @@ impl<S: Store, R: Runner> Engine<S, R> {
     /// The execution once it has finished (completed, failed or cancelled); a paused one
     /// is waited for through its resumption.
     pub async fn wait(&self, id: ExecutionId) -> Result<Execution> {
-        let (waiter, finished) = oneshot::channel();
-        let live = {
-            // Under the waiters' lock, so a driver cannot end between the check and the insert
-            // without seeing this waiter.
-            let mut waiters = lock(&self.inner.waiters);
-            let live = lock(&self.inner.live).contains_key(&id);
-            if live {
-                waiters.entry(id).or_default().push(waiter);
-            }
-            live
-        };
-        if live && let Ok(execution) = finished.await {
-            return Ok(execution);
-        }
-        // Not running here: the record has the final state (or says why there is none).
-        let execution = self.inner.store.get_execution(id).await?;
-        if execution.state.is_terminal() {
-            return Ok(execution);
-        }
-        if execution.parked.is_some() {
-            // Parked: its driver answers when it has been woken and has ended.
+        // An execution being loaded back (woken from parking) is in neither place for a
+        // moment: its record no longer says parked and its driver is not live yet. A few
+        // rounds see it through; each waits for the load to end.
+        const ROUNDS: usize = 8;
+        for _ in 0..ROUNDS {
             let (waiter, finished) = oneshot::channel();
-            lock(&self.inner.waiters).entry(id).or_default().push(waiter);
-            // It may have been woken and ended in between.
-            let again = self.inner.store.get_execution(id).await?;
-            if again.state.is_terminal() {
-                return Ok(again);
-            }
-            if let Ok(execution) = finished.await {
+            let live = {
+                // Under the waiters' lock, so a driver cannot end between the check and the
+                // insert without seeing this waiter.
+                let mut waiters = lock(&self.inner.waiters);
+                let live = lock(&self.inner.live).contains_key(&id);
+                if live {
+                    waiters.entry(id).or_default().push(waiter);
+                }
+                live
+            };
+            if live && let Ok(execution) = finished.await {
                 return Ok(execution);
             }
+            // Not running here: the record has the final state (or says why there is none).
+            let execution = self.inner.store.get_execution(id).await?;
+            if execution.state.is_terminal() {
+                return Ok(execution);
+            }
+            if execution.parked.is_some() {
+                // Parked: its driver answers when it has been woken and has ended.
+                let (waiter, finished) = oneshot::channel();
+                lock(&self.inner.waiters).entry(id).or_default().push(waiter);
+                // It may have been woken and ended in between.
+                let again = self.inner.store.get_execution(id).await?;
+                if again.state.is_terminal() {
+                    return Ok(again);
+                }
+                if let Ok(execution) = finished.await {
+                    return Ok(execution);
+                }
+            }
+            let loading = lock(&self.inner.waking).get(&id).cloned();
+            match loading {
+                Some(loaded) => {
+                    let notified = loaded.notified();
+                    if lock(&self.inner.waking).contains_key(&id) {
+                        notified.await;
+                    }
+                }
+                None if lock(&self.inner.live).contains_key(&id) => {}
+                None => return Err(Error::NotRunning { execution: id, state: execution.state }),
+            }
         }
+        let execution = self.inner.store.get_execution(id).await?;
         Err(Error::NotRunning { execution: id, state: execution.state })
     }
 
