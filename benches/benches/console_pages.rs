@@ -60,6 +60,7 @@ fn execution(workflow: &WorkflowName, n: usize, tasks: std::collections::BTreeMa
         tasks,
         created_at: at(n),
         updated_at: at(n),
+        trace: None,
         parent: None,
         parked: None,
         problem: None,

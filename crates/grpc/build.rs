@@ -1,5 +1,7 @@
 //! Compiles `proto/baton/v1/*.proto` with `protox` (pure Rust, so no system `protoc`) and
-//! generates the prost messages and tonic clients and servers from the descriptor set.
+//! generates the prost messages and tonic clients and servers from the descriptor set; and
+//! the OTLP trace service Baton exports spans to (`proto/opentelemetry`), kept out of the
+//! descriptor set reflection serves.
 
 use std::path::{Path, PathBuf};
 use std::{env, fs, io};
@@ -8,6 +10,7 @@ use protox::prost::Message as _;
 
 const PROTO_ROOT: &str = "../../proto";
 const PROTO_DIR: &str = "../../proto/baton/v1";
+const OTLP_TRACE_SERVICE: &str = "opentelemetry/proto/collector/trace/v1/trace_service.proto";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={PROTO_ROOT}");
@@ -26,6 +29,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     fs::write(out_dir.join("baton_descriptor.bin"), fds.encode_to_vec())?;
 
     tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(fds)?;
+
+    let otlp = protox::Compiler::new([PROTO_ROOT])?
+        .include_imports(true)
+        .open_files([OTLP_TRACE_SERVICE])?
+        .file_descriptor_set();
+    tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(otlp)?;
     Ok(())
 }
 

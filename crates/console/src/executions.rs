@@ -465,8 +465,11 @@ pub(crate) async fn start(State(console): State<Shared>, context: Context, Form(
             "" => None,
             key => Some(IdempotencyKey::new(key)?),
         };
-        let started =
-            console.backends.executions.start(StartExecution { workflow, version, input, idempotency_key }).await?;
+        let started = console
+            .backends
+            .executions
+            .start(StartExecution { workflow, version, input, idempotency_key, trace: None })
+            .await?;
         Ok::<_, PageError>(started.execution.id)
     }
     .await;

@@ -28,6 +28,7 @@ const XSS: &str = "<img src=x onerror=alert(1)>";
 struct Harness {
     router: Router,
     workflows: InMemoryWorkflows,
+    directory: Arc<InMemoryDirectory>,
 }
 
 async fn harness(config: Config) -> Harness {
@@ -48,7 +49,7 @@ async fn harness(config: Config) -> Harness {
     workflows.apply(definition.to_string(), DefinitionFormat::Json).await.unwrap();
     let executions = InMemoryExecutions::new(workflows.clone());
     let backends = Backends {
-        directory,
+        directory: Arc::clone(&directory) as Arc<dyn ServiceDirectory>,
         planner: Arc::new(NoPlans),
         workflows: Arc::new(workflows.clone()),
         executions: Arc::new(executions.clone()),
@@ -56,7 +57,7 @@ async fn harness(config: Config) -> Harness {
         activity: Arc::new(InMemoryActivity::default()),
     };
     let (_stop, stopping) = watch::channel(false);
-    Harness { router: router(config, backends, stopping), workflows }
+    Harness { router: router(config, backends, stopping), workflows, directory }
 }
 
 struct Answer {
@@ -117,6 +118,25 @@ async fn user_text_shows_as_text_and_every_page_is_locked_down() {
     let workflow = h.get("/workflows/order", &csrf_cookie()).await.body;
     assert!(workflow.contains(r#"data-node="reserve""#) && workflow.contains(r#"data-node="pay""#), "{workflow}");
     assert!(workflow.contains("edge edge-data") || workflow.contains(r#"class="edge""#), "{workflow}");
+}
+
+#[tokio::test]
+async fn a_grpc_service_shows_its_method_and_its_descriptor_set_by_size() {
+    let mut harness = harness(Config::default()).await;
+    let set = "QUJD".repeat(1_000);
+    let spec = serde_json::json!({
+        "id": "notify", "capabilities": ["customer.notify"],
+        "endpoint": {"protocol": "grpc", "url": "http://127.0.0.1:2", "method": "shop.v1.Notifications/Notify",
+                     "descriptor_set": set},
+        "credentials": {"kind": "bearer", "secret": "notify-token"},
+    });
+    harness.directory.register(ServiceSpec::from_json(&spec.to_string()).unwrap()).unwrap();
+    let page = harness.get("/services/notify", "").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body.contains("shop.v1.Notifications/Notify"), "{}", page.body);
+    assert!(page.body.contains("(a descriptor set, 4000 bytes of base64)"), "{}", page.body);
+    assert!(!page.body.contains(&set[..64]), "the set's bytes are not on the page");
+    assert!(page.body.contains("notify-token"), "the secret's name is, never a value");
 }
 
 #[tokio::test]

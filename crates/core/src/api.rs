@@ -253,6 +253,8 @@ pub struct StartExecution {
     pub input: Value,
     /// Makes retried starts safe: a key used before answers with the execution it started.
     pub idempotency_key: Option<IdempotencyKey>,
+    /// The caller's trace context (`traceparent`), which the execution's trace continues.
+    pub trace: Option<crate::trace::TraceContext>,
 }
 
 /// What [`Executions::start`] did.

@@ -125,7 +125,13 @@ impl Executions for ServiceOrchestrator {
         Box::pin(async move {
             let (id, existing) = self
                 .engine()
-                .start_or_find(&request.workflow, request.version, request.input, request.idempotency_key)
+                .start_or_find(
+                    &request.workflow,
+                    request.version,
+                    request.input,
+                    request.idempotency_key,
+                    request.trace,
+                )
                 .await
                 .map_err(api_error)?;
             let execution = self.engine().get(id).await.map_err(api_error)?;

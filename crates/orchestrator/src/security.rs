@@ -41,7 +41,7 @@ impl EndpointPolicy {
             return Ok(());
         }
         match spec.endpoint() {
-            Endpoint::Http { url } | Endpoint::Grpc { url } => check_url("endpoint.url", url)?,
+            Endpoint::Http { url } | Endpoint::Grpc { url, .. } => check_url("endpoint.url", url)?,
             Endpoint::Worker { .. } => {}
         }
         match &spec.health_check().kind {

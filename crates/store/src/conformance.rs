@@ -182,6 +182,7 @@ fn execution(workflow: &str, created_at: Timestamp) -> Execution {
         tasks: BTreeMap::from([(step, TaskStatus::default())]),
         created_at,
         updated_at: created_at,
+        trace: None,
         parent: None,
         problem: None,
         parked: None,

@@ -356,6 +356,7 @@ impl InMemoryExecutions {
             tasks,
             created_at: now,
             updated_at: now,
+            trace: request.trace,
             parent: None,
             problem: None,
             parked: None,
@@ -798,6 +799,7 @@ impl InMemoryOrchestrator {
             version: Some(version),
             input: request.input,
             idempotency_key: None,
+            trace: None,
         })?;
         let mut execution = started.execution;
         if let Some(event) = lock(&self.finish).clone() {

@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use baton_core::api::{ExecutionQuery, StartExecution};
-use baton_core::{Executions, Order, PageRequest, PageToken};
+use baton_core::{Executions, Order, PageRequest, PageToken, TraceContext};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt as _};
@@ -71,6 +71,13 @@ async fn forward(
     }
 }
 
+/// The caller's W3C trace context, from `traceparent` and `tracestate` metadata. One that does
+/// not parse is ignored, as the W3C specification asks: the execution starts its own trace.
+fn trace_context(metadata: &tonic::metadata::MetadataMap) -> Option<TraceContext> {
+    let text = |key: &str| metadata.get(key).and_then(|v| v.to_str().ok());
+    TraceContext::parse(text("traceparent")?, text("tracestate")).ok()
+}
+
 #[tonic::async_trait]
 impl pb::execution_service_server::ExecutionService for ExecutionApi {
     type WatchExecutionStream = WatchStream;
@@ -79,6 +86,7 @@ impl pb::execution_service_server::ExecutionService for ExecutionApi {
         &self,
         request: Request<pb::StartExecutionRequest>,
     ) -> Result<Response<pb::StartExecutionResponse>, Status> {
+        let trace = trace_context(request.metadata());
         let request = request.into_inner();
         let workflow = workflow_name("workflow", &request.workflow)?;
         if request.version == Some(0) {
@@ -88,7 +96,7 @@ impl pb::execution_service_server::ExecutionService for ExecutionApi {
         let idempotency_key = request.idempotency_key.as_deref().map(idempotency_key).transpose()?;
         let started = self
             .executions
-            .start(StartExecution { workflow, version: request.version, input, idempotency_key })
+            .start(StartExecution { workflow, version: request.version, input, idempotency_key, trace })
             .await
             .map_err(api_status)?;
         Ok(Response::new(pb::StartExecutionResponse {

@@ -28,12 +28,19 @@ pub(crate) struct ServerProcess {
     data_dir: PathBuf,
     log: PathBuf,
     extra: Vec<String>,
+    /// Environment variables the server is started with.
+    env: Vec<(String, String)>,
     starts: u32,
 }
 
 impl ServerProcess {
     /// Starts a server over `data_dir`, with `extra` flags, and waits until it serves.
     pub(crate) async fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_with_env(data_dir, extra, &[]).await
+    }
+
+    /// As [`ServerProcess::start`], with the environment variables `env` set as well.
+    pub(crate) async fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut server = Self {
             child: None,
             grpc: free_addr(),
@@ -42,6 +49,7 @@ impl ServerProcess {
             data_dir: data_dir.to_owned(),
             log: data_dir.with_extension("log"),
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
             starts: 0,
         };
         server.spawn().await;
@@ -66,6 +74,7 @@ impl ServerProcess {
             .arg(&self.data_dir)
             .args(&self.extra)
             .env_remove("BATON_CONFIG")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -413,9 +413,9 @@ async fn wait_answers_with_the_finished_execution_before_and_after_the_end() {
 struct Counting(std::sync::Mutex<Vec<(String, u64)>>);
 
 impl crate::Observer for Counting {
-    fn journaled(&self, workflow: &WorkflowName, events: &[Event]) {
+    fn journaled(&self, execution: &baton_core::Execution, events: &[Event]) {
         let mut seen = self.0.lock().unwrap();
-        seen.extend(events.iter().map(|e| (workflow.to_string(), e.sequence)));
+        seen.extend(events.iter().map(|e| (execution.workflow.to_string(), e.sequence)));
     }
 }
 

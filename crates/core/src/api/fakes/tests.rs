@@ -33,6 +33,7 @@ fn start(executions: &InMemoryExecutions, key: Option<&str>, input: Value) -> Ap
         version: None,
         input,
         idempotency_key: key.map(|k| IdempotencyKey::new(k).unwrap()),
+        trace: None,
     }))
 }
 
@@ -103,6 +104,7 @@ fn starts_are_idempotent_by_key_and_follow_the_state_machine() {
         version: None,
         input: Value::Null,
         idempotency_key: None,
+        trace: None,
     }));
     assert_eq!(unknown.unwrap_err(), ApiError::NotFound(r#"definition "nope" not found"#.into()));
 
