@@ -209,6 +209,52 @@ async fn an_open_console_answers_only_literal_hosts_and_a_planner_error_is_shown
 }
 
 #[tokio::test]
+async fn the_list_finds_the_execution_an_idempotency_key_started() {
+    let mut h = harness(Config::default()).await;
+    let mut started = Vec::new();
+    // The hostile name is a valid key, and must show as text.
+    for key in ["", "order-2", XSS] {
+        let form = format!("csrf={CSRF}&workflow=order&idempotency_key={}", encode(key));
+        let answer = h.post("/executions", &csrf_cookie(), &form).await;
+        assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.body);
+        started.push(answer.headers[header::LOCATION].to_str().unwrap().rsplit('/').next().unwrap().to_owned());
+    }
+    let rows = |body: &str| body.matches("<tr data-execution=").count();
+    let everything = h.get("/executions", &csrf_cookie()).await;
+    assert_eq!(rows(&everything.body), 3, "{}", everything.body);
+    assert!(everything.body.contains(r#"<label for="f-key">Idempotency key</label>"#), "{}", everything.body);
+
+    let by_key = h.get(&format!("/executions?idempotency_key={}", encode(XSS)), &csrf_cookie()).await;
+    assert_eq!(by_key.status, StatusCode::OK, "{}", by_key.body);
+    assert_eq!(rows(&by_key.body), 1, "{}", by_key.body);
+    assert!(by_key.body.contains(&format!(r#"data-execution="{}""#, started[2])), "{}", by_key.body);
+    assert!(!by_key.body.contains("<img"), "{}", by_key.body);
+    assert!(by_key.body.contains(r#"value="&lt;img src=x onerror=alert(1)&gt;""#), "the key stays in its field");
+    // Padding is trimmed, as the start form trims it; the other filters still apply.
+    let padded = h.get("/executions?idempotency_key=%20order-2%20&workflow=order", &csrf_cookie()).await;
+    assert_eq!(rows(&padded.body), 1, "{}", padded.body);
+    assert!(padded.body.contains(&format!(r#"data-execution="{}""#, started[1])), "{}", padded.body);
+    let paused = h.get("/executions?idempotency_key=order-2&state=paused", &csrf_cookie()).await;
+    assert!(rows(&paused.body) == 0 && paused.body.contains("No execution matches."), "{}", paused.body);
+    let unused = h.get("/executions?idempotency_key=order-3", &csrf_cookie()).await;
+    assert_eq!((unused.status, rows(&unused.body)), (StatusCode::OK, 0));
+
+    // A key the start form would refuse is refused here, the message naming the field.
+    let long = h.get(&format!("/executions?idempotency_key={}", "k".repeat(300)), &csrf_cookie()).await;
+    assert_eq!(long.status, StatusCode::BAD_REQUEST);
+    assert!(long.body.contains("invalid idempotency_key"), "{}", long.body);
+    assert!(long.body.contains("is 300 bytes long, the limit is 256"), "{}", long.body);
+    let control = h.get("/executions?idempotency_key=a%07b", &csrf_cookie()).await;
+    assert_eq!(control.status, StatusCode::BAD_REQUEST);
+    assert!(control.body.contains("must not hold control characters"), "{}", control.body);
+
+    // Paging links carry the key, encoded, with the other filters.
+    let form: executions::ListQuery =
+        serde_json::from_value(serde_json::json!({"state": "failed", "idempotency_key": "a b&c"})).unwrap();
+    assert_eq!(form.filters(), "state=failed&idempotency_key=a%20b%26c");
+}
+
+#[tokio::test]
 async fn with_tokens_every_page_needs_a_login() {
     let check: TokenCheck = Arc::new(|token: &[u8]| token == b"s3cret");
     let mut h = harness(Config { tokens: Some(check), secure_cookies: true }).await;

@@ -9,7 +9,7 @@ use baton_core::directory::{Candidate, ServiceStatus, ServiceView};
 use baton_core::service::DEFAULT_CAPACITY;
 use baton_core::{
     AuthScheme, CheckKind, Constraints, Credentials, DataFlow, DescriptorSet, Encryption, Endpoint, Event, EventKind,
-    Execution, ExecutionId, ExecutionState, Goal, GrpcMethod, Health, HealthCheck, Objective, Plan, PlanTask,
+    Execution, ExecutionId, ExecutionState, Goal, GrpcMethod, Health, HealthCheck, IdempotencyKey, Objective, Plan, PlanTask,
     PredictedQos, Problem, Protocol, Qos, SecretName, SecurityProfile, SecurityRequirements, ServiceDefinition,
     ServiceId, ServiceRequirements, ServiceSpec, StepId, TaskState, TaskStatus, Timestamp, TlsSettings, Weights,
     WorkflowName,
@@ -534,6 +534,11 @@ pub(crate) fn execution_id(field: &str, text: &str) -> Result<ExecutionId, Statu
 /// A workflow name from a request field.
 pub(crate) fn workflow_name(field: &str, text: &str) -> Result<WorkflowName, Status> {
     WorkflowName::new(text).map_err(|e| invalid(field, e))
+}
+
+/// An idempotency key from a request field, under core's rule; the message names the field.
+pub(crate) fn idempotency_key(text: &str) -> Result<IdempotencyKey, Status> {
+    IdempotencyKey::new(text).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 /// JSON text from a request field; empty text reads as `empty`.

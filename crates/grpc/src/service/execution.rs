@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::convert::{
     event_to_proto, execution_id, execution_state_from_proto, execution_summary_to_proto, execution_to_proto,
-    json_field, timestamp_from_proto, workflow_name,
+    idempotency_key, json_field, timestamp_from_proto, workflow_name,
 };
 use crate::error::api_status;
 use crate::limits::{Limits, Stopping, clamp, shutting_down};
@@ -93,10 +93,7 @@ impl pb::execution_service_server::ExecutionService for ExecutionApi {
             return Err(crate::convert::invalid("version", "versions start at 1"));
         }
         let input = json_field("input_json", &request.input_json, serde_json::json!({}))?;
-        let idempotency_key = request
-            .idempotency_key
-            .map(|key| IdempotencyKey::new(&key).map_err(|e| Status::invalid_argument(e.to_string())))
-            .transpose()?;
+        let idempotency_key = request.idempotency_key.as_deref().map(idempotency_key).transpose()?;
         let started = self
             .executions
             .start(StartExecution { workflow, version: request.version, input, idempotency_key, trace })
@@ -140,6 +137,10 @@ impl pb::execution_service_server::ExecutionService for ExecutionApi {
             id_prefix: match request.id_prefix.as_str() {
                 "" => None,
                 text => Some(baton_core::IdPrefix::new(text).map_err(|e| Status::invalid_argument(e.to_string()))?),
+            },
+            idempotency_key: match request.idempotency_key.as_str() {
+                "" => None,
+                key => Some(idempotency_key(key)?),
             },
         };
         let token = match request.page_token.as_str() {
