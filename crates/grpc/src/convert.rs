@@ -9,10 +9,10 @@ use baton_core::directory::{Candidate, ServiceStatus, ServiceView};
 use baton_core::service::DEFAULT_CAPACITY;
 use baton_core::{
     AuthScheme, CheckKind, Constraints, Credentials, DataFlow, DescriptorSet, Encryption, Endpoint, Event, EventKind,
-    Execution, ExecutionId, ExecutionState, Goal, GrpcMethod, Health, HealthCheck, IdempotencyKey, Objective, Plan, PlanTask,
-    PredictedQos, Problem, Protocol, Qos, SecretName, SecurityProfile, SecurityRequirements, ServiceDefinition,
-    ServiceId, ServiceRequirements, ServiceSpec, StepId, TaskState, TaskStatus, Timestamp, TlsSettings, Weights,
-    WorkflowName,
+    Execution, ExecutionId, ExecutionState, Goal, GrpcMethod, Health, HealthCheck, IdempotencyKey, Objective, Plan,
+    PlanTask, PredictedQos, Problem, Protocol, Qos, SecretName, SecurityProfile, SecurityRequirements,
+    ServiceDefinition, ServiceId, ServiceRequirements, ServiceSpec, StepId, TaskState, TaskStatus, Timestamp,
+    TlsSettings, Weights, WorkflowName,
 };
 use serde_json::Value;
 use tonic::Status;

@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use baton_core::api::{ExecutionQuery, StartExecution};
-use baton_core::{Executions, IdempotencyKey, Order, PageRequest, PageToken, TraceContext};
+use baton_core::{Executions, Order, PageRequest, PageToken, TraceContext};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt as _};
