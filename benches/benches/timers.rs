@@ -55,14 +55,16 @@ async fn engine<S: Store + Clone>(store: S) -> TimerEngine<S> {
     engine
 }
 
-fn epoch_seconds(at: chrono::DateTime<chrono::Utc>) -> f64 {
-    at.timestamp_micros() as f64 / 1e6
+/// Microseconds since the epoch.
+fn epoch_micros(at: chrono::DateTime<chrono::Utc>) -> i64 {
+    at.timestamp_micros()
 }
 
 /// Arms `count` timers due `lead` after the call, from [`ARMERS`] callers; their ids and the
-/// due time.
-async fn arm<S: Store + Clone>(engine: &TimerEngine<S>, count: usize, lead: Duration) -> (Vec<ExecutionId>, f64) {
-    let due = epoch_seconds(chrono::Utc::now()) + lead.as_secs_f64();
+/// due time (whole milliseconds, in microseconds since the epoch).
+async fn arm<S: Store + Clone>(engine: &TimerEngine<S>, count: usize, lead: Duration) -> (Vec<ExecutionId>, i64) {
+    let due_ms = chrono::Utc::now().timestamp_millis() + lead.as_millis() as i64;
+    let (due, at) = (due_ms * 1000, due_ms as f64 / 1000.0);
     let name = WorkflowName::new("timer").expect("a valid name");
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut armers = tokio::task::JoinSet::new();
@@ -75,7 +77,7 @@ async fn arm<S: Store + Clone>(engine: &TimerEngine<S>, count: usize, lead: Dura
                 if n >= count {
                     return ids;
                 }
-                ids.push(engine.start(&name, None, json!({"n": n, "at": due}), None).await.expect("starts"));
+                ids.push(engine.start(&name, None, json!({"n": n, "at": at}), None).await.expect("starts"));
             }
         });
     }
@@ -87,7 +89,7 @@ async fn arm<S: Store + Clone>(engine: &TimerEngine<S>, count: usize, lead: Dura
 }
 
 /// Waits for every timer; each one's lateness, from its completion event.
-async fn fired<S: Store + Clone>(engine: &TimerEngine<S>, store: &S, ids: &[ExecutionId], due: f64) -> Vec<Duration> {
+async fn fired<S: Store + Clone>(engine: &TimerEngine<S>, store: &S, ids: &[ExecutionId], due: i64) -> Vec<Duration> {
     let mut lateness = Vec::with_capacity(ids.len());
     for &id in ids {
         let done = engine.wait(id).await.expect("finishes");
@@ -96,10 +98,10 @@ async fn fired<S: Store + Clone>(engine: &TimerEngine<S>, store: &S, ids: &[Exec
         let fired_at = journal
             .iter()
             .find(|e| matches!(&e.kind, EventKind::TaskSucceeded { step, .. } if step.as_str() == "nap"))
-            .map(|e| epoch_seconds(e.at))
+            .map(|e| epoch_micros(e.at))
             .expect("the timer fired");
-        assert!(fired_at >= due, "a timer fired early");
-        lateness.push(Duration::from_secs_f64(fired_at - due));
+        assert!(fired_at >= due, "a timer fired {} µs early", due - fired_at);
+        lateness.push(Duration::from_micros((fired_at - due) as u64));
     }
     lateness
 }

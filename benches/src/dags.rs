@@ -67,6 +67,7 @@ impl Dag {
                 id: name(i),
                 services: vec![ServiceId::new(&format!("s{}", i % services)).expect("valid id")],
                 input: empty.clone(),
+                call: None,
                 depends_on: deps.iter().map(|&d| name(d)).collect(),
                 retry: RetryPolicy { max_attempts: 1, ..RetryPolicy::default() },
                 timeout: None,

@@ -1,7 +1,9 @@
 //! Compiles `proto/baton/v1/*.proto` with `protox` (pure Rust, so no system `protoc`) and
 //! generates the prost messages and tonic clients and servers from the descriptor set, with
 //! `crate::codec::Codec` as their codec, and the side of the wire each method message is on
-//! (`wire.rs`): a request that does not decode is the caller's fault, a response the server's.
+//! (`wire.rs`): a request that does not decode is the caller's fault, a response the server's;
+//! and the OTLP trace service Baton exports spans to (`proto/opentelemetry`), kept out of the
+//! descriptor set reflection serves.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -12,6 +14,7 @@ use protox::prost::Message as _;
 
 const PROTO_ROOT: &str = "../../proto";
 const PROTO_DIR: &str = "../../proto/baton/v1";
+const OTLP_TRACE_SERVICE: &str = "opentelemetry/proto/collector/trace/v1/trace_service.proto";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={PROTO_ROOT}");
@@ -35,6 +38,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .codec_path("crate::codec::Codec")
         .compile_fds(fds)?;
+
+    let otlp = protox::Compiler::new([PROTO_ROOT])?
+        .include_imports(true)
+        .open_files([OTLP_TRACE_SERVICE])?
+        .file_descriptor_set();
+    tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(otlp)?;
     Ok(())
 }
 

@@ -24,7 +24,9 @@ Run the services and Baton first, e.g.:
       --service inventory=http://127.0.0.1:8081 --service payments=http://127.0.0.1:8082 \\
       --service shipping=http://127.0.0.1:8083
 
-`client.py gen` only generates the stubs.
+`client.py gen` only generates the stubs. `client.py reflect` lists the server's services and
+the methods of each `baton.v1` service by server reflection (grpcio-reflection, which speaks
+the v1alpha protocol), without any stubs.
 """
 
 from __future__ import annotations
@@ -282,6 +284,24 @@ def demo(args, pb) -> None:
 
 
 
+def reflect(args) -> None:
+    """Lists the services by reflection, with each baton.v1 service's methods."""
+    import grpc
+    from google.protobuf.descriptor_pool import DescriptorPool
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    channel = grpc.insecure_channel(args.baton)
+    grpc.channel_ready_future(channel).result(timeout=args.timeout)
+    database = ProtoReflectionDescriptorDatabase(channel)
+    pool = DescriptorPool(database)
+    for name in sorted(database.get_services()):
+        if name.startswith("baton.v1."):
+            methods = ", ".join(m.name for m in pool.FindServiceByName(name).methods)
+            print(f"{name}: {methods}")
+        else:
+            print(name)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gen-dir", type=Path, default=HERE / "gen", help="where the stubs go (default: ./gen)")
@@ -301,7 +321,13 @@ def main() -> None:
     run.add_argument(
         "--check", action="store_true", help="exit 1 unless every run completed with an output and pause held"
     )
+    listing = commands.add_parser("reflect", help="list the server's services by reflection")
+    listing.add_argument("--baton", default="127.0.0.1:50051", help="Baton's gRPC address (default: %(default)s)")
+    listing.add_argument("--timeout", type=float, default=30.0, help="seconds to wait to connect (default: %(default)s)")
     args = parser.parse_args()
+    if args.command == "reflect":
+        reflect(args)
+        return
     if args.command == "gen":
         generate(args.gen_dir)
         print(f"stubs in {args.gen_dir}")

@@ -51,6 +51,9 @@ pub(crate) struct ListQuery {
     to: String,
     #[serde(default)]
     id: String,
+    /// Trimmed as the start form trims the key it sends.
+    #[serde(default)]
+    idempotency_key: String,
     after: Option<String>,
 }
 
@@ -90,17 +93,28 @@ impl ListQuery {
                 "" => None,
                 text => Some(IdPrefix::new(text)?),
             },
+            idempotency_key: match self.idempotency_key.trim() {
+                "" => None,
+                key => Some(IdempotencyKey::new(key)?),
+            },
         })
     }
 
     /// The query string of these filters, without the page.
-    fn filters(&self) -> String {
-        [("workflow", &self.workflow), ("state", &self.state), ("from", &self.from), ("to", &self.to), ("id", &self.id)]
-            .iter()
-            .filter(|(_, v)| !v.is_empty())
-            .map(|(k, v)| format!("{k}={}", encode(v)))
-            .collect::<Vec<_>>()
-            .join("&")
+    pub(crate) fn filters(&self) -> String {
+        [
+            ("workflow", &self.workflow),
+            ("state", &self.state),
+            ("from", &self.from),
+            ("to", &self.to),
+            ("id", &self.id),
+            ("idempotency_key", &self.idempotency_key),
+        ]
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| format!("{k}={}", encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
     }
 }
 
@@ -173,6 +187,7 @@ pub(crate) async fn list(State(console): State<Shared>, context: Context, Query(
             div.field { label for="f-from" { "Created from (UTC)" } input #f-from type="datetime-local" name="from" value=(form.from); }
             div.field { label for="f-to" { "Created before (UTC)" } input #f-to type="datetime-local" name="to" value=(form.to); }
             div.field { label for="f-id" { "Id or its start" } input #f-id type="text" name="id" value=(form.id) spellcheck="false"; }
+            div.field { label for="f-key" { "Idempotency key" } input #f-key type="text" name="idempotency_key" value=(form.idempotency_key) maxlength="256" spellcheck="false"; }
             button type="submit" { "Filter" }
         }
         @if let Some(error) = &error { (view::error_box(error.message())) }
@@ -450,8 +465,11 @@ pub(crate) async fn start(State(console): State<Shared>, context: Context, Form(
             "" => None,
             key => Some(IdempotencyKey::new(key)?),
         };
-        let started =
-            console.backends.executions.start(StartExecution { workflow, version, input, idempotency_key }).await?;
+        let started = console
+            .backends
+            .executions
+            .start(StartExecution { workflow, version, input, idempotency_key, trace: None })
+            .await?;
         Ok::<_, PageError>(started.execution.id)
     }
     .await;

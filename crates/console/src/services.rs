@@ -156,13 +156,23 @@ pub(crate) async fn page(State(console): State<Shared>, context: Context, Path(i
         };
     let activity = console.backends.activity.service(view.spec.id());
     let spec = &view.spec;
-    let definition = serde_json::to_value(spec.definition()).unwrap_or_default();
+    let mut definition = serde_json::to_value(spec.definition()).unwrap_or_default();
+    // A registered descriptor set is up to 1 MiB of base64: shown by its size, not its bytes.
+    if let Some(set) = definition.pointer_mut("/endpoint/descriptor_set")
+        && let Some(text) = set.as_str()
+    {
+        *set = serde_json::Value::String(format!("(a descriptor set, {} bytes of base64)", text.len()));
+    }
     let body = html! {
         dl.facts {
             dt { "Name" } dd.service-name { (spec.name()) }
             dt { "Version" } dd { (spec.version()) }
             dt { "Endpoint" } dd { @match spec.endpoint() {
-                Endpoint::Http { url } | Endpoint::Grpc { url } => { (spec.protocol()) " " code { (url) } },
+                Endpoint::Http { url } => { (spec.protocol()) " " code { (url) } },
+                Endpoint::Grpc { url, method, .. } => {
+                    (spec.protocol()) " " code { (url) }
+                    @if let Some(method) = method { ", method " code { (method) } }
+                },
                 Endpoint::Worker { queue } => { "worker queue " code { (queue) } },
             } }
             dt { "Health" } dd { (view::health_badge(view.status.health)) " " (view.status.last_check_output) }

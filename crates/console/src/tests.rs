@@ -28,6 +28,7 @@ const XSS: &str = "<img src=x onerror=alert(1)>";
 struct Harness {
     router: Router,
     workflows: InMemoryWorkflows,
+    directory: Arc<InMemoryDirectory>,
 }
 
 async fn harness(config: Config) -> Harness {
@@ -48,7 +49,7 @@ async fn harness(config: Config) -> Harness {
     workflows.apply(definition.to_string(), DefinitionFormat::Json).await.unwrap();
     let executions = InMemoryExecutions::new(workflows.clone());
     let backends = Backends {
-        directory,
+        directory: Arc::clone(&directory) as Arc<dyn ServiceDirectory>,
         planner: Arc::new(NoPlans),
         workflows: Arc::new(workflows.clone()),
         executions: Arc::new(executions.clone()),
@@ -56,7 +57,7 @@ async fn harness(config: Config) -> Harness {
         activity: Arc::new(InMemoryActivity::default()),
     };
     let (_stop, stopping) = watch::channel(false);
-    Harness { router: router(config, backends, stopping), workflows }
+    Harness { router: router(config, backends, stopping), workflows, directory }
 }
 
 struct Answer {
@@ -117,6 +118,25 @@ async fn user_text_shows_as_text_and_every_page_is_locked_down() {
     let workflow = h.get("/workflows/order", &csrf_cookie()).await.body;
     assert!(workflow.contains(r#"data-node="reserve""#) && workflow.contains(r#"data-node="pay""#), "{workflow}");
     assert!(workflow.contains("edge edge-data") || workflow.contains(r#"class="edge""#), "{workflow}");
+}
+
+#[tokio::test]
+async fn a_grpc_service_shows_its_method_and_its_descriptor_set_by_size() {
+    let mut harness = harness(Config::default()).await;
+    let set = "QUJD".repeat(1_000);
+    let spec = serde_json::json!({
+        "id": "notify", "capabilities": ["customer.notify"],
+        "endpoint": {"protocol": "grpc", "url": "http://127.0.0.1:2", "method": "shop.v1.Notifications/Notify",
+                     "descriptor_set": set},
+        "credentials": {"kind": "bearer", "secret": "notify-token"},
+    });
+    harness.directory.register(ServiceSpec::from_json(&spec.to_string()).unwrap()).unwrap();
+    let page = harness.get("/services/notify", "").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body.contains("shop.v1.Notifications/Notify"), "{}", page.body);
+    assert!(page.body.contains("(a descriptor set, 4000 bytes of base64)"), "{}", page.body);
+    assert!(!page.body.contains(&set[..64]), "the set's bytes are not on the page");
+    assert!(page.body.contains("notify-token"), "the secret's name is, never a value");
 }
 
 #[tokio::test]
@@ -186,6 +206,52 @@ async fn an_open_console_answers_only_literal_hosts_and_a_planner_error_is_shown
     let list = h.get("/executions?id=zz", &csrf_cookie()).await;
     assert_eq!(list.status, StatusCode::BAD_REQUEST);
     assert!(list.body.contains("is not the start of an execution id"), "{}", list.body);
+}
+
+#[tokio::test]
+async fn the_list_finds_the_execution_an_idempotency_key_started() {
+    let mut h = harness(Config::default()).await;
+    let mut started = Vec::new();
+    // The hostile name is a valid key, and must show as text.
+    for key in ["", "order-2", XSS] {
+        let form = format!("csrf={CSRF}&workflow=order&idempotency_key={}", encode(key));
+        let answer = h.post("/executions", &csrf_cookie(), &form).await;
+        assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.body);
+        started.push(answer.headers[header::LOCATION].to_str().unwrap().rsplit('/').next().unwrap().to_owned());
+    }
+    let rows = |body: &str| body.matches("<tr data-execution=").count();
+    let everything = h.get("/executions", &csrf_cookie()).await;
+    assert_eq!(rows(&everything.body), 3, "{}", everything.body);
+    assert!(everything.body.contains(r#"<label for="f-key">Idempotency key</label>"#), "{}", everything.body);
+
+    let by_key = h.get(&format!("/executions?idempotency_key={}", encode(XSS)), &csrf_cookie()).await;
+    assert_eq!(by_key.status, StatusCode::OK, "{}", by_key.body);
+    assert_eq!(rows(&by_key.body), 1, "{}", by_key.body);
+    assert!(by_key.body.contains(&format!(r#"data-execution="{}""#, started[2])), "{}", by_key.body);
+    assert!(!by_key.body.contains("<img"), "{}", by_key.body);
+    assert!(by_key.body.contains(r#"value="&lt;img src=x onerror=alert(1)&gt;""#), "the key stays in its field");
+    // Padding is trimmed, as the start form trims it; the other filters still apply.
+    let padded = h.get("/executions?idempotency_key=%20order-2%20&workflow=order", &csrf_cookie()).await;
+    assert_eq!(rows(&padded.body), 1, "{}", padded.body);
+    assert!(padded.body.contains(&format!(r#"data-execution="{}""#, started[1])), "{}", padded.body);
+    let paused = h.get("/executions?idempotency_key=order-2&state=paused", &csrf_cookie()).await;
+    assert!(rows(&paused.body) == 0 && paused.body.contains("No execution matches."), "{}", paused.body);
+    let unused = h.get("/executions?idempotency_key=order-3", &csrf_cookie()).await;
+    assert_eq!((unused.status, rows(&unused.body)), (StatusCode::OK, 0));
+
+    // A key the start form would refuse is refused here, the message naming the field.
+    let long = h.get(&format!("/executions?idempotency_key={}", "k".repeat(300)), &csrf_cookie()).await;
+    assert_eq!(long.status, StatusCode::BAD_REQUEST);
+    assert!(long.body.contains("invalid idempotency_key"), "{}", long.body);
+    assert!(long.body.contains("is 300 bytes long, the limit is 256"), "{}", long.body);
+    let control = h.get("/executions?idempotency_key=a%07b", &csrf_cookie()).await;
+    assert_eq!(control.status, StatusCode::BAD_REQUEST);
+    assert!(control.body.contains("must not hold control characters"), "{}", control.body);
+
+    // Paging links carry the key, encoded, with the other filters.
+    let form: executions::ListQuery =
+        serde_json::from_value(serde_json::json!({"state": "failed", "idempotency_key": "a b&c"})).unwrap();
+    assert_eq!(form.filters(), "state=failed&idempotency_key=a%20b%26c");
 }
 
 #[tokio::test]

@@ -258,6 +258,8 @@ pub struct StartExecution {
     pub input: Value,
     /// Makes retried starts safe: a key used before answers with the execution it started.
     pub idempotency_key: Option<IdempotencyKey>,
+    /// The caller's trace context (`traceparent`), which the execution's trace continues.
+    pub trace: Option<crate::trace::TraceContext>,
 }
 
 /// What [`Executions::start`] did.
@@ -282,10 +284,14 @@ pub struct ExecutionQuery {
     pub created_before: Option<Timestamp>,
     /// Only executions whose id (32 lowercase hex digits, no dashes) starts with these.
     pub id_prefix: Option<IdPrefix>,
+    /// Only the execution this idempotency key started: at most one, found through the
+    /// store's key index.
+    pub idempotency_key: Option<IdempotencyKey>,
 }
 
 impl ExecutionQuery {
-    /// True when `execution` passes the query.
+    /// True when `execution` passes every field of the query but the idempotency key, which
+    /// an execution does not carry (see [`ExecutionFilter::idempotency_key`]).
     pub fn matches(&self, execution: &Execution) -> bool {
         (self.states.is_empty() || self.states.contains(&execution.state))
             && self.id_prefix.as_ref().is_none_or(|prefix| prefix.matches(execution.id))
@@ -314,6 +320,7 @@ impl ExecutionQuery {
             },
             created_from: self.created_from,
             created_before: self.created_before,
+            idempotency_key: self.idempotency_key.clone(),
         }
     }
 }
@@ -649,6 +656,8 @@ mod tests {
         assert_eq!(query.store_filter().state, Some(ExecutionState::Running));
         query.states.push(ExecutionState::Paused);
         assert_eq!(query.store_filter().state, None);
+        query.idempotency_key = Some(IdempotencyKey::new("order-42").unwrap());
+        assert_eq!(query.store_filter().idempotency_key, query.idempotency_key);
         assert_eq!(DefinitionFormat::Auto.detect("  {\"name\":1}"), DefinitionFormat::Json);
         assert_eq!(DefinitionFormat::Auto.detect("name: x"), DefinitionFormat::Yaml);
         assert_eq!(DefinitionFormat::Json.detect("name: x"), DefinitionFormat::Json);

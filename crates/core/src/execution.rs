@@ -192,6 +192,10 @@ pub struct Execution {
     pub created_at: Timestamp,
     /// When it last changed.
     pub updated_at: Timestamp,
+    /// The trace context of the caller that started it, whose trace it continues; `None`:
+    /// its own trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<crate::trace::TraceContext>,
 }
 
 impl Execution {
@@ -360,6 +364,7 @@ mod tests {
             tasks: Default::default(),
             created_at: at(10),
             updated_at: at(10),
+            trace: None,
             parent: None,
             problem: None,
             parked: None,

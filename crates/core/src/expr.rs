@@ -521,6 +521,43 @@ impl Template {
         self.uses_jaq
     }
 
+    /// Renders the template with `eval` answering each of its expressions, called in the
+    /// order [`Template::expressions`] lists them: for callers that evaluate the expressions of
+    /// several templates in one batch.
+    pub fn render_by(&self, eval: &mut dyn FnMut(&Expression) -> Result<Value, EvalError>) -> Result<Value, EvalError> {
+        self.node.render(eval)
+    }
+
+    /// Renders the template as text, passing each expression's value (as text: a string as it
+    /// is, anything else as JSON) through `escape`, the literal text as it is: for templates
+    /// whose result lands in a URL. A template that is not a string renders as JSON text.
+    /// `eval` answers each expression, as for [`Template::render_by`].
+    pub fn render_text_by(
+        &self,
+        eval: &mut dyn FnMut(&Expression) -> Result<Value, EvalError>,
+        escape: &dyn Fn(&str, &mut String),
+    ) -> Result<String, EvalError> {
+        let splice = |value: Value, text: &mut String| match value {
+            Value::String(s) => escape(&s, text),
+            other => escape(&other.to_string(), text),
+        };
+        let mut text = String::new();
+        match &self.node {
+            Node::Literal(Value::String(literal)) => text.push_str(literal),
+            Node::Whole(e) => splice(eval(e)?, &mut text),
+            Node::Spliced(parts) => {
+                for part in parts {
+                    match part {
+                        Part::Text(t) => text.push_str(t),
+                        Part::Expr(e) => splice(eval(e)?, &mut text),
+                    }
+                }
+            }
+            other => text.push_str(&other.render(eval)?.to_string()),
+        }
+        Ok(text)
+    }
+
     /// Every expression in the template.
     pub fn expressions(&self) -> Vec<&Expression> {
         let mut found = Vec::new();

@@ -128,6 +128,13 @@ name_type!(
     "step",
     validate_path
 );
+name_type!(
+    /// The name of a secret the server holds (a file in its secrets directory or an
+    /// environment variable): `[a-z0-9][a-z0-9._-]{0,127}`. Specs name secrets; they never
+    /// hold their values.
+    SecretName,
+    "secret"
+);
 
 /// The longest task path accepted: 1,024 bytes.
 pub const MAX_PATH_LEN: usize = 1024;

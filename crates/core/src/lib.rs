@@ -27,9 +27,11 @@
 //! assert_eq!(err.to_string(), r#"invalid qos.availability "1.5": must be in [0, 1]"#);
 //! ```
 
+pub mod access;
 pub mod activity;
 pub mod api;
 pub mod bounds;
+pub mod call;
 pub mod directory;
 pub mod duration;
 pub mod error;
@@ -52,13 +54,16 @@ mod rfc3339;
 pub mod service;
 pub mod store;
 pub mod taxonomy;
+pub mod trace;
 pub mod workflow;
 
+pub use access::{Credentials, TlsSettings};
 pub use activity::{Activity, BreakerStatus, CallOutcome, CallRecord, HealthChange, Overview, ServiceActivity};
 pub use api::{
     ApiError, ApiResult, BoxFuture, BoxStream, EventStream, Executions, IdPrefix, Orchestrating, WorkerTasks,
     WorkflowCatalog,
 };
+pub use call::{CallRequest, CallTemplate, GrpcCall, GrpcMethod, HttpCall, HttpMethod, ResponsePart, StepCall};
 pub use directory::{
     Candidate, DEFAULT_FIND_LIMIT, Health, Matches, Page, Registration, ServiceDirectory, ServiceStatus, ServiceView,
 };
@@ -69,7 +74,7 @@ pub use expr::{EvalError, Evaluator, Expression, InProcessEvaluator, Template};
 pub use goal::{Constraints, Goal, Objective, Weights};
 pub use graph::{GraphError, StepGraph, StepLinks};
 pub use history::{History, PendingSignal, Settled, SettledTask};
-pub use ids::{ExecutionId, ServiceId, StepId, WorkflowName};
+pub use ids::{ExecutionId, SecretName, ServiceId, StepId, WorkflowName};
 pub use plan::{DataFlow, Plan, PlanTask, PredictedQos};
 pub use planning::{Planning, ServiceCatalog};
 pub use ports::{
@@ -79,14 +84,15 @@ pub use ports::{
 pub use problem::Problem;
 pub use requirements::{SecurityRequirements, ServiceRequirements};
 pub use service::{
-    AuthScheme, CheckKind, Encryption, Endpoint, HealthCheck, Protocol, Qos, SecurityProfile, ServiceDefinition,
-    ServiceSpec,
+    AuthScheme, CheckKind, DescriptorSet, Encryption, Endpoint, HealthCheck, Protocol, Qos, SecurityProfile,
+    ServiceDefinition, ServiceSpec,
 };
 pub use store::{
     CreatedExecution, ExecutionFilter, ExecutionPage, ExecutionUpdate, IdempotencyKey, NewDefinition, Order,
     PageRequest, PageToken, PutDefinition, Record, Store, StoreError, StoreResult, StoredDefinition,
 };
 pub use taxonomy::{ConceptId, Taxonomy, TaxonomyBuilder};
+pub use trace::{ExecutionTrace, SpanId, SpanRecord, TraceContext, TraceId};
 pub use workflow::{
     CatchSpec, ChildSpec, ErrorMatch, ErrorPolicy, ForSpec, ForkBranch, ForkSpec, ListenSpec, RaiseSpec, RepeatSpec,
     RetryPolicy, Step, StepAction, StepDefaults, StepTarget, SwitchCase, WaitSpec, WorkflowDefinition,

@@ -21,6 +21,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::call::CallTemplate;
 use crate::expr::Template;
 use crate::ids::{ServiceId, StepId, WorkflowName};
 use crate::requirements::ServiceRequirements;
@@ -163,6 +164,11 @@ pub struct Call {
     pub target: CallTarget,
     /// The request payload, rendered against the task's input.
     pub payload: Template,
+    /// How a call to a registered service is shaped (HTTP method, path, query, headers,
+    /// response part; gRPC method and metadata), rendered against the task's input like the
+    /// payload; `None`: the protocol's plain call. Only for [`CallTarget::Services`] and
+    /// [`CallTarget::Query`]: a request the definition writes itself carries its own shape.
+    pub shape: Option<CallTemplate>,
 }
 
 /// Who a [`Call`] goes to.
@@ -483,6 +489,7 @@ impl Task {
         let action: Vec<&Template> = match &self.action {
             Action::Call(call) => {
                 let mut found = vec![&call.payload];
+                found.extend(call.shape.iter().flat_map(CallTemplate::templates));
                 match &call.target {
                     CallTarget::Http(http) => {
                         found.push(&http.uri);

@@ -2,11 +2,14 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use crate::access::{Credentials, TlsSettings};
+use crate::call::GrpcMethod;
 use crate::error::{Error, Result};
 use crate::ids::{ServiceId, validate_name};
 
@@ -19,10 +22,17 @@ pub enum Endpoint {
         /// Absolute `http` or `https` URL.
         url: String,
     },
-    /// A gRPC server at `url`.
+    /// A gRPC server at `url`, called one unary method per step, JSON converted to protobuf.
     Grpc {
-        /// Absolute `http`, `https` or `grpc` URL.
+        /// Absolute `http`, `https` or `grpc` URL (`http` and `grpc`: plaintext HTTP/2).
         url: String,
+        /// The method steps call unless they name another.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        method: Option<GrpcMethod>,
+        /// The service's messages, for a server without reflection; `None`: Baton asks the
+        /// server by reflection.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        descriptor_set: Option<DescriptorSet>,
     },
     /// Workers pull tasks from a named queue.
     Worker {
@@ -44,9 +54,66 @@ impl Endpoint {
     fn validate(&self) -> Result<()> {
         match self {
             Self::Http { url } => check_url("endpoint.url", url, &["http", "https"]).map(drop),
-            Self::Grpc { url } => check_url("endpoint.url", url, &["http", "https", "grpc"]).map(drop),
+            Self::Grpc { url, descriptor_set, .. } => {
+                check_url("endpoint.url", url, &["http", "https", "grpc"])?;
+                match descriptor_set {
+                    Some(set) if set.0.is_empty() => {
+                        Err(Error::invalid("endpoint.descriptor_set", "", "must not be empty"))
+                    }
+                    Some(set) if set.0.len() > MAX_DESCRIPTOR_SET_BYTES => Err(Error::invalid(
+                        "endpoint.descriptor_set",
+                        format!("{} bytes", set.0.len()),
+                        format!("is larger than {MAX_DESCRIPTOR_SET_BYTES} bytes"),
+                    )),
+                    _ => Ok(()),
+                }
+            }
             Self::Worker { queue } => validate_name("endpoint.queue", queue),
         }
+    }
+}
+
+/// The largest descriptor set a gRPC endpoint may carry.
+pub const MAX_DESCRIPTOR_SET_BYTES: usize = 1024 * 1024;
+
+/// An encoded `google.protobuf.FileDescriptorSet`: the messages of a gRPC service, written in
+/// JSON and YAML as base64. Shared, so that a call clones no bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DescriptorSet(Arc<[u8]>);
+
+impl DescriptorSet {
+    /// Wraps encoded bytes (checked by whoever decodes them).
+    pub fn new(bytes: &[u8]) -> Self {
+        Self(bytes.into())
+    }
+
+    /// The encoded bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for DescriptorSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DescriptorSet({} bytes)", self.0.len())
+    }
+}
+
+impl Serialize for DescriptorSet {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        use base64::Engine as _;
+        serializer.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for DescriptorSet {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        use base64::Engine as _;
+        let text = String::deserialize(deserializer)?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .map_err(|e| serde::de::Error::custom(format!("descriptor_set is not base64: {e}")))?;
+        Ok(Self(bytes.into()))
     }
 }
 
@@ -67,7 +134,7 @@ pub fn check_url(field: &str, text: &str, schemes: &[&str]) -> Result<Url> {
             field,
             &shown,
             "must not carry credentials (user:password@): everyone who may read the registry sees endpoints; \
-             give the service its credentials another way",
+             name a secret in the service's `credentials` instead",
         ));
     }
     Ok(url)
@@ -434,6 +501,12 @@ pub struct ServiceDefinition {
     /// Free-form key/value labels.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// What Baton presents on every call, by secret name; `None`: nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<Credentials>,
+    /// How Baton checks an `https` endpoint's certificate and which one it presents.
+    #[serde(default, skip_serializing_if = "TlsSettings::is_empty")]
+    pub tls: TlsSettings,
 }
 
 /// The capacity of a definition that does not state one.
@@ -441,6 +514,29 @@ pub const DEFAULT_CAPACITY: u32 = 64;
 
 fn default_capacity() -> u32 {
     DEFAULT_CAPACITY
+}
+
+/// Credentials and TLS settings fit the endpoint: none for a worker queue, TLS settings
+/// only for an `https` URL.
+fn validate_access(definition: &ServiceDefinition) -> Result<()> {
+    let url = match &definition.endpoint {
+        Endpoint::Http { url } | Endpoint::Grpc { url, .. } => url,
+        Endpoint::Worker { .. } if definition.credentials.is_some() => {
+            return Err(Error::invalid("credentials", "{..}", "a worker endpoint is not called"));
+        }
+        Endpoint::Worker { .. } if !definition.tls.is_empty() => {
+            return Err(Error::invalid("tls", "{..}", "a worker endpoint is not called"));
+        }
+        Endpoint::Worker { .. } => return Ok(()),
+    };
+    if let Some(credentials) = &definition.credentials {
+        credentials.validate()?;
+    }
+    definition.tls.validate()?;
+    if !definition.tls.is_empty() && !url.starts_with("https://") {
+        return Err(Error::invalid("tls", url, "TLS settings need an https endpoint"));
+    }
+    Ok(())
 }
 
 /// Longest capability, concept, format, compliance tag or label accepted, in bytes.
@@ -494,6 +590,7 @@ impl ServiceSpec {
             return Err(Error::invalid("version", &definition.version, format!("is longer than {MAX_TERM_LEN} bytes")));
         }
         definition.endpoint.validate()?;
+        validate_access(&definition)?;
         check_terms("capabilities", &definition.capabilities)?;
         check_terms("inputs", &definition.inputs)?;
         check_terms("outputs", &definition.outputs)?;
@@ -602,6 +699,14 @@ impl ServiceSpec {
     /// Its labels.
     pub fn labels(&self) -> &BTreeMap<String, String> {
         &self.definition.labels
+    }
+    /// What Baton presents on every call.
+    pub fn credentials(&self) -> Option<&Credentials> {
+        self.definition.credentials.as_ref()
+    }
+    /// How Baton checks its certificate and which one it presents.
+    pub fn tls(&self) -> &TlsSettings {
+        &self.definition.tls
     }
     /// The checked definition, normalised (sets sorted, name defaulted).
     pub fn definition(&self) -> &ServiceDefinition {

@@ -9,7 +9,8 @@
 //!   version has the same content hash, in which case it changes nothing and answers with the
 //!   latest version. Concurrent puts never produce two versions with the same number.
 //! - **Idempotent creation.** [`Store::create_execution`] with a key used before returns the
-//!   execution created with it, however many callers race.
+//!   execution created with it, however many callers race; [`Store::find_by_idempotency_key`]
+//!   and a listing filtered by the key find that execution through the store's key index.
 //! - **Journal.** Each execution's events are numbered 1, 2, 3, ... without gaps. An
 //!   [`Store::append`] whose first event per execution is not the next number, or whose events
 //!   skip or repeat one, fails with [`StoreError::SequenceConflict`] and writes nothing.
@@ -65,6 +66,14 @@ pub trait Store: Send + Sync + 'static {
     /// One execution. [`StoreError::NotFound`] when there is none with this id.
     fn get_execution(&self, id: ExecutionId) -> impl Future<Output = StoreResult<Execution>> + Send;
 
+    /// The execution created with `key`, as it is now (the one [`Store::create_execution`]
+    /// answers for the key); `None` when no execution was created with it. A lookup in the
+    /// store's key index, never a scan of the executions.
+    fn find_by_idempotency_key(
+        &self,
+        key: &IdempotencyKey,
+    ) -> impl Future<Output = StoreResult<Option<Execution>>> + Send;
+
     /// Replaces the state, output, error, tasks and `updated_at` of an execution, atomically,
     /// and answers with the execution after the update. A state change must be one the state
     /// machine allows from the stored state ([`StoreError::StateConflict`] otherwise), so a
@@ -74,7 +83,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// One page of the executions matching `filter`, ordered by `(created_at, id)`. Paging is
     /// keyset based: executions created while a caller pages never make it see one twice or
-    /// skip one that existed when it started.
+    /// skip one that existed when it started. With an idempotency key in the filter, the page
+    /// holds at most the key's execution (found as [`Store::find_by_idempotency_key`] finds it)
+    /// and there is no next page.
     fn list_executions(
         &self,
         filter: &ExecutionFilter,
@@ -268,10 +279,14 @@ pub struct ExecutionFilter {
     pub created_from: Option<Timestamp>,
     /// Only executions created before this time.
     pub created_before: Option<Timestamp>,
+    /// Only the execution created with this idempotency key: at most one. An execution does
+    /// not carry its key, so [`matches`](Self::matches) cannot check this field; stores apply
+    /// it by looking the key up in their index.
+    pub idempotency_key: Option<IdempotencyKey>,
 }
 
 impl ExecutionFilter {
-    /// True when `execution` passes the filter.
+    /// True when `execution` passes every field of the filter but the idempotency key.
     pub fn matches(&self, execution: &Execution) -> bool {
         self.workflow.as_ref().is_none_or(|w| *w == execution.workflow)
             && self.state.is_none_or(|s| s == execution.state)
@@ -580,6 +595,7 @@ mod tests {
             tasks: BTreeMap::new(),
             created_at: at,
             updated_at: at,
+            trace: None,
             parent: None,
             problem: None,
             parked: None,
@@ -619,6 +635,7 @@ mod tests {
             tasks: BTreeMap::new(),
             created_at: at(100),
             updated_at: at(100),
+            trace: None,
             parent: None,
             problem: None,
             parked: None,
@@ -635,6 +652,8 @@ mod tests {
         );
         check(ExecutionFilter { created_before: Some(at(100)), ..Default::default() }, false);
         check(ExecutionFilter { created_from: Some(at(101)), ..Default::default() }, false);
+        // The key is the store's to match, through its index: an execution does not carry it.
+        check(ExecutionFilter { idempotency_key: Some(IdempotencyKey::new("k").unwrap()), ..Default::default() }, true);
         assert!(timestamp_nanos("created_at", at(100)).is_ok());
         assert!(timestamp_nanos("created_at", at(10_000_000_000)).is_err());
     }

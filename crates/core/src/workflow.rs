@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::call::{GrpcCall, HttpCall, StepCall};
 use crate::error::{Error, Result};
 use crate::ids::{ServiceId, StepId, WorkflowName};
 use crate::requirements::ServiceRequirements;
@@ -118,6 +119,10 @@ pub enum StepAction {
         target: StepTarget,
         /// The request payload: JSON in which strings may hold `${ jq }` expressions.
         input: serde_json::Value,
+        /// How it calls the service when a JSON POST of its input (HTTP) or the endpoint's
+        /// method (gRPC) is not it: written `http: {..}` or `grpc: {..}` beside `service` or
+        /// `query`.
+        call: Option<StepCall>,
     },
     /// `set`: yields the rendered value.
     Set(serde_json::Value),
@@ -328,7 +333,7 @@ impl Step {
     pub fn call(id: StepId, target: StepTarget, input: serde_json::Value) -> Self {
         Self {
             id,
-            action: StepAction::Call { target, input },
+            action: StepAction::Call { target, input, call: None },
             condition: None,
             depends_on: Vec::new(),
             retry: None,
@@ -356,6 +361,14 @@ impl Step {
         }
     }
 
+    /// How the call is shaped, for a call step that shapes it.
+    pub fn shaped_call(&self) -> Option<&StepCall> {
+        match &self.action {
+            StepAction::Call { call, .. } => call.as_ref(),
+            _ => None,
+        }
+    }
+
     /// The blocks of steps nested directly in this step.
     pub fn nested(&self) -> Vec<&[Step]> {
         match &self.action {
@@ -379,6 +392,10 @@ struct StepDocument {
     alternatives: Vec<ServiceId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     query: Option<ServiceRequirements>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    http: Option<HttpCall>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    grpc: Option<GrpcCall>,
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     input: serde_json::Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -510,6 +527,16 @@ impl TryFrom<StepDocument> for Step {
         if !doc.input.is_null() && !matches!(action, "service" | "query") {
             return Err(misplaced("input", "service or query (a workflow step takes its input in `workflow.input`)"));
         }
+        let call = match (doc.http, doc.grpc) {
+            (None, None) => None,
+            (Some(http), None) => Some(StepCall::Http(http)),
+            (None, Some(grpc)) => Some(StepCall::Grpc(grpc)),
+            (Some(_), Some(_)) => return Err(Error::invalid(place("grpc"), "{..}", "set http or grpc, not both")),
+        };
+        if call.is_some() && !matches!(action, "service" | "query") {
+            let field = if matches!(call, Some(StepCall::Http(_))) { "http" } else { "grpc" };
+            return Err(misplaced(field, "service or query"));
+        }
         if loops && doc.steps.is_none() {
             return Err(Error::invalid(place("steps"), "", format!("{action} needs steps")));
         }
@@ -527,10 +554,13 @@ impl TryFrom<StepDocument> for Step {
             "service" => StepAction::Call {
                 target: StepTarget::Service { id: doc.service.expect("checked above"), alternatives: doc.alternatives },
                 input: doc.input,
+                call,
             },
-            "query" => {
-                StepAction::Call { target: StepTarget::Query(doc.query.expect("checked above")), input: doc.input }
-            }
+            "query" => StepAction::Call {
+                target: StepTarget::Query(doc.query.expect("checked above")),
+                input: doc.input,
+                call,
+            },
             "set" => StepAction::Set(doc.set.expect("checked above")),
             "steps" => StepAction::Do(doc.steps.expect("checked above")),
             "switch" => {
@@ -653,6 +683,8 @@ impl From<Step> for StepDocument {
             listen: None,
             emit: None,
             workflow: None,
+            http: None,
+            grpc: None,
             condition: step.condition,
             depends_on: step.depends_on,
             retry: step.retry,
@@ -664,14 +696,20 @@ impl From<Step> for StepDocument {
             export: step.export,
         };
         match step.action {
-            StepAction::Call { target: StepTarget::Service { id, alternatives }, input } => {
-                doc.service = Some(id);
-                doc.alternatives = alternatives;
+            StepAction::Call { target, input, call } => {
+                match target {
+                    StepTarget::Service { id, alternatives } => {
+                        doc.service = Some(id);
+                        doc.alternatives = alternatives;
+                    }
+                    StepTarget::Query(query) => doc.query = Some(query),
+                }
                 doc.input = input;
-            }
-            StepAction::Call { target: StepTarget::Query(query), input } => {
-                doc.query = Some(query);
-                doc.input = input;
+                match call {
+                    None => {}
+                    Some(StepCall::Http(http)) => doc.http = Some(http),
+                    Some(StepCall::Grpc(grpc)) => doc.grpc = Some(grpc),
+                }
             }
             StepAction::Set(value) => doc.set = Some(value),
             StepAction::Do(steps) => doc.steps = Some(steps),

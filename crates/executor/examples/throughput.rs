@@ -29,6 +29,7 @@ fn layered(n: usize, width: usize) -> RunSpec {
                 id: name(i),
                 services: vec![ServiceId::new("noop").expect("valid id")],
                 input: input.clone(),
+                call: None,
                 depends_on: deps.into_iter().map(name).collect(),
                 retry: RetryPolicy { max_attempts: 1, ..RetryPolicy::default() },
                 timeout: None,

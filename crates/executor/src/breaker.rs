@@ -36,7 +36,8 @@ enum State {
 #[derive(Debug)]
 pub(crate) struct Admission<'a> {
     breakers: &'a Breakers,
-    service: &'a ServiceId,
+    // Owned (ids are shared text): the service may come from an invoker's resolution.
+    service: ServiceId,
     reported: bool,
 }
 
@@ -44,14 +45,14 @@ impl Admission<'_> {
     /// Records how the call went.
     pub(crate) fn record(mut self, success: bool) {
         self.reported = true;
-        self.breakers.record(self.service, success);
+        self.breakers.record(&self.service, success);
     }
 }
 
 impl Drop for Admission<'_> {
     fn drop(&mut self) {
         if !self.reported {
-            self.breakers.release(self.service);
+            self.breakers.release(&self.service);
         }
     }
 }
@@ -103,8 +104,8 @@ impl Breakers {
     }
 
     /// Admits a call to `service` when its breaker lets it through.
-    pub(crate) fn admit<'a>(&'a self, service: &'a ServiceId) -> Option<Admission<'a>> {
-        self.try_acquire(service).then_some(Admission { breakers: self, service, reported: false })
+    pub(crate) fn admit(&self, service: &ServiceId) -> Option<Admission<'_>> {
+        self.try_acquire(service).then(|| Admission { breakers: self, service: service.clone(), reported: false })
     }
 
     /// Records how a call went.

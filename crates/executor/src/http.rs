@@ -1,29 +1,32 @@
-//! The HTTP invoker: a JSON POST to each service's URL over a pooled HTTP/1 client.
+//! The HTTP invoker: each call is a request to its service's URL, over plain HTTP/1.1 or
+//! HTTPS (HTTP/2 or HTTP/1.1 by ALPN), pooled; a JSON POST of the input unless the step
+//! shapes the request ([`baton_core::CallRequest::Http`]). Requests a workflow writes itself
+//! (`call: http`, `call: openapi`) go out over the same pools, after [`Origins`] maps them.
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::http::header::{CONTENT_TYPE, HeaderValue};
-use ::http::{Method, Request as Request_, StatusCode, Uri};
-use baton_core::ServiceId;
+use ::http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue};
+use ::http::{HeaderMap, Method, Request as Request_, StatusCode, Uri};
+use base64::Engine as _;
+use baton_core::{CallRequest, Credentials, Endpoint, HttpMethod, ResponsePart, ServiceId, ServiceSpec, TlsSettings};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::invoker::{Call, Failure, Invoker};
 use crate::request::{Request, Response};
+use crate::secrets::{Secret, Secrets};
+use crate::transport::{self, Transport, TransportConfig, TrustRoots};
 
 /// How many bytes of an error response's body a failure message quotes.
 const ERROR_QUOTE: usize = 200;
 /// How many bytes of a non-JSON success body an `invalid_json` failure quotes.
 const JSON_QUOTE: usize = 64;
 
-/// Maps a service to its URL (`http://` only), or `None` for a service it does not know.
-pub type Resolve = Arc<dyn Fn(&ServiceId) -> Option<String> + Send + Sync>;
+/// Maps a service id to its registered spec, or `None` for a service it does not know.
+pub type Resolve = Arc<dyn Fn(&ServiceId) -> Option<Arc<ServiceSpec>> + Send + Sync>;
 
 /// How the HTTP invoker talks to services.
 #[derive(Debug, Clone)]
@@ -31,19 +34,31 @@ pub struct HttpConfig {
     /// Largest response body accepted; a larger successful response fails permanently with
     /// `response_too_large`.
     pub max_response_bytes: usize,
-    /// Time limit of establishing a connection; `None` leaves it to the operating system.
-    /// Whole-call limits are the executor's per-attempt timeouts.
+    /// Time limit of establishing a connection, and again of its TLS handshake; `None`
+    /// leaves the connect to the operating system.
     pub connect_timeout: Option<Duration>,
+    /// Time limit of one request, from sending it to the last byte of the answer, on top of
+    /// the step's attempt timeout; `None`: only the step's.
+    pub request_timeout: Option<Duration>,
+    /// The certificates trusted for every `https` service (system roots and `--services-ca`).
+    pub roots: TrustRoots,
+    /// Where credentials and TLS material named by services come from.
+    pub secrets: Secrets,
     /// Origins that requests a workflow writes itself (`call: http`, `call: openapi`) reach
     /// elsewhere: a server setting, never a definition's.
     pub origins: Origins,
 }
 
 impl Default for HttpConfig {
+    /// A 1 MiB response cap, 5 s to connect, 5 minutes a request, the system's roots, and
+    /// secrets from environment variables only.
     fn default() -> Self {
         Self {
             max_response_bytes: 1024 * 1024,
             connect_timeout: Some(Duration::from_secs(5)),
+            request_timeout: Some(Duration::from_secs(300)),
+            roots: TrustRoots::system(),
+            secrets: Secrets::default(),
             origins: Origins::default(),
         }
     }
@@ -95,32 +110,38 @@ impl Origins {
 }
 
 impl HttpConfig {
-    /// An invoker that POSTs each call to the URL `resolve` returns for its service
-    /// (`http://` only); a service it returns `None` for fails with `unknown_service`.
+    /// An invoker that calls each service at the endpoint of the spec `resolve` returns for
+    /// it; a service it returns `None` for fails with `unknown_service`.
     ///
     /// Needs a tokio runtime when calls are made, not when built.
     pub fn build(self, resolve: Resolve) -> HttpInvoker {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(self.connect_timeout);
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new()).pool_timer(TokioTimer::new()).build(connector);
-        HttpInvoker { config: self, resolve, client }
+        HttpInvoker { transport: Arc::new(Transport::new(self.transport(), false)), config: self, resolve }
+    }
+
+    pub(crate) fn transport(&self) -> TransportConfig {
+        TransportConfig {
+            roots: self.roots.clone(),
+            secrets: self.secrets.clone(),
+            connect_timeout: self.connect_timeout,
+        }
     }
 }
 
-/// Calls services by HTTP: a JSON POST of the call's payload, classified into an output or a
-/// [`Failure`]. Cheap to clone; clones share one connection pool.
+/// Calls services by HTTP and classifies the answer into an output or a [`Failure`]. Cheap
+/// to clone; clones share the connection pools.
 ///
-/// Each request carries `Idempotency-Key`, `X-Baton-Execution`, `X-Baton-Step` and
-/// `X-Baton-Attempt`. A 2xx JSON body is the output (an empty one is `null`); 408, 429 and 5xx
-/// are retryable `http_{code}`; other statuses are permanent `http_{code}`; a 2xx body that is
-/// not JSON is a permanent `invalid_json`; transport errors are retryable `connect`. Dropping
-/// a call abandons its request.
+/// Each request carries `Idempotency-Key`, `X-Baton-Execution`, `X-Baton-Step`,
+/// `X-Baton-Attempt`, the call's `traceparent` and `tracestate`, and the service's credentials (read from their secret on every call).
+/// A 2xx body is the output: JSON as it is, other `text/plain` as a string, empty as `null`. 408, 429
+/// and 5xx are retryable `http_{code}`; other statuses are permanent `http_{code}`; a 2xx
+/// body that is neither is a permanent `invalid_json`; a certificate that is not trusted is a
+/// permanent `tls_certificate`; other transport errors are retryable `connect`. No failure
+/// message holds a secret's value. Dropping a call abandons its request.
 #[derive(Clone)]
 pub struct HttpInvoker {
     config: HttpConfig,
     resolve: Resolve,
-    client: Client<HttpConnector, Full<Bytes>>,
+    transport: Arc<Transport<Full<Bytes>>>,
 }
 
 impl fmt::Debug for HttpInvoker {
@@ -135,39 +156,59 @@ impl Invoker for HttpInvoker {
     }
 
     async fn invoke(&self, call: Call) -> Result<Value, Failure> {
-        let Some(url) = (self.resolve)(&call.service) else {
+        let Some(spec) = (self.resolve)(&call.service) else {
             return Err(Failure::permanent("unknown_service", format!("no URL for service {}", call.service)));
         };
-        let request = request(&url, &call)?;
-        let response = self.client.request(request).await.map_err(|e| Failure::retryable("connect", chain(&e)))?;
-        let status = response.status();
-        let (body, truncated) = read(response.into_body(), self.config.max_response_bytes)
-            .await
-            .map_err(|e| Failure::retryable("connect", chain(&e)))?;
-        if truncated && status.is_success() {
-            return Err(Failure::permanent(
-                "response_too_large",
-                format!("response of service {} exceeds {} bytes", call.service, self.config.max_response_bytes),
-            ));
-        }
-        classify(status, &body)
+        self.call(&spec, call).await
     }
 }
 
 impl HttpInvoker {
+    /// The configuration it was built with.
+    pub fn config(&self) -> &HttpConfig {
+        &self.config
+    }
+
+    /// Calls `call` at the HTTP endpoint of `spec`.
+    pub async fn call(&self, spec: &ServiceSpec, call: Call) -> Result<Value, Failure> {
+        let Endpoint::Http { url } = spec.endpoint() else {
+            return Err(Failure::permanent(
+                "unsupported_protocol",
+                format!("service {} has a {} endpoint, not http", spec.id(), spec.protocol()),
+            ));
+        };
+        let secret = match spec.credentials() {
+            Some(credentials) => Some(
+                self.config
+                    .secrets
+                    .get(credentials.secret())
+                    .map_err(|e| Failure::permanent("secret", format!("service {}: {e}", spec.id())))?,
+            ),
+            None => None,
+        };
+        let result = self.exchange(spec, url, &call, secret.as_ref()).await;
+        // A service may quote a request back in an error; its credentials stop here.
+        result.map_err(|failure| match &secret {
+            Some(secret) => redact(failure, secret),
+            None => failure,
+        })
+    }
+
     /// Sends a request a workflow wrote itself, after mapping its origin
-    /// ([`HttpConfig::origins`]). Plain `http://` only: `https://` needs TLS, which this
-    /// client does not speak, so such a request fails unless its origin is mapped.
+    /// ([`HttpConfig::origins`]), over the pools service calls use: `https://` trusts the
+    /// configured roots (the system's and `--services-ca`) and fails permanently, naming the
+    /// host, on a certificate it does not trust.
     pub async fn send(&self, request: Request) -> Result<Response, Failure> {
         let parsed = url::Url::parse(&request.url)
             .map_err(|e| Failure::permanent("invalid_url", format!("url {:?}: {e}", request.url)))?;
         let url = self.config.origins.apply(parsed);
-        if url.scheme() != "http" {
+        if !matches!(url.scheme(), "http" | "https") {
             return Err(Failure::permanent(
                 "unsupported_scheme",
-                format!("{url}: this server's HTTP client speaks plain http only (no TLS)"),
+                format!("{url}: a request goes to an http or https URL"),
             ));
         }
+        let host = url.host_str().unwrap_or_default().to_owned();
         let method = Method::from_bytes(request.method.as_bytes())
             .map_err(|e| Failure::permanent("invalid_request", format!("method {:?}: {e}", request.method)))?;
         let mut builder = Request_::builder().method(method).uri(url.as_str());
@@ -177,16 +218,29 @@ impl HttpInvoker {
         let body = Full::new(Bytes::from(request.body.unwrap_or_default()));
         let outgoing =
             builder.body(body).map_err(|e| Failure::permanent("invalid_request", format!("request to {url}: {e}")))?;
-        let response = self.client.request(outgoing).await.map_err(|e| Failure::retryable("connect", chain(&e)))?;
-        let status = response.status().as_u16();
-        let headers = response
-            .headers()
-            .iter()
-            .map(|(name, value)| (name.as_str().to_owned(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
-            .collect();
-        let (body, truncated) = read(response.into_body(), self.config.max_response_bytes)
-            .await
-            .map_err(|e| Failure::retryable("connect", chain(&e)))?;
+        let client = self.transport.client(&TlsSettings::default())?;
+        let exchange = async {
+            let response = client.request(outgoing).await.map_err(|e| transport::classify(&e, &host))?;
+            let status = response.status().as_u16();
+            let headers = response
+                .headers()
+                .iter()
+                .map(|(name, value)| (name.as_str().to_owned(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
+                .collect();
+            let (body, truncated) = read(response.into_body(), self.config.max_response_bytes)
+                .await
+                .map_err(|e| transport::classify(&e, &host))?;
+            Ok::<_, Failure>((status, headers, body, truncated))
+        };
+        let (status, headers, body, truncated) = match self.config.request_timeout {
+            Some(limit) => tokio::time::timeout(limit, exchange).await.map_err(|_| {
+                Failure::retryable(
+                    "timeout",
+                    format!("{url} did not answer within {}", baton_core::duration::format(limit)),
+                )
+            })??,
+            None => exchange.await?,
+        };
         if truncated {
             return Err(Failure::permanent(
                 "response_too_large",
@@ -195,22 +249,143 @@ impl HttpInvoker {
         }
         Ok(Response { status, headers, body })
     }
+
+    async fn exchange(
+        &self,
+        spec: &ServiceSpec,
+        url: &str,
+        call: &Call,
+        secret: Option<&Secret>,
+    ) -> Result<Value, Failure> {
+        let (method, path_and_query, extra, output) = match call.request.as_deref() {
+            None => (HttpMethod::Post, "", &[][..], ResponsePart::Body),
+            Some(CallRequest::Http { method, path_and_query, headers, output }) => {
+                (*method, path_and_query.as_str(), headers.as_slice(), *output)
+            }
+            Some(CallRequest::Grpc { .. }) => {
+                return Err(Failure::permanent(
+                    "unsupported_protocol",
+                    format!("step {} makes a gRPC call but service {} is an HTTP endpoint", call.step, spec.id()),
+                ));
+            }
+        };
+        let uri = join(url, path_and_query)?;
+        let host = uri.host().unwrap_or_default().to_owned();
+        let mut request = request(&uri, method, call, extra)?;
+        if let (Some(credentials), Some(secret)) = (spec.credentials(), secret) {
+            let (name, value) = credential_header(credentials, secret)
+                .map_err(|reason| Failure::permanent("secret", format!("service {}: {reason}", spec.id())))?;
+            request.headers_mut().insert(name, value);
+        }
+        let client = self.transport.client(spec.tls())?;
+        let exchange = async {
+            let response = client.request(request).await.map_err(|e| transport::classify(&e, &host))?;
+            let status = response.status();
+            let headers = response.headers().clone();
+            let (body, truncated) = read(response.into_body(), self.config.max_response_bytes)
+                .await
+                .map_err(|e| transport::classify(&e, &host))?;
+            Ok::<_, Failure>((status, headers, body, truncated))
+        };
+        let (status, headers, body, truncated) = match self.config.request_timeout {
+            Some(limit) => tokio::time::timeout(limit, exchange).await.map_err(|_| {
+                Failure::retryable(
+                    "timeout",
+                    format!("service {} did not answer within {}", spec.id(), baton_core::duration::format(limit)),
+                )
+            })??,
+            None => exchange.await?,
+        };
+        if truncated && status.is_success() {
+            return Err(Failure::permanent(
+                "response_too_large",
+                format!("response of service {} exceeds {} bytes", spec.id(), self.config.max_response_bytes),
+            ));
+        }
+        classify(status, &headers, &body, output)
+    }
 }
 
-/// The POST of `call` to `url`.
-fn request(url: &str, call: &Call) -> Result<Request_<Full<Bytes>>, Failure> {
-    let uri: Uri = url.parse().map_err(|e| Failure::permanent("invalid_url", format!("url {url:?}: {e}")))?;
-    let body = serde_json::to_vec(&call.payload).map_err(|e| Failure::permanent("invalid_payload", e.to_string()))?;
-    Request_::builder()
-        .method(Method::POST)
-        .uri(uri)
-        .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+/// The service's URL with the step's path appended and the queries of both joined.
+fn join(url: &str, path_and_query: &str) -> Result<Uri, Failure> {
+    let invalid = |e: &dyn fmt::Display| Failure::permanent("invalid_url", format!("url {url:?}: {e}"));
+    if path_and_query.is_empty() {
+        return url.parse().map_err(|e| invalid(&e));
+    }
+    let (base, base_query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let (path, query) = path_and_query.split_once('?').map_or((path_and_query, None), |(p, q)| (p, Some(q)));
+    let mut joined = base.trim_end_matches('/').to_owned();
+    joined.push_str(path);
+    let query: Vec<&str> = base_query.into_iter().chain(query).filter(|q| !q.is_empty()).collect();
+    if !query.is_empty() {
+        joined.push('?');
+        joined.push_str(&query.join("&"));
+    }
+    joined.parse().map_err(|e| invalid(&e))
+}
+
+/// The request of `call` to `uri`.
+fn request(
+    uri: &Uri,
+    method: HttpMethod,
+    call: &Call,
+    extra: &[(String, String)],
+) -> Result<Request_<Full<Bytes>>, Failure> {
+    let body = if method.has_no_body() || (method == HttpMethod::Delete && call.payload.is_null()) {
+        None
+    } else {
+        Some(serde_json::to_vec(&call.payload).map_err(|e| Failure::permanent("invalid_payload", e.to_string()))?)
+    };
+    let mut builder = Request_::builder()
+        .method(Method::from_bytes(method.as_str().as_bytes()).expect("a known method"))
+        .uri(uri.clone())
         .header("idempotency-key", call.idempotency_key())
         .header("x-baton-execution", call.execution.to_string())
         .header("x-baton-step", call.step.as_str())
-        .header("x-baton-attempt", call.attempt.to_string())
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| Failure::permanent("invalid_request", format!("request to {url:?}: {e}")))
+        .header("x-baton-attempt", call.attempt.to_string());
+    if body.is_some() {
+        builder = builder.header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    if let Some(trace) = &call.trace {
+        builder = builder.header("traceparent", trace.traceparent.as_str());
+        if let Some(state) = &trace.tracestate {
+            builder = builder.header("tracestate", &**state);
+        }
+    }
+    for (name, value) in extra {
+        builder = builder.header(name.as_str(), value.as_str());
+    }
+    builder
+        .body(Full::new(body.map(Bytes::from).unwrap_or_default()))
+        .map_err(|e| Failure::permanent("invalid_request", format!("request to {uri}: {e}")))
+}
+
+/// The header that carries `credentials`, marked sensitive so HTTP/2 never indexes it.
+fn credential_header(credentials: &Credentials, secret: &Secret) -> Result<(HeaderName, HeaderValue), String> {
+    let (name, text) = match credentials {
+        Credentials::Bearer { .. } => (AUTHORIZATION, format!("Bearer {}", secret.expose())),
+        Credentials::Basic { username, .. } => {
+            let pair = format!("{username}:{}", secret.expose());
+            (AUTHORIZATION, format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair)))
+        }
+        Credentials::Header { header, .. } => {
+            let name = HeaderName::from_bytes(header.as_bytes()).map_err(|_| format!("invalid header {header:?}"))?;
+            (name, secret.expose().to_owned())
+        }
+    };
+    // The value is not quoted: the secret would be in the message.
+    let mut value = HeaderValue::from_str(&text)
+        .map_err(|_| format!("secret {} is not a valid header value", credentials.secret()))?;
+    value.set_sensitive(true);
+    Ok((name, value))
+}
+
+/// `failure` with every occurrence of the secret's value replaced by `***`.
+fn redact(mut failure: Failure, secret: &Secret) -> Failure {
+    if failure.message.contains(secret.expose()) {
+        failure.message = failure.message.replace(secret.expose(), "***");
+    }
+    failure
 }
 
 /// Reads at most `limit` bytes of `body`; true when there was more (the rest is not read, so
@@ -229,17 +404,24 @@ async fn read(mut body: Incoming, limit: usize) -> Result<(Vec<u8>, bool), hyper
 }
 
 /// Maps a response to an output or a failure.
-fn classify(status: StatusCode, body: &[u8]) -> Result<Value, Failure> {
+fn classify(status: StatusCode, headers: &HeaderMap, body: &[u8], output: ResponsePart) -> Result<Value, Failure> {
     let class = format!("http_{}", status.as_u16());
     if status.is_success() {
-        if body.iter().all(u8::is_ascii_whitespace) {
-            return Ok(Value::Null);
-        }
-        return serde_json::from_slice(body).map_err(|e| {
-            Failure::permanent(
-                "invalid_json",
-                format!("{status} body is not JSON ({e}): {:?}", quote(body, JSON_QUOTE)),
-            )
+        let body = decode(status, headers, body)?;
+        return Ok(match output {
+            ResponsePart::Body => body,
+            ResponsePart::Response => {
+                let mut fields = Map::new();
+                for name in headers.keys() {
+                    let values: Vec<String> = headers
+                        .get_all(name)
+                        .iter()
+                        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                        .collect();
+                    fields.insert(name.as_str().to_owned(), Value::String(values.join(", ")));
+                }
+                serde_json::json!({"status": status.as_u16(), "headers": fields, "body": body})
+            }
         });
     }
     let message = if body.is_empty() { status.to_string() } else { quote(body, ERROR_QUOTE) };
@@ -250,22 +432,27 @@ fn classify(status: StatusCode, body: &[u8]) -> Result<Value, Failure> {
     }
 }
 
+/// A success body as a value: empty is `null`, JSON as it is, other `text/plain` a string.
+fn decode(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Result<Value, Failure> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(body).or_else(|e| {
+        let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        // Only plain text: an HTML page on a 2xx is more often a proxy's than the service's answer.
+        if content_type.starts_with("text/plain") {
+            return Ok(Value::String(String::from_utf8_lossy(body).into_owned()));
+        }
+        Err(Failure::permanent(
+            "invalid_json",
+            format!("{status} body is not JSON ({e}): {:?}", quote(body, JSON_QUOTE)),
+        ))
+    })
+}
+
 /// The first `max` bytes of `body` as text.
 fn quote(body: &[u8], max: usize) -> String {
     String::from_utf8_lossy(&body[..body.len().min(max)]).into_owned()
-}
-
-/// An error's message followed by those of its sources, which carry the useful part
-/// (e.g. "client error (Connect): tcp connect error: Connection refused").
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }
 
 #[cfg(test)]
@@ -273,8 +460,9 @@ mod tests {
     use super::*;
 
     fn check(status: u16, body: &str, expected: Result<Value, (bool, &str, &str)>) {
-        let actual = classify(StatusCode::from_u16(status).unwrap(), body.as_bytes())
-            .map_err(|f| (f.retryable, f.class, f.message));
+        let actual =
+            classify(StatusCode::from_u16(status).unwrap(), &HeaderMap::new(), body.as_bytes(), ResponsePart::Body)
+                .map_err(|f| (f.retryable, f.class, f.message));
         match (actual, expected) {
             (Ok(a), Ok(e)) => assert_eq!(a, e, "{status} {body:?}"),
             (Err((retryable, class, message)), Err((e_retryable, e_class, e_contains))) => {
@@ -304,22 +492,53 @@ mod tests {
     }
 
     #[test]
+    fn text_bodies_are_strings_and_the_whole_response_can_be_the_output() {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        headers.append("x-tag", HeaderValue::from_static("a"));
+        headers.append("x-tag", HeaderValue::from_static("b"));
+        let body = classify(StatusCode::OK, &headers, b"pong", ResponsePart::Body).unwrap();
+        assert_eq!(body, Value::String("pong".to_owned()));
+        let whole = classify(StatusCode::CREATED, &headers, b"pong", ResponsePart::Response).unwrap();
+        assert_eq!(
+            whole,
+            serde_json::json!({
+                "status": 201,
+                "headers": {"content-type": "text/plain; charset=utf-8", "x-tag": "a, b"},
+                "body": "pong",
+            })
+        );
+    }
+
+    #[test]
     fn error_bodies_are_quoted_up_to_200_bytes() {
         let body = "y".repeat(500);
-        let failure = classify(StatusCode::BAD_GATEWAY, body.as_bytes()).unwrap_err();
+        let failure =
+            classify(StatusCode::BAD_GATEWAY, &HeaderMap::new(), body.as_bytes(), ResponsePart::Body).unwrap_err();
         assert_eq!(failure.message, "y".repeat(200));
+    }
+
+    #[test]
+    fn step_paths_join_the_service_url() {
+        let check =
+            |url: &str, extra: &str, expected: &str| assert_eq!(join(url, extra).unwrap().to_string(), expected);
+        check("http://h/api", "", "http://h/api");
+        check("http://h/api/", "/items/1", "http://h/api/items/1");
+        check("http://h/api?key=1", "/items?a=b", "http://h/api/items?key=1&a=b");
+        check("https://h:8443", "?a=b", "https://h:8443/?a=b");
     }
 
     #[tokio::test]
     async fn an_unknown_service_fails_permanently() {
-        let invoker = HttpConfig::default().build(Arc::new(|_: &ServiceId| None));
-        let call = Call {
-            execution: baton_core::ExecutionId::generate(),
-            step: "a".parse().unwrap(),
-            attempt: 1,
-            service: ServiceId::new("nowhere").unwrap(),
-            payload: Value::Null,
-        };
+        let config = HttpConfig { roots: TrustRoots::empty(), ..HttpConfig::default() };
+        let invoker = config.build(Arc::new(|_: &ServiceId| None));
+        let call = Call::new(
+            baton_core::ExecutionId::generate(),
+            "a".parse().unwrap(),
+            1,
+            ServiceId::new("nowhere").unwrap(),
+            Value::Null,
+        );
         let failure = invoker.invoke(call).await.unwrap_err();
         assert_eq!((failure.retryable, failure.class.as_str()), (false, "unknown_service"));
         assert!(failure.message.contains("nowhere"), "{failure}");

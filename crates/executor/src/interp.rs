@@ -27,8 +27,8 @@ use baton_core::program::{
     Then, Wait,
 };
 use baton_core::{
-    Evaluator, EventKind, ExecutionId, History, Outcome, Problem, Recorded, ServiceId, Settled, StepId, Template,
-    Timestamp,
+    CallRequest, CallTemplate, EvalError, Evaluator, EventKind, ExecutionId, History, Outcome, Problem, Recorded,
+    ServiceId, Settled, StepId, Template, Timestamp, TraceContext,
 };
 use futures_util::FutureExt as _;
 use futures_util::future::{AbortHandle, Abortable};
@@ -36,7 +36,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde_json::{Map, Value, json};
 
 use crate::host::{Host, IdleHook};
-use crate::invoker::Invoker;
+use crate::invoker::{CallTrace, Invoker};
 use crate::request;
 use crate::run::{CallSpec, Control, Shared, TaskError, run_call};
 
@@ -63,6 +63,9 @@ pub struct Start {
     pub workflow: Value,
     /// Told when the run has nothing left to do but wait.
     pub idle: Option<IdleHook>,
+    /// The trace context of the caller that started the execution, whose trace its calls
+    /// continue; `None`: a trace of its own.
+    pub trace: Option<TraceContext>,
 }
 
 /// What a leaf in flight waits on, for telling when the run only waits.
@@ -558,23 +561,52 @@ impl<'a, I: Invoker> Interp<'a, I> {
         output: Value,
         scope: &[Value],
     ) -> impl Future<Output = Result<Value, Problem>> + Send + use<'a, I> {
-        let values = if template.needs_variables() {
-            let task = task.map_or(Value::Null, |t| json!({"name": t.name.as_str(), "reference": t.reference}));
-            let mut values = Vec::with_capacity(6 + scope.len());
-            values.extend([
-                input.clone(),
-                self.context.clone(),
-                self.workflow.clone(),
-                task,
-                output,
-                self.runtime.clone(),
-            ]);
-            values.extend(scope.iter().cloned());
-            values
+        let values =
+            if template.needs_variables() { self.variable_values(task, input, output, scope) } else { Vec::new() };
+        evaluate(template, dot, values, &self.shared.evaluator, &self.shared.control)
+    }
+
+    /// Renders a call's shape (path, query, headers; gRPC metadata) against `dot` as
+    /// [`Interp::eval_scoped`] renders a template: the same variables, every expression of its
+    /// parts that needs jq in one evaluation on the configured evaluator, given up when the
+    /// run is cancelled.
+    fn eval_call(
+        &self,
+        shape: &'a CallTemplate,
+        dot: &Value,
+        task: &Task,
+        scope: &[Value],
+    ) -> impl Future<Output = Result<CallRequest, Problem>> + Send + use<'a, I> {
+        let values = if shape.needs_variables() {
+            self.variable_values(Some(task), dot, Value::Null, scope)
         } else {
             Vec::new()
         };
-        evaluate(template, dot, values, &self.shared.evaluator, &self.shared.control)
+        let ready = (!shape.uses_jaq()).then(|| shape.render_vars(dot, &values).map_err(expression_problem));
+        let job =
+            ready.is_none().then(|| (dot.clone(), Arc::clone(&self.shared.evaluator), self.shared.control.clone()));
+        async move {
+            if let Some(ready) = ready {
+                return ready;
+            }
+            let (dot, evaluator, mut control) = job.expect("either rendered or to evaluate");
+            tokio::select! {
+                rendered = shape.render_bounded(&dot, &values, &*evaluator) => rendered.map_err(expression_problem),
+                () = cancelled(&mut control) => Err(Problem::runtime("the run was cancelled while an expression ran")),
+            }
+        }
+    }
+
+    /// The values of the variables an expression may read, in [`GLOBAL_VARIABLES`] order and
+    /// then the scope's.
+    ///
+    /// [`GLOBAL_VARIABLES`]: baton_core::program::GLOBAL_VARIABLES
+    fn variable_values(&self, task: Option<&Task>, input: &Value, output: Value, scope: &[Value]) -> Vec<Value> {
+        let task = task.map_or(Value::Null, |t| json!({"name": t.name.as_str(), "reference": t.reference}));
+        let mut values = Vec::with_capacity(6 + scope.len());
+        values.extend([input.clone(), self.context.clone(), self.workflow.clone(), task, output, self.runtime.clone()]);
+        values.extend(scope.iter().cloned());
+        values
     }
 
     // ---- blocks ----
@@ -1030,6 +1062,17 @@ impl<'a, I: Invoker> Interp<'a, I> {
                         return;
                     }
                 };
+                // The call's shape renders against the same input, once for all its attempts.
+                let request = match &call.shape {
+                    None => None,
+                    Some(shape) => match self.eval_call(shape, &input, task, &scope).await {
+                        Ok(request) => Some(Arc::new(request)),
+                        Err(problem) => {
+                            self.task_finished(id, Err(problem), false).await;
+                            return;
+                        }
+                    },
+                };
                 let services = match &call.target {
                     CallTarget::Services(services) => services.clone(),
                     CallTarget::Query(requirements) => vec![self.host.stand_in(requirements)],
@@ -1043,9 +1086,9 @@ impl<'a, I: Invoker> Interp<'a, I> {
                         match request::http_request(http, &render) {
                             Ok((request, service)) => {
                                 let output = http.output;
-                                let attempt = move |invoker: &'a I| {
+                                let attempt = move |invoker: &'a I, trace: CallTrace| {
                                     let request = request.clone();
-                                    async move { request::attempt_http(invoker, &request, output).await }
+                                    async move { request::attempt_http(invoker, &request, &trace, output).await }
                                 };
                                 let leaf = self.request_leaf(id, task, path, service, input, scope, attempt);
                                 self.push_leaf(id, leaf, LeafKind::Busy);
@@ -1064,16 +1107,17 @@ impl<'a, I: Invoker> Interp<'a, I> {
                         match request::openapi_parts(api, &render) {
                             Ok((document, parameters, credentials, service)) => {
                                 let (operation, output) = (api.operation_id.as_str(), api.output);
-                                let attempt = move |invoker: &'a I| {
+                                let attempt = move |invoker: &'a I, trace: CallTrace| {
                                     let (document, parameters, credentials) =
                                         (document.clone(), parameters.clone(), credentials.clone());
                                     async move {
+                                        let operation = request::Operation { id: operation, parameters: &parameters };
                                         request::attempt_openapi(
                                             invoker,
                                             &document,
                                             operation,
-                                            &parameters,
                                             &credentials,
+                                            &trace,
                                             output,
                                         )
                                         .await
@@ -1088,7 +1132,7 @@ impl<'a, I: Invoker> Interp<'a, I> {
                     }
                 };
                 let attempt = self.history.attempts.get(&path).copied().unwrap_or(0);
-                let leaf = self.call_leaf(id, task, path, services, payload, input, scope, attempt);
+                let leaf = self.call_leaf(id, task, path, services, (payload, request), input, scope, attempt);
                 self.push_leaf(id, leaf, LeafKind::Busy);
             }
             Action::Wait(wait) => {
@@ -1786,7 +1830,7 @@ impl<'a, I: Invoker> Interp<'a, I> {
         task: &'a Task,
         path: StepId,
         services: Vec<ServiceId>,
-        payload: Value,
+        (payload, request): (Value, Option<Arc<CallRequest>>),
         input: Value,
         scope: Scope,
         attempts_made: u32,
@@ -1803,6 +1847,7 @@ impl<'a, I: Invoker> Interp<'a, I> {
                 task_timeout: task.task_timeout,
                 reference: &task.reference,
                 first_attempt: attempts_made + 1,
+                request,
             };
             let result = match shared.global_permit().await {
                 None => Err(Problem::runtime("cancelled")),
@@ -1830,7 +1875,7 @@ impl<'a, I: Invoker> Interp<'a, I> {
         attempt: F,
     ) -> LeafFuture<'a>
     where
-        F: Fn(&'a I) -> Fut + Send + Sync + 'a,
+        F: Fn(&'a I, CallTrace) -> Fut + Send + Sync + 'a,
         Fut: Future<Output = Result<Value, crate::invoker::Failure>> + Send + 'a,
     {
         let shared = self.shared;
@@ -1849,7 +1894,9 @@ impl<'a, I: Invoker> Interp<'a, I> {
             let invoker = shared.invoker();
             let result = match shared.global_permit().await {
                 None => Err(Problem::runtime("cancelled")),
-                Some(_permit) => match request::run_request(shared, &spec, service, || attempt(invoker)).await {
+                Some(_permit) => match request::run_request(shared, &spec, service, |trace| attempt(invoker, trace))
+                    .await
+                {
                     Ok((attempt, raw)) => Self::settle_leaf(shared, task, path.clone(), attempt, raw, filters).await,
                     Err(TaskError::Failed(problem)) => Err(problem),
                     Err(other) => Err(Problem::runtime(other.to_string()).at(&task.reference)),
@@ -1970,11 +2017,7 @@ fn evaluate<'t>(
     evaluator: &Arc<dyn Evaluator>,
     control: &tokio::sync::watch::Receiver<Control>,
 ) -> impl Future<Output = Result<Value, Problem>> + Send + use<'t> {
-    let problem = |e: baton_core::EvalError| {
-        let limit = e.bound.is_some();
-        let problem = Problem::standard("expression", e.to_string());
-        if limit { problem.with_title(baton_core::expr::EXPRESSION_LIMIT) } else { problem }
-    };
+    let problem = expression_problem;
     let ready = (!template.uses_jaq()).then(|| template.render_vars(dot, &values).map_err(problem));
     let job = ready.is_none().then(|| (dot.clone(), Arc::clone(evaluator), control.clone()));
     async move {
@@ -1987,6 +2030,14 @@ fn evaluate<'t>(
             () = cancelled(&mut control) => Err(Problem::runtime("the run was cancelled while an expression ran")),
         }
     }
+}
+
+/// An expression that failed as the task's problem: an `expression` error, titled
+/// `expression_limit` when it went past a bound.
+fn expression_problem(e: EvalError) -> Problem {
+    let limit = e.bound.is_some();
+    let problem = Problem::standard("expression", e.to_string());
+    if limit { problem.with_title(baton_core::expr::EXPRESSION_LIMIT) } else { problem }
 }
 
 /// Waits until the run is cancelled, suspended, or its handle dropped.
@@ -2040,7 +2091,8 @@ fn parse_time(value: &Value) -> Result<Timestamp, Problem> {
         }
         Value::Number(n) => {
             let seconds = n.as_f64().ok_or_else(bad)?;
-            chrono::DateTime::from_timestamp_millis((seconds * 1000.0) as i64).ok_or_else(bad)
+            // To the nearest millisecond: truncating would fire up to a millisecond early.
+            chrono::DateTime::from_timestamp_millis((seconds * 1000.0).round() as i64).ok_or_else(bad)
         }
         _ => Err(bad()),
     }

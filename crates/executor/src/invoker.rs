@@ -5,7 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use baton_core::{ExecutionId, Problem, ServiceId, StepId};
+use baton_core::{CallRequest, ExecutionId, Problem, ServiceId, StepId};
 
 use crate::request::{Request, Response};
 use serde_json::Value;
@@ -23,9 +23,30 @@ pub struct Call {
     pub service: ServiceId,
     /// The rendered input.
     pub payload: Value,
+    /// How the step shapes the call (HTTP method, path, query, headers; gRPC method,
+    /// metadata), rendered; `None`: the protocol's plain call.
+    pub request: Option<Arc<CallRequest>>,
+    /// The attempt's time limit, which the call tells the service (gRPC's `grpc-timeout`).
+    pub timeout: Option<std::time::Duration>,
+    /// The W3C trace context the call carries (`traceparent`, `tracestate`).
+    pub trace: Option<CallTrace>,
+}
+
+/// The trace context of one call: the attempt's span in its execution's trace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallTrace {
+    /// `00-<trace id>-<attempt span id>-<flags>`.
+    pub traceparent: String,
+    /// The caller's `tracestate`, passed on.
+    pub tracestate: Option<Arc<str>>,
 }
 
 impl Call {
+    /// A plain call: the payload to the service, shaped by nothing.
+    pub fn new(execution: ExecutionId, step: StepId, attempt: u32, service: ServiceId, payload: Value) -> Self {
+        Self { execution, step, attempt, service, payload, request: None, timeout: None, trace: None }
+    }
+
     /// `<execution>/<step>`: stable per (execution, step), the same on every retry, failover
     /// and recovery, so a service can recognise a repeated call.
     pub fn idempotency_key(&self) -> String {
@@ -83,6 +104,20 @@ impl Failure {
 
 /// Calls services. Implementations must be cancel-safe: a dropped call is abandoned.
 pub trait Invoker: Send + Sync + 'static {
+    /// The services a call to `service` may go to now, best first, or `None` when `service`
+    /// is itself the one to call. An invoker that stands in ids for capability queries answers
+    /// the services matching the query here (waiting for one when none can take a call yet),
+    /// so that the executor names the service it calls in `TaskScheduled` and fails over from
+    /// one to the next attempt by attempt. The default: every id is itself.
+    fn resolve(
+        &self,
+        service: &ServiceId,
+        step: &StepId,
+    ) -> impl Future<Output = Result<Option<Vec<ServiceId>>, Failure>> + Send {
+        let _ = (service, step);
+        std::future::ready(Ok(None))
+    }
+
     /// Makes one call.
     fn invoke(&self, call: Call) -> impl Future<Output = Result<Value, Failure>> + Send;
 

@@ -24,34 +24,44 @@
 //!
 //! Requests a program writes itself (the Serverless Workflow's `call: http` and
 //! `call: openapi`) go out through [`Invoker::send`]: [`HttpInvoker`] sends them over the same
-//! client, after [`HttpConfig::origins`] maps their origin.
+//! pooled HTTP(S) clients, after [`HttpConfig::origins`] maps their origin.
 //!
 //! Invokers: [`InProcessInvoker`] (registered async functions, for embedding and benches),
-//! [`HttpInvoker`] (a JSON POST over a pooled hyper client with a stable `Idempotency-Key`) and
+//! [`HttpInvoker`] (HTTP or HTTPS over pooled connections, a JSON POST unless the step shapes
+//! the request, with a stable `Idempotency-Key` and the service's credentials from
+//! [`Secrets`]), [`GrpcInvoker`] (one unary method, JSON converted to protobuf from descriptors
+//! found by reflection or registered with the service, answers read straight to JSON) and
 //! [`WorkerQueues`] (for `Worker { queue }` services: each call waits as a task on a FIFO queue
 //! until a worker polls it under a lease and completes or fails it; an expired lease puts the
 //! task back at the front with a new fencing token, and a dropped call withdraws its task).
 
 mod breaker;
+mod grpc_call;
 mod host;
 mod http;
 mod interp;
 mod invoker;
 mod openapi;
+mod proto_json;
 mod request;
 mod run;
+pub mod secrets;
 mod spec;
+mod transport;
 mod worker;
 
 pub use self::http::{HttpConfig, HttpInvoker, Origins, Resolve};
 pub use baton_core::Outcome;
 pub use breaker::BreakerState;
+pub use grpc_call::GrpcInvoker;
 pub use host::{Host, HostFuture, IdleHook, NoHost};
 pub use interp::{MAX_ITEMS, MAX_SEQUENCE_STEPS, Start};
-pub use invoker::{Call, Failure, InProcessInvoker, Invoker};
+pub use invoker::{Call, CallTrace, Failure, InProcessInvoker, Invoker};
 #[cfg(any(test, feature = "test-util"))]
 pub use invoker::{ScriptedInvoker, Step};
 pub use request::{Request, Response, output as http_output};
 pub use run::{Config, Executor, Run};
+pub use secrets::{Secret, Secrets};
 pub use spec::{RunSpec, SpecError, TaskSpec};
+pub use transport::{PemError, TrustRoots};
 pub use worker::{Delivery, LeaseError, LeaseToken, QueueStats, ResolveQueue, TaskId, WorkerConfig, WorkerQueues};

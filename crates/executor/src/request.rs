@@ -14,7 +14,7 @@ use baton_core::program::HttpOutput;
 use baton_core::{EventKind, Problem, ServiceId, StepId, Template};
 use serde_json::{Map, Value, json};
 
-use crate::invoker::{Failure, Invoker};
+use crate::invoker::{CallTrace, Failure, Invoker};
 use crate::run::{Shared, TaskError};
 
 /// The most bytes of a failed response's body a failure quotes.
@@ -237,7 +237,7 @@ pub(crate) async fn run_request<I, F, Fut>(
 ) -> Result<(u32, Value), TaskError>
 where
     I: Invoker,
-    F: Fn() -> Fut,
+    F: Fn(CallTrace) -> Fut,
     Fut: Future<Output = Result<Value, Failure>>,
 {
     // As for service calls: attempts keep their numbers across a restart, which gives the task
@@ -251,7 +251,10 @@ where
                 return Err(TaskError::Cancelled);
             }
             shared.emit(EventKind::TaskScheduled { step: spec.step.clone(), attempt, service: service.clone() });
-            let result = crate::run::within_attempt_limit(shared, spec.timeout, attempt_once()).await;
+            let trace = shared.call_trace(spec.step, attempt);
+            let limit = crate::run::attempt_limit(shared, spec.timeout);
+            let deadline = limit.map(|(limit, _)| tokio::time::Instant::now() + limit);
+            let result = crate::run::within_attempt_limit(limit, deadline, attempt_once(trace)).await;
             match result {
                 Ok(output) => return Ok((attempt, output)),
                 Err(failure) => {
@@ -278,27 +281,52 @@ where
     crate::run::within_task_limit(shared, spec.step, spec.reference, spec.task_timeout, attempts).await
 }
 
-/// One attempt of `call: http`: sends `request`, reads the output.
+impl Request {
+    /// The request carrying the attempt's trace context, unless the definition wrote its
+    /// own `traceparent`.
+    fn traced(&self, trace: &CallTrace) -> Self {
+        let mut request = self.clone();
+        if !request.headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("traceparent")) {
+            request.headers.push(("traceparent".to_owned(), trace.traceparent.clone()));
+            if let Some(state) = &trace.tracestate {
+                request.headers.push(("tracestate".to_owned(), state.to_string()));
+            }
+        }
+        request
+    }
+}
+
+/// One attempt of `call: http`: sends `request` with the attempt's trace context, reads the
+/// output.
 pub(crate) async fn attempt_http<I: Invoker>(
     invoker: &I,
     request: &Request,
+    trace: &CallTrace,
     mode: HttpOutput,
 ) -> Result<Value, Failure> {
-    let response = invoker.send(request.clone()).await?;
+    let response = invoker.send(request.traced(trace)).await?;
     output(mode, request, response)
 }
 
-/// One attempt of `call: openapi`: fetches the document, finds the operation, sends it.
+/// The operation a `call: openapi` calls: its `operationId` and its parameters by name.
+pub(crate) struct Operation<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) parameters: &'a Value,
+}
+
+/// One attempt of `call: openapi`: fetches the document, finds the operation, sends it, each
+/// request with the attempt's trace context.
 pub(crate) async fn attempt_openapi<I: Invoker>(
     invoker: &I,
     document_url: &str,
-    operation_id: &str,
-    parameters: &Value,
+    operation: Operation<'_>,
     credentials: &Credentials,
+    trace: &CallTrace,
     mode: HttpOutput,
 ) -> Result<Value, Failure> {
+    let Operation { id: operation_id, parameters } = operation;
     let fetch = Request { method: "GET".to_owned(), url: document_url.to_owned(), headers: Vec::new(), body: None };
-    let response = invoker.send(fetch.clone()).await?;
+    let response = invoker.send(fetch.traced(trace)).await?;
     succeeded(&fetch, &response)?;
     let invalid =
         |reason: String| Failure::permanent("invalid_openapi", format!("the document at {document_url} {reason}"));
@@ -313,7 +341,7 @@ pub(crate) async fn attempt_openapi<I: Invoker>(
         credentials,
     )
     .map_err(|problem| Failure::permanent("invalid_request", problem.message()))?;
-    let response = invoker.send(request.clone()).await?;
+    let response = invoker.send(request.traced(trace)).await?;
     output(mode, &request, response)
 }
 

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use baton_core::{
-    Clock, Evaluator, Event, EventKind, EventSink, ExecutionId, History, InProcessEvaluator, Outcome, Problem,
-    Recorded, RetryPolicy, ServiceId, Settled, SettledTask, StepId, Timestamp,
+    CallRequest, Clock, Evaluator, Event, EventKind, EventSink, ExecutionId, ExecutionTrace, History,
+    InProcessEvaluator, Outcome, Problem, Recorded, RetryPolicy, ServiceId, Settled, SettledTask, StepId, Timestamp,
 };
 use parking_lot::Mutex;
 use rand::rngs::SmallRng;
@@ -21,7 +21,7 @@ use tokio::sync::{Semaphore, SemaphorePermit, watch};
 use crate::breaker::{BreakerState, Breakers};
 use crate::host::{Host, NoHost};
 use crate::interp::{Start, interpret};
-use crate::invoker::{Call, Failure, Invoker};
+use crate::invoker::{Call, CallTrace, Failure, Invoker};
 use crate::spec::RunSpec;
 
 /// How runs are executed.
@@ -83,6 +83,7 @@ impl Config {
             global,
             breakers,
             service_limits: Arc::default(),
+            failovers: Arc::default(),
         }
     }
 }
@@ -97,6 +98,7 @@ pub struct Executor<I> {
     global: Arc<Semaphore>,
     breakers: Arc<Breakers>,
     service_limits: ServiceLimits,
+    failovers: Arc<AtomicU64>,
 }
 
 /// Per-service in-flight limits (from registered capacity), FIFO when waiting.
@@ -134,6 +136,7 @@ impl<I> Clone for Executor<I> {
             global: Arc::clone(&self.global),
             breakers: Arc::clone(&self.breakers),
             service_limits: Arc::clone(&self.service_limits),
+            failovers: Arc::clone(&self.failovers),
         }
     }
 }
@@ -247,6 +250,10 @@ pub(crate) struct Shared<I> {
     service_limits: ServiceLimits,
     global: Arc<Semaphore>,
     pub(crate) evaluator: Arc<dyn Evaluator>,
+    /// Attempts that went to another service than the failed attempt before them.
+    failovers: Arc<AtomicU64>,
+    /// The execution's trace: calls carry its attempts' spans in `traceparent`.
+    pub(crate) trace: ExecutionTrace,
     /// Leaves whose wait is over (a timer fired, a child ended, a call answered) counted as
     /// they start settling: a run whose count moved since it said it only waits is not idle,
     /// though the leaf has not told the run yet.
@@ -263,6 +270,15 @@ impl<I> Shared<I> {
     /// The invoker calls go through.
     pub(crate) fn invoker(&self) -> &I {
         &self.invoker
+    }
+
+    /// The trace context attempt `attempt` of `step` carries: its own span in the
+    /// execution's trace.
+    pub(crate) fn call_trace(&self, step: &StepId, attempt: u32) -> CallTrace {
+        CallTrace {
+            traceparent: self.trace.traceparent(self.trace.attempt(step, attempt)),
+            tracestate: self.trace.tracestate().map(Arc::from),
+        }
     }
 
     /// Hands over an event whose effects wait for the sink to keep it.
@@ -342,6 +358,12 @@ impl<I: Invoker> Executor<I> {
         self.service_limits.set(service, max_in_flight);
     }
 
+    /// Attempts that went to another service than the attempt before them, which failed:
+    /// a pinned step's alternative or another service matching its capability query.
+    pub fn failovers(&self) -> u64 {
+        self.failovers.load(Ordering::Relaxed)
+    }
+
     /// The state of `service`'s circuit breaker.
     pub fn breaker_state(&self, service: &ServiceId) -> BreakerState {
         self.breakers.state(service)
@@ -361,7 +383,15 @@ impl<I: Invoker> Executor<I> {
             history.settled.insert(step, SettledTask { result: Settled::Succeeded(output), sequence: 0, attempt: 0 });
         }
         let workflow = serde_json::json!({"id": spec.execution.to_string(), "input": input});
-        self.run(Start { execution: spec.execution, program: spec.program, input, history, workflow, idle: None })
+        self.run(Start {
+            execution: spec.execution,
+            program: spec.program,
+            input,
+            history,
+            workflow,
+            idle: None,
+            trace: spec.caller,
+        })
     }
 
     /// Starts a run of a program; what `start.history` says is settled is not run again.
@@ -396,6 +426,8 @@ impl<I: Invoker> Executor<I> {
             evaluator: Arc::clone(&self.config.evaluator),
             default_attempt_timeout: self.config.default_attempt_timeout,
             max_input_bytes: self.config.max_input_bytes,
+            failovers: Arc::clone(&self.failovers),
+            trace: ExecutionTrace::new(start.execution, start.trace.as_ref()),
             woken: AtomicU64::new(0),
         };
         let limit = self.config.max_in_flight_per_run.max(1);
@@ -427,16 +459,22 @@ impl<I: Invoker> Executor<I> {
     }
 }
 
-/// `attempt` within the step's own `timeout`, else the default attempt timeout; past it, a
-/// retryable `timeout` failure (the call is dropped, which abandons it).
-pub(crate) async fn within_attempt_limit<I, T>(
-    shared: &Shared<I>,
-    own: Option<Duration>,
+/// The time limit of one attempt of a step: its own `timeout`, else the default attempt
+/// timeout; with whether it is the step's own.
+pub(crate) fn attempt_limit<I>(shared: &Shared<I>, own: Option<Duration>) -> Option<(Duration, bool)> {
+    own.map(|limit| (limit, true)).or(shared.default_attempt_timeout.map(|limit| (limit, false)))
+}
+
+/// `attempt`, given up at `deadline`, the end of the attempt's `limit` (see [`attempt_limit`]):
+/// past it a retryable `timeout` failure (the call is dropped, which abandons it).
+pub(crate) async fn within_attempt_limit<T>(
+    limit: Option<(Duration, bool)>,
+    deadline: Option<tokio::time::Instant>,
     attempt: impl Future<Output = Result<T, Failure>>,
 ) -> Result<T, Failure> {
-    let Some(limit) = own.or(shared.default_attempt_timeout) else { return attempt.await };
-    tokio::time::timeout(limit, attempt).await.unwrap_or_else(|_| {
-        let which = if own.is_some() { "" } else { ", the default attempt timeout (a step's `timeout` sets its own)" };
+    let (Some((limit, own)), Some(deadline)) = (limit, deadline) else { return attempt.await };
+    tokio::time::timeout_at(deadline, attempt).await.unwrap_or_else(|_| {
+        let which = if own { "" } else { ", the default attempt timeout (a step's `timeout` sets its own)" };
         Err(Failure::retryable(
             "timeout",
             format!("attempt timed out after {}{which}", baton_core::duration::format(limit)),
@@ -481,13 +519,78 @@ pub(crate) struct CallSpec<'a> {
     pub(crate) reference: &'a str,
     /// The number of the first attempt made now (attempts before a restart count).
     pub(crate) first_attempt: u32,
+    /// How the task shapes its call, rendered; `None`: the protocol's plain call.
+    pub(crate) request: Option<Arc<CallRequest>>,
 }
 
-/// Attempts one call task: each attempt goes to the current candidate service; any failure
-/// moves to the next candidate (failover); retryable failures back off before the next
-/// attempt. Every attempt's failure is journaled, `retryable` saying whether another attempt
-/// follows, so the last one marks the task failed. Answers the attempt that succeeded and the
-/// raw output; journaling the success is the caller's (after its output filter).
+/// The service an attempt goes to.
+struct Pick<'a> {
+    /// Its place in the task's service list (a pinned service or a stand-in).
+    index: usize,
+    /// The service called: a pinned one, or one its stand-in resolved to.
+    service: ServiceId,
+    admission: crate::breaker::Admission<'a>,
+    /// Whether a candidate this task has not tried is left besides it.
+    untried_left: bool,
+}
+
+/// Picks the service of an attempt: the task's services in failover order from `candidate`,
+/// each resolved through the invoker (a capability query's stand-in becomes the matching
+/// services, best first), preferring services this task has not tried and skipping those
+/// whose breaker is open.
+async fn pick<'a, I: Invoker>(
+    shared: &'a Shared<I>,
+    task: &CallSpec<'_>,
+    candidate: usize,
+    tried: &[ServiceId],
+    deadline: Option<tokio::time::Instant>,
+) -> Result<Pick<'a>, Failure> {
+    let count = task.services.len();
+    let mut resolve_failure = None;
+    for k in 0..count {
+        let index = (candidate + k) % count;
+        let target = &task.services[index];
+        let resolving = shared.invoker.resolve(target, task.step);
+        let resolved = match deadline {
+            Some(at) => tokio::time::timeout_at(at, resolving).await.unwrap_or_else(|_| {
+                Err(Failure::retryable("timeout", "attempt timed out waiting for a service to call"))
+            }),
+            None => resolving.await,
+        };
+        let resolved = match resolved {
+            Ok(resolved) => resolved,
+            Err(failure) => {
+                resolve_failure = Some(failure);
+                continue;
+            }
+        };
+        let candidates = match &resolved {
+            Some(services) => services.as_slice(),
+            None => std::slice::from_ref(target),
+        };
+        let fresh = candidates.iter().filter(|s| !tried.contains(s));
+        let again = candidates.iter().filter(|s| tried.contains(s));
+        for service in fresh.chain(again) {
+            if let Some(admission) = shared.breakers.admit(service) {
+                let untried_left = match &resolved {
+                    Some(services) => services.iter().any(|s| s != service && !tried.contains(s)),
+                    None => task.services.iter().any(|s| s != service && !tried.contains(s)),
+                };
+                return Ok(Pick { index, service: service.clone(), admission, untried_left });
+            }
+        }
+    }
+    Err(resolve_failure
+        .unwrap_or_else(|| Failure::retryable("circuit_open", "every candidate service's circuit breaker is open")))
+}
+
+/// Attempts one call task: each attempt goes to the picked service (see [`pick`]); a failure
+/// moves the next attempt to the next candidate (failover), at once while one is left
+/// untried, after the retry policy's backoff once all have been tried. Every attempt is
+/// journaled under the service it went to and carries its own span in `traceparent`; its
+/// failure is journaled, `retryable` saying whether another attempt follows, so the last one
+/// marks the task failed. Answers the attempt that succeeded and the raw output; journaling
+/// the success is the caller's (after its output filter).
 pub(crate) async fn run_call<I: Invoker>(
     shared: &Shared<I>,
     task: &CallSpec<'_>,
@@ -509,28 +612,35 @@ pub(crate) async fn run_call<I: Invoker>(
     };
     let attempts = async {
         let mut candidate = 0;
+        // Services that failed an attempt of this task, the latest last.
+        let mut tried: Vec<ServiceId> = Vec::new();
         let mut last = TaskError::NoAttempt;
         for attempt in first..=max {
             if !shared.wait_unless_paused().await {
                 return Err(TaskError::Cancelled);
             }
-            // Failover order, skipping services whose breaker is open.
-            let count = task.services.len();
-            let Some((pick, admission)) = (0..count)
-                .map(|k| (candidate + k) % count)
-                .find_map(|k| shared.breakers.admit(&task.services[k]).map(|a| (k, a)))
-            else {
-                let failure = Failure::retryable("circuit_open", "every candidate service's circuit breaker is open");
-                fail(attempt, &failure, attempt < max);
-                last = TaskError::Failed(failure.problem().at(task.reference));
-                if attempt < max {
-                    tokio::time::sleep(shared.backoff(task.retry, attempt)).await;
-                }
-                continue;
-            };
-            candidate = pick;
-            let service = &task.services[pick];
-            let limit = shared.service_limits.get(service);
+            let attempt_limit = attempt_limit(shared, task.timeout);
+            let deadline = attempt_limit.map(|(limit, _)| tokio::time::Instant::now() + limit);
+            let Pick { index, service, admission, untried_left } =
+                match pick(shared, task, candidate, &tried, deadline).await {
+                    Ok(pick) => pick,
+                    Err(failure) => {
+                        let retryable = failure.retryable && !task.retry.non_retryable.contains(&failure.class);
+                        let follows = retryable && attempt < max;
+                        fail(attempt, &failure, follows);
+                        last = TaskError::Failed(failure.problem().at(task.reference));
+                        if !follows {
+                            return Err(last);
+                        }
+                        tokio::time::sleep(shared.backoff(task.retry, attempt)).await;
+                        continue;
+                    }
+                };
+            candidate = index;
+            if tried.last().is_some_and(|previous| *previous != service) {
+                shared.failovers.fetch_add(1, Ordering::Relaxed);
+            }
+            let limit = shared.service_limits.get(&service);
             let service_permit = match limit {
                 Some(limit) => Some(limit.acquire_owned().await.expect("service semaphores are never closed")),
                 None => None,
@@ -542,8 +652,11 @@ pub(crate) async fn run_call<I: Invoker>(
                 attempt,
                 service: service.clone(),
                 payload: payload.clone(),
+                request: task.request.clone(),
+                timeout: attempt_limit.map(|(limit, _)| limit),
+                trace: Some(shared.call_trace(task.step, attempt)),
             };
-            let result = within_attempt_limit(shared, task.timeout, shared.invoker.invoke(call)).await;
+            let result = within_attempt_limit(attempt_limit, deadline, shared.invoker.invoke(call)).await;
             // Only failures that say something about the service's health count against it.
             match &result {
                 // Dropped unrecorded: a half-open probe slot is given back.
@@ -556,15 +669,19 @@ pub(crate) async fn run_call<I: Invoker>(
                 Ok(output) => return Ok((attempt, output)),
                 Err(failure) => {
                     let retryable = failure.retryable && !task.retry.non_retryable.contains(&failure.class);
+                    tried.retain(|s| *s != service);
+                    tried.push(service);
                     candidate += 1;
-                    // A permanent failure ends the task unless an alternative is left to try.
-                    let follows = attempt < max && (retryable || candidate < task.services.len());
+                    // A permanent failure is the request's fault, which another instance of a
+                    // capability would refuse too; a pinned step still tries its alternatives.
+                    let alternatives_left = candidate < task.services.len();
+                    let follows = attempt < max && (retryable || alternatives_left);
                     fail(attempt, &failure, follows);
                     last = TaskError::Failed(failure.problem().at(task.reference));
                     if !follows {
                         return Err(last);
                     }
-                    if retryable {
+                    if retryable && !untried_left {
                         tokio::time::sleep(shared.backoff(task.retry, attempt)).await;
                     }
                 }

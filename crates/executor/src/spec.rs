@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use baton_core::program::{Action, Block, Call, CallTarget, Flow, OnError, Program, Task, Then};
 use baton_core::{
-    ErrorPolicy, ExecutionId, GraphError, RetryPolicy, ServiceId, StepGraph, StepId, StepLinks, Template, WorkflowName,
+    CallTemplate, ErrorPolicy, ExecutionId, GraphError, RetryPolicy, ServiceId, StepGraph, StepId, StepLinks, Template,
+    TraceContext, WorkflowName,
 };
 
 /// One task of a run.
@@ -18,6 +19,9 @@ pub struct TaskSpec {
     pub services: Vec<ServiceId>,
     /// Its input, rendered against `{"input": ..., "steps": {"<id>": {"output": ...}}}`.
     pub input: Template,
+    /// How it shapes its call (HTTP method, path, query, headers; gRPC method), rendered
+    /// against the same context; `None`: the protocol's plain call.
+    pub call: Option<CallTemplate>,
     /// Tasks that must succeed first.
     pub depends_on: Vec<StepId>,
     /// How failed attempts are retried.
@@ -41,6 +45,8 @@ pub struct RunSpec {
     pub(crate) execution: ExecutionId,
     pub(crate) program: Arc<Program>,
     tasks: Arc<[TaskSpec]>,
+    /// The trace context of the caller that started the execution.
+    pub(crate) caller: Option<TraceContext>,
 }
 
 /// Why a run spec was refused.
@@ -92,23 +98,31 @@ impl RunSpec {
                 action: Action::Call(Call {
                     target: CallTarget::Services(t.services.clone()),
                     payload: t.input.clone(),
+                    shape: t.call.clone(),
                 }),
             })
             .collect();
         let root = Block::new(Flow::Graph, program_tasks, Some(output));
         let name = WorkflowName::new("run").expect("a valid name");
         let program = Program { name, root, input: None, output: None, deadline };
-        Ok(Self { execution, program: Arc::new(program), tasks: tasks.into() })
+        Ok(Self { execution, program: Arc::new(program), tasks: tasks.into(), caller: None })
     }
 
     /// A run of a checked program.
     pub fn of_program(execution: ExecutionId, program: Arc<Program>) -> Self {
-        Self { execution, program, tasks: Arc::from([]) }
+        Self { execution, program, tasks: Arc::from([]), caller: None }
     }
 
     /// The same checked program for another execution.
     pub fn for_execution(&self, execution: ExecutionId) -> Self {
-        Self { execution, program: Arc::clone(&self.program), tasks: Arc::clone(&self.tasks) }
+        Self { execution, program: Arc::clone(&self.program), tasks: Arc::clone(&self.tasks), caller: None }
+    }
+
+    /// The run continues `caller`'s trace: its calls carry `traceparent` with the caller's
+    /// trace id (else the execution's own trace).
+    pub fn traced(mut self, caller: Option<TraceContext>) -> Self {
+        self.caller = caller;
+        self
     }
 
     /// The execution this spec runs.

@@ -717,6 +717,9 @@ mod tests {
             attempt: 1,
             service: ServiceId::new(service).unwrap(),
             payload: json!({"step": step}),
+            request: None,
+            timeout: None,
+            trace: None,
         }
     }
 

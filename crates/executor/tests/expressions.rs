@@ -59,6 +59,7 @@ fn task(id: &str, depends_on: &[&str], input: Value, on_error: ErrorPolicy) -> T
         id: StepId::new(id).unwrap(),
         services: vec![ServiceId::new("echo").unwrap()],
         input: Template::compile("input", &input).unwrap(),
+        call: None,
         depends_on: depends_on.iter().map(|s| StepId::new(s).unwrap()).collect(),
         retry: RetryPolicy { max_attempts: 3, ..RetryPolicy::default() },
         timeout: None,

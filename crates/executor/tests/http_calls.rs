@@ -13,7 +13,7 @@ use baton_core::program::{
     Action, Block, Call, CallTarget, Flow, HttpCall, HttpOutput, OnError, OpenApiCall, Program, Task, Then,
 };
 use baton_core::{Event, EventKind, ExecutionId, History, Outcome, RetryPolicy, StepId, Template, WorkflowName};
-use baton_executor::{Config, Executor, HttpConfig, HttpInvoker, Origins, Start};
+use baton_executor::{Config, Executor, HttpConfig, HttpInvoker, Origins, Start, TrustRoots};
 use serde_json::{Value, json};
 
 /// A JSON answer (the workspace builds axum without its `json` feature).
@@ -100,7 +100,7 @@ fn call(name: &str, target: CallTarget, output: Option<&str>) -> Task {
         timeout: None,
         task_timeout: None,
         on_error: OnError::Fail,
-        action: Action::Call(Call { target, payload: template(Value::Null) }),
+        action: Action::Call(Call { target, payload: template(Value::Null), shape: None }),
     }
 }
 
@@ -147,6 +147,7 @@ async fn run(h: &Harness, task: Task, input: Value) -> Outcome {
         history: History::default(),
         workflow: json!({}),
         idle: None,
+        trace: None,
     };
     h.executor.run(start).outcome().await
 }
@@ -193,14 +194,15 @@ async fn failures_are_communication_problems_at_the_task() {
     assert_eq!(problem.kind, "https://serverlessworkflow.io/spec/1.0.0/errors/communication");
     assert_eq!((problem.status, problem.instance.as_deref()), (404, Some("/do/0/getPet")));
     assert!(problem.title.is_some());
-    // An origin nobody mapped and that needs TLS is refused with the reason.
-    let tls = call(
+    // An origin nobody mapped is called where it is: here nobody listens.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let far = call(
         "far",
-        CallTarget::Http(Arc::new(http("get", json!("https://elsewhere.test/"), HttpOutput::Content))),
+        CallTarget::Http(Arc::new(http("get", json!(format!("http://{closed}/")), HttpOutput::Content))),
         None,
     );
-    let Outcome::Failed(problem) = run(&h, tls, json!({})).await else { panic!("failed") };
-    assert!(problem.detail.unwrap().contains("plain http only"));
+    let Outcome::Failed(problem) = run(&h, far, json!({})).await else { panic!("failed") };
+    assert!(problem.detail.unwrap().contains("connect"));
     let refused =
         call("bad", CallTarget::Http(Arc::new(http("get", json!("${ .nothing }"), HttpOutput::Content))), None);
     let Outcome::Failed(problem) = run(&h, refused, json!({})).await else { panic!("failed") };
@@ -233,6 +235,53 @@ async fn openapi_calls_fetch_the_document_and_call_the_operation() {
     let task = call("gone", CallTarget::OpenApi(Arc::new(unknown)), None);
     let Outcome::Failed(problem) = run(&h, task, json!({})).await else { panic!("failed") };
     assert!(problem.detail.unwrap().contains("has no operation \"deletePet\""));
+}
+
+/// An HTTPS service with a throwaway CA's certificate: `GET /hello` answers the
+/// `traceparent` it was sent.
+async fn serve_tls(pki: &baton_examples::pki::TestPki) -> String {
+    let app = Router::new().route(
+        "/hello",
+        get(|headers: HeaderMap| async move {
+            let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+            json_body(json!({"traceparent": traceparent}))
+        }),
+    );
+    let config =
+        baton_examples::tls::server_config(pki.server_cert_pem.as_bytes(), pki.server_key_pem.as_bytes(), None)
+            .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let listener = baton_examples::tls::TlsListener::new(listener, config).unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("https://{address}")
+}
+
+#[tokio::test]
+async fn https_requests_trust_the_servers_roots_and_carry_the_attempts_trace() {
+    let pki = baton_examples::pki::TestPki::new("calls");
+    let url = format!("{}/hello", serve_tls(&pki).await);
+    let with_roots = |roots: TrustRoots| {
+        let invoker = HttpConfig { roots, ..HttpConfig::default() }.build(Arc::new(|_: &baton_core::ServiceId| None));
+        let events = RecordingSink::default();
+        let executor =
+            Config::default().build(Arc::new(invoker), Arc::new(events.clone()), Arc::new(FakeClock::default()));
+        Harness { executor, events }
+    };
+    let hello = || call("hello", CallTarget::Http(Arc::new(http("get", json!(url), HttpOutput::Content))), None);
+
+    let trusted = with_roots(TrustRoots::empty().with_pem(pki.ca_pem.as_bytes()).unwrap());
+    let Outcome::Completed(answer) = run(&trusted, hello(), json!({})).await else { panic!("completed") };
+    let traceparent = answer["traceparent"].as_str().unwrap();
+    let execution = trusted.events.events()[0].execution;
+    let trace = baton_core::ExecutionTrace::new(execution, None);
+    let expected = trace.traceparent(trace.attempt(&StepId::new("hello").unwrap(), 1));
+    assert_eq!(traceparent, expected, "the attempt's span, as for a service call");
+
+    // A certificate the server does not trust fails at once, naming the host.
+    let untrusted = with_roots(TrustRoots::empty());
+    let Outcome::Failed(problem) = run(&untrusted, hello(), json!({})).await else { panic!("failed") };
+    assert!(problem.detail.unwrap().contains("tls: certificate for 127.0.0.1 not trusted"));
 }
 
 #[test]

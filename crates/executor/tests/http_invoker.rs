@@ -6,19 +6,20 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use baton_core::fakes::{FakeClock, RecordingSink};
-use baton_core::{ErrorPolicy, Event, EventKind, ExecutionId, RetryPolicy, ServiceId, StepId, Template};
+use baton_core::{ErrorPolicy, Event, EventKind, ExecutionId, RetryPolicy, ServiceId, ServiceSpec, StepId, Template};
 use baton_executor::{Call, Config, Executor, HttpConfig, HttpInvoker, Invoker, Outcome, RunSpec, TaskSpec};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 /// What a test service does with one request.
 enum Reply {
-    /// Answers with this status and body.
-    With(u16, String),
+    /// Answers with this status, content type and body.
+    With(u16, &'static str, String),
     /// Never answers; tells the test when the request is abandoned.
     Hang(oneshot::Sender<()>),
 }
@@ -68,7 +69,9 @@ impl Service {
         let reply = self.script.lock().unwrap().pop_front();
         match reply {
             None => (StatusCode::OK, body).into_response(),
-            Some(Reply::With(status, body)) => (StatusCode::from_u16(status).unwrap(), body).into_response(),
+            Some(Reply::With(status, content_type, body)) => {
+                (StatusCode::from_u16(status).unwrap(), [(CONTENT_TYPE, content_type)], body).into_response()
+            }
             Some(Reply::Hang(tx)) => {
                 let _signal = DropSignal(Some(tx));
                 std::future::pending().await
@@ -86,7 +89,7 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
 }
 
 fn reply(status: u16, body: &str) -> Reply {
-    Reply::With(status, body.to_owned())
+    Reply::With(status, "application/json", body.to_owned())
 }
 
 fn invoker(urls: &[(&str, &str)]) -> HttpInvoker {
@@ -94,9 +97,14 @@ fn invoker(urls: &[(&str, &str)]) -> HttpInvoker {
 }
 
 fn invoker_with(config: HttpConfig, urls: &[(&str, &str)]) -> HttpInvoker {
-    let urls: HashMap<ServiceId, String> =
-        urls.iter().map(|(id, url)| (ServiceId::new(id).unwrap(), (*url).to_owned())).collect();
-    config.build(Arc::new(move |id: &ServiceId| urls.get(id).cloned()))
+    let specs: HashMap<ServiceId, Arc<ServiceSpec>> =
+        urls.iter().map(|(id, url)| (ServiceId::new(id).unwrap(), http_spec(id, url))).collect();
+    config.build(Arc::new(move |id: &ServiceId| specs.get(id).cloned()))
+}
+
+fn http_spec(id: &str, url: &str) -> Arc<ServiceSpec> {
+    let spec = json!({"id": id, "endpoint": {"protocol": "http", "url": url}, "capabilities": ["test"]});
+    Arc::new(ServiceSpec::from_json(&spec.to_string()).unwrap())
 }
 
 fn executor(invoker: HttpInvoker) -> (Executor<HttpInvoker>, RecordingSink<Event>) {
@@ -115,6 +123,7 @@ fn one_task(execution: ExecutionId, services: &[&str], max_attempts: u32, timeou
         id: StepId::new("a").unwrap(),
         services: services.iter().map(|s| ServiceId::new(s).unwrap()).collect(),
         input: Template::compile("input", &json!({"x": "${ .input.x }"})).unwrap(),
+        call: None,
         depends_on: Vec::new(),
         retry: RetryPolicy {
             max_attempts,
@@ -229,7 +238,7 @@ async fn connection_refused_fails_over_to_the_alternative() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_non_json_success_is_a_permanent_invalid_json_failure() {
-    let service = Service::new([reply(200, "<html>oops</html>")]);
+    let service = Service::new([Reply::With(200, "text/html", "<html>oops</html>".to_owned())]);
     let url = service.serve().await;
     let (executor, _) = executor(invoker(&[("html", &url)]));
     let outcome = run(&executor, one_task(ExecutionId::generate(), &["html"], 3, None)).await;
@@ -251,6 +260,9 @@ async fn bodies_over_the_limit_are_refused_unless_they_are_errors() {
         attempt: 1,
         service: ServiceId::new("big").unwrap(),
         payload: Value::Null,
+        request: None,
+        timeout: None,
+        trace: None,
     };
     let failure = invoker.invoke(call.clone()).await.unwrap_err();
     assert_eq!((failure.retryable, failure.class.as_str()), (false, "response_too_large"));
@@ -291,4 +303,61 @@ async fn a_step_without_a_timeout_gets_the_default_attempt_timeout() {
     // A step's own timeout wins over the default.
     let spec = one_task(ExecutionId::generate(), &["silent"], 1, Some(Duration::from_millis(100)));
     failed_with(&run(&executor, spec).await, "timeout: attempt timed out after 100ms");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_shapes_method_path_query_headers_and_takes_the_whole_response() {
+    /// Method, URI, `x-tenant` and body of a request.
+    type Seen = (String, String, Option<String>, Bytes);
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let record = Arc::clone(&seen);
+    let router = Router::new().fallback(move |request: axum::extract::Request| {
+        let record = Arc::clone(&record);
+        async move {
+            let (parts, body) = request.into_parts();
+            let body = axum::body::to_bytes(body, 1024).await.unwrap();
+            let tenant = parts.headers.get("x-tenant").map(|v| v.to_str().unwrap().to_owned());
+            record.lock().unwrap().push((parts.method.to_string(), parts.uri.to_string(), tenant, body));
+            (StatusCode::OK, [("x-stock", "7"), ("content-type", "application/json")], r#"{"sku": "a/b"}"#)
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/api?key=k1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+
+    let call = json!({
+        "method": "GET",
+        "path": "/items/${ .input.sku }",
+        "query": {"verbose": true, "tag": ["x y", "z"], "none": "${ .input.missing }"},
+        "headers": {"x-tenant": "${ .input.tenant }"},
+        "output": "response",
+    });
+    let call = baton_core::StepCall::Http(serde_json::from_value(call).unwrap());
+    let mut task = TaskSpec {
+        id: StepId::new("a").unwrap(),
+        services: vec![ServiceId::new("catalog").unwrap()],
+        input: Template::compile("input", &Value::Null).unwrap(),
+        call: Some(baton_core::CallTemplate::compile("steps.a", &call, false).unwrap()),
+        depends_on: Vec::new(),
+        retry: RetryPolicy::default(),
+        timeout: None,
+        task_timeout: None,
+        on_error: ErrorPolicy::Fail,
+    };
+    task.retry.max_attempts = 1;
+    let output = Template::compile("output", &json!("${ .steps.a.output }")).unwrap();
+    let spec = RunSpec::new(ExecutionId::generate(), vec![task], output, None).unwrap();
+    let (executor, _) = executor(invoker(&[("catalog", &url)]));
+    let input = json!({"sku": "a/b c", "tenant": "acme"});
+    let outcome = executor.start(spec, input, BTreeMap::new()).outcome().await;
+    let Outcome::Completed(output) = outcome else { panic!("{outcome:?}") };
+    assert_eq!(output["status"], 200);
+    assert_eq!(output["headers"]["x-stock"], "7");
+    assert_eq!(output["body"], json!({"sku": "a/b"}));
+    let seen = seen.lock().unwrap().clone();
+    let (method, uri, tenant, body) = &seen[0];
+    assert_eq!(method, "GET");
+    assert_eq!(uri, "/api/items/a%2Fb%20c?key=k1&tag=x+y&tag=z&verbose=true");
+    assert_eq!(tenant.as_deref(), Some("acme"));
+    assert!(body.is_empty(), "a GET sends no body");
 }

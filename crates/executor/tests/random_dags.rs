@@ -89,6 +89,7 @@ proptest! {
                     id: StepId::new(&name(i)).unwrap(),
                     services: vec![ServiceId::new(&name(i)).unwrap()],
                     input: Template::compile("input", &json!({})).unwrap(),
+                    call: None,
                     depends_on: case.deps[i].iter().map(|&d| StepId::new(&name(d)).unwrap()).collect(),
                     retry: RetryPolicy { max_attempts: case.attempts[i], initial_backoff: Duration::from_millis(5), ..RetryPolicy::default() },
                     timeout: None,

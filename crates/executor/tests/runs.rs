@@ -17,6 +17,7 @@ fn task(id: &str, services: &[&str], depends_on: &[&str], input: Value) -> TaskS
         id: StepId::new(id).unwrap(),
         services: services.iter().map(|s| ServiceId::new(s).unwrap()).collect(),
         input: Template::compile("input", &input).unwrap(),
+        call: None,
         depends_on: depends_on.iter().map(|s| StepId::new(s).unwrap()).collect(),
         retry: RetryPolicy { max_attempts: 1, ..RetryPolicy::default() },
         timeout: None,

@@ -30,6 +30,9 @@ fn call(service: &str, step: &str) -> Call {
         attempt: 1,
         service: ServiceId::new(service).unwrap(),
         payload: json!({"step": step}),
+        request: None,
+        timeout: None,
+        trace: None,
     }
 }
 
@@ -312,6 +315,7 @@ fn one_task(retry: RetryPolicy, timeout: Option<Duration>) -> RunSpec {
         id: StepId::new("a").unwrap(),
         services: vec![ServiceId::new(SERVICE).unwrap()],
         input: Template::compile("input", &json!({"image": "${ .input.image }"})).unwrap(),
+        call: None,
         depends_on: Vec::new(),
         retry,
         timeout,

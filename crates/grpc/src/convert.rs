@@ -8,10 +8,11 @@ use baton_core::api::{DefinitionFormat, DefinitionSummary, LeasedTask};
 use baton_core::directory::{Candidate, ServiceStatus, ServiceView};
 use baton_core::service::DEFAULT_CAPACITY;
 use baton_core::{
-    AuthScheme, CheckKind, Constraints, DataFlow, Encryption, Endpoint, Event, EventKind, Execution, ExecutionId,
-    ExecutionState, Goal, Health, HealthCheck, Objective, Plan, PlanTask, PredictedQos, Problem, Protocol, Qos,
-    SecurityProfile, SecurityRequirements, ServiceDefinition, ServiceId, ServiceRequirements, ServiceSpec, StepId,
-    TaskState, TaskStatus, Timestamp, Weights, WorkflowName,
+    AuthScheme, CheckKind, Constraints, Credentials, DataFlow, DescriptorSet, Encryption, Endpoint, Event, EventKind,
+    Execution, ExecutionId, ExecutionState, Goal, GrpcMethod, Health, HealthCheck, IdempotencyKey, Objective, Plan,
+    PlanTask, PredictedQos, Problem, Protocol, Qos, SecretName, SecurityProfile, SecurityRequirements,
+    ServiceDefinition, ServiceId, ServiceRequirements, ServiceSpec, StepId, TaskState, TaskStatus, Timestamp,
+    TlsSettings, Weights, WorkflowName,
 };
 use serde_json::Value;
 use tonic::Status;
@@ -73,7 +74,7 @@ fn list<T>(field: &str, values: Vec<i32>, convert: fn(&str, i32) -> Result<T, St
 pub fn spec_from_proto(spec: pb::ServiceSpec) -> Result<ServiceSpec, Status> {
     let endpoint = match spec.endpoint.and_then(|e| e.kind) {
         Some(pb::endpoint::Kind::Http(h)) => Endpoint::Http { url: h.url },
-        Some(pb::endpoint::Kind::Grpc(g)) => Endpoint::Grpc { url: g.url },
+        Some(pb::endpoint::Kind::Grpc(g)) => grpc_endpoint_from_proto(g)?,
         Some(pb::endpoint::Kind::Worker(w)) => Endpoint::Worker { queue: w.queue },
         None => return Err(invalid("spec.endpoint", "must be set to http, grpc or worker")),
     };
@@ -96,6 +97,22 @@ pub fn spec_from_proto(spec: pb::ServiceSpec) -> Result<ServiceSpec, Status> {
         None => HealthCheck::default(),
         Some(h) => health_check_from_proto(h)?,
     };
+    let credentials = spec.credentials.map(credentials_from_proto).transpose()?;
+    let tls = match spec.tls {
+        None => TlsSettings::default(),
+        Some(t) => {
+            let name = |field: &str, text: String| {
+                (!text.is_empty())
+                    .then(|| SecretName::new(&text).map_err(|e| invalid(field, e.to_string())))
+                    .transpose()
+            };
+            TlsSettings {
+                ca: name("spec.tls.ca", t.ca)?,
+                client_cert: name("spec.tls.client_cert", t.client_cert)?,
+                client_key: name("spec.tls.client_key", t.client_key)?,
+            }
+        }
+    };
     let mut definition = ServiceDefinition {
         id: spec.id,
         name: spec.name,
@@ -110,11 +127,59 @@ pub fn spec_from_proto(spec: pb::ServiceSpec) -> Result<ServiceSpec, Status> {
         capacity: spec.capacity,
         health_check,
         labels: spec.labels.into_iter().collect(),
+        credentials,
+        tls,
     };
     if definition.capacity == 0 {
         definition.capacity = DEFAULT_CAPACITY;
     }
     ServiceSpec::new(definition).map_err(|e| Status::invalid_argument(format!("spec: {e}")))
+}
+
+fn grpc_endpoint_from_proto(g: pb::endpoint::Grpc) -> Result<Endpoint, Status> {
+    let method = (!g.method.is_empty())
+        .then(|| {
+            GrpcMethod::parse("spec.endpoint.method", &g.method).map_err(|e| Status::invalid_argument(e.to_string()))
+        })
+        .transpose()?;
+    let descriptor_set = if g.descriptor_set.is_empty() {
+        None
+    } else {
+        // Decoded here so that a registration with a broken set is refused, not its calls.
+        <prost_types::FileDescriptorSet as prost::Message>::decode(g.descriptor_set.as_slice())
+            .map_err(|e| invalid("spec.endpoint.descriptor_set", format!("is not a FileDescriptorSet: {e}")))?;
+        Some(DescriptorSet::new(&g.descriptor_set))
+    };
+    Ok(Endpoint::Grpc { url: g.url, method, descriptor_set })
+}
+
+fn credentials_from_proto(c: pb::Credentials) -> Result<Credentials, Status> {
+    let secret = |text: &str| SecretName::new(text).map_err(|e| invalid("spec.credentials.secret", e.to_string()));
+    Ok(match c.kind {
+        Some(pb::credentials::Kind::Bearer(b)) => Credentials::Bearer { secret: secret(&b.secret)? },
+        Some(pb::credentials::Kind::Basic(b)) => {
+            Credentials::Basic { username: b.username, secret: secret(&b.secret)? }
+        }
+        Some(pb::credentials::Kind::Header(h)) => Credentials::Header { header: h.header, secret: secret(&h.secret)? },
+        None => return Err(invalid("spec.credentials", "must be set to bearer, basic or header")),
+    })
+}
+
+fn credentials_to_proto(c: &Credentials) -> pb::Credentials {
+    let kind = match c {
+        Credentials::Bearer { secret } => {
+            pb::credentials::Kind::Bearer(pb::credentials::Bearer { secret: secret.to_string() })
+        }
+        Credentials::Basic { username, secret } => pb::credentials::Kind::Basic(pb::credentials::Basic {
+            username: username.clone(),
+            secret: secret.to_string(),
+        }),
+        Credentials::Header { header, secret } => pb::credentials::Kind::Header(pb::credentials::Header {
+            header: header.clone(),
+            secret: secret.to_string(),
+        }),
+    };
+    pb::Credentials { kind: Some(kind) }
 }
 
 fn health_check_from_proto(h: pb::HealthCheck) -> Result<HealthCheck, Status> {
@@ -173,7 +238,11 @@ fn proto_encryption(e: Encryption) -> pb::Encryption {
 pub fn spec_to_proto(spec: &ServiceSpec) -> pb::ServiceSpec {
     let endpoint = match spec.endpoint() {
         Endpoint::Http { url } => pb::endpoint::Kind::Http(pb::endpoint::Http { url: url.clone() }),
-        Endpoint::Grpc { url } => pb::endpoint::Kind::Grpc(pb::endpoint::Grpc { url: url.clone() }),
+        Endpoint::Grpc { url, method, descriptor_set } => pb::endpoint::Kind::Grpc(pb::endpoint::Grpc {
+            url: url.clone(),
+            method: method.as_ref().map(ToString::to_string).unwrap_or_default(),
+            descriptor_set: descriptor_set.as_ref().map(|set| set.bytes().to_vec()).unwrap_or_default(),
+        }),
         Endpoint::Worker { queue } => pb::endpoint::Kind::Worker(pb::endpoint::Worker { queue: queue.clone() }),
     };
     let qos = spec.qos();
@@ -219,6 +288,15 @@ pub fn spec_to_proto(spec: &ServiceSpec) -> pb::ServiceSpec {
             deregister_after: check.deregister_after.map(proto_duration),
         }),
         labels: spec.labels().iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        credentials: spec.credentials().map(credentials_to_proto),
+        tls: (!spec.tls().is_empty()).then(|| {
+            let name = |n: &Option<SecretName>| n.as_ref().map(ToString::to_string).unwrap_or_default();
+            pb::TlsSettings {
+                ca: name(&spec.tls().ca),
+                client_cert: name(&spec.tls().client_cert),
+                client_key: name(&spec.tls().client_key),
+            }
+        }),
     }
 }
 
@@ -456,6 +534,11 @@ pub(crate) fn execution_id(field: &str, text: &str) -> Result<ExecutionId, Statu
 /// A workflow name from a request field.
 pub(crate) fn workflow_name(field: &str, text: &str) -> Result<WorkflowName, Status> {
     WorkflowName::new(text).map_err(|e| invalid(field, e))
+}
+
+/// An idempotency key from a request field, under core's rule; the message names the field.
+pub(crate) fn idempotency_key(text: &str) -> Result<IdempotencyKey, Status> {
+    IdempotencyKey::new(text).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 /// JSON text from a request field; empty text reads as `empty`.

@@ -47,6 +47,7 @@ pub mod convert;
 mod error;
 mod guard;
 mod limits;
+pub mod otlp;
 mod server;
 mod service;
 mod trim;

@@ -185,10 +185,14 @@ impl Config {
         health.set_serving::<pb::worker_service_server::WorkerServiceServer<WorkerApi>>().await;
         health.set_serving::<pb::orchestrator_service_server::OrchestratorServiceServer<OrchestratorApi>>().await;
         let follow = serving.map(|serving| tokio::spawn(follow_serving(health.clone(), serving)));
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        // v1alpha too: Python's grpcio-reflection and older grpcurl, evans and Postman speak
+        // only that.
+        let (reflection, reflection_v1alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
         let mut builder = tonic::transport::Server::builder()
             .max_concurrent_streams(connections.max_concurrent_streams)
             .http2_max_header_list_size(connections.max_header_list_bytes)
@@ -215,6 +219,7 @@ impl Config {
             .layer(guard)
             .add_service(health_service)
             .add_service(reflection)
+            .add_service(reflection_v1alpha)
             .add_service(registry)
             .add_service(planner)
             .add_service(workflows)

@@ -189,6 +189,19 @@ async fn listings_are_newest_first_filtered_and_paged() {
     // An oversized page is capped, not refused.
     let huge = pb::ListExecutionsRequest { page_size: u32::MAX, ..Default::default() };
     assert_eq!(list(huge).await.len(), 5);
+
+    // An idempotency key finds the one execution it started, under the other filters too.
+    let keyed = c.clone().start_execution(start_request("refund", "{}", Some("order-7"))).await.unwrap().into_inner();
+    let keyed = keyed.execution.unwrap().id;
+    let by_key = |key: &str| pb::ListExecutionsRequest { idempotency_key: key.into(), ..Default::default() };
+    assert_eq!(list(by_key("order-7")).await, std::slice::from_ref(&keyed));
+    let refund = pb::ListExecutionsRequest { workflow: "refund".into(), ..by_key("order-7") };
+    assert_eq!(list(refund).await, std::slice::from_ref(&keyed));
+    let checkout = pb::ListExecutionsRequest { workflow: "checkout".into(), ..by_key("order-7") };
+    assert!(list(checkout).await.is_empty());
+    let paused = pb::ListExecutionsRequest { states: vec![pb::ExecutionState::Paused as i32], ..by_key("order-7") };
+    assert!(list(paused).await.is_empty());
+    assert!(list(by_key("order-8")).await.is_empty());
     server.shutdown().await;
 }
 
@@ -307,6 +320,11 @@ async fn bad_execution_requests_get_typed_codes_naming_the_problem() {
     assert_status(c.list_executions(bad_workflow).await, Code::InvalidArgument, "workflow: invalid");
     let bad_prefix = pb::ListExecutionsRequest { id_prefix: "xyz".into(), ..Default::default() };
     assert_status(c.list_executions(bad_prefix).await, Code::InvalidArgument, "id_prefix");
+    let bad_key = pb::ListExecutionsRequest { idempotency_key: "a\u{7}b".into(), ..Default::default() };
+    let control = r#"invalid idempotency_key "a\u{7}b": must not hold control characters"#;
+    assert_status(c.list_executions(bad_key).await, Code::InvalidArgument, control);
+    let long_key = pb::ListExecutionsRequest { idempotency_key: "k".repeat(257), ..Default::default() };
+    assert_status(c.list_executions(long_key).await, Code::InvalidArgument, "is 257 bytes long, the limit is 256");
 
     // Nothing above started anything.
     let all = c.list_executions(pb::ListExecutionsRequest::default()).await.unwrap().into_inner();

@@ -251,5 +251,21 @@ async fn health_and_reflection_are_served() {
     for wanted in ["baton.v1.RegistryService", "grpc.health.v1.Health", "baton.v1.ExecutionService"] {
         assert!(names.iter().any(|n| n == wanted), "{wanted} missing from {names:?}");
     }
+
+    // The older protocol, for clients that speak only v1alpha.
+    use tonic_reflection::pb::v1alpha;
+    let mut alpha = v1alpha::server_reflection_client::ServerReflectionClient::new(server.channel.clone());
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1alpha::server_reflection_request::MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = alpha.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+    let answer = answers.message().await.unwrap().unwrap();
+    let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        answer.message_response
+    else {
+        panic!("unexpected v1alpha reflection answer {answer:?}")
+    };
+    assert!(list.service.iter().any(|s| s.name == "baton.v1.WorkflowService"), "{list:?}");
     server.shutdown().await;
 }

@@ -134,7 +134,13 @@ impl Executions for ServiceOrchestrator {
             }
             let (id, existing) = self
                 .engine()
-                .start_or_find(&request.workflow, request.version, request.input, request.idempotency_key)
+                .start_or_find(
+                    &request.workflow,
+                    request.version,
+                    request.input,
+                    request.idempotency_key,
+                    request.trace,
+                )
                 .await
                 .map_err(api_error)?;
             let execution = self.engine().get(id).await.map_err(api_error)?;

@@ -89,6 +89,16 @@ settings! {
     /// A file of bearer tokens, one per line, any of which a request may present.
     #[arg(long, env = "BATON_AUTH_TOKEN_FILE")]
     auth_token_file: PathBuf;
+    /// A directory of secrets services name in their credentials and TLS settings, one file
+    /// per secret (read on every use, so a rotation takes effect at once).
+    #[arg(long, env = "BATON_SECRETS_DIR")]
+    secrets_dir: PathBuf;
+    /// CA certificates (PEM) trusted for https services besides the system's roots.
+    #[arg(long, env = "BATON_SERVICES_CA")]
+    services_ca: PathBuf;
+    /// Export traces over OTLP/gRPC to this collector, e.g. http://127.0.0.1:4317 [default: off].
+    #[arg(long, env = "BATON_OTLP_ENDPOINT")]
+    otlp_endpoint: String;
     /// Serve a non-loopback address without TLS or without tokens.
     #[arg(long, env = "BATON_INSECURE", num_args = 0..=1, default_missing_value = "true")]
     insecure: bool = false;
@@ -223,6 +233,11 @@ impl ServeConfig {
         if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
             return invalid("tls_client_ca", "mutual TLS needs tls_cert and tls_key");
         }
+        if let Some(endpoint) = &self.otlp_endpoint
+            && baton_core::service::check_url("otlp_endpoint", endpoint, &["http", "https"]).is_err()
+        {
+            return invalid("otlp_endpoint", "must be an http:// or https:// URL of an OTLP/gRPC collector");
+        }
         if self.rate_limit == 0 {
             return invalid("rate_limit", "must be at least 1");
         }
@@ -292,6 +307,9 @@ impl ServeConfig {
             format!("tls_key = {}", path(&self.tls_key)),
             format!("tls_client_ca = {}", path(&self.tls_client_ca)),
             format!("auth_token_file = {}", path(&self.auth_token_file)),
+            format!("secrets_dir = {}", path(&self.secrets_dir)),
+            format!("services_ca = {}", path(&self.services_ca)),
+            format!("otlp_endpoint = {}", self.otlp_endpoint.as_deref().unwrap_or("- (no trace export)")),
             format!("insecure = {}", self.insecure),
             format!("allow_link_local = {}", self.allow_link_local),
             format!("demo = {}", self.demo),
@@ -536,18 +554,18 @@ mod tests {
     fn store_urls_are_checked_and_passwords_never_printed() {
         let error = args(&["--store", "mysql://x"]).resolve().unwrap_err().to_string();
         assert!(error.starts_with("store:"), "{error}");
-        let config = args(&["--store", "postgres://baton:secret@db:5432/baton"]).resolve().unwrap();
+        let config = args(&["--store", "postgres://baton:hunter2@db:5432/baton"]).resolve().unwrap();
         let described = config.describe().join("\n");
         assert!(described.contains("postgres://baton:***@db:5432/baton"), "{described}");
-        assert!(!described.contains("secret"));
+        assert!(!described.contains("hunter2"));
         for (conninfo, shown) in [
-            ("host=db dbname=baton password=secret", "host=db dbname=baton password=***"),
-            ("host=db password='my secret\\' x' dbname=baton", "host=db password=*** dbname=baton"),
+            ("host=db dbname=baton password=hunter2", "host=db dbname=baton password=***"),
+            ("host=db password='my hunter2\\' x' dbname=baton", "host=db password=*** dbname=baton"),
         ] {
             let config = args(&["--store", conninfo]).resolve().unwrap();
             let described = config.describe().join("\n");
             assert!(described.contains(shown), "{described}");
-            assert!(!described.contains("secret"), "{described}");
+            assert!(!described.contains("hunter2"), "{described}");
         }
     }
 

@@ -1,34 +1,38 @@
-//! The invoker the executor calls through: it finds the service of each call in the live
-//! registry, takes one of its capacity permits, and calls it by its endpoint's protocol.
+//! The invoker the executor calls through: it resolves capability queries to the services
+//! matching them in the live registry, takes one of the called service's capacity permits,
+//! and calls it by its endpoint's protocol.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use baton_core::{Endpoint, Health, ServiceId};
-use baton_executor::{Call, Failure, HttpConfig, HttpInvoker, Invoker, Request, Response, WorkerConfig, WorkerQueues};
-use baton_registry::Registry;
+use baton_core::{Endpoint, Health, ServiceId, ServiceRequirements, ServiceView, StepId};
+use baton_executor::{
+    Call, Failure, GrpcInvoker, HttpConfig, HttpInvoker, Invoker, Request, Response, WorkerConfig, WorkerQueues,
+};
+use baton_registry::{Permit, Registry};
 use serde_json::Value;
 use tokio::sync::Notify;
 
 use crate::runner::Queries;
 use crate::security::EndpointPolicy;
 
-/// Calls registered services: HTTP endpoints directly, worker endpoints through their queues.
+/// Calls registered services: HTTP and gRPC endpoints directly, worker endpoints through their
+/// queues.
 ///
-/// A call to a capability-bound step (a stand-in id from [`Queries`]) is resolved at the call
-/// against the live registry: the best eligible candidates (passing health, capacity left), in
-/// rank order, the next one tried when one fails with a retryable failure (failover). A call
-/// to a pinned service is refused at once, as retryable, when the service is critical or at
-/// capacity, so the executor moves to its alternatives.
+/// A capability-bound step's stand-in id (from [`Queries`]) is resolved before each attempt
+/// against the live registry ([`Invoker::resolve`]): the best eligible candidates (passing
+/// health, capacity left), in rank order, so that the executor names the service it calls
+/// and fails over between them attempt by attempt. A call to a service that is critical or at
+/// capacity waits for it, then is refused as unreached and retryable, so the executor moves
+/// to the step's alternatives.
 #[derive(Debug, Clone)]
 pub struct Dispatcher {
     registry: Registry,
     queries: Arc<Queries>,
     http: HttpInvoker,
+    grpc: GrpcInvoker,
     workers: WorkerQueues,
     max_candidates: usize,
-    failovers: Arc<AtomicU64>,
     /// Signalled whenever a call gives its permit back.
     released: Arc<Notify>,
     /// How long a call waits for a service with capacity (or for one to register).
@@ -47,12 +51,9 @@ impl Dispatcher {
         workers: WorkerConfig,
         max_candidates: usize,
     ) -> Self {
-        let resolve_url = {
+        let resolve_spec = {
             let registry = registry.clone();
-            Arc::new(move |id: &ServiceId| match registry.get(id).ok()?.spec.endpoint() {
-                Endpoint::Http { url } => Some(url.clone()),
-                _ => None,
-            })
+            Arc::new(move |id: &ServiceId| registry.get(id).ok().map(|view| view.spec))
         };
         let resolve_queue = {
             let registry = registry.clone();
@@ -62,12 +63,12 @@ impl Dispatcher {
             })
         };
         Self {
-            http: http.build(resolve_url),
+            grpc: GrpcInvoker::new(&http),
+            http: http.build(resolve_spec),
             workers: workers.build(resolve_queue),
             registry,
             queries,
             max_candidates: max_candidates.max(1),
-            failovers: Arc::default(),
             released: Arc::default(),
             wait_for_service: Duration::from_secs(30),
             endpoints: EndpointPolicy::default(),
@@ -92,70 +93,28 @@ impl Dispatcher {
         &self.workers
     }
 
-    /// Calls moved to another candidate of their capability after a failure, so far.
-    pub fn failovers(&self) -> u64 {
-        self.failovers.load(Ordering::Relaxed)
-    }
-
-    fn candidates(&self, call: &Call) -> Result<Vec<ServiceId>, Failure> {
-        let Some(query) = self.queries.get(&call.service) else { return Ok(vec![call.service.clone()]) };
+    /// The ranked services matching the query behind the stand-in `service`, now.
+    fn candidates(&self, query: &ServiceRequirements, step: &StepId) -> Result<Vec<ServiceId>, Failure> {
         let matches = self
             .registry
-            .find(&query, self.max_candidates)
-            .map_err(|e| Failure::permanent("invalid_query", format!("step {}: {e}", call.step)))?;
+            .find(query, self.max_candidates)
+            .map_err(|e| Failure::permanent("invalid_query", format!("step {step}: {e}")))?;
         if matches.candidates.is_empty() {
             return Err(Failure::unreached(
                 "no_candidate",
-                format!("no healthy service with capacity left matches the query of step {}", call.step),
+                format!("no healthy service with capacity left matches the query of step {step}"),
             ));
         }
         Ok(matches.candidates.into_iter().map(|c| c.service.spec.id().clone()).collect())
     }
 
-    async fn call_one(&self, call: Call) -> Result<Value, Failure> {
-        // Retried: after a restart the registry fills again as services heartbeat.
-        let view = self.registry.get(&call.service).map_err(|_| {
-            Failure::unreached("unknown_service", format!("service {} is not registered", call.service))
-        })?;
-        if view.status.health == Health::Critical {
-            return Err(Failure::unreached("unhealthy", format!("service {} is critical", call.service)));
-        }
-        let permit =
-            self.registry.acquire(&call.service).map_err(|e| Failure::unreached("at_capacity", e.to_string()))?;
-        let result = match view.spec.endpoint() {
-            Endpoint::Http { .. } => self.http.invoke(call).await,
-            Endpoint::Worker { .. } => self.workers.invoke(call).await,
-            Endpoint::Grpc { url } => Err(Failure::permanent(
-                "unsupported_protocol",
-                format!(
-                    "service {} is a gRPC endpoint ({url}); gRPC workers pull tasks from a worker queue",
-                    call.service
-                ),
-            )),
-        };
-        drop(permit);
-        self.released.notify_waiters();
-        result
-    }
-}
-
-impl Invoker for Dispatcher {
-    /// Requests a workflow writes itself (`call: http`, `call: openapi`) go out through the
-    /// same HTTP client, origin mapping included; no registry is involved.
-    async fn send(&self, request: Request) -> Result<Response, Failure> {
-        self.endpoints
-            .check_request(&request.url)
-            .map_err(|e| Failure::permanent("forbidden_endpoint", e.to_string()))?;
-        self.http.send(request).await
-    }
-
-    async fn invoke(&self, call: Call) -> Result<Value, Failure> {
-        // A call that finds no service able to take it waits for one: a permit given back,
-        // or a service registering or turning healthy (seen on the next look).
+    /// Runs `attempt` until it reaches a service or the wait for one is over: a permit given
+    /// back, or a service registering or turning healthy (seen on the next look), wakes it.
+    async fn waiting<T>(&self, mut attempt: impl FnMut() -> Result<T, Failure>) -> Result<T, Failure> {
         let deadline = tokio::time::Instant::now() + self.wait_for_service;
         loop {
             let released = self.released.notified();
-            match self.try_invoke(&call).await {
+            match attempt() {
                 Err(failure) if failure.unreached && tokio::time::Instant::now() < deadline => {
                     tokio::select! {
                         () = released => {}
@@ -166,25 +125,47 @@ impl Invoker for Dispatcher {
             }
         }
     }
+
+    /// The service's registration and one of its capacity permits, or why not now.
+    fn admit(&self, service: &ServiceId) -> Result<(ServiceView, Permit), Failure> {
+        // Waited for: after a restart the registry fills again as services heartbeat.
+        let view = self
+            .registry
+            .get(service)
+            .map_err(|_| Failure::unreached("unknown_service", format!("service {service} is not registered")))?;
+        if view.status.health == Health::Critical {
+            return Err(Failure::unreached("unhealthy", format!("service {service} is critical")));
+        }
+        let permit = self.registry.acquire(service).map_err(|e| Failure::unreached("at_capacity", e.to_string()))?;
+        Ok((view, permit))
+    }
 }
 
-impl Dispatcher {
-    async fn try_invoke(&self, call: &Call) -> Result<Value, Failure> {
-        let candidates = self.candidates(call)?;
-        let count = candidates.len();
-        let mut last = None;
-        for (rank, service) in candidates.into_iter().enumerate() {
-            if rank > 0 {
-                self.failovers.fetch_add(1, Ordering::Relaxed);
-            }
-            match self.call_one(Call { service, ..call.clone() }).await {
-                Ok(output) => return Ok(output),
-                // The next-ranked equivalent may well answer; a permanent failure is the
-                // request's fault and would fail there too.
-                Err(failure) if failure.retryable && rank + 1 < count => last = Some(failure),
-                Err(failure) => return Err(failure),
-            }
-        }
-        Err(last.unwrap_or_else(|| Failure::unreached("no_candidate", "no candidate service")))
+impl Invoker for Dispatcher {
+    /// Requests a workflow writes itself (`call: http`, `call: openapi`) go out through the
+    /// same HTTP(S) client, origin mapping included; no registry is involved.
+    async fn send(&self, request: Request) -> Result<Response, Failure> {
+        self.endpoints
+            .check_request(&request.url)
+            .map_err(|e| Failure::permanent("forbidden_endpoint", e.to_string()))?;
+        self.http.send(request).await
+    }
+
+    async fn resolve(&self, service: &ServiceId, step: &StepId) -> Result<Option<Vec<ServiceId>>, Failure> {
+        let Some(query) = self.queries.get(service) else { return Ok(None) };
+        self.waiting(|| self.candidates(&query, step)).await.map(Some)
+    }
+
+    async fn invoke(&self, call: Call) -> Result<Value, Failure> {
+        // A permit is taken on the spot or waited for; the call itself runs once.
+        let (view, permit) = self.waiting(|| self.admit(&call.service)).await?;
+        let result = match view.spec.endpoint() {
+            Endpoint::Http { .. } => self.http.call(&view.spec, call).await,
+            Endpoint::Grpc { .. } => self.grpc.call(&view.spec, call).await,
+            Endpoint::Worker { .. } => self.workers.invoke(call).await,
+        };
+        drop(permit);
+        self.released.notify_waiters();
+        result
     }
 }

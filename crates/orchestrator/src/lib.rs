@@ -22,6 +22,7 @@ pub mod runner;
 pub mod sandbox;
 pub mod security;
 pub mod serve;
+pub mod traces;
 
 pub use dispatch::Dispatcher;
 pub use orchestrator::{Error, Options, Orchestrated, OrchestratorEngine, ServiceOrchestrator, StoreChoice};

@@ -5,7 +5,7 @@
 //! - Executions and tasks, from the workflow engine's journal: `Metrics` is the engine's
 //!   [`Observer`] (set it as `baton_workflow::Config::observer` before the engine opens), and
 //!   derives counters, gauges and task durations from each batch of events once it is durable.
-//! - The state of the registry, the dispatcher, the worker queues, the store and the circuit
+//! - The state of the registry, the executor's failovers, the worker queues, the store and the circuit
 //!   breakers, read when scraped ([`Metrics::watch`], [`Metrics::watch_breakers`]).
 //! - gRPC calls, counted by a tower layer around the server ([`Metrics::grpc_layer`]).
 //!
@@ -50,7 +50,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use baton_core::{Event, ServiceId, WorkflowName};
+use baton_core::{Event, Execution, ServiceId};
 use baton_executor::BreakerState;
 use baton_workflow::{Observer, Recovery};
 use prometheus_client::registry::Registry;
@@ -125,14 +125,14 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Reads the orchestrator's registry, dispatcher, worker queues and store at each scrape,
+    /// Reads the orchestrator's registry, executor, worker queues and store at each scrape,
     /// and seeds the execution gauges from the engine's recovery report ([`Metrics::recovered`]).
     /// A later call replaces the components read.
     pub fn watch(&self, orchestrator: &ServiceOrchestrator) {
         {
             let mut sources = self.inner.state.sources.write();
             sources.registry = Some(orchestrator.registry().clone());
-            sources.dispatcher = Some(orchestrator.dispatcher().clone());
+            sources.executor = Some(orchestrator.executor().clone());
             sources.workers = Some(orchestrator.workers().clone());
             sources.store = Some(orchestrator.store().clone());
             sources.disk = orchestrator.disk().cloned();
@@ -191,8 +191,8 @@ impl Metrics {
 }
 
 impl Observer for Metrics {
-    fn journaled(&self, workflow: &WorkflowName, events: &[Event]) {
-        self.inner.executions.journaled(workflow, events);
+    fn journaled(&self, execution: &Execution, events: &[Event]) {
+        self.inner.executions.journaled(&execution.workflow, events);
     }
 }
 

@@ -209,6 +209,7 @@ impl<I: Invoker> Runner for ExecutorRunner<I> {
             history: request.history,
             workflow,
             idle: Some(IdleHook(request.idle.0)),
+            trace: request.trace,
         };
         Ok(ExecutorHandle(self.executor.run(start)))
     }

@@ -45,7 +45,7 @@ impl EndpointPolicy {
     /// error naming the field (`endpoint.url` or `health_check.url`).
     pub fn check(&self, spec: &ServiceSpec) -> baton_core::Result<()> {
         match spec.endpoint() {
-            Endpoint::Http { url } | Endpoint::Grpc { url } => self.check_url("endpoint.url", url)?,
+            Endpoint::Http { url } | Endpoint::Grpc { url, .. } => self.check_url("endpoint.url", url)?,
             Endpoint::Worker { .. } => {}
         }
         match &spec.health_check().kind {

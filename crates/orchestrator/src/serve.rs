@@ -15,6 +15,7 @@ use crate::metrics::{Metrics, serve_metrics};
 use crate::orchestrator::{Options, ServiceOrchestrator, StoreChoice};
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::security::{EndpointPolicy, RestrictedDirectory, parse_tokens};
+use crate::traces::{Observers, Tracer};
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +38,22 @@ pub enum ServeError {
         path: PathBuf,
         /// Why.
         error: std::io::Error,
+    },
+    /// The services' CA bundle holds no usable certificate.
+    #[error("services_ca {path}: {reason}")]
+    ServicesCa {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The secrets directory is not a readable directory.
+    #[error("secrets_dir {path}: {reason}")]
+    SecretsDir {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
     },
     /// The token file holds no usable token.
     #[error("auth_token_file {path}: {reason}")]
@@ -67,6 +84,7 @@ pub struct Server {
     grpc_config: baton_grpc::Config,
     metrics: Metrics,
     metrics_listener: TcpListener,
+    tracer: Option<Arc<Tracer>>,
     console_listener: TcpListener,
 }
 
@@ -82,6 +100,7 @@ impl Server {
             Some(url) => StoreChoice::Postgres(url.clone()),
             None => StoreChoice::Redb(config.data_dir.clone()),
         };
+        let http = http_config(&config)?;
         let metrics = Metrics::default();
         let endpoints = EndpointPolicy {
             allow_link_local: config.allow_link_local,
@@ -91,8 +110,21 @@ impl Server {
                 ("console", local_addr(&console_listener)),
             ],
         };
-        let mut options = Options { store, endpoints, ..Options::default() };
-        options.engine.observer = Arc::new(metrics.clone());
+        let mut options = Options { store, http, endpoints, ..Options::default() };
+        let tracer = match &config.otlp_endpoint {
+            None => None,
+            Some(endpoint) => {
+                let otlp = baton_grpc::otlp::OtlpConfig {
+                    service_version: env!("CARGO_PKG_VERSION").to_owned(),
+                    ..baton_grpc::otlp::OtlpConfig::new(endpoint)
+                };
+                tracing::info!(%endpoint, "traces: exported over OTLP/gRPC");
+                Some(Arc::new(Tracer::new(otlp.spawn()?)))
+            }
+        };
+        let mut observers: Vec<Arc<dyn baton_workflow::Observer>> = vec![Arc::new(metrics.clone())];
+        observers.extend(tracer.iter().map(|t| Arc::clone(t) as Arc<dyn baton_workflow::Observer>));
+        options.engine.observer = Arc::new(Observers(observers));
         options.engine.max_journal_events = config.max_journal_events;
         options.engine.max_journal_bytes = config.max_journal_mib.saturating_mul(1024 * 1024);
         options.min_free_disk = config.min_free_disk_mib.saturating_mul(1024 * 1024);
@@ -121,7 +153,7 @@ impl Server {
         for (execution, reason) in &recovery.failed {
             tracing::warn!(%execution, %reason, "execution could not be recovered and is marked failed");
         }
-        Ok(Self { config, orchestrator, grpc, grpc_config, metrics, metrics_listener, console_listener })
+        Ok(Self { config, orchestrator, grpc, grpc_config, metrics, metrics_listener, tracer, console_listener })
     }
 
     /// The gRPC address bound.
@@ -150,7 +182,8 @@ impl Server {
     /// resume on the next start, their in-flight calls repeated with the same idempotency keys.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
         let (grpc_addr, metrics_addr, console_addr) = (self.grpc_addr(), self.metrics_addr(), self.console_addr());
-        let Self { config, orchestrator, grpc, grpc_config, metrics, metrics_listener, console_listener } = self;
+        let Self { config, orchestrator, grpc, grpc_config, metrics, metrics_listener, tracer, console_listener } =
+            self;
         // The demo's services register over the API like any other, once it serves.
         let demo = if config.demo { Some(tokio::spawn(start_demo(orchestrator.clone(), grpc_addr))) } else { None };
         let api = Arc::new(orchestrator.clone());
@@ -173,11 +206,12 @@ impl Server {
             shutdown.await;
             // The demo's services deregister while the server still answers.
             if let Some(demo) = demo
-                && let Ok(Some(services)) = demo.await
+                && let Ok(Some((services, notifications))) = demo.await
             {
                 for service in services {
                     let _ = service.shutdown().await;
                 }
+                let _ = notifications.shutdown().await;
             }
             tracing::info!("shutting down: no new requests; in-flight ones have the grace period");
             let _ = stop.send(true);
@@ -222,6 +256,9 @@ impl Server {
             _ => {}
         }
         orchestrator.shutdown().await;
+        if let Some(tracer) = tracer {
+            tracer.exporter().shutdown(std::time::Duration::from_secs(15)).await;
+        }
         tracing::info!("stopped");
         Ok(())
     }
@@ -270,7 +307,7 @@ fn grpc_config(config: &ServeConfig) -> Result<baton_grpc::Config, ServeError> {
     };
     let tokens = match &config.auth_token_file {
         Some(path) => {
-            warn_if_readable_by_others(path);
+            warn_if_readable_by_others("auth_token_file", path);
             let bytes = read("auth_token_file", path)?;
             let text = String::from_utf8(bytes)
                 .map_err(|_| ServeError::Tokens { path: path.clone(), reason: "is not UTF-8 text".to_owned() })?;
@@ -306,23 +343,54 @@ fn grpc_config(config: &ServeConfig) -> Result<baton_grpc::Config, ServeError> {
     Ok(baton_grpc::Config { connections, tls, tokens, ..baton_grpc::Config::default() })
 }
 
+/// How services are called: the system's roots and `--services-ca`, secrets from
+/// `--secrets-dir` and `BATON_SECRET_*` variables. Logs what is trusted, never a secret.
+fn http_config(config: &ServeConfig) -> Result<baton_executor::HttpConfig, ServeError> {
+    let mut roots = baton_executor::TrustRoots::system();
+    let system = roots.len();
+    if let Some(path) = &config.services_ca {
+        let pem = read("services_ca", path)?;
+        roots =
+            roots.with_pem(&pem).map_err(|e| ServeError::ServicesCa { path: path.clone(), reason: e.to_string() })?;
+    }
+    if let Some(dir) = &config.secrets_dir {
+        match std::fs::metadata(dir) {
+            Ok(meta) if meta.is_dir() => warn_if_readable_by_others("secrets_dir", dir),
+            Ok(_) => return Err(ServeError::SecretsDir { path: dir.clone(), reason: "is not a directory".to_owned() }),
+            Err(e) => return Err(ServeError::SecretsDir { path: dir.clone(), reason: e.to_string() }),
+        }
+    }
+    tracing::info!(
+        system_roots = system,
+        services_ca = roots.len() - system,
+        secrets_dir = %config.secrets_dir.as_deref().map_or("-".into(), |d| d.display().to_string()),
+        "service calls: TLS trusts the system's roots and services_ca; secrets come from secrets_dir and BATON_SECRET_* variables"
+    );
+    Ok(baton_executor::HttpConfig {
+        roots,
+        secrets: baton_executor::Secrets::new(config.secrets_dir.as_deref()),
+        ..baton_executor::HttpConfig::default()
+    })
+}
+
 fn read(setting: &'static str, path: &Path) -> Result<Vec<u8>, ServeError> {
     std::fs::read(path).map_err(|error| ServeError::Read { setting, path: path.to_owned(), error })
 }
 
-/// Tokens are secrets: say so when others may read the file.
-fn warn_if_readable_by_others(path: &Path) {
+/// Tokens and secrets are secret: say so when others may read them.
+fn warn_if_readable_by_others(setting: &str, path: &Path) {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
         if let Ok(meta) = std::fs::metadata(path)
             && meta.permissions().mode() & 0o077 != 0
         {
-            tracing::warn!(path = %path.display(), "the auth token file is readable by group or others; chmod 600 it");
+            let mode = if meta.is_dir() { "700" } else { "600" };
+            tracing::warn!(path = %path.display(), "the {setting} is readable by group or others; chmod {mode} it");
         }
     }
     #[cfg(not(unix))]
-    let _ = path;
+    let _ = (setting, path);
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
@@ -352,18 +420,19 @@ pub async fn shutdown_signal() {
 }
 
 /// The example workflows the demo applies, shipped in the binary so it runs from any directory.
-pub const DEMO_WORKFLOWS: [(&str, &str); 3] = [
+pub const DEMO_WORKFLOWS: [(&str, &str); 4] = [
     ("checkout.yaml", include_str!("../../../examples/workflows/checkout.yaml")),
     ("order.yaml", include_str!("../../../examples/workflows/order.yaml")),
+    ("order-notify.yaml", include_str!("../../../examples/workflows/order-notify.yaml")),
     ("pipeline.yaml", include_str!("../../../examples/workflows/pipeline.yaml")),
 ];
 
+/// The demo's services: the shop's HTTP services and the gRPC notifications service.
+type DemoServices = (Vec<baton_examples::RunningService>, baton_examples::grpc::RunningGrpcService);
+
 /// Starts the example shop's services in-process, registered with this server, and applies
 /// the example workflows. `None` when the services would not start (logged).
-async fn start_demo(
-    orchestrator: ServiceOrchestrator,
-    grpc_addr: SocketAddr,
-) -> Option<Vec<baton_examples::RunningService>> {
+async fn start_demo(orchestrator: ServiceOrchestrator, grpc_addr: SocketAddr) -> Option<DemoServices> {
     for (file, text) in DEMO_WORKFLOWS {
         match orchestrator.engine().apply(text).await {
             Ok(applied) => tracing::info!(workflow = %applied.name, version = applied.version, "demo: applied {file}"),
@@ -375,12 +444,26 @@ async fn start_demo(
         latency: std::time::Duration::from_millis(20),
         ..baton_examples::ServiceOptions::default()
     };
-    match baton_examples::spawn_shop(&options).await {
-        Ok(services) => {
+    let grpc_options = baton_examples::grpc::GrpcOptions {
+        baton: Some(format!("http://{grpc_addr}")),
+        ..baton_examples::grpc::GrpcOptions::default()
+    };
+    let started = async {
+        let services = baton_examples::spawn_shop(&options).await?;
+        let notifications = baton_examples::grpc::spawn_grpc(grpc_options).await?;
+        Ok::<_, baton_examples::Error>((services, notifications))
+    };
+    match started.await {
+        Ok((services, notifications)) => {
             for service in &services {
                 tracing::info!(service = service.id(), url = service.url(), "demo: example service started");
             }
-            Some(services)
+            tracing::info!(
+                service = notifications.id(),
+                url = notifications.url(),
+                "demo: example gRPC service started"
+            );
+            Some((services, notifications))
         }
         Err(error) => {
             tracing::error!(%error, "demo: the example services did not start");

@@ -90,6 +90,19 @@ async fn the_cli_runs_watches_pauses_and_plans_with_meaningful_exit_codes() {
     let executions = json(&cli(&server, &["--output", "json", "exec", "list", "--workflow", "order"]).await);
     assert!(executions.to_string().contains(&id), "{executions}");
 
+    // An idempotency key finds the one execution it started; a key the server refuses exits 1.
+    let keyed = ["--output", "json", "run", "order", "--input", input, "--idempotency-key", "cli-order-1"];
+    let keyed = json(&cli(&server, &keyed).await);
+    let keyed_id = keyed["id"].as_str().or_else(|| keyed["execution"]["id"].as_str()).unwrap().to_owned();
+    let by_key = json(&cli(&server, &["--output", "json", "exec", "list", "--idempotency-key", "cli-order-1"]).await);
+    let listed: Vec<&str> = by_key.as_array().unwrap().iter().filter_map(|e| e["id"].as_str()).collect();
+    assert_eq!(listed, [keyed_id.as_str()], "{by_key}");
+    let long_key = "k".repeat(300);
+    let refused = cli(&server, &["exec", "list", "--idempotency-key", &long_key]).await;
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(text(&refused).contains("INVALID_ARGUMENT"), "{}", text(&refused));
+    assert!(text(&refused).contains("idempotency_key"), "{}", text(&refused));
+
     // Usage errors exit 2 before any call.
     let bad = cli(&server, &["run", "order", "--input", "{not json"]).await;
     assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));

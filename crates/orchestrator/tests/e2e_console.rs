@@ -283,6 +283,7 @@ async fn a_person_runs_and_steers_executions_in_the_console() {
 
     // Pause, resume and cancel an execution that waits on a worker.
     browser.goto(&format!("{console}/workflows/waits")).await;
+    browser.fill("#idempotency_key", "waits-1").await;
     browser.click("form.start button").await;
     browser
         .wait_until("the running execution", "return document.querySelector('#state')?.dataset.state === 'running';")
@@ -321,6 +322,12 @@ async fn a_person_runs_and_steers_executions_in_the_console() {
     assert_eq!(browser.texts("tr[data-execution] td:first-child").await, [waiting_id[..8].to_owned()]);
     browser.goto(&format!("{console}/executions?id={waiting_id}")).await;
     assert_eq!(browser.url().await, waiting_url);
+    // By the idempotency key it was started with, from the filter form.
+    browser.goto(&format!("{console}/executions")).await;
+    browser.fill("#f-key", "waits-1").await;
+    browser.click("form.filters button").await;
+    browser.wait_until("the key filter", "return location.search.includes('idempotency_key=waits-1');").await;
+    assert_eq!(browser.texts("tr[data-execution] td:first-child").await, [waiting_id[..8].to_owned()]);
 
     // The planner: the shop's goal composes three tasks in two levels, and runs.
     browser.goto(&format!("{console}/planner")).await;

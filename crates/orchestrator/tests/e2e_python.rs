@@ -46,6 +46,7 @@ fn venv() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_client_drives_the_api_end_to_end() {
     let python = tokio::task::spawn_blocking(venv).await.unwrap();
+    let reflecting_python = python.clone();
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(&dir.path().join("data"), &[]).await;
     // Slow enough that a pause lands before the run ends.
@@ -76,4 +77,28 @@ async fn the_python_client_drives_the_api_end_to_end() {
     assert!(output.status.success(), "client.py failed: {}\n{stdout}\n{stderr}\n{}", output.status, server.log_text());
     assert!(stdout.contains("after 0.5s: paused"), "{stdout}");
     assert_eq!(stdout.matches(" completed: ").count(), 51, "50 runs and the paused one completed:\n{stdout}");
+
+    // grpcio-reflection speaks only v1alpha: the server answers it too.
+    let grpc = server.grpc.to_string();
+    let listed = tokio::task::spawn_blocking(move || {
+        Command::new(reflecting_python)
+            .arg(repo().join("examples/python/client.py"))
+            .args(["reflect", "--baton", &grpc])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.status.success(),
+        "client.py reflect failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    for service in
+        ["baton.v1.RegistryService", "baton.v1.ExecutionService", "baton.v1.WorkflowService", "grpc.health.v1.Health"]
+    {
+        assert!(stdout.contains(service), "{service} missing:\n{stdout}");
+    }
+    assert!(stdout.contains("baton.v1.ExecutionService: StartExecution"), "{stdout}");
 }

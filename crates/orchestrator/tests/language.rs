@@ -381,3 +381,41 @@ async fn parked_timers_survive_a_restart_and_fire_once() {
         .count();
     assert_eq!(fired, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_executions_as_they_are_woken_from_parking_never_errs() {
+    // `wait` called while an execution is being loaded back (its record no longer parked, its
+    // driver not live yet) waits for the load instead of answering "not running".
+    let dir = tempfile::tempdir().unwrap();
+    let baton = parking_baton(Some(dir.path())).await;
+    let applied = baton
+        .engine()
+        .apply("name: naps\nsteps:\n  - { id: nap, wait: { until: \"${ .input.at }\" } }\n")
+        .await
+        .unwrap();
+    let due = (chrono::Utc::now() + chrono::Duration::milliseconds(1500)).timestamp_millis() as f64 / 1000.0;
+    let mut ids = Vec::new();
+    for _ in 0..1000 {
+        ids.push(baton.engine().start(&applied.name, None, json!({"at": due}), None).await.unwrap());
+    }
+    // Each waiter gives up after a few milliseconds and asks again, so that asks land in
+    // every phase of each execution's parking and loading.
+    let waits: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let (engine, id) = (baton.engine().clone(), *id);
+            tokio::spawn(async move {
+                loop {
+                    match tokio::time::timeout(Duration::from_millis(3), engine.wait(id)).await {
+                        Ok(done) => return done,
+                        Err(_) => continue,
+                    }
+                }
+            })
+        })
+        .collect();
+    let done = tokio::time::timeout(Duration::from_secs(60), futures_util::future::join_all(waits)).await.unwrap();
+    for execution in done {
+        assert_eq!(execution.unwrap().unwrap().state, ExecutionState::Completed);
+    }
+}

@@ -94,7 +94,7 @@ name: pay
 steps:
   - id: charge
     query: {capabilities: [payment]}
-    retry: {max_attempts: 1}
+    retry: {max_attempts: 2}
 "#,
         )
         .await
@@ -144,11 +144,24 @@ steps:
     ] {
         assert_eq!(value(&text, sample), Some(expected), "{sample} in\n{text}");
     }
-    // The failed-over call is one attempt, succeeded, timed.
+    // Two attempts, each labelled with the service that answered, not the query's stand-in: the
+    // one that failed, then the one failed over to; both timed.
     let attempts = text.lines().filter(|l| l.starts_with("baton_task_attempts_total{")).collect::<Vec<_>>();
-    assert_eq!(attempts.len(), 1, "{text}");
-    assert!(attempts[0].contains(r#"outcome="succeeded"} 1"#), "{text}");
-    assert!(text.lines().any(|l| l.starts_with("baton_task_duration_seconds_count{") && l.ends_with(" 1")), "{text}");
+    assert_eq!(attempts.len(), 2, "{text}");
+    assert_eq!(
+        value(&text, r#"baton_task_attempts_total{service="pay-fast",outcome="retryable"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, r#"baton_task_attempts_total{service="pay-slow",outcome="succeeded"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(value(&text, r#"baton_task_retries_total{service="pay-slow"}"#), Some(1.0), "{text}");
+    assert!(!text.contains("query."), "no stand-in id in\n{text}");
+    let timed = text.lines().filter(|l| l.starts_with("baton_task_duration_seconds_count{") && l.ends_with(" 1"));
+    assert_eq!(timed.count(), 2, "{text}");
     let health: f64 = ["passing", "critical", "unknown"]
         .iter()
         .map(|h| value(&text, &format!(r#"baton_registry_services{{health="{h}"}}"#)).unwrap())

@@ -83,7 +83,8 @@ steps:
   - id: charge
     query: {capabilities: [payment]}
     input: {amount: "${ .input.amount }"}
-    retry: {max_attempts: 1}
+    # The failover to the second candidate is the second attempt.
+    retry: {max_attempts: 2}
 output: "${ .steps.charge.output }"
 "#,
         )
@@ -95,7 +96,10 @@ output: "${ .steps.charge.output }"
     assert_eq!(finished.state, ExecutionState::Completed, "{:?}", finished.error);
     assert_eq!(finished.output, Some(json!({"answer": "paid", "got": {"amount": 12}})));
     assert_eq!(*seen.lock().unwrap(), HashMap::from([(format!("{id}/charge"), 1)]));
-    assert_eq!(baton.dispatcher().failovers(), 1);
+    assert_eq!(baton.executor().failovers(), 1);
+    // Both attempts are named by the service they went to.
+    let charge = &finished.tasks["charge"];
+    assert_eq!((charge.attempts, charge.service.as_ref().map(|s| s.as_str())), (2, Some("pay-slow")));
     // Capacity permits were given back.
     assert_eq!(baton.registry().get(&"pay-slow".parse().unwrap()).unwrap().status.in_flight, 0);
 }

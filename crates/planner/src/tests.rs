@@ -190,7 +190,8 @@ fn each_constraint_kind_is_applied() {
     let mut secure = svc("secure", &["a"], &["b"], (30.0, 3.0, 10.0, 0.999)).into_definition();
     secure.security.auth_schemes = vec![AuthScheme::Mtls];
     secure.security.compliance = vec!["pci-dss".into()];
-    secure.endpoint = baton_core::Endpoint::Grpc { url: "http://127.0.0.1:2".into() };
+    secure.endpoint =
+        baton_core::Endpoint::Grpc { url: "http://127.0.0.1:2".into(), method: None, descriptor_set: None };
     let secure = ServiceSpec::new(secure).unwrap();
     let services = [svc("basic", &["a"], &["b"], (10.0, 1.0, 10.0, 0.9)), secure, plain("extra", &["a"], &["c"])];
 

@@ -282,6 +282,8 @@ fn service(path: &Path, name: &str, inputs: Vec<String>, outputs: Vec<String>, q
         capacity: baton_core::service::DEFAULT_CAPACITY,
         health_check: Default::default(),
         labels: Default::default(),
+        credentials: None,
+        tls: Default::default(),
     };
     ServiceSpec::new(definition).map_err(|source| Error::Service {
         path: path.to_owned(),

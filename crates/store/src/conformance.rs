@@ -67,6 +67,7 @@ macro_rules! __each_conformance_case {
             concurrent_appenders,
             pagination_is_stable_while_inserting,
             listings_filter,
+            idempotency_keys_find_their_execution,
             corrupt_journal_is_reported_for_that_execution_only,
             parked_executions_leave_recovery_and_come_back_due
         );
@@ -181,6 +182,7 @@ fn execution(workflow: &str, created_at: Timestamp) -> Execution {
         tasks: BTreeMap::from([(step, TaskStatus::default())]),
         created_at,
         updated_at: created_at,
+        trace: None,
         parent: None,
         problem: None,
         parked: None,
@@ -335,6 +337,7 @@ pub async fn idempotent_create_under_racing_tasks<H: Harness>(h: &H) {
     let winner = created.iter().find(|c| c.created).unwrap().execution.clone();
     assert!(created.iter().all(|c| c.execution == winner));
     assert_eq!(store.get_execution(winner.id).await.unwrap(), winner);
+    assert_eq!(store.find_by_idempotency_key(&key).await.unwrap(), Some(winner.clone()));
     assert_eq!(
         all_pages(&store, &ExecutionFilter::default(), PageRequest::default()).await,
         std::slice::from_ref(&winner)
@@ -624,6 +627,86 @@ pub async fn listings_filter<H: Harness>(h: &H) {
     assert_eq!(store.unfinished_executions().await.unwrap(), unfinished);
 }
 
+/// An idempotency key finds the execution it created, as it is now; a listing filtered by a
+/// key holds that execution alone, when the filter's other fields and the page position pass
+/// it, and never has a next page.
+pub async fn idempotency_keys_find_their_execution<H: Harness>(h: &H) {
+    let store = h.open().await;
+    let key = |n: i64| IdempotencyKey::new(&format!("order-{n}")).unwrap();
+    let mut keyed = Vec::new();
+    for n in 0..20 {
+        let workflow = if n % 2 == 0 { "alpha" } else { "beta" };
+        // A keyless execution beside each keyed one, created at the same time.
+        create(&store, execution(workflow, at(n))).await;
+        let created = store.create_execution(execution(workflow, at(n)), Some(key(n))).await.unwrap();
+        assert!(created.created);
+        keyed.push(created.execution);
+    }
+    for (n, execution) in (0..).zip(&keyed) {
+        assert_eq!(store.find_by_idempotency_key(&key(n)).await.unwrap().as_ref(), Some(execution));
+    }
+    assert_eq!(store.find_by_idempotency_key(&key(20)).await.unwrap(), None);
+    // What a key finds is the execution as it is now, not as it was created.
+    let mut update = ExecutionUpdate::from(&keyed[7]);
+    update.state = ExecutionState::Running;
+    update.updated_at = at(100);
+    keyed[7] = store.update_execution(update).await.unwrap();
+    assert_eq!(store.find_by_idempotency_key(&key(7)).await.unwrap().as_ref(), Some(&keyed[7]));
+
+    let by_key = |n: i64| ExecutionFilter { idempotency_key: Some(key(n)), ..Default::default() };
+    let list = |filter: ExecutionFilter, page: PageRequest| {
+        let store = store.clone();
+        async move {
+            let got = store.list_executions(&filter, &page).await.unwrap();
+            assert_eq!(got.next, None, "{filter:?}, {page:?}");
+            got.executions
+        }
+    };
+    let seventh = std::slice::from_ref(&keyed[7]);
+    for order in [Order::OldestFirst, Order::NewestFirst] {
+        for limit in [1, 1000] {
+            assert_eq!(list(by_key(7), PageRequest { limit, order, token: None }).await, seventh, "{order:?}");
+        }
+    }
+    // The other fields still apply (key 7 is a running beta, created at 7).
+    let first = PageRequest::default();
+    let passing = [
+        ExecutionFilter { workflow: Some(name("beta")), ..by_key(7) },
+        ExecutionFilter { state: Some(ExecutionState::Running), ..by_key(7) },
+        ExecutionFilter { created_from: Some(at(7)), created_before: Some(at(8)), ..by_key(7) },
+    ];
+    for filter in passing {
+        assert_eq!(list(filter, first.clone()).await, seventh);
+    }
+    let failing = [
+        ExecutionFilter { workflow: Some(name("alpha")), ..by_key(7) },
+        ExecutionFilter { state: Some(ExecutionState::Created), ..by_key(7) },
+        ExecutionFilter { created_from: Some(at(8)), ..by_key(7) },
+        ExecutionFilter { created_before: Some(at(7)), ..by_key(7) },
+        by_key(20),
+    ];
+    for filter in failing {
+        assert_eq!(list(filter, first.clone()).await, []);
+    }
+    // So does the page position: a page starts after its token.
+    let after = |n: usize, order| PageRequest {
+        order,
+        token: Some(PageToken::at(keyed[n].created_at, keyed[n].id)),
+        ..Default::default()
+    };
+    assert_eq!(list(by_key(7), after(6, Order::OldestFirst)).await, seventh);
+    assert_eq!(list(by_key(7), after(8, Order::NewestFirst)).await, seventh);
+    for order in [Order::OldestFirst, Order::NewestFirst] {
+        assert_eq!(list(by_key(7), after(7, order)).await, [], "{order:?}");
+    }
+    assert_eq!(list(by_key(7), after(8, Order::OldestFirst)).await, []);
+    let bad = PageRequest { token: Some(PageToken::from_text("page-2".to_owned())), ..Default::default() };
+    assert!(matches!(
+        store.list_executions(&by_key(7), &bad).await,
+        Err(StoreError::Invalid { field, .. }) if field == "page_token"
+    ));
+}
+
 /// A journal with a gap or an unreadable event fails with `Corrupt` naming it; the other
 /// executions read as before.
 pub async fn corrupt_journal_is_reported_for_that_execution_only<H: Harness>(h: &H) {
@@ -725,6 +808,7 @@ pub async fn reopen_keeps_everything<H: Harness>(h: &H) {
     assert_eq!(all_pages(&store, &ExecutionFilter::default(), PageRequest::default()).await, listing);
     assert_eq!(store.unfinished_executions().await.unwrap(), [running.id]);
     assert_eq!(store.read_journal(running.id, 1).await.unwrap(), events(running.id, 1..=5));
+    assert_eq!(store.find_by_idempotency_key(&key).await.unwrap(), Some(running.clone()));
     let again = store.create_execution(execution("shop", at(7)), Some(key)).await.unwrap();
     assert_eq!(again, CreatedExecution { execution: running.clone(), created: false });
     assert_eq!(

@@ -120,6 +120,10 @@ impl Store for AnyStore {
         dispatch!(self, s => s.get_execution(id))
     }
 
+    async fn find_by_idempotency_key(&self, key: &IdempotencyKey) -> StoreResult<Option<Execution>> {
+        dispatch!(self, s => s.find_by_idempotency_key(key))
+    }
+
     async fn update_execution(&self, update: ExecutionUpdate) -> StoreResult<Execution> {
         dispatch!(self, s => s.update_execution(update))
     }

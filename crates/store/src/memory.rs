@@ -10,7 +10,7 @@ use baton_core::{
     Timestamp, WorkflowName,
 };
 
-use crate::shared::{Key, check_continues, check_read, group_by_execution, key_of, key_range, paginate};
+use crate::shared::{Key, check_continues, check_read, group_by_execution, key_of, key_range, keyed_page, paginate};
 
 /// A store that keeps everything in memory: "durable" for as long as the process lives.
 /// Clones share the same data.
@@ -27,6 +27,13 @@ struct State {
     order: BTreeMap<Key, ExecutionId>,
     idempotency: HashMap<IdempotencyKey, ExecutionId>,
     journals: HashMap<ExecutionId, BTreeMap<u64, Event>>,
+}
+
+impl State {
+    /// The execution created with `key`, from the key map.
+    fn keyed(&self, key: &IdempotencyKey) -> Option<Execution> {
+        self.idempotency.get(key).map(|id| self.executions[id].clone())
+    }
 }
 
 impl MemoryStore {
@@ -118,6 +125,10 @@ impl Store for MemoryStore {
         self.lock().executions.get(&id).cloned().ok_or(StoreError::NotFound(Record::Execution(id)))
     }
 
+    async fn find_by_idempotency_key(&self, key: &IdempotencyKey) -> StoreResult<Option<Execution>> {
+        Ok(self.lock().keyed(key))
+    }
+
     async fn update_execution(&self, update: ExecutionUpdate) -> StoreResult<Execution> {
         let mut state = self.lock();
         let stored = state.executions.get_mut(&update.id).ok_or(StoreError::NotFound(Record::Execution(update.id)))?;
@@ -131,6 +142,9 @@ impl Store for MemoryStore {
     async fn list_executions(&self, filter: &ExecutionFilter, page: &PageRequest) -> StoreResult<ExecutionPage> {
         let Some(range) = key_range(filter, page)? else { return Ok(ExecutionPage::default()) };
         let state = self.lock();
+        if let Some(key) = &filter.idempotency_key {
+            return keyed_page(state.keyed(key), &range, filter, page);
+        }
         let in_range = state.order.range(range).map(|(_, id)| Ok(state.executions[id].clone()));
         match page.order {
             Order::OldestFirst => paginate(in_range, filter, page),

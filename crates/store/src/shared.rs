@@ -1,7 +1,8 @@
 //! Rules every store applies the same way: journal continuity on append and on read, the key
-//! range of a listing, and cutting a listing into a page.
+//! range of a listing, and cutting a listing into a page (or, by idempotency key, the one
+//! execution the store's key index found).
 
-use std::ops::Bound;
+use std::ops::{Bound, RangeBounds as _};
 
 use baton_core::store::timestamp_nanos;
 use baton_core::{
@@ -169,6 +170,24 @@ pub(crate) fn paginate(
     }
     let next = if more { executions.last().map(|e: &Execution| PageToken::at(e.created_at, e.id)) } else { None };
     Ok(ExecutionPage { executions, next })
+}
+
+/// The page of a listing filtered by idempotency key: `found`, the execution the key started
+/// (looked up in the store's key index), when its position lies in `range` and the filter's
+/// other fields pass it. A key starts at most one execution, so there is never a next page.
+pub(crate) fn keyed_page(
+    found: Option<Execution>,
+    range: &(Bound<Key>, Bound<Key>),
+    filter: &ExecutionFilter,
+    page: &PageRequest,
+) -> StoreResult<ExecutionPage> {
+    let mut candidate = None;
+    if let Some(execution) = found
+        && range.contains(&key_of(execution.created_at, execution.id)?)
+    {
+        candidate = Some(Ok(execution));
+    }
+    paginate(candidate, filter, page)
 }
 
 /// Counters behind [`crate::CommitStats`], shared with a writer.

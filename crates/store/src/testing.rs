@@ -48,6 +48,7 @@ pub fn load_execution() -> Execution {
         tasks: Default::default(),
         created_at: at,
         updated_at: at,
+        trace: None,
         parent: None,
         problem: None,
         parked: None,

@@ -11,7 +11,8 @@ use baton_core::program::{
     GLOBAL_VARIABLES, Listen, ListenMode, OnError, Program, Raise, Repeat, RunWorkflow, Task, Then, Try, Wait,
 };
 use baton_core::{
-    ErrorPolicy, Step, StepAction, StepGraph, StepId, StepLinks, StepTarget, Template, WaitSpec, WorkflowDefinition,
+    CallTemplate, ErrorPolicy, Step, StepAction, StepGraph, StepId, StepLinks, StepTarget, Template, WaitSpec,
+    WorkflowDefinition,
 };
 use serde_json::Value;
 
@@ -247,14 +248,25 @@ impl Compiler<'_> {
     fn action(&mut self, step: &Step, place: &str, path: &StepId, enclosing: &[Enclosing<'_>]) -> Result<Action> {
         let field = |name: &str| format!("steps.{path}.{name}");
         Ok(match &step.action {
-            StepAction::Call { target, input } => {
+            StepAction::Call { target, input, call } => {
                 let target = match target {
                     StepTarget::Service { id, alternatives } => {
                         CallTarget::Services(std::iter::once(id.clone()).chain(alternatives.iter().cloned()).collect())
                     }
                     StepTarget::Query(query) => CallTarget::Query(Arc::new(query.clone())),
                 };
-                Action::Call(Call { target, payload: self.template(&field("input"), input)? })
+                let payload = self.template(&field("input"), input)?;
+                // The call's parts are templates over the same input, bound and counted alike.
+                let shape = match call {
+                    None => None,
+                    Some(call) => Some(CallTemplate::compile_by(
+                        &format!("steps.{path}"),
+                        call,
+                        !input.is_null(),
+                        &mut |place, value| self.template(place, value),
+                    )?),
+                };
+                Action::Call(Call { target, payload, shape })
             }
             StepAction::Set(value) => Action::Set(self.template(&field("set"), value)?),
             StepAction::Do(steps) => {
@@ -593,6 +605,7 @@ fn pointer(place: &str) -> String {
 mod tests {
     use super::*;
     use crate::CheckedDefinition;
+    use serde_json::json;
 
     fn refused(text: &str, expected: &str) {
         match CheckedDefinition::parse(text) {
@@ -732,6 +745,23 @@ output:
         refused("name: w\nsteps:\n  - {id: a}\n", "set one of service, query");
         refused("name: w\nsteps:\n  - {id: a, wait: 2s, input: {}}\n", "steps.a.input");
         refused("name: w\nsteps:\n  - {id: a, listen: {}}\n", "name a signal");
+        // A call's shape goes with a call, reads what its input may read, counts its jq.
+        refused("name: w\nsteps:\n  - {id: a, set: 1, http: {method: GET}}\n", "steps.a.http");
+        refused(
+            "name: w\nsteps:\n  - {id: a, for: {in: \"${ .input }\"}, steps: [{id: b, service: s, http: {path: \"/${ $nope }\"}}]}\n",
+            "uses undefined $nope",
+        );
+        refused(
+            "name: w\nsteps:\n  - {id: a, steps: [{id: b, service: s, grpc: {metadata: {x-k: \"${ .steps.c.output }\"}}}]}\n  - {id: c, service: s}\n",
+            r#"steps.a/b.grpc.metadata.x-k refers to step "c", which is not upstream"#,
+        );
+        let many: String = (0..MAX_JQ_EXPRESSIONS).map(|i| format!("q{i}: \"${{ .input.n + {i} }}\", ")).collect();
+        refused(
+            &format!(
+                "name: w\nsteps:\n  - {{id: a, service: s, input: \"${{ .input | length }}\", http: {{query: {{{many}}}}}}}\n"
+            ),
+            "expressions",
+        );
         refused("name: w\nsteps:\n  - {id: a, listen: {signal: \"a b\"}}\n", "must be 1 to 128");
         // An inner step reads an outer step that is not upstream of the block holding it.
         refused(
@@ -758,6 +788,22 @@ output:
         let err =
             CheckedDefinition::parse(&format!("{{\"name\": \"w\", \"steps\": [{deep}]}}")).unwrap_err().to_string();
         assert!(err.contains("nested too deep, the limit is 64 levels") || err.contains("recursion limit"), "{err}");
+    }
+
+    #[test]
+    fn a_call_in_a_loop_is_shaped_with_the_loops_variables() {
+        let checked = CheckedDefinition::parse(
+            "name: w\nsteps:\n  - id: each\n    for: {each: sku, in: \"${ .input.skus }\"}\n    steps:\n      - id: get\n        service: s\n        http: {method: GET, path: \"/items/${ $sku }\", query: {at: \"${ $index }\"}}\n",
+        )
+        .unwrap();
+        let Action::For(each) = &checked.program().root.tasks[0].action else { panic!("a for") };
+        let Action::Call(call) = &each.body.tasks[0].action else { panic!("a call") };
+        let shape = call.shape.as_ref().expect("shaped");
+        let mut values = vec![Value::Null; 6];
+        values.extend([json!("a/b"), json!(2)]);
+        let request = shape.render_vars(&json!({}), &values).unwrap();
+        let baton_core::CallRequest::Http { path_and_query, .. } = request else { panic!("an HTTP call") };
+        assert_eq!(path_and_query, "/items/a%2Fb?at=2");
     }
 
     #[test]

@@ -314,7 +314,12 @@ mod tests {
         let text = include_str!("../../../examples/workflows/checkout.yaml");
         let checked = CheckedDefinition::parse(text).expect("examples/workflows/checkout.yaml is valid");
         assert_eq!(checked.name().as_str(), "checkout");
-        assert_eq!(checked.definition().steps.len(), 4);
+        assert_eq!(checked.definition().steps.len(), 5);
+        let confirm = &checked.program().root.tasks[4].action;
+        assert!(
+            matches!(confirm, baton_core::program::Action::Call(call) if call.shape.is_some()),
+            "confirm shapes its HTTP request"
+        );
         check(&text.replace("    fallback: charge-later\n", ""), "fallback");
     }
 

@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use baton_core::{
-    Clock, Event, EventKind, Execution, ExecutionFilter, ExecutionId, ExecutionPage, ExecutionState, ExecutionUpdate,
-    History, IdempotencyKey, NewDefinition, PageRequest, Parent, Problem, StepId, Store, StoredDefinition, SystemClock,
-    TaskStatus, WorkflowName,
+    Clock, Event, EventKind, Execution, ExecutionFilter, ExecutionId, ExecutionPage, ExecutionState, ExecutionTrace,
+    ExecutionUpdate, History, IdempotencyKey, NewDefinition, PageRequest, Parent, Problem, StepId, Store,
+    StoredDefinition, SystemClock, TaskStatus, TraceContext, WorkflowName,
 };
 use futures_util::Stream;
 use serde_json::Value;
@@ -88,8 +88,9 @@ impl Emitter for NoEmitter {
 /// Sees every batch of events right after it is journaled, in journal order per execution.
 /// Called on the execution's driver task: it must be quick and must not block.
 pub trait Observer: Send + Sync + std::fmt::Debug + 'static {
-    /// `events` of an execution of `workflow` are durable.
-    fn journaled(&self, workflow: &WorkflowName, events: &[Event]);
+    /// `events` of `execution` are durable; `execution` is the driver's view with them applied
+    /// (its workflow, version and caller's trace context do not change).
+    fn journaled(&self, execution: &Execution, events: &[Event]);
 }
 
 /// An [`Observer`] that looks away.
@@ -97,7 +98,7 @@ pub trait Observer: Send + Sync + std::fmt::Debug + 'static {
 pub struct NoObserver;
 
 impl Observer for NoObserver {
-    fn journaled(&self, _workflow: &WorkflowName, _events: &[Event]) {}
+    fn journaled(&self, _execution: &Execution, _events: &[Event]) {}
 }
 
 impl Default for Config {
@@ -384,19 +385,21 @@ impl<S: Store, R: Runner> Engine<S, R> {
         input: Value,
         idempotency_key: Option<IdempotencyKey>,
     ) -> Result<ExecutionId> {
-        Ok(self.start_or_find(name, version, input, idempotency_key).await?.0)
+        Ok(self.start_or_find(name, version, input, idempotency_key, None).await?.0)
     }
 
     /// [`Engine::start`], also saying whether the idempotency key had started the execution
-    /// before (`true`: nothing was started now).
+    /// before (`true`: nothing was started now); the execution's trace continues `trace`,
+    /// the caller's, when given.
     pub async fn start_or_find(
         &self,
         name: &WorkflowName,
         version: Option<u32>,
         input: Value,
         idempotency_key: Option<IdempotencyKey>,
+        trace: Option<TraceContext>,
     ) -> Result<(ExecutionId, bool)> {
-        self.start_with(name, version, input, idempotency_key, None).await
+        self.start_with(name, version, input, idempotency_key, None, trace).await
     }
 
     async fn start_with(
@@ -406,6 +409,7 @@ impl<S: Store, R: Runner> Engine<S, R> {
         input: Value,
         idempotency_key: Option<IdempotencyKey>,
         parent: Option<Parent>,
+        trace: Option<TraceContext>,
     ) -> Result<(ExecutionId, bool)> {
         let size = baton_core::bounds::json_size(&input);
         let limit = self.inner.config.max_input_bytes;
@@ -429,6 +433,7 @@ impl<S: Store, R: Runner> Engine<S, R> {
             parent,
             problem: None,
             parked: None,
+            trace,
         };
         // A repeated start must be the same request: a key reused for another one is a
         // caller's bug that would otherwise pass silently (as Stripe's idempotency keys refuse).
@@ -545,7 +550,10 @@ impl<S: Store, R: Runner> Engine<S, R> {
         };
         let key = IdempotencyKey::new(&key).map_err(|e| Problem::runtime(e.to_string()))?;
         let link = Parent { execution: parent.id, step: request.step.clone(), depth };
-        self.start_with(&request.workflow, request.version, request.input.clone(), Some(key), Some(link))
+        // The child's spans hang under its parent's execution span, in the parent's trace.
+        let parent_trace = ExecutionTrace::new(parent.id, parent.trace.as_ref());
+        let trace = Some(parent_trace.context(parent_trace.root()));
+        self.start_with(&request.workflow, request.version, request.input.clone(), Some(key), Some(link), trace)
             .await
             .map(|(id, _)| id)
             .map_err(|e| Problem::standard("configuration", format!("cannot start child {}: {e}", request.workflow)))
@@ -575,38 +583,56 @@ impl<S: Store, R: Runner> Engine<S, R> {
     /// The execution once it has finished (completed, failed or cancelled); a paused one
     /// is waited for through its resumption.
     pub async fn wait(&self, id: ExecutionId) -> Result<Execution> {
-        let (waiter, finished) = oneshot::channel();
-        let live = {
-            // Under the waiters' lock, so a driver cannot end between the check and the insert
-            // without seeing this waiter.
-            let mut waiters = lock(&self.inner.waiters);
-            let live = lock(&self.inner.live).contains_key(&id);
-            if live {
-                waiters.entry(id).or_default().push(waiter);
-            }
-            live
-        };
-        if live && let Ok(execution) = finished.await {
-            return Ok(execution);
-        }
-        // Not running here: the record has the final state (or says why there is none).
-        let execution = self.inner.store.get_execution(id).await?;
-        if execution.state.is_terminal() {
-            return Ok(execution);
-        }
-        if execution.parked.is_some() {
-            // Parked: its driver answers when it has been woken and has ended.
+        // An execution being loaded back (woken from parking) is in neither place for a
+        // moment: its record no longer says parked and its driver is not live yet. A few
+        // rounds see it through; each waits for the load to end.
+        const ROUNDS: usize = 8;
+        for _ in 0..ROUNDS {
             let (waiter, finished) = oneshot::channel();
-            lock(&self.inner.waiters).entry(id).or_default().push(waiter);
-            // It may have been woken and ended in between.
-            let again = self.inner.store.get_execution(id).await?;
-            if again.state.is_terminal() {
-                return Ok(again);
-            }
-            if let Ok(execution) = finished.await {
+            let live = {
+                // Under the waiters' lock, so a driver cannot end between the check and the
+                // insert without seeing this waiter.
+                let mut waiters = lock(&self.inner.waiters);
+                let live = lock(&self.inner.live).contains_key(&id);
+                if live {
+                    waiters.entry(id).or_default().push(waiter);
+                }
+                live
+            };
+            if live && let Ok(execution) = finished.await {
                 return Ok(execution);
             }
+            // Not running here: the record has the final state (or says why there is none).
+            let execution = self.inner.store.get_execution(id).await?;
+            if execution.state.is_terminal() {
+                return Ok(execution);
+            }
+            if execution.parked.is_some() {
+                // Parked: its driver answers when it has been woken and has ended.
+                let (waiter, finished) = oneshot::channel();
+                lock(&self.inner.waiters).entry(id).or_default().push(waiter);
+                // It may have been woken and ended in between.
+                let again = self.inner.store.get_execution(id).await?;
+                if again.state.is_terminal() {
+                    return Ok(again);
+                }
+                if let Ok(execution) = finished.await {
+                    return Ok(execution);
+                }
+            }
+            let loading = lock(&self.inner.waking).get(&id).cloned();
+            match loading {
+                Some(loaded) => {
+                    let notified = loaded.notified();
+                    if lock(&self.inner.waking).contains_key(&id) {
+                        notified.await;
+                    }
+                }
+                None if lock(&self.inner.live).contains_key(&id) => {}
+                None => return Err(Error::NotRunning { execution: id, state: execution.state }),
+            }
         }
+        let execution = self.inner.store.get_execution(id).await?;
         Err(Error::NotRunning { execution: id, state: execution.state })
     }
 

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use baton_core::{Event, EventSink, ExecutionId, History, Outcome, Timestamp};
+use baton_core::{Event, EventSink, ExecutionId, History, Outcome, Timestamp, TraceContext};
 use serde_json::Value;
 
 use crate::definition::CheckedDefinition;
@@ -22,6 +22,8 @@ pub struct RunRequest {
     /// What the journal says already happened: settled tasks are not run again, armed timers
     /// keep their due time.
     pub history: History,
+    /// The trace context of the caller that started the execution, whose trace it continues.
+    pub trace: Option<TraceContext>,
     /// Where the run says it has nothing left to do but wait (for how long, when a timer is
     /// what it waits for); the engine may then park the execution.
     pub idle: IdleSignal,

@@ -52,6 +52,10 @@ impl Store for PanicsOn {
         self.inner.get_execution(id).await
     }
 
+    async fn find_by_idempotency_key(&self, key: &IdempotencyKey) -> StoreResult<Option<Execution>> {
+        self.inner.find_by_idempotency_key(key).await
+    }
+
     async fn update_execution(&self, update: ExecutionUpdate) -> StoreResult<Execution> {
         self.inner.update_execution(update).await
     }

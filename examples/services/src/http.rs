@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::header::CONTENT_TYPE;
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -54,12 +54,16 @@ pub(crate) struct Shared {
     pub(crate) fail_rate: f64,
     pub(crate) lose_rate: f64,
     pub(crate) mode: watch::Receiver<Mode>,
+    /// The bearer token every effect request must carry; `None`: none needed.
+    pub(crate) bearer: Option<String>,
     rng: Mutex<SmallRng>,
     /// The stored response per idempotency key; a cell is empty until an effect succeeds, so
     /// a failed attempt leaves it for the retry and concurrent requests wait for the first.
     responses: Mutex<HashMap<String, Arc<OnceCell<Value>>>>,
     /// Effects performed per key (at most 1 here; summed across instances by tests).
     key_effects: Mutex<BTreeMap<String, u64>>,
+    /// The `traceparent` of the latest requests, oldest first.
+    traceparents: Mutex<std::collections::VecDeque<String>>,
     requests: AtomicU64,
     effects: AtomicU64,
     duplicates: AtomicU64,
@@ -80,6 +84,7 @@ impl Shared {
         (fail_rate, lose_rate): (f64, f64),
         seed: u64,
         mode: watch::Receiver<Mode>,
+        bearer: Option<String>,
     ) -> Self {
         Self {
             kind,
@@ -88,9 +93,11 @@ impl Shared {
             fail_rate,
             lose_rate,
             mode,
+            bearer,
             rng: Mutex::new(SmallRng::seed_from_u64(seed)),
             responses: Mutex::default(),
             key_effects: Mutex::default(),
+            traceparents: Mutex::default(),
             requests: AtomicU64::new(0),
             effects: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
@@ -109,6 +116,10 @@ impl Shared {
 
     pub(crate) fn key_effects(&self) -> BTreeMap<String, u64> {
         self.key_effects.lock().clone()
+    }
+
+    pub(crate) fn traceparents(&self) -> Vec<String> {
+        self.traceparents.lock().iter().cloned().collect()
     }
 
     /// True with probability `rate`.
@@ -163,8 +174,18 @@ fn error(status: StatusCode, message: String) -> Response {
     json_response(status, &json!({"error": message}))
 }
 
+/// How many `traceparent`s a service remembers.
+const TRACEPARENTS_KEPT: usize = 10_000;
+
 async fn effect(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     shared.requests.fetch_add(1, Ordering::Relaxed);
+    if let Some(traceparent) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+        let mut kept = shared.traceparents.lock();
+        if kept.len() == TRACEPARENTS_KEPT {
+            kept.pop_front();
+        }
+        kept.push_back(traceparent.to_owned());
+    }
     let answer = answer(&shared, &headers, &body).await;
     if !answer.status().is_success() {
         shared.failures.fetch_add(1, Ordering::Relaxed);
@@ -173,6 +194,13 @@ async fn effect(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
 }
 
 async fn answer(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Response {
+    if let Some(token) = &shared.bearer {
+        let sent = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        // The message does not quote what was sent: it may be a credential.
+        if sent != Some(token.as_str()) {
+            return error(StatusCode::UNAUTHORIZED, "a valid bearer token is required".to_owned());
+        }
+    }
     let payload: Value = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Null
     } else {

@@ -1,5 +1,5 @@
 //! Example services for Baton: a small shop of three HTTP services that Baton's HTTP invoker
-//! calls, for demos (`baton serve --demo`), the example workflows in `examples/workflows`, the
+//! calls (over HTTPS too, see [`tls`]), and a gRPC notifications service ([`grpc`]), for demos (`baton serve --demo`), the example workflows in `examples/workflows`, the
 //! planner goal in `examples/goals`, and end-to-end tests.
 //!
 //! | kind | endpoint | reads | answers | capabilities | consumes -> produces |
@@ -36,9 +36,13 @@
 //! Not for: anything but demos and tests. They keep everything in memory and trust every
 //! caller.
 
+pub mod grpc;
 mod http;
+#[cfg(feature = "test-pki")]
+pub mod pki;
 mod register;
 mod shop;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -46,7 +50,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton_grpc::pb;
-use baton_grpc::pb::registry_service_client::RegistryServiceClient;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -121,6 +124,27 @@ pub struct ServiceOptions {
     pub capacity: u32,
     /// Extra labels to register (beside `example=shop` and `kind=<kind>`).
     pub labels: BTreeMap<String, String>,
+    /// Serve HTTPS with this configuration (see [`tls::server_config`]) rather than HTTP; the
+    /// URL registered is then `https://<bound address>` unless `advertise` says otherwise.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Require a bearer token on every effect request (`401` otherwise), and register
+    /// credentials naming the secret Baton reads it from.
+    pub bearer: Option<Bearer>,
+}
+
+/// A bearer token a service requires, and the name of the secret Baton holds it under.
+#[derive(Clone)]
+pub struct Bearer {
+    /// The secret's name, registered as the service's credentials.
+    pub secret: String,
+    /// The token.
+    pub token: String,
+}
+
+impl std::fmt::Debug for Bearer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bearer").field("secret", &self.secret).finish_non_exhaustive()
+    }
 }
 
 impl Default for ServiceOptions {
@@ -138,6 +162,8 @@ impl Default for ServiceOptions {
             deregister_after: Some(Duration::from_secs(60)),
             capacity: 64,
             labels: BTreeMap::new(),
+            tls: None,
+            bearer: None,
         }
     }
 }
@@ -175,6 +201,11 @@ impl Handle {
     /// Effects performed per idempotency key (`<execution>/<step>`).
     pub fn key_effects(&self) -> BTreeMap<String, u64> {
         self.shared.key_effects()
+    }
+
+    /// The `traceparent` headers of its latest effect requests (up to 10,000), oldest first.
+    pub fn traceparents(&self) -> Vec<String> {
+        self.shared.traceparents()
     }
 
     /// Where its registration stands (always unregistered without a Baton endpoint).
@@ -219,7 +250,8 @@ pub async fn spawn(kind: Kind, options: ServiceOptions) -> Result<RunningService
         .await
         .map_err(|source| Error::Bind { addr: options.listen, source })?;
     let addr = listener.local_addr().map_err(|source| Error::Bind { addr: options.listen, source })?;
-    let base = options.advertise.clone().unwrap_or_else(|| format!("http://{addr}"));
+    let scheme = if options.tls.is_some() { "https" } else { "http" };
+    let base = options.advertise.clone().unwrap_or_else(|| format!("{scheme}://{addr}"));
     let url = format!("{}{}", base.trim_end_matches('/'), kind.path());
     let spec = register::spec(&register::SpecParts {
         kind,
@@ -231,21 +263,12 @@ pub async fn spawn(kind: Kind, options: ServiceOptions) -> Result<RunningService
         ttl: options.ttl,
         deregister_after: options.deregister_after,
         labels: &options.labels,
+        bearer_secret: options.bearer.as_ref().map(|b| b.secret.as_str()),
     });
     // The server would refuse a spec it cannot check; say so now rather than retry forever.
     baton_grpc::convert::spec_from_proto(spec.clone())
         .map_err(|status| Error::Invalid { field: "spec", reason: status.message().to_owned() })?;
-    let client = match &options.baton {
-        None => None,
-        Some(endpoint) => {
-            let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())
-                .map_err(|e| Error::Invalid { field: "baton", reason: format!("{endpoint:?}: {e}") })?
-                .connect_timeout(Duration::from_secs(2))
-                .timeout(Duration::from_secs(5))
-                .connect_lazy();
-            Some(RegistryServiceClient::new(channel))
-        }
-    };
+    let client = options.baton.as_deref().map(register::client).transpose()?;
 
     let (mode, mode_rx) = watch::channel(Mode::Running);
     let seed = options.seed.unwrap_or_else(|| {
@@ -258,16 +281,21 @@ pub async fn spawn(kind: Kind, options: ServiceOptions) -> Result<RunningService
         (options.fail_rate, options.lose_rate),
         seed,
         mode_rx.clone(),
+        options.bearer.as_ref().map(|b| b.token.clone()),
     ));
     let (stop_http, http_stopped) = oneshot::channel::<()>();
     let app = http::router(shared.clone());
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = http_stopped.await;
-            })
-            .await
-    });
+    let stopped = async {
+        let _ = http_stopped.await;
+    };
+    let server = match &options.tls {
+        None => tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stopped).await }),
+        Some(config) => {
+            let listener = tls::TlsListener::new(listener, Arc::clone(config))
+                .map_err(|source| Error::Bind { addr: options.listen, source })?;
+            tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stopped).await })
+        }
+    };
     let (status, registration) = watch::channel(RegistrationStatus::default());
     let registrar = client.map(|client| {
         let registrar = register::Registrar {

@@ -45,6 +45,8 @@ pub(crate) struct SpecParts<'a> {
     pub(crate) ttl: Duration,
     pub(crate) deregister_after: Option<Duration>,
     pub(crate) labels: &'a BTreeMap<String, String>,
+    /// The secret Baton reads the service's bearer token from.
+    pub(crate) bearer_secret: Option<&'a str>,
 }
 
 fn proto_duration(d: Duration) -> prost_types::Duration {
@@ -94,7 +96,55 @@ pub(crate) fn spec(parts: &SpecParts<'_>) -> pb::ServiceSpec {
             ..Default::default()
         }),
         labels,
+        credentials: parts.bearer_secret.map(|secret| pb::Credentials {
+            kind: Some(pb::credentials::Kind::Bearer(pb::credentials::Bearer { secret: secret.to_owned() })),
+        }),
+        tls: None,
     }
+}
+
+/// The spec a gRPC service registers: a `grpc` endpoint whose method is `Notify`, the
+/// `customer.notify` capability (a `tracking` number to a `notification`), a TTL health check,
+/// and with `descriptors` the `shop.v1` descriptor set (for a server without reflection).
+pub(crate) fn grpc_spec(id: &str, url: &str, ttl: Duration, descriptors: bool) -> pb::ServiceSpec {
+    let strings = |items: &[&str]| items.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    pb::ServiceSpec {
+        id: id.to_owned(),
+        name: "example notifications service".to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        endpoint: Some(pb::Endpoint {
+            kind: Some(pb::endpoint::Kind::Grpc(pb::endpoint::Grpc {
+                url: url.to_owned(),
+                method: crate::grpc::NOTIFY.to_owned(),
+                descriptor_set: if descriptors { crate::grpc::FILE_DESCRIPTOR_SET.to_vec() } else { Vec::new() },
+            })),
+        }),
+        capabilities: strings(&["customer.notify"]),
+        inputs: strings(&["tracking"]),
+        outputs: strings(&["notification"]),
+        formats: strings(&["protobuf"]),
+        qos: Some(pb::Qos { latency_p50_ms: 1.0, latency_p99_ms: 5.0, availability: Some(1.0), ..Default::default() }),
+        security: None,
+        capacity: 64,
+        health_check: Some(pb::HealthCheck {
+            kind: Some(pb::health_check::Kind::Ttl(pb::health_check::Ttl { ttl: Some(proto_duration(ttl)) })),
+            deregister_after: Some(proto_duration(Duration::from_secs(60))),
+            ..Default::default()
+        }),
+        labels: [("example".to_owned(), "shop".to_owned())].into(),
+        credentials: None,
+        tls: None,
+    }
+}
+
+/// A registry client of Baton at `endpoint`, connecting when first used.
+pub(crate) fn client(endpoint: &str) -> crate::Result<RegistryServiceClient<Channel>> {
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
+        .map_err(|e| crate::Error::Invalid { field: "baton", reason: format!("{endpoint:?}: {e}") })?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5))
+        .connect_lazy();
+    Ok(RegistryServiceClient::new(channel))
 }
 
 /// How often a service heartbeats: a third of its TTL, so one lost heartbeat does not turn it

@@ -15,7 +15,9 @@ fn read(path: &str) -> String {
 fn check(path: &str, name: &str) -> Vec<(String, Vec<String>)> {
     let checked = CheckedDefinition::parse(&read(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
     assert_eq!(checked.name().as_str(), name);
-    let offered: BTreeSet<&str> = Kind::ALL.iter().flat_map(|k| k.capabilities().iter().copied()).collect();
+    let mut offered: BTreeSet<&str> = Kind::ALL.iter().flat_map(|k| k.capabilities().iter().copied()).collect();
+    // The gRPC notifications service's.
+    offered.insert("customer.notify");
     checked
         .definition()
         .steps
@@ -35,6 +37,17 @@ fn the_order_workflow_reserves_charges_and_ships() {
     let steps = check("workflows/order.yaml", "order");
     let ids: Vec<&str> = steps.iter().map(|(id, _)| id.as_str()).collect();
     assert_eq!(ids, ["reserve", "charge", "ship"]);
+}
+
+#[test]
+fn the_order_notify_workflow_ends_with_a_grpc_step() {
+    let steps = check("workflows/order-notify.yaml", "order-notify");
+    let ids: Vec<&str> = steps.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, ["reserve", "charge", "ship", "notify"]);
+    let checked = CheckedDefinition::parse(&read("workflows/order-notify.yaml")).unwrap();
+    let notify = &checked.definition().steps[3];
+    let Some(baton_core::StepCall::Grpc(call)) = notify.shaped_call() else { panic!("notify calls gRPC: {notify:?}") };
+    assert_eq!(call.method.as_ref().map(ToString::to_string).as_deref(), Some(baton_examples::grpc::NOTIFY));
 }
 
 #[test]

@@ -16,11 +16,13 @@ use serde_json::{Value, json};
 /// An invoker that reaches `service` and nothing else.
 fn invoker(service: &RunningService) -> HttpInvoker {
     let (id, url) = (service.id().to_owned(), service.url().to_owned());
-    HttpConfig::default().build(Arc::new(move |s: &ServiceId| (s.as_str() == id).then(|| url.clone())))
+    let spec = serde_json::json!({"id": id, "endpoint": {"protocol": "http", "url": url}, "capabilities": ["test"]});
+    let spec = Arc::new(baton_core::ServiceSpec::from_json(&spec.to_string()).unwrap());
+    HttpConfig::default().build(Arc::new(move |s: &ServiceId| (s.as_str() == id).then(|| Arc::clone(&spec))))
 }
 
 fn call(service: &RunningService, execution: ExecutionId, step: &str, attempt: u32, payload: Value) -> Call {
-    Call { execution, step: step.parse().unwrap(), attempt, service: ServiceId::new(service.id()).unwrap(), payload }
+    Call::new(execution, step.parse().unwrap(), attempt, ServiceId::new(service.id()).unwrap(), payload)
 }
 
 /// A request to `url` with an optional idempotency key: the status and the JSON body.
@@ -239,6 +241,9 @@ fn call_to(service: &str, execution: ExecutionId, step: &str, attempt: u32) -> C
         attempt,
         service: ServiceId::new(service).unwrap(),
         payload: json!({"sku": "x"}),
+        request: None,
+        timeout: None,
+        trace: None,
     }
 }
 

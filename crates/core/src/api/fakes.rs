@@ -356,6 +356,7 @@ impl InMemoryExecutions {
             tasks,
             created_at: now,
             updated_at: now,
+            trace: request.trace,
             parent: None,
             problem: None,
             parked: None,
@@ -376,8 +377,12 @@ impl InMemoryExecutions {
     fn list_now(&self, query: &ExecutionQuery, page: &PageRequest) -> ApiResult<ExecutionPage> {
         let after = page.after()?;
         let runs = lock(&self.runs);
-        let mut matching: Vec<&Execution> =
-            runs.runs.values().map(|run| &run.execution).filter(|e| query.matches(e)).collect();
+        let candidates: Vec<&Execution> = match &query.idempotency_key {
+            // A key started at most one execution.
+            Some(key) => runs.keys.get(key).map(|id| &runs.runs[id].execution).into_iter().collect(),
+            None => runs.runs.values().map(|run| &run.execution).collect(),
+        };
+        let mut matching: Vec<&Execution> = candidates.into_iter().filter(|e| query.matches(e)).collect();
         matching.sort_by_key(|e| (e.created_at, e.id));
         if page.order == Order::NewestFirst {
             matching.reverse();
@@ -800,6 +805,7 @@ impl InMemoryOrchestrator {
             version: Some(version),
             input: request.input,
             idempotency_key: None,
+            trace: None,
         })?;
         let mut execution = started.execution;
         if let Some(event) = lock(&self.finish).clone() {

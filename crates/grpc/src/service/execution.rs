@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use baton_core::api::{ExecutionQuery, StartExecution};
-use baton_core::{Executions, IdempotencyKey, Order, PageRequest, PageToken};
+use baton_core::{Executions, Order, PageRequest, PageToken, TraceContext};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt as _};
@@ -16,7 +16,7 @@ use prost::Message as _;
 
 use crate::convert::{
     event_to_proto, execution_id, execution_state_from_proto, execution_summary_to_proto, execution_to_proto,
-    json_field, timestamp_from_proto, workflow_name,
+    idempotency_key, json_field, timestamp_from_proto, workflow_name,
 };
 use crate::error::api_status;
 use crate::limits::{Limits, Stopping, clamp, shutting_down};
@@ -111,6 +111,13 @@ async fn forward(
     }
 }
 
+/// The caller's W3C trace context, from `traceparent` and `tracestate` metadata. One that does
+/// not parse is ignored, as the W3C specification asks: the execution starts its own trace.
+fn trace_context(metadata: &tonic::metadata::MetadataMap) -> Option<TraceContext> {
+    let text = |key: &str| metadata.get(key).and_then(|v| v.to_str().ok());
+    TraceContext::parse(text("traceparent")?, text("tracestate")).ok()
+}
+
 #[tonic::async_trait]
 impl pb::execution_service_server::ExecutionService for ExecutionApi {
     type WatchExecutionStream = WatchStream;
@@ -119,19 +126,17 @@ impl pb::execution_service_server::ExecutionService for ExecutionApi {
         &self,
         request: Request<pb::StartExecutionRequest>,
     ) -> Result<Response<pb::StartExecutionResponse>, Status> {
+        let trace = trace_context(request.metadata());
         let request = request.into_inner();
         let workflow = workflow_name("workflow", &request.workflow)?;
         if request.version == Some(0) {
             return Err(crate::convert::invalid("version", "versions start at 1"));
         }
         let input = json_field("input_json", &request.input_json, serde_json::json!({}))?;
-        let idempotency_key = request
-            .idempotency_key
-            .map(|key| IdempotencyKey::new(&key).map_err(|e| Status::invalid_argument(e.to_string())))
-            .transpose()?;
+        let idempotency_key = request.idempotency_key.as_deref().map(idempotency_key).transpose()?;
         let started = self
             .executions
-            .start(StartExecution { workflow, version: request.version, input, idempotency_key })
+            .start(StartExecution { workflow, version: request.version, input, idempotency_key, trace })
             .await
             .map_err(api_status)?;
         Ok(Response::new(pb::StartExecutionResponse {
@@ -172,6 +177,10 @@ impl pb::execution_service_server::ExecutionService for ExecutionApi {
             id_prefix: match request.id_prefix.as_str() {
                 "" => None,
                 text => Some(baton_core::IdPrefix::new(text).map_err(|e| Status::invalid_argument(e.to_string()))?),
+            },
+            idempotency_key: match request.idempotency_key.as_str() {
+                "" => None,
+                key => Some(idempotency_key(key)?),
             },
         };
         let token = match request.page_token.as_str() {

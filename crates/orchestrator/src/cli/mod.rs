@@ -137,6 +137,9 @@ pub enum ExecCommand {
         /// Only executions in these states (repeat or separate with commas).
         #[arg(long = "state", value_enum, value_delimiter = ',')]
         states: Vec<StateFilter>,
+        /// Only the execution a `baton run --idempotency-key` with this key started.
+        #[arg(long)]
+        idempotency_key: Option<String>,
         /// Most executions to list, at least 1.
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
         limit: u32,
@@ -501,10 +504,11 @@ async fn exec(command: ExecCommand, target: &Target, out: &Out) -> Result<Exit, 
             out.answer(|| view::execution_text(&execution), || view::execution_json(&execution));
             return Ok(Exit::Success);
         }
-        ExecCommand::List { workflow, states, limit } => {
+        ExecCommand::List { workflow, states, idempotency_key, limit } => {
             let limit = usize::try_from(limit).unwrap_or(usize::MAX);
             let states: Vec<i32> = states.iter().map(|s| s.proto() as i32).collect();
             let workflow = workflow.unwrap_or_default();
+            let idempotency_key = idempotency_key.unwrap_or_default();
             let listed = all_pages(limit, |page_token| {
                 let mut executions = executions.clone();
                 let request = pb::ListExecutionsRequest {
@@ -515,6 +519,7 @@ async fn exec(command: ExecCommand, target: &Target, out: &Out) -> Result<Exit, 
                     created_after: None,
                     created_before: None,
                     id_prefix: String::new(),
+                    idempotency_key: idempotency_key.clone(),
                 };
                 async move {
                     let page = executions.list_executions(request).await?.into_inner();

@@ -18,6 +18,8 @@ struct Step {
     attempt: u32,
     /// When the latest attempt was scheduled.
     scheduled_at: Option<prost_types::Timestamp>,
+    /// The service the latest attempt went to.
+    service: String,
     /// Whether it reached an end (succeeded, skipped, failed for good).
     ended: bool,
 }
@@ -49,6 +51,7 @@ impl Progress {
                 let step = self.steps.entry(e.step.clone()).or_default();
                 step.attempt = e.attempt;
                 step.scheduled_at = at;
+                step.service.clone_from(&e.service);
                 if e.attempt > 1 {
                     format!("{}: retry {} scheduled on {}", e.step, e.attempt - 1, e.service)
                 } else {
@@ -70,7 +73,13 @@ impl Progress {
                 step.ended = !e.retryable;
                 let took = took(step.scheduled_at.as_ref(), at.as_ref());
                 let retry = if e.retryable { "retryable" } else { "not retryable" };
-                format!("{}: attempt {} failed{took}: {} ({retry})", e.step, e.attempt, e.error)
+                // The service that failed, since the next attempt may go to another.
+                let on = if e.attempt == step.attempt && !step.service.is_empty() {
+                    format!(" on {}", step.service)
+                } else {
+                    String::new()
+                };
+                format!("{}: attempt {}{on} failed{took}: {} ({retry})", e.step, e.attempt, e.error)
             }
             Kind::TaskSkipped(e) => {
                 self.steps.entry(e.step.clone()).or_default().ended = true;
@@ -276,11 +285,11 @@ mod tests {
                 "reserve: scheduled on reserve-svc",
                 "charge: scheduled on charge-svc",
                 "reserve: succeeded in 12 ms",
-                "charge: attempt 1 failed in 18 ms: http 503 (retryable)",
+                "charge: attempt 1 on charge-svc failed in 18 ms: http 503 (retryable)",
                 "charge: retry 1 scheduled on charge-svc",
                 "charge: succeeded on attempt 2 in 1.50 s",
                 "ship: scheduled on ship-svc",
-                "ship: attempt 1 failed in 4.0 ms: http 503 (not retryable)",
+                "ship: attempt 1 on ship-svc failed in 4.0 ms: http 503 (not retryable)",
                 "notify: skipped: ship failed",
                 "execution failed: step ship failed",
             ]

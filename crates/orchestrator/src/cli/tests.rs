@@ -62,10 +62,15 @@ fn run_takes_input_version_key_and_one_of_wait_or_watch() {
 #[test]
 fn exec_list_takes_states_repeated_or_comma_separated() {
     let (command, _) = client(&["exec", "list", "--state", "running,paused", "--state", "failed", "--limit", "5"]);
-    let ClientCommand::Exec(ExecCommand::List { workflow, states, limit }) = command else { panic!("{command:?}") };
-    assert_eq!(workflow, None);
+    let ClientCommand::Exec(ExecCommand::List { workflow, states, idempotency_key, limit }) = command else {
+        panic!("{command:?}")
+    };
+    assert_eq!((workflow, idempotency_key), (None, None));
     assert_eq!(states, [StateFilter::Running, StateFilter::Paused, StateFilter::Failed]);
     assert_eq!(limit, 5);
+    let (command, _) = client(&["exec", "list", "--idempotency-key", "order-42"]);
+    let ClientCommand::Exec(ExecCommand::List { idempotency_key, .. }) = command else { panic!("{command:?}") };
+    assert_eq!(idempotency_key.as_deref(), Some("order-42"));
     assert!(parse(&["exec", "list", "--state", "sleeping"]).is_err());
     assert!(parse(&["exec", "list", "--limit", "0"]).is_err());
 }

@@ -1,11 +1,11 @@
 //! Metrics read at scrape time from the components that keep the state: the registry, the
-//! dispatcher, the worker queues, the store, the executor's circuit breakers and the
-//! expression sandbox.
+//! worker queues, the store, the executor (failovers, circuit breakers) and the expression
+//! sandbox.
 
 use std::sync::Arc;
 
 use baton_core::{Health, ServiceId};
-use baton_executor::{BreakerState, WorkerQueues};
+use baton_executor::{BreakerState, Executor, WorkerQueues};
 use baton_registry::Registry;
 use baton_store::{AnyStore, CommitStats};
 use parking_lot::RwLock;
@@ -30,7 +30,7 @@ pub(crate) type BreakerStates = Arc<dyn Fn(&ServiceId) -> BreakerState + Send + 
 #[derive(Default)]
 pub(crate) struct Sources {
     pub(crate) registry: Option<Registry>,
-    pub(crate) dispatcher: Option<Dispatcher>,
+    pub(crate) executor: Option<Executor<Dispatcher>>,
     pub(crate) workers: Option<WorkerQueues>,
     pub(crate) store: Option<AnyStore>,
     pub(crate) breakers: Option<BreakerStates>,
@@ -42,7 +42,7 @@ impl std::fmt::Debug for Sources {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sources")
             .field("registry", &self.registry.is_some())
-            .field("dispatcher", &self.dispatcher.is_some())
+            .field("executor", &self.executor.is_some())
             .field("workers", &self.workers.is_some())
             .field("store", &self.store.is_some())
             .field("breakers", &self.breakers.is_some())
@@ -127,10 +127,10 @@ impl Collector for StateCollector {
                 }
             }
         }
-        if let Some(dispatcher) = &sources.dispatcher {
-            ConstCounter::new(dispatcher.failovers()).encode(encoder.encode_descriptor(
+        if let Some(executor) = &sources.executor {
+            ConstCounter::new(executor.failovers()).encode(encoder.encode_descriptor(
                 "baton_failovers",
-                "Calls moved to the next-ranked equivalent service after a failure.",
+                "Attempts moved to another service (an alternative, or the next match of a capability) after a failure.",
                 None,
                 MetricType::Counter,
             )?)?;

@@ -30,18 +30,29 @@ pub(crate) struct ServerProcess {
     extra: Vec<String>,
     /// A program (with its arguments) the server runs under: `<wrapper> baton serve ...`.
     wrapper: Vec<String>,
+    /// Environment variables the server is started with.
+    env: Vec<(String, String)>,
     starts: u32,
 }
 
 impl ServerProcess {
     /// Starts a server over `data_dir`, with `extra` flags, and waits until it serves.
     pub(crate) async fn start(data_dir: &Path, extra: &[&str]) -> Self {
-        Self::start_under(&[], data_dir, extra).await
+        Self::launch(&[], data_dir, extra, &[]).await
+    }
+
+    /// As [`ServerProcess::start`], with the environment variables `env` set as well.
+    pub(crate) async fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::launch(&[], data_dir, extra, env).await
     }
 
     /// [`ServerProcess::start`], the server run by `wrapper` (a program and its arguments,
     /// followed by the server's command line), which must end by running it in its place.
     pub(crate) async fn start_under(wrapper: &[&str], data_dir: &Path, extra: &[&str]) -> Self {
+        Self::launch(wrapper, data_dir, extra, &[]).await
+    }
+
+    async fn launch(wrapper: &[&str], data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut server = Self {
             child: None,
             grpc: free_addr(),
@@ -51,6 +62,7 @@ impl ServerProcess {
             log: data_dir.with_extension("log"),
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             wrapper: wrapper.iter().map(|s| (*s).to_owned()).collect(),
+            env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
             starts: 0,
         };
         server.spawn().await;
@@ -83,6 +95,7 @@ impl ServerProcess {
             .arg(&self.data_dir)
             .args(&self.extra)
             .env_remove("BATON_CONFIG")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

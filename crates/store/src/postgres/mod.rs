@@ -530,6 +530,16 @@ impl Store for PostgresStore {
         decode_execution(id, row.get(0))
     }
 
+    async fn find_by_idempotency_key(&self, key: &IdempotencyKey) -> StoreResult<Option<Execution>> {
+        let client = self.client().await?;
+        // The column is UNIQUE, so this is a lookup in its index.
+        let row = client
+            .query_opt("SELECT id, record FROM baton_executions WHERE idempotency_key = $1", &[&key.as_str()])
+            .await
+            .map_err(unavailable)?;
+        row.map(|row| decode_execution(id_from_bytes(row.get(0))?, row.get(1))).transpose()
+    }
+
     async fn update_execution(&self, update: ExecutionUpdate) -> StoreResult<Execution> {
         let client = self.client().await?;
         let id = id_bytes(update.id);
@@ -583,6 +593,10 @@ impl Store for PostgresStore {
         }
         if let Some(state) = filter.state {
             condition(&mut sql, "state = ?", vec![Box::new(state_text(state))]);
+        }
+        // The UNIQUE column's index answers this one alone.
+        if let Some(key) = &filter.idempotency_key {
+            condition(&mut sql, "idempotency_key = ?", vec![Box::new(key.as_str().to_owned())]);
         }
         for (bound, op_included, op_excluded) in [(low, ">=", ">"), (high, "<=", "<")] {
             let (op, (created, id)) = match bound {

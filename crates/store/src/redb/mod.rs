@@ -28,7 +28,9 @@
 //! never acknowledged and is dropped whole. Closing folds the last segment.
 //!
 //! Reads run on tokio's blocking pool in their own read transactions, never waiting for the
-//! writers; a journal read merges the unfolded events it finds in memory.
+//! writers; a journal read merges the unfolded events it finds in memory. A listing walks
+//! `executions_by_created` or, for one workflow, `executions_by_workflow` within the key
+//! range; by idempotency key it is one lookup in `idempotency_keys`.
 //!
 //! Files by job: `schema.rs` (tables, layout version and upgrades, key and record encoding),
 //! `writer.rs` (the redb writer thread and its writes), `wal.rs` (segment files and frames),
@@ -76,8 +78,8 @@ use self::wal::{FrameError, Segment};
 use self::{fail::*, fold::*, log::*, reads::*, schema::*, unfolded::*, writer::*};
 use crate::CommitStats;
 use crate::shared::{
-    Counters, IdHasherBuilder, Key, check_read, check_sequences, encode_by_execution, key_of, key_range, paginate,
-    to_json,
+    Counters, IdHasherBuilder, Key, check_read, check_sequences, encode_by_execution, key_of, key_range, keyed_page,
+    paginate, to_json,
 };
 
 mod fail;
@@ -386,6 +388,11 @@ impl Store for RedbStore {
 
     async fn get_execution(&self, id: ExecutionId) -> StoreResult<Execution> {
         self.read(move |txn| load_execution(&txn.open_table(EXECUTIONS)?, id)).await
+    }
+
+    async fn find_by_idempotency_key(&self, key: &IdempotencyKey) -> StoreResult<Option<Execution>> {
+        let key = key.clone();
+        self.read(move |txn| find_by_key(txn, &key)).await
     }
 
     async fn update_execution(&self, update: ExecutionUpdate) -> StoreResult<Execution> {

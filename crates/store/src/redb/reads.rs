@@ -1,4 +1,5 @@
-//! Reads: listings by key range and journal reads, merging the unfolded events.
+//! Reads: listings by key range or idempotency key, and journal reads, merging the unfolded
+//! events.
 
 use super::*;
 
@@ -11,6 +12,9 @@ pub(super) fn list_executions(
     page: &PageRequest,
 ) -> Result<ExecutionPage, Fail> {
     let Some((low, high)) = key_range(filter, page)? else { return Ok(ExecutionPage::default()) };
+    if let Some(key) = &filter.idempotency_key {
+        return Ok(keyed_page(find_by_key(txn, key)?, &(low, high), filter, page)?);
+    }
     let executions = txn.open_table(EXECUTIONS)?;
     let load = |key: Result<Key, StorageError>| -> StoreResult<Execution> {
         let (_, id) = key.map_err(|e| StoreError::unavailable(format!("redb: {e}")))?;
@@ -43,6 +47,21 @@ pub(super) fn list_executions(
         }
     };
     Ok(page?)
+}
+
+/// The execution created with `key`: one lookup in `idempotency_keys`, one in `executions`.
+pub(super) fn find_by_key(txn: &ReadTransaction, key: &IdempotencyKey) -> Result<Option<Execution>, Fail> {
+    let Some(id) = txn.open_table(IDEMPOTENCY)?.get(key.as_str())?.map(|id| id.value()) else { return Ok(None) };
+    let id = id_from_key(id)?;
+    match load_execution(&txn.open_table(EXECUTIONS)?, id) {
+        // Written in one transaction with the key, so its absence is damage, not a miss.
+        Err(Fail::Store(StoreError::NotFound(_))) => Err(StoreError::corrupt(
+            Record::Execution(id),
+            format!("idempotency key {:?} names it, but no record is stored", key.as_str()),
+        )
+        .into()),
+        loaded => loaded.map(Some),
+    }
 }
 
 /// Pages through `candidates` (ascending) in the order the request asks for.

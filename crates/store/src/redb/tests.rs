@@ -21,6 +21,7 @@ fn execution() -> Execution {
         tasks: Default::default(),
         created_at: at(),
         updated_at: at(),
+        trace: None,
         parent: None,
         problem: None,
         parked: None,

@@ -250,6 +250,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
             definition: Arc::clone(&self.definition),
             input: self.execution.input.clone(),
             history: self.history.clone(),
+            trace: self.execution.trace.clone(),
         };
         match self.inner.runner.start(request, Arc::new(ChannelSink(sender))) {
             Ok(handle) => {
@@ -694,7 +695,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
             // journal stays the truth for recovery.
             let _ = apply(&mut self.execution, &mut self.history, event);
         }
-        self.inner.config.observer.journaled(&self.execution.workflow, &events);
+        self.inner.config.observer.journaled(&self.execution, &events);
         // The record is a view of the journal, written when the state changes: listings filter
         // on it. Step progress in between is the driver's to tell (`get` asks it), so a step
         // costs one durable write, not two. When the record cannot be written, recovery

@@ -418,9 +418,9 @@ async fn wait_answers_with_the_finished_execution_before_and_after_the_end() {
 struct Counting(std::sync::Mutex<Vec<(String, u64)>>);
 
 impl crate::Observer for Counting {
-    fn journaled(&self, workflow: &WorkflowName, events: &[Event]) {
+    fn journaled(&self, execution: &baton_core::Execution, events: &[Event]) {
         let mut seen = self.0.lock().unwrap();
-        seen.extend(events.iter().map(|e| (workflow.to_string(), e.sequence)));
+        seen.extend(events.iter().map(|e| (execution.workflow.to_string(), e.sequence)));
     }
 }
 
@@ -674,6 +674,10 @@ impl Store for FullDisk {
 
     async fn get_execution(&self, id: ExecutionId) -> baton_core::StoreResult<Execution> {
         self.inner.get_execution(id).await
+    }
+
+    async fn find_by_idempotency_key(&self, key: &IdempotencyKey) -> baton_core::StoreResult<Option<Execution>> {
+        self.inner.find_by_idempotency_key(key).await
     }
 
     async fn update_execution(&self, update: ExecutionUpdate) -> baton_core::StoreResult<Execution> {

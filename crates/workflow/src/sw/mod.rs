@@ -562,11 +562,19 @@ impl Compiler<'_> {
         match function {
             "http" => {
                 let http = self.http(with, &with_pointer)?;
-                Ok(Action::Call(Call { target: CallTarget::Http(Arc::new(http)), payload: null_template() }))
+                Ok(Action::Call(Call {
+                    target: CallTarget::Http(Arc::new(http)),
+                    payload: null_template(),
+                    shape: None,
+                }))
             }
             "openapi" => {
                 let api = self.openapi(with, &with_pointer)?;
-                Ok(Action::Call(Call { target: CallTarget::OpenApi(Arc::new(api)), payload: null_template() }))
+                Ok(Action::Call(Call {
+                    target: CallTarget::OpenApi(Arc::new(api)),
+                    payload: null_template(),
+                    shape: None,
+                }))
             }
             "baton" => self.baton(with, &with_pointer),
             "grpc" | "asyncapi" | "a2a" | "mcp" => {
@@ -739,7 +747,7 @@ impl Compiler<'_> {
             Some(input) => self.value(&at("input"), input)?,
             None => Template::expression(&at("input"), ".", &self.names())?,
         };
-        Ok(Action::Call(Call { target, payload }))
+        Ok(Action::Call(Call { target, payload, shape: None }))
     }
 
     fn fork(&mut self, fork: &Value, pointer: &str, depth: usize) -> Result<Action> {

@@ -5,8 +5,13 @@
 //! baton-example-service <inventory|payments|shipping> [--listen 127.0.0.1:PORT] [--id ID]
 //!     [--baton http://127.0.0.1:50051] [--advertise URL] [--latency 50ms] [--fail-rate 0.1]
 //!     [--lose-rate 0.1] [--seed N] [--ttl 10s] [--deregister-after 1m|never] [--capacity N]
-//!     [--label KEY=VALUE]...
+//!     [--label KEY=VALUE]... [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]
 //! ```
+//!
+//! With `--tls-cert` and `--tls-key` it serves HTTPS (HTTP/2 or HTTP/1.1 by ALPN) and registers
+//! an `https://` URL; with `--tls-client-ca` too, callers must present a client certificate
+//! that chains to it.
+
 #![allow(clippy::print_stderr, reason = "a binary reports start-up failures on stderr")]
 
 use std::process::ExitCode;
@@ -16,7 +21,8 @@ use baton_examples::{Kind, ServiceOptions};
 
 const USAGE: &str = "usage: baton-example-service <inventory|payments|shipping> [--listen ADDR] [--id ID] \
 [--baton URL] [--advertise URL] [--latency DURATION] [--fail-rate RATE] [--lose-rate RATE] [--seed N] \
-[--ttl DURATION] [--deregister-after DURATION|never] [--capacity N] [--label KEY=VALUE]...";
+[--ttl DURATION] [--deregister-after DURATION|never] [--capacity N] [--label KEY=VALUE]... \
+[--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]";
 
 fn main() -> ExitCode {
     let (kind, options) = match parse(std::env::args().skip(1)) {
@@ -115,6 +121,7 @@ async fn shutdown_signal() {
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Option<(Kind, ServiceOptions)>, String> {
     let mut kind = None;
     let mut options = ServiceOptions::default();
+    let (mut cert, mut key, mut client_ca) = (None, None, None);
     while let Some(arg) = args.next() {
         if arg == "-h" || arg == "--help" {
             return Ok(None);
@@ -152,11 +159,27 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Option<(Kind, Service
                 let (key, label) = value.split_once('=').ok_or_else(|| bad(&"expected KEY=VALUE"))?;
                 options.labels.insert(key.to_owned(), label.to_owned());
             }
+            "--tls-cert" => cert = Some(read(&flag, &value)?),
+            "--tls-key" => key = Some(read(&flag, &value)?),
+            "--tls-client-ca" => client_ca = Some(read(&flag, &value)?),
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
     let kind = kind.ok_or("which service? inventory, payments or shipping")?;
+    options.tls = match (cert, key, client_ca) {
+        (None, None, None) => None,
+        (Some(cert), Some(key), client_ca) => Some(
+            baton_examples::tls::server_config(&cert, &key, client_ca.as_deref())
+                .map_err(|e| format!("--tls-cert/--tls-key: {e}"))?,
+        ),
+        (None, None, Some(_)) => return Err("--tls-client-ca needs --tls-cert and --tls-key".to_owned()),
+        _ => return Err("--tls-cert and --tls-key go together".to_owned()),
+    };
     Ok(Some((kind, options)))
+}
+
+fn read(flag: &str, path: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{flag} {path:?}: {e}"))
 }
 
 fn duration(flag: &str, value: &str) -> Result<Duration, String> {
@@ -198,5 +221,16 @@ mod tests {
         assert!(args("inventory --listen nowhere").unwrap_err().contains("--listen \"nowhere\""));
         assert!(args("inventory --latency 5").unwrap_err().contains("--latency"));
         assert!(args("inventory --colour red").unwrap_err().contains("--colour"));
+        assert!(args("inventory --tls-cert /nonexistent.pem").unwrap_err().contains("--tls-cert \"/nonexistent.pem\""));
+        let dir = std::env::temp_dir().join(format!("baton-example-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pem = dir.join("cert.pem");
+        std::fs::write(&pem, "not a certificate").unwrap();
+        let pem = pem.display();
+        assert!(args(&format!("inventory --tls-cert {pem}")).unwrap_err().contains("go together"));
+        let error = args(&format!("inventory --tls-cert {pem} --tls-key {pem}")).unwrap_err();
+        assert!(error.contains("no certificate"), "{error}");
+        assert!(args(&format!("inventory --tls-client-ca {pem}")).unwrap_err().contains("needs --tls-cert"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

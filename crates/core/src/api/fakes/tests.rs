@@ -33,6 +33,7 @@ fn start(executions: &InMemoryExecutions, key: Option<&str>, input: Value) -> Ap
         version: None,
         input,
         idempotency_key: key.map(|k| IdempotencyKey::new(k).unwrap()),
+        trace: None,
     }))
 }
 
@@ -103,6 +104,7 @@ fn starts_are_idempotent_by_key_and_follow_the_state_machine() {
         version: None,
         input: Value::Null,
         idempotency_key: None,
+        trace: None,
     }));
     assert_eq!(unknown.unwrap_err(), ApiError::NotFound(r#"definition "nope" not found"#.into()));
 
@@ -190,6 +192,31 @@ fn listings_filter_and_page_by_keyset() {
     let bad = PageRequest { token: Some(PageToken::from_text("nope".into())), ..PageRequest::default() };
     let err = now(executions.list(ExecutionQuery::default(), bad)).unwrap_err();
     assert!(matches!(&err, ApiError::InvalidArgument { field, .. } if field == "page_token"), "{err}");
+}
+
+#[test]
+fn a_listing_by_idempotency_key_holds_the_one_execution_it_started() {
+    let executions = executions();
+    let keyed: Vec<ExecutionId> =
+        (0..3).map(|i| start(&executions, Some(&format!("k{i}")), json!(i)).unwrap().execution.id).collect();
+    start(&executions, None, json!("no key")).unwrap();
+    now(executions.pause(keyed[1])).unwrap();
+    let key = |k: &str| Some(IdempotencyKey::new(k).unwrap());
+    let ids = |query: ExecutionQuery| {
+        let page = now(executions.list(query, PageRequest::default())).unwrap();
+        assert_eq!(page.next, None);
+        page.executions.iter().map(|e| e.id).collect::<Vec<_>>()
+    };
+    assert_eq!(ids(ExecutionQuery { idempotency_key: key("k1"), ..Default::default() }), [keyed[1]]);
+    let paused =
+        ExecutionQuery { idempotency_key: key("k1"), states: vec![ExecutionState::Paused], ..Default::default() };
+    assert_eq!(ids(paused), [keyed[1]]);
+    let running =
+        ExecutionQuery { idempotency_key: key("k1"), states: vec![ExecutionState::Running], ..Default::default() };
+    assert!(ids(running).is_empty());
+    let other = ExecutionQuery { idempotency_key: key("k2"), workflow: Some(name("other")), ..Default::default() };
+    assert!(ids(other).is_empty());
+    assert!(ids(ExecutionQuery { idempotency_key: key("unused"), ..Default::default() }).is_empty());
 }
 
 fn task(queue: &str, step: &str) -> NewTask {
