@@ -859,18 +859,13 @@ impl<'a, I: Invoker> Interp<'a, I> {
             return;
         }
         if let Some(condition) = &task.condition {
-            match self.eval_scoped(condition, &raw, Some(task), &raw, Value::Null, &scope).await {
-                Ok(Value::Bool(true)) => {}
-                Ok(Value::Bool(false)) => {
+            let holds = self.eval_scoped(condition, &raw, Some(task), &raw, Value::Null, &scope).await;
+            match boolean(holds, "its condition (if)") {
+                Ok(true) => {}
+                Ok(false) => {
                     let reason = "its condition (if) is false".to_owned();
                     self.record(EventKind::TaskSkipped { step: path, reason });
                     self.task_finished(id, Ok(Done::Skipped), false).await;
-                    return;
-                }
-                Ok(other) => {
-                    let problem =
-                        Problem::standard("expression", format!("its condition (if) gave {other}, not a boolean"));
-                    self.task_finished(id, Err(problem), false).await;
                     return;
                 }
                 Err(problem) => {
@@ -948,16 +943,8 @@ impl<'a, I: Invoker> Interp<'a, I> {
                 for case in &switch.cases {
                     let holds = match &case.when {
                         None => true,
-                        Some(when) => match eval(self, when).await {
-                            Ok(Value::Bool(b)) => b,
-                            Ok(other) => {
-                                let problem = Problem::standard(
-                                    "expression",
-                                    format!("switch case {} gave {other}, not a boolean", case.name),
-                                );
-                                self.task_finished(id, Err(problem), false).await;
-                                return;
-                            }
+                        Some(when) => match boolean(eval(self, when).await, &format!("switch case {}", case.name)) {
+                            Ok(holds) => holds,
                             Err(problem) => {
                                 self.task_finished(id, Err(problem), false).await;
                                 return;
@@ -1554,19 +1541,14 @@ impl<'a, I: Invoker> Interp<'a, I> {
             vars.push(json!(iteration));
             let task = self.task(id).task;
             let input = self.task(id).input.clone();
-            match self.eval_scoped(&repeat.condition, &last, Some(task), &input, Value::Null, &vars).await {
-                Ok(Value::Bool(holds)) => {
+            let holds = self.eval_scoped(&repeat.condition, &last, Some(task), &input, Value::Null, &vars).await;
+            match boolean(holds, "the loop condition") {
+                Ok(holds) => {
                     if holds == repeat.until {
                         let output = self.repeat_output(id);
                         self.task_finished(id, Ok(Done::Output(output)), false).await;
                         return;
                     }
-                }
-                Ok(other) => {
-                    let problem =
-                        Problem::standard("expression", format!("the loop condition gave {other}, not a boolean"));
-                    self.task_finished(id, Err(problem), false).await;
-                    return;
                 }
                 Err(problem) => {
                     self.task_finished(id, Err(problem), false).await;
@@ -1697,12 +1679,7 @@ impl<'a, I: Invoker> Interp<'a, I> {
         let check = async |condition: Option<_>, default: bool| -> Result<bool, Problem> {
             match condition {
                 None => Ok(default),
-                Some(condition) => match condition.await? {
-                    Value::Bool(b) => Ok(b),
-                    other => {
-                        Err(Problem::standard("expression", format!("catch condition gave {other}, not a boolean")))
-                    }
-                },
+                Some(condition) => boolean(condition.await, "catch condition"),
             }
         };
         let caught = matches_filter
@@ -2080,6 +2057,14 @@ fn rendered_by(templates: &[&Template], rendered: &[Value], template: &Template)
         .position(|t| std::ptr::eq(*t, template))
         .map(|at| rendered[at].clone())
         .ok_or_else(|| Problem::runtime("a request template was not rendered"))
+}
+
+/// A condition's value as a boolean; anything else is an `expression` problem naming `what`.
+fn boolean(value: Result<Value, Problem>, what: &str) -> Result<bool, Problem> {
+    match value? {
+        Value::Bool(holds) => Ok(holds),
+        other => Err(Problem::standard("expression", format!("{what} gave {other}, not a boolean"))),
+    }
 }
 
 /// A time from an expression: RFC 3339 text or seconds since the epoch.
