@@ -22,7 +22,7 @@ pub enum GraphError {
         /// The missing dependency.
         unknown: StepId,
     },
-    /// A step falls back to a step that does not exist (or to itself).
+    /// A step falls back to a step that does not exist.
     #[error("step {step:?} falls back to unknown step {fallback:?}")]
     UnknownFallback {
         /// The step.
@@ -30,6 +30,13 @@ pub enum GraphError {
         /// The fallback named.
         fallback: StepId,
     },
+    /// A step falls back to itself: its own failure cannot be its recovery.
+    #[error("step {0:?} falls back to itself")]
+    SelfFallback(StepId),
+    /// A chain of fallbacks loops (`b` falls back to `c`, `c` to `b`): the chain from the
+    /// first step that starts a loop, the repeated step at the end.
+    #[error("fallbacks form a loop: {}", .0.iter().map(StepId::as_str).collect::<Vec<_>>().join(" -> "))]
+    FallbackLoop(Vec<StepId>),
     /// The dependencies loop; the steps of one cycle in run order, starting from the step
     /// defined first, which is repeated at the end.
     #[error("steps form a cycle: {}", .0.iter().map(StepId::as_str).collect::<Vec<_>>().join(" -> "))]
@@ -71,12 +78,13 @@ pub struct StepGraph {
     index: HashMap<StepId, usize>,
     dependencies: Vec<Vec<usize>>,
     dependents: Vec<Vec<usize>>,
+    fallbacks: Vec<Option<usize>>,
     order: Vec<usize>,
 }
 
 impl StepGraph {
     /// Checks `steps`: unique ids, then per step known dependencies and a known fallback
-    /// other than itself, then no cycle (Kahn's algorithm; when steps are left over, a
+    /// other than itself, then no fallback loop, then no cycle (Kahn's algorithm; when steps are left over, a
     /// depth-first walk names one cycle).
     pub fn check<'a>(steps: impl IntoIterator<Item = StepLinks<'a>>) -> Result<Self, GraphError> {
         let steps: Vec<StepLinks<'a>> = steps.into_iter().collect();
@@ -90,16 +98,23 @@ impl StepGraph {
             if let Some(unknown) = step.depends_on.iter().find(|d| !index.contains_key(*d)) {
                 return Err(GraphError::UnknownDependency { step: step.id.clone(), unknown: unknown.clone() });
             }
-            if let Some(fallback) = step.fallback
-                && (!index.contains_key(fallback) || fallback == step.id)
-            {
-                return Err(GraphError::UnknownFallback { step: step.id.clone(), fallback: fallback.clone() });
+            if let Some(fallback) = step.fallback {
+                if fallback == step.id {
+                    return Err(GraphError::SelfFallback(step.id.clone()));
+                }
+                if !index.contains_key(fallback) {
+                    return Err(GraphError::UnknownFallback { step: step.id.clone(), fallback: fallback.clone() });
+                }
             }
         }
         let dependencies: Vec<Vec<usize>> = steps
             .iter()
             .map(|step| step.depends_on.iter().map(|d| index[d]).collect::<BTreeSet<usize>>().into_iter().collect())
             .collect();
+        let fallbacks: Vec<Option<usize>> = steps.iter().map(|s| s.fallback.map(|f| index[f])).collect();
+        if let Some(chain) = fallback_loop(&fallbacks) {
+            return Err(GraphError::FallbackLoop(chain.into_iter().map(|i| steps[i].id.clone()).collect()));
+        }
         let mut dependents = vec![Vec::new(); steps.len()];
         for (i, deps) in dependencies.iter().enumerate() {
             for &d in deps {
@@ -121,7 +136,7 @@ impl StepGraph {
         if order.len() < steps.len() {
             return Err(GraphError::Cycle(cycle(&steps, &index, &indegree)));
         }
-        Ok(Self { index, dependencies, dependents, order })
+        Ok(Self { index, dependencies, dependents, fallbacks, order })
     }
 
     /// How many steps there are.
@@ -149,10 +164,32 @@ impl StepGraph {
         &self.dependents[i]
     }
 
+    /// The step that runs in step `i`'s place when it fails, if any.
+    pub fn fallback(&self, i: usize) -> Option<usize> {
+        self.fallbacks[i]
+    }
+
     /// Step indexes in an order where every step comes after its dependencies.
     pub fn order(&self) -> &[usize] {
         &self.order
     }
+}
+
+/// The first chain of fallbacks that comes back to a step already on it, if any. Each step
+/// has at most one fallback, so following them from every start finds every loop.
+fn fallback_loop(fallbacks: &[Option<usize>]) -> Option<Vec<usize>> {
+    for start in 0..fallbacks.len() {
+        let mut chain = vec![start];
+        let mut at = start;
+        while let Some(next) = fallbacks[at] {
+            chain.push(next);
+            if chain[..chain.len() - 1].contains(&next) {
+                return Some(chain);
+            }
+            at = next;
+        }
+    }
+    None
 }
 
 /// One cycle among the steps Kahn's algorithm left over (`indegree > 0`): every such step
@@ -206,11 +243,16 @@ mod tests {
 
     #[test]
     fn each_broken_rule_is_named() {
-        let cases: [(&[Links<'_>], &str); 5] = [
+        let cases: [(&[Links<'_>], &str); 7] = [
             (&[("a", &[], None), ("a", &[], None)], r#"step "a" appears twice"#),
             (&[("a", &["b"], None)], r#"step "a" depends on unknown step "b""#),
             (&[("a", &[], Some("z"))], r#"step "a" falls back to unknown step "z""#),
-            (&[("a", &[], Some("a"))], r#"step "a" falls back to unknown step "a""#),
+            (&[("a", &[], Some("a"))], r#"step "a" falls back to itself"#),
+            (&[("a", &[], None), ("b", &[], Some("c")), ("c", &[], Some("b"))], "fallbacks form a loop: b -> c -> b"),
+            (
+                &[("a", &[], Some("b")), ("b", &[], Some("c")), ("c", &[], Some("b"))],
+                "fallbacks form a loop: a -> b -> c -> b",
+            ),
             (
                 &[("a", &["c"], None), ("b", &["a"], None), ("c", &["b"], None), ("d", &[], None)],
                 "steps form a cycle: a -> b -> c -> a",

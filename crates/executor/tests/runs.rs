@@ -337,6 +337,13 @@ fn bad_specs_are_refused() {
     let cycle = vec![a.clone(), StepId::new("b").unwrap(), a];
     assert_eq!(make(vec![t("a", &["b"]), t("b", &["a"])]), Err(SpecError::Graph(GraphError::Cycle(cycle))));
     assert!(matches!(make(vec![task("a", &[], &[], json!({}))]), Err(SpecError::NoService(_))));
+    let falls_back =
+        |id: &str, to: &str| TaskSpec { on_error: ErrorPolicy::Fallback(StepId::new(to).unwrap()), ..t(id, &[]) };
+    let b = StepId::new("b").unwrap();
+    assert_eq!(make(vec![falls_back("b", "b")]), Err(SpecError::Graph(GraphError::SelfFallback(b.clone()))));
+    let chain = vec![b.clone(), StepId::new("c").unwrap(), b];
+    let mutual = vec![t("a", &[]), falls_back("b", "c"), falls_back("c", "b")];
+    assert_eq!(make(mutual), Err(SpecError::Graph(GraphError::FallbackLoop(chain))));
 }
 
 #[tokio::test(start_paused = true)]

@@ -419,3 +419,81 @@ async fn waiting_for_executions_as_they_are_woken_from_parking_never_errs() {
         assert_eq!(execution.unwrap().unwrap().state, ExecutionState::Completed);
     }
 }
+
+/// A service on 127.0.0.1 that answers every call with 503 (a retryable failure), and one that
+/// accepts calls and never answers.
+async fn broken_and_silent() -> (String, String) {
+    let broken = axum::Router::new()
+        .route("/", post(|| async { (axum::http::StatusCode::SERVICE_UNAVAILABLE, "down for maintenance") }));
+    let silent = axum::Router::new().route("/", post(|| std::future::pending::<&'static str>()));
+    let mut urls = Vec::new();
+    for router in [broken, silent] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        urls.push(format!("http://{}/", listener.local_addr().unwrap()));
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    }
+    (urls.remove(0), urls.remove(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_task_of_an_ended_execution_reads_an_end_state() {
+    let (broken, silent) = broken_and_silent().await;
+    let (echo, _) = service().await;
+    let baton = baton_with(&[("broken", &broken), ("silent", &silent), ("echo", &echo)]).await;
+    let retry = "retry: { max_attempts: 2, initial_backoff: 10ms, max_backoff: 10ms }";
+
+    // The final retryable failure ends the step Failed, not Scheduled, under each policy.
+    let continued = run(
+        &baton,
+        &format!(
+            "name: continued\nsteps:\n  - {{ id: flaky, service: broken, on_error: continue, {retry} }}\n  - {{ id: after, service: echo, depends_on: [flaky] }}\n  - {{ id: aside, service: echo }}\n"
+        ),
+        json!({}),
+    )
+    .await;
+    assert_eq!(continued.state, ExecutionState::Completed, "{continued:?}");
+    assert_eq!(state(&continued, "flaky"), TaskState::Failed);
+    assert_eq!(continued.tasks["flaky"].attempts, 2);
+    assert_eq!(state(&continued, "after"), TaskState::Skipped);
+    assert_eq!(state(&continued, "aside"), TaskState::Succeeded);
+    let failed = run(
+        &baton,
+        &format!(
+            "name: failed\nsteps:\n  - {{ id: flaky, service: broken, {retry} }}\n  - {{ id: after, service: echo, depends_on: [flaky] }}\n"
+        ),
+        json!({}),
+    )
+    .await;
+    assert_eq!(failed.state, ExecutionState::Failed, "{failed:?}");
+    assert_eq!(state(&failed, "flaky"), TaskState::Failed);
+    assert_eq!(state(&failed, "after"), TaskState::Skipped);
+
+    // A cancel ends the call in flight and the steps still waiting for it.
+    let applied = baton
+        .engine()
+        .apply("name: hanging\nsteps:\n  - { id: stuck, service: silent }\n  - { id: next, service: echo, depends_on: [stuck] }\n")
+        .await
+        .unwrap();
+    let id = baton.engine().start(&applied.name, None, json!({}), None).await.unwrap();
+    wait_for(&baton, id, |e| e.tasks.get("stuck").is_some_and(|t| t.state != TaskState::Pending)).await;
+    baton.engine().cancel(id, "no answer").await.unwrap();
+    let cancelled = tokio::time::timeout(Duration::from_secs(20), baton.engine().wait(id)).await.unwrap().unwrap();
+    assert_eq!(cancelled.state, ExecutionState::Cancelled);
+    let open: Vec<_> = cancelled.tasks.iter().filter(|(_, t)| !t.state.is_terminal()).collect();
+    assert!(open.is_empty(), "tasks left open after cancel: {open:?}");
+    assert_eq!(state(&cancelled, "stuck"), TaskState::Cancelled);
+    // A reader of the store sees the same end states as the engine's answer.
+    let stored = baton.store().get_execution(id).await.unwrap();
+    assert!(stored.tasks.values().all(|t| t.state.is_terminal()), "{stored:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fallback_loops_and_a_step_falling_back_to_itself_are_refused_at_apply() {
+    let baton = baton_with(&[]).await;
+    let mutual = "name: mutual\nsteps:\n  - { id: a, service: s }\n  - { id: b, service: s, on_error: fallback, fallback: c }\n  - { id: c, service: s, on_error: fallback, fallback: b }\n";
+    let error = baton.engine().apply(mutual).await.unwrap_err().to_string();
+    assert!(error.contains("fallbacks form a loop: b -> c -> b"), "{error}");
+    let own = "name: own\nsteps:\n  - { id: a, service: s, on_error: fallback, fallback: a }\n";
+    let error = baton.engine().apply(own).await.unwrap_err().to_string();
+    assert!(error.contains(r#"step "a" falls back to itself"#), "{error}");
+}

@@ -153,7 +153,7 @@ impl Compiler<'_> {
         )?;
         let index: HashMap<&str, usize> = steps.iter().enumerate().map(|(i, s)| (s.id.as_str(), i)).collect();
         let depends_on: Vec<Vec<usize>> = (0..steps.len()).map(|i| graph.dependencies(i).to_vec()).collect();
-        let fallbacks = fallbacks(steps, &index, &path)?;
+        let fallbacks: Vec<Option<usize>> = (0..steps.len()).map(|i| graph.fallback(i)).collect();
         let ids: Vec<StepId> = steps.iter().map(|s| s.id.clone()).collect();
         let upstream = Upstream::of(&graph);
         let mut tasks = Vec::with_capacity(steps.len());
@@ -473,36 +473,6 @@ impl Compiler<'_> {
     }
 }
 
-/// The fallback of each step, by index; refuses unknown ones, a step falling back to itself,
-/// and chains of fallbacks that loop.
-fn fallbacks(
-    steps: &[Step],
-    index: &HashMap<&str, usize>,
-    path: &dyn Fn(&StepId) -> StepId,
-) -> Result<Vec<Option<usize>>> {
-    let mut fallback = vec![None; steps.len()];
-    for (i, step) in steps.iter().enumerate() {
-        if let ErrorPolicy::Fallback(f) = &step.on_error {
-            // StepGraph::check refused unknown fallbacks and a step falling back to itself.
-            fallback[i] = index.get(f.as_str()).copied().filter(|&to| to != i);
-        }
-    }
-    for start in 0..steps.len() {
-        let mut at = start;
-        let mut seen = vec![start];
-        while let Some(next) = fallback[at] {
-            if seen.contains(&next) {
-                let mut chain: Vec<StepId> = seen.iter().map(|&s| path(&steps[s].id)).collect();
-                chain.push(path(&steps[next].id));
-                return Err(Error::FallbackLoop(chain));
-            }
-            seen.push(next);
-            at = next;
-        }
-    }
-    Ok(fallback)
-}
-
 fn check_retry(place: &str, retry: &baton_core::RetryPolicy) -> Result<()> {
     if retry.max_attempts == 0 {
         return Err(baton_core::Error::invalid(format!("{place}.max_attempts"), 0, "must be at least 1").into());
@@ -714,7 +684,7 @@ output:
         );
         refused(
             "name: w\nsteps:\n  - {id: a, service: s, on_error: fallback, fallback: a}\n",
-            r#"step "a" falls back to unknown step "a""#,
+            r#"step "a" falls back to itself"#,
         );
         refused(
             "name: w\nsteps:\n  - {id: a, while: \"${ true }\", steps: [{id: b, service: s}]}\n",

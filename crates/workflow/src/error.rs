@@ -34,12 +34,9 @@ pub enum Error {
         limit: usize,
     },
     /// The steps do not form a graph that can run: a duplicate id, an unknown dependency or
-    /// fallback, or a cycle.
+    /// fallback, a step falling back to itself, a fallback loop, or a cycle.
     #[error(transparent)]
     Graph(#[from] GraphError),
-    /// A chain of fallbacks loops (`b` falls back to `c`, `c` to `b`).
-    #[error("fallbacks form a loop: {}", .0.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" -> "))]
-    FallbackLoop(Vec<StepId>),
     /// Blocks are nested deeper than the limit.
     #[error("{place} is nested too deep, the limit is {limit} levels")]
     TooDeep {

@@ -153,7 +153,7 @@ fn check_steps(definition: &WorkflowDefinition) -> ApiResult<()> {
     let field = match &error {
         GraphError::DuplicateStep(step) => place(step, 1, "id"),
         GraphError::UnknownDependency { step, .. } => place(step, 0, "depends_on"),
-        GraphError::UnknownFallback { step, .. } => place(step, 0, "on_error"),
+        GraphError::UnknownFallback { step, .. } | GraphError::SelfFallback(step) => place(step, 0, "on_error"),
         _ => "steps".to_owned(),
     };
     Err(ApiError::invalid(field, error))
