@@ -425,7 +425,7 @@ async fn waiting_for_executions_as_they_are_woken_from_parking_never_errs() {
 async fn broken_and_silent() -> (String, String) {
     let broken = axum::Router::new()
         .route("/", post(|| async { (axum::http::StatusCode::SERVICE_UNAVAILABLE, "down for maintenance") }));
-    let silent = axum::Router::new().route("/", post(|| std::future::pending::<&'static str>()));
+    let silent = axum::Router::new().route("/", post(std::future::pending::<&'static str>));
     let mut urls = Vec::new();
     for router in [broken, silent] {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
