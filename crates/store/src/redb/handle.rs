@@ -44,14 +44,17 @@ impl Handle {
     /// done already (the current handle is another); with `None`, opens the file when there is
     /// no handle. On failure no handle is left, and the next call tries again.
     pub(super) fn replace(&self, failed: Option<Arc<Database>>) -> Result<(), DatabaseError> {
+        // Let go of the failed handle before waiting for the slot: a caller holding it while it
+        // waits would keep the one in the slot, which waits for every holder to let go, from
+        // ever closing. The weak reference only keeps its address from being reused.
+        let failed = failed.map(|db| Arc::downgrade(&db));
         // Holding the slot, no read starts on the old handle while it closes; reads wait.
         let mut current = self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         let stale = match (&*current, &failed) {
             (None, _) => true,
-            (Some(now), Some(failed)) => Arc::ptr_eq(now, failed),
+            (Some(now), Some(failed)) => std::ptr::eq(Arc::as_ptr(now), failed.as_ptr()),
             (Some(_), None) => false,
         };
-        drop(failed);
         if !stale {
             return Ok(());
         }
@@ -83,5 +86,36 @@ fn open(
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_holders_of_a_failed_handle_replace_it_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("handle.redb");
+        let handle = Arc::new(Handle::new(path.clone(), Database::create(&path).unwrap()));
+        let (first, second) = (handle.get().unwrap(), handle.get().unwrap());
+        // Each holds the failed handle until it calls: whichever gets the slot first must not
+        // wait for the other to let go of it.
+        let barrier = Arc::new(std::sync::Barrier::new(2));
+        let replacing: Vec<_> = [first, second]
+            .into_iter()
+            .map(|failed| {
+                let (handle, barrier) = (Arc::clone(&handle), Arc::clone(&barrier));
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    handle.replace(Some(failed))
+                })
+            })
+            .collect();
+        for thread in replacing {
+            thread.join().unwrap().expect("the file opens again");
+        }
+        let db = handle.get().unwrap();
+        assert_eq!(Arc::strong_count(&db), 2, "one handle, in the slot and here");
     }
 }
