@@ -38,7 +38,7 @@ const NAP: &str = r#"
 name: nap
 steps:
   - { id: before, query: { capabilities: [payment.charge] }, input: { amount: 1 } }
-  - { id: nap, wait: 4s, depends_on: [before] }
+  - { id: nap, wait: 12s, depends_on: [before] }
   - { id: after, query: { capabilities: [payment.charge] }, input: { amount: 2 }, depends_on: [nap] }
 output: "${ .steps.after.output.amount }"
 "#;
@@ -59,7 +59,7 @@ const KID: &str = r#"
 name: kid
 steps:
   - { id: first, query: { capabilities: [payment.charge] }, input: { amount: "${ .input.n }" } }
-  - { id: nap, wait: 3s, depends_on: [first] }
+  - { id: nap, wait: 10s, depends_on: [first] }
   - { id: second, query: { capabilities: [payment.charge] }, input: { amount: "${ .input.n + 1 }" }, depends_on: [nap] }
 output: "${ .steps.second.output.amount }"
 "#;
@@ -159,7 +159,8 @@ async fn a_loop_a_timer_a_listen_and_a_child_each_resume_after_kill_9_with_every
     let parent = start(&mut clients, "parent", json!({})).await;
 
     // Kill once every run is caught mid-way: the loop part done, the timer and the child's
-    // timer armed, the listen waiting.
+    // timer armed, the listen waiting. The timers are long enough to be caught armed while a
+    // loaded machine runs the loop's first 200 iterations.
     let deadline = Instant::now() + Duration::from_secs(30);
     let kid = loop {
         let parent_view = get(&mut clients, &parent).await;
