@@ -11,6 +11,7 @@ mod chaos;
 mod ci;
 mod fuzz;
 mod layering;
+mod soak;
 mod standalone;
 mod table;
 
@@ -37,6 +38,10 @@ commands:
                    executions of the pipeline workflow through a real server killed with kill -9
                    K times while the example services fail and lose calls (default 1000, 20,
                    0.05, 0.05); checks nothing acknowledged is lost and no effect repeats
+  soak [--executions N] [--release]
+                   N executions (default 200,000) by 64 callers on one connection, each watch
+                   dropped at its terminal event; fails on any error, prints executions/s and
+                   the server's RSS at the start and end
   help             print this message";
 
 fn main() -> ExitCode {
@@ -68,6 +73,7 @@ fn dispatch(args: Vec<String>) -> Result<()> {
             fuzz::run(&root, target, seconds, fuzz::Build::Thorough)
         }
         ["chaos", rest @ ..] => chaos::run(&root, &chaos::Options::parse(rest)?),
+        ["soak", rest @ ..] => soak::run(&root, &soak::Options::parse(rest)?),
         _ => {
             eprintln!("{USAGE}");
             bail!("unknown arguments `{}`", args.join(" "))

@@ -3,12 +3,12 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
+use baton_core::api::EventStream;
 use baton_core::api::{ExecutionQuery, StartExecution};
 use baton_core::{Executions, Order, PageRequest, PageToken, TraceContext};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::{Stream, StreamExt as _};
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use baton_core::bounds::cut_text;
@@ -91,23 +91,52 @@ pub(crate) fn fit_execution(mut execution: pb::Execution, budget: usize) -> pb::
 /// The shortest a task's error is cut to: its start and how long it was.
 const MIN_ERROR_BYTES: usize = 64;
 
-/// Forwards events until the journal ends, the watcher goes away or the server stops.
-async fn forward(
-    mut events: WatchStream,
-    mut stopping: Stopping,
-    tx: mpsc::Sender<Result<pb::WatchExecutionResponse, Status>>,
-) {
-    loop {
-        let item = tokio::select! {
-            item = events.next() => item,
-            () = stopping.wait() => Some(Err(shutting_down())),
-            () = tx.closed() => return,
-        };
-        let Some(item) = item else { return };
-        let end = item.is_err();
-        if tx.send(item).await.is_err() || end {
-            return;
+/// A watch as the response stream: the journal's events until the execution's terminal event
+/// or an error, or until the server stops (then `UNAVAILABLE`). It ends in the same poll as
+/// its last event, with no task or channel between it and the response, so that tonic finds the
+/// end of the stream right after the terminal event and h2 sends the last DATA frame and the
+/// trailers together. A client that drops the watch on reading that event then has nothing
+/// more in flight on the stream: a late frame on a stream it has reset counts against its
+/// connection in h2 (1,024 of them and h2 closes it, `too_many_internal_resets`).
+struct Watching {
+    events: EventStream,
+    stopping: Pin<Box<dyn Future<Output = ()> + Send>>,
+    ended: bool,
+}
+
+impl Watching {
+    fn new(events: EventStream, mut stopping: Stopping) -> Self {
+        Self { events, stopping: Box::pin(async move { stopping.wait().await }), ended: false }
+    }
+}
+
+impl Stream for Watching {
+    type Item = Result<pb::WatchExecutionResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.ended {
+            return Poll::Ready(None);
         }
+        let item = match self.events.as_mut().poll_next(cx) {
+            Poll::Ready(Some(Ok(event))) => {
+                self.ended = event.kind.is_terminal();
+                Ok(pb::WatchExecutionResponse { event: Some(event_to_proto(&event)) })
+            }
+            Poll::Ready(Some(Err(error))) => {
+                self.ended = true;
+                Err(api_status(error))
+            }
+            Poll::Ready(None) => {
+                self.ended = true;
+                return Poll::Ready(None);
+            }
+            Poll::Pending => {
+                ready!(self.stopping.as_mut().poll(cx));
+                self.ended = true;
+                Err(shutting_down())
+            }
+        };
+        Poll::Ready(Some(item))
     }
 }
 
@@ -270,12 +299,6 @@ impl pb::execution_service_server::ExecutionService for ExecutionApi {
         let request = request.into_inner();
         let id = execution_id("id", &request.id)?;
         let events = self.executions.watch(id, request.from_sequence).await.map_err(api_status)?;
-        let events: WatchStream = Box::pin(events.map(|event| match event {
-            Ok(event) => Ok(pb::WatchExecutionResponse { event: Some(event_to_proto(&event)) }),
-            Err(error) => Err(api_status(error)),
-        }));
-        let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(forward(events, self.stopping.clone(), tx));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx)) as WatchStream))
+        Ok(Response::new(Box::pin(Watching::new(events, self.stopping.clone())) as WatchStream))
     }
 }
