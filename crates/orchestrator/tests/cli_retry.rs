@@ -15,11 +15,9 @@ use std::time::Duration;
 
 use baton_grpc::pb;
 use serde_json::Value;
-use support::{Clients, ServerProcess};
+use support::{Clients, ServerProcess, TICK};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
-
-const TICK: &str = "name: tick\nsteps:\n  - { id: done, set: \"ok\" }\n";
 
 /// A proxy to `server` whose first connection is cut when the server sends the first frame of
 /// a stream (the answer to the first call); later connections pass everything. The count is

@@ -21,15 +21,12 @@ use std::time::{Duration, Instant};
 
 use baton_grpc::pb;
 use pb::execution_service_client::ExecutionServiceClient;
-use support::{Clients, ServerProcess};
+use support::{Clients, ServerProcess, TICK, wait_completed};
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
 /// Callers on the one channel.
 const CALLERS: usize = 64;
-
-/// One step that needs no service, so the loop measures the API and the engine.
-const TICK: &str = "name: tick\nsteps:\n  - { id: done, set: \"ok\" }\noutput: \"${ .steps.done.output }\"\n";
 
 /// A server that lets one connection make as many requests as the callers can: the default
 /// limit (2,000 a second per connection) would pace them, not test the connection.
@@ -110,26 +107,6 @@ fn rss_mb(server: &ServerProcess) -> f64 {
     kb / 1024.0
 }
 
-/// How many executions have completed, page by page.
-async fn completed(channel: &Channel) -> usize {
-    let mut executions = ExecutionServiceClient::new(channel.clone());
-    let (mut total, mut token) = (0, String::new());
-    loop {
-        let request = pb::ListExecutionsRequest {
-            states: vec![pb::ExecutionState::Completed as i32],
-            page_size: 1_000,
-            page_token: token,
-            ..Default::default()
-        };
-        let page = executions.list_executions(request).await.unwrap().into_inner();
-        total += page.executions.len();
-        if page.next_page_token.is_empty() {
-            return total;
-        }
-        token = page.next_page_token;
-    }
-}
-
 /// A running server with `tick` applied, and one channel to it.
 async fn setup(dir: &std::path::Path) -> (ServerProcess, Channel) {
     let server = server(dir).await;
@@ -145,17 +122,8 @@ async fn sixty_four_callers_dropping_each_watch_at_its_end_keep_one_connection()
     let (_server, channel) = setup(&dir.path().join("data")).await;
     let run = run(&channel, EXECUTIONS).await;
     run.assert_no_errors();
-    // Every execution ran once and completed; a record is written after its journal, which
-    // watchers read, so the last few may lag a moment.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let completed = completed(&channel).await;
-        if completed == EXECUTIONS {
-            break;
-        }
-        assert!(completed < EXECUTIONS && Instant::now() < deadline, "{completed} of {EXECUTIONS} completed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Every execution ran once and completed.
+    wait_completed(&channel, EXECUTIONS, Duration::from_secs(60)).await;
     eprintln!("{EXECUTIONS} executions by {CALLERS} callers on one channel in {:.1?}", run.elapsed);
 }
 
