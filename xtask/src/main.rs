@@ -25,8 +25,8 @@ usage: cargo xtask <command>
 
 commands:
   ci               fmt, typos, unused dependencies, clippy, cargo deny, tests (the chaos test
-                   short), doc tests, docs, the layering and standalone checks and a short fuzz
-                   run, stopping at the first failure
+                   and the soak short), doc tests, docs, the layering and standalone checks and
+                   a short fuzz run, stopping at the first failure
   layering         check the dependency edges between workspace crates against the layering table
   standalone       check that no file of the repository refers to a folder beside the checkout
   bench [FILTER]   run the criterion benches (only the bench target FILTER if given) and print
