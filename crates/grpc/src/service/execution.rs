@@ -302,3 +302,57 @@ impl pb::execution_service_server::ExecutionService for ExecutionApi {
         Ok(Response::new(Box::pin(Watching::new(events, self.stopping.clone())) as WatchStream))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use baton_core::{Event, EventKind, ExecutionId};
+    use tokio_stream::StreamExt as _;
+
+    use super::*;
+
+    fn event(execution: ExecutionId, sequence: u64, kind: EventKind) -> baton_core::api::ApiResult<Event> {
+        Ok(Event { execution, sequence, at: Default::default(), kind })
+    }
+
+    /// The next item if there is one without waiting; `None` when the stream would wait.
+    fn ready<S: Stream + Unpin>(stream: &mut S) -> Option<Option<S::Item>> {
+        let waker = std::task::Waker::noop();
+        match Pin::new(stream).poll_next(&mut Context::from_waker(waker)) {
+            Poll::Ready(item) => Some(item),
+            Poll::Pending => None,
+        }
+    }
+
+    #[test]
+    fn the_watch_ends_in_the_same_poll_as_its_terminal_event() {
+        let id = ExecutionId::generate();
+        // An event source that would keep the stream open after the end, as a slow one might.
+        let events = tokio_stream::iter([
+            event(id, 1, EventKind::Started { input: serde_json::json!({}) }),
+            event(id, 2, EventKind::Completed { output: serde_json::json!(1) }),
+        ])
+        .chain(tokio_stream::pending());
+        let mut watching = Watching::new(Box::pin(events), Stopping::never());
+        assert!(matches!(ready(&mut watching), Some(Some(Ok(_)))));
+        let last = ready(&mut watching).expect("ready").expect("an item").expect("an event");
+        assert!(matches!(last.event.and_then(|e| e.kind), Some(pb::event::Kind::Completed(_))));
+        assert!(matches!(ready(&mut watching), Some(None)), "ended with the terminal event");
+    }
+
+    #[test]
+    fn the_watch_ends_after_an_error_and_as_unavailable_when_the_server_stops() {
+        let failing = tokio_stream::iter([Err(baton_core::api::ApiError::Unavailable("the store is gone".to_owned()))])
+            .chain(tokio_stream::pending());
+        let mut watching = Watching::new(Box::pin(failing), Stopping::never());
+        assert!(matches!(ready(&mut watching), Some(Some(Err(_)))));
+        assert!(matches!(ready(&mut watching), Some(None)));
+
+        let (stop, stopping) = Stopping::channel();
+        let mut watching = Watching::new(Box::pin(tokio_stream::pending()), stopping);
+        assert!(ready(&mut watching).is_none(), "waits for events");
+        stop.send(true).unwrap();
+        let status = ready(&mut watching).expect("ready").expect("an item").expect_err("an error");
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(matches!(ready(&mut watching), Some(None)));
+    }
+}
