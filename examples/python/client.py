@@ -24,6 +24,10 @@ Run the services and Baton first, e.g.:
       --service inventory=http://127.0.0.1:8081 --service payments=http://127.0.0.1:8082 \\
       --service shipping=http://127.0.0.1:8083
 
+`client.py churn` starts executions from many threads on one channel, watches each and cancels
+the watch (`call.cancel()`) as soon as its terminal event arrives, as a client that has what it
+needs does, and fails on any error: a long-lived client keeps its connection.
+
 `client.py gen` only generates the stubs. `client.py reflect` lists the server's services and
 the methods of each `baton.v1` service by server reflection (grpcio-reflection, which speaks
 the v1alpha protocol), without any stubs.
@@ -33,8 +37,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import itertools
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -283,6 +289,55 @@ def demo(args, pb) -> None:
             sys.exit(1)
 
 
+def churn(args, pb) -> None:
+    """Runs `--executions` executions of `--workflow`, `--callers` at a time on one channel; each
+    watch is cancelled at its terminal event. Exits 1 on any error."""
+    grpc = pb.grpc
+    channel = grpc.insecure_channel(args.baton)
+    grpc.channel_ready_future(channel).result(timeout=args.timeout)
+    executions = pb.execution_grpc.ExecutionServiceStub(channel)
+    numbers = itertools.count()
+    lock = threading.Lock()
+    errors = []
+
+    def one(n: int) -> None:
+        request = pb.execution.StartExecutionRequest(workflow=args.workflow, input_json=json.dumps({"n": n}))
+        execution = executions.StartExecution(request, timeout=args.timeout).execution
+        call = executions.WatchExecution(pb.execution.WatchExecutionRequest(id=execution.id), timeout=args.timeout)
+        for response in call:
+            kind = response.event.WhichOneof("kind")
+            if kind in ("completed", "failed", "cancelled"):
+                # Done with this stream: let it go without reading it to its end.
+                call.cancel()
+                if kind != "completed":
+                    raise RuntimeError(f"{execution.id} ended {kind}")
+                return
+        raise RuntimeError(f"the watch of {execution.id} ended before its terminal event")
+
+    def caller() -> None:
+        while (n := next(numbers)) < args.executions:
+            try:
+                one(n)
+            except Exception as error:  # noqa: BLE001 - every failure is counted and reported
+                with lock:
+                    errors.append(f"execution {n}: {error}")
+
+    began = time.monotonic()
+    threads = [threading.Thread(target=caller) for _ in range(args.callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - began
+    print(
+        f"{args.executions} executions by {args.callers} callers on one channel in {elapsed:.1f}s "
+        f"({args.executions / elapsed:.0f}/s): {len(errors)} errors"
+    )
+    for error in errors[:5]:
+        print(f"   {error}")
+    if errors:
+        sys.exit(1)
+
 
 def reflect(args) -> None:
     """Lists the services by reflection, with each baton.v1 service's methods."""
@@ -321,6 +376,12 @@ def main() -> None:
     run.add_argument(
         "--check", action="store_true", help="exit 1 unless every run completed with an output and pause held"
     )
+    churning = commands.add_parser("churn", help="many executions on one channel, each watch cancelled at its end")
+    churning.add_argument("--baton", default="127.0.0.1:50051", help="Baton's gRPC address (default: %(default)s)")
+    churning.add_argument("--workflow", required=True, help="the workflow to run (applied already)")
+    churning.add_argument("--executions", type=int, default=1000, help="executions in all (default: %(default)s)")
+    churning.add_argument("--callers", type=int, default=64, help="threads calling at once (default: %(default)s)")
+    churning.add_argument("--timeout", type=float, default=30.0, help="seconds any one call may take (default: %(default)s)")
     listing = commands.add_parser("reflect", help="list the server's services by reflection")
     listing.add_argument("--baton", default="127.0.0.1:50051", help="Baton's gRPC address (default: %(default)s)")
     listing.add_argument("--timeout", type=float, default=30.0, help="seconds to wait to connect (default: %(default)s)")
@@ -331,6 +392,9 @@ def main() -> None:
     if args.command == "gen":
         generate(args.gen_dir)
         print(f"stubs in {args.gen_dir}")
+        return
+    if args.command == "churn":
+        churn(args, load(args.gen_dir))
         return
     demo(args, load(args.gen_dir))
 

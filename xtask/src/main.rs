@@ -11,6 +11,7 @@ mod chaos;
 mod ci;
 mod fuzz;
 mod layering;
+mod soak;
 mod standalone;
 mod table;
 
@@ -24,8 +25,8 @@ usage: cargo xtask <command>
 
 commands:
   ci               fmt, typos, unused dependencies, clippy, cargo deny, tests (the chaos test
-                   short), doc tests, docs, the layering and standalone checks and a short fuzz
-                   run, stopping at the first failure
+                   and the soak short), doc tests, docs, the layering and standalone checks and
+                   a short fuzz run, stopping at the first failure
   layering         check the dependency edges between workspace crates against the layering table
   standalone       check that no file of the repository refers to a folder beside the checkout
   bench [FILTER]   run the criterion benches (only the bench target FILTER if given) and print
@@ -37,6 +38,10 @@ commands:
                    executions of the pipeline workflow through a real server killed with kill -9
                    K times while the example services fail and lose calls (default 1000, 20,
                    0.05, 0.05); checks nothing acknowledged is lost and no effect repeats
+  soak [--executions N] [--release]
+                   N executions (default 200,000) by 64 callers on one connection, each watch
+                   dropped at its terminal event; fails on any error, prints executions/s and
+                   the server's RSS at the start and end
   help             print this message";
 
 fn main() -> ExitCode {
@@ -68,6 +73,7 @@ fn dispatch(args: Vec<String>) -> Result<()> {
             fuzz::run(&root, target, seconds, fuzz::Build::Thorough)
         }
         ["chaos", rest @ ..] => chaos::run(&root, &chaos::Options::parse(rest)?),
+        ["soak", rest @ ..] => soak::run(&root, &soak::Options::parse(rest)?),
         _ => {
             eprintln!("{USAGE}");
             bail!("unknown arguments `{}`", args.join(" "))

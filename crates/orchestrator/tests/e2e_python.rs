@@ -1,7 +1,9 @@
 //! A real Python client (grpcio, stubs generated from proto/ by grpcio-tools) against a real
 //! `baton serve`: it registers nothing itself (the example services register over gRPC),
 //! applies a workflow, starts 50 executions, watches one to its end, pauses and resumes one,
-//! and checks every output (`client.py demo --check`).
+//! and checks every output (`client.py demo --check`). And a long-lived grpcio client keeps its
+//! connection: 64 threads on one channel run 20,000 executions, each watch cancelled
+//! (`call.cancel()`) at its terminal event (`client.py churn`).
 //!
 //! The test makes its own virtualenv under the target dir, once, from PyPI.
 
@@ -11,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use support::ServerProcess;
+use support::{Clients, ServerProcess, TICK, wait_completed};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -101,4 +103,35 @@ async fn the_python_client_drives_the_api_end_to_end() {
         assert!(stdout.contains(service), "{service} missing:\n{stdout}");
     }
     assert!(stdout.contains("baton.v1.ExecutionService: StartExecution"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpcio_client_cancelling_each_watch_at_its_end_keeps_its_channel() {
+    const EXECUTIONS: usize = 20_000;
+    let python = tokio::task::spawn_blocking(venv).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // One connection may make as many requests as the callers can.
+    let server =
+        ServerProcess::start(&dir.path().join("data"), &["--rate-limit", "1000000", "--log-level", "warn"]).await;
+    let channel = server.channel().await;
+    Clients::new(channel.clone()).apply(TICK).await;
+    let gen_dir = dir.path().join("gen");
+    let grpc = server.grpc.to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(repo().join("examples/python/client.py"))
+            .arg("--gen-dir")
+            .arg(gen_dir)
+            .args(["churn", "--baton", &grpc, "--workflow", "tick", "--callers", "64"])
+            .args(["--executions", &EXECUTIONS.to_string()])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "client.py churn failed: {}\n{stdout}\n{stderr}", output.status);
+    assert!(stdout.contains(": 0 errors"), "{stdout}");
+    wait_completed(&channel, EXECUTIONS, Duration::from_secs(60)).await;
 }

@@ -3,10 +3,10 @@
 //!
 //! A service serves both, with server reflection (v1 and v1alpha) or without it; without,
 //! it registers its descriptor set with Baton instead, so Baton can still convert JSON to
-//! protobuf. `Notify` performs its effect once per `idempotency-key` (metadata), as the HTTP
-//! services do per header.
+//! protobuf. `Notify` performs its effect once per `idempotency-key` (metadata) within the
+//! idempotency window, as the HTTP services do per header.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +17,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::{Request, Response, Status};
 
+use crate::keys::Keys;
 use crate::register::{self, RegistrationStatus};
 use crate::{Error, Result};
 
@@ -54,6 +55,9 @@ pub struct GrpcOptions {
     pub ttl: Duration,
     /// Serve TLS with this certificate chain and key (PEM).
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
+    /// How long a key's reply is kept after its first call; past it the key is new again
+    /// (default [`crate::DEFAULT_IDEMPOTENCY_WINDOW`], 24 hours).
+    pub idempotency_window: Duration,
 }
 
 impl Default for GrpcOptions {
@@ -67,6 +71,7 @@ impl Default for GrpcOptions {
             latency: Duration::ZERO,
             ttl: Duration::from_secs(10),
             tls: None,
+            idempotency_window: crate::DEFAULT_IDEMPOTENCY_WINDOW,
         }
     }
 }
@@ -94,8 +99,10 @@ struct State {
     duplicates: AtomicU64,
     /// The latest calls' `traceparent`s, oldest first.
     traceparents: Mutex<std::collections::VecDeque<String>>,
-    notified: Mutex<HashMap<String, pb::NotifyReply>>,
-    failures: Mutex<HashMap<String, u32>>,
+    /// The reply per idempotency key, for the idempotency window.
+    notified: Mutex<Keys<pb::NotifyReply>>,
+    /// `Fail` calls per idempotency key, for the idempotency window.
+    failures: Mutex<Keys<u32>>,
 }
 
 impl State {
@@ -127,10 +134,10 @@ impl pb::notifications_server::Notifications for Notifications {
             return Err(Status::invalid_argument("tracking must be set"));
         }
         if let Some(key) = &key
-            && let Some(reply) = self.0.notified.lock().get(key)
+            && let Some(reply) = self.0.notified.lock().get(key).cloned()
         {
             self.0.duplicates.fetch_add(1, Ordering::Relaxed);
-            return Ok(Response::new(reply.clone()));
+            return Ok(Response::new(reply));
         }
         tokio::time::sleep(self.0.latency).await;
         let sequence = self.0.effects.fetch_add(1, Ordering::Relaxed) + 1;
@@ -140,7 +147,7 @@ impl pb::notifications_server::Notifications for Notifications {
             service: self.0.id.clone(),
         };
         if let Some(key) = key {
-            self.0.notified.lock().insert(key, reply.clone());
+            self.0.notified.lock().entry(&key, || reply.clone());
         }
         Ok(Response::new(reply))
     }
@@ -187,7 +194,7 @@ impl pb::probe_server::Probe for Probe {
         let message = request.into_inner();
         let calls = {
             let mut failures = self.0.failures.lock();
-            let calls = failures.entry(key).or_default();
+            let calls = failures.entry(&key, || 0);
             *calls += 1;
             *calls
         };
@@ -245,7 +252,16 @@ pub async fn spawn_grpc(options: GrpcOptions) -> Result<RunningGrpcService> {
     let addr = listener.local_addr().map_err(|source| Error::Bind { addr: options.listen, source })?;
     let scheme = if options.tls.is_some() { "https" } else { "http" };
     let url = format!("{scheme}://{addr}");
-    let state = Arc::new(State { id: id.clone(), latency: options.latency, ..State::default() });
+    if options.idempotency_window.is_zero() {
+        return Err(Error::Invalid { field: "idempotency_window", reason: "must be positive".to_owned() });
+    }
+    let state = Arc::new(State {
+        id: id.clone(),
+        latency: options.latency,
+        notified: Mutex::new(Keys::new(options.idempotency_window)),
+        failures: Mutex::new(Keys::new(options.idempotency_window)),
+        ..State::default()
+    });
 
     let mut builder = tonic::transport::Server::builder();
     if let Some((cert, key)) = &options.tls {

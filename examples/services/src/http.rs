@@ -1,7 +1,7 @@
 //! The HTTP side: one POST endpoint per service that performs its effect once per
 //! `Idempotency-Key`, plus `GET /stats`, `GET /stats/keys` and `GET /health`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -20,6 +20,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::{OnceCell, watch};
 
+use crate::keys::Keys;
 use crate::shop::{self, Kind};
 
 /// Counters of one service since it started.
@@ -46,6 +47,16 @@ pub(crate) enum Mode {
     Killed,
 }
 
+/// What a service remembers of one idempotency key.
+#[derive(Debug, Default)]
+struct Remembered {
+    /// The stored response; empty until an effect succeeds, so a failed attempt leaves it for
+    /// the retry and concurrent requests wait for the first.
+    response: Arc<OnceCell<Value>>,
+    /// Effects performed (at most 1 here; summed across instances by tests).
+    effects: u64,
+}
+
 /// What the handlers share.
 pub(crate) struct Shared {
     pub(crate) kind: Kind,
@@ -57,11 +68,8 @@ pub(crate) struct Shared {
     /// The bearer token every effect request must carry; `None`: none needed.
     pub(crate) bearer: Option<String>,
     rng: Mutex<SmallRng>,
-    /// The stored response per idempotency key; a cell is empty until an effect succeeds, so
-    /// a failed attempt leaves it for the retry and concurrent requests wait for the first.
-    responses: Mutex<HashMap<String, Arc<OnceCell<Value>>>>,
-    /// Effects performed per key (at most 1 here; summed across instances by tests).
-    key_effects: Mutex<BTreeMap<String, u64>>,
+    /// What each idempotency key has come to, for the service's idempotency window.
+    keys: Mutex<Keys<Remembered>>,
     /// The `traceparent` of the latest requests, oldest first.
     traceparents: Mutex<std::collections::VecDeque<String>>,
     requests: AtomicU64,
@@ -77,6 +85,7 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
+    #[allow(clippy::too_many_arguments, reason = "one per part of a service's behaviour, named at the one caller")]
     pub(crate) fn new(
         kind: Kind,
         id: String,
@@ -85,6 +94,7 @@ impl Shared {
         seed: u64,
         mode: watch::Receiver<Mode>,
         bearer: Option<String>,
+        idempotency_window: Duration,
     ) -> Self {
         Self {
             kind,
@@ -95,8 +105,7 @@ impl Shared {
             mode,
             bearer,
             rng: Mutex::new(SmallRng::seed_from_u64(seed)),
-            responses: Mutex::default(),
-            key_effects: Mutex::default(),
+            keys: Mutex::new(Keys::new(idempotency_window)),
             traceparents: Mutex::default(),
             requests: AtomicU64::new(0),
             effects: AtomicU64::new(0),
@@ -114,8 +123,10 @@ impl Shared {
         }
     }
 
+    /// Effects per key, of the keys within the idempotency window that had one.
     pub(crate) fn key_effects(&self) -> BTreeMap<String, u64> {
-        self.key_effects.lock().clone()
+        let keys = self.keys.lock();
+        keys.live().filter(|(_, k)| k.effects > 0).map(|(key, k)| (key.to_owned(), k.effects)).collect()
     }
 
     pub(crate) fn traceparents(&self) -> Vec<String> {
@@ -149,7 +160,7 @@ impl Shared {
         }
         let sequence = self.effects.fetch_add(1, Ordering::Relaxed) + 1;
         if let Some(key) = key {
-            *self.key_effects.lock().entry(key.to_owned()).or_default() += 1;
+            self.keys.lock().entry(key, Remembered::default).effects += 1;
         }
         Ok(shop::answer(self.kind, &self.id, sequence, order))
     }
@@ -225,7 +236,7 @@ async fn answer(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Response {
             Err(response) => response,
         };
     };
-    let cell = shared.responses.lock().entry(key.clone()).or_default().clone();
+    let cell = Arc::clone(&shared.keys.lock().entry(&key, Remembered::default).response);
     let performed = AtomicBool::new(false);
     let stored = cell
         .get_or_try_init(|| async {
@@ -293,4 +304,59 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
         return error(StatusCode::SERVICE_UNAVAILABLE, format!("service {} was killed", shared.id));
     }
     json_response(StatusCode::OK, &json!({"status": "ok", "id": shared.id, "kind": shared.kind.name()}))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn service(window: Duration) -> (Shared, watch::Sender<Mode>) {
+        let (mode, mode_rx) = watch::channel(Mode::Running);
+        let shared =
+            Shared::new(Kind::Payments, "payments".to_owned(), Duration::ZERO, (0.0, 0.0), 1, mode_rx, None, window);
+        (shared, mode)
+    }
+
+    async fn charge(shared: &Shared, key: &str) -> Value {
+        let mut headers = HeaderMap::new();
+        headers.insert("idempotency-key", HeaderValue::from_str(key).unwrap());
+        let response = answer(shared, &headers, br#"{"amount": 12.5}"#).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_answers_from_its_stored_response_until_its_window_passes() {
+        let (shared, _mode) = service(24 * HOUR);
+        let first = charge(&shared, "e1/charge").await;
+        tokio::time::advance(23 * HOUR).await;
+        assert_eq!(charge(&shared, "e1/charge").await, first, "a retry within the window");
+        assert_eq!((shared.stats().effects, shared.stats().duplicates), (1, 1));
+        assert_eq!(shared.key_effects(), BTreeMap::from([("e1/charge".to_owned(), 1)]));
+
+        tokio::time::advance(HOUR).await;
+        assert!(shared.key_effects().is_empty(), "forgotten after 24 hours");
+        let again = charge(&shared, "e1/charge").await;
+        assert_ne!(again["receipt"], first["receipt"], "a new effect under the old key");
+        assert_eq!((shared.stats().effects, shared.stats().duplicates), (2, 1));
+        assert_eq!(shared.key_effects(), BTreeMap::from([("e1/charge".to_owned(), 1)]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keys_past_their_window_are_evicted_as_requests_come() {
+        let (shared, _mode) = service(HOUR);
+        for i in 0..200 {
+            charge(&shared, &format!("old/{i}")).await;
+        }
+        tokio::time::advance(HOUR).await;
+        for i in 0..10 {
+            charge(&shared, &format!("new/{i}")).await;
+        }
+        assert_eq!(shared.keys.lock().held(), 10, "the 200 expired keys are gone");
+    }
 }

@@ -20,7 +20,9 @@
 //! stores nothing, so its retry performs the effect. Without the header every request is a new
 //! effect. `GET /stats` answers [`Stats`] as JSON (`{"requests", "effects", "duplicates",
 //! "failures"}`), `GET /stats/keys` the effects per key, `GET /health` 200 while serving.
-//! Keys are kept for the service's life: these are demo services, not a store.
+//! A key is kept for the service's idempotency window after its first request
+//! ([`ServiceOptions::idempotency_window`], 24 hours unless set, as Stripe's); past it the key
+//! is new again, and expired keys are evicted a bounded batch at a time as requests come.
 //!
 //! **Faults on demand.** [`ServiceOptions`] adds latency before each effect, fails a share of
 //! requests before their effect (`fail_rate`, a retryable 503) or after it (`lose_rate`: the
@@ -38,6 +40,7 @@
 
 pub mod grpc;
 mod http;
+mod keys;
 #[cfg(feature = "test-pki")]
 pub mod pki;
 mod register;
@@ -54,6 +57,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 pub use http::Stats;
+pub use keys::DEFAULT_WINDOW as DEFAULT_IDEMPOTENCY_WINDOW;
 pub use register::RegistrationStatus;
 pub use shop::Kind;
 
@@ -130,6 +134,9 @@ pub struct ServiceOptions {
     /// Require a bearer token on every effect request (`401` otherwise), and register
     /// credentials naming the secret Baton reads it from.
     pub bearer: Option<Bearer>,
+    /// How long a key's stored answer and effect count are kept after its first request;
+    /// past it the key is new again (default [`DEFAULT_IDEMPOTENCY_WINDOW`], 24 hours).
+    pub idempotency_window: Duration,
 }
 
 /// A bearer token a service requires, and the name of the secret Baton holds it under.
@@ -164,6 +171,7 @@ impl Default for ServiceOptions {
             labels: BTreeMap::new(),
             tls: None,
             bearer: None,
+            idempotency_window: DEFAULT_IDEMPOTENCY_WINDOW,
         }
     }
 }
@@ -180,6 +188,9 @@ impl ServiceOptions {
         }
         if self.ttl.is_zero() {
             return Err(Error::Invalid { field: "ttl", reason: "must be positive".to_owned() });
+        }
+        if self.idempotency_window.is_zero() {
+            return Err(Error::Invalid { field: "idempotency_window", reason: "must be positive".to_owned() });
         }
         Ok(())
     }
@@ -282,6 +293,7 @@ pub async fn spawn(kind: Kind, options: ServiceOptions) -> Result<RunningService
         seed,
         mode_rx.clone(),
         options.bearer.as_ref().map(|b| b.token.clone()),
+        options.idempotency_window,
     ));
     let (stop_http, http_stopped) = oneshot::channel::<()>();
     let app = http::router(shared.clone());

@@ -3,12 +3,12 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
+use baton_core::api::EventStream;
 use baton_core::api::{ExecutionQuery, StartExecution};
 use baton_core::{Executions, Order, PageRequest, PageToken, TraceContext};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::{Stream, StreamExt as _};
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use baton_core::bounds::cut_text;
@@ -91,23 +91,52 @@ pub(crate) fn fit_execution(mut execution: pb::Execution, budget: usize) -> pb::
 /// The shortest a task's error is cut to: its start and how long it was.
 const MIN_ERROR_BYTES: usize = 64;
 
-/// Forwards events until the journal ends, the watcher goes away or the server stops.
-async fn forward(
-    mut events: WatchStream,
-    mut stopping: Stopping,
-    tx: mpsc::Sender<Result<pb::WatchExecutionResponse, Status>>,
-) {
-    loop {
-        let item = tokio::select! {
-            item = events.next() => item,
-            () = stopping.wait() => Some(Err(shutting_down())),
-            () = tx.closed() => return,
-        };
-        let Some(item) = item else { return };
-        let end = item.is_err();
-        if tx.send(item).await.is_err() || end {
-            return;
+/// A watch as the response stream: the journal's events until the execution's terminal event
+/// or an error, or until the server stops (then `UNAVAILABLE`). It ends in the same poll as
+/// its last event, with no task or channel between it and the response, so that tonic finds the
+/// end of the stream right after the terminal event and h2 sends the last DATA frame and the
+/// trailers together. A client that drops the watch on reading that event then has nothing
+/// more in flight on the stream: a late frame on a stream it has reset counts against its
+/// connection in h2 (1,024 of them and h2 closes it, `too_many_internal_resets`).
+struct Watching {
+    events: EventStream,
+    stopping: Pin<Box<dyn Future<Output = ()> + Send>>,
+    ended: bool,
+}
+
+impl Watching {
+    fn new(events: EventStream, mut stopping: Stopping) -> Self {
+        Self { events, stopping: Box::pin(async move { stopping.wait().await }), ended: false }
+    }
+}
+
+impl Stream for Watching {
+    type Item = Result<pb::WatchExecutionResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.ended {
+            return Poll::Ready(None);
         }
+        let item = match self.events.as_mut().poll_next(cx) {
+            Poll::Ready(Some(Ok(event))) => {
+                self.ended = event.kind.is_terminal();
+                Ok(pb::WatchExecutionResponse { event: Some(event_to_proto(&event)) })
+            }
+            Poll::Ready(Some(Err(error))) => {
+                self.ended = true;
+                Err(api_status(error))
+            }
+            Poll::Ready(None) => {
+                self.ended = true;
+                return Poll::Ready(None);
+            }
+            Poll::Pending => {
+                ready!(self.stopping.as_mut().poll(cx));
+                self.ended = true;
+                Err(shutting_down())
+            }
+        };
+        Poll::Ready(Some(item))
     }
 }
 
@@ -270,12 +299,60 @@ impl pb::execution_service_server::ExecutionService for ExecutionApi {
         let request = request.into_inner();
         let id = execution_id("id", &request.id)?;
         let events = self.executions.watch(id, request.from_sequence).await.map_err(api_status)?;
-        let events: WatchStream = Box::pin(events.map(|event| match event {
-            Ok(event) => Ok(pb::WatchExecutionResponse { event: Some(event_to_proto(&event)) }),
-            Err(error) => Err(api_status(error)),
-        }));
-        let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(forward(events, self.stopping.clone(), tx));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx)) as WatchStream))
+        Ok(Response::new(Box::pin(Watching::new(events, self.stopping.clone())) as WatchStream))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use baton_core::{Event, EventKind, ExecutionId};
+    use tokio_stream::StreamExt as _;
+
+    use super::*;
+
+    fn event(execution: ExecutionId, sequence: u64, kind: EventKind) -> baton_core::api::ApiResult<Event> {
+        Ok(Event { execution, sequence, at: Default::default(), kind })
+    }
+
+    /// The next item if there is one without waiting; `None` when the stream would wait.
+    fn ready<S: Stream + Unpin>(stream: &mut S) -> Option<Option<S::Item>> {
+        let waker = std::task::Waker::noop();
+        match Pin::new(stream).poll_next(&mut Context::from_waker(waker)) {
+            Poll::Ready(item) => Some(item),
+            Poll::Pending => None,
+        }
+    }
+
+    #[test]
+    fn the_watch_ends_in_the_same_poll_as_its_terminal_event() {
+        let id = ExecutionId::generate();
+        // An event source that would keep the stream open after the end, as a slow one might.
+        let events = tokio_stream::iter([
+            event(id, 1, EventKind::Started { input: serde_json::json!({}) }),
+            event(id, 2, EventKind::Completed { output: serde_json::json!(1) }),
+        ])
+        .chain(tokio_stream::pending());
+        let mut watching = Watching::new(Box::pin(events), Stopping::never());
+        assert!(matches!(ready(&mut watching), Some(Some(Ok(_)))));
+        let last = ready(&mut watching).expect("ready").expect("an item").expect("an event");
+        assert!(matches!(last.event.and_then(|e| e.kind), Some(pb::event::Kind::Completed(_))));
+        assert!(matches!(ready(&mut watching), Some(None)), "ended with the terminal event");
+    }
+
+    #[test]
+    fn the_watch_ends_after_an_error_and_as_unavailable_when_the_server_stops() {
+        let failing = tokio_stream::iter([Err(baton_core::api::ApiError::Unavailable("the store is gone".to_owned()))])
+            .chain(tokio_stream::pending());
+        let mut watching = Watching::new(Box::pin(failing), Stopping::never());
+        assert!(matches!(ready(&mut watching), Some(Some(Err(_)))));
+        assert!(matches!(ready(&mut watching), Some(None)));
+
+        let (stop, stopping) = Stopping::channel();
+        let mut watching = Watching::new(Box::pin(tokio_stream::pending()), stopping);
+        assert!(ready(&mut watching).is_none(), "waits for events");
+        stop.send(true).unwrap();
+        let status = ready(&mut watching).expect("ready").expect("an item").expect_err("an error");
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(matches!(ready(&mut watching), Some(None)));
     }
 }

@@ -98,6 +98,11 @@ impl Target {
         })
     }
 
+    /// How long a call may wait for its answer (`--timeout`).
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Connects to the server; each call may then wait `--timeout` for its answer.
     pub(crate) async fn connect(&self) -> Result<Clients, Failure> {
         self.connect_waiting(Duration::ZERO).await
@@ -185,7 +190,7 @@ impl Target {
 const NO_GRPC_STATUS: &str = "grpc-status header missing, mapped from HTTP status code ";
 
 /// Whether `status` is the client's own timeout of the call (`--timeout`), not the server's.
-fn timed_out(status: &tonic::Status) -> bool {
+pub(crate) fn timed_out(status: &tonic::Status) -> bool {
     let mut source = std::error::Error::source(status);
     while let Some(error) = source {
         if error.is::<tonic::TimeoutExpired>() {

@@ -19,6 +19,7 @@ mod client;
 mod input;
 mod outcome;
 mod progress;
+mod retry;
 mod table;
 mod view;
 
@@ -111,6 +112,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub version: Option<u32>,
     /// Makes retried starts safe: a key already used for this workflow returns that execution.
+    /// Without one, each `baton run` makes a fresh key, so that its own retries (after a lost
+    /// connection or an unavailable server) never start a second run.
     #[arg(long)]
     pub idempotency_key: Option<String>,
     /// Wait until the execution ends; the exit code follows its outcome.
@@ -476,13 +479,19 @@ async fn workflow(command: WorkflowCommand, target: &Target, out: &Out) -> Resul
 async fn run_workflow(args: RunArgs, target: &Target, out: &Out) -> Result<Exit, Failure> {
     let input_json = input::input_json(&args.input, false).map_err(usage)?;
     let clients = target.connect().await?;
+    // Every start carries a key, so that a retry after a lost answer cannot start a second run.
+    let chosen = args.idempotency_key.is_some();
+    let key = args.idempotency_key.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let request = pb::StartExecutionRequest {
         workflow: args.name,
         version: args.version,
         input_json,
-        idempotency_key: args.idempotency_key,
+        idempotency_key: Some(key),
     };
-    let response = clients.execution().start_execution(request).await?.into_inner();
+    let mut response = start_execution(&clients, request, target.timeout()).await?;
+    // A key made here matched only this command's own earlier attempt, whose answer was lost:
+    // for the user the execution was started now.
+    response.existing &= chosen;
     let execution = response.execution.clone().unwrap_or_default();
     if !(args.wait || args.watch) {
         out.answer(|| view::started_text(&response), || view::started_json(&response));
@@ -493,6 +502,34 @@ async fn run_workflow(args: RunArgs, target: &Target, out: &Out) -> Result<Exit,
     }
     let steps = execution.tasks.iter().map(|task| task.step.clone());
     follow(&clients, &execution.id, 0, Progress::new(steps), args.watch, out).await
+}
+
+/// `StartExecution`, tried again with the same request (and so the same idempotency key) when
+/// the connection failed: the server was unavailable or the connection was lost before the
+/// answer came. At most [`retry::ATTEMPTS`] attempts, with backoff between them, and none that
+/// would begin past `timeout` (`--timeout`) after the first.
+async fn start_execution(
+    clients: &Clients,
+    request: pb::StartExecutionRequest,
+    timeout: Duration,
+) -> Result<pb::StartExecutionResponse, Failure> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut attempt = 1;
+    loop {
+        let status = match clients.execution().start_execution(request.clone()).await {
+            Ok(response) => return Ok(response.into_inner()),
+            Err(status) => status,
+        };
+        let pause = retry::backoff(attempt);
+        if attempt >= retry::ATTEMPTS
+            || !retry::lost_connection(&status)
+            || tokio::time::Instant::now() + pause >= deadline
+        {
+            return Err(status.into());
+        }
+        tokio::time::sleep(pause).await;
+        attempt += 1;
+    }
 }
 
 async fn exec(command: ExecCommand, target: &Target, out: &Out) -> Result<Exit, Failure> {

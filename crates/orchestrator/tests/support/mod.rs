@@ -315,6 +315,40 @@ impl Clients {
     }
 }
 
+/// A one-step workflow that needs no service, for tests about the API rather than the calls.
+pub(crate) const TICK: &str =
+    "name: tick\nsteps:\n  - { id: done, set: \"ok\" }\noutput: \"${ .steps.done.output }\"\n";
+
+/// Waits until `expected` executions have completed, within `within`; fails on more. An
+/// execution's record is written after its journal, which watchers read, so a client that saw
+/// every terminal event may still find the last few records a moment behind.
+pub(crate) async fn wait_completed(channel: &Channel, expected: usize, within: Duration) {
+    let mut executions = pb::execution_service_client::ExecutionServiceClient::new(channel.clone());
+    let deadline = Instant::now() + within;
+    loop {
+        let (mut completed, mut token) = (0, String::new());
+        loop {
+            let request = pb::ListExecutionsRequest {
+                states: vec![pb::ExecutionState::Completed as i32],
+                page_size: 1_000,
+                page_token: token,
+                ..Default::default()
+            };
+            let page = executions.list_executions(request).await.unwrap().into_inner();
+            completed += page.executions.len();
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        if completed == expected {
+            return;
+        }
+        assert!(completed < expected && Instant::now() < deadline, "{completed} of {expected} executions completed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The metrics page, over plain HTTP/1.1.
 pub(crate) async fn scrape(addr: SocketAddr) -> String {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};

@@ -5,8 +5,12 @@
 //! baton-example-service <inventory|payments|shipping> [--listen 127.0.0.1:PORT] [--id ID]
 //!     [--baton http://127.0.0.1:50051] [--advertise URL] [--latency 50ms] [--fail-rate 0.1]
 //!     [--lose-rate 0.1] [--seed N] [--ttl 10s] [--deregister-after 1m|never] [--capacity N]
-//!     [--label KEY=VALUE]... [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]
+//!     [--label KEY=VALUE]... [--idempotency-window 24h]
+//!     [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]
 //! ```
+//!
+//! `--idempotency-window` is how long a key's stored answer is kept after its first request
+//! (24 hours unless given); past it the key is new again.
 //!
 //! With `--tls-cert` and `--tls-key` it serves HTTPS (HTTP/2 or HTTP/1.1 by ALPN) and registers
 //! an `https://` URL; with `--tls-client-ca` too, callers must present a client certificate
@@ -22,7 +26,7 @@ use baton_examples::{Kind, ServiceOptions};
 const USAGE: &str = "usage: baton-example-service <inventory|payments|shipping> [--listen ADDR] [--id ID] \
 [--baton URL] [--advertise URL] [--latency DURATION] [--fail-rate RATE] [--lose-rate RATE] [--seed N] \
 [--ttl DURATION] [--deregister-after DURATION|never] [--capacity N] [--label KEY=VALUE]... \
-[--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]";
+[--idempotency-window DURATION] [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]";
 
 fn main() -> ExitCode {
     let (kind, options) = match parse(std::env::args().skip(1)) {
@@ -155,6 +159,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Option<(Kind, Service
                 options.deregister_after = if value == "never" { None } else { Some(duration(&flag, &value)?) }
             }
             "--capacity" => options.capacity = value.parse().map_err(|e| bad(&e))?,
+            "--idempotency-window" => options.idempotency_window = duration(&flag, &value)?,
             "--label" => {
                 let (key, label) = value.split_once('=').ok_or_else(|| bad(&"expected KEY=VALUE"))?;
                 options.labels.insert(key.to_owned(), label.to_owned());
@@ -198,7 +203,8 @@ mod tests {
     fn flags_parse_in_both_forms() {
         let (kind, options) = args(
             "payments --listen 127.0.0.1:8081 --id pay-2 --baton=http://127.0.0.1:50051 --latency 50ms \
-             --fail-rate 0.25 --ttl 3s --deregister-after never --capacity 8 --label region=eu",
+             --fail-rate 0.25 --ttl 3s --deregister-after never --capacity 8 --label region=eu \
+             --idempotency-window 1h",
         )
         .unwrap()
         .unwrap();
@@ -207,6 +213,7 @@ mod tests {
         assert_eq!(options.id.as_deref(), Some("pay-2"));
         assert_eq!(options.baton.as_deref(), Some("http://127.0.0.1:50051"));
         assert_eq!((options.latency, options.ttl), (Duration::from_millis(50), Duration::from_secs(3)));
+        assert_eq!(options.idempotency_window, Duration::from_secs(3600));
         assert_eq!((options.fail_rate, options.deregister_after, options.capacity), (0.25, None, 8));
         assert_eq!(options.labels["region"], "eu");
     }
