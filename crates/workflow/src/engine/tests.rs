@@ -696,6 +696,11 @@ impl Store for FullDisk {
         self.inner.list_executions(filter, page).await
     }
 
+    async fn remove_expired(&self, now: baton_core::Timestamp, limit: usize) -> baton_core::StoreResult<usize> {
+        self.check()?;
+        self.inner.remove_expired(now, limit).await
+    }
+
     async fn unfinished_executions(&self) -> baton_core::StoreResult<Vec<ExecutionId>> {
         self.inner.unfinished_executions().await
     }
