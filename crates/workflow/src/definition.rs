@@ -333,6 +333,7 @@ mod tests {
         let checked = CheckedDefinition::parse(text).expect("examples/workflows/checkout.yaml is valid");
         assert_eq!(checked.name().as_str(), "checkout");
         assert_eq!(checked.definition().steps.len(), 5);
+        assert_eq!(checked.retention(), Some(Duration::from_secs(30 * 86_400)));
         let confirm = &checked.program().root.tasks[4].action;
         assert!(
             matches!(confirm, baton_core::program::Action::Call(call) if call.shape.is_some()),
