@@ -6,6 +6,10 @@
 //! resident memory when idle and after half and all of the executions, and the size of its redb
 //! file at the same two moments.
 //!
+//! `BATON_BENCH_RETAINED_CACHE_MIB` and `BATON_BENCH_RETAINED_RETENTION` (e.g. `1024` and
+//! `3650d`: redb's own cache and no removal, as before retention) run the same load against
+//! other settings, for a baseline; the figures then name them.
+//!
 //! Once the first executions expire (a minute in), the server removes them as fast as new ones
 //! end, so memory and the file should stop growing: the targets are resident memory after all
 //! of them no more than after half, and within the idle figure plus the configured cache plus
@@ -18,7 +22,7 @@ use std::time::Duration;
 
 use baton::config::ServeArgs;
 use baton::serve::Server;
-use baton_benches::{closed_loop, report_figure, resident_bytes_of};
+use baton_benches::{closed_loop, quantile, report_figure, resident_bytes_of};
 use baton_grpc::pb;
 use tonic::transport::Channel;
 
@@ -30,6 +34,33 @@ const COUNT_ENV: &str = "BATON_BENCH_RETAINED";
 const EXECUTIONS: usize = 400_000;
 const RETENTION: Duration = Duration::from_secs(60);
 const MIB: f64 = 1024.0 * 1024.0;
+/// Other settings for the server, for a baseline run.
+const CACHE_ENV: &str = "BATON_BENCH_RETAINED_CACHE_MIB";
+const RETENTION_ENV: &str = "BATON_BENCH_RETAINED_RETENTION";
+
+/// The server's cache in MiB and retention: the defaults, or what the variables say.
+fn settings() -> (u64, Duration) {
+    let default_cache = baton_store::DEFAULT_CACHE_BYTES as u64 >> 20;
+    let cache = std::env::var(CACHE_ENV).ok().map_or(default_cache, |v| v.parse().expect("a number of MiB"));
+    let retention = std::env::var(RETENTION_ENV)
+        .ok()
+        .map_or(RETENTION, |v| baton_core::duration::parse(RETENTION_ENV, &v).expect("a duration"));
+    (cache, retention)
+}
+
+/// The run's name in its figures: the settings when they are not the bench's own.
+fn run_label() -> String {
+    let (cache, retention) = settings();
+    if (cache, retention) == settings_default() {
+        "order workflow, retention 1m".to_owned()
+    } else {
+        format!("order workflow, retention {}, cache {cache} MiB", baton_core::duration::format(retention))
+    }
+}
+
+fn settings_default() -> (u64, Duration) {
+    (baton_store::DEFAULT_CACHE_BYTES as u64 >> 20, RETENTION)
+}
 
 const ORDER: &str = include_str!("../../examples/workflows/order.yaml");
 
@@ -49,7 +80,7 @@ fn serve(dir: &Path) {
     config.console_listen = "127.0.0.1:0".parse().expect("an address");
     config.data_dir = dir.to_owned();
     config.log_level = "warn".to_owned();
-    config.retention = RETENTION;
+    (config.store_cache_mib, config.retention) = settings();
     // The 64 clients share one connection, which the default per-connection rate would hold back.
     config.rate_limit = 1_000_000;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -147,16 +178,16 @@ async fn one(client: &mut pb::execution_service_client::ExecutionServiceClient<C
     assert!(completed, "the watch ended before the execution did");
 }
 
-async fn drive(channel: &Channel, executions: usize) -> Duration {
-    let (elapsed, _) = closed_loop(CLIENTS, executions, || {
+/// `executions` from [`CLIENTS`] closed loops: the wall time and each one's latency.
+async fn drive(channel: &Channel, executions: usize) -> (Duration, Vec<Duration>) {
+    closed_loop(CLIENTS, executions, || {
         let client = pb::execution_service_client::ExecutionServiceClient::new(channel.clone());
         move |n| {
             let mut client = client.clone();
             async move { one(&mut client, n).await }
         }
     })
-    .await;
-    elapsed
+    .await
 }
 
 fn file_bytes(dir: &Path) -> u64 {
@@ -173,14 +204,18 @@ fn measure() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
     let (channel, _services) = runtime.block_on(setup(&url));
     let idle = rss();
-    let first = runtime.block_on(drive(&channel, half));
+    let (first, _) = runtime.block_on(drive(&channel, half));
     let (rss_half, file_half) = (rss(), file_bytes(dir.path()) as f64 / MIB);
-    let second = runtime.block_on(drive(&channel, count - half));
+    // The second half runs while expired executions are removed: its latencies show whether
+    // removal holds up starts and commits.
+    let (second, mut latencies) = runtime.block_on(drive(&channel, count - half));
+    latencies.sort_unstable();
     let (rss_all, file_all) = (rss(), file_bytes(dir.path()) as f64 / MIB);
 
-    let cache = baton_store::DEFAULT_CACHE_BYTES as f64 / MIB;
-    let label = |at: usize| format!("order workflow, retention 1m, {CLIENTS} clients: after {at} executions");
-    report_figure("retained", "order workflow, retention 1m: server resident memory idle", idle, "MiB", None, None);
+    let cache = settings().0 as f64;
+    let run = run_label();
+    let label = |at: usize| format!("{run}, {CLIENTS} clients: after {at} executions");
+    report_figure("retained", &format!("{run}: server resident memory idle"), idle, "MiB", None, None);
     report_figure(
         "retained",
         &format!("{}: server resident memory", label(half)),
@@ -208,11 +243,21 @@ fn measure() {
     );
     report_figure(
         "retained",
-        &format!("order workflow, retention 1m, {CLIENTS} clients: executions per second"),
+        &format!("{run}, {CLIENTS} clients: executions per second"),
         count as f64 / (first + second).as_secs_f64(),
         "1/s",
         None,
         None,
     );
+    for (name, q) in [("p50", 0.5), ("p99", 0.99)] {
+        report_figure(
+            "retained",
+            &format!("{}: start-to-completion {name} of the second half", label(count)),
+            quantile(&latencies, q).as_secs_f64() * 1e3,
+            "ms",
+            None,
+            None,
+        );
+    }
     drop(server);
 }

@@ -158,9 +158,11 @@ fn create_database(path: &Path, cache_bytes: usize) -> Result<Database, Database
     Database::builder().set_cache_size(cache_bytes).create(path)
 }
 
-/// The most execution heads the log writer remembers before it starts over; a head it has
-/// forgotten costs one lookup.
-const MAX_HEADS: usize = 1 << 20;
+/// The most execution heads the log writer remembers before it starts over, with a map of
+/// its first size: a head it has forgotten costs one lookup, in the unfolded events in memory
+/// for a live execution. Heads of ended executions pile up, so this bounds memory that would
+/// otherwise grow with every execution ever run (at 1 << 20, about 70 MB kept for good).
+const MAX_HEADS: usize = 1 << 16;
 
 /// A store in one redb file, `baton.redb`, and the journal's log segments under a data
 /// directory. Cheap to clone; the files close when the last clone is dropped.
