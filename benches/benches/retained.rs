@@ -100,11 +100,12 @@ fn serve(dir: &Path) {
             let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
             let _ = closed.send(());
         });
-        server.serve(async move {
-            let _ = stop.await;
-        })
-        .await
-        .expect("the server serves");
+        server
+            .serve(async move {
+                let _ = stop.await;
+            })
+            .await
+            .expect("the server serves");
     });
 }
 
@@ -201,7 +202,8 @@ fn measure() {
     let (server, url) = start_server(dir.path());
     let pid = server.0.id();
     let rss = || resident_bytes_of(pid).expect("the server's resident memory") as f64 / MIB;
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
     let (channel, _services) = runtime.block_on(setup(&url));
     let idle = rss();
     let (first, _) = runtime.block_on(drive(&channel, half));

@@ -56,8 +56,8 @@ use baton_core::{
 
 pub use crate::memory::MemoryStore;
 pub use crate::postgres::PostgresStore;
-pub use crate::redb::{LogOptions, RedbStore};
 pub use crate::redb::{DEFAULT_CACHE_BYTES, Options as RedbOptions};
+pub use crate::redb::{LogOptions, RedbStore};
 
 /// What a durable store's group commit did so far: writes answered after a commit, and the
 /// transactions they took. `writes / transactions` is the mean batch size.
