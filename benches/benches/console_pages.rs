@@ -63,6 +63,8 @@ fn execution(workflow: &WorkflowName, n: usize, tasks: std::collections::BTreeMa
         trace: None,
         parent: None,
         parked: None,
+        retention: None,
+        expires_at: None,
         problem: None,
     }
 }

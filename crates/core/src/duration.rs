@@ -1,10 +1,10 @@
-//! Durations as people write them: `250ms`, `10s`, `5m`, `1h`, `1m30s`.
+//! Durations as people write them: `250ms`, `10s`, `5m`, `1h`, `1m30s`, `7d`.
 
 use std::time::Duration;
 
 use crate::error::{Error, Result};
 
-/// Parses `text` (one or more `<number><unit>` parts, units `ms`, `s`, `m`, `h`), naming `field` on failure.
+/// Parses `text` (one or more `<number><unit>` parts, units `ms`, `s`, `m`, `h`, `d`), naming `field` on failure.
 pub fn parse(field: &str, text: &str) -> Result<Duration> {
     let bad = |reason: &str| Error::invalid(field, text, reason);
     let mut rest = text.trim();
@@ -25,8 +25,9 @@ pub fn parse(field: &str, text: &str) -> Result<Duration> {
             "s" => Duration::from_secs(1),
             "m" => Duration::from_secs(60),
             "h" => Duration::from_secs(3600),
-            "" => return Err(bad("missing unit; use ms, s, m or h")),
-            _ => return Err(bad("unknown unit; use ms, s, m or h")),
+            "d" => Duration::from_secs(86_400),
+            "" => return Err(bad("missing unit; use ms, s, m, h or d")),
+            _ => return Err(bad("unknown unit; use ms, s, m, h or d")),
         };
         rest = &rest[unit_len..];
         let part = u32::try_from(number).ok().and_then(|n| unit.checked_mul(n)).ok_or_else(|| bad("is too long"))?;
@@ -103,8 +104,9 @@ mod tests {
         check("2h", Ok(Duration::from_secs(7200)));
         check("0s", Ok(Duration::ZERO));
         check("", Err(r#"invalid timeout "": must not be empty; write e.g. 500ms, 10s, 5m or 1h"#));
-        check("10", Err(r#"invalid timeout "10": missing unit; use ms, s, m or h"#));
-        check("10d", Err(r#"invalid timeout "10d": unknown unit; use ms, s, m or h"#));
+        check("7d", Ok(Duration::from_secs(7 * 86_400)));
+        check("10", Err(r#"invalid timeout "10": missing unit; use ms, s, m, h or d"#));
+        check("10w", Err(r#"invalid timeout "10w": unknown unit; use ms, s, m, h or d"#));
         check("s", Err(r#"invalid timeout "s": expected a number; write e.g. 500ms, 10s, 5m or 1h"#));
         check("99999999999999999999s", Err(r#"invalid timeout "99999999999999999999s": number is too large"#));
     }

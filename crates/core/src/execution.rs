@@ -196,6 +196,14 @@ pub struct Execution {
     /// its own trace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<crate::trace::TraceContext>,
+    /// How long it is kept once it ends, fixed when it starts (its definition's `retention`,
+    /// else the server's); `None`: for ever.
+    #[serde(default, with = "crate::duration::serde_text_opt", skip_serializing_if = "Option::is_none")]
+    pub retention: Option<std::time::Duration>,
+    /// When it is removed, with its journal and idempotency key: `retention` after it ended.
+    /// Set by [`ExecutionUpdate::apply`](crate::ExecutionUpdate::apply) when it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
 }
 
 impl Execution {
@@ -368,6 +376,8 @@ mod tests {
             parent: None,
             problem: None,
             parked: None,
+            retention: None,
+            expires_at: None,
         };
         let id = execution.id;
         let event = |s, kind| Event { execution: id, sequence: 1, at: at(s), kind };

@@ -14,6 +14,9 @@
 //! - **Journal.** Each execution's events are numbered 1, 2, 3, ... without gaps. An
 //!   [`Store::append`] whose first event per execution is not the next number, or whose events
 //!   skip or repeat one, fails with [`StoreError::SequenceConflict`] and writes nothing.
+//! - **Retention.** An execution that ends expires [`Execution::retention`] after its end
+//!   ([`ExecutionUpdate::apply`] sets [`Execution::expires_at`]); [`Store::remove_expired`]
+//!   removes expired ones with their journals and idempotency keys, and nothing else.
 //! - **Corruption is local.** A damaged record or journal fails with [`StoreError::Corrupt`]
 //!   naming it; every other execution reads as before.
 
@@ -121,6 +124,12 @@ pub trait Store: Send + Sync + 'static {
         execution: ExecutionId,
         from_sequence: u64,
     ) -> impl Future<Output = StoreResult<Vec<Event>>> + Send;
+
+    /// Removes up to `limit` ended executions whose [`Execution::expires_at`] is at or before
+    /// `now`, the earliest first, each with its journal and its idempotency key, so that the
+    /// key starts a new execution; answers how many it removed. Fewer than `limit` means none
+    /// more is due. Found through an index by expiry time, never a scan.
+    fn remove_expired(&self, now: Timestamp, limit: usize) -> impl Future<Output = StoreResult<usize>> + Send;
 }
 
 /// A definition to store; the store gives it its version.
@@ -255,6 +264,12 @@ impl ExecutionUpdate {
     pub fn apply(&self, stored: &mut Execution) -> StoreResult<()> {
         if stored.state != self.state && !stored.state.can_become(self.state) {
             return Err(StoreError::StateConflict { execution: self.id, from: stored.state, to: self.state });
+        }
+        // An execution that ends is kept for its retention from then: it expires once.
+        if self.state.is_terminal() && !stored.state.is_terminal() {
+            stored.expires_at = stored.retention.and_then(|keep| {
+                chrono::Duration::from_std(keep).ok().and_then(|keep| self.updated_at.checked_add_signed(keep))
+            });
         }
         stored.state = self.state;
         stored.output.clone_from(&self.output);
@@ -599,14 +614,22 @@ mod tests {
             parent: None,
             problem: None,
             parked: None,
+            retention: Some(std::time::Duration::from_secs(60)),
+            expires_at: None,
         };
         let mut update = ExecutionUpdate::from(&stored);
         update.state = ExecutionState::Completed;
         update.output = Some(serde_json::json!(7));
+        update.updated_at = at + chrono::Duration::seconds(5);
         update.apply(&mut stored).unwrap();
         assert_eq!((stored.state, stored.output.clone()), (ExecutionState::Completed, Some(serde_json::json!(7))));
+        // It expires its retention after it ended, and a later rewrite does not move that.
+        let expires = Some(at + chrono::Duration::seconds(65));
+        assert_eq!(stored.expires_at, expires);
+        update.updated_at = at + chrono::Duration::seconds(50);
         // The same state again is fine; leaving an end state is not, and changes nothing.
         update.apply(&mut stored).unwrap();
+        assert_eq!(stored.expires_at, expires);
         update.state = ExecutionState::Running;
         update.output = None;
         let err = update.apply(&mut stored).unwrap_err();
@@ -639,6 +662,8 @@ mod tests {
             parent: None,
             problem: None,
             parked: None,
+            retention: None,
+            expires_at: None,
         };
         let check =
             |filter: ExecutionFilter, expected: bool| assert_eq!(filter.matches(&execution), expected, "{filter:?}");

@@ -770,6 +770,10 @@ pub struct WorkflowDefinition {
     /// Time limit of the whole run.
     #[serde(default, with = "crate::duration::serde_text_opt", skip_serializing_if = "Option::is_none")]
     pub deadline: Option<Duration>,
+    /// How long an ended execution of it is kept, from its end; the server's setting when
+    /// `None`.
+    #[serde(default, with = "crate::duration::serde_text_opt", skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Duration>,
     /// Free-form labels.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,

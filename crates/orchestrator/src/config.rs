@@ -153,7 +153,18 @@ settings! {
     /// MiB the data directory's disk keeps free: below it, new executions are refused [default: 64].
     #[arg(long, env = "BATON_MIN_FREE_DISK_MIB")]
     min_free_disk_mib: u64 = crate::orchestrator::DEFAULT_MIN_FREE_DISK / MIB;
+    /// MiB of the embedded store's page cache, which its memory use grows to [default: 64].
+    #[arg(long, env = "BATON_STORE_CACHE_MIB")]
+    store_cache_mib: u64 = (baton_store::DEFAULT_CACHE_BYTES as u64) / MIB;
+    /// How long an ended execution is kept, from its end, unless its workflow sets `retention`,
+    /// e.g. 30d; removed after with its journal and idempotency key [default: 7d].
+    #[arg(long, env = "BATON_RETENTION", value_parser = parse_duration)]
+    #[serde(deserialize_with = "duration_text")]
+    retention: Duration = baton_workflow::DEFAULT_RETENTION;
 }
+
+/// The largest page cache the embedded store may be given: 64 GiB.
+const MAX_STORE_CACHE_MIB: u64 = 64 * 1024;
 
 /// How long an attempt of a step without a timeout may take by default: long enough for slow
 /// work, short enough that a service that takes a call and never answers holds no step for long.
@@ -269,6 +280,12 @@ impl ServeConfig {
         if !(1..=MAX_JOURNAL_MIB).contains(&self.max_journal_mib) {
             return invalid("max_journal_mib", &format!("must be from 1 to {MAX_JOURNAL_MIB}"));
         }
+        if !(1..=MAX_STORE_CACHE_MIB).contains(&self.store_cache_mib) {
+            return invalid("store_cache_mib", &format!("must be from 1 to {MAX_STORE_CACHE_MIB}"));
+        }
+        if !(Duration::from_secs(1)..=baton_workflow::MAX_RETENTION).contains(&self.retention) {
+            return invalid("retention", "must be from 1s to 3650d");
+        }
         if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str()) {
             return invalid("log_level", "must be error, warn, info, debug or trace");
         }
@@ -317,6 +334,8 @@ impl ServeConfig {
             format!("attempt_timeout = {}", baton_core::duration::format(self.attempt_timeout)),
             format!("journal cap = {} events, {} MiB per execution", self.max_journal_events, self.max_journal_mib),
             format!("min_free_disk_mib = {}", self.min_free_disk_mib),
+            format!("store_cache_mib = {}", self.store_cache_mib),
+            format!("retention = {}", baton_core::duration::format(self.retention)),
             format!("rate_limit = {}/s per connection", self.rate_limit),
             format!("max_concurrent_streams = {}", self.max_concurrent_streams),
             format!("log = {:?} at {}", self.log_format, self.log_level),
@@ -465,6 +484,29 @@ mod tests {
         std::fs::write(&file, "attempt_timeout = \"2m\"\n").unwrap();
         let config = args(&["--config", file.to_str().unwrap()]).resolve().unwrap();
         assert_eq!(config.default_attempt_timeout(), Some(Duration::from_secs(120)));
+    }
+
+    #[test]
+    fn the_store_cache_and_retention_have_defaults_come_from_flags_or_the_file_and_must_be_sane() {
+        let config = args(&[]).resolve().unwrap();
+        assert_eq!((config.store_cache_mib, config.retention), (64, Duration::from_secs(7 * 86_400)));
+        assert!(config.describe().contains(&"retention = 168h".to_owned()));
+        let config = args(&["--store-cache-mib", "16", "--retention", "1m"]).resolve().unwrap();
+        assert_eq!((config.store_cache_mib, config.retention), (16, Duration::from_secs(60)));
+        assert!(config.describe().contains(&"store_cache_mib = 16".to_owned()));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("baton.toml");
+        std::fs::write(&file, "store_cache_mib = 256\nretention = \"30d\"\n").unwrap();
+        let config = args(&["--config", file.to_str().unwrap()]).resolve().unwrap();
+        assert_eq!((config.store_cache_mib, config.retention), (256, Duration::from_secs(30 * 86_400)));
+        for bad in ["0", "65537"] {
+            let error = args(&["--store-cache-mib", bad]).resolve().unwrap_err().to_string();
+            assert_eq!(error, "store_cache_mib: must be from 1 to 65536");
+        }
+        for bad in ["0s", "3651d"] {
+            let error = args(&["--retention", bad]).resolve().unwrap_err().to_string();
+            assert_eq!(error, "retention: must be from 1s to 3650d");
+        }
     }
 
     #[test]

@@ -62,6 +62,8 @@ pub struct Options {
     /// With a redb store, the free bytes its disk keeps: below them the disk counts as full
     /// and new executions are refused ([`DiskWatch`]).
     pub min_free_disk: u64,
+    /// With a redb store, the bytes of its page cache.
+    pub redb_cache: usize,
 }
 
 /// The free space a data directory's disk keeps by default: 64 MiB.
@@ -98,6 +100,7 @@ impl Default for Options {
             endpoints: EndpointPolicy::default(),
             registry_events: RegistryEvents::default(),
             min_free_disk: DEFAULT_MIN_FREE_DISK,
+            redb_cache: baton_store::DEFAULT_CACHE_BYTES,
         }
     }
 }
@@ -176,7 +179,8 @@ impl ServiceOrchestrator {
         let store = match &options.store {
             StoreChoice::Memory => AnyStore::Memory(MemoryStore::default()),
             StoreChoice::Redb(dir) => {
-                let store = RedbStore::open(dir).await?;
+                let redb = baton_store::RedbOptions { cache_bytes: options.redb_cache, ..Default::default() };
+                let store = RedbStore::open_with(dir, redb).await?;
                 let recovery = store.recovery();
                 if recovery.segments > 0 {
                     tracing::info!(

@@ -128,6 +128,8 @@ impl Server {
         options.engine.max_journal_events = config.max_journal_events;
         options.engine.max_journal_bytes = config.max_journal_mib.saturating_mul(1024 * 1024);
         options.min_free_disk = config.min_free_disk_mib.saturating_mul(1024 * 1024);
+        options.redb_cache = usize::try_from(config.store_cache_mib.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX);
+        options.engine.retention = Some(config.retention);
         // Expressions run in worker processes that bound themselves, before recovery runs any.
         let sandbox = Sandbox::new(SandboxConfig {
             program: Sandbox::this_program().map_err(ServeError::Program)?,

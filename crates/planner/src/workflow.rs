@@ -55,6 +55,7 @@ pub fn to_workflow(catalog: &Catalog, goal: &Goal, plan: &Plan, name: WorkflowNa
         output: Value::Object(output),
         defaults: StepDefaults::default(),
         deadline: None,
+        retention: None,
         labels: Default::default(),
     }
 }

@@ -69,7 +69,8 @@ macro_rules! __each_conformance_case {
             listings_filter,
             idempotency_keys_find_their_execution,
             corrupt_journal_is_reported_for_that_execution_only,
-            parked_executions_leave_recovery_and_come_back_due
+            parked_executions_leave_recovery_and_come_back_due,
+            expired_executions_go_with_their_journal_and_key
         );
     };
 }
@@ -186,6 +187,8 @@ fn execution(workflow: &str, created_at: Timestamp) -> Execution {
         parent: None,
         problem: None,
         parked: None,
+        retention: None,
+        expires_at: None,
     }
 }
 
@@ -777,6 +780,98 @@ pub async fn parked_executions_leave_recovery_and_come_back_due<H: Harness>(h: &
     assert_eq!(store.parked_due(at(900), 10).await.unwrap(), Vec::<ExecutionId>::new());
     assert!(!store.unfinished_executions().await.unwrap().contains(&on_signal.id));
     assert!(!store.unfinished_executions().await.unwrap().contains(&ended.id));
+}
+
+/// An ended execution expires its retention after its end; removing expired ones takes each
+/// with its journal and idempotency key (which then starts a new execution), earliest first,
+/// a batch at a time, and leaves every other execution as it was.
+pub async fn expired_executions_go_with_their_journal_and_key<H: Harness>(h: &H) {
+    let store = h.open().await;
+    let minute = std::time::Duration::from_secs(60);
+    let start = |key: &str, retention| {
+        let store = store.clone();
+        let key = IdempotencyKey::new(key).unwrap();
+        async move {
+            let execution = Execution { retention, ..execution("kept", at(10)) };
+            let created = store.create_execution(execution, Some(key)).await.unwrap().execution;
+            let running = ExecutionUpdate { state: ExecutionState::Running, ..ExecutionUpdate::from(&created) };
+            let running = store.update_execution(running).await.unwrap();
+            store.append(events(running.id, 1..=3)).await.unwrap();
+            running
+        }
+    };
+    let end = |execution: &Execution, seconds| {
+        let update = ExecutionUpdate {
+            state: ExecutionState::Completed,
+            output: Some(json!({"done": true})),
+            updated_at: at(seconds),
+            ..ExecutionUpdate::from(execution)
+        };
+        let store = store.clone();
+        async move { store.update_execution(update).await.unwrap() }
+    };
+    let first = start("first", Some(minute)).await;
+    let second = start("second", Some(minute)).await;
+    let forever = start("forever", None).await;
+    let running = start("running", Some(minute)).await;
+    let first = end(&first, 100).await;
+    assert_eq!(first.expires_at, Some(at(160)));
+    let second = end(&second, 200).await;
+    let forever = end(&forever, 100).await;
+    assert_eq!(forever.expires_at, None);
+    // A rewrite of an ended record keeps its expiry.
+    let second = end(&second, 230).await;
+    assert_eq!(second.expires_at, Some(at(260)));
+
+    assert_eq!(store.remove_expired(at(159), 10).await.unwrap(), 0);
+    assert_eq!(store.remove_expired(at(160), 10).await.unwrap(), 1);
+    assert_eq!(store.get_execution(first.id).await.unwrap_err(), StoreError::NotFound(Record::Execution(first.id)));
+    assert_eq!(store.read_journal(first.id, 1).await.unwrap_err(), StoreError::NotFound(Record::Execution(first.id)));
+    let first_key = IdempotencyKey::new("first").unwrap();
+    assert_eq!(store.find_by_idempotency_key(&first_key).await.unwrap(), None);
+    let by_key = ExecutionFilter { idempotency_key: Some(first_key.clone()), ..ExecutionFilter::default() };
+    assert!(store.list_executions(&by_key, &PageRequest::default()).await.unwrap().executions.is_empty());
+    let listed: Vec<ExecutionId> = all_pages(&store, &ExecutionFilter::default(), PageRequest::default())
+        .await
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(listed, [second.id, forever.id, running.id]);
+    let kept = ExecutionFilter { workflow: Some(name("kept")), ..ExecutionFilter::default() };
+    assert_eq!(all_pages(&store, &kept, PageRequest::default()).await.len(), 3);
+    // The others are untouched.
+    for execution in [&second, &forever, &running] {
+        assert_eq!(&store.get_execution(execution.id).await.unwrap(), execution);
+        assert_eq!(store.read_journal(execution.id, 1).await.unwrap(), events(execution.id, 1..=3));
+    }
+    let second_key = IdempotencyKey::new("second").unwrap();
+    assert_eq!(store.find_by_idempotency_key(&second_key).await.unwrap(), Some(second.clone()));
+    // The removed key starts a new execution.
+    let again = store.create_execution(execution("kept", at(300)), Some(first_key.clone())).await.unwrap();
+    assert!(again.created);
+    assert_ne!(again.execution.id, first.id);
+    assert_eq!(store.find_by_idempotency_key(&first_key).await.unwrap(), Some(again.execution));
+
+    // A batch at a time; what never expires (no retention, or not ended) stays.
+    assert_eq!(store.remove_expired(at(1_000_000), 0).await.unwrap(), 0);
+    assert_eq!(store.remove_expired(at(1_000_000), 1).await.unwrap(), 1);
+    assert_eq!(store.remove_expired(at(1_000_000), 10).await.unwrap(), 0);
+    assert_eq!(store.get_execution(second.id).await.unwrap_err(), StoreError::NotFound(Record::Execution(second.id)));
+    assert_eq!(store.find_by_idempotency_key(&second_key).await.unwrap(), None);
+    assert_eq!(store.get_execution(forever.id).await.unwrap(), forever);
+    assert_eq!(store.get_execution(running.id).await.unwrap(), running);
+    assert_eq!(store.read_journal(running.id, 1).await.unwrap(), events(running.id, 1..=3));
+    if H::DURABLE {
+        drop(store);
+        let store = h.open().await;
+        assert_eq!(store.get_execution(first.id).await.unwrap_err(), StoreError::NotFound(Record::Execution(first.id)));
+        assert_eq!(
+            store.read_journal(second.id, 1).await.unwrap_err(),
+            StoreError::NotFound(Record::Execution(second.id))
+        );
+        assert_eq!(store.read_journal(running.id, 1).await.unwrap(), events(running.id, 1..=3));
+        assert_eq!(store.remove_expired(at(1_000_000), 10).await.unwrap(), 0);
+    }
 }
 
 /// Everything written is there after the store is dropped and opened again, and the journal

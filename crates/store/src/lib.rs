@@ -56,6 +56,7 @@ use baton_core::{
 
 pub use crate::memory::MemoryStore;
 pub use crate::postgres::PostgresStore;
+pub use crate::redb::{DEFAULT_CACHE_BYTES, Options as RedbOptions};
 pub use crate::redb::{LogOptions, RedbStore};
 
 /// What a durable store's group commit did so far: writes answered after a commit, and the
@@ -146,5 +147,9 @@ impl Store for AnyStore {
 
     async fn read_journal(&self, execution: ExecutionId, from_sequence: u64) -> StoreResult<Vec<Event>> {
         dispatch!(self, s => s.read_journal(execution, from_sequence))
+    }
+
+    async fn remove_expired(&self, now: baton_core::Timestamp, limit: usize) -> StoreResult<usize> {
+        dispatch!(self, s => s.remove_expired(now, limit))
     }
 }

@@ -1,7 +1,7 @@
 //! [`MemoryStore`]: everything in one mutex-guarded map. The reference the durable stores are
 //! tested against, and the store of tests that do not care about durability.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use baton_core::{
@@ -26,6 +26,10 @@ struct State {
     /// Listing order: `(created_at, id)` to id.
     order: BTreeMap<Key, ExecutionId>,
     idempotency: HashMap<IdempotencyKey, ExecutionId>,
+    /// Each keyed execution's key, to remove with it.
+    keys: HashMap<ExecutionId, IdempotencyKey>,
+    /// Ended executions with an expiry time, by that time.
+    expiring: BTreeSet<(Timestamp, ExecutionId)>,
     journals: HashMap<ExecutionId, BTreeMap<u64, Event>>,
 }
 
@@ -113,7 +117,8 @@ impl Store for MemoryStore {
             return Err(StoreError::AlreadyExists(execution.id));
         }
         if let Some(idempotency_key) = idempotency_key {
-            state.idempotency.insert(idempotency_key, execution.id);
+            state.idempotency.insert(idempotency_key.clone(), execution.id);
+            state.keys.insert(execution.id, idempotency_key);
         }
         state.order.insert(key, execution.id);
         state.journals.insert(execution.id, BTreeMap::new());
@@ -135,7 +140,17 @@ impl Store for MemoryStore {
         // Apply to a copy so that a refused update leaves the stored execution untouched.
         let mut updated = stored.clone();
         update.apply(&mut updated)?;
+        let expiry = |e: &Execution| e.expires_at.map(|at| (at, e.id));
+        let (before, after) = (expiry(stored), expiry(&updated));
         *stored = updated.clone();
+        if before != after {
+            if let Some(entry) = before {
+                state.expiring.remove(&entry);
+            }
+            if let Some(entry) = after {
+                state.expiring.insert(entry);
+            }
+        }
         Ok(updated)
     }
 
@@ -183,6 +198,24 @@ impl Store for MemoryStore {
             journal.extend(events.into_iter().map(|event| (event.sequence, event)));
         }
         Ok(())
+    }
+
+    async fn remove_expired(&self, now: Timestamp, limit: usize) -> StoreResult<usize> {
+        let mut state = self.lock();
+        let due: Vec<(Timestamp, ExecutionId)> =
+            state.expiring.iter().take_while(|(at, _)| *at <= now).take(limit).copied().collect();
+        for entry in &due {
+            let id = entry.1;
+            state.expiring.remove(entry);
+            if let Some(execution) = state.executions.remove(&id) {
+                state.order.remove(&key_of(execution.created_at, id)?);
+            }
+            if let Some(key) = state.keys.remove(&id) {
+                state.idempotency.remove(&key);
+            }
+            state.journals.remove(&id);
+        }
+        Ok(due.len())
     }
 
     async fn read_journal(&self, execution: ExecutionId, from_sequence: u64) -> StoreResult<Vec<Event>> {

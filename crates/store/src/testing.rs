@@ -52,6 +52,8 @@ pub fn load_execution() -> Execution {
         parent: None,
         problem: None,
         parked: None,
+        retention: None,
+        expires_at: None,
     }
 }
 

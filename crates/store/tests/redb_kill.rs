@@ -13,7 +13,7 @@ mod kill9;
 
 use std::path::Path;
 
-use baton_store::{LogOptions, RedbStore};
+use baton_store::{LogOptions, RedbOptions, RedbStore};
 
 /// The variable that turns [`kill_child`] into the writer, naming its data directory.
 const CHILD_DIR_VAR: &str = "BATON_KILL_CHILD_DIR";
@@ -42,7 +42,10 @@ fn kill_child() {
     let Some(dir) = std::env::var_os(CHILD_DIR_VAR) else { return };
     kill9::runtime().block_on(async {
         // Small log segments, so that kills land while segments are cut and folded too.
-        let store = RedbStore::open_with(Path::new(&dir), SMALL_SEGMENTS).await.unwrap();
+        let store =
+            RedbStore::open_with(Path::new(&dir), RedbOptions { log: SMALL_SEGMENTS, ..RedbOptions::default() })
+                .await
+                .unwrap();
         kill9::append_until_killed(store).await;
     });
 }

@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::time::Duration;
 
 use baton_core::program::Program;
 use baton_core::{StepGraph, StepLinks, Template, WorkflowDefinition, WorkflowName};
@@ -18,6 +19,8 @@ pub const MAX_DEFINITION_BYTES: usize = 1024 * 1024;
 /// free): each takes about half a millisecond of CPU to compile, every time the definition is
 /// checked.
 pub const MAX_JQ_EXPRESSIONS: usize = 1_000;
+/// The longest `retention` a definition may set: ten years.
+pub const MAX_RETENTION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// A definition that passed every check, with its compiled templates, a topological order of
 /// its steps and the hash of its canonical form. Only [`CheckedDefinition::parse`] and
@@ -82,6 +85,7 @@ impl CheckedDefinition {
             output: Value::Null,
             defaults: baton_core::StepDefaults::default(),
             deadline: workflow.program.deadline,
+            retention: None,
             labels: workflow.labels,
         };
         let null = Template::compile("output", &Value::Null).expect("null is a template");
@@ -97,6 +101,12 @@ impl CheckedDefinition {
     /// place may read and read only upstream steps (the output mapping may read any step).
     /// Builds the executable program on the way.
     pub fn check(definition: WorkflowDefinition) -> Result<Self> {
+        if let Some(retention) = definition.retention
+            && (retention < Duration::from_secs(1) || retention > MAX_RETENTION)
+        {
+            let text = baton_core::duration::format(retention);
+            return Err(baton_core::Error::invalid("retention", text, "must be between 1s and 3650d").into());
+        }
         let program = crate::compile::native(&definition)?;
         let graph = StepGraph::check(definition.steps.iter().map(StepLinks::from))?;
         let inputs = program
@@ -189,6 +199,11 @@ impl CheckedDefinition {
         self.document_version.as_deref()
     }
 
+    /// How long an ended execution of it is kept (`retention`); `None`: as the server says.
+    pub fn retention(&self) -> Option<Duration> {
+        self.definition.retention
+    }
+
     /// `sha256:<hex>` of the canonical form's JSON text.
     pub fn content_hash(&self) -> &str {
         &self.content_hash
@@ -249,6 +264,9 @@ mod tests {
             r#"steps[0]: invalid duration "5 parsecs""#,
         );
         check("name: w\nsteps:\n  - {id: a, service: s, retry: {max_attempts: 0}}\n", "steps.a.retry.max_attempts");
+        check("name: w\nretention: 0s\nsteps: []\n", r#"invalid retention "0ms": must be between 1s and 3650d"#);
+        check("name: w\nretention: 3651d\nsteps: []\n", r#"invalid retention "87624h": must be between 1s and 3650d"#);
+        check("name: w\nretention: a week\nsteps: []\n", r#"invalid duration "a week""#);
         check("name: w\nsteps:\n  - {id: a, service: s, retry: {multiplier: 0.5}}\n", "steps.a.retry.multiplier");
         let big = format!("name: w\ndescription: \"{}\"\nsteps: []\n", "x".repeat(MAX_DEFINITION_BYTES));
         check(&big, "bytes, the limit is 1048576");
@@ -315,6 +333,7 @@ mod tests {
         let checked = CheckedDefinition::parse(text).expect("examples/workflows/checkout.yaml is valid");
         assert_eq!(checked.name().as_str(), "checkout");
         assert_eq!(checked.definition().steps.len(), 5);
+        assert_eq!(checked.retention(), Some(Duration::from_secs(30 * 86_400)));
         let confirm = &checked.program().root.tasks[4].action;
         assert!(
             matches!(confirm, baton_core::program::Action::Call(call) if call.shape.is_some()),

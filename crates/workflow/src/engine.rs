@@ -29,6 +29,10 @@ pub const DEFAULT_MAX_JOURNAL_EVENTS: u64 = 100_000;
 /// Most bytes of one execution's journal by default: 1 GiB.
 pub const DEFAULT_MAX_JOURNAL_BYTES: u64 = 1 << 30;
 
+/// How long an ended execution is kept by default: a week, as Temporal's default namespace
+/// retention.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// How an [`Engine`] runs.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -65,6 +69,11 @@ pub struct Config {
     pub park_after: Option<Duration>,
     /// How often the store is asked for parked executions coming due.
     pub park_poll: Duration,
+    /// How long an ended execution is kept, from its end, when its definition does not say
+    /// (`retention`); `None` keeps it for ever. Fixed per execution when it starts.
+    pub retention: Option<Duration>,
+    /// How often expired executions are looked for and removed, a batch at a time.
+    pub retention_poll: Duration,
 }
 
 /// Where `emit` tasks publish: a message bus, a log, a webhook. Called once an emit task's
@@ -117,6 +126,8 @@ impl Default for Config {
             max_child_depth: 16,
             park_after: Some(Duration::from_secs(10)),
             park_poll: Duration::from_millis(500),
+            retention: Some(DEFAULT_RETENTION),
+            retention_poll: Duration::from_secs(1),
         }
     }
 }
@@ -275,6 +286,7 @@ impl<S: Store, R: Runner> Engine<S, R> {
         if engine.inner.config.park_after.is_some() {
             tokio::spawn(wake_due(engine.downgrade()));
         }
+        tokio::spawn(remove_expired(engine.downgrade()));
         Ok(engine)
     }
 
@@ -434,6 +446,8 @@ impl<S: Store, R: Runner> Engine<S, R> {
             problem: None,
             parked: None,
             trace,
+            retention: definition.retention().or(self.inner.config.retention),
+            expires_at: None,
         };
         // A repeated start must be the same request: a key reused for another one is a
         // caller's bug that would otherwise pass silently (as Stripe's idempotency keys refuse).
@@ -855,6 +869,27 @@ async fn wake_due<S: Store, R: Runner>(engine: WeakEngine<S, R>) {
         drop(engine);
         if !full {
             tokio::time::sleep(poll).await;
+        }
+    }
+}
+
+/// Removes expired executions in the background, a small batch per store write, so that
+/// starts and commits queued behind a batch wait for little; runs while the engine lives.
+async fn remove_expired<S: Store, R: Runner>(engine: WeakEngine<S, R>) {
+    /// Executions removed per store write.
+    const BATCH: usize = 128;
+    loop {
+        let Some(engine) = engine.upgrade() else { return };
+        let poll = engine.inner.config.retention_poll;
+        let now = engine.inner.config.clock.now();
+        // A removal that failed (a full disk, a lost connection) is tried again at the next look.
+        let removed = engine.inner.store.remove_expired(now, BATCH).await.unwrap_or(0);
+        drop(engine);
+        if removed < BATCH {
+            tokio::time::sleep(poll).await;
+        } else {
+            // More are due: let other work in between batches.
+            tokio::task::yield_now().await;
         }
     }
 }

@@ -51,10 +51,10 @@ mod sw;
 
 pub use baton_core::Outcome;
 pub use compile::{MAX_BRANCHES, MAX_CONCURRENCY, MAX_DEPTH, MAX_ITERATIONS};
-pub use definition::{CheckedDefinition, MAX_DEFINITION_BYTES, MAX_JQ_EXPRESSIONS, MAX_STEPS};
+pub use definition::{CheckedDefinition, MAX_DEFINITION_BYTES, MAX_JQ_EXPRESSIONS, MAX_RETENTION, MAX_STEPS};
 pub use engine::{
-    Applied, Config, DEFAULT_MAX_JOURNAL_BYTES, DEFAULT_MAX_JOURNAL_EVENTS, DEFAULT_MAX_OUTPUT_BYTES, Emitter, Engine,
-    NoEmitter, NoObserver, Observer, Recovery, WeakEngine,
+    Applied, Config, DEFAULT_MAX_JOURNAL_BYTES, DEFAULT_MAX_JOURNAL_EVENTS, DEFAULT_MAX_OUTPUT_BYTES,
+    DEFAULT_RETENTION, Emitter, Engine, NoEmitter, NoObserver, Observer, Recovery, WeakEngine,
 };
 pub use error::{Error, JournalCap, RecoveryError, Result};
 pub use expansion::{MAX_EXPANDED_BYTES, MAX_EXPANDED_NODES};

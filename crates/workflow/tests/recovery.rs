@@ -76,6 +76,10 @@ impl Store for PanicsOn {
         self.inner.append(events).await
     }
 
+    async fn remove_expired(&self, now: Timestamp, limit: usize) -> StoreResult<usize> {
+        self.inner.remove_expired(now, limit).await
+    }
+
     async fn read_journal(&self, execution: ExecutionId, from_sequence: u64) -> StoreResult<Vec<Event>> {
         assert_ne!(execution, self.execution, "a journal this build cannot read");
         self.inner.read_journal(execution, from_sequence).await

@@ -360,6 +360,8 @@ impl InMemoryExecutions {
             parent: None,
             problem: None,
             parked: None,
+            retention: None,
+            expires_at: None,
         };
         execution.transition(ExecutionState::Running, now).map_err(ApiError::from)?;
         let id = execution.id;
@@ -795,6 +797,7 @@ impl InMemoryOrchestrator {
             output: Value::Null,
             defaults: Default::default(),
             deadline: None,
+            retention: None,
             labels: BTreeMap::new(),
         };
         let text = serde_json::to_string(&workflow).map_err(|e| ApiError::Internal(e.to_string()))?;

@@ -390,12 +390,14 @@ async fn recover(client: &mut Client) -> StoreResult<(Takeover, i64)> {
     Ok((takeover, last_frame))
 }
 
-/// Writes one chunk per execution of `window`, in statements of about [`CHUNK_SLICE_BYTES`].
+/// Writes one chunk per execution of `window`, in statements of about [`CHUNK_SLICE_BYTES`],
+/// but for executions removed meanwhile (their retention ran out).
 async fn insert_chunks(tx: &Transaction<'_>, window: &ById<Lines>) -> Result<(), tokio_postgres::Error> {
     let insert = tx
         .prepare(
             "INSERT INTO baton_journal_chunks (execution, first_sequence, last_sequence, events)
-             SELECT * FROM UNNEST($1::BYTEA[], $2::BIGINT[], $3::BIGINT[], $4::TEXT[])",
+             SELECT u.* FROM UNNEST($1::BYTEA[], $2::BIGINT[], $3::BIGINT[], $4::TEXT[]) AS u(execution, f, l, e)
+             WHERE EXISTS (SELECT 1 FROM baton_executions x WHERE x.id = u.execution)",
         )
         .await?;
     let chunks: Vec<(u128, &Lines)> =

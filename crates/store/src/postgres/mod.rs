@@ -113,6 +113,15 @@ pub const MIGRATIONS: &[Migration] = &[
         CREATE INDEX IF NOT EXISTS baton_executions_by_wake ON baton_executions (wake_at, id) WHERE wake_at IS NOT NULL;
     ",
     },
+    Migration {
+        version: 4,
+        name: "retention",
+        sql: "
+        ALTER TABLE baton_executions ADD COLUMN IF NOT EXISTS expires_at BIGINT;
+        CREATE INDEX IF NOT EXISTS baton_executions_by_expiry ON baton_executions (expires_at, id)
+            WHERE expires_at IS NOT NULL;
+    ",
+    },
 ];
 
 /// How to reach the database.
@@ -557,12 +566,21 @@ impl Store for PostgresStore {
             let record = String::from_utf8(to_json(&execution)).expect("JSON is UTF-8");
             let wake_at =
                 execution.parked.and_then(|p| p.until).map(|at| timestamp_nanos("parked.until", at)).transpose()?;
+            let expires_at = execution.expires_at.map(|at| timestamp_nanos("expires_at", at)).transpose()?;
             let written = client
                 .execute(
                     "UPDATE baton_executions
-                     SET state = $1, record = $2, revision = revision + 1, parked = $5, wake_at = $6
+                     SET state = $1, record = $2, revision = revision + 1, parked = $5, wake_at = $6, expires_at = $7
                      WHERE id = $3 AND revision = $4",
-                    &[&state_text(execution.state), &record, &id, &revision, &execution.parked.is_some(), &wake_at],
+                    &[
+                        &state_text(execution.state),
+                        &record,
+                        &id,
+                        &revision,
+                        &execution.parked.is_some(),
+                        &wake_at,
+                        &expires_at,
+                    ],
                 )
                 .await;
             match written {
@@ -659,6 +677,32 @@ impl Store for PostgresStore {
 
     async fn append(&self, events: Vec<Event>) -> StoreResult<()> {
         self.inner.journal.append(events).await
+    }
+
+    async fn remove_expired(&self, now: Timestamp, limit: usize) -> StoreResult<usize> {
+        let now = timestamp_nanos("now", now)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        if limit == 0 {
+            return Ok(0);
+        }
+        let client = self.client().await?;
+        // One statement: its chunks and the rows go together. Events of a removed execution
+        // still in memory are dropped by their fold, which skips removed executions.
+        let remove = "WITH due AS (
+                SELECT id FROM baton_executions WHERE expires_at IS NOT NULL AND expires_at <= $1
+                ORDER BY expires_at, id LIMIT $2 FOR UPDATE
+            ), chunks AS (
+                DELETE FROM baton_journal_chunks WHERE execution IN (SELECT id FROM due)
+            )
+            DELETE FROM baton_executions WHERE id IN (SELECT id FROM due)";
+        for _ in 0..ATTEMPTS {
+            match client.execute(remove, &[&now, &limit]).await {
+                Ok(removed) => return Ok(usize::try_from(removed).unwrap_or(usize::MAX)),
+                Err(e) if is_transient(&e) => {}
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        Err(StoreError::unavailable("removing expired executions kept meeting concurrent writers"))
     }
 
     async fn read_journal(&self, execution: ExecutionId, from_sequence: u64) -> StoreResult<Vec<Event>> {

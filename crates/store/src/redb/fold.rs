@@ -17,6 +17,7 @@ pub(super) fn recover(db: &Database, dir: &Path) -> Result<(Recovery, u64), Fail
     txn.set_durability(Durability::Immediate)?;
     {
         let mut journal = txn.open_table(JOURNAL)?;
+        let executions = txn.open_table(EXECUTIONS)?;
         for (_, path) in &found {
             let replayed = wal::replay(path).map_err(io)?;
             recovery.events += replayed.records.len();
@@ -26,6 +27,16 @@ pub(super) fn recover(db: &Database, dir: &Path) -> Result<(Recovery, u64), Fail
             let mut events = Generation::default();
             for (id, sequence, json) in replayed.records {
                 events.insert(id, sequence, &json);
+            }
+            // An execution removed since (its retention ran out) takes its events with it.
+            let mut removed = Vec::new();
+            for id in events.index.keys() {
+                if executions.get(*id)?.is_none() {
+                    removed.push(*id);
+                }
+            }
+            for id in removed {
+                events.index.remove(&id);
             }
             events.write_chunks(&mut journal)?;
         }
@@ -63,17 +74,17 @@ impl Fold {
         Some(Self { taken, chunks, next: 0 })
     }
 
-    pub(super) fn apply_slice(
-        &mut self,
-        journal: &mut Table<'_, (u128, u64), Bytes>,
-        slice: usize,
-    ) -> Result<(), ::redb::Error> {
+    /// Writes the next chunks, about `slice` events, skipping executions removed since
+    /// their events were appended (their retention ran out).
+    pub(super) fn apply_slice(&mut self, tables: &mut Tables<'_>, slice: usize) -> Result<(), ::redb::Error> {
         let mut events = 0;
         let mut chunk = Vec::new();
         while events < slice.max(1)
             && let Some((generation, id)) = self.chunks.get(self.next)
         {
-            events += self.taken[*generation].write_chunk(journal, *id, &mut chunk)?;
+            if tables.executions.get(*id)?.is_some() {
+                events += self.taken[*generation].write_chunk(&mut tables.journal, *id, &mut chunk)?;
+            }
             self.next += 1;
         }
         Ok(())

@@ -18,6 +18,7 @@ use baton_core::StoreError;
 #[derive(Debug)]
 pub(super) struct Handle {
     path: PathBuf,
+    cache_bytes: usize,
     current: RwLock<Option<Arc<Database>>>,
 }
 
@@ -25,8 +26,8 @@ pub(super) struct Handle {
 const LET_GO_WITHIN: Duration = Duration::from_secs(10);
 
 impl Handle {
-    pub(super) fn new(path: PathBuf, db: Database) -> Self {
-        Self { path, current: RwLock::new(Some(Arc::new(db))) }
+    pub(super) fn new(path: PathBuf, cache_bytes: usize, db: Database) -> Self {
+        Self { path, cache_bytes, current: RwLock::new(Some(Arc::new(db))) }
     }
 
     /// The handle to read or write with now.
@@ -65,17 +66,18 @@ impl Handle {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
-        open(&mut current, &self.path, deadline)
+        open(&mut current, &self.path, self.cache_bytes, deadline)
     }
 }
 
 fn open(
     current: &mut RwLockWriteGuard<'_, Option<Arc<Database>>>,
     path: &std::path::Path,
+    cache_bytes: usize,
     deadline: Instant,
 ) -> Result<(), DatabaseError> {
     loop {
-        match Database::create(path) {
+        match super::create_database(path, cache_bytes) {
             Ok(db) => {
                 **current = Some(Arc::new(db));
                 return Ok(());

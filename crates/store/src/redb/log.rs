@@ -110,7 +110,8 @@ impl LogWriter {
                     open.events >= self.options.fold_events || open.bytes >= self.options.fold_bytes
                 };
                 if self.heads.len() + staged.len() > MAX_HEADS {
-                    self.heads.clear();
+                    // A new map, not `clear`, which would keep the grown table.
+                    self.heads = HashMap::default();
                 }
                 self.heads.extend(staged);
                 self.counters.committed(accepted.len(), began.elapsed());

@@ -51,6 +51,8 @@
 //! | `executions_unfinished` | (created, id), unfinished and not parked | - |
 //! | `executions_parked` | (wake time, id), parked with a wake time | - |
 //! | `idempotency_keys` | key | id |
+//! | `execution_keys` | id | its idempotency key |
+//! | `executions_expiring` | (expiry time, id), ended with a retention | - |
 //! | `journal_chunks` | (id, last sequence) | a chunk: the events of one fold, each as sequence, length, JSON |
 //! | `meta` | `schema_version` | 3 |
 
@@ -131,9 +133,36 @@ impl Default for LogOptions {
     }
 }
 
-/// The most execution heads the log writer remembers before it starts over; a head it has
-/// forgotten costs one lookup.
-const MAX_HEADS: usize = 1 << 20;
+/// How the store is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// Bytes of redb's page cache (reads and writes together): what the file costs in memory
+    /// besides the unfolded journal. redb's own default is 1 GiB, which a long-running server
+    /// fills as its file grows.
+    pub cache_bytes: usize,
+    /// How the journal log is cut into segments and folded.
+    pub log: LogOptions,
+}
+
+/// redb's page cache by default: 64 MiB.
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { cache_bytes: DEFAULT_CACHE_BYTES, log: LogOptions::default() }
+    }
+}
+
+/// Opens (or creates) the redb file with a page cache of `cache_bytes`.
+fn create_database(path: &Path, cache_bytes: usize) -> Result<Database, DatabaseError> {
+    Database::builder().set_cache_size(cache_bytes).create(path)
+}
+
+/// The most execution heads the log writer remembers before it starts over, with a map of
+/// its first size: a head it has forgotten costs one lookup, in the unfolded events in memory
+/// for a live execution. Heads of ended executions pile up, so this bounds memory that would
+/// otherwise grow with every execution ever run (at 1 << 20, about 70 MB kept for good).
+const MAX_HEADS: usize = 1 << 16;
 
 /// A store in one redb file, `baton.redb`, and the journal's log segments under a data
 /// directory. Cheap to clone; the files close when the last clone is dropped.
@@ -188,27 +217,27 @@ impl RedbStore {
     /// folds in what the journal log of a previous run holds. [`StoreError::Unavailable`] when
     /// the files cannot be opened, are in use, or were written by a newer build.
     pub async fn open(data_dir: &Path) -> StoreResult<Self> {
-        Self::open_with(data_dir, LogOptions::default()).await
+        Self::open_with(data_dir, Options::default()).await
     }
 
-    /// [`RedbStore::open`] with the journal log cut and folded as `options` say.
-    pub async fn open_with(data_dir: &Path, options: LogOptions) -> StoreResult<Self> {
+    /// [`RedbStore::open`] with the cache and the journal log as `options` say.
+    pub async fn open_with(data_dir: &Path, options: Options) -> StoreResult<Self> {
         let data_dir = data_dir.to_path_buf();
         tokio::task::spawn_blocking(move || Self::open_blocking(&data_dir, options))
             .await
             .map_err(|e| StoreError::unavailable(format!("opening the redb store panicked: {e}")))?
     }
 
-    fn open_blocking(data_dir: &Path, options: LogOptions) -> StoreResult<Self> {
+    fn open_blocking(data_dir: &Path, Options { cache_bytes, log: options }: Options) -> StoreResult<Self> {
         let path = data_dir.join(FILE_NAME);
         let failed =
             |e: &dyn std::fmt::Display| StoreError::unavailable(format!("cannot open {}: {e}", path.display()));
         std::fs::create_dir_all(data_dir).map_err(|e| failed(&e))?;
         // redb locks its file: holding it makes this process the only one touching the log.
-        let db = Database::create(&path).map_err(|e| failed(&e))?;
+        let db = create_database(&path, cache_bytes).map_err(|e| failed(&e))?;
         prepare(&db).map_err(|e| failed(&e))?;
         let (recovery, next_segment) = recover(&db, data_dir).map_err(|e| failed(&e))?;
-        let db = Arc::new(Handle::new(path.clone(), db));
+        let db = Arc::new(Handle::new(path.clone(), cache_bytes, db));
         let counters = Arc::new(Counters::default());
         let unfolded = Arc::new(Unfolded::new());
         let (jobs, queue) = mpsc::channel(MAX_BATCH);
@@ -434,6 +463,15 @@ impl Store for RedbStore {
         let appends = self.inner.appends.as_ref().ok_or_else(log_writer_gone)?;
         appends.send(append).await.map_err(|_| log_writer_gone())?;
         answer.await.map_err(|_| log_writer_gone())?
+    }
+
+    async fn remove_expired(&self, now: Timestamp, limit: usize) -> StoreResult<usize> {
+        let now = timestamp_nanos("now", now)?;
+        if limit == 0 {
+            return Ok(0);
+        }
+        // Its unfolded events stay in memory until their segment's fold, which skips them.
+        self.write(move |t| remove_expired(t, now, limit)).await
     }
 
     async fn read_journal(&self, execution: ExecutionId, from_sequence: u64) -> StoreResult<Vec<Event>> {

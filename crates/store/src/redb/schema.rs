@@ -12,6 +12,10 @@ pub(super) const UNFINISHED: TableDefinition<Key, ()> = TableDefinition::new("ex
 /// Parked executions with a wake time, under (wake time, id).
 pub(super) const PARKED: TableDefinition<Key, ()> = TableDefinition::new("executions_parked");
 pub(super) const IDEMPOTENCY: TableDefinition<&str, u128> = TableDefinition::new("idempotency_keys");
+/// Each keyed execution's idempotency key, to remove with it.
+pub(super) const KEYS: TableDefinition<u128, &str> = TableDefinition::new("execution_keys");
+/// Ended executions with an expiry time, under (expiry time, id).
+pub(super) const EXPIRING: TableDefinition<Key, ()> = TableDefinition::new("executions_expiring");
 /// Journal chunks: the events of one execution that one fold moved, under (id, last sequence).
 pub(super) const JOURNAL: TableDefinition<(u128, u64), Bytes> = TableDefinition::new("journal_chunks");
 /// Version 2's journal, an event under each (id, sequence); made into chunks on open.
@@ -77,6 +81,8 @@ pub(super) struct Tables<'t> {
     pub(super) unfinished: Table<'t, Key, ()>,
     pub(super) parked: Table<'t, Key, ()>,
     pub(super) idempotency: Table<'t, &'static str, u128>,
+    pub(super) keys: Table<'t, u128, &'static str>,
+    pub(super) expiring: Table<'t, Key, ()>,
     pub(super) journal: Table<'t, (u128, u64), Bytes>,
 }
 
@@ -90,6 +96,8 @@ impl<'t> Tables<'t> {
             unfinished: txn.open_table(UNFINISHED)?,
             parked: txn.open_table(PARKED)?,
             idempotency: txn.open_table(IDEMPOTENCY)?,
+            keys: txn.open_table(KEYS)?,
+            expiring: txn.open_table(EXPIRING)?,
             journal: txn.open_table(JOURNAL)?,
         })
     }

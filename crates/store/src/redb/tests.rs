@@ -25,6 +25,8 @@ fn execution() -> Execution {
         parent: None,
         problem: None,
         parked: None,
+        retention: None,
+        expires_at: None,
     }
 }
 
@@ -47,7 +49,7 @@ async fn created(store: &RedbStore) -> ExecutionId {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn journals_read_the_same_across_folds() {
     let dir = tempfile::TempDir::new().unwrap();
-    let store = RedbStore::open_with(dir.path(), SMALL).await.unwrap();
+    let store = RedbStore::open_with(dir.path(), Options { log: SMALL, ..Options::default() }).await.unwrap();
     let (a, b) = (created(&store).await, created(&store).await);
     let per_append = 97;
     let mut last = 0;
@@ -70,7 +72,7 @@ async fn journals_read_the_same_across_folds() {
         );
     };
     check(store).await;
-    let store = RedbStore::open_with(dir.path(), SMALL).await.unwrap();
+    let store = RedbStore::open_with(dir.path(), Options { log: SMALL, ..Options::default() }).await.unwrap();
     check(store.clone()).await;
     store.append(vec![event(b, last + 1)]).await.unwrap();
     assert_eq!(store.read_journal(b, last).await.unwrap(), events(b, last..=last + 1));
@@ -172,7 +174,7 @@ async fn segments_left_by_a_killed_run_are_folded_on_open() {
 async fn large_events_read_back_from_memory_and_from_chunks() {
     let dir = tempfile::TempDir::new().unwrap();
     let options = LogOptions { fold_bytes: 4 << 20, ..SMALL };
-    let store = RedbStore::open_with(dir.path(), options).await.unwrap();
+    let store = RedbStore::open_with(dir.path(), Options { log: options, ..Options::default() }).await.unwrap();
     let id = created(&store).await;
     let large = |sequence: u64| {
         let mut event = event(id, sequence);
@@ -189,7 +191,7 @@ async fn large_events_read_back_from_memory_and_from_chunks() {
     expected.extend((3..=6).map(large));
     assert_eq!(store.read_journal(id, 1).await.unwrap(), expected);
     drop(store);
-    let store = RedbStore::open_with(dir.path(), options).await.unwrap();
+    let store = RedbStore::open_with(dir.path(), Options { log: options, ..Options::default() }).await.unwrap();
     assert_eq!(store.read_journal(id, 2).await.unwrap(), expected[1..].to_vec());
 }
 
@@ -234,7 +236,7 @@ fn a_runtime_shutting_down_does_not_swallow_the_answers_of_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_beside_folds_see_whole_journals() {
     let dir = tempfile::TempDir::new().unwrap();
-    let store = RedbStore::open_with(dir.path(), SMALL).await.unwrap();
+    let store = RedbStore::open_with(dir.path(), Options { log: SMALL, ..Options::default() }).await.unwrap();
     let id = created(&store).await;
     let reader = {
         let store = store.clone();

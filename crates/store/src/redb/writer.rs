@@ -165,7 +165,7 @@ impl Writer {
             if let Some(fold) = &mut self.fold {
                 // With no caller waiting, a larger slice costs no one and saves commits.
                 let slice = if callers_wait { self.fold_slice } else { self.fold_slice.saturating_mul(IDLE_SLICES) };
-                fold.apply_slice(&mut tables.journal, slice)?;
+                fold.apply_slice(&mut tables, slice)?;
             }
         }
         // A slice of a fold alone need not be durable: its segment stays until the fold's last
@@ -233,6 +233,7 @@ pub(super) fn create_execution(
     }
     if let Some(key) = &idempotency_key {
         t.idempotency.insert(key.as_str(), id)?;
+        t.keys.insert(id, key.as_str())?;
     }
     Ok(CreatedExecution { execution, created: true })
 }
@@ -243,7 +244,7 @@ pub(super) fn update_execution(t: &mut Tables<'_>, update: &ExecutionUpdate) -> 
     // time, what the engine loads back as timers come due.
     let open = |e: &Execution| !e.state.is_terminal() && e.parked.is_none();
     let wake = |e: &Execution| e.parked.and_then(|p| p.until);
-    let (was_open, woke) = (open(&execution), wake(&execution));
+    let (was_open, woke, expired) = (open(&execution), wake(&execution), execution.expires_at);
     update.apply(&mut execution)?;
     let key = key_of(execution.created_at, execution.id)?;
     t.executions.insert(key.1, to_json(&execution).as_slice())?;
@@ -264,5 +265,48 @@ pub(super) fn update_execution(t: &mut Tables<'_>, update: &ExecutionUpdate) -> 
             t.parked.insert((timestamp_nanos("parked.until", at)?, key.1), ())?;
         }
     }
+    if expired != execution.expires_at {
+        if let Some(at) = expired {
+            t.expiring.remove((timestamp_nanos("expires_at", at)?, key.1))?;
+        }
+        if let Some(at) = execution.expires_at {
+            t.expiring.insert((timestamp_nanos("expires_at", at)?, key.1), ())?;
+        }
+    }
     Ok(execution)
+}
+
+/// Removes up to `limit` executions that expired at or before `now` (nanoseconds), each with
+/// its indexes, idempotency key and journal chunks; answers how many.
+pub(super) fn remove_expired(t: &mut Tables<'_>, now: i64, limit: usize) -> Result<usize, Fail> {
+    let due: Vec<Key> = t
+        .expiring
+        .range(..=(now, u128::MAX))?
+        .take(limit)
+        .map(|entry| entry.map(|(key, _)| key.value()))
+        .collect::<Result<_, _>>()?;
+    let mut chunks = Vec::new();
+    for entry in &due {
+        let id = entry.1;
+        t.expiring.remove(entry)?;
+        let record = t.executions.remove(id)?.map(|bytes| decode_execution(id_from_key(id)?, bytes.value()));
+        if let Some(execution) = record.transpose()? {
+            let (created, _) = key_of(execution.created_at, execution.id)?;
+            t.by_created.remove((created, id))?;
+            t.by_workflow.remove((execution.workflow.as_str(), created, id))?;
+            t.unfinished.remove((created, id))?;
+        }
+        let key = t.keys.remove(id)?.map(|key| key.value().to_owned());
+        if let Some(key) = key {
+            t.idempotency.remove(key.as_str())?;
+        }
+        chunks.clear();
+        for chunk in t.journal.range((id, 0)..=(id, u64::MAX))? {
+            chunks.push(chunk?.0.value());
+        }
+        for chunk in &chunks {
+            t.journal.remove(chunk)?;
+        }
+    }
+    Ok(due.len())
 }

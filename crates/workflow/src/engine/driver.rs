@@ -7,7 +7,7 @@ use std::time::Duration;
 use baton_core::bounds::{MAX_REASON_BYTES, cut_text, json_size, serialized_size};
 use baton_core::{
     Event, EventKind, EventSink, Execution, ExecutionState, ExecutionUpdate, History, Outcome, Parked, Problem,
-    Recorded, Refusal, Store, StoreError, Timestamp,
+    Recorded, Refusal, Store, StoreError, StoreResult, Timestamp,
 };
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
@@ -630,8 +630,19 @@ impl<S: Store, R: Runner> Driver<S, R> {
                     self.hold(wait, &reason).await;
                     wait = (wait * 2).min(LAST_RETRY);
                 }
-                _ => self.record_stale = false,
+                written => {
+                    self.record_stale = false;
+                    self.adopt_expiry(&written);
+                }
             }
+        }
+    }
+
+    /// Takes the expiry the store set when the record said the execution ended, so that the
+    /// driver's view reads as the record does.
+    fn adopt_expiry(&mut self, written: &StoreResult<Execution>) {
+        if let Ok(stored) = written {
+            self.execution.expires_at = stored.expires_at;
         }
     }
 
@@ -713,6 +724,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
             let written = self.inner.store.update_execution(ExecutionUpdate::from(&self.execution)).await;
             // Without room, the record is written with a later change or when the run ends.
             self.record_stale = matches!(written, Err(StoreError::NoSpace(_)));
+            self.adopt_expiry(&written);
         }
         for event in events {
             let _ = self.inner.events.send(event);

@@ -696,6 +696,11 @@ impl Store for FullDisk {
         self.inner.list_executions(filter, page).await
     }
 
+    async fn remove_expired(&self, now: baton_core::Timestamp, limit: usize) -> baton_core::StoreResult<usize> {
+        self.check()?;
+        self.inner.remove_expired(now, limit).await
+    }
+
     async fn unfinished_executions(&self) -> baton_core::StoreResult<Vec<ExecutionId>> {
         self.inner.unfinished_executions().await
     }
@@ -779,4 +784,74 @@ async fn the_record_of_a_run_that_ended_on_a_full_disk_is_written_once_there_is_
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(engine.get(id).await.unwrap().state, ExecutionState::Completed);
+}
+
+/// Whether the engine has forgotten `id` everywhere a caller looks: `get`, `list` and `watch`.
+async fn removed(engine: &TestEngine, id: ExecutionId) -> bool {
+    let gone = |result: Result<_>| matches!(result, Err(Error::Store(StoreError::NotFound(_))));
+    let listed = engine.list(&ExecutionFilter::default(), &PageRequest::default()).await.unwrap();
+    let in_list = listed.executions.iter().any(|e| e.id == id);
+    let watched = engine.watch(id, 0).await.map(|_| ());
+    gone(engine.get(id).await.map(|_| ())) && !in_list && gone(watched)
+}
+
+/// Polls (on paused time) until `id` is removed, within a deadline.
+async fn until_removed(engine: &TestEngine, id: ExecutionId) {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while !removed(engine, id).await {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("removed in time");
+}
+
+#[tokio::test(start_paused = true)]
+async fn ended_executions_are_removed_a_retention_after_their_end() {
+    let store = MemoryStore::default();
+    let runner = FakeRunner::gated();
+    let clock = baton_core::fakes::FakeClock::default();
+    let hour = Duration::from_secs(3600);
+    let config = Config { clock: Arc::new(clock.clone()), retention: Some(hour), ..Config::default() };
+    let engine = engine(&store, &runner, config).await;
+    engine.apply(&CHAIN.replace("name: chain", "name: kept\nretention: 3h")).await.unwrap();
+    let kept = WorkflowName::new("kept").unwrap();
+    let key = |text: &str| Some(IdempotencyKey::new(text).unwrap());
+    let input = json!({"n": 1});
+    // One at a time, so the gated runner's permits go to that one: `long` (the definition's
+    // 3h) and `short` (the server's 1h) end at once; `late` ends 50 minutes after it started.
+    let long = engine.start(&kept, None, input.clone(), key("long")).await.unwrap();
+    runner.release(3);
+    finish(&engine, long).await;
+    let short = engine.start(&chain(), None, input.clone(), key("short")).await.unwrap();
+    runner.release(3);
+    finish(&engine, short).await;
+    let late = engine.start(&chain(), None, input.clone(), key("late")).await.unwrap();
+    clock.advance(Duration::from_secs(50 * 60));
+    runner.release(3);
+    assert_eq!(finish(&engine, late).await.state, ExecutionState::Completed);
+
+    // Past `short`'s retention: it is gone, with its key; `late`, created as long ago but
+    // ended later, and `long` are untouched.
+    clock.advance(Duration::from_secs(11 * 60));
+    until_removed(&engine, short).await;
+    for id in [late, long] {
+        assert!(!removed(&engine, id).await, "{id} is kept");
+        let events = events_until(&engine, id, 0, |_| false).await;
+        assert_eq!(kinds(&events).last(), Some(&"completed"));
+    }
+    let (again, existing) = engine.start_or_find(&chain(), None, input.clone(), key("short"), None).await.unwrap();
+    assert!(!existing && again != short, "the key starts a new run");
+    runner.release(3);
+    finish(&engine, again).await;
+    let (found, existing) = engine.start_or_find(&chain(), None, input.clone(), key("late"), None).await.unwrap();
+    assert!(existing && found == late, "a kept execution's key still finds it");
+
+    // A retention after `late` ended, it goes too; `long` keeps its 3 hours.
+    clock.advance(Duration::from_secs(50 * 60));
+    until_removed(&engine, late).await;
+    assert!(!removed(&engine, long).await);
+    clock.advance(Duration::from_secs(80 * 60));
+    until_removed(&engine, long).await;
+    assert!(removed(&engine, again).await, "`again` ended 2h10m ago, past the server's 1h");
 }
