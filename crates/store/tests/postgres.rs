@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use baton_core::store::timestamp_nanos;
-use baton_core::{Event, ExecutionId, Store, StoreError, StoreResult};
+use baton_core::{Event, ExecutionId, ExecutionState, ExecutionUpdate, Store, StoreError, StoreResult};
 use baton_store::conformance::create_executions;
 use baton_store::postgres::{Config, MIGRATIONS, PostgresStore};
 use baton_store::testing::{PgCluster, PgHarness, load_event, load_execution, sql_client};
@@ -38,6 +38,7 @@ fn postgres_store_conforms() {
     runtime.block_on(schema_and_connection_checks(&cluster));
     runtime.block_on(concurrent_appends_share_transactions(&cluster));
     runtime.block_on(a_second_server_takes_the_journal_over(&cluster));
+    runtime.block_on(a_taken_over_server_cannot_change_execution_records(&cluster));
     runtime.block_on(folds_keep_journals_whole_for_readers(&cluster));
     runtime.block_on(appends_to_one_execution_queued_together_all_land(&cluster));
     runtime.block_on(appends_survive_connections_cut_mid_write(&cluster));
@@ -68,7 +69,7 @@ async fn a_second_server_takes_the_journal_over(cluster: &PgCluster) {
     assert!(takeover.unreadable.is_empty(), "{takeover:?}");
     for _ in 0..2 {
         let err = first.append(vec![load_event(ids[0], 3)]).await.unwrap_err();
-        assert!(matches!(&err, StoreError::Unavailable(m) if m.contains("taken over")), "{err}");
+        assert!(matches!(&err, StoreError::Fenced(m) if m.contains("taken over")), "{err}");
     }
     for id in &ids {
         assert_eq!(second.read_journal(*id, 1).await.unwrap(), events(*id, 1..=2));
@@ -79,6 +80,37 @@ async fn a_second_server_takes_the_journal_over(cluster: &PgCluster) {
     assert_eq!(err, StoreError::SequenceConflict { execution: ids[1], expected: 3, got: 2 });
     let client = sql_client(&url).await;
     assert_eq!(count(&client, "baton_journal_chunks").await, 3, "the takeover folded one chunk per execution");
+}
+
+/// A server that was taken over writes no execution record: were its update to land after
+/// the new writer recovered the execution, an execution failed there would never be resumed.
+async fn a_taken_over_server_cannot_change_execution_records(cluster: &PgCluster) {
+    let url = cluster.create_database().await;
+    let first = PostgresStore::connect(&Config::new(url.clone())).await.unwrap();
+    let ids = create_executions(&first, 2).await;
+    let running = |store: &PostgresStore, id| {
+        let store = store.clone();
+        async move {
+            let mut execution = store.get_execution(id).await.unwrap();
+            execution.state = ExecutionState::Running;
+            store.update_execution(ExecutionUpdate::from(&execution)).await
+        }
+    };
+    running(&first, ids[0]).await.unwrap();
+    let second = PostgresStore::connect(&Config::new(url.clone())).await.unwrap();
+    let before = second.get_execution(ids[0]).await.unwrap();
+    let mut failed = before.clone();
+    failed.state = ExecutionState::Failed;
+    failed.error = Some("journal write failed".to_owned());
+    let err = first.update_execution(ExecutionUpdate::from(&failed)).await.unwrap_err();
+    assert!(matches!(&err, StoreError::Fenced(m) if m.contains("epoch 1")), "{err}");
+    assert_eq!(second.get_execution(ids[0]).await.unwrap(), before, "the fenced update wrote nothing");
+    let err = running(&first, ids[1]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Fenced(_)), "{err}");
+    // The new writer writes as before.
+    assert_eq!(running(&second, ids[1]).await.unwrap().state, ExecutionState::Running);
+    let completed = second.update_execution(ExecutionUpdate::from(&failed)).await.unwrap();
+    assert_eq!(completed.state, ExecutionState::Failed);
 }
 
 /// With folds every few events, journals read whole while appends and folds go on, and after

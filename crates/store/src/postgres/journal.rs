@@ -206,7 +206,11 @@ impl Shared {
 
     /// Stops the journal taking appends, for `reason`, which it returns as the error.
     fn stop(&self, reason: String) -> StoreError {
-        let error = StoreError::unavailable(reason);
+        self.stop_with(StoreError::unavailable(reason))
+    }
+
+    /// Stops the journal taking appends, answering them with `error` from now on.
+    fn stop_with(&self, error: StoreError) -> StoreError {
         self.state().stopped.get_or_insert(error).clone()
     }
 
@@ -327,6 +331,14 @@ impl Journal {
         }
         check_read(execution, from, entries)
     }
+}
+
+/// The error of a write made under writer epoch `epoch` after a newer writer took over.
+pub(super) fn fenced(epoch: i64) -> StoreError {
+    StoreError::Fenced(format!(
+        "another server has taken over this database's journal (this one held writer epoch {epoch}); it writes no \
+         more"
+    ))
 }
 
 /// The lines of `text` with the sequence numbers they stand at, the first at `first`.
@@ -543,11 +555,7 @@ impl Writer {
         let outcome = self.connection.write(shared.epoch, number, &frame).await;
         let failure = match outcome {
             Outcome::Durable => None,
-            Outcome::Fenced => Some(shared.stop(format!(
-                "another server has taken over this database's journal (this one held writer epoch {}); it takes \
-                 no more appends",
-                shared.epoch
-            ))),
+            Outcome::Fenced => Some(shared.stop_with(fenced(shared.epoch))),
             Outcome::Failed(e, tombstone) => {
                 if tombstone {
                     shared.state().unfolded.frames.push(number);

@@ -543,7 +543,11 @@ impl Store for PostgresStore {
     async fn update_execution(&self, update: ExecutionUpdate) -> StoreResult<Execution> {
         let client = self.client().await?;
         let id = id_bytes(update.id);
-        // Optimistic: read, apply, and write only if nobody wrote in between (same revision).
+        let epoch = self.takeover().epoch;
+        // Optimistic: read, apply, and write only if nobody wrote in between (same revision),
+        // and only while this server's writer epoch is current. Without the epoch a server
+        // that was taken over could still fail an execution the new writer had recovered, after
+        // its recovery: on the new writer's next start nothing would resume it.
         for _ in 0..ATTEMPTS {
             let row =
                 match client.query_opt("SELECT record, revision FROM baton_executions WHERE id = $1", &[&id]).await {
@@ -557,17 +561,34 @@ impl Store for PostgresStore {
             let record = String::from_utf8(to_json(&execution)).expect("JSON is UTF-8");
             let wake_at =
                 execution.parked.and_then(|p| p.until).map(|at| timestamp_nanos("parked.until", at)).transpose()?;
+            // `FOR SHARE` makes a takeover wait for this update, and an update that waited on a
+            // takeover finds the epoch changed, as a journal frame's insert does.
             let written = client
                 .execute(
                     "UPDATE baton_executions
                      SET state = $1, record = $2, revision = revision + 1, parked = $5, wake_at = $6
+                     FROM (SELECT 1 FROM baton_journal_writer WHERE id = 0 AND epoch = $7 FOR SHARE) AS current
                      WHERE id = $3 AND revision = $4",
-                    &[&state_text(execution.state), &record, &id, &revision, &execution.parked.is_some(), &wake_at],
+                    &[
+                        &state_text(execution.state),
+                        &record,
+                        &id,
+                        &revision,
+                        &execution.parked.is_some(),
+                        &wake_at,
+                        &epoch,
+                    ],
                 )
                 .await;
             match written {
                 Ok(1) => return Ok(execution),
-                Ok(_) => {}
+                // Nothing written: another update came first, or this server was fenced out.
+                Ok(_) => match client.query_opt("SELECT epoch FROM baton_journal_writer WHERE id = 0", &[]).await {
+                    Ok(Some(row)) if row.get::<_, i64>(0) != epoch => return Err(journal::fenced(epoch)),
+                    Ok(_) => {}
+                    Err(e) if is_transient(&e) => {}
+                    Err(e) => return Err(unavailable(e)),
+                },
                 Err(e) if is_transient(&e) => {}
                 Err(e) => return Err(unavailable(e)),
             }

@@ -684,7 +684,10 @@ impl<S: Store, R: Runner> Driver<S, R> {
             self.execution.state = ExecutionState::Failed;
             self.execution.error = Some(format!("journal write failed: {error}"));
             self.execution.updated_at = at;
-            let _ = self.inner.store.update_execution(ExecutionUpdate::from(&self.execution)).await;
+            // A fenced server must write nothing more: the execution is another's to run.
+            if !matches!(error, StoreError::Fenced(_)) {
+                let _ = self.inner.store.update_execution(ExecutionUpdate::from(&self.execution)).await;
+            }
             return Err(Unrecorded::Store(error));
         }
         self.next_sequence += events.len() as u64;
