@@ -35,6 +35,7 @@ const RULES: &[(&str, Layer, Allowed)] = &[
     ("baton-planner", Layer::Component, Allowed::Layers(&[Layer::Core])),
     ("baton-executor", Layer::Component, Allowed::Layers(&[Layer::Core])),
     ("baton-store", Layer::Component, Allowed::Layers(&[Layer::Core])),
+    ("baton-cluster", Layer::Component, Allowed::Layers(&[Layer::Core])),
     ("baton-workflow", Layer::Component, Allowed::Layers(&[Layer::Core])),
     // The services call an Orchestrator-shaped trait from core, so they are testable with a fake.
     ("baton-grpc", Layer::Component, Allowed::Layers(&[Layer::Core])),

@@ -113,6 +113,30 @@ pub const MIGRATIONS: &[Migration] = &[
         CREATE INDEX IF NOT EXISTS baton_executions_by_wake ON baton_executions (wake_at, id) WHERE wake_at IS NOT NULL;
     ",
     },
+    Migration {
+        version: 4,
+        name: "cluster: nodes with leases, partitions with epochs",
+        // Written by baton-cluster. Leases are times of the database's clock (`now()`), so no
+        // node's clock matters; `baton_cluster` holds the partition count the first node fixed.
+        sql: "
+        CREATE TABLE IF NOT EXISTS baton_cluster (
+            id INT4 PRIMARY KEY CHECK (id = 0),
+            partitions INT4 NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS baton_nodes (
+            id TEXT PRIMARY KEY,
+            address TEXT NOT NULL,
+            incarnation BIGINT NOT NULL,
+            lease_expires_at TIMESTAMPTZ NOT NULL,
+            joined_at TIMESTAMPTZ NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS baton_partitions (
+            id INT4 PRIMARY KEY,
+            owner TEXT,
+            epoch BIGINT NOT NULL
+        );
+    ",
+    },
 ];
 
 /// How to reach the database.
