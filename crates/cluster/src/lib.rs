@@ -214,11 +214,8 @@ impl Member {
         };
         keeper.register(true).await?;
         let (leave, requests) = mpsc::channel(1);
-        let member = Self {
-            node_id: Arc::from(keeper.config.node_id.as_str()),
-            ownership: keeper.publish.subscribe(),
-            leave,
-        };
+        let member =
+            Self { node_id: Arc::from(keeper.config.node_id.as_str()), ownership: keeper.publish.subscribe(), leave };
         tokio::spawn(keeper.run(requests));
         Ok(member)
     }
@@ -357,8 +354,11 @@ impl Keeper {
         let client = self.client.as_mut().expect("connected above");
         let tx = client.transaction().await.map_err(|e| unavailable(&e))?;
         let registered = async {
-            tx.execute("INSERT INTO baton_cluster (id, partitions) VALUES (0, $1) ON CONFLICT DO NOTHING", &[&partitions])
-                .await?;
+            tx.execute(
+                "INSERT INTO baton_cluster (id, partitions) VALUES (0, $1) ON CONFLICT DO NOTHING",
+                &[&partitions],
+            )
+            .await?;
             let existing: i32 = tx.query_one("SELECT partitions FROM baton_cluster WHERE id = 0", &[]).await?.get(0);
             if existing != partitions {
                 return Ok(Err(Error::PartitionCount {
@@ -391,7 +391,8 @@ impl Keeper {
                 return Ok(Err(Error::NodeInUse { node: node.clone(), address: holder.get(0) }));
             };
             let incarnation: i64 = row.get(0);
-            tx.execute("UPDATE baton_partitions SET owner = NULL, epoch = epoch + 1 WHERE owner = $1", &[&node]).await?;
+            tx.execute("UPDATE baton_partitions SET owner = NULL, epoch = epoch + 1 WHERE owner = $1", &[&node])
+                .await?;
             Ok::<_, tokio_postgres::Error>(Ok(incarnation))
         }
         .await;
@@ -435,7 +436,8 @@ impl Keeper {
         self.valid_until = sent + self.config.lease_ttl - self.config.safety_margin;
         let client = self.client.as_ref().expect("used above");
         let rows = client.query("SELECT id, epoch FROM baton_partitions WHERE owner = $1", &[&node]).await?;
-        let stored: BTreeMap<u32, i64> = rows.iter().map(|row| (row.get::<_, i32>(0).unsigned_abs(), row.get(1))).collect();
+        let stored: BTreeMap<u32, i64> =
+            rows.iter().map(|row| (row.get::<_, i32>(0).unsigned_abs(), row.get(1))).collect();
         let lost: Vec<u32> = self.owned.iter().filter(|(p, e)| stored.get(p) != Some(e)).map(|(p, _)| *p).collect();
         if !lost.is_empty() || stored.len() != self.owned.len() {
             if !lost.is_empty() {

@@ -355,8 +355,7 @@ async fn a_node_cut_off_from_the_database_fences_itself_before_its_lease_ends(cl
         assert!(Instant::now() < deadline, "a never fenced itself");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    eventually("b takes a's partitions", Duration::from_secs(10), async || (owned(&b).len() == 64).then_some(()))
-        .await;
+    eventually("b takes a's partitions", Duration::from_secs(10), async || (owned(&b).len() == 64).then_some(())).await;
     assert!(a.ownership().is_empty(), "a cut off node claims nothing");
     proxy.restore();
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -280,6 +280,41 @@ impl ServiceCatalog for FixedCatalog {
     }
 }
 
+/// Ownership that changes only when told to: a test takes a partition away or hands it
+/// over under a new epoch.
+#[derive(Debug)]
+pub struct FixedOwnership {
+    partitions: u32,
+    epochs: Mutex<BTreeMap<u32, i64>>,
+}
+
+impl FixedOwnership {
+    /// Every one of `partitions` partitions, under `epoch`.
+    pub fn all(partitions: u32, epoch: i64) -> Self {
+        Self { partitions, epochs: Mutex::new((0..partitions).map(|p| (p, epoch)).collect()) }
+    }
+
+    /// Owns `partition` under `epoch` from now on.
+    pub fn set(&self, partition: u32, epoch: i64) {
+        lock(&self.epochs).insert(partition, epoch);
+    }
+
+    /// No longer owns `partition`.
+    pub fn remove(&self, partition: u32) {
+        lock(&self.epochs).remove(&partition);
+    }
+}
+
+impl crate::Ownership for FixedOwnership {
+    fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    fn epoch(&self, partition: u32) -> Option<i64> {
+        lock(&self.epochs).get(&partition).copied()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
