@@ -147,6 +147,8 @@ impl Config {
 pub struct Ownership {
     partitions: u32,
     owned: BTreeMap<u32, i64>,
+    /// Moves on with every change.
+    generation: u64,
 }
 
 impl Ownership {
@@ -209,7 +211,11 @@ impl Member {
             valid_until: Instant::now(),
             rejoin: false,
             owned: BTreeMap::new(),
-            publish: watch::Sender::new(Arc::new(Ownership { partitions: config.partitions, owned: BTreeMap::new() })),
+            publish: watch::Sender::new(Arc::new(Ownership {
+                partitions: config.partitions,
+                owned: BTreeMap::new(),
+                generation: 0,
+            })),
             config,
         };
         keeper.register(true).await?;
@@ -244,6 +250,25 @@ impl Member {
         let ended = || Error::Unavailable("the membership has ended".to_owned());
         self.leave.send(reply).await.map_err(|_| ended())?;
         answer.await.map_err(|_| ended())?
+    }
+}
+
+/// What the engine and the store read: this node's partitions, from memory.
+impl baton_core::Ownership for Member {
+    fn partitions(&self) -> u32 {
+        self.ownership.borrow().partitions
+    }
+
+    fn epoch(&self, partition: u32) -> Option<i64> {
+        self.ownership.borrow().epoch(partition)
+    }
+
+    fn owned(&self) -> Vec<(u32, i64)> {
+        self.ownership.borrow().owned.iter().map(|(p, e)| (*p, *e)).collect()
+    }
+
+    fn generation(&self) -> u64 {
+        self.ownership.borrow().generation
     }
 }
 
@@ -340,7 +365,8 @@ impl Keeper {
     }
 
     fn publish(&self) {
-        let ownership = Ownership { partitions: self.config.partitions, owned: self.owned.clone() };
+        let generation = self.publish.borrow().generation + 1;
+        let ownership = Ownership { partitions: self.config.partitions, owned: self.owned.clone(), generation };
         self.publish.send_replace(Arc::new(ownership));
     }
 

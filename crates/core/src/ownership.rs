@@ -20,6 +20,13 @@ pub trait Ownership: fmt::Debug + Send + Sync + 'static {
     /// The epoch of `partition` while this server owns it.
     fn epoch(&self, partition: u32) -> Option<i64>;
 
+    /// The owned partitions with their epochs, by partition.
+    fn owned(&self) -> Vec<(u32, i64)>;
+
+    /// A number that moves on whenever what is owned changes: a consumer that polls compares
+    /// it rather than the partitions.
+    fn generation(&self) -> u64;
+
     /// The partition of `execution` and its epoch, when this server owns it.
     fn of(&self, execution: ExecutionId) -> Option<(u32, i64)> {
         let partition = execution.partition(self.partitions());

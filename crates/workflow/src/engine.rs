@@ -1,13 +1,13 @@
 //! The engine: definitions through the store, executions through the runner, every event
 //! journaled before the engine acts on it, recovery on open.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use baton_core::{
     Clock, Event, EventKind, Execution, ExecutionFilter, ExecutionId, ExecutionPage, ExecutionState, ExecutionTrace,
-    ExecutionUpdate, History, IdempotencyKey, NewDefinition, PageRequest, Parent, Problem, StepId, Store,
+    ExecutionUpdate, History, IdempotencyKey, NewDefinition, Ownership, PageRequest, Parent, Problem, StepId, Store,
     StoredDefinition, SystemClock, TaskStatus, TraceContext, WorkflowName,
 };
 use futures_util::Stream;
@@ -65,6 +65,15 @@ pub struct Config {
     pub park_after: Option<Duration>,
     /// How often the store is asked for parked executions coming due.
     pub park_poll: Duration,
+    /// In a cluster, which partitions this server owns: it recovers and runs only their
+    /// executions, stops the runs of a partition it loses, and recovers the unfinished
+    /// executions of one it gains. `None` runs every execution (a single server).
+    pub ownership: Option<Arc<dyn Ownership>>,
+    /// How often the ownership is looked at for changes.
+    pub ownership_poll: Duration,
+    /// Executions recovered at once when a partition is gained: a node taking over a dead
+    /// one's partitions does not rush its whole backlog at the store and the services.
+    pub takeover_concurrency: usize,
 }
 
 /// Where `emit` tasks publish: a message bus, a log, a webhook. Called once an emit task's
@@ -91,6 +100,12 @@ pub trait Observer: Send + Sync + std::fmt::Debug + 'static {
     /// `events` of `execution` are durable; `execution` is the driver's view with them applied
     /// (its workflow, version and caller's trace context do not change).
     fn journaled(&self, execution: &Execution, events: &[Event]);
+
+    /// This server stopped running `execution`: another server owns it now (its partition
+    /// went elsewhere, or a write was fenced). Worth a line in the log.
+    fn fenced(&self, execution: ExecutionId) {
+        let _ = execution;
+    }
 }
 
 /// An [`Observer`] that looks away.
@@ -117,6 +132,9 @@ impl Default for Config {
             max_child_depth: 16,
             park_after: Some(Duration::from_secs(10)),
             park_poll: Duration::from_millis(500),
+            ownership: None,
+            ownership_poll: Duration::from_millis(100),
+            takeover_concurrency: 16,
         }
     }
 }
@@ -230,6 +248,8 @@ enum Command {
     Listen(Listen),
     /// A `workflow` task wants its child started (once) and its id.
     Child(ChildRequest),
+    /// This server no longer owns the execution: stop at once, writing nothing more.
+    Fence,
 }
 
 /// A `listen` task's wait, as its driver keeps it.
@@ -269,11 +289,20 @@ impl<S: Store, R: Runner> Engine<S, R> {
                 recovery: Mutex::default(),
             }),
         };
+        // What is owned is read before the listing: a partition gained after it is the
+        // follower's to recover.
+        let owned = engine.inner.config.ownership.as_ref().map(|o| (o.generation(), o.owned()));
         for id in engine.inner.store.unfinished_executions().await? {
-            engine.recover(id).await;
+            if engine.owns(id) {
+                engine.recover(id).await;
+            }
         }
         if engine.inner.config.park_after.is_some() {
             tokio::spawn(wake_due(engine.downgrade()));
+        }
+        if let (Some(ownership), Some((generation, owned))) = (&engine.inner.config.ownership, owned) {
+            let known = owned.into_iter().collect();
+            tokio::spawn(follow_ownership(engine.downgrade(), Arc::clone(ownership), known, Some(generation)));
         }
         Ok(engine)
     }
@@ -829,9 +858,45 @@ impl<S: Store, R: Runner> Engine<S, R> {
         let _ = self.inner.store.update_execution(update).await;
     }
 
+    /// Whether this server runs `id`: always, or in a cluster when it owns its partition.
+    fn owns(&self, id: ExecutionId) -> bool {
+        self.inner.config.ownership.as_ref().is_none_or(|ownership| ownership.of(id).is_some())
+    }
+
+    /// Stops the runs of the live executions in `lost` partitions at once.
+    fn fence(&self, lost: &HashSet<u32>, partitions: u32) {
+        let fenced: Vec<_> = {
+            let mut live = lock(&self.inner.live);
+            let ids: Vec<ExecutionId> =
+                live.keys().filter(|id| lost.contains(&id.partition(partitions))).copied().collect();
+            ids.into_iter().filter_map(|id| live.remove(&id)).collect()
+        };
+        for driver in fenced {
+            let _ = driver.send(Command::Fence);
+        }
+    }
+
+    /// Recovers the unfinished executions of `gained` partitions that are not live here,
+    /// `takeover_concurrency` at a time.
+    async fn take_over(&self, gained: &HashSet<u32>, partitions: u32) -> Result<()> {
+        let unfinished = self.inner.store.unfinished_executions().await?;
+        let ids: Vec<ExecutionId> = {
+            let live = lock(&self.inner.live);
+            let ours = |id: &ExecutionId| gained.contains(&id.partition(partitions)) && !live.contains_key(id);
+            unfinished.into_iter().filter(ours).collect()
+        };
+        let concurrency = self.inner.config.takeover_concurrency.max(1);
+        futures_util::StreamExt::for_each_concurrent(futures_util::stream::iter(ids), concurrency, |id| {
+            self.recover(id)
+        })
+        .await;
+        Ok(())
+    }
+
     fn spawn(&self, mut driver: Driver<S, R>, launch: bool) {
         let (commands, receiver) = mpsc::unbounded_channel();
         driver.commands = Some(receiver);
+        driver.own = Some(commands.downgrade());
         lock(&self.inner.live).insert(driver.execution.id, commands);
         tokio::spawn(driver.run(launch));
     }
@@ -856,6 +921,42 @@ async fn wake_due<S: Store, R: Runner>(engine: WeakEngine<S, R>) {
         if !full {
             tokio::time::sleep(poll).await;
         }
+    }
+}
+
+/// Follows what this server owns in a cluster, until the engine is dropped: stops the runs of
+/// the partitions it lost and recovers the unfinished executions of those it gained (a
+/// partition claimed again under a new epoch counts as both).
+async fn follow_ownership<S: Store, R: Runner>(
+    engine: WeakEngine<S, R>,
+    ownership: Arc<dyn Ownership>,
+    mut known: BTreeMap<u32, i64>,
+    mut seen: Option<u64>,
+) {
+    loop {
+        let Some(engine) = engine.upgrade() else { return };
+        let generation = ownership.generation();
+        if seen != Some(generation) {
+            seen = Some(generation);
+            let partitions = ownership.partitions();
+            let current: BTreeMap<u32, i64> = ownership.owned().into_iter().collect();
+            let lost: HashSet<u32> = known.iter().filter(|(p, e)| current.get(p) != Some(e)).map(|(p, _)| *p).collect();
+            if !lost.is_empty() {
+                engine.fence(&lost, partitions);
+                known.retain(|p, _| !lost.contains(p));
+            }
+            let gained: HashSet<u32> =
+                current.iter().filter(|(p, e)| known.get(p) != Some(e)).map(|(p, _)| *p).collect();
+            if gained.is_empty() || engine.take_over(&gained, partitions).await.is_ok() {
+                known = current;
+            } else {
+                // The store failed the listing: look again on the next turn.
+                seen = None;
+            }
+        }
+        let poll = engine.inner.config.ownership_poll;
+        drop(engine);
+        tokio::time::sleep(poll).await;
     }
 }
 
