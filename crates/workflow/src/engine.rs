@@ -449,7 +449,7 @@ impl<S: Store, R: Runner> Engine<S, R> {
         let (version, definition) = self.definition(name, version).await?;
         let now = self.inner.config.clock.now();
         let execution = Execution {
-            id: ExecutionId::generate(),
+            id: self.new_id(),
             workflow: name.clone(),
             version,
             state: ExecutionState::Created,
@@ -856,6 +856,22 @@ impl<S: Store, R: Runner> Engine<S, R> {
         // Best effort: when even this write fails the execution stays unfinished and the next
         // open tries again.
         let _ = self.inner.store.update_execution(update).await;
+    }
+
+    /// A fresh execution id; in a cluster, one of a partition this server owns (ids are random
+    /// past their time, so a few tries find one), so the server that takes a start runs it.
+    /// A server that owns nothing gives any id, and the store refuses the start as fenced.
+    fn new_id(&self) -> ExecutionId {
+        let Some(ownership) = &self.inner.config.ownership else { return ExecutionId::generate() };
+        let tries = 16 * ownership.partitions().max(1);
+        let mut id = ExecutionId::generate();
+        for _ in 0..tries {
+            if ownership.of(id).is_some() {
+                break;
+            }
+            id = ExecutionId::generate();
+        }
+        id
     }
 
     /// Whether this server runs `id`: always, or in a cluster when it owns its partition.

@@ -858,4 +858,10 @@ async fn in_a_cluster_the_engine_runs_only_its_partitions_and_follows_their_chan
     for id in &by_partition[&3] {
         assert_eq!(store.get_execution(*id).await.unwrap().state, ExecutionState::Running, "partition 3 is not ours");
     }
+    // A start here gets an id of a partition this server owns, so this server runs it.
+    for _ in 0..20 {
+        let id = second.start(&chain(), None, json!({"n": 1}), None).await.unwrap();
+        assert_ne!(id.partition(4), 3, "partition 3 is not ours");
+        assert_eq!(finish(&second, id).await.state, ExecutionState::Completed);
+    }
 }
