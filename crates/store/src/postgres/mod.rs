@@ -178,6 +178,14 @@ impl Config {
     }
 }
 
+/// Brings the schema of the database `config` names up to date, and nothing more: for what
+/// must find the tables before a store connects (a cluster member registering).
+pub async fn migrate_schema(config: &Config) -> StoreResult<()> {
+    let pg: tokio_postgres::Config =
+        config.url.parse().map_err(|e| StoreError::Invalid { field: "url".to_owned(), reason: describe(&e) })?;
+    migrate(&mut connect(&pg).await?).await
+}
+
 /// A store in a PostgreSQL (or CockroachDB, YugabyteDB) database. Cheap to clone; the
 /// connections close when the last clone is dropped.
 #[derive(Debug, Clone)]
