@@ -8,6 +8,8 @@
 //! The registry is still per node, so the one example shop registers with the first node and
 //! the test registers its services with the others too (with an hour's TTL and a heartbeat).
 
+#![allow(clippy::print_stderr, reason = "the test logs the takeover time and the final cluster status")]
+
 mod support;
 
 use std::collections::{BTreeMap, HashMap};
