@@ -258,7 +258,8 @@ mod tests {
                 "baton-registry build-depends on baton-grpc, which is beside it (allowed: baton-core)",
                 "baton-grpc dev-depends on baton, which is above it (allowed: baton-core)",
                 "baton depends on baton-benches, which is above it (allowed: baton-core, baton-registry, \
-                 baton-planner, baton-executor, baton-store, baton-workflow, baton-grpc, baton-console, baton-examples)",
+                 baton-planner, baton-executor, baton-store, baton-cluster, baton-workflow, baton-grpc, baton-console, \
+                 baton-examples)",
                 "xtask depends on baton-core, which it must not use (allowed: no workspace crates)",
             ],
         );
