@@ -35,6 +35,7 @@ const RULES: &[(&str, Layer, Allowed)] = &[
     ("baton-planner", Layer::Component, Allowed::Layers(&[Layer::Core])),
     ("baton-executor", Layer::Component, Allowed::Layers(&[Layer::Core])),
     ("baton-store", Layer::Component, Allowed::Layers(&[Layer::Core])),
+    ("baton-cluster", Layer::Component, Allowed::Layers(&[Layer::Core])),
     ("baton-workflow", Layer::Component, Allowed::Layers(&[Layer::Core])),
     // The services call an Orchestrator-shaped trait from core, so they are testable with a fake.
     ("baton-grpc", Layer::Component, Allowed::Layers(&[Layer::Core])),
@@ -257,7 +258,8 @@ mod tests {
                 "baton-registry build-depends on baton-grpc, which is beside it (allowed: baton-core)",
                 "baton-grpc dev-depends on baton, which is above it (allowed: baton-core)",
                 "baton depends on baton-benches, which is above it (allowed: baton-core, baton-registry, \
-                 baton-planner, baton-executor, baton-store, baton-workflow, baton-grpc, baton-console, baton-examples)",
+                 baton-planner, baton-executor, baton-store, baton-cluster, baton-workflow, baton-grpc, baton-console, \
+                 baton-examples)",
                 "xtask depends on baton-core, which it must not use (allowed: no workspace crates)",
             ],
         );

@@ -126,6 +126,8 @@ impl From<StoreError> for ApiError {
                 Self::InvalidArgument { field: field.clone(), message: error.to_string() }
             }
             StoreError::Unavailable(reason) => Self::Unavailable(reason),
+            // Another server owns the execution now: asking again (there) may succeed.
+            StoreError::Fenced(_) => Self::Unavailable(error.to_string()),
             StoreError::NoSpace(_) => Self::ResourceExhausted(error.to_string()),
             StoreError::SequenceConflict { .. } | StoreError::Corrupt { .. } => Self::Internal(error.to_string()),
         }

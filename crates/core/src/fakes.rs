@@ -280,6 +280,54 @@ impl ServiceCatalog for FixedCatalog {
     }
 }
 
+/// Ownership that changes only when told to: a test takes a partition away or hands it
+/// over under a new epoch.
+#[derive(Debug)]
+pub struct FixedOwnership {
+    partitions: u32,
+    /// The generation and the owned partitions' epochs.
+    state: Mutex<(u64, BTreeMap<u32, i64>)>,
+}
+
+impl FixedOwnership {
+    /// Every one of `partitions` partitions, under `epoch`.
+    pub fn all(partitions: u32, epoch: i64) -> Self {
+        Self { partitions, state: Mutex::new((0, (0..partitions).map(|p| (p, epoch)).collect())) }
+    }
+
+    /// Owns `partition` under `epoch` from now on.
+    pub fn set(&self, partition: u32, epoch: i64) {
+        let mut state = lock(&self.state);
+        state.0 += 1;
+        state.1.insert(partition, epoch);
+    }
+
+    /// No longer owns `partition`.
+    pub fn remove(&self, partition: u32) {
+        let mut state = lock(&self.state);
+        state.0 += 1;
+        state.1.remove(&partition);
+    }
+}
+
+impl crate::Ownership for FixedOwnership {
+    fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    fn epoch(&self, partition: u32) -> Option<i64> {
+        lock(&self.state).1.get(&partition).copied()
+    }
+
+    fn owned(&self) -> Vec<(u32, i64)> {
+        lock(&self.state).1.iter().map(|(p, e)| (*p, *e)).collect()
+    }
+
+    fn generation(&self) -> u64 {
+        lock(&self.state).0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -198,6 +198,17 @@ impl ExecutionId {
     pub fn as_uuid(&self) -> &uuid::Uuid {
         &self.0
     }
+
+    /// The partition of a cluster of `partitions` partitions (at least 1) this execution
+    /// belongs to: FNV-1a of the id's 16 bytes, modulo `partitions`. Every node of a cluster
+    /// computes the same, so the function never changes: a change would move executions to
+    /// other owners in a running cluster.
+    pub fn partition(&self, partitions: u32) -> u32 {
+        let hash = self.0.as_bytes().iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        u32::try_from(hash % u64::from(partitions.max(1))).expect("less than a u32")
+    }
 }
 
 impl fmt::Display for ExecutionId {
@@ -244,6 +255,21 @@ impl From<ExecutionId> for String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn partitions_are_stable_and_spread() {
+        let id = |text: &str| ExecutionId::from_uuid(text.parse().unwrap()).unwrap();
+        // Pinned (computed apart, in Python): every node of a cluster, of every version, must
+        // place an id alike.
+        let pinned = id("01890a5d-ac96-774b-bcce-b302099a8057");
+        assert_eq!([1, 2, 64, 1000].map(|p| pinned.partition(p)), [0, 1, 51, 883]);
+        assert_eq!(pinned.partition(0), 0, "no partitions counts as one");
+        let mut counts = [0_u32; 64];
+        for _ in 0..64_000 {
+            counts[ExecutionId::generate().partition(64) as usize] += 1;
+        }
+        assert!(counts.iter().all(|c| (800..1200).contains(c)), "{counts:?}");
+    }
 
     fn check(input: &str, expected: Option<&str>) {
         let got = ServiceId::new(input).err().map(|e| e.to_string());

@@ -44,6 +44,7 @@ pub mod goal;
 pub mod graph;
 pub mod history;
 pub mod ids;
+pub mod ownership;
 pub mod plan;
 pub mod planning;
 pub mod ports;
@@ -75,6 +76,7 @@ pub use goal::{Constraints, Goal, Objective, Weights};
 pub use graph::{GraphError, StepGraph, StepLinks};
 pub use history::{History, PendingSignal, Settled, SettledTask};
 pub use ids::{ExecutionId, SecretName, ServiceId, StepId, WorkflowName};
+pub use ownership::Ownership;
 pub use plan::{DataFlow, Plan, PlanTask, PredictedQos};
 pub use planning::{Planning, ServiceCatalog};
 pub use ports::{

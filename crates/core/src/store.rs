@@ -510,6 +510,11 @@ pub enum StoreError {
     /// write may be made again once there is room. The text names the storage.
     #[error("no space left to store it: {0}")]
     NoSpace(String),
+    /// This server no longer holds the right to write the execution (another server took its
+    /// journal or partition over, with a newer epoch): nothing was written, and this server
+    /// must stop working on the execution. The text names the epochs.
+    #[error("fenced: {0}")]
+    Fenced(String),
 }
 
 impl StoreError {

@@ -77,6 +77,22 @@ settings! {
     /// A PostgreSQL URL (postgres://...) to keep state in instead of the data dir.
     #[arg(long, env = "BATON_STORE")]
     store: String;
+    /// Run as one node of a cluster sharing the --store database (needs --node-id).
+    #[arg(long, env = "BATON_CLUSTER", num_args = 0..=1, default_missing_value = "true")]
+    cluster: bool = false;
+    /// This node's name in its cluster, unique and kept across restarts.
+    #[arg(long, env = "BATON_NODE_ID")]
+    node_id: String;
+    /// Where the other nodes reach this one [default: the gRPC address].
+    #[arg(long, env = "BATON_ADVERTISE")]
+    advertise: String;
+    /// How long a node's lease lasts unrenewed: a dead node's executions move after it, e.g. 10s [default: 10s].
+    #[arg(long, env = "BATON_LEASE_TTL", value_parser = parse_duration)]
+    #[serde(deserialize_with = "duration_text")]
+    lease_ttl: Duration = DEFAULT_LEASE_TTL;
+    /// Partitions of a new cluster database, fixed once it is created [default: 64].
+    #[arg(long, env = "BATON_PARTITIONS")]
+    partitions: u32 = baton_cluster::DEFAULT_PARTITIONS;
     /// The server's TLS certificate chain (PEM).
     #[arg(long, env = "BATON_TLS_CERT")]
     tls_cert: PathBuf;
@@ -169,6 +185,8 @@ const MAX_STORE_CACHE_MIB: u64 = 64 * 1024;
 /// How long an attempt of a step without a timeout may take by default: long enough for slow
 /// work, short enough that a service that takes a call and never answers holds no step for long.
 const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a cluster node's lease lasts unrenewed by default.
+const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
 /// How long in-flight calls get to finish on shutdown by default.
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Requests per second one connection may make by default.
@@ -237,6 +255,20 @@ impl ServeConfig {
             && !(url.starts_with("postgres://") || url.starts_with("postgresql://") || url.contains('='))
         {
             return invalid("store", "must be a postgres:// URL or a key=value connection string");
+        }
+        if self.cluster {
+            if self.store.is_none() {
+                return invalid("cluster", "a cluster shares a PostgreSQL database: give it with --store");
+            }
+            if self.node_id.as_deref().is_none_or(str::is_empty) {
+                return invalid("node_id", "a cluster node needs a name, unique in the cluster: --node-id");
+            }
+            if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&self.lease_ttl) {
+                return invalid("lease_ttl", "must be from 1s to 10m");
+            }
+            if !(1..=baton_cluster::MAX_PARTITIONS).contains(&self.partitions) {
+                return invalid("partitions", &format!("must be from 1 to {}", baton_cluster::MAX_PARTITIONS));
+            }
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return invalid("tls_cert", "tls_cert and tls_key go together");
@@ -308,6 +340,20 @@ impl ServeConfig {
         Ok(())
     }
 
+    /// The cluster membership these settings ask for, advertising `grpc` unless told otherwise.
+    pub fn cluster(&self, grpc: SocketAddr) -> Option<baton_cluster::Config> {
+        let (true, Some(url), Some(node)) = (self.cluster, &self.store, &self.node_id) else { return None };
+        let address = self.advertise.clone().unwrap_or_else(|| grpc.to_string());
+        let mut config = baton_cluster::Config::new(url.clone(), node.clone(), address);
+        // A heartbeat a fifth of the lease misses four before the lease ends; the node stops
+        // work a tenth of the lease before its end by its own clock.
+        config.lease_ttl = self.lease_ttl;
+        config.heartbeat = self.lease_ttl / 5;
+        config.safety_margin = self.lease_ttl / 10;
+        config.partitions = self.partitions;
+        Some(config)
+    }
+
     /// The settings as `key = value` lines, for the log at start (no secrets: paths only).
     pub fn describe(&self) -> Vec<String> {
         let path = |p: &Option<PathBuf>| p.as_ref().map_or("-".to_owned(), |p| p.display().to_string());
@@ -320,6 +366,15 @@ impl ServeConfig {
             format!("metrics_listen = {}", self.metrics_listen),
             format!("console_listen = {}", self.console_listen),
             format!("store = {store}"),
+            match (&self.cluster, &self.node_id) {
+                (true, Some(node)) => format!(
+                    "cluster = node {node} advertising {}, lease {}, {} partitions for a new database",
+                    self.advertise.as_deref().unwrap_or("the gRPC address"),
+                    baton_core::duration::format(self.lease_ttl),
+                    self.partitions
+                ),
+                _ => "cluster = off".to_owned(),
+            },
             format!("tls_cert = {}", path(&self.tls_cert)),
             format!("tls_key = {}", path(&self.tls_key)),
             format!("tls_client_ca = {}", path(&self.tls_client_ca)),

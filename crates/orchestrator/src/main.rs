@@ -32,8 +32,21 @@ enum Command {
     /// Evaluates expressions for a server, over stdin and stdout, within the given bounds.
     #[command(hide = true)]
     EvalWorker(baton::sandbox::worker::WorkerArgs),
+    /// Reads a cluster's state from its database.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     #[command(flatten)]
     Client(ClientCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Nodes, their leases (by the database's clock) and the partitions each owns.
+    Status {
+        /// The cluster's PostgreSQL database.
+        #[arg(long, env = "BATON_STORE")]
+        store: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -54,6 +67,10 @@ fn main() -> ExitCode {
         }
         // No runtime: the worker is one thread evaluating and one watching it.
         Command::EvalWorker(args) => baton::sandbox::worker::run(&args),
+        Command::Cluster(ClusterCommand::Status { store }) => match runtime(1) {
+            Some(runtime) => runtime.block_on(cluster_status(&store)),
+            None => ExitCode::FAILURE,
+        },
         Command::Client(command) => match runtime(one_per_core()) {
             Some(runtime) => runtime.block_on(baton::cli::run(command, &cli.client)),
             None => ExitCode::FAILURE,
@@ -95,6 +112,33 @@ async fn serve(config: ServeConfig) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+#[allow(clippy::print_stdout, reason = "the status is the command's output")]
+async fn cluster_status(url: &str) -> ExitCode {
+    let status = match baton_cluster::status(url).await {
+        Ok(status) => status,
+        Err(error) => {
+            eprintln!("baton cluster status: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(partitions) = status.partitions else {
+        println!("no cluster: no node has joined this database");
+        return ExitCode::SUCCESS;
+    };
+    let live = status.nodes.iter().filter(|n| n.lease_remaining_ms > 0).count();
+    println!("{partitions} partitions, {live} live node(s), {} partition(s) without a live owner", status.unowned);
+    println!("{:<24} {:<28} {:>11} {:>14} {:>10}", "NODE", "ADDRESS", "INCARNATION", "LEASE", "PARTITIONS");
+    for node in &status.nodes {
+        let lease = if node.lease_remaining_ms > 0 {
+            format!("{:.1}s left", node.lease_remaining_ms as f64 / 1000.0)
+        } else {
+            "expired".to_owned()
+        };
+        println!("{:<24} {:<28} {:>11} {:>14} {:>10}", node.id, node.address, node.incarnation, lease, node.partitions);
+    }
+    ExitCode::SUCCESS
 }
 
 fn init_logs(format: LogFormat, level: &str) {

@@ -27,8 +27,11 @@ pub enum StoreChoice {
     Memory,
     /// A redb file in this data directory (the embedded default).
     Redb(PathBuf),
-    /// A PostgreSQL database at this URL (several nodes sharing work).
+    /// A PostgreSQL database at this URL, for this server alone.
     Postgres(String),
+    /// A PostgreSQL database shared by the nodes of a cluster, this server one of them: it
+    /// runs the executions of the partitions it owns.
+    Cluster(baton_cluster::Config),
 }
 
 /// How a [`ServiceOrchestrator`] is assembled.
@@ -105,6 +108,22 @@ impl Default for Options {
     }
 }
 
+/// Refuses a database that live cluster nodes use: a server outside the cluster would take
+/// the journals over from under them.
+async fn refuse_live_cluster(url: &str) -> Result<(), Error> {
+    // A database without the cluster's tables has no cluster.
+    let Ok(status) = baton_cluster::status(url).await else { return Ok(()) };
+    let live: Vec<&str> = status.nodes.iter().filter(|n| n.lease_remaining_ms > 0).map(|n| n.id.as_str()).collect();
+    if live.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Cluster(format!(
+        "the database is used by a cluster (live nodes: {}); start this server as a node of it with --cluster and \
+         --node-id, or give it a database of its own",
+        live.join(", ")
+    )))
+}
+
 /// The engine as the orchestrator assembles it.
 pub type OrchestratorEngine = Engine<AnyStore, ExecutorRunner<Dispatcher>>;
 
@@ -115,6 +134,10 @@ pub enum Error {
     /// The store would not open.
     #[error("store: {0}")]
     Store(#[from] baton_core::StoreError),
+    /// The node could not join its cluster, or the database belongs to a cluster this server
+    /// is not started as a node of.
+    #[error("cluster: {0}")]
+    Cluster(String),
     /// The workflow engine refused.
     #[error(transparent)]
     Workflow(#[from] baton_workflow::Error),
@@ -161,6 +184,8 @@ struct Inner {
     store: AnyStore,
     disk: Option<DiskWatch>,
     supervisor: Mutex<Option<SupervisorHandle>>,
+    /// This server's membership, in a cluster.
+    member: Option<baton_cluster::Member>,
 }
 
 impl std::fmt::Debug for ServiceOrchestrator {
@@ -174,8 +199,9 @@ impl std::fmt::Debug for ServiceOrchestrator {
 
 impl ServiceOrchestrator {
     /// Opens the store, recovers unfinished executions, and starts the health supervisor.
-    pub async fn open(options: Options) -> Result<Self, Error> {
+    pub async fn open(mut options: Options) -> Result<Self, Error> {
         let mut disk = None;
+        let mut member = None;
         let store = match &options.store {
             StoreChoice::Memory => AnyStore::Memory(MemoryStore::default()),
             StoreChoice::Redb(dir) => {
@@ -197,6 +223,7 @@ impl ServiceOrchestrator {
                 AnyStore::Redb(store)
             }
             StoreChoice::Postgres(url) => {
+                refuse_live_cluster(url).await?;
                 let store = PostgresStore::connect(&baton_store::postgres::Config::new(url.clone())).await?;
                 let takeover = store.takeover();
                 tracing::info!(
@@ -208,6 +235,24 @@ impl ServiceOrchestrator {
                 for line in &takeover.unreadable {
                     tracing::warn!(line = %line, "dropped an unreadable line of a journal frame");
                 }
+                AnyStore::Postgres(store)
+            }
+            StoreChoice::Cluster(cluster) => {
+                let config = baton_store::postgres::Config::new(cluster.url.clone());
+                baton_store::postgres::migrate_schema(&config).await?;
+                let joined =
+                    baton_cluster::Member::join(cluster.clone()).await.map_err(|e| Error::Cluster(e.to_string()))?;
+                let ownership: Arc<dyn baton_core::Ownership> = Arc::new(joined.clone());
+                let store = PostgresStore::connect_partitioned(&config, Arc::clone(&ownership)).await?;
+                tracing::info!(
+                    node = %cluster.node_id,
+                    address = %cluster.address,
+                    partitions = cluster.partitions,
+                    lease_ttl = ?cluster.lease_ttl,
+                    "joined the cluster; this node runs the executions of the partitions it owns"
+                );
+                options.engine.ownership = Some(ownership);
+                member = Some(joined);
                 AnyStore::Postgres(store)
             }
         };
@@ -253,6 +298,7 @@ impl ServiceOrchestrator {
                 store,
                 disk,
                 supervisor: Mutex::new(supervisor),
+                member,
             }),
         })
     }
@@ -285,6 +331,21 @@ impl ServiceOrchestrator {
     /// The executor, for breaker states.
     pub fn executor(&self) -> &baton_executor::Executor<Dispatcher> {
         &self.inner.executor
+    }
+
+    /// This server's cluster membership, when it is a node of a cluster.
+    pub fn member(&self) -> Option<&baton_cluster::Member> {
+        self.inner.member.as_ref()
+    }
+
+    /// Leaves the cluster, handing this node's partitions over at once; nothing outside one.
+    pub async fn leave_cluster(&self) {
+        if let Some(member) = &self.inner.member {
+            match member.leave().await {
+                Ok(()) => tracing::info!(node = member.node_id(), "left the cluster; its partitions go to the others"),
+                Err(error) => tracing::warn!(%error, "could not leave the cluster; its partitions go after its lease"),
+            }
+        }
     }
 
     /// The store.

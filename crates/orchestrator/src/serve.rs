@@ -96,9 +96,10 @@ impl Server {
         let grpc = bind(config.listen).await?;
         let metrics_listener = bind(config.metrics_listen).await?;
         let console_listener = bind(config.console_listen).await?;
-        let store = match &config.store {
-            Some(url) => StoreChoice::Postgres(url.clone()),
-            None => StoreChoice::Redb(config.data_dir.clone()),
+        let store = match (&config.store, config.cluster(local_addr(&grpc))) {
+            (Some(_), Some(cluster)) => StoreChoice::Cluster(cluster),
+            (Some(url), None) => StoreChoice::Postgres(url.clone()),
+            (None, _) => StoreChoice::Redb(config.data_dir.clone()),
         };
         let http = http_config(&config)?;
         let metrics = Metrics::default();
@@ -258,6 +259,8 @@ impl Server {
             _ => {}
         }
         orchestrator.shutdown().await;
+        // The others take this node's partitions at once, not after its lease.
+        orchestrator.leave_cluster().await;
         if let Some(tracer) = tracer {
             tracer.exporter().shutdown(std::time::Duration::from_secs(15)).await;
         }

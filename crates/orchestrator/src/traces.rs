@@ -134,4 +134,11 @@ impl Observer for Observers {
             observer.journaled(execution, events);
         }
     }
+
+    fn fenced(&self, execution: baton_core::ExecutionId) {
+        tracing::warn!(%execution, "fenced: another node owns the execution now; this one stopped its run");
+        for observer in &self.0 {
+            observer.fenced(execution);
+        }
+    }
 }

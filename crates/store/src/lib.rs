@@ -9,7 +9,8 @@
 //!   the data directory;
 //! - [`PostgresStore`]: state in a PostgreSQL database, in SQL portable to CockroachDB and
 //!   YugabyteDB, with a versioned schema applied on start; journals are written by one server
-//!   at a time, the one that connected last.
+//!   at a time, the one that connected last, or in a cluster by the owner of each execution's
+//!   partition, every write conditional on the partition's epoch.
 //!
 //! Both durable stores commit journal appends in groups: appends from many executions that
 //! arrive together share one fsync (one log frame for redb, one frame row in one transaction

@@ -457,10 +457,15 @@ impl Harness for RedbHarness {
     }
 }
 
+/// The partitions of a [`PgHarness::partitioned`] database.
+pub const HARNESS_PARTITIONS: u32 = 8;
+
 /// The conformance harness of [`PostgresStore`]: a fresh database on a shared cluster.
 #[derive(Debug)]
 pub struct PgHarness {
     url: String,
+    /// As one server of a cluster owning every partition, when set.
+    partitioned: bool,
     // Keeps the cluster up while the harness lives.
     _cluster: Arc<PgCluster>,
 }
@@ -478,7 +483,14 @@ impl PgHarness {
     /// A harness over a new database of `cluster`.
     pub async fn new(cluster: Arc<PgCluster>) -> Self {
         let url = cluster.create_database().await;
-        Self { url, _cluster: cluster }
+        Self { url, partitioned: false, _cluster: cluster }
+    }
+
+    /// A harness over a new database of `cluster` whose store is one server of a cluster,
+    /// owning all of [`HARNESS_PARTITIONS`] partitions under epoch 1.
+    pub async fn partitioned(cluster: Arc<PgCluster>) -> Self {
+        let url = cluster.create_database().await;
+        Self { url, partitioned: true, _cluster: cluster }
     }
 
     /// The database's connection string.
@@ -492,7 +504,22 @@ impl Harness for PgHarness {
     const DURABLE: bool = true;
 
     async fn open(&self) -> PostgresStore {
-        PostgresStore::connect(&postgres::Config::new(self.url.clone())).await.expect("the postgres store connects")
+        let config = postgres::Config::new(self.url.clone());
+        if !self.partitioned {
+            return PostgresStore::connect(&config).await.expect("the postgres store connects");
+        }
+        let ownership = Arc::new(baton_core::fakes::FixedOwnership::all(HARNESS_PARTITIONS, 1));
+        let store = PostgresStore::connect_partitioned(&config, ownership).await.expect("the postgres store connects");
+        sql_client(&self.url)
+            .await
+            .execute(
+                "INSERT INTO baton_partitions (id, owner, epoch)
+                 SELECT g, 'conformance', 1 FROM generate_series(0, $1 - 1) AS g ON CONFLICT DO NOTHING",
+                &[&i32::try_from(HARNESS_PARTITIONS).expect("few")],
+            )
+            .await
+            .expect("the partitions are made");
+        store
     }
 
     async fn damage(&self, damage: Damage) {

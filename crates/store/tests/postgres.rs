@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use baton_core::fakes::FixedOwnership;
 use baton_core::store::timestamp_nanos;
-use baton_core::{Event, ExecutionId, Store, StoreError, StoreResult};
+use baton_core::{Event, Execution, ExecutionId, ExecutionState, ExecutionUpdate, Store, StoreError, StoreResult};
 use baton_store::conformance::create_executions;
 use baton_store::postgres::{Config, MIGRATIONS, PostgresStore};
 use baton_store::testing::{PgCluster, PgHarness, load_event, load_execution, sql_client};
@@ -33,11 +34,26 @@ fn postgres_store_conforms() {
         }
     }
     assert!(results.len() >= 10, "only {} cases ran", results.len());
+    // The same contract for one server of a cluster, writing under partition epochs.
+    let partitioned =
+        runtime.block_on(baton_store::conformance::run_all(|_| PgHarness::partitioned(Arc::clone(&cluster))));
+    for (case, result) in &partitioned {
+        match result {
+            Ok(()) => eprintln!("ok      partitioned {case}"),
+            Err(e) => {
+                eprintln!("FAILED  partitioned {case}: {e}");
+                failures.push(*case);
+            }
+        }
+    }
+    assert_eq!(partitioned.len(), results.len());
     assert!(failures.is_empty(), "failed cases: {failures:?}");
 
     runtime.block_on(schema_and_connection_checks(&cluster));
     runtime.block_on(concurrent_appends_share_transactions(&cluster));
     runtime.block_on(a_second_server_takes_the_journal_over(&cluster));
+    runtime.block_on(a_taken_over_server_cannot_change_execution_records(&cluster));
+    runtime.block_on(cluster_servers_write_only_under_their_partition_epochs(&cluster));
     runtime.block_on(folds_keep_journals_whole_for_readers(&cluster));
     runtime.block_on(appends_to_one_execution_queued_together_all_land(&cluster));
     runtime.block_on(appends_survive_connections_cut_mid_write(&cluster));
@@ -68,7 +84,7 @@ async fn a_second_server_takes_the_journal_over(cluster: &PgCluster) {
     assert!(takeover.unreadable.is_empty(), "{takeover:?}");
     for _ in 0..2 {
         let err = first.append(vec![load_event(ids[0], 3)]).await.unwrap_err();
-        assert!(matches!(&err, StoreError::Unavailable(m) if m.contains("taken over")), "{err}");
+        assert!(matches!(&err, StoreError::Fenced(m) if m.contains("taken over")), "{err}");
     }
     for id in &ids {
         assert_eq!(second.read_journal(*id, 1).await.unwrap(), events(*id, 1..=2));
@@ -79,6 +95,117 @@ async fn a_second_server_takes_the_journal_over(cluster: &PgCluster) {
     assert_eq!(err, StoreError::SequenceConflict { execution: ids[1], expected: 3, got: 2 });
     let client = sql_client(&url).await;
     assert_eq!(count(&client, "baton_journal_chunks").await, 3, "the takeover folded one chunk per execution");
+}
+
+/// A server that was taken over writes no execution record: were its update to land after
+/// the new writer recovered the execution, an execution failed there would never be resumed.
+async fn a_taken_over_server_cannot_change_execution_records(cluster: &PgCluster) {
+    let url = cluster.create_database().await;
+    let first = PostgresStore::connect(&Config::new(url.clone())).await.unwrap();
+    let ids = create_executions(&first, 2).await;
+    let running = |store: &PostgresStore, id| {
+        let store = store.clone();
+        async move {
+            let mut execution = store.get_execution(id).await.unwrap();
+            execution.state = ExecutionState::Running;
+            store.update_execution(ExecutionUpdate::from(&execution)).await
+        }
+    };
+    running(&first, ids[0]).await.unwrap();
+    let second = PostgresStore::connect(&Config::new(url.clone())).await.unwrap();
+    let before = second.get_execution(ids[0]).await.unwrap();
+    let mut failed = before.clone();
+    failed.state = ExecutionState::Failed;
+    failed.error = Some("journal write failed".to_owned());
+    let err = first.update_execution(ExecutionUpdate::from(&failed)).await.unwrap_err();
+    assert!(matches!(&err, StoreError::Fenced(m) if m.contains("epoch 1")), "{err}");
+    assert_eq!(second.get_execution(ids[0]).await.unwrap(), before, "the fenced update wrote nothing");
+    let err = running(&first, ids[1]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Fenced(_)), "{err}");
+    // The new writer writes as before.
+    assert_eq!(running(&second, ids[1]).await.unwrap().state, ExecutionState::Running);
+    let completed = second.update_execution(ExecutionUpdate::from(&failed)).await.unwrap();
+    assert_eq!(completed.state, ExecutionState::Failed);
+}
+
+/// An id of an execution in `partition` of `partitions`.
+fn id_in(partition: u32, partitions: u32) -> ExecutionId {
+    loop {
+        let id = ExecutionId::generate();
+        if id.partition(partitions) == partition {
+            return id;
+        }
+    }
+}
+
+/// In a cluster every write for an execution commits only under its partition's epoch: once
+/// another server claimed the partition (a raised epoch), the first one's appends, updates and
+/// creations there are fenced, while its other partitions go on; the new owner reads what the
+/// first one committed without any fold, and appends after it.
+async fn cluster_servers_write_only_under_their_partition_epochs(cluster: &PgCluster) {
+    let url = cluster.create_database().await;
+    let config = Config::new(url.clone());
+    // A server outside the cluster is fenced out by the first server of the cluster.
+    let single = PostgresStore::connect(&config).await.unwrap();
+    let a_owns = Arc::new(FixedOwnership::all(4, 1));
+    let a = PostgresStore::connect_partitioned(&config, a_owns.clone()).await.unwrap();
+    let client = sql_client(&url).await;
+    client
+        .execute(
+            "INSERT INTO baton_partitions (id, owner, epoch) SELECT g, 'a', 1 FROM generate_series(0, 3) AS g",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut execution = load_execution();
+    execution.id = id_in(0, 4);
+    let err = single.create_execution(execution.clone(), None).await.unwrap_err();
+    assert!(matches!(err, StoreError::Fenced(_)), "{err}");
+    let (taken, kept) = (id_in(2, 4), id_in(3, 4));
+    for id in [taken, kept] {
+        a.create_execution(Execution { id, ..load_execution() }, None).await.unwrap();
+        a.append(events(id, 1..=2)).await.unwrap();
+    }
+    // b claims partition 2.
+    client.execute("UPDATE baton_partitions SET owner = 'b', epoch = 2 WHERE id = 2", &[]).await.unwrap();
+    let b_owns = Arc::new(FixedOwnership::all(4, 1));
+    for partition in [0, 1, 3] {
+        b_owns.remove(partition);
+    }
+    b_owns.set(2, 2);
+    let b = PostgresStore::connect_partitioned(&config, b_owns).await.unwrap();
+    let err = a.append(vec![load_event(taken, 3)]).await.unwrap_err();
+    assert!(matches!(&err, StoreError::Fenced(m) if m.contains("partition 2") && m.contains("epoch 1")), "{err}");
+    let before = b.get_execution(taken).await.unwrap();
+    let mut failed = before.clone();
+    failed.state = ExecutionState::Failed;
+    let err = a.update_execution(ExecutionUpdate::from(&failed)).await.unwrap_err();
+    assert!(matches!(err, StoreError::Fenced(_)), "{err}");
+    assert_eq!(b.get_execution(taken).await.unwrap(), before, "the fenced update wrote nothing");
+    let err = a.create_execution(Execution { id: id_in(2, 4), ..load_execution() }, None).await.unwrap_err();
+    assert!(matches!(err, StoreError::Fenced(_)), "{err}");
+    // a's other partitions go on, in one append with a fenced one too.
+    a.append(vec![load_event(kept, 3)]).await.unwrap();
+    let (fenced, ok) = tokio::join!(a.append(vec![load_event(taken, 3)]), a.append(vec![load_event(kept, 4)]));
+    assert!(matches!(fenced, Err(StoreError::Fenced(_))), "{fenced:?}");
+    ok.unwrap();
+    // b reads what a committed, and continues it.
+    assert_eq!(b.read_journal(taken, 1).await.unwrap(), events(taken, 1..=2));
+    assert_eq!(b.read_journal(kept, 1).await.unwrap(), events(kept, 1..=4));
+    b.append(vec![load_event(taken, 3)]).await.unwrap();
+    let err = b.append(vec![load_event(taken, 3)]).await.unwrap_err();
+    assert_eq!(err, StoreError::SequenceConflict { execution: taken, expected: 4, got: 3 });
+    assert_eq!(a.read_journal(taken, 2).await.unwrap(), events(taken, 2..=3));
+    assert_eq!(b.update_execution(ExecutionUpdate::from(&failed)).await.unwrap().state, ExecutionState::Failed);
+    // Each server recovers only its own partitions.
+    assert_eq!(a.unfinished_executions().await.unwrap(), [kept]);
+    assert!(b.unfinished_executions().await.unwrap().is_empty(), "taken has failed");
+    // A partition this server does not own is refused before any SQL.
+    a_owns.remove(3);
+    let err = a.append(vec![load_event(kept, 5)]).await.unwrap_err();
+    assert!(matches!(&err, StoreError::Fenced(m) if m.contains("does not own partition 3")), "{err}");
+    a_owns.set(3, 1);
+    a.append(vec![load_event(kept, 5)]).await.unwrap();
 }
 
 /// With folds every few events, journals read whole while appends and folds go on, and after

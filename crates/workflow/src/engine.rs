@@ -1,13 +1,13 @@
 //! The engine: definitions through the store, executions through the runner, every event
 //! journaled before the engine acts on it, recovery on open.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use baton_core::{
     Clock, Event, EventKind, Execution, ExecutionFilter, ExecutionId, ExecutionPage, ExecutionState, ExecutionTrace,
-    ExecutionUpdate, History, IdempotencyKey, NewDefinition, PageRequest, Parent, Problem, StepId, Store,
+    ExecutionUpdate, History, IdempotencyKey, NewDefinition, Ownership, PageRequest, Parent, Problem, StepId, Store,
     StoredDefinition, SystemClock, TaskStatus, TraceContext, WorkflowName,
 };
 use futures_util::Stream;
@@ -74,6 +74,15 @@ pub struct Config {
     pub retention: Option<Duration>,
     /// How often expired executions are looked for and removed, a batch at a time.
     pub retention_poll: Duration,
+    /// In a cluster, which partitions this server owns: it recovers and runs only their
+    /// executions, stops the runs of a partition it loses, and recovers the unfinished
+    /// executions of one it gains. `None` runs every execution (a single server).
+    pub ownership: Option<Arc<dyn Ownership>>,
+    /// How often the ownership is looked at for changes.
+    pub ownership_poll: Duration,
+    /// Executions recovered at once when a partition is gained: a node taking over a dead
+    /// one's partitions does not rush its whole backlog at the store and the services.
+    pub takeover_concurrency: usize,
 }
 
 /// Where `emit` tasks publish: a message bus, a log, a webhook. Called once an emit task's
@@ -100,6 +109,12 @@ pub trait Observer: Send + Sync + std::fmt::Debug + 'static {
     /// `events` of `execution` are durable; `execution` is the driver's view with them applied
     /// (its workflow, version and caller's trace context do not change).
     fn journaled(&self, execution: &Execution, events: &[Event]);
+
+    /// This server stopped running `execution`: another server owns it now (its partition
+    /// went elsewhere, or a write was fenced). Worth a line in the log.
+    fn fenced(&self, execution: ExecutionId) {
+        let _ = execution;
+    }
 }
 
 /// An [`Observer`] that looks away.
@@ -128,6 +143,9 @@ impl Default for Config {
             park_poll: Duration::from_millis(500),
             retention: Some(DEFAULT_RETENTION),
             retention_poll: Duration::from_secs(1),
+            ownership: None,
+            ownership_poll: Duration::from_millis(100),
+            takeover_concurrency: 16,
         }
     }
 }
@@ -241,6 +259,8 @@ enum Command {
     Listen(Listen),
     /// A `workflow` task wants its child started (once) and its id.
     Child(ChildRequest),
+    /// This server no longer owns the execution: stop at once, writing nothing more.
+    Fence,
 }
 
 /// A `listen` task's wait, as its driver keeps it.
@@ -280,13 +300,22 @@ impl<S: Store, R: Runner> Engine<S, R> {
                 recovery: Mutex::default(),
             }),
         };
+        // What is owned is read before the listing: a partition gained after it is the
+        // follower's to recover.
+        let owned = engine.inner.config.ownership.as_ref().map(|o| (o.generation(), o.owned()));
         for id in engine.inner.store.unfinished_executions().await? {
-            engine.recover(id).await;
+            if engine.owns(id) {
+                engine.recover(id).await;
+            }
         }
         if engine.inner.config.park_after.is_some() {
             tokio::spawn(wake_due(engine.downgrade()));
         }
         tokio::spawn(remove_expired(engine.downgrade()));
+        if let (Some(ownership), Some((generation, owned))) = (&engine.inner.config.ownership, owned) {
+            let known = owned.into_iter().collect();
+            tokio::spawn(follow_ownership(engine.downgrade(), Arc::clone(ownership), known, Some(generation)));
+        }
         Ok(engine)
     }
 
@@ -432,7 +461,7 @@ impl<S: Store, R: Runner> Engine<S, R> {
         let (version, definition) = self.definition(name, version).await?;
         let now = self.inner.config.clock.now();
         let execution = Execution {
-            id: ExecutionId::generate(),
+            id: self.new_id(),
             workflow: name.clone(),
             version,
             state: ExecutionState::Created,
@@ -843,9 +872,61 @@ impl<S: Store, R: Runner> Engine<S, R> {
         let _ = self.inner.store.update_execution(update).await;
     }
 
+    /// A fresh execution id; in a cluster, one of a partition this server owns (ids are random
+    /// past their time, so a few tries find one), so the server that takes a start runs it.
+    /// A server that owns nothing gives any id, and the store refuses the start as fenced.
+    fn new_id(&self) -> ExecutionId {
+        let Some(ownership) = &self.inner.config.ownership else { return ExecutionId::generate() };
+        let tries = 16 * ownership.partitions().max(1);
+        let mut id = ExecutionId::generate();
+        for _ in 0..tries {
+            if ownership.of(id).is_some() {
+                break;
+            }
+            id = ExecutionId::generate();
+        }
+        id
+    }
+
+    /// Whether this server runs `id`: always, or in a cluster when it owns its partition.
+    fn owns(&self, id: ExecutionId) -> bool {
+        self.inner.config.ownership.as_ref().is_none_or(|ownership| ownership.of(id).is_some())
+    }
+
+    /// Stops the runs of the live executions in `lost` partitions at once.
+    fn fence(&self, lost: &HashSet<u32>, partitions: u32) {
+        let fenced: Vec<_> = {
+            let mut live = lock(&self.inner.live);
+            let ids: Vec<ExecutionId> =
+                live.keys().filter(|id| lost.contains(&id.partition(partitions))).copied().collect();
+            ids.into_iter().filter_map(|id| live.remove(&id)).collect()
+        };
+        for driver in fenced {
+            let _ = driver.send(Command::Fence);
+        }
+    }
+
+    /// Recovers the unfinished executions of `gained` partitions that are not live here,
+    /// `takeover_concurrency` at a time.
+    async fn take_over(&self, gained: &HashSet<u32>, partitions: u32) -> Result<()> {
+        let unfinished = self.inner.store.unfinished_executions().await?;
+        let ids: Vec<ExecutionId> = {
+            let live = lock(&self.inner.live);
+            let ours = |id: &ExecutionId| gained.contains(&id.partition(partitions)) && !live.contains_key(id);
+            unfinished.into_iter().filter(ours).collect()
+        };
+        let concurrency = self.inner.config.takeover_concurrency.max(1);
+        futures_util::StreamExt::for_each_concurrent(futures_util::stream::iter(ids), concurrency, |id| {
+            self.recover(id)
+        })
+        .await;
+        Ok(())
+    }
+
     fn spawn(&self, mut driver: Driver<S, R>, launch: bool) {
         let (commands, receiver) = mpsc::unbounded_channel();
         driver.commands = Some(receiver);
+        driver.own = Some(commands.downgrade());
         lock(&self.inner.live).insert(driver.execution.id, commands);
         tokio::spawn(driver.run(launch));
     }
@@ -891,6 +972,42 @@ async fn remove_expired<S: Store, R: Runner>(engine: WeakEngine<S, R>) {
             // More are due: let other work in between batches.
             tokio::task::yield_now().await;
         }
+    }
+}
+
+/// Follows what this server owns in a cluster, until the engine is dropped: stops the runs of
+/// the partitions it lost and recovers the unfinished executions of those it gained (a
+/// partition claimed again under a new epoch counts as both).
+async fn follow_ownership<S: Store, R: Runner>(
+    engine: WeakEngine<S, R>,
+    ownership: Arc<dyn Ownership>,
+    mut known: BTreeMap<u32, i64>,
+    mut seen: Option<u64>,
+) {
+    loop {
+        let Some(engine) = engine.upgrade() else { return };
+        let generation = ownership.generation();
+        if seen != Some(generation) {
+            seen = Some(generation);
+            let partitions = ownership.partitions();
+            let current: BTreeMap<u32, i64> = ownership.owned().into_iter().collect();
+            let lost: HashSet<u32> = known.iter().filter(|(p, e)| current.get(p) != Some(e)).map(|(p, _)| *p).collect();
+            if !lost.is_empty() {
+                engine.fence(&lost, partitions);
+                known.retain(|p, _| !lost.contains(p));
+            }
+            let gained: HashSet<u32> =
+                current.iter().filter(|(p, e)| known.get(p) != Some(e)).map(|(p, _)| *p).collect();
+            if gained.is_empty() || engine.take_over(&gained, partitions).await.is_ok() {
+                known = current;
+            } else {
+                // The store failed the listing: look again on the next turn.
+                seen = None;
+            }
+        }
+        let poll = engine.inner.config.ownership_poll;
+        drop(engine);
+        tokio::time::sleep(poll).await;
     }
 }
 

@@ -206,7 +206,11 @@ impl Shared {
 
     /// Stops the journal taking appends, for `reason`, which it returns as the error.
     fn stop(&self, reason: String) -> StoreError {
-        let error = StoreError::unavailable(reason);
+        self.stop_with(StoreError::unavailable(reason))
+    }
+
+    /// Stops the journal taking appends, answering them with `error` from now on.
+    fn stop_with(&self, error: StoreError) -> StoreError {
         self.state().stopped.get_or_insert(error).clone()
     }
 
@@ -306,27 +310,46 @@ impl Journal {
             let unfolded = state.unfolded.by_execution.get(&key(execution));
             folding.into_iter().chain(unfolded).filter_map(|lines| lines.tail(from)).collect()
         };
-        let rows = client
-            .query(
-                "SELECT first_sequence, events FROM baton_journal_chunks
-                 WHERE execution = $1 AND last_sequence >= $2 ORDER BY last_sequence",
-                &[&id_bytes(execution), &i64::try_from(from).unwrap_or(i64::MAX)],
-            )
-            .await
-            .map_err(unavailable)?;
-        let mut entries: Vec<(u64, Result<Event, String>)> = Vec::new();
-        for row in &rows {
-            let first = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
-            let decoded = numbered_lines(first, row.get(1)).map(|(at, line)| decode_line(line, at));
-            entries.extend(decoded.filter(|(sequence, _)| *sequence >= from));
-        }
-        let last_stored = entries.last().map_or(0, |(sequence, _)| *sequence);
-        for (first, lines) in &in_memory {
-            let newer = numbered_lines(*first, lines).filter(|(sequence, _)| *sequence > last_stored);
-            entries.extend(newer.map(|(sequence, line)| decode_line(line, sequence)));
-        }
-        check_read(execution, from, entries)
+        read_stored(client, execution, from, &in_memory).await
     }
+}
+
+/// Reads the journal of `execution` from `from` out of its chunks, then of `in_memory` (JSON
+/// lines each with the first one's sequence number) what comes after the chunks.
+pub(super) async fn read_stored(
+    client: &Client,
+    execution: ExecutionId,
+    from: u64,
+    in_memory: &[(u64, String)],
+) -> StoreResult<Vec<Event>> {
+    let rows = client
+        .query(
+            "SELECT first_sequence, events FROM baton_journal_chunks
+             WHERE execution = $1 AND last_sequence >= $2 ORDER BY last_sequence",
+            &[&id_bytes(execution), &i64::try_from(from).unwrap_or(i64::MAX)],
+        )
+        .await
+        .map_err(unavailable)?;
+    let mut entries: Vec<(u64, Result<Event, String>)> = Vec::new();
+    for row in &rows {
+        let first = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
+        let decoded = numbered_lines(first, row.get(1)).map(|(at, line)| decode_line(line, at));
+        entries.extend(decoded.filter(|(sequence, _)| *sequence >= from));
+    }
+    let last_stored = entries.last().map_or(0, |(sequence, _)| *sequence);
+    for (first, lines) in in_memory {
+        let newer = numbered_lines(*first, lines).filter(|(sequence, _)| *sequence > last_stored);
+        entries.extend(newer.map(|(sequence, line)| decode_line(line, sequence)));
+    }
+    check_read(execution, from, entries)
+}
+
+/// The error of a write made under writer epoch `epoch` after a newer writer took over.
+pub(super) fn fenced(epoch: i64) -> StoreError {
+    StoreError::Fenced(format!(
+        "another server has taken over this database's journal (this one held writer epoch {epoch}); it writes no \
+         more"
+    ))
 }
 
 /// The lines of `text` with the sequence numbers they stand at, the first at `first`.
@@ -355,7 +378,7 @@ const HEADS: &str = "SELECT e.id, (SELECT MAX(c.last_sequence) FROM baton_journa
 
 /// Takes the writer role and folds the frames the previous writer left, in one transaction:
 /// the new epoch's row lock keeps the previous writer from adding frames meanwhile.
-async fn recover(client: &mut Client) -> StoreResult<(Takeover, i64)> {
+pub(super) async fn recover(client: &mut Client) -> StoreResult<(Takeover, i64)> {
     let tx = client.transaction().await.map_err(unavailable)?;
     let epoch: i64 = tx
         .query_one("UPDATE baton_journal_writer SET epoch = epoch + 1 WHERE id = 0 RETURNING epoch", &[])
@@ -545,11 +568,7 @@ impl Writer {
         let outcome = self.connection.write(shared.epoch, number, &frame).await;
         let failure = match outcome {
             Outcome::Durable => None,
-            Outcome::Fenced => Some(shared.stop(format!(
-                "another server has taken over this database's journal (this one held writer epoch {}); it takes \
-                 no more appends",
-                shared.epoch
-            ))),
+            Outcome::Fenced => Some(shared.stop_with(fenced(shared.epoch))),
             Outcome::Failed(e, tombstone) => {
                 if tombstone {
                     shared.state().unfolded.frames.push(number);

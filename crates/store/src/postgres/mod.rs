@@ -12,10 +12,15 @@
 //! `baton_schema_migrations`; a database whose schema is newer than this build is refused.
 //!
 //! Journals are written by one server at a time, the one that connected last: see `journal.rs`
-//! for how appends are grouped into one row per commit and folded per execution later. The
-//! other calls share a small pool of connections and are safe from several servers at once.
+//! for how appends are grouped into one row per commit and folded per execution later. In a
+//! cluster ([`PostgresStore::connect_partitioned`]) each server writes for the partitions it
+//! owns, see `partitioned.rs`. Every write for an execution (journal, creation, update) commits
+//! only under its fencing epoch: the writer's, or in a cluster the partition's; a write that
+//! lost it is [`StoreError::Fenced`]. The other calls share a small pool of connections and are
+//! safe from several servers at once.
 
 mod journal;
+mod partitioned;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -23,8 +28,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use baton_core::store::timestamp_nanos;
 use baton_core::{
     CreatedExecution, Event, Execution, ExecutionFilter, ExecutionId, ExecutionPage, ExecutionState, ExecutionUpdate,
-    IdempotencyKey, NewDefinition, Order, PageRequest, PutDefinition, Record, Store, StoreError, StoreResult,
-    StoredDefinition, Timestamp, WorkflowName,
+    IdempotencyKey, NewDefinition, Order, Ownership, PageRequest, PutDefinition, Record, Store, StoreError,
+    StoreResult, StoredDefinition, Timestamp, WorkflowName,
 };
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
@@ -122,6 +127,30 @@ pub const MIGRATIONS: &[Migration] = &[
             WHERE expires_at IS NOT NULL;
     ",
     },
+    Migration {
+        version: 5,
+        name: "cluster: nodes with leases, partitions with epochs",
+        // Written by baton-cluster. Leases are times of the database's clock (`now()`), so no
+        // node's clock matters; `baton_cluster` holds the partition count the first node fixed.
+        sql: "
+        CREATE TABLE IF NOT EXISTS baton_cluster (
+            id INT4 PRIMARY KEY CHECK (id = 0),
+            partitions INT4 NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS baton_nodes (
+            id TEXT PRIMARY KEY,
+            address TEXT NOT NULL,
+            incarnation BIGINT NOT NULL,
+            lease_expires_at TIMESTAMPTZ NOT NULL,
+            joined_at TIMESTAMPTZ NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS baton_partitions (
+            id INT4 PRIMARY KEY,
+            owner TEXT,
+            epoch BIGINT NOT NULL
+        );
+    ",
+    },
 ];
 
 /// How to reach the database.
@@ -158,6 +187,14 @@ impl Config {
     }
 }
 
+/// Brings the schema of the database `config` names up to date, and nothing more: for what
+/// must find the tables before a store connects (a cluster member registering).
+pub async fn migrate_schema(config: &Config) -> StoreResult<()> {
+    let pg: tokio_postgres::Config =
+        config.url.parse().map_err(|e| StoreError::Invalid { field: "url".to_owned(), reason: describe(&e) })?;
+    migrate(&mut connect(&pg).await?).await
+}
+
 /// A store in a PostgreSQL (or CockroachDB, YugabyteDB) database. Cheap to clone; the
 /// connections close when the last clone is dropped.
 #[derive(Debug, Clone)]
@@ -170,8 +207,25 @@ struct Inner {
     config: tokio_postgres::Config,
     pool: Vec<Mutex<Option<Arc<Client>>>>,
     next: AtomicUsize,
-    journal: journal::Journal,
+    journal: Journal,
     counters: Arc<Counters>,
+}
+
+/// Who writes journals, and under which epochs.
+#[derive(Debug)]
+enum Journal {
+    /// This server alone, under the writer epoch it took over with.
+    Single(journal::Journal),
+    /// The partitions this server owns in a cluster, each under its epoch.
+    Partitioned { journal: partitioned::Journal, ownership: Arc<dyn Ownership>, takeover: Takeover },
+}
+
+/// The epoch a write for an execution commits under: a row of `table` with `id` and `epoch`,
+/// read `FOR SHARE` in the write's statement.
+struct Fence {
+    table: &'static str,
+    id: i32,
+    epoch: i64,
 }
 
 /// How often a statement that met a serialization failure or lost a race is tried in all.
@@ -198,12 +252,79 @@ impl PostgresStore {
             fold_bytes: config.fold_bytes.max(1),
         };
         let journal = journal::Journal::take_over(&pg, connect(&pg).await?, options, Arc::clone(&counters)).await?;
+        let journal = Journal::Single(journal);
+        Ok(Self { inner: Arc::new(Inner { config: pg, pool, next: AtomicUsize::new(0), journal, counters }) })
+    }
+
+    /// Connects as one server of a cluster: it writes for the executions of the partitions
+    /// `ownership` says it owns, each write conditional on the partition's epoch. Like
+    /// [`connect`](Self::connect) it brings the schema up to date and takes the single-writer
+    /// role over, folding what a server outside the cluster left and fencing that server out;
+    /// the cluster's own journals need no folding.
+    pub async fn connect_partitioned(config: &Config, ownership: Arc<dyn Ownership>) -> StoreResult<Self> {
+        let pg: tokio_postgres::Config =
+            config.url.parse().map_err(|e| StoreError::Invalid { field: "url".to_owned(), reason: describe(&e) })?;
+        let mut first = connect(&pg).await?;
+        migrate(&mut first).await?;
+        tune(&first).await;
+        let (takeover, _) = journal::recover(&mut first).await?;
+        let pool: Vec<_> = (0..config.pool_size.max(1)).map(|_| Mutex::new(None)).collect();
+        *pool[0].lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(first));
+        let counters = Arc::new(Counters::default());
+        let journal =
+            partitioned::Journal::start(pg.clone(), Arc::clone(&ownership), config.max_batch, Arc::clone(&counters));
+        let journal = Journal::Partitioned { journal, ownership, takeover };
         Ok(Self { inner: Arc::new(Inner { config: pg, pool, next: AtomicUsize::new(0), journal, counters }) })
     }
 
     /// This store's writer epoch, and what it found of the journal the previous writer left.
     pub fn takeover(&self) -> &Takeover {
-        self.inner.journal.takeover()
+        match &self.inner.journal {
+            Journal::Single(journal) => journal.takeover(),
+            Journal::Partitioned { takeover, .. } => takeover,
+        }
+    }
+
+    /// The epoch a write for `execution` must commit under, or [`StoreError::Fenced`] when this
+    /// server does not own its partition.
+    fn fence(&self, execution: ExecutionId) -> StoreResult<Fence> {
+        match &self.inner.journal {
+            Journal::Single(journal) => {
+                Ok(Fence { table: "baton_journal_writer", id: 0, epoch: journal.takeover().epoch })
+            }
+            Journal::Partitioned { ownership, .. } => match ownership.of(execution) {
+                Some((partition, epoch)) => {
+                    Ok(Fence { table: "baton_partitions", id: i32::try_from(partition).unwrap_or(i32::MAX), epoch })
+                }
+                None => Err(partitioned::fenced(execution, execution.partition(ownership.partitions()), None)),
+            },
+        }
+    }
+
+    /// Whether `fence` no longer holds at the database, for a write that changed nothing.
+    async fn fenced_out(client: &Client, fence: &Fence) -> Result<bool, tokio_postgres::Error> {
+        let sql = format!("SELECT epoch FROM {} WHERE id = $1", fence.table);
+        let row = client.query_opt(&sql, &[&fence.id]).await?;
+        Ok(row.is_none_or(|row| row.get::<_, i64>(0) != fence.epoch))
+    }
+
+    /// The error of a write for `execution` under `fence` after the epoch moved on.
+    fn fenced_error(&self, execution: ExecutionId, fence: &Fence) -> StoreError {
+        match &self.inner.journal {
+            Journal::Single(_) => journal::fenced(fence.epoch),
+            Journal::Partitioned { .. } => partitioned::fenced(execution, fence.id.unsigned_abs(), Some(fence.epoch)),
+        }
+    }
+
+    /// Of `ids`, those this server works on: all of them, or in a cluster those of its
+    /// partitions.
+    fn owned(&self, ids: Vec<ExecutionId>) -> Vec<ExecutionId> {
+        match &self.inner.journal {
+            Journal::Single(_) => ids,
+            Journal::Partitioned { ownership, .. } => {
+                ids.into_iter().filter(|id| ownership.of(*id).is_some()).collect()
+            }
+        }
     }
 
     /// What group commit of journal appends did so far.
@@ -494,20 +615,35 @@ impl Store for PostgresStore {
         let key = idempotency_key.as_ref().map(IdempotencyKey::as_str);
         let record = String::from_utf8(to_json(&execution)).expect("JSON is UTF-8");
         let state = state_text(execution.state);
+        let fence = self.fence(execution.id)?;
+        // Only under the fencing epoch, `FOR SHARE` as every write for an execution.
+        let sql = format!(
+            "INSERT INTO baton_executions (id, workflow, state, created_at, revision, idempotency_key, record)
+             SELECT $1::BYTEA, $2::TEXT, $3::TEXT, $4::BIGINT, 0, $5::TEXT, $6::TEXT
+             FROM (SELECT 1 FROM {} WHERE id = $7 AND epoch = $8 FOR SHARE) AS current
+             ON CONFLICT DO NOTHING",
+            fence.table
+        );
         for _ in 0..ATTEMPTS {
             let inserted = client
                 .execute(
-                    "INSERT INTO baton_executions (id, workflow, state, created_at, revision, idempotency_key, record)
-                     VALUES ($1, $2, $3, $4, 0, $5, $6) ON CONFLICT DO NOTHING",
-                    &[&id, &execution.workflow.as_str(), &state, &created_at, &key, &record],
+                    &sql,
+                    &[&id, &execution.workflow.as_str(), &state, &created_at, &key, &record, &fence.id, &fence.epoch],
                 )
                 .await;
             match inserted {
                 Ok(1) => {
-                    self.inner.journal.created(execution.id);
+                    if let Journal::Single(journal) = &self.inner.journal {
+                        journal.created(execution.id);
+                    }
                     return Ok(CreatedExecution { execution, created: true });
                 }
-                Ok(_) => {}
+                Ok(_) => match Self::fenced_out(&client, &fence).await {
+                    Ok(true) => return Err(self.fenced_error(execution.id, &fence)),
+                    Ok(false) => {}
+                    Err(e) if is_transient(&e) => continue,
+                    Err(e) => return Err(unavailable(e)),
+                },
                 Err(e) if is_transient(&e) => continue,
                 Err(e) => return Err(unavailable(e)),
             }
@@ -552,7 +688,19 @@ impl Store for PostgresStore {
     async fn update_execution(&self, update: ExecutionUpdate) -> StoreResult<Execution> {
         let client = self.client().await?;
         let id = id_bytes(update.id);
-        // Optimistic: read, apply, and write only if nobody wrote in between (same revision).
+        let fence = self.fence(update.id)?;
+        // Optimistic: read, apply, and write only if nobody wrote in between (same revision),
+        // and only while this server's fencing epoch is current. Without the epoch a server
+        // that was taken over could still fail an execution the new writer had recovered, after
+        // its recovery: on the new writer's next start nothing would resume it.
+        let sql = format!(
+            "UPDATE baton_executions
+             SET state = $1, record = $2, revision = revision + 1, parked = $5, wake_at = $6,
+                 expires_at = $9
+             FROM (SELECT 1 FROM {} WHERE id = $7 AND epoch = $8 FOR SHARE) AS current
+             WHERE baton_executions.id = $3 AND revision = $4",
+            fence.table
+        );
         for _ in 0..ATTEMPTS {
             let row =
                 match client.query_opt("SELECT record, revision FROM baton_executions WHERE id = $1", &[&id]).await {
@@ -567,11 +715,11 @@ impl Store for PostgresStore {
             let wake_at =
                 execution.parked.and_then(|p| p.until).map(|at| timestamp_nanos("parked.until", at)).transpose()?;
             let expires_at = execution.expires_at.map(|at| timestamp_nanos("expires_at", at)).transpose()?;
+            // `FOR SHARE` makes a takeover wait for this update, and an update that waited on a
+            // takeover finds the epoch changed, as a journal frame's insert does.
             let written = client
                 .execute(
-                    "UPDATE baton_executions
-                     SET state = $1, record = $2, revision = revision + 1, parked = $5, wake_at = $6, expires_at = $7
-                     WHERE id = $3 AND revision = $4",
+                    &sql,
                     &[
                         &state_text(execution.state),
                         &record,
@@ -579,13 +727,21 @@ impl Store for PostgresStore {
                         &revision,
                         &execution.parked.is_some(),
                         &wake_at,
+                        &fence.id,
+                        &fence.epoch,
                         &expires_at,
                     ],
                 )
                 .await;
             match written {
                 Ok(1) => return Ok(execution),
-                Ok(_) => {}
+                // Nothing written: another update came first, or this server was fenced out.
+                Ok(_) => match Self::fenced_out(&client, &fence).await {
+                    Ok(true) => return Err(self.fenced_error(update.id, &fence)),
+                    Ok(false) => {}
+                    Err(e) if is_transient(&e) => {}
+                    Err(e) => return Err(unavailable(e)),
+                },
                 Err(e) if is_transient(&e) => {}
                 Err(e) => return Err(unavailable(e)),
             }
@@ -657,7 +813,8 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(unavailable)?;
-        rows.iter().map(|row| id_from_bytes(row.get(0))).collect()
+        let ids = rows.iter().map(|row| id_from_bytes(row.get(0))).collect::<StoreResult<Vec<_>>>()?;
+        Ok(self.owned(ids))
     }
 
     async fn parked_due(&self, before: baton_core::Timestamp, limit: usize) -> StoreResult<Vec<ExecutionId>> {
@@ -672,11 +829,16 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(unavailable)?;
-        rows.iter().map(|row| id_from_bytes(row.get(0))).collect()
+        // In a cluster another server's due executions fill some of `limit`: they are its to wake.
+        let ids = rows.iter().map(|row| id_from_bytes(row.get(0))).collect::<StoreResult<Vec<_>>>()?;
+        Ok(self.owned(ids))
     }
 
     async fn append(&self, events: Vec<Event>) -> StoreResult<()> {
-        self.inner.journal.append(events).await
+        match &self.inner.journal {
+            Journal::Single(journal) => journal.append(events).await,
+            Journal::Partitioned { journal, .. } => journal.append(events).await,
+        }
     }
 
     async fn remove_expired(&self, now: Timestamp, limit: usize) -> StoreResult<usize> {
@@ -687,10 +849,11 @@ impl Store for PostgresStore {
         }
         let client = self.client().await?;
         // One statement: its chunks and the rows go together. Events of a removed execution
-        // still in memory are dropped by their fold, which skips removed executions.
+        // still in memory are dropped by their fold, which skips removed executions. In a
+        // cluster every node removes; `SKIP LOCKED` lets each take rows the others are not.
         let remove = "WITH due AS (
                 SELECT id FROM baton_executions WHERE expires_at IS NOT NULL AND expires_at <= $1
-                ORDER BY expires_at, id LIMIT $2 FOR UPDATE
+                ORDER BY expires_at, id LIMIT $2 FOR UPDATE SKIP LOCKED
             ), chunks AS (
                 DELETE FROM baton_journal_chunks WHERE execution IN (SELECT id FROM due)
             )
@@ -714,6 +877,10 @@ impl Store for PostgresStore {
         if exists.is_none() {
             return Err(StoreError::NotFound(Record::Execution(execution)));
         }
-        self.inner.journal.read(&client, execution, from_sequence.max(1)).await
+        match &self.inner.journal {
+            Journal::Single(journal) => journal.read(&client, execution, from_sequence.max(1)).await,
+            // Every committed event of a cluster's journals is in chunks, whoever wrote it.
+            Journal::Partitioned { .. } => journal::read_stored(&client, execution, from_sequence.max(1), &[]).await,
+        }
     }
 }

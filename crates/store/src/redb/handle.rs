@@ -99,7 +99,7 @@ mod tests {
     fn two_holders_of_a_failed_handle_replace_it_together() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("handle.redb");
-        let handle = Arc::new(Handle::new(path.clone(), Database::create(&path).unwrap()));
+        let handle = Arc::new(Handle::new(path.clone(), 1 << 20, Database::create(&path).unwrap()));
         let (first, second) = (handle.get().unwrap(), handle.get().unwrap());
         // Each holds the failed handle until it calls: whichever gets the slot first must not
         // wait for the other to let go of it.

@@ -93,6 +93,11 @@ pub(super) struct Driver<S, R: Runner> {
     answered: bool,
     /// Set when the driver parked the execution and stops without ending it.
     parked: bool,
+    /// Set when this server no longer owns the execution (its partition went to another
+    /// server, or a write was fenced): the driver stops at once, writing nothing more.
+    fenced: bool,
+    /// This driver's own entry in the engine's live map, to leave a successor's alone.
+    pub(super) own: Option<mpsc::WeakUnboundedSender<Command>>,
 }
 
 impl<S: Store, R: Runner> Driver<S, R> {
@@ -121,6 +126,8 @@ impl<S: Store, R: Runner> Driver<S, R> {
             idle: None,
             answered: false,
             parked: false,
+            fenced: false,
+            own: None,
         }
     }
 
@@ -128,7 +135,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
         if launch {
             self.launch().await;
         }
-        while !self.execution.state.is_terminal() {
+        while !self.execution.state.is_terminal() && !self.fenced {
             // What the run asked for while its events waited for room.
             if let Some(command) = (!self.deferred.is_empty()).then(|| self.deferred.remove(0)) {
                 self.command(command).await;
@@ -171,6 +178,10 @@ impl<S: Store, R: Runner> Driver<S, R> {
                 }
             }
         }
+        if self.fenced {
+            self.leave_fenced();
+            return;
+        }
         if self.parked {
             lock(&self.inner.live).remove(&self.execution.id);
             // Waiters stay registered for when it is woken and ends; commands that raced with
@@ -212,6 +223,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
                     let _ = listen.reply.send(Err(ended()));
                     continue;
                 }
+                Command::Fence => continue,
                 Command::Child(request) => {
                     let _ = request.reply.send(Err(ended()));
                     continue;
@@ -223,6 +235,24 @@ impl<S: Store, R: Runner> Driver<S, R> {
             // Ended by the engine (cancel, an oversized output, a failed write): stop the run.
             handle.cancel("the execution ended");
         }
+    }
+
+    /// Stops without ending the execution: it runs on at the server that owns it now. The run
+    /// dispatches nothing more and what it has in flight is abandoned; commands and waiters
+    /// here are dropped (their callers see the engine stopped serving it).
+    fn leave_fenced(&mut self) {
+        {
+            let mut live = lock(&self.inner.live);
+            let mine = self.own.as_ref().and_then(mpsc::WeakUnboundedSender::upgrade);
+            if live.get(&self.execution.id).is_some_and(|entry| mine.is_some_and(|mine| mine.same_channel(entry))) {
+                live.remove(&self.execution.id);
+            }
+        }
+        lock(&self.inner.waiters).remove(&self.execution.id);
+        if let Some(handle) = self.handle.take() {
+            handle.cancel("this server no longer owns the execution");
+        }
+        self.inner.config.observer.fenced(self.execution.id);
     }
 
     fn illegal(&self, to: ExecutionState) -> Error {
@@ -349,6 +379,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
                 self.serve_listeners().await;
             }
             Command::Child(request) => self.child(request).await,
+            Command::Fence => self.fenced = true,
         }
     }
 
@@ -569,6 +600,9 @@ impl<S: Store, R: Runner> Driver<S, R> {
     async fn record_for_run(&mut self, mut kinds: Vec<EventKind>) -> Result<(), Unrecorded> {
         let mut wait = FIRST_RETRY;
         loop {
+            if self.fenced {
+                return Err(Unrecorded::Store(not_owned()));
+            }
             match self.record(kinds).await {
                 Err(Unrecorded::NoSpace { reason, kinds: unwritten }) => {
                     self.hold(wait, &reason).await;
@@ -605,6 +639,10 @@ impl<S: Store, R: Runner> Driver<S, R> {
                 Some(Command::Cancel(_, reply)) => (reply, ExecutionState::Cancelled),
                 Some(Command::Signal(_, _, reply)) => (reply, ExecutionState::Running),
                 // The run's own asks wait for the hold to end.
+                Some(Command::Fence) => {
+                    self.fenced = true;
+                    return;
+                }
                 Some(command @ (Command::Listen(_) | Command::Child(_))) => {
                     self.deferred.push(command);
                     continue;
@@ -664,6 +702,9 @@ impl<S: Store, R: Runner> Driver<S, R> {
         if kinds.is_empty() {
             return Ok(());
         }
+        if self.fenced {
+            return Err(Unrecorded::Store(not_owned()));
+        }
         let at = self.inner.config.clock.now();
         let max_output = self.inner.config.max_output_bytes;
         let events: Vec<Event> = kinds
@@ -691,6 +732,12 @@ impl<S: Store, R: Runner> Driver<S, R> {
                 // Nothing was written: the execution is as it was, and the same events can go
                 // in once there is room.
                 return Err(Unrecorded::NoSpace { reason, kinds: events.into_iter().map(|e| e.kind).collect() });
+            }
+            if matches!(error, StoreError::Fenced(_)) {
+                // Another server owns the execution now: this one writes nothing more, and the
+                // execution is not failed, it runs on there.
+                self.fenced = true;
+                return Err(Unrecorded::Store(error));
             }
             self.execution.state = ExecutionState::Failed;
             self.execution.error = Some(format!("journal write failed: {error}"));
@@ -731,6 +778,11 @@ impl<S: Store, R: Runner> Driver<S, R> {
         }
         Ok(())
     }
+}
+
+/// The error of a write a fenced driver no longer tries.
+fn not_owned() -> StoreError {
+    StoreError::Fenced("this server no longer owns the execution".to_owned())
 }
 
 /// Why [`Driver::record`] wrote nothing.

@@ -855,3 +855,88 @@ async fn ended_executions_are_removed_a_retention_after_their_end() {
     until_removed(&engine, long).await;
     assert!(removed(&engine, again).await, "`again` ended 2h10m ago, past the server's 1h");
 }
+
+/// Starts executions of the chain until each of `partitions` partitions has one, and returns
+/// them by partition.
+async fn one_per_partition(engine: &TestEngine, partitions: u32) -> BTreeMap<u32, Vec<ExecutionId>> {
+    let mut by_partition: BTreeMap<u32, Vec<ExecutionId>> = BTreeMap::new();
+    while by_partition.len() < partitions as usize {
+        let id = engine.start(&chain(), None, json!({"n": 1}), None).await.unwrap();
+        by_partition.entry(id.partition(partitions)).or_default().push(id);
+    }
+    by_partition
+}
+
+/// Polls `check` every few milliseconds until it holds, for at most ten seconds.
+async fn until(what: &str, check: impl Fn() -> bool) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !check() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("not within 10 s: {what}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_cluster_the_engine_runs_only_its_partitions_and_follows_their_changes() {
+    use baton_core::fakes::FixedOwnership;
+    let store = MemoryStore::default();
+    // Another server started them, then died with every run in flight.
+    let dead = engine(&store, &FakeRunner::gated(), Config::default()).await;
+    let by_partition = one_per_partition(&dead, 4).await;
+    let ownership = Arc::new(FixedOwnership::all(4, 1));
+    ownership.remove(2);
+    ownership.remove(3);
+    let config = Config {
+        ownership: Some(ownership.clone() as Arc<dyn Ownership>),
+        ownership_poll: Duration::from_millis(5),
+        ..Config::default()
+    };
+    let runner = FakeRunner::gated();
+    let second = engine(&store, &runner, config).await;
+    let recovered = second.recovery().resumed;
+    let expected: Vec<ExecutionId> = by_partition.range(0..2).flat_map(|(_, ids)| ids.clone()).collect();
+    assert_eq!(recovered.iter().copied().collect::<HashSet<_>>(), expected.iter().copied().collect::<HashSet<_>>());
+    // Partition 0 goes to another server while its runs wait for their first step.
+    ownership.remove(0);
+    until("partition 0's runs stopped", || {
+        let live = lock(&second.inner.live);
+        !by_partition[&0].iter().any(|id| live.contains_key(id))
+    })
+    .await;
+    runner.release(10_000);
+    for id in &by_partition[&1] {
+        assert_eq!(finish(&second, *id).await.state, ExecutionState::Completed);
+    }
+    for id in &by_partition[&0] {
+        // Stopped, not failed: it runs on at its new owner.
+        assert_eq!(kinds(&store.read_journal(*id, 1).await.unwrap()), ["started"]);
+        assert_eq!(store.get_execution(*id).await.unwrap().state, ExecutionState::Running);
+    }
+    let ran: HashSet<ExecutionId> = runner.dispatched().into_iter().map(|(id, _)| id).collect();
+    for partition in [0, 2, 3] {
+        assert!(by_partition[&partition].iter().all(|id| !ran.contains(id)), "partition {partition} ran here");
+    }
+    // Partition 2 is gained (a dead server's), and partition 0 comes back under a new epoch.
+    ownership.set(2, 1);
+    ownership.set(0, 2);
+    for id in by_partition[&2].iter().chain(&by_partition[&0]) {
+        until("gained execution recovered", || {
+            lock(&second.inner.live).contains_key(id) || { runner.dispatched().iter().any(|(e, _)| e == id) }
+        })
+        .await;
+        assert_eq!(finish(&second, *id).await.state, ExecutionState::Completed);
+        let journal = store.read_journal(*id, 1).await.unwrap();
+        assert_eq!(kinds(&journal).iter().filter(|k| **k == "started").count(), 1, "{:?}", kinds(&journal));
+    }
+    for id in &by_partition[&3] {
+        assert_eq!(store.get_execution(*id).await.unwrap().state, ExecutionState::Running, "partition 3 is not ours");
+    }
+    // A start here gets an id of a partition this server owns, so this server runs it.
+    for _ in 0..20 {
+        let id = second.start(&chain(), None, json!({"n": 1}), None).await.unwrap();
+        assert_ne!(id.partition(4), 3, "partition 3 is not ours");
+        assert_eq!(finish(&second, id).await.state, ExecutionState::Completed);
+    }
+}

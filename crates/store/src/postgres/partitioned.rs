@@ -1,0 +1,331 @@
+//! The journal of a [`PostgresStore`](super::PostgresStore) in a cluster: several servers
+//! write, each only for the partitions it owns, every write conditional on the partition's
+//! epoch.
+//!
+//! - **Appends.** One writer task takes whatever appends queued up (group commit), and in one
+//!   transaction reads the epochs of their partitions `FOR SHARE` (a claim of one of them waits
+//!   for the commit, and a write that waited on a claim finds the epoch raised), answers the
+//!   appends to a partition whose epoch moved on with [`StoreError::Fenced`] and inserts the
+//!   rest as one chunk row per execution. Each append stays all or nothing.
+//! - **Nothing in memory, no frames.** Every committed event is in `baton_journal_chunks` at
+//!   once, so any server reads any journal whole, whoever owns it; a server that claims a
+//!   partition has nothing to fold. The price is a row per execution per commit, where the
+//!   single-writer journal writes a row per commit.
+//! - **Heads** (the last sequence number of each execution) are remembered with the epoch they
+//!   were learnt under, and looked up again once the epoch moved: another server may have
+//!   appended meanwhile.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use baton_core::{Event, ExecutionId, Ownership, Record, StoreError, StoreResult};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::Client;
+
+use super::{connect, id_bytes, id_from_bytes, is_transient, sequence_param, unavailable};
+use crate::shared::{Counters, check_sequences, encode_by_execution, to_json};
+
+/// The events of one execution, JSON-encoded, with their sequence numbers, oldest first.
+type Encoded = Vec<(u64, String)>;
+
+#[derive(Debug)]
+struct AppendRequest {
+    groups: Vec<(ExecutionId, Encoded)>,
+    reply: oneshot::Sender<StoreResult<()>>,
+}
+
+/// The journal's side of a store in a cluster: the queue to its writer task.
+#[derive(Debug)]
+pub(super) struct Journal {
+    appends: mpsc::Sender<AppendRequest>,
+}
+
+/// The error of a write for `execution` when this server does not own its partition under the
+/// epoch the database holds.
+pub(super) fn fenced(execution: ExecutionId, partition: u32, epoch: Option<i64>) -> StoreError {
+    match epoch {
+        Some(epoch) => StoreError::Fenced(format!(
+            "partition {partition} of execution {execution} was taken over by another server (this one held epoch \
+             {epoch}); it writes no more for it"
+        )),
+        None => StoreError::Fenced(format!(
+            "this server does not own partition {partition}, which execution {execution} belongs to"
+        )),
+    }
+}
+
+impl Journal {
+    pub(super) fn start(
+        config: tokio_postgres::Config,
+        ownership: Arc<dyn Ownership>,
+        max_batch: usize,
+        counters: Arc<Counters>,
+    ) -> Self {
+        let (appends, queue) = mpsc::channel(max_batch.max(1));
+        let writer = Writer { config, client: None, ownership, heads: HashMap::new(), counters, max_batch };
+        tokio::spawn(writer.run(queue));
+        Self { appends }
+    }
+
+    pub(super) async fn append(&self, events: Vec<Event>) -> StoreResult<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let groups = encode_by_execution(events, |event| String::from_utf8(to_json(event)).expect("JSON is UTF-8"));
+        let (reply, answer) = oneshot::channel();
+        let stopped = || StoreError::unavailable("the postgres journal writer has stopped");
+        self.appends.send(AppendRequest { groups, reply }).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+struct Writer {
+    config: tokio_postgres::Config,
+    client: Option<Client>,
+    ownership: Arc<dyn Ownership>,
+    /// Last sequence number by execution, with the partition epoch it was learnt under.
+    heads: HashMap<ExecutionId, (i64, u64)>,
+    counters: Arc<Counters>,
+    max_batch: usize,
+}
+
+/// An append this batch takes, with the partition epochs it was checked under.
+struct Accepted {
+    request: AppendRequest,
+    epochs: Vec<(u32, i64)>,
+}
+
+impl Writer {
+    async fn run(mut self, mut queue: mpsc::Receiver<AppendRequest>) {
+        let mut batch = Vec::with_capacity(self.max_batch);
+        while queue.recv_many(&mut batch, self.max_batch).await > 0 {
+            let requests = std::mem::take(&mut batch);
+            let began = Instant::now();
+            let written = self.write_batch(requests).await;
+            if written > 0 {
+                self.counters.committed(written, began.elapsed());
+            }
+        }
+    }
+
+    /// Writes what of `requests` this server may, and answers every one. Returns how many were
+    /// written.
+    async fn write_batch(&mut self, requests: Vec<AppendRequest>) -> usize {
+        // Appends to partitions this server does not own are refused before any SQL.
+        let mut accepted = Vec::with_capacity(requests.len());
+        for request in requests {
+            let owned: Result<Vec<(u32, i64)>, StoreError> = request
+                .groups
+                .iter()
+                .map(|(id, _)| {
+                    self.ownership.of(*id).ok_or_else(|| fenced(*id, id.partition(self.ownership.partitions()), None))
+                })
+                .collect();
+            match owned {
+                Ok(epochs) => accepted.push(Accepted { request, epochs }),
+                Err(e) => {
+                    let _ = request.reply.send(Err(e));
+                }
+            }
+        }
+        if accepted.is_empty() {
+            return 0;
+        }
+        for attempt in 1..=super::ATTEMPTS {
+            match self.commit(&mut accepted).await {
+                Ok(()) => break,
+                Err(e) if e.transient && attempt < super::ATTEMPTS => {}
+                Err(e) => {
+                    // Whether the commit landed is unknown: heads are looked up again.
+                    for entry in &accepted {
+                        for (id, _) in &entry.request.groups {
+                            self.heads.remove(id);
+                        }
+                    }
+                    if e.broken {
+                        self.client = None;
+                    }
+                    for entry in accepted {
+                        let _ = entry.request.reply.send(Err(e.error.clone()));
+                    }
+                    return 0;
+                }
+            }
+        }
+        let written = accepted.len();
+        for entry in accepted {
+            let _ = entry.request.reply.send(Ok(()));
+        }
+        written
+    }
+
+    /// One transaction: the partitions' epochs under `FOR SHARE`, the heads of executions not
+    /// known under the current epoch, then the chunks. Refused appends are answered and
+    /// removed from `accepted`; on success every one left is committed.
+    async fn commit(&mut self, accepted: &mut Vec<Accepted>) -> Result<(), Failure> {
+        let mut partitions: Vec<i32> =
+            accepted.iter().flat_map(|a| &a.epochs).map(|(p, _)| i32::try_from(*p).unwrap_or(i32::MAX)).collect();
+        partitions.sort_unstable();
+        partitions.dedup();
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            self.client = Some(connect(&self.config).await.map_err(Failure::broken)?);
+        }
+        let client = self.client.as_mut().expect("connected above");
+        let tx = client.transaction().await.map_err(Failure::from)?;
+        let held: BTreeMap<u32, i64> = tx
+            .query("SELECT id, epoch FROM baton_partitions WHERE id = ANY($1) ORDER BY id FOR SHARE", &[&partitions])
+            .await
+            .map_err(Failure::from)?
+            .iter()
+            .map(|row| (row.get::<_, i32>(0).unsigned_abs(), row.get(1)))
+            .collect();
+        let stale = |entry: &Accepted| {
+            entry
+                .request
+                .groups
+                .iter()
+                .zip(&entry.epochs)
+                .find(|(_, (p, e))| held.get(p) != Some(e))
+                .map(|((id, _), (partition, epoch))| fenced(*id, *partition, Some(*epoch)))
+        };
+        let cached = &self.heads;
+        let unknown: Vec<Vec<u8>> = accepted
+            .iter()
+            .filter(|entry| stale(entry).is_none())
+            .flat_map(|a| a.request.groups.iter().zip(&a.epochs))
+            .filter(|((id, _), (_, epoch))| cached.get(id).is_none_or(|(known, _)| known != epoch))
+            .map(|((id, _), _)| id_bytes(*id))
+            .collect();
+        let mut learnt: HashMap<ExecutionId, u64> = HashMap::new();
+        if !unknown.is_empty() {
+            let rows = tx
+                .query(
+                    "SELECT e.id, (SELECT MAX(c.last_sequence) FROM baton_journal_chunks c WHERE c.execution = e.id)
+                     FROM UNNEST($1::BYTEA[]) AS u(id) JOIN baton_executions e ON e.id = u.id",
+                    &[&unknown],
+                )
+                .await
+                .map_err(Failure::from)?;
+            for row in rows {
+                let id = id_from_bytes(row.get(0)).map_err(Failure::fatal)?;
+                let last: Option<i64> = row.get(1);
+                learnt.insert(id, last.map_or(0, |l| u64::try_from(l).unwrap_or(0)));
+            }
+        }
+        // From here on nothing fails before the insert: fenced and refused appends are answered,
+        // the others checked against the heads as the appends accepted before each leave them.
+        let mut heads: HashMap<ExecutionId, u64> = HashMap::new();
+        let mut rows: BTreeMap<ExecutionId, (u64, u64, String)> = BTreeMap::new();
+        for entry in std::mem::take(accepted) {
+            if let Some(error) = stale(&entry) {
+                let _ = entry.request.reply.send(Err(error));
+                continue;
+            }
+            let verdict = entry.request.groups.iter().zip(&entry.epochs).try_for_each(|((id, group), (_, epoch))| {
+                let last = heads
+                    .get(id)
+                    .or_else(|| learnt.get(id))
+                    .or_else(|| cached.get(id).filter(|(known, _)| known == epoch).map(|(_, last)| last))
+                    .copied()
+                    .ok_or(StoreError::NotFound(Record::Execution(*id)))?;
+                check_sequences(*id, last, group.iter().map(|(sequence, _)| *sequence))?;
+                group.iter().try_for_each(|(sequence, _)| sequence_param(*sequence).map(drop))
+            });
+            if let Err(e) = verdict {
+                let _ = entry.request.reply.send(Err(e));
+                continue;
+            }
+            for (id, group) in &entry.request.groups {
+                let (Some((first, _)), Some((last, _))) = (group.first(), group.last()) else { continue };
+                heads.insert(*id, *last);
+                let row = rows.entry(*id).or_insert_with(|| (*first, *last, String::new()));
+                row.1 = *last;
+                for (_, json) in group {
+                    if !row.2.is_empty() {
+                        row.2.push('\n');
+                    }
+                    row.2.push_str(json);
+                }
+            }
+            accepted.push(entry);
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<Vec<u8>> = rows.keys().map(|id| id_bytes(*id)).collect();
+        let firsts: Vec<i64> = rows.values().map(|(first, _, _)| i64::try_from(*first).unwrap_or(i64::MAX)).collect();
+        let lasts: Vec<i64> = rows.values().map(|(_, last, _)| i64::try_from(*last).unwrap_or(i64::MAX)).collect();
+        let texts: Vec<&str> = rows.values().map(|(_, _, text)| text.as_str()).collect();
+        tx.execute(
+            "INSERT INTO baton_journal_chunks (execution, last_sequence, first_sequence, events)
+             SELECT * FROM UNNEST($1::BYTEA[], $2::BIGINT[], $3::BIGINT[], $4::TEXT[])",
+            &[&ids, &lasts, &firsts, &texts],
+        )
+        .await
+        .map_err(Failure::from)?;
+        tx.commit().await.map_err(Failure::broken)?;
+        let epochs: HashMap<ExecutionId, i64> = accepted
+            .iter()
+            .flat_map(|a| a.request.groups.iter().zip(&a.epochs))
+            .map(|((id, _), (_, epoch))| (*id, *epoch))
+            .collect();
+        for (id, last) in heads {
+            self.heads.insert(id, (epochs[&id], last));
+        }
+        Ok(())
+    }
+}
+
+/// Why a batch's transaction failed.
+struct Failure {
+    error: StoreError,
+    /// Trying again may succeed (a serialization failure or deadlock).
+    transient: bool,
+    /// The connection may be unusable.
+    broken: bool,
+}
+
+impl Failure {
+    fn broken(error: impl Into<FailureSource>) -> Self {
+        let mut failure = Self::from_source(error.into());
+        failure.broken = true;
+        failure
+    }
+
+    fn fatal(error: StoreError) -> Self {
+        Self { error, transient: false, broken: false }
+    }
+
+    fn from_source(source: FailureSource) -> Self {
+        match source {
+            FailureSource::Postgres(e) => {
+                Self { transient: is_transient(&e), broken: e.as_db_error().is_none(), error: unavailable(e) }
+            }
+            FailureSource::Store(error) => Self { error, transient: false, broken: true },
+        }
+    }
+}
+
+enum FailureSource {
+    Postgres(tokio_postgres::Error),
+    Store(StoreError),
+}
+
+impl From<tokio_postgres::Error> for FailureSource {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Self::Postgres(e)
+    }
+}
+
+impl From<StoreError> for FailureSource {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+impl From<tokio_postgres::Error> for Failure {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Self::from_source(FailureSource::Postgres(e))
+    }
+}
