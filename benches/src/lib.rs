@@ -246,7 +246,16 @@ pub fn report_figure(bench: &str, name: &str, value: f64, unit: &str, baseline: 
 
 /// Resident memory of this process in bytes, from `/proc/self/statm` (Linux).
 pub fn resident_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    resident_bytes_in("/proc/self/statm")
+}
+
+/// Resident memory of process `pid` in bytes, from `/proc/<pid>/statm` (Linux).
+pub fn resident_bytes_of(pid: u32) -> Option<u64> {
+    resident_bytes_in(&format!("/proc/{pid}/statm"))
+}
+
+fn resident_bytes_in(statm: &str) -> Option<u64> {
+    let statm = std::fs::read_to_string(statm).ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * 4096)
 }

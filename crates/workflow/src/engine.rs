@@ -44,8 +44,8 @@ pub struct Config {
     /// Most bytes (events as JSON) one execution's journal holds, besides the event that ends
     /// it; as [`Config::max_journal_events`].
     pub max_journal_bytes: u64,
-    /// Events buffered for live watchers; a watcher that falls further behind reads the
-    /// journal instead.
+    /// Live events buffered for the watchers of one execution; a watcher that falls further
+    /// behind reads the journal instead.
     pub watch_capacity: usize,
     /// Time for records and events.
     pub clock: Arc<dyn Clock>,
@@ -108,7 +108,8 @@ impl Default for Config {
             max_input_bytes: baton_core::bounds::DEFAULT_MAX_INPUT_BYTES,
             max_journal_events: DEFAULT_MAX_JOURNAL_EVENTS,
             max_journal_bytes: DEFAULT_MAX_JOURNAL_BYTES,
-            watch_capacity: 4096,
+            // Several times the events of a typical run; each watched execution holds this many slots.
+            watch_capacity: 64,
             clock: Arc::new(SystemClock),
             observer: Arc::new(NoObserver),
             emitter: Arc::new(NoEmitter),
@@ -195,7 +196,13 @@ struct Inner<S, R: Runner> {
     /// Drivers of the executions this engine runs, by execution.
     live: Mutex<HashMap<ExecutionId, mpsc::UnboundedSender<Command>>>,
     definitions: Mutex<HashMap<(WorkflowName, u32), Arc<CheckedDefinition>>>,
-    events: broadcast::Sender<Event>,
+    /// The latest version of each workflow started or applied here. One server owns its store
+    /// (docs/operations.md), so only this engine's `apply` adds versions: starts need not ask
+    /// the store.
+    latest: Mutex<HashMap<WorkflowName, u32>>,
+    /// Live events of each watched execution, while it has watchers: a driver sends to its own
+    /// execution's channel only, so a watcher is not woken for other executions' events.
+    watchers: Mutex<HashMap<ExecutionId, broadcast::Sender<Event>>>,
     recovery: Mutex<Recovery>,
     /// Callers of [`Engine::wait`] on live and parked executions.
     waiters: Mutex<HashMap<ExecutionId, Vec<oneshot::Sender<Execution>>>>,
@@ -254,7 +261,6 @@ impl<S: Store, R: Runner> Engine<S, R> {
     /// back to the runner with their completed steps, paused ones stay paused, and one whose
     /// journal or record cannot be read is marked failed without stopping the others.
     pub async fn open(config: Config, store: S, runner: R) -> Result<Self> {
-        let (events, _) = broadcast::channel(config.watch_capacity.max(1));
         let engine = Self {
             inner: Arc::new(Inner {
                 config,
@@ -265,7 +271,8 @@ impl<S: Store, R: Runner> Engine<S, R> {
                 waking: Mutex::default(),
                 holds: Mutex::default(),
                 definitions: Mutex::default(),
-                events,
+                latest: Mutex::default(),
+                watchers: Mutex::default(),
                 recovery: Mutex::default(),
             }),
         };
@@ -346,18 +353,31 @@ impl<S: Store, R: Runner> Engine<S, R> {
             })
             .await?;
         lock(&self.inner.definitions).entry((name.clone(), put.version)).or_insert_with(|| Arc::new(checked));
+        self.note_latest(&name, put.version);
         Ok(Applied { name, version: put.version, created: put.created })
     }
 
     /// One version of a definition (the latest when `version` is `None`), checked.
     pub async fn definition(&self, name: &WorkflowName, version: Option<u32>) -> Result<(u32, Arc<CheckedDefinition>)> {
-        if let Some(version) = version
+        let known = version.or_else(|| lock(&self.inner.latest).get(name).copied());
+        if let Some(version) = known
             && let Some(checked) = lock(&self.inner.definitions).get(&(name.clone(), version))
         {
             return Ok((version, Arc::clone(checked)));
         }
         let stored = self.inner.store.get_definition(name, version).await?;
+        if version.is_none() {
+            self.note_latest(name, stored.version);
+        }
         Ok((stored.version, self.checked(&stored)?))
+    }
+
+    /// Remembers `version` as the latest of `name` unless a later one is known: an apply and a
+    /// store read racing cannot take it back.
+    fn note_latest(&self, name: &WorkflowName, version: u32) {
+        let mut latest = lock(&self.inner.latest);
+        let known = latest.entry(name.clone()).or_insert(version);
+        *known = (*known).max(version);
     }
 
     /// The latest version of every definition.
@@ -423,7 +443,9 @@ impl<S: Store, R: Runner> Engine<S, R> {
             id: ExecutionId::generate(),
             workflow: name.clone(),
             version,
-            state: ExecutionState::Created,
+            // Created running, in one write: the driver journals `Started` before anything else,
+            // and recovery of a record without a journal starts the run just the same.
+            state: ExecutionState::Running,
             input,
             output: None,
             error: None,
@@ -439,7 +461,7 @@ impl<S: Store, R: Runner> Engine<S, R> {
         // caller's bug that would otherwise pass silently (as Stripe's idempotency keys refuse).
         let requested = idempotency_key.as_ref().map(|key| (key.clone(), execution.input.clone()));
         let created = self.inner.store.create_execution(execution, idempotency_key).await?;
-        let mut execution = created.execution;
+        let execution = created.execution;
         if !created.created {
             if let Some((key, input)) = requested {
                 let same_version = version_requested.is_none_or(|v| v == execution.version);
@@ -449,8 +471,6 @@ impl<S: Store, R: Runner> Engine<S, R> {
             }
             return Ok((execution.id, true));
         }
-        execution.state = ExecutionState::Running;
-        let execution = self.inner.store.update_execution(ExecutionUpdate::from(&execution)).await?;
         let id = execution.id;
         self.spawn(Driver::new(self, execution, definition, 1, false, History::default()), true);
         Ok((id, false))
@@ -702,9 +722,8 @@ impl<S: Store, R: Runner> Engine<S, R> {
         from_sequence: u64,
     ) -> Result<impl Stream<Item = Result<Event>> + Send + 'static> {
         // Subscribe before reading, so nothing journaled in between is missed.
-        let receiver = self.inner.events.subscribe();
+        let mut watch = Watch::new(Arc::clone(&self.inner), id, from_sequence);
         let execution = self.inner.store.get_execution(id).await?;
-        let mut watch = Watch::new(Arc::clone(&self.inner), id, from_sequence, receiver);
         // The event before the first one asked for must exist, unless the execution ended; when
         // it is the end, nothing follows.
         if from_sequence > 1 {

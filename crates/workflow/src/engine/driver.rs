@@ -714,8 +714,12 @@ impl<S: Store, R: Runner> Driver<S, R> {
             // Without room, the record is written with a later change or when the run ends.
             self.record_stale = matches!(written, Err(StoreError::NoSpace(_)));
         }
-        for event in events {
-            let _ = self.inner.events.send(event);
+        // Watchers hear of events once they are durable, and only this execution's watchers.
+        let watchers = lock(&self.inner.watchers).get(&self.execution.id).cloned();
+        if let Some(watchers) = watchers {
+            for event in events {
+                let _ = watchers.send(event);
+            }
         }
         Ok(())
     }
