@@ -2,7 +2,8 @@
 //! each waiting on a worker-pull task that no worker takes, over the real server in a process
 //! of its own (this bench's executable run again as the server, redb in a temporary
 //! directory). The tasks are spread over 16 queues, below the per-queue cap, and each step's
-//! timeout outlasts the bench. Figures: the start rate, the server's resident memory above
+//! timeout outlasts the bench; past the executor's global limit of calls in flight, runs wait
+//! for their turn to call. Figures: the start rate, the server's resident memory above
 //! idle (in all and per waiting execution) once every task is queued, and GetExecution and
 //! ListExecutions (one page) latency p50/p99 while they wait.
 
@@ -39,8 +40,9 @@ fn serve(dir: std::path::PathBuf) {
         // 64 clients on one connection start as fast as the server lets them.
         config.rate_limit = 1_000_000;
         let server = Server::bind(config).await.expect("the server binds");
-        println!("{} {}", server.grpc_addr(), server.metrics_addr());
-        std::io::stdout().flush().expect("stdout takes the addresses");
+        let mut stdout = std::io::stdout();
+        writeln!(stdout, "{} {}", server.grpc_addr(), server.metrics_addr()).expect("stdout takes the addresses");
+        stdout.flush().expect("stdout takes the addresses");
         let stdin_closed = tokio::task::spawn_blocking(|| {
             let mut rest = Vec::new();
             let _ = std::io::stdin().read_to_end(&mut rest);
@@ -83,7 +85,9 @@ impl ServerProcess {
     /// Tasks waiting on the bench's queues, from the server's metrics.
     fn queued(&self) -> u64 {
         let mut stream = std::net::TcpStream::connect(&self.metrics).expect("the metrics answer");
-        write!(stream, "GET /metrics HTTP/1.0\r\nHost: {}\r\n\r\n", self.metrics).expect("the request goes");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("a timeout");
+        write!(stream, "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.metrics)
+            .expect("the request goes");
         let mut text = String::new();
         stream.read_to_string(&mut text).expect("the metrics read");
         text.lines()
@@ -195,16 +199,32 @@ fn parked(c: &mut Criterion) {
         channel
     });
     let idle = server.resident();
+    eprintln!("parked: server idle at {} MiB; starting {count} executions", idle >> 20);
 
     let (ids, elapsed) = rt.block_on(start_all(&channel, count));
     assert_eq!(ids.len(), count, "every execution started");
     // Every execution's task queued: each now holds what it holds while it waits.
+    eprintln!("parked: {count} started in {elapsed:?}; waiting for their tasks to queue");
+    // The executor keeps at most this many calls in flight across runs: the rest of the runs
+    // wait for their turn, holding what a waiting run holds.
+    let in_flight = (baton_executor::Config::default().max_in_flight as u64).min(count as u64);
     let deadline = Instant::now() + Duration::from_secs(600);
-    while server.queued() < count as u64 {
-        assert!(Instant::now() < deadline, "{} of {count} tasks queued after 10 minutes", server.queued());
+    while server.queued() < in_flight {
+        assert!(Instant::now() < deadline, "{} of {in_flight} tasks queued after 10 minutes", server.queued());
         std::thread::sleep(Duration::from_millis(200));
     }
-    let waiting = server.resident();
+    // The last drivers journal their `Started` and launch their runs: until memory stops
+    // moving.
+    let mut waiting = server.resident();
+    loop {
+        assert!(Instant::now() < deadline, "the server's memory settles");
+        std::thread::sleep(Duration::from_millis(500));
+        let now = server.resident();
+        if now.abs_diff(waiting) < 1 << 20 {
+            break;
+        }
+        waiting = now;
+    }
     let above = waiting.saturating_sub(idle) as f64;
 
     let mut group = c.benchmark_group("parked");

@@ -14,7 +14,10 @@ const ORDER: &str = include_str!("../../../examples/workflows/order.yaml");
 
 /// The server over `store` (redb in `dir` when `None`), the shop's services registered with
 /// it, and a channel to it.
-pub async fn setup(dir: &std::path::Path, store: Option<String>) -> (Channel, Vec<baton_examples::RunningService>) {
+pub(crate) async fn setup(
+    dir: &std::path::Path,
+    store: Option<String>,
+) -> (Channel, Vec<baton_examples::RunningService>) {
     let mut config = ServeArgs::default().resolve().expect("the defaults resolve");
     config.listen = "127.0.0.1:0".parse().expect("an address");
     config.metrics_listen = "127.0.0.1:0".parse().expect("an address");
@@ -48,7 +51,7 @@ pub async fn setup(dir: &std::path::Path, store: Option<String>) -> (Channel, Ve
 /// One execution from StartExecution to its terminal event. The watch is read to its end,
 /// which follows the terminal event: a stream dropped with frames still in flight costs the
 /// connection a reset, and enough of them close it.
-pub async fn one(client: &mut pb::execution_service_client::ExecutionServiceClient<Channel>, n: usize) {
+pub(crate) async fn one(client: &mut pb::execution_service_client::ExecutionServiceClient<Channel>, n: usize) {
     let started = client
         .start_execution(pb::StartExecutionRequest {
             workflow: "order".to_owned(),
@@ -76,7 +79,7 @@ pub async fn one(client: &mut pb::execution_service_client::ExecutionServiceClie
 
 /// `executions` executions from `clients` closed-loop clients on `channel`: wall time and
 /// latencies.
-pub async fn drive(channel: &Channel, clients: usize, executions: usize) -> (Duration, Vec<Duration>) {
+pub(crate) async fn drive(channel: &Channel, clients: usize, executions: usize) -> (Duration, Vec<Duration>) {
     closed_loop(clients, executions, || {
         let client = pb::execution_service_client::ExecutionServiceClient::new(channel.clone());
         move |n| {
