@@ -194,7 +194,7 @@ struct Inner<S, R: Runner> {
     store: S,
     runner: R,
     /// Drivers of the executions this engine runs, by execution.
-    live: Mutex<HashMap<ExecutionId, mpsc::UnboundedSender<Command>>>,
+    live: Mutex<HashMap<ExecutionId, mpsc::UnboundedSender<Box<Command>>>>,
     definitions: Mutex<HashMap<(WorkflowName, u32), Arc<CheckedDefinition>>>,
     /// The latest version of each workflow started or applied here. One server owns its store
     /// (docs/operations.md), so only this engine's `apply` adds versions: starts need not ask
@@ -225,6 +225,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// A request to an execution's driver. Boxed on its channel: an unbounded channel allocates a
+/// block of slots up front, and every live execution has one.
 enum Command {
     Pause(oneshot::Sender<Result<()>>),
     Resume(oneshot::Sender<Result<()>>),
@@ -504,7 +506,7 @@ impl<S: Store, R: Runner> Engine<S, R> {
             let (reply, answer) = oneshot::channel();
             let listen = Listen { step, names, all, reply };
             match driver {
-                Some(driver) if driver.send(Command::Listen(listen)).is_ok() => {
+                Some(driver) if driver.send(Box::new(Command::Listen(listen))).is_ok() => {
                     answer.await.unwrap_or_else(|_| Err(Problem::runtime("the execution ended while listening")))
                 }
                 _ => Err(Problem::runtime(format!("execution {id} is not running here"))),
@@ -528,7 +530,7 @@ impl<S: Store, R: Runner> Engine<S, R> {
             let (reply, answer) = oneshot::channel();
             let request = ChildRequest { step, workflow, version, input, reply };
             let child = match driver {
-                Some(driver) if driver.send(Command::Child(request)).is_ok() => {
+                Some(driver) if driver.send(Box::new(Command::Child(request))).is_ok() => {
                     answer.await.unwrap_or_else(|_| Err(Problem::runtime("the execution ended starting its child")))?
                 }
                 _ => return Err(Problem::runtime(format!("execution {parent} is not running here"))),
@@ -591,7 +593,7 @@ impl<S: Store, R: Runner> Engine<S, R> {
         let driver = lock(&self.inner.live).get(&id).cloned();
         if let Some(driver) = driver {
             let (reply, answer) = oneshot::channel();
-            if driver.send(Command::Snapshot(reply)).is_ok()
+            if driver.send(Box::new(Command::Snapshot(reply))).is_ok()
                 && let Ok(execution) = answer.await
             {
                 return Ok(execution);
@@ -693,7 +695,7 @@ impl<S: Store, R: Runner> Engine<S, R> {
             let driver = lock(&self.inner.live).get(&id).cloned();
             if let Some(driver) = driver {
                 let (reply, answer) = oneshot::channel();
-                if driver.send(command(reply)).is_ok()
+                if driver.send(Box::new(command(reply))).is_ok()
                     && let Ok(result) = answer.await
                 {
                     return result;

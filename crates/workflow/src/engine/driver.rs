@@ -31,8 +31,10 @@ pub(super) fn apply(
 
 /// A runner's event on its way to the driver, with where to answer when the runner waits
 /// for it to be journaled.
+/// The event is boxed: the channel allocates a block of slots up front for every live
+/// execution, and an event is large.
 struct Delivery {
-    event: Event,
+    kind: Box<EventKind>,
     kept: Option<oneshot::Sender<Result<(), Refusal>>>,
 }
 
@@ -50,12 +52,12 @@ struct ChannelSink(mpsc::UnboundedSender<Delivery>);
 impl EventSink<Event> for ChannelSink {
     fn publish(&self, event: Event) {
         // A closed channel means the driver is done with the execution; later events are moot.
-        let _ = self.0.send(Delivery { event, kept: None });
+        let _ = self.0.send(Delivery { kind: Box::new(event.kind), kept: None });
     }
 
     fn record(&self, event: Event) -> Recorded {
         let (kept, answer) = oneshot::channel();
-        if self.0.send(Delivery { event, kept: Some(kept) }).is_err() {
+        if self.0.send(Delivery { kind: Box::new(event.kind), kept: Some(kept) }).is_err() {
             return Recorded::refused(Refusal::Ended);
         }
         Recorded::later(async move { answer.await.unwrap_or(Err(Refusal::EndedBeforeJournaled)) })
@@ -84,7 +86,7 @@ pub(super) struct Driver<S, R: Runner> {
     /// `listen` tasks waiting for signals, oldest first.
     listeners: Vec<Listen>,
     handle: Option<R::Handle>,
-    pub(super) commands: Option<mpsc::UnboundedReceiver<Command>>,
+    pub(super) commands: Option<mpsc::UnboundedReceiver<Box<Command>>>,
     events: Option<mpsc::UnboundedReceiver<Delivery>>,
     /// What the run last said of idling: `Some((until, activity))` once it only waits.
     idle: Option<IdleReports>,
@@ -199,7 +201,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
             let _ = listen.reply.send(Err(ended()));
         }
         while let Ok(command) = commands.try_recv() {
-            let (reply, to) = match command {
+            let (reply, to) = match *command {
                 Command::Pause(reply) => (reply, ExecutionState::Paused),
                 Command::Resume(reply) => (reply, ExecutionState::Running),
                 Command::Cancel(_, reply) => (reply, ExecutionState::Cancelled),
@@ -488,8 +490,8 @@ impl<S: Store, R: Runner> Driver<S, R> {
         let mut kinds = Vec::with_capacity(batch.len());
         let mut waiting = Vec::new();
         let mut ended_by_runner = false;
-        for Delivery { event, kept } in batch {
-            let kind = match event.kind {
+        for Delivery { kind, kept } in batch {
+            let kind = match *kind {
                 // The engine journals `Started` itself; pause and resume are the engine's too:
                 // journaled when asked for, not when the runner gets round to them.
                 EventKind::Started { .. } | EventKind::Paused | EventKind::Resumed => {
@@ -796,9 +798,9 @@ const FIRST_RETRY: Duration = Duration::from_millis(100);
 /// The longest wait between tries.
 const LAST_RETRY: Duration = Duration::from_secs(2);
 
-async fn next_command(commands: &mut Option<mpsc::UnboundedReceiver<Command>>) -> Option<Command> {
+async fn next_command(commands: &mut Option<mpsc::UnboundedReceiver<Box<Command>>>) -> Option<Command> {
     match commands {
-        Some(commands) => commands.recv().await,
+        Some(commands) => commands.recv().await.map(|command| *command),
         None => std::future::pending().await,
     }
 }
