@@ -691,6 +691,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
         }
         self.next_sequence += events.len() as u64;
         self.journal_bytes += sizes.iter().sum::<u64>();
+        let state_before = self.execution.state;
         for event in &events {
             self.started |= matches!(event.kind, EventKind::Started { .. });
             // The engine only journals legal changes; an illegal one would be a bug, and the
@@ -702,14 +703,14 @@ impl<S: Store, R: Runner> Driver<S, R> {
         // on it. Step progress in between is the driver's to tell (`get` asks it), so a step
         // costs one durable write, not two. When the record cannot be written, recovery
         // rebuilds it from the journal.
-        let changes_state = events.iter().any(|e| {
-            !matches!(
-                e.kind,
-                EventKind::TaskScheduled { .. }
-                    | EventKind::TaskSucceeded { .. }
-                    | EventKind::TaskFailed { .. }
-                    | EventKind::TaskSkipped { .. }
-            )
+        // `Started` of a record created running changes nothing the record says.
+        let changes_state = events.iter().any(|e| match e.kind {
+            EventKind::TaskScheduled { .. }
+            | EventKind::TaskSucceeded { .. }
+            | EventKind::TaskFailed { .. }
+            | EventKind::TaskSkipped { .. } => false,
+            EventKind::Started { .. } => self.execution.state != state_before,
+            _ => true,
         });
         if changes_state || self.record_stale {
             let written = self.inner.store.update_execution(ExecutionUpdate::from(&self.execution)).await;
