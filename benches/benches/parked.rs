@@ -7,6 +7,8 @@
 //! idle (in all and per waiting execution) once every task is queued, and GetExecution and
 //! ListExecutions (one page) latency p50/p99 while they wait.
 
+#![allow(clippy::print_stderr, reason = "a bench reports its progress on stderr")]
+
 use std::io::{BufRead as _, Read as _, Write as _};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
