@@ -48,8 +48,8 @@ pub struct Config {
     /// Most bytes (events as JSON) one execution's journal holds, besides the event that ends
     /// it; as [`Config::max_journal_events`].
     pub max_journal_bytes: u64,
-    /// Events buffered for live watchers; a watcher that falls further behind reads the
-    /// journal instead.
+    /// Live events buffered for the watchers of one execution; a watcher that falls further
+    /// behind reads the journal instead.
     pub watch_capacity: usize,
     /// Time for records and events.
     pub clock: Arc<dyn Clock>,
@@ -132,7 +132,8 @@ impl Default for Config {
             max_input_bytes: baton_core::bounds::DEFAULT_MAX_INPUT_BYTES,
             max_journal_events: DEFAULT_MAX_JOURNAL_EVENTS,
             max_journal_bytes: DEFAULT_MAX_JOURNAL_BYTES,
-            watch_capacity: 4096,
+            // Several times the events of a typical run; each watched execution holds this many slots.
+            watch_capacity: 64,
             clock: Arc::new(SystemClock),
             observer: Arc::new(NoObserver),
             emitter: Arc::new(NoEmitter),
@@ -222,9 +223,15 @@ struct Inner<S, R: Runner> {
     store: S,
     runner: R,
     /// Drivers of the executions this engine runs, by execution.
-    live: Mutex<HashMap<ExecutionId, mpsc::UnboundedSender<Command>>>,
+    live: Mutex<HashMap<ExecutionId, mpsc::UnboundedSender<Box<Command>>>>,
     definitions: Mutex<HashMap<(WorkflowName, u32), Arc<CheckedDefinition>>>,
-    events: broadcast::Sender<Event>,
+    /// The latest version of each workflow started or applied here. A single server owns its
+    /// store, so only this engine's `apply` adds versions and starts need not ask the store; in
+    /// a cluster (`Config::ownership`) other nodes apply too, and starts always ask.
+    latest: Mutex<HashMap<WorkflowName, u32>>,
+    /// Live events of each watched execution, while it has watchers: a driver sends to its own
+    /// execution's channel only, so a watcher is not woken for other executions' events.
+    watchers: Mutex<HashMap<ExecutionId, broadcast::Sender<Event>>>,
     recovery: Mutex<Recovery>,
     /// Callers of [`Engine::wait`] on live and parked executions.
     waiters: Mutex<HashMap<ExecutionId, Vec<oneshot::Sender<Execution>>>>,
@@ -247,6 +254,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// A request to an execution's driver. Boxed on its channel: an unbounded channel allocates a
+/// block of slots up front, and every live execution has one.
 enum Command {
     Pause(oneshot::Sender<Result<()>>),
     Resume(oneshot::Sender<Result<()>>),
@@ -285,7 +294,6 @@ impl<S: Store, R: Runner> Engine<S, R> {
     /// back to the runner with their completed steps, paused ones stay paused, and one whose
     /// journal or record cannot be read is marked failed without stopping the others.
     pub async fn open(config: Config, store: S, runner: R) -> Result<Self> {
-        let (events, _) = broadcast::channel(config.watch_capacity.max(1));
         let engine = Self {
             inner: Arc::new(Inner {
                 config,
@@ -296,7 +304,8 @@ impl<S: Store, R: Runner> Engine<S, R> {
                 waking: Mutex::default(),
                 holds: Mutex::default(),
                 definitions: Mutex::default(),
-                events,
+                latest: Mutex::default(),
+                watchers: Mutex::default(),
                 recovery: Mutex::default(),
             }),
         };
@@ -387,18 +396,32 @@ impl<S: Store, R: Runner> Engine<S, R> {
             })
             .await?;
         lock(&self.inner.definitions).entry((name.clone(), put.version)).or_insert_with(|| Arc::new(checked));
+        self.note_latest(&name, put.version);
         Ok(Applied { name, version: put.version, created: put.created })
     }
 
     /// One version of a definition (the latest when `version` is `None`), checked.
     pub async fn definition(&self, name: &WorkflowName, version: Option<u32>) -> Result<(u32, Arc<CheckedDefinition>)> {
-        if let Some(version) = version
+        let shared = self.inner.config.ownership.is_some();
+        let known = version.or_else(|| if shared { None } else { lock(&self.inner.latest).get(name).copied() });
+        if let Some(version) = known
             && let Some(checked) = lock(&self.inner.definitions).get(&(name.clone(), version))
         {
             return Ok((version, Arc::clone(checked)));
         }
         let stored = self.inner.store.get_definition(name, version).await?;
+        if version.is_none() {
+            self.note_latest(name, stored.version);
+        }
         Ok((stored.version, self.checked(&stored)?))
+    }
+
+    /// Remembers `version` as the latest of `name` unless a later one is known: an apply and a
+    /// store read racing cannot take it back.
+    fn note_latest(&self, name: &WorkflowName, version: u32) {
+        let mut latest = lock(&self.inner.latest);
+        let known = latest.entry(name.clone()).or_insert(version);
+        *known = (*known).max(version);
     }
 
     /// The latest version of every definition.
@@ -464,7 +487,9 @@ impl<S: Store, R: Runner> Engine<S, R> {
             id: self.new_id(),
             workflow: name.clone(),
             version,
-            state: ExecutionState::Created,
+            // Created running, in one write: the driver journals `Started` before anything else,
+            // and recovery of a record without a journal starts the run just the same.
+            state: ExecutionState::Running,
             input,
             output: None,
             error: None,
@@ -482,7 +507,7 @@ impl<S: Store, R: Runner> Engine<S, R> {
         // caller's bug that would otherwise pass silently (as Stripe's idempotency keys refuse).
         let requested = idempotency_key.as_ref().map(|key| (key.clone(), execution.input.clone()));
         let created = self.inner.store.create_execution(execution, idempotency_key).await?;
-        let mut execution = created.execution;
+        let execution = created.execution;
         if !created.created {
             if let Some((key, input)) = requested {
                 let same_version = version_requested.is_none_or(|v| v == execution.version);
@@ -492,8 +517,6 @@ impl<S: Store, R: Runner> Engine<S, R> {
             }
             return Ok((execution.id, true));
         }
-        execution.state = ExecutionState::Running;
-        let execution = self.inner.store.update_execution(ExecutionUpdate::from(&execution)).await?;
         let id = execution.id;
         self.spawn(Driver::new(self, execution, definition, 1, false, History::default()), true);
         Ok((id, false))
@@ -527,7 +550,7 @@ impl<S: Store, R: Runner> Engine<S, R> {
             let (reply, answer) = oneshot::channel();
             let listen = Listen { step, names, all, reply };
             match driver {
-                Some(driver) if driver.send(Command::Listen(listen)).is_ok() => {
+                Some(driver) if driver.send(Box::new(Command::Listen(listen))).is_ok() => {
                     answer.await.unwrap_or_else(|_| Err(Problem::runtime("the execution ended while listening")))
                 }
                 _ => Err(Problem::runtime(format!("execution {id} is not running here"))),
@@ -551,7 +574,7 @@ impl<S: Store, R: Runner> Engine<S, R> {
             let (reply, answer) = oneshot::channel();
             let request = ChildRequest { step, workflow, version, input, reply };
             let child = match driver {
-                Some(driver) if driver.send(Command::Child(request)).is_ok() => {
+                Some(driver) if driver.send(Box::new(Command::Child(request))).is_ok() => {
                     answer.await.unwrap_or_else(|_| Err(Problem::runtime("the execution ended starting its child")))?
                 }
                 _ => return Err(Problem::runtime(format!("execution {parent} is not running here"))),
@@ -614,7 +637,7 @@ impl<S: Store, R: Runner> Engine<S, R> {
         let driver = lock(&self.inner.live).get(&id).cloned();
         if let Some(driver) = driver {
             let (reply, answer) = oneshot::channel();
-            if driver.send(Command::Snapshot(reply)).is_ok()
+            if driver.send(Box::new(Command::Snapshot(reply))).is_ok()
                 && let Ok(execution) = answer.await
             {
                 return Ok(execution);
@@ -716,7 +739,7 @@ impl<S: Store, R: Runner> Engine<S, R> {
             let driver = lock(&self.inner.live).get(&id).cloned();
             if let Some(driver) = driver {
                 let (reply, answer) = oneshot::channel();
-                if driver.send(command(reply)).is_ok()
+                if driver.send(Box::new(command(reply))).is_ok()
                     && let Ok(result) = answer.await
                 {
                     return result;
@@ -745,9 +768,8 @@ impl<S: Store, R: Runner> Engine<S, R> {
         from_sequence: u64,
     ) -> Result<impl Stream<Item = Result<Event>> + Send + 'static> {
         // Subscribe before reading, so nothing journaled in between is missed.
-        let receiver = self.inner.events.subscribe();
+        let mut watch = Watch::new(Arc::clone(&self.inner), id, from_sequence);
         let execution = self.inner.store.get_execution(id).await?;
-        let mut watch = Watch::new(Arc::clone(&self.inner), id, from_sequence, receiver);
         // The event before the first one asked for must exist, unless the execution ended; when
         // it is the end, nothing follows.
         if from_sequence > 1 {
@@ -902,7 +924,7 @@ impl<S: Store, R: Runner> Engine<S, R> {
             ids.into_iter().filter_map(|id| live.remove(&id)).collect()
         };
         for driver in fenced {
-            let _ = driver.send(Command::Fence);
+            let _ = driver.send(Box::new(Command::Fence));
         }
     }
 

@@ -31,8 +31,10 @@ pub(super) fn apply(
 
 /// A runner's event on its way to the driver, with where to answer when the runner waits
 /// for it to be journaled.
+/// The event is boxed: the channel allocates a block of slots up front for every live
+/// execution, and an event is large.
 struct Delivery {
-    event: Event,
+    kind: Box<EventKind>,
     kept: Option<oneshot::Sender<Result<(), Refusal>>>,
 }
 
@@ -50,12 +52,12 @@ struct ChannelSink(mpsc::UnboundedSender<Delivery>);
 impl EventSink<Event> for ChannelSink {
     fn publish(&self, event: Event) {
         // A closed channel means the driver is done with the execution; later events are moot.
-        let _ = self.0.send(Delivery { event, kept: None });
+        let _ = self.0.send(Delivery { kind: Box::new(event.kind), kept: None });
     }
 
     fn record(&self, event: Event) -> Recorded {
         let (kept, answer) = oneshot::channel();
-        if self.0.send(Delivery { event, kept: Some(kept) }).is_err() {
+        if self.0.send(Delivery { kind: Box::new(event.kind), kept: Some(kept) }).is_err() {
             return Recorded::refused(Refusal::Ended);
         }
         Recorded::later(async move { answer.await.unwrap_or(Err(Refusal::EndedBeforeJournaled)) })
@@ -84,7 +86,7 @@ pub(super) struct Driver<S, R: Runner> {
     /// `listen` tasks waiting for signals, oldest first.
     listeners: Vec<Listen>,
     handle: Option<R::Handle>,
-    pub(super) commands: Option<mpsc::UnboundedReceiver<Command>>,
+    pub(super) commands: Option<mpsc::UnboundedReceiver<Box<Command>>>,
     events: Option<mpsc::UnboundedReceiver<Delivery>>,
     /// What the run last said of idling: `Some((until, activity))` once it only waits.
     idle: Option<IdleReports>,
@@ -97,7 +99,7 @@ pub(super) struct Driver<S, R: Runner> {
     /// server, or a write was fenced): the driver stops at once, writing nothing more.
     fenced: bool,
     /// This driver's own entry in the engine's live map, to leave a successor's alone.
-    pub(super) own: Option<mpsc::WeakUnboundedSender<Command>>,
+    pub(super) own: Option<mpsc::WeakUnboundedSender<Box<Command>>>,
 }
 
 impl<S: Store, R: Runner> Driver<S, R> {
@@ -210,7 +212,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
             let _ = listen.reply.send(Err(ended()));
         }
         while let Ok(command) = commands.try_recv() {
-            let (reply, to) = match command {
+            let (reply, to) = match *command {
                 Command::Pause(reply) => (reply, ExecutionState::Paused),
                 Command::Resume(reply) => (reply, ExecutionState::Running),
                 Command::Cancel(_, reply) => (reply, ExecutionState::Cancelled),
@@ -519,8 +521,8 @@ impl<S: Store, R: Runner> Driver<S, R> {
         let mut kinds = Vec::with_capacity(batch.len());
         let mut waiting = Vec::new();
         let mut ended_by_runner = false;
-        for Delivery { event, kept } in batch {
-            let kind = match event.kind {
+        for Delivery { kind, kept } in batch {
+            let kind = match *kind {
                 // The engine journals `Started` itself; pause and resume are the engine's too:
                 // journaled when asked for, not when the runner gets round to them.
                 EventKind::Started { .. } | EventKind::Paused | EventKind::Resumed => {
@@ -747,6 +749,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
         }
         self.next_sequence += events.len() as u64;
         self.journal_bytes += sizes.iter().sum::<u64>();
+        let state_before = self.execution.state;
         for event in &events {
             self.started |= matches!(event.kind, EventKind::Started { .. });
             // The engine only journals legal changes; an illegal one would be a bug, and the
@@ -758,14 +761,14 @@ impl<S: Store, R: Runner> Driver<S, R> {
         // on it. Step progress in between is the driver's to tell (`get` asks it), so a step
         // costs one durable write, not two. When the record cannot be written, recovery
         // rebuilds it from the journal.
-        let changes_state = events.iter().any(|e| {
-            !matches!(
-                e.kind,
-                EventKind::TaskScheduled { .. }
-                    | EventKind::TaskSucceeded { .. }
-                    | EventKind::TaskFailed { .. }
-                    | EventKind::TaskSkipped { .. }
-            )
+        // `Started` of a record created running changes nothing the record says.
+        let changes_state = events.iter().any(|e| match e.kind {
+            EventKind::TaskScheduled { .. }
+            | EventKind::TaskSucceeded { .. }
+            | EventKind::TaskFailed { .. }
+            | EventKind::TaskSkipped { .. } => false,
+            EventKind::Started { .. } => self.execution.state != state_before,
+            _ => true,
         });
         if changes_state || self.record_stale {
             let written = self.inner.store.update_execution(ExecutionUpdate::from(&self.execution)).await;
@@ -773,8 +776,12 @@ impl<S: Store, R: Runner> Driver<S, R> {
             self.record_stale = matches!(written, Err(StoreError::NoSpace(_)));
             self.adopt_expiry(&written);
         }
-        for event in events {
-            let _ = self.inner.events.send(event);
+        // Watchers hear of events once they are durable, and only this execution's watchers.
+        let watchers = lock(&self.inner.watchers).get(&self.execution.id).cloned();
+        if let Some(watchers) = watchers {
+            for event in events {
+                let _ = watchers.send(event);
+            }
         }
         Ok(())
     }
@@ -856,9 +863,9 @@ const FIRST_RETRY: Duration = Duration::from_millis(100);
 /// The longest wait between tries.
 const LAST_RETRY: Duration = Duration::from_secs(2);
 
-async fn next_command(commands: &mut Option<mpsc::UnboundedReceiver<Command>>) -> Option<Command> {
+async fn next_command(commands: &mut Option<mpsc::UnboundedReceiver<Box<Command>>>) -> Option<Command> {
     match commands {
-        Some(commands) => commands.recv().await,
+        Some(commands) => commands.recv().await.map(|command| *command),
         None => std::future::pending().await,
     }
 }

@@ -940,3 +940,56 @@ async fn in_a_cluster_the_engine_runs_only_its_partitions_and_follows_their_chan
         assert_eq!(finish(&second, id).await.state, ExecutionState::Completed);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_that_falls_behind_reads_what_it_missed_from_the_journal() {
+    let (store, runner) = (MemoryStore::default(), FakeRunner::gated());
+    // One live event buffered: a watcher that is not read while the run goes on lags.
+    let engine = engine(&store, &runner, Config { watch_capacity: 1, ..Config::default() }).await;
+    let id = engine.start(&chain(), None, json!({"n": 1}), None).await.unwrap();
+    let mut stream = Box::pin(engine.watch(id, 0).await.unwrap());
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.unwrap().unwrap().unwrap();
+    runner.release(3);
+    let ended = tokio::time::timeout(Duration::from_secs(10), engine.wait(id)).await.unwrap().unwrap();
+    assert_eq!(ended.state, ExecutionState::Completed);
+    let mut seen = vec![first];
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.unwrap() {
+        seen.push(event.unwrap());
+    }
+    assert_eq!(seen, store.read_journal(id, 1).await.unwrap());
+    assert_eq!(kinds(&seen).last(), Some(&"completed"));
+    // The last watcher gone, nothing is kept for the execution.
+    drop(stream);
+    assert!(lock(&engine.inner.watchers).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_of_one_execution_hear_nothing_of_another() {
+    let (store, runner) = (MemoryStore::default(), FakeRunner::free());
+    let engine = engine(&store, &runner, Config::default()).await;
+    let first = engine.start(&chain(), None, json!({"n": 1}), None).await.unwrap();
+    let second = engine.start(&chain(), None, json!({"n": 2}), None).await.unwrap();
+    let (a, b) = tokio::join!(finish(&engine, first), finish(&engine, second));
+    assert_eq!((a.output, b.output), (Some(json!(3)), Some(json!(4))));
+    let seen = events_until(&engine, second, 0, |_| false).await;
+    assert!(seen.iter().all(|e| e.execution == second));
+    assert_eq!(seen, store.read_journal(second, 1).await.unwrap());
+    assert!(lock(&engine.inner.watchers).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_without_a_version_runs_the_latest_applied() {
+    let (store, runner) = (MemoryStore::default(), FakeRunner::free());
+    let engine = engine(&store, &runner, Config::default()).await;
+    let first = engine.start(&chain(), None, json!({"n": 1}), None).await.unwrap();
+    assert_eq!(engine.get(first).await.unwrap().version, 1);
+    let changed = CHAIN.replace("output: \"${ .steps.c.output.input }\"", "output: \"${ .steps.b.output.input }\"");
+    assert_eq!(engine.apply(&changed).await.unwrap().version, 2);
+    let second = engine.start(&chain(), None, json!({"n": 1}), None).await.unwrap();
+    let execution = finish(&engine, second).await;
+    assert_eq!((execution.version, execution.output), (2, Some(json!(2))));
+    // A second engine over the same store learns the latest version from it.
+    let reopened = Engine::open(Config::default(), store.clone(), runner.clone()).await.unwrap();
+    let third = reopened.start(&chain(), None, json!({"n": 1}), None).await.unwrap();
+    assert_eq!(reopened.get(third).await.unwrap().version, 2);
+}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use baton_core::{Event, ExecutionId, Store};
 use tokio::sync::broadcast;
 
-use super::{Inner, is_terminal};
+use super::{Inner, is_terminal, lock};
 use crate::error::Result;
 use crate::runner::Runner;
 
@@ -18,19 +18,22 @@ pub(super) struct Watch<S, R: Runner> {
     next: u64,
     buffer: VecDeque<Event>,
     receiver: broadcast::Receiver<Event>,
+    /// The journal may hold events the live channel will not bring: at the start, and after a
+    /// gap or a lag. Otherwise live events follow on without a gap, and the store is not read.
+    behind: bool,
     done: bool,
 }
 
 impl<S: Store, R: Runner> Watch<S, R> {
-    /// A watcher of execution `id` from `from_sequence` (0 or 1 for all), subscribed to live
-    /// events by `receiver` before the journal is read.
-    pub(super) fn new(
-        inner: Arc<Inner<S, R>>,
-        id: ExecutionId,
-        from_sequence: u64,
-        receiver: broadcast::Receiver<Event>,
-    ) -> Self {
-        Self { inner, id, next: from_sequence.max(1), buffer: VecDeque::new(), receiver, done: false }
+    /// A watcher of execution `id` from `from_sequence` (0 or 1 for all), subscribed to its
+    /// live events now, before the journal is read.
+    pub(super) fn new(inner: Arc<Inner<S, R>>, id: ExecutionId, from_sequence: u64) -> Self {
+        let receiver = {
+            let mut watchers = lock(&inner.watchers);
+            let capacity = inner.config.watch_capacity.max(1);
+            watchers.entry(id).or_insert_with(|| broadcast::channel(capacity).0).subscribe()
+        };
+        Self { inner, id, next: from_sequence.max(1), buffer: VecDeque::new(), receiver, behind: true, done: false }
     }
 
     /// Ends the watch: the execution ended before the first event asked for.
@@ -38,9 +41,11 @@ impl<S: Store, R: Runner> Watch<S, R> {
         self.done = true;
     }
 
-    /// Journal events read already, in order; those before the watch's start are skipped.
+    /// Journal events read already (after subscribing), in order; those before the watch's
+    /// start are skipped.
     pub(super) fn prime(&mut self, events: Vec<Event>) {
         self.buffer.extend(events);
+        self.behind = false;
     }
 
     pub(super) async fn next(&mut self) -> Option<Result<Event>> {
@@ -56,20 +61,23 @@ impl<S: Store, R: Runner> Watch<S, R> {
                 self.done = is_terminal(&event.kind);
                 return Some(Ok(event));
             }
-            match self.inner.store.read_journal(self.id, self.next).await {
-                Err(error) => {
-                    self.done = true;
-                    return Some(Err(error.into()));
+            if self.behind {
+                match self.inner.store.read_journal(self.id, self.next).await {
+                    Err(error) => {
+                        self.done = true;
+                        return Some(Err(error.into()));
+                    }
+                    Ok(events) => {
+                        // Everything journaled before this read is in it; everything after
+                        // comes on the channel, subscribed before.
+                        self.behind = false;
+                        self.buffer.extend(events);
+                        continue;
+                    }
                 }
-                Ok(events) if !events.is_empty() => {
-                    self.buffer.extend(events);
-                    continue;
-                }
-                Ok(_) => {}
             }
             loop {
                 match self.receiver.recv().await {
-                    Ok(event) if event.execution != self.id => {}
                     // The end came before the next event asked for: nothing more will come.
                     Ok(event) if event.sequence < self.next && is_terminal(&event.kind) => return None,
                     Ok(event) if event.sequence < self.next => {}
@@ -78,10 +86,25 @@ impl<S: Store, R: Runner> Watch<S, R> {
                         break;
                     }
                     // A gap or a lag: the journal has what was missed.
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                        self.behind = true;
+                        break;
+                    }
                     Err(broadcast::error::RecvError::Closed) => return None,
                 }
             }
+        }
+    }
+}
+
+impl<S, R: Runner> Drop for Watch<S, R> {
+    /// The last watcher of an execution takes its channel away; its driver then sends nothing.
+    fn drop(&mut self) {
+        let mut watchers = lock(&self.inner.watchers);
+        // Subscribing happens under this lock too, so the count cannot grow meanwhile; it
+        // still includes this watcher's receiver.
+        if watchers.get(&self.id).is_some_and(|sender| sender.receiver_count() <= 1) {
+            watchers.remove(&self.id);
         }
     }
 }
