@@ -627,6 +627,10 @@ async fn follow(
             }
         }
         if progress.end().is_some() {
+            // Read the stream to its end, which the server sends with the terminal event, so
+            // that no trailers arrive for a stream this client reset (see README, clients).
+            let rest = async { while let Ok(Some(_)) = stream.message().await {} };
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), rest).await;
             break;
         }
     }
