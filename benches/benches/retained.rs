@@ -22,9 +22,11 @@ use std::time::Duration;
 
 use baton::config::ServeArgs;
 use baton::serve::Server;
-use baton_benches::{closed_loop, quantile, report_figure, resident_bytes_of};
-use baton_grpc::pb;
-use tonic::transport::Channel;
+use baton_benches::{quantile, report_figure, resident_bytes_of};
+
+// The server runs in a process of its own here, so the in-process `e2e::setup` is not used.
+#[allow(dead_code)]
+mod e2e;
 
 const CLIENTS: usize = 64;
 /// When set, this process is the server, with its data in the directory named.
@@ -61,8 +63,6 @@ fn run_label() -> String {
 fn settings_default() -> (u64, Duration) {
     (baton_store::DEFAULT_CACHE_BYTES as u64 >> 20, RETENTION)
 }
-
-const ORDER: &str = include_str!("../../examples/workflows/order.yaml");
 
 fn main() {
     match std::env::var_os(SERVER_ENV) {
@@ -133,64 +133,6 @@ fn start_server(dir: &Path) -> (ServerProcess, String) {
     (ServerProcess(child), format!("http://{}", line.trim()))
 }
 
-/// The shop's services, registered with the server, and a channel to it with `order` applied.
-async fn setup(url: &str) -> (Channel, Vec<baton_examples::RunningService>) {
-    let options = baton_examples::ServiceOptions { baton: Some(url.to_owned()), ..Default::default() };
-    let services = baton_examples::spawn_shop(&options).await.expect("the shop starts");
-    for service in &services {
-        service.handle().registered().await;
-    }
-    let channel = Channel::from_shared(url.to_owned()).expect("a URL").connect().await.expect("the server answers");
-    let mut workflows = pb::workflow_service_client::WorkflowServiceClient::new(channel.clone());
-    workflows
-        .apply_definition(pb::ApplyDefinitionRequest {
-            source: ORDER.to_owned(),
-            format: pb::DefinitionFormat::Yaml as i32,
-        })
-        .await
-        .expect("the order workflow applies");
-    (channel, services)
-}
-
-/// One execution from StartExecution to the end of its watch, read to the end.
-async fn one(client: &mut pb::execution_service_client::ExecutionServiceClient<Channel>, n: usize) {
-    let started = client
-        .start_execution(pb::StartExecutionRequest {
-            workflow: "order".to_owned(),
-            version: None,
-            input_json: format!(r#"{{"sku": "book-{n}", "quantity": 1, "amount": 12.5}}"#),
-            idempotency_key: None,
-        })
-        .await
-        .expect("starts")
-        .into_inner();
-    let id = started.execution.expect("an execution").id;
-    let mut events =
-        client.watch_execution(pb::WatchExecutionRequest { id, from_sequence: 0 }).await.expect("watches").into_inner();
-    let mut completed = false;
-    while let Some(event) = events.message().await.expect("the watch streams") {
-        match event.event.and_then(|e| e.kind) {
-            Some(pb::event::Kind::Completed(_)) => completed = true,
-            Some(pb::event::Kind::Failed(failed)) => panic!("execution failed: {}", failed.error),
-            Some(pb::event::Kind::Cancelled(_)) => panic!("execution cancelled"),
-            _ => {}
-        }
-    }
-    assert!(completed, "the watch ended before the execution did");
-}
-
-/// `executions` from [`CLIENTS`] closed loops: the wall time and each one's latency.
-async fn drive(channel: &Channel, executions: usize) -> (Duration, Vec<Duration>) {
-    closed_loop(CLIENTS, executions, || {
-        let client = pb::execution_service_client::ExecutionServiceClient::new(channel.clone());
-        move |n| {
-            let mut client = client.clone();
-            async move { one(&mut client, n).await }
-        }
-    })
-    .await
-}
-
 fn file_bytes(dir: &Path) -> u64 {
     std::fs::metadata(dir.join(baton_store::redb::FILE_NAME)).map_or(0, |m| m.len())
 }
@@ -204,13 +146,13 @@ fn measure() {
     let rss = || resident_bytes_of(pid).expect("the server's resident memory") as f64 / MIB;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
-    let (channel, _services) = runtime.block_on(setup(&url));
+    let (channel, _services) = runtime.block_on(e2e::shop(url));
     let idle = rss();
-    let (first, _) = runtime.block_on(drive(&channel, half));
+    let (first, _) = runtime.block_on(e2e::drive(&channel, CLIENTS, half));
     let (rss_half, file_half) = (rss(), file_bytes(dir.path()) as f64 / MIB);
     // The second half runs while expired executions are removed: its latencies show whether
     // removal holds up starts and commits.
-    let (second, mut latencies) = runtime.block_on(drive(&channel, count - half));
+    let (second, mut latencies) = runtime.block_on(e2e::drive(&channel, CLIENTS, count - half));
     latencies.sort_unstable();
     let (rss_all, file_all) = (rss(), file_bytes(dir.path()) as f64 / MIB);
 

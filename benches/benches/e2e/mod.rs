@@ -31,6 +31,12 @@ pub(crate) async fn setup(
     let server = Server::bind(config).await.expect("the server binds");
     let url = format!("http://{}", server.grpc_addr());
     tokio::spawn(server.serve(std::future::pending()));
+    shop(url).await
+}
+
+/// The shop's services, registered with the server at `url`, and a channel to it with `order`
+/// applied.
+pub(crate) async fn shop(url: String) -> (Channel, Vec<baton_examples::RunningService>) {
     let options = baton_examples::ServiceOptions { baton: Some(url.clone()), ..Default::default() };
     let services = baton_examples::spawn_shop(&options).await.expect("the shop starts");
     for service in &services {
