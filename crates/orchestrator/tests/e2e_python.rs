@@ -24,6 +24,10 @@ fn venv() -> PathBuf {
     let requirements = repo().join("examples/python/requirements.txt");
     let wanted = std::fs::read_to_string(&requirements).unwrap();
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("python-venv");
+    // nextest runs each test in its own process: one builds the virtualenv, the others wait
+    // for it, or a `--clear` under a running pip leaves packages without metadata.
+    let lock = std::fs::File::create(dir.with_extension("lock")).unwrap();
+    lock.lock().unwrap();
     let stamp = dir.join("baton-requirements.txt");
     let python = dir.join("bin/python");
     if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) && python.exists() {
