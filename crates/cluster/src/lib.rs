@@ -29,7 +29,7 @@
 //! partitions it owns, with their epochs, and stops or resumes executions accordingly.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use baton_core::ExecutionId;
@@ -191,8 +191,29 @@ impl Ownership {
 pub struct Member {
     node_id: Arc<str>,
     ownership: watch::Receiver<Arc<Ownership>>,
+    owners: Owners,
     leave: mpsc::Sender<oneshot::Sender<Result<()>>>,
 }
+
+/// A live node that owns a partition, as the database last said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Its id.
+    pub node: String,
+    /// Where it listens (its advertised gRPC address).
+    pub address: String,
+}
+
+/// The cluster as the database said at a node's last heartbeat.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Every partition's live owner: where a node sends what only an execution's owner can do.
+    owners: BTreeMap<u32, Peer>,
+    /// Nodes whose lease had not expired.
+    live_nodes: u32,
+}
+
+type Owners = Arc<RwLock<Arc<Seen>>>;
 
 impl Member {
     /// Registers the node (fixing the partition count if the database has none yet) and starts
@@ -211,6 +232,7 @@ impl Member {
             valid_until: Instant::now(),
             rejoin: false,
             owned: BTreeMap::new(),
+            owners: Owners::default(),
             publish: watch::Sender::new(Arc::new(Ownership {
                 partitions: config.partitions,
                 owned: BTreeMap::new(),
@@ -220,8 +242,12 @@ impl Member {
         };
         keeper.register(true).await?;
         let (leave, requests) = mpsc::channel(1);
-        let member =
-            Self { node_id: Arc::from(keeper.config.node_id.as_str()), ownership: keeper.publish.subscribe(), leave };
+        let member = Self {
+            node_id: Arc::from(keeper.config.node_id.as_str()),
+            ownership: keeper.publish.subscribe(),
+            owners: Arc::clone(&keeper.owners),
+            leave,
+        };
         tokio::spawn(keeper.run(requests));
         Ok(member)
     }
@@ -234,6 +260,21 @@ impl Member {
     /// The partitions this node owns now.
     pub fn ownership(&self) -> Arc<Ownership> {
         Arc::clone(&self.ownership.borrow())
+    }
+
+    /// The live node that owns `partition`, as the database said at this node's last
+    /// heartbeat; `None` while no live node owns it (its owner died and no one claimed it yet).
+    pub fn owner(&self, partition: u32) -> Option<Peer> {
+        self.seen().owners.get(&partition).cloned()
+    }
+
+    /// How many nodes had a live lease at this node's last heartbeat.
+    pub fn live_nodes(&self) -> u32 {
+        self.seen().live_nodes
+    }
+
+    fn seen(&self) -> Arc<Seen> {
+        Arc::clone(&self.owners.read().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
     /// Waits for the next change of this node's partitions and returns them; `None` once the
@@ -297,6 +338,7 @@ struct Keeper {
     /// The node must register again (its lease was lost or it fenced itself).
     rejoin: bool,
     owned: BTreeMap<u32, i64>,
+    owners: Owners,
     publish: watch::Sender<Arc<Ownership>>,
 }
 
@@ -477,6 +519,19 @@ impl Keeper {
         let client = self.client.as_ref().expect("used above");
         let live: i64 =
             client.query_one("SELECT count(*) FROM baton_nodes WHERE lease_expires_at > now()", &[]).await?.get(0);
+        let rows = client
+            .query(
+                "SELECT p.id, n.id, n.address FROM baton_partitions p
+                 JOIN baton_nodes n ON n.id = p.owner AND n.lease_expires_at > now()",
+                &[],
+            )
+            .await?;
+        let owners = rows
+            .iter()
+            .map(|row| (row.get::<_, i32>(0).unsigned_abs(), Peer { node: row.get(1), address: row.get(2) }))
+            .collect();
+        let seen = Seen { owners, live_nodes: u32::try_from(live).unwrap_or(u32::MAX) };
+        *self.owners.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(seen);
         let share = self.config.partitions.div_ceil(u32::try_from(live.max(1)).unwrap_or(u32::MAX)) as usize;
         if self.owned.len() > share {
             // One a heartbeat: a joining node takes its share gradually. Stopped here first,

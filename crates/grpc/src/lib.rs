@@ -45,6 +45,7 @@
 mod codec;
 pub mod convert;
 mod error;
+pub mod forwarding;
 mod guard;
 mod limits;
 pub mod otlp;

@@ -17,6 +17,7 @@ use futures_util::StreamExt;
 use serde::Deserialize as _;
 use serde_json::Value;
 
+use crate::forward::{Command, Route};
 use crate::orchestrator::ServiceOrchestrator;
 
 /// A workflow engine error as the API reports it.
@@ -57,6 +58,18 @@ fn summary(stored: &StoredDefinition) -> ApiResult<DefinitionSummary> {
 }
 
 impl ServiceOrchestrator {
+    /// Where a command for `id` runs: here, except in a cluster when another node owns it.
+    fn route(&self, id: ExecutionId) -> ApiResult<Route> {
+        self.forwarder().map_or(Ok(Route::Local), |forwarder| forwarder.route(id))
+    }
+
+    /// Sends `command` to `owner`; the answer is then read here, from the store, where the
+    /// owner has journaled the command's effect before it answered.
+    async fn forwarded(&self, owner: &baton_cluster::Peer, id: ExecutionId, command: Command) -> ApiResult<()> {
+        let forwarder = self.forwarder().ok_or_else(|| ApiError::Internal("forwarding outside a cluster".into()))?;
+        forwarder.send(owner, id, command).await
+    }
+
     async fn stored(&self, name: &WorkflowName, version: Option<u32>) -> ApiResult<StoredDefinition> {
         Ok(self.store().get_definition(name, version).await?)
     }
@@ -162,21 +175,30 @@ impl Executions for ServiceOrchestrator {
 
     fn pause(&self, id: ExecutionId) -> BoxFuture<'_, ApiResult<Execution>> {
         Box::pin(async move {
-            self.engine().pause(id).await.map_err(api_error)?;
+            match self.route(id)? {
+                Route::Local => self.engine().pause(id).await.map_err(api_error)?,
+                Route::Owner(owner) => self.forwarded(&owner, id, Command::Pause).await?,
+            }
             self.engine().get(id).await.map_err(api_error)
         })
     }
 
     fn resume(&self, id: ExecutionId) -> BoxFuture<'_, ApiResult<Execution>> {
         Box::pin(async move {
-            self.engine().resume(id).await.map_err(api_error)?;
+            match self.route(id)? {
+                Route::Local => self.engine().resume(id).await.map_err(api_error)?,
+                Route::Owner(owner) => self.forwarded(&owner, id, Command::Resume).await?,
+            }
             self.engine().get(id).await.map_err(api_error)
         })
     }
 
     fn cancel(&self, id: ExecutionId, reason: String) -> BoxFuture<'_, ApiResult<Execution>> {
         Box::pin(async move {
-            self.engine().cancel(id, &reason).await.map_err(api_error)?;
+            match self.route(id)? {
+                Route::Local => self.engine().cancel(id, &reason).await.map_err(api_error)?,
+                Route::Owner(owner) => self.forwarded(&owner, id, Command::Cancel(reason)).await?,
+            }
             self.engine().get(id).await.map_err(api_error)
         })
     }
@@ -191,7 +213,10 @@ impl Executions for ServiceOrchestrator {
 
     fn signal(&self, id: ExecutionId, name: String, data: serde_json::Value) -> BoxFuture<'_, ApiResult<Execution>> {
         Box::pin(async move {
-            self.engine().signal(id, &name, data).await.map_err(api_error)?;
+            match self.route(id)? {
+                Route::Local => self.engine().signal(id, &name, data).await.map_err(api_error)?,
+                Route::Owner(owner) => self.forwarded(&owner, id, Command::Signal(name, data)).await?,
+            }
             self.engine().get(id).await.map_err(api_error)
         })
     }

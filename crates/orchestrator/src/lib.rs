@@ -7,6 +7,7 @@
 //!   that gives each run's completions to the engine's durable journal before dependants start.
 //! - [`dispatch`]: the invoker that resolves each call against the live registry (capability
 //!   queries at dispatch, capacity permits, failover) and calls HTTP endpoints or worker queues.
+//! - [`forward`]: in a cluster, commands for an execution another node runs, sent on to it.
 //! - [`sandbox`]: the bounded expression evaluator, jq in `baton eval-worker` processes that
 //!   limit their own CPU time, memory and stack.
 
@@ -16,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod disk;
 pub mod dispatch;
+pub mod forward;
 pub mod metrics;
 pub mod orchestrator;
 pub mod runner;

@@ -17,6 +17,7 @@ use tokio::sync::Mutex;
 
 use crate::disk::DiskWatch;
 use crate::dispatch::Dispatcher;
+use crate::forward::Forwarder;
 use crate::runner::{EngineHost, ExecutorRunner, Queries, Router};
 use crate::security::EndpointPolicy;
 
@@ -67,6 +68,8 @@ pub struct Options {
     pub min_free_disk: u64,
     /// With a redb store, the bytes of its page cache.
     pub redb_cache: usize,
+    /// In a cluster, the credentials this node presents to the others when it forwards a call.
+    pub peers: crate::forward::PeerAccess,
 }
 
 /// The free space a data directory's disk keeps by default: 64 MiB.
@@ -104,6 +107,7 @@ impl Default for Options {
             registry_events: RegistryEvents::default(),
             min_free_disk: DEFAULT_MIN_FREE_DISK,
             redb_cache: baton_store::DEFAULT_CACHE_BYTES,
+            peers: crate::forward::PeerAccess::default(),
         }
     }
 }
@@ -186,6 +190,8 @@ struct Inner {
     supervisor: Mutex<Option<SupervisorHandle>>,
     /// This server's membership, in a cluster.
     member: Option<baton_cluster::Member>,
+    /// In a cluster, where commands for executions other nodes run go.
+    forwarder: Option<Forwarder>,
 }
 
 impl std::fmt::Debug for ServiceOrchestrator {
@@ -298,6 +304,7 @@ impl ServiceOrchestrator {
                 store,
                 disk,
                 supervisor: Mutex::new(supervisor),
+                forwarder: member.clone().map(|member| Forwarder::new(member, options.peers.clone())),
                 member,
             }),
         })
@@ -331,6 +338,11 @@ impl ServiceOrchestrator {
     /// The executor, for breaker states.
     pub fn executor(&self) -> &baton_executor::Executor<Dispatcher> {
         &self.inner.executor
+    }
+
+    /// In a cluster, what sends commands on to the nodes that run their executions.
+    pub fn forwarder(&self) -> Option<&Forwarder> {
+        self.inner.forwarder.as_ref()
     }
 
     /// This server's cluster membership, when it is a node of a cluster.

@@ -111,7 +111,8 @@ impl Server {
                 ("console", local_addr(&console_listener)),
             ],
         };
-        let mut options = Options { store, http, endpoints, ..Options::default() };
+        let peers = peer_access(&config, &grpc_config)?;
+        let mut options = Options { store, http, endpoints, peers, ..Options::default() };
         let tracer = match &config.otlp_endpoint {
             None => None,
             Some(endpoint) => {
@@ -346,6 +347,30 @@ fn grpc_config(config: &ServeConfig) -> Result<baton_grpc::Config, ServeError> {
         );
     }
     Ok(baton_grpc::Config { connections, tls, tokens, ..baton_grpc::Config::default() })
+}
+
+/// What this node presents to the other nodes of its cluster when it forwards a call: the
+/// first of its own tokens, and with TLS its certificate, trusting the client CA and the
+/// services' CA besides the system's roots.
+fn peer_access(config: &ServeConfig, grpc: &baton_grpc::Config) -> Result<crate::forward::PeerAccess, ServeError> {
+    let token = match (&config.auth_token_file, &grpc.tokens) {
+        (Some(path), Some(_)) => {
+            let text = String::from_utf8(read("auth_token_file", path)?).unwrap_or_default();
+            text.lines().map(str::trim).find(|line| !line.is_empty() && !line.starts_with('#')).map(str::to_owned)
+        }
+        _ => None,
+    };
+    let tls = match &grpc.tls {
+        Some(tls) => {
+            let mut roots_pem: Vec<Vec<u8>> = tls.client_ca_pem.iter().cloned().collect();
+            if let Some(path) = &config.services_ca {
+                roots_pem.push(read("services_ca", path)?);
+            }
+            Some(crate::forward::PeerTls { roots_pem, identity_pem: (tls.cert_chain_pem.clone(), tls.key_pem.clone()) })
+        }
+        None => None,
+    };
+    Ok(crate::forward::PeerAccess { token, tls })
 }
 
 /// How services are called: the system's roots and `--services-ca`, secrets from

@@ -80,6 +80,9 @@ pub struct Config {
     pub ownership: Option<Arc<dyn Ownership>>,
     /// How often the ownership is looked at for changes.
     pub ownership_poll: Duration,
+    /// How often a watcher of an execution another server runs reads its journal for new
+    /// events (nothing here sends them live).
+    pub remote_watch_poll: Duration,
     /// Executions recovered at once when a partition is gained: a node taking over a dead
     /// one's partitions does not rush its whole backlog at the store and the services.
     pub takeover_concurrency: usize,
@@ -146,6 +149,7 @@ impl Default for Config {
             retention_poll: Duration::from_secs(1),
             ownership: None,
             ownership_poll: Duration::from_millis(100),
+            remote_watch_poll: Duration::from_millis(200),
             takeover_concurrency: 16,
         }
     }
@@ -643,7 +647,27 @@ impl<S: Store, R: Runner> Engine<S, R> {
                 return Ok(execution);
             }
         }
-        Ok(self.inner.store.get_execution(id).await?)
+        let execution = self.inner.store.get_execution(id).await?;
+        if self.owns(id) || execution.state.is_terminal() {
+            return Ok(execution);
+        }
+        // Another server runs it: its record is written on state changes only, so its journal
+        // says how far the steps got.
+        let journal = self.inner.store.read_journal(id, 1).await?;
+        let stored = self.inner.store.get_definition(&execution.workflow, Some(execution.version)).await?;
+        let definition = self.checked(&stored)?;
+        let mut replayed = fresh(execution, &definition);
+        let mut history = History::default();
+        for event in &journal {
+            apply(&mut replayed, &mut history, event).map_err(|e| baton_core::StoreError::Corrupt {
+                record: baton_core::store::Record::Journal(id),
+                reason: format!("event {} does not replay: {e}", event.sequence),
+            })?;
+        }
+        if replayed.state == ExecutionState::Created {
+            replayed.state = ExecutionState::Running;
+        }
+        Ok(replayed)
     }
 
     /// The execution once it has finished (completed, failed or cancelled); a paused one
@@ -819,12 +843,8 @@ impl<S: Store, R: Runner> Engine<S, R> {
         let definition = self.checked(&stored)?;
         // The journal is the truth: replay it over a fresh copy of the execution. It runs now, so
         // it is no longer parked.
-        execution.parked = None;
         let recorded = execution.state;
-        execution.state = ExecutionState::Created;
-        execution.output = None;
-        execution.error = None;
-        execution.tasks = pending_tasks(&definition);
+        execution = fresh(execution, &definition);
         let mut history = History::default();
         let mut started = false;
         let roots: Vec<&str> = definition.program().root.tasks.iter().map(|t| t.name.as_str()).collect();
@@ -1031,6 +1051,16 @@ async fn follow_ownership<S: Store, R: Runner>(
         drop(engine);
         tokio::time::sleep(poll).await;
     }
+}
+
+/// `execution` as before its first event, for its journal to be replayed over.
+fn fresh(mut execution: Execution, definition: &CheckedDefinition) -> Execution {
+    execution.parked = None;
+    execution.state = ExecutionState::Created;
+    execution.output = None;
+    execution.error = None;
+    execution.tasks = pending_tasks(definition);
+    execution
 }
 
 fn pending_tasks(definition: &CheckedDefinition) -> BTreeMap<StepId, TaskStatus> {

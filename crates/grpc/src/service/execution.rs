@@ -19,6 +19,7 @@ use crate::convert::{
     idempotency_key, json_field, timestamp_from_proto, workflow_name,
 };
 use crate::error::api_status;
+use crate::forwarding::Incoming;
 use crate::limits::{Limits, Stopping, clamp, shutting_down};
 use crate::pb;
 
@@ -178,8 +179,9 @@ impl pb::execution_service_server::ExecutionService for ExecutionApi {
         &self,
         request: Request<pb::GetExecutionRequest>,
     ) -> Result<Response<pb::GetExecutionResponse>, Status> {
+        let incoming = Incoming::from_metadata(request.metadata());
         let id = execution_id("id", &request.into_inner().id)?;
-        let execution = self.executions.get(id).await.map_err(api_status)?;
+        let execution = incoming.scope(self.executions.get(id)).await.map_err(api_status)?;
         Ok(Response::new(pb::GetExecutionResponse { execution: Some(self.answer(&execution)) }))
     }
 
@@ -256,8 +258,9 @@ impl pb::execution_service_server::ExecutionService for ExecutionApi {
         &self,
         request: Request<pb::PauseExecutionRequest>,
     ) -> Result<Response<pb::PauseExecutionResponse>, Status> {
+        let incoming = Incoming::from_metadata(request.metadata());
         let id = execution_id("id", &request.into_inner().id)?;
-        let execution = self.executions.pause(id).await.map_err(api_status)?;
+        let execution = incoming.scope(self.executions.pause(id)).await.map_err(api_status)?;
         Ok(Response::new(pb::PauseExecutionResponse { execution: Some(self.answer(&execution)) }))
     }
 
@@ -265,8 +268,9 @@ impl pb::execution_service_server::ExecutionService for ExecutionApi {
         &self,
         request: Request<pb::ResumeExecutionRequest>,
     ) -> Result<Response<pb::ResumeExecutionResponse>, Status> {
+        let incoming = Incoming::from_metadata(request.metadata());
         let id = execution_id("id", &request.into_inner().id)?;
-        let execution = self.executions.resume(id).await.map_err(api_status)?;
+        let execution = incoming.scope(self.executions.resume(id)).await.map_err(api_status)?;
         Ok(Response::new(pb::ResumeExecutionResponse { execution: Some(self.answer(&execution)) }))
     }
 
@@ -274,10 +278,11 @@ impl pb::execution_service_server::ExecutionService for ExecutionApi {
         &self,
         request: Request<pb::CancelExecutionRequest>,
     ) -> Result<Response<pb::CancelExecutionResponse>, Status> {
+        let incoming = Incoming::from_metadata(request.metadata());
         let request = request.into_inner();
         let id = execution_id("id", &request.id)?;
         let reason = if request.reason.trim().is_empty() { DEFAULT_CANCEL_REASON.to_owned() } else { request.reason };
-        let execution = self.executions.cancel(id, reason).await.map_err(api_status)?;
+        let execution = incoming.scope(self.executions.cancel(id, reason)).await.map_err(api_status)?;
         Ok(Response::new(pb::CancelExecutionResponse { execution: Some(self.answer(&execution)) }))
     }
 
@@ -285,10 +290,11 @@ impl pb::execution_service_server::ExecutionService for ExecutionApi {
         &self,
         request: Request<pb::SignalExecutionRequest>,
     ) -> Result<Response<pb::SignalExecutionResponse>, Status> {
+        let incoming = Incoming::from_metadata(request.metadata());
         let request = request.into_inner();
         let id = execution_id("id", &request.id)?;
         let data = json_field("data_json", &request.data_json, serde_json::Value::Null)?;
-        let execution = self.executions.signal(id, request.name, data).await.map_err(api_status)?;
+        let execution = incoming.scope(self.executions.signal(id, request.name, data)).await.map_err(api_status)?;
         Ok(Response::new(pb::SignalExecutionResponse { execution: Some(execution_to_proto(&execution)) }))
     }
 
@@ -296,9 +302,10 @@ impl pb::execution_service_server::ExecutionService for ExecutionApi {
         &self,
         request: Request<pb::WatchExecutionRequest>,
     ) -> Result<Response<Self::WatchExecutionStream>, Status> {
+        let incoming = Incoming::from_metadata(request.metadata());
         let request = request.into_inner();
         let id = execution_id("id", &request.id)?;
-        let events = self.executions.watch(id, request.from_sequence).await.map_err(api_status)?;
+        let events = incoming.scope(self.executions.watch(id, request.from_sequence)).await.map_err(api_status)?;
         Ok(Response::new(Box::pin(Watching::new(events, self.stopping.clone())) as WatchStream))
     }
 }

@@ -1,5 +1,7 @@
 //! A watcher of one execution: the journal first, then live events as they are journaled,
-//! back to the journal after a gap or a lag.
+//! back to the journal after a gap or a lag. In a cluster, a watcher of an execution another
+//! server runs reads its journal every `remote_watch_poll`, from its next sequence, so it
+//! follows the execution across changes of owner without a gap or a repeat.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -77,7 +79,23 @@ impl<S: Store, R: Runner> Watch<S, R> {
                 }
             }
             loop {
-                match self.receiver.recv().await {
+                let received = match &self.inner.config.ownership {
+                    None => self.receiver.recv().await,
+                    // In a cluster the execution may run elsewhere, or move: while another
+                    // server runs it nothing comes live here, and its journal has the events.
+                    Some(ownership) => {
+                        let poll = self.inner.config.remote_watch_poll;
+                        match tokio::time::timeout(poll, self.receiver.recv()).await {
+                            Ok(received) => received,
+                            Err(_) if ownership.of(self.id).is_none() => {
+                                self.behind = true;
+                                break;
+                            }
+                            Err(_) => continue,
+                        }
+                    }
+                };
+                match received {
                     // The end came before the next event asked for: nothing more will come.
                     Ok(event) if event.sequence < self.next && is_terminal(&event.kind) => return None,
                     Ok(event) if event.sequence < self.next => {}
