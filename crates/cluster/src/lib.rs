@@ -29,7 +29,7 @@
 //! partitions it owns, with their epochs, and stops or resumes executions accordingly.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use baton_core::ExecutionId;
@@ -191,7 +191,8 @@ impl Ownership {
 pub struct Member {
     node_id: Arc<str>,
     ownership: watch::Receiver<Arc<Ownership>>,
-    owners: Owners,
+    seen: watch::Receiver<Arc<Seen>>,
+    heartbeat: Duration,
     leave: mpsc::Sender<oneshot::Sender<Result<()>>>,
 }
 
@@ -213,8 +214,6 @@ struct Seen {
     live_nodes: u32,
 }
 
-type Owners = Arc<RwLock<Arc<Seen>>>;
-
 impl Member {
     /// Registers the node (fixing the partition count if the database has none yet) and starts
     /// keeping its lease and claiming partitions. Partitions a previous run of this node held
@@ -232,7 +231,7 @@ impl Member {
             valid_until: Instant::now(),
             rejoin: false,
             owned: BTreeMap::new(),
-            owners: Owners::default(),
+            seen: watch::Sender::new(Arc::default()),
             publish: watch::Sender::new(Arc::new(Ownership {
                 partitions: config.partitions,
                 owned: BTreeMap::new(),
@@ -245,7 +244,8 @@ impl Member {
         let member = Self {
             node_id: Arc::from(keeper.config.node_id.as_str()),
             ownership: keeper.publish.subscribe(),
-            owners: Arc::clone(&keeper.owners),
+            seen: keeper.seen.subscribe(),
+            heartbeat: keeper.config.heartbeat,
             leave,
         };
         tokio::spawn(keeper.run(requests));
@@ -274,7 +274,15 @@ impl Member {
     }
 
     fn seen(&self) -> Arc<Seen> {
-        Arc::clone(&self.owners.read().unwrap_or_else(std::sync::PoisonError::into_inner))
+        Arc::clone(&self.seen.borrow())
+    }
+
+    /// Waits until the next heartbeat has read the partitions' owners again, for at most two
+    /// heartbeats; false when it did not (the database did not answer).
+    pub async fn owners_refreshed(&self) -> bool {
+        let mut seen = self.seen.clone();
+        seen.mark_unchanged();
+        matches!(tokio::time::timeout(self.heartbeat * 2, seen.changed()).await, Ok(Ok(())))
     }
 
     /// Waits for the next change of this node's partitions and returns them; `None` once the
@@ -338,7 +346,7 @@ struct Keeper {
     /// The node must register again (its lease was lost or it fenced itself).
     rejoin: bool,
     owned: BTreeMap<u32, i64>,
-    owners: Owners,
+    seen: watch::Sender<Arc<Seen>>,
     publish: watch::Sender<Arc<Ownership>>,
 }
 
@@ -531,7 +539,7 @@ impl Keeper {
             .map(|row| (row.get::<_, i32>(0).unsigned_abs(), Peer { node: row.get(1), address: row.get(2) }))
             .collect();
         let seen = Seen { owners, live_nodes: u32::try_from(live).unwrap_or(u32::MAX) };
-        *self.owners.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(seen);
+        self.seen.send_replace(Arc::new(seen));
         let share = self.config.partitions.div_ceil(u32::try_from(live.max(1)).unwrap_or(u32::MAX)) as usize;
         if self.owned.len() > share {
             // One a heartbeat: a joining node takes its share gradually. Stopped here first,

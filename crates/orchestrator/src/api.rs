@@ -59,8 +59,11 @@ fn summary(stored: &StoredDefinition) -> ApiResult<DefinitionSummary> {
 
 impl ServiceOrchestrator {
     /// Where a command for `id` runs: here, except in a cluster when another node owns it.
-    fn route(&self, id: ExecutionId) -> ApiResult<Route> {
-        self.forwarder().map_or(Ok(Route::Local), |forwarder| forwarder.route(id))
+    async fn route(&self, id: ExecutionId) -> ApiResult<Route> {
+        match self.forwarder() {
+            None => Ok(Route::Local),
+            Some(forwarder) => forwarder.route(id).await,
+        }
     }
 
     /// Sends `command` to `owner`; the answer is then read here, from the store, where the
@@ -175,7 +178,7 @@ impl Executions for ServiceOrchestrator {
 
     fn pause(&self, id: ExecutionId) -> BoxFuture<'_, ApiResult<Execution>> {
         Box::pin(async move {
-            match self.route(id)? {
+            match self.route(id).await? {
                 Route::Local => self.engine().pause(id).await.map_err(api_error)?,
                 Route::Owner(owner) => self.forwarded(&owner, id, Command::Pause).await?,
             }
@@ -185,7 +188,7 @@ impl Executions for ServiceOrchestrator {
 
     fn resume(&self, id: ExecutionId) -> BoxFuture<'_, ApiResult<Execution>> {
         Box::pin(async move {
-            match self.route(id)? {
+            match self.route(id).await? {
                 Route::Local => self.engine().resume(id).await.map_err(api_error)?,
                 Route::Owner(owner) => self.forwarded(&owner, id, Command::Resume).await?,
             }
@@ -195,7 +198,7 @@ impl Executions for ServiceOrchestrator {
 
     fn cancel(&self, id: ExecutionId, reason: String) -> BoxFuture<'_, ApiResult<Execution>> {
         Box::pin(async move {
-            match self.route(id)? {
+            match self.route(id).await? {
                 Route::Local => self.engine().cancel(id, &reason).await.map_err(api_error)?,
                 Route::Owner(owner) => self.forwarded(&owner, id, Command::Cancel(reason)).await?,
             }
@@ -213,7 +216,7 @@ impl Executions for ServiceOrchestrator {
 
     fn signal(&self, id: ExecutionId, name: String, data: serde_json::Value) -> BoxFuture<'_, ApiResult<Execution>> {
         Box::pin(async move {
-            match self.route(id)? {
+            match self.route(id).await? {
                 Route::Local => self.engine().signal(id, &name, data).await.map_err(api_error)?,
                 Route::Owner(owner) => self.forwarded(&owner, id, Command::Signal(name, data)).await?,
             }

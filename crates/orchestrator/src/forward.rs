@@ -88,13 +88,7 @@ impl std::fmt::Debug for Forwarder {
 impl Forwarder {
     /// A forwarder for node `member`, calling the others with `access`.
     pub fn new(member: Member, access: PeerAccess) -> Self {
-        Self {
-            member,
-            access,
-            channels: Mutex::default(),
-            forwarded: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-        }
+        Self { member, access, channels: Mutex::default(), forwarded: AtomicU64::new(0), failed: AtomicU64::new(0) }
     }
 
     /// Calls forwarded to another node, and of those the ones that failed to reach it.
@@ -102,27 +96,37 @@ impl Forwarder {
         (self.forwarded.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed))
     }
 
-    /// Where a command for `id` runs; `UNAVAILABLE` when no node can take it now.
-    pub fn route(&self, id: ExecutionId) -> ApiResult<Route> {
-        let ownership = self.member.ownership();
-        let partition = id.partition(ownership.partitions());
-        if ownership.epoch(partition).is_some() {
-            return Ok(Route::Local);
-        }
+    /// Where a command for `id` runs; `UNAVAILABLE` when no node can take it now. What this
+    /// node knows of the owners is as of its last heartbeat: when it names no other live owner,
+    /// the next heartbeats are waited for (a partition may have just been claimed).
+    pub async fn route(&self, id: ExecutionId) -> ApiResult<Route> {
+        const LOOKS: usize = 3;
         let me = self.member.node_id();
-        if let Some(by) = Incoming::current().and_then(|incoming| incoming.forwarded_by) {
-            return Err(ApiError::Unavailable(format!(
-                "node {by} forwarded the call for execution {id} to node {me}, which does not own its partition \
-                 {partition} (ownership is moving); retry"
-            )));
+        let forwarded_by = Incoming::current().and_then(|incoming| incoming.forwarded_by);
+        let mut partition = 0;
+        for look in 1..=LOOKS {
+            let ownership = self.member.ownership();
+            partition = id.partition(ownership.partitions());
+            if ownership.epoch(partition).is_some() {
+                return Ok(Route::Local);
+            }
+            if let Some(by) = &forwarded_by {
+                return Err(ApiError::Unavailable(format!(
+                    "node {by} forwarded the call for execution {id} to node {me}, which does not own its partition \
+                     {partition} (ownership is moving); retry"
+                )));
+            }
+            if let Some(peer) = self.member.owner(partition).filter(|peer| peer.node != me) {
+                return Ok(Route::Owner(peer));
+            }
+            if look < LOOKS && !self.member.owners_refreshed().await {
+                break;
+            }
         }
-        match self.member.owner(partition) {
-            Some(peer) if peer.node != me => Ok(Route::Owner(peer)),
-            _ => Err(ApiError::Unavailable(format!(
-                "no live node owns partition {partition} of execution {id} now (its owner is leaving or its lease \
-                 expired and no node claimed it yet); retry"
-            ))),
-        }
+        Err(ApiError::Unavailable(format!(
+            "no live node owns partition {partition} of execution {id} now (its owner is leaving or its lease \
+             expired and no node claimed it yet); retry"
+        )))
     }
 
     /// Forwards `command` for execution `id` to `owner`.
@@ -140,7 +144,10 @@ impl Forwarder {
             }
             Command::Signal(name, data) => {
                 let data_json = data.to_string();
-                client.signal_execution(self.request(pb::SignalExecutionRequest { id, name, data_json })?).await.map(drop)
+                client
+                    .signal_execution(self.request(pb::SignalExecutionRequest { id, name, data_json })?)
+                    .await
+                    .map(drop)
             }
         };
         answered.map_err(|status| self.error(owner, &status))
@@ -160,7 +167,9 @@ impl Forwarder {
         let me = self.member.node_id().parse().map_err(|_| ApiError::Internal("a node id that is no header".into()))?;
         metadata.insert(FORWARDED_BY, me);
         if let Some(token) = &self.access.token {
-            let value = format!("Bearer {token}").parse().map_err(|_| ApiError::Internal("a token that is no header".into()))?;
+            let value = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| ApiError::Internal("a token that is no header".into()))?;
             metadata.insert("authorization", value);
         }
         Ok(request)
@@ -200,7 +209,10 @@ impl Forwarder {
             return Ok(channel.clone());
         }
         let unusable = |reason: String| {
-            ApiError::Unavailable(format!("node {} advertises {}, which cannot be used: {reason}", owner.node, owner.address))
+            ApiError::Unavailable(format!(
+                "node {} advertises {}, which cannot be used: {reason}",
+                owner.node, owner.address
+            ))
         };
         let scheme = if self.access.tls.is_some() { "https" } else { "http" };
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", owner.address))

@@ -25,11 +25,11 @@ const LEASE: &str = "3s";
 /// The token every node accepts and every client presents.
 const TOKEN: &str = "cluster-test-token-0123456789";
 
-/// Waits 4 s between two steps: time to open watches and send commands while it runs.
+/// Waits 8 s between two steps: longer than a takeover takes.
 const SLOW: &str = "name: slow
 steps:
   - { id: first, set: \"a\" }
-  - { id: pause, wait: 4s, depends_on: [first] }
+  - { id: pause, wait: 8s, depends_on: [first] }
   - { id: last, set: \"b\", depends_on: [pause] }
 output: \"${ .steps.last.output }\"
 ";
@@ -58,8 +58,19 @@ struct Node {
 async fn node(url: &str, name: &str, dir: &std::path::Path, tokens: &std::path::Path) -> Node {
     let data = dir.join(name);
     let tokens = tokens.to_str().unwrap();
-    let args =
-        ["--store", url, "--cluster", "--node-id", name, "--lease-ttl", LEASE, "--partitions", "8", "--auth-token-file", tokens];
+    let args = [
+        "--store",
+        url,
+        "--cluster",
+        "--node-id",
+        name,
+        "--lease-ttl",
+        LEASE,
+        "--partitions",
+        "8",
+        "--auth-token-file",
+        tokens,
+    ];
     let process = ServerProcess::start(&data, &args).await;
     let channel = process.channel().await;
     let intercept: fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> = bearer;
@@ -115,7 +126,8 @@ async fn a_node_serves_and_forwards_calls_for_executions_another_node_runs() {
     let mut a = node(&url, "a", dir.path(), &tokens).await;
     let mut b = node(&url, "b", dir.path(), &tokens).await;
     for source in [SLOW, HOLD] {
-        let request = pb::ApplyDefinitionRequest { source: source.to_owned(), format: pb::DefinitionFormat::Yaml as i32 };
+        let request =
+            pb::ApplyDefinitionRequest { source: source.to_owned(), format: pb::DefinitionFormat::Yaml as i32 };
         a.workflows.apply_definition(request).await.unwrap();
     }
     // Both own their share before anything starts, so what b starts stays b's.
@@ -195,11 +207,17 @@ async fn a_node_serves_and_forwards_calls_for_executions_another_node_runs() {
         .unwrap()
         .into_inner();
     let mut events = Vec::new();
-    // Until the wait has begun on b.
-    while events.len() < 4 {
-        events.push(watch.next().await.unwrap().unwrap().event.unwrap());
+    // Until the first step has succeeded on b: it is in the wait now.
+    loop {
+        let event = watch.next().await.unwrap().unwrap().event.unwrap();
+        let first_done = matches!(&event.kind, Some(pb::event::Kind::TaskSucceeded(done)) if done.step == "first");
+        events.push(event);
+        if first_done {
+            break;
+        }
     }
     b.process.kill9();
+    let killed = Instant::now();
     // b is dead but still owns its partitions until its lease ends: a command for its
     // execution cannot reach it, and says so.
     let unreachable = a.executions.pause_execution(pb::PauseExecutionRequest { id: stuck.clone() }).await.unwrap_err();
@@ -219,6 +237,8 @@ async fn a_node_serves_and_forwards_calls_for_executions_another_node_runs() {
     assert_eq!(sequences, (1..=events.len() as u64).collect::<Vec<_>>(), "contiguous, none repeated");
     assert!(matches!(events.last().unwrap().kind, Some(pb::event::Kind::Completed(_))), "{events:?}");
     assert_eq!(state(&a.get(&slow).await), pb::ExecutionState::Completed);
+    // It ended on a, after b's lease.
+    assert!(killed.elapsed() >= Duration::from_secs(3), "ended {:?} after the kill", killed.elapsed());
 
     // Now a owns everything: the commands run there.
     let cancel = pb::CancelExecutionRequest { id: stuck.clone(), reason: String::new() };
