@@ -25,6 +25,11 @@
 //! are meant to serve too, though only PostgreSQL is tested. The tables are created by the
 //! PostgreSQL store's schema (`baton-store`, migration 4): connect the store first.
 //!
+//! - **Servers outside a cluster.** A server started without `--cluster` on a PostgreSQL
+//!   database holds it alone ([`hold_alone`]): a connection with a known application name,
+//!   open while it runs. A second server outside a cluster, or a cluster node, is refused the
+//!   database while that connection lives.
+//!
 //! What it is not for: running executions. The engine learns from a [`Member`] which
 //! partitions it owns, with their epochs, and stops or resumes executions accordingly.
 
@@ -73,6 +78,17 @@ pub enum Error {
         node: String,
         /// Where the live node said it listens.
         address: String,
+    },
+    /// A server outside a cluster holds the database: two servers never share one unless
+    /// both are nodes of a cluster.
+    #[error(
+        "the database is used by another Baton server outside a cluster ({servers}); two servers must not share one \
+         database: stop that one, give this one a database of its own, or run every server as a node with --cluster \
+         (a crashed server's hold ends within about 30 s)"
+    )]
+    InUse {
+        /// Where the other servers connect from, and since when.
+        servers: String,
     },
     /// The database could not be reached or refused a statement.
     #[error("cluster database unavailable: {0}")]
@@ -690,4 +706,90 @@ fn unavailable(e: &tokio_postgres::Error) -> Error {
         },
     };
     Error::Unavailable(format!("postgres: {text}"))
+}
+
+/// The `application_name` of the connection a server outside a cluster holds open on its
+/// database for as long as it runs: how another server sees it is there.
+const ALONE_APPLICATION: &str = "baton-server-alone";
+
+/// Seconds of silence after which PostgreSQL probes, and then drops, the connection of a
+/// server that holds a database alone: a crashed server's hold ends within about half a
+/// minute even when its machine vanished without closing the connection.
+const ALONE_KEEPALIVE: &str =
+    "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3";
+
+/// A server outside a cluster holding its database alone: a connection that stays open while
+/// the server runs and ends with it (even after `kill -9`, when the operating system closes
+/// it). Dropping it ends the hold.
+#[derive(Debug)]
+pub struct AloneHold {
+    _client: Client,
+    connection: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for AloneHold {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+/// Another server on the database, as PostgreSQL sees its connection.
+fn describe_servers(rows: &[tokio_postgres::Row]) -> String {
+    rows.iter()
+        .map(|row| format!("connected from {} since {}", row.get::<_, String>(0), row.get::<_, String>(1)))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+const OTHERS_ALONE: &str = "SELECT coalesce(host(client_addr), 'a local socket'),
+        to_char(backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS UTC')
+    FROM pg_stat_activity
+    WHERE datname = current_database() AND application_name = $1 AND pid <> pg_backend_pid()
+    ORDER BY backend_start";
+
+/// Takes the database at `url` for a server outside a cluster: refused with
+/// [`Error::InUse`] while another such server holds it, so two never share one database's
+/// journals unknowingly. Relies on PostgreSQL's `pg_stat_activity`, which every role may read
+/// the application names of.
+pub async fn hold_alone(url: &str) -> Result<AloneHold> {
+    let mut pg: tokio_postgres::Config =
+        url.parse().map_err(|e: tokio_postgres::Error| Error::Invalid { field: "url", reason: e.to_string() })?;
+    pg.application_name(ALONE_APPLICATION).keepalives(true).keepalives_idle(Duration::from_secs(10));
+    let (client, connection) = pg.connect(NoTls).await.map_err(|e| unavailable(&e))?;
+    let connection = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let hold = AloneHold { _client: client, connection };
+    let client = &hold._client;
+    client.batch_execute(ALONE_KEEPALIVE).await.map_err(|e| unavailable(&e))?;
+    // A server that has just died (a restart after `kill -9`) may be listed for a moment
+    // until its backend sees the closed connection; a live one stays.
+    let deadline = Instant::now() + ALONE_GRACE;
+    loop {
+        let others = client.query(OTHERS_ALONE, &[&ALONE_APPLICATION]).await.map_err(|e| unavailable(&e))?;
+        if others.is_empty() {
+            return Ok(hold);
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::InUse { servers: describe_servers(&others) });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// How long a server outside a cluster waits for another's connection to go before it gives
+/// up the start.
+const ALONE_GRACE: Duration = Duration::from_secs(2);
+
+/// Refuses the database at `url` to a cluster node while a server outside a cluster holds it.
+pub async fn refuse_held_alone(url: &str) -> Result<()> {
+    let pg: tokio_postgres::Config =
+        url.parse().map_err(|e: tokio_postgres::Error| Error::Invalid { field: "url", reason: e.to_string() })?;
+    let (client, connection) = pg.connect(NoTls).await.map_err(|e| unavailable(&e))?;
+    let connection = tokio::spawn(connection);
+    let others = client.query(OTHERS_ALONE, &[&ALONE_APPLICATION]).await.map_err(|e| unavailable(&e));
+    drop(client);
+    let _ = connection.await;
+    let others = others?;
+    if others.is_empty() { Ok(()) } else { Err(Error::InUse { servers: describe_servers(&others) }) }
 }

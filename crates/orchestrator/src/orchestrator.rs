@@ -192,6 +192,8 @@ struct Inner {
     member: Option<baton_cluster::Member>,
     /// In a cluster, where commands for executions other nodes run go.
     forwarder: Option<Forwarder>,
+    /// On PostgreSQL outside a cluster, this server's hold on the database, while it runs.
+    _alone: Option<baton_cluster::AloneHold>,
 }
 
 impl std::fmt::Debug for ServiceOrchestrator {
@@ -208,6 +210,7 @@ impl ServiceOrchestrator {
     pub async fn open(mut options: Options) -> Result<Self, Error> {
         let mut disk = None;
         let mut member = None;
+        let mut alone = None;
         let store = match &options.store {
             StoreChoice::Memory => AnyStore::Memory(MemoryStore::default()),
             StoreChoice::Redb(dir) => {
@@ -230,6 +233,7 @@ impl ServiceOrchestrator {
             }
             StoreChoice::Postgres(url) => {
                 refuse_live_cluster(url).await?;
+                alone = Some(baton_cluster::hold_alone(url).await.map_err(|e| Error::Cluster(e.to_string()))?);
                 let store = PostgresStore::connect(&baton_store::postgres::Config::new(url.clone())).await?;
                 let takeover = store.takeover();
                 tracing::info!(
@@ -246,6 +250,7 @@ impl ServiceOrchestrator {
             StoreChoice::Cluster(cluster) => {
                 let config = baton_store::postgres::Config::new(cluster.url.clone());
                 baton_store::postgres::migrate_schema(&config).await?;
+                baton_cluster::refuse_held_alone(&cluster.url).await.map_err(|e| Error::Cluster(e.to_string()))?;
                 let joined =
                     baton_cluster::Member::join(cluster.clone()).await.map_err(|e| Error::Cluster(e.to_string()))?;
                 let ownership: Arc<dyn baton_core::Ownership> = Arc::new(joined.clone());
@@ -306,6 +311,7 @@ impl ServiceOrchestrator {
                 supervisor: Mutex::new(supervisor),
                 forwarder: member.clone().map(|member| Forwarder::new(member, options.peers.clone())),
                 member,
+                _alone: alone,
             }),
         })
     }
