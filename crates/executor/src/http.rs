@@ -47,6 +47,9 @@ pub struct HttpConfig {
     /// Origins that requests a workflow writes itself (`call: http`, `call: openapi`) reach
     /// elsewhere: a server setting, never a definition's.
     pub origins: Origins,
+    /// In a cluster, the calling node's id, sent as `X-Baton-Node` with every request so that
+    /// a service (and its logs) can tell which node called; `None` sends no such header.
+    pub node: Option<HeaderValue>,
 }
 
 impl Default for HttpConfig {
@@ -60,6 +63,7 @@ impl Default for HttpConfig {
             roots: TrustRoots::system(),
             secrets: Secrets::default(),
             origins: Origins::default(),
+            node: None,
         }
     }
 }
@@ -131,7 +135,7 @@ impl HttpConfig {
 /// to clone; clones share the connection pools.
 ///
 /// Each request carries `Idempotency-Key`, `X-Baton-Execution`, `X-Baton-Step`,
-/// `X-Baton-Attempt`, the call's `traceparent` and `tracestate`, and the service's credentials (read from their secret on every call).
+/// `X-Baton-Attempt`, in a cluster `X-Baton-Node` (the calling node), the call's `traceparent` and `tracestate`, and the service's credentials (read from their secret on every call).
 /// A 2xx body is the output: JSON as it is, other `text/plain` as a string, empty as `null`. 408, 429
 /// and 5xx are retryable `http_{code}`; other statuses are permanent `http_{code}`; a 2xx
 /// body that is neither is a permanent `invalid_json`; a certificate that is not trusted is a
@@ -272,6 +276,9 @@ impl HttpInvoker {
         let uri = join(url, path_and_query)?;
         let host = uri.host().unwrap_or_default().to_owned();
         let mut request = request(&uri, method, call, extra)?;
+        if let Some(node) = &self.config.node {
+            request.headers_mut().insert("x-baton-node", node.clone());
+        }
         if let (Some(credentials), Some(secret)) = (spec.credentials(), secret) {
             let (name, value) = credential_header(credentials, secret)
                 .map_err(|reason| Failure::permanent("secret", format!("service {}: {reason}", spec.id())))?;

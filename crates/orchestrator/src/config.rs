@@ -263,6 +263,14 @@ impl ServeConfig {
             if self.node_id.as_deref().is_none_or(str::is_empty) {
                 return invalid("node_id", "a cluster node needs a name, unique in the cluster: --node-id");
             }
+            // It names the node in headers to the other nodes and to services.
+            if self
+                .node_id
+                .as_deref()
+                .is_some_and(|node| node.len() > 128 || !node.bytes().all(|b| b.is_ascii_graphic()))
+            {
+                return invalid("node_id", "must be 1 to 128 visible ASCII characters without spaces");
+            }
             if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&self.lease_ttl) {
                 return invalid("lease_ttl", "must be from 1s to 10m");
             }
@@ -338,6 +346,11 @@ impl ServeConfig {
             );
         }
         Ok(())
+    }
+
+    /// This server's node id when it runs as a node of a cluster.
+    pub fn cluster_node(&self) -> Option<&str> {
+        self.node_id.as_deref().filter(|_| self.cluster)
     }
 
     /// The cluster membership these settings ask for, advertising `grpc` unless told otherwise.

@@ -396,7 +396,10 @@ fn http_config(config: &ServeConfig) -> Result<baton_executor::HttpConfig, Serve
         secrets_dir = %config.secrets_dir.as_deref().map_or("-".into(), |d| d.display().to_string()),
         "service calls: TLS trusts the system's roots and services_ca; secrets come from secrets_dir and BATON_SECRET_* variables"
     );
+    // Node ids are checked to be visible ASCII, so every one is a header value.
+    let node = config.cluster_node().and_then(|node| axum::http::HeaderValue::from_str(node).ok());
     Ok(baton_executor::HttpConfig {
+        node,
         roots,
         secrets: baton_executor::Secrets::new(config.secrets_dir.as_deref()),
         ..baton_executor::HttpConfig::default()

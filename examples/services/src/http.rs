@@ -72,6 +72,8 @@ pub(crate) struct Shared {
     keys: Mutex<Keys<Remembered>>,
     /// The `traceparent` of the latest requests, oldest first.
     traceparents: Mutex<std::collections::VecDeque<String>>,
+    /// The `X-Baton-Node` of the latest requests that had one, with when they came, oldest first.
+    callers: Mutex<std::collections::VecDeque<(String, std::time::Instant)>>,
     requests: AtomicU64,
     effects: AtomicU64,
     duplicates: AtomicU64,
@@ -107,6 +109,7 @@ impl Shared {
             rng: Mutex::new(SmallRng::seed_from_u64(seed)),
             keys: Mutex::new(Keys::new(idempotency_window)),
             traceparents: Mutex::default(),
+            callers: Mutex::default(),
             requests: AtomicU64::new(0),
             effects: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
@@ -131,6 +134,10 @@ impl Shared {
 
     pub(crate) fn traceparents(&self) -> Vec<String> {
         self.traceparents.lock().iter().cloned().collect()
+    }
+
+    pub(crate) fn callers(&self) -> Vec<(String, std::time::Instant)> {
+        self.callers.lock().iter().cloned().collect()
     }
 
     /// True with probability `rate`.
@@ -196,6 +203,13 @@ async fn effect(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
             kept.pop_front();
         }
         kept.push_back(traceparent.to_owned());
+    }
+    if let Some(node) = headers.get("x-baton-node").and_then(|v| v.to_str().ok()) {
+        let mut kept = shared.callers.lock();
+        if kept.len() == TRACEPARENTS_KEPT {
+            kept.pop_front();
+        }
+        kept.push_back((node.to_owned(), std::time::Instant::now()));
     }
     let answer = answer(&shared, &headers, &body).await;
     if !answer.status().is_success() {

@@ -219,6 +219,12 @@ impl Handle {
         self.shared.traceparents()
     }
 
+    /// The calling node (`X-Baton-Node`) of its latest requests from a cluster (up to 10,000),
+    /// with when each came, oldest first.
+    pub fn callers(&self) -> Vec<(String, std::time::Instant)> {
+        self.shared.callers()
+    }
+
     /// Where its registration stands (always unregistered without a Baton endpoint).
     pub fn registration(&self) -> RegistrationStatus {
         self.registration.borrow().clone()
