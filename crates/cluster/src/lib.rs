@@ -35,6 +35,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use baton_core::ExecutionId;
@@ -209,6 +210,8 @@ pub struct Member {
     ownership: watch::Receiver<Arc<Ownership>>,
     seen: watch::Receiver<Arc<Seen>>,
     heartbeat: Duration,
+    counters: Arc<Counters>,
+    lease: Arc<Lease>,
     leave: mpsc::Sender<oneshot::Sender<Result<()>>>,
 }
 
@@ -219,6 +222,39 @@ pub struct Peer {
     pub node: String,
     /// Where it listens (its advertised gRPC address).
     pub address: String,
+}
+
+/// What a node's membership has done since it joined, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Stats {
+    /// Lease renewals the database accepted.
+    pub renewals: u64,
+    /// Heartbeats that did not renew the lease (the database failed, timed out or said it had
+    /// expired).
+    pub renewal_failures: u64,
+    /// Seconds the accepted renewals took, summed (over `renewals`, the mean).
+    pub renewal_seconds: f64,
+    /// Partitions claimed: taken over from a dead or leaving node, or unowned.
+    pub partitions_claimed: u64,
+    /// Partitions this node stopped owning: handed back towards an even share, taken over, or
+    /// dropped when it fenced itself.
+    pub partitions_lost: u64,
+    /// Times this node fenced itself because its lease could not be renewed in time.
+    pub self_fences: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    renewals: AtomicU64,
+    renewal_failures: AtomicU64,
+    renewal_micros: AtomicU64,
+    partitions_claimed: AtomicU64,
+    partitions_lost: AtomicU64,
+    self_fences: AtomicU64,
+}
+
+fn count(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
 }
 
 /// The cluster as the database said at a node's last heartbeat.
@@ -245,9 +281,11 @@ impl Member {
             client: None,
             incarnation: 0,
             valid_until: Instant::now(),
+            lease: Arc::new(Lease::new()),
             rejoin: false,
             owned: BTreeMap::new(),
             seen: watch::Sender::new(Arc::default()),
+            counters: Arc::default(),
             publish: watch::Sender::new(Arc::new(Ownership {
                 partitions: config.partitions,
                 owned: BTreeMap::new(),
@@ -262,6 +300,8 @@ impl Member {
             ownership: keeper.publish.subscribe(),
             seen: keeper.seen.subscribe(),
             heartbeat: keeper.config.heartbeat,
+            counters: Arc::clone(&keeper.counters),
+            lease: Arc::clone(&keeper.lease),
             leave,
         };
         tokio::spawn(keeper.run(requests));
@@ -282,6 +322,20 @@ impl Member {
     /// heartbeat; `None` while no live node owns it (its owner died and no one claimed it yet).
     pub fn owner(&self, partition: u32) -> Option<Peer> {
         self.seen().owners.get(&partition).cloned()
+    }
+
+    /// What the membership has done since it joined.
+    pub fn stats(&self) -> Stats {
+        let c = &self.counters;
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        Stats {
+            renewals: load(&c.renewals),
+            renewal_failures: load(&c.renewal_failures),
+            renewal_seconds: load(&c.renewal_micros) as f64 / 1e6,
+            partitions_claimed: load(&c.partitions_claimed),
+            partitions_lost: load(&c.partitions_lost),
+            self_fences: load(&c.self_fences),
+        }
     }
 
     /// How many nodes had a live lease at this node's last heartbeat.
@@ -318,17 +372,51 @@ impl Member {
     }
 }
 
-/// What the engine and the store read: this node's partitions, from memory.
+/// When this node's lease ends by its own clock (less the safety margin), readable from any
+/// task without waiting for the task that keeps it: a node that was frozen (a stopped
+/// process, a stalled machine) sees at once, when it runs again, that it owns nothing, even
+/// before that task has run and given its partitions up.
+#[derive(Debug)]
+struct Lease {
+    base: Instant,
+    /// Nanoseconds from `base`.
+    until: AtomicU64,
+}
+
+impl Lease {
+    fn new() -> Self {
+        Self { base: Instant::now(), until: AtomicU64::new(0) }
+    }
+
+    fn extend_to(&self, until: Instant) {
+        let nanos = u64::try_from(until.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX);
+        self.until.store(nanos, Ordering::Release);
+    }
+
+    fn valid(&self) -> bool {
+        let now = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        now < self.until.load(Ordering::Acquire)
+    }
+}
+
+/// What the engine, the store and the dispatcher read: this node's partitions, from memory;
+/// none once its lease has run out by its own clock.
 impl baton_core::Ownership for Member {
     fn partitions(&self) -> u32 {
         self.ownership.borrow().partitions
     }
 
     fn epoch(&self, partition: u32) -> Option<i64> {
+        if !self.lease.valid() {
+            return None;
+        }
         self.ownership.borrow().epoch(partition)
     }
 
     fn owned(&self) -> Vec<(u32, i64)> {
+        if !self.lease.valid() {
+            return Vec::new();
+        }
         self.ownership.borrow().owned.iter().map(|(p, e)| (*p, *e)).collect()
     }
 
@@ -363,6 +451,8 @@ struct Keeper {
     rejoin: bool,
     owned: BTreeMap<u32, i64>,
     seen: watch::Sender<Arc<Seen>>,
+    counters: Arc<Counters>,
+    lease: Arc<Lease>,
     publish: watch::Sender<Arc<Ownership>>,
 }
 
@@ -389,12 +479,17 @@ impl Keeper {
             let deadline = self.valid_until.max(Instant::now() + self.config.heartbeat);
             match tokio::time::timeout_at(deadline, self.beat()).await {
                 Ok(Ok(())) => {}
-                Ok(Err(Missed::LeaseLost)) => self.fence_all("the database says its lease expired"),
+                Ok(Err(Missed::LeaseLost)) => {
+                    count(&self.counters.renewal_failures, 1);
+                    self.fence_all("the database says its lease expired");
+                }
                 Ok(Err(Missed::Failed(e))) => {
+                    count(&self.counters.renewal_failures, 1);
                     tracing::warn!(node = %self.config.node_id, error = %e, "cluster heartbeat failed");
                     self.client = None;
                 }
                 Err(_) => {
+                    count(&self.counters.renewal_failures, 1);
                     tracing::warn!(node = %self.config.node_id, "cluster heartbeat timed out");
                     self.client = None;
                 }
@@ -424,6 +519,8 @@ impl Keeper {
                 partitions = self.owned.len(),
                 "fenced: {why}; this node stops work on all its partitions"
             );
+            count(&self.counters.self_fences, 1);
+            count(&self.counters.partitions_lost, self.owned.len() as u64);
             self.owned.clear();
             self.publish();
         }
@@ -496,6 +593,7 @@ impl Keeper {
         tx.commit().await.map_err(|e| unavailable(&e))?;
         self.incarnation = incarnation;
         self.valid_until = sent + self.config.lease_ttl - self.config.safety_margin;
+        self.lease.extend_to(self.valid_until);
         self.rejoin = false;
         if first {
             tracing::info!(node = %node, incarnation, "joined the cluster");
@@ -525,7 +623,10 @@ impl Keeper {
         if renewed == 0 {
             return Err(Missed::LeaseLost);
         }
+        count(&self.counters.renewals, 1);
+        count(&self.counters.renewal_micros, u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX));
         self.valid_until = sent + self.config.lease_ttl - self.config.safety_margin;
+        self.lease.extend_to(self.valid_until);
         let client = self.client.as_ref().expect("used above");
         let rows = client.query("SELECT id, epoch FROM baton_partitions WHERE owner = $1", &[&node]).await?;
         let stored: BTreeMap<u32, i64> =
@@ -533,6 +634,7 @@ impl Keeper {
         let lost: Vec<u32> = self.owned.iter().filter(|(p, e)| stored.get(p) != Some(e)).map(|(p, _)| *p).collect();
         if !lost.is_empty() || stored.len() != self.owned.len() {
             if !lost.is_empty() {
+                count(&self.counters.partitions_lost, lost.len() as u64);
                 tracing::warn!(node = %node, ?lost, "fenced: partitions were taken over; this node stops work on them");
             }
             // Partitions held at the database but not here were claimed by a statement whose
@@ -562,6 +664,7 @@ impl Keeper {
             // then released with a raised epoch, so nothing of it in flight commits later.
             let (&partition, &epoch) = self.owned.iter().next_back().expect("more than the share");
             self.owned.remove(&partition);
+            count(&self.counters.partitions_lost, 1);
             self.publish();
             let id = i32::try_from(partition).expect("validated");
             client
@@ -595,6 +698,7 @@ impl Keeper {
                 let claimed: Vec<(u32, i64)> =
                     claimed.iter().map(|row| (row.get::<_, i32>(0).unsigned_abs(), row.get(1))).collect();
                 tracing::info!(node = %node, partitions = ?claimed.iter().map(|c| c.0).collect::<Vec<_>>(), "claimed partitions");
+                count(&self.counters.partitions_claimed, claimed.len() as u64);
                 self.owned.extend(claimed);
                 self.publish();
             }

@@ -39,6 +39,8 @@ pub struct Dispatcher {
     wait_for_service: Duration,
     /// Where requests workflows write themselves may go.
     endpoints: EndpointPolicy,
+    /// In a cluster, which executions this node owns: it calls no service for one it does not.
+    ownership: Option<Arc<dyn baton_core::Ownership>>,
 }
 
 impl Dispatcher {
@@ -72,6 +74,25 @@ impl Dispatcher {
             released: Arc::default(),
             wait_for_service: Duration::from_secs(30),
             endpoints: EndpointPolicy::default(),
+            ownership: None,
+        }
+    }
+
+    /// In a cluster: calls only for executions `ownership` says this node owns. A node whose
+    /// lease ran out, or whose partition moved, makes no call, even before its runs are stopped.
+    pub fn with_ownership(mut self, ownership: Arc<dyn baton_core::Ownership>) -> Self {
+        self.ownership = Some(ownership);
+        self
+    }
+
+    /// Refuses a call for `execution` when another node owns it now.
+    fn check_owner(&self, execution: baton_core::ExecutionId) -> Result<(), Failure> {
+        match &self.ownership {
+            Some(ownership) if ownership.of(execution).is_none() => Err(Failure::unreached(
+                "fenced",
+                format!("this node no longer owns execution {execution} (its lease ran out or its partition moved)"),
+            )),
+            _ => Ok(()),
         }
     }
 
@@ -159,10 +180,12 @@ impl Invoker for Dispatcher {
     async fn invoke(&self, call: Call) -> Result<Value, Failure> {
         // A permit is taken on the spot or waited for; the call itself runs once.
         let (view, permit) = self.waiting(|| self.admit(&call.service)).await?;
-        let result = match view.spec.endpoint() {
-            Endpoint::Http { .. } => self.http.call(&view.spec, call).await,
-            Endpoint::Grpc { .. } => self.grpc.call(&view.spec, call).await,
-            Endpoint::Worker { .. } => self.workers.invoke(call).await,
+        // Checked last before the call: waiting for a permit may have taken a while.
+        let result = match (self.check_owner(call.execution), view.spec.endpoint()) {
+            (Err(fenced), _) => Err(fenced),
+            (Ok(()), Endpoint::Http { .. }) => self.http.call(&view.spec, call).await,
+            (Ok(()), Endpoint::Grpc { .. }) => self.grpc.call(&view.spec, call).await,
+            (Ok(()), Endpoint::Worker { .. }) => self.workers.invoke(call).await,
         };
         drop(permit);
         self.released.notify_waiters();

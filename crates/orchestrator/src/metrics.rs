@@ -39,6 +39,16 @@
 //! | `baton_expression_limits_total` | `bound` | evaluations past a bound, by bound |
 //! | `baton_expression_workers` | | evaluator processes alive |
 //! | `baton_expression_workers_started_total` | | evaluator processes started |
+//! | `baton_cluster_partitions_owned` | | in a cluster: partitions this node owns |
+//! | `baton_cluster_nodes_live` | | nodes with a live lease at the last heartbeat |
+//! | `baton_cluster_lease_renewal_seconds` | | accepted renewals, sum and count |
+//! | `baton_cluster_lease_renewal_failures_total` | | heartbeats that did not renew |
+//! | `baton_cluster_self_fences_total` | | times this node stopped all work for its lease |
+//! | `baton_cluster_partitions_claimed_total` | | partitions claimed (takeovers included) |
+//! | `baton_cluster_partitions_lost_total` | | partitions no longer owned |
+//! | `baton_cluster_executions_fenced_total` | | runs stopped: another node owns them now |
+//! | `baton_cluster_forwarded_calls_total` | | commands forwarded to the owner |
+//! | `baton_cluster_forwarded_unreachable_total` | | forwarded commands whose owner did not answer |
 
 mod executions;
 mod grpc;
@@ -136,6 +146,7 @@ impl Metrics {
             sources.workers = Some(orchestrator.workers().clone());
             sources.store = Some(orchestrator.store().clone());
             sources.disk = orchestrator.disk().cloned();
+            sources.cluster = orchestrator.member().is_some().then(|| orchestrator.clone());
         }
         self.recovered(&orchestrator.engine().recovery());
     }
@@ -193,6 +204,11 @@ impl Metrics {
 impl Observer for Metrics {
     fn journaled(&self, execution: &Execution, events: &[Event]) {
         self.inner.executions.journaled(&execution.workflow, events);
+    }
+
+    fn fenced(&self, _execution: baton_core::ExecutionId) {
+        let fenced = Arc::clone(&self.inner.state.sources.read().fenced);
+        fenced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -248,7 +248,12 @@ impl ServiceOrchestrator {
                 AnyStore::Postgres(store)
             }
             StoreChoice::Cluster(cluster) => {
-                let config = baton_store::postgres::Config::new(cluster.url.clone());
+                // A third of the lease: a node frozen inside a write lets go of its partitions'
+                // rows long before the others may claim them.
+                let config = baton_store::postgres::Config {
+                    idle_in_transaction_timeout: Some(cluster.lease_ttl / 3),
+                    ..baton_store::postgres::Config::new(cluster.url.clone())
+                };
                 baton_store::postgres::migrate_schema(&config).await?;
                 baton_cluster::refuse_held_alone(&cluster.url).await.map_err(|e| Error::Cluster(e.to_string()))?;
                 let joined =
@@ -280,6 +285,10 @@ impl ServiceOrchestrator {
             options.max_candidates,
         )
         .with_endpoints(options.endpoints);
+        let dispatcher = match &options.engine.ownership {
+            Some(ownership) => dispatcher.with_ownership(Arc::clone(ownership)),
+            None => dispatcher,
+        };
         let router = Arc::new(Router::default());
         let host = Arc::new(EngineHost::new(queries));
         let executor = options

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use baton_grpc::pb;
 use baton_grpc::pb::execution_service_client::ExecutionServiceClient;
 use baton_store::testing::PgCluster;
-use support::ServerProcess;
+use support::{ServerProcess, sample, scrape};
 use tokio_stream::StreamExt as _;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -244,4 +244,19 @@ async fn a_node_serves_and_forwards_calls_for_executions_another_node_runs() {
     let cancel = pb::CancelExecutionRequest { id: stuck.clone(), reason: String::new() };
     let cancelled = a.executions.cancel_execution(cancel).await.unwrap().into_inner().execution.unwrap();
     assert_eq!(state(&cancelled), pb::ExecutionState::Cancelled);
+
+    // a's metrics tell the story: what it forwarded, b's death, the takeover.
+    let text = scrape(a.process.metrics).await;
+    let value = |name: &str| sample(&text, name).unwrap_or_else(|| panic!("{name} missing:\n{text}"));
+    // Pause, resume, signal, the refused late pause, cancel, and the one to the dead b.
+    assert_eq!(value("baton_cluster_forwarded_calls_total"), 6.0);
+    assert_eq!(value("baton_cluster_forwarded_unreachable_total"), 1.0);
+    assert_eq!(value("baton_cluster_partitions_owned"), 8.0);
+    assert!(value("baton_cluster_partitions_claimed_total") >= 8.0, "{text}");
+    assert!(value("baton_cluster_lease_renewal_seconds_count") > 0.0, "{text}");
+    assert_eq!(value("baton_cluster_lease_renewal_failures_total"), 0.0);
+    eventually(Duration::from_secs(10), "a seeing itself alone", async || {
+        sample(&scrape(a.process.metrics).await, "baton_cluster_nodes_live") == Some(1.0)
+    })
+    .await;
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use baton_grpc::pb;
 use baton_store::testing::{PgCluster, sql_client};
-use support::{Clients, ServerProcess, example};
+use support::{Clients, ServerProcess, example, sample, scrape};
 
 /// Lease of the test's nodes.
 const LEASE: Duration = Duration::from_secs(3);
@@ -112,6 +112,11 @@ async fn a_node_frozen_past_its_lease_calls_and_commits_nothing_after_it() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(b.log_text().contains("fenced"), "b did not fence itself:\n{}", b.log_text());
+    let text = scrape(b.metrics).await;
+    assert!(sample(&text, "baton_cluster_self_fences_total").is_some_and(|n| n >= 1.0), "{text}");
+    assert!(sample(&text, "baton_cluster_lease_renewal_failures_total").is_some_and(|n| n >= 1.0), "{text}");
+    let text = scrape(a.metrics).await;
+    assert!(sample(&text, "baton_cluster_partitions_claimed_total").is_some_and(|n| n >= 8.0), "{text}");
 
     // No call from b after it thawed: what it sent before it froze may arrive late, nothing after.
     let mut from_b = 0;

@@ -36,6 +36,10 @@ pub(crate) struct Sources {
     pub(crate) breakers: Option<BreakerStates>,
     pub(crate) sandbox: Option<Sandbox>,
     pub(crate) disk: Option<DiskWatch>,
+    /// In a cluster, the orchestrator: its membership and its forwarder.
+    pub(crate) cluster: Option<crate::orchestrator::ServiceOrchestrator>,
+    /// Runs stopped here because another node owns their executions now.
+    pub(crate) fenced: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Sources {
@@ -48,7 +52,8 @@ impl std::fmt::Debug for Sources {
             .field("breakers", &self.breakers.is_some())
             .field("sandbox", &self.sandbox.is_some())
             .field("disk", &self.disk.is_some())
-            .finish()
+            .field("cluster", &self.cluster.is_some())
+            .finish_non_exhaustive()
     }
 }
 
@@ -234,6 +239,102 @@ impl Collector for StateCollector {
                     None,
                 )?;
         }
+        if let Some(member) = sources.cluster.as_ref().and_then(|o| o.member()) {
+            encode_cluster(
+                &mut encoder,
+                member,
+                sources.cluster.as_ref().and_then(|o| o.forwarder()),
+                &sources.fenced,
+            )?;
+        }
         Ok(())
     }
+}
+
+/// The `baton_cluster_*` families of a cluster node.
+fn encode_cluster(
+    encoder: &mut DescriptorEncoder,
+    member: &baton_cluster::Member,
+    forwarder: Option<&crate::forward::Forwarder>,
+    fenced: &std::sync::atomic::AtomicU64,
+) -> Result<(), std::fmt::Error> {
+    let stats = member.stats();
+    let gauge = |encoder: &mut DescriptorEncoder, name, help, value: u64| {
+        ConstGauge::new(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)
+    };
+    let counter = |encoder: &mut DescriptorEncoder, name, help, value: u64| {
+        ConstCounter::new(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)
+    };
+    gauge(
+        encoder,
+        "baton_cluster_partitions_owned",
+        "Partitions this node owns now.",
+        member.ownership().len() as u64,
+    )?;
+    gauge(
+        encoder,
+        "baton_cluster_nodes_live",
+        "Nodes with a live lease, as the database said at this node's last heartbeat.",
+        u64::from(member.live_nodes()),
+    )?;
+    counter(
+        encoder,
+        "baton_cluster_lease_renewal_failures",
+        "Heartbeats that did not renew this node's lease (database error, timeout, or lease expired).",
+        stats.renewal_failures,
+    )?;
+    counter(
+        encoder,
+        "baton_cluster_self_fences",
+        "Times this node stopped all its work because its lease could not be renewed in time.",
+        stats.self_fences,
+    )?;
+    counter(
+        encoder,
+        "baton_cluster_partitions_claimed",
+        "Partitions this node claimed: unowned ones, or taken over from a dead or leaving node.",
+        stats.partitions_claimed,
+    )?;
+    counter(
+        encoder,
+        "baton_cluster_partitions_lost",
+        "Partitions this node stopped owning (handed back, taken over, or dropped when it fenced itself).",
+        stats.partitions_lost,
+    )?;
+    counter(
+        encoder,
+        "baton_cluster_executions_fenced",
+        "Runs this node stopped because another node owns their execution now (a partition lost or a write refused \
+         as fenced).",
+        fenced.load(std::sync::atomic::Ordering::Relaxed),
+    )?;
+    if let Some(forwarder) = forwarder {
+        let (forwarded, unreachable) = forwarder.counts();
+        counter(
+            encoder,
+            "baton_cluster_forwarded_calls",
+            "Pause, Resume, Cancel and Signal calls forwarded to the node that owns their execution.",
+            forwarded,
+        )?;
+        counter(
+            encoder,
+            "baton_cluster_forwarded_unreachable",
+            "Forwarded calls whose owner did not answer (answered UNAVAILABLE).",
+            unreachable,
+        )?;
+    }
+    // Only the +Inf bucket: a sum and a count, so `_sum / _count` is the mean renewal latency.
+    encoder
+        .encode_descriptor(
+            "baton_cluster_lease_renewal",
+            "Time an accepted lease renewal took, from sending it to the database's answer.",
+            Some(&prometheus_client::registry::Unit::Seconds),
+            MetricType::Histogram,
+        )?
+        .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            stats.renewal_seconds,
+            stats.renewals,
+            &[(f64::INFINITY, stats.renewals)],
+            None,
+        )
 }

@@ -170,6 +170,11 @@ pub struct Config {
     pub fold_events: usize,
     /// Bytes of events kept in memory before they are folded, whatever their number.
     pub fold_bytes: usize,
+    /// PostgreSQL ends a session of this store that sits this long inside a transaction
+    /// (`idle_in_transaction_session_timeout`). A cluster node sets it below its lease: a node
+    /// frozen in the middle of a write would otherwise hold its partitions' rows locked, and no
+    /// other node could claim them. `None` leaves the server's setting.
+    pub idle_in_transaction_timeout: Option<std::time::Duration>,
 }
 
 impl Config {
@@ -183,6 +188,7 @@ impl Config {
             append_connections: 2,
             fold_events: 65_536,
             fold_bytes: 16 << 20,
+            idle_in_transaction_timeout: None,
         }
     }
 }
@@ -262,8 +268,13 @@ impl PostgresStore {
     /// role over, folding what a server outside the cluster left and fencing that server out;
     /// the cluster's own journals need no folding.
     pub async fn connect_partitioned(config: &Config, ownership: Arc<dyn Ownership>) -> StoreResult<Self> {
-        let pg: tokio_postgres::Config =
+        let mut pg: tokio_postgres::Config =
             config.url.parse().map_err(|e| StoreError::Invalid { field: "url".to_owned(), reason: describe(&e) })?;
+        if let Some(timeout) = config.idle_in_transaction_timeout {
+            let given = pg.get_options().unwrap_or_default().to_owned();
+            let millis = timeout.as_millis().max(1);
+            pg.options(format!("{given} -c idle_in_transaction_session_timeout={millis}").trim_start());
+        }
         let mut first = connect(&pg).await?;
         migrate(&mut first).await?;
         tune(&first).await;
