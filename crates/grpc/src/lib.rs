@@ -29,6 +29,10 @@
 //! layer before a body is read ([`Guarded`]); [`Config::serve_with_layer`] puts the caller's
 //! layer outside it, so that it sees the refused calls too.
 //!
+//! Forwarding ([`forwarding`]): the execution service runs each call inside the scope of an
+//! [`forwarding::Incoming`] (the caller's `grpc-timeout` and `baton-forwarded-by` mark), so a
+//! cluster node's port can pass the call on to the node that owns the execution.
+//!
 //! Errors: a request that does not decode as its message (a string field that is not UTF-8, a
 //! truncated field) is `INVALID_ARGUMENT` naming the message and field, not tonic's
 //! `INTERNAL` (the services' codec, `codec.rs`); a request field that does not convert is
