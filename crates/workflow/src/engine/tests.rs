@@ -1027,3 +1027,44 @@ async fn a_start_without_a_version_runs_the_latest_applied() {
     let third = reopened.start(&chain(), None, json!({"n": 1}), None).await.unwrap();
     assert_eq!(reopened.get(third).await.unwrap().version, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_cluster_a_watch_and_a_get_follow_an_execution_another_server_runs_across_its_move() {
+    use baton_core::fakes::FixedOwnership;
+    let store = MemoryStore::default();
+    let cluster = |ownership: &Arc<FixedOwnership>| Config {
+        ownership: Some(ownership.clone() as Arc<dyn Ownership>),
+        ownership_poll: Duration::from_millis(5),
+        remote_watch_poll: Duration::from_millis(5),
+        ..Config::default()
+    };
+    let (owns_all, owns_none) = (Arc::new(FixedOwnership::all(1, 1)), Arc::new(FixedOwnership::all(1, 1)));
+    owns_none.remove(0);
+    let (owner_runner, other_runner) = (FakeRunner::gated(), FakeRunner::gated());
+    let owner = engine(&store, &owner_runner, cluster(&owns_all)).await;
+    let other = engine(&store, &other_runner, cluster(&owns_none)).await;
+    let id = owner.start(&chain(), None, json!({"n": 1}), None).await.unwrap();
+    let mut stream = Box::pin(other.watch(id, 0).await.unwrap());
+    owner_runner.release(1);
+    let mut seen = Vec::new();
+    while succeeded(&seen) < 1 {
+        let event = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.unwrap().unwrap();
+        seen.push(event.unwrap());
+    }
+    // Get on the server that does not run it: the journal's progress, which the record (written
+    // on state changes only) does not show yet.
+    let step = StepId::new("a").unwrap();
+    let here = other.get(id).await.unwrap();
+    assert_eq!(here.tasks[&step].state, TaskState::Succeeded);
+    assert_ne!(store.get_execution(id).await.unwrap().tasks[&step].state, TaskState::Succeeded);
+    // The execution moves to the watching server, which finishes it; the watch goes on.
+    owns_all.remove(0);
+    owns_none.set(0, 2);
+    other_runner.release(10_000);
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.unwrap() {
+        seen.push(event.unwrap());
+    }
+    assert_eq!(seen, store.read_journal(id, 1).await.unwrap(), "contiguous, none repeated");
+    assert_eq!(kinds(&seen).last(), Some(&"completed"));
+    assert_eq!(other.get(id).await.unwrap().state, ExecutionState::Completed);
+}
