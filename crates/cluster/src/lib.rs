@@ -827,7 +827,7 @@ const ALONE_KEEPALIVE: &str =
 /// it). Dropping it ends the hold.
 #[derive(Debug)]
 pub struct AloneHold {
-    _client: Client,
+    client: Client,
     connection: tokio::task::JoinHandle<()>,
 }
 
@@ -863,8 +863,8 @@ pub async fn hold_alone(url: &str) -> Result<AloneHold> {
     let connection = tokio::spawn(async move {
         let _ = connection.await;
     });
-    let hold = AloneHold { _client: client, connection };
-    let client = &hold._client;
+    let hold = AloneHold { client, connection };
+    let client = &hold.client;
     client.batch_execute(ALONE_KEEPALIVE).await.map_err(|e| unavailable(&e))?;
     // A server that has just died (a restart after `kill -9`) may be listed for a moment
     // until its backend sees the closed connection; a live one stays.
