@@ -8,6 +8,8 @@
 //! outside `PATH` and `/usr/lib/postgresql/*/bin` can be named with `BATON_PG_BIN`. Without
 //! any it panics: PostgreSQL tests never skip silently.
 
+mod blackhole;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
@@ -16,6 +18,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use baton_core::{Event, EventKind, Execution, ExecutionId, ExecutionState, StepId, Timestamp, WorkflowName};
 use tempfile::TempDir;
 use tokio_postgres::config::Host;
+
+pub use blackhole::BlackholeProxy;
 
 use crate::conformance::{Damage, Harness};
 use crate::postgres::{self, PostgresStore};
