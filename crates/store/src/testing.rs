@@ -1,6 +1,8 @@
 //! Test support (`test-util` feature): a throwaway PostgreSQL cluster, a conformance
 //! [`Harness`] for each store, the journal load that benches and profiling share
-//! ([`load_execution`], [`load_event`]), and a disk filled to the last byte ([`fill_disk`]).
+//! ([`load_execution`], [`load_event`]), a disk filled to the last byte ([`fill_disk`]), and a
+//! TCP proxy that cuts a client off from the database as a dead network would
+//! ([`BlackholeProxy`]).
 //!
 //! [`PgCluster::start`] runs `initdb` and `pg_ctl` itself into a temporary directory, listening
 //! only on a Unix socket there, and stops and removes it when dropped; as root it runs them as
