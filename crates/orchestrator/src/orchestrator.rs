@@ -112,6 +112,10 @@ impl Default for Options {
     }
 }
 
+/// The shortest time a cluster node's store waits for PostgreSQL to answer a call, however
+/// short its lease: a loaded database may take seconds.
+const MIN_STORE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Refuses a database that live cluster nodes use: a server outside the cluster would take
 /// the journals over from under them.
 async fn refuse_live_cluster(url: &str) -> Result<(), Error> {
@@ -248,9 +252,11 @@ impl ServiceOrchestrator {
                 AnyStore::Postgres(store)
             }
             StoreChoice::Cluster(cluster) => {
-                // A third of the lease: a node frozen inside a write lets go of its partitions'
-                // rows long before the others may claim them.
+                // A call outstanding past the lease is moot: the node has fenced itself by then.
+                // A third of the lease in a transaction: a node frozen inside a write lets go
+                // of its partitions' rows long before the others may claim them.
                 let config = baton_store::postgres::Config {
+                    timeout: cluster.lease_ttl.max(MIN_STORE_TIMEOUT),
                     idle_in_transaction_timeout: Some(cluster.lease_ttl / 3),
                     ..baton_store::postgres::Config::new(cluster.url.clone())
                 };
