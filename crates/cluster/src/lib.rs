@@ -465,6 +465,8 @@ impl Keeper {
             tokio::select! {
                 _ = heartbeat.tick() => {}
                 () = tokio::time::sleep_until(fence_at), if !self.owned.is_empty() => {
+                    // No renewal came in time: a missed one, whatever the next heartbeat finds.
+                    count(&self.counters.renewal_failures, 1);
                     self.fence_all("its lease could not be renewed before its safety margin");
                     continue;
                 }

@@ -280,7 +280,7 @@ fn encode_cluster(
     counter(
         encoder,
         "baton_cluster_lease_renewal_failures",
-        "Heartbeats that did not renew this node's lease (database error, timeout, or lease expired).",
+        "Renewals missed: heartbeats that did not renew this node's lease (database error, timeout, or lease expired), or none in time.",
         stats.renewal_failures,
     )?;
     counter(
