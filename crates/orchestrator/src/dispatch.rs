@@ -156,6 +156,10 @@ impl Invoker for Dispatcher {
         self.waiting(|| self.candidates(&query, step)).await.map(Some)
     }
 
+    fn capacity(&self, service: &ServiceId) -> Option<usize> {
+        self.registry.capacity(service).map(|capacity| capacity as usize)
+    }
+
     async fn invoke(&self, call: Call) -> Result<Value, Failure> {
         // A permit is taken on the spot or waited for; the call itself runs once.
         let (view, permit) = self.waiting(|| self.admit(&call.service)).await?;
