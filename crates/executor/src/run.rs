@@ -697,7 +697,9 @@ pub(crate) async fn run_call<I: Invoker>(
                 timeout: attempt_limit.map(|(limit, _)| limit),
                 trace: Some(shared.call_trace(task.step, attempt)),
             };
-            let result = within_attempt_limit(attempt_limit, deadline, shared.invoker.invoke(call)).await;
+            // Boxed: an outgoing call's future (an HTTP or gRPC client's) is large, and inline
+            // it would size every waiting call's leaf, for as long as it waits, as one going out.
+            let result = within_attempt_limit(attempt_limit, deadline, Box::pin(shared.invoker.invoke(call))).await;
             // Only failures that say something about the service's health count against it.
             match &result {
                 // Dropped unrecorded: a half-open probe slot is given back.
