@@ -163,10 +163,11 @@ impl Invoker for Dispatcher {
     async fn invoke(&self, call: Call) -> Result<Value, Failure> {
         // A permit is taken on the spot or waited for; the call itself runs once.
         let (view, permit) = self.waiting(|| self.admit(&call.service)).await?;
+        // Boxed by kind: a task waiting on a worker queue holds no HTTP or gRPC client's future.
         let result = match view.spec.endpoint() {
-            Endpoint::Http { .. } => self.http.call(&view.spec, call).await,
-            Endpoint::Grpc { .. } => self.grpc.call(&view.spec, call).await,
-            Endpoint::Worker { .. } => self.workers.invoke(call).await,
+            Endpoint::Http { .. } => Box::pin(self.http.call(&view.spec, call)).await,
+            Endpoint::Grpc { .. } => Box::pin(self.grpc.call(&view.spec, call)).await,
+            Endpoint::Worker { .. } => Box::pin(self.workers.invoke(call)).await,
         };
         drop(permit);
         self.released.notify_waiters();
