@@ -7,7 +7,7 @@ mod e2e;
 use baton_benches::{quantile, report_figure};
 use criterion::{Criterion, criterion_group, criterion_main};
 
-/// Executions of the direct measurement for the figures.
+/// Executions of the direct measurement for the figures (`BATON_BENCH_E2E_MEASURED` to change).
 const MEASURED: usize = 2_000;
 
 fn e2e_latency(c: &mut Criterion) {
@@ -22,8 +22,9 @@ fn e2e_latency(c: &mut Criterion) {
     });
     group.finish();
 
-    let (_, mut latencies) = rt.block_on(e2e::drive(&channel, 1, MEASURED));
-    assert_eq!(latencies.len(), MEASURED, "one latency per execution");
+    let measured = e2e::measured(MEASURED);
+    let (_, mut latencies) = rt.block_on(e2e::drive(&channel, 1, measured));
+    assert_eq!(latencies.len(), measured, "one latency per execution");
     latencies.sort_unstable();
     let name = "3-step order workflow over HTTP, redb, 1 gRPC client";
     for (label, q, target) in [("p50", 0.5, "<= 2 ms"), ("p99", 0.99, "<= 5 ms")] {

@@ -17,10 +17,11 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 const CLIENTS: usize = 64;
 /// Executions per criterion iteration.
 const PER_ITERATION: usize = 500;
-/// Executions of the direct measurement for the figures.
+/// Executions of the direct measurement for the figures (`BATON_BENCH_E2E_MEASURED` to change).
 const MEASURED: usize = 3_000;
 
 fn e2e_throughput(c: &mut Criterion) {
+    let measured = e2e::measured(MEASURED);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
     let dir = tempfile::tempdir().expect("a temp dir");
     let cluster = PgCluster::start_in(dir.path());
@@ -36,14 +37,14 @@ fn e2e_throughput(c: &mut Criterion) {
             b.iter_custom(|iters| (0..iters).map(|_| rt.block_on(e2e::drive(&channel, CLIENTS, PER_ITERATION)).0).sum())
         });
 
-        let (elapsed, mut latencies) = rt.block_on(e2e::drive(&channel, CLIENTS, MEASURED));
-        assert_eq!(latencies.len(), MEASURED, "one latency per execution");
+        let (elapsed, mut latencies) = rt.block_on(e2e::drive(&channel, CLIENTS, measured));
+        assert_eq!(latencies.len(), measured, "one latency per execution");
         latencies.sort_unstable();
         let name = format!("3-step order workflow over HTTP, {label}, {CLIENTS} gRPC clients");
         report_figure(
             "e2e_throughput",
             &format!("{name}: executions per second"),
-            MEASURED as f64 / elapsed.as_secs_f64(),
+            measured as f64 / elapsed.as_secs_f64(),
             "1/s",
             None,
             None,

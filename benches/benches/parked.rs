@@ -2,8 +2,8 @@
 //! each waiting on a worker-pull task that no worker takes, over the real server in a process
 //! of its own (this bench's executable run again as the server, redb in a temporary
 //! directory). The tasks are spread over 16 queues, below the per-queue cap, and each step's
-//! timeout outlasts the bench; past the executor's global limit of calls in flight, runs wait
-//! for their turn to call. Figures: the start rate, the server's resident memory above
+//! timeout outlasts the bench; past each worker service's capacity (64) and the executor's
+//! global limit of calls in flight, runs wait for their turn to call. Figures: the start rate, the server's resident memory above
 //! idle (in all and per waiting execution) once every task is queued, and GetExecution and
 //! ListExecutions (one page) latency p50/p99 while they wait.
 
@@ -171,8 +171,14 @@ async fn gets(channel: &Channel, ids: &[String], calls: usize) -> Vec<Duration> 
         let begun = Instant::now();
         let execution = client.get_execution(pb::GetExecutionRequest { id }).await.expect("gets").into_inner();
         latencies.push(begun.elapsed());
-        let state = execution.execution.expect("an execution").state;
-        assert_eq!(state, pb::ExecutionState::Running as i32, "it waits");
+        let execution = execution.execution.expect("an execution");
+        assert_eq!(
+            execution.state,
+            pb::ExecutionState::Running as i32,
+            "execution {} waits: {:?}",
+            execution.id,
+            execution.error
+        );
     }
     latencies
 }
@@ -205,11 +211,13 @@ fn parked(c: &mut Criterion) {
 
     let (ids, elapsed) = rt.block_on(start_all(&channel, count));
     assert_eq!(ids.len(), count, "every execution started");
-    // Every execution's task queued: each now holds what it holds while it waits.
     eprintln!("parked: {count} started in {elapsed:?}; waiting for their tasks to queue");
-    // The executor keeps at most this many calls in flight across runs: the rest of the runs
-    // wait for their turn, holding what a waiting run holds.
-    let in_flight = (baton_executor::Config::default().max_in_flight as u64).min(count as u64);
+    // Each worker service takes as many tasks at once as its capacity, and the executor keeps
+    // at most its global limit of calls in flight across runs: the rest of the runs wait for
+    // their turn (FIFO), holding what a waiting run holds.
+    let in_flight = (QUEUES as u64 * u64::from(baton_core::service::DEFAULT_CAPACITY))
+        .min(baton_executor::Config::default().max_in_flight as u64)
+        .min(count as u64);
     let deadline = Instant::now() + Duration::from_secs(600);
     while server.queued() < in_flight {
         assert!(Instant::now() < deadline, "{} of {in_flight} tasks queued after 10 minutes", server.queued());
@@ -228,25 +236,8 @@ fn parked(c: &mut Criterion) {
         waiting = now;
     }
     let above = waiting.saturating_sub(idle) as f64;
-
-    let mut group = c.benchmark_group("parked");
-    group.sample_size(10);
-    group.bench_function(format!("baton/get_execution_{count}_waiting"), |b| {
-        b.iter_custom(|iters| {
-            let begun = Instant::now();
-            rt.block_on(gets(&channel, &ids, iters as usize));
-            begun.elapsed()
-        })
-    });
-    group.bench_function(format!("baton/list_executions_page_{count}_waiting"), |b| {
-        b.iter_custom(|iters| {
-            let begun = Instant::now();
-            rt.block_on(lists(&channel, iters as usize));
-            begun.elapsed()
-        })
-    });
-    group.finish();
-
+    eprintln!("parked: server at {} MiB with {count} waiting", waiting >> 20);
+    // Recorded before the calls below, so that a failure there cannot lose them.
     let name = format!("{count} executions waiting on worker tasks, redb, {CLIENTS} gRPC clients");
     report_figure(
         "parked",
@@ -280,6 +271,25 @@ fn parked(c: &mut Criterion) {
         None,
         None,
     );
+
+    let mut group = c.benchmark_group("parked");
+    group.sample_size(10);
+    group.bench_function(format!("baton/get_execution_{count}_waiting"), |b| {
+        b.iter_custom(|iters| {
+            let begun = Instant::now();
+            rt.block_on(gets(&channel, &ids, iters as usize));
+            begun.elapsed()
+        })
+    });
+    group.bench_function(format!("baton/list_executions_page_{count}_waiting"), |b| {
+        b.iter_custom(|iters| {
+            let begun = Instant::now();
+            rt.block_on(lists(&channel, iters as usize));
+            begun.elapsed()
+        })
+    });
+    group.finish();
+
     let (mut got, mut listed) =
         rt.block_on(async { (gets(&channel, &ids, CALLS).await, lists(&channel, CALLS / 4).await) });
     got.sort_unstable();

@@ -10,6 +10,10 @@ use baton_benches::closed_loop;
 use baton_grpc::pb;
 use tonic::transport::Channel;
 
+/// Changes how many executions a bench measures directly for its figures: more for a steadier
+/// figure, fewer for a quick comparison of two builds.
+const MEASURED_ENV: &str = "BATON_BENCH_E2E_MEASURED";
+
 const ORDER: &str = include_str!("../../../examples/workflows/order.yaml");
 
 /// The server over `store` (redb in `dir` when `None`), the shop's services registered with
@@ -94,4 +98,9 @@ pub(crate) async fn drive(channel: &Channel, clients: usize, executions: usize) 
         }
     })
     .await
+}
+
+/// The executions a bench measures for its figures: `default`, or [`MEASURED_ENV`]'s number.
+pub(crate) fn measured(default: usize) -> usize {
+    std::env::var(MEASURED_ENV).ok().map_or(default, |v| v.parse().expect("BATON_BENCH_E2E_MEASURED: a count"))
 }

@@ -1826,13 +1826,11 @@ impl<'a, I: Invoker> Interp<'a, I> {
                 first_attempt: attempts_made + 1,
                 request,
             };
-            let result = match shared.global_permit().await {
-                None => Err(Problem::runtime("cancelled")),
-                Some(_permit) => match run_call(shared, &spec, payload).await {
-                    Ok((attempt, raw)) => Self::settle_leaf(shared, task, path.clone(), attempt, raw, filters).await,
-                    Err(TaskError::Failed(problem)) => Err(problem),
-                    Err(other) => Err(Problem::runtime(other.to_string()).at(&task.reference)),
-                },
+            // Each attempt takes its service's slot and then one of the global limit.
+            let result = match run_call(shared, &spec, payload).await {
+                Ok((attempt, raw)) => Self::settle_leaf(shared, task, path.clone(), attempt, raw, filters).await,
+                Err(TaskError::Failed(problem)) => Err(problem),
+                Err(other) => Err(Problem::runtime(other.to_string()).at(&task.reference)),
             };
             LeafDone { node: id, generation, result }
         })

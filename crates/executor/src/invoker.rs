@@ -118,6 +118,16 @@ pub trait Invoker: Send + Sync + 'static {
         std::future::ready(Ok(None))
     }
 
+    /// The most calls `service` takes at once, when it has such a limit (its registered
+    /// capacity). The executor keeps at most that many calls to it in flight across runs;
+    /// the rest wait their turn (FIFO) before they take a slot of the executor's global
+    /// limit, so that runs queued behind a full service do not hold up calls to other
+    /// services. The default: no limit of the service's own.
+    fn capacity(&self, service: &ServiceId) -> Option<usize> {
+        let _ = service;
+        None
+    }
+
     /// Makes one call.
     fn invoke(&self, call: Call) -> impl Future<Output = Result<Value, Failure>> + Send;
 

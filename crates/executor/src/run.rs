@@ -101,27 +101,54 @@ pub struct Executor<I> {
     failovers: Arc<AtomicU64>,
 }
 
-/// Per-service in-flight limits (from registered capacity), FIFO when waiting.
+/// Per-service in-flight limits, FIFO when waiting: set by [`Executor::limit_service`], else
+/// the capacity the invoker declares ([`Invoker::capacity`]).
 type ServiceLimits = Arc<Limits>;
 
 #[derive(Debug, Default)]
 struct Limits {
-    semaphores: Mutex<HashMap<ServiceId, Arc<Semaphore>>>,
-    /// Whether any service is limited: until one is, no call looks in the map.
-    any: std::sync::atomic::AtomicBool,
+    semaphores: Mutex<HashMap<ServiceId, Limit>>,
+}
+
+#[derive(Debug)]
+struct Limit {
+    capacity: usize,
+    /// Set by [`Executor::limit_service`]: the invoker's declared capacity does not replace it.
+    explicit: bool,
+    semaphore: Arc<Semaphore>,
+}
+
+impl Limit {
+    fn new(capacity: usize, explicit: bool) -> Self {
+        let capacity = capacity.max(1);
+        Self { capacity, explicit, semaphore: Arc::new(Semaphore::new(capacity)) }
+    }
 }
 
 impl Limits {
     fn set(&self, service: &ServiceId, max_in_flight: usize) {
-        self.semaphores.lock().insert(service.clone(), Arc::new(Semaphore::new(max_in_flight.max(1))));
-        self.any.store(true, Ordering::Release);
+        self.semaphores.lock().insert(service.clone(), Limit::new(max_in_flight, true));
     }
 
-    fn get(&self, service: &ServiceId) -> Option<Arc<Semaphore>> {
-        if !self.any.load(Ordering::Acquire) {
-            return None;
+    /// The semaphore bounding calls to `service`, given the capacity its invoker declares now.
+    /// A changed capacity starts a new semaphore: calls holding the old one finish under it.
+    fn get(&self, service: &ServiceId, declared: Option<usize>) -> Option<Arc<Semaphore>> {
+        let mut semaphores = self.semaphores.lock();
+        match (semaphores.get(service), declared) {
+            (Some(limit), _) if limit.explicit => Some(Arc::clone(&limit.semaphore)),
+            (Some(limit), Some(capacity)) if limit.capacity == capacity.max(1) => Some(Arc::clone(&limit.semaphore)),
+            (_, Some(capacity)) => {
+                let limit = Limit::new(capacity, false);
+                let semaphore = Arc::clone(&limit.semaphore);
+                semaphores.insert(service.clone(), limit);
+                Some(semaphore)
+            }
+            (Some(_), None) => {
+                semaphores.remove(service);
+                None
+            }
+            (None, None) => None,
         }
-        self.semaphores.lock().get(service).cloned()
     }
 }
 
@@ -328,7 +355,12 @@ impl<I> Shared<I> {
     /// A permit of the global limit, waited for in FIFO order; given up while the run is
     /// paused (so a paused run holds no permit it is not using), `None` once cancelled.
     pub(crate) async fn global_permit(&self) -> Option<SemaphorePermit<'_>> {
-        if let Ok(permit) = self.global.try_acquire() {
+        self.permit_of(&self.global).await
+    }
+
+    /// A permit of `semaphore`, as [`Shared::global_permit`] takes one of the global limit.
+    pub(crate) async fn permit_of<'s>(&self, semaphore: &'s Semaphore) -> Option<SemaphorePermit<'s>> {
+        if let Ok(permit) = semaphore.try_acquire() {
             return Some(permit);
         }
         let mut control = self.control.clone();
@@ -338,7 +370,7 @@ impl<I> Shared<I> {
             }
             control.borrow_and_update();
             tokio::select! {
-                permit = self.global.acquire() => return Some(permit.expect("the global semaphore is never closed")),
+                permit = semaphore.acquire() => return Some(permit.expect("the executor's semaphores are never closed")),
                 _ = control.changed() => {}
             }
         }
@@ -620,9 +652,9 @@ pub(crate) async fn run_call<I: Invoker>(
                 return Err(TaskError::Cancelled);
             }
             let attempt_limit = attempt_limit(shared, task.timeout);
-            let deadline = attempt_limit.map(|(limit, _)| tokio::time::Instant::now() + limit);
+            let pick_deadline = attempt_limit.map(|(limit, _)| tokio::time::Instant::now() + limit);
             let Pick { index, service, admission, untried_left } =
-                match pick(shared, task, candidate, &tried, deadline).await {
+                match pick(shared, task, candidate, &tried, pick_deadline).await {
                     Ok(pick) => pick,
                     Err(failure) => {
                         let retryable = failure.retryable && !task.retry.non_retryable.contains(&failure.class);
@@ -640,11 +672,20 @@ pub(crate) async fn run_call<I: Invoker>(
             if tried.last().is_some_and(|previous| *previous != service) {
                 shared.failovers.fetch_add(1, Ordering::Relaxed);
             }
-            let limit = shared.service_limits.get(&service);
-            let service_permit = match limit {
-                Some(limit) => Some(limit.acquire_owned().await.expect("service semaphores are never closed")),
+            // A call first waits for a slot of its service, then for one of the global limit:
+            // runs queued behind a full service hold no global slot, which would stall calls
+            // to every other service. The attempt's time limit runs from when the call goes
+            // out; the task's own limit and the run's deadline bound the waits.
+            let limit = shared.service_limits.get(&service, shared.invoker.capacity(&service));
+            let service_permit = match &limit {
+                Some(limit) => match shared.permit_of(limit).await {
+                    Some(permit) => Some(permit),
+                    None => return Err(TaskError::Cancelled),
+                },
                 None => None,
             };
+            let Some(global_permit) = shared.global_permit().await else { return Err(TaskError::Cancelled) };
+            let deadline = attempt_limit.map(|(limit, _)| tokio::time::Instant::now() + limit);
             shared.emit(EventKind::TaskScheduled { step: task.step.clone(), attempt, service: service.clone() });
             let call = Call {
                 execution: shared.execution,
@@ -656,14 +697,17 @@ pub(crate) async fn run_call<I: Invoker>(
                 timeout: attempt_limit.map(|(limit, _)| limit),
                 trace: Some(shared.call_trace(task.step, attempt)),
             };
-            let result = within_attempt_limit(attempt_limit, deadline, shared.invoker.invoke(call)).await;
+            // Boxed: an outgoing call's future (an HTTP or gRPC client's) is large, and inline
+            // it would size every waiting call's leaf, for as long as it waits, as one going out.
+            let result = within_attempt_limit(attempt_limit, deadline, Box::pin(shared.invoker.invoke(call))).await;
             // Only failures that say something about the service's health count against it.
             match &result {
                 // Dropped unrecorded: a half-open probe slot is given back.
                 Err(failure) if failure.unreached => drop(admission),
                 result => admission.record(result.as_ref().map_or_else(|f| !f.retryable, |_| true)),
             }
-            // The service's slot is not held through the backoff or the journal write.
+            // Neither slot is held through the backoff or the journal write.
+            drop(global_permit);
             drop(service_permit);
             match result {
                 Ok(output) => return Ok((attempt, output)),

@@ -402,6 +402,68 @@ async fn a_service_limit_holds_across_runs() {
     assert_eq!(started.elapsed(), MS * 300, "one call at a time");
 }
 
+#[tokio::test(start_paused = true)]
+async fn runs_queued_behind_a_full_service_leave_the_global_limit_to_other_services() {
+    let h = harness(Config { max_in_flight: 2, ..Config::default() });
+    h.executor.limit_service(&ServiceId::new("slow").unwrap(), 1);
+    h.invoker.script("slow", [ok(100, json!(1)), ok(100, json!(2))]);
+    h.invoker.script("fast", [ok(10, json!(3))]);
+    let started = Instant::now();
+    let run = |step: &str, service: &str| {
+        h.executor.start(spec(vec![task(step, &[service], &[], json!({}))], json!(null)), json!({}), BTreeMap::new())
+    };
+    // The second run to "slow" waits for its slot; it must not sit on the other global slot.
+    let slow = [run("a", "slow"), run("b", "slow")];
+    let fast = run("c", "fast");
+    assert_eq!(fast.outcome().await, Outcome::Completed(json!(null)));
+    assert_eq!(started.elapsed(), MS * 10, "the fast service's call went out at once");
+    for run in slow {
+        assert_eq!(run.outcome().await, Outcome::Completed(json!(null)));
+    }
+    assert_eq!(started.elapsed(), MS * 200, "one call to the slow service at a time");
+}
+
+/// The scripted invoker, declaring a capacity for each service it knows.
+struct DeclaringInvoker {
+    inner: ScriptedInvoker,
+    capacity: usize,
+}
+
+impl baton_executor::Invoker for DeclaringInvoker {
+    fn capacity(&self, _service: &ServiceId) -> Option<usize> {
+        Some(self.capacity)
+    }
+
+    async fn invoke(&self, call: baton_executor::Call) -> Result<Value, Failure> {
+        self.inner.invoke(call).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_capacity_an_invoker_declares_limits_calls_across_runs_without_failing_them() {
+    let inner = ScriptedInvoker::default();
+    inner.script("shared", [ok(100, json!(1)), ok(100, json!(2)), ok(100, json!(3))]);
+    let executor = Config { jitter_seed: Some(7), ..Config::default() }.build(
+        Arc::new(DeclaringInvoker { inner, capacity: 2 }),
+        Arc::new(RecordingSink::<Event>::default()),
+        Arc::new(FakeClock::default()),
+    );
+    let started = Instant::now();
+    let runs: Vec<_> = (0..3)
+        .map(|i| {
+            executor.start(
+                spec(vec![task(&format!("t{i}"), &["shared"], &[], json!({}))], json!(null)),
+                json!({}),
+                BTreeMap::new(),
+            )
+        })
+        .collect();
+    for run in runs {
+        assert_eq!(run.outcome().await, Outcome::Completed(json!(null)), "waiting for a slot fails nothing");
+    }
+    assert_eq!(started.elapsed(), MS * 200, "two calls at a time, the third after one of them");
+}
+
 /// A sink like a durable journal: each completion is kept after `delay`, and the completion
 /// of `refuse` is refused. Records when every event arrived.
 #[derive(Clone, Default)]

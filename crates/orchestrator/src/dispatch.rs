@@ -177,15 +177,20 @@ impl Invoker for Dispatcher {
         self.waiting(|| self.candidates(&query, step)).await.map(Some)
     }
 
+    fn capacity(&self, service: &ServiceId) -> Option<usize> {
+        self.registry.capacity(service).map(|capacity| capacity as usize)
+    }
+
     async fn invoke(&self, call: Call) -> Result<Value, Failure> {
         // A permit is taken on the spot or waited for; the call itself runs once.
         let (view, permit) = self.waiting(|| self.admit(&call.service)).await?;
-        // Checked last before the call: waiting for a permit may have taken a while.
+        // Checked last before the call: waiting for a permit may have taken a while. Boxed by
+        // kind: a task waiting on a worker queue holds no HTTP or gRPC client's future.
         let result = match (self.check_owner(call.execution), view.spec.endpoint()) {
             (Err(fenced), _) => Err(fenced),
-            (Ok(()), Endpoint::Http { .. }) => self.http.call(&view.spec, call).await,
-            (Ok(()), Endpoint::Grpc { .. }) => self.grpc.call(&view.spec, call).await,
-            (Ok(()), Endpoint::Worker { .. }) => self.workers.invoke(call).await,
+            (Ok(()), Endpoint::Http { .. }) => Box::pin(self.http.call(&view.spec, call)).await,
+            (Ok(()), Endpoint::Grpc { .. }) => Box::pin(self.grpc.call(&view.spec, call)).await,
+            (Ok(()), Endpoint::Worker { .. }) => Box::pin(self.workers.invoke(call)).await,
         };
         drop(permit);
         self.released.notify_waiters();

@@ -500,6 +500,13 @@ impl Registry {
         Ok(Permit { live: entry.live })
     }
 
+    /// The most calls `id` takes at once, when it is registered: cheaper than [`Registry::get`].
+    pub fn capacity(&self, id: &ServiceId) -> Option<u32> {
+        let state = self.inner.state.read();
+        let slot = *state.by_id.get(id)?;
+        state.slots[slot as usize].as_ref().map(|entry| entry.spec.capacity())
+    }
+
     /// Number of registered services.
     pub fn len(&self) -> usize {
         self.inner.state.read().by_id.len()

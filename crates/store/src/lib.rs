@@ -87,12 +87,14 @@ pub enum AnyStore {
     Postgres(PostgresStore),
 }
 
+// Each store's future is boxed: inline, every caller's future (an execution's driver, alive
+// for as long as the execution) would be as large as the largest store's, PostgreSQL's.
 macro_rules! dispatch {
     ($self:ident, $store:ident => $call:expr) => {
         match $self {
-            AnyStore::Memory($store) => $call.await,
-            AnyStore::Redb($store) => $call.await,
-            AnyStore::Postgres($store) => $call.await,
+            AnyStore::Memory($store) => Box::pin($call).await,
+            AnyStore::Redb($store) => Box::pin($call).await,
+            AnyStore::Postgres($store) => Box::pin($call).await,
         }
     };
 }
