@@ -28,6 +28,8 @@
 //! What it is not for: running executions. The engine learns from a [`Member`] which
 //! partitions it owns, with their epochs, and stops or resumes executions accordingly.
 
+pub mod tasks;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;

@@ -202,6 +202,7 @@ impl ServiceOrchestrator {
     pub async fn open(mut options: Options) -> Result<Self, Error> {
         let mut disk = None;
         let mut member = None;
+        let mut shared_tasks = None;
         let store = match &options.store {
             StoreChoice::Memory => AnyStore::Memory(MemoryStore::default()),
             StoreChoice::Redb(dir) => {
@@ -251,6 +252,16 @@ impl ServiceOrchestrator {
                     lease_ttl = ?cluster.lease_ttl,
                     "joined the cluster; this node runs the executions of the partitions it owns"
                 );
+                let settings = baton_cluster::tasks::Settings {
+                    lease: options.workers.lease,
+                    max_queue_len: options.workers.max_queue_len,
+                    max_expired_leases: options.workers.max_expired_leases,
+                    ..Default::default()
+                };
+                shared_tasks = Some(
+                    baton_cluster::tasks::TaskQueues::new(&cluster.url, Arc::clone(&ownership), settings)
+                        .map_err(|e| Error::Cluster(e.to_string()))?,
+                );
                 options.engine.ownership = Some(ownership);
                 member = Some(joined);
                 AnyStore::Postgres(store)
@@ -269,6 +280,10 @@ impl ServiceOrchestrator {
             options.max_candidates,
         )
         .with_endpoints(options.endpoints);
+        let dispatcher = match shared_tasks {
+            Some(tasks) => dispatcher.share_workers(tasks),
+            None => dispatcher,
+        };
         let router = Arc::new(Router::default());
         let host = Arc::new(EngineHost::new(queries));
         let executor = options
