@@ -25,6 +25,9 @@
 //! are meant to serve too, though only PostgreSQL is tested. The tables are created by the
 //! PostgreSQL store's schema (`baton-store`, migration 4): connect the store first.
 //!
+//! [`tasks`] holds the cluster's shared worker queues: tasks any node leases to its workers,
+//! answered to the node that owns the execution.
+//!
 //! What it is not for: running executions. The engine learns from a [`Member`] which
 //! partitions it owns, with their epochs, and stops or resumes executions accordingly.
 

@@ -5,9 +5,9 @@
 //!   idempotency key). The owner of the execution's partition inserts it, withdraws it and
 //!   removes it, each write conditional on the partition's epoch, as every write for an
 //!   execution is. A node that took a partition over and dispatches the step again *adopts* the
-//!   row the dead owner left (queued, leased or already answered) instead of queueing a second
-//!   one, so no task is lost and none is answered twice; a later attempt of the step replaces
-//!   the row of an earlier, answered one.
+//!   row the dead owner left (queued, leased, or completed) instead of queueing a second one,
+//!   so no task is lost and none is answered twice; a later attempt of the step replaces the
+//!   row of a failed or withdrawn one.
 //! - **Leases.** A poll on any node claims the oldest open rows of its queues with
 //!   `FOR UPDATE SKIP LOCKED`, so polls on several nodes take different tasks. Each delivery
 //!   raises the row's delivery number, which with the task id is the worker's token: completion,
@@ -247,8 +247,8 @@ impl TaskQueues {
         }
     }
 
-    /// Queues `task`, or adopts the open or answered row of its step a previous owner left;
-    /// replaces the row of an earlier attempt or a withdrawn one. Only while this node owns
+    /// Queues `task`, or adopts the open or completed row of its step a previous owner left;
+    /// replaces a failed or withdrawn one. Only while this node owns
     /// the execution's partition under the epoch the database holds.
     pub async fn enqueue(&self, task: NewTask) -> Result<Enqueued> {
         let (partition, epoch) = self.fence(task.execution)?;
@@ -257,19 +257,47 @@ impl TaskQueues {
         let execution = task.execution.as_uuid().as_bytes().to_vec();
         let attempt = i32::try_from(task.attempt).unwrap_or(i32::MAX);
         let max = i64::try_from(self.inner.settings.max_queue_len).unwrap_or(i64::MAX);
+        // An open row (queued or leased) is adopted whatever its attempt: a node that took the
+        // partition over dispatches the step again, under its next attempt number, while the
+        // dead owner's task waits or a worker holds it; the row takes the newer attempt, so a
+        // late withdrawal of the older one misses it. A success is adopted as it is (a step is
+        // dispatched after a success only when that success was never journaled). A failure or
+        // a withdrawn row is replaced by the new attempt, keeping its delivery number so that
+        // old tokens stay refused.
+        let replace = "(baton_worker_tasks.state = 'cancelled' OR (baton_worker_tasks.state = 'done' AND \
+                       baton_worker_tasks.outcome <> 'ok'))";
+        let renew = |column: &str, value: &str| {
+            format!("{column} = CASE WHEN {replace} THEN {value} ELSE baton_worker_tasks.{column} END")
+        };
+        let set = [
+            renew("queue", "EXCLUDED.queue"),
+            renew("partition_id", "EXCLUDED.partition_id"),
+            renew("service", "EXCLUDED.service"),
+            renew("payload", "EXCLUDED.payload"),
+            renew("state", "'queued'"),
+            renew("expired_leases", "0"),
+            renew("worker", "NULL"),
+            renew("lease_expires_at", "NULL"),
+            renew("queued_at", "EXCLUDED.queued_at"),
+            renew("finished_at", "NULL"),
+            renew("outcome", "NULL"),
+            renew("output", "NULL"),
+            renew("retryable", "NULL"),
+            format!(
+                "attempt = CASE WHEN {replace} THEN EXCLUDED.attempt \
+                 ELSE GREATEST(baton_worker_tasks.attempt, EXCLUDED.attempt) END"
+            ),
+        ]
+        .join(", ");
         let sql = format!(
             "INSERT INTO baton_worker_tasks (id, call_key, queue, partition_id, execution, step, attempt, service,
                  payload, state, delivery, expired_leases, queued_at)
              SELECT $1::BYTEA, $2::TEXT, $3::TEXT, $4::INT4, $5::BYTEA, $6::TEXT, $7::INT4, $8::TEXT, $9::TEXT,
                  'queued', 0, 0, now()
              FROM (SELECT 1 FROM baton_partitions WHERE id = $4 AND epoch = $10 FOR SHARE) AS current
-             WHERE (SELECT count(*) FROM baton_worker_tasks q WHERE q.queue = $3 AND q.state = 'queued') < $11
-             ON CONFLICT (call_key) DO UPDATE SET queue = EXCLUDED.queue, partition_id = EXCLUDED.partition_id,
-                 attempt = EXCLUDED.attempt, service = EXCLUDED.service, payload = EXCLUDED.payload,
-                 state = 'queued', expired_leases = 0, worker = NULL, lease_expires_at = NULL,
-                 queued_at = EXCLUDED.queued_at, finished_at = NULL, outcome = NULL, output = NULL,
-                 retryable = NULL
-             WHERE baton_worker_tasks.attempt < EXCLUDED.attempt OR baton_worker_tasks.state = 'cancelled'
+             WHERE EXISTS (SELECT 1 FROM baton_worker_tasks k WHERE k.call_key = $2)
+                 OR (SELECT count(*) FROM baton_worker_tasks q WHERE q.queue = $3 AND q.state = 'queued') < $11
+             ON CONFLICT (call_key) DO UPDATE SET {set}
              RETURNING id, attempt, state, {OUTCOME}"
         );
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
@@ -288,14 +316,7 @@ impl TaskQueues {
         if let Some(row) = client.query_opt(&sql, &params).await.map_err(|e| unavailable(&e))? {
             return enqueued(&row);
         }
-        // Nothing written: the step's row is adopted as it is, or the epoch moved on, or the
-        // queue is full.
-        let existing = client
-            .query_opt(&format!("SELECT id, attempt, state, {OUTCOME} FROM baton_worker_tasks WHERE call_key = $1"), &[
-                &task.call_key,
-            ])
-            .await
-            .map_err(|e| unavailable(&e))?;
+        // Nothing written: the epoch moved on, or the queue is full.
         let current: Option<i64> = client
             .query_opt("SELECT epoch FROM baton_partitions WHERE id = $1", &[&partition])
             .await
@@ -307,9 +328,6 @@ impl TaskQueues {
                  {epoch}); it writes no more for it",
                 task.execution
             )));
-        }
-        if let Some(row) = existing {
-            return enqueued(&row);
         }
         let depth: i64 = client
             .query_one("SELECT count(*) FROM baton_worker_tasks WHERE queue = $1 AND state = 'queued'", &[&task.queue])
@@ -340,11 +358,33 @@ impl TaskQueues {
              FROM picked WHERE t.id = picked.id
              RETURNING {CLAIMED}"
         );
-        let rows = client.query(&sql, &[&queues, &max, &worker, &expiries, &lease]).await.map_err(|e| unavailable(&e))?;
+        let rows =
+            client.query(&sql, &[&queues, &max, &worker, &expiries, &lease]).await.map_err(|e| unavailable(&e))?;
         let mut claimed: Vec<Claimed> = rows.iter().map(claimed).collect::<Result<_>>()?;
         // Oldest first, as queued.
         claimed.sort_by_key(|c| c.lease_expires_at);
         Ok(claimed)
+    }
+
+    /// Puts tasks claimed for a poll that went away before it could hand them over back in
+    /// their queues, as they were but for the delivery number: their tokens stay unused.
+    pub async fn release(&self, claimed: &[Claimed]) -> Result<()> {
+        if claimed.is_empty() {
+            return Ok(());
+        }
+        let client = self.client().await?;
+        let ids: Vec<Vec<u8>> = claimed.iter().map(|c| c.id.to_be_bytes().to_vec()).collect();
+        let deliveries: Vec<i32> = claimed.iter().map(|c| i32::try_from(c.delivery).unwrap_or(i32::MAX)).collect();
+        client
+            .execute(
+                "UPDATE baton_worker_tasks t SET state = 'queued', worker = NULL, lease_expires_at = NULL
+                 FROM UNNEST($1::BYTEA[], $2::INT4[]) AS u(id, delivery)
+                 WHERE t.id = u.id AND t.delivery = u.delivery AND t.state = 'leased'",
+                &[&ids, &deliveries],
+            )
+            .await
+            .map_err(|e| unavailable(&e))?;
+        Ok(())
     }
 
     /// Completes the task of token (`id`, `delivery`) with `output` (JSON text).
@@ -468,7 +508,9 @@ impl TaskQueues {
         }
         let rows = client
             .query(
-                &format!("SELECT id, attempt, state, {OUTCOME} FROM baton_worker_tasks WHERE id = ANY($1) AND state = 'done'"),
+                &format!(
+                    "SELECT id, attempt, state, {OUTCOME} FROM baton_worker_tasks WHERE id = ANY($1) AND state = 'done'"
+                ),
                 &[&keys],
             )
             .await
@@ -566,9 +608,10 @@ fn enqueued(row: &Row) -> Result<Enqueued> {
     let output: Option<String> = row.get(4);
     let outcome = match outcome {
         Some("ok") => Outcome::Succeeded(output.unwrap_or_else(|| "null".to_owned())),
-        Some("failed") => {
-            Outcome::Failed { message: output.unwrap_or_default(), retryable: row.get::<_, Option<bool>>(5) == Some(true) }
-        }
+        Some("failed") => Outcome::Failed {
+            message: output.unwrap_or_default(),
+            retryable: row.get::<_, Option<bool>>(5) == Some(true),
+        },
         _ => Outcome::LeaseExpired {
             leases: row.get::<_, i32>(6).unsigned_abs(),
             worker: row.get::<_, Option<String>>(7).unwrap_or_default(),

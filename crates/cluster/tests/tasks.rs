@@ -32,7 +32,10 @@ async fn database(cluster: &PgCluster) -> (String, tokio_postgres::Client) {
     drop(PostgresStore::connect(&StoreConfig::new(url.clone())).await.unwrap());
     let client = sql_client(&url).await;
     client
-        .execute("INSERT INTO baton_partitions (id, owner, epoch) SELECT g, 'a', 1 FROM generate_series(0, 3) AS g", &[])
+        .execute(
+            "INSERT INTO baton_partitions (id, owner, epoch) SELECT g, 'a', 1 FROM generate_series(0, 3) AS g",
+            &[],
+        )
         .await
         .unwrap();
     (url, client)
@@ -211,15 +214,26 @@ async fn a_new_owner_adopts_tasks_and_the_old_one_is_fenced(cluster: &PgCluster)
     let held = leased.iter().find(|t| t.id == leased_task.id).unwrap();
     new.complete(held.id, held.delivery, "7").await.unwrap();
     assert_eq!(new.outcomes(&[adopted.id]).await.unwrap(), [(adopted, Outcome::Succeeded("7".to_owned()))]);
-    // A later attempt replaces the answered row, and old tokens stay refused.
-    let retried = open(new.enqueue(task(waiting, "resize", 2)).await.unwrap());
-    assert_eq!((retried.id, retried.attempt), (adopted.id, 2));
+    // A completed row is adopted even under a later attempt (its success was not journaled);
+    // a failed one is replaced by the next attempt, and old tokens stay refused.
+    assert!(matches!(new.enqueue(task(waiting, "resize", 2)).await.unwrap(), Enqueued::Answered(..)));
+    let failing = open(new.enqueue(task(waiting, "crop", 1)).await.unwrap());
+    let first_try = new.claim(&queues, "w", 5).await.unwrap().pop().unwrap();
+    new.fail(first_try.id, first_try.delivery, "out of memory", true).await.unwrap();
+    let retried = open(new.enqueue(task(waiting, "crop", 2)).await.unwrap());
+    assert_eq!((retried.id, retried.attempt), (failing.id, 2));
     let again = new.claim(&queues, "w", 5).await.unwrap();
     assert_eq!(again.len(), 1);
-    assert_eq!((again[0].attempt, again[0].delivery), (2, held.delivery + 1));
-    not_live(new.complete(held.id, held.delivery, "8").await, "stale");
+    assert_eq!((again[0].attempt, again[0].delivery), (2, first_try.delivery + 1));
+    not_live(new.complete(first_try.id, first_try.delivery, "8").await, "stale");
+    // An open row adopted under a later attempt takes it: a late withdrawal of the earlier
+    // attempt misses it.
+    let open_again = open(new.enqueue(task(waiting, "crop", 3)).await.unwrap());
+    assert_eq!((open_again.id, open_again.attempt), (failing.id, 3));
+    assert!(!new.withdraw(waiting, retried).await.unwrap(), "the older attempt's withdrawal changes nothing");
+    new.extend(again[0].id, again[0].delivery).await.unwrap();
     let count: i64 = client.query_one("SELECT count(*) FROM baton_worker_tasks", &[]).await.unwrap().get(0);
-    assert_eq!(count, 2, "one row per step");
+    assert_eq!(count, 3, "one row per step");
 }
 
 async fn queues_are_capped_and_closed_rows_removed(cluster: &PgCluster) {
@@ -233,8 +247,13 @@ async fn queues_are_capped_and_closed_rows_removed(cluster: &PgCluster) {
     open(a.enqueue(task(execution, "two", 1)).await.unwrap());
     let err = a.enqueue(task(execution, "three", 1)).await.unwrap_err();
     assert_eq!(err, TaskError::QueueFull { queue: "images".to_owned(), depth: 2 });
+    let dropped = a.claim(&["images".to_owned()], "w", 1).await.unwrap().pop().unwrap();
+    assert_eq!(dropped.id, first.id);
+    // A claim for a poll that went away goes back to the head of the queue, its token unused.
+    a.release(std::slice::from_ref(&dropped)).await.unwrap();
     let leased = a.claim(&["images".to_owned()], "w", 1).await.unwrap().pop().unwrap();
-    assert_eq!(leased.id, first.id);
+    assert_eq!((leased.id, leased.delivery), (first.id, 2));
+    not_live(a.complete(dropped.id, dropped.delivery, "1").await, "stale");
     open(a.enqueue(task(execution, "three", 1)).await.unwrap());
     a.fail(leased.id, leased.delivery, "disk full", false).await.unwrap();
     assert_eq!(

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use baton_cluster::tasks::{Claimed, TaskError};
 use baton_core::api::{
     AppliedDefinition, DefinitionDetail, DefinitionFormat, DefinitionPage, DefinitionQuery, DefinitionSummary,
     ExecutionQuery, LeaseExtension, LeasedTask, Orchestrate, Orchestration, PollTasks, StartExecution,
@@ -13,7 +14,6 @@ use baton_core::{
     Orchestrating, PageRequest, ServiceId, StepId, Store, StoredDefinition, SystemClock, WorkerTasks, WorkflowCatalog,
     WorkflowName,
 };
-use baton_cluster::tasks::{Claimed, TaskError};
 use baton_executor::{Failure, LeaseError, LeaseToken, TaskId};
 use futures_util::StreamExt;
 use serde::Deserialize as _;
@@ -326,7 +326,11 @@ impl WorkerTasks for ServiceOrchestrator {
         Box::pin(async move {
             if let Some(shared) = self.dispatcher().shared_workers() {
                 let (task, delivery) = parse_shared_token(&token)?;
-                return shared.tasks().fail(task, delivery, &failure.error, failure.retryable).await.map_err(task_error);
+                return shared
+                    .tasks()
+                    .fail(task, delivery, &failure.error, failure.retryable)
+                    .await
+                    .map_err(task_error);
             }
             let (task, lease) = parse_token(&token)?;
             let failure = if failure.retryable {

@@ -5,12 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use baton_cluster::tasks::TaskQueues;
 use baton_core::{Endpoint, Health, ServiceId, ServiceRequirements, ServiceView, StepId};
 use baton_executor::{
     Call, Failure, GrpcInvoker, HttpConfig, HttpInvoker, Invoker, Request, ResolveQueue, Response, WorkerConfig,
     WorkerQueues,
 };
-use baton_cluster::tasks::TaskQueues;
 use baton_registry::{Permit, Registry};
 use serde_json::Value;
 use tokio::sync::Notify;

@@ -6,7 +6,8 @@
 //! [`OUTCOME_POLL`](baton_cluster::tasks::OUTCOME_POLL) by one background task, which also
 //! removes old closed rows of this node's partitions. A poll claims at once what is open and
 //! then tries again at the same interval until its wait is over; a task queued on this node
-//! wakes this node's polls at once.
+//! wakes this node's polls at once. A poll dropped while its claim is in flight puts what the
+//! claim took back in the queue, so dropping a poll loses no task.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -125,7 +126,12 @@ impl SharedWorkers {
         let deadline = Instant::now() + wait.min(config.max_poll_wait);
         loop {
             let queued = self.inner.queued.notified();
-            let claimed = self.inner.tasks.claim(queues, worker, max).await?;
+            let claim = {
+                let (tasks, queues, worker) = (self.inner.tasks.clone(), queues.to_vec(), worker.to_owned());
+                tokio::spawn(async move { tasks.claim(&queues, &worker, max).await })
+            };
+            let mut claiming = Claiming { tasks: &self.inner.tasks, claim: Some(claim) };
+            let claimed = claiming.finish().await?;
             let now = Instant::now();
             if !claimed.is_empty() || now >= deadline {
                 return Ok(claimed);
@@ -138,11 +144,43 @@ impl SharedWorkers {
     }
 }
 
+/// A claim in flight; dropping it early (the poll went away) puts what it claims back.
+struct Claiming<'a> {
+    tasks: &'a TaskQueues,
+    claim: Option<tokio::task::JoinHandle<Result<Vec<Claimed>, TaskError>>>,
+}
+
+impl Claiming<'_> {
+    async fn finish(&mut self) -> Result<Vec<Claimed>, TaskError> {
+        let claim = self.claim.as_mut().expect("finished once");
+        let result = claim.await;
+        self.claim = None;
+        result.unwrap_or_else(|e| Err(TaskError::Unavailable(format!("the claim of worker tasks failed: {e}"))))
+    }
+}
+
+impl Drop for Claiming<'_> {
+    fn drop(&mut self) {
+        let Some(claim) = self.claim.take() else { return };
+        let tasks = self.tasks.clone();
+        tokio::spawn(async move {
+            if let Ok(Ok(claimed)) = claim.await
+                && let Err(error) = tasks.release(&claimed).await
+            {
+                tracing::warn!(%error, "could not put back tasks claimed for a poll that went away");
+            }
+        });
+    }
+}
+
 /// The answer of `task` as the executor takes it.
 fn answer(task: TaskRef, outcome: Outcome) -> Result<Value, Failure> {
     match outcome {
         Outcome::Succeeded(output) => serde_json::from_str(&output).map_err(|e| {
-            Failure::permanent("worker", format!("task {:032x} was completed with output that is not JSON: {e}", task.id))
+            Failure::permanent(
+                "worker",
+                format!("task {:032x} was completed with output that is not JSON: {e}", task.id),
+            )
         }),
         Outcome::Failed { message, retryable: true } => Err(Failure::retryable("worker", message)),
         Outcome::Failed { message, retryable: false } => Err(Failure::permanent("worker", message)),

@@ -236,7 +236,10 @@ async fn a_node_finds_its_due_executions_behind_other_nodes(cluster: &PgCluster)
     let a = PostgresStore::connect_partitioned(&config, a_owns).await.unwrap();
     let b = PostgresStore::connect_partitioned(&config, b_owns).await.unwrap();
     let filled: Option<i32> = client
-        .query_one("SELECT partition_id FROM baton_executions WHERE id = $1", &[&old.execution.id.as_uuid().as_bytes().to_vec()])
+        .query_one(
+            "SELECT partition_id FROM baton_executions WHERE id = $1",
+            &[&old.execution.id.as_uuid().as_bytes().to_vec()],
+        )
         .await
         .unwrap()
         .get(0);

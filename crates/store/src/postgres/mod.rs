@@ -376,9 +376,9 @@ impl PostgresStore {
     fn owned_partitions(&self) -> Option<Vec<i32>> {
         match &self.inner.journal {
             Journal::Single(_) => None,
-            Journal::Partitioned { ownership, .. } => Some(
-                ownership.owned().into_iter().map(|(p, _)| i32::try_from(p).unwrap_or(i32::MAX)).collect(),
-            ),
+            Journal::Partitioned { ownership, .. } => {
+                Some(ownership.owned().into_iter().map(|(p, _)| i32::try_from(p).unwrap_or(i32::MAX)).collect())
+            }
         }
     }
 
