@@ -16,8 +16,9 @@
 //!   with a new token; after too many the task is answered with `lease_expired`.
 //! - **Answers.** A completion or failure marks the row done; the owner reads the done rows of
 //!   the tasks it waits for every [`OUTCOME_POLL`] (polling keeps the SQL portable), and removes
-//!   closed rows of its partitions once they are [`Settings::retention`] old: long enough for a
-//!   node that took a partition over to adopt an answer its previous owner never journaled.
+//!   closed rows of its partitions once they are [`Settings::retention`] old and, for answers,
+//!   their execution has ended: until then a node that took the partition over may adopt an
+//!   answer its previous owner never journaled.
 //! - **Cancel.** A withdrawn task is marked cancelled while its lease runs: the holder's
 //!   `extend` answers `cancel_requested`, its completion is refused.
 //!
@@ -543,7 +544,9 @@ impl TaskQueues {
     }
 
     /// Removes up to `limit` answered or cancelled tasks of this node's partitions that ended
-    /// more than [`Settings::retention`] ago, under the partitions' epochs; how many.
+    /// more than [`Settings::retention`] ago, under the partitions' epochs; how many. An
+    /// answer stays while its execution is unfinished: a node that takes the partition over
+    /// may need it, however long its recovery takes to reach the execution.
     pub async fn remove_closed(&self, limit: usize) -> Result<u64> {
         let owned = self.inner.ownership.owned();
         if owned.is_empty() {
@@ -560,9 +563,12 @@ impl TaskQueues {
                  USING (SELECT p.id FROM baton_partitions p JOIN UNNEST($1::INT4[], $2::BIGINT[]) AS o(id, epoch)
                         ON p.id = o.id AND p.epoch = o.epoch FOR SHARE OF p) AS current
                  WHERE t.partition_id = current.id AND t.id IN (
-                     SELECT id FROM baton_worker_tasks WHERE state IN ('done', 'cancelled')
-                         AND partition_id = ANY($1)
-                         AND finished_at < now() - $3::FLOAT8 * INTERVAL '1 millisecond'
+                     SELECT c.id FROM baton_worker_tasks c WHERE c.state IN ('done', 'cancelled')
+                         AND c.partition_id = ANY($1)
+                         AND c.finished_at < now() - $3::FLOAT8 * INTERVAL '1 millisecond'
+                         AND (c.state = 'cancelled' OR NOT EXISTS (
+                             SELECT 1 FROM baton_executions e
+                             WHERE e.id = c.execution AND e.state IN ('created', 'running', 'paused')))
                      LIMIT $4)",
                 &[&partitions, &epochs, &retention, &limit],
             )

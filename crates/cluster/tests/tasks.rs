@@ -260,7 +260,19 @@ async fn queues_are_capped_and_closed_rows_removed(cluster: &PgCluster) {
         a.outcomes(&[first.id]).await.unwrap(),
         [(first, Outcome::Failed { message: "disk full".to_owned(), retryable: false })]
     );
-    // Only this node's partitions, under their current epochs.
+    // The answer of an execution still running stays; once it ended, the row goes: only this
+    // node's partitions, under their current epochs.
+    let id = execution.as_uuid().as_bytes().to_vec();
+    client
+        .execute(
+            "INSERT INTO baton_executions (id, workflow, state, created_at, revision, record)
+             VALUES ($1, 'w', 'running', 0, 0, '{}')",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.remove_closed(100).await.unwrap(), 0, "its execution may still need it");
+    client.execute("UPDATE baton_executions SET state = 'completed' WHERE id = $1", &[&id]).await.unwrap();
     let other = TaskQueues::new(&url, Arc::new(FixedOwnership::all(PARTITIONS, 9)), settings(30_000)).unwrap();
     assert_eq!(other.remove_closed(100).await.unwrap(), 0);
     assert_eq!(a.remove_closed(100).await.unwrap(), 1);

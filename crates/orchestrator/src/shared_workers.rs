@@ -24,6 +24,9 @@ use tokio::time::Instant;
 const REMOVE_EVERY: Duration = Duration::from_secs(5);
 const REMOVE_BATCH: usize = 1000;
 
+/// The least time between two warnings of the answer reader.
+const QUIET: Duration = Duration::from_secs(10);
+
 /// The calls waiting for an answer, by task id.
 type Waiting = HashMap<u128, (u32, oneshot::Sender<Outcome>)>;
 
@@ -222,6 +225,14 @@ impl Drop for Pending<'_> {
 /// closed rows now and then; ends with the queues.
 async fn read_answers(inner: Weak<Inner>) {
     let mut last_removal = Instant::now();
+    // A database that stays away is logged once per `QUIET`, not on every read.
+    let mut warned: Option<Instant> = None;
+    let mut warn = |what: &str, error: &TaskError| {
+        if warned.is_none_or(|at| at.elapsed() >= QUIET) {
+            warned = Some(Instant::now());
+            tracing::warn!(%error, "could not {what}");
+        }
+    };
     loop {
         let Some(strong) = inner.upgrade() else { return };
         let ids: Vec<u128> = strong.waiting.lock().keys().copied().collect();
@@ -239,13 +250,13 @@ async fn read_answers(inner: Weak<Inner>) {
                         }
                     }
                 }
-                Err(error) => tracing::warn!(%error, "could not read worker task answers"),
+                Err(error) => warn("read worker task answers", &error),
             }
         }
         if last_removal.elapsed() >= REMOVE_EVERY {
             last_removal = Instant::now();
             if let Err(error) = strong.tasks.remove_closed(REMOVE_BATCH).await {
-                tracing::warn!(%error, "could not remove closed worker tasks");
+                warn("remove closed worker tasks", &error);
             }
         }
         let idle = ids.is_empty();

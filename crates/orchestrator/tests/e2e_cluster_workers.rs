@@ -4,6 +4,8 @@
 //! owner reaches the worker's extension through B; tasks of a node killed with `kill -9`, queued
 //! or leased, are delivered and answered after the takeover, each step answered once.
 
+#![allow(clippy::print_stderr, reason = "the test logs how long the takeover took")]
+
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
