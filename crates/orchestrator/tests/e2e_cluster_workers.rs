@@ -98,6 +98,14 @@ async fn eventually(what: &str, within: Duration, mut check: impl AsyncFnMut() -
     }
 }
 
+/// The node that owns execution `id`'s partition now.
+async fn owner_of(sql: &tokio_postgres::Client, id: &str) -> String {
+    let id: baton_core::ExecutionId = id.parse().unwrap();
+    let partition = i32::try_from(id.partition(64)).unwrap();
+    let row = sql.query_one("SELECT owner FROM baton_partitions WHERE id = $1", &[&partition]).await.unwrap();
+    row.get(0)
+}
+
 /// Each of `ids` completed with its worker's output.
 async fn completed(reader: &mut Clients, ids: &[String], within: Duration, node: &ServerProcess) {
     reader.all_completed(ids, within, node).await;
@@ -126,9 +134,11 @@ async fn workers_on_any_node_take_the_tasks_of_every_node() {
         clients.registry.register(pb::RegisterRequest { spec: Some(convert::spec_to_proto(&spec)) }).await.unwrap();
     }
     Clients::new(a.channel().await).apply(WORKFLOW).await;
+    // Settled: every partition owned, none of the nodes above its share, so none hands one on.
     eventually("the nodes share the partitions", Duration::from_secs(60), async || {
         let status = baton_cluster::status(&url).await.unwrap();
-        status.nodes.len() == 3 && status.nodes.iter().all(|n| n.partitions >= 16)
+        let shares: Vec<u32> = status.nodes.iter().map(|n| n.partitions).collect();
+        shares.len() == 3 && shares.iter().sum::<u32>() == 64 && shares.iter().all(|s| *s <= 64_u32.div_ceil(3))
     })
     .await;
     let sql = sql_client(&url).await;
@@ -170,7 +180,10 @@ async fn workers_on_any_node_take_the_tasks_of_every_node() {
     assert_eq!(held.execution_id, cancelled[0]);
     let extended = via_c.extend_lease(pb::ExtendLeaseRequest { task_token: held.task_token.clone() }).await.unwrap();
     assert!(!extended.into_inner().cancel_requested);
-    Clients::new(a.channel().await)
+    // Commands go to the execution's owner (a, unless a partition moved since).
+    let owner = owner_of(&sql, &cancelled[0]).await;
+    let owner = [&a, &b, &c][usize::from(owner.as_bytes()[0] - b'a')];
+    Clients::new(owner.channel().await)
         .executions
         .cancel_execution(pb::CancelExecutionRequest { id: cancelled[0].clone(), reason: "test".to_owned() })
         .await
