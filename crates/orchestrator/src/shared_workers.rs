@@ -3,7 +3,7 @@
 //! lease; this node, owning the call's execution, waits for the row's answer.
 //!
 //! The answers of every call waiting here are read in one query per
-//! [`OUTCOME_POLL`](baton_cluster::tasks::OUTCOME_POLL) by one background task, which also
+//! [`OUTCOME_POLL`] by one background task, which also
 //! removes old closed rows of this node's partitions. A poll claims at once what is open and
 //! then tries again at the same interval until its wait is over; a task queued on this node
 //! wakes this node's polls at once. A poll dropped while its claim is in flight puts what the
