@@ -30,8 +30,13 @@
 //!   open while it runs. A second server outside a cluster, or a cluster node, is refused the
 //!   database while that connection lives.
 //!
+//! [`tasks`] holds the cluster's shared worker queues: tasks any node leases to its workers,
+//! answered to the node that owns the execution.
+//!
 //! What it is not for: running executions. The engine learns from a [`Member`] which
 //! partitions it owns, with their epochs, and stops or resumes executions accordingly.
+
+pub mod tasks;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use baton_cluster::tasks::{Claimed, TaskError};
 use baton_core::api::{
     AppliedDefinition, DefinitionDetail, DefinitionFormat, DefinitionPage, DefinitionQuery, DefinitionSummary,
     ExecutionQuery, LeaseExtension, LeasedTask, Orchestrate, Orchestration, PollTasks, StartExecution,
@@ -10,7 +11,8 @@ use baton_core::api::{
 };
 use baton_core::{
     ApiError, ApiResult, BoxFuture, Clock, EventStream, Execution, ExecutionId, ExecutionPage, Executions,
-    Orchestrating, PageRequest, Store, StoredDefinition, SystemClock, WorkerTasks, WorkflowCatalog, WorkflowName,
+    Orchestrating, PageRequest, ServiceId, StepId, Store, StoredDefinition, SystemClock, WorkerTasks, WorkflowCatalog,
+    WorkflowName,
 };
 use baton_executor::{Failure, LeaseError, LeaseToken, TaskId};
 use futures_util::StreamExt;
@@ -252,11 +254,53 @@ fn wall(deadline: tokio::time::Instant) -> baton_core::Timestamp {
     SystemClock.now() + chrono::Duration::from_std(left).unwrap_or_default()
 }
 
+/// A shared task's token: its id and delivery number, as the single-server token reads.
+fn parse_shared_token(token: &TaskToken) -> ApiResult<(u128, u32)> {
+    let invalid = || ApiError::invalid("task_token", format!("{token:?} is not a token Baton issued"));
+    let (task, delivery) = token.as_str().split_once('.').ok_or_else(invalid)?;
+    let task = u128::from_str_radix(task, 16).map_err(|_| invalid())?;
+    let delivery = delivery.parse::<u32>().map_err(|_| invalid())?;
+    Ok((task, delivery))
+}
+
+fn task_error(error: TaskError) -> ApiError {
+    match error {
+        TaskError::NotLive(_) => ApiError::not_found(error),
+        TaskError::QueueFull { .. } => ApiError::ResourceExhausted(error.to_string()),
+        TaskError::Fenced(_) | TaskError::Unavailable(_) => ApiError::Unavailable(error.to_string()),
+    }
+}
+
+/// A task leased from the cluster's shared queues, as the API shows it.
+fn shared_task(task: Claimed) -> ApiResult<LeasedTask> {
+    let corrupt = |what: &str| ApiError::Internal(format!("task {:032x} holds a bad {what}", task.id));
+    Ok(LeasedTask {
+        token: TaskToken::new(&format!("{:032x}.{}", task.id, task.delivery))
+            .expect("hex and digits make a valid token"),
+        service: ServiceId::new(&task.service).map_err(|_| corrupt("service"))?,
+        step: StepId::new(&task.step).map_err(|_| corrupt("step"))?,
+        input: serde_json::from_str(&task.payload).map_err(|_| corrupt("payload"))?,
+        queue: task.queue,
+        execution: task.execution,
+        attempt: task.attempt,
+        idempotency_key: task.call_key,
+        lease_expires_at: task.lease_expires_at,
+        deadline: None,
+    })
+}
+
 impl WorkerTasks for ServiceOrchestrator {
     fn poll(&self, request: PollTasks) -> BoxFuture<'_, ApiResult<Vec<LeasedTask>>> {
         Box::pin(async move {
             if request.queues.is_empty() {
                 return Err(ApiError::invalid("queues", "name at least one queue"));
+            }
+            if let Some(shared) = self.dispatcher().shared_workers() {
+                let claimed = shared
+                    .poll(&request.queues, &request.worker, request.max_tasks, request.max_wait)
+                    .await
+                    .map_err(task_error)?;
+                return claimed.into_iter().map(shared_task).collect();
             }
             let workers = self.workers();
             let max = request.max_tasks.max(1);
@@ -297,6 +341,10 @@ impl WorkerTasks for ServiceOrchestrator {
 
     fn complete(&self, token: TaskToken, output: Value) -> BoxFuture<'_, ApiResult<()>> {
         Box::pin(async move {
+            if let Some(shared) = self.dispatcher().shared_workers() {
+                let (task, delivery) = parse_shared_token(&token)?;
+                return shared.tasks().complete(task, delivery, &output.to_string()).await.map_err(task_error);
+            }
             let (task, lease) = parse_token(&token)?;
             self.workers().complete(task, lease, output).map_err(lease_error)
         })
@@ -304,6 +352,14 @@ impl WorkerTasks for ServiceOrchestrator {
 
     fn fail(&self, token: TaskToken, failure: TaskFailure) -> BoxFuture<'_, ApiResult<()>> {
         Box::pin(async move {
+            if let Some(shared) = self.dispatcher().shared_workers() {
+                let (task, delivery) = parse_shared_token(&token)?;
+                return shared
+                    .tasks()
+                    .fail(task, delivery, &failure.error, failure.retryable)
+                    .await
+                    .map_err(task_error);
+            }
             let (task, lease) = parse_token(&token)?;
             let failure = if failure.retryable {
                 Failure::retryable("worker", failure.error)
@@ -316,6 +372,14 @@ impl WorkerTasks for ServiceOrchestrator {
 
     fn extend(&self, token: TaskToken) -> BoxFuture<'_, ApiResult<LeaseExtension>> {
         Box::pin(async move {
+            if let Some(shared) = self.dispatcher().shared_workers() {
+                let (task, delivery) = parse_shared_token(&token)?;
+                let extension = shared.tasks().extend(task, delivery).await.map_err(task_error)?;
+                return Ok(LeaseExtension {
+                    expires_at: extension.expires_at,
+                    cancel_requested: extension.cancel_requested,
+                });
+            }
             let (task, lease) = parse_token(&token)?;
             match self.workers().extend(task, lease) {
                 Ok(deadline) => Ok(LeaseExtension { expires_at: wall(deadline), cancel_requested: false }),

@@ -5,9 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use baton_cluster::tasks::TaskQueues;
 use baton_core::{Endpoint, Health, ServiceId, ServiceRequirements, ServiceView, StepId};
 use baton_executor::{
-    Call, Failure, GrpcInvoker, HttpConfig, HttpInvoker, Invoker, Request, Response, WorkerConfig, WorkerQueues,
+    Call, Failure, GrpcInvoker, HttpConfig, HttpInvoker, Invoker, Request, ResolveQueue, Response, WorkerConfig,
+    WorkerQueues,
 };
 use baton_registry::{Permit, Registry};
 use serde_json::Value;
@@ -15,6 +17,7 @@ use tokio::sync::Notify;
 
 use crate::runner::Queries;
 use crate::security::EndpointPolicy;
+use crate::shared_workers::SharedWorkers;
 
 /// Calls registered services: HTTP and gRPC endpoints directly, worker endpoints through their
 /// queues.
@@ -32,6 +35,8 @@ pub struct Dispatcher {
     http: HttpInvoker,
     grpc: GrpcInvoker,
     workers: WorkerQueues,
+    /// In a cluster, the queues in its database, which worker calls go to instead.
+    shared: Option<SharedWorkers>,
     max_candidates: usize,
     /// Signalled whenever a call gives its permit back.
     released: Arc<Notify>,
@@ -57,17 +62,12 @@ impl Dispatcher {
             let registry = registry.clone();
             Arc::new(move |id: &ServiceId| registry.get(id).ok().map(|view| view.spec))
         };
-        let resolve_queue = {
-            let registry = registry.clone();
-            Arc::new(move |id: &ServiceId| match registry.get(id).ok()?.spec.endpoint() {
-                Endpoint::Worker { queue } => Some(queue.clone()),
-                _ => None,
-            })
-        };
+        let resolve_queue = resolve_queue(&registry);
         Self {
             grpc: GrpcInvoker::new(&http),
             http: http.build(resolve_spec),
             workers: workers.build(resolve_queue),
+            shared: None,
             registry,
             queries,
             max_candidates: max_candidates.max(1),
@@ -112,6 +112,18 @@ impl Dispatcher {
     /// The worker queues, for the gRPC worker service.
     pub fn workers(&self) -> &WorkerQueues {
         &self.workers
+    }
+
+    /// Sends worker calls to the cluster's shared queues in `tasks`, with the same settings.
+    pub fn share_workers(mut self, tasks: TaskQueues) -> Self {
+        let config = self.workers.config().clone();
+        self.shared = Some(SharedWorkers::start(tasks, config, resolve_queue(&self.registry)));
+        self
+    }
+
+    /// The cluster's shared worker queues, when worker calls go there.
+    pub fn shared_workers(&self) -> Option<&SharedWorkers> {
+        self.shared.as_ref()
     }
 
     /// The ranked services matching the query behind the stand-in `service`, now.
@@ -162,6 +174,15 @@ impl Dispatcher {
     }
 }
 
+/// The queue of a registered worker service.
+fn resolve_queue(registry: &Registry) -> ResolveQueue {
+    let registry = registry.clone();
+    Arc::new(move |id: &ServiceId| match registry.get(id).ok()?.spec.endpoint() {
+        Endpoint::Worker { queue } => Some(queue.clone()),
+        _ => None,
+    })
+}
+
 impl Invoker for Dispatcher {
     /// Requests a workflow writes itself (`call: http`, `call: openapi`) go out through the
     /// same HTTP(S) client, origin mapping included; no registry is involved.
@@ -190,7 +211,10 @@ impl Invoker for Dispatcher {
             (Err(fenced), _) => Err(fenced),
             (Ok(()), Endpoint::Http { .. }) => Box::pin(self.http.call(&view.spec, call)).await,
             (Ok(()), Endpoint::Grpc { .. }) => Box::pin(self.grpc.call(&view.spec, call)).await,
-            (Ok(()), Endpoint::Worker { .. }) => Box::pin(self.workers.invoke(call)).await,
+            (Ok(()), Endpoint::Worker { .. }) => match &self.shared {
+                Some(shared) => Box::pin(shared.invoke(call)).await,
+                None => Box::pin(self.workers.invoke(call)).await,
+            },
         };
         drop(permit);
         self.released.notify_waiters();

@@ -8,6 +8,7 @@
 //! - [`dispatch`]: the invoker that resolves each call against the live registry (capability
 //!   queries at dispatch, capacity permits, failover) and calls HTTP endpoints or worker queues.
 //! - [`forward`]: in a cluster, commands for an execution another node runs, sent on to it.
+//! - [`shared_workers`]: a cluster node's worker queues, in the cluster's database.
 //! - [`sandbox`]: the bounded expression evaluator, jq in `baton eval-worker` processes that
 //!   limit their own CPU time, memory and stack.
 
@@ -24,6 +25,7 @@ pub mod runner;
 pub mod sandbox;
 pub mod security;
 pub mod serve;
+pub mod shared_workers;
 pub mod traces;
 
 pub use dispatch::Dispatcher;

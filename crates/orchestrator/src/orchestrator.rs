@@ -215,6 +215,7 @@ impl ServiceOrchestrator {
         let mut disk = None;
         let mut member = None;
         let mut alone = None;
+        let mut shared_tasks = None;
         let store = match &options.store {
             StoreChoice::Memory => AnyStore::Memory(MemoryStore::default()),
             StoreChoice::Redb(dir) => {
@@ -273,6 +274,16 @@ impl ServiceOrchestrator {
                     lease_ttl = ?cluster.lease_ttl,
                     "joined the cluster; this node runs the executions of the partitions it owns"
                 );
+                let settings = baton_cluster::tasks::Settings {
+                    lease: options.workers.lease,
+                    max_queue_len: options.workers.max_queue_len,
+                    max_expired_leases: options.workers.max_expired_leases,
+                    ..Default::default()
+                };
+                shared_tasks = Some(
+                    baton_cluster::tasks::TaskQueues::new(&cluster.url, Arc::clone(&ownership), settings)
+                        .map_err(|e| Error::Cluster(e.to_string()))?,
+                );
                 options.engine.ownership = Some(ownership);
                 member = Some(joined);
                 AnyStore::Postgres(store)
@@ -293,6 +304,10 @@ impl ServiceOrchestrator {
         .with_endpoints(options.endpoints);
         let dispatcher = match &options.engine.ownership {
             Some(ownership) => dispatcher.with_ownership(Arc::clone(ownership)),
+            None => dispatcher,
+        };
+        let dispatcher = match shared_tasks {
+            Some(tasks) => dispatcher.share_workers(tasks),
             None => dispatcher,
         };
         let router = Arc::new(Router::default());

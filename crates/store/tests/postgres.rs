@@ -54,6 +54,7 @@ fn postgres_store_conforms() {
     runtime.block_on(a_second_server_takes_the_journal_over(&cluster));
     runtime.block_on(a_taken_over_server_cannot_change_execution_records(&cluster));
     runtime.block_on(cluster_servers_write_only_under_their_partition_epochs(&cluster));
+    runtime.block_on(a_node_finds_its_due_executions_behind_other_nodes(&cluster));
     runtime.block_on(folds_keep_journals_whole_for_readers(&cluster));
     runtime.block_on(appends_to_one_execution_queued_together_all_land(&cluster));
     runtime.block_on(appends_survive_connections_cut_mid_write(&cluster));
@@ -206,6 +207,62 @@ async fn cluster_servers_write_only_under_their_partition_epochs(cluster: &PgClu
     assert!(matches!(&err, StoreError::Fenced(m) if m.contains("does not own partition 3")), "{err}");
     a_owns.set(3, 1);
     a.append(vec![load_event(kept, 5)]).await.unwrap();
+}
+
+/// `parked_due` and recovery filter a node's partitions in SQL, before the limit: another
+/// node's many earlier due executions do not fill the page. Rows written before the database
+/// served a cluster get their partition when a cluster store connects.
+async fn a_node_finds_its_due_executions_behind_other_nodes(cluster: &PgCluster) {
+    let url = cluster.create_database().await;
+    let config = Config::new(url.clone());
+    // Written outside the cluster: no partition yet.
+    let single = PostgresStore::connect(&config).await.unwrap();
+    let old = single.create_execution(Execution { id: id_in(1, 4), ..load_execution() }, None).await.unwrap();
+    drop(single);
+    let client = sql_client(&url).await;
+    client
+        .execute(
+            "INSERT INTO baton_partitions (id, owner, epoch) SELECT g, 'x', 1 FROM generate_series(0, 3) AS g",
+            &[],
+        )
+        .await
+        .unwrap();
+    let a_owns = Arc::new(FixedOwnership::all(4, 1));
+    a_owns.remove(2);
+    a_owns.remove(3);
+    let b_owns = Arc::new(FixedOwnership::all(4, 1));
+    b_owns.remove(0);
+    b_owns.remove(1);
+    let a = PostgresStore::connect_partitioned(&config, a_owns).await.unwrap();
+    let b = PostgresStore::connect_partitioned(&config, b_owns).await.unwrap();
+    let filled: Option<i32> = client
+        .query_one(
+            "SELECT partition_id FROM baton_executions WHERE id = $1",
+            &[&old.execution.id.as_uuid().as_bytes().to_vec()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(filled, Some(1), "the older row got its partition");
+    let at = |seconds: i64| baton_core::Timestamp::from_timestamp(1_700_000_000 + seconds, 0).unwrap();
+    let park = async |store: &PostgresStore, id: ExecutionId, wake: i64| {
+        let created = store.create_execution(Execution { id, ..load_execution() }, None).await.unwrap().execution;
+        let parked = ExecutionUpdate {
+            parked: Some(baton_core::Parked { until: Some(at(wake)) }),
+            ..ExecutionUpdate::from(&created)
+        };
+        store.update_execution(parked).await.unwrap();
+    };
+    // b's twenty are due before a's one.
+    for n in 0..20 {
+        park(&b, id_in(2 + n % 2, 4), i64::from(n)).await;
+    }
+    let mine = id_in(0, 4);
+    park(&a, mine, 100).await;
+    assert_eq!(a.parked_due(at(200), 10).await.unwrap(), [mine], "b's due executions fill no page of a's");
+    assert_eq!(b.parked_due(at(200), 10).await.unwrap().len(), 10);
+    assert_eq!(a.unfinished_executions().await.unwrap(), [old.execution.id]);
+    assert!(b.unfinished_executions().await.unwrap().is_empty());
 }
 
 /// With folds every few events, journals read whole while appends and folds go on, and after

@@ -152,6 +152,50 @@ pub const MIGRATIONS: &[Migration] = &[
         );
     ",
     },
+    Migration {
+        version: 6,
+        name: "executions carry their cluster partition",
+        // Filled by the cluster's stores: on insert, and for rows written before at connect
+        // (the partition is a hash that portable SQL cannot compute). NULL outside a cluster.
+        sql: "
+        ALTER TABLE baton_executions ADD COLUMN IF NOT EXISTS partition_id INT4;
+        CREATE INDEX IF NOT EXISTS baton_executions_by_partition_wake ON baton_executions (partition_id, wake_at, id)
+            WHERE wake_at IS NOT NULL;
+    ",
+    },
+    Migration {
+        version: 7,
+        name: "cluster: worker tasks",
+        // Written by baton-cluster's shared worker queues: one row per step of an execution
+        // handed to workers (`call_key`), claimed by any node, owned by its partition's owner.
+        sql: "
+        CREATE TABLE IF NOT EXISTS baton_worker_tasks (
+            id BYTEA PRIMARY KEY,
+            call_key TEXT NOT NULL UNIQUE,
+            queue TEXT NOT NULL,
+            partition_id INT4 NOT NULL,
+            execution BYTEA NOT NULL,
+            step TEXT NOT NULL,
+            attempt INT4 NOT NULL,
+            service TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            state TEXT NOT NULL,
+            delivery INT4 NOT NULL,
+            expired_leases INT4 NOT NULL,
+            worker TEXT,
+            lease_expires_at TIMESTAMPTZ,
+            queued_at TIMESTAMPTZ NOT NULL,
+            finished_at TIMESTAMPTZ,
+            outcome TEXT,
+            output TEXT,
+            retryable BOOLEAN
+        );
+        CREATE INDEX IF NOT EXISTS baton_worker_tasks_open ON baton_worker_tasks (queue, queued_at, id)
+            WHERE state IN ('queued', 'leased');
+        CREATE INDEX IF NOT EXISTS baton_worker_tasks_closed ON baton_worker_tasks (partition_id, finished_at)
+            WHERE state IN ('done', 'cancelled');
+    ",
+    },
 ];
 
 /// How to reach the database.
@@ -293,6 +337,7 @@ impl PostgresStore {
         migrate(&mut first).await?;
         tune(&first).await;
         let (takeover, _) = journal::recover(&mut first).await?;
+        fill_partitions(&first, ownership.partitions()).await?;
         let pool: Vec<_> = (0..config.pool_size.max(1)).map(|_| Mutex::new(None)).collect();
         *pool[0].lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(first));
         let counters = Arc::new(Counters::default());
@@ -366,6 +411,16 @@ impl PostgresStore {
         }
     }
 
+    /// In a cluster, the partitions this server owns now, for queries that filter by them.
+    fn owned_partitions(&self) -> Option<Vec<i32>> {
+        match &self.inner.journal {
+            Journal::Single(_) => None,
+            Journal::Partitioned { ownership, .. } => {
+                Some(ownership.owned().into_iter().map(|(p, _)| i32::try_from(p).unwrap_or(i32::MAX)).collect())
+            }
+        }
+    }
+
     /// What group commit of journal appends did so far.
     pub fn commit_stats(&self) -> CommitStats {
         self.inner.counters.snapshot()
@@ -401,6 +456,37 @@ impl PostgresStore {
         let client = Arc::new(connect(&self.inner.config).await?);
         *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&client));
         Ok(client)
+    }
+}
+
+/// Names the partition of every execution written before the database served a cluster (or
+/// by a server outside it), in batches; the hash is computed here, not in portable SQL.
+async fn fill_partitions(client: &Client, partitions: u32) -> StoreResult<()> {
+    const BATCH: i64 = 5_000;
+    loop {
+        let rows = client
+            .query("SELECT id FROM baton_executions WHERE partition_id IS NULL LIMIT $1", &[&BATCH])
+            .await
+            .map_err(unavailable)?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut parts = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let bytes: Vec<u8> = row.get(0);
+            let id = id_from_bytes(&bytes)?;
+            parts.push(i32::try_from(id.partition(partitions)).unwrap_or(i32::MAX));
+            ids.push(bytes);
+        }
+        client
+            .execute(
+                "UPDATE baton_executions SET partition_id = u.p
+                 FROM UNNEST($1::BYTEA[], $2::INT4[]) AS u(id, p) WHERE baton_executions.id = u.id",
+                &[&ids, &parts],
+            )
+            .await
+            .map_err(unavailable)?;
     }
 }
 
@@ -700,10 +786,16 @@ impl Store for PostgresStore {
             let record = String::from_utf8(to_json(&execution)).expect("JSON is UTF-8");
             let state = state_text(execution.state);
             let fence = self.fence(execution.id)?;
+            // In a cluster the row names its partition, so that a node's queries filter in SQL.
+            let partition = match &self.inner.journal {
+                Journal::Single(_) => None,
+                Journal::Partitioned { .. } => Some(fence.id),
+            };
             // Only under the fencing epoch, `FOR SHARE` as every write for an execution.
             let sql = format!(
-                "INSERT INTO baton_executions (id, workflow, state, created_at, revision, idempotency_key, record)
-                 SELECT $1::BYTEA, $2::TEXT, $3::TEXT, $4::BIGINT, 0, $5::TEXT, $6::TEXT
+                "INSERT INTO baton_executions (id, workflow, state, created_at, revision, idempotency_key, record,
+                     partition_id)
+                 SELECT $1::BYTEA, $2::TEXT, $3::TEXT, $4::BIGINT, 0, $5::TEXT, $6::TEXT, $9::INT4
                  FROM (SELECT 1 FROM {} WHERE id = $7 AND epoch = $8 FOR SHARE) AS current
                  ON CONFLICT DO NOTHING",
                 fence.table
@@ -721,6 +813,7 @@ impl Store for PostgresStore {
                             &record,
                             &fence.id,
                             &fence.epoch,
+                            &partition,
                         ],
                     )
                     .await;
@@ -916,13 +1009,27 @@ impl Store for PostgresStore {
                 .map(state_text)
                 .collect();
             let client = self.client().await?;
-            let rows = client
-                .query(
-                    "SELECT id FROM baton_executions WHERE state = ANY($1) AND NOT parked ORDER BY created_at, id",
-                    &[&unfinished],
-                )
-                .await
-                .map_err(unavailable)?;
+            let rows = match self.owned_partitions() {
+                None => {
+                    client
+                        .query(
+                            "SELECT id FROM baton_executions WHERE state = ANY($1) AND NOT parked
+                             ORDER BY created_at, id",
+                            &[&unfinished],
+                        )
+                        .await
+                }
+                Some(partitions) => {
+                    client
+                        .query(
+                            "SELECT id FROM baton_executions WHERE state = ANY($1) AND NOT parked
+                             AND partition_id = ANY($2) ORDER BY created_at, id",
+                            &[&unfinished, &partitions],
+                        )
+                        .await
+                }
+            }
+            .map_err(unavailable)?;
             let ids = rows.iter().map(|row| id_from_bytes(row.get(0))).collect::<StoreResult<Vec<_>>>()?;
             Ok(self.owned(ids))
         })
@@ -934,15 +1041,30 @@ impl Store for PostgresStore {
             let client = self.client().await?;
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
             let before = timestamp_nanos("before", before)?;
-            let rows = client
-                .query(
-                    "SELECT id FROM baton_executions WHERE wake_at IS NOT NULL AND wake_at <= $1 AND parked
-                     ORDER BY wake_at, id LIMIT $2",
-                    &[&before, &limit],
-                )
-                .await
-                .map_err(unavailable)?;
-            // In a cluster another server's due executions fill some of `limit`: they are its to wake.
+            // In a cluster only this node's partitions, filtered before the limit: other nodes'
+            // due executions must not fill the page and starve this one.
+            let rows = match self.owned_partitions() {
+                None => {
+                    client
+                        .query(
+                            "SELECT id FROM baton_executions WHERE wake_at IS NOT NULL AND wake_at <= $1 AND parked
+                             ORDER BY wake_at, id LIMIT $2",
+                            &[&before, &limit],
+                        )
+                        .await
+                }
+                Some(partitions) => {
+                    client
+                        .query(
+                            "SELECT id FROM baton_executions WHERE wake_at IS NOT NULL AND wake_at <= $1 AND parked
+                             AND partition_id = ANY($3) ORDER BY wake_at, id LIMIT $2",
+                            &[&before, &limit, &partitions],
+                        )
+                        .await
+                }
+            }
+            .map_err(unavailable)?;
+            // A partition lost since the query is not this node's to wake.
             let ids = rows.iter().map(|row| id_from_bytes(row.get(0))).collect::<StoreResult<Vec<_>>>()?;
             Ok(self.owned(ids))
         })
