@@ -53,6 +53,7 @@ pub mod program;
 pub mod requirements;
 mod rfc3339;
 pub mod service;
+pub mod shared_registry;
 pub mod store;
 pub mod taxonomy;
 pub mod trace;
@@ -84,6 +85,7 @@ pub use ports::{
     SystemClock,
 };
 pub use problem::Problem;
+pub use shared_registry::{REMOVALS_KEPT, ServiceTable, SharedChange, SharedChanges, SharedService};
 pub use requirements::{SecurityRequirements, ServiceRequirements};
 pub use service::{
     AuthScheme, CheckKind, DescriptorSet, Encryption, Endpoint, HealthCheck, Protocol, Qos, SecurityProfile,
