@@ -161,7 +161,7 @@ impl Services {
             let client = guard.as_ref().expect("connected");
             client
                 .execute(
-                    "UPDATE baton_services SET beat_at = GREATEST(beat_at, now() - $2 * INTERVAL '1 millisecond'),
+                    "UPDATE baton_services SET beat_at = GREATEST(beat_at, now() - CAST($2 AS FLOAT8) * INTERVAL '1 millisecond'),
                          output = $3
                      WHERE id = $1 AND spec IS NOT NULL AND health = $4",
                     &[&id.as_str(), &(age as f64), &output, &health],
@@ -174,7 +174,7 @@ impl Services {
         }
         let changed = self
             .change(
-                "UPDATE baton_services SET beat_at = GREATEST(beat_at, now() - $3 * INTERVAL '1 millisecond'),
+                "UPDATE baton_services SET beat_at = GREATEST(beat_at, now() - CAST($3 AS FLOAT8) * INTERVAL '1 millisecond'),
                      health = $4, output = $5, seq = $2, changed_at = now()
                  WHERE id = $1 AND spec IS NOT NULL",
                 &id,
@@ -257,7 +257,7 @@ impl Services {
                 let kept = REMOVALS_KEPT.as_secs_f64();
                 client
                     .execute(
-                        "DELETE FROM baton_services WHERE spec IS NULL AND changed_at < now() - $1 * INTERVAL '1 second'",
+                        "DELETE FROM baton_services WHERE spec IS NULL AND changed_at < now() - CAST($1 AS FLOAT8) * INTERVAL '1 second'",
                         &[&kept],
                     )
                     .await?;
@@ -286,13 +286,31 @@ impl Services {
     }
 }
 
+/// The longest one call on the table may take: past it the connection counts as lost (a
+/// database cut off may never answer) and the next call opens another.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Services {
+    async fn bounded<T>(&self, call: impl Future<Output = CoreResult<T>>) -> CoreResult<T> {
+        match tokio::time::timeout(CALL_TIMEOUT, call).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                *self.client.lock().await = None;
+                Err(baton_core::Error::Unavailable(format!(
+                    "the shared registry's database did not answer within {CALL_TIMEOUT:?}"
+                )))
+            }
+        }
+    }
+}
+
 impl ServiceTable for Services {
     fn register(&self, spec: Arc<ServiceSpec>, health: Health) -> BoxFuture<'_, CoreResult<Registration>> {
-        Box::pin(self.register_row(spec, health))
+        Box::pin(self.bounded(self.register_row(spec, health)))
     }
 
     fn deregister(&self, id: ServiceId) -> BoxFuture<'_, CoreResult<bool>> {
-        Box::pin(async move {
+        Box::pin(self.bounded(async move {
             let changed = self
                 .change(
                     "UPDATE baton_services SET spec = NULL, seq = $2, changed_at = now() WHERE id = $1 AND spec IS NOT NULL",
@@ -301,15 +319,15 @@ impl ServiceTable for Services {
                 )
                 .await?;
             Ok(changed > 0)
-        })
+        }))
     }
 
     fn heartbeat(&self, id: ServiceId, health: Health, output: String, age: Duration) -> BoxFuture<'_, CoreResult<bool>> {
-        Box::pin(self.heartbeat_row(id, health, output, age))
+        Box::pin(self.bounded(self.heartbeat_row(id, health, output, age)))
     }
 
     fn set_health(&self, id: ServiceId, health: Health, output: String) -> BoxFuture<'_, CoreResult<bool>> {
-        Box::pin(async move {
+        Box::pin(self.bounded(async move {
             let changed = self
                 .change(
                     "UPDATE baton_services SET health = $3, output = $4, seq = $2, changed_at = now()
@@ -319,15 +337,15 @@ impl ServiceTable for Services {
                 )
                 .await?;
             Ok(changed > 0)
-        })
+        }))
     }
 
     fn changes(&self, cursor: Option<u64>) -> BoxFuture<'_, CoreResult<SharedChanges>> {
-        Box::pin(self.read_changes(cursor))
+        Box::pin(self.bounded(self.read_changes(cursor)))
     }
 
     fn expire(&self) -> BoxFuture<'_, CoreResult<usize>> {
-        Box::pin(self.expire_rows())
+        Box::pin(self.bounded(self.expire_rows()))
     }
 
     fn checks(&self, id: &ServiceId) -> bool {

@@ -5,8 +5,8 @@
 //! cluster status` shows the nodes; a server started outside the cluster on its database is
 //! refused.
 //!
-//! The registry is still per node, so the one example shop registers with the first node and
-//! the test registers its services with the others too (with an hour's TTL and a heartbeat).
+//! The one example shop registers with the first node; the others know it from the registry
+//! the nodes share (`e2e_cluster_registry.rs` tests that registry itself).
 
 #![allow(clippy::print_stderr, reason = "the test logs the takeover time and the final cluster status")]
 
@@ -28,7 +28,7 @@ async fn node(url: &str, name: &str, dir: &std::path::Path) -> ServerProcess {
     ServerProcess::start(&data, &["--store", url, "--cluster", "--node-id", name, "--lease-ttl", LEASE]).await
 }
 
-/// The example shop, registered with every one of `nodes`.
+/// The example shop, registered with the first of `nodes` and known to all.
 async fn shop(nodes: &[&ServerProcess]) -> Vec<baton_examples::RunningService> {
     let options = baton_examples::ServiceOptions {
         baton: Some(nodes[0].url()),
@@ -38,18 +38,9 @@ async fn shop(nodes: &[&ServerProcess]) -> Vec<baton_examples::RunningService> {
         ..Default::default()
     };
     let services = baton_examples::spawn_shop(&options).await.unwrap();
-    let mut first = Clients::new(nodes[0].channel().await);
-    first.wait_services(3).await;
-    let listed = first.registry.list_services(pb::ListServicesRequest::default()).await.unwrap().into_inner();
-    for node in &nodes[1..] {
-        let mut clients = Clients::new(node.channel().await);
-        for view in &listed.services {
-            let spec = view.spec.clone().unwrap();
-            let id = spec.id.clone();
-            clients.registry.register(pb::RegisterRequest { spec: Some(spec) }).await.unwrap();
-            clients.registry.heartbeat(pb::HeartbeatRequest { id }).await.unwrap();
-        }
-        clients.wait_services(3).await;
+    // The nodes share the registry: the others learn of the shop from the database.
+    for node in nodes {
+        Clients::new(node.channel().await).wait_services(3).await;
     }
     services
 }
