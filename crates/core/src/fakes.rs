@@ -364,6 +364,8 @@ impl std::fmt::Debug for InMemoryServiceTable {
 
 #[derive(Debug, Default)]
 struct TableState {
+    /// Every call fails as unavailable while set.
+    down: bool,
     seq: u64,
     live_nodes: u32,
     /// By id: the row, or `None` once removed, with its change's sequence.
@@ -392,6 +394,16 @@ impl InMemoryServiceTable {
         lock(&self.state).live_nodes = nodes;
     }
 
+    /// While `down`, every call fails as [`Error::Unavailable`], as with a database cut off.
+    pub fn set_down(&self, down: bool) {
+        lock(&self.state).down = down;
+    }
+
+    fn unavailable<T: Send + 'static>(&self) -> Option<BoxFuture<'_, Result<T>>> {
+        let down = lock(&self.state).down;
+        down.then(|| Box::pin(std::future::ready(Err(Error::Unavailable("the table is down".to_owned())))) as _)
+    }
+
     /// Changes one row under a new sequence; false when the table does not hold it.
     fn change(&self, id: &ServiceId, change: impl FnOnce(&mut TableRow)) -> bool {
         let mut state = lock(&self.state);
@@ -410,6 +422,9 @@ impl InMemoryServiceTable {
 
 impl ServiceTable for InMemoryServiceTable {
     fn register(&self, spec: Arc<ServiceSpec>, health: Health) -> BoxFuture<'_, Result<Registration>> {
+        if let Some(down) = self.unavailable() {
+            return down;
+        }
         let now = self.clock.now();
         let mut state = lock(&self.state);
         state.seq += 1;
@@ -430,6 +445,9 @@ impl ServiceTable for InMemoryServiceTable {
     }
 
     fn deregister(&self, id: ServiceId) -> BoxFuture<'_, Result<bool>> {
+        if let Some(down) = self.unavailable() {
+            return down;
+        }
         let mut state = lock(&self.state);
         state.seq += 1;
         let seq = state.seq;
@@ -444,6 +462,9 @@ impl ServiceTable for InMemoryServiceTable {
     }
 
     fn heartbeat(&self, id: ServiceId, health: Health, output: String, age: Duration) -> BoxFuture<'_, Result<bool>> {
+        if let Some(down) = self.unavailable() {
+            return down;
+        }
         let beat_at = self.clock.now() - chrono::Duration::from_std(age).unwrap_or_default();
         let found = self.change(&id, |row| {
             row.beat_at = beat_at;
@@ -454,6 +475,9 @@ impl ServiceTable for InMemoryServiceTable {
     }
 
     fn set_health(&self, id: ServiceId, health: Health, output: String) -> BoxFuture<'_, Result<bool>> {
+        if let Some(down) = self.unavailable() {
+            return down;
+        }
         let found = self.change(&id, |row| {
             row.service.health = health;
             row.service.output = output;
@@ -462,6 +486,9 @@ impl ServiceTable for InMemoryServiceTable {
     }
 
     fn changes(&self, cursor: Option<u64>) -> BoxFuture<'_, Result<SharedChanges>> {
+        if let Some(down) = self.unavailable() {
+            return down;
+        }
         let state = lock(&self.state);
         let mut rows: Vec<_> = state.rows.iter().filter(|(_, (seq, _))| cursor.is_none_or(|c| *seq > c)).collect();
         rows.sort_by_key(|(_, (seq, _))| *seq);
@@ -477,6 +504,9 @@ impl ServiceTable for InMemoryServiceTable {
     }
 
     fn expire(&self) -> BoxFuture<'_, Result<usize>> {
+        if let Some(down) = self.unavailable() {
+            return down;
+        }
         let now = self.clock.now();
         let due: Vec<ServiceId> = lock(&self.state)
             .rows

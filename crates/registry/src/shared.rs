@@ -47,6 +47,10 @@ struct Inner<T> {
     registry: Registry,
     table: T,
     beats: Mutex<HashMap<ServiceId, Beat>>,
+    /// Verdicts of this server's checks the table has not taken yet (it was unreachable), the
+    /// latest per service: written again each round, or this server's view and everyone
+    /// else's would differ until the health changed again.
+    unreported: Mutex<HashMap<ServiceId, RegistryEvent>>,
     /// Where the next read of the table's changes starts, and when the last read was; one
     /// read at a time.
     cursor: tokio::sync::Mutex<Option<(u64, Instant)>>,
@@ -75,6 +79,7 @@ impl<T: ServiceTable> Shared<T> {
                 registry,
                 table,
                 beats: Mutex::default(),
+                unreported: Mutex::default(),
                 cursor: tokio::sync::Mutex::new(None),
             }),
         }
@@ -152,6 +157,10 @@ impl<T: ServiceTable> Shared<T> {
             tracing::warn!(%error, "could not expire heartbeat TTLs in the shared registry");
         }
         self.flush().await;
+        let unreported: Vec<RegistryEvent> = self.inner.unreported.lock().drain().map(|(_, event)| event).collect();
+        for event in unreported {
+            self.report_event(event).await;
+        }
         if let Err(error) = self.sync().await {
             tracing::warn!(%error, "could not read the shared registry's changes");
         }
@@ -192,6 +201,33 @@ impl<T: ServiceTable> Shared<T> {
             }
         });
         SharedHandle { task }
+    }
+
+    /// Writes a verdict of this server's checks to the table; kept for the next round when
+    /// the table cannot take it now.
+    async fn report_event(&self, event: RegistryEvent) {
+        let written = match &event {
+            RegistryEvent::HealthChanged { id, to, output, .. } => {
+                self.inner.table.set_health(id.clone(), *to, output.clone()).await.map(drop)
+            }
+            RegistryEvent::Deregistered { id, .. } => {
+                self.inner.beats.lock().remove(id);
+                self.inner.table.deregister(id.clone()).await.map(drop)
+            }
+            _ => return,
+        };
+        let id = match &event {
+            RegistryEvent::HealthChanged { id, .. } | RegistryEvent::Deregistered { id, .. } => id.clone(),
+            _ => return,
+        };
+        match written {
+            // A newer verdict was taken: an older one held back must not follow it.
+            Ok(()) => drop(self.inner.unreported.lock().remove(&id)),
+            Err(error) => {
+                tracing::warn!(%error, service = %id, "could not write a check's verdict to the shared registry; will retry");
+                self.inner.unreported.lock().insert(id, event);
+            }
+        }
     }
 
     async fn register_shared(&self, spec: ServiceSpec) -> baton_core::Result<Registration> {
@@ -298,21 +334,7 @@ impl<T: ServiceTable> Scope for Shared<T> {
     }
 
     fn report(&self, event: RegistryEvent) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            let written = match event {
-                RegistryEvent::HealthChanged { id, to, output, .. } => {
-                    self.inner.table.set_health(id, to, output).await.map(drop)
-                }
-                RegistryEvent::Deregistered { id, .. } => {
-                    self.inner.beats.lock().remove(&id);
-                    self.inner.table.deregister(id).await.map(drop)
-                }
-                _ => Ok(()),
-            };
-            if let Err(error) = written {
-                tracing::warn!(%error, "could not write a health check's verdict to the shared registry");
-            }
-        })
+        Box::pin(self.report_event(event))
     }
 }
 

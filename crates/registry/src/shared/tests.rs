@@ -116,3 +116,31 @@ async fn each_live_server_takes_a_rounded_up_share_of_the_capacity() {
     let all: Vec<_> = (0..10).map(|_| a.registry().acquire(&id).unwrap()).collect();
     assert_eq!(all.len(), 10);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_verdict_the_table_could_not_take_is_written_again_and_an_unavailable_table_is_an_error() {
+    let table = InMemoryServiceTable::default();
+    let (a, b) = pair(&table);
+    a.register(spec("pay", ttl(3), 4)).await.unwrap();
+    b.sync().await.unwrap();
+    let id = ServiceId::new("pay").unwrap();
+    table.set_down(true);
+    let refused = a.register(spec("ship", ttl(3), 4)).await.unwrap_err();
+    assert!(matches!(refused, baton_core::Error::Unavailable(_)), "{refused:?}");
+    assert!(a.get(&ServiceId::new("ship").unwrap()).is_err(), "not taken here when the table refused it");
+    a.registry().adopt_health(&id, Health::Critical, "HTTP 503").unwrap();
+    let verdict = baton_core::RegistryEvent::HealthChanged {
+        id: id.clone(),
+        from: Health::Passing,
+        to: Health::Critical,
+        output: "HTTP 503".to_owned(),
+    };
+    crate::Scope::report(&a, verdict).await;
+    a.round().await;
+    table.set_down(false);
+    b.sync().await.unwrap();
+    assert_eq!(b.get(&id).unwrap().status.health, Health::Passing, "the table did not take it yet");
+    a.round().await;
+    b.sync().await.unwrap();
+    assert_eq!(b.get(&id).unwrap().status.health, Health::Critical);
+}
