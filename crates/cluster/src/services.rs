@@ -71,7 +71,8 @@ async fn next_seq(tx: &Transaction<'_>) -> Result<i64, tokio_postgres::Error> {
 impl Services {
     /// The table of the database at `url`, its checks split by `ownership`. Connects on first use.
     pub fn new(url: &str, ownership: Arc<dyn Ownership>) -> crate::Result<Self> {
-        let pg = url.parse().map_err(|e: tokio_postgres::Error| Error::Invalid { field: "url", reason: e.to_string() })?;
+        let pg =
+            url.parse().map_err(|e: tokio_postgres::Error| Error::Invalid { field: "url", reason: e.to_string() })?;
         Ok(Self { pg, client: Mutex::new(None), ownership })
     }
 
@@ -103,7 +104,9 @@ impl Services {
         let write = async {
             let tx = client.transaction().await?;
             let seq = next_seq(&tx).await?;
-            let old = tx.query_opt("SELECT spec, health, output FROM baton_services WHERE id = $1 FOR UPDATE", &[&id]).await?;
+            let old = tx
+                .query_opt("SELECT spec, health, output FROM baton_services WHERE id = $1 FOR UPDATE", &[&id])
+                .await?;
             let old = old.and_then(|row| {
                 let spec: Option<String> = row.get(0);
                 Some((ServiceSpec::from_json(&spec?).ok(), row.get::<_, String>(1), row.get::<_, String>(2)))
@@ -132,7 +135,12 @@ impl Services {
 
     /// Runs `statement` (which takes the id as `$1` and the sequence as `$2`, then `params`)
     /// under a new sequence; answers the rows it changed.
-    async fn change(&self, statement: &str, id: &ServiceId, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> CoreResult<u64> {
+    async fn change(
+        &self,
+        statement: &str,
+        id: &ServiceId,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> CoreResult<u64> {
         let mut guard = self.connection().await?;
         let client = guard.as_mut().expect("connected");
         let write = async {
@@ -224,7 +232,9 @@ impl Services {
                 None => changes.push(SharedChange::Removed(ServiceId::new(&id)?)),
                 Some(text) => {
                     let spec = ServiceSpec::from_json(&text).map_err(|e| {
-                        baton_core::Error::Unavailable(format!("service {id:?} in the shared registry is unreadable: {e}"))
+                        baton_core::Error::Unavailable(format!(
+                            "service {id:?} in the shared registry is unreadable: {e}"
+                        ))
                     })?;
                     changes.push(SharedChange::Put(SharedService {
                         spec: Arc::new(spec),
@@ -322,7 +332,13 @@ impl ServiceTable for Services {
         }))
     }
 
-    fn heartbeat(&self, id: ServiceId, health: Health, output: String, age: Duration) -> BoxFuture<'_, CoreResult<bool>> {
+    fn heartbeat(
+        &self,
+        id: ServiceId,
+        health: Health,
+        output: String,
+        age: Duration,
+    ) -> BoxFuture<'_, CoreResult<bool>> {
         Box::pin(self.bounded(self.heartbeat_row(id, health, output, age)))
     }
 

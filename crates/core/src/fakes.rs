@@ -353,8 +353,11 @@ impl crate::Ownership for FixedOwnership {
 pub struct InMemoryServiceTable {
     state: Arc<Mutex<TableState>>,
     clock: FakeClock,
-    checks: Option<Arc<dyn Fn(&ServiceId) -> bool + Send + Sync>>,
+    checks: Option<Arc<ChecksFn>>,
 }
+
+/// Which services a handle of an [`InMemoryServiceTable`] checks.
+type ChecksFn = dyn Fn(&ServiceId) -> bool + Send + Sync;
 
 impl std::fmt::Debug for InMemoryServiceTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -499,7 +502,12 @@ impl ServiceTable for InMemoryServiceTable {
                 None => cursor.is_some().then(|| SharedChange::Removed(id.clone())),
             })
             .collect();
-        let read = SharedChanges { cursor: state.seq, complete: cursor.is_none(), changes, live_nodes: state.live_nodes.max(1) };
+        let read = SharedChanges {
+            cursor: state.seq,
+            complete: cursor.is_none(),
+            changes,
+            live_nodes: state.live_nodes.max(1),
+        };
         Box::pin(std::future::ready(Ok(read)))
     }
 

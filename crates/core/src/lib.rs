@@ -85,12 +85,12 @@ pub use ports::{
     SystemClock,
 };
 pub use problem::Problem;
-pub use shared_registry::{REMOVALS_KEPT, ServiceTable, SharedChange, SharedChanges, SharedService};
 pub use requirements::{SecurityRequirements, ServiceRequirements};
 pub use service::{
     AuthScheme, CheckKind, DescriptorSet, Encryption, Endpoint, HealthCheck, Protocol, Qos, SecurityProfile,
     ServiceDefinition, ServiceSpec,
 };
+pub use shared_registry::{REMOVALS_KEPT, ServiceTable, SharedChange, SharedChanges, SharedService};
 pub use store::{
     CreatedExecution, ExecutionFilter, ExecutionPage, ExecutionUpdate, IdempotencyKey, NewDefinition, Order,
     PageRequest, PageToken, PutDefinition, Record, Store, StoreError, StoreResult, StoredDefinition,

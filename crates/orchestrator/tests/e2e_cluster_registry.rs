@@ -153,8 +153,14 @@ async fn three_nodes_share_one_registry() {
     assert_eq!(calls, 30 * 5, "each step of each execution called once");
 
     // A deregistration through C leaves A's finds within about a second.
-    on_a.registry.register(pb::RegisterRequest { spec: Some(service("extra", "x.extra", ttl(Duration::from_secs(60)), None)) }).await.unwrap();
-    let seen = until("C finds a service registered through A", Duration::from_secs(5), async || found(&mut on_c, "x.extra").await == 1).await;
+    on_a.registry
+        .register(pb::RegisterRequest { spec: Some(service("extra", "x.extra", ttl(Duration::from_secs(60)), None)) })
+        .await
+        .unwrap();
+    let seen = until("C finds a service registered through A", Duration::from_secs(5), async || {
+        found(&mut on_c, "x.extra").await == 1
+    })
+    .await;
     on_c.registry.deregister(pb::DeregisterRequest { id: "extra".to_owned() }).await.unwrap();
     let gone = until("A no longer finds a service deregistered through C", Duration::from_secs(2), async || {
         found(&mut on_a, "x.extra").await == 0
@@ -165,7 +171,10 @@ async fn three_nodes_share_one_registry() {
     // A service heartbeating through C stays passing everywhere; once its heartbeats stop it
     // turns critical on every node after its TTL, not before.
     let beat_ttl = Duration::from_secs(2);
-    on_b.registry.register(pb::RegisterRequest { spec: Some(service("beat", "x.beat", ttl(beat_ttl), None)) }).await.unwrap();
+    on_b.registry
+        .register(pb::RegisterRequest { spec: Some(service("beat", "x.beat", ttl(beat_ttl), None)) })
+        .await
+        .unwrap();
     let mut last_beat = Instant::now();
     for _ in 0..8 {
         last_beat = Instant::now();

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use baton_core::directory::score_parts;
 use baton_core::ports::DiscardEvents;
 use baton_core::{
-    BoxFuture, Candidate, CheckKind, Clock, DeregisterReason, EventSink, Health, Matches, Page, Qos, Registration, RegistryEvent,
-    ServiceCatalog, ServiceDirectory, ServiceId, ServiceRequirements, ServiceSpec, ServiceStatus, ServiceView,
-    SystemClock, Timestamp,
+    BoxFuture, Candidate, CheckKind, Clock, DeregisterReason, EventSink, Health, Matches, Page, Qos, Registration,
+    RegistryEvent, ServiceCatalog, ServiceDirectory, ServiceId, ServiceRequirements, ServiceSpec, ServiceStatus,
+    ServiceView, SystemClock, Timestamp,
 };
 use parking_lot::{Mutex, RwLock};
 
@@ -41,7 +41,8 @@ impl Config {
     /// A registry on `clock` that reports its events to `events`.
     pub fn build_with(self, clock: Arc<dyn Clock>, events: Arc<dyn EventSink<RegistryEvent>>) -> Registry {
         let state = RwLock::new(State::default());
-        let inner = Inner { config: self, state, clock, events, generation: AtomicU64::new(0), shares: AtomicU32::new(1) };
+        let inner =
+            Inner { config: self, state, clock, events, generation: AtomicU64::new(0), shares: AtomicU32::new(1) };
         Registry { inner: Arc::new(inner) }
     }
 }

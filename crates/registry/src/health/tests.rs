@@ -381,7 +381,8 @@ async fn a_scoped_supervisor_checks_its_share_reports_its_verdicts_and_leaves_tt
     supervisor.tick().await;
     let reported = scope.reported.lock().clone();
     assert!(
-        reported.contains(&RegistryEvent::Deregistered { id: id("mine-ttl"), reason: DeregisterReason::CriticalTooLong }),
+        reported
+            .contains(&RegistryEvent::Deregistered { id: id("mine-ttl"), reason: DeregisterReason::CriticalTooLong }),
         "{reported:?}"
     );
     assert!(registry.get(&id("theirs-b")).is_ok());
