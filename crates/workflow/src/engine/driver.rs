@@ -98,6 +98,9 @@ pub(super) struct Driver<S, R: Runner> {
     /// Set when this server no longer owns the execution (its partition went to another
     /// server, or a write was fenced): the driver stops at once, writing nothing more.
     fenced: bool,
+    /// In a cluster, the partition and epoch this server owned the execution under when the
+    /// driver began: a write under any other is not this driver's to make.
+    owned_under: Option<(u32, i64)>,
     /// This driver's own entry in the engine's live map, to leave a successor's alone.
     pub(super) own: Option<mpsc::WeakUnboundedSender<Box<Command>>>,
 }
@@ -111,6 +114,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
         started: bool,
         history: History,
     ) -> Self {
+        let owned_under = engine.inner.config.ownership.as_ref().and_then(|ownership| ownership.of(execution.id));
         Self {
             inner: Arc::clone(&engine.inner),
             execution,
@@ -129,6 +133,7 @@ impl<S: Store, R: Runner> Driver<S, R> {
             answered: false,
             parked: false,
             fenced: false,
+            owned_under,
             own: None,
         }
     }
@@ -703,6 +708,12 @@ impl<S: Store, R: Runner> Driver<S, R> {
     async fn record(&mut self, kinds: Vec<EventKind>) -> Result<(), Unrecorded> {
         if kinds.is_empty() {
             return Ok(());
+        }
+        // The engine's fence reaches the driver as a command, which may wait behind the run's
+        // events; what is owned is read here, so nothing is written once the partition is gone.
+        if let Some(ownership) = &self.inner.config.ownership {
+            let now = ownership.of(self.execution.id);
+            self.fenced |= now.is_none() || now != self.owned_under;
         }
         if self.fenced {
             return Err(Unrecorded::Store(not_owned()));

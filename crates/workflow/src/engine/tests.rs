@@ -878,6 +878,29 @@ async fn until(what: &str, check: impl Fn() -> bool) {
     .unwrap_or_else(|_| panic!("not within 10 s: {what}"));
 }
 
+/// Polls `check` every few milliseconds until it holds, for at most ten seconds.
+async fn until_async(what: &str, check: impl AsyncFn() -> bool) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !check().await {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("not within 10 s: {what}"));
+}
+
+/// Remembers the executions whose drivers stopped because this server no longer owns them.
+#[derive(Debug, Default)]
+struct Fences(std::sync::Mutex<HashSet<ExecutionId>>);
+
+impl crate::Observer for Fences {
+    fn journaled(&self, _: &baton_core::Execution, _: &[Event]) {}
+
+    fn fenced(&self, execution: ExecutionId) {
+        self.0.lock().unwrap().insert(execution);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_a_cluster_the_engine_runs_only_its_partitions_and_follows_their_changes() {
     use baton_core::fakes::FixedOwnership;
@@ -885,12 +908,21 @@ async fn in_a_cluster_the_engine_runs_only_its_partitions_and_follows_their_chan
     // Another server started them, then died with every run in flight.
     let dead = engine(&store, &FakeRunner::gated(), Config::default()).await;
     let by_partition = one_per_partition(&dead, 4).await;
+    // A start answers before its run journals `Started`; a server that died has written it
+    // (the memory store fences nobody, so a late one would race the second server's).
+    for id in by_partition.values().flatten() {
+        let id = *id;
+        let store = store.clone();
+        until_async("Started journaled", async move || !store.read_journal(id, 1).await.unwrap().is_empty()).await;
+    }
     let ownership = Arc::new(FixedOwnership::all(4, 1));
     ownership.remove(2);
     ownership.remove(3);
+    let fenced = Arc::new(Fences::default());
     let config = Config {
         ownership: Some(ownership.clone() as Arc<dyn Ownership>),
         ownership_poll: Duration::from_millis(5),
+        observer: Arc::clone(&fenced) as Arc<dyn crate::Observer>,
         ..Config::default()
     };
     let runner = FakeRunner::gated();
@@ -900,9 +932,11 @@ async fn in_a_cluster_the_engine_runs_only_its_partitions_and_follows_their_chan
     assert_eq!(recovered.iter().copied().collect::<HashSet<_>>(), expected.iter().copied().collect::<HashSet<_>>());
     // Partition 0 goes to another server while its runs wait for their first step.
     ownership.remove(0);
+    // Stopped: their drivers have let go of the runs, not only left the live map.
     until("partition 0's runs stopped", || {
         let live = lock(&second.inner.live);
-        !by_partition[&0].iter().any(|id| live.contains_key(id))
+        let fenced = fenced.0.lock().unwrap();
+        by_partition[&0].iter().all(|id| !live.contains_key(id) && fenced.contains(id))
     })
     .await;
     runner.release(10_000);
