@@ -16,6 +16,10 @@
 //! PostgreSQL cluster is a throwaway one started there (or the server `BATON_TEST_PG_URL`
 //! names), with `fsync` and `synchronous_commit` on.
 //!
+//! PostgreSQL is measured twice: with the single-writer journal of a lone server, and as one node
+//! of a cluster (P = 64 partitions, every append checked against its partition's epoch), whose
+//! rate is shown against the first's (target: at most 10% slower).
+//!
 //! The PostgreSQL server runs on the bench's machine, so the PostgreSQL figures are measured
 //! on a runtime of one worker, which leaves the server a core, as its own host would. With two
 //! workers at 256 writers, the server's two writing backends waited for a core about as long
@@ -77,6 +81,32 @@ fn journal_append(c: &mut Criterion) {
         measure(&mut group, &beside_server, &POSTGRES, &postgres, writers, stats, &mut figures);
     }
     drop(postgres);
+    // The same on the cluster's path: P = 64 partitions, each append checked against its
+    // partition's epoch, beside the single-writer figures just taken.
+    let (partitioned, member) = beside_server.block_on(async {
+        let url = cluster.create_database().await;
+        baton_benches::partitioned_postgres(&url).await
+    });
+    for writers in WRITERS {
+        let stats = || partitioned.commit_stats();
+        measure(&mut group, &beside_server, &POSTGRES_PARTITIONED, &partitioned, writers, stats, &mut figures);
+        let rate = |label: &str| {
+            let name = format!("{label}, {}: durable appends per second", plural(writers, "writer"));
+            figures.iter().find(|f| f.name == name).map(|f| f.value)
+        };
+        if let (Some(single), Some(fenced)) = (rate(POSTGRES.label), rate(POSTGRES_PARTITIONED.label)) {
+            figures.push(Figure {
+                name: format!("postgres fenced against single-writer, {}", plural(writers, "writer")),
+                value: fenced,
+                unit: "1/s",
+                per_fsync: false,
+                against: Some(single),
+                target: Some(">= 0.9x"),
+            });
+        }
+    }
+    drop(partitioned);
+    beside_server.block_on(async { member.leave().await.expect("the bench node leaves") });
     // A store of its own, so its journal tasks run on the two-worker runtime too.
     let sharing = connect(&runtime, &cluster);
     let stats = || sharing.commit_stats();
@@ -95,7 +125,7 @@ fn journal_append(c: &mut Criterion) {
     let fsyncs_per_second = windows[1];
     report_figure(BENCH, "write + fsync of 512 B (the baseline)", fsyncs_per_second, "1/s", None, None);
     for figure in figures {
-        let baseline = figure.per_fsync.then_some(fsyncs_per_second);
+        let baseline = figure.against.or(figure.per_fsync.then_some(fsyncs_per_second));
         report_figure(BENCH, &figure.name, figure.value, figure.unit, baseline, figure.target);
     }
 }
@@ -107,6 +137,8 @@ struct Figure {
     unit: &'static str,
     /// Whether it is shown against the fsync rate.
     per_fsync: bool,
+    /// Another figure it is shown against instead.
+    against: Option<f64>,
     target: Option<&'static str>,
 }
 
@@ -123,6 +155,8 @@ struct Subject {
 
 const REDB: Subject = Subject { id: "redb", label: "redb", target: Some(">= 20x") };
 const POSTGRES: Subject = Subject { id: "postgres", label: "postgres", target: Some(">= 20x") };
+const POSTGRES_PARTITIONED: Subject =
+    Subject { id: "postgres_partitioned", label: "postgres, 64 partitions fenced", target: None };
 const POSTGRES_BOTH_CORES: Subject =
     Subject { id: "postgres_both_cores", label: "postgres, bench on both cores", target: None };
 
@@ -171,13 +205,13 @@ fn measure<S: Store + Clone>(
     if let Some(median) = rates.get(rates.len() / 2) {
         let name = format!("{}, {}: durable appends per second", subject.label, plural(writers, "writer"));
         let target = subject.target.filter(|_| writers == 256);
-        figures.push(Figure { name, value: *median, unit: "1/s", per_fsync: true, target });
+        figures.push(Figure { name, value: *median, unit: "1/s", per_fsync: true, against: None, target });
     }
     let transactions = after.transactions.saturating_sub(before.transactions);
     if transactions > 0 {
         let per_commit = after.writes.saturating_sub(before.writes) as f64 / transactions as f64;
         let name = format!("{}, {}: appends per commit", subject.label, plural(writers, "writer"));
-        figures.push(Figure { name, value: per_commit, unit: "", per_fsync: false, target: None });
+        figures.push(Figure { name, value: per_commit, unit: "", per_fsync: false, against: None, target: None });
     }
 }
 

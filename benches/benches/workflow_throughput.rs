@@ -9,15 +9,21 @@
 //! executor only once it is on disk, so a chain of five steps costs five durable appends in
 //! sequence plus `Started` and `Completed`. Clients run closed loops: start an execution, wait
 //! for it to finish, start the next.
+//!
+//! Then the 5-step workflow on PostgreSQL, with a lone server's single-writer journal and as
+//! the node of a cluster whose every write is checked against its partition's epoch, side by
+//! side (see [`postgres_fenced_against_single_writer`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use baton::{ExecutorRunner, Router};
 use baton_benches::{closed_loop, quantile, report_figure};
-use baton_core::{Event, EventSink, ExecutionState, ServiceId, SystemClock, WorkflowName};
+use baton_core::{Event, EventSink, ExecutionState, Ownership, ServiceId, Store, SystemClock, WorkflowName};
 use baton_executor::{Call, InProcessInvoker};
 use baton_store::RedbStore;
+use baton_store::postgres::{Config as PgConfig, PostgresStore};
+use baton_store::testing::PgCluster;
 use baton_workflow::{Config, Engine};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::json;
@@ -57,9 +63,17 @@ const PER_ITERATION: usize = 1_000;
 /// Executions of each direct measurement for the figures.
 const MEASURED: usize = 6_000;
 
-type BenchEngine = Engine<RedbStore, ExecutorRunner<InProcessInvoker>>;
+type BenchEngine<S = RedbStore> = Engine<S, ExecutorRunner<InProcessInvoker>>;
+
+/// Executions of each PostgreSQL measurement: the single-writer journal and the cluster's.
+const MEASURED_POSTGRES: usize = 3_000;
 
 async fn engine(dir: &std::path::Path) -> BenchEngine {
+    let store = RedbStore::open(dir).await.expect("the redb store opens");
+    engine_on(store, Config::default()).await
+}
+
+async fn engine_on<S: Store>(store: S, config: Config) -> BenchEngine<S> {
     let mut invoker = InProcessInvoker::default();
     invoker.register(ServiceId::new("noop").expect("a valid id"), |call: Call| async move { Ok(call.payload) });
     let router = Arc::new(Router::default());
@@ -69,8 +83,7 @@ async fn engine(dir: &std::path::Path) -> BenchEngine {
         Arc::new(SystemClock),
     );
     let runner = ExecutorRunner::new(executor, router);
-    let store = RedbStore::open(dir).await.expect("the redb store opens");
-    let engine = Engine::open(Config::default(), store, runner).await.expect("the engine opens");
+    let engine = Engine::open(config, store, runner).await.expect("the engine opens");
     engine.apply(WORKFLOW).await.expect("the workflow applies");
     engine.apply(CONTROL_FLOW).await.expect("the control-flow workflow applies");
     engine
@@ -78,7 +91,12 @@ async fn engine(dir: &std::path::Path) -> BenchEngine {
 
 /// Runs `executions` executions from `clients` closed-loop clients; the wall time and every
 /// execution's start-to-completion latency.
-async fn drive(engine: &BenchEngine, workflow: &str, executions: usize, clients: usize) -> (Duration, Vec<Duration>) {
+async fn drive<S: Store>(
+    engine: &BenchEngine<S>,
+    workflow: &str,
+    executions: usize,
+    clients: usize,
+) -> (Duration, Vec<Duration>) {
     let name = WorkflowName::new(workflow).expect("a valid name");
     let input = json!({"n": 1, "items": (0..10).collect::<Vec<u32>>()});
     closed_loop(clients, executions, || {
@@ -146,6 +164,61 @@ fn workflow_throughput(c: &mut Criterion) {
             );
         }
     }
+    drop(engine);
+    postgres_fenced_against_single_writer(&rt);
+}
+
+/// The 5-step workflow on PostgreSQL, 64 clients: with the single-writer journal of a lone
+/// server, then as the one node of a cluster (P = 64, every write checked against its
+/// partition's epoch), shown against the first (target: at most 10% slower). Each on a fresh
+/// database of one throwaway server.
+fn postgres_fenced_against_single_writer(rt: &tokio::runtime::Runtime) {
+    let cluster = PgCluster::start();
+    let single = rt.block_on(async {
+        let url = cluster.create_database().await;
+        let store = PostgresStore::connect(&PgConfig::new(url)).await.expect("the postgres store connects");
+        engine_on(store, Config::default()).await
+    });
+    let (single_rate, single_p50) = measure_postgres(rt, &single);
+    drop(single);
+    let (fenced, member) = rt.block_on(async {
+        let url = cluster.create_database().await;
+        let (store, member) = baton_benches::partitioned_postgres(&url).await;
+        let ownership: Arc<dyn Ownership> = Arc::new(member.clone());
+        (engine_on(store, Config { ownership: Some(ownership), ..Config::default() }).await, member)
+    });
+    let (fenced_rate, fenced_p50) = measure_postgres(rt, &fenced);
+    drop(fenced);
+    rt.block_on(async { member.leave().await.expect("the bench node leaves") });
+    let bench = "workflow_throughput";
+    let name = "5-step workflow on postgres, 64 clients";
+    report_figure(bench, &format!("{name}, single writer: executions per second"), single_rate, "1/s", None, None);
+    report_figure(bench, &format!("{name}, single writer: start-to-completion p50"), single_p50, "ms", None, None);
+    report_figure(
+        bench,
+        &format!("{name}, 64 partitions fenced: executions per second"),
+        fenced_rate,
+        "1/s",
+        Some(single_rate),
+        Some(">= 0.9x"),
+    );
+    report_figure(
+        bench,
+        &format!("{name}, 64 partitions fenced: start-to-completion p50"),
+        fenced_p50,
+        "ms",
+        None,
+        None,
+    );
+}
+
+/// Executions per second and the p50 latency (ms) of the 5-step workflow, 64 clients, after a
+/// warm-up of a tenth as many.
+fn measure_postgres<S: Store>(rt: &tokio::runtime::Runtime, engine: &BenchEngine<S>) -> (f64, f64) {
+    rt.block_on(drive(engine, "five", MEASURED_POSTGRES / 10, 64));
+    let (elapsed, mut latencies) = rt.block_on(drive(engine, "five", MEASURED_POSTGRES, 64));
+    latencies.sort_unstable();
+    (MEASURED_POSTGRES as f64 / elapsed.as_secs_f64(), quantile(&latencies, 0.5).as_secs_f64() * 1e3)
 }
 
 criterion_group!(benches, workflow_throughput);

@@ -309,6 +309,25 @@ where
     (started.elapsed(), latencies)
 }
 
+/// A PostgreSQL store on the database at `url` as one node of a cluster, alone in it and so
+/// owning every partition: each journal write is checked against its partition's epoch, as in
+/// `baton serve --cluster`. The membership must outlive the store.
+pub async fn partitioned_postgres(url: &str) -> (baton_store::postgres::PostgresStore, baton_cluster::Member) {
+    let config = baton_store::postgres::Config::new(url);
+    baton_store::postgres::migrate_schema(&config).await.expect("the schema migrates");
+    let cluster = baton_cluster::Config::new(url, "bench", "127.0.0.1:1");
+    let partitions = cluster.partitions as usize;
+    let mut member = baton_cluster::Member::join(cluster).await.expect("the node joins");
+    while member.ownership().len() < partitions {
+        member.changed().await.expect("the membership goes on");
+    }
+    let ownership: std::sync::Arc<dyn baton_core::Ownership> = std::sync::Arc::new(member.clone());
+    let store = baton_store::postgres::PostgresStore::connect_partitioned(&config, ownership)
+        .await
+        .expect("the partitioned store connects");
+    (store, member)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,14 +5,11 @@
 //! runtime of their own, shut down without a word to the database, as a `kill -9` would.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use baton_cluster::{Config, Error, Member, status};
 use baton_store::postgres::{Config as StoreConfig, PostgresStore};
-use baton_store::testing::{PgCluster, sql_client};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use baton_store::testing::{BlackholeProxy, PgCluster, sql_client};
 use tokio::time::Instant;
 
 #[test]
@@ -229,106 +226,9 @@ async fn a_dead_nodes_partitions_are_claimed_after_its_lease(cluster: &PgCluster
     b.leave().await.unwrap();
 }
 
-/// A TCP proxy to the database that can blackhole every connection through it: bytes are
-/// read and dropped, so statements hang as behind a dead network, until it is restored; the
-/// connections that were cut stay cut.
-struct Proxy {
-    url: String,
-    cut: Arc<AtomicBool>,
-    generation: Arc<AtomicU64>,
-}
-
-impl Proxy {
-    async fn start(url: &str) -> Self {
-        let config: tokio_postgres::Config = url.parse().unwrap();
-        let port = config.get_ports().first().copied().unwrap_or(5432);
-        let target = match &config.get_hosts()[0] {
-            tokio_postgres::config::Host::Unix(dir) => Target::Unix(dir.join(format!(".s.PGSQL.{port}"))),
-            tokio_postgres::config::Host::Tcp(host) => Target::Tcp(format!("{host}:{port}")),
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let (cut, generation) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
-        let (cut_, generation_) = (Arc::clone(&cut), Arc::clone(&generation));
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let (cut, generation) = (Arc::clone(&cut_), Arc::clone(&generation_));
-                let target = target.clone();
-                tokio::spawn(async move {
-                    let born = generation.load(Ordering::SeqCst);
-                    let (client_read, client_write) = client.into_split();
-                    match target {
-                        Target::Unix(path) => {
-                            let server = tokio::net::UnixStream::connect(path).await.unwrap();
-                            let (server_read, server_write) = server.into_split();
-                            relay(client_read, server_write, server_read, client_write, cut, generation, born).await;
-                        }
-                        Target::Tcp(address) => {
-                            let server = tokio::net::TcpStream::connect(address).await.unwrap();
-                            let (server_read, server_write) = server.into_split();
-                            relay(client_read, server_write, server_read, client_write, cut, generation, born).await;
-                        }
-                    }
-                });
-            }
-        });
-        let dbname = config.get_dbname().unwrap();
-        let user = config.get_user().unwrap();
-        Self { url: format!("host=127.0.0.1 port={} user={user} dbname={dbname}", address.port()), cut, generation }
-    }
-
-    fn cut(&self) {
-        self.generation.fetch_add(1, Ordering::SeqCst);
-        self.cut.store(true, Ordering::SeqCst);
-    }
-
-    fn restore(&self) {
-        self.cut.store(false, Ordering::SeqCst);
-    }
-}
-
-#[derive(Clone)]
-enum Target {
-    Unix(std::path::PathBuf),
-    Tcp(String),
-}
-
-async fn relay(
-    client_read: impl AsyncRead + Unpin + Send + 'static,
-    server_write: impl AsyncWrite + Unpin + Send + 'static,
-    server_read: impl AsyncRead + Unpin + Send + 'static,
-    client_write: impl AsyncWrite + Unpin + Send + 'static,
-    cut: Arc<AtomicBool>,
-    generation: Arc<AtomicU64>,
-    born: u64,
-) {
-    let one_way = |mut from: Box<dyn AsyncRead + Unpin + Send>, mut to: Box<dyn AsyncWrite + Unpin + Send>| {
-        let (cut, generation) = (Arc::clone(&cut), Arc::clone(&generation));
-        async move {
-            let mut buffer = vec![0; 16 << 10];
-            loop {
-                let Ok(n) = from.read(&mut buffer).await else { return };
-                if n == 0 {
-                    return;
-                }
-                // A connection that lived through a cut stays cut.
-                if cut.load(Ordering::SeqCst) || generation.load(Ordering::SeqCst) != born {
-                    continue;
-                }
-                if to.write_all(&buffer[..n]).await.is_err() {
-                    return;
-                }
-            }
-        }
-    };
-    let up = tokio::spawn(one_way(Box::new(client_read), Box::new(server_write)));
-    let down = tokio::spawn(one_way(Box::new(server_read), Box::new(client_write)));
-    let _ = tokio::join!(up, down);
-}
-
 async fn a_node_cut_off_from_the_database_fences_itself_before_its_lease_ends(cluster: &PgCluster) {
     let url = database(cluster).await;
-    let proxy = Proxy::start(&url).await;
+    let proxy = BlackholeProxy::start(&url).await;
     let a = Member::join(Config { url: proxy.url.clone(), ..config(&url, "a", 3_000) }).await.unwrap();
     let b = Member::join(config(&url, "b", 3_000)).await.unwrap();
     eventually("balanced", Duration::from_secs(30), async || {

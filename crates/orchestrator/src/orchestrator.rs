@@ -108,6 +108,10 @@ impl Default for Options {
     }
 }
 
+/// The shortest time a cluster node's store waits for PostgreSQL to answer a call, however
+/// short its lease: a loaded database may take seconds.
+const MIN_STORE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Refuses a database that live cluster nodes use: a server outside the cluster would take
 /// the journals over from under them.
 async fn refuse_live_cluster(url: &str) -> Result<(), Error> {
@@ -244,7 +248,11 @@ impl ServiceOrchestrator {
                 AnyStore::Postgres(store)
             }
             StoreChoice::Cluster(cluster) => {
-                let config = baton_store::postgres::Config::new(cluster.url.clone());
+                // A call outstanding past the lease is moot: the node has fenced itself by then.
+                let config = baton_store::postgres::Config {
+                    timeout: cluster.lease_ttl.max(MIN_STORE_TIMEOUT),
+                    ..baton_store::postgres::Config::new(cluster.url.clone())
+                };
                 baton_store::postgres::migrate_schema(&config).await?;
                 let joined =
                     baton_cluster::Member::join(cluster.clone()).await.map_err(|e| Error::Cluster(e.to_string()))?;

@@ -1,12 +1,16 @@
 //! Test support (`test-util` feature): a throwaway PostgreSQL cluster, a conformance
 //! [`Harness`] for each store, the journal load that benches and profiling share
-//! ([`load_execution`], [`load_event`]), and a disk filled to the last byte ([`fill_disk`]).
+//! ([`load_execution`], [`load_event`]), a disk filled to the last byte ([`fill_disk`]), and a
+//! TCP proxy that cuts a client off from the database as a dead network would
+//! ([`BlackholeProxy`]).
 //!
 //! [`PgCluster::start`] runs `initdb` and `pg_ctl` itself into a temporary directory, listening
 //! only on a Unix socket there, and stops and removes it when dropped; as root it runs them as
 //! the `postgres` user. With `BATON_TEST_PG_URL` set it uses that server instead; binaries
 //! outside `PATH` and `/usr/lib/postgresql/*/bin` can be named with `BATON_PG_BIN`. Without
 //! any it panics: PostgreSQL tests never skip silently.
+
+mod blackhole;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -16,6 +20,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use baton_core::{Event, EventKind, Execution, ExecutionId, ExecutionState, StepId, Timestamp, WorkflowName};
 use tempfile::TempDir;
 use tokio_postgres::config::Host;
+
+pub use blackhole::BlackholeProxy;
 
 use crate::conformance::{Damage, Harness};
 use crate::postgres::{self, PostgresStore};

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, reason = "each test file uses the part of the harness it needs")]
 
+pub(crate) mod cluster;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

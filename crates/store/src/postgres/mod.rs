@@ -24,6 +24,7 @@ mod partitioned;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use baton_core::store::timestamp_nanos;
 use baton_core::{
@@ -197,11 +198,15 @@ pub struct Config {
     pub fold_events: usize,
     /// Bytes of events kept in memory before they are folded, whatever their number.
     pub fold_bytes: usize,
+    /// How long a call may wait for the server before it fails as unavailable and the
+    /// connections are made again: a network that drops packets without a reset would
+    /// otherwise hold a connection, and every call on it, until the kernel gives up (minutes).
+    pub timeout: Duration,
 }
 
 impl Config {
     /// Defaults for `url`: 4 pooled connections, frames of up to 1000 appends on 2 append
-    /// connections, folds every 65,536 events or 16 MiB.
+    /// connections, folds every 65,536 events or 16 MiB, calls answered within 30 s.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
@@ -210,6 +215,7 @@ impl Config {
             append_connections: 2,
             fold_events: 65_536,
             fold_bytes: 16 << 20,
+            timeout: Duration::from_secs(30),
         }
     }
 }
@@ -236,6 +242,7 @@ struct Inner {
     next: AtomicUsize,
     journal: Journal,
     counters: Arc<Counters>,
+    timeout: Duration,
 }
 
 /// Who writes journals, and under which epochs.
@@ -264,8 +271,7 @@ impl PostgresStore {
     /// [`StoreError::Unavailable`] when the server cannot be reached or its schema is newer
     /// than this build.
     pub async fn connect(config: &Config) -> StoreResult<Self> {
-        let pg: tokio_postgres::Config =
-            config.url.parse().map_err(|e| StoreError::Invalid { field: "url".to_owned(), reason: describe(&e) })?;
+        let pg = parse(config)?;
         let mut first = connect(&pg).await?;
         migrate(&mut first).await?;
         tune(&first).await;
@@ -280,7 +286,16 @@ impl PostgresStore {
         };
         let journal = journal::Journal::take_over(&pg, connect(&pg).await?, options, Arc::clone(&counters)).await?;
         let journal = Journal::Single(journal);
-        Ok(Self { inner: Arc::new(Inner { config: pg, pool, next: AtomicUsize::new(0), journal, counters }) })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config: pg,
+                pool,
+                next: AtomicUsize::new(0),
+                journal,
+                counters,
+                timeout: config.timeout,
+            }),
+        })
     }
 
     /// Connects as one server of a cluster: it writes for the executions of the partitions
@@ -289,8 +304,7 @@ impl PostgresStore {
     /// role over, folding what a server outside the cluster left and fencing that server out;
     /// the cluster's own journals need no folding.
     pub async fn connect_partitioned(config: &Config, ownership: Arc<dyn Ownership>) -> StoreResult<Self> {
-        let pg: tokio_postgres::Config =
-            config.url.parse().map_err(|e| StoreError::Invalid { field: "url".to_owned(), reason: describe(&e) })?;
+        let pg = parse(config)?;
         let mut first = connect(&pg).await?;
         migrate(&mut first).await?;
         tune(&first).await;
@@ -298,10 +312,24 @@ impl PostgresStore {
         let pool: Vec<_> = (0..config.pool_size.max(1)).map(|_| Mutex::new(None)).collect();
         *pool[0].lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(first));
         let counters = Arc::new(Counters::default());
-        let journal =
-            partitioned::Journal::start(pg.clone(), Arc::clone(&ownership), config.max_batch, Arc::clone(&counters));
+        let journal = partitioned::Journal::start(
+            pg.clone(),
+            Arc::clone(&ownership),
+            config.max_batch,
+            config.timeout,
+            Arc::clone(&counters),
+        );
         let journal = Journal::Partitioned { journal, ownership, takeover };
-        Ok(Self { inner: Arc::new(Inner { config: pg, pool, next: AtomicUsize::new(0), journal, counters }) })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config: pg,
+                pool,
+                next: AtomicUsize::new(0),
+                journal,
+                counters,
+                timeout: config.timeout,
+            }),
+        })
     }
 
     /// This store's writer epoch, and what it found of the journal the previous writer left.
@@ -359,6 +387,24 @@ impl PostgresStore {
         self.inner.counters.snapshot()
     }
 
+    /// `work`, failed as unavailable when the server does not answer it within the timeout.
+    /// The pooled connections are then dropped, so the next calls connect afresh rather than
+    /// wait on a connection the network swallowed (no reset ever comes through a blackhole).
+    async fn bounded<T>(&self, work: impl Future<Output = StoreResult<T>>) -> StoreResult<T> {
+        match tokio::time::timeout(self.inner.timeout, work).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                for slot in &self.inner.pool {
+                    *slot.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                }
+                Err(StoreError::unavailable(format!(
+                    "postgres did not answer within {:?}; connecting again",
+                    self.inner.timeout
+                )))
+            }
+        }
+    }
+
     /// A pooled connection, reconnecting when the one in the slot has closed.
     async fn client(&self) -> StoreResult<Arc<Client>> {
         let slot = &self.inner.pool[self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.pool.len()];
@@ -372,6 +418,22 @@ impl PostgresStore {
         *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&client));
         Ok(client)
     }
+}
+
+/// The connection settings of `config`, with TCP keepalives and a TCP user timeout of
+/// `config.timeout` where the URL sets none: the kernel then closes a connection whose peer
+/// went silent instead of waiting on it for many minutes.
+fn parse(config: &Config) -> StoreResult<tokio_postgres::Config> {
+    let mut pg: tokio_postgres::Config =
+        config.url.parse().map_err(|e| StoreError::Invalid { field: "url".to_owned(), reason: describe(&e) })?;
+    if pg.get_tcp_user_timeout().is_none() {
+        pg.tcp_user_timeout(config.timeout);
+    }
+    let probe = (config.timeout / 4).max(Duration::from_secs(1));
+    if pg.get_keepalives_idle() > probe {
+        pg.keepalives(true).keepalives_idle(probe).keepalives_interval(probe).keepalives_retries(3);
+    }
+    Ok(pg)
 }
 
 async fn connect(config: &tokio_postgres::Config) -> StoreResult<Client> {
@@ -540,95 +602,105 @@ fn sequence_param(sequence: u64) -> StoreResult<i64> {
 
 impl Store for PostgresStore {
     async fn put_definition(&self, definition: NewDefinition) -> StoreResult<PutDefinition> {
-        let client = self.client().await?;
-        let name = definition.name.as_str();
-        let body = String::from_utf8(to_json(&definition.body)).expect("JSON is UTF-8");
-        let created_at = timestamp_nanos("created_at", definition.created_at)?;
-        for _ in 0..ATTEMPTS {
-            let latest = client
-                .query_opt(
-                    "SELECT version, content_hash FROM baton_definitions WHERE name = $1 ORDER BY version DESC LIMIT 1",
-                    &[&name],
-                )
-                .await;
-            let latest = match latest {
-                Ok(row) => row.map(|row| (row.get::<_, i32>(0), row.get::<_, String>(1))),
-                Err(e) if is_transient(&e) => continue,
-                Err(e) => return Err(unavailable(e)),
-            };
-            let version = match latest {
-                Some((version, hash)) if hash == definition.content_hash => {
-                    let version = u32::try_from(version)
-                        .map_err(|_| StoreError::unavailable(format!("definition {name} has version {version}")))?;
-                    return Ok(PutDefinition { version, created: false });
+        self.bounded(async move {
+            let client = self.client().await?;
+            let name = definition.name.as_str();
+            let body = String::from_utf8(to_json(&definition.body)).expect("JSON is UTF-8");
+            let created_at = timestamp_nanos("created_at", definition.created_at)?;
+            for _ in 0..ATTEMPTS {
+                let latest = client
+                    .query_opt(
+                        "SELECT version, content_hash FROM baton_definitions WHERE name = $1 ORDER BY version DESC LIMIT 1",
+                        &[&name],
+                    )
+                    .await;
+                let latest = match latest {
+                    Ok(row) => row.map(|row| (row.get::<_, i32>(0), row.get::<_, String>(1))),
+                    Err(e) if is_transient(&e) => continue,
+                    Err(e) => return Err(unavailable(e)),
+                };
+                let version = match latest {
+                    Some((version, hash)) if hash == definition.content_hash => {
+                        let version = u32::try_from(version)
+                            .map_err(|_| StoreError::unavailable(format!("definition {name} has version {version}")))?;
+                        return Ok(PutDefinition { version, created: false });
+                    }
+                    Some((version, _)) => version.checked_add(1).ok_or_else(|| StoreError::Invalid {
+                        field: "version".to_owned(),
+                        reason: "the definition has run out of versions".to_owned(),
+                    })?,
+                    None => 1,
+                };
+                let inserted = client
+                    .execute(
+                        "INSERT INTO baton_definitions (name, version, content_hash, body, created_at)
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                        &[&name, &version, &definition.content_hash, &body, &created_at],
+                    )
+                    .await;
+                match inserted {
+                    Ok(1) => return Ok(PutDefinition { version: version.unsigned_abs(), created: true }),
+                    // Another writer took this version first: look at the latest again.
+                    Ok(_) => {}
+                    Err(e) if is_transient(&e) => {}
+                    Err(e) => return Err(unavailable(e)),
                 }
-                Some((version, _)) => version.checked_add(1).ok_or_else(|| StoreError::Invalid {
-                    field: "version".to_owned(),
-                    reason: "the definition has run out of versions".to_owned(),
-                })?,
-                None => 1,
-            };
-            let inserted = client
-                .execute(
-                    "INSERT INTO baton_definitions (name, version, content_hash, body, created_at)
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                    &[&name, &version, &definition.content_hash, &body, &created_at],
-                )
-                .await;
-            match inserted {
-                Ok(1) => return Ok(PutDefinition { version: version.unsigned_abs(), created: true }),
-                // Another writer took this version first: look at the latest again.
-                Ok(_) => {}
-                Err(e) if is_transient(&e) => {}
-                Err(e) => return Err(unavailable(e)),
             }
-        }
-        Err(StoreError::unavailable(format!("definition {name} kept meeting concurrent writers")))
+            Err(StoreError::unavailable(format!("definition {name} kept meeting concurrent writers")))
+        })
+        .await
     }
 
     async fn get_definition(&self, name: &WorkflowName, version: Option<u32>) -> StoreResult<StoredDefinition> {
-        let client = self.client().await?;
-        let columns = "SELECT version, content_hash, body, created_at FROM baton_definitions";
-        let row = match version {
-            None => {
-                let sql = format!("{columns} WHERE name = $1 ORDER BY version DESC LIMIT 1");
-                client.query_opt(&sql, &[&name.as_str()]).await
-            }
-            Some(version) => match i32::try_from(version) {
-                Ok(v) => {
-                    client
-                        .query_opt(&format!("{columns} WHERE name = $1 AND version = $2"), &[&name.as_str(), &v])
-                        .await
+        self.bounded(async move {
+            let client = self.client().await?;
+            let columns = "SELECT version, content_hash, body, created_at FROM baton_definitions";
+            let row = match version {
+                None => {
+                    let sql = format!("{columns} WHERE name = $1 ORDER BY version DESC LIMIT 1");
+                    client.query_opt(&sql, &[&name.as_str()]).await
                 }
-                Err(_) => Ok(None),
-            },
-        }
-        .map_err(unavailable)?;
-        match row {
-            Some(row) => definition_from_row(name, &row),
-            None => Err(StoreError::NotFound(Record::Definition { name: name.clone(), version })),
-        }
+                Some(version) => match i32::try_from(version) {
+                    Ok(v) => {
+                        client
+                            .query_opt(&format!("{columns} WHERE name = $1 AND version = $2"), &[&name.as_str(), &v])
+                            .await
+                    }
+                    Err(_) => Ok(None),
+                },
+            }
+            .map_err(unavailable)?;
+            match row {
+                Some(row) => definition_from_row(name, &row),
+                None => Err(StoreError::NotFound(Record::Definition { name: name.clone(), version })),
+            }
+        })
+        .await
     }
 
     async fn list_definitions(&self) -> StoreResult<Vec<StoredDefinition>> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT d.name, d.version, d.content_hash, d.body, d.created_at FROM baton_definitions d
-                 WHERE d.version = (SELECT MAX(m.version) FROM baton_definitions m WHERE m.name = d.name)
-                 ORDER BY d.name",
-                &[],
-            )
-            .await
-            .map_err(unavailable)?;
-        rows.iter()
-            .map(|row| {
-                let name: &str = row.get("name");
-                let name = WorkflowName::new(name)
-                    .map_err(|e| StoreError::unavailable(format!("the database holds a bad definition name: {e}")))?;
-                definition_from_row(&name, row)
-            })
-            .collect()
+        self.bounded(async move {
+            let client = self.client().await?;
+            let rows = client
+                .query(
+                    "SELECT d.name, d.version, d.content_hash, d.body, d.created_at FROM baton_definitions d
+                     WHERE d.version = (SELECT MAX(m.version) FROM baton_definitions m WHERE m.name = d.name)
+                     ORDER BY d.name",
+                    &[],
+                )
+                .await
+                .map_err(unavailable)?;
+            rows.iter()
+                .map(|row| {
+                    let name: &str = row.get("name");
+                    let name = WorkflowName::new(name).map_err(|e| {
+                        StoreError::unavailable(format!("the database holds a bad definition name: {e}"))
+                    })?;
+                    definition_from_row(&name, row)
+                })
+                .collect()
+        })
+        .await
     }
 
     async fn create_execution(
@@ -636,278 +708,321 @@ impl Store for PostgresStore {
         execution: Execution,
         idempotency_key: Option<IdempotencyKey>,
     ) -> StoreResult<CreatedExecution> {
-        let created_at = timestamp_nanos("created_at", execution.created_at)?;
-        let client = self.client().await?;
-        let id = id_bytes(execution.id);
-        let key = idempotency_key.as_ref().map(IdempotencyKey::as_str);
-        let record = String::from_utf8(to_json(&execution)).expect("JSON is UTF-8");
-        let state = state_text(execution.state);
-        let fence = self.fence(execution.id)?;
-        // Only under the fencing epoch, `FOR SHARE` as every write for an execution.
-        let sql = format!(
-            "INSERT INTO baton_executions (id, workflow, state, created_at, revision, idempotency_key, record)
-             SELECT $1::BYTEA, $2::TEXT, $3::TEXT, $4::BIGINT, 0, $5::TEXT, $6::TEXT
-             FROM (SELECT 1 FROM {} WHERE id = $7 AND epoch = $8 FOR SHARE) AS current
-             ON CONFLICT DO NOTHING",
-            fence.table
-        );
-        for _ in 0..ATTEMPTS {
-            let inserted = client
-                .execute(
-                    &sql,
-                    &[&id, &execution.workflow.as_str(), &state, &created_at, &key, &record, &fence.id, &fence.epoch],
-                )
-                .await;
-            match inserted {
-                Ok(1) => {
-                    if let Journal::Single(journal) = &self.inner.journal {
-                        journal.created(execution.id);
+        self.bounded(async move {
+            let created_at = timestamp_nanos("created_at", execution.created_at)?;
+            let client = self.client().await?;
+            let id = id_bytes(execution.id);
+            let key = idempotency_key.as_ref().map(IdempotencyKey::as_str);
+            let record = String::from_utf8(to_json(&execution)).expect("JSON is UTF-8");
+            let state = state_text(execution.state);
+            let fence = self.fence(execution.id)?;
+            // Only under the fencing epoch, `FOR SHARE` as every write for an execution.
+            let sql = format!(
+                "INSERT INTO baton_executions (id, workflow, state, created_at, revision, idempotency_key, record)
+                 SELECT $1::BYTEA, $2::TEXT, $3::TEXT, $4::BIGINT, 0, $5::TEXT, $6::TEXT
+                 FROM (SELECT 1 FROM {} WHERE id = $7 AND epoch = $8 FOR SHARE) AS current
+                 ON CONFLICT DO NOTHING",
+                fence.table
+            );
+            for _ in 0..ATTEMPTS {
+                let inserted = client
+                    .execute(
+                        &sql,
+                        &[
+                            &id,
+                            &execution.workflow.as_str(),
+                            &state,
+                            &created_at,
+                            &key,
+                            &record,
+                            &fence.id,
+                            &fence.epoch,
+                        ],
+                    )
+                    .await;
+                match inserted {
+                    Ok(1) => {
+                        if let Journal::Single(journal) = &self.inner.journal {
+                            journal.created(execution.id);
+                        }
+                        return Ok(CreatedExecution { execution, created: true });
                     }
-                    return Ok(CreatedExecution { execution, created: true });
-                }
-                Ok(_) => match Self::fenced_out(&client, &fence).await {
-                    Ok(true) => return Err(self.fenced_error(execution.id, &fence)),
-                    Ok(false) => {}
+                    Ok(_) => match Self::fenced_out(&client, &fence).await {
+                        Ok(true) => return Err(self.fenced_error(execution.id, &fence)),
+                        Ok(false) => {}
+                        Err(e) if is_transient(&e) => continue,
+                        Err(e) => return Err(unavailable(e)),
+                    },
                     Err(e) if is_transient(&e) => continue,
                     Err(e) => return Err(unavailable(e)),
-                },
-                Err(e) if is_transient(&e) => continue,
-                Err(e) => return Err(unavailable(e)),
-            }
-            // Nothing inserted: the key was used before, or the id is taken.
-            let Some(key) = key else { return Err(StoreError::AlreadyExists(execution.id)) };
-            let existing =
-                client.query_opt("SELECT id, record FROM baton_executions WHERE idempotency_key = $1", &[&key]).await;
-            match existing {
-                Ok(Some(row)) => {
-                    let id = id_from_bytes(row.get(0))?;
-                    let execution = decode_execution(id, row.get(1))?;
-                    return Ok(CreatedExecution { execution, created: false });
                 }
-                Ok(None) => return Err(StoreError::AlreadyExists(execution.id)),
-                Err(e) if is_transient(&e) => {}
-                Err(e) => return Err(unavailable(e)),
+                // Nothing inserted: the key was used before, or the id is taken.
+                let Some(key) = key else { return Err(StoreError::AlreadyExists(execution.id)) };
+                let existing = client
+                    .query_opt("SELECT id, record FROM baton_executions WHERE idempotency_key = $1", &[&key])
+                    .await;
+                match existing {
+                    Ok(Some(row)) => {
+                        let id = id_from_bytes(row.get(0))?;
+                        let execution = decode_execution(id, row.get(1))?;
+                        return Ok(CreatedExecution { execution, created: false });
+                    }
+                    Ok(None) => return Err(StoreError::AlreadyExists(execution.id)),
+                    Err(e) if is_transient(&e) => {}
+                    Err(e) => return Err(unavailable(e)),
+                }
             }
-        }
-        Err(StoreError::unavailable(format!("execution {} kept meeting concurrent writers", execution.id)))
+            Err(StoreError::unavailable(format!("execution {} kept meeting concurrent writers", execution.id)))
+        })
+        .await
     }
 
     async fn get_execution(&self, id: ExecutionId) -> StoreResult<Execution> {
-        let client = self.client().await?;
-        let row = client
-            .query_opt("SELECT record FROM baton_executions WHERE id = $1", &[&id_bytes(id)])
-            .await
-            .map_err(unavailable)?
-            .ok_or(StoreError::NotFound(Record::Execution(id)))?;
-        decode_execution(id, row.get(0))
+        self.bounded(async move {
+            let client = self.client().await?;
+            let row = client
+                .query_opt("SELECT record FROM baton_executions WHERE id = $1", &[&id_bytes(id)])
+                .await
+                .map_err(unavailable)?
+                .ok_or(StoreError::NotFound(Record::Execution(id)))?;
+            decode_execution(id, row.get(0))
+        })
+        .await
     }
 
     async fn find_by_idempotency_key(&self, key: &IdempotencyKey) -> StoreResult<Option<Execution>> {
-        let client = self.client().await?;
-        // The column is UNIQUE, so this is a lookup in its index.
-        let row = client
-            .query_opt("SELECT id, record FROM baton_executions WHERE idempotency_key = $1", &[&key.as_str()])
-            .await
-            .map_err(unavailable)?;
-        row.map(|row| decode_execution(id_from_bytes(row.get(0))?, row.get(1))).transpose()
+        self.bounded(async move {
+            let client = self.client().await?;
+            // The column is UNIQUE, so this is a lookup in its index.
+            let row = client
+                .query_opt("SELECT id, record FROM baton_executions WHERE idempotency_key = $1", &[&key.as_str()])
+                .await
+                .map_err(unavailable)?;
+            row.map(|row| decode_execution(id_from_bytes(row.get(0))?, row.get(1))).transpose()
+        })
+        .await
     }
 
     async fn update_execution(&self, update: ExecutionUpdate) -> StoreResult<Execution> {
-        let client = self.client().await?;
-        let id = id_bytes(update.id);
-        let fence = self.fence(update.id)?;
-        // Optimistic: read, apply, and write only if nobody wrote in between (same revision),
-        // and only while this server's fencing epoch is current. Without the epoch a server
-        // that was taken over could still fail an execution the new writer had recovered, after
-        // its recovery: on the new writer's next start nothing would resume it.
-        let sql = format!(
-            "UPDATE baton_executions
-             SET state = $1, record = $2, revision = revision + 1, parked = $5, wake_at = $6,
-                 expires_at = $9
-             FROM (SELECT 1 FROM {} WHERE id = $7 AND epoch = $8 FOR SHARE) AS current
-             WHERE baton_executions.id = $3 AND revision = $4",
-            fence.table
-        );
-        for _ in 0..ATTEMPTS {
-            let row =
-                match client.query_opt("SELECT record, revision FROM baton_executions WHERE id = $1", &[&id]).await {
-                    Ok(row) => row.ok_or(StoreError::NotFound(Record::Execution(update.id)))?,
-                    Err(e) if is_transient(&e) => continue,
-                    Err(e) => return Err(unavailable(e)),
-                };
-            let mut execution = decode_execution(update.id, row.get(0))?;
-            let revision: i64 = row.get(1);
-            update.apply(&mut execution)?;
-            let record = String::from_utf8(to_json(&execution)).expect("JSON is UTF-8");
-            let wake_at =
-                execution.parked.and_then(|p| p.until).map(|at| timestamp_nanos("parked.until", at)).transpose()?;
-            let expires_at = execution.expires_at.map(|at| timestamp_nanos("expires_at", at)).transpose()?;
-            // `FOR SHARE` makes a takeover wait for this update, and an update that waited on a
-            // takeover finds the epoch changed, as a journal frame's insert does.
-            let written = client
-                .execute(
-                    &sql,
-                    &[
-                        &state_text(execution.state),
-                        &record,
-                        &id,
-                        &revision,
-                        &execution.parked.is_some(),
-                        &wake_at,
-                        &fence.id,
-                        &fence.epoch,
-                        &expires_at,
-                    ],
-                )
-                .await;
-            match written {
-                Ok(1) => return Ok(execution),
-                // Nothing written: another update came first, or this server was fenced out.
-                Ok(_) => match Self::fenced_out(&client, &fence).await {
-                    Ok(true) => return Err(self.fenced_error(update.id, &fence)),
-                    Ok(false) => {}
+        self.bounded(async move {
+            let client = self.client().await?;
+            let id = id_bytes(update.id);
+            let fence = self.fence(update.id)?;
+            // Optimistic: read, apply, and write only if nobody wrote in between (same revision),
+            // and only while this server's fencing epoch is current. Without the epoch a server
+            // that was taken over could still fail an execution the new writer had recovered, after
+            // its recovery: on the new writer's next start nothing would resume it.
+            let sql = format!(
+                "UPDATE baton_executions
+                 SET state = $1, record = $2, revision = revision + 1, parked = $5, wake_at = $6,
+                     expires_at = $9
+                 FROM (SELECT 1 FROM {} WHERE id = $7 AND epoch = $8 FOR SHARE) AS current
+                 WHERE baton_executions.id = $3 AND revision = $4",
+                fence.table
+            );
+            for _ in 0..ATTEMPTS {
+                let row =
+                    match client.query_opt("SELECT record, revision FROM baton_executions WHERE id = $1", &[&id]).await
+                    {
+                        Ok(row) => row.ok_or(StoreError::NotFound(Record::Execution(update.id)))?,
+                        Err(e) if is_transient(&e) => continue,
+                        Err(e) => return Err(unavailable(e)),
+                    };
+                let mut execution = decode_execution(update.id, row.get(0))?;
+                let revision: i64 = row.get(1);
+                update.apply(&mut execution)?;
+                let record = String::from_utf8(to_json(&execution)).expect("JSON is UTF-8");
+                let wake_at =
+                    execution.parked.and_then(|p| p.until).map(|at| timestamp_nanos("parked.until", at)).transpose()?;
+                let expires_at = execution.expires_at.map(|at| timestamp_nanos("expires_at", at)).transpose()?;
+                // `FOR SHARE` makes a takeover wait for this update, and an update that waited on a
+                // takeover finds the epoch changed, as a journal frame's insert does.
+                let written = client
+                    .execute(
+                        &sql,
+                        &[
+                            &state_text(execution.state),
+                            &record,
+                            &id,
+                            &revision,
+                            &execution.parked.is_some(),
+                            &wake_at,
+                            &fence.id,
+                            &fence.epoch,
+                            &expires_at,
+                        ],
+                    )
+                    .await;
+                match written {
+                    Ok(1) => return Ok(execution),
+                    // Nothing written: another update came first, or this server was fenced out.
+                    Ok(_) => match Self::fenced_out(&client, &fence).await {
+                        Ok(true) => return Err(self.fenced_error(update.id, &fence)),
+                        Ok(false) => {}
+                        Err(e) if is_transient(&e) => {}
+                        Err(e) => return Err(unavailable(e)),
+                    },
                     Err(e) if is_transient(&e) => {}
                     Err(e) => return Err(unavailable(e)),
-                },
-                Err(e) if is_transient(&e) => {}
-                Err(e) => return Err(unavailable(e)),
+                }
             }
-        }
-        Err(StoreError::unavailable(format!("execution {} kept meeting concurrent writers", update.id)))
+            Err(StoreError::unavailable(format!("execution {} kept meeting concurrent writers", update.id)))
+        })
+        .await
     }
 
     async fn list_executions(&self, filter: &ExecutionFilter, page: &PageRequest) -> StoreResult<ExecutionPage> {
-        let Some((low, high)) = key_range(filter, page)? else { return Ok(ExecutionPage::default()) };
-        let mut sql = String::from("SELECT id, record FROM baton_executions WHERE TRUE");
-        let mut params: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
-        let mut condition = |sql: &mut String, template: &str, values: Vec<Box<dyn ToSql + Sync + Send>>| {
-            let mut clause = template.to_owned();
-            for value in values {
-                params.push(value);
-                clause = clause.replacen('?', &format!("${}", params.len()), 1);
-            }
-            sql.push_str(" AND ");
-            sql.push_str(&clause);
-        };
-        if let Some(workflow) = &filter.workflow {
-            condition(&mut sql, "workflow = ?", vec![Box::new(workflow.as_str().to_owned())]);
-        }
-        if let Some(state) = filter.state {
-            condition(&mut sql, "state = ?", vec![Box::new(state_text(state))]);
-        }
-        // The UNIQUE column's index answers this one alone.
-        if let Some(key) = &filter.idempotency_key {
-            condition(&mut sql, "idempotency_key = ?", vec![Box::new(key.as_str().to_owned())]);
-        }
-        for (bound, op_included, op_excluded) in [(low, ">=", ">"), (high, "<=", "<")] {
-            let (op, (created, id)) = match bound {
-                std::ops::Bound::Included(key) => (op_included, key),
-                std::ops::Bound::Excluded(key) => (op_excluded, key),
-                std::ops::Bound::Unbounded => continue,
+        self.bounded(async move {
+            let Some((low, high)) = key_range(filter, page)? else { return Ok(ExecutionPage::default()) };
+            let mut sql = String::from("SELECT id, record FROM baton_executions WHERE TRUE");
+            let mut params: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+            let mut condition = |sql: &mut String, template: &str, values: Vec<Box<dyn ToSql + Sync + Send>>| {
+                let mut clause = template.to_owned();
+                for value in values {
+                    params.push(value);
+                    clause = clause.replacen('?', &format!("${}", params.len()), 1);
+                }
+                sql.push_str(" AND ");
+                sql.push_str(&clause);
             };
-            condition(
-                &mut sql,
-                &format!("(created_at, id) {op} (?, ?)"),
-                vec![Box::new(created), Box::new(id.to_be_bytes().to_vec())],
-            );
-        }
-        let direction = match page.order {
-            Order::OldestFirst => "ASC",
-            Order::NewestFirst => "DESC",
-        };
-        let fetch = i64::try_from(page.effective_limit() + 1).unwrap_or(i64::MAX);
-        params.push(Box::new(fetch));
-        sql.push_str(&format!(" ORDER BY created_at {direction}, id {direction} LIMIT ${}", params.len()));
-        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
-        let client = self.client().await?;
-        let rows = client.query(&sql, &refs).await.map_err(unavailable)?;
-        let executions = rows.iter().map(|row| decode_execution(id_from_bytes(row.get(0))?, row.get(1)));
-        paginate(executions, filter, page)
+            if let Some(workflow) = &filter.workflow {
+                condition(&mut sql, "workflow = ?", vec![Box::new(workflow.as_str().to_owned())]);
+            }
+            if let Some(state) = filter.state {
+                condition(&mut sql, "state = ?", vec![Box::new(state_text(state))]);
+            }
+            // The UNIQUE column's index answers this one alone.
+            if let Some(key) = &filter.idempotency_key {
+                condition(&mut sql, "idempotency_key = ?", vec![Box::new(key.as_str().to_owned())]);
+            }
+            for (bound, op_included, op_excluded) in [(low, ">=", ">"), (high, "<=", "<")] {
+                let (op, (created, id)) = match bound {
+                    std::ops::Bound::Included(key) => (op_included, key),
+                    std::ops::Bound::Excluded(key) => (op_excluded, key),
+                    std::ops::Bound::Unbounded => continue,
+                };
+                condition(
+                    &mut sql,
+                    &format!("(created_at, id) {op} (?, ?)"),
+                    vec![Box::new(created), Box::new(id.to_be_bytes().to_vec())],
+                );
+            }
+            let direction = match page.order {
+                Order::OldestFirst => "ASC",
+                Order::NewestFirst => "DESC",
+            };
+            let fetch = i64::try_from(page.effective_limit() + 1).unwrap_or(i64::MAX);
+            params.push(Box::new(fetch));
+            sql.push_str(&format!(" ORDER BY created_at {direction}, id {direction} LIMIT ${}", params.len()));
+            let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
+            let client = self.client().await?;
+            let rows = client.query(&sql, &refs).await.map_err(unavailable)?;
+            let executions = rows.iter().map(|row| decode_execution(id_from_bytes(row.get(0))?, row.get(1)));
+            paginate(executions, filter, page)
+        })
+        .await
     }
 
     async fn unfinished_executions(&self) -> StoreResult<Vec<ExecutionId>> {
-        use ExecutionState::*;
-        let unfinished: Vec<String> = [Created, Running, Paused, Completed, Failed, Cancelled]
-            .into_iter()
-            .filter(|s| !s.is_terminal())
-            .map(state_text)
-            .collect();
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT id FROM baton_executions WHERE state = ANY($1) AND NOT parked ORDER BY created_at, id",
-                &[&unfinished],
-            )
-            .await
-            .map_err(unavailable)?;
-        let ids = rows.iter().map(|row| id_from_bytes(row.get(0))).collect::<StoreResult<Vec<_>>>()?;
-        Ok(self.owned(ids))
+        self.bounded(async move {
+            use ExecutionState::*;
+            let unfinished: Vec<String> = [Created, Running, Paused, Completed, Failed, Cancelled]
+                .into_iter()
+                .filter(|s| !s.is_terminal())
+                .map(state_text)
+                .collect();
+            let client = self.client().await?;
+            let rows = client
+                .query(
+                    "SELECT id FROM baton_executions WHERE state = ANY($1) AND NOT parked ORDER BY created_at, id",
+                    &[&unfinished],
+                )
+                .await
+                .map_err(unavailable)?;
+            let ids = rows.iter().map(|row| id_from_bytes(row.get(0))).collect::<StoreResult<Vec<_>>>()?;
+            Ok(self.owned(ids))
+        })
+        .await
     }
 
     async fn parked_due(&self, before: baton_core::Timestamp, limit: usize) -> StoreResult<Vec<ExecutionId>> {
-        let client = self.client().await?;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let before = timestamp_nanos("before", before)?;
-        let rows = client
-            .query(
-                "SELECT id FROM baton_executions WHERE wake_at IS NOT NULL AND wake_at <= $1 AND parked
-                 ORDER BY wake_at, id LIMIT $2",
-                &[&before, &limit],
-            )
-            .await
-            .map_err(unavailable)?;
-        // In a cluster another server's due executions fill some of `limit`: they are its to wake.
-        let ids = rows.iter().map(|row| id_from_bytes(row.get(0))).collect::<StoreResult<Vec<_>>>()?;
-        Ok(self.owned(ids))
+        self.bounded(async move {
+            let client = self.client().await?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let before = timestamp_nanos("before", before)?;
+            let rows = client
+                .query(
+                    "SELECT id FROM baton_executions WHERE wake_at IS NOT NULL AND wake_at <= $1 AND parked
+                     ORDER BY wake_at, id LIMIT $2",
+                    &[&before, &limit],
+                )
+                .await
+                .map_err(unavailable)?;
+            // In a cluster another server's due executions fill some of `limit`: they are its to wake.
+            let ids = rows.iter().map(|row| id_from_bytes(row.get(0))).collect::<StoreResult<Vec<_>>>()?;
+            Ok(self.owned(ids))
+        })
+        .await
     }
 
     async fn append(&self, events: Vec<Event>) -> StoreResult<()> {
-        match &self.inner.journal {
-            Journal::Single(journal) => journal.append(events).await,
-            Journal::Partitioned { journal, .. } => journal.append(events).await,
-        }
+        self.bounded(async move {
+            match &self.inner.journal {
+                Journal::Single(journal) => journal.append(events).await,
+                Journal::Partitioned { journal, .. } => journal.append(events).await,
+            }
+        })
+        .await
     }
 
     async fn remove_expired(&self, now: Timestamp, limit: usize) -> StoreResult<usize> {
-        let now = timestamp_nanos("now", now)?;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        if limit == 0 {
-            return Ok(0);
-        }
-        let client = self.client().await?;
-        // One statement: its chunks and the rows go together. Events of a removed execution
-        // still in memory are dropped by their fold, which skips removed executions. In a
-        // cluster every node removes; `SKIP LOCKED` lets each take rows the others are not.
-        let remove = "WITH due AS (
-                SELECT id FROM baton_executions WHERE expires_at IS NOT NULL AND expires_at <= $1
-                ORDER BY expires_at, id LIMIT $2 FOR UPDATE SKIP LOCKED
-            ), chunks AS (
-                DELETE FROM baton_journal_chunks WHERE execution IN (SELECT id FROM due)
-            )
-            DELETE FROM baton_executions WHERE id IN (SELECT id FROM due)";
-        for _ in 0..ATTEMPTS {
-            match client.execute(remove, &[&now, &limit]).await {
-                Ok(removed) => return Ok(usize::try_from(removed).unwrap_or(usize::MAX)),
-                Err(e) if is_transient(&e) => {}
-                Err(e) => return Err(unavailable(e)),
+        self.bounded(async move {
+            let now = timestamp_nanos("now", now)?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            if limit == 0 {
+                return Ok(0);
             }
-        }
-        Err(StoreError::unavailable("removing expired executions kept meeting concurrent writers"))
+            let client = self.client().await?;
+            // One statement: its chunks and the rows go together. Events of a removed execution
+            // still in memory are dropped by their fold, which skips removed executions. In a
+            // cluster every node removes; `SKIP LOCKED` lets each take rows the others are not.
+            let remove = "WITH due AS (
+                    SELECT id FROM baton_executions WHERE expires_at IS NOT NULL AND expires_at <= $1
+                    ORDER BY expires_at, id LIMIT $2 FOR UPDATE SKIP LOCKED
+                ), chunks AS (
+                    DELETE FROM baton_journal_chunks WHERE execution IN (SELECT id FROM due)
+                )
+                DELETE FROM baton_executions WHERE id IN (SELECT id FROM due)";
+            for _ in 0..ATTEMPTS {
+                match client.execute(remove, &[&now, &limit]).await {
+                    Ok(removed) => return Ok(usize::try_from(removed).unwrap_or(usize::MAX)),
+                    Err(e) if is_transient(&e) => {}
+                    Err(e) => return Err(unavailable(e)),
+                }
+            }
+            Err(StoreError::unavailable("removing expired executions kept meeting concurrent writers"))
+        })
+        .await
     }
 
     async fn read_journal(&self, execution: ExecutionId, from_sequence: u64) -> StoreResult<Vec<Event>> {
-        let client = self.client().await?;
-        let exists = client
-            .query_opt("SELECT 1 FROM baton_executions WHERE id = $1", &[&id_bytes(execution)])
-            .await
-            .map_err(unavailable)?;
-        if exists.is_none() {
-            return Err(StoreError::NotFound(Record::Execution(execution)));
-        }
-        match &self.inner.journal {
-            Journal::Single(journal) => journal.read(&client, execution, from_sequence.max(1)).await,
-            // Every committed event of a cluster's journals is in chunks, whoever wrote it.
-            Journal::Partitioned { .. } => journal::read_stored(&client, execution, from_sequence.max(1), &[]).await,
-        }
+        self.bounded(async move {
+            let client = self.client().await?;
+            let exists = client
+                .query_opt("SELECT 1 FROM baton_executions WHERE id = $1", &[&id_bytes(execution)])
+                .await
+                .map_err(unavailable)?;
+            if exists.is_none() {
+                return Err(StoreError::NotFound(Record::Execution(execution)));
+            }
+            match &self.inner.journal {
+                Journal::Single(journal) => journal.read(&client, execution, from_sequence.max(1)).await,
+                // Every committed event of a cluster's journals is in chunks, whoever wrote it.
+                Journal::Partitioned { .. } => {
+                    journal::read_stored(&client, execution, from_sequence.max(1), &[]).await
+                }
+            }
+        })
+        .await
     }
 }

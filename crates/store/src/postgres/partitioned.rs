@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use baton_core::{Event, ExecutionId, Ownership, Record, StoreError, StoreResult};
 use tokio::sync::{mpsc, oneshot};
@@ -60,10 +60,11 @@ impl Journal {
         config: tokio_postgres::Config,
         ownership: Arc<dyn Ownership>,
         max_batch: usize,
+        timeout: Duration,
         counters: Arc<Counters>,
     ) -> Self {
         let (appends, queue) = mpsc::channel(max_batch.max(1));
-        let writer = Writer { config, client: None, ownership, heads: HashMap::new(), counters, max_batch };
+        let writer = Writer { config, client: None, ownership, heads: HashMap::new(), counters, max_batch, timeout };
         tokio::spawn(writer.run(queue));
         Self { appends }
     }
@@ -88,6 +89,8 @@ struct Writer {
     heads: HashMap<ExecutionId, (i64, u64)>,
     counters: Arc<Counters>,
     max_batch: usize,
+    /// How long a commit may wait for the server before the connection counts as lost.
+    timeout: Duration,
 }
 
 /// An append this batch takes, with the partition epochs it was checked under.
@@ -133,7 +136,14 @@ impl Writer {
             return 0;
         }
         for attempt in 1..=super::ATTEMPTS {
-            match self.commit(&mut accepted).await {
+            let commit = tokio::time::timeout(self.timeout, self.commit(&mut accepted)).await;
+            let commit = commit.unwrap_or_else(|_| {
+                Err(Failure::broken(StoreError::unavailable(format!(
+                    "postgres did not answer a journal commit within {:?}; connecting again",
+                    self.timeout
+                ))))
+            });
+            match commit {
                 Ok(()) => break,
                 Err(e) if e.transient && attempt < super::ATTEMPTS => {}
                 Err(e) => {

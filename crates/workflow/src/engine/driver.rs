@@ -700,6 +700,16 @@ impl<S: Store, R: Runner> Driver<S, R> {
         let _ = self.record_for_run(vec![outcome.into()]).await;
     }
 
+    /// Marks the driver fenced when this server no longer owns the execution under the epoch
+    /// it began with. The engine's fence reaches the driver as a command, which may wait
+    /// behind the run's events; this reads what is owned now.
+    fn check_ownership(&mut self) {
+        if let Some(ownership) = &self.inner.config.ownership {
+            let now = ownership.of(self.execution.id);
+            self.fenced |= now.is_none() || now != self.owned_under;
+        }
+    }
+
     /// Journals `kinds`, then applies them, updates the record and tells watchers. Events that
     /// would take the journal past a cap are not written ([`Unrecorded::Full`]); an event that
     /// ends the execution always is. When the journal cannot be written the execution is
@@ -709,12 +719,8 @@ impl<S: Store, R: Runner> Driver<S, R> {
         if kinds.is_empty() {
             return Ok(());
         }
-        // The engine's fence reaches the driver as a command, which may wait behind the run's
-        // events; what is owned is read here, so nothing is written once the partition is gone.
-        if let Some(ownership) = &self.inner.config.ownership {
-            let now = ownership.of(self.execution.id);
-            self.fenced |= now.is_none() || now != self.owned_under;
-        }
+        // Nothing is written once the partition is gone.
+        self.check_ownership();
         if self.fenced {
             return Err(Unrecorded::Store(not_owned()));
         }
@@ -746,7 +752,10 @@ impl<S: Store, R: Runner> Driver<S, R> {
                 // in once there is room.
                 return Err(Unrecorded::NoSpace { reason, kinds: events.into_iter().map(|e| e.kind).collect() });
             }
-            if matches!(error, StoreError::Fenced(_)) {
+            // A write that failed after the partition went elsewhere (a node cut off from its
+            // database fences itself while its writes wait) is not this server's to fail.
+            self.check_ownership();
+            if self.fenced || matches!(error, StoreError::Fenced(_)) {
                 // Another server owns the execution now: this one writes nothing more, and the
                 // execution is not failed, it runs on there.
                 self.fenced = true;
