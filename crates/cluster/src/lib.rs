@@ -21,9 +21,13 @@
 //! - **Leaving.** [`Member::leave`] drops every partition, releases them and deletes the node's
 //!   row in one transaction: the others claim them on their next heartbeat, not after a TTL.
 //!
+//! - **Shared registry.** [`Services`] is the table of services and their health every node
+//!   shares ([`baton_core::ServiceTable`]); the node owning the partition a service's id hashes
+//!   to runs its checks.
+//!
 //! The SQL stays portable (no advisory locks, no LISTEN/NOTIFY): CockroachDB and YugabyteDB
 //! are meant to serve too, though only PostgreSQL is tested. The tables are created by the
-//! PostgreSQL store's schema (`baton-store`, migration 4): connect the store first.
+//! PostgreSQL store's schema (`baton-store`, migrations 5, 7 and 8): connect the store first.
 //!
 //! - **Servers outside a cluster.** A server started without `--cluster` on a PostgreSQL
 //!   database holds it alone ([`hold_alone`]): a connection with a known application name,
@@ -37,6 +41,10 @@
 //! partitions it owns, with their epochs, and stops or resumes executions accordingly.
 
 pub mod tasks;
+
+mod services;
+
+pub use services::Services;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

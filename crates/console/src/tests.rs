@@ -37,7 +37,7 @@ async fn harness(config: Config) -> Harness {
         "id": "shop.pay", "name": XSS, "endpoint": {"protocol": "http", "url": "http://127.0.0.1:1/pay"},
         "capabilities": ["payment.charge"],
     });
-    directory.register(ServiceSpec::from_json(&spec.to_string()).unwrap()).unwrap();
+    directory.register(ServiceSpec::from_json(&spec.to_string()).unwrap()).await.unwrap();
     let workflows = InMemoryWorkflows::default();
     let definition = serde_json::json!({
         "name": "order", "description": "an order",
@@ -130,7 +130,7 @@ async fn a_grpc_service_shows_its_method_and_its_descriptor_set_by_size() {
                      "descriptor_set": set},
         "credentials": {"kind": "bearer", "secret": "notify-token"},
     });
-    harness.directory.register(ServiceSpec::from_json(&spec.to_string()).unwrap()).unwrap();
+    harness.directory.register(ServiceSpec::from_json(&spec.to_string()).unwrap()).await.unwrap();
     let page = harness.get("/services/notify", "").await;
     assert_eq!(page.status, StatusCode::OK, "{}", page.body);
     assert!(page.body.contains("shop.v1.Notifications/Notify"), "{}", page.body);

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::Timestamp;
+use crate::api::BoxFuture;
 use crate::error::Result;
 use crate::ids::ServiceId;
 use crate::requirements::ServiceRequirements;
@@ -88,14 +89,15 @@ pub enum Registration {
 /// The number of candidates a find returns when the caller does not say.
 pub const DEFAULT_FIND_LIMIT: usize = 16;
 
-/// A service registry as its clients see it.
+/// A service registry as its clients see it. The writes are asynchronous: in a cluster they
+/// reach the shared table before they are answered; reads answer from memory.
 pub trait ServiceDirectory: Send + Sync + 'static {
     /// Inserts or atomically replaces the service with `spec`'s id.
-    fn register(&self, spec: ServiceSpec) -> Result<Registration>;
+    fn register(&self, spec: ServiceSpec) -> BoxFuture<'_, Result<Registration>>;
     /// Removes a service.
-    fn deregister(&self, id: &ServiceId) -> Result<()>;
+    fn deregister<'a>(&'a self, id: &'a ServiceId) -> BoxFuture<'a, Result<()>>;
     /// Records a heartbeat and returns the service's status after it.
-    fn heartbeat(&self, id: &ServiceId) -> Result<ServiceStatus>;
+    fn heartbeat<'a>(&'a self, id: &'a ServiceId) -> BoxFuture<'a, Result<ServiceStatus>>;
     /// One service.
     fn get(&self, id: &ServiceId) -> Result<ServiceView>;
     /// Up to `limit` services with ids after `after`, in id order.

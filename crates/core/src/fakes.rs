@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::Timestamp;
+use crate::api::BoxFuture;
 use crate::directory::{
     Candidate, Health, Matches, Page, Registration, ServiceDirectory, ServiceStatus, ServiceView, is_eligible,
     match_score, rank,
@@ -15,6 +16,7 @@ use crate::planning::ServiceCatalog;
 use crate::ports::{Clock, EventSink, HealthProbe, ProbeResult, ProbeTarget};
 use crate::requirements::ServiceRequirements;
 use crate::service::ServiceSpec;
+use crate::shared_registry::{ServiceTable, SharedChange, SharedChanges, SharedService};
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic in another test thread must not hide this test's own failure.
@@ -183,7 +185,36 @@ pub fn linear_find<'a>(
 }
 
 impl ServiceDirectory for InMemoryDirectory {
-    fn register(&self, spec: ServiceSpec) -> Result<Registration> {
+    fn register(&self, spec: ServiceSpec) -> BoxFuture<'_, Result<Registration>> {
+        Box::pin(std::future::ready(self.put(spec)))
+    }
+
+    fn deregister<'a>(&'a self, id: &'a ServiceId) -> BoxFuture<'a, Result<()>> {
+        Box::pin(std::future::ready(
+            lock(&self.services).remove(id).map(drop).ok_or_else(|| Error::UnknownService(id.clone())),
+        ))
+    }
+
+    fn heartbeat<'a>(&'a self, id: &'a ServiceId) -> BoxFuture<'a, Result<ServiceStatus>> {
+        Box::pin(std::future::ready(self.beat(id)))
+    }
+
+    fn get(&self, id: &ServiceId) -> Result<ServiceView> {
+        lock(&self.services).get(id).cloned().ok_or_else(|| Error::UnknownService(id.clone()))
+    }
+
+    fn list(&self, after: Option<&ServiceId>, limit: usize) -> Page {
+        self.page(after, limit)
+    }
+
+    fn find(&self, requirements: &ServiceRequirements, limit: usize) -> Result<Matches> {
+        requirements.validate()?;
+        Ok(linear_find(lock(&self.services).values(), requirements, limit))
+    }
+}
+
+impl InMemoryDirectory {
+    fn put(&self, spec: ServiceSpec) -> Result<Registration> {
         let now = self.clock.now();
         let status = ServiceStatus {
             health: Health::Passing,
@@ -198,11 +229,7 @@ impl ServiceDirectory for InMemoryDirectory {
         Ok(if previous.is_some() { Registration::Updated } else { Registration::Created })
     }
 
-    fn deregister(&self, id: &ServiceId) -> Result<()> {
-        lock(&self.services).remove(id).map(drop).ok_or_else(|| Error::UnknownService(id.clone()))
-    }
-
-    fn heartbeat(&self, id: &ServiceId) -> Result<ServiceStatus> {
+    fn beat(&self, id: &ServiceId) -> Result<ServiceStatus> {
         let now = self.clock.now();
         let mut services = lock(&self.services);
         let view = services.get_mut(id).ok_or_else(|| Error::UnknownService(id.clone()))?;
@@ -211,11 +238,7 @@ impl ServiceDirectory for InMemoryDirectory {
         Ok(view.status.clone())
     }
 
-    fn get(&self, id: &ServiceId) -> Result<ServiceView> {
-        lock(&self.services).get(id).cloned().ok_or_else(|| Error::UnknownService(id.clone()))
-    }
-
-    fn list(&self, after: Option<&ServiceId>, limit: usize) -> Page {
+    fn page(&self, after: Option<&ServiceId>, limit: usize) -> Page {
         let services = lock(&self.services);
         let start = match after {
             Some(after) => std::ops::Bound::Excluded(after.clone()),
@@ -230,11 +253,6 @@ impl ServiceDirectory for InMemoryDirectory {
         page.truncate(limit);
         let next_after = if more { page.last().map(|v| v.spec.id().clone()) } else { None };
         Page { services: page, next_after }
-    }
-
-    fn find(&self, requirements: &ServiceRequirements, limit: usize) -> Result<Matches> {
-        requirements.validate()?;
-        Ok(linear_find(lock(&self.services).values(), requirements, limit))
     }
 }
 
@@ -328,6 +346,200 @@ impl crate::Ownership for FixedOwnership {
     }
 }
 
+/// A [`ServiceTable`] in memory, on a [`FakeClock`], shared by the registries of a test's
+/// "servers" (clone it for each). Every server checks every service unless
+/// [`set_checks`](Self::set_checks) says otherwise.
+#[derive(Clone, Default)]
+pub struct InMemoryServiceTable {
+    state: Arc<Mutex<TableState>>,
+    clock: FakeClock,
+    checks: Option<Arc<ChecksFn>>,
+}
+
+/// Which services a handle of an [`InMemoryServiceTable`] checks.
+type ChecksFn = dyn Fn(&ServiceId) -> bool + Send + Sync;
+
+impl std::fmt::Debug for InMemoryServiceTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InMemoryServiceTable").field("state", &self.state).finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Default)]
+struct TableState {
+    /// Every call fails as unavailable while set.
+    down: bool,
+    seq: u64,
+    live_nodes: u32,
+    /// By id: the row, or `None` once removed, with its change's sequence.
+    rows: BTreeMap<ServiceId, (u64, Option<TableRow>)>,
+}
+
+#[derive(Debug, Clone)]
+struct TableRow {
+    service: SharedService,
+    beat_at: Timestamp,
+}
+
+impl InMemoryServiceTable {
+    /// An empty table on `clock`.
+    pub fn on(clock: FakeClock) -> Self {
+        Self { clock, ..Self::default() }
+    }
+
+    /// This handle's view of the table with `checks` deciding which services it checks.
+    pub fn set_checks(&self, checks: impl Fn(&ServiceId) -> bool + Send + Sync + 'static) -> Self {
+        Self { checks: Some(Arc::new(checks)), ..self.clone() }
+    }
+
+    /// Sets how many nodes are live.
+    pub fn set_live_nodes(&self, nodes: u32) {
+        lock(&self.state).live_nodes = nodes;
+    }
+
+    /// While `down`, every call fails as [`Error::Unavailable`], as with a database cut off.
+    pub fn set_down(&self, down: bool) {
+        lock(&self.state).down = down;
+    }
+
+    fn unavailable<T: Send + 'static>(&self) -> Option<BoxFuture<'_, Result<T>>> {
+        let down = lock(&self.state).down;
+        down.then(|| Box::pin(std::future::ready(Err(Error::Unavailable("the table is down".to_owned())))) as _)
+    }
+
+    /// Changes one row under a new sequence; false when the table does not hold it.
+    fn change(&self, id: &ServiceId, change: impl FnOnce(&mut TableRow)) -> bool {
+        let mut state = lock(&self.state);
+        state.seq += 1;
+        let seq = state.seq;
+        match state.rows.get_mut(id) {
+            Some((at, Some(row))) => {
+                change(row);
+                *at = seq;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+impl ServiceTable for InMemoryServiceTable {
+    fn register(&self, spec: Arc<ServiceSpec>, health: Health) -> BoxFuture<'_, Result<Registration>> {
+        if let Some(down) = self.unavailable() {
+            return down;
+        }
+        let now = self.clock.now();
+        let mut state = lock(&self.state);
+        state.seq += 1;
+        let seq = state.seq;
+        let id = spec.id().clone();
+        let kept = match state.rows.get(&id) {
+            Some((_, Some(row))) => Some(row.service.clone()),
+            _ => None,
+        };
+        let registration = if kept.is_some() { Registration::Updated } else { Registration::Created };
+        let (health, output) = match kept {
+            Some(old) if old.spec.health_check().kind == spec.health_check().kind => (old.health, old.output),
+            _ => (health, String::new()),
+        };
+        let row = TableRow { service: SharedService { spec, health, output }, beat_at: now };
+        state.rows.insert(id, (seq, Some(row)));
+        Box::pin(std::future::ready(Ok(registration)))
+    }
+
+    fn deregister(&self, id: ServiceId) -> BoxFuture<'_, Result<bool>> {
+        if let Some(down) = self.unavailable() {
+            return down;
+        }
+        let mut state = lock(&self.state);
+        state.seq += 1;
+        let seq = state.seq;
+        let removed = match state.rows.get_mut(&id) {
+            Some(entry @ (_, Some(_))) => {
+                *entry = (seq, None);
+                true
+            }
+            _ => false,
+        };
+        Box::pin(std::future::ready(Ok(removed)))
+    }
+
+    fn heartbeat(&self, id: ServiceId, health: Health, output: String, age: Duration) -> BoxFuture<'_, Result<bool>> {
+        if let Some(down) = self.unavailable() {
+            return down;
+        }
+        let beat_at = self.clock.now() - chrono::Duration::from_std(age).unwrap_or_default();
+        let found = self.change(&id, |row| {
+            row.beat_at = beat_at;
+            row.service.health = health;
+            row.service.output = output;
+        });
+        Box::pin(std::future::ready(Ok(found)))
+    }
+
+    fn set_health(&self, id: ServiceId, health: Health, output: String) -> BoxFuture<'_, Result<bool>> {
+        if let Some(down) = self.unavailable() {
+            return down;
+        }
+        let found = self.change(&id, |row| {
+            row.service.health = health;
+            row.service.output = output;
+        });
+        Box::pin(std::future::ready(Ok(found)))
+    }
+
+    fn changes(&self, cursor: Option<u64>) -> BoxFuture<'_, Result<SharedChanges>> {
+        if let Some(down) = self.unavailable() {
+            return down;
+        }
+        let state = lock(&self.state);
+        let mut rows: Vec<_> = state.rows.iter().filter(|(_, (seq, _))| cursor.is_none_or(|c| *seq > c)).collect();
+        rows.sort_by_key(|(_, (seq, _))| *seq);
+        let changes = rows
+            .into_iter()
+            .filter_map(|(id, (_, row))| match row {
+                Some(row) => Some(SharedChange::Put(row.service.clone())),
+                None => cursor.is_some().then(|| SharedChange::Removed(id.clone())),
+            })
+            .collect();
+        let read = SharedChanges {
+            cursor: state.seq,
+            complete: cursor.is_none(),
+            changes,
+            live_nodes: state.live_nodes.max(1),
+        };
+        Box::pin(std::future::ready(Ok(read)))
+    }
+
+    fn expire(&self) -> BoxFuture<'_, Result<usize>> {
+        if let Some(down) = self.unavailable() {
+            return down;
+        }
+        let now = self.clock.now();
+        let due: Vec<ServiceId> = lock(&self.state)
+            .rows
+            .iter()
+            .filter_map(|(id, (_, row))| {
+                let row = row.as_ref()?;
+                let crate::service::CheckKind::Ttl { ttl } = row.service.spec.health_check().kind else { return None };
+                let late = (now - row.beat_at).to_std().is_ok_and(|age| age > ttl);
+                (late && row.service.health != Health::Critical && self.checks(id)).then(|| id.clone())
+            })
+            .collect();
+        for id in &due {
+            self.change(id, |row| {
+                row.service.health = Health::Critical;
+                row.service.output = "ttl expired".to_owned();
+            });
+        }
+        Box::pin(std::future::ready(Ok(due.len())))
+    }
+
+    fn checks(&self, id: &ServiceId) -> bool {
+        self.checks.as_ref().is_none_or(|checks| checks(id))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,13 +552,22 @@ mod tests {
         .unwrap()
     }
 
+    /// The answer of a future the fake settles at once.
+    fn settled<T>(mut future: BoxFuture<'_, T>) -> T {
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        match future.as_mut().poll(&mut context) {
+            std::task::Poll::Ready(answer) => answer,
+            std::task::Poll::Pending => panic!("the fake directory answers at once"),
+        }
+    }
+
     #[test]
     fn the_fake_directory_ranks_pages_and_rejects() {
         let dir = InMemoryDirectory::default();
-        assert_eq!(dir.register(spec("a", "x", 50.0)).unwrap(), Registration::Created);
-        assert_eq!(dir.register(spec("b", "x", 10.0)).unwrap(), Registration::Created);
-        assert_eq!(dir.register(spec("c", "y", 10.0)).unwrap(), Registration::Created);
-        assert_eq!(dir.register(spec("a", "x", 40.0)).unwrap(), Registration::Updated);
+        assert_eq!(settled(dir.register(spec("a", "x", 50.0))).unwrap(), Registration::Created);
+        assert_eq!(settled(dir.register(spec("b", "x", 10.0))).unwrap(), Registration::Created);
+        assert_eq!(settled(dir.register(spec("c", "y", 10.0))).unwrap(), Registration::Created);
+        assert_eq!(settled(dir.register(spec("a", "x", 40.0))).unwrap(), Registration::Updated);
         let found = dir.find(&ServiceRequirements::capability("x"), 16).unwrap();
         let ids: Vec<_> = found.candidates.iter().map(|c| c.service.spec.id().as_str()).collect();
         assert_eq!((ids, found.total), (vec!["b", "a"], 2));
@@ -355,7 +576,7 @@ mod tests {
         let rest = dir.list(page.next_after.as_ref(), 2);
         assert_eq!((rest.services.len(), rest.next_after), (1, None));
         let ghost = ServiceId::new("ghost").unwrap();
-        assert_eq!(dir.deregister(&ghost).unwrap_err(), Error::UnknownService(ghost));
+        assert_eq!(settled(dir.deregister(&ghost)).unwrap_err(), Error::UnknownService(ghost));
         assert!(dir.find(&ServiceRequirements::default(), 16).is_err());
     }
 

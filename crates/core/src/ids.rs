@@ -204,11 +204,25 @@ impl ExecutionId {
     /// computes the same, so the function never changes: a change would move executions to
     /// other owners in a running cluster.
     pub fn partition(&self, partitions: u32) -> u32 {
-        let hash = self.0.as_bytes().iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-            (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
-        u32::try_from(hash % u64::from(partitions.max(1))).expect("less than a u32")
+        partition_of(self.0.as_bytes(), partitions)
     }
+}
+
+impl ServiceId {
+    /// The partition of a cluster of `partitions` partitions (at least 1) this service
+    /// belongs to: FNV-1a of the id's bytes, modulo `partitions`. The node owning it runs the
+    /// service's health checks; like [`ExecutionId::partition`] it never changes.
+    pub fn partition(&self, partitions: u32) -> u32 {
+        partition_of(self.as_str().as_bytes(), partitions)
+    }
+}
+
+/// FNV-1a of `bytes` modulo `partitions` (at least 1).
+fn partition_of(bytes: &[u8], partitions: u32) -> u32 {
+    let hash = bytes
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3));
+    u32::try_from(hash % u64::from(partitions.max(1))).expect("less than a u32")
 }
 
 impl fmt::Display for ExecutionId {
@@ -264,6 +278,9 @@ mod tests {
         let pinned = id("01890a5d-ac96-774b-bcce-b302099a8057");
         assert_eq!([1, 2, 64, 1000].map(|p| pinned.partition(p)), [0, 1, 51, 883]);
         assert_eq!(pinned.partition(0), 0, "no partitions counts as one");
+        // FNV-1a of "billing" is 0x4005_5702_95af_d25c, computed apart like the execution's.
+        let billing = ServiceId::new("billing").unwrap();
+        assert_eq!([1, 64].map(|p| billing.partition(p)), [0, 28]);
         let mut counts = [0_u32; 64];
         for _ in 0..64_000 {
             counts[ExecutionId::generate().partition(64) as usize] += 1;

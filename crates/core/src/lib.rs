@@ -53,6 +53,7 @@ pub mod program;
 pub mod requirements;
 mod rfc3339;
 pub mod service;
+pub mod shared_registry;
 pub mod store;
 pub mod taxonomy;
 pub mod trace;
@@ -89,6 +90,7 @@ pub use service::{
     AuthScheme, CheckKind, DescriptorSet, Encryption, Endpoint, HealthCheck, Protocol, Qos, SecurityProfile,
     ServiceDefinition, ServiceSpec,
 };
+pub use shared_registry::{REMOVALS_KEPT, ServiceTable, SharedChange, SharedChanges, SharedService};
 pub use store::{
     CreatedExecution, ExecutionFilter, ExecutionPage, ExecutionUpdate, IdempotencyKey, NewDefinition, Order,
     PageRequest, PageToken, PutDefinition, Record, Store, StoreError, StoreResult, StoredDefinition,

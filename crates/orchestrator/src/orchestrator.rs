@@ -8,7 +8,7 @@ use std::time::Duration;
 use baton_core::{ExecutionId, Goal, Plan, Taxonomy, TaxonomyBuilder, WorkflowName};
 use baton_executor::{HttpConfig, WorkerConfig, WorkerQueues};
 use baton_planner::LivePlanner;
-use baton_registry::{NetworkProbe, Registry, SupervisorConfig, SupervisorHandle};
+use baton_registry::{NetworkProbe, Registry, Shared, SharedHandle, SupervisorConfig, SupervisorHandle};
 use baton_store::{AnyStore, MemoryStore, PostgresStore, RedbStore};
 use baton_workflow::Engine;
 use serde_json::Value;
@@ -198,7 +198,13 @@ struct Inner {
     forwarder: Option<Forwarder>,
     /// On PostgreSQL outside a cluster, this server's hold on the database, while it runs.
     _alone: Option<baton_cluster::AloneHold>,
+    /// In a cluster, the registry shared through the database, and its sync task.
+    shared: Option<(Shared<baton_cluster::Services>, SharedHandle)>,
 }
+
+/// How often a node of a cluster reads the shared registry's changes: every node sees a
+/// registration, a removal or a health change made through another within about this.
+pub const SHARED_REGISTRY_POLL: Duration = Duration::from_millis(250);
 
 impl std::fmt::Debug for ServiceOrchestrator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -293,6 +299,20 @@ impl ServiceOrchestrator {
             .registry
             .clone()
             .build_with(Arc::new(baton_core::SystemClock), Arc::clone(&options.registry_events.0));
+        let shared = match (&options.store, &member) {
+            (StoreChoice::Cluster(cluster), Some(member)) => {
+                let table = baton_cluster::Services::new(&cluster.url, Arc::new(member.clone()))
+                    .map_err(|e| Error::Cluster(e.to_string()))?;
+                let shared = Shared::new(registry.clone(), table);
+                shared.sync().await.map_err(|e| Error::Cluster(format!("reading the shared registry: {e}")))?;
+                let sync = shared.spawn(SHARED_REGISTRY_POLL);
+                if let Some(supervisor) = options.supervisor.as_mut() {
+                    supervisor.scope = Some(Arc::new(shared.clone()));
+                }
+                Some((shared, sync))
+            }
+            _ => None,
+        };
         let queries = Arc::new(Queries::default());
         let dispatcher = Dispatcher::new(
             registry.clone(),
@@ -342,13 +362,23 @@ impl ServiceOrchestrator {
                 forwarder: member.clone().map(|member| Forwarder::new(member, options.peers.clone())),
                 member,
                 _alone: alone,
+                shared,
             }),
         })
     }
 
-    /// The service registry.
+    /// The service registry: this server's, or its replica of the cluster's.
     pub fn registry(&self) -> &Registry {
         &self.inner.registry
+    }
+
+    /// The registry as the API serves it: writes go to the cluster's shared table first
+    /// when this server is a node of one.
+    pub fn directory(&self) -> Arc<dyn baton_core::ServiceDirectory> {
+        match &self.inner.shared {
+            Some((shared, _)) => Arc::new(shared.clone()),
+            None => Arc::new(self.inner.registry.clone()),
+        }
     }
 
     /// The planner over the registry's healthy services.

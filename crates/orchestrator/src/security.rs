@@ -25,9 +25,10 @@
 //! `http` or `https`; gRPC ones: `http`, `https` or `grpc`; a host is required).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 
 use baton_core::directory::{Matches, Page, Registration, ServiceStatus, ServiceView};
-use baton_core::{CheckKind, Endpoint, ServiceDirectory, ServiceId, ServiceRequirements, ServiceSpec};
+use baton_core::{BoxFuture, CheckKind, Endpoint, ServiceDirectory, ServiceId, ServiceRequirements, ServiceSpec};
 use url::{Host, Url};
 
 /// Where service endpoints may point.
@@ -163,24 +164,26 @@ pub struct RestrictedDirectory<D> {
     policy: EndpointPolicy,
 }
 
-impl<D: ServiceDirectory> RestrictedDirectory<D> {
+impl<D> RestrictedDirectory<D> {
     /// `inner`, registering only what `policy` allows.
     pub fn new(inner: D, policy: EndpointPolicy) -> Self {
         Self { inner, policy }
     }
 }
 
-impl<D: ServiceDirectory> ServiceDirectory for RestrictedDirectory<D> {
-    fn register(&self, spec: ServiceSpec) -> baton_core::Result<Registration> {
-        self.policy.check(&spec)?;
-        self.inner.register(spec)
+impl<D: ServiceDirectory + ?Sized> ServiceDirectory for RestrictedDirectory<Arc<D>> {
+    fn register(&self, spec: ServiceSpec) -> BoxFuture<'_, baton_core::Result<Registration>> {
+        match self.policy.check(&spec) {
+            Ok(()) => self.inner.register(spec),
+            Err(refused) => Box::pin(std::future::ready(Err(refused))),
+        }
     }
 
-    fn deregister(&self, id: &ServiceId) -> baton_core::Result<()> {
+    fn deregister<'a>(&'a self, id: &'a ServiceId) -> BoxFuture<'a, baton_core::Result<()>> {
         self.inner.deregister(id)
     }
 
-    fn heartbeat(&self, id: &ServiceId) -> baton_core::Result<ServiceStatus> {
+    fn heartbeat<'a>(&'a self, id: &'a ServiceId) -> BoxFuture<'a, baton_core::Result<ServiceStatus>> {
         self.inner.heartbeat(id)
     }
 
@@ -381,18 +384,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_directory_refuses_before_registering_and_passes_the_rest_through() {
-        let directory = RestrictedDirectory::new(baton_registry::Registry::default(), EndpointPolicy::default());
-        let error =
-            directory.register(spec(json!({"protocol": "http", "url": "http://169.254.169.254/"}), None)).unwrap_err();
+    #[tokio::test]
+    async fn the_directory_refuses_before_registering_and_passes_the_rest_through() {
+        let registry = Arc::new(baton_registry::Registry::default());
+        let directory = RestrictedDirectory::new(registry, EndpointPolicy::default());
+        let error = directory
+            .register(spec(json!({"protocol": "http", "url": "http://169.254.169.254/"}), None))
+            .await
+            .unwrap_err();
         assert!(error.to_string().starts_with("invalid endpoint.url \"http://169.254.169.254/\""), "{error}");
         assert_eq!(directory.list(None, 10).services.len(), 0);
         let ok = spec(json!({"protocol": "http", "url": "http://127.0.0.1:9/"}), None);
-        assert_eq!(directory.register(ok).unwrap(), Registration::Created);
+        assert_eq!(directory.register(ok).await.unwrap(), Registration::Created);
         let id = ServiceId::new("svc").unwrap();
         assert_eq!(directory.get(&id).unwrap().spec.id(), &id);
-        directory.deregister(&id).unwrap();
+        directory.deregister(&id).await.unwrap();
         assert!(directory.get(&id).is_err());
     }
 }

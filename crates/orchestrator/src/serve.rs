@@ -193,7 +193,7 @@ impl Server {
         let api = Arc::new(orchestrator.clone());
         let backends = Backends {
             directory: Arc::new(RestrictedDirectory::new(
-                orchestrator.registry().clone(),
+                orchestrator.directory(),
                 EndpointPolicy {
                     allow_link_local: config.allow_link_local,
                     own: vec![("gRPC", grpc_addr), ("metrics", metrics_addr), ("console", console_addr)],

@@ -5,8 +5,8 @@
 //! cluster status` shows the nodes; a server started outside the cluster on its database is
 //! refused.
 //!
-//! The registry is still per node, so the one example shop registers with the first node and
-//! the test registers its services with the others too (with an hour's TTL and a heartbeat).
+//! The one example shop registers with the first node; the others know it from the registry
+//! the nodes share (`e2e_cluster_registry.rs` tests that registry itself).
 
 #![allow(clippy::print_stderr, reason = "the test logs the takeover time and the final cluster status")]
 

@@ -10,7 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton_core::duration;
-use baton_core::{CheckKind, DeregisterReason, Health, HealthProbe, ProbeResult, ProbeTarget, ServiceId, Timestamp};
+use baton_core::{
+    BoxFuture, CheckKind, DeregisterReason, Health, HealthProbe, ProbeResult, ProbeTarget, RegistryEvent, ServiceId,
+    Timestamp,
+};
 use parking_lot::Mutex;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::MissedTickBehavior;
@@ -25,12 +28,28 @@ pub struct SupervisorConfig {
     pub tick: Duration,
     /// Most probes running at once; the rest of a round waits for a free slot.
     pub max_in_flight: usize,
+    /// With a registry shared by several servers, which services this one checks and where
+    /// its verdicts go; `None` checks every service here.
+    pub scope: Option<Arc<dyn Scope>>,
 }
 
 impl Default for SupervisorConfig {
     fn default() -> Self {
-        Self { tick: Duration::from_secs(1), max_in_flight: 256 }
+        Self { tick: Duration::from_secs(1), max_in_flight: 256, scope: None }
     }
+}
+
+/// The part of a shared registry's checks one server runs. Its supervisor probes only the
+/// services [`checks`](Self::checks) names, expires no TTL itself (the shared table judges
+/// them by its own clock) and hands every health change and removal it makes to
+/// [`report`](Self::report), so that the other servers take them.
+pub trait Scope: fmt::Debug + Send + Sync + 'static {
+    /// True when this server checks `id`.
+    fn checks(&self, id: &ServiceId) -> bool;
+
+    /// A change this server's checks made: a [`RegistryEvent::HealthChanged`] or a
+    /// [`RegistryEvent::Deregistered`].
+    fn report(&self, event: RegistryEvent) -> BoxFuture<'_, ()>;
 }
 
 impl SupervisorConfig {
@@ -73,10 +92,15 @@ impl<P: HealthProbe> Supervisor<P> {
         let entries = self.registry.entries();
         let mut due = Vec::new();
         let mut expired = HashMap::new();
+        let scope = self.config.scope.as_deref();
         for entry in &entries {
+            if scope.is_some_and(|scope| !scope.checks(entry.spec.id())) {
+                continue;
+            }
             let check = entry.spec.health_check();
             match &check.kind {
                 CheckKind::None => {}
+                CheckKind::Ttl { .. } if scope.is_some() => {}
                 CheckKind::Ttl { ttl } => self.expire(entry, *ttl, now, &mut expired),
                 CheckKind::Http { .. } | CheckKind::Grpc { .. } => {
                     let mut checks = entry.live.checks.lock();
@@ -90,7 +114,7 @@ impl<P: HealthProbe> Supervisor<P> {
         }
         *self.expired.lock() = expired;
         self.probe_all(due).await;
-        self.deregister_long_critical(&entries);
+        self.deregister_long_critical(&entries).await;
     }
 
     /// Records `Expired` for a TTL service past its deadline, once per deadline: a heartbeat
@@ -151,21 +175,34 @@ impl<P: HealthProbe> Supervisor<P> {
                     Ok(output) => (Verdict::Pass, output.as_str()),
                     Err(output) => (Verdict::Fail, output.as_str()),
                 };
-                self.registry.record(&entry, verdict, output, self.registry.clock().now());
+                let from = entry.live.health();
+                let changed = self.registry.record(&entry, verdict, output, self.registry.clock().now());
+                if let (Some(to), Some(scope)) = (changed, &self.config.scope) {
+                    let id = entry.spec.id().clone();
+                    scope.report(RegistryEvent::HealthChanged { id, from, to, output: output.to_owned() }).await;
+                }
             }
         }
     }
 
-    fn deregister_long_critical(&self, entries: &[Entry]) {
+    async fn deregister_long_critical(&self, entries: &[Entry]) {
         let now = self.registry.clock().now();
+        let scope = self.config.scope.as_deref();
         for entry in entries {
             let Some(after) = entry.spec.health_check().deregister_after else { continue };
+            if scope.is_some_and(|scope| !scope.checks(entry.spec.id())) {
+                continue;
+            }
             if entry.live.health() != Health::Critical {
                 continue;
             }
             let since = entry.live.checks.lock().critical_since;
             if since.is_some_and(|since| (now - since).to_std().is_ok_and(|critical_for| critical_for >= after)) {
-                self.registry.remove_if_current(entry, DeregisterReason::CriticalTooLong);
+                let removed = self.registry.remove_if_current(entry, DeregisterReason::CriticalTooLong);
+                if let (true, Some(scope)) = (removed, scope) {
+                    let id = entry.spec.id().clone();
+                    scope.report(RegistryEvent::Deregistered { id, reason: DeregisterReason::CriticalTooLong }).await;
+                }
             }
         }
     }

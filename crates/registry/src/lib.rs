@@ -5,8 +5,10 @@
 //! do and whether they can take traffic now. [`Registry`] is a cheap-to-clone handle; many
 //! threads register, heartbeat and find at once.
 //!
-//! What it is not for: persistence (the orchestrator snapshots it through the store) or
-//! calling services (the executor does that, taking [`Permit`]s from here).
+//! What it is not for: persistence or calling services (the executor does that, taking
+//! [`Permit`]s from here). In a cluster the registry is a replica: [`Shared`] writes through
+//! a [`baton_core::ServiceTable`] (the table every node shares) and applies its changes here;
+//! the [`Supervisor`] then checks only the services the table gives this node ([`Scope`]).
 //!
 //! How a find works: a multi-index keeps one posting list (a roaring bitmap of dense slots)
 //! per capability, data format, protocol, auth scheme, encryption level, compliance tag and
@@ -47,11 +49,13 @@ mod health;
 mod index;
 mod probe;
 mod registry;
+mod shared;
 
 pub use error::{Error, Result};
-pub use health::{Supervisor, SupervisorConfig, SupervisorHandle};
+pub use health::{Scope, Supervisor, SupervisorConfig, SupervisorHandle};
 pub use probe::NetworkProbe;
 pub use registry::{Config, Permit, Registry};
+pub use shared::{Shared, SharedHandle, UNCHECKED_BEAT_EVERY};
 
 // The README's Rust example is a doc test of this crate, so it cannot go stale.
 #[cfg(doctest)]

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use baton_core::directory::score_parts;
 use baton_core::ports::DiscardEvents;
 use baton_core::{
-    Candidate, CheckKind, Clock, DeregisterReason, EventSink, Health, Matches, Page, Qos, Registration, RegistryEvent,
-    ServiceCatalog, ServiceDirectory, ServiceId, ServiceRequirements, ServiceSpec, ServiceStatus, ServiceView,
-    SystemClock, Timestamp,
+    BoxFuture, Candidate, CheckKind, Clock, DeregisterReason, EventSink, Health, Matches, Page, Qos, Registration,
+    RegistryEvent, ServiceCatalog, ServiceDirectory, ServiceId, ServiceRequirements, ServiceSpec, ServiceStatus,
+    ServiceView, SystemClock, Timestamp,
 };
 use parking_lot::{Mutex, RwLock};
 
@@ -41,7 +41,9 @@ impl Config {
     /// A registry on `clock` that reports its events to `events`.
     pub fn build_with(self, clock: Arc<dyn Clock>, events: Arc<dyn EventSink<RegistryEvent>>) -> Registry {
         let state = RwLock::new(State::default());
-        Registry { inner: Arc::new(Inner { config: self, state, clock, events, generation: AtomicU64::new(0) }) }
+        let inner =
+            Inner { config: self, state, clock, events, generation: AtomicU64::new(0), shares: AtomicU32::new(1) };
+        Registry { inner: Arc::new(inner) }
     }
 }
 
@@ -72,6 +74,8 @@ struct Inner {
     /// Moves after every change that may change the healthy services or their specs; see
     /// [`ServiceCatalog::generation`].
     generation: AtomicU64,
+    /// How many servers share each service's capacity: this one takes `ceil(capacity / shares)`.
+    shares: AtomicU32,
 }
 
 #[derive(Default)]
@@ -162,7 +166,7 @@ fn health_of(code: u8) -> Health {
 
 /// Where a service starts: passing when nothing is probed (a registration is a heartbeat),
 /// unknown until its first probe when it is.
-fn initial_health(kind: &CheckKind) -> Health {
+pub(crate) fn initial_health(kind: &CheckKind) -> Health {
     match kind {
         CheckKind::None | CheckKind::Ttl { .. } => Health::Passing,
         CheckKind::Http { .. } | CheckKind::Grpc { .. } => Health::Unknown,
@@ -372,7 +376,8 @@ impl Registry {
     /// row turn a passing service critical and `healthy_threshold` passes in a row turn it back,
     /// so a flapping service does not change state on every check. An expired TTL turns it
     /// critical at once. Every change is published as [`RegistryEvent::HealthChanged`].
-    pub(crate) fn record(&self, entry: &Entry, verdict: Verdict, output: &str, now: Timestamp) {
+    /// Answers the new health when it changed.
+    pub(crate) fn record(&self, entry: &Entry, verdict: Verdict, output: &str, now: Timestamp) -> Option<Health> {
         let check = entry.spec.health_check();
         let live = &entry.live;
         let mut checks = live.checks.lock();
@@ -401,7 +406,7 @@ impl Registry {
             (unchanged, _) => unchanged,
         };
         if to == from {
-            return;
+            return None;
         }
         checks.critical_since = (to == Health::Critical).then_some(now);
         live.health.store(health_code(to), Ordering::Release);
@@ -413,6 +418,7 @@ impl Registry {
             to,
             output: output.to_owned(),
         });
+        Some(to)
     }
 
     /// One service with its live state.
@@ -462,10 +468,11 @@ impl Registry {
                 continue;
             }
             let in_flight = hot.live.in_flight();
-            if hot.live.health() != Health::Passing || in_flight >= hot.capacity {
+            let capacity = self.share_of(hot.capacity);
+            if hot.live.health() != Health::Passing || in_flight >= capacity {
                 continue;
             }
-            let score = score_parts(&hot.qos, hot.capacity, in_flight, hot.live.success_rate(), requirements);
+            let score = score_parts(&hot.qos, capacity, in_flight, hot.live.success_rate(), requirements);
             scored.push((score, slot));
         }
         let total = scored.len();
@@ -488,10 +495,11 @@ impl Registry {
         Ok(Matches { candidates, total })
     }
 
-    /// Takes one in-flight permit on `id`; refused when the service is at capacity.
+    /// Takes one in-flight permit on `id`; refused when the service is at capacity (this
+    /// server's share of it, see [`set_capacity_shares`](Self::set_capacity_shares)).
     pub fn acquire(&self, id: &ServiceId) -> Result<Permit> {
         let entry = self.entry(id)?;
-        let capacity = entry.spec.capacity();
+        let capacity = self.share_of(entry.spec.capacity());
         entry
             .live
             .in_flight
@@ -500,11 +508,56 @@ impl Registry {
         Ok(Permit { live: entry.live })
     }
 
-    /// The most calls `id` takes at once, when it is registered: cheaper than [`Registry::get`].
+    /// The most calls this server makes to `id` at once, when it is registered (its share of
+    /// the declared capacity, see [`Registry::set_capacity_shares`]): cheaper than
+    /// [`Registry::get`].
     pub fn capacity(&self, id: &ServiceId) -> Option<u32> {
         let state = self.inner.state.read();
         let slot = *state.by_id.get(id)?;
-        state.slots[slot as usize].as_ref().map(|entry| entry.spec.capacity())
+        state.slots[slot as usize].as_ref().map(|entry| self.share_of(entry.spec.capacity()))
+    }
+
+    /// Splits every service's declared capacity among `servers` servers (at least 1) that
+    /// call it: this one takes `ceil(capacity / servers)` calls at once, so together they stay
+    /// within it, give or take the rounding up (which keeps every server able to call).
+    pub fn set_capacity_shares(&self, servers: u32) {
+        let servers = servers.max(1);
+        if self.inner.shares.swap(servers, Ordering::AcqRel) != servers {
+            self.changed();
+        }
+    }
+
+    /// This server's share of `capacity`.
+    fn share_of(&self, capacity: u32) -> u32 {
+        capacity.div_ceil(self.inner.shares.load(Ordering::Acquire).max(1))
+    }
+
+    /// Takes the health another server judged (a shared registry's replica): sets it as is,
+    /// without thresholds, and publishes [`RegistryEvent::HealthChanged`] when it changed.
+    /// Unknown ids are refused.
+    pub fn adopt_health(&self, id: &ServiceId, health: Health, output: &str) -> Result<()> {
+        let entry = self.entry(id)?;
+        let now = self.inner.clock.now();
+        let mut checks = entry.live.checks.lock();
+        checks.last_output.clear();
+        checks.last_output.push_str(output);
+        let from = entry.live.health();
+        if from == health {
+            return Ok(());
+        }
+        checks.passes_in_a_row = 0;
+        checks.failures_in_a_row = 0;
+        checks.critical_since = (health == Health::Critical).then_some(now);
+        entry.live.health.store(health_code(health), Ordering::Release);
+        self.changed();
+        drop(checks);
+        self.inner.events.publish(RegistryEvent::HealthChanged {
+            id: id.clone(),
+            from,
+            to: health,
+            output: output.to_owned(),
+        });
+        Ok(())
     }
 
     /// Number of registered services.
@@ -519,14 +572,14 @@ impl Registry {
 }
 
 impl ServiceDirectory for Registry {
-    fn register(&self, spec: ServiceSpec) -> baton_core::Result<Registration> {
-        Ok(Registry::register(self, spec)?)
+    fn register(&self, spec: ServiceSpec) -> BoxFuture<'_, baton_core::Result<Registration>> {
+        Box::pin(std::future::ready(Registry::register(self, spec).map_err(Into::into)))
     }
-    fn deregister(&self, id: &ServiceId) -> baton_core::Result<()> {
-        Ok(Registry::deregister(self, id)?)
+    fn deregister<'a>(&'a self, id: &'a ServiceId) -> BoxFuture<'a, baton_core::Result<()>> {
+        Box::pin(std::future::ready(Registry::deregister(self, id).map_err(Into::into)))
     }
-    fn heartbeat(&self, id: &ServiceId) -> baton_core::Result<ServiceStatus> {
-        Ok(Registry::heartbeat(self, id)?)
+    fn heartbeat<'a>(&'a self, id: &'a ServiceId) -> BoxFuture<'a, baton_core::Result<ServiceStatus>> {
+        Box::pin(std::future::ready(Registry::heartbeat(self, id).map_err(Into::into)))
     }
     fn get(&self, id: &ServiceId) -> baton_core::Result<ServiceView> {
         Ok(Registry::get(self, id)?)

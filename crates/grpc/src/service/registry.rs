@@ -38,7 +38,7 @@ impl pb::registry_service_server::RegistryService for RegistryApi {
         let spec = request.into_inner().spec.ok_or_else(|| invalid("spec", "must be set"))?;
         let spec = spec_from_proto(spec)?;
         let id = spec.id().clone();
-        let outcome = match self.directory.register(spec).map_err(api_status)? {
+        let outcome = match self.directory.register(spec).await.map_err(api_status)? {
             baton_core::Registration::Created => pb::RegisterOutcome::Created,
             baton_core::Registration::Updated => pb::RegisterOutcome::Updated,
         };
@@ -52,7 +52,7 @@ impl pb::registry_service_server::RegistryService for RegistryApi {
         request: Request<pb::DeregisterRequest>,
     ) -> Result<Response<pb::DeregisterResponse>, Status> {
         let id = service_id("id", &request.into_inner().id)?;
-        self.directory.deregister(&id).map_err(api_status)?;
+        self.directory.deregister(&id).await.map_err(api_status)?;
         Ok(Response::new(pb::DeregisterResponse {}))
     }
 
@@ -61,7 +61,7 @@ impl pb::registry_service_server::RegistryService for RegistryApi {
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let id = service_id("id", &request.into_inner().id)?;
-        let status = self.directory.heartbeat(&id).map_err(api_status)?;
+        let status = self.directory.heartbeat(&id).await.map_err(api_status)?;
         Ok(Response::new(pb::HeartbeatResponse { status: Some(status_to_proto(&status)) }))
     }
 

@@ -18,7 +18,8 @@ pub(crate) async fn node(url: &str, name: &str, dir: &std::path::Path) -> Server
     ServerProcess::start(&data, &["--store", url, "--cluster", "--node-id", name, "--lease-ttl", LEASE]).await
 }
 
-/// The example shop, each call taking `latency`, registered with every one of `nodes`.
+/// The example shop, each call taking `latency`, registered with the first of `nodes` and
+/// known to all through the registry they share.
 pub(crate) async fn shop(nodes: &[&ServerProcess], latency: Duration) -> Vec<baton_examples::RunningService> {
     let options = baton_examples::ServiceOptions {
         baton: Some(nodes[0].url()),
@@ -28,18 +29,9 @@ pub(crate) async fn shop(nodes: &[&ServerProcess], latency: Duration) -> Vec<bat
         ..Default::default()
     };
     let services = baton_examples::spawn_shop(&options).await.unwrap();
-    let mut first = Clients::new(nodes[0].channel().await);
-    first.wait_services(3).await;
-    let listed = first.registry.list_services(pb::ListServicesRequest::default()).await.unwrap().into_inner();
-    for node in &nodes[1..] {
-        let mut clients = Clients::new(node.channel().await);
-        for view in &listed.services {
-            let spec = view.spec.clone().unwrap();
-            let id = spec.id.clone();
-            clients.registry.register(pb::RegisterRequest { spec: Some(spec) }).await.unwrap();
-            clients.registry.heartbeat(pb::HeartbeatRequest { id }).await.unwrap();
-        }
-        clients.wait_services(3).await;
+    // The nodes share the registry: the others learn of the shop from the database.
+    for node in nodes {
+        Clients::new(node.channel().await).wait_services(3).await;
     }
     services
 }

@@ -333,3 +333,57 @@ async fn a_spawned_supervisor_ticks_until_its_handle_goes() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(h.probe.calls().len(), 2, "no rounds after shutdown");
 }
+
+/// A scope that checks the services named `mine-*` and records what it is told.
+#[derive(Debug, Default)]
+struct MineOnly {
+    reported: parking_lot::Mutex<Vec<RegistryEvent>>,
+}
+
+impl Scope for MineOnly {
+    fn checks(&self, id: &ServiceId) -> bool {
+        id.as_str().starts_with("mine-")
+    }
+
+    fn report(&self, event: RegistryEvent) -> BoxFuture<'_, ()> {
+        self.reported.lock().push(event);
+        Box::pin(std::future::ready(()))
+    }
+}
+
+#[tokio::test]
+async fn a_scoped_supervisor_checks_its_share_reports_its_verdicts_and_leaves_ttls_to_the_table() {
+    let clock = FakeClock::default();
+    let events = RecordingSink::default();
+    let registry = Config::default().build_with(Arc::new(clock.clone()), Arc::new(events.clone()));
+    let probe = ScriptedProbe::default();
+    let scope = Arc::new(MineOnly::default());
+    let config = SupervisorConfig { scope: Some(Arc::clone(&scope) as Arc<dyn Scope>), ..SupervisorConfig::default() };
+    let supervisor = config.build(registry.clone(), Arc::new(probe.clone()));
+    registry.register(probed("mine-a", 1, 1)).unwrap();
+    registry.register(probed("theirs-b", 1, 1)).unwrap();
+    registry
+        .register(spec("mine-ttl", serde_json::json!({"kind": "ttl", "ttl": "1s", "deregister_after": "5s"})))
+        .unwrap();
+    probe.script(&id("mine-a"), [fail()]);
+    supervisor.tick().await;
+    assert_eq!(probe.calls(), [id("mine-a")], "only the services in scope are probed");
+    assert_eq!(*scope.reported.lock(), [changed("mine-a", Health::Unknown, Health::Critical, "HTTP 503")]);
+    // The TTL ran out long ago by this clock, but the shared table judges TTLs, not this server.
+    clock.advance(Duration::from_secs(60));
+    supervisor.tick().await;
+    assert_eq!(registry.get(&id("mine-ttl")).unwrap().status.health, Health::Passing);
+    // A service critical too long is deregistered, and the removal reported.
+    registry.adopt_health(&id("mine-ttl"), Health::Critical, "ttl expired").unwrap();
+    clock.advance(Duration::from_secs(6));
+    scope.reported.lock().clear();
+    probe.script(&id("mine-a"), [pass()]);
+    supervisor.tick().await;
+    let reported = scope.reported.lock().clone();
+    assert!(
+        reported
+            .contains(&RegistryEvent::Deregistered { id: id("mine-ttl"), reason: DeregisterReason::CriticalTooLong }),
+        "{reported:?}"
+    );
+    assert!(registry.get(&id("theirs-b")).is_ok());
+}

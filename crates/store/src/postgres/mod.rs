@@ -196,6 +196,33 @@ pub const MIGRATIONS: &[Migration] = &[
             WHERE state IN ('done', 'cancelled');
     ",
     },
+    Migration {
+        version: 8,
+        name: "cluster: the shared service registry",
+        // Written by baton-cluster's `Services`. Every change takes the next value of
+        // `baton_registry_clock.seq` under that row's lock, so sequences commit in order and a
+        // reader that saw one has seen every smaller one. A removal keeps its row (spec NULL)
+        // for `REMOVALS_KEPT`, so readers that poll see it.
+        sql: "
+        CREATE TABLE IF NOT EXISTS baton_registry_clock (
+            id INT4 PRIMARY KEY CHECK (id = 0),
+            seq BIGINT NOT NULL
+        );
+        INSERT INTO baton_registry_clock (id, seq) VALUES (0, 0) ON CONFLICT DO NOTHING;
+        CREATE TABLE IF NOT EXISTS baton_services (
+            id TEXT PRIMARY KEY,
+            partition INT4 NOT NULL,
+            spec TEXT,
+            ttl_ms BIGINT,
+            health TEXT NOT NULL,
+            output TEXT NOT NULL,
+            beat_at TIMESTAMPTZ NOT NULL,
+            seq BIGINT NOT NULL,
+            changed_at TIMESTAMPTZ NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS baton_services_by_seq ON baton_services (seq);
+    ",
+    },
 ];
 
 /// How to reach the database.
