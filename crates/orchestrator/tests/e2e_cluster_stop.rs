@@ -6,12 +6,13 @@
 
 mod support;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use baton_grpc::pb;
 use baton_store::testing::{PgCluster, sql_client};
+use support::cluster::check_invariants;
 use support::{Clients, ServerProcess, example, sample, scrape};
 
 /// Lease of the test's nodes.
@@ -143,30 +144,5 @@ async fn a_node_frozen_past_its_lease_calls_and_commits_nothing_after_it() {
     // What the database holds: every journal contiguous, one Started, a step succeeded at most
     // once, ending with Completed: nothing b wrote after its lease broke one.
     let client = sql_client(&url).await;
-    let rows = client
-        .query("SELECT execution, events FROM baton_journal_chunks ORDER BY execution, last_sequence", &[])
-        .await
-        .unwrap();
-    let mut journals: BTreeMap<Vec<u8>, Vec<baton_core::Event>> = BTreeMap::new();
-    for row in &rows {
-        let text: &str = row.get(1);
-        let events = text.split('\n').map(|line| serde_json::from_str::<baton_core::Event>(line).unwrap());
-        journals.entry(row.get(0)).or_default().extend(events);
-    }
-    assert_eq!(journals.len(), ids.len());
-    for events in journals.values() {
-        let id = events[0].execution;
-        let sequences: Vec<u64> = events.iter().map(|e| e.sequence).collect();
-        assert_eq!(sequences, (1..=events.len() as u64).collect::<Vec<_>>(), "journal of {id}");
-        let started = events.iter().filter(|e| matches!(e.kind, baton_core::EventKind::Started { .. })).count();
-        assert_eq!(started, 1, "{id}");
-        let mut succeeded: HashMap<String, usize> = HashMap::new();
-        for event in events {
-            if let baton_core::EventKind::TaskSucceeded { step, .. } = &event.kind {
-                *succeeded.entry(step.to_string()).or_default() += 1;
-            }
-        }
-        assert!(succeeded.values().all(|n| *n == 1), "{id}: {succeeded:?}");
-        assert!(matches!(events.last().unwrap().kind, baton_core::EventKind::Completed { .. }), "{id}");
-    }
+    check_invariants(&client, ids.len()).await;
 }
