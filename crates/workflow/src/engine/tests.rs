@@ -474,6 +474,8 @@ async fn a_watch_from_past_the_end_answers_at_once() {
     runner.release(3);
     assert_eq!(kinds(&next.await.unwrap()), ["scheduled"]);
     let last = events_until(&engine, id, 0, |_| false).await.len() as u64;
+    // A watch ends with the terminal event, maybe before the driver has gone: wait for that.
+    engine.wait(id).await.unwrap();
     // Ended: from the end on there is nothing to wait for, and the stream ends at once.
     for from in [last + 1, last + 2, 1_000_000] {
         let mut stream = Box::pin(engine.watch(id, from).await.unwrap());
