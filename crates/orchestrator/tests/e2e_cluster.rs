@@ -12,12 +12,11 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use baton_store::testing::{PgCluster, sql_client};
 use support::cluster::{check_invariants, cluster_status, effects_once, epochs, node, shop, start_round_robin};
-use support::{Clients, example, free_addr};
+use support::{Clients, example, refused};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_share_the_work_and_take_over_a_killed_one() {
@@ -85,29 +84,7 @@ async fn three_nodes_share_the_work_and_take_over_a_killed_one() {
     check_invariants(&client, 390).await;
 
     // 8. A server outside the cluster is refused the cluster's database, saying why.
-    let mut outsider = Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args(["serve", "--store", &url, "--listen", &free_addr().to_string()])
-        .args(["--metrics-listen", &free_addr().to_string(), "--console-listen", &free_addr().to_string()])
-        .arg("--data-dir")
-        .arg(dir.path().join("outsider"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = outsider.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            outsider.kill().unwrap();
-            panic!("a server outside the cluster started on its database");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut outsider.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert!(!status.success());
+    let stderr = refused(&dir.path().join("outsider"), &["--store", &url]).await;
     assert!(stderr.contains("used by a cluster (live nodes: a, c)"), "{stderr}");
     eprintln!("{}", cluster_status(&url));
     drop((a, c));

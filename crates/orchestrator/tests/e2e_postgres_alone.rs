@@ -4,41 +4,8 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
 use baton_store::testing::PgCluster;
-use support::{ServerProcess, free_addr};
-
-/// Starts `baton serve` with `extra` and waits for it to exit (it must, within 30 s); its
-/// standard error.
-async fn refused(dir: &std::path::Path, extra: &[&str]) -> String {
-    let mut server = Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args(["serve", "--listen", &free_addr().to_string()])
-        .args(["--metrics-listen", &free_addr().to_string(), "--console-listen", &free_addr().to_string()])
-        .arg("--data-dir")
-        .arg(dir)
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = server.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            server.kill().unwrap();
-            panic!("a second server started on a database another server holds");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut server.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert!(!status.success(), "{stderr}");
-    stderr
-}
+use support::{ServerProcess, refused};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_server_outside_a_cluster_is_refused_the_database() {

@@ -373,3 +373,33 @@ pub(crate) fn example(name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/workflows").join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
+
+/// Starts `baton serve` with `extra` and waits for it to exit (it must, within 30 s); its
+/// standard error.
+pub(crate) async fn refused(dir: &std::path::Path, extra: &[&str]) -> String {
+    let mut server = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["serve", "--listen", &free_addr().to_string()])
+        .args(["--metrics-listen", &free_addr().to_string(), "--console-listen", &free_addr().to_string()])
+        .arg("--data-dir")
+        .arg(dir)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            server.kill().unwrap();
+            panic!("a server started on a database it should have been refused: {extra:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut server.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    stderr
+}
