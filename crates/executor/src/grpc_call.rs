@@ -42,8 +42,8 @@ type GrpcClient = Client<Connector, tonic::body::Body>;
 /// Calls gRPC services. Cheap to clone; clones share connections and descriptors.
 ///
 /// Each call carries metadata `idempotency-key`, `x-baton-execution`, `x-baton-step`,
-/// `x-baton-attempt`, `traceparent` and `tracestate`, the service's credentials, and `grpc-timeout` when the attempt has a
-/// time limit. Status codes map to failures as documented in `docs/operations.md`:
+/// `x-baton-attempt`, `traceparent` and `tracestate`, in a cluster `x-baton-node` (the calling
+/// node), the service's credentials, and `grpc-timeout` when the attempt has a time limit. Status codes map to failures as documented in `docs/operations.md`:
 /// `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED`, `ABORTED`, `INTERNAL`, `UNKNOWN` and
 /// `CANCELLED` are retryable, the rest permanent, each as class `grpc_<code>` with the code
 /// and the service's message.
@@ -190,6 +190,11 @@ impl GrpcInvoker {
         for (name, value) in baton {
             let value = AsciiMetadataValue::try_from(value).map_err(|_| not_ascii(name))?;
             request.metadata_mut().insert(name, value);
+        }
+        if let Some(node) = &self.config.node {
+            // A node id is checked visible ASCII when the server starts.
+            let node = AsciiMetadataValue::try_from(node.as_bytes()).map_err(|_| not_ascii("x-baton-node"))?;
+            request.metadata_mut().insert("x-baton-node", node);
         }
         for (name, value) in extra {
             let value = AsciiMetadataValue::try_from(value.as_str()).map_err(|_| not_ascii(name))?;

@@ -10,7 +10,9 @@ use std::time::Duration;
 use ::http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue};
 use ::http::{HeaderMap, Method, Request as Request_, StatusCode, Uri};
 use base64::Engine as _;
-use baton_core::{CallRequest, Credentials, Endpoint, HttpMethod, ResponsePart, ServiceId, ServiceSpec, TlsSettings};
+use baton_core::{
+    CallRequest, Credentials, Endpoint, ExecutionId, HttpMethod, ResponsePart, ServiceId, ServiceSpec, TlsSettings,
+};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use serde_json::{Map, Value};
@@ -155,7 +157,7 @@ impl fmt::Debug for HttpInvoker {
 }
 
 impl Invoker for HttpInvoker {
-    async fn send(&self, request: Request) -> Result<Response, Failure> {
+    async fn send(&self, _execution: ExecutionId, request: Request) -> Result<Response, Failure> {
         HttpInvoker::send(self, request).await
     }
 
@@ -220,8 +222,12 @@ impl HttpInvoker {
             builder = builder.header(name.as_str(), value.as_str());
         }
         let body = Full::new(Bytes::from(request.body.unwrap_or_default()));
-        let outgoing =
+        let mut outgoing =
             builder.body(body).map_err(|e| Failure::permanent("invalid_request", format!("request to {url}: {e}")))?;
+        // Set last: a workflow cannot pass itself off as another node.
+        if let Some(node) = &self.config.node {
+            outgoing.headers_mut().insert("x-baton-node", node.clone());
+        }
         let client = self.transport.client(&TlsSettings::default())?;
         let exchange = async {
             let response = client.request(outgoing).await.map_err(|e| transport::classify(&e, &host))?;

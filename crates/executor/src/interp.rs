@@ -1072,10 +1072,10 @@ impl<'a, I: Invoker> Interp<'a, I> {
                         let render = |template: &Template| rendered_by(&templates, &rendered, template);
                         match request::http_request(http, &render) {
                             Ok((request, service)) => {
-                                let output = http.output;
+                                let (output, execution) = (http.output, self.execution);
                                 let attempt = move |invoker: &'a I, trace: CallTrace| {
                                     let request = request.clone();
-                                    async move { request::attempt_http(invoker, &request, &trace, output).await }
+                                    async move { request::attempt_http(invoker, execution, &request, &trace, output).await }
                                 };
                                 let leaf = self.request_leaf(id, task, path, service, input, scope, attempt);
                                 self.push_leaf(id, leaf, LeafKind::Busy);
@@ -1094,6 +1094,7 @@ impl<'a, I: Invoker> Interp<'a, I> {
                         match request::openapi_parts(api, &render) {
                             Ok((document, parameters, credentials, service)) => {
                                 let (operation, output) = (api.operation_id.as_str(), api.output);
+                                let execution = self.execution;
                                 let attempt = move |invoker: &'a I, trace: CallTrace| {
                                     let (document, parameters, credentials) =
                                         (document.clone(), parameters.clone(), credentials.clone());
@@ -1101,6 +1102,7 @@ impl<'a, I: Invoker> Interp<'a, I> {
                                         let operation = request::Operation { id: operation, parameters: &parameters };
                                         request::attempt_openapi(
                                             invoker,
+                                            execution,
                                             &document,
                                             operation,
                                             &credentials,

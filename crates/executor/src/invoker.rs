@@ -131,9 +131,11 @@ pub trait Invoker: Send + Sync + 'static {
     /// Makes one call.
     fn invoke(&self, call: Call) -> impl Future<Output = Result<Value, Failure>> + Send;
 
-    /// Sends an HTTP request a workflow wrote itself (`call: http`, `call: openapi`). The
-    /// default makes none: such calls fail with a configuration failure naming the invoker.
-    fn send(&self, request: Request) -> impl Future<Output = Result<Response, Failure>> + Send {
+    /// Sends an HTTP request a workflow wrote itself (`call: http`, `call: openapi`) for
+    /// `execution`. The default makes none: such calls fail with a configuration failure naming
+    /// the invoker.
+    fn send(&self, execution: ExecutionId, request: Request) -> impl Future<Output = Result<Response, Failure>> + Send {
+        let _ = execution;
         let url = request.url;
         async move {
             Err(Failure::permanent(

@@ -11,7 +11,7 @@ use std::future::Future;
 
 use base64::Engine as _;
 use baton_core::program::HttpOutput;
-use baton_core::{EventKind, Problem, ServiceId, StepId, Template};
+use baton_core::{EventKind, ExecutionId, Problem, ServiceId, StepId, Template};
 use serde_json::{Map, Value, json};
 
 use crate::invoker::{CallTrace, Failure, Invoker};
@@ -300,11 +300,12 @@ impl Request {
 /// output.
 pub(crate) async fn attempt_http<I: Invoker>(
     invoker: &I,
+    execution: ExecutionId,
     request: &Request,
     trace: &CallTrace,
     mode: HttpOutput,
 ) -> Result<Value, Failure> {
-    let response = invoker.send(request.traced(trace)).await?;
+    let response = invoker.send(execution, request.traced(trace)).await?;
     output(mode, request, response)
 }
 
@@ -318,6 +319,7 @@ pub(crate) struct Operation<'a> {
 /// request with the attempt's trace context.
 pub(crate) async fn attempt_openapi<I: Invoker>(
     invoker: &I,
+    execution: ExecutionId,
     document_url: &str,
     operation: Operation<'_>,
     credentials: &Credentials,
@@ -326,7 +328,7 @@ pub(crate) async fn attempt_openapi<I: Invoker>(
 ) -> Result<Value, Failure> {
     let Operation { id: operation_id, parameters } = operation;
     let fetch = Request { method: "GET".to_owned(), url: document_url.to_owned(), headers: Vec::new(), body: None };
-    let response = invoker.send(fetch.traced(trace)).await?;
+    let response = invoker.send(execution, fetch.traced(trace)).await?;
     succeeded(&fetch, &response)?;
     let invalid =
         |reason: String| Failure::permanent("invalid_openapi", format!("the document at {document_url} {reason}"));
@@ -341,7 +343,7 @@ pub(crate) async fn attempt_openapi<I: Invoker>(
         credentials,
     )
     .map_err(|problem| Failure::permanent("invalid_request", problem.message()))?;
-    let response = invoker.send(request.traced(trace)).await?;
+    let response = invoker.send(execution, request.traced(trace)).await?;
     output(mode, &request, response)
 }
 

@@ -238,13 +238,13 @@ async fn openapi_calls_fetch_the_document_and_call_the_operation() {
 }
 
 /// An HTTPS service with a throwaway CA's certificate: `GET /hello` answers the
-/// `traceparent` it was sent.
+/// `traceparent` and `x-baton-node` it was sent.
 async fn serve_tls(pki: &baton_examples::pki::TestPki) -> String {
     let app = Router::new().route(
         "/hello",
         get(|headers: HeaderMap| async move {
-            let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-            json_body(json!({"traceparent": traceparent}))
+            let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            json_body(json!({"traceparent": header("traceparent").unwrap_or_default(), "node": header("x-baton-node")}))
         }),
     );
     let config =
@@ -258,11 +258,13 @@ async fn serve_tls(pki: &baton_examples::pki::TestPki) -> String {
 }
 
 #[tokio::test]
-async fn https_requests_trust_the_servers_roots_and_carry_the_attempts_trace() {
+async fn https_requests_trust_the_servers_roots_and_carry_the_attempts_trace_and_node() {
     let pki = baton_examples::pki::TestPki::new("calls");
     let url = format!("{}/hello", serve_tls(&pki).await);
     let with_roots = |roots: TrustRoots| {
-        let invoker = HttpConfig { roots, ..HttpConfig::default() }.build(Arc::new(|_: &baton_core::ServiceId| None));
+        let node = Some("node-7".parse().unwrap());
+        let invoker =
+            HttpConfig { roots, node, ..HttpConfig::default() }.build(Arc::new(|_: &baton_core::ServiceId| None));
         let events = RecordingSink::default();
         let executor =
             Config::default().build(Arc::new(invoker), Arc::new(events.clone()), Arc::new(FakeClock::default()));
@@ -277,6 +279,7 @@ async fn https_requests_trust_the_servers_roots_and_carry_the_attempts_trace() {
     let trace = baton_core::ExecutionTrace::new(execution, None);
     let expected = trace.traceparent(trace.attempt(&StepId::new("hello").unwrap(), 1));
     assert_eq!(traceparent, expected, "the attempt's span, as for a service call");
+    assert_eq!(answer["node"], "node-7", "the calling node, as for a service call");
 
     // A certificate the server does not trust fails at once, naming the host.
     let untrusted = with_roots(TrustRoots::empty());

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton_cluster::tasks::TaskQueues;
-use baton_core::{Endpoint, Health, ServiceId, ServiceRequirements, ServiceView, StepId};
+use baton_core::{Endpoint, ExecutionId, Health, ServiceId, ServiceRequirements, ServiceView, StepId};
 use baton_executor::{
     Call, Failure, GrpcInvoker, HttpConfig, HttpInvoker, Invoker, Request, ResolveQueue, Response, WorkerConfig,
     WorkerQueues,
@@ -86,7 +86,7 @@ impl Dispatcher {
     }
 
     /// Refuses a call for `execution` when another node owns it now.
-    fn check_owner(&self, execution: baton_core::ExecutionId) -> Result<(), Failure> {
+    fn check_owner(&self, execution: ExecutionId) -> Result<(), Failure> {
         match &self.ownership {
             Some(ownership) if ownership.of(execution).is_none() => Err(Failure::unreached(
                 "fenced",
@@ -185,8 +185,10 @@ fn resolve_queue(registry: &Registry) -> ResolveQueue {
 
 impl Invoker for Dispatcher {
     /// Requests a workflow writes itself (`call: http`, `call: openapi`) go out through the
-    /// same HTTP(S) client, origin mapping included; no registry is involved.
-    async fn send(&self, request: Request) -> Result<Response, Failure> {
+    /// same HTTP(S) client, origin mapping included; no registry is involved. In a cluster,
+    /// only for an execution this node owns, as service calls.
+    async fn send(&self, execution: ExecutionId, request: Request) -> Result<Response, Failure> {
+        self.check_owner(execution)?;
         self.endpoints
             .check_request(&request.url)
             .map_err(|e| Failure::permanent("forbidden_endpoint", e.to_string()))?;
@@ -219,5 +221,94 @@ impl Invoker for Dispatcher {
         drop(permit);
         self.released.notify_waiters();
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::Router;
+    use axum::routing::get;
+    use baton_core::{ExecutionId, Ownership};
+
+    use super::*;
+
+    /// Owns the one partition there is, or nothing once `lose` is called.
+    #[derive(Debug, Default)]
+    struct OneNodeOwnership {
+        lost: Mutex<bool>,
+    }
+
+    impl OneNodeOwnership {
+        fn lose(&self) {
+            *self.lost.lock().unwrap() = true;
+        }
+    }
+
+    impl Ownership for OneNodeOwnership {
+        fn partitions(&self) -> u32 {
+            1
+        }
+
+        fn epoch(&self, partition: u32) -> Option<i64> {
+            (partition == 0 && !*self.lost.lock().unwrap()).then_some(1)
+        }
+
+        fn owned(&self) -> Vec<(u32, i64)> {
+            self.epoch(0).map(|epoch| (0, epoch)).into_iter().collect()
+        }
+
+        fn generation(&self) -> u64 {
+            u64::from(*self.lost.lock().unwrap())
+        }
+    }
+
+    /// An HTTP server on 127.0.0.1 that counts its requests and answers the `X-Baton-Node` it got.
+    async fn counting_server() -> (String, Arc<AtomicUsize>) {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&hits);
+        let app = Router::new().route(
+            "/",
+            get(move |headers: axum::http::HeaderMap| async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                headers.get("x-baton-node").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned()
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (url, hits)
+    }
+
+    #[tokio::test]
+    async fn a_request_a_workflow_wrote_goes_out_only_while_this_node_owns_its_execution() {
+        let (url, hits) = counting_server().await;
+        let ownership = Arc::new(OneNodeOwnership::default());
+        let http = HttpConfig { node: Some("node-a".parse().unwrap()), ..HttpConfig::default() };
+        let dispatcher = Dispatcher::new(Registry::default(), Arc::default(), http, WorkerConfig::default(), 4)
+            .with_ownership(Arc::clone(&ownership) as Arc<dyn Ownership>);
+        let request = || Request {
+            method: "GET".to_owned(),
+            url: url.clone(),
+            headers: vec![("x-baton-node".to_owned(), "forged".to_owned())],
+            body: None,
+        };
+        let execution = ExecutionId::generate();
+
+        let answer = dispatcher.send(execution, request()).await.unwrap();
+        assert_eq!(
+            (answer.status, answer.body.as_slice()),
+            (200, b"node-a".as_slice()),
+            "the node's own id, not the workflow's"
+        );
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+
+        ownership.lose();
+        let refused = dispatcher.send(execution, request()).await.unwrap_err();
+        assert_eq!(refused.class, "fenced");
+        assert!(refused.unreached && refused.message.contains(&execution.to_string()), "{refused:?}");
+        assert_eq!(hits.load(Ordering::SeqCst), 1, "no request left once the execution was no longer owned");
     }
 }

@@ -272,7 +272,7 @@ output: "${ .steps.echo.output.text }"
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpc_services_are_called_over_tls_with_credentials_from_secrets() {
+async fn grpc_services_are_called_over_tls_with_credentials_from_secrets_and_the_calling_node() {
     let pki = TestPki::new("grpc");
     let dir = tempfile::tempdir().unwrap();
     let write = |name: &str, value: &str| {
@@ -285,6 +285,7 @@ async fn grpc_services_are_called_over_tls_with_credentials_from_secrets() {
     let http = HttpConfig {
         roots: TrustRoots::empty().with_pem(pki.ca_pem.as_bytes()).unwrap(),
         secrets: Secrets::new(Some(dir.path())),
+        node: Some("node-a".parse().unwrap()),
         ..HttpConfig::default()
     };
     let baton = ServiceOrchestrator::open(Options { supervisor: None, http, ..Options::default() }).await.unwrap();
@@ -315,6 +316,7 @@ async fn grpc_services_are_called_over_tls_with_credentials_from_secrets() {
     let done = run(&baton, &yaml("bearer"), json!({})).await;
     assert_eq!(done.state, ExecutionState::Completed, "{:?}", done.error);
     assert_eq!(done.output.as_ref().unwrap()["authorization"], "present");
+    assert_eq!(done.output.as_ref().unwrap()["x-baton-node"], "node-a", "the calling node, as over HTTP");
     let done = run(&baton, &yaml("tenant"), json!({})).await;
     assert_eq!(done.output.as_ref().unwrap()["x-tenant"], "tenant-1");
     // Rotated while running: the next call carries the new value.

@@ -157,11 +157,12 @@ impl pb::notifications_server::Notifications for Notifications {
 struct Probe(Arc<State>);
 
 /// Metadata Baton sets, echoed back.
-const ECHOED: [&str; 7] = [
+const ECHOED: [&str; 8] = [
     "idempotency-key",
     "x-baton-execution",
     "x-baton-step",
     "x-baton-attempt",
+    "x-baton-node",
     "traceparent",
     "tracestate",
     "x-tenant",
