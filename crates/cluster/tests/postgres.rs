@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use baton_cluster::{Config, Error, Member, status};
 use baton_store::postgres::{Config as StoreConfig, PostgresStore};
-use baton_store::testing::{BlackholeProxy, PgCluster, sql_client};
+use baton_store::testing::{BlackholeProxy, PgCluster, eventually, sql_client};
 use tokio::time::Instant;
 
 #[test]
@@ -39,18 +39,6 @@ fn config(url: &str, node: &str, ttl_ms: u64) -> Config {
     config.heartbeat = Duration::from_millis(ttl_ms / 10);
     config.safety_margin = Duration::from_millis(ttl_ms / 5);
     config
-}
-
-/// Polls `check` until it answers, for at most `within`.
-async fn eventually<T>(what: &str, within: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Owner and epoch of every partition, as the database holds them.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use baton_grpc::pb;
 use baton_grpc::pb::execution_service_client::ExecutionServiceClient;
-use baton_store::testing::PgCluster;
+use baton_store::testing::{PgCluster, until};
 use support::{ServerProcess, sample, scrape};
 use tokio_stream::StreamExt as _;
 use tonic::service::interceptor::InterceptedService;
@@ -107,15 +107,6 @@ fn task_states(execution: &pb::Execution) -> BTreeMap<String, i32> {
     execution.tasks.iter().map(|task| (task.step.clone(), task.state)).collect()
 }
 
-/// Polls `check` every 50 ms until it holds, for at most `within`.
-async fn eventually<F: AsyncFnMut() -> bool>(within: Duration, what: &str, mut check: F) {
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what} did not happen within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_serves_and_forwards_calls_for_executions_another_node_runs() {
     let cluster = tokio::task::spawn_blocking(PgCluster::start).await.unwrap();
@@ -131,7 +122,7 @@ async fn a_node_serves_and_forwards_calls_for_executions_another_node_runs() {
         a.workflows.apply_definition(request).await.unwrap();
     }
     // Both own their share before anything starts, so what b starts stays b's.
-    eventually(Duration::from_secs(30), "an even share of the partitions", async || {
+    until("an even share of the partitions", Duration::from_secs(30), async || {
         let status = baton_cluster::status(&url).await.unwrap();
         status.nodes.len() == 2 && status.nodes.iter().all(|n| n.partitions == 4)
     })
@@ -144,7 +135,7 @@ async fn a_node_serves_and_forwards_calls_for_executions_another_node_runs() {
 
     // Get on the node that does not run it shows the steps' progress, as the owner does.
     let held = b.start("hold", None).await.execution.unwrap().id;
-    eventually(Duration::from_secs(10), "the first step on b", async || {
+    until("the first step on b", Duration::from_secs(10), async || {
         task_states(&b.get(&held).await).get("first") == Some(&(pb::TaskState::Succeeded as i32))
     })
     .await;
@@ -160,7 +151,7 @@ async fn a_node_serves_and_forwards_calls_for_executions_another_node_runs() {
     assert_eq!(state(&resumed.into_inner().execution.unwrap()), pb::ExecutionState::Running);
     let signal = pb::SignalExecutionRequest { id: held.clone(), name: "go".to_owned(), data_json: "42".to_owned() };
     a.executions.signal_execution(signal).await.unwrap();
-    eventually(Duration::from_secs(10), "the signalled execution's end", async || {
+    until("the signalled execution's end", Duration::from_secs(10), async || {
         state(&a.get(&held).await) == pb::ExecutionState::Completed
     })
     .await;
@@ -255,7 +246,7 @@ async fn a_node_serves_and_forwards_calls_for_executions_another_node_runs() {
     assert!(value("baton_cluster_partitions_claimed_total") >= 8.0, "{text}");
     assert!(value("baton_cluster_lease_renewal_seconds_count") > 0.0, "{text}");
     assert_eq!(value("baton_cluster_lease_renewal_failures_total"), 0.0);
-    eventually(Duration::from_secs(10), "a seeing itself alone", async || {
+    until("a seeing itself alone", Duration::from_secs(10), async || {
         sample(&scrape(a.process.metrics).await, "baton_cluster_nodes_live") == Some(1.0)
     })
     .await;

@@ -11,21 +11,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use baton_store::testing::{BlackholeProxy, PgCluster, sql_client};
+use baton_store::testing::{BlackholeProxy, PgCluster, eventually, sql_client};
 use support::cluster::{check_invariants, effects_once, epochs, node, shop, start_round_robin};
 use support::{Clients, example};
-
-/// Polls `check` every 50 ms until it answers, for at most `within`.
-async fn eventually<T>(what: &str, within: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// The partitions `node` owns by the database.
 async fn owned_by(url: &str, node: &str) -> u32 {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use baton_core::ServiceSpec;
 use baton_grpc::{convert, pb};
-use baton_store::testing::{PgCluster, sql_client};
+use baton_store::testing::{PgCluster, sql_client, until};
 use support::{Clients, ServerProcess};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -89,15 +89,6 @@ async fn complete(workers: &mut Workers, task: &pb::Task) {
         .unwrap();
 }
 
-/// Polls `check` until it holds, for at most `within`.
-async fn eventually(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// The node that owns execution `id`'s partition now.
 async fn owner_of(sql: &tokio_postgres::Client, id: &str) -> String {
     let id: baton_core::ExecutionId = id.parse().unwrap();
@@ -135,7 +126,7 @@ async fn workers_on_any_node_take_the_tasks_of_every_node() {
     }
     Clients::new(a.channel().await).apply(WORKFLOW).await;
     // Settled: every partition owned, none of the nodes above its share, so none hands one on.
-    eventually("the nodes share the partitions", Duration::from_secs(60), async || {
+    until("the nodes share the partitions", Duration::from_secs(60), async || {
         let status = baton_cluster::status(&url).await.unwrap();
         let shares: Vec<u32> = status.nodes.iter().map(|n| n.partitions).collect();
         shares.len() == 3 && shares.iter().sum::<u32>() == 64 && shares.iter().all(|s| *s <= 64_u32.div_ceil(3))
@@ -188,7 +179,7 @@ async fn workers_on_any_node_take_the_tasks_of_every_node() {
         .cancel_execution(pb::CancelExecutionRequest { id: cancelled[0].clone(), reason: "test".to_owned() })
         .await
         .unwrap();
-    eventually("the worker is asked to stop", Duration::from_secs(10), async || {
+    until("the worker is asked to stop", Duration::from_secs(10), async || {
         let extended = via_c.extend_lease(pb::ExtendLeaseRequest { task_token: held.task_token.clone() }).await;
         extended.unwrap().into_inner().cancel_requested
     })
@@ -203,7 +194,7 @@ async fn workers_on_any_node_take_the_tasks_of_every_node() {
     // the takeover, each once.
     let on_c = start(&c, "c", 4).await;
     let before_kill = lease(&mut via_b, "w-b", 2).await;
-    eventually("c's other tasks are queued", Duration::from_secs(10), async || {
+    until("c's other tasks are queued", Duration::from_secs(10), async || {
         let queued: i64 =
             sql.query_one("SELECT count(*) FROM baton_worker_tasks WHERE state = 'queued'", &[]).await.unwrap().get(0);
         queued == 2
@@ -211,7 +202,7 @@ async fn workers_on_any_node_take_the_tasks_of_every_node() {
     .await;
     c.kill9();
     let killed = Instant::now();
-    eventually("c's partitions are claimed", Duration::from_secs(30), async || {
+    until("c's partitions are claimed", Duration::from_secs(30), async || {
         let status = baton_cluster::status(&url).await.unwrap();
         status.nodes.iter().filter(|n| n.id != "c").map(|n| n.partitions).sum::<u32>() == 64
     })

@@ -9,23 +9,15 @@
 mod support;
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::routing::post;
 use baton_grpc::pb;
+use baton_store::testing::until;
 use support::{Clients, ServerProcess, sample, scrape};
 use tokio::sync::watch;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
-
-/// Polls `check` until it holds, for up to 30 s.
-async fn eventually<F: Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what}: not within 30 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// The health of the whole server.
 async fn health(server: &ServerProcess) -> Option<ServingStatus> {
@@ -81,7 +73,10 @@ async fn a_full_disk_is_said_refuses_new_work_and_everything_goes_on_once_it_has
     assert_eq!(sample(&page, "baton_disk_full"), Some(0.0), "{page}");
 
     let filler = baton_store::testing::fill_disk(&disk);
-    eventually("health says NOT_SERVING", || async { health(&server).await == Some(ServingStatus::NotServing) }).await;
+    until("health says NOT_SERVING", Duration::from_secs(30), async || {
+        health(&server).await == Some(ServingStatus::NotServing)
+    })
+    .await;
     let page = scrape(server.metrics).await;
     assert_eq!(sample(&page, "baton_disk_full"), Some(1.0), "{page}");
     assert!(sample(&page, "baton_disk_free_bytes").is_some_and(|free| free < 2.0 * 1024.0 * 1024.0), "{page}");
@@ -124,7 +119,10 @@ async fn a_full_disk_is_said_refuses_new_work_and_everything_goes_on_once_it_has
 
     // Room again: the server serves, the held run ends, and new work runs.
     std::fs::remove_file(filler).unwrap();
-    eventually("health says SERVING", || async { health(&server).await == Some(ServingStatus::Serving) }).await;
+    until("health says SERVING", Duration::from_secs(30), async || {
+        health(&server).await == Some(ServingStatus::Serving)
+    })
+    .await;
     if paused {
         let resumed = clients.executions.resume_execution(pb::ResumeExecutionRequest { id: held.clone() }).await;
         if let Err(status) = resumed {

@@ -2,7 +2,8 @@
 //! [`Harness`] for each store, the journal load that benches and profiling share
 //! ([`load_execution`], [`load_event`]), a disk filled to the last byte ([`fill_disk`]), and a
 //! TCP proxy that cuts a client off from the database as a dead network would
-//! ([`BlackholeProxy`]).
+//! ([`BlackholeProxy`]), and the poll the cluster tests wait with ([`eventually`],
+//! [`until`]).
 //!
 //! [`PgCluster::start`] runs `initdb` and `pg_ctl` itself into a temporary directory, listening
 //! only on a Unix socket there, and stops and removes it when dropped; as root it runs them as
@@ -474,6 +475,24 @@ pub struct PgHarness {
     partitioned: bool,
     // Keeps the cluster up while the harness lives.
     _cluster: Arc<PgCluster>,
+}
+
+/// Polls `check` every 50 ms until it answers, for at most `within`; panics naming `what`
+/// past it. Tests wait for what other processes do with it, never with a bare sleep.
+pub async fn eventually<T>(what: &str, within: std::time::Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(std::time::Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// [`eventually`] for a check that only holds or not.
+pub async fn until(what: &str, within: std::time::Duration, mut check: impl AsyncFnMut() -> bool) {
+    eventually(what, within, async || check().await.then_some(())).await;
 }
 
 /// A plain connection to the database `url` names, for tests that read or change its tables

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use baton_grpc::pb;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 /// A free loopback port (bound, then released for the server to take).
 pub(crate) fn free_addr() -> SocketAddr {
@@ -34,6 +34,8 @@ pub(crate) struct ServerProcess {
     wrapper: Vec<String>,
     /// Environment variables the server is started with.
     env: Vec<(String, String)>,
+    /// How the test's clients reach a server that serves TLS.
+    tls: Option<ClientTlsConfig>,
     starts: u32,
 }
 
@@ -48,6 +50,15 @@ impl ServerProcess {
         Self::launch(&[], data_dir, extra, env).await
     }
 
+    /// As [`ServerProcess::start`], for a server that serves TLS (`extra` names its certificate):
+    /// the test's clients connect with `tls`.
+    pub(crate) async fn start_tls(data_dir: &Path, extra: &[&str], tls: ClientTlsConfig) -> Self {
+        let mut server = Self::new(&[], data_dir, extra, &[]);
+        server.tls = Some(tls);
+        server.spawn().await;
+        server
+    }
+
     /// [`ServerProcess::start`], the server run by `wrapper` (a program and its arguments,
     /// followed by the server's command line), which must end by running it in its place.
     pub(crate) async fn start_under(wrapper: &[&str], data_dir: &Path, extra: &[&str]) -> Self {
@@ -55,7 +66,13 @@ impl ServerProcess {
     }
 
     async fn launch(wrapper: &[&str], data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut server = Self {
+        let mut server = Self::new(wrapper, data_dir, extra, env);
+        server.spawn().await;
+        server
+    }
+
+    fn new(wrapper: &[&str], data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self {
             child: None,
             grpc: free_addr(),
             metrics: free_addr(),
@@ -65,10 +82,9 @@ impl ServerProcess {
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             wrapper: wrapper.iter().map(|s| (*s).to_owned()).collect(),
             env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            tls: None,
             starts: 0,
-        };
-        server.spawn().await;
-        server
+        }
     }
 
     async fn spawn(&mut self) {
@@ -113,7 +129,7 @@ impl ServerProcess {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
                 panic!("baton serve exited with {status}; log:\n{}", self.log_text());
             }
-            if let Ok(channel) = Channel::from_shared(format!("http://{}", self.grpc)).unwrap().connect().await {
+            if let Ok(channel) = self.endpoint().connect().await {
                 let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
                 let request = tonic_health::pb::HealthCheckRequest { service: String::new() };
                 if let Ok(answer) = health.check(request).await
@@ -178,12 +194,22 @@ impl ServerProcess {
 
     /// A channel to the gRPC API.
     pub(crate) async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.grpc)).unwrap().connect().await.unwrap()
+        self.endpoint().connect().await.unwrap()
+    }
+
+    /// The gRPC API's endpoint, with the client's TLS settings when the server serves TLS.
+    fn endpoint(&self) -> Endpoint {
+        let endpoint = Endpoint::from_shared(self.url()).unwrap();
+        match &self.tls {
+            Some(tls) => endpoint.tls_config(tls.clone()).unwrap(),
+            None => endpoint,
+        }
     }
 
     /// The URL services register with.
     pub(crate) fn url(&self) -> String {
-        format!("http://{}", self.grpc)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.grpc)
     }
 }
 
