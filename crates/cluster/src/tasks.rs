@@ -27,6 +27,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use baton_core::activity::QueueDepth;
 use baton_core::{ExecutionId, Ownership, Timestamp};
 use tokio_postgres::{Client, NoTls, Row};
 
@@ -173,15 +174,6 @@ pub struct Extension {
     pub expires_at: Timestamp,
     /// The task was withdrawn by its execution (cancelled, timed out): stop working on it.
     pub cancel_requested: bool,
-}
-
-/// A queue's figures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct QueueDepth {
-    /// Tasks waiting for a worker.
-    pub queued: u64,
-    /// Tasks held by workers.
-    pub leased: u64,
 }
 
 /// The shared worker queues of one node. Cheap to clone.
@@ -576,19 +568,22 @@ impl TaskQueues {
             .map_err(|e| unavailable(&e))
     }
 
-    /// `queue`'s waiting and leased tasks, on every node.
-    pub async fn depth(&self, queue: &str) -> Result<QueueDepth> {
+    /// Every queue with waiting or leased tasks, on every node, by name.
+    pub async fn depths(&self) -> Result<Vec<QueueDepth>> {
         let client = self.client().await?;
-        let row = client
-            .query_one(
-                "SELECT count(*) FILTER (WHERE state = 'queued'), count(*) FILTER (WHERE state = 'leased')
-                 FROM baton_worker_tasks WHERE queue = $1 AND state IN ('queued', 'leased')",
-                &[&queue],
+        let rows = client
+            .query(
+                "SELECT queue, count(*) FILTER (WHERE state = 'queued'), count(*) FILTER (WHERE state = 'leased')
+                 FROM baton_worker_tasks WHERE state IN ('queued', 'leased') GROUP BY queue ORDER BY queue",
+                &[],
             )
             .await
             .map_err(|e| unavailable(&e))?;
-        let count = |i: usize| u64::try_from(row.get::<_, i64>(i)).unwrap_or(0);
-        Ok(QueueDepth { queued: count(0), leased: count(1) })
+        let count = |row: &Row, i: usize| u64::try_from(row.get::<_, i64>(i)).unwrap_or(0);
+        Ok(rows
+            .iter()
+            .map(|row| QueueDepth { queue: row.get(0), queued: count(row, 1), leased: count(row, 2) })
+            .collect())
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use baton_cluster::tasks::{Enqueued, NewTask, Outcome, Settings, TaskError, TaskQueues};
 use baton_core::ExecutionId;
+use baton_core::activity::QueueDepth;
 use baton_core::fakes::FixedOwnership;
 use baton_store::postgres::{Config as StoreConfig, PostgresStore};
 use baton_store::testing::{PgCluster, sql_client};
@@ -83,7 +84,8 @@ async fn a_task_queued_on_one_node_is_leased_and_answered_on_another(cluster: &P
     let execution = ExecutionId::generate();
     let first = open(a.enqueue(task(execution, "resize", 1)).await.unwrap());
     let second = open(a.enqueue(task(execution, "crop", 1)).await.unwrap());
-    assert_eq!(b.depth("images").await.unwrap().queued, 2);
+    let depths = b.depths().await.unwrap();
+    assert_eq!(depths, [QueueDepth { queue: "images".to_owned(), queued: 2, leased: 0 }], "a's tasks, seen by b");
     // Two polls at once take different tasks.
     let queues = ["images".to_owned()];
     let (one, two) = tokio::join!(b.claim(&queues, "w1", 1), a.claim(&queues, "w2", 1));
@@ -96,6 +98,12 @@ async fn a_task_queued_on_one_node_is_leased_and_answered_on_another(cluster: &P
     expected.sort_unstable();
     assert_eq!(ids, expected);
     assert!(b.claim(&queues, "w3", 5).await.unwrap().is_empty(), "nothing left");
+    let depths = a.depths().await.unwrap();
+    assert_eq!(
+        depths,
+        [QueueDepth { queue: "images".to_owned(), queued: 0, leased: 2 }],
+        "both leased, by either node"
+    );
     let leased = one.into_iter().find(|t| t.id == first.id).or_else(|| two.into_iter().find(|t| t.id == first.id));
     let leased = leased.unwrap();
     assert_eq!((leased.delivery, leased.step.as_str(), leased.execution), (1, "resize", execution));

@@ -11,8 +11,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use baton_core::activity::{
-    Activity, BreakerStatus, CallOutcome, CallRecord, HealthChange, MinuteCounts, Overview, QueueDepth,
-    ServiceActivity, WINDOW_MINUTES, quantile,
+    Activity, BreakerStatus, CallOutcome, CallRecord, HealthChange, MinuteCounts, Overview, ServiceActivity,
+    WINDOW_MINUTES, quantile,
 };
 use baton_core::{EventSink, ExecutionId, RegistryEvent, ServiceId, StepId, Timestamp};
 use baton_executor::BreakerState;
@@ -231,13 +231,7 @@ impl Activity for ServerActivity {
                 _ => break,
             }
         }
-        let queues = self
-            .orchestrator
-            .workers()
-            .all_stats()
-            .into_iter()
-            .map(|(queue, stats)| QueueDepth { queue, queued: stats.queued as u64, leased: stats.leased as u64 })
-            .collect();
+        let queues = self.orchestrator.queue_depths();
         Overview {
             minutes: self.metrics.activity().minutes(chrono::Utc::now()),
             running: running.max(0) as u64,

@@ -28,7 +28,8 @@
 //! | `baton_registry_services_registered` | | all registered services |
 //! | `baton_circuit_breaker_open` | `service` | 1 open, 0 half-open; closed left out |
 //! | `baton_failovers_total` | | calls moved to an equivalent service |
-//! | `baton_worker_queue_depth` | `queue` | tasks waiting for a worker |
+//! | `baton_worker_queue_depth` | `queue` | tasks waiting for a worker (in a cluster, on every node) |
+//! | `baton_worker_queue_leased` | `queue` | tasks a worker holds, not answered yet (likewise) |
 //! | `baton_journal_commits_total` | | store write transactions (not for the memory store) |
 //! | `baton_journal_writes_total` | | writes in them; over commits, the mean batch size |
 //! | `baton_grpc_requests_total` | `method`, `code` | gRPC calls by status code name |
@@ -144,6 +145,7 @@ impl Metrics {
             sources.registry = Some(orchestrator.registry().clone());
             sources.executor = Some(orchestrator.executor().clone());
             sources.workers = Some(orchestrator.workers().clone());
+            sources.shared_workers = orchestrator.dispatcher().shared_workers().cloned();
             sources.store = Some(orchestrator.store().clone());
             sources.disk = orchestrator.disk().cloned();
             sources.cluster = orchestrator.member().is_some().then(|| orchestrator.clone());

@@ -396,6 +396,12 @@ impl ServiceOrchestrator {
         self.inner.dispatcher.workers()
     }
 
+    /// Every worker queue's waiting and leased tasks, by name: in a cluster on every node (as
+    /// read from the database a moment ago), else this server's.
+    pub fn queue_depths(&self) -> Vec<baton_core::activity::QueueDepth> {
+        crate::shared_workers::queue_depths(self.workers(), self.inner.dispatcher.shared_workers())
+    }
+
     /// The dispatcher, for its failover count.
     pub fn dispatcher(&self) -> &Dispatcher {
         &self.inner.dispatcher

@@ -4,7 +4,8 @@
 //!
 //! The answers of every call waiting here are read in one query per
 //! [`OUTCOME_POLL`] by one background task, which also
-//! removes old closed rows of this node's partitions. A poll claims at once what is open and
+//! removes old closed rows of this node's partitions and reads every queue's depth across
+//! the cluster (for the metrics and the console) every [`DEPTHS_EVERY`]. A poll claims at once what is open and
 //! then tries again at the same interval until its wait is over; a task queued on this node
 //! wakes this node's polls at once. A poll dropped while its claim is in flight puts what the
 //! claim took back in the queue, so dropping a poll loses no task.
@@ -14,7 +15,8 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use baton_cluster::tasks::{Claimed, Enqueued, NewTask, OUTCOME_POLL, Outcome, TaskError, TaskQueues, TaskRef};
-use baton_executor::{Call, Failure, ResolveQueue, WorkerConfig};
+use baton_core::activity::QueueDepth;
+use baton_executor::{Call, Failure, ResolveQueue, WorkerConfig, WorkerQueues};
 use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::{Notify, oneshot};
@@ -23,6 +25,9 @@ use tokio::time::Instant;
 /// How often closed rows of this node's partitions are looked for, and how many go at once.
 const REMOVE_EVERY: Duration = Duration::from_secs(5);
 const REMOVE_BATCH: usize = 1000;
+
+/// How often the queues' depths across the cluster are read.
+const DEPTHS_EVERY: Duration = Duration::from_secs(2);
 
 /// The least time between two warnings of the answer reader.
 const QUIET: Duration = Duration::from_secs(10);
@@ -51,6 +56,8 @@ struct Inner {
     new_waiter: Arc<Notify>,
     /// Wakes this node's polls when it queued a task.
     queued: Notify,
+    /// Every queue's depth across the cluster, as last read.
+    depths: Mutex<Vec<QueueDepth>>,
 }
 
 impl SharedWorkers {
@@ -64,9 +71,16 @@ impl SharedWorkers {
             waiting: Mutex::new(HashMap::new()),
             new_waiter: Arc::new(Notify::new()),
             queued: Notify::new(),
+            depths: Mutex::new(Vec::new()),
         });
         tokio::spawn(read_answers(Arc::downgrade(&inner)));
         Self { inner }
+    }
+
+    /// Every queue with waiting or leased tasks on any node, by name, as read at most
+    /// [`DEPTHS_EVERY`] ago.
+    pub fn depths(&self) -> Vec<QueueDepth> {
+        self.inner.depths.lock().clone()
     }
 
     /// The table's operations, for the worker API.
@@ -223,8 +237,22 @@ impl Drop for Pending<'_> {
 
 /// Reads the answers of the waiting calls every `OUTCOME_POLL` while any wait, and removes old
 /// closed rows now and then; ends with the queues.
+/// Every worker queue's waiting and leased tasks, by name: from `shared` (every node's, as read
+/// a moment ago) in a cluster, else from this server's `local` queues.
+pub(crate) fn queue_depths(local: &WorkerQueues, shared: Option<&SharedWorkers>) -> Vec<QueueDepth> {
+    match shared {
+        Some(shared) => shared.depths(),
+        None => local
+            .all_stats()
+            .into_iter()
+            .map(|(queue, stats)| QueueDepth { queue, queued: stats.queued as u64, leased: stats.leased as u64 })
+            .collect(),
+    }
+}
+
 async fn read_answers(inner: Weak<Inner>) {
     let mut last_removal = Instant::now();
+    let mut last_depths: Option<Instant> = None;
     // A database that stays away is logged once per `QUIET`, not on every read.
     let mut warned: Option<Instant> = None;
     let mut warn = |what: &str, error: &TaskError| {
@@ -259,13 +287,20 @@ async fn read_answers(inner: Weak<Inner>) {
                 warn("remove closed worker tasks", &error);
             }
         }
+        if last_depths.is_none_or(|at| at.elapsed() >= DEPTHS_EVERY) {
+            last_depths = Some(Instant::now());
+            match strong.tasks.depths().await {
+                Ok(depths) => *strong.depths.lock() = depths,
+                Err(error) => warn("read the worker queues' depths", &error),
+            }
+        }
         let idle = ids.is_empty();
         let new_waiter = Arc::clone(&strong.new_waiter);
         drop(strong);
         if idle {
             tokio::select! {
                 () = new_waiter.notified() => {}
-                () = tokio::time::sleep(REMOVE_EVERY) => {}
+                () = tokio::time::sleep(DEPTHS_EVERY) => {}
             }
         } else {
             tokio::time::sleep(OUTCOME_POLL).await;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use baton_core::ServiceSpec;
 use baton_grpc::{convert, pb};
 use baton_store::testing::{PgCluster, sql_client, until};
-use support::{Clients, ServerProcess};
+use support::{Clients, ServerProcess, sample, scrape};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -198,6 +198,13 @@ async fn workers_on_any_node_take_the_tasks_of_every_node() {
         let queued: i64 =
             sql.query_one("SELECT count(*) FROM baton_worker_tasks WHERE state = 'queued'", &[]).await.unwrap().get(0);
         queued == 2
+    })
+    .await;
+    // Another node's metrics count c's tasks: the queues' depths are the cluster's.
+    until("a's metrics count the queue across the cluster", Duration::from_secs(10), async || {
+        let text = scrape(a.metrics).await;
+        let images = |name: &str| sample(&text, &format!("{name}{{queue=\"images\"}}"));
+        images("baton_worker_queue_depth") == Some(2.0) && images("baton_worker_queue_leased") == Some(2.0)
     })
     .await;
     c.kill9();

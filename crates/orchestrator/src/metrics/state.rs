@@ -32,6 +32,8 @@ pub(crate) struct Sources {
     pub(crate) registry: Option<Registry>,
     pub(crate) executor: Option<Executor<Dispatcher>>,
     pub(crate) workers: Option<WorkerQueues>,
+    /// In a cluster, the worker queues in its database, whose depths count every node's tasks.
+    pub(crate) shared_workers: Option<crate::shared_workers::SharedWorkers>,
     pub(crate) store: Option<AnyStore>,
     pub(crate) breakers: Option<BreakerStates>,
     pub(crate) sandbox: Option<Sandbox>,
@@ -48,6 +50,7 @@ impl std::fmt::Debug for Sources {
             .field("registry", &self.registry.is_some())
             .field("executor", &self.executor.is_some())
             .field("workers", &self.workers.is_some())
+            .field("shared_workers", &self.shared_workers.is_some())
             .field("store", &self.store.is_some())
             .field("breakers", &self.breakers.is_some())
             .field("sandbox", &self.sandbox.is_some())
@@ -141,14 +144,24 @@ impl Collector for StateCollector {
             )?)?;
         }
         if let Some(workers) = &sources.workers {
+            let depths = crate::shared_workers::queue_depths(workers, sources.shared_workers.as_ref());
             let mut family = encoder.encode_descriptor(
                 "baton_worker_queue_depth",
-                "Tasks waiting for a worker, by queue.",
+                "Tasks waiting for a worker, by queue (in a cluster, on every node).",
                 None,
                 MetricType::Gauge,
             )?;
-            for (queue, stats) in workers.all_stats() {
-                ConstGauge::new(stats.queued as u64).encode(family.encode_family(&[("queue", queue.as_str())])?)?;
+            for depth in &depths {
+                ConstGauge::new(depth.queued).encode(family.encode_family(&[("queue", depth.queue.as_str())])?)?;
+            }
+            let mut family = encoder.encode_descriptor(
+                "baton_worker_queue_leased",
+                "Tasks a worker holds and has not answered yet, by queue (in a cluster, on every node).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for depth in &depths {
+                ConstGauge::new(depth.leased).encode(family.encode_family(&[("queue", depth.queue.as_str())])?)?;
             }
         }
         if let Some(sandbox) = &sources.sandbox {
