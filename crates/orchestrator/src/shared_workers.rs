@@ -5,7 +5,7 @@
 //! The answers of every call waiting here are read in one query per
 //! [`OUTCOME_POLL`] by one background task, which also
 //! removes old closed rows of this node's partitions and reads every queue's depth across
-//! the cluster (for the metrics and the console) every [`DEPTHS_EVERY`]. A poll claims at once what is open and
+//! the cluster (for the metrics and the console) every 2 s. A poll claims at once what is open and
 //! then tries again at the same interval until its wait is over; a task queued on this node
 //! wakes this node's polls at once. A poll dropped while its claim is in flight puts what the
 //! claim took back in the queue, so dropping a poll loses no task.
@@ -77,8 +77,8 @@ impl SharedWorkers {
         Self { inner }
     }
 
-    /// Every queue with waiting or leased tasks on any node, by name, as read at most
-    /// [`DEPTHS_EVERY`] ago.
+    /// Every queue with waiting or leased tasks on any node, by name, as read at most 2 s
+    /// ago.
     pub fn depths(&self) -> Vec<QueueDepth> {
         self.inner.depths.lock().clone()
     }
