@@ -846,8 +846,9 @@ impl Store for PostgresStore {
                     .await;
                 match inserted {
                     Ok(1) => {
-                        if let Journal::Single(journal) = &self.inner.journal {
-                            journal.created(execution.id);
+                        match &self.inner.journal {
+                            Journal::Single(journal) => journal.created(execution.id),
+                            Journal::Partitioned { journal, .. } => journal.created(execution.id, fence.epoch),
                         }
                         return Ok(CreatedExecution { execution, created: true });
                     }
