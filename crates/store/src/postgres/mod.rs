@@ -369,9 +369,10 @@ impl PostgresStore {
         *pool[0].lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(first));
         let counters = Arc::new(Counters::default());
         let journal = partitioned::Journal::start(
-            pg.clone(),
+            &pg,
             Arc::clone(&ownership),
             config.max_batch,
+            config.append_connections,
             config.timeout,
             Arc::clone(&counters),
         );

@@ -20,26 +20,18 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use baton_core::{Event, ExecutionId, Ownership, Record, StoreError, StoreResult};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Mutex as AsyncMutex, mpsc, oneshot};
 use tokio_postgres::Client;
 
+use super::journal::{AppendRequest, Order, key};
 use super::{connect, id_bytes, id_from_bytes, is_transient, sequence_param, unavailable};
 use crate::shared::{Counters, check_sequences, encode_by_execution, to_json};
-
-/// The events of one execution, JSON-encoded, with their sequence numbers, oldest first.
-type Encoded = Vec<(u64, String)>;
-
-#[derive(Debug)]
-struct AppendRequest {
-    groups: Vec<(ExecutionId, Encoded)>,
-    reply: oneshot::Sender<StoreResult<()>>,
-}
 
 /// Last sequence number by execution, with the partition epoch it was learnt under.
 type Heads = Arc<Mutex<HashMap<ExecutionId, (i64, u64)>>>;
 
-fn lock(heads: &Heads) -> MutexGuard<'_, HashMap<ExecutionId, (i64, u64)>> {
-    heads.lock().unwrap_or_else(PoisonError::into_inner)
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The journal's side of a store in a cluster: the queue to its writer task.
@@ -64,18 +56,33 @@ pub(super) fn fenced(execution: ExecutionId, partition: u32, epoch: Option<i64>)
 }
 
 impl Journal {
+    /// Starts `writers` writer tasks, each with its own connection.
     pub(super) fn start(
-        config: tokio_postgres::Config,
+        config: &tokio_postgres::Config,
         ownership: Arc<dyn Ownership>,
         max_batch: usize,
+        writers: usize,
         timeout: Duration,
         counters: Arc<Counters>,
     ) -> Self {
-        let (appends, queue) = mpsc::channel(max_batch.max(1));
+        let max_batch = max_batch.max(1);
+        let (appends, queue) = mpsc::channel(max_batch);
+        let queue = Arc::new(AsyncMutex::new(queue));
         let heads = Heads::default();
-        let writer =
-            Writer { config, client: None, ownership, heads: Arc::clone(&heads), counters, max_batch, timeout };
-        tokio::spawn(writer.run(queue));
+        let order = Arc::new(Mutex::new(Order::default()));
+        for _ in 0..writers.max(1) {
+            let writer = Writer {
+                config: config.clone(),
+                client: None,
+                ownership: Arc::clone(&ownership),
+                heads: Arc::clone(&heads),
+                order: Arc::clone(&order),
+                counters: Arc::clone(&counters),
+                max_batch,
+                timeout,
+            };
+            tokio::spawn(writer.run(Arc::clone(&queue)));
+        }
         Self { appends, heads }
     }
 
@@ -102,6 +109,8 @@ struct Writer {
     client: Option<Client>,
     ownership: Arc<dyn Ownership>,
     heads: Heads,
+    /// Keeps each execution's appends in order across the writers.
+    order: Arc<Mutex<Order>>,
     counters: Arc<Counters>,
     max_batch: usize,
     /// How long a commit may wait for the server before the connection counts as lost.
@@ -115,12 +124,31 @@ struct Accepted {
 }
 
 impl Writer {
-    async fn run(mut self, mut queue: mpsc::Receiver<AppendRequest>) {
-        let mut batch = Vec::with_capacity(self.max_batch);
-        while queue.recv_many(&mut batch, self.max_batch).await > 0 {
-            let requests = std::mem::take(&mut batch);
+    async fn run(mut self, queue: Arc<AsyncMutex<mpsc::Receiver<AppendRequest>>>) {
+        loop {
+            // Appends held behind a commit that has finished go first; otherwise new ones.
+            let ready = lock(&self.order).take_ready(Vec::new());
+            let batch = if ready.is_empty() {
+                let mut queue = queue.lock().await;
+                let Some(first) = queue.recv().await else { break };
+                let mut incoming = vec![first];
+                // Only what is queued already: waiting for more would keep `first` waiting.
+                let more = queue.len().min(self.max_batch - 1);
+                if more > 0 {
+                    queue.recv_many(&mut incoming, more).await;
+                }
+                drop(queue);
+                lock(&self.order).take_ready(incoming)
+            } else {
+                ready
+            };
+            if batch.is_empty() {
+                continue;
+            }
+            let ids: Vec<u128> = batch.iter().flat_map(|r| &r.groups).map(|(id, _)| key(*id)).collect();
             let began = Instant::now();
-            let written = self.write_batch(requests).await;
+            let written = self.write_batch(batch).await;
+            lock(&self.order).release(&ids);
             if written > 0 {
                 self.counters.committed(written, began.elapsed());
             }
