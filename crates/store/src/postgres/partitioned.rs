@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use baton_core::{Event, ExecutionId, Ownership, Record, StoreError, StoreResult};
 use tokio::sync::{Mutex as AsyncMutex, mpsc, oneshot};
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Statement};
 
 use super::journal::{AppendRequest, Order, key};
 use super::{connect, id_bytes, id_from_bytes, is_transient, sequence_param, unavailable};
@@ -106,7 +106,9 @@ impl Journal {
 
 struct Writer {
     config: tokio_postgres::Config,
-    client: Option<Client>,
+    /// The connection with [`INSERT_CHUNKS`] and [`HEADS`] prepared on it: a statement sent
+    /// by its text would cost a round trip more each time.
+    client: Option<(Client, Statement, Statement)>,
     ownership: Arc<dyn Ownership>,
     heads: Heads,
     /// Keeps each execution's appends in order across the writers.
@@ -219,10 +221,14 @@ impl Writer {
     /// statement that checks the epochs (see [`INSERT_CHUNKS`]). Refused appends are answered
     /// and removed from `accepted`; on success every one left is committed.
     async fn commit(&mut self, accepted: &mut Vec<Accepted>) -> Result<(), Failure> {
-        if self.client.as_ref().is_none_or(Client::is_closed) {
-            self.client = Some(connect(&self.config).await.map_err(Failure::broken)?);
+        if self.client.as_ref().is_none_or(|(client, _, _)| client.is_closed()) {
+            self.client = None;
+            let client = connect(&self.config).await.map_err(Failure::broken)?;
+            let insert = client.prepare(INSERT_CHUNKS).await.map_err(Failure::broken)?;
+            let heads = client.prepare(HEADS).await.map_err(Failure::broken)?;
+            self.client = Some((client, insert, heads));
         }
-        let client = self.client.as_ref().expect("connected above");
+        let (client, insert, heads) = self.client.as_ref().expect("connected above");
         let unknown: Vec<Vec<u8>> = {
             let cached = lock(&self.heads);
             accepted
@@ -236,7 +242,7 @@ impl Writer {
         // so every write an earlier owner made has committed, and nobody else appends meanwhile.
         let mut learnt: HashMap<ExecutionId, u64> = HashMap::new();
         if !unknown.is_empty() {
-            for row in client.query(HEADS, &[&unknown]).await.map_err(Failure::from)? {
+            for row in client.query(heads, &[&unknown]).await.map_err(Failure::from)? {
                 let id = id_from_bytes(row.get(0)).map_err(Failure::fatal)?;
                 let last: Option<i64> = row.get(1);
                 learnt.insert(id, last.map_or(0, |l| u64::try_from(l).unwrap_or(0)));
@@ -249,7 +255,7 @@ impl Writer {
             }
             let p = batch.params();
             let stale: Vec<(u32, i64)> = client
-                .query(INSERT_CHUNKS, &[&p.ids, &p.lasts, &p.firsts, &p.texts, &p.partitions, &p.epochs])
+                .query(insert, &[&p.ids, &p.lasts, &p.firsts, &p.texts, &p.partitions, &p.epochs])
                 .await
                 .map_err(Failure::from)?
                 .iter()
