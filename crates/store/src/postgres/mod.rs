@@ -235,8 +235,8 @@ pub struct Config {
     pub pool_size: usize,
     /// The most appends one journal frame (one commit) takes.
     pub max_batch: usize,
-    /// Connections committing journal frames, each with one frame in flight: while one waits
-    /// for its commit to be flushed, the next frame is on its way.
+    /// Connections committing journal frames (in a cluster, batches of chunks), each with one
+    /// commit in flight: while one waits for its commit to be flushed, the next is on its way.
     pub append_connections: usize,
     /// Events kept in memory (as well as in frames) before they are folded into chunks.
     pub fold_events: usize,

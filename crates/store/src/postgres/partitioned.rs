@@ -2,18 +2,24 @@
 //! write, each only for the partitions it owns, every write conditional on the partition's
 //! epoch.
 //!
-//! - **Appends.** One writer task takes whatever appends queued up (group commit), and in one
-//!   transaction reads the epochs of their partitions `FOR SHARE` (a claim of one of them waits
-//!   for the commit, and a write that waited on a claim finds the epoch raised), answers the
-//!   appends to a partition whose epoch moved on with [`StoreError::Fenced`] and inserts the
-//!   rest as one chunk row per execution. Each append stays all or nothing.
+//! - **Appends.** Writer tasks, each with its own connection (`append_connections`), take
+//!   turns at one queue: one takes whatever appends queued up (group commit) and writes them
+//!   with one prepared statement, its own transaction, so one round trip ([`INSERT_CHUNKS`]):
+//!   it reads the epochs of their partitions `FOR SHARE` (a claim of one of them waits for the
+//!   commit, and a write that waited on a claim finds the epoch raised) and inserts one chunk
+//!   row per execution only if every epoch is still the one the appends were accepted under.
+//!   Otherwise it writes nothing and names the partitions that moved on: their appends are
+//!   answered with [`StoreError::Fenced`] and the rest sent again. Each append stays all or
+//!   nothing. While one commit's WAL is flushed the next is on its way on the other
+//!   connection; an append to an execution with a commit in flight waits for it (the single
+//!   writer's `Order`), so each execution's appends stay in order.
 //! - **Nothing in memory, no frames.** Every committed event is in `baton_journal_chunks` at
 //!   once, so any server reads any journal whole, whoever owns it; a server that claims a
 //!   partition has nothing to fold. The price is a row per execution per commit, where the
 //!   single-writer journal writes a row per commit.
 //! - **Heads** (the last sequence number of each execution) are remembered with the epoch they
-//!   were learnt under, and looked up again once the epoch moved: another server may have
-//!   appended meanwhile.
+//!   were learnt under (an execution created here starts known, at 0), and looked up again
+//!   once the epoch moved: another server may have appended meanwhile.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
