@@ -54,6 +54,7 @@ fn postgres_store_conforms() {
     runtime.block_on(a_second_server_takes_the_journal_over(&cluster));
     runtime.block_on(a_taken_over_server_cannot_change_execution_records(&cluster));
     runtime.block_on(cluster_servers_write_only_under_their_partition_epochs(&cluster));
+    runtime.block_on(a_claim_racing_appends_lets_none_commit_after_it(&cluster));
     runtime.block_on(a_node_finds_its_due_executions_behind_other_nodes(&cluster));
     runtime.block_on(folds_keep_journals_whole_for_readers(&cluster));
     runtime.block_on(appends_to_one_execution_queued_together_all_land(&cluster));
@@ -207,6 +208,97 @@ async fn cluster_servers_write_only_under_their_partition_epochs(cluster: &PgClu
     assert!(matches!(&err, StoreError::Fenced(m) if m.contains("does not own partition 3")), "{err}");
     a_owns.set(3, 1);
     a.append(vec![load_event(kept, 5)]).await.unwrap();
+}
+
+/// A claim raising a partition's epoch while a server appends there without pause: an append
+/// that reaches the partition while the claim holds it waits, and is fenced once the claim
+/// commits; what the claim's transaction reads is the whole journal for good, and every append
+/// the server was told had landed is in it. Another partition's appends, in the same batches,
+/// go on.
+async fn a_claim_racing_appends_lets_none_commit_after_it(cluster: &PgCluster) {
+    let url = cluster.create_database().await;
+    let config = Config::new(url.clone());
+    let a = PostgresStore::connect_partitioned(&config, Arc::new(FixedOwnership::all(4, 1))).await.unwrap();
+    let client = sql_client(&url).await;
+    client
+        .execute(
+            "INSERT INTO baton_partitions (id, owner, epoch) SELECT g, 'a', 1 FROM generate_series(0, 3) AS g",
+            &[],
+        )
+        .await
+        .unwrap();
+    let taken: Vec<ExecutionId> = (0..4).map(|_| id_in(2, 4)).collect();
+    let kept = id_in(3, 4);
+    for id in taken.iter().chain([&kept]) {
+        a.create_execution(Execution { id: *id, ..load_execution() }, None).await.unwrap();
+    }
+    let appended = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    // Each writer appends until refused (or told to stop), and returns its last landed
+    // sequence number with the refusal.
+    let writer = |id: ExecutionId| {
+        let (a, appended, stop) = (a.clone(), Arc::clone(&appended), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let mut landed = 0;
+            while !stop.load(Ordering::Relaxed) {
+                match a.append(vec![load_event(id, landed + 1)]).await {
+                    Ok(()) => landed += 1,
+                    Err(e) => return (landed, Some(e)),
+                }
+                appended.fetch_add(1, Ordering::Relaxed);
+            }
+            (landed, None)
+        })
+    };
+    let taken_writers: Vec<_> = taken.iter().map(|id| writer(*id)).collect();
+    let kept_writer = writer(kept);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while appended.load(Ordering::Relaxed) < 50 {
+        assert!(tokio::time::Instant::now() < deadline, "the writers did not get going");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let mut claimer = sql_client(&url).await;
+    let claim = claimer.transaction().await.unwrap();
+    claim.execute("UPDATE baton_partitions SET owner = 'b', epoch = 2 WHERE id = 2", &[]).await.unwrap();
+    // The writer's next statement waits on the claim's row lock.
+    loop {
+        let waiting: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no append waited for the claim");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let heads_sql = "SELECT MAX(last_sequence) FROM baton_journal_chunks WHERE execution = $1";
+    let mut seen = Vec::new();
+    for id in &taken {
+        let head: Option<i64> = claim.query_one(heads_sql, &[&id.as_uuid().as_bytes().to_vec()]).await.unwrap().get(0);
+        seen.push(head.unwrap_or(0));
+    }
+    claim.commit().await.unwrap();
+    for ((id, writer), seen) in taken.iter().zip(taken_writers).zip(seen) {
+        let (landed, error) = writer.await.unwrap();
+        assert!(matches!(&error, Some(StoreError::Fenced(m)) if m.contains("partition 2")), "{error:?}");
+        assert_eq!(u64::try_from(seen).unwrap(), landed, "the claim saw every landed append of {id}, no more");
+        let journal = a.read_journal(*id, 1).await.unwrap();
+        assert_eq!(journal, events(*id, 1..=landed), "nothing committed after the claim");
+    }
+    let before = appended.load(Ordering::Relaxed);
+    while appended.load(Ordering::Relaxed) < before + 20 {
+        assert!(tokio::time::Instant::now() < deadline, "the other partition's appends stopped");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (landed, error) = kept_writer.await.unwrap();
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(a.read_journal(kept, 1).await.unwrap(), events(kept, 1..=landed));
 }
 
 /// `parked_due` and recovery filter a node's partitions in SQL, before the limit: another

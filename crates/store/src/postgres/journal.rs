@@ -40,12 +40,12 @@ use super::{connect, id_bytes, id_from_bytes, sequence_param, unavailable};
 use crate::shared::{Counters, IdHasherBuilder, check_read, check_sequences, encode_by_execution, to_json};
 
 /// The events of one execution, JSON-encoded, with their sequence numbers, oldest first.
-type Encoded = Vec<(u64, String)>;
+pub(super) type Encoded = Vec<(u64, String)>;
 
 /// Maps keyed by execution id (as a number), hashed cheaply.
 type ById<V> = HashMap<u128, V, IdHasherBuilder>;
 
-fn key(id: ExecutionId) -> u128 {
+pub(super) fn key(id: ExecutionId) -> u128 {
     id.as_uuid().as_u128()
 }
 
@@ -83,10 +83,11 @@ pub(super) struct Journal {
     takeover: Takeover,
 }
 
+/// Appends waiting for a writer: the events by execution, and who to answer.
 #[derive(Debug)]
-struct AppendRequest {
-    groups: Vec<(ExecutionId, Encoded)>,
-    reply: oneshot::Sender<StoreResult<()>>,
+pub(super) struct AppendRequest {
+    pub(super) groups: Vec<(ExecutionId, Encoded)>,
+    pub(super) reply: oneshot::Sender<StoreResult<()>>,
 }
 
 #[derive(Debug)]
@@ -634,7 +635,7 @@ impl Writer {
 /// frame in flight, or with an append held before it, is held until that frame finished, so
 /// a frame that fails never leaves a later one with a gap.
 #[derive(Debug, Default)]
-struct Order {
+pub(super) struct Order {
     /// Executions with events in a frame in flight, and how many such frames.
     busy: ById<usize>,
     /// Held appends, oldest first.
@@ -644,7 +645,7 @@ struct Order {
 impl Order {
     /// The held appends that can go now, then those of `incoming` that can; holds the rest
     /// and marks what goes as in flight.
-    fn take_ready(&mut self, incoming: Vec<AppendRequest>) -> Vec<AppendRequest> {
+    pub(super) fn take_ready(&mut self, incoming: Vec<AppendRequest>) -> Vec<AppendRequest> {
         if self.held.is_empty() && incoming.is_empty() {
             return Vec::new();
         }
@@ -669,7 +670,7 @@ impl Order {
     }
 
     /// Marks a frame's executions (one entry per group) as no longer in flight.
-    fn release(&mut self, ids: &[u128]) {
+    pub(super) fn release(&mut self, ids: &[u128]) {
         for id in ids {
             if let Some(count) = self.busy.get_mut(id) {
                 *count -= 1;

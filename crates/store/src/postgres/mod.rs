@@ -235,8 +235,8 @@ pub struct Config {
     pub pool_size: usize,
     /// The most appends one journal frame (one commit) takes.
     pub max_batch: usize,
-    /// Connections committing journal frames, each with one frame in flight: while one waits
-    /// for its commit to be flushed, the next frame is on its way.
+    /// Connections committing journal frames (in a cluster, batches of chunks), each with one
+    /// commit in flight: while one waits for its commit to be flushed, the next is on its way.
     pub append_connections: usize,
     /// Events kept in memory (as well as in frames) before they are folded into chunks.
     pub fold_events: usize,
@@ -369,9 +369,10 @@ impl PostgresStore {
         *pool[0].lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(first));
         let counters = Arc::new(Counters::default());
         let journal = partitioned::Journal::start(
-            pg.clone(),
+            &pg,
             Arc::clone(&ownership),
             config.max_batch,
+            config.append_connections,
             config.timeout,
             Arc::clone(&counters),
         );
@@ -846,8 +847,9 @@ impl Store for PostgresStore {
                     .await;
                 match inserted {
                     Ok(1) => {
-                        if let Journal::Single(journal) = &self.inner.journal {
-                            journal.created(execution.id);
+                        match &self.inner.journal {
+                            Journal::Single(journal) => journal.created(execution.id),
+                            Journal::Partitioned { journal, .. } => journal.created(execution.id, fence.epoch),
                         }
                         return Ok(CreatedExecution { execution, created: true });
                     }
