@@ -210,9 +210,11 @@ struct Interp<'a, I> {
     execution: ExecutionId,
     /// The execution's input, `.input` in graph contexts.
     input: Arc<Value>,
-    workflow: Value,
-    runtime: Value,
-    context: Value,
+    /// Shared with every leaf waiting on a call, which reads them only once it is answered:
+    /// a copy each would cost a JSON object apiece for as long as the run waits.
+    workflow: Arc<Value>,
+    runtime: Arc<Value>,
+    context: Arc<Value>,
     nodes: Vec<Option<Node<'a>>>,
     generations: Vec<u64>,
     free: Vec<Id>,
@@ -239,6 +241,13 @@ struct Interp<'a, I> {
     woken_at_idle: u64,
 }
 
+/// The `$runtime` descriptor, the same for every run of the process: built once and shared.
+fn runtime_descriptor() -> Arc<Value> {
+    static RUNTIME: std::sync::LazyLock<Arc<Value>> =
+        std::sync::LazyLock::new(|| Arc::new(json!({"name": "baton", "version": env!("CARGO_PKG_VERSION")})));
+    Arc::clone(&RUNTIME)
+}
+
 /// Runs `start.program` to its outcome.
 pub(crate) async fn interpret<I: Invoker>(shared: &Shared<I>, host: &dyn Host, start: Start, limit: usize) -> Outcome {
     let program = Arc::clone(&start.program);
@@ -246,12 +255,12 @@ pub(crate) async fn interpret<I: Invoker>(shared: &Shared<I>, host: &dyn Host, s
         shared,
         host,
         program: &program,
-        context: start.history.context.clone().unwrap_or_else(|| json!({})),
+        context: Arc::new(start.history.context.clone().unwrap_or_else(|| json!({}))),
         history: start.history,
         execution: start.execution,
         input: Arc::new(start.input),
-        workflow: start.workflow,
-        runtime: json!({"name": "baton", "version": env!("CARGO_PKG_VERSION")}),
+        workflow: Arc::new(start.workflow),
+        runtime: runtime_descriptor(),
         nodes: Vec::new(),
         generations: Vec::new(),
         free: Vec::new(),
@@ -604,7 +613,14 @@ impl<'a, I: Invoker> Interp<'a, I> {
     fn variable_values(&self, task: Option<&Task>, input: &Value, output: Value, scope: &[Value]) -> Vec<Value> {
         let task = task.map_or(Value::Null, |t| json!({"name": t.name.as_str(), "reference": t.reference}));
         let mut values = Vec::with_capacity(6 + scope.len());
-        values.extend([input.clone(), self.context.clone(), self.workflow.clone(), task, output, self.runtime.clone()]);
+        values.extend([
+            input.clone(),
+            (*self.context).clone(),
+            (*self.workflow).clone(),
+            task,
+            output,
+            (*self.runtime).clone(),
+        ]);
         values.extend(scope.iter().cloned());
         values
     }
@@ -1258,7 +1274,7 @@ impl<'a, I: Invoker> Interp<'a, I> {
                 match filtered {
                     Ok((output, context)) => {
                         if let Some(context) = &context {
-                            self.context = context.clone();
+                            self.context = Arc::new(context.clone());
                         }
                         self.record(EventKind::TaskSucceeded {
                             step: path.clone(),
@@ -1744,7 +1760,7 @@ impl<'a, I: Invoker> Interp<'a, I> {
             Kind::Task(_) => match done.result {
                 Ok(LeafOutput { output, context }) => {
                     if let Some(context) = context {
-                        self.context = context;
+                        self.context = Arc::new(context);
                     }
                     self.report_to_block(done.node, Ok(Done::Output(output))).await;
                 }
@@ -1792,9 +1808,9 @@ impl<'a, I: Invoker> Interp<'a, I> {
         Filters {
             input,
             scope,
-            context: self.context.clone(),
-            workflow: self.workflow.clone(),
-            runtime: self.runtime.clone(),
+            context: Arc::clone(&self.context),
+            workflow: Arc::clone(&self.workflow),
+            runtime: Arc::clone(&self.runtime),
             evaluator: Arc::clone(&self.shared.evaluator),
             control: self.shared.control.clone(),
         }
@@ -1944,9 +1960,9 @@ impl<'a, I: Invoker> Interp<'a, I> {
 struct Filters {
     input: Value,
     scope: Scope,
-    context: Value,
-    workflow: Value,
-    runtime: Value,
+    context: Arc<Value>,
+    workflow: Arc<Value>,
+    runtime: Arc<Value>,
     evaluator: Arc<dyn Evaluator>,
     control: tokio::sync::watch::Receiver<Control>,
 }
@@ -1956,11 +1972,11 @@ impl Filters {
         let values = |output: Value| {
             let mut values = vec![
                 self.input.clone(),
-                self.context.clone(),
-                self.workflow.clone(),
+                (*self.context).clone(),
+                (*self.workflow).clone(),
                 json!({"name": task.name.as_str(), "reference": task.reference}),
                 output,
-                self.runtime.clone(),
+                (*self.runtime).clone(),
             ];
             values.extend(self.scope.iter().cloned());
             values
