@@ -59,7 +59,9 @@ pub struct Start {
     pub input: Value,
     /// What the journal says already happened (empty for a new run).
     pub history: History,
-    /// The `$workflow` descriptor (`id`, `name`, `version`, `input`, `started_at`).
+    /// The `$workflow` descriptor (`id`, `name`, `version`, `started_at`) but for its `input`,
+    /// which the run adds from `input` when an expression reads it, so that a waiting run
+    /// holds no second copy of the input.
     pub workflow: Value,
     /// Told when the run has nothing left to do but wait.
     pub idle: Option<IdleHook>,
@@ -211,7 +213,8 @@ struct Interp<'a, I> {
     /// The execution's input, `.input` in graph contexts.
     input: Arc<Value>,
     /// Shared with every leaf waiting on a call, which reads them only once it is answered:
-    /// a copy each would cost a JSON object apiece for as long as the run waits.
+    /// a copy each would cost a JSON object apiece for as long as the run waits. `workflow`
+    /// is without its `input` (see [`workflow_variable`]).
     workflow: Arc<Value>,
     runtime: Arc<Value>,
     context: Arc<Value>,
@@ -246,6 +249,16 @@ fn runtime_descriptor() -> Arc<Value> {
     static RUNTIME: std::sync::LazyLock<Arc<Value>> =
         std::sync::LazyLock::new(|| Arc::new(json!({"name": "baton", "version": env!("CARGO_PKG_VERSION")})));
     Arc::clone(&RUNTIME)
+}
+
+/// `$workflow`: its descriptor with the execution's `input`, put together for an evaluation
+/// rather than kept whole for the run.
+fn workflow_variable(descriptor: &Value, input: &Value) -> Value {
+    let mut workflow = descriptor.clone();
+    if let Value::Object(fields) = &mut workflow {
+        fields.insert("input".to_owned(), input.clone());
+    }
+    workflow
 }
 
 /// Runs `start.program` to its outcome.
@@ -616,7 +629,7 @@ impl<'a, I: Invoker> Interp<'a, I> {
         values.extend([
             input.clone(),
             (*self.context).clone(),
-            (*self.workflow).clone(),
+            workflow_variable(&self.workflow, &self.input),
             task,
             output,
             (*self.runtime).clone(),
@@ -1810,6 +1823,7 @@ impl<'a, I: Invoker> Interp<'a, I> {
             scope,
             context: Arc::clone(&self.context),
             workflow: Arc::clone(&self.workflow),
+            execution_input: Arc::clone(&self.input),
             runtime: Arc::clone(&self.runtime),
             evaluator: Arc::clone(&self.shared.evaluator),
             control: self.shared.control.clone(),
@@ -1962,6 +1976,8 @@ struct Filters {
     scope: Scope,
     context: Arc<Value>,
     workflow: Arc<Value>,
+    /// The execution's input, for `$workflow`.
+    execution_input: Arc<Value>,
     runtime: Arc<Value>,
     evaluator: Arc<dyn Evaluator>,
     control: tokio::sync::watch::Receiver<Control>,
@@ -1973,7 +1989,7 @@ impl Filters {
             let mut values = vec![
                 self.input.clone(),
                 (*self.context).clone(),
-                (*self.workflow).clone(),
+                workflow_variable(&self.workflow, &self.execution_input),
                 json!({"name": task.name.as_str(), "reference": task.reference}),
                 output,
                 (*self.runtime).clone(),

@@ -145,7 +145,7 @@ async fn run(h: &Harness, task: Task, input: Value) -> Outcome {
         program: Arc::new(program),
         input,
         history: History::default(),
-        workflow: json!({}),
+        workflow: json!({"id": "calls-run"}),
         idle: None,
         trace: None,
     };
@@ -179,6 +179,31 @@ async fn http_calls_reach_mapped_origins_and_yield_what_they_ask_for() {
     assert_eq!(
         run(&h, login, input).await,
         Outcome::Completed(json!({"authenticated": true, "user": "serverless-workflow"}))
+    );
+}
+
+#[tokio::test]
+async fn workflow_and_runtime_variables_read_the_same_before_and_after_the_call() {
+    let h = harness().await;
+    // `$workflow` gets the execution's input put back when read: in the request, rendered
+    // before the call, and in the output filter, run once it is answered.
+    let variables = ["input", "context", "workflow", "task", "output", "runtime"];
+    let uri =
+        Template::compile_with("uri", &json!("https://petstore.test/v2/pet/${ $workflow.input.petId }"), &variables)
+            .unwrap();
+    let mut task = call(
+        "getPet",
+        CallTarget::Http(Arc::new(HttpCall { uri, ..http("get", json!(""), HttpOutput::Content) })),
+        None,
+    );
+    task.output = Some(
+        Template::expression("output", "{id: .id, workflow: $workflow, runtime: $runtime.name}", &variables).unwrap(),
+    );
+    assert_eq!(
+        run(&h, task, json!({"petId": 7})).await,
+        Outcome::Completed(
+            json!({"id": 7, "workflow": {"id": "calls-run", "input": {"petId": 7}}, "runtime": "baton"})
+        )
     );
 }
 
