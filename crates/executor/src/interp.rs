@@ -151,7 +151,8 @@ struct TaskRun<'p> {
     task: &'p Task,
     /// Its index in its block.
     index: usize,
-    /// The raw input (the graph context, or the previous task's output).
+    /// The raw input (the graph context, or the previous task's output), until the task
+    /// starts; afterwards only a skipped task has it, to pass on.
     raw: Value,
     /// The transformed input: `.` and `$input` for its action.
     input: Value,
@@ -874,16 +875,22 @@ impl<'a, I: Invoker> Interp<'a, I> {
         }
         self.activity += 1;
         let path = self.node(id).path.clone().expect("a task has a path");
+        // Taken, not copied: only a skipped task passes its raw input on (it is put back for
+        // that); a task that runs needs it no more once its input is rendered, and a copy
+        // would stay with it for as long as it waits on a call.
         let (task, raw, scope) = {
-            let t = self.task(id);
-            (t.task, t.raw.clone(), Arc::clone(&t.scope))
+            let t = self.task_mut(id);
+            (t.task, std::mem::take(&mut t.raw), Arc::clone(&t.scope))
         };
         if let Some(settled) = self.history.settled.get(&path).cloned() {
             self.node_mut(id).replayed = Some(settled.sequence);
             match settled.result {
                 Settled::Succeeded(output) => self.task_finished(id, Ok(Done::Output(output)), true).await,
                 Settled::Failed(problem) => self.task_finished(id, Err(problem), true).await,
-                Settled::Skipped => self.task_finished(id, Ok(Done::Skipped), true).await,
+                Settled::Skipped => {
+                    self.task_mut(id).raw = raw;
+                    self.task_finished(id, Ok(Done::Skipped), true).await
+                }
             }
             return;
         }
@@ -894,6 +901,7 @@ impl<'a, I: Invoker> Interp<'a, I> {
                 Ok(false) => {
                     let reason = "its condition (if) is false".to_owned();
                     self.record(EventKind::TaskSkipped { step: path, reason });
+                    self.task_mut(id).raw = raw;
                     self.task_finished(id, Ok(Done::Skipped), false).await;
                     return;
                 }

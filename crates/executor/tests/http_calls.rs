@@ -208,6 +208,39 @@ async fn workflow_and_runtime_variables_read_the_same_before_and_after_the_call(
 }
 
 #[tokio::test]
+async fn a_skipped_task_passes_its_input_on_and_a_run_one_its_output() {
+    let h = harness().await;
+    let set = |name: &str, condition: Option<&str>, value: Value| Task {
+        condition: condition.map(|c| Template::expression("if", c, &[]).unwrap()),
+        action: Action::Set(template(value)),
+        ..call(name, CallTarget::Services(Vec::new()), None)
+    };
+    let program = |first: Option<&str>| Program {
+        name: WorkflowName::new("sets").unwrap(),
+        root: Block::new(
+            Flow::Sequence,
+            vec![set("first", first, json!({"set": true})), set("second", None, json!({"saw": "${ . }"}))],
+            None,
+        ),
+        input: None,
+        output: None,
+        deadline: None,
+    };
+    for (condition, seen) in [(".n > 1", json!({"n": 1})), (".n == 1", json!({"set": true}))] {
+        let start = Start {
+            execution: ExecutionId::generate(),
+            program: Arc::new(program(Some(condition))),
+            input: json!({"n": 1}),
+            history: History::default(),
+            workflow: json!({"id": "sets-run"}),
+            idle: None,
+            trace: None,
+        };
+        assert_eq!(h.executor.run(start).outcome().await, Outcome::Completed(json!({"saw": seen})), "if: {condition}");
+    }
+}
+
+#[tokio::test]
 async fn failures_are_communication_problems_at_the_task() {
     let h = harness().await;
     let missing = call(
