@@ -25,6 +25,10 @@ const CLIENTS: usize = 64;
 const QUEUES: usize = 16;
 /// Set in the server process this bench starts: its data directory.
 const SERVE_VAR: &str = "BATON_BENCH_PARKED_SERVE";
+/// A profiler the server process runs under, e.g. `heaptrack` or `valgrind --tool=dhat`
+/// (words split on spaces, the server's command after them). Memory figures are then the
+/// profiler's process's, not the server's alone.
+const WRAPPER_VAR: &str = "BATON_BENCH_PARKED_WRAPPER";
 /// Calls of each kind measured while the executions wait.
 const CALLS: usize = 2_000;
 
@@ -67,17 +71,36 @@ struct ServerProcess {
 
 impl ServerProcess {
     fn start(dir: &std::path::Path) -> Self {
-        let mut child = Command::new(std::env::current_exe().expect("this executable"))
+        let exe = std::env::current_exe().expect("this executable");
+        let wrapper = std::env::var(WRAPPER_VAR).unwrap_or_default();
+        let mut words = wrapper.split_whitespace();
+        let mut command = match words.next() {
+            Some(profiler) => {
+                let mut command = Command::new(profiler);
+                command.args(words).arg(exe);
+                command
+            }
+            None => Command::new(exe),
+        };
+        let mut child = command
             .env(SERVE_VAR, dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .expect("the server process starts");
-        let mut line = String::new();
-        let stdout = child.stdout.take().expect("piped");
-        std::io::BufReader::new(stdout).read_line(&mut line).expect("the server says where it listens");
-        let (grpc, metrics) = line.trim().split_once(' ').expect("two addresses");
-        Self { grpc: format!("http://{grpc}"), metrics: metrics.to_owned(), child }
+        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
+        // A profiler may say things of its own first: the addresses are the line of two.
+        let (grpc, metrics) = loop {
+            let mut line = String::new();
+            let read = stdout.read_line(&mut line).expect("the server says where it listens");
+            assert!(read > 0, "the server process ended before it said where it listens");
+            if let Some((grpc, metrics)) = line.trim().split_once(' ')
+                && grpc.parse::<std::net::SocketAddr>().is_ok()
+            {
+                break (grpc.to_owned(), metrics.to_owned());
+            }
+        };
+        Self { grpc: format!("http://{grpc}"), metrics, child }
     }
 
     fn resident(&self) -> u64 {
@@ -101,9 +124,12 @@ impl ServerProcess {
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
-        // Closing its input stops it; a kill makes sure.
+        // Closing its input stops it; a kill makes sure, but not of a profiler, which writes
+        // its findings once the server has stopped.
         drop(self.child.stdin.take());
-        let _ = self.child.kill();
+        if std::env::var_os(WRAPPER_VAR).is_none() {
+            let _ = self.child.kill();
+        }
         let _ = self.child.wait();
     }
 }

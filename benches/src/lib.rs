@@ -6,7 +6,9 @@
 //! What it is not for: assertions; figures are read by `cargo xtask bench`.
 
 /// Every bench runs with the allocator of the `baton` binary, so what it measures in process
-/// is what the server does.
+/// is what the server does; the `system-allocator` feature leaves the system's, for heap
+/// profilers that intercept `malloc` (heaptrack, valgrind).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

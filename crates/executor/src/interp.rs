@@ -59,7 +59,9 @@ pub struct Start {
     pub input: Value,
     /// What the journal says already happened (empty for a new run).
     pub history: History,
-    /// The `$workflow` descriptor (`id`, `name`, `version`, `input`, `started_at`).
+    /// The `$workflow` descriptor (`id`, `name`, `version`, `started_at`) but for its `input`,
+    /// which the run adds from `input` when an expression reads it, so that a waiting run
+    /// holds no second copy of the input.
     pub workflow: Value,
     /// Told when the run has nothing left to do but wait.
     pub idle: Option<IdleHook>,
@@ -149,7 +151,8 @@ struct TaskRun<'p> {
     task: &'p Task,
     /// Its index in its block.
     index: usize,
-    /// The raw input (the graph context, or the previous task's output).
+    /// The raw input (the graph context, or the previous task's output), until the task
+    /// starts; afterwards only a skipped task has it, to pass on.
     raw: Value,
     /// The transformed input: `.` and `$input` for its action.
     input: Value,
@@ -210,9 +213,12 @@ struct Interp<'a, I> {
     execution: ExecutionId,
     /// The execution's input, `.input` in graph contexts.
     input: Arc<Value>,
-    workflow: Value,
-    runtime: Value,
-    context: Value,
+    /// Shared with every leaf waiting on a call, which reads them only once it is answered:
+    /// a copy each would cost a JSON object apiece for as long as the run waits. `workflow`
+    /// is without its `input` (see [`workflow_variable`]).
+    workflow: Arc<Value>,
+    runtime: Arc<Value>,
+    context: Arc<Value>,
     nodes: Vec<Option<Node<'a>>>,
     generations: Vec<u64>,
     free: Vec<Id>,
@@ -239,6 +245,23 @@ struct Interp<'a, I> {
     woken_at_idle: u64,
 }
 
+/// The `$runtime` descriptor, the same for every run of the process: built once and shared.
+fn runtime_descriptor() -> Arc<Value> {
+    static RUNTIME: std::sync::LazyLock<Arc<Value>> =
+        std::sync::LazyLock::new(|| Arc::new(json!({"name": "baton", "version": env!("CARGO_PKG_VERSION")})));
+    Arc::clone(&RUNTIME)
+}
+
+/// `$workflow`: its descriptor with the execution's `input`, put together for an evaluation
+/// rather than kept whole for the run.
+fn workflow_variable(descriptor: &Value, input: &Value) -> Value {
+    let mut workflow = descriptor.clone();
+    if let Value::Object(fields) = &mut workflow {
+        fields.insert("input".to_owned(), input.clone());
+    }
+    workflow
+}
+
 /// Runs `start.program` to its outcome.
 pub(crate) async fn interpret<I: Invoker>(shared: &Shared<I>, host: &dyn Host, start: Start, limit: usize) -> Outcome {
     let program = Arc::clone(&start.program);
@@ -246,12 +269,12 @@ pub(crate) async fn interpret<I: Invoker>(shared: &Shared<I>, host: &dyn Host, s
         shared,
         host,
         program: &program,
-        context: start.history.context.clone().unwrap_or_else(|| json!({})),
+        context: Arc::new(start.history.context.clone().unwrap_or_else(|| json!({}))),
         history: start.history,
         execution: start.execution,
         input: Arc::new(start.input),
-        workflow: start.workflow,
-        runtime: json!({"name": "baton", "version": env!("CARGO_PKG_VERSION")}),
+        workflow: Arc::new(start.workflow),
+        runtime: runtime_descriptor(),
         nodes: Vec::new(),
         generations: Vec::new(),
         free: Vec::new(),
@@ -604,7 +627,14 @@ impl<'a, I: Invoker> Interp<'a, I> {
     fn variable_values(&self, task: Option<&Task>, input: &Value, output: Value, scope: &[Value]) -> Vec<Value> {
         let task = task.map_or(Value::Null, |t| json!({"name": t.name.as_str(), "reference": t.reference}));
         let mut values = Vec::with_capacity(6 + scope.len());
-        values.extend([input.clone(), self.context.clone(), self.workflow.clone(), task, output, self.runtime.clone()]);
+        values.extend([
+            input.clone(),
+            (*self.context).clone(),
+            workflow_variable(&self.workflow, &self.input),
+            task,
+            output,
+            (*self.runtime).clone(),
+        ]);
         values.extend(scope.iter().cloned());
         values
     }
@@ -845,16 +875,22 @@ impl<'a, I: Invoker> Interp<'a, I> {
         }
         self.activity += 1;
         let path = self.node(id).path.clone().expect("a task has a path");
+        // Taken, not copied: only a skipped task passes its raw input on (it is put back for
+        // that); a task that runs needs it no more once its input is rendered, and a copy
+        // would stay with it for as long as it waits on a call.
         let (task, raw, scope) = {
-            let t = self.task(id);
-            (t.task, t.raw.clone(), Arc::clone(&t.scope))
+            let t = self.task_mut(id);
+            (t.task, std::mem::take(&mut t.raw), Arc::clone(&t.scope))
         };
         if let Some(settled) = self.history.settled.get(&path).cloned() {
             self.node_mut(id).replayed = Some(settled.sequence);
             match settled.result {
                 Settled::Succeeded(output) => self.task_finished(id, Ok(Done::Output(output)), true).await,
                 Settled::Failed(problem) => self.task_finished(id, Err(problem), true).await,
-                Settled::Skipped => self.task_finished(id, Ok(Done::Skipped), true).await,
+                Settled::Skipped => {
+                    self.task_mut(id).raw = raw;
+                    self.task_finished(id, Ok(Done::Skipped), true).await
+                }
             }
             return;
         }
@@ -865,6 +901,7 @@ impl<'a, I: Invoker> Interp<'a, I> {
                 Ok(false) => {
                     let reason = "its condition (if) is false".to_owned();
                     self.record(EventKind::TaskSkipped { step: path, reason });
+                    self.task_mut(id).raw = raw;
                     self.task_finished(id, Ok(Done::Skipped), false).await;
                     return;
                 }
@@ -1260,7 +1297,7 @@ impl<'a, I: Invoker> Interp<'a, I> {
                 match filtered {
                     Ok((output, context)) => {
                         if let Some(context) = &context {
-                            self.context = context.clone();
+                            self.context = Arc::new(context.clone());
                         }
                         self.record(EventKind::TaskSucceeded {
                             step: path.clone(),
@@ -1746,7 +1783,7 @@ impl<'a, I: Invoker> Interp<'a, I> {
             Kind::Task(_) => match done.result {
                 Ok(LeafOutput { output, context }) => {
                     if let Some(context) = context {
-                        self.context = context;
+                        self.context = Arc::new(context);
                     }
                     self.report_to_block(done.node, Ok(Done::Output(output))).await;
                 }
@@ -1794,9 +1831,10 @@ impl<'a, I: Invoker> Interp<'a, I> {
         Filters {
             input,
             scope,
-            context: self.context.clone(),
-            workflow: self.workflow.clone(),
-            runtime: self.runtime.clone(),
+            context: Arc::clone(&self.context),
+            workflow: Arc::clone(&self.workflow),
+            execution_input: Arc::clone(&self.input),
+            runtime: Arc::clone(&self.runtime),
             evaluator: Arc::clone(&self.shared.evaluator),
             control: self.shared.control.clone(),
         }
@@ -1946,9 +1984,11 @@ impl<'a, I: Invoker> Interp<'a, I> {
 struct Filters {
     input: Value,
     scope: Scope,
-    context: Value,
-    workflow: Value,
-    runtime: Value,
+    context: Arc<Value>,
+    workflow: Arc<Value>,
+    /// The execution's input, for `$workflow`.
+    execution_input: Arc<Value>,
+    runtime: Arc<Value>,
     evaluator: Arc<dyn Evaluator>,
     control: tokio::sync::watch::Receiver<Control>,
 }
@@ -1958,11 +1998,11 @@ impl Filters {
         let values = |output: Value| {
             let mut values = vec![
                 self.input.clone(),
-                self.context.clone(),
-                self.workflow.clone(),
+                (*self.context).clone(),
+                workflow_variable(&self.workflow, &self.execution_input),
                 json!({"name": task.name.as_str(), "reference": task.reference}),
                 output,
-                self.runtime.clone(),
+                (*self.runtime).clone(),
             ];
             values.extend(self.scope.iter().cloned());
             values

@@ -414,7 +414,7 @@ impl<I: Invoker> Executor<I> {
         for (step, output) in completed {
             history.settled.insert(step, SettledTask { result: Settled::Succeeded(output), sequence: 0, attempt: 0 });
         }
-        let workflow = serde_json::json!({"id": spec.execution.to_string(), "input": input});
+        let workflow = serde_json::json!({"id": spec.execution.to_string()});
         self.run(Start {
             execution: spec.execution,
             program: spec.program,

@@ -145,7 +145,7 @@ async fn run(h: &Harness, task: Task, input: Value) -> Outcome {
         program: Arc::new(program),
         input,
         history: History::default(),
-        workflow: json!({}),
+        workflow: json!({"id": "calls-run"}),
         idle: None,
         trace: None,
     };
@@ -180,6 +180,64 @@ async fn http_calls_reach_mapped_origins_and_yield_what_they_ask_for() {
         run(&h, login, input).await,
         Outcome::Completed(json!({"authenticated": true, "user": "serverless-workflow"}))
     );
+}
+
+#[tokio::test]
+async fn workflow_and_runtime_variables_read_the_same_before_and_after_the_call() {
+    let h = harness().await;
+    // `$workflow` gets the execution's input put back when read: in the request, rendered
+    // before the call, and in the output filter, run once it is answered.
+    let variables = ["input", "context", "workflow", "task", "output", "runtime"];
+    let uri =
+        Template::compile_with("uri", &json!("https://petstore.test/v2/pet/${ $workflow.input.petId }"), &variables)
+            .unwrap();
+    let mut task = call(
+        "getPet",
+        CallTarget::Http(Arc::new(HttpCall { uri, ..http("get", json!(""), HttpOutput::Content) })),
+        None,
+    );
+    task.output = Some(
+        Template::expression("output", "{id: .id, workflow: $workflow, runtime: $runtime.name}", &variables).unwrap(),
+    );
+    assert_eq!(
+        run(&h, task, json!({"petId": 7})).await,
+        Outcome::Completed(
+            json!({"id": 7, "workflow": {"id": "calls-run", "input": {"petId": 7}}, "runtime": "baton"})
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_skipped_task_passes_its_input_on_and_a_run_one_its_output() {
+    let h = harness().await;
+    let set = |name: &str, condition: Option<&str>, value: Value| Task {
+        condition: condition.map(|c| Template::expression("if", c, &[]).unwrap()),
+        action: Action::Set(template(value)),
+        ..call(name, CallTarget::Services(Vec::new()), None)
+    };
+    let program = |first: Option<&str>| Program {
+        name: WorkflowName::new("sets").unwrap(),
+        root: Block::new(
+            Flow::Sequence,
+            vec![set("first", first, json!({"set": true})), set("second", None, json!({"saw": "${ . }"}))],
+            None,
+        ),
+        input: None,
+        output: None,
+        deadline: None,
+    };
+    for (condition, seen) in [(".n > 1", json!({"n": 1})), (".n == 1", json!({"set": true}))] {
+        let start = Start {
+            execution: ExecutionId::generate(),
+            program: Arc::new(program(Some(condition))),
+            input: json!({"n": 1}),
+            history: History::default(),
+            workflow: json!({"id": "sets-run"}),
+            idle: None,
+            trace: None,
+        };
+        assert_eq!(h.executor.run(start).outcome().await, Outcome::Completed(json!({"saw": seen})), "if: {condition}");
+    }
 }
 
 #[tokio::test]

@@ -200,7 +200,6 @@ impl<I: Invoker> Runner for ExecutorRunner<I> {
             "id": request.execution.to_string(),
             "name": request.definition.name().as_str(),
             "version": request.version,
-            "input": request.input,
         });
         let start = Start {
             execution: request.execution,
