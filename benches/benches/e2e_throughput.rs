@@ -19,14 +19,20 @@ const CLIENTS: usize = 64;
 const PER_ITERATION: usize = 500;
 /// Executions of the direct measurement for the figures (`BATON_BENCH_E2E_MEASURED` to change).
 const MEASURED: usize = 3_000;
+/// The stores to measure, comma-separated (`redb`, `postgres`); both when unset.
+const STORES_ENV: &str = "BATON_BENCH_E2E_STORES";
 
 fn e2e_throughput(c: &mut Criterion) {
     let measured = e2e::measured(MEASURED);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
     let dir = tempfile::tempdir().expect("a temp dir");
-    let cluster = PgCluster::start_in(dir.path());
-    let postgres = rt.block_on(cluster.create_database());
-    let stores = [("redb", "redb", None), ("postgres", "PostgreSQL", Some(postgres))];
+    // `BATON_BENCH_E2E_STORES=redb` measures one store alone, e.g. to count its CPU per execution.
+    let only = std::env::var(STORES_ENV).ok();
+    let wanted = |id: &str| only.as_deref().is_none_or(|only| only.split(',').any(|o| o == id));
+    let cluster = wanted("postgres").then(|| PgCluster::start_in(dir.path()));
+    let postgres = cluster.as_ref().map(|cluster| rt.block_on(cluster.create_database()));
+    let stores = [("redb", "redb", None), ("postgres", "PostgreSQL", postgres)];
+    let stores = stores.into_iter().filter(|(id, ..)| wanted(id));
 
     let mut group = c.benchmark_group("e2e_throughput");
     group.sample_size(10);

@@ -793,6 +793,10 @@ impl<S: Store, R: Runner> Engine<S, R> {
     ) -> Result<impl Stream<Item = Result<Event>> + Send + 'static> {
         // Subscribe before reading, so nothing journaled in between is missed.
         let mut watch = Watch::new(Arc::clone(&self.inner), id, from_sequence);
+        // A watch from the start of an execution running here needs no read to know it exists.
+        if from_sequence <= 1 && lock(&self.inner.live).contains_key(&id) {
+            return Ok(watch.into_stream());
+        }
         let execution = self.inner.store.get_execution(id).await?;
         // The event before the first one asked for must exist, unless the execution ended; when
         // it is the end, nothing follows.
@@ -813,10 +817,7 @@ impl<S: Store, R: Runner> Engine<S, R> {
                 _ => watch.prime(before),
             }
         }
-        Ok(futures_util::stream::unfold(watch, |mut watch| async move {
-            let item = watch.next().await?;
-            Some((item, watch))
-        }))
+        Ok(watch.into_stream())
     }
 
     /// Recovers one execution; one that cannot be (its journal or definition is unreadable, or

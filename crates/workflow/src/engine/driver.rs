@@ -267,13 +267,12 @@ impl<S: Store, R: Runner> Driver<S, R> {
     }
 
     async fn launch(&mut self) {
-        // The engine journals `Started` itself, before the run can report anything, so the
-        // journal always begins with it; the runner's own is dropped.
-        if !self.started
-            && self.record_for_run(vec![EventKind::Started { input: self.execution.input.clone() }]).await.is_err()
-        {
-            return;
-        }
+        // The engine journals `Started` itself, before any event of the run (they wait on the
+        // channel meanwhile), so the journal always begins with it; the runner's own is dropped.
+        // The run starts while `Started` is written: its first steps need only the input, which
+        // is durable in the record, and no step's result is journaled, nor a dependent step
+        // dispatched, before `Started` is durable.
+        let started = (!self.started).then(|| EventKind::Started { input: self.execution.input.clone() });
         let (sender, receiver) = mpsc::unbounded_channel();
         let (idle, idle_receiver) = tokio::sync::watch::channel(None);
         let idle = IdleSignal(Arc::new(move |until, activity| {
@@ -293,11 +292,17 @@ impl<S: Store, R: Runner> Driver<S, R> {
             Ok(handle) => {
                 self.handle = Some(handle);
                 self.events = Some(receiver);
+                // On a failed write `record` has failed the execution already, and the driver
+                // stops the run as it ends.
+                if let Some(started) = started {
+                    let _ = self.record_for_run(vec![started]).await;
+                }
             }
             Err(reason) => {
                 let error = Error::Runner { execution: self.execution.id, reason }.to_string();
                 // On a failed write `record` has failed the execution already.
-                let _ = self.record_for_run(vec![EventKind::Failed { error, problem: None }]).await;
+                let failed = EventKind::Failed { error, problem: None };
+                let _ = self.record_for_run(started.into_iter().chain([failed]).collect()).await;
             }
         }
     }
@@ -790,18 +795,21 @@ impl<S: Store, R: Runner> Driver<S, R> {
             EventKind::Started { .. } => self.execution.state != state_before,
             _ => true,
         });
-        if changes_state || self.record_stale {
-            let written = self.inner.store.update_execution(ExecutionUpdate::from(&self.execution)).await;
-            // Without room, the record is written with a later change or when the run ends.
-            self.record_stale = matches!(written, Err(StoreError::NoSpace(_)));
-            self.adopt_expiry(&written);
-        }
-        // Watchers hear of events once they are durable, and only this execution's watchers.
+        // Watchers hear of events once they are durable in the journal, and only this
+        // execution's watchers. They need not wait for the record: it is a view of the journal
+        // (recovery rebuilds it), and a `get` meanwhile asks this driver, which answers once
+        // the record is written.
         let watchers = lock(&self.inner.watchers).get(&self.execution.id).cloned();
         if let Some(watchers) = watchers {
             for event in events {
                 let _ = watchers.send(event);
             }
+        }
+        if changes_state || self.record_stale {
+            let written = self.inner.store.update_execution(ExecutionUpdate::from(&self.execution)).await;
+            // Without room, the record is written with a later change or when the run ends.
+            self.record_stale = matches!(written, Err(StoreError::NoSpace(_)));
+            self.adopt_expiry(&written);
         }
         Ok(())
     }

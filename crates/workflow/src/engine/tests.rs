@@ -625,6 +625,10 @@ struct FullDisk {
     full: Arc<std::sync::atomic::AtomicBool>,
     /// Only execution records fail to be written: the journal still has room.
     records_full: Arc<std::sync::atomic::AtomicBool>,
+    /// While a test holds it, journal appends wait (a slow disk).
+    appends_held: Arc<tokio::sync::Mutex<()>>,
+    /// While a test holds it, record updates wait.
+    records_held: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl FullDisk {
@@ -683,6 +687,7 @@ impl Store for FullDisk {
     }
 
     async fn update_execution(&self, update: ExecutionUpdate) -> baton_core::StoreResult<Execution> {
+        let _held = self.records_held.lock().await;
         self.check()?;
         if self.records_full.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(StoreError::NoSpace("writing /data/baton.redb: No space left on device".to_owned()));
@@ -716,6 +721,7 @@ impl Store for FullDisk {
     }
 
     async fn append(&self, events: Vec<Event>) -> baton_core::StoreResult<()> {
+        let _held = self.appends_held.lock().await;
         self.check()?;
         self.inner.append(events).await
     }
@@ -723,6 +729,53 @@ impl Store for FullDisk {
     async fn read_journal(&self, execution: ExecutionId, from: u64) -> baton_core::StoreResult<Vec<Event>> {
         self.inner.read_journal(execution, from).await
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_starts_while_its_started_is_written_and_journals_nothing_before_it() {
+    let (store, runner) = (FullDisk::default(), FakeRunner::free());
+    let engine = Engine::open(Config::default(), store.clone(), runner.clone()).await.unwrap();
+    engine.apply(CHAIN).await.unwrap();
+    let held = store.appends_held.lock().await;
+    let id = engine.start(&chain(), None, json!({"n": 1}), None).await.unwrap();
+    // The first step needs only the input, durable in the record: it goes out while `Started`
+    // waits for the disk.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while runner.dispatched().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the first step was not dispatched in time");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(store.read_journal(id, 1).await.unwrap().is_empty());
+    assert_eq!(runner.dispatched().len(), 1, "the second step waits for the first one's result");
+    drop(held);
+    let execution = tokio::time::timeout(Duration::from_secs(10), engine.wait(id)).await.unwrap().unwrap();
+    assert_eq!((execution.state, execution.output), (ExecutionState::Completed, Some(json!(3))));
+    let journal = store.read_journal(id, 1).await.unwrap();
+    assert_eq!(
+        kinds(&journal),
+        ["started", "scheduled", "succeeded", "scheduled", "succeeded", "scheduled", "succeeded", "completed"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_hear_the_end_once_journaled_while_the_record_is_written() {
+    let (store, runner) = (FullDisk::default(), FakeRunner::free());
+    let engine = Engine::open(Config::default(), store.clone(), runner.clone()).await.unwrap();
+    engine.apply(CHAIN).await.unwrap();
+    let held = store.records_held.lock().await;
+    let id = engine.start(&chain(), None, json!({"n": 1}), None).await.unwrap();
+    let events = events_until(&engine, id, 0, |_| false).await;
+    assert_eq!(kinds(&events).last(), Some(&"completed"));
+    assert_eq!(store.get_execution(id).await.unwrap().state, ExecutionState::Running, "the record is still held");
+    // A get meanwhile asks the driver, which answers once the record is written.
+    let get = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.get(id).await }
+    });
+    drop(held);
+    let execution = tokio::time::timeout(Duration::from_secs(10), get).await.unwrap().unwrap().unwrap();
+    assert_eq!(execution.state, ExecutionState::Completed);
+    assert_eq!(store.get_execution(id).await.unwrap().state, ExecutionState::Completed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

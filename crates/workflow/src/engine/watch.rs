@@ -50,6 +50,14 @@ impl<S: Store, R: Runner> Watch<S, R> {
         self.behind = false;
     }
 
+    /// The watch's events as a stream, ending after the execution's last event.
+    pub(super) fn into_stream(self) -> impl futures_util::Stream<Item = Result<Event>> + Send + 'static {
+        futures_util::stream::unfold(self, |mut watch| async move {
+            let item = watch.next().await?;
+            Some((item, watch))
+        })
+    }
+
     pub(super) async fn next(&mut self) -> Option<Result<Event>> {
         loop {
             if self.done {
