@@ -12,6 +12,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub mod dags;
 pub mod naive_planner;
+pub mod node;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
