@@ -14,10 +14,11 @@
 //! the throwaway server) the statements and rows per execution, with the WAL written per
 //! execution from the WAL position; 2 and 3 nodes show the 1-node figure as their baseline,
 //! and what PostgreSQL does per execution must not grow with the node count (target: at most
-//! about 10% more). The statements the nodes send when idle (leases, ownership, registry and
-//! worker-task polls) are measured for 5 s after each run and reported per second, since they
-//! count in the per-execution figures in proportion to the run's length; the statements with
-//! most calls are printed on stderr.
+//! about 10% more). Beside them, to tell why a figure moves: the same less what the nodes make
+//! PostgreSQL do when idle (leases, ownership, registry and worker-task polls: measured for 5 s
+//! after each run, scaled to the run's length), and the transactions committed per execution
+//! (the journal's group commits, each of four statements, share fewer executions when the
+//! load is spread over more nodes). The statements with most calls are printed on stderr.
 
 #![allow(clippy::print_stderr, reason = "a bench reports its progress on stderr")]
 
@@ -51,6 +52,8 @@ struct Work {
     statements: f64,
     rows: f64,
     wal_bytes: f64,
+    /// Transactions committed (`COMMIT` statements): the journal's group commits.
+    commits: f64,
 }
 
 fn main() {
@@ -68,7 +71,7 @@ fn main() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let mut single: Option<(f64, Work)> = None;
     for nodes in 1..=3 {
-        let (rate, work, idle) = rt.block_on(run(&pg, dir.path(), nodes, &node_cpus, measured));
+        let (rate, work, background) = rt.block_on(run(&pg, dir.path(), nodes, &node_cpus, measured));
         let name = format!("order workflow, {nodes} node(s), {CLIENTS} clients round-robin");
         let per = |value: f64| value / measured as f64;
         let target = (nodes > 1).then_some(">= 0.9x");
@@ -82,7 +85,21 @@ fn main() {
         for (what, value, base) in figures {
             report_figure(BENCH, &format!("{name}: {what}"), per(value), "", base.map(per), target);
         }
-        report_figure(BENCH, &format!("{name}: idle PostgreSQL statements per second"), idle, "1/s", None, None);
+        let less = |what: &str, value: f64, idle: f64| {
+            report_figure(
+                BENCH,
+                &format!("{name}: {what}, less the idle nodes' own"),
+                per(value - idle),
+                "",
+                None,
+                None,
+            );
+        };
+        less("PostgreSQL statements per execution", work.statements, background.statements);
+        less("PostgreSQL rows per execution", work.rows, background.rows);
+        less("PostgreSQL WAL bytes per execution", work.wal_bytes, background.wal_bytes);
+        let commits = per(work.commits - background.commits);
+        report_figure(BENCH, &format!("{name}: journal group commits per execution"), commits, "", None, None);
         if single.is_none() {
             single = Some((rate, work));
         }
@@ -112,14 +129,14 @@ fn node_cpus(cpus: &[String], index: usize, nodes: usize) -> String {
 }
 
 /// `nodes` nodes on a fresh database, `measured` executions after a tenth as many to warm up:
-/// executions per second, what PostgreSQL did, and the idle statements per second.
+/// executions per second, what PostgreSQL did, and what the idle nodes make it do in as long.
 async fn run(
     pg: &PgCluster,
     dir: &std::path::Path,
     nodes: usize,
     cpus: &[String],
     measured: usize,
-) -> (f64, Work, f64) {
+) -> (f64, Work, Work) {
     let url = pg.create_database().await;
     let sql = sql_client(&url).await;
     sql.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements").await.expect("pg_stat_statements loads");
@@ -151,11 +168,7 @@ async fn run(
     drive(&channels, measured).await;
     let elapsed = begun.elapsed();
     let wal_bytes = wal_position(&sql).await - from;
-    let row = sql
-        .query_one(&format!("SELECT sum(calls)::FLOAT8, sum(rows)::FLOAT8 FROM pg_stat_statements WHERE {OURS}"), &[])
-        .await
-        .expect("the statistics read");
-    let work = Work { statements: row.get(0), rows: row.get(1), wal_bytes };
+    let work = counted(&sql, wal_bytes).await;
     let rate = measured as f64 / elapsed.as_secs_f64();
     eprintln!(
         "{BENCH}: {nodes} node(s): {rate:.0} executions/s; per execution {:.1} statements, {:.1} rows, {:.0} WAL bytes",
@@ -163,6 +176,7 @@ async fn run(
         work.rows / measured as f64,
         work.wal_bytes / measured as f64
     );
+    eprintln!("  {:.3} commits per execution", work.commits / measured as f64);
     let top = sql
         .query(
             &format!(
@@ -183,14 +197,35 @@ async fn run(
     }
 
     sql.batch_execute("SELECT pg_stat_statements_reset()").await.expect("the statistics reset");
+    let from = wal_position(&sql).await;
     tokio::time::sleep(IDLE).await;
-    let idle: f64 = sql
-        .query_one(&format!("SELECT coalesce(sum(calls), 0)::FLOAT8 FROM pg_stat_statements WHERE {OURS}"), &[])
-        .await
-        .expect("the statistics read")
-        .get(0);
+    let idle = counted(&sql, wal_position(&sql).await - from).await;
     drop((processes, services));
-    (rate, work, idle / IDLE.as_secs_f64())
+    // The idle nodes' own work over as long as the run took.
+    let scale = elapsed.as_secs_f64() / IDLE.as_secs_f64();
+    let background = Work {
+        statements: idle.statements * scale,
+        rows: idle.rows * scale,
+        wal_bytes: idle.wal_bytes * scale,
+        commits: idle.commits * scale,
+    };
+    (rate, work, background)
+}
+
+/// What `pg_stat_statements` counted since its reset, and `wal_bytes`.
+async fn counted(sql: &tokio_postgres::Client, wal_bytes: f64) -> Work {
+    let row = sql
+        .query_one(
+            &format!(
+                "SELECT coalesce(sum(calls), 0)::FLOAT8, coalesce(sum(rows), 0)::FLOAT8,
+                        coalesce(sum(calls) FILTER (WHERE query = 'COMMIT'), 0)::FLOAT8
+                 FROM pg_stat_statements WHERE {OURS}"
+            ),
+            &[],
+        )
+        .await
+        .expect("the statistics read");
+    Work { statements: row.get(0), rows: row.get(1), commits: row.get(2), wal_bytes }
 }
 
 /// The WAL position in bytes.
