@@ -6,7 +6,8 @@
 //!
 //! [`PgCluster::start`] runs `initdb` and `pg_ctl` itself into a temporary directory, listening
 //! only on a Unix socket there, and stops and removes it when dropped; as root it runs them as
-//! the `postgres` user. With `BATON_TEST_PG_URL` set it uses that server instead; binaries
+//! the `postgres` user; [`PgCluster::start_with`] can load `pg_stat_statements` and pin it to
+//! some CPUs ([`PgOptions`]). With `BATON_TEST_PG_URL` set it uses that server instead; binaries
 //! outside `PATH` and `/usr/lib/postgresql/*/bin` can be named with `BATON_PG_BIN`. Without
 //! any it panics: PostgreSQL tests never skip silently.
 
