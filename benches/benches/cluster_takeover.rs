@@ -281,7 +281,7 @@ async fn unfinished(cluster: &mut Cluster, count: usize) {
             break killed.elapsed();
         }
         assert!(Instant::now() < deadline, "{resumed} of {waiting} executions resumed after 30 minutes");
-        tokio::time::sleep(if first.is_none() { POLL } else { Duration::from_millis(100) }).await;
+        tokio::time::sleep(if first.is_none() { POLL } else { Duration::from_millis(250) }).await;
     };
     let (_, completed) = ended(&cluster.sql, &partitions).await;
     assert_eq!(completed - completed_before, waiting, "every resumed execution completed");
