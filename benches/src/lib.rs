@@ -3,7 +3,8 @@
 //! What it is for: building realistic registries (skewed capability popularity, several
 //! protocols and formats, QoS drawn from the WS-DREAM measurements in the repository's `data/wsdream`)
 //! and query mixes, deterministically from a seed, so every run measures the same thing.
-//! What it is not for: assertions; figures are read by `cargo xtask bench`.
+//! What it is not for: assertions; figures are read by `cargo xtask bench`. [`node`] runs
+//! `baton serve` nodes in processes of their own, for the benches that kill or pin them.
 
 /// Every bench runs with the allocator of the `baton` binary, so what it measures in process
 /// is what the server does; the `system-allocator` feature leaves the system's, for heap
@@ -14,6 +15,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub mod dags;
 pub mod naive_planner;
+pub mod node;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

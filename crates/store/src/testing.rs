@@ -7,7 +7,8 @@
 //!
 //! [`PgCluster::start`] runs `initdb` and `pg_ctl` itself into a temporary directory, listening
 //! only on a Unix socket there, and stops and removes it when dropped; as root it runs them as
-//! the `postgres` user. With `BATON_TEST_PG_URL` set it uses that server instead; binaries
+//! the `postgres` user; [`PgCluster::start_with`] can load `pg_stat_statements` and pin it to
+//! some CPUs ([`PgOptions`]). With `BATON_TEST_PG_URL` set it uses that server instead; binaries
 //! outside `PATH` and `/usr/lib/postgresql/*/bin` can be named with `BATON_PG_BIN`. Without
 //! any it panics: PostgreSQL tests never skip silently.
 
@@ -98,6 +99,17 @@ pub struct PgCluster {
     databases: AtomicU32,
 }
 
+/// How a throwaway cluster runs besides the defaults, for benchmarks that read its statistics
+/// or keep it off the cores of what they measure.
+#[derive(Debug, Clone, Default)]
+pub struct PgOptions {
+    /// Loads `pg_stat_statements` (`shared_preload_libraries`); a database then reads it after
+    /// `CREATE EXTENSION pg_stat_statements`.
+    pub stat_statements: bool,
+    /// Runs the server on these CPUs only (`taskset -c`, e.g. `"1"`); its backends inherit them.
+    pub cpus: Option<String>,
+}
+
 #[derive(Debug)]
 enum Server {
     Owned(OwnedCluster),
@@ -124,11 +136,24 @@ impl PgCluster {
     /// Like [`start`](Self::start), with the cluster's directory under `parent` (e.g. on the
     /// disk whose fsync rate a benchmark measures).
     pub fn start_in(parent: &Path) -> Self {
+        Self::start_with(parent, &PgOptions::default())
+    }
+
+    /// Like [`start_in`](Self::start_in), the throwaway cluster run as `options` say; with
+    /// `BATON_TEST_PG_URL` set, options other than the defaults panic (that server runs as it
+    /// was started).
+    pub fn start_with(parent: &Path, options: &PgOptions) -> Self {
         let url = std::env::var(PG_URL_VAR).ok().filter(|u| !u.is_empty());
         let bin = std::env::var_os(PG_BIN_VAR).filter(|b| !b.is_empty()).map(PathBuf::from);
         let server = match locate(url, bin, find_pg_bin) {
-            Ok(Location::External(config)) => Server::External { config: *config, created: Default::default() },
-            Ok(Location::Binaries(bin)) => Server::Owned(OwnedCluster::start(bin, parent)),
+            Ok(Location::External(config)) => {
+                assert!(
+                    !options.stat_statements && options.cpus.is_none(),
+                    "{PG_URL_VAR} names a server already running: {options:?} need a throwaway cluster"
+                );
+                Server::External { config: *config, created: Default::default() }
+            }
+            Ok(Location::Binaries(bin)) => Server::Owned(OwnedCluster::start(bin, parent, options)),
             Err(message) => panic!("{message}"),
         };
         Self { server, databases: AtomicU32::new(0) }
@@ -208,7 +233,7 @@ fn drop_databases(admin: &str, names: Vec<String>) {
 }
 
 impl OwnedCluster {
-    fn start(bin: PathBuf, parent: &Path) -> Self {
+    fn start(bin: PathBuf, parent: &Path, pg_options: &PgOptions) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("baton-pg-")
             .tempdir_in(parent)
@@ -228,12 +253,24 @@ impl OwnedCluster {
         initdb.arg("--no-sync");
         run(&mut initdb, "initdb");
         let log = cluster.dir.path().join("postgres.log");
-        let options = format!(
+        let mut options = format!(
             "-c listen_addresses='' -k {} -p {port} -c max_connections=200 -c shared_buffers=32MB \
              -c fsync=on -c synchronous_commit=on",
             cluster.socket_dir.display()
         );
-        let mut pg_ctl = cluster.command("pg_ctl");
+        if pg_options.stat_statements {
+            options.push_str(" -c shared_preload_libraries=pg_stat_statements");
+        }
+        let mut pg_ctl = match &pg_options.cpus {
+            // The postmaster that pg_ctl starts, and every backend it forks, keep the affinity.
+            Some(cpus) => {
+                let inner = cluster.command("pg_ctl");
+                let mut pinned = Command::new("taskset");
+                pinned.args(["-c", cpus]).arg(inner.get_program()).args(inner.get_args());
+                pinned
+            }
+            None => cluster.command("pg_ctl"),
+        };
         pg_ctl.arg("-D").arg(&cluster.data).arg("-l").arg(&log).args(["-w", "-t", "60", "-o", &options, "start"]);
         let output = pg_ctl.output().unwrap_or_else(|e| panic!("cannot run pg_ctl: {e}"));
         if !output.status.success() {

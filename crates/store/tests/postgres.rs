@@ -16,7 +16,7 @@ use baton_core::store::timestamp_nanos;
 use baton_core::{Event, Execution, ExecutionId, ExecutionState, ExecutionUpdate, Store, StoreError, StoreResult};
 use baton_store::conformance::create_executions;
 use baton_store::postgres::{Config, MIGRATIONS, PostgresStore};
-use baton_store::testing::{PgCluster, PgHarness, load_event, load_execution, sql_client};
+use baton_store::testing::{PgCluster, PgHarness, PgOptions, load_event, load_execution, sql_client};
 
 #[test]
 fn postgres_store_conforms() {
@@ -60,6 +60,29 @@ fn postgres_store_conforms() {
     runtime.block_on(appends_to_one_execution_queued_together_all_land(&cluster));
     runtime.block_on(appends_survive_connections_cut_mid_write(&cluster));
     runtime.block_on(a_version_1_database_is_upgraded(&cluster));
+}
+
+#[test]
+fn a_throwaway_cluster_loads_pg_stat_statements_and_runs_on_the_cpus_given() {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let options = PgOptions { stat_statements: true, cpus: Some("0".to_owned()) };
+    let cluster = PgCluster::start_with(&std::env::temp_dir(), &options);
+    runtime.block_on(async {
+        let client = sql_client(&cluster.create_database().await).await;
+        client.batch_execute("CREATE EXTENSION pg_stat_statements; SELECT pg_stat_statements_reset()").await.unwrap();
+        client.query("SELECT relname FROM pg_class WHERE relname = $1", &[&"pg_class"]).await.unwrap();
+        let seen: i64 = client
+            .query_one("SELECT count(*) FROM pg_stat_statements WHERE query LIKE 'SELECT relname FROM pg_class%'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(seen, 1);
+        // The backend serving this connection was forked with the postmaster's affinity.
+        let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let cpus = status.lines().find_map(|line| line.strip_prefix("Cpus_allowed_list:")).unwrap();
+        assert_eq!(cpus.trim(), "0");
+    });
 }
 
 async fn count(client: &tokio_postgres::Client, table: &str) -> i64 {
