@@ -16,9 +16,9 @@
 //! and what PostgreSQL does per execution must not grow with the node count (target: at most
 //! about 10% more). Beside them, to tell why a figure moves: the same less what the nodes make
 //! PostgreSQL do when idle (leases, ownership, registry and worker-task polls: measured for 5 s
-//! after each run, scaled to the run's length), and the transactions committed per execution
-//! (the journal's group commits, each of four statements, share fewer executions when the
-//! load is spread over more nodes). The statements with most calls are printed on stderr.
+//! after each run, scaled to the run's length), and the journal's group commits per execution
+//! (each one statement that inserts the chunks; they share fewer executions when the load is
+//! spread over more nodes). The statements with most calls are printed on stderr.
 
 #![allow(clippy::print_stderr, reason = "a bench reports its progress on stderr")]
 
@@ -52,7 +52,7 @@ struct Work {
     statements: f64,
     rows: f64,
     wal_bytes: f64,
-    /// Transactions committed (`COMMIT` statements): the journal's group commits.
+    /// The journal's group commits: calls of the one statement that inserts its chunks.
     commits: f64,
 }
 
@@ -218,7 +218,7 @@ async fn counted(sql: &tokio_postgres::Client, wal_bytes: f64) -> Work {
         .query_one(
             &format!(
                 "SELECT coalesce(sum(calls), 0)::FLOAT8, coalesce(sum(rows), 0)::FLOAT8,
-                        coalesce(sum(calls) FILTER (WHERE query = 'COMMIT'), 0)::FLOAT8
+                        coalesce(sum(calls) FILTER (WHERE query LIKE '%INSERT INTO baton_journal_chunks%'), 0)::FLOAT8
                  FROM pg_stat_statements WHERE {OURS}"
             ),
             &[],
