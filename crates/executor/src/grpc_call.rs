@@ -266,8 +266,8 @@ fn status_failure(status: &Status, service: &ServiceId, host: &str) -> Failure {
         return transport::classify(source, host);
     }
     let code = status.code();
-    let class = format!("grpc_{}", code_name(code).to_ascii_lowercase());
-    let message = format!("{}: {}", code_name(code), status.message());
+    let class = format!("grpc_{}", grpc_code_name(code).to_ascii_lowercase());
+    let message = format!("{}: {}", grpc_code_name(code), status.message());
     let retryable = matches!(
         code,
         Code::Unavailable
@@ -282,27 +282,31 @@ fn status_failure(status: &Status, service: &ServiceId, host: &str) -> Failure {
     if retryable { Failure::retryable(&class, message) } else { Failure::permanent(&class, message) }
 }
 
+/// The names of the gRPC status codes as the specification writes them, by number.
+pub const GRPC_CODE_NAMES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
 /// The code as the gRPC specification writes it, e.g. `DEADLINE_EXCEEDED`.
-fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
+pub fn grpc_code_name(code: Code) -> &'static str {
+    // tonic's codes are the specification's numbers, 0 to 16.
+    usize::try_from(code as i32).ok().and_then(|n| GRPC_CODE_NAMES.get(n)).copied().unwrap_or("UNKNOWN")
 }
 
 /// Encodes request messages, dynamic, and decodes responses of `output` to JSON.
@@ -553,12 +557,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_code_has_its_specification_name() {
+        let names: Vec<&str> = (0..17).map(|n| grpc_code_name(Code::from_i32(n))).collect();
+        assert_eq!(names, GRPC_CODE_NAMES);
+        assert_eq!((grpc_code_name(Code::Ok), grpc_code_name(Code::DataLoss)), ("OK", "DATA_LOSS"));
+        assert_eq!(grpc_code_name(Code::Unauthenticated), "UNAUTHENTICATED");
+    }
+
+    #[test]
     fn status_codes_map_to_documented_retry_behaviour() {
         let service = ServiceId::new("svc").unwrap();
         let check = |code: Code, retryable: bool, class: &str| {
             let failure = status_failure(&Status::new(code, "why"), &service, "h");
             assert_eq!((failure.retryable, failure.class.as_str()), (retryable, class), "{code:?}");
-            assert_eq!(failure.message, format!("{}: why", code_name(code)));
+            assert_eq!(failure.message, format!("{}: why", grpc_code_name(code)));
         };
         check(Code::Unavailable, true, "grpc_unavailable");
         check(Code::DeadlineExceeded, true, "grpc_deadline_exceeded");

@@ -53,7 +53,7 @@ mod worker;
 pub use self::http::{HttpConfig, HttpInvoker, Origins, Resolve};
 pub use baton_core::Outcome;
 pub use breaker::BreakerState;
-pub use grpc_call::GrpcInvoker;
+pub use grpc_call::{GRPC_CODE_NAMES, GrpcInvoker, grpc_code_name};
 pub use host::{Host, HostFuture, IdleHook, NoHost};
 pub use interp::{MAX_ITEMS, MAX_SEQUENCE_STEPS, Start};
 pub use invoker::{Call, CallTrace, Failure, InProcessInvoker, Invoker};

@@ -4,8 +4,6 @@ use std::fmt;
 
 use baton_grpc::pb;
 
-use super::view::code_name;
-
 /// The exit codes of the client commands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Exit {
@@ -110,7 +108,7 @@ impl fmt::Display for Failure {
             }
             Self::Rpc(status) => {
                 let message = if status.message().is_empty() { status.code().description() } else { status.message() };
-                write!(f, "{}: {}", code_name(status.code()), one_line(message))
+                write!(f, "{}: {}", baton_executor::grpc_code_name(status.code()), one_line(message))
             }
         }
     }

@@ -44,30 +44,6 @@ fn definition_format(value: i32) -> String {
         .map_or_else(|_| format!("unknown({value})"), |f| label(f.as_str_name(), "DEFINITION_FORMAT"))
 }
 
-/// A gRPC status code's canonical name, e.g. `NOT_FOUND`.
-pub(crate) fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code;
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
 /// A timestamp to the second, `-` when absent.
 pub(crate) fn when(ts: Option<&prost_types::Timestamp>) -> String {
     ts.map_or_else(|| "-".to_owned(), |ts| ts_json(ts).as_str().map(short_time).unwrap_or_default())
@@ -629,7 +605,6 @@ mod tests {
         assert_eq!(execution_state(42), "unknown(42)");
         assert_eq!(task_state(pb::TaskState::Skipped as i32), "skipped");
         assert_eq!(register_outcome(pb::RegisterOutcome::Updated as i32), "updated");
-        assert_eq!(code_name(tonic::Code::FailedPrecondition), "FAILED_PRECONDITION");
     }
 
     #[test]
