@@ -14,16 +14,9 @@ use std::time::{Duration, Instant};
 use baton_grpc::pb;
 use baton_grpc::pb::execution_service_client::ExecutionServiceClient;
 use baton_store::testing::{PgCluster, until};
+use support::cluster::{Authed, HOLD, LEASE, TOKEN, bearer};
 use support::{ServerProcess, sample, scrape};
 use tokio_stream::StreamExt as _;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
-
-/// Lease of the test's nodes: short, so a takeover fits in the test's time.
-const LEASE: &str = "3s";
-
-/// The token every node accepts and every client presents.
-const TOKEN: &str = "cluster-test-token-0123456789";
 
 /// Waits 8 s between two steps: longer than a takeover takes.
 const SLOW: &str = "name: slow
@@ -33,21 +26,6 @@ steps:
   - { id: last, set: \"b\", depends_on: [pause] }
 output: \"${ .steps.last.output }\"
 ";
-
-/// Waits for a signal: runs until told.
-const HOLD: &str = "name: hold
-steps:
-  - { id: first, set: \"a\" }
-  - { id: go, listen: { signal: go }, depends_on: [first] }
-output: \"${ .steps.go.output }\"
-";
-
-type Authed = InterceptedService<Channel, fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>>;
-
-fn bearer(mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-    request.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
-    Ok(request)
-}
 
 struct Node {
     process: ServerProcess,

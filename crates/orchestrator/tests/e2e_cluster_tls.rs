@@ -12,27 +12,9 @@ use baton_examples::pki::TestPki;
 use baton_grpc::pb;
 use baton_grpc::pb::execution_service_client::ExecutionServiceClient;
 use baton_store::testing::{PgCluster, until};
-use support::cluster::LEASE;
+use support::cluster::{Authed, HOLD, LEASE, TOKEN, bearer};
 use support::{ServerProcess, sample, scrape};
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
-
-const TOKEN: &str = "cluster-tls-token-0123456789";
-
-/// Waits for a signal: runs until told.
-const HOLD: &str = "name: hold
-steps:
-  - { id: first, set: \"a\" }
-  - { id: go, listen: { signal: go }, depends_on: [first] }
-output: \"${ .steps.go.output }\"
-";
-
-type Authed = InterceptedService<Channel, fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>>;
-
-fn bearer(mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-    request.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
-    Ok(request)
-}
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 /// A node serving mutual TLS, and a client with the test's client certificate and the token.
 async fn node(

@@ -6,11 +6,34 @@ use std::process::Command;
 use std::time::Duration;
 
 use baton_grpc::pb;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 
 use super::{Clients, ServerProcess};
 
 /// Lease of the test's nodes: short, so a takeover fits in the test's time.
 pub(crate) const LEASE: &str = "3s";
+
+/// The token every node of a test with tokens accepts and every client presents.
+pub(crate) const TOKEN: &str = "cluster-test-token-0123456789";
+
+/// Waits for a signal: runs until told.
+pub(crate) const HOLD: &str = "name: hold
+steps:
+  - { id: first, set: \"a\" }
+  - { id: go, listen: { signal: go }, depends_on: [first] }
+output: \"${ .steps.go.output }\"
+";
+
+/// A channel whose calls carry [`TOKEN`].
+pub(crate) type Authed =
+    InterceptedService<Channel, fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>>;
+
+/// Adds `authorization: Bearer TOKEN` to a call.
+pub(crate) fn bearer(mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    request.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    Ok(request)
+}
 
 /// A cluster node named `name` on the database at `url`, its data dir under `dir`.
 pub(crate) async fn node(url: &str, name: &str, dir: &std::path::Path) -> ServerProcess {
