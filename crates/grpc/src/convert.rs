@@ -647,6 +647,7 @@ pub fn execution_summary_to_proto(execution: &Execution) -> pb::Execution {
             .parent
             .as_ref()
             .map(|p| pb::ParentLink { execution_id: p.execution.to_string(), step: p.step.to_string() }),
+        elided: Vec::new(),
     }
 }
 
@@ -708,6 +709,7 @@ pub fn event_to_proto(event: &Event) -> pb::Event {
         sequence: event.sequence,
         at: Some(timestamp(event.at)),
         kind: Some(kind),
+        elided: Vec::new(),
     }
 }
 

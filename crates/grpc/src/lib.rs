@@ -49,6 +49,7 @@
 mod codec;
 pub mod convert;
 mod error;
+mod fit;
 pub mod forwarding;
 mod guard;
 mod limits;

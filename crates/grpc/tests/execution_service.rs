@@ -404,3 +404,70 @@ async fn listings_page_by_size_and_an_execution_always_fits_its_answer() {
     drop(stream);
     server.shutdown().await;
 }
+
+/// What a store may still hold from before the write-time bounds: outputs and a reason past
+/// the message limit. Every read answers, with those fields left out (named in `elided`) or
+/// cut, and a listing goes on past them.
+#[tokio::test]
+async fn executions_stored_before_the_bounds_read_back_with_their_largest_fields_left_out() {
+    let Harness { server, fakes, mut client } = start().await;
+    let c = &mut client;
+    let huge = json!("x".repeat(5 << 20));
+    let before = start_one(c, "checkout").await;
+    let large = start_one(c, "checkout").await;
+    let cancelled = start_one(c, "checkout").await;
+    let after = start_one(c, "checkout").await;
+    let (pay, svc) = (StepId::new("pay").unwrap(), ServiceId::new("svc").unwrap());
+    let record = |id, kind| fakes.executions.record(id, kind).unwrap();
+    record(id(&large), EventKind::TaskScheduled { step: pay.clone(), attempt: 1, service: svc });
+    record(id(&large), EventKind::TaskSucceeded { step: pay, attempt: 1, output: huge.clone(), context: None });
+    record(id(&large), EventKind::Completed { output: huge });
+    record(id(&cancelled), EventKind::Cancelled { reason: "r".repeat(5 << 20) });
+
+    let got = c.get_execution(pb::GetExecutionRequest { id: large.id.clone() }).await.expect("it answers");
+    let got = got.into_inner().execution.unwrap();
+    assert_eq!(got.state, pb::ExecutionState::Completed as i32);
+    assert_eq!((got.output_json.as_deref(), got.elided), (Some(""), vec!["output_json".to_owned()]));
+    assert_eq!(got.input_json, "{}", "what fits is kept");
+    let got = c.get_execution(pb::GetExecutionRequest { id: cancelled.id.clone() }).await.expect("it answers");
+    let error = got.into_inner().execution.unwrap().error.unwrap();
+    assert!(error.len() <= 4096 && error.ends_with("(cut from 5242880 bytes)"), "{}", &error[error.len() - 40..]);
+
+    // One page, then page by page: every execution is listed, none twice.
+    let mut listed = Vec::new();
+    for page_size in [0, 1] {
+        let mut token = String::new();
+        loop {
+            let request = pb::ListExecutionsRequest { page_size, page_token: token, ..Default::default() };
+            let page = c.list_executions(request).await.expect("a page answers").into_inner();
+            listed.extend(page.executions.into_iter().map(|e| (e.id, e.elided)));
+            token = page.next_page_token;
+            if token.is_empty() {
+                break;
+            }
+        }
+    }
+    let newest_first = [&after, &cancelled, &large, &before].map(|e| e.id.clone());
+    let expected: Vec<_> = newest_first
+        .iter()
+        .map(|id| (id.clone(), if *id == large.id { vec!["output_json".to_owned()] } else { Vec::new() }))
+        .collect();
+    assert_eq!(listed, [expected.clone(), expected].concat());
+
+    // The journal reads back to its end, the large events fitted.
+    let mut events = watch(c, &large.id, 0).await;
+    let mut elided = Vec::new();
+    while let Some(answer) = events.message().await.expect("every event answers") {
+        elided.push(answer.event.unwrap().elided);
+    }
+    let succeeded = vec!["task_succeeded.output_json".to_owned()];
+    assert_eq!(elided, [vec![], vec![], succeeded, vec!["completed.output_json".to_owned()]]);
+    let mut events = watch(c, &cancelled.id, 0).await;
+    let mut last = None;
+    while let Some(answer) = events.message().await.expect("every event answers") {
+        last = answer.event.unwrap().kind;
+    }
+    let Some(pb::event::Kind::Cancelled(pb::event::Cancelled { reason })) = last else { panic!("{last:?}") };
+    assert!(reason.len() <= 4096 && reason.ends_with("(cut from 5242880 bytes)"));
+    server.shutdown().await;
+}

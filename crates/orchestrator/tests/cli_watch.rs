@@ -69,6 +69,7 @@ fn execution(id: &str, state: pb::ExecutionState) -> pb::Execution {
             .to_vec(),
         parent: None,
         problem: None,
+        elided: Vec::new(),
     }
 }
 
@@ -101,6 +102,7 @@ fn journal(id: &str) -> Vec<pb::Event> {
             sequence: i as u64 + 1,
             at: at(i as i64 * 5),
             kind: Some(kind),
+            elided: Vec::new(),
         })
         .collect()
 }

@@ -11,7 +11,6 @@ use baton_core::{Executions, Order, PageRequest, PageToken, TraceContext};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use baton_core::bounds::cut_text;
 use prost::Message as _;
 
 use crate::convert::{
@@ -19,6 +18,7 @@ use crate::convert::{
     idempotency_key, json_field, timestamp_from_proto, workflow_name,
 };
 use crate::error::api_status;
+use crate::fit::{ENVELOPE_BYTES, fit_event, fit_execution};
 use crate::forwarding::Incoming;
 use crate::limits::{Limits, Stopping, clamp, shutting_down};
 use crate::pb;
@@ -56,41 +56,14 @@ impl ExecutionApi {
 
     /// `execution` with its tasks as proto, within the message limit.
     fn answer(&self, execution: &baton_core::Execution) -> pb::Execution {
-        fit_execution(execution_to_proto(execution), self.limits.max_message_bytes.saturating_sub(ENVELOPE_BYTES))
+        fit_execution(execution_to_proto(execution), self.budget())
+    }
+
+    /// The room for one execution or event in an answer.
+    fn budget(&self) -> usize {
+        self.limits.max_message_bytes.saturating_sub(ENVELOPE_BYTES)
     }
 }
-
-/// Room left in an answer for what surrounds its executions (the response message, a page
-/// token, gRPC framing).
-pub(crate) const ENVELOPE_BYTES: usize = 16 * 1024;
-
-/// `execution` within `budget` bytes. Its input, output and error are bounded when written and
-/// fit; what is not bounded in total is the tasks' errors (up to 4 KiB each, for up to 10,000
-/// tasks), so those are shortened, evenly, until the answer fits. The journal keeps them whole.
-pub(crate) fn fit_execution(mut execution: pb::Execution, budget: usize) -> pb::Execution {
-    let longest = execution.tasks.iter().filter_map(|t| t.error.as_ref().map(String::len)).max().unwrap_or(0);
-    let mut cap = longest;
-    while execution.encoded_len() > budget && cap > 0 {
-        cap /= 2;
-        for task in &mut execution.tasks {
-            if let Some(error) = task.error.take() {
-                let shortened = if error.len() > cap && error.len() > MIN_ERROR_BYTES {
-                    cut_text(error, cap.max(MIN_ERROR_BYTES))
-                } else {
-                    error
-                };
-                task.error = Some(shortened);
-            }
-        }
-        if cap <= MIN_ERROR_BYTES {
-            break;
-        }
-    }
-    execution
-}
-
-/// The shortest a task's error is cut to: its start and how long it was.
-const MIN_ERROR_BYTES: usize = 64;
 
 /// A watch as the response stream: the journal's events until the execution's terminal event
 /// or an error, or until the server stops (then `UNAVAILABLE`). It ends in the same poll as
@@ -101,13 +74,16 @@ const MIN_ERROR_BYTES: usize = 64;
 /// connection in h2 (1,024 of them and h2 closes it, `too_many_internal_resets`).
 struct Watching {
     events: EventStream,
+    /// The largest event sent, in bytes; only an event stored before the write-time bounds
+    /// can be larger, and it is fitted.
+    budget: usize,
     stopping: Pin<Box<dyn Future<Output = ()> + Send>>,
     ended: bool,
 }
 
 impl Watching {
-    fn new(events: EventStream, mut stopping: Stopping) -> Self {
-        Self { events, stopping: Box::pin(async move { stopping.wait().await }), ended: false }
+    fn new(events: EventStream, budget: usize, mut stopping: Stopping) -> Self {
+        Self { events, budget, stopping: Box::pin(async move { stopping.wait().await }), ended: false }
     }
 }
 
@@ -121,7 +97,7 @@ impl Stream for Watching {
         let item = match self.events.as_mut().poll_next(cx) {
             Poll::Ready(Some(Ok(event))) => {
                 self.ended = event.kind.is_terminal();
-                Ok(pb::WatchExecutionResponse { event: Some(event_to_proto(&event)) })
+                Ok(pb::WatchExecutionResponse { event: Some(fit_event(event_to_proto(&event), self.budget)) })
             }
             Poll::Ready(Some(Err(error))) => {
                 self.ended = true;
@@ -229,15 +205,16 @@ impl pb::execution_service_server::ExecutionService for ExecutionApi {
         // A page ends before it would pass the message limit, with a token to go on from its
         // last execution; a port may filter several states only partly (see
         // `ExecutionQuery::store_filter`).
-        let budget = self.limits.max_message_bytes.saturating_sub(ENVELOPE_BYTES);
+        let budget = self.budget();
         let mut executions = Vec::new();
         let (mut used, mut next) = (0, page.next);
         let mut last = None;
         for execution in page.executions.iter().filter(|e| query.matches(e)) {
-            let summary = execution_summary_to_proto(execution);
+            let summary = fit_execution(execution_summary_to_proto(execution), budget);
             let size = summary.encoded_len();
             let framed = 1 + prost::encoding::encoded_len_varint(size as u64) + size;
-            // One execution always fits: its input, output and error are bounded when written.
+            // One execution always fits: its input, output and error are bounded when written,
+            // and one stored before those bounds is fitted.
             if used + framed > budget
                 && let Some(last) = last
             {
@@ -295,7 +272,7 @@ impl pb::execution_service_server::ExecutionService for ExecutionApi {
         let id = execution_id("id", &request.id)?;
         let data = json_field("data_json", &request.data_json, serde_json::Value::Null)?;
         let execution = incoming.scope(self.executions.signal(id, request.name, data)).await.map_err(api_status)?;
-        Ok(Response::new(pb::SignalExecutionResponse { execution: Some(execution_to_proto(&execution)) }))
+        Ok(Response::new(pb::SignalExecutionResponse { execution: Some(self.answer(&execution)) }))
     }
 
     async fn watch_execution(
@@ -306,7 +283,7 @@ impl pb::execution_service_server::ExecutionService for ExecutionApi {
         let request = request.into_inner();
         let id = execution_id("id", &request.id)?;
         let events = incoming.scope(self.executions.watch(id, request.from_sequence)).await.map_err(api_status)?;
-        Ok(Response::new(Box::pin(Watching::new(events, self.stopping.clone())) as WatchStream))
+        Ok(Response::new(Box::pin(Watching::new(events, self.budget(), self.stopping.clone())) as WatchStream))
     }
 }
 
@@ -339,7 +316,7 @@ mod tests {
             event(id, 2, EventKind::Completed { output: serde_json::json!(1) }),
         ])
         .chain(tokio_stream::pending());
-        let mut watching = Watching::new(Box::pin(events), Stopping::never());
+        let mut watching = Watching::new(Box::pin(events), usize::MAX, Stopping::never());
         assert!(matches!(ready(&mut watching), Some(Some(Ok(_)))));
         let last = ready(&mut watching).expect("ready").expect("an item").expect("an event");
         assert!(matches!(last.event.and_then(|e| e.kind), Some(pb::event::Kind::Completed(_))));
@@ -350,12 +327,12 @@ mod tests {
     fn the_watch_ends_after_an_error_and_as_unavailable_when_the_server_stops() {
         let failing = tokio_stream::iter([Err(baton_core::api::ApiError::Unavailable("the store is gone".to_owned()))])
             .chain(tokio_stream::pending());
-        let mut watching = Watching::new(Box::pin(failing), Stopping::never());
+        let mut watching = Watching::new(Box::pin(failing), usize::MAX, Stopping::never());
         assert!(matches!(ready(&mut watching), Some(Some(Err(_)))));
         assert!(matches!(ready(&mut watching), Some(None)));
 
         let (stop, stopping) = Stopping::channel();
-        let mut watching = Watching::new(Box::pin(tokio_stream::pending()), stopping);
+        let mut watching = Watching::new(Box::pin(tokio_stream::pending()), usize::MAX, stopping);
         assert!(ready(&mut watching).is_none(), "waits for events");
         stop.send(true).unwrap();
         let status = ready(&mut watching).expect("ready").expect("an item").expect_err("an error");

@@ -217,7 +217,7 @@ mod tests {
     }
 
     fn event(sequence: u64, ms: i64, kind: Kind) -> pb::Event {
-        pb::Event { execution_id: "e".to_owned(), sequence, at: at(ms), kind: Some(kind) }
+        pb::Event { execution_id: "e".to_owned(), sequence, at: at(ms), kind: Some(kind), elided: Vec::new() }
     }
 
     fn scheduled(step: &str, attempt: u32) -> Kind {

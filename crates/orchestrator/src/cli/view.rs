@@ -348,6 +348,9 @@ pub(crate) fn execution_text(e: &pb::Execution) -> String {
     if let Some(error) = &e.error {
         pairs.push(("error", error.clone()));
     }
+    if !e.elided.is_empty() {
+        pairs.push(("left out", format!("{} (too large for one answer; stored whole)", e.elided.join(", "))));
+    }
     let mut out = details(&pairs);
     if !e.tasks.is_empty() {
         let mut table = Table::new(&["STEP", "STATE", "ATTEMPTS", "SERVICE", "TOOK", "ERROR"]);
@@ -384,9 +387,10 @@ fn task_json(task: &pb::TaskStatus) -> Value {
     })
 }
 
-/// One execution as JSON, its input and output as JSON values.
+/// One execution as JSON, its input and output as JSON values; `elided` names the fields left
+/// out of the answer, only when there are any.
 pub(crate) fn execution_json(e: &pb::Execution) -> Value {
-    json!({
+    let mut value = json!({
         "id": e.id,
         "workflow": e.workflow,
         "version": e.version,
@@ -397,7 +401,16 @@ pub(crate) fn execution_json(e: &pb::Execution) -> Value {
         "created_at": opt_ts_json(e.created_at.as_ref()),
         "updated_at": opt_ts_json(e.updated_at.as_ref()),
         "tasks": e.tasks.iter().map(task_json).collect::<Vec<_>>(),
-    })
+    });
+    with_elided(&mut value, &e.elided);
+    value
+}
+
+/// Adds `elided` to `object` when the server left fields out of its answer.
+fn with_elided(object: &mut Value, elided: &[String]) {
+    if let (false, Some(object)) = (elided.is_empty(), object.as_object_mut()) {
+        object.insert("elided".to_owned(), json!(elided));
+    }
 }
 
 /// A problem as JSON, RFC 7807's field names.
@@ -450,6 +463,7 @@ pub(crate) fn event_json(event: &pb::Event) -> Value {
     if let (Some(object), Value::Object(fields)) = (object.as_object_mut(), fields) {
         object.extend(fields);
     }
+    with_elided(&mut object, &event.elided);
     object
 }
 
@@ -596,6 +610,7 @@ mod tests {
             ],
             parent: None,
             problem: None,
+            elided: Vec::new(),
         }
     }
 
@@ -653,6 +668,17 @@ output:
     }
 
     #[test]
+    fn fields_the_server_left_out_are_named() {
+        assert!(execution_json(&execution()).get("elided").is_none());
+        let large =
+            pb::Execution { output_json: Some(String::new()), elided: vec!["output_json".into()], ..execution() };
+        assert_eq!(execution_json(&large)["elided"], json!(["output_json"]));
+        assert_eq!(execution_json(&large)["output"], Value::Null);
+        let text = execution_text(&large);
+        assert!(text.contains("left out:  output_json (too large for one answer; stored whole)\n"), "{text}");
+    }
+
+    #[test]
     fn events_as_json_are_flat_objects() {
         let event = pb::Event {
             execution_id: "e".into(),
@@ -665,6 +691,7 @@ output:
                 retryable: true,
                 problem: None,
             })),
+            elided: Vec::new(),
         };
         assert_eq!(
             event_json(&event),
