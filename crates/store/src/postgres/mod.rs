@@ -21,6 +21,7 @@
 
 mod journal;
 mod partitioned;
+mod pooled;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -37,6 +38,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls};
 
 pub use self::journal::Takeover;
+use self::pooled::Pooled;
 use crate::CommitStats;
 use crate::shared::{Counters, key_range, paginate, to_json};
 
@@ -288,7 +290,7 @@ pub struct PostgresStore {
 #[derive(Debug)]
 struct Inner {
     config: tokio_postgres::Config,
-    pool: Vec<Mutex<Option<Arc<Client>>>>,
+    pool: Vec<Mutex<Option<Arc<Pooled>>>>,
     next: AtomicUsize,
     journal: Journal,
     counters: Arc<Counters>,
@@ -326,7 +328,7 @@ impl PostgresStore {
         migrate(&mut first).await?;
         tune(&first).await;
         let pool: Vec<_> = (0..config.pool_size.max(1)).map(|_| Mutex::new(None)).collect();
-        *pool[0].lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(first));
+        *pool[0].lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(Pooled::new(first)));
         let counters = Arc::new(Counters::default());
         let options = journal::Options {
             max_batch: config.max_batch.max(1),
@@ -366,7 +368,7 @@ impl PostgresStore {
         let (takeover, _) = journal::recover(&mut first).await?;
         fill_partitions(&first, ownership.partitions()).await?;
         let pool: Vec<_> = (0..config.pool_size.max(1)).map(|_| Mutex::new(None)).collect();
-        *pool[0].lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(first));
+        *pool[0].lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(Pooled::new(first)));
         let counters = Arc::new(Counters::default());
         let journal = partitioned::Journal::start(
             &pg,
@@ -414,9 +416,9 @@ impl PostgresStore {
     }
 
     /// Whether `fence` no longer holds at the database, for a write that changed nothing.
-    async fn fenced_out(client: &Client, fence: &Fence) -> Result<bool, tokio_postgres::Error> {
+    async fn fenced_out(client: &Pooled, fence: &Fence) -> Result<bool, tokio_postgres::Error> {
         let sql = format!("SELECT epoch FROM {} WHERE id = $1", fence.table);
-        let row = client.query_opt(&sql, &[&fence.id]).await?;
+        let row = client.query_opt_prepared(&sql, &[&fence.id]).await?;
         Ok(row.is_none_or(|row| row.get::<_, i64>(0) != fence.epoch))
     }
 
@@ -473,7 +475,7 @@ impl PostgresStore {
     }
 
     /// A pooled connection, reconnecting when the one in the slot has closed.
-    async fn client(&self) -> StoreResult<Arc<Client>> {
+    async fn client(&self) -> StoreResult<Arc<Pooled>> {
         let slot = &self.inner.pool[self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.pool.len()];
         let current = slot.lock().unwrap_or_else(PoisonError::into_inner).clone();
         if let Some(client) = current
@@ -481,7 +483,7 @@ impl PostgresStore {
         {
             return Ok(client);
         }
-        let client = Arc::new(connect(&self.inner.config).await?);
+        let client = Arc::new(Pooled::new(connect(&self.inner.config).await?));
         *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&client));
         Ok(client)
     }
@@ -756,13 +758,12 @@ impl Store for PostgresStore {
             let row = match version {
                 None => {
                     let sql = format!("{columns} WHERE name = $1 ORDER BY version DESC LIMIT 1");
-                    client.query_opt(&sql, &[&name.as_str()]).await
+                    client.query_opt_prepared(&sql, &[&name.as_str()]).await
                 }
                 Some(version) => match i32::try_from(version) {
                     Ok(v) => {
-                        client
-                            .query_opt(&format!("{columns} WHERE name = $1 AND version = $2"), &[&name.as_str(), &v])
-                            .await
+                        let sql = format!("{columns} WHERE name = $1 AND version = $2");
+                        client.query_opt_prepared(&sql, &[&name.as_str(), &v]).await
                     }
                     Err(_) => Ok(None),
                 },
@@ -830,7 +831,7 @@ impl Store for PostgresStore {
             );
             for _ in 0..ATTEMPTS {
                 let inserted = client
-                    .execute(
+                    .execute_prepared(
                         &sql,
                         &[
                             &id,
@@ -865,7 +866,7 @@ impl Store for PostgresStore {
                 // Nothing inserted: the key was used before, or the id is taken.
                 let Some(key) = key else { return Err(StoreError::AlreadyExists(execution.id)) };
                 let existing = client
-                    .query_opt("SELECT id, record FROM baton_executions WHERE idempotency_key = $1", &[&key])
+                    .query_opt_prepared("SELECT id, record FROM baton_executions WHERE idempotency_key = $1", &[&key])
                     .await;
                 match existing {
                     Ok(Some(row)) => {
@@ -887,7 +888,7 @@ impl Store for PostgresStore {
         self.bounded(async move {
             let client = self.client().await?;
             let row = client
-                .query_opt("SELECT record FROM baton_executions WHERE id = $1", &[&id_bytes(id)])
+                .query_opt_prepared("SELECT record FROM baton_executions WHERE id = $1", &[&id_bytes(id)])
                 .await
                 .map_err(unavailable)?
                 .ok_or(StoreError::NotFound(Record::Execution(id)))?;
@@ -901,7 +902,10 @@ impl Store for PostgresStore {
             let client = self.client().await?;
             // The column is UNIQUE, so this is a lookup in its index.
             let row = client
-                .query_opt("SELECT id, record FROM baton_executions WHERE idempotency_key = $1", &[&key.as_str()])
+                .query_opt_prepared(
+                    "SELECT id, record FROM baton_executions WHERE idempotency_key = $1",
+                    &[&key.as_str()],
+                )
                 .await
                 .map_err(unavailable)?;
             row.map(|row| decode_execution(id_from_bytes(row.get(0))?, row.get(1))).transpose()
@@ -926,14 +930,13 @@ impl Store for PostgresStore {
                  WHERE baton_executions.id = $3 AND revision = $4",
                 fence.table
             );
+            let read = "SELECT record, revision FROM baton_executions WHERE id = $1";
             for _ in 0..ATTEMPTS {
-                let row =
-                    match client.query_opt("SELECT record, revision FROM baton_executions WHERE id = $1", &[&id]).await
-                    {
-                        Ok(row) => row.ok_or(StoreError::NotFound(Record::Execution(update.id)))?,
-                        Err(e) if is_transient(&e) => continue,
-                        Err(e) => return Err(unavailable(e)),
-                    };
+                let row = match client.query_opt_prepared(read, &[&id]).await {
+                    Ok(row) => row.ok_or(StoreError::NotFound(Record::Execution(update.id)))?,
+                    Err(e) if is_transient(&e) => continue,
+                    Err(e) => return Err(unavailable(e)),
+                };
                 let mut execution = decode_execution(update.id, row.get(0))?;
                 let revision: i64 = row.get(1);
                 update.apply(&mut execution)?;
@@ -944,7 +947,7 @@ impl Store for PostgresStore {
                 // `FOR SHARE` makes a takeover wait for this update, and an update that waited on a
                 // takeover finds the epoch changed, as a journal frame's insert does.
                 let written = client
-                    .execute(
+                    .execute_prepared(
                         &sql,
                         &[
                             &state_text(execution.state),
