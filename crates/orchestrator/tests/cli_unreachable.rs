@@ -83,3 +83,29 @@ async fn an_http_server_that_is_not_grpc_is_named_so() {
     let message = stderr(&output);
     assert!(message.contains("answered HTTP 404 without a gRPC status: it is not a gRPC server"), "{message}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_takes_no_connection_fails_the_command_within_its_connect_timeout() {
+    // A listener that never accepts, its queue of one filled: the kernel drops further SYNs, so
+    // a connection is never made (as behind a firewall that drops packets).
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let address = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(stream)) =
+            tokio::time::timeout(Duration::from_millis(300), tokio::net::TcpStream::connect(address)).await
+        {
+            fillers.push(stream);
+        }
+    }
+    let server = format!("http://{address}");
+    let (output, took) =
+        baton(&["--server", &server, "--connect-timeout", "1s", "exec", "list"], Duration::from_secs(30)).await;
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let message = stderr(&output);
+    assert!(message.contains("no connection within 1s (--connect-timeout)"), "{message}");
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    drop((listener, fillers));
+}

@@ -388,14 +388,7 @@ async fn a_burst_over_the_rate_limit_is_refused_and_the_connection_carries_on() 
 
 /// Serves `{"echo": <request>}` on a loopback port for `id`, registered with the server.
 async fn register_echo(clients: &mut Clients, id: &str) {
-    let url = echo_service().await;
-    let spec = pb::ServiceSpec {
-        id: id.to_owned(),
-        endpoint: Some(pb::Endpoint { kind: Some(pb::endpoint::Kind::Http(pb::endpoint::Http { url })) }),
-        capabilities: vec!["echo".to_owned()],
-        ..Default::default()
-    };
-    answered("register", clients.registry.register(pb::RegisterRequest { spec: Some(spec) })).await.unwrap();
+    register_http(clients, id, echo_service().await).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -437,14 +430,7 @@ async fn what_is_accepted_reads_back_within_the_message_limit() {
         assert!(error.starts_with("output of the run is 27"), "{error}");
         assert!(error.ends_with("bytes of JSON, the limit is 1048576"), "{error}");
         // Its journal reads back, event by event.
-        let request = pb::WatchExecutionRequest { id: id.clone(), from_sequence: 0 };
-        let mut events = answered("watch", clients.executions.watch_execution(request)).await.unwrap();
-        let mut count = 0;
-        while let Some(event) = tokio::time::timeout(ANSWER_WITHIN, events.message()).await.unwrap().unwrap() {
-            assert!(event.event.is_some());
-            count += 1;
-        }
-        assert_eq!(count, 8, "started, 3 x (scheduled, succeeded), failed");
+        assert_eq!(watched(&mut clients, id, 0).await.unwrap(), 8, "started, 3 x (scheduled, succeeded), failed");
     }
     // 4.5 MB of inputs: listed in pages that each fit.
     let mut listed = Vec::new();
@@ -506,14 +492,91 @@ async fn a_pause_resume_loop_stops_at_the_journal_cap() {
     let refused = refused.expect("the cap stops the loop");
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
     assert!(refused.message().contains("has reached its cap of 100 events"), "{refused:?}");
+    // From past the end of a live journal: refused at once, not left hanging.
+    let past = watched(&mut clients, &id, 10_000).await.unwrap_err();
+    assert_eq!(past.code(), Code::OutOfRange, "{past:?}");
     let cancel = pb::CancelExecutionRequest { id: id.clone(), reason: "enough".to_owned() };
     answered("cancel", clients.executions.cancel_execution(cancel)).await.expect("a cancel still goes in");
-    let request = pb::WatchExecutionRequest { id, from_sequence: 0 };
-    let mut events = answered("watch", clients.executions.watch_execution(request)).await.unwrap();
+    assert_eq!(watched(&mut clients, &id, 0).await.unwrap(), 101, "the cap and the cancel");
+    assert_eq!(server.terminate().code(), Some(0), "{}", server.log_text());
+}
+
+/// Registers `id` at `url`, an HTTP service.
+async fn register_http(clients: &mut Clients, id: &str, url: String) -> Result<pb::RegisterResponse, tonic::Status> {
+    let spec = pb::ServiceSpec {
+        id: id.to_owned(),
+        endpoint: Some(pb::Endpoint { kind: Some(pb::endpoint::Kind::Http(pb::endpoint::Http { url })) }),
+        capabilities: vec!["echo".to_owned()],
+        ..Default::default()
+    };
+    answered("register", clients.registry.register(pb::RegisterRequest { spec: Some(spec) })).await
+}
+
+/// The journal of `id` from `from`, read to its end: the number of events.
+async fn watched(clients: &mut Clients, id: &str, from: u64) -> Result<usize, tonic::Status> {
+    let request = pb::WatchExecutionRequest { id: id.to_owned(), from_sequence: from };
+    let mut events = answered("watch", clients.executions.watch_execution(request)).await?;
     let mut count = 0;
-    while tokio::time::timeout(ANSWER_WITHIN, events.message()).await.unwrap().unwrap().is_some() {
+    while tokio::time::timeout(ANSWER_WITHIN, events.message()).await.expect("the watch goes on")?.is_some() {
         count += 1;
     }
-    assert_eq!(count, 101, "the cap and the cancel");
+    Ok(count)
+}
+
+/// The cases through the real server, not the engine alone: a service answering
+/// 6.9 MB, a service that never answers under `--attempt-timeout`, the server's own address
+/// as an endpoint, and a watch from past the end of a journal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_and_silent_services_fail_their_steps_and_every_read_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::start(&dir.path().join("data"), &["--attempt-timeout", "1s"]).await;
+    let mut clients = Clients::new(server.channel().await);
+
+    let huge = json!({ "blob": "x".repeat(6_900_000) });
+    let router = axum::Router::new().route("/", post(move || async move { Json(huge) }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let huge_url = format!("http://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    register_http(&mut clients, "huge", huge_url).await.unwrap();
+    // Accepts connections and never answers on them.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("http://{}/", silent.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    register_http(&mut clients, "silent", silent_url).await.unwrap();
+
+    // The server's own gRPC address is refused as an endpoint: Baton would call itself.
+    let own = register_http(&mut clients, "own", format!("{}/", server.url())).await.unwrap_err();
+    assert_eq!(own.code(), Code::InvalidArgument, "{own:?}");
+    assert!(own.message().contains("Baton would call itself in a loop"), "{own:?}");
+
+    clients.apply("name: huge\nsteps:\n  - {id: fetch, service: huge}\n").await;
+    clients.apply("name: silent\nsteps:\n  - {id: ask, service: silent, retry: {max_attempts: 1}}\n").await;
+    let start = |workflow: &str| pb::StartExecutionRequest { workflow: workflow.to_owned(), ..Default::default() };
+    let huge = answered("start", clients.executions.start_execution(start("huge"))).await.unwrap();
+    let silent = answered("start", clients.executions.start_execution(start("silent"))).await.unwrap();
+    let (huge, silent) = (huge.execution.unwrap().id, silent.execution.unwrap().id);
+
+    let failed = tokio::time::timeout(ANSWER_WITHIN, clients.finished(&huge)).await.expect("it ends");
+    assert_eq!(failed.state, pb::ExecutionState::Failed as i32, "{failed:?}");
+    let error = failed.error.unwrap_or_default();
+    assert!(error.contains("response of service huge exceeds 1048576 bytes"), "{error}");
+    let failed = tokio::time::timeout(ANSWER_WITHIN, clients.finished(&silent)).await.expect("it ends");
+    assert_eq!(failed.state, pb::ExecutionState::Failed as i32, "{failed:?}");
+    let error = failed.error.unwrap_or_default();
+    assert!(error.contains("attempt timed out after 1s, the default attempt timeout"), "{error}");
+
+    // Every read answers.
+    let request = pb::ListExecutionsRequest::default();
+    let listed = answered("list", clients.executions.list_executions(request)).await.unwrap();
+    assert_eq!(listed.executions.len(), 2);
+    let events = watched(&mut clients, &huge, 0).await.unwrap();
+    assert_eq!(events, 4, "started, scheduled, failed task, failed");
+    // From past the end of an ended journal: nothing more, and the stream ends.
+    assert_eq!(watched(&mut clients, &huge, 10).await.unwrap(), 0);
     assert_eq!(server.terminate().code(), Some(0), "{}", server.log_text());
 }
