@@ -14,7 +14,10 @@
 //!
 //! The server side ([`Sandbox`]) is a pool of at most [`SandboxConfig::workers`] processes, one
 //! evaluation each at a time, spoken to over pipes with async I/O, so no runtime thread ever
-//! waits for jq. A worker that uses no CPU for a long while during an evaluation (stopped, or
+//! waits for jq. An expression that went past a bound is suspect for a while
+//! ([`SUSPECT_FOR`]): its evaluations then share at most half the workers (at least one), so
+//! that a workflow whose expression is a bomb, started again and again, leaves the other half
+//! to every other expression instead of making them queue behind its CPU-time budget. A worker that uses no CPU for a long while during an evaluation (stopped, or
 //! starved of CPU) is killed as stalled, and so is one whose evaluation is abandoned (a
 //! cancelled or timed out run): its process is killed when the future is dropped.
 //!
@@ -25,6 +28,8 @@
 
 pub mod worker;
 
+use std::collections::HashMap;
+use std::hash::{BuildHasher as _, RandomState};
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
@@ -58,6 +63,12 @@ pub(crate) const EXIT_CPU_TIME: i32 = 86;
 
 /// `SIGXCPU`: the kernel's `RLIMIT_CPU`, behind the watchdog.
 const SIGXCPU: i32 = 24;
+
+/// How long an expression that went past a bound stays suspect, counted from its last time.
+pub const SUSPECT_FOR: Duration = Duration::from_secs(600);
+
+/// The most expressions kept suspect at once; past it the oldest are forgotten first.
+const MAX_SUSPECTS: usize = 4096;
 
 /// How the sandbox runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,6 +161,8 @@ pub struct SandboxStats {
     /// Evaluations that went past a bound, by bound: `cpu_time`, `stalled`, `memory`,
     /// `stack`, `output`, `depth`, `crashed`.
     pub limits: Vec<(&'static str, u64)>,
+    /// Expressions suspect now, their evaluations held to the suspects' share of the workers.
+    pub suspects: usize,
 }
 
 const BOUND_NAMES: [&str; 7] = ["cpu_time", "stalled", "memory", "stack", "output", "depth", "crashed"];
@@ -175,6 +188,11 @@ pub struct Sandbox {
 struct Pool {
     config: SandboxConfig,
     permits: Semaphore,
+    /// The suspects' share of the workers, taken before a worker's permit.
+    suspect_permits: Semaphore,
+    /// Suspect expressions (a hash of a request's sources) and when they last went past a bound.
+    suspects: Mutex<HashMap<u64, tokio::time::Instant>>,
+    hasher: RandomState,
     idle: Mutex<Vec<Worker>>,
     live: AtomicUsize,
     started: AtomicU64,
@@ -195,6 +213,9 @@ impl Sandbox {
         Self {
             inner: Arc::new(Pool {
                 permits: Semaphore::new(config.workers.max(1)),
+                suspect_permits: Semaphore::new((config.workers / 2).max(1)),
+                suspects: Mutex::default(),
+                hasher: RandomState::new(),
                 config,
                 idle: Mutex::default(),
                 live: AtomicUsize::new(0),
@@ -227,6 +248,7 @@ impl Sandbox {
             in_flight: pool.in_flight.load(Ordering::Relaxed),
             evaluations: pool.evaluations.load(Ordering::Relaxed),
             limits: BOUND_NAMES.iter().zip(&pool.limits).map(|(name, n)| (*name, n.load(Ordering::Relaxed))).collect(),
+            suspects: pool.suspects.lock().len(),
         }
     }
 
@@ -276,7 +298,14 @@ impl Sandbox {
     ) -> Result<Vec<Value>, EvalError> {
         let source = |index: usize| expressions.get(index).map_or("", |e| e.source());
         let Some(first) = expressions.first() else { return Ok(Vec::new()) };
-        let _permit = self.inner.permits.acquire().await.expect("the sandbox's semaphore is never closed");
+        let key = self.inner.hasher.hash_one(expressions.iter().map(|e| e.source()).collect::<Vec<_>>());
+        let _suspect_permit = match self.is_suspect(key) {
+            true => {
+                Some(self.inner.suspect_permits.acquire().await.expect("the sandbox's semaphores are never closed"))
+            }
+            false => None,
+        };
+        let _permit = self.inner.permits.acquire().await.expect("the sandbox's semaphores are never closed");
         let mut worker = match self.idle_worker() {
             Some(worker) => worker,
             None => self.spawn().await.map_err(|reason| {
@@ -328,8 +357,42 @@ impl Sandbox {
         };
         if let Err(EvalError { bound: Some(bound), .. }) = &result {
             self.inner.limits[bound_index(bound)].fetch_add(1, Ordering::Relaxed);
+            self.suspect(key, first.source());
         }
         result
+    }
+
+    /// Whether the expressions hashed to `key` went past a bound within [`SUSPECT_FOR`].
+    fn is_suspect(&self, key: u64) -> bool {
+        let mut suspects = self.inner.suspects.lock();
+        match suspects.get(&key) {
+            Some(since) if since.elapsed() < SUSPECT_FOR => true,
+            Some(_) => {
+                suspects.remove(&key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Makes the expressions hashed to `key` suspect from now on.
+    fn suspect(&self, key: u64, source: &str) {
+        let mut suspects = self.inner.suspects.lock();
+        if suspects.len() >= MAX_SUSPECTS && !suspects.contains_key(&key) {
+            suspects.retain(|_, since| since.elapsed() < SUSPECT_FOR);
+            if suspects.len() >= MAX_SUSPECTS
+                && let Some(oldest) = suspects.iter().min_by_key(|(_, since)| **since).map(|(key, _)| *key)
+            {
+                suspects.remove(&oldest);
+            }
+        }
+        if suspects.insert(key, tokio::time::Instant::now()).is_none() {
+            tracing::warn!(
+                expression = %cut(source, 200),
+                "an expression went past a bound: its evaluations share the suspects' part of the evaluators for {}",
+                baton_core::duration::format(SUSPECT_FOR)
+            );
+        }
     }
 }
 

@@ -92,3 +92,34 @@ async fn spinning_evaluations_leave_the_runtime_thread_free_and_dropping_one_kil
     let stats = sandbox.stats();
     assert_eq!((stats.in_flight, stats.workers), (0, 1), "the spinning workers were killed: {stats:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expression_that_went_past_a_bound_leaves_half_the_workers_to_the_others() {
+    let sandbox = sandbox(2, Duration::from_secs(2));
+    let bomb = "[range(1e12)] | length";
+    let first = evaluate(&sandbox, &[bomb]).await.unwrap_err();
+    assert_eq!(first.bound, Some(Bound::CpuTime(Duration::from_secs(2))), "{first:?}");
+    assert_eq!(sandbox.stats().suspects, 1);
+
+    // The same bomb twice more: as a suspect it gets one of the two workers at a time, so an
+    // innocent expression is answered at once, while the first of them still spins and the
+    // second still waits for it (without the suspects' share, both would spin on both
+    // workers and the innocent one would wait for the first to be stopped).
+    let bombs: Vec<_> = (0..2)
+        .map(|_| {
+            let sandbox = sandbox.clone();
+            tokio::spawn(async move { evaluate(&sandbox, &[bomb]).await })
+        })
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while sandbox.stats().in_flight < 1 {
+        assert!(tokio::time::Instant::now() < deadline, "{:?}", sandbox.stats());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(evaluate(&sandbox, &[".input.n * 2"]).await.unwrap(), [json!(40)]);
+    assert!(bombs.iter().all(|bomb| !bomb.is_finished()), "the innocent expression waited for a bomb");
+    for bomb in bombs {
+        let error = bomb.await.unwrap().unwrap_err();
+        assert_eq!(error.bound, Some(Bound::CpuTime(Duration::from_secs(2))), "{error:?}");
+    }
+}

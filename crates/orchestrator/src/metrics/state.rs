@@ -187,6 +187,12 @@ impl Collector for StateCollector {
             for (bound, count) in &stats.limits {
                 ConstCounter::new(*count).encode(family.encode_family(&[("bound", *bound)])?)?;
             }
+            ConstGauge::new(stats.suspects as u64).encode(encoder.encode_descriptor(
+                "baton_expression_suspects",
+                "Expressions that went past a bound lately, their evaluations held to half the workers.",
+                None,
+                MetricType::Gauge,
+            )?)?;
             ConstGauge::new(stats.workers as u64).encode(encoder.encode_descriptor(
                 "baton_expression_workers",
                 "Expression evaluator processes alive.",
