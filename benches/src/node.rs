@@ -1,8 +1,9 @@
 //! `baton serve` nodes in processes of their own, for benches that kill or pin them: the
 //! bench's own executable, run again with [`NODE_ENV`] set, parses its arguments as
 //! `baton serve` does and serves with `baton serve`'s code (this crate's allocator is the
-//! binary's) until its standard input closes (the bench ended) or it is killed. A bench's `main` calls
-//! [`serve_if_node`] first.
+//! binary's) until its standard input closes (the bench ended) or it is killed. A node runs
+//! its jq evaluators as `baton serve` does, as its own executable again (`eval-worker`). A
+//! bench's `main` calls [`serve_if_node`] first.
 
 use std::io::{BufRead as _, Read as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -18,6 +19,9 @@ pub const NODE_ENV: &str = "BATON_BENCH_NODE";
 /// bench itself.
 #[allow(clippy::print_stderr, reason = "a node that cannot start says why on its stderr, the bench's log")]
 pub fn serve_if_node() -> bool {
+    if std::env::args().nth(1).as_deref() == Some("eval-worker") {
+        evaluate_as_worker();
+    }
     let Some(args) = std::env::var_os(NODE_ENV) else { return false };
     let args = args.to_string_lossy().lines().map(str::to_owned).collect::<Vec<_>>();
     let command = <ServeArgs as clap::Args>::augment_args(clap::Command::new("serve"));
@@ -53,6 +57,27 @@ pub fn serve_if_node() -> bool {
             .expect("the node serves");
     });
     true
+}
+
+/// Serves as a node's jq evaluator (`baton eval-worker`, which the node runs as its own
+/// executable with the server's environment cleared) and exits.
+#[allow(clippy::print_stderr, reason = "the node reads how an evaluator died from its stderr")]
+fn evaluate_as_worker() -> ! {
+    let command = <baton::sandbox::worker::WorkerArgs as clap::Args>::augment_args(clap::Command::new("eval-worker"));
+    let parsed = command
+        .try_get_matches_from(std::env::args().skip(1))
+        .and_then(|matches| <baton::sandbox::worker::WorkerArgs as clap::FromArgMatches>::from_arg_matches(&matches));
+    match parsed {
+        Ok(args) => std::process::exit(if baton::sandbox::worker::run(&args) == std::process::ExitCode::SUCCESS {
+            0
+        } else {
+            2
+        }),
+        Err(error) => {
+            eprintln!("bench evaluator: {error}");
+            std::process::exit(2);
+        }
+    }
 }
 
 /// A node process: `baton serve` with the given arguments (loopback ports it picks), on the
