@@ -115,6 +115,9 @@ impl Target {
         let connecting = tokio::time::timeout(self.connect_timeout, endpoint.connect());
         let channel = match connecting.await {
             Ok(Ok(channel)) => channel,
+            // The endpoint's own connect timeout (the same `--connect-timeout`, kept for the
+            // channel's reconnects) may fire first, as a `TimedOut` in the error's chain.
+            Ok(Err(e)) if timed_out_connecting(&e) => return Err(self.connect_timed_out()),
             Ok(Err(e)) => return Err(Failure::Connect { server: self.server.clone(), error: chain(&e) }),
             Err(_) => return Err(self.connect_timed_out()),
         };
@@ -239,6 +242,18 @@ impl Clients {
             self.auth.clone(),
         )
     }
+}
+
+/// Whether connecting failed because the TCP connection was not made in time.
+fn timed_out_connecting(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if error.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut) {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }
 
 #[cfg(test)]
