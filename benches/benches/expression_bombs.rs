@@ -4,7 +4,7 @@
 //! `baton_benches::node`) with its default expression bounds: one evaluator process per core,
 //! 1 s of CPU, 256 MiB each. The example shop's services, and three workflows: `order` (its
 //! inputs plain paths, which the server reads itself), `order-jq` (the same with inputs that
-//! need jq, so the evaluators) and `bomb` (one step whose input is `[range(1e12)] | length`,
+//! need jq, so the evaluators) and `bomb` (one step whose input is `last(range(1e11))`,
 //! which runs until its CPU time is up and fails the execution with `expression_limit`).
 //!
 //! `order` and `order-jq` run from [`CLIENTS`] closed-loop clients each, first alone and then
@@ -52,7 +52,7 @@ name: bomb
 steps:
   - id: boom
     query: { capabilities: [inventory.reserve], protocols: [http] }
-    input: { count: "${ [range(1e12)] | length }" }
+    input: { count: "${ last(range(1e11)) }" }
 "#;
 
 fn main() {

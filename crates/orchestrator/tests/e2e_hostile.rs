@@ -554,7 +554,8 @@ async fn huge_and_silent_services_fail_their_steps_and_every_read_answers() {
     assert_eq!(own.code(), Code::InvalidArgument, "{own:?}");
     assert!(own.message().contains("Baton would call itself in a loop"), "{own:?}");
 
-    clients.apply("name: huge\nsteps:\n  - {id: fetch, service: huge}\n").await;
+    // Its own timeout: 6.9 MB may take longer than the default's second on a loaded machine.
+    clients.apply("name: huge\nsteps:\n  - {id: fetch, service: huge, timeout: 60s}\n").await;
     clients.apply("name: silent\nsteps:\n  - {id: ask, service: silent, retry: {max_attempts: 1}}\n").await;
     let start = |workflow: &str| pb::StartExecutionRequest { workflow: workflow.to_owned(), ..Default::default() };
     let huge = answered("start", clients.executions.start_execution(start("huge"))).await.unwrap();
