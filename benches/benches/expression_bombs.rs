@@ -12,6 +12,8 @@
 //! and p99 of each, alone and beside the bombs; the bombs that ended meanwhile; the resident
 //! memory of the server and its evaluators at their peak beside the bombs.
 
+// Only the shop is used here: the server runs in a process of its own.
+#[allow(dead_code)]
 mod e2e;
 
 use std::sync::Arc;
