@@ -223,6 +223,17 @@ pub const MIGRATIONS: &[Migration] = &[
         CREATE INDEX IF NOT EXISTS baton_services_by_seq ON baton_services (seq);
     ",
     },
+    Migration {
+        version: 9,
+        name: "journal chunks without a foreign key",
+        // The key's check locked each chunk's execution row, through a trigger, for every
+        // chunk inserted: in a cluster, where an append is a chunk, that was 60% of a commit's
+        // time (1.2 ms of a 69-chunk commit, 0.5 ms without). The inserts check that the
+        // execution exists instead, and executions are removed with their chunks.
+        sql: "
+        ALTER TABLE baton_journal_chunks DROP CONSTRAINT IF EXISTS baton_journal_chunks_execution_fkey;
+    ",
+    },
 ];
 
 /// How to reach the database.
