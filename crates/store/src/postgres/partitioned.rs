@@ -18,7 +18,9 @@
 //! - **Nothing in memory, no frames.** Every committed event is in `baton_journal_chunks` at
 //!   once, so any server reads any journal whole, whoever owns it; a server that claims a
 //!   partition has nothing to fold. The price is a row per execution per commit, where the
-//!   single-writer journal writes a row per commit.
+//!   single-writer journal writes a row per commit: for a commit of 69 appends, 483 µs of
+//!   server time and 32 KB of WAL against a frame's 72 µs and 3 KB (`pg_stat_statements`),
+//!   which bounds the rate of many writers; with one append a commit the two cost the same.
 //! - **Heads** (the last sequence number of each execution) are remembered with the epoch they
 //!   were learnt under (an execution created here starts known, at 0), and looked up again
 //!   once the epoch moved: another server may have appended meanwhile.
