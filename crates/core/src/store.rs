@@ -66,6 +66,31 @@ pub trait Store: Send + Sync + 'static {
         idempotency_key: Option<IdempotencyKey>,
     ) -> impl Future<Output = StoreResult<CreatedExecution>> + Send;
 
+    /// Stores a new execution as [`create_execution`](Self::create_execution) does, but only
+    /// while its version is the latest of its workflow: `Ok(None)`, nothing stored, once a
+    /// newer version was put. For a server that shares its store with others, which apply
+    /// versions it has not seen: a start that comes after another server's apply then never
+    /// uses an older version, without reading the definition on every start. The default
+    /// looks the latest version up, then creates; a store checks it in the write itself.
+    fn create_latest_execution(
+        &self,
+        execution: Execution,
+        idempotency_key: Option<IdempotencyKey>,
+    ) -> impl Future<Output = StoreResult<Option<CreatedExecution>>> + Send {
+        async move {
+            if let Some(key) = &idempotency_key
+                && let Some(existing) = self.find_by_idempotency_key(key).await?
+            {
+                return Ok(Some(CreatedExecution { execution: existing, created: false }));
+            }
+            let latest = self.get_definition(&execution.workflow, None).await?;
+            if latest.version > execution.version {
+                return Ok(None);
+            }
+            self.create_execution(execution, idempotency_key).await.map(Some)
+        }
+    }
+
     /// One execution. [`StoreError::NotFound`] when there is none with this id.
     fn get_execution(&self, id: ExecutionId) -> impl Future<Output = StoreResult<Execution>> + Send;
 

@@ -70,7 +70,8 @@ macro_rules! __each_conformance_case {
             idempotency_keys_find_their_execution,
             corrupt_journal_is_reported_for_that_execution_only,
             parked_executions_leave_recovery_and_come_back_due,
-            expired_executions_go_with_their_journal_and_key
+            expired_executions_go_with_their_journal_and_key,
+            starts_of_the_latest_version_give_way_to_newer_ones
         );
     };
 }
@@ -288,6 +289,27 @@ pub async fn definitions_are_versioned<H: Harness>(h: &H) {
     let listed: Vec<(String, u32)> =
         store.list_definitions().await.unwrap().into_iter().map(|d| (d.name.to_string(), d.version)).collect();
     assert_eq!(listed, [("billing".to_owned(), 1), ("checkout".to_owned(), 3)]);
+}
+
+/// An execution stored as of the latest version is refused, storing nothing, once a newer
+/// version was put; a reused idempotency key answers its execution, of whichever version.
+pub async fn starts_of_the_latest_version_give_way_to_newer_ones<H: Harness>(h: &H) {
+    let store = h.open().await;
+    store.put_definition(definition("latest", "h1", 0)).await.unwrap();
+    let key = IdempotencyKey::new("latest-1").unwrap();
+    let first = execution("latest", at(1));
+    let created = store.create_latest_execution(first.clone(), Some(key.clone())).await.unwrap();
+    assert!(created.is_some_and(|c| c.created && c.execution.id == first.id));
+    store.put_definition(definition("latest", "h2", 2)).await.unwrap();
+    let stale = execution("latest", at(3));
+    assert!(store.create_latest_execution(stale.clone(), None).await.unwrap().is_none());
+    assert_eq!(store.get_execution(stale.id).await.unwrap_err(), StoreError::NotFound(Record::Execution(stale.id)));
+    let again = store.create_latest_execution(stale.clone(), Some(key)).await.unwrap();
+    assert!(again.is_some_and(|c| !c.created && c.execution.id == first.id), "the key's execution");
+    let current = Execution { version: 2, ..stale };
+    let created = store.create_latest_execution(current.clone(), None).await.unwrap();
+    assert!(created.is_some_and(|c| c.created));
+    assert_eq!(store.get_execution(current.id).await.unwrap().version, 2);
 }
 
 /// Racing puts of different content get distinct consecutive versions; racing puts of the

@@ -120,6 +120,14 @@ impl Store for AnyStore {
         dispatch!(self, s => s.create_execution(execution, idempotency_key))
     }
 
+    async fn create_latest_execution(
+        &self,
+        execution: Execution,
+        idempotency_key: Option<IdempotencyKey>,
+    ) -> StoreResult<Option<CreatedExecution>> {
+        dispatch!(self, s => s.create_latest_execution(execution, idempotency_key))
+    }
+
     async fn get_execution(&self, id: ExecutionId) -> StoreResult<Execution> {
         dispatch!(self, s => s.get_execution(id))
     }

@@ -55,6 +55,7 @@ fn postgres_store_conforms() {
     runtime.block_on(a_taken_over_server_cannot_change_execution_records(&cluster));
     runtime.block_on(cluster_servers_write_only_under_their_partition_epochs(&cluster));
     runtime.block_on(a_claim_racing_appends_lets_none_commit_after_it(&cluster));
+    runtime.block_on(a_cluster_append_to_a_removed_execution_is_refused(&cluster));
     runtime.block_on(a_node_finds_its_due_executions_behind_other_nodes(&cluster));
     runtime.block_on(folds_keep_journals_whole_for_readers(&cluster));
     runtime.block_on(appends_to_one_execution_queued_together_all_land(&cluster));
@@ -322,6 +323,52 @@ async fn a_claim_racing_appends_lets_none_commit_after_it(cluster: &PgCluster) {
     let (landed, error) = kept_writer.await.unwrap();
     assert!(error.is_none(), "{error:?}");
     assert_eq!(a.read_journal(kept, 1).await.unwrap(), events(kept, 1..=landed));
+}
+
+/// Chunks have no foreign key to their execution (migration 9): in a cluster an append to an
+/// execution removed since its head was learnt is refused as not found and writes nothing,
+/// while the appends committed beside it land.
+async fn a_cluster_append_to_a_removed_execution_is_refused(cluster: &PgCluster) {
+    let url = cluster.create_database().await;
+    let a = PostgresStore::connect_partitioned(&Config::new(url.clone()), Arc::new(FixedOwnership::all(4, 1)))
+        .await
+        .unwrap();
+    let client = sql_client(&url).await;
+    client
+        .execute(
+            "INSERT INTO baton_partitions (id, owner, epoch) SELECT g, 'a', 1 FROM generate_series(0, 3) AS g",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (removed, kept) = (id_in(1, 4), id_in(1, 4));
+    for id in [removed, kept] {
+        a.create_execution(Execution { id, ..load_execution() }, None).await.unwrap();
+        a.append(events(id, 1..=2)).await.unwrap();
+    }
+    // Removed as retention removes: its chunks and its row, in one statement.
+    let removed_bytes = removed.as_uuid().as_bytes().to_vec();
+    client
+        .execute(
+            "WITH chunks AS (DELETE FROM baton_journal_chunks WHERE execution = $1)
+             DELETE FROM baton_executions WHERE id = $1",
+            &[&removed_bytes],
+        )
+        .await
+        .unwrap();
+    let (refused, landed) = tokio::join!(a.append(events(removed, 3..=3)), a.append(events(kept, 3..=3)));
+    assert_eq!(refused, Err(StoreError::NotFound(baton_core::Record::Execution(removed))));
+    landed.unwrap();
+    let orphans: i64 = client
+        .query_one("SELECT count(*) FROM baton_journal_chunks WHERE execution = $1", &[&removed_bytes])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(orphans, 0, "no chunk outlives its execution");
+    assert_eq!(a.read_journal(kept, 1).await.unwrap(), events(kept, 1..=3));
+    // Asked again, it is looked up afresh: still not found.
+    let err = a.append(events(removed, 3..=3)).await.unwrap_err();
+    assert_eq!(err, StoreError::NotFound(baton_core::Record::Execution(removed)));
 }
 
 /// `parked_due` and recovery filter a node's partitions in SQL, before the limit: another

@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use baton_core::{
-    Clock, Event, EventKind, Execution, ExecutionFilter, ExecutionId, ExecutionPage, ExecutionState, ExecutionTrace,
-    ExecutionUpdate, History, IdempotencyKey, NewDefinition, Ownership, PageRequest, Parent, Problem, StepId, Store,
-    StoredDefinition, SystemClock, TaskStatus, TraceContext, WorkflowName,
+    Clock, CreatedExecution, Event, EventKind, Execution, ExecutionFilter, ExecutionId, ExecutionPage, ExecutionState,
+    ExecutionTrace, ExecutionUpdate, History, IdempotencyKey, NewDefinition, Ownership, PageRequest, Parent, Problem,
+    StepId, Store, StoreError, StoredDefinition, SystemClock, TaskStatus, TraceContext, WorkflowName,
 };
 use futures_util::Stream;
 use serde_json::Value;
@@ -231,7 +231,8 @@ struct Inner<S, R: Runner> {
     definitions: Mutex<HashMap<(WorkflowName, u32), Arc<CheckedDefinition>>>,
     /// The latest version of each workflow started or applied here. A single server owns its
     /// store, so only this engine's `apply` adds versions and starts need not ask the store; in
-    /// a cluster (`Config::ownership`) other nodes apply too, and starts always ask.
+    /// a cluster (`Config::ownership`) other nodes apply too, so a start is stored only while
+    /// its version is still the latest (`Store::create_latest_execution`).
     latest: Mutex<HashMap<WorkflowName, u32>>,
     /// Live events of each watched execution, while it has watchers: a driver sends to its own
     /// execution's channel only, so a watcher is not woken for other executions' events.
@@ -404,10 +405,10 @@ impl<S: Store, R: Runner> Engine<S, R> {
         Ok(Applied { name, version: put.version, created: put.created })
     }
 
-    /// One version of a definition (the latest when `version` is `None`), checked.
+    /// One version of a definition (the latest when `version` is `None`: the latest this
+    /// engine knows of, which in a cluster another node may have replaced), checked.
     pub async fn definition(&self, name: &WorkflowName, version: Option<u32>) -> Result<(u32, Arc<CheckedDefinition>)> {
-        let shared = self.inner.config.ownership.is_some();
-        let known = version.or_else(|| if shared { None } else { lock(&self.inner.latest).get(name).copied() });
+        let known = version.or_else(|| lock(&self.inner.latest).get(name).copied());
         if let Some(version) = known
             && let Some(checked) = lock(&self.inner.definitions).get(&(name.clone(), version))
         {
@@ -510,7 +511,11 @@ impl<S: Store, R: Runner> Engine<S, R> {
         // A repeated start must be the same request: a key reused for another one is a
         // caller's bug that would otherwise pass silently (as Stripe's idempotency keys refuse).
         let requested = idempotency_key.as_ref().map(|key| (key.clone(), execution.input.clone()));
-        let created = self.inner.store.create_execution(execution, idempotency_key).await?;
+        let (created, definition) = if self.inner.config.ownership.is_some() && version_requested.is_none() {
+            self.create_latest(execution, definition, idempotency_key).await?
+        } else {
+            (self.inner.store.create_execution(execution, idempotency_key).await?, definition)
+        };
         let execution = created.execution;
         if !created.created {
             if let Some((key, input)) = requested {
@@ -524,6 +529,35 @@ impl<S: Store, R: Runner> Engine<S, R> {
         let id = execution.id;
         self.spawn(Driver::new(self, execution, definition, 1, false, History::default()), true);
         Ok((id, false))
+    }
+
+    /// Stores `execution` as of the latest version of its workflow. Another node may have
+    /// applied a newer one than `definition`: then it is learnt from the store and the
+    /// execution made again from it.
+    async fn create_latest(
+        &self,
+        mut execution: Execution,
+        mut definition: Arc<CheckedDefinition>,
+        idempotency_key: Option<IdempotencyKey>,
+    ) -> Result<(CreatedExecution, Arc<CheckedDefinition>)> {
+        const ATTEMPTS: usize = 16;
+        for _ in 0..ATTEMPTS {
+            let store = &self.inner.store;
+            if let Some(created) = store.create_latest_execution(execution.clone(), idempotency_key.clone()).await? {
+                return Ok((created, definition));
+            }
+            let latest = store.get_definition(&execution.workflow, None).await?;
+            self.note_latest(&execution.workflow, latest.version);
+            definition = self.checked(&latest)?;
+            execution.version = latest.version;
+            execution.tasks = pending_tasks(&definition);
+            execution.retention = definition.retention().or(self.inner.config.retention);
+        }
+        let workflow = &execution.workflow;
+        Err(StoreError::unavailable(format!(
+            "workflow {workflow} kept getting new versions while an execution started"
+        ))
+        .into())
     }
 
     /// Sends a signal to an execution: journaled at once, consumed by the first `listen`

@@ -1083,6 +1083,33 @@ async fn a_start_without_a_version_runs_the_latest_applied() {
     assert_eq!(reopened.get(third).await.unwrap().version, 2);
 }
 
+/// In a cluster a start uses the latest version this server knows, stored only while no other
+/// server has applied a newer one: then it learns that one and starts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_cluster_a_start_runs_the_version_another_server_applied() {
+    use baton_core::fakes::FixedOwnership;
+    let store = MemoryStore::default();
+    let cluster = |ownership: FixedOwnership| Config {
+        ownership: Some(Arc::new(ownership) as Arc<dyn Ownership>),
+        ..Config::default()
+    };
+    // The other server owns nothing here: it only applies.
+    let owns_none = FixedOwnership::all(1, 1);
+    owns_none.remove(0);
+    let (runner, other_runner) = (FakeRunner::free(), FakeRunner::free());
+    let here = engine(&store, &runner, cluster(FixedOwnership::all(1, 1))).await;
+    let there = engine(&store, &other_runner, cluster(owns_none)).await;
+    let first = here.start(&chain(), None, json!({"n": 1}), None).await.unwrap();
+    assert_eq!(finish(&here, first).await.version, 1);
+    let changed = CHAIN.replace("output: \"${ .steps.c.output.input }\"", "output: \"${ .steps.b.output.input }\"");
+    assert_eq!(there.apply(&changed).await.unwrap().version, 2);
+    let second = here.start(&chain(), None, json!({"n": 1}), None).await.unwrap();
+    let execution = finish(&here, second).await;
+    assert_eq!((execution.version, execution.output), (2, Some(json!(2))));
+    let third = here.start(&chain(), None, json!({"n": 1}), None).await.unwrap();
+    assert_eq!(here.get(third).await.unwrap().version, 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_a_cluster_a_watch_and_a_get_follow_an_execution_another_server_runs_across_its_move() {
     use baton_core::fakes::FixedOwnership;
