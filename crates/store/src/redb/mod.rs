@@ -123,8 +123,8 @@ pub struct LogOptions {
 
 impl Default for LogOptions {
     /// 16,384 events or 4 MiB per segment, two waiting: at most about 12 MiB of events in
-    /// memory (segments of 65,536 events and 16 MiB held up to 48 MiB, a quarter of a
-    /// steady server's heap, for no measured gain in `e2e_throughput`), and a fold per
+    /// memory (segments of 65,536 events and 16 MiB held up to 48 MiB, a sixth to a half of
+    /// a steady server's heap; `e2e_throughput` was no slower side by side), and a fold per
     /// execution per 16,384 events (a fold per 4,096 events cost 15% of the throughput at 256
     /// writers). Slices of 256 events, about a millisecond each: a whole fold held other
     /// writes up for 100 to 200 ms, slices of 4,096 for 20, and `workflow_throughput`'s p99
