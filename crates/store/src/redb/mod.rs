@@ -122,15 +122,16 @@ pub struct LogOptions {
 }
 
 impl Default for LogOptions {
-    /// 16,384 events or 4 MiB per segment, two waiting: at most about 12 MiB of events in
-    /// memory (segments of 65,536 events and 16 MiB held up to 48 MiB, a sixth to a half of
-    /// a steady server's heap; `e2e_throughput` was no slower side by side), and a fold per
-    /// execution per 16,384 events (a fold per 4,096 events cost 15% of the throughput at 256
-    /// writers). Slices of 256 events, about a millisecond each: a whole fold held other
-    /// writes up for 100 to 200 ms, slices of 4,096 for 20, and `workflow_throughput`'s p99
-    /// went from 107 ms (4,096) to about 50 ms (1,024) and 30 ms (256) at 64 clients.
+    /// 65,536 events or 16 MiB per segment, two waiting: at most about 48 MiB in memory, and
+    /// a fold per execution per 65,536 events (a fold per 4,096 events cost 15% of the
+    /// throughput at 256 writers; segments of 16,384 events and 4 MiB cost about 8% more CPU
+    /// per execution in `retained` and left its resident memory where it was, as mimalloc kept
+    /// what the smaller window gave back). Slices of 256 events, about a millisecond each: a
+    /// whole fold held other writes up for 100 to 200 ms, slices of 4,096 for 20, and
+    /// `workflow_throughput`'s p99 went from 107 ms (4,096) to about 50 ms (1,024) and 30 ms
+    /// (256) at 64 clients.
     fn default() -> Self {
-        Self { fold_events: 1 << 14, fold_bytes: 4 << 20, max_unfolded: 2, fold_slice: 256 }
+        Self { fold_events: 1 << 16, fold_bytes: 16 << 20, max_unfolded: 2, fold_slice: 256 }
     }
 }
 
