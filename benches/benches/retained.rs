@@ -39,6 +39,10 @@ const MIB: f64 = 1024.0 * 1024.0;
 /// Other settings for the server, for a baseline run.
 const CACHE_ENV: &str = "BATON_BENCH_RETAINED_CACHE_MIB";
 const RETENTION_ENV: &str = "BATON_BENCH_RETAINED_RETENTION";
+/// A profiler the server process runs under, e.g. `heaptrack` (words split on spaces, the
+/// server's command after them). Memory figures are then the profiler's process's, not the
+/// server's alone; build with `--features system-allocator` so that it sees every allocation.
+const WRAPPER_ENV: &str = "BATON_BENCH_RETAINED_WRAPPER";
 
 /// The server's cache in MiB and retention: the defaults, or what the variables say.
 fn settings() -> (u64, Duration) {
@@ -114,23 +118,45 @@ struct ServerProcess(Child);
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
+        // Closing its input stops it; a kill makes sure, but not of a profiler, which writes
+        // its findings once the server has stopped.
         drop(self.0.stdin.take());
-        let _ = self.0.kill();
+        if std::env::var_os(WRAPPER_ENV).is_none() {
+            let _ = self.0.kill();
+        }
         let _ = self.0.wait();
     }
 }
 
 fn start_server(dir: &Path) -> (ServerProcess, String) {
-    let mut child = Command::new(std::env::current_exe().expect("this bench's path"))
+    let exe = std::env::current_exe().expect("this bench's path");
+    let wrapper = std::env::var(WRAPPER_ENV).unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    let mut command = match words.next() {
+        Some(profiler) => {
+            let mut command = Command::new(profiler);
+            command.args(words).arg(exe);
+            command
+        }
+        None => Command::new(exe),
+    };
+    let mut child = command
         .env(SERVER_ENV, dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .expect("the server process starts");
-    let stdout = child.stdout.take().expect("piped");
-    let mut line = String::new();
-    std::io::BufReader::new(stdout).read_line(&mut line).expect("the server prints its address");
-    (ServerProcess(child), format!("http://{}", line.trim()))
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
+    // A profiler may say things of its own first: the address is the line that parses as one.
+    let addr = loop {
+        let mut line = String::new();
+        let read = stdout.read_line(&mut line).expect("the server prints its address");
+        assert!(read > 0, "the server process ended before it said where it listens");
+        if line.trim().parse::<std::net::SocketAddr>().is_ok() {
+            break line.trim().to_owned();
+        }
+    };
+    (ServerProcess(child), format!("http://{addr}"))
 }
 
 fn file_bytes(dir: &Path) -> u64 {

@@ -124,12 +124,23 @@ pub struct LogOptions {
 impl Default for LogOptions {
     /// 65,536 events or 16 MiB per segment, two waiting: at most about 48 MiB in memory, and
     /// a fold per execution per 65,536 events (a fold per 4,096 events cost 15% of the
-    /// throughput at 256 writers). Slices of 256 events, about a millisecond each: a whole
-    /// fold held other writes up for 100 to 200 ms, slices of 4,096 for 20, and
+    /// throughput at 256 writers; segments of 16,384 events and 4 MiB cost about 8% more CPU
+    /// per execution in `retained` and left its resident memory where it was, as mimalloc kept
+    /// what the smaller window gave back). Slices of 256 events, about a millisecond each: a
+    /// whole fold held other writes up for 100 to 200 ms, slices of 4,096 for 20, and
     /// `workflow_throughput`'s p99 went from 107 ms (4,096) to about 50 ms (1,024) and 30 ms
     /// (256) at 64 clients.
     fn default() -> Self {
         Self { fold_events: 1 << 16, fold_bytes: 16 << 20, max_unfolded: 2, fold_slice: 256 }
+    }
+}
+
+impl LogOptions {
+    /// The most bytes of event JSON the unfolded window holds: the full segments that may
+    /// wait for their fold and the open one, which moves on after the frame that fills it
+    /// (so it may pass `fold_bytes` by one frame).
+    pub fn window_bytes(&self) -> usize {
+        (self.max_unfolded.max(1) + 1).saturating_mul(self.fold_bytes)
     }
 }
 
@@ -161,8 +172,9 @@ fn create_database(path: &Path, cache_bytes: usize) -> Result<Database, Database
 /// The most execution heads the log writer remembers before it starts over, with a map of
 /// its first size: a head it has forgotten costs one lookup, in the unfolded events in memory
 /// for a live execution. Heads of ended executions pile up, so this bounds memory that would
-/// otherwise grow with every execution ever run (at 1 << 20, about 70 MB kept for good).
-const MAX_HEADS: usize = 1 << 16;
+/// otherwise grow with every execution ever run (at 1 << 20, about 70 MB kept for good; at
+/// 1 << 16, 4.3 MB in a heap profile of `retained`).
+const MAX_HEADS: usize = 1 << 14;
 
 /// A store in one redb file, `baton.redb`, and the journal's log segments under a data
 /// directory. Cheap to clone; the files close when the last clone is dropped.

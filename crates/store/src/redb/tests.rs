@@ -258,3 +258,42 @@ async fn reads_beside_folds_see_whole_journals() {
     }
     reader.await.unwrap();
 }
+
+/// However fast appends come, the events held in memory stay within the window the options
+/// set ([`LogOptions::window_bytes`], plus the frame that fills the open segment): appends
+/// wait for folds rather than let the window grow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unfolded_window_stays_within_its_options() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let options = LogOptions { fold_events: usize::MAX, fold_bytes: 64 << 10, max_unfolded: 1, fold_slice: 5 };
+    let store = RedbStore::open_with(dir.path(), Options { log: options, ..Options::default() }).await.unwrap();
+    let (writers, batches, per_batch): (usize, u64, u64) = (8, 150, 10);
+    let batch_bytes = events(ExecutionId::generate(), 1..=per_batch)
+        .iter()
+        .map(|event| serde_json::to_vec(event).unwrap().len() + 64)
+        .sum::<usize>();
+    // A frame holds at most one batch from each writer.
+    let bound = options.window_bytes() + writers * batch_bytes;
+    let mut tasks = Vec::new();
+    for _ in 0..writers {
+        let store = store.clone();
+        let id = created(&store).await;
+        tasks.push(tokio::spawn(async move {
+            let mut most = 0;
+            for batch in 0..batches {
+                let first = batch * per_batch + 1;
+                store.append(events(id, first..=first + per_batch - 1)).await.unwrap();
+                most = most.max(store.inner.unfolded.bytes());
+            }
+            most
+        }));
+    }
+    let mut most = 0;
+    for task in tasks {
+        most = most.max(task.await.unwrap());
+    }
+    let appended = writers * usize::try_from(batches).unwrap() * batch_bytes;
+    assert!(appended > 10 * bound, "the appends ({appended} bytes) are far more than the window ({bound})");
+    assert!(most <= bound, "{most} bytes unfolded, more than the window of {bound}");
+    assert!(most > options.fold_bytes / 2, "the window filled ({most} bytes): the bound was tried");
+}

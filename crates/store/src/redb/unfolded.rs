@@ -149,6 +149,13 @@ impl Unfolded {
         generations.open.last(id).or_else(|| generations.full.iter().rev().find_map(|generation| generation.last(id)))
     }
 
+    /// The bytes of event JSON held, in every segment not yet folded.
+    #[cfg(test)]
+    pub(super) fn bytes(&self) -> usize {
+        let generations = self.lock();
+        generations.open.bytes + generations.full.iter().map(|generation| generation.bytes).sum::<usize>()
+    }
+
     /// Records why a fold failed, for a log writer waiting for room.
     pub(super) fn fold_failed(&self, failure: StoreError) {
         self.lock().fold_failure = Some(failure);
