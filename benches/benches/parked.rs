@@ -10,7 +10,7 @@
 #![allow(clippy::print_stderr, reason = "a bench reports its progress on stderr")]
 
 use std::io::{BufRead as _, Read as _, Write as _};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use baton::config::ServeArgs;
@@ -71,18 +71,7 @@ struct ServerProcess {
 
 impl ServerProcess {
     fn start(dir: &std::path::Path) -> Self {
-        let exe = std::env::current_exe().expect("this executable");
-        let wrapper = std::env::var(WRAPPER_VAR).unwrap_or_default();
-        let mut words = wrapper.split_whitespace();
-        let mut command = match words.next() {
-            Some(profiler) => {
-                let mut command = Command::new(profiler);
-                command.args(words).arg(exe);
-                command
-            }
-            None => Command::new(exe),
-        };
-        let mut child = command
+        let mut child = baton_benches::this_executable_wrapped(WRAPPER_VAR)
             .env(SERVE_VAR, dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

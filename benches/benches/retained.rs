@@ -17,7 +17,7 @@
 
 use std::io::{BufRead, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use baton::config::ServeArgs;
@@ -129,18 +129,7 @@ impl Drop for ServerProcess {
 }
 
 fn start_server(dir: &Path) -> (ServerProcess, String) {
-    let exe = std::env::current_exe().expect("this bench's path");
-    let wrapper = std::env::var(WRAPPER_ENV).unwrap_or_default();
-    let mut words = wrapper.split_whitespace();
-    let mut command = match words.next() {
-        Some(profiler) => {
-            let mut command = Command::new(profiler);
-            command.args(words).arg(exe);
-            command
-        }
-        None => Command::new(exe),
-    };
-    let mut child = command
+    let mut child = baton_benches::this_executable_wrapped(WRAPPER_ENV)
         .env(SERVER_ENV, dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -248,6 +248,23 @@ pub fn report_figure(bench: &str, name: &str, value: f64, unit: &str, baseline: 
     }
 }
 
+/// A command that runs this executable again, under the profiler the variable `wrapper_var`
+/// names when it is set (e.g. `heaptrack` or `valgrind --tool=massif`), so that a bench's
+/// server can be profiled in its own process.
+pub fn this_executable_wrapped(wrapper_var: &str) -> std::process::Command {
+    let exe = std::env::current_exe().expect("this executable");
+    let wrapper = std::env::var(wrapper_var).unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    match words.next() {
+        Some(profiler) => {
+            let mut command = std::process::Command::new(profiler);
+            command.args(words).arg(exe);
+            command
+        }
+        None => std::process::Command::new(exe),
+    }
+}
+
 /// Resident memory of this process in bytes, from `/proc/self/statm` (Linux).
 pub fn resident_bytes() -> Option<u64> {
     resident_bytes_in(Path::new("/proc/self/statm"))
