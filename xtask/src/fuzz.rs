@@ -1,7 +1,8 @@
 //! `cargo xtask fuzz [TARGET] [--seconds N]`: runs the cargo-fuzz targets in `fuzz/`, each for
-//! a set time, starting from its committed seeds (`fuzz/seeds/<target>`) and the corpus earlier
-//! runs grew (`fuzz/corpus/<target>`, not committed). A crash, a leak or a timeout fails the run
-//! and leaves the input in `fuzz/artifacts/<target>/`.
+//! a set time, starting from its committed seeds (`fuzz/seeds/<target>`: hand-written inputs and
+//! the minimized corpus of longer runs) and the corpus earlier runs grew here
+//! (`fuzz/corpus/<target>`, not committed). A crash, a leak or a timeout fails the run and
+//! leaves the input in `fuzz/artifacts/<target>/`.
 //!
 //! cargo-fuzz needs nightly compiler flags: it runs on the nightly toolchain when rustup has
 //! one, else on the current toolchain with `RUSTC_BOOTSTRAP=1` (cargo-fuzz supports both).
