@@ -10,7 +10,7 @@ use baton_core::ExecutionId;
 use baton_core::activity::QueueDepth;
 use baton_core::fakes::FixedOwnership;
 use baton_store::postgres::{Config as StoreConfig, PostgresStore};
-use baton_store::testing::{PgCluster, sql_client};
+use baton_store::testing::{PgCluster, own_partitions, sql_client};
 
 const PARTITIONS: u32 = 4;
 
@@ -32,13 +32,7 @@ async fn database(cluster: &PgCluster) -> (String, tokio_postgres::Client) {
     let url = cluster.create_database().await;
     drop(PostgresStore::connect(&StoreConfig::new(url.clone())).await.unwrap());
     let client = sql_client(&url).await;
-    client
-        .execute(
-            "INSERT INTO baton_partitions (id, owner, epoch) SELECT g, 'a', 1 FROM generate_series(0, 3) AS g",
-            &[],
-        )
-        .await
-        .unwrap();
+    own_partitions(&client, PARTITIONS, "a").await;
     (url, client)
 }
 

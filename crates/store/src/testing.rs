@@ -541,6 +541,19 @@ pub async fn sql_client(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// Gives partitions `0..partitions` of the database `client` is connected to to `owner`,
+/// under epoch 1, as a cluster's claims would.
+pub async fn own_partitions(client: &tokio_postgres::Client, partitions: u32, owner: &str) {
+    let last = i32::try_from(partitions).expect("a partition count") - 1;
+    client
+        .execute(
+            "INSERT INTO baton_partitions (id, owner, epoch) SELECT g, $1, 1 FROM generate_series(0, $2) AS g",
+            &[&owner, &last],
+        )
+        .await
+        .expect("the partitions are owned");
+}
+
 impl PgHarness {
     /// A harness over a new database of `cluster`.
     pub async fn new(cluster: Arc<PgCluster>) -> Self {

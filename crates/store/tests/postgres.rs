@@ -16,7 +16,7 @@ use baton_core::store::timestamp_nanos;
 use baton_core::{Event, Execution, ExecutionId, ExecutionState, ExecutionUpdate, Store, StoreError, StoreResult};
 use baton_store::conformance::create_executions;
 use baton_store::postgres::{Config, MIGRATIONS, PostgresStore};
-use baton_store::testing::{PgCluster, PgHarness, PgOptions, load_event, load_execution, sql_client};
+use baton_store::testing::{PgCluster, PgHarness, PgOptions, load_event, load_execution, own_partitions, sql_client};
 
 #[test]
 fn postgres_store_conforms() {
@@ -176,13 +176,7 @@ async fn cluster_servers_write_only_under_their_partition_epochs(cluster: &PgClu
     let a_owns = Arc::new(FixedOwnership::all(4, 1));
     let a = PostgresStore::connect_partitioned(&config, a_owns.clone()).await.unwrap();
     let client = sql_client(&url).await;
-    client
-        .execute(
-            "INSERT INTO baton_partitions (id, owner, epoch) SELECT g, 'a', 1 FROM generate_series(0, 3) AS g",
-            &[],
-        )
-        .await
-        .unwrap();
+    own_partitions(&client, 4, "a").await;
     let mut execution = load_execution();
     execution.id = id_in(0, 4);
     let err = single.create_execution(execution.clone(), None).await.unwrap_err();
@@ -244,13 +238,7 @@ async fn a_claim_racing_appends_lets_none_commit_after_it(cluster: &PgCluster) {
     let config = Config::new(url.clone());
     let a = PostgresStore::connect_partitioned(&config, Arc::new(FixedOwnership::all(4, 1))).await.unwrap();
     let client = sql_client(&url).await;
-    client
-        .execute(
-            "INSERT INTO baton_partitions (id, owner, epoch) SELECT g, 'a', 1 FROM generate_series(0, 3) AS g",
-            &[],
-        )
-        .await
-        .unwrap();
+    own_partitions(&client, 4, "a").await;
     let taken: Vec<ExecutionId> = (0..4).map(|_| id_in(2, 4)).collect();
     let kept = id_in(3, 4);
     for id in taken.iter().chain([&kept]) {
@@ -334,13 +322,7 @@ async fn a_cluster_append_to_a_removed_execution_is_refused(cluster: &PgCluster)
         .await
         .unwrap();
     let client = sql_client(&url).await;
-    client
-        .execute(
-            "INSERT INTO baton_partitions (id, owner, epoch) SELECT g, 'a', 1 FROM generate_series(0, 3) AS g",
-            &[],
-        )
-        .await
-        .unwrap();
+    own_partitions(&client, 4, "a").await;
     let (removed, kept) = (id_in(1, 4), id_in(1, 4));
     for id in [removed, kept] {
         a.create_execution(Execution { id, ..load_execution() }, None).await.unwrap();
@@ -382,13 +364,7 @@ async fn a_node_finds_its_due_executions_behind_other_nodes(cluster: &PgCluster)
     let old = single.create_execution(Execution { id: id_in(1, 4), ..load_execution() }, None).await.unwrap();
     drop(single);
     let client = sql_client(&url).await;
-    client
-        .execute(
-            "INSERT INTO baton_partitions (id, owner, epoch) SELECT g, 'x', 1 FROM generate_series(0, 3) AS g",
-            &[],
-        )
-        .await
-        .unwrap();
+    own_partitions(&client, 4, "x").await;
     let a_owns = Arc::new(FixedOwnership::all(4, 1));
     a_owns.remove(2);
     a_owns.remove(3);
